@@ -1,0 +1,1 @@
+"""Helpers and tests that drive real IKEv1 peers (strongSwan charon, vpnc) in namespaces."""

@@ -1,0 +1,395 @@
+"""RFC 2409 exchanges between two in-memory engines: every phase 1 mode x auth method x
+DH group, then XAUTH, Mode Config and Quick Mode with PFS; and the failure cases."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from tests.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
+from tunvpn.ike import events as ev
+from tunvpn.ike.certs import Credential
+from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
+from tunvpn.ike.constants import DHGroup, EspTransform, NotifyType
+from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.modecfg import ModeConfig
+from tunvpn.ike.proposals import DEFAULT_GROUPS, ChildProposal, Phase1Policy
+
+PSK = b"correct horse battery staple"
+PROTECTED = TrafficSelector.from_network("10.20.0.0/16")
+CLIENT_VIP = "10.99.0.7"
+
+
+def gateway_config(**kw) -> EngineConfig:
+    base = dict(
+        psks=PskTable({"*": PSK}),
+        children=(
+            ChildPolicy("net", PROTECTED, None, ChildProposal()),
+            ChildPolicy("net-nopfs", PROTECTED, None, ChildProposal(pfs_group=None)),
+        ),
+        allow_aggressive_psk=True,
+    )
+    base.update(kw)
+    return EngineConfig(**base)
+
+
+def client_config(**kw) -> EngineConfig:
+    base = dict(psks=PskTable({"*": PSK}))
+    base.update(kw)
+    return EngineConfig(**base)
+
+
+def connect(pair: Pair, mode: str = "main", **kw) -> bytes:
+    sa_id = pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now, mode=mode, **kw)
+    pair.client.drain()
+    pair.run()
+    return sa_id
+
+
+def established(pair: Pair) -> tuple[ev.Phase1Established, ev.Phase1Established]:
+    c = pair.client.of(ev.Phase1Established)
+    g = pair.gateway.of(ev.Phase1Established)
+    assert c and g, (pair.client.events, pair.gateway.events)
+    return c[0], g[0]
+
+
+# ------------------------------------------------------------------------------ certificates
+
+NOW = datetime.datetime.fromtimestamp(1_800_000_000.0, datetime.UTC)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tunvpn test"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool, san: str | None = None) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_after(NOW + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki():
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("tunvpn test CA", ca_key, _name("tunvpn test CA"), ca_key, ca=True)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other_ca = _cert("rogue CA", other_key, _name("rogue CA"), other_key, ca=True)
+    out = {"ca": ca, "other_ca": other_ca}
+    for kind, make in (
+        ("rsa", lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        ("ecdsa", lambda: ec.generate_private_key(ec.SECP256R1())),
+    ):
+        for who in ("gw", "client"):
+            key = make()
+            cert = _cert(f"{who}.example", key, ca.subject, ca_key, ca=False, san=f"{who}.example")
+            out[f"{who}-{kind}"] = Credential(cert, key)
+    rogue_key = ec.generate_private_key(ec.SECP256R1())
+    out["client-rogue"] = Credential(
+        _cert("client.example", rogue_key, other_ca.subject, other_key, ca=False, san="client.example"), rogue_key
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------ phase 1 matrix
+
+STRONG_GROUPS = [g for g in DEFAULT_GROUPS if g not in (DHGroup.MODP_4096,)]
+
+
+@pytest.mark.parametrize("mode", ["main", "aggressive", "base"])
+@pytest.mark.parametrize("group", list(DEFAULT_GROUPS), ids=lambda g: g.name)
+def test_phase1_psk_every_mode_and_group(mode: str, group: DHGroup) -> None:
+    pair = Pair(client_config(phase1=Phase1Policy(groups=(group,))), gateway_config())
+    connect(pair, mode)
+    c, g = established(pair)
+    assert c.exchange == g.exchange == mode
+    assert c.suite == g.suite
+    assert group.name.lower() in c.suite
+    assert not pair.client.of(ev.ProtocolError) and not pair.gateway.of(ev.ProtocolError)
+
+
+@pytest.mark.parametrize("mode", ["main", "aggressive", "base"])
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
+@pytest.mark.parametrize("group", [DHGroup.CURVE25519, DHGroup.ECP_384, DHGroup.MODP_2048], ids=lambda g: g.name)
+def test_phase1_certificates(pki, mode: str, kind: str, group: DHGroup) -> None:
+    client = EngineConfig(
+        credential=pki[f"client-{kind}"], trusted_cas=(pki["ca"],), local_id=Identity.parse("@client.example"),
+        phase1=Phase1Policy(groups=(group,)),
+    )
+    gateway = EngineConfig(credential=pki[f"gw-{kind}"], trusted_cas=(pki["ca"],),
+                           local_id=Identity.parse("@gw.example"))
+    pair = Pair(client, gateway)
+    connect(pair, mode)
+    c, g = established(pair)
+    assert c.peer_id == "@gw.example" or "gw.example" in c.peer_id
+    assert "client.example" in g.peer_id
+
+
+def test_strongest_common_suite_wins() -> None:
+    """The client offers everything; the gateway picks the strongest it allows (FIG. 6)."""
+    pair = Pair(client_config(), gateway_config())
+    connect(pair)
+    c, _ = established(pair)
+    assert c.suite.startswith("aes256-sha512-ecp_521")
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (Phase1Policy(encryption=((7, 128),), hashes=(4,), groups=(DHGroup.MODP_2048,)), "aes128-sha256-modp_2048"),
+        (Phase1Policy(groups=(DHGroup.CURVE25519, DHGroup.MODP_2048)), "aes256-sha512-curve25519"),
+        (Phase1Policy(hashes=(2,), groups=(DHGroup.ECP_384, DHGroup.ECP_256)), "aes256-sha1-ecp_384"),
+    ],
+)
+def test_gateway_policy_decides(policy: Phase1Policy, expected: str) -> None:
+    pair = Pair(client_config(), gateway_config(phase1=policy))
+    connect(pair)
+    c, _ = established(pair)
+    assert c.suite.startswith(expected)
+
+
+def test_aggressive_mode_retries_next_group() -> None:
+    gateway = gateway_config(phase1=Phase1Policy(groups=(DHGroup.MODP_2048,)))
+    pair = Pair(client_config(), gateway)
+    connect(pair, "aggressive")
+    c, _ = established(pair)
+    assert "modp_2048" in c.suite
+    refused = [e for e in pair.gateway.events if isinstance(e, ev.ProtocolError)]
+    assert refused and all(e.notify == NotifyType.NO_PROPOSAL_CHOSEN for e in refused)
+
+
+def test_aggressive_psk_is_off_by_default() -> None:
+    pair = Pair(client_config(), gateway_config(allow_aggressive_psk=False))
+    connect(pair, "aggressive")
+    failed = pair.client.of(ev.Phase1Failed)
+    assert failed and failed[0].notify == NotifyType.NO_PROPOSAL_CHOSEN
+    assert not pair.gateway.of(ev.Phase1Established)
+
+
+# ------------------------------------------------------------------------------ failures
+
+
+@pytest.mark.parametrize("mode", ["main", "aggressive", "base"])
+def test_wrong_psk_fails_with_authentication_failed(mode: str) -> None:
+    pair = Pair(client_config(psks=PskTable({"*": b"wrong secret"})), gateway_config())
+    connect(pair, mode)
+    assert not pair.client.of(ev.Phase1Established) or not pair.gateway.of(ev.Phase1Established)
+    errors = pair.gateway.of(ev.ProtocolError) + pair.client.of(ev.ProtocolError)
+    assert any(e.notify == NotifyType.AUTHENTICATION_FAILED for e in errors), errors
+    assert pair.client.of(ev.Phase1Failed) or pair.gateway.of(ev.Phase1Failed)
+
+
+def test_untrusted_certificate_is_refused(pki) -> None:
+    client = EngineConfig(credential=pki["client-rogue"], trusted_cas=(pki["ca"],),
+                          local_id=Identity.parse("@client.example"))
+    gateway = EngineConfig(credential=pki["gw-ecdsa"], trusted_cas=(pki["ca"],), local_id=Identity.parse("@gw.example"))
+    pair = Pair(client, gateway)
+    connect(pair)
+    errors = pair.gateway.of(ev.ProtocolError)
+    assert errors and errors[0].notify == NotifyType.INVALID_CERT_AUTHORITY
+    assert not pair.gateway.of(ev.Phase1Established)
+
+
+def test_truncated_and_garbage_messages_never_crash() -> None:
+    pair = Pair(client_config(), gateway_config())
+    pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    (data, _, _), = pair.client.engine.datagrams_to_send()
+    for cut in (0, 5, 27, 28, 40, len(data) - 1):
+        pair.gateway.engine.receive_datagram(data[:cut], (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
+    pair.gateway.engine.receive_datagram(b"\x00" * 4 + data[:30], (CLIENT_IP, 4500), (GATEWAY_IP, 4500), pair.now)
+    pair.gateway.drain()
+    errors = pair.gateway.of(ev.ProtocolError)
+    assert len(errors) >= 5
+    assert not pair.gateway.engine.ike_sas()
+
+
+def test_replayed_message_gets_the_same_answer_once() -> None:
+    pair = Pair(client_config(), gateway_config())
+    pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    (first, _, _), = pair.client.engine.datagrams_to_send()
+    pair.gateway.engine.receive_datagram(first, (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
+    (answer, _, _), = pair.gateway.engine.datagrams_to_send()
+    pair.gateway.engine.receive_datagram(first, (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
+    (again, _, _), = pair.gateway.engine.datagrams_to_send()
+    assert again == answer
+    assert len(pair.gateway.engine.ike_sas()) == 1
+
+
+def test_replayed_quick_mode_does_not_make_a_second_sa() -> None:
+    pair = Pair(client_config(), gateway_config())
+    sa_id = connect(pair)
+    pair.client.engine.start_child(sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal())
+    pair.run()
+    qm1 = [d for who, d in pair.wire if who == "c>g"][-2]
+    pair.gateway.engine.receive_datagram(qm1, (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
+    pair.gateway.drain()
+    assert len(pair.gateway.of(ev.ChildSAEstablished)) == 1
+
+
+def test_retransmission_backs_off_and_gives_up() -> None:
+    pair = Pair(client_config(retransmit_tries=3), gateway_config())
+    pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    pair.transfer(pair.client, drop=True)
+    sent_at = []
+    for _ in range(40):
+        pair.advance(1.0)
+        if pair.transfer(pair.client, drop=True):
+            sent_at.append(pair.now)
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
+    assert len(sent_at) == 3 and gaps == sorted(gaps) and gaps[0] < gaps[-1]
+    assert pair.client.of(ev.Phase1Failed)
+
+
+def test_half_open_bound() -> None:
+    pair = Pair(client_config(), gateway_config(max_half_open=3))
+    for i in range(5):
+        engine = pair.client.engine
+        engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500 + i), pair.now)
+    for data, _, port in pair.client.engine.datagrams_to_send():
+        pair.gateway.engine.receive_datagram(data, (CLIENT_IP, port), (GATEWAY_IP, 500), pair.now)
+    pair.gateway.drain()
+    assert len(pair.gateway.engine.ike_sas()) == 3
+    assert any("half-open" in e.error for e in pair.gateway.of(ev.ProtocolError))
+
+
+# ------------------------------------------------------------------------------ XAUTH, Mode Config, Quick Mode
+
+
+def full_tunnel(pair: Pair, *, mode: str = "aggressive", pfs: DHGroup | None = DHGroup.ECP_256) -> list[ev.ChildSAEstablished]:
+    sa_id = connect(pair, mode, xauth=True, local_id=Identity.parse("keyid:staff"))
+    asked = pair.client.of(ev.XauthRequested)
+    assert asked and asked[0].fields == ("user_name", "password")
+    pair.client.engine.xauth_reply(sa_id, pair.now, user_name="alice", password="s3cret")
+    pair.run()
+    creds = pair.gateway.of(ev.XauthCredentials)
+    assert creds and creds[0].user_name == "alice" and creds[0].password == "s3cret"
+    assert "s3cret" not in repr(creds[0])
+    pair.gateway.engine.xauth_verdict(sa_id, pair.now, True)
+    pair.run()
+    assert pair.client.of(ev.XauthCompleted)[0].success
+    assert pair.gateway.of(ev.XauthCompleted)[0].success
+    pair.client.engine.request_mode_config(sa_id, pair.now)
+    pair.run()
+    req = pair.gateway.of(ev.ModeConfigRequested)[0]
+    assert req.user_name == "alice"
+    config = ModeConfig(
+        address=ipaddress.IPv4Address(CLIENT_VIP),
+        netmask=ipaddress.IPv4Address("255.255.255.255"),
+        dns=(ipaddress.IPv4Address("10.20.0.53"),),
+        split_include=(ipaddress.IPv4Network("10.20.0.0/16"),),
+        banner="welcome",
+    )
+    pair.gateway.engine.mode_config_reply(sa_id, pair.now, req.identifier, config)
+    pair.run()
+    got = pair.client.of(ev.ModeConfigReceived)[0].config
+    assert str(got.address) == CLIENT_VIP and got.banner == "welcome"
+    assert [str(n) for n in got.split_include] == ["10.20.0.0/16"]
+    pair.client.engine.start_child(
+        sa_id, pair.now, TrafficSelector.from_address(CLIENT_VIP), PROTECTED, ChildProposal(pfs_group=pfs), "net"
+    )
+    pair.run()
+    return pair.client.of(ev.ChildSAEstablished) + pair.gateway.of(ev.ChildSAEstablished)
+
+
+@pytest.mark.parametrize("mode", ["main", "aggressive", "base"])
+@pytest.mark.parametrize("pfs", [DHGroup.ECP_256, None], ids=["pfs", "nopfs"])
+def test_xauth_modecfg_quick_mode(mode: str, pfs: DHGroup | None) -> None:
+    pair = Pair(client_config(), gateway_config(require_xauth=True))
+    client_sa, gateway_sa = full_tunnel(pair, mode=mode, pfs=pfs)
+    assert client_sa.spi_in == gateway_sa.spi_out and client_sa.spi_out == gateway_sa.spi_in
+    assert client_sa.enc_key_in == gateway_sa.enc_key_out and client_sa.enc_key_out == gateway_sa.enc_key_in
+    assert client_sa.enc_key_in != client_sa.enc_key_out
+    assert client_sa.transform == EspTransform.AES_GCM_16 and client_sa.key_length == 256
+    assert str(gateway_sa.remote_ts) == f"{CLIENT_VIP}/32" or str(gateway_sa.remote_ts) == CLIENT_VIP
+    assert client_sa.pfs_group == (int(pfs) if pfs else None)
+    assert "enc_key" not in repr(client_sa) or client_sa.enc_key_in.hex() not in repr(client_sa)
+
+
+def test_xauth_failure_deletes_the_sa() -> None:
+    pair = Pair(client_config(), gateway_config(require_xauth=True))
+    sa_id = connect(pair, "aggressive", xauth=True)
+    pair.client.engine.xauth_reply(sa_id, pair.now, user_name="alice", password="bad")
+    pair.run()
+    pair.gateway.engine.xauth_verdict(sa_id, pair.now, False)
+    pair.run()
+    assert not pair.client.of(ev.XauthCompleted)[0].success
+    assert pair.client.of(ev.IkeSADeleted) and pair.gateway.of(ev.IkeSADeleted)
+    assert not pair.client.engine.ike_sas() and not pair.gateway.engine.ike_sas()
+
+
+def test_quick_mode_outside_policy_is_refused() -> None:
+    pair = Pair(client_config(), gateway_config())
+    sa_id = connect(pair)
+    pair.client.engine.start_child(
+        sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), TrafficSelector.from_network("172.16.0.0/12"),
+        ChildProposal(),
+    )
+    pair.run()
+    assert pair.gateway.of(ev.ChildSAFailed)
+    assert not pair.client.of(ev.ChildSAEstablished)
+
+
+def test_several_child_sas_in_sequence_and_delete() -> None:
+    pair = Pair(client_config(), gateway_config())
+    sa_id = connect(pair)
+    for _ in range(3):
+        pair.client.engine.start_child(sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal())
+    pair.run()
+    children = pair.client.of(ev.ChildSAEstablished)
+    assert len(children) == 3 and len({c.spi_in for c in children}) == 3
+    pair.client.engine.delete_child(sa_id, children[0].spi_in, pair.now)
+    pair.run()
+    deleted = pair.gateway.of(ev.ChildSADeleted)
+    assert deleted and deleted[0].spi_out == children[0].spi_in and deleted[0].by_peer
+    pair.client.engine.delete_ike_sa(sa_id, pair.now)
+    pair.run()
+    assert pair.gateway.of(ev.IkeSADeleted)[0].by_peer
+    assert not pair.gateway.engine.ike_sas()
+
+
+def test_dpd_detects_a_dead_peer_and_keeps_a_live_one() -> None:
+    pair = Pair(client_config(dpd_interval=10, dpd_timeout=40), gateway_config(dpd_interval=10, dpd_timeout=40))
+    connect(pair)
+    for _ in range(8):  # both alive: R-U-THERE answered, nothing deleted
+        pair.advance(5)
+        pair.run()
+    assert not pair.client.of(ev.IkeSADeleted)
+    assert any(b"\x8d\x28" in d for _, d in pair.wire) or len(pair.wire) > 6
+    for _ in range(12):  # the gateway goes silent
+        pair.advance(5)
+        pair.transfer(pair.client, drop=True)
+        pair.gateway.engine.datagrams_to_send()
+    assert pair.client.of(ev.IkeSADeleted)[0].reason == "dead peer"
+
+
+def test_nat_detected_and_float_to_4500() -> None:
+    pair = Pair(client_config(), gateway_config(), nat=True)
+    connect(pair)
+    c, g = established(pair)
+    assert c.nat_local and g.nat_remote
+    assert pair.gateway.of(ev.PeerAddressChanged)
+    assert any(d[:4] == b"\x00\x00\x00\x00" for _, d in pair.wire)
+
+
+def test_forced_encapsulation_gives_udp_tunnel_mode() -> None:
+    pair = Pair(client_config(force_encap=True), gateway_config())
+    sa_id = connect(pair)
+    pair.client.engine.start_child(sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal())
+    pair.run()
+    child = pair.client.of(ev.ChildSAEstablished)[0]
+    assert child.encapsulation == 3 and child.remote[1] == 4500

@@ -1,0 +1,154 @@
+"""Configuration the I/O shell hands to the IKE engine (plain data, no I/O)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from .certs import Credential
+from .constants import AuthMethod
+from .errors import LocalProtocolError
+from .identity import Identity, TrafficSelector
+from .proposals import ChildProposal, Phase1Policy
+
+PSK_METHODS = (AuthMethod.PRE_SHARED_KEY, AuthMethod.XAUTH_INIT_PRESHARED)
+XAUTH_METHODS = frozenset(
+    {
+        AuthMethod.XAUTH_INIT_PRESHARED,
+        AuthMethod.XAUTH_INIT_RSA,
+        AuthMethod.XAUTH_INIT_DSS,
+    }
+)
+SIGNATURE_METHODS = frozenset(
+    {
+        AuthMethod.RSA_SIGNATURES,
+        AuthMethod.ECDSA_SHA256_P256,
+        AuthMethod.ECDSA_SHA384_P384,
+        AuthMethod.ECDSA_SHA512_P521,
+        AuthMethod.XAUTH_INIT_RSA,
+    }
+)
+
+
+def base_auth_method(method: AuthMethod) -> AuthMethod:
+    """The phase 1 authentication behind an XAUTH auth method (XAUTH runs afterwards)."""
+    if method == AuthMethod.XAUTH_INIT_PRESHARED:
+        return AuthMethod.PRE_SHARED_KEY
+    if method == AuthMethod.XAUTH_INIT_RSA:
+        return AuthMethod.RSA_SIGNATURES
+    return method
+
+
+class PskTable:
+    """Pre-shared keys by peer identity, by peer address, or one for everybody ("*").
+
+    Keys are ``str(Identity)`` (e.g. ``"keyid:group"``, ``"10.0.0.2"``, ``"@vpn.example"``).
+    Values never appear in ``repr``.
+    """
+
+    def __init__(self, entries: Mapping[str, bytes] | None = None) -> None:
+        self._entries = dict(entries or {})
+
+    def __repr__(self) -> str:
+        return f"PskTable({sorted(self._entries)})"
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def lookup(self, peer_id: Identity | None, peer_ip: str) -> bytes | None:
+        if peer_id is not None and str(peer_id) in self._entries:
+            return self._entries[str(peer_id)]
+        if peer_ip in self._entries:
+            return self._entries[peer_ip]
+        return self._entries.get("*")
+
+
+@dataclass(frozen=True)
+class ChildPolicy:
+    """A phase 2 policy: the selectors of one IPsec SA and how to protect it.
+
+    ``local_ts`` is this side's network, ``remote_ts`` the peer's. On a gateway, a remote
+    selector of ``None`` means "the client's assigned virtual address".
+    """
+
+    name: str
+    local_ts: TrafficSelector
+    remote_ts: TrafficSelector | None
+    proposal: ChildProposal = ChildProposal()
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs to know; built by the shell from files and flags."""
+
+    local_id: Identity | None = None
+    """Our phase 1 identity; ``None`` means our IP address (or the certificate's DN)."""
+    psks: PskTable = field(default_factory=PskTable)
+    """Pre-shared keys, looked up by peer identity or address."""
+    credential: Credential | None = None
+    """Our certificate and private key, for signature authentication."""
+    trusted_cas: tuple[x509.Certificate, ...] = ()
+    """CA certificates that peers' certificates must chain to."""
+    phase1: Phase1Policy = field(default_factory=Phase1Policy)
+    """Phase 1 algorithms we offer (initiator) or accept (responder)."""
+    children: tuple[ChildPolicy, ...] = ()
+    """Phase 2 policies a responder accepts (the gateway's configuration)."""
+    allow_aggressive_psk: bool = False
+    """Responder: accept Aggressive Mode with a pre-shared key (weak: offline dictionary attack)."""
+    require_xauth: bool = False
+    """Responder: run XAUTH after phase 1 (and offer only XAUTH auth methods)."""
+    xauth_type: int = 0
+    """XAUTH-TYPE to request (0 generic)."""
+    natt: bool = True
+    """Announce and use NAT traversal (RFC 3947)."""
+    force_encap: bool = False
+    """Pretend to be behind a NAT so ESP goes over UDP 4500 (strongSwan's encap=yes)."""
+    natt_port: int = 4500
+    """Port to float to."""
+    dpd_interval: float = 30.0
+    """Seconds of silence before a DPD R-U-THERE (0 disables)."""
+    dpd_timeout: float = 150.0
+    """Seconds without an answer after which the peer is declared dead."""
+    keepalive_interval: float = 20.0
+    """NAT-T keepalive interval when we are behind a NAT (RFC 3948 section 4)."""
+    retransmit_base: float = 1.0
+    """First retransmission timeout in seconds (doubles each time)."""
+    retransmit_tries: int = 5
+    """Retransmissions before an exchange is given up."""
+    max_half_open: int = 1000
+    """Bound on phase 1 SAs that are not established yet (responder)."""
+    half_open_timeout: float = 30.0
+    """Seconds a half-open phase 1 SA may live."""
+    unity: bool = True
+    """Send the Cisco Unity vendor ID (vpnc and Cisco peers expect it)."""
+    tunvpn_extensions: bool = True
+    """Send our own vendor ID and use tunvpn extensions with peers that send it."""
+
+    def __post_init__(self) -> None:
+        if self.max_half_open < 1:
+            raise LocalProtocolError("max_half_open must be at least 1")
+        if self.retransmit_tries < 0 or self.retransmit_base <= 0:
+            raise LocalProtocolError("retransmission settings must be positive")
+
+    def auth_methods(self, *, xauth: bool, responder: bool) -> list[AuthMethod]:
+        """Auth methods we can do, in preference order."""
+        methods: list[AuthMethod] = []
+        if self.credential is not None:
+            sig = self.credential.auth_method
+            if xauth and sig == AuthMethod.RSA_SIGNATURES:
+                methods.append(AuthMethod.XAUTH_INIT_RSA)
+            if not (responder and self.require_xauth):
+                methods.append(sig)
+        if self.psks:
+            if xauth:
+                methods.append(AuthMethod.XAUTH_INIT_PRESHARED)
+            if not (responder and self.require_xauth):
+                methods.append(AuthMethod.PRE_SHARED_KEY)
+        return methods
+
+
+def address_identity(ip: str) -> Identity:
+    return Identity.parse(str(ipaddress.ip_address(ip)))

@@ -1,0 +1,566 @@
+"""Identification payload contents as Python objects (RFC 2407 section 4.6.2).
+
+Two views of the same payload:
+
+* :class:`Identity` names a peer in phase 1 (RFC 2409 section 5.1): an address, a
+  FQDN, a user FQDN, a key ID or a distinguished name.  ``str()`` and
+  :meth:`Identity.parse` use strongSwan-like text (``10.0.0.1``, ``@vpn.example``,
+  ``user@example``, ``keyid:group``, ``CN=moon,O=example``).
+* :class:`TrafficSelector` is a phase 2 client identity (RFC 2409 section 5.5): an
+  address range plus an IP protocol and port, each 0 for "any".
+
+Distinguished names are kept as their DER bytes, so a received ID is compared and
+hashed exactly as sent (RFC 2409 section 5 hashes IDii_b).  The text form is that of
+RFC 4514 (``x509.Name.rfc4514_string``): the *last* RDN comes first, so
+``CN=moon,O=strongSwan,C=CH`` is encoded as C, O, CN.  Note that strongSwan's own
+configuration syntax lists RDNs in encoding order (``C=CH, O=strongSwan, CN=moon``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+from .constants import IdType, NotifyType
+from .errors import LocalProtocolError, RemoteProtocolError
+from .messages import IDPayload
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+AddressRange = tuple[IPv4Address, IPv4Address] | tuple[IPv6Address, IPv6Address]
+IdValue = str | bytes | IPAddress | IPNetwork | AddressRange
+
+_INVALID_ID = NotifyType.INVALID_ID_INFORMATION
+
+# Attribute names accepted in DN text besides the RFC 4514 ones, as strongSwan spells them.
+_DN_NAMES: dict[str, ObjectIdentifier] = {
+    spelling: oid
+    for names, oid in (
+        (("E", "Email", "email", "emailAddress", "EMAIL"), NameOID.EMAIL_ADDRESS),
+        (("SN", "surname"), NameOID.SURNAME),
+        (("serialNumber", "SERIALNUMBER"), NameOID.SERIAL_NUMBER),
+        (("GN", "G", "givenName"), NameOID.GIVEN_NAME),
+        (("T", "title"), NameOID.TITLE),
+    )
+    for spelling in names
+}
+_DN_SHORT: dict[ObjectIdentifier, str] = {NameOID.EMAIL_ADDRESS: "E", NameOID.SERIAL_NUMBER: "serialNumber"}
+
+
+def _bad_id(message: str, field_name: str = "ID.data") -> RemoteProtocolError:
+    return RemoteProtocolError(message, _INVALID_ID, field_name)
+
+
+# --------------------------------------------------------------------------- DER names
+
+
+def _der_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """One DER TLV at ``pos``: (tag, start of contents, end of contents)."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated DER")
+    tag, first = data[pos], data[pos + 1]
+    pos += 2
+    if first < 0x80:
+        length = first
+    else:
+        n = first & 0x7F
+        if n == 0 or n > 4 or pos + n > len(data):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[pos : pos + n], "big")
+        pos += n
+    if pos + length > len(data):
+        raise ValueError("DER length overruns")
+    return tag, pos, pos + length
+
+
+def _der_oid(body: bytes) -> str:
+    if not body or body[-1] & 0x80:
+        raise ValueError("bad OID")
+    arcs: list[int] = []
+    value = 0
+    for b in body:
+        value = (value << 7) | (b & 0x7F)
+        if not b & 0x80:
+            arcs.append(value)
+            value = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(str(a) for a in [first, arcs[0] - 40 * first, *arcs[1:]])
+
+
+# UTF8String, BMPString and UniversalString are strict; the "ASCII" types (Printable,
+# IA5, Visible, Numeric) and T61 are read as UTF-8, falling back to Latin-1, as peers vary.
+_STRING_CODECS = {0x0C: "utf-8", 0x1E: "utf-16-be", 0x1C: "utf-32-be"}
+_LOOSE_STRINGS = frozenset({0x12, 0x13, 0x14, 0x16, 0x1A})
+
+
+def der_to_name(der: bytes) -> x509.Name:
+    """Parse a DER ``Name`` (RFC 5280 section 4.1.2.4) into a :class:`x509.Name`.
+
+    Raises ValueError when ``der`` is not a well-formed Name.
+    """
+    tag, pos, end = _der_tlv(der, 0)
+    if tag != 0x30 or end != len(der):
+        raise ValueError("a Name is one SEQUENCE")
+    rdns: list[x509.RelativeDistinguishedName] = []
+    while pos < end:
+        tag, spos, pos = _der_tlv(der, pos)
+        if tag != 0x31 or spos == pos:
+            raise ValueError("an RDN is a non-empty SET")
+        attrs: list[x509.NameAttribute] = []
+        while spos < pos:
+            tag, apos, spos = _der_tlv(der, spos)
+            if tag != 0x30:
+                raise ValueError("an attribute is a SEQUENCE")
+            otag, opos, oend = _der_tlv(der, apos)
+            vtag, vpos, vend = _der_tlv(der, oend)
+            if otag != 0x06 or vend != spos or not (vtag in _STRING_CODECS or vtag in _LOOSE_STRINGS):
+                raise ValueError("an attribute is an OID and a string")
+            raw = der[vpos:vend]
+            if vtag in _STRING_CODECS:
+                value = raw.decode(_STRING_CODECS[vtag])
+            else:
+                try:
+                    value = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    value = raw.decode("latin-1")
+            attrs.append(x509.NameAttribute(ObjectIdentifier(_der_oid(der[opos:oend])), value))
+        rdns.append(x509.RelativeDistinguishedName(attrs))
+    return x509.Name(rdns)
+
+
+def _strip(text: str) -> str:
+    """Strip surrounding blanks but keep an escaped trailing space (RFC 4514 section 2.4)."""
+    return re.sub(r"(?<!\\) +$", "", text.lstrip(" \t\n").rstrip("\t\n"))
+
+
+def parse_dn(text: str) -> bytes:
+    """RFC 4514 text (``CN=x,O=y``; spaces after commas allowed) to DER."""
+    text = re.sub(r"(?<!\\), +", ",", _strip(text))
+    try:
+        return x509.Name.from_rfc4514_string(text, _DN_NAMES).public_bytes()
+    except ValueError as exc:
+        raise LocalProtocolError(f"not a distinguished name: {text!r}") from exc
+
+
+def dn_to_text(der: bytes) -> str:
+    """RFC 4514 text of a DER name, or ``dn:#<hex>`` when it cannot be represented."""
+    try:
+        return der_to_name(der).rfc4514_string(_DN_SHORT)
+    except (ValueError, UnicodeDecodeError):
+        return f"dn:#{der.hex()}"
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+def _mask_prefix(mask: bytes, bits: int) -> int | None:
+    """Prefix length of a contiguous netmask, or None (RFC 2407 section 4.6.2.1)."""
+    value = int.from_bytes(mask, "big")
+    inverted = value ^ ((1 << bits) - 1)
+    if inverted & (inverted + 1):
+        return None
+    return bits - inverted.bit_length()
+
+
+def _addr(data: bytes) -> IPAddress:
+    return IPv4Address(data) if len(data) == 4 else IPv6Address(data)
+
+
+_ADDR_LEN = {
+    IdType.IPV4_ADDR: 4, IdType.IPV4_ADDR_SUBNET: 8, IdType.IPV4_ADDR_RANGE: 8,
+    IdType.IPV6_ADDR: 16, IdType.IPV6_ADDR_SUBNET: 32, IdType.IPV6_ADDR_RANGE: 32,
+}  # fmt: skip
+
+
+def _decode_address_id(id_type: IdType, data: bytes) -> IPAddress | IPNetwork | AddressRange:
+    """The address, network or range carried by an address ID (RFC 2407 4.6.2.2-4.6.2.12)."""
+    if len(data) != _ADDR_LEN[id_type]:
+        raise _bad_id(f"{id_type.name} is {len(data)} bytes, expected {_ADDR_LEN[id_type]}")
+    if id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+        return _addr(data)
+    half = len(data) // 2
+    first, second = _addr(data[:half]), _addr(data[half:])
+    if id_type in (IdType.IPV4_ADDR_SUBNET, IdType.IPV6_ADDR_SUBNET):
+        prefix = _mask_prefix(data[half:], 8 * half)
+        if prefix is None:
+            raise _bad_id(f"non-contiguous netmask {second}")
+        # Host bits set below the mask are cleared, as racoon and strongSwan do.
+        return ipaddress.ip_network((first, prefix), strict=False)
+    if first > second:  # type: ignore[operator]
+        raise _bad_id(f"range start {first} > end {second}")
+    return (first, second)  # type: ignore[return-value]
+
+
+def _encode_address_id(value: IPAddress | IPNetwork | AddressRange) -> tuple[IdType, bytes]:
+    if isinstance(value, IPv4Address):
+        return IdType.IPV4_ADDR, value.packed
+    if isinstance(value, IPv6Address):
+        return IdType.IPV6_ADDR, value.packed
+    if isinstance(value, IPv4Network):
+        return IdType.IPV4_ADDR_SUBNET, value.network_address.packed + value.netmask.packed
+    if isinstance(value, IPv6Network):
+        return IdType.IPV6_ADDR_SUBNET, value.network_address.packed + value.netmask.packed
+    start, end = value
+    kind = IdType.IPV4_ADDR_RANGE if start.version == 4 else IdType.IPV6_ADDR_RANGE
+    return kind, start.packed + end.packed
+
+
+# --------------------------------------------------------------------------- Identity
+
+_EXPECTED: dict[IdType, tuple[type, ...]] = {
+    IdType.IPV4_ADDR: (IPv4Address,),
+    IdType.IPV6_ADDR: (IPv6Address,),
+    IdType.IPV4_ADDR_SUBNET: (IPv4Network,),
+    IdType.IPV6_ADDR_SUBNET: (IPv6Network,),
+    IdType.IPV4_ADDR_RANGE: (tuple,),
+    IdType.IPV6_ADDR_RANGE: (tuple,),
+    IdType.FQDN: (str,),
+    IdType.USER_FQDN: (str,),
+    IdType.KEY_ID: (bytes,),
+    IdType.DER_ASN1_DN: (bytes,),
+    IdType.DER_ASN1_GN: (bytes,),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A phase 1 identity (RFC 2407 section 4.6.2.1, RFC 2409 section 5.1).
+
+    ``value`` by type: IPv4Address/IPv6Address for *_ADDR, IPv4Network/IPv6Network for
+    *_ADDR_SUBNET, a (start, end) tuple for *_ADDR_RANGE, ``str`` for FQDN and USER_FQDN,
+    and ``bytes`` for KEY_ID, DER_ASN1_DN (DER of the Name) and DER_ASN1_GN.
+    """
+
+    id_type: IdType
+    value: IdValue
+
+    def __post_init__(self) -> None:
+        try:
+            kind = IdType(self.id_type)
+        except ValueError:
+            raise LocalProtocolError(f"unknown ID type {self.id_type}") from None
+        object.__setattr__(self, "id_type", kind)
+        if not isinstance(self.value, _EXPECTED[kind]):
+            raise LocalProtocolError(f"{kind.name} needs a {_EXPECTED[kind][0].__name__}, not {self.value!r}")
+        if kind in (IdType.IPV4_ADDR_RANGE, IdType.IPV6_ADDR_RANGE):
+            family = IPv4Address if kind == IdType.IPV4_ADDR_RANGE else IPv6Address
+            rng = self.value
+            if len(rng) != 2 or not all(isinstance(a, family) for a in rng) or rng[0] > rng[1]:  # type: ignore[arg-type, operator]
+                raise LocalProtocolError(f"bad {kind.name} value {rng!r}")
+
+    def to_payload(self, protocol: int = 0, port: int = 0) -> IDPayload:
+        """The ID payload; phase 1 uses protocol 0/port 0 or UDP/500 (RFC 2407 4.6.2)."""
+        kind, value = self.id_type, self.value
+        if isinstance(value, str):
+            return IDPayload(kind, value.encode("utf-8"), protocol, port)
+        if isinstance(value, bytes):
+            return IDPayload(kind, value, protocol, port)
+        _kind, data = _encode_address_id(value)
+        return IDPayload(kind, data, protocol, port)
+
+    @classmethod
+    def from_payload(cls, p: IDPayload) -> Identity:
+        """Decode an ID payload; bad contents raise INVALID_ID_INFORMATION (RFC 2408 5.5)."""
+        try:
+            kind = IdType(p.id_type)
+        except ValueError:
+            raise _bad_id(f"unknown ID type {p.id_type}", "ID.id_type") from None
+        data = p.data
+        if kind in _ADDR_LEN:
+            return cls(kind, _decode_address_id(kind, data))
+        if kind in (IdType.FQDN, IdType.USER_FQDN):
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _bad_id(f"{kind.name} is not UTF-8") from None
+            if not text or "\x00" in text:
+                raise _bad_id(f"empty or NUL in {kind.name}")
+            return cls(kind, text)
+        if kind == IdType.DER_ASN1_DN:
+            try:
+                der_to_name(data)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise _bad_id(f"DER_ASN1_DN does not parse: {exc}") from None
+        return cls(kind, bytes(data))
+
+    @classmethod
+    def parse(cls, text: str) -> Identity:
+        """strongSwan-like text to an identity.
+
+        ``10.0.0.1``, ``fe80::1``, ``10.0.0.0/24``, ``10.0.0.1-10.0.0.9``; ``@fqdn`` or a
+        bare host name (FQDN); ``@@user@fqdn`` or ``user@fqdn`` (USER_FQDN);
+        ``keyid:text``, ``keyid:#hex`` or ``@#hex`` (KEY_ID); ``dn:CN=..,O=..``,
+        ``dn:#hex`` or any text with ``=`` (DER_ASN1_DN, RFC 4514 order); ``gn:#hex``.
+        """
+        text = _strip(text)
+        if not text:
+            raise LocalProtocolError("empty identity")
+        lowered = text.lower()
+        if lowered.startswith("keyid:"):
+            return cls(IdType.KEY_ID, _text_or_hex(text[6:]))
+        if text.startswith("@#"):
+            return cls(IdType.KEY_ID, _text_or_hex(text[1:]))
+        if lowered.startswith("gn:"):
+            return cls(IdType.DER_ASN1_GN, _text_or_hex(text[3:]))
+        if lowered.startswith("dn:"):
+            rest = text[3:].strip()
+            return cls(IdType.DER_ASN1_DN, _hex(rest[1:]) if rest.startswith("#") else parse_dn(rest))
+        if text.startswith("@@"):
+            return cls(IdType.USER_FQDN, text[2:])
+        if text.startswith("@"):
+            return cls(IdType.FQDN, text[1:])
+        address = _parse_address_text(text)
+        if address is not None:
+            return cls(_encode_address_id(address)[0], address)
+        if "=" in text:
+            return cls(IdType.DER_ASN1_DN, parse_dn(text))
+        if "@" in text:
+            return cls(IdType.USER_FQDN, text)
+        return cls(IdType.FQDN, text)
+
+    def matches(self, other: Identity) -> bool:
+        """The same identity as a configured one would be compared: DNs by their attributes
+        (the ASN.1 string types ignored), FQDN and USER_FQDN case-insensitively (RFC 4343)."""
+        if self.id_type != other.id_type:
+            return False
+        if self.id_type == IdType.DER_ASN1_DN:
+            try:
+                return der_to_name(self.value) == der_to_name(other.value)  # type: ignore[arg-type]
+            except ValueError:
+                return self.value == other.value
+        if isinstance(self.value, str) and isinstance(other.value, str):
+            return self.value.lower() == other.value.lower()
+        return self.value == other.value
+
+    def __str__(self) -> str:
+        kind, value = self.id_type, self.value
+        if kind == IdType.FQDN:
+            return f"@{value}"
+        if kind == IdType.USER_FQDN:
+            return str(value)
+        if kind == IdType.KEY_ID:
+            return f"keyid:{_show_bytes(value)}"  # type: ignore[arg-type]
+        if kind == IdType.DER_ASN1_DN:
+            return dn_to_text(value)  # type: ignore[arg-type]
+        if kind == IdType.DER_ASN1_GN:
+            return f"gn:#{value.hex()}"  # type: ignore[union-attr]
+        if isinstance(value, tuple):
+            return f"{value[0]}-{value[1]}"
+        return str(value)
+
+
+def _hex(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise LocalProtocolError(f"not hex: {text!r}") from None
+
+
+def _text_or_hex(text: str) -> bytes:
+    return _hex(text[1:]) if text.startswith("#") else text.encode("utf-8")
+
+
+def _show_bytes(data: bytes) -> str:
+    """Printable ASCII as is, anything else as ``#hex`` (strongSwan's keyid syntax)."""
+    if data and all(0x21 <= b < 0x7F for b in data) and not data.startswith(b"#"):
+        return data.decode("ascii")
+    return f"#{data.hex()}"
+
+
+def _parse_address_text(text: str) -> IPAddress | IPNetwork | AddressRange | None:
+    try:
+        if "/" in text:
+            return ipaddress.ip_network(text, strict=False)
+        if "-" in text:
+            start_s, end_s = text.split("-", 1)
+            start, end = ipaddress.ip_address(start_s.strip()), ipaddress.ip_address(end_s.strip())
+            if start.version != end.version or start > end:  # type: ignore[operator]
+                raise LocalProtocolError(f"bad address range {text!r}")
+            return (start, end)  # type: ignore[return-value]
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- traffic selectors
+
+_PROTOCOL_NAMES = {
+    1: "icmp",
+    6: "tcp",
+    17: "udp",
+    47: "gre",
+    50: "esp",
+    51: "ah",
+    58: "ipv6-icmp",
+    115: "l2tp",
+}
+_PROTOCOL_NUMBERS = {name: number for number, name in _PROTOCOL_NAMES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSelector:
+    """A phase 2 client identity: addresses ``start``..``end``, protocol and port (0 = any).
+
+    RFC 2409 section 5.5 and RFC 2407 section 4.6.2: Quick Mode IDci/IDcr.
+    """
+
+    start: IPAddress
+    end: IPAddress
+    protocol: int = 0
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.start.version != self.end.version:
+            raise LocalProtocolError(f"mixed address families {self.start} - {self.end}")
+        if self.start > self.end:  # type: ignore[operator]
+            raise LocalProtocolError(f"range start {self.start} > end {self.end}")
+        if not 0 <= self.protocol <= 0xFF or not 0 <= self.port <= 0xFFFF:
+            raise LocalProtocolError(f"bad protocol/port {self.protocol}/{self.port}")
+
+    # -- constructors
+
+    @classmethod
+    def from_network(cls, network: IPNetwork | str, protocol: int = 0, port: int = 0) -> TrafficSelector:
+        """All addresses of a CIDR block (host bits are ignored)."""
+        net = ipaddress.ip_network(network, strict=False) if isinstance(network, str) else network
+        return cls(net.network_address, net.broadcast_address, protocol, port)
+
+    @classmethod
+    def from_address(cls, address: IPAddress | str, protocol: int = 0, port: int = 0) -> TrafficSelector:
+        """A single host."""
+        addr = ipaddress.ip_address(address) if isinstance(address, str) else address
+        return cls(addr, addr, protocol, port)
+
+    @classmethod
+    def from_range(
+        cls, start: IPAddress | str, end: IPAddress | str, protocol: int = 0, port: int = 0
+    ) -> TrafficSelector:
+        """An inclusive address range."""
+        first = ipaddress.ip_address(start) if isinstance(start, str) else start
+        last = ipaddress.ip_address(end) if isinstance(end, str) else end
+        return cls(first, last, protocol, port)
+
+    @classmethod
+    def any(cls, version: int = 4) -> TrafficSelector:
+        """Every address of one family, any protocol and port."""
+        return cls.from_network("0.0.0.0/0" if version == 4 else "::/0")
+
+    @classmethod
+    def parse(cls, text: str) -> TrafficSelector:
+        """``10.0.0.0/24``, ``10.0.0.1``, ``10.0.0.1-10.0.0.9``, each with an optional
+        ``[proto/port]`` suffix such as ``[udp/1701]``, ``[tcp]`` or ``[17/0]``."""
+        text = text.strip()
+        protocol = port = 0
+        match = re.fullmatch(r"(.*?)\[([^/\]]*)(?:/(\d+))?\]", text)
+        if match:
+            text, proto_text, port_text = (
+                match.group(1).strip(),
+                match.group(2).strip().lower(),
+                match.group(3),
+            )
+            if proto_text.isdigit():
+                protocol = int(proto_text)
+            elif proto_text in _PROTOCOL_NUMBERS:
+                protocol = _PROTOCOL_NUMBERS[proto_text]
+            elif proto_text not in ("", "any"):
+                raise LocalProtocolError(f"unknown protocol {proto_text!r}")
+            port = int(port_text) if port_text else 0
+        value = _parse_address_text(text)
+        if value is None:
+            raise LocalProtocolError(f"not an address, subnet or range: {text!r}")
+        if isinstance(value, tuple):
+            return cls(value[0], value[1], protocol, port)
+        if isinstance(value, (IPv4Network, IPv6Network)):
+            return cls.from_network(value, protocol, port)
+        return cls(value, value, protocol, port)
+
+    # -- ID payloads
+
+    @property
+    def network(self) -> IPNetwork | None:
+        """The CIDR block equal to this range, or None when it is not one."""
+        nets = list(ipaddress.summarize_address_range(self.start, self.end))  # type: ignore[arg-type]
+        return nets[0] if len(nets) == 1 else None
+
+    def networks(self) -> list[IPNetwork]:
+        """The smallest list of CIDR blocks covering exactly this range (for routes)."""
+        return list(ipaddress.summarize_address_range(self.start, self.end))  # type: ignore[arg-type]
+
+    def to_id_payload(self) -> IDPayload:
+        """IPV4_ADDR for one host, *_SUBNET for a CIDR block, *_RANGE otherwise."""
+        net = self.network
+        value: IPAddress | IPNetwork | AddressRange
+        if self.start == self.end:
+            value = self.start
+        elif net is not None:
+            value = net
+        else:
+            value = (self.start, self.end)  # type: ignore[assignment]
+        kind, data = _encode_address_id(value)
+        return IDPayload(kind, data, self.protocol, self.port)
+
+    @classmethod
+    def from_id_payload(cls, p: IDPayload) -> TrafficSelector:
+        """Decode IDci/IDcr; non-address IDs and bad contents raise INVALID_ID_INFORMATION."""
+        try:
+            kind = IdType(p.id_type)
+        except ValueError:
+            kind = None  # type: ignore[assignment]
+        if kind not in _ADDR_LEN:
+            raise _bad_id(f"ID type {p.id_type} is not an address", "ID.id_type")
+        value = _decode_address_id(kind, p.data)
+        if isinstance(value, tuple):
+            return cls(value[0], value[1], p.protocol, p.port)
+        if isinstance(value, (IPv4Network, IPv6Network)):
+            return cls(value.network_address, value.broadcast_address, p.protocol, p.port)
+        return cls(value, value, p.protocol, p.port)
+
+    # -- set operations
+
+    @property
+    def version(self) -> int:
+        """4 or 6."""
+        return self.start.version
+
+    @property
+    def is_any(self) -> bool:
+        """True for every address of the family with any protocol and port."""
+        top = (1 << (32 if self.version == 4 else 128)) - 1
+        return int(self.start) == 0 and int(self.end) == top and self.protocol == 0 and self.port == 0
+
+    def contains(self, other: TrafficSelector) -> bool:
+        """True when every packet matching ``other`` matches this selector."""
+        return (
+            self.version == other.version
+            and self.start <= other.start  # type: ignore[operator]
+            and other.end <= self.end  # type: ignore[operator]
+            and self.protocol in (0, other.protocol)
+            and self.port in (0, other.port)
+        )
+
+    def intersect(self, other: TrafficSelector) -> TrafficSelector | None:
+        """The packets matching both selectors, or None when there are none."""
+        if self.version != other.version:
+            return None
+        if self.protocol and other.protocol and self.protocol != other.protocol:
+            return None
+        if self.port and other.port and self.port != other.port:
+            return None
+        start = max(self.start, other.start)  # type: ignore[type-var]
+        end = min(self.end, other.end)  # type: ignore[type-var]
+        if start > end:
+            return None
+        return TrafficSelector(start, end, self.protocol or other.protocol, self.port or other.port)
+
+    def __str__(self) -> str:
+        net = self.network
+        text = str(net) if net is not None else f"{self.start}-{self.end}"
+        if self.protocol or self.port:
+            proto = _PROTOCOL_NAMES.get(self.protocol, str(self.protocol))
+            text += f"[{proto}/{self.port}]" if self.port else f"[{proto}]"
+        return text

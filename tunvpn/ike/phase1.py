@@ -1,0 +1,796 @@
+"""Phase 1: Main Mode, Aggressive Mode and Base Mode, initiator and responder.
+
+Message layouts (RFC 2409 section 5, RFC 3947 for NAT-D; Base Mode in docs/protocol.md)::
+
+  Main Mode                          Aggressive Mode                  Base Mode (tunvpn)
+  1 I>R SA VID*                      1 I>R SA KE Ni IDii VID* [CR]    1 I>R SA Ni IDii VID* [CR]
+  2 R>I SA VID*                      2 R>I SA KE Nr IDir [CERT]       2 R>I SA Nr IDir VID* [CR]
+  3 I>R KE Ni [CR] NAT-D NAT-D             AUTH_R VID* NAT-D NAT-D    3 I>R KE [CERT] AUTH_I NAT-D NAT-D
+  4 R>I KE Nr [CR] NAT-D NAT-D       3 I>R* [CERT] AUTH_I NAT-D NAT-D 4 R>I KE [CERT] AUTH_R NAT-D NAT-D
+  5 I>R* IDii [CERT] AUTH_I [N(IC)]        [N(INITIAL-CONTACT)]
+  6 R>I* IDir [CERT] AUTH_R
+
+AUTH is HASH_x for pre-shared keys or SIG_x for signatures. The legal messages per state
+are in :data:`PHASE1_TABLE`; anything else is rejected in ``_receive_phase1`` alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import struct
+from typing import TYPE_CHECKING
+
+from . import certs, crypto
+from . import events as ev
+from .config import SIGNATURE_METHODS, XAUTH_METHODS, base_auth_method
+from .constants import (
+    CertEncoding,
+    DHGroup,
+    ExchangeType,
+    HeaderFlag,
+    NotifyType,
+    ProtocolId,
+    VendorId,
+)
+from .errors import AuthenticationError, NoProposalChosen, RemoteProtocolError
+from .identity import Identity
+from .messages import (
+    CertPayload,
+    CertRequestPayload,
+    HashPayload,
+    Header,
+    IDPayload,
+    KEPayload,
+    NatDPayload,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    RawPayload,
+    SAPayload,
+    SignaturePayload,
+    VendorIDPayload,
+    encode_payload,
+)
+from .proposals import Phase1Suite, check_phase1_answer, phase1_sa_payload, select_phase1_proposal
+from .sa import Address, IkeSA, P1State, Role
+
+if TYPE_CHECKING:
+    from .engine import IkeEngine
+
+log = logging.getLogger(__name__)
+
+NONCE_SIZE = 32
+MM, AM, BM = ExchangeType.IDENTITY_PROTECTION, ExchangeType.AGGRESSIVE, ExchangeType.BASE
+MODE_NAMES = {MM: "main", AM: "aggressive", BM: "base"}
+MODES = {v: k for k, v in MODE_NAMES.items()}
+
+# (exchange, role, state) -> handler name: the one table of legal phase 1 transitions.
+PHASE1_TABLE: dict[tuple[ExchangeType, Role, P1State], str] = {
+    (MM, Role.INITIATOR, P1State.I_SENT_SA): "_mm_i_got_sa",
+    (MM, Role.INITIATOR, P1State.I_SENT_KE): "_mm_i_got_ke",
+    (MM, Role.INITIATOR, P1State.I_SENT_AUTH): "_mm_i_got_auth",
+    (MM, Role.RESPONDER, P1State.R_SENT_SA): "_mm_r_got_ke",
+    (MM, Role.RESPONDER, P1State.R_SENT_KE): "_mm_r_got_auth",
+    (AM, Role.INITIATOR, P1State.I_SENT_SA): "_am_i_got_sa",
+    (AM, Role.RESPONDER, P1State.R_SENT_KE): "_am_r_got_auth",
+    (BM, Role.INITIATOR, P1State.I_SENT_SA): "_bm_i_got_sa",
+    (BM, Role.INITIATOR, P1State.I_SENT_KE): "_bm_i_got_ke",
+    (BM, Role.RESPONDER, P1State.R_SENT_SA): "_bm_r_got_ke",
+}
+
+VID_NAMES = {
+    VendorId.XAUTH: "xauth",
+    VendorId.CISCO_UNITY: "unity",
+    VendorId.DPD: "dpd",
+    VendorId.NATT_RFC3947: "nat-t",
+    VendorId.TUNVPN: "tunvpn",
+    **{vid: "nat-t-draft" for vid in VendorId.NATT_DRAFTS},
+}
+
+
+def _find(payloads: list[RawPayload], kind: type) -> list[RawPayload]:
+    return [p for p in payloads if isinstance(p.payload, kind)]
+
+
+def _one(payloads: list[RawPayload], kind: type, what: str) -> RawPayload:
+    found = _find(payloads, kind)
+    if len(found) != 1:
+        raise RemoteProtocolError(
+            f"expected exactly one {what} payload, got {len(found)}", NotifyType.PAYLOAD_MALFORMED, what
+        )
+    return found[0]
+
+
+def _utc(now: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(now, datetime.UTC)
+
+
+class Phase1Mixin:
+    """Phase 1 of :class:`~tunvpn.ike.engine.IkeEngine`."""
+
+    # ------------------------------------------------------------------ commands
+
+    def initiate(
+        self: IkeEngine,
+        remote: Address,
+        local: Address,
+        now: float,
+        *,
+        mode: str = "main",
+        local_id: Identity | None = None,
+        xauth: bool = False,
+        groups: list[DHGroup] | None = None,
+    ) -> bytes:
+        """Start phase 1 towards ``remote``; returns the SA id. ``xauth`` offers XAUTH methods."""
+        exchange = MODES.get(mode)
+        if exchange is None:
+            raise ValueError(f"unknown phase 1 mode {mode!r} (main, aggressive or base)")
+        sa = IkeSA(Role.INITIATOR, exchange, self._new_cookie(), bytes(8), local, remote, now)
+        sa.last_heard = now
+        sa.local_id = local_id or self._default_local_id(local)
+        methods = self.config.auth_methods(xauth=xauth, responder=False)
+        if not methods:
+            raise ValueError("no credential: configure a pre-shared key or a certificate")
+        self._sas[sa.icookie] = sa
+        if exchange == AM:
+            order = groups or self.config.phase1.groups_by_strength()
+            sa.aggressive_groups = list(order)
+            self._am_send_first(sa, methods)
+        else:
+            sa.offered = self.config.phase1.enumerate(methods, groups)
+            sa_payload = phase1_sa_payload(sa.offered)
+            sa.sa_body = encode_payload(sa_payload, 0)[4:]
+            payloads: list[Payload] = [sa_payload]
+            if exchange == BM:
+                sa.ni = self._random(NONCE_SIZE)
+                id_payload = sa.local_id.to_payload()
+                sa.local_id_body = encode_payload(id_payload, 0)[4:]
+                payloads += [NoncePayload(sa.ni), id_payload]
+            payloads += self._vendor_ids(xauth=xauth)
+            if exchange == BM:
+                payloads += self._cert_requests()
+            self._send_phase1(sa, payloads, now, encrypt=False)
+        sa.state = P1State.I_SENT_SA
+        return sa.sa_id
+
+    def _am_send_first(self: IkeEngine, sa: IkeSA, methods: list | None = None) -> None:
+        if methods is None:
+            methods = [s.auth for s in sa.offered]
+            methods = list(dict.fromkeys(methods))
+        group = sa.aggressive_groups.pop(0)
+        sa.offered = self.config.phase1.enumerate(methods, [group])
+        sa_payload = phase1_sa_payload(sa.offered)
+        sa.sa_body = encode_payload(sa_payload, 0)[4:]
+        sa.dh = crypto.DiffieHellman(group)
+        sa.gxi = sa.dh.public
+        sa.ni = self._random(NONCE_SIZE)
+        assert sa.local_id is not None
+        id_payload = sa.local_id.to_payload()
+        sa.local_id_body = encode_payload(id_payload, 0)[4:]
+        xauth = any(m in XAUTH_METHODS for m in methods)
+        payloads: list[Payload] = [sa_payload, KEPayload(sa.gxi), NoncePayload(sa.ni), id_payload]
+        payloads += self._vendor_ids(xauth=xauth)
+        payloads += self._cert_requests()
+        sa.retransmits = 0
+        self._send_phase1(sa, payloads, sa.created, encrypt=False)
+
+    # ------------------------------------------------------------------ receive
+
+    def _start_responder(self: IkeEngine, header: Header, data: bytes, remote: Address, local: Address, now: float) -> None:
+        sa = IkeSA(Role.RESPONDER, header.exchange, header.icookie, self._new_cookie(), local, remote, now)
+        sa.last_heard = now
+        if local[1] != self.ike_port:
+            sa.floated = True
+        payloads = sa.open(header, data)
+        sa.last_in = data
+        self._sas[sa.rcookie] = sa
+        self._half_open[(header.icookie, remote)] = sa.rcookie
+        try:
+            if header.exchange == MM:
+                self._mm_r_got_sa(sa, payloads, now)
+            elif header.exchange == AM:
+                self._am_r_got_sa(sa, payloads, now)
+            else:
+                self._bm_r_got_sa(sa, payloads, now)
+        except RemoteProtocolError as exc:
+            self._on_remote_error(sa, header, remote, local, exc, now)
+
+    def _receive_phase1(self: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
+        if sa.state is P1State.ESTABLISHED:
+            return  # a late duplicate of a message we already answered differently
+        handler = PHASE1_TABLE.get((ExchangeType(sa.exchange), sa.role, sa.state))
+        if handler is None:
+            raise RemoteProtocolError(
+                f"unexpected phase 1 message in state {sa.state.value}", NotifyType.INVALID_EXCHANGE_TYPE
+            )
+        if sa.role is Role.INITIATOR and sa.state is P1State.I_SENT_SA:
+            self._first_answer(sa, header)
+        try:
+            payloads = sa.open(header, data)
+        except RemoteProtocolError as exc:
+            if header.flags & HeaderFlag.ENCRYPTION and sa.psk is not None:
+                raise AuthenticationError(
+                    f"cannot decrypt phase 1 message ({exc}); the pre-shared keys probably differ",
+                    field="encrypted payload",
+                ) from exc
+            raise
+        notify = _find(payloads, NotifyPayload)
+        if notify and sa.role is Role.INITIATOR:
+            n = notify[0].payload
+            assert isinstance(n, NotifyPayload)
+            if n.notify_type < 8192:
+                self._peer_refused(sa, n, now)
+                return
+        sa.last_in = data
+        sa.retransmit_at = None
+        getattr(self, handler)(sa, payloads, now)
+
+    def _first_answer(self: IkeEngine, sa: IkeSA, header: Header) -> None:
+        if header.rcookie == bytes(8) and header.exchange != ExchangeType.INFORMATIONAL:
+            raise RemoteProtocolError("responder cookie is zero", NotifyType.INVALID_COOKIE, "header.rcookie", 8)
+        sa.rcookie = header.rcookie
+
+    def _peer_refused(self: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
+        name = NotifyType(n.notify_type).name if n.notify_type in NotifyType._value2member_map_ else n.notify_type
+        if sa.exchange == AM and n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN and sa.aggressive_groups:
+            # Aggressive Mode carries one group: try the next one (issue #2, seed FIG. 6)
+            log.info("aggressive mode: %s refused group %s, trying the next", sa.remote[0], sa.dh.group.name)
+            sa.rcookie = bytes(8)
+            self._am_send_first(sa)
+            return
+        self._fail_phase1(sa, f"peer answered {name}", n.notify_type, send_notify=False)
+
+    # ------------------------------------------------------------------ Main Mode
+
+    def _mm_i_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        sa_raw = _one(payloads, SAPayload, "SA")
+        assert isinstance(sa_raw.payload, SAPayload)
+        sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
+        self._note_vendor_ids(sa, payloads)
+        sa.dh = crypto.DiffieHellman(sa.suite.group)
+        sa.gxi = sa.dh.public
+        sa.ni = self._random(NONCE_SIZE)
+        out: list[Payload] = [KEPayload(sa.gxi), NoncePayload(sa.ni)]
+        if sa.suite.auth in SIGNATURE_METHODS:
+            out += self._cert_requests()
+        out += self._natd_payloads(sa)
+        sa.state = P1State.I_SENT_KE
+        self._send_phase1(sa, out, now, encrypt=False)
+
+    def _mm_r_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        sa_raw = _one(payloads, SAPayload, "SA")
+        self._note_vendor_ids(sa, payloads)
+        self._choose_suite(sa, sa_raw, None)
+        out: list[Payload] = [self._chosen_sa(sa_raw, sa)]
+        out += self._vendor_ids(xauth=sa.xauth_expected)
+        sa.state = P1State.R_SENT_SA
+        self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
+
+    def _mm_r_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        assert sa.suite is not None
+        sa.gxi = self._peer_ke(sa, payloads)
+        sa.ni = self._peer_nonce(payloads)
+        sa.dh = crypto.DiffieHellman(sa.suite.group)
+        sa.gxr = sa.dh.public
+        sa.nr = self._random(NONCE_SIZE)
+        self._check_natd(sa, payloads)
+        if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
+            sa.psk = self.config.psks.lookup(None, sa.remote[0])
+            if sa.psk is None:
+                raise AuthenticationError(f"no pre-shared key for {sa.remote[0]}")
+        self._derive_keys(sa)
+        out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr)]
+        if sa.suite.auth in SIGNATURE_METHODS:
+            out += self._cert_requests()
+        out += self._natd_payloads(sa)
+        sa.state = P1State.R_SENT_KE
+        self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
+
+    def _mm_i_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        assert sa.suite is not None
+        sa.gxr = self._peer_ke(sa, payloads)
+        sa.nr = self._peer_nonce(payloads)
+        self._check_natd(sa, payloads)
+        if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
+            sa.psk = self.config.psks.lookup(None, sa.remote[0])
+            if sa.psk is None:
+                raise AuthenticationError(f"no pre-shared key for {sa.remote[0]}")
+        self._derive_keys(sa)
+        self._maybe_float(sa)
+        assert sa.local_id is not None
+        id_payload = sa.local_id.to_payload()
+        sa.local_id_body = encode_payload(id_payload, 0)[4:]
+        out: list[Payload] = [id_payload, *self._auth_payloads(sa, initiator=True)]
+        out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
+        sa.state = P1State.I_SENT_AUTH
+        self._send_phase1(sa, out, now, encrypt=True)
+
+    def _mm_r_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        self._take_peer_id(sa, payloads)
+        self._verify_auth(sa, payloads, initiator=True, now=now)
+        sa.local_id = self._default_local_id(sa.local)
+        id_payload = sa.local_id.to_payload()
+        sa.local_id_body = encode_payload(id_payload, 0)[4:]
+        out: list[Payload] = [id_payload, *self._auth_payloads(sa, initiator=False)]
+        self._send_phase1(sa, out, now, encrypt=True, expect_reply=False)
+        self._phase1_done(sa, payloads, now)
+
+    def _mm_i_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        self._take_peer_id(sa, payloads)
+        self._verify_auth(sa, payloads, initiator=False, now=now)
+        self._phase1_done(sa, payloads, now)
+
+    # ------------------------------------------------------------------ Aggressive Mode
+
+    def _am_r_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        sa_raw = _one(payloads, SAPayload, "SA")
+        self._note_vendor_ids(sa, payloads)
+        self._take_peer_id(sa, payloads)
+        ke = _one(payloads, KEPayload, "KE").payload
+        assert isinstance(ke, KEPayload)
+        self._choose_suite(sa, sa_raw, len(ke.data))
+        assert sa.suite is not None
+        sa.gxi = self._peer_ke(sa, payloads)
+        sa.ni = self._peer_nonce(payloads)
+        sa.dh = crypto.DiffieHellman(sa.suite.group)
+        sa.gxr = sa.dh.public
+        sa.nr = self._random(NONCE_SIZE)
+        self._lookup_psk(sa)
+        self._derive_keys(sa)
+        sa.local_id = self._default_local_id(sa.local)
+        id_payload = sa.local_id.to_payload()
+        sa.local_id_body = encode_payload(id_payload, 0)[4:]
+        out: list[Payload] = [self._chosen_sa(sa_raw, sa), KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
+        out += self._auth_payloads(sa, initiator=False)
+        out += self._vendor_ids(xauth=sa.xauth_expected)
+        out += self._natd_payloads(sa)
+        sa.state = P1State.R_SENT_KE
+        self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
+
+    def _am_i_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        sa_raw = _one(payloads, SAPayload, "SA")
+        assert isinstance(sa_raw.payload, SAPayload)
+        sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
+        self._note_vendor_ids(sa, payloads)
+        sa.gxr = self._peer_ke(sa, payloads)
+        sa.nr = self._peer_nonce(payloads)
+        self._take_peer_id(sa, payloads)
+        self._lookup_psk(sa)
+        self._derive_keys(sa)
+        self._verify_auth(sa, payloads, initiator=False, now=now)
+        self._check_natd(sa, payloads)
+        self._maybe_float(sa)
+        out: list[Payload] = [*self._auth_payloads(sa, initiator=True), *self._natd_payloads(sa)]
+        out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
+        # the third message is encrypted, as vpnc, Cisco and Libreswan send it
+        self._send_phase1(sa, out, now, encrypt=True, expect_reply=False)
+        self._phase1_done(sa, payloads, now)
+
+    def _am_r_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        self._verify_auth(sa, payloads, initiator=True, now=now)
+        self._check_natd(sa, payloads)
+        self._phase1_done(sa, payloads, now)
+
+    # ------------------------------------------------------------------ Base Mode (tunvpn)
+
+    def _bm_r_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        sa_raw = _one(payloads, SAPayload, "SA")
+        self._note_vendor_ids(sa, payloads)
+        self._take_peer_id(sa, payloads)
+        sa.ni = self._peer_nonce(payloads)
+        self._choose_suite(sa, sa_raw, None)
+        self._lookup_psk(sa)
+        sa.nr = self._random(NONCE_SIZE)
+        sa.local_id = self._default_local_id(sa.local)
+        id_payload = sa.local_id.to_payload()
+        sa.local_id_body = encode_payload(id_payload, 0)[4:]
+        out: list[Payload] = [self._chosen_sa(sa_raw, sa), NoncePayload(sa.nr), id_payload]
+        out += self._vendor_ids(xauth=sa.xauth_expected)
+        assert sa.suite is not None
+        if sa.suite.auth in SIGNATURE_METHODS:
+            out += self._cert_requests()
+        sa.state = P1State.R_SENT_SA
+        self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
+
+    def _bm_i_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        sa_raw = _one(payloads, SAPayload, "SA")
+        assert isinstance(sa_raw.payload, SAPayload)
+        sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
+        self._note_vendor_ids(sa, payloads)
+        sa.nr = self._peer_nonce(payloads)
+        self._take_peer_id(sa, payloads)
+        self._lookup_psk(sa)
+        sa.dh = crypto.DiffieHellman(sa.suite.group)
+        sa.gxi = sa.dh.public
+        out: list[Payload] = [KEPayload(sa.gxi), *self._auth_payloads(sa, initiator=True)]
+        out += self._natd_payloads(sa)
+        sa.state = P1State.I_SENT_KE
+        self._send_phase1(sa, out, now, encrypt=False)
+
+    def _bm_r_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        assert sa.suite is not None
+        sa.gxi = self._peer_ke(sa, payloads)
+        sa.dh = crypto.DiffieHellman(sa.suite.group)
+        sa.gxr = sa.dh.public
+        self._verify_auth(sa, payloads, initiator=True, now=now)
+        self._check_natd(sa, payloads)
+        self._derive_keys(sa)
+        out: list[Payload] = [KEPayload(sa.gxr), *self._auth_payloads(sa, initiator=False)]
+        out += self._natd_payloads(sa)
+        self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
+        self._phase1_done(sa, payloads, now)
+
+    def _bm_i_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        sa.gxr = self._peer_ke(sa, payloads)
+        self._verify_auth(sa, payloads, initiator=False, now=now)
+        self._check_natd(sa, payloads)
+        self._derive_keys(sa)
+        self._maybe_float(sa)
+        self._phase1_done(sa, payloads, now)
+
+    # ------------------------------------------------------------------ pieces
+
+    def _choose_suite(self: IkeEngine, sa: IkeSA, sa_raw: RawPayload, ke_length: int | None) -> None:
+        assert isinstance(sa_raw.payload, SAPayload)
+        sa.sa_body = sa_raw.body
+        methods = set(self.config.auth_methods(xauth=True, responder=True))
+        if sa.exchange == AM and not self.config.allow_aggressive_psk:
+            psk_methods = {m for m in methods if base_auth_method(m) not in SIGNATURE_METHODS}
+            methods -= psk_methods
+            if not methods:
+                raise NoProposalChosen(
+                    "Aggressive Mode with a pre-shared key is disabled (allow_aggressive_psk = false)"
+                )
+        suite, _, _ = select_phase1_proposal(sa_raw.payload, self.config.phase1, methods)
+        if ke_length is not None and ke_length != crypto.dh_public_length(suite.group):
+            # Aggressive Mode: the KE must match the chosen group's size
+            raise RemoteProtocolError(
+                f"KE length {ke_length} does not fit group {suite.group.name}",
+                NotifyType.INVALID_KEY_INFORMATION,
+                "KE",
+            )
+        sa.suite = suite
+        sa.auth_method = suite.auth
+        sa.xauth_expected = suite.auth in XAUTH_METHODS
+
+    def _chosen_sa(self: IkeEngine, sa_raw: RawPayload, sa: IkeSA) -> SAPayload:
+        assert isinstance(sa_raw.payload, SAPayload) and sa.suite is not None
+        prop = sa_raw.payload.proposals[0]
+        return SAPayload((prop.__class__(prop.number, prop.protocol, prop.spi, (sa.suite.to_transform(1),)),))
+
+    def _peer_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload]) -> bytes:
+        assert sa.suite is not None
+        ke = _one(payloads, KEPayload, "KE").payload
+        assert isinstance(ke, KEPayload)
+        if len(ke.data) != crypto.dh_public_length(sa.suite.group):
+            raise RemoteProtocolError(
+                f"KE is {len(ke.data)} octets, group {sa.suite.group.name} needs "
+                f"{crypto.dh_public_length(sa.suite.group)}",
+                NotifyType.INVALID_KEY_INFORMATION,
+                "KE",
+            )
+        return ke.data
+
+    def _peer_nonce(self: IkeEngine, payloads: list[RawPayload]) -> bytes:
+        nonce = _one(payloads, NoncePayload, "NONCE").payload
+        assert isinstance(nonce, NoncePayload)
+        if not 8 <= len(nonce.data) <= 256:  # RFC 2409 section 5: 8 to 256 octets
+            raise RemoteProtocolError(f"nonce of {len(nonce.data)} octets", field="NONCE")
+        return nonce.data
+
+    def _take_peer_id(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload]) -> None:
+        raw = _one(payloads, IDPayload, "ID")
+        assert isinstance(raw.payload, IDPayload)
+        p = raw.payload
+        if p.protocol not in (0, 17) or p.port not in (0, 500, 4500):
+            raise RemoteProtocolError(
+                "phase 1 ID must have protocol 0 or UDP and port 0 or 500", NotifyType.INVALID_ID_INFORMATION, "ID"
+            )
+        sa.peer_id = Identity.from_payload(p)
+        sa.peer_id_body = raw.body
+
+    def _lookup_psk(self: IkeEngine, sa: IkeSA) -> None:
+        assert sa.suite is not None
+        if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
+            return
+        sa.psk = self.config.psks.lookup(sa.peer_id, sa.remote[0])
+        if sa.psk is None:
+            raise AuthenticationError(f"no pre-shared key for peer {sa.peer_id} at {sa.remote[0]}")
+
+    def _derive_keys(self: IkeEngine, sa: IkeSA) -> None:
+        assert sa.suite is not None and sa.dh is not None
+        peer = sa.gxr if sa.role is Role.INITIATOR else sa.gxi
+        sa.g_xy = sa.dh.shared_secret(peer)
+        skeyid = self._skeyid(sa)
+        sa.keys = crypto.derive_phase1_keys(
+            prf_alg=sa.suite.hash,
+            hash_alg=sa.suite.hash,
+            enc_alg=sa.suite.encryption,
+            key_length_bits=sa.suite.key_length,
+            skeyid=skeyid,
+            g_xy=sa.g_xy,
+            icookie=sa.icookie,
+            rcookie=sa.rcookie,
+            gxi=sa.gxi,
+            gxr=sa.gxr,
+        )
+        sa.p1_iv = sa.keys.iv
+        sa.p1_last_block = sa.keys.iv
+
+    def _skeyid(self: IkeEngine, sa: IkeSA) -> bytes:
+        assert sa.suite is not None
+        return crypto.derive_skeyid(
+            prf_alg=sa.suite.hash,
+            auth=base_auth_method(sa.suite.auth),
+            ni=sa.ni,
+            nr=sa.nr,
+            g_xy=sa.g_xy,
+            psk=sa.psk,
+        )
+
+    def _auth_hash(self: IkeEngine, sa: IkeSA, *, initiator: bool) -> bytes:
+        """HASH_I or HASH_R (RFC 2409 section 5; Base Mode variant in docs/protocol.md)."""
+        assert sa.suite is not None
+        my_side = (sa.role is Role.INITIATOR) == initiator
+        id_body = sa.local_id_body if my_side else sa.peer_id_body
+        if sa.exchange == BM:
+            # Base Mode signs before g^xy exists: SKEYID without g^xy (documented extension)
+            if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
+                skeyid = crypto.prf(sa.suite.hash, sa.ni + sa.nr, sa.icookie + sa.rcookie)
+            else:
+                assert sa.psk is not None
+                skeyid = crypto.prf(sa.suite.hash, sa.psk, sa.ni + sa.nr)
+            if initiator:
+                data = sa.gxi + sa.icookie + sa.rcookie + sa.sa_body + id_body
+            else:
+                data = sa.gxr + sa.rcookie + sa.icookie + sa.sa_body + id_body
+            return crypto.prf(sa.suite.hash, skeyid, data)
+        assert sa.keys is not None
+        fn = crypto.hash_i if initiator else crypto.hash_r
+        return fn(sa.suite.hash, sa.keys.skeyid, sa.gxi, sa.gxr, sa.icookie, sa.rcookie, sa.sa_body, id_body)
+
+    def _auth_payloads(self: IkeEngine, sa: IkeSA, *, initiator: bool) -> list[Payload]:
+        assert sa.suite is not None
+        digest = self._auth_hash(sa, initiator=initiator)
+        method = base_auth_method(sa.suite.auth)
+        if method not in SIGNATURE_METHODS:
+            return [HashPayload(digest)]
+        cred = self.config.credential
+        if cred is None:
+            raise AuthenticationError("signature authentication chosen but we have no certificate")
+        out: list[Payload] = [CertPayload(CertEncoding.X509_SIGNATURE, cred.cert_der())]
+        out += [CertPayload(CertEncoding.X509_SIGNATURE, c.public_bytes(_DER)) for c in cred.chain]
+        out.append(SignaturePayload(certs.sign(cred, method, digest)))
+        return out
+
+    def _verify_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], *, initiator: bool, now: float) -> None:
+        assert sa.suite is not None
+        expected = self._auth_hash(sa, initiator=initiator)
+        method = base_auth_method(sa.suite.auth)
+        if method not in SIGNATURE_METHODS:
+            got = _one(payloads, HashPayload, "HASH").payload
+            assert isinstance(got, HashPayload)
+            if not crypto.constant_time_equal(got.data, expected):
+                raise AuthenticationError(
+                    "HASH_I does not verify: wrong pre-shared key" if initiator
+                    else "HASH_R does not verify: wrong pre-shared key",
+                    field="HASH",
+                )
+            return
+        cert_payloads = [p.payload for p in _find(payloads, CertPayload)]
+        x509_certs = [c for c in cert_payloads if c.encoding == CertEncoding.X509_SIGNATURE]  # type: ignore[union-attr]
+        if not x509_certs:
+            raise AuthenticationError("peer sent no X.509 certificate", NotifyType.CERTIFICATE_UNAVAILABLE, "CERT")
+        if not self.config.trusted_cas:
+            raise AuthenticationError("no CA configured to check peer certificates", NotifyType.INVALID_CERT_AUTHORITY)
+        leaf = certs.verify_certificate(
+            x509_certs[0].data,  # type: ignore[union-attr]
+            self.config.trusted_cas,
+            _utc(now),
+            intermediates=[c.data for c in x509_certs[1:]],  # type: ignore[union-attr]
+        )
+        assert sa.peer_id is not None
+        id_payload = sa.peer_id.to_payload()
+        if not certs.certificate_matches_identity(leaf, id_payload.id_type, id_payload.data):
+            raise AuthenticationError(
+                f"peer identity {sa.peer_id} is not in its certificate", NotifyType.INVALID_ID_INFORMATION, "ID"
+            )
+        sig = _one(payloads, SignaturePayload, "SIG").payload
+        assert isinstance(sig, SignaturePayload)
+        certs.verify(leaf.public_key(), method, expected, sig.data)
+
+    def _cert_requests(self: IkeEngine) -> list[Payload]:
+        if self.config.credential is None:
+            return []
+        return [
+            CertRequestPayload(CertEncoding.X509_SIGNATURE, certs.ca_distinguished_name(ca))
+            for ca in self.config.trusted_cas
+        ]
+
+    def _default_local_id(self: IkeEngine, local: Address) -> Identity:
+        if self.config.local_id is not None:
+            return self.config.local_id
+        if self.config.credential is not None and not self.config.psks:
+            return Identity.from_payload(
+                IDPayload(9, self.config.credential.certificate.subject.public_bytes())  # DER_ASN1_DN
+            )
+        return Identity.parse(local[0])
+
+    def _vendor_ids(self: IkeEngine, *, xauth: bool) -> list[Payload]:
+        vids = []
+        if xauth:
+            vids.append(VendorId.XAUTH)
+        if self.config.unity:
+            vids.append(VendorId.CISCO_UNITY)
+        vids.append(VendorId.DPD)
+        if self.config.natt:
+            vids += [VendorId.NATT_RFC3947, VendorId.NATT_DRAFT_03, VendorId.NATT_DRAFT_02N, VendorId.NATT_DRAFT_02]
+        if self.config.tunvpn_extensions:
+            vids.append(VendorId.TUNVPN)
+        return [VendorIDPayload(v) for v in vids]
+
+    def _note_vendor_ids(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload]) -> None:
+        for raw in _find(payloads, VendorIDPayload):
+            assert isinstance(raw.payload, VendorIDPayload)
+            data = raw.payload.data
+            name = VID_NAMES.get(data)
+            if name is None and data[:14] == VendorId.DPD[:14]:
+                name = "dpd"
+            if name is None and data[:12] == VendorId.CISCO_UNITY[:12]:
+                name = "unity"
+            if name:
+                sa.peer_vendor_ids.add(name)
+        if self.config.natt:
+            if "nat-t" in sa.peer_vendor_ids:
+                sa.natt, sa.natt_draft = True, False
+            elif "nat-t-draft" in sa.peer_vendor_ids:
+                sa.natt, sa.natt_draft = True, True
+        sa.tunvpn_peer = self.config.tunvpn_extensions and "tunvpn" in sa.peer_vendor_ids
+
+    # ------------------------------------------------------------------ NAT-T (RFC 3947)
+
+    def _natd_hash(self: IkeEngine, sa: IkeSA, addr: Address) -> bytes:
+        assert sa.suite is not None
+        import ipaddress
+
+        packed = ipaddress.ip_address(addr[0]).packed + struct.pack("!H", addr[1])
+        return crypto.hash_digest(sa.suite.hash, sa.icookie + sa.rcookie + packed)
+
+    def _natd_payloads(self: IkeEngine, sa: IkeSA) -> list[Payload]:
+        if not sa.natt:
+            return []
+        remote = self._natd_hash(sa, sa.remote)
+        local = self._natd_hash(sa, sa.local)
+        if self.config.force_encap:
+            local = self._random(len(local))  # pretend to sit behind a NAT (strongSwan encap=yes)
+        return [NatDPayload(remote, sa.natt_draft), NatDPayload(local, sa.natt_draft)]
+
+    def _check_natd(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload]) -> None:
+        if not sa.natt:
+            return
+        natds = [p.payload.data for p in _find(payloads, NatDPayload)]  # type: ignore[union-attr]
+        if len(natds) < 2:
+            return  # the peer did not do NAT-D after all
+        sa.nat_local = not crypto.constant_time_equal(natds[0], self._natd_hash(sa, sa.local))
+        peer_hash = self._natd_hash(sa, sa.remote)
+        sa.nat_remote = not any(crypto.constant_time_equal(h, peer_hash) for h in natds[1:])
+        if self.config.force_encap:
+            sa.nat_local = True
+
+    def _maybe_float(self: IkeEngine, sa: IkeSA) -> None:
+        """RFC 3947 section 4: the initiator moves to port 4500 once a NAT is seen."""
+        if sa.natt and (sa.nat_local or sa.nat_remote) and not sa.floated:
+            sa.floated = True
+            sa.local = (sa.local[0], self.config.natt_port)
+            sa.remote = (sa.remote[0], self.config.natt_port)
+
+    # ------------------------------------------------------------------ sending and ending
+
+    def _send_phase1(
+        self: IkeEngine, sa: IkeSA, payloads: list[Payload], now: float, *, encrypt: bool, expect_reply: bool = True
+    ) -> None:
+        data = sa.build(sa.exchange, 0, payloads, encrypt=encrypt)
+        sa.last_out = data
+        sa.retransmits = 0
+        sa.retransmit_at = now + self.config.retransmit_base if expect_reply else None
+        self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
+
+    def _retransmit_phase1(self: IkeEngine, sa: IkeSA, now: float) -> None:
+        if sa.retransmits >= self.config.retransmit_tries:
+            self._fail_phase1(sa, f"no answer from {sa.remote[0]} after {sa.retransmits} retransmissions", None,
+                              send_notify=False)
+            return
+        sa.retransmits += 1
+        sa.retransmit_at = now + self.config.retransmit_base * (2**sa.retransmits)
+        self._out.append((sa.wrap(sa.last_out), sa.remote, sa.local[1]))
+
+    def _phase1_done(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        assert sa.suite is not None
+        sa.state = P1State.ESTABLISHED
+        sa.retransmit_at = None
+        sa.last_heard = now
+        sa.expires = now + sa.suite.lifetime if sa.suite.lifetime else None
+        for key, cookie in list(self._half_open.items()):
+            if cookie == sa.local_cookie:
+                del self._half_open[key]
+        if sa.nat_local and sa.natt:
+            sa.next_keepalive = now + self.config.keepalive_interval
+        sa.xauth_expected = sa.suite.auth in XAUTH_METHODS
+        self._events.append(
+            ev.Phase1Established(
+                sa.sa_id,
+                sa.remote,
+                sa.role.value,
+                MODE_NAMES[ExchangeType(sa.exchange)],
+                str(sa.suite),
+                str(sa.local_id),
+                str(sa.peer_id),
+                sa.nat_local,
+                sa.nat_remote,
+                tuple(sorted(sa.peer_vendor_ids)),
+            )
+        )
+        initial_contact = any(
+            isinstance(p.payload, NotifyPayload) and p.payload.notify_type == NotifyType.INITIAL_CONTACT
+            for p in payloads
+        )
+        if initial_contact:
+            self._initial_contact(sa, now)
+        if sa.role is Role.RESPONDER and sa.xauth_expected:
+            self._start_xauth(sa, now)
+
+    def _initial_contact(self: IkeEngine, sa: IkeSA, now: float) -> None:
+        """RFC 2407 section 4.6.3.3: the peer rebooted; its older SAs are gone."""
+        for other in list(self._sas.values()):
+            if other is not sa and other.established and str(other.peer_id) == str(sa.peer_id):
+                self._drop_sa(other, "replaced after INITIAL-CONTACT", by_peer=True)
+
+    def _fail_phase1(self: IkeEngine, sa: IkeSA, reason: str, notify: int | None, *, send_notify: bool) -> None:
+        if sa.state is P1State.DEAD:
+            return
+        log.info("phase 1 with %s failed: %s", sa.remote[0], reason)
+        if send_notify and notify is not None:
+            self._send_unprotected_notify(sa.icookie, sa.rcookie, sa.remote, sa.local, notify, sa.floated)
+        self._remove_sa(sa)
+        self._events.append(ev.Phase1Failed(sa.sa_id, sa.remote, reason, notify))
+
+    def _send_unprotected_notify(
+        self: IkeEngine, icookie: bytes, rcookie: bytes, remote: Address, local: Address, notify: int, floated: bool
+    ) -> None:
+        from .messages import Message, encode_message
+
+        msg = Message(
+            icookie,
+            rcookie,
+            ExchangeType.INFORMATIONAL,
+            0,
+            0,
+            (NotifyPayload(notify, ProtocolId.ISAKMP, icookie + rcookie),),
+        )
+        data = encode_message(msg)
+        if floated:
+            data = b"\x00\x00\x00\x00" + data
+        self._out.append((data, remote, local[1]))
+
+    def _send_error_notify(
+        self: IkeEngine,
+        sa: IkeSA | None,
+        header: Header,
+        remote: Address,
+        local: Address,
+        exc: RemoteProtocolError,
+        now: float,
+    ) -> None:
+        if header.exchange == ExchangeType.INFORMATIONAL:
+            return  # never answer a notify with a notify
+        if sa is not None and sa.established:
+            self._send_informational(sa, [NotifyPayload(exc.notify, ProtocolId.ISAKMP, sa.sa_id)], now)
+            return
+        rcookie = sa.rcookie if sa is not None else header.rcookie
+        self._send_unprotected_notify(header.icookie, rcookie, remote, local, exc.notify, local[1] != self.ike_port)
+
+
+from cryptography.hazmat.primitives.serialization import Encoding as _Encoding  # noqa: E402
+
+_DER = _Encoding.DER

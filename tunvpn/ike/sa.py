@@ -1,0 +1,246 @@
+"""The state of one ISAKMP SA: cookies, chosen suite, keys and the CBC IV chains.
+
+RFC 2409 appendix B: phase 1 messages chain their IV from message to message; each
+exchange with a non-zero message ID starts from hash(last phase 1 CBC block | M-ID) and
+then chains on its own.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+
+from . import crypto
+from .constants import HEADER_SIZE, NON_ESP_MARKER, AuthMethod, HeaderFlag, NotifyType, PayloadType
+from .errors import RemoteProtocolError
+from .identity import Identity
+from .messages import (
+    Header,
+    HashPayload,
+    Payload,
+    RawPayload,
+    decode_payloads,
+    encode_header,
+    encode_payloads,
+)
+from .proposals import Phase1Suite
+
+Address = tuple[str, int]
+
+
+class Role(enum.Enum):
+    INITIATOR = "initiator"
+    RESPONDER = "responder"
+
+
+class P1State(enum.Enum):
+    """Phase 1 progress (the table of legal messages per state is in phase1.py)."""
+
+    # initiator
+    I_SENT_SA = "i-sent-sa"  # MM1 / AM1 / BM1 sent
+    I_SENT_KE = "i-sent-ke"  # MM3 / BM3 sent
+    I_SENT_AUTH = "i-sent-auth"  # MM5 sent
+    # responder
+    R_SENT_SA = "r-sent-sa"  # MM2 / BM2 sent
+    R_SENT_KE = "r-sent-ke"  # MM4 / AM2 sent
+    # both
+    ESTABLISHED = "established"
+    DEAD = "dead"
+
+
+@dataclass
+class Exchange:
+    """One exchange with a non-zero message ID (Transaction, Quick Mode, Informational)."""
+
+    message_id: int
+    kind: str
+    iv: bytes
+    state: str = "new"
+    last_in: bytes = b""
+    last_out: bytes = b""
+    retransmit_at: float | None = None
+    retransmits: int = 0
+    data: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class IkeSA:
+    """Everything known about one ISAKMP SA (phase 1) and its child exchanges."""
+
+    role: Role
+    exchange: int
+    icookie: bytes
+    rcookie: bytes
+    local: Address
+    remote: Address
+    created: float
+    state: P1State = P1State.I_SENT_SA
+    suite: Phase1Suite | None = None
+    offered: list[Phase1Suite] = field(default_factory=list)
+    sa_body: bytes = b""  # SAi_b
+    dh: crypto.DiffieHellman | None = None
+    gxi: bytes = b""
+    gxr: bytes = b""
+    ni: bytes = b""
+    nr: bytes = b""
+    g_xy: bytes = b""
+    psk: bytes | None = field(default=None, repr=False)
+    keys: crypto.Phase1Keys | None = None
+    p1_iv: bytes = b""
+    p1_last_block: bytes = b""
+    local_id: Identity | None = None
+    local_id_body: bytes = b""
+    peer_id: Identity | None = None
+    peer_id_body: bytes = b""
+    peer_vendor_ids: set[str] = field(default_factory=set)
+    natt_draft: bool = False  # peer only knows the draft NAT-T numbers
+    natt: bool = False  # both sides support NAT-T
+    nat_local: bool = False
+    nat_remote: bool = False
+    floated: bool = False
+    xauth_expected: bool = False
+    xauth_done: bool = False
+    xauth_user: str | None = None
+    modecfg_done: bool = False
+    tunvpn_peer: bool = False
+    exchanges: dict[int, Exchange] = field(default_factory=dict)
+    # phase 1 retransmission / duplicate detection
+    last_in: bytes = b""
+    last_out: bytes = b""
+    retransmit_at: float | None = None
+    retransmits: int = 0
+    # liveness
+    last_heard: float = 0.0
+    dpd_seq: int = 0
+    dpd_sent_at: float | None = None
+    next_keepalive: float | None = None
+    expires: float | None = None
+    aggressive_groups: list = field(default_factory=list)  # remaining AM groups to try
+    auth_method: AuthMethod | None = None
+    children: dict[int, ChildSA] = field(default_factory=dict)
+    assigned_address: str | None = None
+    child_policies: tuple | None = None  # per-client override of the gateway's policies
+
+    @property
+    def sa_id(self) -> bytes:
+        return self.icookie + self.rcookie
+
+    @property
+    def local_cookie(self) -> bytes:
+        return self.icookie if self.role is Role.INITIATOR else self.rcookie
+
+    @property
+    def established(self) -> bool:
+        return self.state is P1State.ESTABLISHED
+
+    # ------------------------------------------------------------------ wire helpers
+
+    def wrap(self, data: bytes) -> bytes:
+        """Prefix the non-ESP marker once we talk on the NAT-T port (RFC 3948 section 2.2)."""
+        return NON_ESP_MARKER + data if self.floated else data
+
+    def build(self, exchange: int, message_id: int, payloads: list[Payload], *, encrypt: bool) -> bytes:
+        """Serialize (and, when ``encrypt``, encrypt and chain the IV of) one message."""
+        first, body = encode_payloads(payloads)
+        flags = 0
+        if encrypt:
+            assert self.suite is not None and self.keys is not None
+            flags |= HeaderFlag.ENCRYPTION
+            block = crypto.cipher_block_size(self.suite.encryption)
+            iv = self._iv_for(message_id)
+            body = crypto.cbc_encrypt(self.suite.encryption, self.keys.enc_key, iv, crypto.pad_to_block(body, block))
+            self._set_iv(message_id, body[-block:])
+        header = Header(self.icookie, self.rcookie, first, exchange, int(flags), message_id, HEADER_SIZE + len(body))
+        return encode_header(header) + body
+
+    def open(self, header: Header, data: bytes) -> list[RawPayload]:
+        """Decrypt (when flagged) and decode the payloads of a received message."""
+        body = data[HEADER_SIZE : header.length]
+        if header.flags & HeaderFlag.ENCRYPTION:
+            if self.keys is None or self.suite is None:
+                raise RemoteProtocolError(
+                    "encrypted message before keys exist", field="header.flags", offset=19
+                )
+            block = crypto.cipher_block_size(self.suite.encryption)
+            iv = self._iv_for(header.message_id)
+            plain = crypto.cbc_decrypt(self.suite.encryption, self.keys.enc_key, iv, body)
+            payloads = decode_payloads(header.next_payload, plain, allow_trailing=True)
+            # only advance the IV chain once the message decoded (a forged one leaves it as is)
+            self._set_iv(header.message_id, body[-block:])
+            return payloads
+        return decode_payloads(header.next_payload, body)
+
+    def _iv_for(self, message_id: int) -> bytes:
+        assert self.suite is not None
+        if message_id == 0:
+            return self.p1_iv
+        ex = self.exchanges.get(message_id)
+        if ex is not None and ex.iv:
+            return ex.iv
+        return crypto.phase2_iv(
+            self.suite.hash, self.p1_last_block, message_id, crypto.cipher_block_size(self.suite.encryption)
+        )
+
+    def _set_iv(self, message_id: int, iv: bytes) -> None:
+        if message_id == 0:
+            self.p1_iv = iv
+            self.p1_last_block = iv
+            return
+        ex = self.exchanges.get(message_id)
+        if ex is None:
+            ex = self.exchanges[message_id] = Exchange(message_id, "?", iv)
+        ex.iv = iv
+
+    # ------------------------------------------------------------------ HASH(n) of phase 2
+
+    def prf_a(self, data: bytes) -> bytes:
+        assert self.suite is not None and self.keys is not None
+        return crypto.prf(self.suite.hash, self.keys.skeyid_a, data)
+
+    def hash_payload(self, message_id: int, following: bytes, extra: bytes = b"") -> HashPayload:
+        """HASH(1)/HASH(2): prf(SKEYID_a, M-ID | [extra |] following payloads)."""
+        return HashPayload(self.prf_a(struct.pack("!I", message_id) + extra + following))
+
+    def check_hash(self, message_id: int, payloads: list[RawPayload], extra: bytes = b"") -> list[RawPayload]:
+        """Verify the leading HASH payload of a protected message; return the rest.
+
+        RFC 2409 section 5.5 and draft-dukes-ike-mode-cfg-02 section 3.1: the hash covers the
+        message ID and every payload after the HASH payload, including their generic headers
+        (``extra`` is Ni_b for Quick Mode's HASH(2)).
+        """
+        if not payloads or not isinstance(payloads[0].payload, HashPayload):
+            raise RemoteProtocolError(
+                "protected message does not start with a HASH payload", NotifyType.INVALID_HASH_INFORMATION, "HASH"
+            )
+        rest = payloads[1:]
+        expected = self.prf_a(struct.pack("!I", message_id) + extra + b"".join(p.raw for p in rest))
+        if not crypto.constant_time_equal(expected, payloads[0].payload.data):
+            raise RemoteProtocolError("HASH payload does not verify", NotifyType.INVALID_HASH_INFORMATION, "HASH")
+        return rest
+
+
+@dataclass
+class ChildSA:
+    """One pair of IPsec SAs made by a Quick Mode, as the IKE engine remembers it."""
+
+    spi_in: int
+    spi_out: int
+    name: str
+    message_id: int
+
+
+def raw_after_first(payload_bytes: bytes) -> bytes:
+    """The payload chain after the first payload, as produced by ``encode_payloads``."""
+    length = struct.unpack_from("!H", payload_bytes, 2)[0]
+    return payload_bytes[length:]
+
+
+def payload_kind(p: RawPayload) -> PayloadType | int:
+    from .messages import payload_type_of
+
+    t = payload_type_of(p.payload)
+    try:
+        return PayloadType(t)
+    except ValueError:
+        return t

@@ -1,0 +1,1 @@
+"""The I/O shell around the sans-I/O cores: sockets, clocks, signals (asyncio)."""

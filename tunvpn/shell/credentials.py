@@ -1,0 +1,191 @@
+"""Secret files: pre-shared keys and XAUTH users, read only when nobody else can read them.
+
+File formats (``#`` starts a comment line, blank lines are ignored):
+
+PSK file
+    either a single line holding just the secret (used for every peer), or lines of
+    ``ID SECRET``, where ID is a peer identity as tunvpn prints it (``keyid:group``,
+    ``10.0.0.2``, ``@vpn.example``) or ``*`` for everybody. A secret may be written in
+    double quotes (to keep spaces) or as ``0x`` followed by hex digits.
+Users file
+    lines of ``user:password`` (the password is everything after the first colon).
+
+Both files must be private to their owner (``chmod 600``): a readable secret file is refused
+with a message naming the file and the fix. ``TUNVPN_PSK`` in the environment replaces the
+PSK file (a single secret for every peer).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from tunvpn.ike.config import PskTable
+
+PSK_ENV = "TUNVPN_PSK"
+PASSWORD_ENV = "TUNVPN_PASSWORD"
+
+
+class SecretFileError(Exception):
+    """A secret file is missing, unreadable, too open or malformed (message says which and why)."""
+
+
+def read_private_file(path: str | os.PathLike[str], what: str) -> str:
+    """The text of ``path`` if only its owner can read or write it."""
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except FileNotFoundError:
+        raise SecretFileError(f"{what} {p}: no such file") from None
+    except PermissionError:
+        raise SecretFileError(f"{what} {p}: permission denied") from None
+    except OSError as exc:
+        raise SecretFileError(f"{what} {p}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SecretFileError(f"{what} {p}: not a regular file")
+        if st.st_mode & 0o077:
+            raise SecretFileError(
+                f"{what} {p} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"refusing to use it. Fix: chmod 600 {p}"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read()
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretFileError(f"{what} {p}: not UTF-8 text") from None
+
+
+def _content_lines(text: str) -> list[tuple[int, str]]:
+    out = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            out.append((number, line))
+    return out
+
+
+def parse_secret(text: str) -> bytes:
+    """``"quoted text"``, ``0xHEX`` or plain text, as bytes."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return text[1:-1].encode()
+    if text[:2].lower() == "0x" and len(text) > 2:
+        try:
+            return bytes.fromhex(text[2:])
+        except ValueError:
+            raise ValueError("0x secret with non-hex digits") from None
+    return text.encode()
+
+
+def parse_psk_text(text: str, source: str) -> dict[str, bytes]:
+    """PSK file contents -> {identity or "*": secret}."""
+    lines = _content_lines(text)
+    if not lines:
+        raise SecretFileError(f"{source}: no secret in it")
+    if len(lines) == 1 and len(lines[0][1].split(None, 1)) == 1:
+        number, line = lines[0]
+        try:
+            return {"*": parse_secret(line)}
+        except ValueError as exc:
+            raise SecretFileError(f"{source} line {number}: {exc}") from None
+    entries: dict[str, bytes] = {}
+    for number, line in lines:
+        parts = line.split(None, 1)
+        if len(parts) != 2:
+            raise SecretFileError(f"{source} line {number}: expected `ID SECRET`")
+        ident, secret_text = parts
+        try:
+            secret = parse_secret(secret_text)
+        except ValueError as exc:
+            raise SecretFileError(f"{source} line {number}: {exc}") from None
+        if not secret:
+            raise SecretFileError(f"{source} line {number}: empty secret")
+        if ident in entries:
+            raise SecretFileError(f"{source} line {number}: {ident} listed twice")
+        entries[ident] = secret
+    return entries
+
+
+def load_psks(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> PskTable:
+    """The PSK table from ``path`` or, when no file is named, from ``$TUNVPN_PSK``."""
+    env = os.environ if env is None else env
+    if path is not None:
+        return PskTable(parse_psk_text(read_private_file(path, "PSK file"), f"PSK file {path}"))
+    secret = env.get(PSK_ENV)
+    if secret:
+        return PskTable({"*": secret.encode()})
+    raise SecretFileError(f"no pre-shared key: give --psk-file FILE (mode 600) or set {PSK_ENV}")
+
+
+class UserTable:
+    """XAUTH users and passwords; ``repr`` shows neither. Checks take the same time for unknown users."""
+
+    def __init__(self, users: Mapping[str, bytes]) -> None:
+        self._users = dict(users)
+
+    def __repr__(self) -> str:
+        return f"UserTable({len(self._users)} users)"
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def __contains__(self, user: object) -> bool:
+        return user in self._users
+
+    def check(self, user: str, password: str | None) -> bool:
+        expected = self._users.get(user)
+        given = (password or "").encode()
+        if expected is None:
+            hmac.compare_digest(given, given)  # same work as a real comparison
+            return False
+        return hmac.compare_digest(expected, given) and password is not None
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> UserTable:
+        users: dict[str, bytes] = {}
+        for number, line in _content_lines(text):
+            user, sep, password = line.partition(":")
+            if not sep or not user:
+                raise SecretFileError(f"{source} line {number}: expected `user:password`")
+            if user in users:
+                raise SecretFileError(f"{source} line {number}: user {user!r} listed twice")
+            users[user] = password.encode()
+        if not users:
+            raise SecretFileError(f"{source}: no users in it")
+        return cls(users)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> UserTable:
+        return cls.parse(read_private_file(path, "users file"), f"users file {path}")
+
+
+def load_password(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> str | None:
+    """An XAUTH password from a private file (first line) or ``$TUNVPN_PASSWORD``; None if neither."""
+    env = os.environ if env is None else env
+    if path is not None:
+        lines = read_private_file(path, "password file").splitlines()
+        if not lines or not lines[0]:
+            raise SecretFileError(f"password file {path}: the first line is empty")
+        return lines[0]
+    return env.get(PASSWORD_ENV) or None
+
+
+__all__ = [
+    "PASSWORD_ENV",
+    "PSK_ENV",
+    "SecretFileError",
+    "UserTable",
+    "load_password",
+    "load_psks",
+    "parse_psk_text",
+    "parse_secret",
+    "read_private_file",
+]

@@ -1,0 +1,421 @@
+"""The asyncio shell of one :class:`~tunvpn.ike.engine.IkeEngine`: two UDP sockets, one timer.
+
+The engine is sans-I/O; this module is the only place where its datagrams meet sockets and
+its ``now`` meets the clock (aioquic's ``asyncio/protocol.py`` plays the same part):
+
+* one socket on ``(local_ip, ike_port)`` and one on ``(local_ip, natt_port)``; every IKE
+  payload goes to ``engine.receive_datagram(data, remote, (local_ip, port), time.time())``.
+  On the NAT-T port the 4-byte non-ESP marker stays on (the engine strips it); a payload
+  that does not start with it is ESP (RFC 3948 section 2.2) and goes to ``esp_sink``.
+* after every input the driver sends ``engine.datagrams_to_send()``, drains
+  ``engine.next_event()``, logs each event once, hands it to the handler and re-arms the one
+  timer from ``engine.get_timer()``.
+* whatever the handler commands the engine to do is flushed as soon as it returns (for an
+  async handler: as soon as its coroutine finishes).
+
+Secrets never reach the log: events hide keys and passwords from ``repr`` and nothing here
+formats them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import inspect
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from tunvpn.ike import events as ev
+from tunvpn.ike.constants import NAT_KEEPALIVE, NON_ESP_MARKER, AuthAlgorithm, EspTransform
+from tunvpn.ike.engine import IkeEngine
+from tunvpn.ike.proposals import EspSuite
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+EventHandler = Callable[[ev.Event], Awaitable[None] | None]
+EspSink = Callable[[bytes, Address, Address], None]
+
+PROTOCOL_ERROR_BURST = 10
+"""ProtocolError warnings allowed per ``PROTOCOL_ERROR_WINDOW`` before they are only counted."""
+PROTOCOL_ERROR_WINDOW = 10.0
+
+
+class BindError(OSError):
+    """A socket could not be bound; the message says why in words a user can act on."""
+
+
+def esp_suite_name(transform: int, key_length: int | None, integrity: int | None) -> str:
+    """``aes256gcm16``, ``aes256-sha1``… for a ChildSAEstablished event."""
+    try:
+        suite = EspSuite(
+            EspTransform(transform), key_length, AuthAlgorithm(integrity) if integrity is not None else None
+        )
+    except ValueError:
+        return f"esp-transform-{transform}"
+    return str(suite)
+
+
+def describe_event(event: ev.Event) -> str | None:
+    """The one INFO/WARNING log line of an event (``None`` for events not worth a line)."""
+    if isinstance(event, ev.Phase1Established):
+        return (
+            f"phase 1 established with {event.peer[0]}:{event.peer[1]} ({event.exchange} mode, {event.role}) "
+            f"suite {event.suite}, local id {event.local_id}, peer id {event.peer_id}, "
+            f"NAT local={'yes' if event.nat_local else 'no'} remote={'yes' if event.nat_remote else 'no'}"
+        )
+    if isinstance(event, ev.Phase1Failed):
+        notify = f" (notify {event.notify})" if event.notify is not None else ""
+        return f"phase 1 with {event.peer[0]}:{event.peer[1]} failed: {event.reason}{notify}"
+    if isinstance(event, ev.XauthRequested):
+        text = f" message {event.message!r}" if event.message else ""
+        return f"XAUTH: gateway asks for {', '.join(event.fields) or 'nothing'} (type {event.xauth_type}){text}"
+    if isinstance(event, ev.XauthCredentials):
+        return f"XAUTH: credentials of user {event.user_name!r} from {event.peer[0]}:{event.peer[1]}"
+    if isinstance(event, ev.XauthCompleted):
+        user = f" for user {event.user_name!r}" if event.user_name else ""
+        return f"XAUTH {'succeeded' if event.success else 'FAILED'}{user}"
+    if isinstance(event, ev.ModeConfigRequested):
+        user = f" user {event.user_name!r}" if event.user_name else ""
+        return (
+            f"Mode Config: request from {event.peer[0]}:{event.peer[1]} (id {event.peer_id}{user}, "
+            f"{len(event.requested_types)} attributes)"
+        )
+    if isinstance(event, ev.ModeConfigReceived):
+        return f"Mode Config: {'pushed' if event.pushed else 'reply'} received: {describe_mode_config(event.config)}"
+    if isinstance(event, ev.ChildSAEstablished):
+        pfs = f"pfs {event.pfs_group}" if event.pfs_group is not None else "no pfs"
+        name = f" {event.policy_name!r}" if event.policy_name else ""
+        return (
+            f"Quick Mode SA{name} established ({event.role}) "
+            f"{esp_suite_name(event.transform, event.key_length, event.integrity)} "
+            f"spi_in=0x{event.spi_in:08x} spi_out=0x{event.spi_out:08x} "
+            f"ts {event.local_ts} === {event.remote_ts}, {pfs}, lifetime {event.lifetime_seconds}s, "
+            f"encap {event.encapsulation}, peer {event.remote[0]}:{event.remote[1]}"
+        )
+    if isinstance(event, ev.ChildSAFailed):
+        name = f" {event.policy_name!r}" if event.policy_name else ""
+        notify = f" (notify {event.notify})" if event.notify is not None else ""
+        return f"Quick Mode{name} failed: {event.reason}{notify}"
+    if isinstance(event, ev.ChildSADeleted):
+        who = "by peer" if event.by_peer else "by us"
+        return f"Quick Mode SA deleted {who}: spi_in=0x{event.spi_in:08x} spi_out=0x{event.spi_out:08x}"
+    if isinstance(event, ev.IkeSADeleted):
+        return f"ISAKMP SA with {event.peer[0]}:{event.peer[1]} deleted: {event.reason}"
+    if isinstance(event, ev.NotifyReceived):
+        return f"notify {event.notify_type} received ({len(event.data)} bytes of data)"
+    if isinstance(event, ev.PeerAddressChanged):
+        return f"peer moved from {event.old[0]}:{event.old[1]} to {event.new[0]}:{event.new[1]}"
+    return None
+
+
+def describe_mode_config(config: object) -> str:
+    """The non-empty fields of a ModeConfig, for humans (no secrets are in Mode Config)."""
+    parts = []
+    for name in ("address", "netmask", "dns", "split_include", "banner"):
+        value = getattr(config, name, None)
+        if value in (None, (), [], ""):
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(str(v) for v in value)
+        parts.append(f"{name.replace('_', ' ')} {value}")
+    return "; ".join(parts) if parts else "no attributes"
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    """One bound UDP socket; everything it receives goes back to the driver."""
+
+    def __init__(self, driver: UdpDriver, port: int) -> None:
+        self.driver = driver
+        self.port = port
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.driver._datagram_received(data, (addr[0], addr[1]), self.port)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and friends: the peer is not there (yet); retransmission copes.
+        self.driver.counters[f"socket error {type(exc).__name__}"] += 1
+        log.debug("UDP port %d: %s", self.port, exc)
+
+
+class UdpDriver:
+    """Runs one :class:`IkeEngine` on two UDP sockets of ``local_ip``.
+
+    ``handler(event)`` sees every engine event (after it was logged); it may return an
+    awaitable. Engine commands it issues are flushed when it returns, or when its awaitable
+    finishes. Commands issued from elsewhere must be followed by :meth:`flush`.
+    """
+
+    def __init__(
+        self,
+        engine: IkeEngine,
+        local_ip: str,
+        *,
+        ike_port: int = 500,
+        natt_port: int = 4500,
+        handler: EventHandler | None = None,
+        esp_sink: EspSink | None = None,
+        keylog: object | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if engine.ike_port != ike_port:
+            raise ValueError(f"engine expects IKE on port {engine.ike_port}, driver binds {ike_port}")
+        if ike_port == natt_port:
+            raise ValueError("the IKE port and the NAT-T port must differ")
+        self.engine = engine
+        self.local_ip = local_ip
+        self.ike_port = ike_port
+        self.natt_port = natt_port
+        self.handler = handler
+        self.esp_sink = esp_sink
+        self.keylog = keylog
+        self.clock = clock
+        self.counters: Counter[str] = Counter()
+        """What the driver dropped or handed on, by reason (never raised into the loop)."""
+        self._endpoints: dict[int, _Endpoint] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._pumping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._error_window_start = 0.0
+        self._errors_in_window = 0
+        self._errors_suppressed = 0
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        """Bind both sockets (raises :class:`BindError` with a readable message)."""
+        loop = asyncio.get_running_loop()
+        for port in (self.ike_port, self.natt_port):
+            sock = bind_udp(self.local_ip, port)
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda port=port: _Endpoint(self, port), sock=sock
+            )
+            self._endpoints[port] = protocol
+            actual = sock.getsockname()[1]
+            log.info("listening on %s:%d/udp (%s)", self.local_ip, actual,
+                     "IKE" if port == self.ike_port else "NAT-T")
+        self._arm_timer()
+
+    def close(self) -> None:
+        """Close the sockets and the timer (the engine's SAs are left as they are)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self._tasks):
+            task.cancel()
+        for endpoint in self._endpoints.values():
+            if endpoint.transport is not None:
+                endpoint.transport.close()
+        self._endpoints.clear()
+
+    def now(self) -> float:
+        return self.clock()
+
+    # ------------------------------------------------------------------ input
+
+    def _datagram_received(self, data: bytes, remote: Address, port: int) -> None:
+        if self._closed:
+            return
+        if port == self.natt_port:
+            if data == NAT_KEEPALIVE:
+                self.counters["nat-t keepalive"] += 1
+                return
+            if len(data) < 4:
+                self.counters["runt on nat-t port"] += 1
+                return
+            if data[:4] != NON_ESP_MARKER:
+                self._esp_received(data, remote, port)
+                return
+        try:
+            self.engine.receive_datagram(data, remote, (self.local_ip, port), self.now())
+        except Exception:  # the engine promises never to raise on input; if it does, say so loudly
+            log.exception("IKE engine raised on a %d-byte datagram from %s:%d", len(data), *remote)
+            self.counters["engine exception"] += 1
+        self.flush()
+
+    def _esp_received(self, data: bytes, remote: Address, port: int) -> None:
+        if self.esp_sink is None:
+            if not self.counters["esp without data path"]:
+                log.debug("ESP-in-UDP from %s:%d dropped: no ESP data path attached", *remote)
+            self.counters["esp without data path"] += 1
+            return
+        self.counters["esp"] += 1
+        try:
+            self.esp_sink(data, remote, (self.local_ip, port))
+        except Exception:
+            log.exception("ESP sink raised")
+            self.counters["esp sink exception"] += 1
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._closed:
+            return
+        try:
+            self.engine.handle_timer(self.now())
+        except Exception:
+            log.exception("IKE engine raised in handle_timer")
+            self.counters["engine exception"] += 1
+        self.flush()
+
+    # ------------------------------------------------------------------ output
+
+    def flush(self) -> None:
+        """Send what the engine wants sent, dispatch its events, re-arm the timer."""
+        if self._closed:
+            return
+        if self._pumping:  # a handler issued a command: the outer loop picks it up
+            return
+        self._pumping = True
+        try:
+            while True:
+                self._send_pending()
+                event = self.engine.next_event()
+                if event is None:
+                    break
+                self._log_event(event)
+                self._dispatch(event)
+        finally:
+            self._pumping = False
+        self._arm_timer()
+
+    def _send_pending(self) -> None:
+        for data, remote, local_port in self.engine.datagrams_to_send():
+            endpoint = self._endpoints.get(local_port)
+            if endpoint is None or endpoint.transport is None:
+                log.warning("engine asked to send from port %d, which is not bound; dropped", local_port)
+                self.counters["send from unbound port"] += 1
+                continue
+            try:
+                endpoint.transport.sendto(data, remote)
+            except OSError as exc:
+                self.counters[f"send error {errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+                log.debug("send to %s:%d failed: %s", remote[0], remote[1], exc)
+
+    def _arm_timer(self) -> None:
+        if self._closed:
+            return
+        when = self.engine.get_timer()
+        if when == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, when - self.now()), self._on_timer)
+
+    # ------------------------------------------------------------------ events
+
+    def _log_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.ProtocolError):
+            self._log_protocol_error(event)
+            return
+        line = describe_event(event)
+        if line is None:
+            return
+        failed = isinstance(event, (ev.Phase1Failed, ev.ChildSAFailed)) or (
+            isinstance(event, ev.XauthCompleted) and not event.success
+        )
+        log.log(logging.WARNING if failed else logging.INFO, "%s", line)
+        if self.keylog is not None:
+            self._log_keys(event)
+
+    def _log_protocol_error(self, event: ev.ProtocolError) -> None:
+        now = time.monotonic()
+        if now - self._error_window_start > PROTOCOL_ERROR_WINDOW:
+            if self._errors_suppressed:
+                log.warning("%d more protocol errors were not logged", self._errors_suppressed)
+            self._error_window_start = now
+            self._errors_in_window = 0
+            self._errors_suppressed = 0
+        self.counters["protocol error"] += 1
+        self._errors_in_window += 1
+        if self._errors_in_window > PROTOCOL_ERROR_BURST:
+            self._errors_suppressed += 1
+            return
+        notify = f", answered with notify {event.notify}" if event.notify is not None else ""
+        log.warning("protocol error from %s:%d: %s%s", event.peer[0], event.peer[1], event.error, notify)
+
+    def _log_keys(self, event: ev.Event) -> None:
+        keylog = self.keylog
+        try:
+            if isinstance(event, ev.Phase1Established):
+                sa = self.engine.get_sa(event.sa_id)
+                if sa.keys is not None:
+                    keylog.log_ike_sa(sa.icookie, sa.keys.enc_key)  # type: ignore[attr-defined]
+            elif isinstance(event, ev.ChildSAEstablished):
+                transform = EspTransform(event.transform)
+                auth = AuthAlgorithm(event.integrity) if event.integrity is not None else None
+                local, remote = event.local[0], event.remote[0]
+                keylog.log_esp_sa(  # type: ignore[attr-defined]
+                    remote, local, event.spi_in, transform, event.enc_key_in, auth, event.auth_key_in
+                )
+                keylog.log_esp_sa(  # type: ignore[attr-defined]
+                    local, remote, event.spi_out, transform, event.enc_key_out, auth, event.auth_key_out
+                )
+        except Exception as exc:  # a key log is a debugging aid: never let it break the daemon
+            log.warning("key log: %s", exc)
+
+    def _dispatch(self, event: ev.Event) -> None:
+        if self.handler is None:
+            return
+        try:
+            result = self.handler(event)
+        except Exception:
+            log.exception("event handler failed on %s", type(event).__name__)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)  # type: ignore[arg-type]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event handler failed", exc_info=task.exception())
+        self.flush()
+
+
+def bind_udp(local_ip: str, port: int) -> socket.socket:
+    """A non-blocking UDP socket bound to ``(local_ip, port)``, with errors a user can act on."""
+    family = socket.AF_INET6 if ":" in local_ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((local_ip, port))
+    except PermissionError as exc:
+        sock.close()
+        raise BindError(
+            exc.errno,
+            f"cannot bind UDP {local_ip}:{port}: permission denied "
+            f"(ports below 1024, such as IKE's 500, need root or CAP_NET_BIND_SERVICE)",
+        ) from None
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            why = "the port is in use (is another IKE daemon, e.g. charon, running?)"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            why = f"{local_ip} is not an address of this host"
+        else:
+            why = exc.strerror or str(exc)
+        raise BindError(exc.errno, f"cannot bind UDP {local_ip}:{port}: {why}") from None
+    return sock
+
+
+__all__ = ["BindError", "UdpDriver", "bind_udp", "describe_event", "esp_suite_name"]
