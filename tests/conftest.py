@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import netns`, `from interop import ...`
 
 from netns import NetnsPair, netns_unavailable_reason
 

@@ -10,6 +10,7 @@ from tunvpn.ike.engine import IkeEngine
 
 CLIENT_IP = "192.0.2.10"
 GATEWAY_IP = "198.51.100.1"
+NAT_MAP = {500: 40123, 4500: 40456}  # the client's ports as a NAT in front of it maps them
 
 
 @dataclass
@@ -52,12 +53,14 @@ class Pair:
             if drop:
                 self.dropped += 1
                 continue
-            src_port = local_port
-            if sender is self.client and self.nat:
-                src_port = 40000 + (local_port % 1000)
+            src_port, dst_port = local_port, remote[1]
+            if self.nat and sender is self.client:
+                src_port = NAT_MAP[local_port]
+            if self.nat and receiver is self.client:
+                dst_port = {v: k for k, v in NAT_MAP.items()}[dst_port]
             assert remote[0] == receiver.ip, f"sent to {remote}, not {receiver.ip}"
             src = (sender.ip, src_port)
-            dst = (receiver.ip, remote[1])
+            dst = (receiver.ip, dst_port)
             receiver.engine.receive_datagram(data, src, dst, self.now)
         sender.drain()
         receiver.drain()

@@ -279,7 +279,8 @@ def full_tunnel(pair: Pair, *, mode: str = "aggressive", pfs: DHGroup | None = D
     creds = pair.gateway.of(ev.XauthCredentials)
     assert creds and creds[0].user_name == "alice" and creds[0].password == "s3cret"
     assert "s3cret" not in repr(creds[0])
-    pair.gateway.engine.xauth_verdict(sa_id, pair.now, True)
+    gw_sa = pair.gateway.of(ev.Phase1Established)[0].sa_id
+    pair.gateway.engine.xauth_verdict(gw_sa, pair.now, True)
     pair.run()
     assert pair.client.of(ev.XauthCompleted)[0].success
     assert pair.gateway.of(ev.XauthCompleted)[0].success
@@ -294,7 +295,7 @@ def full_tunnel(pair: Pair, *, mode: str = "aggressive", pfs: DHGroup | None = D
         split_include=(ipaddress.IPv4Network("10.20.0.0/16"),),
         banner="welcome",
     )
-    pair.gateway.engine.mode_config_reply(sa_id, pair.now, req.identifier, config)
+    pair.gateway.engine.mode_config_reply(gw_sa, pair.now, req.identifier, config)
     pair.run()
     got = pair.client.of(ev.ModeConfigReceived)[0].config
     assert str(got.address) == CLIENT_VIP and got.banner == "welcome"
@@ -325,7 +326,7 @@ def test_xauth_failure_deletes_the_sa() -> None:
     sa_id = connect(pair, "aggressive", xauth=True)
     pair.client.engine.xauth_reply(sa_id, pair.now, user_name="alice", password="bad")
     pair.run()
-    pair.gateway.engine.xauth_verdict(sa_id, pair.now, False)
+    pair.gateway.engine.xauth_verdict(pair.gateway.of(ev.Phase1Established)[0].sa_id, pair.now, False)
     pair.run()
     assert not pair.client.of(ev.XauthCompleted)[0].success
     assert pair.client.of(ev.IkeSADeleted) and pair.gateway.of(ev.IkeSADeleted)

@@ -81,7 +81,8 @@ class IkeEngine(Phase1Mixin, ExchangesMixin):
     def get_sa(self, sa_id: bytes) -> IkeSA:
         for cookie in (sa_id[8:16], sa_id[:8]):
             sa = self._sas.get(cookie)
-            if sa is not None and sa.sa_id == sa_id:
+            # the initiator learns the responder cookie later: its first id ends in zeros
+            if sa is not None and (sa.sa_id == sa_id or (sa_id[8:] == bytes(8) and sa.icookie == sa_id[:8])):
                 return sa
         raise LocalProtocolError(f"no ISAKMP SA {sa_id.hex()}")
 
@@ -193,7 +194,7 @@ class IkeEngine(Phase1Mixin, ExchangesMixin):
             return
         if remote != sa.remote:
             self._peer_moved(sa, remote, local)
-        if header.message_id == 0:
+        if header.message_id == 0 and header.exchange != ExchangeType.INFORMATIONAL:
             if header.exchange != sa.exchange:
                 raise RemoteProtocolError(
                     f"phase 1 message of exchange {header.exchange} in a {sa.exchange} exchange",

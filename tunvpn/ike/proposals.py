@@ -236,7 +236,9 @@ class Phase1Policy:
             if g not in GROUP_STRENGTH:
                 raise LocalProtocolError(f"unsupported DH group {g!r}")
         if not self.allow_legacy:
-            weak = [str(x) for x in (*self.encryption, *self.hashes, *self.groups) if _is_weak(x)]
+            weak = [f"{e.name}" for e, _ in self.encryption if e in LEGACY_ENCRYPTION]
+            weak += [h.name for h in self.hashes if HashAlgorithm(h) in LEGACY_HASHES]
+            weak += [g.name for g in self.groups if DHGroup(g) in LEGACY_GROUPS]
             if weak:
                 raise LocalProtocolError(
                     f"weak phase 1 algorithms {', '.join(weak)} need allow_legacy = true"
@@ -278,12 +280,6 @@ class Phase1Policy:
         ]
         suites.sort(key=lambda s: (*s.sort_key(), list(auth_methods).index(s.auth)))
         return suites[:MAX_TRANSFORMS]
-
-
-def _is_weak(x: object) -> bool:
-    if isinstance(x, tuple):
-        return x[0] in LEGACY_ENCRYPTION
-    return x in LEGACY_HASHES or x in LEGACY_GROUPS
 
 
 def phase1_sa_payload(suites: Sequence[Phase1Suite]) -> SAPayload:
