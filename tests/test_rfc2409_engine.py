@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import itertools
 
 import pytest
 from cryptography import x509
@@ -65,10 +66,17 @@ NOW = datetime.datetime.fromtimestamp(1_800_000_000.0, datetime.UTC)
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tunvpn test"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tunvpn test"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
 
 
-def _cert(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool, san: str | None = None) -> x509.Certificate:
+def _cert(
+    subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool, san: str | None = None
+) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -101,7 +109,8 @@ def pki():
             out[f"{who}-{kind}"] = Credential(cert, key)
     rogue_key = ec.generate_private_key(ec.SECP256R1())
     out["client-rogue"] = Credential(
-        _cert("client.example", rogue_key, other_ca.subject, other_key, ca=False, san="client.example"), rogue_key
+        _cert("client.example", rogue_key, other_ca.subject, other_key, ca=False, san="client.example"),
+        rogue_key,
     )
     return out
 
@@ -125,14 +134,19 @@ def test_phase1_psk_every_mode_and_group(mode: str, group: DHGroup) -> None:
 
 @pytest.mark.parametrize("mode", ["main", "aggressive", "base"])
 @pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
-@pytest.mark.parametrize("group", [DHGroup.CURVE25519, DHGroup.ECP_384, DHGroup.MODP_2048], ids=lambda g: g.name)
+@pytest.mark.parametrize(
+    "group", [DHGroup.CURVE25519, DHGroup.ECP_384, DHGroup.MODP_2048], ids=lambda g: g.name
+)
 def test_phase1_certificates(pki, mode: str, kind: str, group: DHGroup) -> None:
     client = EngineConfig(
-        credential=pki[f"client-{kind}"], trusted_cas=(pki["ca"],), local_id=Identity.parse("@client.example"),
+        credential=pki[f"client-{kind}"],
+        trusted_cas=(pki["ca"],),
+        local_id=Identity.parse("@client.example"),
         phase1=Phase1Policy(groups=(group,)),
     )
-    gateway = EngineConfig(credential=pki[f"gw-{kind}"], trusted_cas=(pki["ca"],),
-                           local_id=Identity.parse("@gw.example"))
+    gateway = EngineConfig(
+        credential=pki[f"gw-{kind}"], trusted_cas=(pki["ca"],), local_id=Identity.parse("@gw.example")
+    )
     pair = Pair(client, gateway)
     connect(pair, mode)
     c, g = established(pair)
@@ -151,7 +165,10 @@ def test_strongest_common_suite_wins() -> None:
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [
-        (Phase1Policy(encryption=((7, 128),), hashes=(4,), groups=(DHGroup.MODP_2048,)), "aes128-sha256-modp_2048"),
+        (
+            Phase1Policy(encryption=((7, 128),), hashes=(4,), groups=(DHGroup.MODP_2048,)),
+            "aes128-sha256-modp_2048",
+        ),
         (Phase1Policy(groups=(DHGroup.CURVE25519, DHGroup.MODP_2048)), "aes256-sha512-curve25519"),
         (Phase1Policy(hashes=(2,), groups=(DHGroup.ECP_384, DHGroup.ECP_256)), "aes256-sha1-ecp_384"),
     ],
@@ -195,9 +212,12 @@ def test_wrong_psk_fails_with_authentication_failed(mode: str) -> None:
 
 
 def test_untrusted_certificate_is_refused(pki) -> None:
-    client = EngineConfig(credential=pki["client-rogue"], trusted_cas=(pki["ca"],),
-                          local_id=Identity.parse("@client.example"))
-    gateway = EngineConfig(credential=pki["gw-ecdsa"], trusted_cas=(pki["ca"],), local_id=Identity.parse("@gw.example"))
+    client = EngineConfig(
+        credential=pki["client-rogue"], trusted_cas=(pki["ca"],), local_id=Identity.parse("@client.example")
+    )
+    gateway = EngineConfig(
+        credential=pki["gw-ecdsa"], trusted_cas=(pki["ca"],), local_id=Identity.parse("@gw.example")
+    )
     pair = Pair(client, gateway)
     connect(pair)
     errors = pair.gateway.of(ev.ProtocolError)
@@ -208,10 +228,12 @@ def test_untrusted_certificate_is_refused(pki) -> None:
 def test_truncated_and_garbage_messages_never_crash() -> None:
     pair = Pair(client_config(), gateway_config())
     pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
-    (data, _, _), = pair.client.engine.datagrams_to_send()
+    ((data, _, _),) = pair.client.engine.datagrams_to_send()
     for cut in (0, 5, 27, 28, 40, len(data) - 1):
         pair.gateway.engine.receive_datagram(data[:cut], (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
-    pair.gateway.engine.receive_datagram(b"\x00" * 4 + data[:30], (CLIENT_IP, 4500), (GATEWAY_IP, 4500), pair.now)
+    pair.gateway.engine.receive_datagram(
+        b"\x00" * 4 + data[:30], (CLIENT_IP, 4500), (GATEWAY_IP, 4500), pair.now
+    )
     pair.gateway.drain()
     errors = pair.gateway.of(ev.ProtocolError)
     assert len(errors) >= 5
@@ -221,11 +243,11 @@ def test_truncated_and_garbage_messages_never_crash() -> None:
 def test_replayed_message_gets_the_same_answer_once() -> None:
     pair = Pair(client_config(), gateway_config())
     pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
-    (first, _, _), = pair.client.engine.datagrams_to_send()
+    ((first, _, _),) = pair.client.engine.datagrams_to_send()
     pair.gateway.engine.receive_datagram(first, (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
-    (answer, _, _), = pair.gateway.engine.datagrams_to_send()
+    ((answer, _, _),) = pair.gateway.engine.datagrams_to_send()
     pair.gateway.engine.receive_datagram(first, (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
-    (again, _, _), = pair.gateway.engine.datagrams_to_send()
+    ((again, _, _),) = pair.gateway.engine.datagrams_to_send()
     assert again == answer
     assert len(pair.gateway.engine.ike_sas()) == 1
 
@@ -233,7 +255,9 @@ def test_replayed_message_gets_the_same_answer_once() -> None:
 def test_replayed_quick_mode_does_not_make_a_second_sa() -> None:
     pair = Pair(client_config(), gateway_config())
     sa_id = connect(pair)
-    pair.client.engine.start_child(sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal())
+    pair.client.engine.start_child(
+        sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal()
+    )
     pair.run()
     qm1 = [d for who, d in pair.wire if who == "c>g"][-2]
     pair.gateway.engine.receive_datagram(qm1, (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
@@ -250,7 +274,7 @@ def test_retransmission_backs_off_and_gives_up() -> None:
         pair.advance(1.0)
         if pair.transfer(pair.client, drop=True):
             sent_at.append(pair.now)
-    gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(sent_at)]
     assert len(sent_at) == 3 and gaps == sorted(gaps) and gaps[0] < gaps[-1]
     assert pair.client.of(ev.Phase1Failed)
 
@@ -267,10 +291,12 @@ def test_half_open_bound() -> None:
     assert any("half-open" in e.error for e in pair.gateway.of(ev.ProtocolError))
 
 
-# ------------------------------------------------------------------------------ XAUTH, Mode Config, Quick Mode
+# ------------------------------------------------------------- XAUTH, Mode Config, Quick Mode
 
 
-def full_tunnel(pair: Pair, *, mode: str = "aggressive", pfs: DHGroup | None = DHGroup.ECP_256) -> list[ev.ChildSAEstablished]:
+def full_tunnel(
+    pair: Pair, *, mode: str = "aggressive", pfs: DHGroup | None = DHGroup.ECP_256
+) -> list[ev.ChildSAEstablished]:
     sa_id = connect(pair, mode, xauth=True, local_id=Identity.parse("keyid:staff"))
     asked = pair.client.of(ev.XauthRequested)
     assert asked and asked[0].fields == ("user_name", "password")
@@ -301,7 +327,12 @@ def full_tunnel(pair: Pair, *, mode: str = "aggressive", pfs: DHGroup | None = D
     assert str(got.address) == CLIENT_VIP and got.banner == "welcome"
     assert [str(n) for n in got.split_include] == ["10.20.0.0/16"]
     pair.client.engine.start_child(
-        sa_id, pair.now, TrafficSelector.from_address(CLIENT_VIP), PROTECTED, ChildProposal(pfs_group=pfs), "net"
+        sa_id,
+        pair.now,
+        TrafficSelector.from_address(CLIENT_VIP),
+        PROTECTED,
+        ChildProposal(pfs_group=pfs),
+        "net",
     )
     pair.run()
     return pair.client.of(ev.ChildSAEstablished) + pair.gateway.of(ev.ChildSAEstablished)
@@ -337,7 +368,10 @@ def test_quick_mode_outside_policy_is_refused() -> None:
     pair = Pair(client_config(), gateway_config())
     sa_id = connect(pair)
     pair.client.engine.start_child(
-        sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), TrafficSelector.from_network("172.16.0.0/12"),
+        sa_id,
+        pair.now,
+        TrafficSelector.from_address(CLIENT_IP),
+        TrafficSelector.from_network("172.16.0.0/12"),
         ChildProposal(),
     )
     pair.run()
@@ -349,7 +383,9 @@ def test_several_child_sas_in_sequence_and_delete() -> None:
     pair = Pair(client_config(), gateway_config())
     sa_id = connect(pair)
     for _ in range(3):
-        pair.client.engine.start_child(sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal())
+        pair.client.engine.start_child(
+            sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal()
+        )
     pair.run()
     children = pair.client.of(ev.ChildSAEstablished)
     assert len(children) == 3 and len({c.spi_in for c in children}) == 3
@@ -364,7 +400,9 @@ def test_several_child_sas_in_sequence_and_delete() -> None:
 
 
 def test_dpd_detects_a_dead_peer_and_keeps_a_live_one() -> None:
-    pair = Pair(client_config(dpd_interval=10, dpd_timeout=40), gateway_config(dpd_interval=10, dpd_timeout=40))
+    pair = Pair(
+        client_config(dpd_interval=10, dpd_timeout=40), gateway_config(dpd_interval=10, dpd_timeout=40)
+    )
     connect(pair)
     for _ in range(8):  # both alive: R-U-THERE answered, nothing deleted
         pair.advance(5)
@@ -390,7 +428,9 @@ def test_nat_detected_and_float_to_4500() -> None:
 def test_forced_encapsulation_gives_udp_tunnel_mode() -> None:
     pair = Pair(client_config(force_encap=True), gateway_config())
     sa_id = connect(pair)
-    pair.client.engine.start_child(sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal())
+    pair.client.engine.start_child(
+        sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal()
+    )
     pair.run()
     child = pair.client.of(ev.ChildSAEstablished)[0]
     assert child.encapsulation == 3 and child.remote[1] == 4500

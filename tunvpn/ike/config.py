@@ -77,7 +77,7 @@ class ChildPolicy:
     name: str
     local_ts: TrafficSelector
     remote_ts: TrafficSelector | None
-    proposal: ChildProposal = ChildProposal()
+    proposal: ChildProposal = field(default_factory=ChildProposal)
 
 
 @dataclass(frozen=True)

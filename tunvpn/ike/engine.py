@@ -164,9 +164,8 @@ class IkeEngine(Phase1Mixin, ExchangesMixin):
             if sa is not None and sa.role is Role.RESPONDER and sa.icookie == header.icookie:
                 return sa
         sa = self._sas.get(header.icookie)
-        if sa is not None and sa.role is Role.INITIATOR:
-            if sa.rcookie in (zero, header.rcookie):
-                return sa
+        if sa is not None and sa.role is Role.INITIATOR and sa.rcookie in (zero, header.rcookie):
+            return sa
         key = self._half_open.get((header.icookie, remote))
         if key is not None and header.rcookie == zero:
             return self._sas.get(key)

@@ -49,7 +49,9 @@ class RemoteProtocolError(IkeError):
 class AuthenticationError(RemoteProtocolError):
     """The peer's proof of identity (hash, signature, certificate) did not verify."""
 
-    def __init__(self, message: str, notify: NotifyType = NotifyType.AUTHENTICATION_FAILED, field: str = "") -> None:
+    def __init__(
+        self, message: str, notify: NotifyType = NotifyType.AUTHENTICATION_FAILED, field: str = ""
+    ) -> None:
         super().__init__(message, notify, field)
 
 

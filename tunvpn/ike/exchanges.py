@@ -4,7 +4,7 @@ Mode and Informational (Delete, notifies, DPD).
 Quick Mode (RFC 2409 section 5.5)::
 
   1 I>R* HASH(1) SA Ni [KE] [IDci IDcr]     HASH(1) = prf(SKEYID_a, M-ID | SA | Ni [| KE] [| IDci | IDcr])
-  2 R>I* HASH(2) SA Nr [KE] [IDci IDcr]     HASH(2) = prf(SKEYID_a, M-ID | Ni_b | SA | Nr [| KE] [| IDci | IDcr])
+  2 R>I* HASH(2) SA Nr [KE] [IDci IDcr]     HASH(2) = prf(SKEYID_a, M-ID | Ni_b | SA | Nr [| KE] [| IDs])
          [N(RESPONDER-LIFETIME)]
   3 I>R* HASH(3)                            HASH(3) = prf(SKEYID_a, 0 | M-ID | Ni_b | Nr_b)
 
@@ -112,7 +112,10 @@ class ExchangesMixin:
             return
         if not sa.established:
             raise RemoteProtocolError(
-                "protected exchange before phase 1 completed", NotifyType.INVALID_EXCHANGE_TYPE, "header.exchange", 18
+                "protected exchange before phase 1 completed",
+                NotifyType.INVALID_EXCHANGE_TYPE,
+                "header.exchange",
+                18,
             )
         if not header.flags & HeaderFlag.ENCRYPTION:
             raise RemoteProtocolError(
@@ -125,8 +128,10 @@ class ExchangesMixin:
         }.get(ExchangeType(header.exchange) if header.exchange in ExchangeType._value2member_map_ else None)
         if kind is None:
             raise RemoteProtocolError(
-                f"exchange type {header.exchange} not supported", NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
-                "header.exchange", 18,
+                f"exchange type {header.exchange} not supported",
+                NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
+                "header.exchange",
+                18,
             )
         known = ex is not None and ex.kind != "?"
         payloads = sa.open(header, data)
@@ -141,12 +146,18 @@ class ExchangesMixin:
             ex.kind = kind
         elif ex.kind != kind:
             raise RemoteProtocolError(
-                f"message ID {mid:#x} belongs to a {ex.kind} exchange", NotifyType.INVALID_MESSAGE_ID, "header.message_id", 20
+                f"message ID {mid:#x} belongs to a {ex.kind} exchange",
+                NotifyType.INVALID_MESSAGE_ID,
+                "header.message_id",
+                20,
             )
         handler = EXCHANGE_TABLE.get((ex.kind, ex.state))
         if handler is None:
             raise RemoteProtocolError(
-                f"unexpected {kind} message in state {ex.state}", NotifyType.INVALID_MESSAGE_ID, "header.message_id", 20
+                f"unexpected {kind} message in state {ex.state}",
+                NotifyType.INVALID_MESSAGE_ID,
+                "header.message_id",
+                20,
             )
         try:
             getattr(self, handler)(sa, ex, payloads, now)
@@ -167,7 +178,9 @@ class ExchangesMixin:
             raise LocalProtocolError("the ISAKMP SA is not established")
         mid = self._new_message_id(sa)
         assert sa.suite is not None
-        iv = crypto.phase2_iv(sa.suite.hash, sa.p1_last_block, mid, crypto.cipher_block_size(sa.suite.encryption))
+        iv = crypto.phase2_iv(
+            sa.suite.hash, sa.p1_last_block, mid, crypto.cipher_block_size(sa.suite.encryption)
+        )
         ex = sa.exchanges[mid] = Exchange(mid, kind, iv)
         return ex
 
@@ -236,7 +249,12 @@ class ExchangesMixin:
         ex.state = "sent-request"
         ex.data["purpose"] = "xauth"
         self._send_protected(
-            sa, ex, ExchangeType.TRANSACTION, [AttributePayload(CfgType.REQUEST, 0, tuple(attrs))], now, expect_reply=True
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.REQUEST, 0, tuple(attrs))],
+            now,
+            expect_reply=True,
         )
 
     def xauth_reply(
@@ -257,8 +275,13 @@ class ExchangesMixin:
             raise LocalProtocolError("no XAUTH request is waiting for an answer")
         ex = pending[-1]
         asked: tuple[int, ...] = ex.data["asked"]  # type: ignore[assignment]
-        values = {"user_name": user_name, "password": password, "passcode": passcode, "answer": answer,
-                  "next_pin": next_pin}
+        values = {
+            "user_name": user_name,
+            "password": password,
+            "passcode": passcode,
+            "answer": answer,
+            "next_pin": next_pin,
+        }
         attrs = []
         if CfgAttr.XAUTH_TYPE in asked:
             attrs.append(DataAttribute(CfgAttr.XAUTH_TYPE, int(ex.data.get("xauth_type", 0))))  # type: ignore[arg-type]
@@ -273,12 +296,17 @@ class ExchangesMixin:
         ex.state = "done"
         sa.xauth_user = user_name
         self._send_protected(
-            sa, ex, ExchangeType.TRANSACTION,
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
             [AttributePayload(CfgType.REPLY, int(ex.data["identifier"]), tuple(attrs))],  # type: ignore[arg-type]
-            now, expect_reply=False,
+            now,
+            expect_reply=False,
         )
 
-    def xauth_verdict(self: IkeEngine, sa_id: bytes, now: float, ok: bool, message: str | None = None) -> None:
+    def xauth_verdict(
+        self: IkeEngine, sa_id: bytes, now: float, ok: bool, message: str | None = None
+    ) -> None:
         """Gateway: tell the client whether its credentials were accepted (XAUTH-STATUS)."""
         sa = self.get_sa(sa_id)
         attrs = [DataAttribute(CfgAttr.XAUTH_STATUS, int(XauthStatus.OK if ok else XauthStatus.FAIL))]
@@ -290,20 +318,42 @@ class ExchangesMixin:
         ex.data["ok"] = ok
         sa.xauth_done = ok
         self._send_protected(
-            sa, ex, ExchangeType.TRANSACTION, [AttributePayload(CfgType.SET, 0, tuple(attrs))], now, expect_reply=True
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.SET, 0, tuple(attrs))],
+            now,
+            expect_reply=True,
         )
 
-    def request_mode_config(self: IkeEngine, sa_id: bytes, now: float, request: ModeConfig | None = None,
-                            extra_types: tuple[int, ...] = ()) -> None:
+    def request_mode_config(
+        self: IkeEngine,
+        sa_id: bytes,
+        now: float,
+        request: ModeConfig | None = None,
+        extra_types: tuple[int, ...] = (),
+    ) -> None:
         """Client: send a CFG_REQUEST for the standard attributes (and ``extra_types``)."""
         sa = self.get_sa(sa_id)
         if request is None:
-            types = [CfgAttr.INTERNAL_IP4_ADDRESS, CfgAttr.INTERNAL_IP4_NETMASK, CfgAttr.INTERNAL_IP4_DNS,
-                     CfgAttr.INTERNAL_IP4_NBNS, CfgAttr.INTERNAL_ADDRESS_EXPIRY, CfgAttr.APPLICATION_VERSION,
-                     CfgAttr.INTERNAL_IP4_SUBNET]
+            types = [
+                CfgAttr.INTERNAL_IP4_ADDRESS,
+                CfgAttr.INTERNAL_IP4_NETMASK,
+                CfgAttr.INTERNAL_IP4_DNS,
+                CfgAttr.INTERNAL_IP4_NBNS,
+                CfgAttr.INTERNAL_ADDRESS_EXPIRY,
+                CfgAttr.APPLICATION_VERSION,
+                CfgAttr.INTERNAL_IP4_SUBNET,
+            ]
             if "unity" in sa.peer_vendor_ids:
-                types += [CfgAttr.UNITY_BANNER, CfgAttr.UNITY_DEF_DOMAIN, CfgAttr.UNITY_SPLIT_INCLUDE,
-                          CfgAttr.UNITY_SPLITDNS_NAME, CfgAttr.UNITY_LOCAL_LAN, CfgAttr.UNITY_PFS]
+                types += [
+                    CfgAttr.UNITY_BANNER,
+                    CfgAttr.UNITY_DEF_DOMAIN,
+                    CfgAttr.UNITY_SPLIT_INCLUDE,
+                    CfgAttr.UNITY_SPLITDNS_NAME,
+                    CfgAttr.UNITY_LOCAL_LAN,
+                    CfgAttr.UNITY_PFS,
+                ]
             attrs = [DataAttribute(t, b"") for t in (*types, *extra_types)]
         else:
             attrs = [*request.to_attributes(), *(DataAttribute(t, b"") for t in extra_types)]
@@ -312,12 +362,20 @@ class ExchangesMixin:
         ex.data["purpose"] = "modecfg"
         identifier = int.from_bytes(self._random(2), "big")
         self._send_protected(
-            sa, ex, ExchangeType.TRANSACTION, [AttributePayload(CfgType.REQUEST, identifier, tuple(attrs))], now,
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.REQUEST, identifier, tuple(attrs))],
+            now,
             expect_reply=True,
         )
 
     def mode_config_reply(
-        self: IkeEngine, sa_id: bytes, now: float, identifier: int, config: ModeConfig,
+        self: IkeEngine,
+        sa_id: bytes,
+        now: float,
+        identifier: int,
+        config: ModeConfig,
         extra: tuple[DataAttribute, ...] = (),
     ) -> None:
         """Gateway: answer the client's pending CFG_REQUEST with ``config`` (+ raw ``extra``)."""
@@ -331,7 +389,11 @@ class ExchangesMixin:
             sa.assigned_address = str(config.address)
         attrs = (*config.to_attributes(), *extra)
         self._send_protected(
-            sa, ex, ExchangeType.TRANSACTION, [AttributePayload(CfgType.REPLY, identifier, attrs)], now,
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.REPLY, identifier, attrs)],
+            now,
             expect_reply=False,
         )
         sa.modecfg_done = True
@@ -349,19 +411,28 @@ class ExchangesMixin:
         identifier = int.from_bytes(self._random(2), "big")
         attrs = (*config.to_attributes(), *extra)
         self._send_protected(
-            sa, ex, ExchangeType.TRANSACTION, [AttributePayload(CfgType.SET, identifier, attrs)], now, expect_reply=True
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.SET, identifier, attrs)],
+            now,
+            expect_reply=True,
         )
 
     # ------------------------------------------------------------------ Transaction: receive
 
-    def _attribute_payload(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload]) -> AttributePayload:
+    def _attribute_payload(
+        self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload]
+    ) -> AttributePayload:
         rest = sa.check_hash(ex.message_id, payloads)
         attrs = [p.payload for p in rest if isinstance(p.payload, AttributePayload)]
         if len(attrs) != 1:
             raise RemoteProtocolError("Transaction needs exactly one Attribute payload", field="ATTR")
         return attrs[0]
 
-    def _tx_request_or_set(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
+    def _tx_request_or_set(
+        self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float
+    ) -> None:
         attr = self._attribute_payload(sa, ex, payloads)
         types = tuple(a.type for a in attr.attributes)
         is_xauth = any(t in XAUTH_TYPES for t in types)
@@ -374,8 +445,11 @@ class ExchangesMixin:
             )
             message = _text(values[CfgAttr.XAUTH_MESSAGE]) if CfgAttr.XAUTH_MESSAGE in values else None
             challenge_attr = values.get(CfgAttr.XAUTH_CHALLENGE)
-            challenge = challenge_attr.value if challenge_attr is not None and isinstance(challenge_attr.value,
-                                                                                         bytes) else None
+            challenge = (
+                challenge_attr.value
+                if challenge_attr is not None and isinstance(challenge_attr.value, bytes)
+                else None
+            )
             xauth_type = values[CfgAttr.XAUTH_TYPE].as_int() if CfgAttr.XAUTH_TYPE in values else 0
             ex.state = "await-user"
             ex.data.update(asked=types, identifier=attr.identifier, xauth_type=xauth_type)
@@ -400,9 +474,16 @@ class ExchangesMixin:
             ex.state = "done"
             sa.xauth_done = ok
             self._send_protected(
-                sa, ex, ExchangeType.TRANSACTION,
-                [AttributePayload(CfgType.ACK, attr.identifier, (DataAttribute(CfgAttr.XAUTH_STATUS, status),))],
-                now, expect_reply=False,
+                sa,
+                ex,
+                ExchangeType.TRANSACTION,
+                [
+                    AttributePayload(
+                        CfgType.ACK, attr.identifier, (DataAttribute(CfgAttr.XAUTH_STATUS, status),)
+                    )
+                ],
+                now,
+                expect_reply=False,
             )
             self._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user))
             if not ok:
@@ -412,7 +493,11 @@ class ExchangesMixin:
             ex.state = "done"
             ack = tuple(DataAttribute(t, b"") for t in types if t not in XAUTH_TYPES)
             self._send_protected(
-                sa, ex, ExchangeType.TRANSACTION, [AttributePayload(CfgType.ACK, attr.identifier, ack)], now,
+                sa,
+                ex,
+                ExchangeType.TRANSACTION,
+                [AttributePayload(CfgType.ACK, attr.identifier, ack)],
+                now,
                 expect_reply=False,
             )
             self._events.append(ev.ModeConfigReceived(sa.sa_id, config, True))
@@ -433,9 +518,13 @@ class ExchangesMixin:
             sa.xauth_user = user
             self._events.append(
                 ev.XauthCredentials(
-                    sa.sa_id, sa.remote, user,
-                    values.get(CfgAttr.XAUTH_USER_PASSWORD), values.get(CfgAttr.XAUTH_PASSCODE),
-                    values.get(CfgAttr.XAUTH_ANSWER), values.get(CfgAttr.XAUTH_NEXT_PIN),
+                    sa.sa_id,
+                    sa.remote,
+                    user,
+                    values.get(CfgAttr.XAUTH_USER_PASSWORD),
+                    values.get(CfgAttr.XAUTH_PASSCODE),
+                    values.get(CfgAttr.XAUTH_ANSWER),
+                    values.get(CfgAttr.XAUTH_NEXT_PIN),
                 )
             )
         else:
@@ -487,8 +576,17 @@ class ExchangesMixin:
             payloads.append(KEPayload(dh.public))
         payloads += [local_ts.to_id_payload(), remote_ts.to_id_payload()]
         ex.state = "sent-1"
-        ex.data.update(spi_in=spi, ni=ni, dh=dh, proposal=proposal, name=name, local_ts=local_ts,
-                       remote_ts=remote_ts, transforms=transforms, spis=(spi,))
+        ex.data.update(
+            spi_in=spi,
+            ni=ni,
+            dh=dh,
+            proposal=proposal,
+            name=name,
+            local_ts=local_ts,
+            remote_ts=remote_ts,
+            transforms=transforms,
+            spis=(spi,),
+        )
         self._send_protected(sa, ex, ExchangeType.QUICK_MODE, payloads, now, expect_reply=True)
         return ex.message_id
 
@@ -511,10 +609,14 @@ class ExchangesMixin:
         if "sa" not in parts or "nonce" not in parts:
             raise RemoteProtocolError("Quick Mode message lacks SA or Nonce", field="SA")
         if len(parts["ids"]) not in (0, 2):  # type: ignore[arg-type]
-            raise RemoteProtocolError("Quick Mode needs both client IDs or none", NotifyType.INVALID_ID_INFORMATION, "ID")
+            raise RemoteProtocolError(
+                "Quick Mode needs both client IDs or none", NotifyType.INVALID_ID_INFORMATION, "ID"
+            )
         return parts
 
-    def _peer_selectors(self: IkeEngine, sa: IkeSA, ids: list[IDPayload]) -> tuple[TrafficSelector, TrafficSelector]:
+    def _peer_selectors(
+        self: IkeEngine, sa: IkeSA, ids: list[IDPayload]
+    ) -> tuple[TrafficSelector, TrafficSelector]:
         """(initiator's selector, responder's selector); without IDs, the phase 1 addresses."""
         if ids:
             return TrafficSelector.from_id_payload(ids[0]), TrafficSelector.from_id_payload(ids[1])
@@ -553,23 +655,33 @@ class ExchangesMixin:
         ts_i, ts_r = self._peer_selectors(sa, ids)
         policies = self._match_policy(sa, ts_i, ts_r)
         if not policies:
-            self._events.append(ev.ChildSAFailed(sa.sa_id, f"no policy for {ts_i} === {ts_r}", NotifyType.INVALID_ID_INFORMATION))
+            self._events.append(
+                ev.ChildSAFailed(
+                    sa.sa_id, f"no policy for {ts_i} === {ts_r}", NotifyType.INVALID_ID_INFORMATION
+                )
+            )
             ex.state = "done"
-            raise RemoteProtocolError(f"no policy allows {ts_i} === {ts_r}", NotifyType.INVALID_ID_INFORMATION, "ID")
+            raise RemoteProtocolError(
+                f"no policy allows {ts_i} === {ts_r}", NotifyType.INVALID_ID_INFORMATION, "ID"
+            )
         encaps = {int(EncapsulationMode.TUNNEL), self._encap_mode(sa)}
         if sa.natt:
             encaps |= {int(EncapsulationMode.UDP_TUNNEL), int(EncapsulationMode.UDP_TUNNEL_DRAFT)}
         chosen = None
         for policy in policies:
             try:
-                prop, transform, ct = select_child_transform(sa_in.proposals, policy.proposal, sa.tunvpn_peer, encaps)
+                prop, transform, ct = select_child_transform(
+                    sa_in.proposals, policy.proposal, sa.tunvpn_peer, encaps
+                )
             except NoProposalChosen:
                 continue
             chosen = (policy, prop, transform, ct)
             break
         if chosen is None:
             ex.state = "done"
-            self._events.append(ev.ChildSAFailed(sa.sa_id, "no acceptable ESP proposal", NotifyType.NO_PROPOSAL_CHOSEN))
+            self._events.append(
+                ev.ChildSAFailed(sa.sa_id, "no acceptable ESP proposal", NotifyType.NO_PROPOSAL_CHOSEN)
+            )
             raise NoProposalChosen("no offered ESP transform is allowed by the matching policies")
         policy, prop, transform, ct = chosen
         ke_in: bytes | None = parts.get("ke")  # type: ignore[assignment]
@@ -577,16 +689,22 @@ class ExchangesMixin:
         g_qm = None
         if ct.pfs_group is not None:
             if ke_in is None:
-                raise RemoteProtocolError("PFS group offered without KE", NotifyType.INVALID_KEY_INFORMATION, "KE")
+                raise RemoteProtocolError(
+                    "PFS group offered without KE", NotifyType.INVALID_KEY_INFORMATION, "KE"
+                )
             dh = crypto.DiffieHellman(DHGroup(ct.pfs_group))
             g_qm = dh.shared_secret(ke_in)
         spi_out = int.from_bytes(prop.spi, "big")
         spi_in = self._new_spi()
         nr = self._random(NONCE_SIZE)
-        lifetime_s = min(ct.lifetime_seconds or policy.proposal.lifetime_seconds, policy.proposal.lifetime_seconds)
+        lifetime_s = min(
+            ct.lifetime_seconds or policy.proposal.lifetime_seconds, policy.proposal.lifetime_seconds
+        )
         lifetime_kb = ct.lifetime_kilobytes
         if policy.proposal.lifetime_kilobytes:
-            lifetime_kb = min(lifetime_kb or policy.proposal.lifetime_kilobytes, policy.proposal.lifetime_kilobytes)
+            lifetime_kb = min(
+                lifetime_kb or policy.proposal.lifetime_kilobytes, policy.proposal.lifetime_kilobytes
+            )
         out: list[Payload] = [
             SAPayload((Proposal(prop.number, ProtocolId.ESP, spi_in.to_bytes(4, "big"), (transform,)),)),
             NoncePayload(nr),
@@ -597,22 +715,46 @@ class ExchangesMixin:
             out += ids
         lifetime_attrs = []
         if lifetime_s != ct.lifetime_seconds:
-            lifetime_attrs += [DataAttribute(IPsecAttr.SA_LIFE_TYPE, int(LifeType.SECONDS)),
-                               DataAttribute.auto(IPsecAttr.SA_LIFE_DURATION, lifetime_s)]
+            lifetime_attrs += [
+                DataAttribute(IPsecAttr.SA_LIFE_TYPE, int(LifeType.SECONDS)),
+                DataAttribute.auto(IPsecAttr.SA_LIFE_DURATION, lifetime_s),
+            ]
         if lifetime_kb != ct.lifetime_kilobytes:
-            lifetime_attrs += [DataAttribute(IPsecAttr.SA_LIFE_TYPE, int(LifeType.KILOBYTES)),
-                               DataAttribute.auto(IPsecAttr.SA_LIFE_DURATION, lifetime_kb)]
+            lifetime_attrs += [
+                DataAttribute(IPsecAttr.SA_LIFE_TYPE, int(LifeType.KILOBYTES)),
+                DataAttribute.auto(IPsecAttr.SA_LIFE_DURATION, lifetime_kb),
+            ]
         if lifetime_attrs:
             # RFC 2407 section 4.6.3.1: tell the initiator we lowered the lifetime
-            out.append(NotifyPayload(NotifyType.RESPONDER_LIFETIME, ProtocolId.ESP, spi_in.to_bytes(4, "big"),
-                                     encode_attributes(lifetime_attrs)))
+            out.append(
+                NotifyPayload(
+                    NotifyType.RESPONDER_LIFETIME,
+                    ProtocolId.ESP,
+                    spi_in.to_bytes(4, "big"),
+                    encode_attributes(lifetime_attrs),
+                )
+            )
         ex.state = "sent-2"
         ex.data.update(spi_in=spi_in, spi_out=spi_out, ni=ni, nr=nr, name=policy.name, spis=(spi_in,))
         self._send_protected(sa, ex, ExchangeType.QUICK_MODE, out, now, expect_reply=True, extra=ni)
         # install now: peers such as vpnc send ESP before our third message arrives
         local_ts, remote_ts = ts_r, ts_i
-        self._child_established(sa, ex, ct, spi_in, spi_out, ni, nr, g_qm, local_ts, remote_ts, lifetime_s,
-                                lifetime_kb, "responder", policy.name)
+        self._child_established(
+            sa,
+            ex,
+            ct,
+            spi_in,
+            spi_out,
+            ni,
+            nr,
+            g_qm,
+            local_ts,
+            remote_ts,
+            lifetime_s,
+            lifetime_kb,
+            "responder",
+            policy.name,
+        )
 
     def _qm_r_third(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
         if not payloads or not hasattr(payloads[0].payload, "data"):
@@ -624,24 +766,35 @@ class ExchangesMixin:
         ex.state = "done"
         ex.retransmit_at = None
 
-    def _qm_i_second(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
+    def _qm_i_second(
+        self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float
+    ) -> None:
         ni: bytes = ex.data["ni"]  # type: ignore[assignment]
         rest = sa.check_hash(ex.message_id, payloads, extra=ni)
         parts = self._qm_parts(rest)
         sa_in: SAPayload = parts["sa"]  # type: ignore[assignment]
         nr: bytes = parts["nonce"]  # type: ignore[assignment]
         if len(sa_in.proposals) != 1 or len(sa_in.proposals[0].transforms) != 1:
-            raise RemoteProtocolError("responder must choose one ESP transform", NotifyType.BAD_PROPOSAL_SYNTAX, "SA")
+            raise RemoteProtocolError(
+                "responder must choose one ESP transform", NotifyType.BAD_PROPOSAL_SYNTAX, "SA"
+            )
         prop = sa_in.proposals[0]
         offered: tuple[Transform, ...] = ex.data["transforms"]  # type: ignore[assignment]
         chosen = prop.transforms[0]
         ct = ChildTransform.from_transform(chosen)
-        if prop.protocol != ProtocolId.ESP or len(prop.spi) != 4 or ct is None or not any(
-            ChildTransform.from_transform(t) == ct or (
-                t.transform_id == chosen.transform_id and ChildTransform.from_transform(t) is not None
-                and ChildTransform.from_transform(t).suite == ct.suite  # type: ignore[union-attr]
+        if (
+            prop.protocol != ProtocolId.ESP
+            or len(prop.spi) != 4
+            or ct is None
+            or not any(
+                ChildTransform.from_transform(t) == ct
+                or (
+                    t.transform_id == chosen.transform_id
+                    and ChildTransform.from_transform(t) is not None
+                    and ChildTransform.from_transform(t).suite == ct.suite  # type: ignore[union-attr]
+                )
+                for t in offered
             )
-            for t in offered
         ):
             raise NoProposalChosen("responder chose an ESP transform we did not offer")
         proposal: ChildProposal = ex.data["proposal"]  # type: ignore[assignment]
@@ -650,14 +803,20 @@ class ExchangesMixin:
         if dh is not None:
             ke = parts.get("ke")
             if ke is None:
-                raise RemoteProtocolError("PFS requested but no KE in answer", NotifyType.INVALID_KEY_INFORMATION, "KE")
+                raise RemoteProtocolError(
+                    "PFS requested but no KE in answer", NotifyType.INVALID_KEY_INFORMATION, "KE"
+                )
             g_qm = dh.shared_secret(ke)  # type: ignore[attr-defined]
         ids: list[IDPayload] = parts["ids"]  # type: ignore[assignment]
         local_ts: TrafficSelector = ex.data["local_ts"]  # type: ignore[assignment]
         remote_ts: TrafficSelector = ex.data["remote_ts"]  # type: ignore[assignment]
-        if ids and (TrafficSelector.from_id_payload(ids[0]) != local_ts or
-                    TrafficSelector.from_id_payload(ids[1]) != remote_ts):
-            raise RemoteProtocolError("responder changed the traffic selectors", NotifyType.INVALID_ID_INFORMATION, "ID")
+        if ids and (
+            TrafficSelector.from_id_payload(ids[0]) != local_ts
+            or TrafficSelector.from_id_payload(ids[1]) != remote_ts
+        ):
+            raise RemoteProtocolError(
+                "responder changed the traffic selectors", NotifyType.INVALID_ID_INFORMATION, "ID"
+            )
         lifetime_s = ct.lifetime_seconds or proposal.lifetime_seconds
         lifetime_kb = ct.lifetime_kilobytes
         for n in parts["notifies"]:  # type: ignore[attr-defined]
@@ -682,21 +841,55 @@ class ExchangesMixin:
         ex.retransmit_at = None
         ex.state = "done"
         self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
-        self._child_established(sa, ex, ct, spi_in, spi_out, ni, nr, g_qm, local_ts, remote_ts, lifetime_s,
-                                lifetime_kb, "initiator", str(ex.data.get("name", "")))
+        self._child_established(
+            sa,
+            ex,
+            ct,
+            spi_in,
+            spi_out,
+            ni,
+            nr,
+            g_qm,
+            local_ts,
+            remote_ts,
+            lifetime_s,
+            lifetime_kb,
+            "initiator",
+            str(ex.data.get("name", "")),
+        )
 
     def _child_established(
-        self: IkeEngine, sa: IkeSA, ex: Exchange, ct: ChildTransform, spi_in: int, spi_out: int, ni: bytes, nr: bytes,
-        g_qm: bytes | None, local_ts: TrafficSelector, remote_ts: TrafficSelector, lifetime_s: int, lifetime_kb: int,
-        role: str, name: str,
+        self: IkeEngine,
+        sa: IkeSA,
+        ex: Exchange,
+        ct: ChildTransform,
+        spi_in: int,
+        spi_out: int,
+        ni: bytes,
+        nr: bytes,
+        g_qm: bytes | None,
+        local_ts: TrafficSelector,
+        remote_ts: TrafficSelector,
+        lifetime_s: int,
+        lifetime_kb: int,
+        role: str,
+        name: str,
     ) -> None:
         assert sa.suite is not None and sa.keys is not None
         enc_len, auth_len = crypto.esp_key_lengths(ct.suite.transform, ct.suite.key_length, ct.suite.auth)
         total = enc_len + auth_len
 
         def material(spi: int) -> tuple[bytes, bytes]:
-            km = crypto.keymat(sa.suite.hash, sa.keys.skeyid_d, ProtocolId.ESP, spi.to_bytes(4, "big"), ni, nr,  # type: ignore[union-attr]
-                               total, g_qm)
+            km = crypto.keymat(
+                sa.suite.hash,
+                sa.keys.skeyid_d,
+                ProtocolId.ESP,
+                spi.to_bytes(4, "big"),
+                ni,
+                nr,  # type: ignore[union-attr]
+                total,
+                g_qm,
+            )
             return km[:enc_len], km[enc_len:total]
 
         enc_in, auth_in = material(spi_in)
@@ -704,10 +897,26 @@ class ExchangesMixin:
         sa.children[spi_in] = ChildSA(spi_in, spi_out, name, ex.message_id)
         self._events.append(
             ev.ChildSAEstablished(
-                sa.sa_id, spi_in, spi_out, int(ct.suite.transform), ct.suite.key_length,
+                sa.sa_id,
+                spi_in,
+                spi_out,
+                int(ct.suite.transform),
+                ct.suite.key_length,
                 int(ct.suite.auth) if ct.suite.auth is not None else None,
-                enc_in, auth_in, enc_out, auth_out, local_ts, remote_ts, lifetime_s, lifetime_kb,
-                ct.encapsulation, sa.local, sa.remote, int(ct.pfs_group) if ct.pfs_group else None, role, name,
+                enc_in,
+                auth_in,
+                enc_out,
+                auth_out,
+                local_ts,
+                remote_ts,
+                lifetime_s,
+                lifetime_kb,
+                ct.encapsulation,
+                sa.local,
+                sa.remote,
+                int(ct.pfs_group) if ct.pfs_group else None,
+                role,
+                name,
             )
         )
 
@@ -718,7 +927,9 @@ class ExchangesMixin:
         self._send_protected(sa, ex, ExchangeType.INFORMATIONAL, payloads, now, expect_reply=False)
         sa.exchanges.pop(ex.message_id, None)
 
-    def _unprotected_informational(self: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
+    def _unprotected_informational(
+        self: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float
+    ) -> None:
         """A plain Notify (before keys exist): only errors during phase 1 are believed."""
         payloads = sa.open(header, data)
         for raw in payloads:
@@ -816,5 +1027,7 @@ class ExchangesMixin:
             sa.dpd_seq = (sa.dpd_seq + 1) & 0xFFFFFFFF
         sa.dpd_sent_at = now
         self._send_informational(
-            sa, [NotifyPayload(NotifyType.R_U_THERE, ProtocolId.ISAKMP, sa.sa_id, struct.pack("!I", sa.dpd_seq))], now
+            sa,
+            [NotifyPayload(NotifyType.R_U_THERE, ProtocolId.ISAKMP, sa.sa_id, struct.pack("!I", sa.dpd_seq))],
+            now,
         )

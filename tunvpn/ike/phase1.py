@@ -52,7 +52,7 @@ from .messages import (
     VendorIDPayload,
     encode_payload,
 )
-from .proposals import Phase1Suite, check_phase1_answer, phase1_sa_payload, select_phase1_proposal
+from .proposals import check_phase1_answer, phase1_sa_payload, select_phase1_proposal
 from .sa import Address, IkeSA, P1State, Role
 
 if TYPE_CHECKING:
@@ -177,7 +177,9 @@ class Phase1Mixin:
 
     # ------------------------------------------------------------------ receive
 
-    def _start_responder(self: IkeEngine, header: Header, data: bytes, remote: Address, local: Address, now: float) -> None:
+    def _start_responder(
+        self: IkeEngine, header: Header, data: bytes, remote: Address, local: Address, now: float
+    ) -> None:
         sa = IkeSA(Role.RESPONDER, header.exchange, header.icookie, self._new_cookie(), local, remote, now)
         sa.last_heard = now
         if local[1] != self.ike_port:
@@ -228,11 +230,17 @@ class Phase1Mixin:
 
     def _first_answer(self: IkeEngine, sa: IkeSA, header: Header) -> None:
         if header.rcookie == bytes(8) and header.exchange != ExchangeType.INFORMATIONAL:
-            raise RemoteProtocolError("responder cookie is zero", NotifyType.INVALID_COOKIE, "header.rcookie", 8)
+            raise RemoteProtocolError(
+                "responder cookie is zero", NotifyType.INVALID_COOKIE, "header.rcookie", 8
+            )
         sa.rcookie = header.rcookie
 
     def _peer_refused(self: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
-        name = NotifyType(n.notify_type).name if n.notify_type in NotifyType._value2member_map_ else n.notify_type
+        name = (
+            NotifyType(n.notify_type).name
+            if n.notify_type in NotifyType._value2member_map_
+            else n.notify_type
+        )
         if sa.exchange == AM and n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN and sa.aggressive_groups:
             # Aggressive Mode carries one group: try the next one (issue #2, seed FIG. 6)
             log.info("aggressive mode: %s refused group %s, trying the next", sa.remote[0], sa.dh.group.name)
@@ -485,7 +493,9 @@ class Phase1Mixin:
         p = raw.payload
         if p.protocol not in (0, 17) or p.port not in (0, 500, 4500):
             raise RemoteProtocolError(
-                "phase 1 ID must have protocol 0 or UDP and port 0 or 500", NotifyType.INVALID_ID_INFORMATION, "ID"
+                "phase 1 ID must have protocol 0 or UDP and port 0 or 500",
+                NotifyType.INVALID_ID_INFORMATION,
+                "ID",
             )
         sa.peer_id = Identity.from_payload(p)
         sa.peer_id_body = raw.body
@@ -564,7 +574,9 @@ class Phase1Mixin:
         out.append(SignaturePayload(certs.sign(cred, method, digest)))
         return out
 
-    def _verify_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], *, initiator: bool, now: float) -> None:
+    def _verify_auth(
+        self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], *, initiator: bool, now: float
+    ) -> None:
         assert sa.suite is not None
         expected = self._auth_hash(sa, initiator=initiator)
         method = base_auth_method(sa.suite.auth)
@@ -573,7 +585,8 @@ class Phase1Mixin:
             assert isinstance(got, HashPayload)
             if not crypto.constant_time_equal(got.data, expected):
                 raise AuthenticationError(
-                    "HASH_I does not verify: wrong pre-shared key" if initiator
+                    "HASH_I does not verify: wrong pre-shared key"
+                    if initiator
                     else "HASH_R does not verify: wrong pre-shared key",
                     field="HASH",
                 )
@@ -581,9 +594,13 @@ class Phase1Mixin:
         cert_payloads = [p.payload for p in _find(payloads, CertPayload)]
         x509_certs = [c for c in cert_payloads if c.encoding == CertEncoding.X509_SIGNATURE]  # type: ignore[union-attr]
         if not x509_certs:
-            raise AuthenticationError("peer sent no X.509 certificate", NotifyType.CERTIFICATE_UNAVAILABLE, "CERT")
+            raise AuthenticationError(
+                "peer sent no X.509 certificate", NotifyType.CERTIFICATE_UNAVAILABLE, "CERT"
+            )
         if not self.config.trusted_cas:
-            raise AuthenticationError("no CA configured to check peer certificates", NotifyType.INVALID_CERT_AUTHORITY)
+            raise AuthenticationError(
+                "no CA configured to check peer certificates", NotifyType.INVALID_CERT_AUTHORITY
+            )
         leaf = certs.verify_certificate(
             x509_certs[0].data,  # type: ignore[union-attr]
             self.config.trusted_cas,
@@ -594,7 +611,9 @@ class Phase1Mixin:
         id_payload = sa.peer_id.to_payload()
         if not certs.certificate_matches_identity(leaf, id_payload.id_type, id_payload.data):
             raise AuthenticationError(
-                f"peer identity {sa.peer_id} is not in its certificate", NotifyType.INVALID_ID_INFORMATION, "ID"
+                f"peer identity {sa.peer_id} is not in its certificate",
+                NotifyType.INVALID_ID_INFORMATION,
+                "ID",
             )
         sig = _one(payloads, SignaturePayload, "SIG").payload
         assert isinstance(sig, SignaturePayload)
@@ -625,7 +644,12 @@ class Phase1Mixin:
             vids.append(VendorId.CISCO_UNITY)
         vids.append(VendorId.DPD)
         if self.config.natt:
-            vids += [VendorId.NATT_RFC3947, VendorId.NATT_DRAFT_03, VendorId.NATT_DRAFT_02N, VendorId.NATT_DRAFT_02]
+            vids += [
+                VendorId.NATT_RFC3947,
+                VendorId.NATT_DRAFT_03,
+                VendorId.NATT_DRAFT_02N,
+                VendorId.NATT_DRAFT_02,
+            ]
         if self.config.tunvpn_extensions:
             vids.append(VendorId.TUNVPN)
         return [VendorIDPayload(v) for v in vids]
@@ -688,7 +712,13 @@ class Phase1Mixin:
     # ------------------------------------------------------------------ sending and ending
 
     def _send_phase1(
-        self: IkeEngine, sa: IkeSA, payloads: list[Payload], now: float, *, encrypt: bool, expect_reply: bool = True
+        self: IkeEngine,
+        sa: IkeSA,
+        payloads: list[Payload],
+        now: float,
+        *,
+        encrypt: bool,
+        expect_reply: bool = True,
     ) -> None:
         data = sa.build(sa.exchange, 0, payloads, encrypt=encrypt)
         sa.last_out = data
@@ -698,8 +728,12 @@ class Phase1Mixin:
 
     def _retransmit_phase1(self: IkeEngine, sa: IkeSA, now: float) -> None:
         if sa.retransmits >= self.config.retransmit_tries:
-            self._fail_phase1(sa, f"no answer from {sa.remote[0]} after {sa.retransmits} retransmissions", None,
-                              send_notify=False)
+            self._fail_phase1(
+                sa,
+                f"no answer from {sa.remote[0]} after {sa.retransmits} retransmissions",
+                None,
+                send_notify=False,
+            )
             return
         sa.retransmits += 1
         sa.retransmit_at = now + self.config.retransmit_base * (2**sa.retransmits)
@@ -746,7 +780,9 @@ class Phase1Mixin:
             if other is not sa and other.established and str(other.peer_id) == str(sa.peer_id):
                 self._drop_sa(other, "replaced after INITIAL-CONTACT", by_peer=True)
 
-    def _fail_phase1(self: IkeEngine, sa: IkeSA, reason: str, notify: int | None, *, send_notify: bool) -> None:
+    def _fail_phase1(
+        self: IkeEngine, sa: IkeSA, reason: str, notify: int | None, *, send_notify: bool
+    ) -> None:
         if sa.state is P1State.DEAD:
             return
         log.info("phase 1 with %s failed: %s", sa.remote[0], reason)
@@ -756,7 +792,13 @@ class Phase1Mixin:
         self._events.append(ev.Phase1Failed(sa.sa_id, sa.remote, reason, notify))
 
     def _send_unprotected_notify(
-        self: IkeEngine, icookie: bytes, rcookie: bytes, remote: Address, local: Address, notify: int, floated: bool
+        self: IkeEngine,
+        icookie: bytes,
+        rcookie: bytes,
+        remote: Address,
+        local: Address,
+        notify: int,
+        floated: bool,
     ) -> None:
         from .messages import Message, encode_message
 
@@ -788,7 +830,9 @@ class Phase1Mixin:
             self._send_informational(sa, [NotifyPayload(exc.notify, ProtocolId.ISAKMP, sa.sa_id)], now)
             return
         rcookie = sa.rcookie if sa is not None else header.rcookie
-        self._send_unprotected_notify(header.icookie, rcookie, remote, local, exc.notify, local[1] != self.ike_port)
+        self._send_unprotected_notify(
+            header.icookie, rcookie, remote, local, exc.notify, local[1] != self.ike_port
+        )
 
 
 from cryptography.hazmat.primitives.serialization import Encoding as _Encoding  # noqa: E402

@@ -107,7 +107,9 @@ _ORDER_ENC = list(ENCRYPTION_STRENGTH)
 MAX_TRANSFORMS = 255  # the transform number is one octet (RFC 2408 section 3.6)
 
 
-def _weak_names(enc: tuple[EncryptionAlgorithm, int | None], hash_alg: HashAlgorithm, group: DHGroup) -> list[str]:
+def _weak_names(
+    enc: tuple[EncryptionAlgorithm, int | None], hash_alg: HashAlgorithm, group: DHGroup
+) -> list[str]:
     weak = []
     if enc[0] in LEGACY_ENCRYPTION:
         weak.append(enc[0].name)
@@ -160,7 +162,8 @@ class Phase1Suite:
         enc = self.encryption.name.replace("_CBC", "").lower()
         if self.key_length:
             enc += str(self.key_length)
-        return f"{enc}-{self.hash.name.lower().replace('sha2_', 'sha')}-{self.group.name.lower()}/{self.auth.name.lower()}"
+        hash_name = self.hash.name.lower().replace("sha2_", "sha")
+        return f"{enc}-{hash_name}-{self.group.name.lower()}/{self.auth.name.lower()}"
 
     def to_transform(self, number: int) -> Transform:
         attrs = [DataAttribute(Phase1Attr.ENCRYPTION_ALGORITHM, int(self.encryption))]
@@ -312,7 +315,9 @@ def select_phase1_proposal(
             if group is not None and suite.group != group:
                 continue
             lifetime = min(suite.lifetime, policy.lifetime) if suite.lifetime else policy.lifetime
-            chosen = Phase1Suite(suite.encryption, suite.key_length, suite.hash, suite.group, suite.auth, lifetime)
+            chosen = Phase1Suite(
+                suite.encryption, suite.key_length, suite.hash, suite.group, suite.auth, lifetime
+            )
             return chosen, Proposal(prop.number, prop.protocol, prop.spi, (t,)), t
     raise NoProposalChosen("no offered phase 1 transform is allowed by our policy")
 
@@ -332,11 +337,14 @@ def check_phase1_answer(offered: Sequence[Phase1Suite], sa: SAPayload) -> Phase1
             suite.group,
             suite.auth,
         ):
-            return Phase1Suite(s.encryption, s.key_length, s.hash, s.group, s.auth, suite.lifetime or s.lifetime)
+            return Phase1Suite(
+                s.encryption, s.key_length, s.hash, s.group, s.auth, suite.lifetime or s.lifetime
+            )
     raise NoProposalChosen("responder chose a transform we did not offer")
 
 
 # ----------------------------------------------------------------------------- phase 2
+
 
 @dataclass(frozen=True, slots=True)
 class EspSuite:

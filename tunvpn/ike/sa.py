@@ -16,8 +16,8 @@ from .constants import HEADER_SIZE, NON_ESP_MARKER, AuthMethod, HeaderFlag, Noti
 from .errors import RemoteProtocolError
 from .identity import Identity
 from .messages import (
-    Header,
     HashPayload,
+    Header,
     Payload,
     RawPayload,
     decode_payloads,
@@ -149,9 +149,13 @@ class IkeSA:
             flags |= HeaderFlag.ENCRYPTION
             block = crypto.cipher_block_size(self.suite.encryption)
             iv = self._iv_for(message_id)
-            body = crypto.cbc_encrypt(self.suite.encryption, self.keys.enc_key, iv, crypto.pad_to_block(body, block))
+            body = crypto.cbc_encrypt(
+                self.suite.encryption, self.keys.enc_key, iv, crypto.pad_to_block(body, block)
+            )
             self._set_iv(message_id, body[-block:])
-        header = Header(self.icookie, self.rcookie, first, exchange, int(flags), message_id, HEADER_SIZE + len(body))
+        header = Header(
+            self.icookie, self.rcookie, first, exchange, int(flags), message_id, HEADER_SIZE + len(body)
+        )
         return encode_header(header) + body
 
     def open(self, header: Header, data: bytes) -> list[RawPayload]:
@@ -211,12 +215,16 @@ class IkeSA:
         """
         if not payloads or not isinstance(payloads[0].payload, HashPayload):
             raise RemoteProtocolError(
-                "protected message does not start with a HASH payload", NotifyType.INVALID_HASH_INFORMATION, "HASH"
+                "protected message does not start with a HASH payload",
+                NotifyType.INVALID_HASH_INFORMATION,
+                "HASH",
             )
         rest = payloads[1:]
         expected = self.prf_a(struct.pack("!I", message_id) + extra + b"".join(p.raw for p in rest))
         if not crypto.constant_time_equal(expected, payloads[0].payload.data):
-            raise RemoteProtocolError("HASH payload does not verify", NotifyType.INVALID_HASH_INFORMATION, "HASH")
+            raise RemoteProtocolError(
+                "HASH payload does not verify", NotifyType.INVALID_HASH_INFORMATION, "HASH"
+            )
         return rest
 
 
