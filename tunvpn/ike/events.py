@@ -42,6 +42,10 @@ class Phase1Established(Event):
     """True when NAT-D shows that the peer is behind a NAT."""
     peer_vendor_ids: tuple[str, ...]
     """Names of the vendor IDs the peer sent that we know (xauth, unity, dpd, nat-t, tunvpn)."""
+    local: Address = ("", 0)
+    """Our address and port for this SA (port 4500 after the NAT-T float)."""
+    enc_key: bytes = field(repr=False, default=b"")
+    """The ISAKMP SA's encryption key, for ``--keylog`` only (never logged)."""
 
 
 @dataclass(frozen=True)

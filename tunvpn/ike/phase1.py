@@ -763,6 +763,8 @@ class Phase1Mixin:
                 sa.nat_local,
                 sa.nat_remote,
                 tuple(sorted(sa.peer_vendor_ids)),
+                sa.local,
+                sa.keys.enc_key if sa.keys is not None else b"",
             )
         )
         initial_contact = any(
