@@ -434,3 +434,20 @@ def test_forced_encapsulation_gives_udp_tunnel_mode() -> None:
     pair.run()
     child = pair.client.of(ev.ChildSAEstablished)[0]
     assert child.encapsulation == 3 and child.remote[1] == 4500
+
+
+def test_base_mode_falls_back_to_main_mode_with_a_peer_that_lacks_it() -> None:
+    pair = Pair(client_config(), gateway_config())
+    sa_id = pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now, mode="base")
+    (data, _, _), = pair.client.engine.datagrams_to_send()
+    # what a peer without Base Mode answers (strongSwan: INVALID-EXCHANGE-TYPE)
+    from tunvpn.ike.constants import ExchangeType, ProtocolId
+    from tunvpn.ike.messages import Message, NotifyPayload, encode_message
+
+    refusal = Message(data[:8], b"\x11" * 8, ExchangeType.INFORMATIONAL, 0, 0,
+                      (NotifyPayload(NotifyType.INVALID_EXCHANGE_TYPE, ProtocolId.ISAKMP, data[:8] + b"\x11" * 8),))
+    pair.client.engine.receive_datagram(encode_message(refusal), (GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    pair.client.drain()
+    pair.run()
+    c, _ = established(pair)
+    assert c.exchange == "main" and c.sa_id[:8] == sa_id[:8]

@@ -247,6 +247,21 @@ class Phase1Mixin:
             sa.rcookie = bytes(8)
             self._am_send_first(sa)
             return
+        if sa.exchange == BM and n.notify_type in (
+            NotifyType.INVALID_EXCHANGE_TYPE,
+            NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
+            NotifyType.INVALID_PAYLOAD_TYPE,
+        ):
+            # not a tunvpn peer: Base Mode is ours alone, fall back to Main Mode (docs/protocol.md)
+            log.info("%s does not do Base Mode (%s); falling back to Main Mode", sa.remote[0], name)
+            sa.exchange = MM
+            sa.rcookie = bytes(8)
+            sa.ni = b""
+            sa_payload = phase1_sa_payload(sa.offered)
+            sa.sa_body = encode_payload(sa_payload, 0)[4:]
+            xauth = any(s.auth in XAUTH_METHODS for s in sa.offered)
+            self._send_phase1(sa, [sa_payload, *self._vendor_ids(xauth=xauth)], now, encrypt=False)
+            return
         self._fail_phase1(sa, f"peer answered {name}", n.notify_type, send_notify=False)
 
     # ------------------------------------------------------------------ Main Mode
