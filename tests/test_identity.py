@@ -19,22 +19,10 @@ from tunvpn.ike.messages import IDPayload, decode_payloads, encode_payload
 # DER of C=CH, O=strongSwan, CN=moon.strongswan.org (the strongSwan test-suite gateway),
 # written out from RFC 5280 section 4.1.2.4 / X.690: SEQUENCE { SET { SEQUENCE { OID, string } } ... }
 MOON_DN = bytes.fromhex(
-    "3040"
-    "310b"
-    "3009"
-    "0603550406"
-    "1302"
-    "4348"  # countryName PrintableString "CH"
-    "3113"
-    "3011"
-    "060355040a"
-    "0c0a"
-    "7374726f6e675377616e"  # organizationName UTF8String
-    "311c"
-    "301a"
-    "0603550403"
-    "0c13"
-    "6d6f6f6e2e7374726f6e677377616e2e6f7267"  # commonName
+    "3040"  # SEQUENCE (RDNSequence)
+    "310b 3009 0603550406 1302 4348"  # SET { SEQUENCE { countryName, PrintableString "CH" } }
+    "3113 3011 060355040a 0c0a 7374726f6e675377616e"  # organizationName, UTF8String "strongSwan"
+    "311c 301a 0603550403 0c13 6d6f6f6e2e7374726f6e677377616e2e6f7267"  # commonName, UTF8String
 )
 
 
@@ -80,7 +68,7 @@ def test_identity_text_and_payload(text: str, id_type: IdType, data: bytes, show
 
 
 def test_matches() -> None:
-    printable_cn = bytes.fromhex("300f310d300b06035504031304") + b"moon"
+    printable_cn = bytes.fromhex("300f310d 300b0603 55040313 04") + b"moon"
     assert Identity(IdType.DER_ASN1_DN, printable_cn).matches(Identity.parse("CN=moon"))
     assert Identity(IdType.DER_ASN1_DN, printable_cn) != Identity.parse("CN=moon")
     assert str(Identity(IdType.DER_ASN1_DN, printable_cn)) == "CN=moon"
@@ -106,7 +94,7 @@ def test_dn_helpers() -> None:
 def test_phase1_payload_protocol_port_and_wire() -> None:
     """RFC 2407 4.6.2: phase 1 IDs carry protocol 17 / port 500 or 0 / 0."""
     p = Identity.parse("10.0.3.1").to_payload(17, 500)
-    assert encode_payload(p, 0) == bytes.fromhex("0000000c011101f40a000301")
+    assert encode_payload(p, 0) == bytes.fromhex("0000000c 011101f4 0a000301")
     [rp] = decode_payloads(5, encode_payload(p, 0))
     assert rp.body == bytes.fromhex("011101f40a000301")  # IDii_b of RFC 2409 section 5
 
@@ -185,7 +173,7 @@ def test_traffic_selector_text_and_payload(text: str, id_type: IdType, shown: st
 def test_traffic_selector_wire_bytes() -> None:
     """RFC 2407 4.6.2.3: IPV4_ADDR_SUBNET = address then mask; L2TP over IPsec uses udp/1701."""
     p = TrafficSelector.from_network("192.168.0.0/16", protocol=17, port=1701).to_id_payload()
-    assert encode_payload(p, 0) == bytes.fromhex("00000010041106a5c0a80000ffff0000")
+    assert encode_payload(p, 0) == bytes.fromhex("00000010 041106a5 c0a80000 ffff0000")
 
 
 def test_traffic_selector_set_operations() -> None:

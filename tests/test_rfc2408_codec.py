@@ -220,7 +220,7 @@ def test_data_attribute_helpers() -> None:
     # RFC 2408 3.3: AF=1 -> TV, 0x800b = Life Type (11), value seconds.
     assert encode_attributes([DataAttribute(Phase1Attr.LIFE_TYPE, 1)]) == bytes.fromhex("800b0001")
     assert encode_attributes([DataAttribute(Phase1Attr.LIFE_DURATION, b"\x00\x01\x51\x80")]) == bytes.fromhex(
-        "000c000400015180"
+        "000c 0004 00015180"
     )
 
 
@@ -236,7 +236,7 @@ def test_data_attribute_rejects_bad_values(args: tuple[int, object]) -> None:
 
 
 def test_attribute_tlv_overrun_names_field_and_offset() -> None:
-    data = bytes.fromhex("80010007000e00020080000c00080001")
+    data = bytes.fromhex("80010007 000e0002 0080000c 00080001")
     with pytest.raises(RemoteProtocolError) as e:
         decode_attributes(data, base_offset=100, field="x.attr")
     assert e.value.field == "x.attr[2]"
@@ -255,36 +255,21 @@ def test_attribute_tlv_overrun_names_field_and_offset() -> None:
 MAIN_MODE_1 = bytes.fromhex(
     "0011223344556677"  # initiator cookie
     "0000000000000000"  # responder cookie
-    "01"
-    "10"
-    "02"
-    "00"  # next SA, version 1.0, exchange Main Mode, flags
+    "01 10 02 00"  # next payload SA, version 1.0, exchange Main Mode, flags
     "00000000"  # message ID
     "00000080"  # length 128
-    # SA: next VID, length 60, DOI 1, situation 1
-    "0d00003c"
-    "00000001"
-    "00000001"
-    # proposal: last, length 48, #1, ISAKMP, SPI size 0, 1 transform
-    "00000030"
-    "01010001"
-    # transform: last, length 40, #1, KEY_IKE, reserved
-    "00000028"
-    "01010000"
+    "0d00003c 00000001 00000001"  # SA: next VID, length 60; DOI 1, situation 1
+    "00000030 01 01 00 01"  # proposal: last, length 48; #1, ISAKMP, SPI size 0, 1 transform
+    "00000028 01 01 0000"  # transform: last, length 40; #1, KEY_IKE, reserved
     "80010007"  # encryption AES-CBC
     "800e0080"  # key length 128
     "80020002"  # hash SHA1
     "80030001"  # auth PSK
     "80040002"  # group 2
     "800b0001"  # life type seconds
-    "000c0004"
-    "00007080"  # life duration 28800 (TLV, 4 bytes)
-    # VID RFC 3947
-    "0d000014"
-    "4a131c81070358455c5728f20e95452f"
-    # VID DPD
-    "00000014"
-    "afcad71368a1f1c96b8696fc77570100"
+    "000c0004 00007080"  # life duration 28800 (TLV, 4 bytes)
+    "0d000014 4a131c81070358455c5728f20e95452f"  # VID RFC 3947
+    "00000014 afcad71368a1f1c96b8696fc77570100"  # VID DPD (RFC 3706)
 )
 
 
@@ -322,9 +307,9 @@ def test_notify_dpd_and_delete_layout() -> None:
     ck = bytes(range(16))
     n = NotifyPayload(NotifyType.R_U_THERE, ProtocolId.ISAKMP, ck, b"\x00\x00\x00\x2a")
     # RFC 3706 section 5.1 / RFC 2408 3.14: DOI, proto, SPI size, type, SPI, data
-    assert encode_payload(n, 0) == bytes.fromhex("000000200000000101108d28") + ck + b"\0\0\0\x2a"
+    assert encode_payload(n, 0) == bytes.fromhex("00000020 00000001 01108d28") + ck + b"\0\0\0\x2a"
     d = DeletePayload(ProtocolId.ESP, (b"\xaa\xbb\xcc\xdd", b"\x11\x22\x33\x44"))
-    assert encode_payload(d, 0) == bytes.fromhex("000000140000000103040002aabbccdd11223344")
+    assert encode_payload(d, 0) == bytes.fromhex("00000014 00000001 03040002 aabbccdd 11223344")
     assert DeletePayload(ProtocolId.ISAKMP, ()).doi == 1
     assert decode_payloads(12, encode_payload(DeletePayload(1, ()), 0))[0].payload == DeletePayload(1, ())
 
@@ -332,7 +317,7 @@ def test_notify_dpd_and_delete_layout() -> None:
 def test_attribute_payload_layout() -> None:
     """draft-dukes-ike-mode-cfg-02 section 3.2: type, reserved, identifier, attributes."""
     p = AttributePayload(1, 0x1234, (DataAttribute(1, b""), DataAttribute(16520, 0)))
-    assert encode_payload(p, 0) == bytes.fromhex("000000100100123400010000c0880000")
+    assert encode_payload(p, 0) == bytes.fromhex("00000010 01001234 00010000 c0880000")
 
 
 def test_nat_payload_types() -> None:
@@ -341,7 +326,7 @@ def test_nat_payload_types() -> None:
     assert payload_type_of(NatOAPayload(1, b"\x01\x02\x03\x04")) == 21
     assert payload_type_of(NatOAPayload(1, b"\x01\x02\x03\x04", draft=True)) == 131
     assert encode_payload(NatOAPayload(1, bytes([10, 0, 0, 1])), 0) == bytes.fromhex(
-        "0000000c010000000a000001"
+        "0000000c 01 000000 0a000001"
     )
     with pytest.raises(LocalProtocolError):
         payload_type_of(object())  # type: ignore[arg-type]
@@ -415,7 +400,7 @@ def _sa_with(proposal_body: bytes, *, next_payload: int = 0, extra: bytes = b"")
 
 
 T1 = bytes.fromhex("0000000801010000")  # one empty transform, last
-T_ATTR_OVERRUN = bytes.fromhex("000000100101000080010007000e0008")
+T_ATTR_OVERRUN = bytes.fromhex("00000010 01010000 80010007 000e0008")
 
 
 @pytest.mark.parametrize(
@@ -424,11 +409,11 @@ T_ATTR_OVERRUN = bytes.fromhex("000000100101000080010007000e0008")
         # SA body shorter than DOI + situation
         (bytes.fromhex("0000000800000001"), "SA", 32, NotifyType.PAYLOAD_MALFORMED),
         # DOI 2
-        (bytes.fromhex("0000000c0000000200000001"), "SA.doi", 32, NotifyType.DOI_NOT_SUPPORTED),
+        (bytes.fromhex("0000000c 00000002 00000001"), "SA.doi", 32, NotifyType.DOI_NOT_SUPPORTED),
         # situation SIT_SECRECY
-        (bytes.fromhex("0000000c0000000100000002"), "SA.situation", 36, NotifyType.SITUATION_NOT_SUPPORTED),
+        (bytes.fromhex("0000000c 00000001 00000002"), "SA.situation", 36, NotifyType.SITUATION_NOT_SUPPORTED),
         # no proposal at all
-        (bytes.fromhex("0000000c0000000100000001"), "SA.proposal[0]", 40, NotifyType.BAD_PROPOSAL_SYNTAX),
+        (bytes.fromhex("0000000c 00000001 00000001"), "SA.proposal[0]", 40, NotifyType.BAD_PROPOSAL_SYNTAX),
         # proposal next payload 3
         (
             _sa_with(bytes.fromhex("01010001") + T1, next_payload=3),
@@ -466,21 +451,21 @@ T_ATTR_OVERRUN = bytes.fromhex("000000100101000080010007000e0008")
         ),
         # transform next payload 2
         (
-            _sa_with(bytes.fromhex("010100010200000801010000")),
+            _sa_with(bytes.fromhex("01010001 02000008 01010000")),
             "SA.proposal[0].transform[0].next_payload",
             48,
             NotifyType.BAD_PROPOSAL_SYNTAX,
         ),
         # transform length 6
         (
-            _sa_with(bytes.fromhex("010100010000000601010000")),
+            _sa_with(bytes.fromhex("01010001 00000006 01010000")),
             "SA.proposal[0].transform[0].length",
             50,
             NotifyType.PAYLOAD_MALFORMED,
         ),
         # transform length runs past the proposal
         (
-            _sa_with(bytes.fromhex("010100010000001001010000")),
+            _sa_with(bytes.fromhex("01010001 00000010 01010000")),
             "SA.proposal[0].transform[0].length",
             50,
             NotifyType.PAYLOAD_MALFORMED,
@@ -494,7 +479,7 @@ T_ATTR_OVERRUN = bytes.fromhex("000000100101000080010007000e0008")
         ),
         # the last transform says another follows
         (
-            _sa_with(bytes.fromhex("010100010300000801010000")),
+            _sa_with(bytes.fromhex("01010001 03000008 01010000")),
             "SA.proposal[0].transform[0].next_payload",
             48,
             NotifyType.BAD_PROPOSAL_SYNTAX,
@@ -514,8 +499,8 @@ def test_sa_errors(data: bytes, field: str, offset: int, notify: NotifyType) -> 
 
 
 def test_second_proposal_transform_attr_field_name() -> None:
-    good = bytes.fromhex("02000010010100010000000801010000")
-    bad = bytes.fromhex("0000001602010001") + bytes.fromhex("0000000e01010000800100070001")
+    good = bytes.fromhex("02000010 01010001 00000008 01010000")
+    bad = bytes.fromhex("0000001602010001") + bytes.fromhex("0000000e 01010000 80010007 0001")
     body = struct.pack("!II", 1, 1) + good + bad
     e = _err(PayloadType.SA, struct.pack("!BBH", 0, 0, len(body) + 4) + body + b"")
     # the second proposal's TLV attribute has a 2-byte header only: truncated
@@ -539,20 +524,26 @@ def test_second_proposal_transform_attr_field_name() -> None:
         (6, bytes.fromhex("00000004"), "CERT", 32, NotifyType.PAYLOAD_MALFORMED),
         (7, bytes.fromhex("00000004"), "CR", 32, NotifyType.PAYLOAD_MALFORMED),
         (11, bytes.fromhex("0000000800000001"), "N", 32, NotifyType.PAYLOAD_MALFORMED),
-        (11, bytes.fromhex("0000000c0000000701000018"), "N.doi", 32, NotifyType.DOI_NOT_SUPPORTED),
-        (11, bytes.fromhex("0000000e00000001011000180102"), "N.spi_size", 37, NotifyType.PAYLOAD_MALFORMED),
+        (11, bytes.fromhex("0000000c 00000007 01000018"), "N.doi", 32, NotifyType.DOI_NOT_SUPPORTED),
+        (
+            11,
+            bytes.fromhex("0000000e 00000001 01100018 0102"),
+            "N.spi_size",
+            37,
+            NotifyType.PAYLOAD_MALFORMED,
+        ),
         (
             12,
-            bytes.fromhex("00000010000000010304000201020304"),
+            bytes.fromhex("00000010 00000001 03040002 01020304"),
             "D.num_spis",
             38,
             NotifyType.PAYLOAD_MALFORMED,
         ),
-        (12, bytes.fromhex("0000000c0000000503040000"), "D.doi", 32, NotifyType.DOI_NOT_SUPPORTED),
+        (12, bytes.fromhex("0000000c 00000005 03040000"), "D.doi", 32, NotifyType.DOI_NOT_SUPPORTED),
         (14, bytes.fromhex("000000060100"), "ATTR", 32, NotifyType.PAYLOAD_MALFORMED),
-        (14, bytes.fromhex("0000000a010000010001"), "ATTR.attr[0]", 36, NotifyType.PAYLOAD_MALFORMED),
-        (21, bytes.fromhex("0000000c020000000a000001"), "NAT-OA.id_type", 32, NotifyType.PAYLOAD_MALFORMED),
-        (21, bytes.fromhex("0000000b010000000a0000"), "NAT-OA.address", 36, NotifyType.PAYLOAD_MALFORMED),
+        (14, bytes.fromhex("0000000a 01000001 0001"), "ATTR.attr[0]", 36, NotifyType.PAYLOAD_MALFORMED),
+        (21, bytes.fromhex("0000000c 02000000 0a000001"), "NAT-OA.id_type", 32, NotifyType.PAYLOAD_MALFORMED),
+        (21, bytes.fromhex("0000000b 01000000 0a0000"), "NAT-OA.address", 36, NotifyType.PAYLOAD_MALFORMED),
     ],
 )
 def test_payload_errors(first: int, data: bytes, field: str, offset: int, notify: NotifyType) -> None:

@@ -373,7 +373,7 @@ class CfgAttr(IntEnum):
 
 
 class XauthType(IntEnum):
-    """draft-beaulieu-ike-xauth-02 section 6.1."""
+    """draft-beaulieu-ike-xauth-02 section 6.3 (XAUTH-TYPE values)."""
 
     GENERIC = 0
     RADIUS_CHAP = 1

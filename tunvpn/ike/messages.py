@@ -65,7 +65,12 @@ def _check_u(value: int, bits: int, what: str) -> None:
 # --------------------------------------------------------------------------- attributes
 
 
-@dataclass(frozen=True, slots=True)
+# XAUTH-USER-PASSWORD, -PASSCODE, -NEXT-PIN, -ANSWER (draft-beaulieu-ike-xauth-02 6.2):
+# their values never appear in a repr, so a logged payload does not leak a secret.
+_SECRET_ATTRIBUTE_TYPES = frozenset({16522, 16523, 16528, 16529})
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class DataAttribute:
     """One data attribute (RFC 2408 section 3.3).
 
@@ -85,6 +90,10 @@ class DataAttribute:
             _check_u(self.value, 16, f"attribute {self.type} TV value")
         else:
             raise LocalProtocolError(f"attribute {self.type}: value must be int or bytes")
+
+    def __repr__(self) -> str:
+        shown = "<redacted>" if self.type in _SECRET_ATTRIBUTE_TYPES and self.value else repr(self.value)
+        return f"DataAttribute(type={self.type!r}, value={shown})"
 
     @property
     def is_tv(self) -> bool:
