@@ -36,8 +36,12 @@ from .constants import (
 from .errors import LocalProtocolError, RemoteProtocolError
 from .exchanges import ExchangesMixin
 from .messages import Header, decode_header
+from .natt import NattMixin
+from .peerauth import PeerAuthMixin
 from .phase1 import Phase1Mixin
+from .quickmode import QuickModeMixin
 from .sa import Address, IkeSA, P1State, Role
+from .transaction import TransactionMixin
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ Datagram = tuple[bytes, Address, int]
 PHASE1_EXCHANGES = (ExchangeType.IDENTITY_PROTECTION, ExchangeType.AGGRESSIVE, ExchangeType.BASE)
 
 
-class IkeEngine(Phase1Mixin, ExchangesMixin):
+class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
     """All ISAKMP SAs of one local endpoint."""
 
     def __init__(

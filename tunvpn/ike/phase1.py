@@ -16,44 +16,36 @@ are in :data:`PHASE1_TABLE`; anything else is rejected in ``_receive_phase1`` al
 
 from __future__ import annotations
 
-import datetime
 import logging
-import struct
 from typing import TYPE_CHECKING
 
-from . import certs, crypto
+from . import crypto
 from . import events as ev
 from .config import SIGNATURE_METHODS, XAUTH_METHODS, base_auth_method
 from .constants import (
-    CertEncoding,
     DHGroup,
     ExchangeType,
     HeaderFlag,
     NotifyType,
     ProtocolId,
-    VendorId,
 )
 from .errors import AuthenticationError, NoProposalChosen, RemoteProtocolError
 from .identity import Identity
 from .messages import (
-    CertPayload,
-    CertRequestPayload,
-    HashPayload,
     Header,
     IDPayload,
     KEPayload,
-    NatDPayload,
     NoncePayload,
     NotifyPayload,
     Payload,
     RawPayload,
     SAPayload,
-    SignaturePayload,
-    VendorIDPayload,
     encode_payload,
 )
 from .proposals import check_phase1_answer, phase1_sa_payload, select_phase1_proposal
 from .sa import Address, IkeSA, P1State, Role
+from .sa import find_payloads as _find
+from .sa import one_payload as _one
 
 if TYPE_CHECKING:
     from .engine import IkeEngine
@@ -78,32 +70,6 @@ PHASE1_TABLE: dict[tuple[ExchangeType, Role, P1State], str] = {
     (BM, Role.INITIATOR, P1State.I_SENT_KE): "_bm_i_got_ke",
     (BM, Role.RESPONDER, P1State.R_SENT_SA): "_bm_r_got_ke",
 }
-
-VID_NAMES = {
-    VendorId.XAUTH: "xauth",
-    VendorId.CISCO_UNITY: "unity",
-    VendorId.DPD: "dpd",
-    VendorId.NATT_RFC3947: "nat-t",
-    VendorId.TUNVPN: "tunvpn",
-    **{vid: "nat-t-draft" for vid in VendorId.NATT_DRAFTS},
-}
-
-
-def _find(payloads: list[RawPayload], kind: type) -> list[RawPayload]:
-    return [p for p in payloads if isinstance(p.payload, kind)]
-
-
-def _one(payloads: list[RawPayload], kind: type, what: str) -> RawPayload:
-    found = _find(payloads, kind)
-    if len(found) != 1:
-        raise RemoteProtocolError(
-            f"expected exactly one {what} payload, got {len(found)}", NotifyType.PAYLOAD_MALFORMED, what
-        )
-    return found[0]
-
-
-def _utc(now: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(now, datetime.UTC)
 
 
 class Phase1Mixin:
@@ -554,176 +520,6 @@ class Phase1Mixin:
             psk=sa.psk,
         )
 
-    def _auth_hash(self: IkeEngine, sa: IkeSA, *, initiator: bool) -> bytes:
-        """HASH_I or HASH_R (RFC 2409 section 5; Base Mode variant in docs/protocol.md)."""
-        assert sa.suite is not None
-        my_side = (sa.role is Role.INITIATOR) == initiator
-        id_body = sa.local_id_body if my_side else sa.peer_id_body
-        if sa.exchange == BM:
-            # Base Mode signs before g^xy exists: SKEYID without g^xy (documented extension)
-            if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
-                skeyid = crypto.prf(sa.suite.hash, sa.ni + sa.nr, sa.icookie + sa.rcookie)
-            else:
-                assert sa.psk is not None
-                skeyid = crypto.prf(sa.suite.hash, sa.psk, sa.ni + sa.nr)
-            if initiator:
-                data = sa.gxi + sa.icookie + sa.rcookie + sa.sa_body + id_body
-            else:
-                data = sa.gxr + sa.rcookie + sa.icookie + sa.sa_body + id_body
-            return crypto.prf(sa.suite.hash, skeyid, data)
-        assert sa.keys is not None
-        fn = crypto.hash_i if initiator else crypto.hash_r
-        return fn(sa.suite.hash, sa.keys.skeyid, sa.gxi, sa.gxr, sa.icookie, sa.rcookie, sa.sa_body, id_body)
-
-    def _auth_payloads(self: IkeEngine, sa: IkeSA, *, initiator: bool) -> list[Payload]:
-        assert sa.suite is not None
-        digest = self._auth_hash(sa, initiator=initiator)
-        method = base_auth_method(sa.suite.auth)
-        if method not in SIGNATURE_METHODS:
-            return [HashPayload(digest)]
-        cred = self.config.credential
-        if cred is None:
-            raise AuthenticationError("signature authentication chosen but we have no certificate")
-        out: list[Payload] = [CertPayload(CertEncoding.X509_SIGNATURE, cred.cert_der())]
-        out += [CertPayload(CertEncoding.X509_SIGNATURE, c.public_bytes(_DER)) for c in cred.chain]
-        out.append(SignaturePayload(certs.sign(cred, method, digest)))
-        return out
-
-    def _verify_auth(
-        self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], *, initiator: bool, now: float
-    ) -> None:
-        assert sa.suite is not None
-        expected = self._auth_hash(sa, initiator=initiator)
-        method = base_auth_method(sa.suite.auth)
-        if method not in SIGNATURE_METHODS:
-            got = _one(payloads, HashPayload, "HASH").payload
-            assert isinstance(got, HashPayload)
-            if not crypto.constant_time_equal(got.data, expected):
-                raise AuthenticationError(
-                    "HASH_I does not verify: wrong pre-shared key"
-                    if initiator
-                    else "HASH_R does not verify: wrong pre-shared key",
-                    field="HASH",
-                )
-            return
-        cert_payloads = [p.payload for p in _find(payloads, CertPayload)]
-        x509_certs = [c for c in cert_payloads if c.encoding == CertEncoding.X509_SIGNATURE]  # type: ignore[union-attr]
-        if not x509_certs:
-            raise AuthenticationError(
-                "peer sent no X.509 certificate", NotifyType.CERTIFICATE_UNAVAILABLE, "CERT"
-            )
-        if not self.config.trusted_cas:
-            raise AuthenticationError(
-                "no CA configured to check peer certificates", NotifyType.INVALID_CERT_AUTHORITY
-            )
-        leaf = certs.verify_certificate(
-            x509_certs[0].data,  # type: ignore[union-attr]
-            self.config.trusted_cas,
-            _utc(now),
-            intermediates=[c.data for c in x509_certs[1:]],  # type: ignore[union-attr]
-        )
-        assert sa.peer_id is not None
-        id_payload = sa.peer_id.to_payload()
-        if not certs.certificate_matches_identity(leaf, id_payload.id_type, id_payload.data):
-            raise AuthenticationError(
-                f"peer identity {sa.peer_id} is not in its certificate",
-                NotifyType.INVALID_ID_INFORMATION,
-                "ID",
-            )
-        sig = _one(payloads, SignaturePayload, "SIG").payload
-        assert isinstance(sig, SignaturePayload)
-        certs.verify(leaf.public_key(), method, expected, sig.data)
-
-    def _cert_requests(self: IkeEngine) -> list[Payload]:
-        if self.config.credential is None:
-            return []
-        return [
-            CertRequestPayload(CertEncoding.X509_SIGNATURE, certs.ca_distinguished_name(ca))
-            for ca in self.config.trusted_cas
-        ]
-
-    def _default_local_id(self: IkeEngine, local: Address) -> Identity:
-        if self.config.local_id is not None:
-            return self.config.local_id
-        if self.config.credential is not None and not self.config.psks:
-            return Identity.from_payload(
-                IDPayload(9, self.config.credential.certificate.subject.public_bytes())  # DER_ASN1_DN
-            )
-        return Identity.parse(local[0])
-
-    def _vendor_ids(self: IkeEngine, *, xauth: bool) -> list[Payload]:
-        vids = []
-        if xauth:
-            vids.append(VendorId.XAUTH)
-        if self.config.unity:
-            vids.append(VendorId.CISCO_UNITY)
-        vids.append(VendorId.DPD)
-        if self.config.natt:
-            vids += [
-                VendorId.NATT_RFC3947,
-                VendorId.NATT_DRAFT_03,
-                VendorId.NATT_DRAFT_02N,
-                VendorId.NATT_DRAFT_02,
-            ]
-        if self.config.tunvpn_extensions:
-            vids.append(VendorId.TUNVPN)
-        return [VendorIDPayload(v) for v in vids]
-
-    def _note_vendor_ids(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload]) -> None:
-        for raw in _find(payloads, VendorIDPayload):
-            assert isinstance(raw.payload, VendorIDPayload)
-            data = raw.payload.data
-            name = VID_NAMES.get(data)
-            if name is None and data[:14] == VendorId.DPD[:14]:
-                name = "dpd"
-            if name is None and data[:12] == VendorId.CISCO_UNITY[:12]:
-                name = "unity"
-            if name:
-                sa.peer_vendor_ids.add(name)
-        if self.config.natt:
-            if "nat-t" in sa.peer_vendor_ids:
-                sa.natt, sa.natt_draft = True, False
-            elif "nat-t-draft" in sa.peer_vendor_ids:
-                sa.natt, sa.natt_draft = True, True
-        sa.tunvpn_peer = self.config.tunvpn_extensions and "tunvpn" in sa.peer_vendor_ids
-
-    # ------------------------------------------------------------------ NAT-T (RFC 3947)
-
-    def _natd_hash(self: IkeEngine, sa: IkeSA, addr: Address) -> bytes:
-        assert sa.suite is not None
-        import ipaddress
-
-        packed = ipaddress.ip_address(addr[0]).packed + struct.pack("!H", addr[1])
-        return crypto.hash_digest(sa.suite.hash, sa.icookie + sa.rcookie + packed)
-
-    def _natd_payloads(self: IkeEngine, sa: IkeSA) -> list[Payload]:
-        if not sa.natt:
-            return []
-        remote = self._natd_hash(sa, sa.remote)
-        local = self._natd_hash(sa, sa.local)
-        if self.config.force_encap:
-            local = self._random(len(local))  # pretend to sit behind a NAT (strongSwan encap=yes)
-        return [NatDPayload(remote, sa.natt_draft), NatDPayload(local, sa.natt_draft)]
-
-    def _check_natd(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload]) -> None:
-        if not sa.natt:
-            return
-        natds = [p.payload.data for p in _find(payloads, NatDPayload)]  # type: ignore[union-attr]
-        if len(natds) < 2:
-            return  # the peer did not do NAT-D after all
-        sa.nat_local = not crypto.constant_time_equal(natds[0], self._natd_hash(sa, sa.local))
-        peer_hash = self._natd_hash(sa, sa.remote)
-        sa.nat_remote = not any(crypto.constant_time_equal(h, peer_hash) for h in natds[1:])
-        if self.config.force_encap:
-            sa.nat_local = True
-
-    def _maybe_float(self: IkeEngine, sa: IkeSA) -> None:
-        """RFC 3947 section 4: the initiator moves to port 4500 once a NAT is seen."""
-        if sa.natt and (sa.nat_local or sa.nat_remote) and not sa.floated:
-            sa.floated = True
-            sa.local = (sa.local[0], self.config.natt_port)
-            sa.remote = (sa.remote[0], self.config.natt_port)
-
     # ------------------------------------------------------------------ sending and ending
 
     def _send_phase1(
@@ -850,8 +646,3 @@ class Phase1Mixin:
         self._send_unprotected_notify(
             header.icookie, rcookie, remote, local, exc.notify, local[1] != self.ike_port
         )
-
-
-from cryptography.hazmat.primitives.serialization import Encoding as _Encoding  # noqa: E402
-
-_DER = _Encoding.DER

@@ -29,6 +29,21 @@ from .proposals import Phase1Suite
 Address = tuple[str, int]
 
 
+def find_payloads(payloads: list[RawPayload], kind: type) -> list[RawPayload]:
+    """Every payload of one class, in order."""
+    return [p for p in payloads if isinstance(p.payload, kind)]
+
+
+def one_payload(payloads: list[RawPayload], kind: type, what: str) -> RawPayload:
+    """The single payload of one class; anything else is PAYLOAD-MALFORMED."""
+    found = find_payloads(payloads, kind)
+    if len(found) != 1:
+        raise RemoteProtocolError(
+            f"expected exactly one {what} payload, got {len(found)}", NotifyType.PAYLOAD_MALFORMED, what
+        )
+    return found[0]
+
+
 class Role(enum.Enum):
     INITIATOR = "initiator"
     RESPONDER = "responder"

@@ -1,0 +1,111 @@
+"""Vendor IDs and NAT traversal (RFC 3947): NAT-D hashes, NAT detection and the float to 4500."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import TYPE_CHECKING
+
+from . import crypto
+from .constants import (
+    VendorId,
+)
+from .messages import (
+    NatDPayload,
+    Payload,
+    RawPayload,
+    VendorIDPayload,
+)
+from .sa import Address, IkeSA
+from .sa import find_payloads as _find
+
+if TYPE_CHECKING:
+    from .engine import IkeEngine
+
+log = logging.getLogger(__name__)
+
+VID_NAMES = {
+    VendorId.XAUTH: "xauth",
+    VendorId.CISCO_UNITY: "unity",
+    VendorId.DPD: "dpd",
+    VendorId.NATT_RFC3947: "nat-t",
+    VendorId.TUNVPN: "tunvpn",
+    **{vid: "nat-t-draft" for vid in VendorId.NATT_DRAFTS},
+}
+
+
+class NattMixin:
+    """Vendor ID and NAT-T pieces of phase 1."""
+
+    def _vendor_ids(self: IkeEngine, *, xauth: bool) -> list[Payload]:
+        vids = []
+        if xauth:
+            vids.append(VendorId.XAUTH)
+        if self.config.unity:
+            vids.append(VendorId.CISCO_UNITY)
+        vids.append(VendorId.DPD)
+        if self.config.natt:
+            vids += [
+                VendorId.NATT_RFC3947,
+                VendorId.NATT_DRAFT_03,
+                VendorId.NATT_DRAFT_02N,
+                VendorId.NATT_DRAFT_02,
+            ]
+        if self.config.tunvpn_extensions:
+            vids.append(VendorId.TUNVPN)
+        return [VendorIDPayload(v) for v in vids]
+
+    def _note_vendor_ids(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload]) -> None:
+        for raw in _find(payloads, VendorIDPayload):
+            assert isinstance(raw.payload, VendorIDPayload)
+            data = raw.payload.data
+            name = VID_NAMES.get(data)
+            if name is None and data[:14] == VendorId.DPD[:14]:
+                name = "dpd"
+            if name is None and data[:12] == VendorId.CISCO_UNITY[:12]:
+                name = "unity"
+            if name:
+                sa.peer_vendor_ids.add(name)
+        if self.config.natt:
+            if "nat-t" in sa.peer_vendor_ids:
+                sa.natt, sa.natt_draft = True, False
+            elif "nat-t-draft" in sa.peer_vendor_ids:
+                sa.natt, sa.natt_draft = True, True
+        sa.tunvpn_peer = self.config.tunvpn_extensions and "tunvpn" in sa.peer_vendor_ids
+
+    # ------------------------------------------------------------------ NAT-T (RFC 3947)
+
+    def _natd_hash(self: IkeEngine, sa: IkeSA, addr: Address) -> bytes:
+        assert sa.suite is not None
+        import ipaddress
+
+        packed = ipaddress.ip_address(addr[0]).packed + struct.pack("!H", addr[1])
+        return crypto.hash_digest(sa.suite.hash, sa.icookie + sa.rcookie + packed)
+
+    def _natd_payloads(self: IkeEngine, sa: IkeSA) -> list[Payload]:
+        if not sa.natt:
+            return []
+        remote = self._natd_hash(sa, sa.remote)
+        local = self._natd_hash(sa, sa.local)
+        if self.config.force_encap:
+            local = self._random(len(local))  # pretend to sit behind a NAT (strongSwan encap=yes)
+        return [NatDPayload(remote, sa.natt_draft), NatDPayload(local, sa.natt_draft)]
+
+    def _check_natd(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload]) -> None:
+        if not sa.natt:
+            return
+        natds = [p.payload.data for p in _find(payloads, NatDPayload)]  # type: ignore[union-attr]
+        if len(natds) < 2:
+            return  # the peer did not do NAT-D after all
+        sa.nat_local = not crypto.constant_time_equal(natds[0], self._natd_hash(sa, sa.local))
+        peer_hash = self._natd_hash(sa, sa.remote)
+        sa.nat_remote = not any(crypto.constant_time_equal(h, peer_hash) for h in natds[1:])
+        if self.config.force_encap:
+            sa.nat_local = True
+
+    def _maybe_float(self: IkeEngine, sa: IkeSA) -> None:
+        """RFC 3947 section 4: the initiator moves to port 4500 once a NAT is seen."""
+        if sa.natt and (sa.nat_local or sa.nat_remote) and not sa.floated:
+            sa.floated = True
+            sa.local = (sa.local[0], self.config.natt_port)
+            sa.remote = (sa.remote[0], self.config.natt_port)

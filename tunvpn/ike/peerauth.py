@@ -1,0 +1,144 @@
+"""Phase 1 authentication: HASH_I/HASH_R (RFC 2409 section 5), signatures with certificates
+(RFC 2409 section 5.1, RFC 4754), CERT/CR payloads and our default identity."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from . import certs, crypto
+from .config import SIGNATURE_METHODS, base_auth_method
+from .constants import (
+    CertEncoding,
+    ExchangeType,
+    NotifyType,
+)
+from .errors import AuthenticationError
+from .identity import Identity
+from .messages import (
+    CertPayload,
+    CertRequestPayload,
+    HashPayload,
+    IDPayload,
+    Payload,
+    RawPayload,
+    SignaturePayload,
+)
+from .sa import Address, IkeSA, Role
+from .sa import find_payloads as _find
+from .sa import one_payload as _one
+
+BM = ExchangeType.BASE
+
+if TYPE_CHECKING:
+    from .engine import IkeEngine
+
+log = logging.getLogger(__name__)
+
+
+def _utc(now: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(now, datetime.UTC)
+
+
+class PeerAuthMixin:
+    """Authentication pieces of phase 1."""
+
+    def _auth_hash(self: IkeEngine, sa: IkeSA, *, initiator: bool) -> bytes:
+        """HASH_I or HASH_R (RFC 2409 section 5; Base Mode variant in docs/protocol.md)."""
+        assert sa.suite is not None
+        my_side = (sa.role is Role.INITIATOR) == initiator
+        id_body = sa.local_id_body if my_side else sa.peer_id_body
+        if sa.exchange == BM:
+            # Base Mode signs before g^xy exists: SKEYID without g^xy (documented extension)
+            if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
+                skeyid = crypto.prf(sa.suite.hash, sa.ni + sa.nr, sa.icookie + sa.rcookie)
+            else:
+                assert sa.psk is not None
+                skeyid = crypto.prf(sa.suite.hash, sa.psk, sa.ni + sa.nr)
+            if initiator:
+                data = sa.gxi + sa.icookie + sa.rcookie + sa.sa_body + id_body
+            else:
+                data = sa.gxr + sa.rcookie + sa.icookie + sa.sa_body + id_body
+            return crypto.prf(sa.suite.hash, skeyid, data)
+        assert sa.keys is not None
+        fn = crypto.hash_i if initiator else crypto.hash_r
+        return fn(sa.suite.hash, sa.keys.skeyid, sa.gxi, sa.gxr, sa.icookie, sa.rcookie, sa.sa_body, id_body)
+
+    def _auth_payloads(self: IkeEngine, sa: IkeSA, *, initiator: bool) -> list[Payload]:
+        assert sa.suite is not None
+        digest = self._auth_hash(sa, initiator=initiator)
+        method = base_auth_method(sa.suite.auth)
+        if method not in SIGNATURE_METHODS:
+            return [HashPayload(digest)]
+        cred = self.config.credential
+        if cred is None:
+            raise AuthenticationError("signature authentication chosen but we have no certificate")
+        out: list[Payload] = [CertPayload(CertEncoding.X509_SIGNATURE, cred.cert_der())]
+        out += [CertPayload(CertEncoding.X509_SIGNATURE, c.public_bytes(Encoding.DER)) for c in cred.chain]
+        out.append(SignaturePayload(certs.sign(cred, method, digest)))
+        return out
+
+    def _verify_auth(
+        self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], *, initiator: bool, now: float
+    ) -> None:
+        assert sa.suite is not None
+        expected = self._auth_hash(sa, initiator=initiator)
+        method = base_auth_method(sa.suite.auth)
+        if method not in SIGNATURE_METHODS:
+            got = _one(payloads, HashPayload, "HASH").payload
+            assert isinstance(got, HashPayload)
+            if not crypto.constant_time_equal(got.data, expected):
+                raise AuthenticationError(
+                    "HASH_I does not verify: wrong pre-shared key"
+                    if initiator
+                    else "HASH_R does not verify: wrong pre-shared key",
+                    field="HASH",
+                )
+            return
+        cert_payloads = [p.payload for p in _find(payloads, CertPayload)]
+        x509_certs = [c for c in cert_payloads if c.encoding == CertEncoding.X509_SIGNATURE]  # type: ignore[union-attr]
+        if not x509_certs:
+            raise AuthenticationError(
+                "peer sent no X.509 certificate", NotifyType.CERTIFICATE_UNAVAILABLE, "CERT"
+            )
+        if not self.config.trusted_cas:
+            raise AuthenticationError(
+                "no CA configured to check peer certificates", NotifyType.INVALID_CERT_AUTHORITY
+            )
+        leaf = certs.verify_certificate(
+            x509_certs[0].data,  # type: ignore[union-attr]
+            self.config.trusted_cas,
+            _utc(now),
+            intermediates=[c.data for c in x509_certs[1:]],  # type: ignore[union-attr]
+        )
+        assert sa.peer_id is not None
+        id_payload = sa.peer_id.to_payload()
+        if not certs.certificate_matches_identity(leaf, id_payload.id_type, id_payload.data):
+            raise AuthenticationError(
+                f"peer identity {sa.peer_id} is not in its certificate",
+                NotifyType.INVALID_ID_INFORMATION,
+                "ID",
+            )
+        sig = _one(payloads, SignaturePayload, "SIG").payload
+        assert isinstance(sig, SignaturePayload)
+        certs.verify(leaf.public_key(), method, expected, sig.data)
+
+    def _cert_requests(self: IkeEngine) -> list[Payload]:
+        if self.config.credential is None:
+            return []
+        return [
+            CertRequestPayload(CertEncoding.X509_SIGNATURE, certs.ca_distinguished_name(ca))
+            for ca in self.config.trusted_cas
+        ]
+
+    def _default_local_id(self: IkeEngine, local: Address) -> Identity:
+        if self.config.local_id is not None:
+            return self.config.local_id
+        if self.config.credential is not None and not self.config.psks:
+            return Identity.from_payload(
+                IDPayload(9, self.config.credential.certificate.subject.public_bytes())  # DER_ASN1_DN
+            )
+        return Identity.parse(local[0])

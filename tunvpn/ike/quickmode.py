@@ -1,0 +1,430 @@
+"""Quick Mode (RFC 2409 section 5.5), initiator and responder::
+
+  1 I>R* HASH(1) SA Ni [KE] [IDci IDcr]     HASH(1) = prf(SKEYID_a, M-ID | SA | Ni [| KE] [| IDci | IDcr])
+  2 R>I* HASH(2) SA Nr [KE] [IDci IDcr]     HASH(2) = prf(SKEYID_a, M-ID | Ni_b | SA | Nr [| KE] [| IDs])
+         [N(RESPONDER-LIFETIME)]
+  3 I>R* HASH(3)                            HASH(3) = prf(SKEYID_a, 0 | M-ID | Ni_b | Nr_b)
+
+Key material per RFC 2409 section 5.5 is handed out in ChildSAEstablished."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import TYPE_CHECKING
+
+from . import crypto
+from . import events as ev
+from .config import ChildPolicy
+from .constants import (
+    DHGroup,
+    EncapsulationMode,
+    ExchangeType,
+    IPsecAttr,
+    LifeType,
+    NotifyType,
+    ProtocolId,
+)
+from .errors import NoProposalChosen, RemoteProtocolError
+from .identity import TrafficSelector
+from .messages import (
+    DataAttribute,
+    IDPayload,
+    KEPayload,
+    NatOAPayload,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    Proposal,
+    RawPayload,
+    SAPayload,
+    Transform,
+    encode_attributes,
+)
+from .proposals import ChildProposal, ChildTransform, select_child_transform
+from .sa import ChildSA, Exchange, IkeSA, Role
+
+if TYPE_CHECKING:
+    from .engine import IkeEngine
+
+log = logging.getLogger(__name__)
+
+NONCE_SIZE = 32
+
+
+class QuickModeMixin:
+    """Quick Mode of the IKE engine."""
+
+    # ------------------------------------------------------------------ Quick Mode
+
+    def _encap_mode(self: IkeEngine, sa: IkeSA) -> int:
+        if sa.natt and (sa.nat_local or sa.nat_remote):
+            return int(EncapsulationMode.UDP_TUNNEL_DRAFT if sa.natt_draft else EncapsulationMode.UDP_TUNNEL)
+        return int(EncapsulationMode.TUNNEL)
+
+    def start_child(
+        self: IkeEngine,
+        sa_id: bytes,
+        now: float,
+        local_ts: TrafficSelector,
+        remote_ts: TrafficSelector,
+        proposal: ChildProposal,
+        name: str = "",
+    ) -> int:
+        """Initiate a Quick Mode for one pair of IPsec SAs; returns its message ID."""
+        sa = self.get_sa(sa_id)
+        ex = self._new_exchange(sa, "quick")
+        spi = self._new_spi()
+        ni = self._random(NONCE_SIZE)
+        transforms = proposal.transforms(self._encap_mode(sa), sa.tunvpn_peer)
+        sa_payload = SAPayload((Proposal(1, ProtocolId.ESP, spi.to_bytes(4, "big"), transforms),))
+        payloads: list[Payload] = [sa_payload, NoncePayload(ni)]
+        dh = None
+        if proposal.pfs_group is not None:
+            dh = crypto.DiffieHellman(proposal.pfs_group)
+            payloads.append(KEPayload(dh.public))
+        payloads += [local_ts.to_id_payload(), remote_ts.to_id_payload()]
+        ex.state = "sent-1"
+        ex.data.update(
+            spi_in=spi,
+            ni=ni,
+            dh=dh,
+            proposal=proposal,
+            name=name,
+            local_ts=local_ts,
+            remote_ts=remote_ts,
+            transforms=transforms,
+            spis=(spi,),
+        )
+        self._send_protected(sa, ex, ExchangeType.QUICK_MODE, payloads, now, expect_reply=True)
+        return ex.message_id
+
+    def _qm_parts(self: IkeEngine, rest: list[RawPayload]) -> dict[str, object]:
+        parts: dict[str, object] = {"ids": [], "notifies": []}
+        for p in rest:
+            x = p.payload
+            if isinstance(x, SAPayload):
+                parts["sa"] = x
+            elif isinstance(x, NoncePayload):
+                parts["nonce"] = x.data
+            elif isinstance(x, KEPayload):
+                parts["ke"] = x.data
+            elif isinstance(x, IDPayload):
+                parts["ids"].append(x)  # type: ignore[union-attr]
+            elif isinstance(x, NotifyPayload):
+                parts["notifies"].append(x)  # type: ignore[union-attr]
+            elif isinstance(x, NatOAPayload):
+                pass  # RFC 3947 5.1: only needed for transport mode checksums
+        if "sa" not in parts or "nonce" not in parts:
+            raise RemoteProtocolError("Quick Mode message lacks SA or Nonce", field="SA")
+        if len(parts["ids"]) not in (0, 2):  # type: ignore[arg-type]
+            raise RemoteProtocolError(
+                "Quick Mode needs both client IDs or none", NotifyType.INVALID_ID_INFORMATION, "ID"
+            )
+        return parts
+
+    def _peer_selectors(
+        self: IkeEngine, sa: IkeSA, ids: list[IDPayload]
+    ) -> tuple[TrafficSelector, TrafficSelector]:
+        """(initiator's selector, responder's selector); without IDs, the phase 1 addresses."""
+        if ids:
+            return TrafficSelector.from_id_payload(ids[0]), TrafficSelector.from_id_payload(ids[1])
+        i_addr = sa.remote[0] if sa.role is Role.RESPONDER else sa.local[0]
+        r_addr = sa.local[0] if sa.role is Role.RESPONDER else sa.remote[0]
+        return TrafficSelector.from_address(i_addr), TrafficSelector.from_address(r_addr)
+
+    def _child_policies(self: IkeEngine, sa: IkeSA) -> tuple[ChildPolicy, ...]:
+        return sa.child_policies if sa.child_policies is not None else self.config.children
+
+    def set_child_policies(self: IkeEngine, sa_id: bytes, policies: tuple[ChildPolicy, ...]) -> None:
+        """Gateway: the phase 2 policies this particular client may set up (per user/group)."""
+        self.get_sa(sa_id).child_policies = tuple(policies)
+
+    def _match_policy(
+        self: IkeEngine, sa: IkeSA, ts_i: TrafficSelector, ts_r: TrafficSelector
+    ) -> list[ChildPolicy]:
+        matches = []
+        for policy in self._child_policies(sa):
+            remote = policy.remote_ts
+            if remote is None:
+                if sa.assigned_address is None:
+                    remote = TrafficSelector.from_address(sa.remote[0])
+                else:
+                    remote = TrafficSelector.from_address(sa.assigned_address)
+            if policy.local_ts.contains(ts_r) and remote.contains(ts_i):
+                matches.append(policy)
+        return matches
+
+    def _qm_r_first(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
+        rest = sa.check_hash(ex.message_id, payloads)
+        parts = self._qm_parts(rest)
+        sa_in: SAPayload = parts["sa"]  # type: ignore[assignment]
+        ni: bytes = parts["nonce"]  # type: ignore[assignment]
+        ids: list[IDPayload] = parts["ids"]  # type: ignore[assignment]
+        ts_i, ts_r = self._peer_selectors(sa, ids)
+        policies = self._match_policy(sa, ts_i, ts_r)
+        if not policies:
+            self._events.append(
+                ev.ChildSAFailed(
+                    sa.sa_id, f"no policy for {ts_i} === {ts_r}", NotifyType.INVALID_ID_INFORMATION
+                )
+            )
+            ex.state = "done"
+            raise RemoteProtocolError(
+                f"no policy allows {ts_i} === {ts_r}", NotifyType.INVALID_ID_INFORMATION, "ID"
+            )
+        encaps = {int(EncapsulationMode.TUNNEL), self._encap_mode(sa)}
+        if sa.natt:
+            encaps |= {int(EncapsulationMode.UDP_TUNNEL), int(EncapsulationMode.UDP_TUNNEL_DRAFT)}
+        chosen = None
+        for policy in policies:
+            try:
+                prop, transform, ct = select_child_transform(
+                    sa_in.proposals, policy.proposal, sa.tunvpn_peer, encaps
+                )
+            except NoProposalChosen:
+                continue
+            chosen = (policy, prop, transform, ct)
+            break
+        if chosen is None:
+            ex.state = "done"
+            self._events.append(
+                ev.ChildSAFailed(sa.sa_id, "no acceptable ESP proposal", NotifyType.NO_PROPOSAL_CHOSEN)
+            )
+            raise NoProposalChosen("no offered ESP transform is allowed by the matching policies")
+        policy, prop, transform, ct = chosen
+        ke_in: bytes | None = parts.get("ke")  # type: ignore[assignment]
+        dh = None
+        g_qm = None
+        if ct.pfs_group is not None:
+            if ke_in is None:
+                raise RemoteProtocolError(
+                    "PFS group offered without KE", NotifyType.INVALID_KEY_INFORMATION, "KE"
+                )
+            dh = crypto.DiffieHellman(DHGroup(ct.pfs_group))
+            g_qm = dh.shared_secret(ke_in)
+        spi_out = int.from_bytes(prop.spi, "big")
+        spi_in = self._new_spi()
+        nr = self._random(NONCE_SIZE)
+        lifetime_s = min(
+            ct.lifetime_seconds or policy.proposal.lifetime_seconds, policy.proposal.lifetime_seconds
+        )
+        lifetime_kb = ct.lifetime_kilobytes
+        if policy.proposal.lifetime_kilobytes:
+            lifetime_kb = min(
+                lifetime_kb or policy.proposal.lifetime_kilobytes, policy.proposal.lifetime_kilobytes
+            )
+        out: list[Payload] = [
+            SAPayload((Proposal(prop.number, ProtocolId.ESP, spi_in.to_bytes(4, "big"), (transform,)),)),
+            NoncePayload(nr),
+        ]
+        if dh is not None:
+            out.append(KEPayload(dh.public))
+        if ids:
+            out += ids
+        lifetime_attrs = []
+        if lifetime_s != ct.lifetime_seconds:
+            lifetime_attrs += [
+                DataAttribute(IPsecAttr.SA_LIFE_TYPE, int(LifeType.SECONDS)),
+                DataAttribute.auto(IPsecAttr.SA_LIFE_DURATION, lifetime_s),
+            ]
+        if lifetime_kb != ct.lifetime_kilobytes:
+            lifetime_attrs += [
+                DataAttribute(IPsecAttr.SA_LIFE_TYPE, int(LifeType.KILOBYTES)),
+                DataAttribute.auto(IPsecAttr.SA_LIFE_DURATION, lifetime_kb),
+            ]
+        if lifetime_attrs:
+            # RFC 2407 section 4.6.3.1: tell the initiator we lowered the lifetime
+            out.append(
+                NotifyPayload(
+                    NotifyType.RESPONDER_LIFETIME,
+                    ProtocolId.ESP,
+                    spi_in.to_bytes(4, "big"),
+                    encode_attributes(lifetime_attrs),
+                )
+            )
+        ex.state = "sent-2"
+        ex.data.update(spi_in=spi_in, spi_out=spi_out, ni=ni, nr=nr, name=policy.name, spis=(spi_in,))
+        self._send_protected(sa, ex, ExchangeType.QUICK_MODE, out, now, expect_reply=True, extra=ni)
+        # install now: peers such as vpnc send ESP before our third message arrives
+        local_ts, remote_ts = ts_r, ts_i
+        self._child_established(
+            sa,
+            ex,
+            ct,
+            spi_in,
+            spi_out,
+            ni,
+            nr,
+            g_qm,
+            local_ts,
+            remote_ts,
+            lifetime_s,
+            lifetime_kb,
+            "responder",
+            policy.name,
+        )
+
+    def _qm_r_third(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
+        if not payloads or not hasattr(payloads[0].payload, "data"):
+            raise RemoteProtocolError("HASH(3) missing", NotifyType.INVALID_HASH_INFORMATION, "HASH")
+        expected = sa.prf_a(b"\x00" + struct.pack("!I", ex.message_id) + ex.data["ni"] + ex.data["nr"])  # type: ignore[operator]
+        got = payloads[0].payload.data  # type: ignore[union-attr]
+        if not crypto.constant_time_equal(expected, got):
+            raise RemoteProtocolError("HASH(3) does not verify", NotifyType.INVALID_HASH_INFORMATION, "HASH")
+        ex.state = "done"
+        ex.retransmit_at = None
+
+    def _qm_i_second(
+        self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float
+    ) -> None:
+        ni: bytes = ex.data["ni"]  # type: ignore[assignment]
+        rest = sa.check_hash(ex.message_id, payloads, extra=ni)
+        parts = self._qm_parts(rest)
+        sa_in: SAPayload = parts["sa"]  # type: ignore[assignment]
+        nr: bytes = parts["nonce"]  # type: ignore[assignment]
+        if len(sa_in.proposals) != 1 or len(sa_in.proposals[0].transforms) != 1:
+            raise RemoteProtocolError(
+                "responder must choose one ESP transform", NotifyType.BAD_PROPOSAL_SYNTAX, "SA"
+            )
+        prop = sa_in.proposals[0]
+        offered: tuple[Transform, ...] = ex.data["transforms"]  # type: ignore[assignment]
+        chosen = prop.transforms[0]
+        ct = ChildTransform.from_transform(chosen)
+        if (
+            prop.protocol != ProtocolId.ESP
+            or len(prop.spi) != 4
+            or ct is None
+            or not any(
+                ChildTransform.from_transform(t) == ct
+                or (
+                    t.transform_id == chosen.transform_id
+                    and ChildTransform.from_transform(t) is not None
+                    and ChildTransform.from_transform(t).suite == ct.suite  # type: ignore[union-attr]
+                )
+                for t in offered
+            )
+        ):
+            raise NoProposalChosen("responder chose an ESP transform we did not offer")
+        proposal: ChildProposal = ex.data["proposal"]  # type: ignore[assignment]
+        g_qm = None
+        dh = ex.data.get("dh")
+        if dh is not None:
+            ke = parts.get("ke")
+            if ke is None:
+                raise RemoteProtocolError(
+                    "PFS requested but no KE in answer", NotifyType.INVALID_KEY_INFORMATION, "KE"
+                )
+            g_qm = dh.shared_secret(ke)  # type: ignore[attr-defined]
+        ids: list[IDPayload] = parts["ids"]  # type: ignore[assignment]
+        local_ts: TrafficSelector = ex.data["local_ts"]  # type: ignore[assignment]
+        remote_ts: TrafficSelector = ex.data["remote_ts"]  # type: ignore[assignment]
+        if ids and (
+            TrafficSelector.from_id_payload(ids[0]) != local_ts
+            or TrafficSelector.from_id_payload(ids[1]) != remote_ts
+        ):
+            raise RemoteProtocolError(
+                "responder changed the traffic selectors", NotifyType.INVALID_ID_INFORMATION, "ID"
+            )
+        lifetime_s = ct.lifetime_seconds or proposal.lifetime_seconds
+        lifetime_kb = ct.lifetime_kilobytes
+        for n in parts["notifies"]:  # type: ignore[attr-defined]
+            if n.notify_type == NotifyType.RESPONDER_LIFETIME:
+                life_type = None
+                from .messages import decode_attributes
+
+                for a in decode_attributes(n.data, field="RESPONDER-LIFETIME"):
+                    if a.type == IPsecAttr.SA_LIFE_TYPE:
+                        life_type = a.as_int()
+                    elif a.type == IPsecAttr.SA_LIFE_DURATION and life_type == LifeType.SECONDS:
+                        lifetime_s = min(lifetime_s, a.as_int())
+                    elif a.type == IPsecAttr.SA_LIFE_DURATION and life_type == LifeType.KILOBYTES:
+                        lifetime_kb = min(lifetime_kb, a.as_int()) if lifetime_kb else a.as_int()
+        spi_in: int = ex.data["spi_in"]  # type: ignore[assignment]
+        spi_out = int.from_bytes(prop.spi, "big")
+        hash3 = sa.prf_a(b"\x00" + struct.pack("!I", ex.message_id) + ni + nr)
+        from .messages import HashPayload
+
+        data = sa.build(ExchangeType.QUICK_MODE, ex.message_id, [HashPayload(hash3)], encrypt=True)
+        ex.last_out = data
+        ex.retransmit_at = None
+        ex.state = "done"
+        self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
+        self._child_established(
+            sa,
+            ex,
+            ct,
+            spi_in,
+            spi_out,
+            ni,
+            nr,
+            g_qm,
+            local_ts,
+            remote_ts,
+            lifetime_s,
+            lifetime_kb,
+            "initiator",
+            str(ex.data.get("name", "")),
+        )
+
+    def _child_established(
+        self: IkeEngine,
+        sa: IkeSA,
+        ex: Exchange,
+        ct: ChildTransform,
+        spi_in: int,
+        spi_out: int,
+        ni: bytes,
+        nr: bytes,
+        g_qm: bytes | None,
+        local_ts: TrafficSelector,
+        remote_ts: TrafficSelector,
+        lifetime_s: int,
+        lifetime_kb: int,
+        role: str,
+        name: str,
+    ) -> None:
+        assert sa.suite is not None and sa.keys is not None
+        enc_len, auth_len = crypto.esp_key_lengths(ct.suite.transform, ct.suite.key_length, ct.suite.auth)
+        total = enc_len + auth_len
+
+        def material(spi: int) -> tuple[bytes, bytes]:
+            km = crypto.keymat(
+                sa.suite.hash,
+                sa.keys.skeyid_d,
+                ProtocolId.ESP,
+                spi.to_bytes(4, "big"),
+                ni,
+                nr,  # type: ignore[union-attr]
+                total,
+                g_qm,
+            )
+            return km[:enc_len], km[enc_len:total]
+
+        enc_in, auth_in = material(spi_in)
+        enc_out, auth_out = material(spi_out)
+        sa.children[spi_in] = ChildSA(spi_in, spi_out, name, ex.message_id)
+        self._events.append(
+            ev.ChildSAEstablished(
+                sa.sa_id,
+                spi_in,
+                spi_out,
+                int(ct.suite.transform),
+                ct.suite.key_length,
+                int(ct.suite.auth) if ct.suite.auth is not None else None,
+                enc_in,
+                auth_in,
+                enc_out,
+                auth_out,
+                local_ts,
+                remote_ts,
+                lifetime_s,
+                lifetime_kb,
+                ct.encapsulation,
+                sa.local,
+                sa.remote,
+                int(ct.pfs_group) if ct.pfs_group else None,
+                role,
+                name,
+            )
+        )

@@ -1,0 +1,379 @@
+"""Transaction exchanges (exchange type 6): XAUTH (draft-beaulieu-ike-xauth-02) and Mode Config
+(draft-dukes-ike-mode-cfg-02), both directions, pull and push.
+
+Each message is ``HDR*, HASH, ATTR`` with ``HASH = prf(SKEYID_a, M-ID | ATTR)``."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from . import events as ev
+from .constants import (
+    CfgAttr,
+    CfgType,
+    ExchangeType,
+    NotifyType,
+    XauthStatus,
+)
+from .errors import LocalProtocolError, RemoteProtocolError
+from .messages import (
+    AttributePayload,
+    DataAttribute,
+    RawPayload,
+)
+from .modecfg import ModeConfig
+from .sa import Exchange, IkeSA, Role
+
+if TYPE_CHECKING:
+    from .engine import IkeEngine
+
+log = logging.getLogger(__name__)
+
+XAUTH_FIELDS = {
+    CfgAttr.XAUTH_USER_NAME: "user_name",
+    CfgAttr.XAUTH_USER_PASSWORD: "password",
+    CfgAttr.XAUTH_PASSCODE: "passcode",
+    CfgAttr.XAUTH_ANSWER: "answer",
+    CfgAttr.XAUTH_NEXT_PIN: "next_pin",
+    CfgAttr.XAUTH_DOMAIN: "domain",
+}
+FIELD_ATTR = {v: k for k, v in XAUTH_FIELDS.items()}
+XAUTH_TYPES = frozenset(range(CfgAttr.XAUTH_TYPE, CfgAttr.XAUTH_ANSWER + 1))
+
+
+def _text(a: DataAttribute) -> str:
+    v = a.value
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+class TransactionMixin:
+    """XAUTH and Mode Config of the IKE engine."""
+
+    # ------------------------------------------------------------------ Transaction: commands
+
+    def _start_xauth(self: IkeEngine, sa: IkeSA, now: float) -> None:
+        self.xauth_request(sa.sa_id, now)
+
+    def xauth_request(
+        self: IkeEngine,
+        sa_id: bytes,
+        now: float,
+        fields: tuple[str, ...] = ("user_name", "password"),
+        message: str | None = None,
+        challenge: bytes | None = None,
+    ) -> None:
+        """Gateway: ask the client for credentials (a new round, e.g. for a challenge or next PIN)."""
+        sa = self.get_sa(sa_id)
+        attrs = []
+        if self.config.xauth_type:
+            attrs.append(DataAttribute(CfgAttr.XAUTH_TYPE, self.config.xauth_type))
+        for name in fields:
+            attr = FIELD_ATTR.get(name)
+            if attr is None:
+                raise LocalProtocolError(f"unknown XAUTH field {name!r}")
+            attrs.append(DataAttribute(attr, b""))
+        if message:
+            attrs.append(DataAttribute(CfgAttr.XAUTH_MESSAGE, message.encode()))
+        if challenge:
+            attrs.append(DataAttribute(CfgAttr.XAUTH_CHALLENGE, challenge))
+        ex = self._new_exchange(sa, "transaction")
+        ex.state = "sent-request"
+        ex.data["purpose"] = "xauth"
+        self._send_protected(
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.REQUEST, 0, tuple(attrs))],
+            now,
+            expect_reply=True,
+        )
+
+    def xauth_reply(
+        self: IkeEngine,
+        sa_id: bytes,
+        now: float,
+        *,
+        user_name: str,
+        password: str | None = None,
+        passcode: str | None = None,
+        answer: str | None = None,
+        next_pin: str | None = None,
+    ) -> None:
+        """Client: answer the pending XAUTH request."""
+        sa = self.get_sa(sa_id)
+        pending = [e for e in sa.exchanges.values() if e.kind == "transaction" and e.state == "await-user"]
+        if not pending:
+            raise LocalProtocolError("no XAUTH request is waiting for an answer")
+        ex = pending[-1]
+        asked: tuple[int, ...] = ex.data["asked"]  # type: ignore[assignment]
+        values = {
+            "user_name": user_name,
+            "password": password,
+            "passcode": passcode,
+            "answer": answer,
+            "next_pin": next_pin,
+        }
+        attrs = []
+        if CfgAttr.XAUTH_TYPE in asked:
+            attrs.append(DataAttribute(CfgAttr.XAUTH_TYPE, int(ex.data.get("xauth_type", 0))))  # type: ignore[arg-type]
+        for attr_type in asked:
+            name = XAUTH_FIELDS.get(CfgAttr(attr_type)) if attr_type in XAUTH_TYPES else None
+            if name is None or name == "domain":
+                continue
+            value = values.get(name)
+            if value is None:
+                raise LocalProtocolError(f"the gateway asks for {name}")
+            attrs.append(DataAttribute(attr_type, value.encode()))
+        ex.state = "done"
+        sa.xauth_user = user_name
+        self._send_protected(
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.REPLY, int(ex.data["identifier"]), tuple(attrs))],  # type: ignore[arg-type]
+            now,
+            expect_reply=False,
+        )
+
+    def xauth_verdict(
+        self: IkeEngine, sa_id: bytes, now: float, ok: bool, message: str | None = None
+    ) -> None:
+        """Gateway: tell the client whether its credentials were accepted (XAUTH-STATUS)."""
+        sa = self.get_sa(sa_id)
+        attrs = [DataAttribute(CfgAttr.XAUTH_STATUS, int(XauthStatus.OK if ok else XauthStatus.FAIL))]
+        if message:
+            attrs.append(DataAttribute(CfgAttr.XAUTH_MESSAGE, message.encode()))
+        ex = self._new_exchange(sa, "transaction")
+        ex.state = "sent-set"
+        ex.data["purpose"] = "xauth-status"
+        ex.data["ok"] = ok
+        sa.xauth_done = ok
+        self._send_protected(
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.SET, 0, tuple(attrs))],
+            now,
+            expect_reply=True,
+        )
+
+    def request_mode_config(
+        self: IkeEngine,
+        sa_id: bytes,
+        now: float,
+        request: ModeConfig | None = None,
+        extra_types: tuple[int, ...] = (),
+    ) -> None:
+        """Client: send a CFG_REQUEST for the standard attributes (and ``extra_types``)."""
+        sa = self.get_sa(sa_id)
+        if request is None:
+            types = [
+                CfgAttr.INTERNAL_IP4_ADDRESS,
+                CfgAttr.INTERNAL_IP4_NETMASK,
+                CfgAttr.INTERNAL_IP4_DNS,
+                CfgAttr.INTERNAL_IP4_NBNS,
+                CfgAttr.INTERNAL_ADDRESS_EXPIRY,
+                CfgAttr.APPLICATION_VERSION,
+                CfgAttr.INTERNAL_IP4_SUBNET,
+            ]
+            if "unity" in sa.peer_vendor_ids:
+                types += [
+                    CfgAttr.UNITY_BANNER,
+                    CfgAttr.UNITY_DEF_DOMAIN,
+                    CfgAttr.UNITY_SPLIT_INCLUDE,
+                    CfgAttr.UNITY_SPLITDNS_NAME,
+                    CfgAttr.UNITY_LOCAL_LAN,
+                    CfgAttr.UNITY_PFS,
+                ]
+            attrs = [DataAttribute(t, b"") for t in (*types, *extra_types)]
+        else:
+            attrs = [*request.to_attributes(), *(DataAttribute(t, b"") for t in extra_types)]
+        ex = self._new_exchange(sa, "transaction")
+        ex.state = "sent-request"
+        ex.data["purpose"] = "modecfg"
+        identifier = int.from_bytes(self._random(2), "big")
+        self._send_protected(
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.REQUEST, identifier, tuple(attrs))],
+            now,
+            expect_reply=True,
+        )
+
+    def mode_config_reply(
+        self: IkeEngine,
+        sa_id: bytes,
+        now: float,
+        identifier: int,
+        config: ModeConfig,
+        extra: tuple[DataAttribute, ...] = (),
+    ) -> None:
+        """Gateway: answer the client's pending CFG_REQUEST with ``config`` (+ raw ``extra``)."""
+        sa = self.get_sa(sa_id)
+        pending = [e for e in sa.exchanges.values() if e.kind == "transaction" and e.state == "await-config"]
+        if not pending:
+            raise LocalProtocolError("no Mode Config request is waiting for an answer")
+        ex = pending[-1]
+        ex.state = "done"
+        if config.address is not None:
+            sa.assigned_address = str(config.address)
+        attrs = (*config.to_attributes(), *extra)
+        self._send_protected(
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.REPLY, identifier, attrs)],
+            now,
+            expect_reply=False,
+        )
+        sa.modecfg_done = True
+
+    def push_mode_config(
+        self: IkeEngine, sa_id: bytes, now: float, config: ModeConfig, extra: tuple[DataAttribute, ...] = ()
+    ) -> None:
+        """Gateway: push attributes with CFG_SET; the client answers CFG_ACK."""
+        sa = self.get_sa(sa_id)
+        if config.address is not None:
+            sa.assigned_address = str(config.address)
+        ex = self._new_exchange(sa, "transaction")
+        ex.state = "sent-set"
+        ex.data["purpose"] = "modecfg-push"
+        identifier = int.from_bytes(self._random(2), "big")
+        attrs = (*config.to_attributes(), *extra)
+        self._send_protected(
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.SET, identifier, attrs)],
+            now,
+            expect_reply=True,
+        )
+
+    # ------------------------------------------------------------------ Transaction: receive
+
+    def _attribute_payload(
+        self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload]
+    ) -> AttributePayload:
+        rest = sa.check_hash(ex.message_id, payloads)
+        attrs = [p.payload for p in rest if isinstance(p.payload, AttributePayload)]
+        if len(attrs) != 1:
+            raise RemoteProtocolError("Transaction needs exactly one Attribute payload", field="ATTR")
+        return attrs[0]
+
+    def _tx_request_or_set(
+        self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float
+    ) -> None:
+        attr = self._attribute_payload(sa, ex, payloads)
+        types = tuple(a.type for a in attr.attributes)
+        is_xauth = any(t in XAUTH_TYPES for t in types)
+        if attr.cfg_type == CfgType.REQUEST and is_xauth:
+            if sa.role is not Role.INITIATOR:
+                raise RemoteProtocolError("XAUTH request sent to the XAUTH server", field="ATTR")
+            values = {a.type: a for a in attr.attributes}
+            fields = tuple(
+                XAUTH_FIELDS[CfgAttr(t)] for t in types if t in XAUTH_TYPES and CfgAttr(t) in XAUTH_FIELDS
+            )
+            message = _text(values[CfgAttr.XAUTH_MESSAGE]) if CfgAttr.XAUTH_MESSAGE in values else None
+            challenge_attr = values.get(CfgAttr.XAUTH_CHALLENGE)
+            challenge = (
+                challenge_attr.value
+                if challenge_attr is not None and isinstance(challenge_attr.value, bytes)
+                else None
+            )
+            xauth_type = values[CfgAttr.XAUTH_TYPE].as_int() if CfgAttr.XAUTH_TYPE in values else 0
+            ex.state = "await-user"
+            ex.data.update(asked=types, identifier=attr.identifier, xauth_type=xauth_type)
+            self._events.append(ev.XauthRequested(sa.sa_id, fields, message, challenge, xauth_type))
+        elif attr.cfg_type == CfgType.REQUEST:
+            if sa.role is Role.INITIATOR and not sa.tunvpn_peer:
+                raise RemoteProtocolError("Mode Config request from the gateway side", field="ATTR")
+            if sa.xauth_expected and not sa.xauth_done:
+                raise RemoteProtocolError(
+                    "Mode Config request before XAUTH succeeded", NotifyType.AUTHENTICATION_FAILED, "ATTR"
+                )
+            ex.state = "await-config"
+            request = ModeConfig.from_attributes(attr.attributes)
+            self._events.append(
+                ev.ModeConfigRequested(
+                    sa.sa_id, sa.remote, sa.xauth_user, str(sa.peer_id), request, types, attr.identifier
+                )
+            )
+        elif attr.cfg_type == CfgType.SET and CfgAttr.XAUTH_STATUS in types:
+            status = next(a for a in attr.attributes if a.type == CfgAttr.XAUTH_STATUS).as_int()
+            ok = status == XauthStatus.OK
+            ex.state = "done"
+            sa.xauth_done = ok
+            self._send_protected(
+                sa,
+                ex,
+                ExchangeType.TRANSACTION,
+                [
+                    AttributePayload(
+                        CfgType.ACK, attr.identifier, (DataAttribute(CfgAttr.XAUTH_STATUS, status),)
+                    )
+                ],
+                now,
+                expect_reply=False,
+            )
+            self._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user))
+            if not ok:
+                self._drop_sa(sa, "XAUTH failed", by_peer=True)
+        elif attr.cfg_type == CfgType.SET:
+            config = ModeConfig.from_attributes(attr.attributes)
+            ex.state = "done"
+            ack = tuple(DataAttribute(t, b"") for t in types if t not in XAUTH_TYPES)
+            self._send_protected(
+                sa,
+                ex,
+                ExchangeType.TRANSACTION,
+                [AttributePayload(CfgType.ACK, attr.identifier, ack)],
+                now,
+                expect_reply=False,
+            )
+            self._events.append(ev.ModeConfigReceived(sa.sa_id, config, True))
+        else:
+            raise RemoteProtocolError(
+                f"unexpected Mode Config message type {attr.cfg_type} to start an exchange", field="ATTR.type"
+            )
+
+    def _tx_reply(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
+        attr = self._attribute_payload(sa, ex, payloads)
+        if attr.cfg_type != CfgType.REPLY:
+            raise RemoteProtocolError("expected CFG_REPLY", field="ATTR.type")
+        ex.state = "done"
+        ex.retransmit_at = None
+        if ex.data.get("purpose") == "xauth":
+            values = {a.type: _text(a) for a in attr.attributes if isinstance(a.value, bytes)}
+            user = values.get(CfgAttr.XAUTH_USER_NAME, "")
+            sa.xauth_user = user
+            self._events.append(
+                ev.XauthCredentials(
+                    sa.sa_id,
+                    sa.remote,
+                    user,
+                    values.get(CfgAttr.XAUTH_USER_PASSWORD),
+                    values.get(CfgAttr.XAUTH_PASSCODE),
+                    values.get(CfgAttr.XAUTH_ANSWER),
+                    values.get(CfgAttr.XAUTH_NEXT_PIN),
+                )
+            )
+        else:
+            config = ModeConfig.from_attributes(attr.attributes)
+            sa.modecfg_done = True
+            if config.address is not None:
+                sa.assigned_address = str(config.address)
+            self._events.append(ev.ModeConfigReceived(sa.sa_id, config, False))
+
+    def _tx_ack(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
+        attr = self._attribute_payload(sa, ex, payloads)
+        if attr.cfg_type != CfgType.ACK:
+            raise RemoteProtocolError("expected CFG_ACK", field="ATTR.type")
+        ex.state = "done"
+        ex.retransmit_at = None
+        if ex.data.get("purpose") == "xauth-status":
+            ok = bool(ex.data.get("ok"))
+            self._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user))
+            if not ok:
+                self.delete_ike_sa(sa.sa_id, now, reason="XAUTH failed")
