@@ -440,15 +440,69 @@ def test_forced_encapsulation_gives_udp_tunnel_mode() -> None:
 def test_base_mode_falls_back_to_main_mode_with_a_peer_that_lacks_it() -> None:
     pair = Pair(client_config(), gateway_config())
     sa_id = pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now, mode="base")
-    (data, _, _), = pair.client.engine.datagrams_to_send()
+    ((data, _, _),) = pair.client.engine.datagrams_to_send()
     # what a peer without Base Mode answers (strongSwan: INVALID-EXCHANGE-TYPE)
     from tunvpn.ike.constants import ExchangeType, ProtocolId
     from tunvpn.ike.messages import Message, NotifyPayload, encode_message
 
-    refusal = Message(data[:8], b"\x11" * 8, ExchangeType.INFORMATIONAL, 0, 0,
-                      (NotifyPayload(NotifyType.INVALID_EXCHANGE_TYPE, ProtocolId.ISAKMP, data[:8] + b"\x11" * 8),))
-    pair.client.engine.receive_datagram(encode_message(refusal), (GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    refusal = Message(
+        data[:8],
+        b"\x11" * 8,
+        ExchangeType.INFORMATIONAL,
+        0,
+        0,
+        (NotifyPayload(NotifyType.INVALID_EXCHANGE_TYPE, ProtocolId.ISAKMP, data[:8] + b"\x11" * 8),),
+    )
+    pair.client.engine.receive_datagram(
+        encode_message(refusal), (GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now
+    )
     pair.client.drain()
     pair.run()
     c, _ = established(pair)
     assert c.exchange == "main" and c.sa_id[:8] == sa_id[:8]
+
+
+def test_retransmitted_xauth_request_while_the_user_types_is_ignored() -> None:
+    """The gateway resends its XAUTH request before the user answered: no PAYLOAD-MALFORMED
+    (found against charon: the retransmission must not be decrypted with the moved IV)."""
+    pair = Pair(client_config(), gateway_config(require_xauth=True))
+    sa_id = connect(pair, "main", xauth=True)
+    assert pair.client.of(ev.XauthRequested)
+    pair.advance(1.5)  # the gateway retransmits its request
+    pair.run()
+    assert not pair.client.of(ev.ProtocolError) and not pair.gateway.of(ev.ProtocolError)
+    pair.client.engine.xauth_reply(sa_id, pair.now, user_name="alice", password="pw")
+    pair.run()
+    assert pair.gateway.of(ev.XauthCredentials)
+
+
+def test_gateway_without_xauth_does_not_choose_an_xauth_method() -> None:
+    pair = Pair(client_config(), gateway_config())
+    connect(pair, "main", xauth=True)
+    c, _ = established(pair)
+    assert c.suite.endswith("/pre_shared_key")
+    pair = Pair(client_config(), gateway_config(xauth_available=True))
+    connect(pair, "main", xauth=True)
+    c, _ = established(pair)
+    assert c.suite.endswith("/xauth_init_preshared")
+
+
+def test_responder_accepts_a_set_of_pfs_groups() -> None:
+    proposal = ChildProposal(pfs_group=None, accept_pfs=frozenset({DHGroup.CURVE25519, DHGroup.ECP_384}))
+    pair = Pair(client_config(), gateway_config(children=(ChildPolicy("net", PROTECTED, None, proposal),)))
+    sa_id = connect(pair)
+    local = TrafficSelector.from_address(CLIENT_IP)
+    for pfs in (DHGroup.CURVE25519, None, DHGroup.ECP_384, DHGroup.MODP_2048):
+        pair.client.engine.start_child(sa_id, pair.now, local, PROTECTED, ChildProposal(pfs_group=pfs))
+        pair.run()
+    groups = [c.pfs_group for c in pair.client.of(ev.ChildSAEstablished)]
+    assert groups == [DHGroup.CURVE25519, None, DHGroup.ECP_384]
+    assert len(pair.gateway.of(ev.ChildSAFailed)) == 1
+
+
+def test_initiator_floats_to_the_peers_natt_port() -> None:
+    pair = Pair(client_config(force_encap=True, natt_port=14500, peer_natt_port=4500), gateway_config())
+    connect(pair)
+    floated = [d for who, d in pair.wire if who == "c>g" and d[:4] == b"\x00\x00\x00\x00"]
+    assert floated
+    assert pair.gateway.of(ev.PeerAddressChanged)[0].new == (CLIENT_IP, 14500)

@@ -99,7 +99,12 @@ class EngineConfig:
     allow_aggressive_psk: bool = False
     """Responder: accept Aggressive Mode with a pre-shared key (weak: offline dictionary attack)."""
     require_xauth: bool = False
-    """Responder: run XAUTH after phase 1 (and offer only XAUTH auth methods)."""
+    """Responder: run XAUTH after phase 1 (and accept only XAUTH auth methods)."""
+    xauth_available: bool = False
+    """Responder: we can check XAUTH credentials, so XAUTH auth methods may be chosen
+    (implied by ``require_xauth``). Without it an XAUTH method offered by a client is skipped."""
+    peer_natt_port: int = 4500
+    """The peer's NAT-T port that the initiator floats to (RFC 3947 section 4: 4500)."""
     xauth_type: int = 0
     """XAUTH-TYPE to request (0 generic)."""
     natt: bool = True

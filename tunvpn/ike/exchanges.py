@@ -57,8 +57,11 @@ class ExchangesMixin:
     def _receive_exchange(self: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
         mid = header.message_id
         ex = sa.exchanges.get(mid)
-        if ex is not None and data == ex.last_in and ex.last_out:
-            self._out.append((sa.wrap(ex.last_out), sa.remote, sa.local[1]))  # retransmitted request
+        if ex is not None and data == ex.last_in:
+            # a retransmitted request: answer again, or stay quiet while the user or the shell
+            # has not answered yet (its IV has already moved on, it must not be decrypted again)
+            if ex.last_out:
+                self._out.append((sa.wrap(ex.last_out), sa.remote, sa.local[1]))
             return
         if header.exchange == ExchangeType.INFORMATIONAL and not header.flags & HeaderFlag.ENCRYPTION:
             self._unprotected_informational(sa, header, data, now)
@@ -221,7 +224,9 @@ class ExchangesMixin:
         for spi_bytes in d.spis:
             spi = int.from_bytes(spi_bytes, "big")
             for child in list(sa.children.values()):
-                if child.spi_out == spi:
+                # RFC 2408 3.15 names the SA as its receiver knows it (our spi_out); charon
+                # sometimes names ours (spi_in) after a failed install, so accept both
+                if spi in (child.spi_out, child.spi_in):
                     del sa.children[child.spi_in]
                     self._spis.discard(child.spi_in)
                     self._events.append(ev.ChildSADeleted(sa.sa_id, child.spi_in, child.spi_out, True))

@@ -108,4 +108,4 @@ class NattMixin:
         if sa.natt and (sa.nat_local or sa.nat_remote) and not sa.floated:
             sa.floated = True
             sa.local = (sa.local[0], self.config.natt_port)
-            sa.remote = (sa.remote[0], self.config.natt_port)
+            sa.remote = (sa.remote[0], self.config.peer_natt_port)

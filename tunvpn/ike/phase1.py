@@ -423,7 +423,8 @@ class Phase1Mixin:
     def _choose_suite(self: IkeEngine, sa: IkeSA, sa_raw: RawPayload, ke_length: int | None) -> None:
         assert isinstance(sa_raw.payload, SAPayload)
         sa.sa_body = sa_raw.body
-        methods = set(self.config.auth_methods(xauth=True, responder=True))
+        xauth = self.config.xauth_available or self.config.require_xauth
+        methods = set(self.config.auth_methods(xauth=xauth, responder=True))
         if sa.exchange == AM and not self.config.allow_aggressive_psk:
             psk_methods = {m for m in methods if base_auth_method(m) not in SIGNATURE_METHODS}
             methods -= psk_methods

@@ -411,6 +411,8 @@ class ChildProposal:
     """0 means no volume limit."""
     encapsulation: EncapsulationMode = EncapsulationMode.TUNNEL
     """TUNNEL; the engine turns it into UDP_TUNNEL (or the draft number) when NAT-T is in use."""
+    accept_pfs: frozenset[DHGroup | None] = frozenset()
+    """Responder: PFS choices accepted besides ``pfs_group`` (``None`` = no PFS)."""
 
     def transforms(self, encap: int, allow_private: bool) -> tuple[Transform, ...]:
         out: list[Transform] = []
@@ -516,7 +518,8 @@ def select_child_transform(
                 continue
             if ct.suite.is_private and not allow_private:
                 continue
-            if ct.pfs_group != policy.pfs_group or ct.encapsulation not in encaps:
+            pfs_ok = ct.pfs_group == policy.pfs_group or ct.pfs_group in policy.accept_pfs
+            if not pfs_ok or ct.encapsulation not in encaps:
                 continue
             return prop, t, ct
     raise NoProposalChosen("no offered ESP transform is allowed by our policy")

@@ -42,6 +42,8 @@ EspSink = Callable[[bytes, Address, Address], None]
 PROTOCOL_ERROR_BURST = 10
 """ProtocolError warnings allowed per ``PROTOCOL_ERROR_WINDOW`` before they are only counted."""
 PROTOCOL_ERROR_WINDOW = 10.0
+TIMER_RETRY = 0.05
+"""Seconds before handle_timer runs again when the engine did not move a past deadline."""
 
 
 class BindError(OSError):
@@ -72,7 +74,9 @@ def describe_event(event: ev.Event) -> str | None:
         return f"phase 1 with {event.peer[0]}:{event.peer[1]} failed: {event.reason}{notify}"
     if isinstance(event, ev.XauthRequested):
         text = f" message {event.message!r}" if event.message else ""
-        return f"XAUTH: gateway asks for {', '.join(event.fields) or 'nothing'} (type {event.xauth_type}){text}"
+        return (
+            f"XAUTH: gateway asks for {', '.join(event.fields) or 'nothing'} (type {event.xauth_type}){text}"
+        )
     if isinstance(event, ev.XauthCredentials):
         return f"XAUTH: credentials of user {event.user_name!r} from {event.peer[0]}:{event.peer[1]}"
     if isinstance(event, ev.XauthCompleted):
@@ -85,7 +89,8 @@ def describe_event(event: ev.Event) -> str | None:
             f"{len(event.requested_types)} attributes)"
         )
     if isinstance(event, ev.ModeConfigReceived):
-        return f"Mode Config: {'pushed' if event.pushed else 'reply'} received: {describe_mode_config(event.config)}"
+        kind = "pushed" if event.pushed else "reply"
+        return f"Mode Config: {kind} received: {describe_mode_config(event.config)}"
     if isinstance(event, ev.ChildSAEstablished):
         pfs = f"pfs {event.pfs_group}" if event.pfs_group is not None else "no pfs"
         name = f" {event.policy_name!r}" if event.policy_name else ""
@@ -134,8 +139,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         self.driver._datagram_received(data, (addr[0], addr[1]), self.port)
@@ -183,6 +187,7 @@ class UdpDriver:
         self._endpoints: dict[int, _Endpoint] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._fired_at: float | None = None  # the deadline handle_timer last ran for
         self._pumping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -197,13 +202,17 @@ class UdpDriver:
         loop = asyncio.get_running_loop()
         for port in (self.ike_port, self.natt_port):
             sock = bind_udp(self.local_ip, port)
-            transport, protocol = await loop.create_datagram_endpoint(
+            _, protocol = await loop.create_datagram_endpoint(
                 lambda port=port: _Endpoint(self, port), sock=sock
             )
             self._endpoints[port] = protocol
             actual = sock.getsockname()[1]
-            log.info("listening on %s:%d/udp (%s)", self.local_ip, actual,
-                     "IKE" if port == self.ike_port else "NAT-T")
+            log.info(
+                "listening on %s:%d/udp (%s)",
+                self.local_ip,
+                actual,
+                "IKE" if port == self.ike_port else "NAT-T",
+            )
         self._arm_timer()
 
     def close(self) -> None:
@@ -260,6 +269,7 @@ class UdpDriver:
             self.counters["esp sink exception"] += 1
 
     def _on_timer(self) -> None:
+        self._fired_at = self._timer_at
         self._timer = None
         self._timer_at = None
         if self._closed:
@@ -317,8 +327,11 @@ class UdpDriver:
         self._timer_at = when
         if when is None:
             return
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(0.0, when - self.now()), self._on_timer)
+        delay = max(0.0, when - self.now())
+        if when == self._fired_at:
+            # handle_timer ran for this deadline and left it in place: do not spin on it
+            delay = max(delay, TIMER_RETRY)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
     # ------------------------------------------------------------------ events
 

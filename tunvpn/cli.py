@@ -1,0 +1,388 @@
+"""``tunvpn``: the command line (``gateway``, ``connect``, ``demo-ike``).
+
+Exit status: 0 success, 1 the negotiation failed (the message says where), 2 bad arguments,
+unusable secret files or missing privileges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network
+
+from tunvpn.gateway import ConfigError
+from tunvpn.ike.errors import LocalProtocolError
+from tunvpn.ike.identity import Identity
+from tunvpn.shell.credentials import (
+    PASSWORD_ENV,
+    PSK_ENV,
+    SecretFileError,
+    UserTable,
+    load_password,
+    load_psks,
+)
+from tunvpn.shell.udp import BindError
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as ``tunvpn: error: ...`` with exit status 2."""
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is outside 1-65535")
+    return value
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def _ipv4_list(text: str) -> list[IPv4Address]:
+    try:
+        return [IPv4Address(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IPv4 address (or a comma-separated list)"
+        ) from None
+
+
+def _network(text: str) -> IPv4Network:
+    try:
+        return IPv4Network(text.strip(), strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 network like 10.78.0.0/24") from None
+
+
+def _identity(text: str) -> Identity:
+    try:
+        return Identity.parse(text)
+    except (LocalProtocolError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an identity ({exc}); examples: keyid:group, 10.0.0.1, @vpn.example"
+        ) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a timeout cannot be negative")
+    return value
+
+
+def _dh_group(text: str) -> object:
+    from tunvpn.client import parse_dh_group
+
+    try:
+        return parse_dh_group(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _pfs(text: str) -> object:
+    if text.strip().lower() in ("none", "no", "off", "nopfs"):
+        return None
+    return _dh_group(text)
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunvpn",
+        description="Userspace IKEv1/IPsec VPN: the gateway pushes the client's configuration.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+        p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+        p.add_argument("--ike-port", type=_port, default=500, help="local IKE port (default 500)")
+        p.add_argument("--natt-port", type=_port, default=4500, help="local NAT-T port (default 4500)")
+        p.add_argument(
+            "--psk-file",
+            metavar="FILE",
+            help=f"pre-shared keys (mode 600): one secret, or `ID SECRET` lines; else ${PSK_ENV}",
+        )
+        p.add_argument(
+            "--id",
+            dest="local_id",
+            type=_identity,
+            metavar="IDENTITY",
+            help="our phase 1 identity (default: our address), e.g. keyid:group",
+        )
+        p.add_argument(
+            "--legacy",
+            action="store_true",
+            help="also allow weak algorithms (3DES, MD5, MODP-1024/1536, ESP HMAC-SHA1): vpnc needs them",
+        )
+        p.add_argument(
+            "--force-encap",
+            action="store_true",
+            help="pretend to be behind a NAT so ESP goes in UDP/4500 (strongSwan's encap=yes)",
+        )
+        p.add_argument(
+            "--keylog",
+            metavar="FILE",
+            help="append IKE and ESP keys to FILE.* for Wireshark (live secrets: debugging only)",
+        )
+
+    gw = sub.add_parser(
+        "gateway",
+        help="run a gateway (IKEv1 responder)",
+        description="Run a gateway: PSK (+XAUTH) phase 1, Mode Config from a pool, Quick Mode.",
+    )
+    common(gw)
+    gw.add_argument(
+        "--listen",
+        required=True,
+        type=_ip,
+        metavar="ADDRESS",
+        help="the gateway's own address to listen on (not 0.0.0.0)",
+    )
+    gw.add_argument("--users", metavar="FILE", help="XAUTH users, `user:password` lines (mode 600)")
+    gw.add_argument("--require-xauth", action="store_true", help="accept only XAUTH authentication methods")
+    gw.add_argument("--pool", metavar="FIRST-LAST", help="client addresses, e.g. 10.79.0.10-10.79.0.20")
+    gw.add_argument(
+        "--dns",
+        type=_ipv4_list,
+        action="append",
+        default=[],
+        metavar="ADDR[,ADDR]",
+        help="DNS servers for clients (repeatable)",
+    )
+    gw.add_argument(
+        "--split",
+        type=_network,
+        action="append",
+        default=[],
+        metavar="NETWORK",
+        help="a network behind the gateway (repeatable); default: everything (0.0.0.0/0)",
+    )
+    gw.add_argument(
+        "--allow-aggressive-psk",
+        action="store_true",
+        help="accept Aggressive Mode with a PSK (needed for vpnc; weak, see README)",
+    )
+    gw.add_argument("--banner", help="text shown by clients after login (Cisco Unity banner)")
+
+    cl = sub.add_parser(
+        "connect",
+        help="connect to a gateway (IKEv1 initiator)",
+        description="Connect to a gateway; exits 1 with a message if a phase fails.",
+    )
+    common(cl)
+    cl.add_argument("gateway", type=_ip, metavar="GATEWAY", help="the gateway's IP address")
+    cl.add_argument("--gateway-port", type=_port, default=500, help="the gateway's IKE port (default 500)")
+    cl.add_argument(
+        "--gateway-natt-port", type=_port, default=4500, help="the gateway's NAT-T port (default 4500)"
+    )
+    cl.add_argument("--local", type=_ip, metavar="ADDRESS", help="our address (default: the route's source)")
+    cl.add_argument("--mode", choices=("main", "aggressive", "base"), default="main", help="phase 1 mode")
+    cl.add_argument("--user", help="XAUTH user name (offers XAUTH authentication)")
+    cl.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help=f"XAUTH password, first line (mode 600); else ${PASSWORD_ENV}, else a prompt",
+    )
+    cl.add_argument(
+        "--ike-group",
+        type=_dh_group,
+        action="append",
+        metavar="GROUP",
+        help="phase 1 DH group(s) to offer, e.g. ecp256, modp2048, dh2 (repeatable)",
+    )
+    cl.add_argument(
+        "--pfs",
+        type=_pfs,
+        default="ecp256",
+        metavar="GROUP|none",
+        help="Quick Mode PFS group (default ecp256; `none` for no PFS)",
+    )
+    cl.add_argument(
+        "--no-mode-config",
+        dest="mode_config",
+        action="store_false",
+        help="do not ask for Mode Config; protect 0.0.0.0/0 from our own address",
+    )
+    cl.add_argument(
+        "--exit-after-established",
+        "--once",
+        dest="exit_after",
+        action="store_true",
+        help="delete the SAs and exit 0 once every Quick Mode is up",
+    )
+    cl.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up if the tunnel is not up by then (default 60; 0: never)",
+    )
+    cl.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+
+    demo = sub.add_parser(
+        "demo-ike",
+        help="as root: gateway and client in two network namespaces",
+        description="Create two network namespaces joined by a veth pair, run a gateway "
+        "in one and a client in the other, show their progress until the client's "
+        "Quick Mode SAs are up, then remove everything.",
+    )
+    demo.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    demo.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS", help="give up after (60)")
+    demo.add_argument("--mode", choices=("main", "aggressive"), default="main", help="client phase 1 mode")
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool, default: int) -> None:
+    level = logging.WARNING if quiet else max(logging.DEBUG, default - 10 * verbose)
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+def _gateway_options(args: argparse.Namespace) -> object:
+    from tunvpn.gateway import AddressPool, GatewayOptions
+
+    psks = load_psks(args.psk_file)
+    users = UserTable.load(args.users) if args.users else None
+    pool = AddressPool.parse(args.pool) if args.pool else None
+    dns = tuple(a for group in args.dns for a in group)
+    return GatewayOptions(
+        listen=args.listen,
+        psks=psks,
+        ike_port=args.ike_port,
+        natt_port=args.natt_port,
+        users=users,
+        pool=pool,
+        dns=dns,
+        split=tuple(dict.fromkeys(args.split)),
+        allow_aggressive_psk=args.allow_aggressive_psk,
+        legacy=args.legacy,
+        require_xauth=args.require_xauth,
+        banner=args.banner,
+        local_id=args.local_id,
+        force_encap=args.force_encap,
+        keylog=args.keylog,
+    )
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from tunvpn.gateway import Gateway
+
+    _setup_logging(args.verbose, args.quiet, logging.INFO)
+    options = _gateway_options(args)
+    gateway = Gateway(options)  # type: ignore[arg-type]
+    asyncio.run(gateway.run())
+    return 0
+
+
+# --------------------------------------------------------------------------- client
+
+
+def route_source(gateway: str, port: int) -> str:
+    """The address the kernel would send from towards ``gateway`` (no packet is sent)."""
+    family = socket.AF_INET6 if ":" in gateway else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((gateway, port))
+        except OSError as exc:
+            raise CliError(f"no route to the gateway {gateway}: {exc.strerror or exc}") from None
+        return str(probe.getsockname()[0])
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from tunvpn.client import Client, ClientOptions
+
+    _setup_logging(args.verbose, args.quiet, logging.WARNING)
+    psks = load_psks(args.psk_file)
+    password = load_password(args.password_file) if args.user else None
+    if args.password_file and not args.user:
+        raise CliError("--password-file needs --user")
+    local_ip = args.local or route_source(args.gateway, args.gateway_port)
+    try:
+        options = ClientOptions(
+            gateway=args.gateway,
+            psks=psks,
+            local_ip=local_ip,
+            gateway_port=args.gateway_port,
+            gateway_natt_port=args.gateway_natt_port,
+            ike_port=args.ike_port,
+            natt_port=args.natt_port,
+            mode=args.mode,
+            local_id=args.local_id,
+            user=args.user,
+            password=password,
+            password_prompt=sys.stdin.isatty(),
+            legacy=args.legacy,
+            ike_groups=tuple(args.ike_group) if args.ike_group else None,
+            pfs=args.pfs,
+            mode_config=args.mode_config,
+            exit_after_established=args.exit_after,
+            timeout=args.timeout,
+            keylog=args.keylog,
+            json=args.json,
+            force_encap=args.force_encap,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    client = Client(options, local_ip)
+    code = asyncio.run(client.run())
+    if code != 0:
+        print(f"tunvpn: {client.message}", file=sys.stderr)
+    return code
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"gateway": cmd_gateway, "connect": cmd_connect}
+    try:
+        if args.command == "demo-ike":
+            from tunvpn.demo import run_demo
+
+            return run_demo(args)
+        return handlers[args.command](args)
+    except (CliError, SecretFileError, BindError, ConfigError) as exc:
+        text = exc.args[-1] if isinstance(exc, BindError) else str(exc)
+        print(f"tunvpn: error: {text}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["CliError", "build_parser", "main", "route_source"]

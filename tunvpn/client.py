@@ -1,0 +1,471 @@
+"""The client: phase 1 to a gateway, XAUTH if the gateway asks, Mode Config, then one Quick Mode
+per network the gateway announces (seed FIG. 6: the gateway pushes the configuration, the client
+extracts it and negotiates phase 2 with it).
+
+:class:`Client` holds no socket: ``handle_event`` turns engine events into engine commands and
+progress reports, so tests can drive it in memory; :meth:`Client.run` puts it on UDP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import ipaddress
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import TextIO
+
+from tunvpn.ike import events as ev
+from tunvpn.ike.config import EngineConfig, PskTable
+from tunvpn.ike.constants import DHGroup
+from tunvpn.ike.engine import IkeEngine
+from tunvpn.ike.errors import LocalProtocolError
+from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.modecfg import ModeConfig
+from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1Policy
+from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
+
+log = logging.getLogger(__name__)
+
+ANY_IPV4 = IPv4Network("0.0.0.0/0")
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+_GROUP_ALIASES = {
+    "modp1024": DHGroup.MODP_1024, "dh2": DHGroup.MODP_1024, "modp1536": DHGroup.MODP_1536,
+    "dh5": DHGroup.MODP_1536, "modp2048": DHGroup.MODP_2048, "modp3072": DHGroup.MODP_3072,
+    "modp4096": DHGroup.MODP_4096, "ecp256": DHGroup.ECP_256, "ecp384": DHGroup.ECP_384,
+    "ecp521": DHGroup.ECP_521, "curve25519": DHGroup.CURVE25519, "x25519": DHGroup.CURVE25519,
+}  # fmt: skip
+
+
+def parse_dh_group(text: str) -> DHGroup:
+    """``ecp256``, ``modp2048``, ``dh2``, ``MODP_1024`` or the IANA number."""
+    key = text.strip().lower().replace("_", "").replace("-", "")
+    if key.isdigit():
+        try:
+            return DHGroup(int(key))
+        except ValueError:
+            pass
+    elif key in _GROUP_ALIASES:
+        return _GROUP_ALIASES[key]
+    names = ", ".join(sorted(_GROUP_ALIASES))
+    raise ValueError(f"unknown DH group {text!r} (one of {names}, or a group number)")
+
+
+@dataclass
+class ClientOptions:
+    """What the command line (or a test) configures."""
+
+    gateway: str
+    psks: PskTable
+    local_ip: str | None = None
+    """Our address; None: the address the kernel would use towards the gateway."""
+    gateway_port: int = 500
+    gateway_natt_port: int = 4500
+    """The gateway's NAT-T port (RFC 3947: 4500), where IKE moves when a NAT is found."""
+    ike_port: int = 500
+    natt_port: int = 4500
+    mode: str = "main"
+    local_id: Identity | None = None
+    user: str | None = None
+    password: str | None = None
+    """XAUTH password; None: ask on the terminal when the gateway wants it."""
+    password_prompt: bool = True
+    legacy: bool = False
+    ike_groups: tuple[DHGroup, ...] | None = None
+    pfs: DHGroup | None = DHGroup.ECP_256
+    mode_config: bool = True
+    exit_after_established: bool = False
+    timeout: float = 60.0
+    """Seconds to get every Quick Mode up before giving up (0: wait forever)."""
+    keylog: str | None = None
+    json: bool = False
+    force_encap: bool = False
+
+    def __repr__(self) -> str:  # the password stays out of logs and tracebacks
+        return f"ClientOptions(gateway={self.gateway!r}, mode={self.mode!r}, user={self.user!r})"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("main", "aggressive", "base"):
+            raise ValueError(f"mode {self.mode!r}: one of main, aggressive, base")
+        try:
+            ipaddress.ip_address(self.gateway)
+        except ValueError:
+            raise ValueError(f"gateway {self.gateway!r} is not an IP address") from None
+
+
+class Progress:
+    """Per-phase lines for humans (stdout), or JSON objects one per line with ``--json``."""
+
+    def __init__(self, *, json_lines: bool = False, out: TextIO | None = None) -> None:
+        self.json_lines = json_lines
+        self.out = out if out is not None else sys.stdout
+
+    def report(self, step: str, text: str, **fields: object) -> None:
+        if self.json_lines:
+            record = {"event": step, "message": text, **{k: _jsonable(v) for k, v in fields.items()}}
+            print(json.dumps(record, sort_keys=False), file=self.out, flush=True)
+        else:
+            print(f"[{step}] {text}", file=self.out, flush=True)
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def build_engine_config(options: ClientOptions) -> EngineConfig:
+    return EngineConfig(
+        local_id=options.local_id,
+        psks=options.psks,
+        phase1=Phase1Policy.with_legacy() if options.legacy else Phase1Policy(),
+        natt_port=options.natt_port,
+        peer_natt_port=options.gateway_natt_port,
+        force_encap=options.force_encap,
+    )
+
+
+def child_proposal(options: ClientOptions) -> ChildProposal:
+    esp = DEFAULT_ESP + LEGACY_ESP if options.legacy else DEFAULT_ESP
+    return ChildProposal(esp=esp, pfs_group=options.pfs)
+
+
+def protected_networks(config: ModeConfig | None) -> list[IPv4Network]:
+    """The networks behind the gateway: Unity split-include, else INTERNAL_IP4_SUBNET, else all."""
+    if config is None:
+        return [ANY_IPV4]
+    nets = list(config.split_include) or list(config.subnets)
+    return list(dict.fromkeys(nets)) or [ANY_IPV4]
+
+
+class Client:
+    """One connection to one gateway; ``result`` is set (an exit code) when it is over."""
+
+    def __init__(
+        self,
+        options: ClientOptions,
+        local_ip: str | None = None,
+        *,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.time,
+        ask_password: Callable[[str], str] | None = None,
+    ) -> None:
+        self.options = options
+        if (local_ip or options.local_ip) is None:
+            raise ValueError("the client needs its own address (local_ip)")
+        self.local_ip: str = local_ip or options.local_ip  # type: ignore[assignment]
+        self.progress = progress or Progress(json_lines=options.json)
+        self.clock = clock
+        self.ask_password = ask_password or getpass.getpass
+        self.engine = IkeEngine(build_engine_config(options), ike_port=options.ike_port)
+        self.sa_id: bytes | None = None
+        self.mode_config: ModeConfig | None = None
+        self.pending: dict[str, TrafficSelector] = {}
+        """Quick Mode name -> remote selector, while it runs."""
+        self.established: dict[str, ev.ChildSAEstablished] = {}
+        self.result: int | None = None
+        self.message = ""
+        self._quick_modes_started = False
+        self.stage = "phase 1"
+        """Where the negotiation is, for the timeout message."""
+        self._on_finish: Callable[[], None] | None = None
+        self._on_up: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ commands
+
+    def start(self) -> bytes:
+        now = self.clock()
+        self.sa_id = self.engine.initiate(
+            (self.options.gateway, self.options.gateway_port),
+            (self.local_ip, self.options.ike_port),
+            now,
+            mode=self.options.mode,
+            local_id=self.options.local_id,
+            xauth=self.options.user is not None,
+            groups=list(self.options.ike_groups) if self.options.ike_groups else None,
+        )
+        self.progress.report(
+            "phase1",
+            f"{self.options.mode} mode to {self.options.gateway} from {self.local_ip}",
+            state="started",
+            gateway=self.options.gateway,
+        )
+        return self.sa_id
+
+    def close(self, reason: str = "closed") -> None:
+        """Delete our SAs (the peer is told); the driver must flush afterwards."""
+        if self.sa_id is None:
+            return
+        try:
+            self.engine.delete_ike_sa(self.sa_id, self.clock(), reason=reason)
+        except LocalProtocolError:
+            pass
+
+    def _finish(self, code: int, message: str) -> None:
+        if self.result is not None:
+            return
+        self.result = code
+        self.message = message
+        if self._on_finish is not None:
+            self._on_finish()
+
+    def fail(self, step: str, message: str) -> None:
+        self.progress.report(step, message, state="failed")
+        self.close("client giving up")
+        self._finish(EXIT_FAILED, message)
+
+    # ------------------------------------------------------------------ events
+
+    def handle_event(self, event: ev.Event) -> asyncio.Future[None] | None:
+        if not self._ours(event):
+            return None
+        if event.sa_id[8:] != bytes(8):
+            self.sa_id = event.sa_id  # the responder cookie is known from the second message on
+        if isinstance(event, ev.Phase1Established):
+            return self._phase1_established(event)
+        if isinstance(event, ev.Phase1Failed):
+            notify = f" (notify {event.notify})" if event.notify is not None else ""
+            self.fail("phase1", f"phase 1 with {event.peer[0]} failed: {event.reason}{notify}")
+        elif isinstance(event, ev.XauthRequested):
+            return self._xauth_requested(event)
+        elif isinstance(event, ev.XauthCompleted):
+            if event.success:
+                self.progress.report("xauth", f"user {event.user_name} accepted", state="ok")
+                self._request_mode_config()
+            else:
+                self.fail("xauth", f"the gateway rejected user {event.user_name!r}")
+        elif isinstance(event, ev.ModeConfigReceived):
+            self._mode_config_received(event)
+        elif isinstance(event, ev.ChildSAEstablished):
+            self._child_established(event)
+        elif isinstance(event, ev.ChildSAFailed):
+            self._child_failed(event)
+        elif isinstance(event, ev.IkeSADeleted) and self.result is None:
+            self.progress.report("closed", f"ISAKMP SA deleted: {event.reason}", state="closed")
+            self._finish(EXIT_FAILED if event.by_peer else EXIT_OK, f"ISAKMP SA deleted: {event.reason}")
+        return None
+
+    def _ours(self, event: ev.Event) -> bool:
+        """Events of our ISAKMP SA (matched by our initiator cookie)."""
+        return self.sa_id is not None and event.sa_id[:8] == self.sa_id[:8]
+
+    def _phase1_established(self, event: ev.Phase1Established) -> None:
+        auth = event.suite.rsplit("/", 1)[-1]
+        self.progress.report(
+            "phase1",
+            f"established with {event.peer[0]} ({event.exchange} mode) suite {event.suite}, "
+            f"peer id {event.peer_id}",
+            state="established",
+            suite=event.suite,
+            peer_id=event.peer_id,
+            nat_local=event.nat_local,
+            nat_remote=event.nat_remote,
+        )
+        if auth.startswith("xauth"):
+            self.stage = "XAUTH"
+            self.progress.report("xauth", "waiting for the gateway's XAUTH request", state="waiting")
+            return
+        self._request_mode_config()
+
+    async def _xauth_requested(self, event: ev.XauthRequested) -> None:
+        assert self.sa_id is not None
+        if event.message:
+            self.progress.report("xauth", f"gateway says: {event.message}", state="message")
+        if self.options.user is None:
+            self.fail("xauth", "the gateway asks for XAUTH credentials but no --user was given")
+            return
+        secret_fields = [f for f in event.fields if f in ("password", "passcode")]
+        secret = self.options.password
+        if secret_fields and secret is None:
+            if not self.options.password_prompt:
+                self.fail(
+                    "xauth", "the gateway asks for a password: give --password-file or set TUNVPN_PASSWORD"
+                )
+                return
+            prompt = f"XAUTH {secret_fields[0]} for {self.options.user}@{self.options.gateway}: "
+            try:
+                secret = await asyncio.get_running_loop().run_in_executor(None, self.ask_password, prompt)
+            except (EOFError, OSError) as exc:
+                self.fail("xauth", f"cannot read the password: {exc or 'no terminal'}")
+                return
+        unsupported = [f for f in event.fields if f not in ("user_name", "password", "passcode", "domain")]
+        if unsupported:
+            self.fail(
+                "xauth", f"the gateway asks for {', '.join(unsupported)}, which tunvpn cannot answer yet"
+            )
+            return
+        kwargs: dict[str, str | None] = {}
+        if "password" in event.fields:
+            kwargs["password"] = secret
+        if "passcode" in event.fields:
+            kwargs["passcode"] = secret
+        try:
+            self.engine.xauth_reply(self.sa_id, self.clock(), user_name=self.options.user, **kwargs)
+        except LocalProtocolError as exc:
+            self.fail("xauth", f"cannot answer XAUTH: {exc}")
+            return
+        self.progress.report("xauth", f"credentials of {self.options.user} sent", state="sent")
+
+    def _request_mode_config(self) -> None:
+        assert self.sa_id is not None
+        if not self.options.mode_config:
+            self._start_quick_modes(None)
+            return
+        self.stage = "Mode Config"
+        self.engine.request_mode_config(self.sa_id, self.clock())
+        self.progress.report("modecfg", "requesting configuration", state="requested")
+
+    def _mode_config_received(self, event: ev.ModeConfigReceived) -> None:
+        self.mode_config = event.config
+        config = event.config
+        self.progress.report(
+            "modecfg",
+            describe_mode_config(event.config),
+            state="received",
+            address=config.address,
+            split_include=config.split_include,
+            subnets=config.subnets,
+            dns=config.dns,
+            pushed=event.pushed,
+        )
+        if not self._quick_modes_started:
+            self._start_quick_modes(event.config)
+
+    def _start_quick_modes(self, config: ModeConfig | None) -> None:
+        assert self.sa_id is not None
+        self._quick_modes_started = True
+        self.stage = "Quick Mode"
+        address = config.address if config is not None else None
+        local = TrafficSelector.from_address(
+            str(address) if isinstance(address, IPv4Address) else self.local_ip
+        )
+        proposal = child_proposal(self.options)
+        for net in protected_networks(config):
+            remote = TrafficSelector.from_network(net)
+            name = f"{local}==={remote}"
+            self.pending[name] = remote
+            try:
+                self.engine.start_child(self.sa_id, self.clock(), local, remote, proposal, name=name)
+            except LocalProtocolError as exc:
+                self.fail("quick", f"cannot start Quick Mode {local} === {remote}: {exc}")
+                return
+            self.progress.report(
+                "quick", f"{local} === {remote}", state="started", local_ts=local, remote_ts=remote
+            )
+
+    def _child_established(self, event: ev.ChildSAEstablished) -> None:
+        name = event.policy_name or f"{event.local_ts}==={event.remote_ts}"
+        self.pending.pop(name, None)
+        self.established[name] = event
+        suite = esp_suite_name(event.transform, event.key_length, event.integrity)
+        self.progress.report(
+            "quick",
+            f"{event.local_ts} === {event.remote_ts} established: {suite} "
+            f"spi_in=0x{event.spi_in:08x} spi_out=0x{event.spi_out:08x}",
+            state="established",
+            local_ts=event.local_ts,
+            remote_ts=event.remote_ts,
+            esp=suite,
+            spi_in=f"0x{event.spi_in:08x}",
+            spi_out=f"0x{event.spi_out:08x}",
+            pfs_group=event.pfs_group,
+            encapsulation=event.encapsulation,
+        )
+        if not self.pending:
+            self.progress.report(
+                "established",
+                f"{len(self.established)} IPsec SA pair(s) up",
+                state="up",
+                count=len(self.established),
+            )
+            if self._on_up is not None:
+                self._on_up()
+            if self.options.exit_after_established:
+                self.close("client done (--exit-after-established)")
+                self._finish(EXIT_OK, "established")
+
+    def _child_failed(self, event: ev.ChildSAFailed) -> None:
+        name = event.policy_name
+        self.pending.pop(name, None)
+        notify = f" (notify {event.notify})" if event.notify is not None else ""
+        self.fail("quick", f"Quick Mode {name or ''} failed: {event.reason}{notify}".replace("  ", " "))
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, handle_signals: bool = True) -> int:
+        """Connect, keep the SAs until a signal (or until established with --exit-after-established)."""
+        keylog = None
+        if self.options.keylog:
+            from tunvpn.keylog import KeyLog
+
+            keylog = KeyLog(self.options.keylog)
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        up = asyncio.Event()
+        self._on_finish = done.set
+        self._on_up = up.set
+        driver = UdpDriver(
+            self.engine,
+            self.local_ip,
+            ike_port=self.options.ike_port,
+            natt_port=self.options.natt_port,
+            handler=self.handle_event,
+            keylog=keylog,
+            clock=self.clock,
+        )
+        await driver.start()
+
+        def on_signal(signame: str) -> None:
+            if self.result is None:
+                self.progress.report("closed", f"{signame}: deleting the SAs", state="closing")
+                self.close(f"client stopped ({signame})")
+                driver.flush()
+                self._finish(EXIT_OK, signame)
+
+        signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal, sig.name)
+        try:
+            self.start()
+            driver.flush()
+            up_waiter = asyncio.ensure_future(up.wait())
+            done_waiter = asyncio.ensure_future(done.wait())
+            finished, _ = await asyncio.wait(
+                {up_waiter, done_waiter},
+                timeout=self.options.timeout or None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            up_waiter.cancel()
+            done_waiter.cancel()
+            if not finished:
+                self.fail("timeout", f"no tunnel after {self.options.timeout:.0f}s (stuck in {self.stage})")
+            if self.result is None:
+                await done.wait()
+        finally:
+            driver.flush()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            driver.close()
+        assert self.result is not None
+        return self.result
+
+
+__all__ = [
+    "Client",
+    "ClientOptions",
+    "Progress",
+    "build_engine_config",
+    "child_proposal",
+    "parse_dh_group",
+    "protected_networks",
+]
