@@ -506,3 +506,50 @@ def test_initiator_floats_to_the_peers_natt_port() -> None:
     floated = [d for who, d in pair.wire if who == "c>g" and d[:4] == b"\x00\x00\x00\x00"]
     assert floated
     assert pair.gateway.of(ev.PeerAddressChanged)[0].new == (CLIENT_IP, 14500)
+
+
+def test_quick_mode_with_range_and_protocol_port_selectors() -> None:
+    """ID payloads of every shape (RFC 2407 4.6.2): a range on our side, a UDP port on theirs."""
+    l2tp = TrafficSelector.parse("10.20.0.1/32[udp/1701]")
+    policy = ChildPolicy("l2tp", TrafficSelector.parse("10.20.0.0/16[udp/1701]"), None, ChildProposal())
+    pair = Pair(client_config(), gateway_config(children=(policy,)))
+    sa_id = connect(pair)
+    mine = TrafficSelector.from_range(CLIENT_IP, CLIENT_IP, 17, 1701)
+    pair.client.engine.start_child(sa_id, pair.now, mine, l2tp, ChildProposal())
+    pair.run()
+    gw = pair.gateway.of(ev.ChildSAEstablished)[0]
+    assert gw.local_ts == l2tp and gw.remote_ts == mine
+    # another port is outside the policy
+    pair.client.engine.start_child(
+        sa_id, pair.now, mine, TrafficSelector.parse("10.20.0.1/32[udp/53]"), ChildProposal()
+    )
+    pair.run()
+    assert pair.gateway.of(ev.ChildSAFailed)
+
+
+def test_responder_lifetime_lowers_seconds_and_kilobytes() -> None:
+    gw_policy = ChildProposal(lifetime_seconds=600, lifetime_kilobytes=1000, pfs_group=None)
+    pair = Pair(client_config(), gateway_config(children=(ChildPolicy("net", PROTECTED, None, gw_policy),)))
+    sa_id = connect(pair)
+    offer = ChildProposal(lifetime_seconds=7200, lifetime_kilobytes=50_000, pfs_group=None)
+    pair.client.engine.start_child(sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, offer)
+    pair.run()
+    client_sa = pair.client.of(ev.ChildSAEstablished)[0]
+    gateway_sa = pair.gateway.of(ev.ChildSAEstablished)[0]
+    assert (client_sa.lifetime_seconds, client_sa.lifetime_kilobytes) == (600, 1000)
+    assert (gateway_sa.lifetime_seconds, gateway_sa.lifetime_kilobytes) == (600, 1000)
+
+
+def test_mode_config_push_set_and_ack() -> None:
+    pair = Pair(client_config(), gateway_config())
+    connect(pair)
+    gw_sa = pair.gateway.of(ev.Phase1Established)[0].sa_id
+    pushed = ModeConfig(
+        address=ipaddress.IPv4Address("10.99.0.9"), split_include=(ipaddress.IPv4Network("10.30.0.0/16"),)
+    )
+    pair.gateway.engine.push_mode_config(gw_sa, pair.now, pushed)
+    pair.run()
+    got = pair.client.of(ev.ModeConfigReceived)
+    assert got and got[0].pushed and str(got[0].config.address) == "10.99.0.9"
+    assert not pair.gateway.of(ev.ProtocolError) and not pair.client.of(ev.ProtocolError)
+    assert not any(ex.retransmit_at for sa in pair.gateway.engine.ike_sas() for ex in sa.exchanges.values())
