@@ -17,7 +17,7 @@ from tests.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
 from tunvpn.ike import events as ev
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
-from tunvpn.ike.constants import DHGroup, EspTransform, NotifyType
+from tunvpn.ike.constants import DHGroup, EspTransform, HashAlgorithm, NotifyType
 from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.proposals import DEFAULT_GROUPS, ChildProposal, Phase1Policy
@@ -130,6 +130,19 @@ def test_phase1_psk_every_mode_and_group(mode: str, group: DHGroup) -> None:
     assert c.suite == g.suite
     assert group.name.lower() in c.suite
     assert not pair.client.of(ev.ProtocolError) and not pair.gateway.of(ev.ProtocolError)
+
+
+@pytest.mark.parametrize("mode", ["main", "aggressive"])
+@pytest.mark.parametrize("group", [DHGroup.MODP_1024, DHGroup.MODP_1536], ids=lambda g: g.name)
+def test_phase1_legacy_groups_need_the_opt_in_on_both_sides(mode: str, group: DHGroup) -> None:
+    legacy = Phase1Policy(groups=(group,), hashes=(HashAlgorithm.MD5,), allow_legacy=True)
+    pair = Pair(client_config(phase1=legacy), gateway_config(phase1=Phase1Policy.with_legacy()))
+    connect(pair, mode)
+    c, _ = established(pair)
+    assert group.name.lower() in c.suite and "md5" in c.suite
+    refused = Pair(client_config(phase1=legacy), gateway_config())
+    connect(refused, mode)
+    assert refused.client.of(ev.Phase1Failed)[0].notify == NotifyType.NO_PROPOSAL_CHOSEN
 
 
 @pytest.mark.parametrize("mode", ["main", "aggressive", "base"])
