@@ -150,6 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="append IKE and ESP keys to FILE.* for Wireshark (live secrets: debugging only)",
         )
+        p.add_argument(
+            "--tun",
+            metavar="NAME",
+            default="tunvpn%d",
+            help="TUN device of the ESP data path (default tunvpn%%d: the next free number)",
+        )
+        p.add_argument("--mtu", type=int, default=1400, help="inner MTU of the TUN device (default 1400)")
+        p.add_argument(
+            "--ike-only",
+            action="store_true",
+            help="negotiate IKE only: no TUN device, no ESP (needs no CAP_NET_ADMIN for TUN)",
+        )
 
     gw = sub.add_parser(
         "gateway",
@@ -263,6 +275,8 @@ def _setup_logging(verbose: int, quiet: bool, default: int) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for noisy in ("pyroute2", "asyncio"):  # their debug output drowns ours
+        logging.getLogger(noisy).setLevel(max(level, logging.INFO))
 
 
 # --------------------------------------------------------------------------- gateway
@@ -291,6 +305,8 @@ def _gateway_options(args: argparse.Namespace) -> object:
         local_id=args.local_id,
         force_encap=args.force_encap,
         keylog=args.keylog,
+        tun=None if args.ike_only else args.tun,
+        mtu=args.mtu,
     )
 
 
@@ -348,6 +364,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
             exit_after_established=args.exit_after,
             timeout=args.timeout,
             keylog=args.keylog,
+            tun=None if args.ike_only else args.tun,
+            mtu=args.mtu,
             json=args.json,
             force_encap=args.force_encap,
         )
@@ -379,6 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        if type(exc).__name__ != "TunError":
+            raise
+        print(f"tunvpn: error: {exc} (or use --ike-only)", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from tunvpn.ike import events as ev
 from tunvpn.ike.config import EngineConfig, PskTable
@@ -30,6 +30,9 @@ from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1Policy
 from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
+
+if TYPE_CHECKING:
+    from tunvpn.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,10 @@ class ClientOptions:
     keylog: str | None = None
     json: bool = False
     force_encap: bool = False
+    tun: str | None = None
+    """TUN device name (template) for the ESP data path; None: negotiate IKE only."""
+    mtu: int = 1400
+    """Inner MTU of the TUN device."""
 
     def __repr__(self) -> str:  # the password stays out of logs and tracebacks
         return f"ClientOptions(gateway={self.gateway!r}, mode={self.mode!r}, user={self.user!r})"
@@ -131,7 +138,8 @@ def build_engine_config(options: ClientOptions) -> EngineConfig:
         phase1=Phase1Policy.with_legacy() if options.legacy else Phase1Policy(),
         natt_port=options.natt_port,
         peer_natt_port=options.gateway_natt_port,
-        force_encap=options.force_encap,
+        # ESP runs in userspace over UDP 4500 (RFC 3948): with a data path, always encapsulate
+        force_encap=options.force_encap or options.tun is not None,
     )
 
 
@@ -173,6 +181,8 @@ class Client:
         self.pending: dict[str, TrafficSelector] = {}
         """Quick Mode name -> remote selector, while it runs."""
         self.established: dict[str, ev.ChildSAEstablished] = {}
+        self.tunnel: Tunnel | None = None
+        """The ESP data path (TUN device + data thread) when ``options.tun`` is set."""
         self.result: int | None = None
         self.message = ""
         self._quick_modes_started = False
@@ -245,9 +255,16 @@ class Client:
             else:
                 self.fail("xauth", f"the gateway rejected user {event.user_name!r}")
         elif isinstance(event, ev.ModeConfigReceived):
+            if self.tunnel is not None and isinstance(event.config.address, IPv4Address):
+                self.tunnel.set_address(str(event.config.address))
             self._mode_config_received(event)
         elif isinstance(event, ev.ChildSAEstablished):
+            if self.tunnel is not None:
+                self.tunnel.child_established(event)
             self._child_established(event)
+        elif isinstance(event, ev.ChildSADeleted):
+            if self.tunnel is not None:
+                self.tunnel.child_deleted(event)
         elif isinstance(event, ev.ChildSAFailed):
             self._child_failed(event)
         elif isinstance(event, ev.IkeSADeleted) and self.result is None:
@@ -414,16 +431,36 @@ class Client:
         up = asyncio.Event()
         self._on_finish = done.set
         self._on_up = up.set
+        if self.options.tun is not None and self.tunnel is None:
+            from tunvpn.tunnel import Tunnel
+
+            options = self.options
+            self.tunnel = Tunnel(
+                self.engine,
+                name=options.tun,
+                mtu=options.mtu,
+                proposal_for=lambda _name: child_proposal(options),
+            )
+            self.progress.report("tunnel", f"TUN device {self.tunnel.name} ready", state="ready")
         driver = UdpDriver(
             self.engine,
             self.local_ip,
             ike_port=self.options.ike_port,
             natt_port=self.options.natt_port,
             handler=self.handle_event,
+            natt_owner=self.tunnel.dataplane if self.tunnel is not None else None,
             keylog=keylog,
             clock=self.clock,
         )
-        await driver.start()
+        try:
+            await driver.start()
+        except BaseException:
+            if self.tunnel is not None:
+                self.tunnel.close()
+            raise
+        if self.tunnel is not None:
+            self.tunnel.on_change = driver.flush
+            self.tunnel.start(loop)
 
         def on_signal(signame: str) -> None:
             if self.result is None:
@@ -456,6 +493,8 @@ class Client:
             for sig in signals:
                 loop.remove_signal_handler(sig)
             driver.close()
+            if self.tunnel is not None:
+                self.tunnel.close()
         assert self.result is not None
         return self.result
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING
 
 from tunvpn.ike import events as ev
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
@@ -35,6 +36,9 @@ from tunvpn.ike.proposals import (
 )
 from tunvpn.shell.credentials import UserTable
 from tunvpn.shell.udp import UdpDriver
+
+if TYPE_CHECKING:
+    from tunvpn.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,9 @@ class GatewayOptions:
     keylog: str | None = None
     pfs_groups: tuple[int, ...] | None = None
     """PFS groups accepted in Quick Mode besides "no PFS"; None means every phase 1 group."""
+    tun: str | None = None
+    """TUN device name (template) for the ESP data path; None: negotiate IKE only."""
+    mtu: int = 1400
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -176,7 +183,8 @@ def build_engine_config(options: GatewayOptions) -> EngineConfig:
         allow_aggressive_psk=options.allow_aggressive_psk,
         require_xauth=options.require_xauth,
         xauth_available=options.users is not None,
-        force_encap=options.force_encap,
+        # ESP runs in userspace over UDP 4500 (RFC 3948): with a data path, always encapsulate
+        force_encap=options.force_encap or options.tun is not None,
         natt_port=options.natt_port,
     )
 
@@ -190,6 +198,8 @@ class Gateway:
         self.config = build_engine_config(options)
         self.engine = IkeEngine(self.config, ike_port=options.ike_port)
         self.children: dict[int, ev.ChildSAEstablished] = {}
+        self.tunnel: Tunnel | None = None
+        """The ESP data path (TUN device + data thread) when ``options.tun`` is set."""
         """Inbound SPI -> the Quick Mode that made it (what the data path will need)."""
         self.driver: UdpDriver | None = None
         self._stop: asyncio.Event | None = None
@@ -215,8 +225,12 @@ class Gateway:
             self._mode_config(event, now)
         elif isinstance(event, ev.ChildSAEstablished):
             self.children[event.spi_in] = event
+            if self.tunnel is not None:
+                self.tunnel.child_established(event)
         elif isinstance(event, ev.ChildSADeleted):
             self.children.pop(event.spi_in, None)
+            if self.tunnel is not None:
+                self.tunnel.child_deleted(event)
         elif isinstance(event, (ev.IkeSADeleted, ev.Phase1Failed)) or (
             isinstance(event, ev.XauthCompleted) and not event.success
         ):
@@ -301,18 +315,34 @@ class Gateway:
             log.warning(
                 "writing IKE and ESP keys to %s.* (for Wireshark; keep it private)", self.options.keylog
             )
+        if self.options.tun is not None and self.tunnel is None:
+            from tunvpn.tunnel import Tunnel
+
+            # the gateway answers Quick Modes; its clients rekey them (proposal_for=None)
+            self.tunnel = Tunnel(self.engine, name=self.options.tun, mtu=self.options.mtu)
+            log.info("ESP data path on TUN device %s", self.tunnel.name)
         self.driver = UdpDriver(
             self.engine,
             self.options.listen,
             ike_port=self.options.ike_port,
             natt_port=self.options.natt_port,
             handler=self.handle_event,
+            natt_owner=self.tunnel.dataplane if self.tunnel is not None else None,
             keylog=keylog,
             clock=self.clock,
         )
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        await self.driver.start()
+        try:
+            await self.driver.start()
+        except BaseException:
+            if self.tunnel is not None:
+                self.tunnel.close()
+                self.tunnel = None
+            raise
+        if self.tunnel is not None:
+            self.tunnel.on_change = self.driver.flush
+            self.tunnel.start(loop)
         signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self.stop)
@@ -351,6 +381,10 @@ class Gateway:
             self.driver.flush()
             self.driver.close()
             log.info("gateway stopped (%s)", _counters_text(self.driver))
+        if self.tunnel is not None:
+            log.info("data path: %s", self.tunnel.dataplane.stats())
+            self.tunnel.close()
+            self.tunnel = None
 
 
 def _counters_text(driver: UdpDriver) -> str:

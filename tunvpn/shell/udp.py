@@ -27,6 +27,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from tunvpn.ike import events as ev
 from tunvpn.ike.constants import NAT_KEEPALIVE, NON_ESP_MARKER, AuthAlgorithm, EspTransform
@@ -38,6 +39,15 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 EventHandler = Callable[[ev.Event], Awaitable[None] | None]
 EspSink = Callable[[bytes, Address, Address], None]
+
+
+class NattOwner(Protocol):
+    """The ESP data path, when it owns the NAT-T socket (:class:`tunvpn.dataplane.DataPlane`)."""
+
+    def attach(self, sock: socket.socket, deliver_ike: Callable[[bytes, Address], None]) -> None: ...
+
+    def send_ike(self, data: bytes, remote: Address) -> None: ...
+
 
 PROTOCOL_ERROR_BURST = 10
 """ProtocolError warnings allowed per ``PROTOCOL_ERROR_WINDOW`` before they are only counted."""
@@ -167,6 +177,7 @@ class UdpDriver:
         natt_port: int = 4500,
         handler: EventHandler | None = None,
         esp_sink: EspSink | None = None,
+        natt_owner: NattOwner | None = None,
         keylog: object | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -180,6 +191,8 @@ class UdpDriver:
         self.natt_port = natt_port
         self.handler = handler
         self.esp_sink = esp_sink
+        self.natt_owner = natt_owner
+        """When set, the data path owns the NAT-T socket (ESP and IKE share UDP 4500)."""
         self.keylog = keylog
         self.clock = clock
         self.counters: Counter[str] = Counter()
@@ -202,6 +215,17 @@ class UdpDriver:
         loop = asyncio.get_running_loop()
         for port in (self.ike_port, self.natt_port):
             sock = bind_udp(self.local_ip, port)
+            if port == self.natt_port and self.natt_owner is not None:
+                natt_port = port
+
+                def deliver(data: bytes, remote: Address, natt_port: int = natt_port) -> None:
+                    loop.call_soon_threadsafe(
+                        self._datagram_received, data, (remote[0], remote[1]), natt_port
+                    )
+
+                self.natt_owner.attach(sock, deliver)
+                log.info("listening on %s:%d/udp (NAT-T, owned by the ESP data path)", self.local_ip, port)
+                continue
             _, protocol = await loop.create_datagram_endpoint(
                 lambda port=port: _Endpoint(self, port), sock=sock
             )
@@ -304,6 +328,12 @@ class UdpDriver:
 
     def _send_pending(self) -> None:
         for data, remote, local_port in self.engine.datagrams_to_send():
+            if local_port == self.natt_port and self.natt_owner is not None:
+                try:
+                    self.natt_owner.send_ike(data, remote)
+                except OSError as exc:
+                    self.counters[f"send error {errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+                continue
             endpoint = self._endpoints.get(local_port)
             if endpoint is None or endpoint.transport is None:
                 log.warning("engine asked to send from port %d, which is not bound; dropped", local_port)

@@ -1,0 +1,261 @@
+"""The data path of a gateway or client process: a TUN device, the :class:`DataPlane`, the
+routes of every IPsec SA, and rekeying.
+
+The shell (client or gateway) calls :meth:`Tunnel.child_established` and
+:meth:`Tunnel.child_deleted` with the IKE engine's events; the tunnel installs the SAs in
+the data path, routes the peer's traffic selector into the TUN device, and, when the data
+path says an SA nears the end of its life, starts a new Quick Mode with the same
+selectors (make-before-break: the new pair carries traffic at once, the old one is deleted
+a few seconds later so packets in flight are not lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .dataplane import DataPlane, PeerActivity
+from .esp.events import SaHardExpired, SaLifetimeEvent, SaSoftExpired
+from .ike import events as ev
+from .ike.engine import IkeEngine
+from .ike.errors import LocalProtocolError
+from .ike.proposals import ChildProposal
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_MTU = 1400
+"""Inner MTU: 1500 minus outer IPv4 (20) + UDP (8) + ESP (8 + IV 8 + ICV 16 + pad/trailer)."""
+RETIRE_AFTER = 5.0
+"""Seconds an old SA pair stays installed after its replacement is up."""
+
+
+@dataclass
+class _Pair:
+    event: ev.ChildSAEstablished
+    routes: tuple[str, ...]
+    rekeying: bool = False
+
+
+class Tunnel:
+    """Owns the TUN device and the data thread of one process.
+
+    :param engine: the IKE engine (for rekeying Quick Modes and DPD liveness notes).
+    :param proposal_for: the Quick Mode proposal to rekey a child with (by policy name);
+        ``None`` means this side does not rekey (a gateway leaves it to its clients).
+    """
+
+    def __init__(
+        self,
+        engine: IkeEngine,
+        *,
+        name: str = "tunvpn%d",
+        mtu: int = DEFAULT_MTU,
+        offload: bool = True,
+        proposal_for: Callable[[str], ChildProposal | None] | None = None,
+        tun: object | None = None,
+    ) -> None:
+        if tun is None:
+            from .datapath import open_tun
+
+            tun = off_loop(open_tun, name, offload=offload, mtu=mtu)
+        self.tun = tun
+        self.engine = engine
+        self.proposal_for = proposal_for
+        self.dataplane = DataPlane(tun, on_event=self._from_data_thread)
+        self.pairs: dict[int, _Pair] = {}  # by inbound SPI
+        self._routes: dict[str, int] = {}  # route -> number of SA pairs using it
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_change: Callable[[], None] | None = None
+        """Called after the engine was given a command (the shell flushes it)."""
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.tun, "name", "tun"))
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.dataplane.start()
+
+    def close(self) -> None:
+        self.dataplane.stop()
+        close = getattr(self.tun, "close", None)
+        if close is not None:
+            close()  # the kernel removes the device, its addresses and its routes
+
+    def set_address(self, address: str, prefixlen: int = 32) -> None:
+        self._configure(addresses=[f"{address}/{prefixlen}"])
+
+    # ------------------------------------------------------------------ IKE events
+
+    def child_established(self, event: ev.ChildSAEstablished) -> None:
+        replaced = self._pair_named(event.policy_name) if event.policy_name else None
+        routes = tuple(str(n) for n in _networks(event.remote_ts))
+        if replaced is not None and replaced.event.spi_in != event.spi_in:
+            # make-before-break: the new pair takes the traffic now, the old one retires later
+            self.dataplane.replace(replaced.event.spi_in, event)
+            self.pairs[event.spi_in] = _Pair(event, replaced.routes)
+            for route in replaced.routes:
+                self._routes[route] = self._routes.get(route, 0) + 1
+            self._later(RETIRE_AFTER, self._retire, replaced.event.sa_id, replaced.event.spi_in)
+            log.info(
+                "rekeyed %r: spi_in 0x%08x -> 0x%08x", event.policy_name, replaced.event.spi_in, event.spi_in
+            )
+            return
+        try:
+            self.dataplane.install(event)
+        except ValueError as exc:
+            log.warning("cannot carry traffic of SA spi_in=0x%08x: %s", event.spi_in, exc)
+            return
+        self.pairs[event.spi_in] = _Pair(event, routes)
+        new_routes = [r for r in routes if self._routes.get(r, 0) == 0]
+        for route in routes:
+            self._routes[route] = self._routes.get(route, 0) + 1
+        if new_routes:
+            self._configure(routes=new_routes)
+
+    def child_deleted(self, event: ev.ChildSADeleted) -> None:
+        pair = self.pairs.pop(event.spi_in, None)
+        self.dataplane.remove(event.spi_in)
+        if pair is None:
+            return
+        gone = []
+        for route in pair.routes:
+            left = self._routes.get(route, 0) - 1
+            if left <= 0:
+                self._routes.pop(route, None)
+                gone.append(route)
+            else:
+                self._routes[route] = left
+        if gone:
+            self._unroute(gone)
+
+    def _pair_named(self, name: str) -> _Pair | None:
+        for pair in self.pairs.values():
+            if pair.event.policy_name == name:
+                return pair
+        return None
+
+    def _retire(self, sa_id: bytes, spi_in: int) -> None:
+        try:
+            self.engine.delete_child(sa_id, spi_in, _now())
+        except LocalProtocolError:
+            self.child_deleted(ev.ChildSADeleted(sa_id, spi_in, 0, False))
+        self._changed()
+
+    # ------------------------------------------------------------------ data path events
+
+    def _from_data_thread(self, event: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._data_event, event)
+
+    def _data_event(self, event: object) -> None:
+        if isinstance(event, PeerActivity):
+            for spi in event.spis:
+                pair = self.pairs.get(spi)
+                if pair is not None:
+                    self.engine.note_peer_activity(pair.event.sa_id, _now())
+            return
+        if not isinstance(event, SaLifetimeEvent):
+            return
+        pair = self.pairs.get(event.spi) or next(
+            (p for p in self.pairs.values() if p.event.spi_out == event.spi), None
+        )
+        if pair is None:
+            return
+        if isinstance(event, SaSoftExpired) and not pair.rekeying:
+            self._rekey(pair)
+        elif isinstance(event, SaHardExpired):
+            log.info("SA spi_in=0x%08x reached its hard lifetime", pair.event.spi_in)
+            self._retire(pair.event.sa_id, pair.event.spi_in)
+
+    def _rekey(self, pair: _Pair) -> None:
+        child = pair.event
+        if self.proposal_for is None or child.role != "initiator":
+            return  # the Quick Mode initiator rekeys (avoids both sides doing it at once)
+        proposal = self.proposal_for(child.policy_name)
+        if proposal is None:
+            return
+        pair.rekeying = True
+        try:
+            self.engine.start_child(
+                child.sa_id, _now(), child.local_ts, child.remote_ts, proposal, child.policy_name
+            )
+        except LocalProtocolError as exc:
+            log.warning("cannot rekey %r: %s", child.policy_name, exc)
+            return
+        log.info("rekeying %r (spi_in 0x%08x) before it expires", child.policy_name, child.spi_in)
+        self._changed()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def _later(self, delay: float, fn: Callable[..., None], *args: object) -> None:
+        if self._loop is None:
+            fn(*args)
+        else:
+            self._loop.call_later(delay, fn, *args)
+
+    def _configure(self, *, addresses: list[str] | None = None, routes: list[str] | None = None) -> None:
+        configure = getattr(self.tun, "configure", None)
+        if configure is None:
+            return
+        try:
+            off_loop(configure, addresses=addresses or (), routes=routes or (), up=True)
+        except OSError as exc:
+            log.warning("%s: configuring %s failed: %s", self.name, addresses or routes, exc)
+
+    def _unroute(self, routes: list[str]) -> None:
+        off_loop(self._unroute_now, routes)
+
+    def _unroute_now(self, routes: list[str]) -> None:
+        try:
+            from pyroute2 import IPRoute
+        except ImportError:  # pragma: no cover - macOS: routes go with the utun device
+            return
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=self.name)
+            if not found:
+                return
+            for route in routes:
+                try:
+                    ipr.route("del", dst=route, oif=int(found[0]))
+                except Exception as exc:
+                    log.debug("removing route %s: %s", route, exc)
+
+
+def off_loop(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Run ``fn`` in a helper thread and wait for it.
+
+    pyroute2 runs its own asyncio loop internally, which fails inside a running loop; netlink
+    calls are short, so blocking the control loop for them is fine.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args, **kwargs)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def _networks(ts: object) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks = getattr(ts, "networks", None)
+    if callable(networks):
+        return list(networks())
+    return []
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
