@@ -22,13 +22,14 @@ import logging
 import os
 import select
 import socket
+import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .esp import SadTable, sa_pair_from_child, split_datagrams
+from .esp import SadTable, sa_pair_from_child
 from .esp.events import SaLifetimeEvent
 from .esp.ratelimit import DropLog
 from .ike.events import ChildSAEstablished
@@ -89,6 +90,7 @@ class DataPlane:
         """Take over the bound NAT-T socket; IKE datagrams received go to ``deliver_ike``."""
         from .datapath.udp_linux import UdpSocket
 
+        _grow_buffers(sock)
         self._udp = UdpSocket(sock)
         self._deliver_ike = deliver_ike
 
@@ -292,4 +294,29 @@ class DataPlane:
                     pass
 
 
-__all__ = ["DataPlane", "PeerActivity", "split_datagrams"]
+SOCKET_BUFFER = 8 << 20
+"""UDP socket buffers: TCP through the tunnel sends bursts of 64 GSO segments; a default
+208 KiB receive buffer overflows (UdpRcvbufErrors) and costs retransmissions."""
+
+
+# Linux <asm-generic/socket.h>; the socket module does not export them
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+
+def _grow_buffers(sock: socket.socket) -> None:
+    """Ask for SOCKET_BUFFER bytes both ways; root may exceed net.core.[rw]mem_max (*FORCE)."""
+    for forced, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            if sys.platform.startswith("linux"):
+                sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+                continue
+        except OSError:
+            pass
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
+__all__ = ["DataPlane", "PeerActivity"]
