@@ -1,0 +1,74 @@
+"""ESP interop: our client's userspace data path against strongSwan's charon with
+kernel-libipsec (userspace ESP in C, TUN "ipsec0"), IKEv1 Main Mode PSK, UDP-encapsulated.
+
+Ping and iperf3 (TCP, both directions) pass through the tunnel for AES-GCM-16 and for
+AES-CBC with HMAC-SHA2-256. Only that traffic passed is asserted, never a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .strongswan import Charon
+from .test_client_vs_strongswan import IKE_PSK, INNER_A, UNDERLAY_A, UNDERLAY_B, main_mode_gateway
+from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
+from netns import NetnsPair, run_in, stop_process, wait_for
+
+pytestmark = [pytest.mark.interop, pytest.mark.netns]
+
+PROTECTED = INNER_A.split("/")[0]
+
+
+def _iperf(pair: NetnsPair, *, reverse: bool) -> float:
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", pair.a, "iperf3", "-s", "-1", "-B", PROTECTED],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        argv = ["iperf3", "-c", PROTECTED, "-t", "2", "-J", *(["-R"] if reverse else [])]
+        out = run_in(pair.b, argv, check=False, timeout=30)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+        report = json.loads(out.stdout)
+        return float(report["end"]["sum_received"]["bits_per_second"])
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.parametrize(
+    ("esp", "charon_says"),
+    [
+        ("aes256gcm16-ecp256", "ESP:AES_GCM_16-256"),
+        ("aes256-sha256-ecp256", "ESP:AES_CBC-256/HMAC_SHA2_256_128"),
+    ],
+)
+def test_ping_and_iperf3_through_charon_kernel_libipsec(tmp_path: Path, esp: str, charon_says: str) -> None:
+    with NetnsPair(UNDERLAY_A, UNDERLAY_B) as pair, Charon(tmp_path / "gw", pair.a) as gateway:
+        pair.add_addr(pair.a, INNER_A)
+        gateway.load(main_mode_gateway(pair.addr_a, pair.addr_b).replace("aes256gcm16-ecp256", esp))
+        psk = private_file(tmp_path / "client.psk", IKE_PSK + "\n")
+        log = tmp_path / "client.log"
+        client = popen_tunvpn(
+            pair.b, ["connect", pair.addr_a, "--psk-file", str(psk), "--tun", "tvesp%d"], log
+        )
+        try:
+            wait_for_line(log, "IPsec SA pair(s) up", client, 40, "the client's Quick Mode SAs")
+            wait_for(lambda: bool(gateway.established_children()), 10, "charon's CHILD_SA")
+            assert charon_says in gateway.list_sas(), gateway.list_sas()
+            ping = run_in(
+                pair.b, ["ping", "-c", "4", "-i", "0.2", "-W", "2", PROTECTED], check=False, timeout=30
+            )
+            assert ping.returncode == 0, ping.stdout + gateway.log_text()[-3000:]
+            assert _iperf(pair, reverse=False) > 0
+            assert _iperf(pair, reverse=True) > 0
+        finally:
+            stop_process(client)
+        assert "received DELETE" in gateway.log_text()
+        assert "Traceback" not in read_text(log)
