@@ -14,7 +14,7 @@ import pytest
 from . import configs
 from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 from .vpnc import Vpnc
-from netns import NetnsPair, stop_process, wait_for
+from netns import NetnsPair, run_in, stop_process, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
@@ -48,7 +48,9 @@ def start_gateway(tmp_path: Path, pair: NetnsPair, *extra: str) -> tuple[object,
     return proc, log
 
 
-def make_vpnc(tmp_path: Path, pair: NetnsPair, password: str = configs.VPNC_PASSWORD) -> Vpnc:
+def make_vpnc(
+    tmp_path: Path, pair: NetnsPair, password: str = configs.VPNC_PASSWORD, routes: tuple[str, ...] = ()
+) -> Vpnc:
     return Vpnc(
         tmp_path / "vpnc",
         pair.b,
@@ -58,6 +60,7 @@ def make_vpnc(tmp_path: Path, pair: NetnsPair, password: str = configs.VPNC_PASS
         user=configs.VPNC_USER,
         password=password,
         natt_mode="force-natt",
+        routes=routes,
         dh_group="dh2",
         pfs="nopfs",
     )
@@ -116,3 +119,24 @@ def test_vpnc_with_a_wrong_password_is_refused(tmp_path: Path) -> None:
     assert not [e for e in client.events() if e.get("reason") == "connect"]
     assert "not-the-password" not in text
     assert "authentication unsuccessful" in output.lower() or "xauth" in output.lower(), output
+
+
+def test_ping_through_vpnc_and_our_esp_data_path(tmp_path: Path) -> None:
+    """vpnc's ESP (AES-256-CBC, HMAC-SHA1-96, in UDP) meets our userspace data path."""
+    with NetnsPair("10.77.0.1/24", "10.77.0.2/24") as pair:
+        pair.add_addr(pair.a, "10.78.0.1/24")
+        gateway, log = start_gateway(tmp_path, pair)
+        client = make_vpnc(tmp_path, pair, routes=("10.78.0.0/24",))
+        with client:
+            client.wait_connected(timeout=30)
+            wait_for(lambda: "Quick Mode SA" in read_text(log), 10, "the gateway's Quick Mode log line")
+            ping = run_in(
+                pair.b, ["ping", "-c", "4", "-i", "0.2", "-W", "2", "10.78.0.1"], check=False, timeout=30
+            )
+            client.stop(settle=0.5)
+        stop_process(gateway)  # type: ignore[arg-type]
+        text = read_text(log)
+    assert ping.returncode == 0, ping.stdout + text[-3000:]
+    assert "4 received" in ping.stdout
+    stats = [line for line in text.splitlines() if "data path: {" in line][-1]
+    assert "'tun packets out': " in stats and "bad_icv" not in stats, stats
