@@ -235,10 +235,20 @@ class DataPlane:
         if not packets:
             return
         self.counters["tun packets in"] += len(packets)
-        udp = self._udp
         for sa, datagrams in self.sad.encrypt_batch(packets):
-            udp.send_batch(datagrams, sa.peer)  # type: ignore[attr-defined]
+            self._send_all(datagrams, sa.peer)
             self.counters["esp out"] += len(datagrams)
+
+    def _send_all(self, datagrams: list[bytes], peer: Address) -> None:
+        """Send every datagram; when the socket buffer is full, wait briefly for room."""
+        udp = self._udp
+        for _ in range(50):
+            sent = udp.send_batch(datagrams, peer)  # type: ignore[attr-defined]
+            if sent >= len(datagrams):
+                return
+            datagrams = datagrams[sent:]
+            select.select([], [udp], [], 0.01)  # type: ignore[list-item]
+        self.counters["esp dropped: send buffer full"] += len(datagrams)
 
     def _from_udp(self) -> None:
         received = self._udp.recv_batch(BATCH)  # type: ignore[attr-defined]
