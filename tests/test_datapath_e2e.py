@@ -219,3 +219,51 @@ def test_addresses_and_routes_are_set_and_removed(tunnel: Running) -> None:
     stop_process(cl)
     after = run_in(pair.b, ["ip", "link"], check=True).stdout
     assert "tvcl" not in after, "the TUN device outlived the client"
+
+
+def test_rekey_is_make_before_break(tmp_path: Path) -> None:
+    """SAs of 12 s are rekeyed at 90 % of their life while a ping runs every 50 ms: across two
+    rekeys no packet is lost, and the old SAs are deleted."""
+    with NetnsPair() as pair:
+        pair.add_addr(pair.a, f"{PROTECTED}/24")
+        psk = private_file(tmp_path / "psk", "rekey-test-psk-0123456789\n")
+        gw_log, cl_log = tmp_path / "gateway.log", tmp_path / "client.log"
+        gw = popen_tunvpn(
+            pair.a,
+            [
+                "gateway",
+                "--listen",
+                pair.addr_a,
+                "--psk-file",
+                str(psk),
+                "--pool",
+                POOL,
+                "--split",
+                "10.78.0.0/24",
+                "--tun",
+                "tvgw%d",
+                "--sa-lifetime",
+                "12",
+                "-v",
+            ],
+            gw_log,
+        )
+        wait_for_line(gw_log, "gateway ready", gw, 20, "the gateway")
+        cl = popen_tunvpn(
+            pair.b,
+            ["connect", pair.addr_a, "--psk-file", str(psk), "--tun", "tvcl%d", "--sa-lifetime", "12", "-v"],
+            cl_log,
+        )
+        try:
+            wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 30, "the client's Quick Mode SAs")
+            ping = run_in(
+                pair.b, ["ping", "-c", "500", "-i", "0.05", "-W", "1", PROTECTED], check=False, timeout=60
+            )
+        finally:
+            stop_process(cl)
+            stop_process(gw)
+        client_text = read_text(cl_log)
+    assert client_text.count("rekeying ") >= 2, client_text[-3000:]
+    assert client_text.count("rekeyed ") >= 2, client_text[-3000:]
+    assert "Quick Mode SA deleted" in client_text
+    assert " 0% packet loss" in ping.stdout, ping.stdout[-500:] + client_text[-3000:]

@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--mtu", type=int, default=1400, help="inner MTU of the TUN device (default 1400)")
         p.add_argument(
+            "--sa-lifetime",
+            type=int,
+            default=3600,
+            metavar="SECONDS",
+            help="IPsec SA lifetime (default 3600); SAs are rekeyed make-before-break at 90%%",
+        )
+        p.add_argument(
             "--ike-only",
             action="store_true",
             help="negotiate IKE only: no TUN device, no ESP (needs no CAP_NET_ADMIN for TUN)",
@@ -307,6 +314,7 @@ def _gateway_options(args: argparse.Namespace) -> object:
         keylog=args.keylog,
         tun=None if args.ike_only else args.tun,
         mtu=args.mtu,
+        sa_lifetime=args.sa_lifetime,
     )
 
 
@@ -366,6 +374,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
             keylog=args.keylog,
             tun=None if args.ike_only else args.tun,
             mtu=args.mtu,
+            sa_lifetime=args.sa_lifetime,
             json=args.json,
             force_encap=args.force_encap,
         )

@@ -95,6 +95,8 @@ class ClientOptions:
     """TUN device name (template) for the ESP data path; None: negotiate IKE only."""
     mtu: int = 1400
     """Inner MTU of the TUN device."""
+    sa_lifetime: int = 3600
+    """IPsec SA lifetime in seconds we offer (the gateway may lower it); rekeyed at 90 %."""
 
     def __repr__(self) -> str:  # the password stays out of logs and tracebacks
         return f"ClientOptions(gateway={self.gateway!r}, mode={self.mode!r}, user={self.user!r})"
@@ -145,7 +147,7 @@ def build_engine_config(options: ClientOptions) -> EngineConfig:
 
 def child_proposal(options: ClientOptions) -> ChildProposal:
     esp = DEFAULT_ESP + LEGACY_ESP if options.legacy else DEFAULT_ESP
-    return ChildProposal(esp=esp, pfs_group=options.pfs)
+    return ChildProposal(esp=esp, pfs_group=options.pfs, lifetime_seconds=options.sa_lifetime)
 
 
 def protected_networks(config: ModeConfig | None) -> list[IPv4Network]:

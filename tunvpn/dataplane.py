@@ -83,6 +83,7 @@ class DataPlane:
         self._active: set[int] = set()
         self._next_activity = 0.0
         self._pairs: dict[int, int] = {}  # inbound SPI -> outbound SPI
+        self._pending_out: dict[int, tuple[int, object]] = {}  # new inbound SPI -> (old, outbound)
 
     # ------------------------------------------------------------------ wiring
 
@@ -127,11 +128,21 @@ class DataPlane:
         inbound, outbound = sa_pair_from_child(child, self.clock(), replay_window=self.replay_window)
         self._command("install", (inbound, outbound))
 
-    def replace(self, old_spi_in: int, child: ChildSAEstablished) -> None:
-        """Make-before-break: the new pair starts carrying traffic, the old inbound SA stays
-        valid until :meth:`remove` is called for it (thread-safe)."""
+    def replace(self, old_spi_in: int, child: ChildSAEstablished, *, switch_outbound: bool = True) -> None:
+        """Make-before-break: the new inbound SA is accepted at once; outbound traffic moves to
+        the new SA now, or at :meth:`switch_outbound` (a Quick Mode responder waits until the
+        initiator surely holds the keys); the old inbound SA stays valid until :meth:`remove`
+        is called for it (thread-safe)."""
         inbound, outbound = sa_pair_from_child(child, self.clock(), replay_window=self.replay_window)
-        self._command("replace", (old_spi_in, inbound, outbound))
+        self._command("replace", (old_spi_in, inbound, outbound if switch_outbound else None))
+        if not switch_outbound:
+            self._pending_out[inbound.spi] = (old_spi_in, outbound)
+
+    def switch_outbound(self, new_spi_in: int) -> None:
+        """Move outbound traffic to the SA installed by ``replace(..., switch_outbound=False)``."""
+        pending = self._pending_out.pop(new_spi_in, None)
+        if pending is not None:
+            self._command("switch", (new_spi_in, *pending))
 
     def remove(self, spi_in: int) -> None:
         """Remove a pair by its inbound SPI (thread-safe)."""
@@ -165,15 +176,21 @@ class DataPlane:
                     inbound, outbound = arg  # type: ignore[misc]
                     self.sad.install_pair(inbound, outbound)
                     self._pairs[inbound.spi] = outbound.spi
-                elif kind == "replace":
-                    old_in, inbound, outbound = arg  # type: ignore[misc]
-                    self.sad.install(inbound)
+                elif kind == "replace" or kind == "switch":
+                    if kind == "replace":
+                        old_in, inbound, outbound = arg  # type: ignore[misc]
+                        self.sad.install(inbound)
+                        if outbound is None:
+                            continue
+                        new_in = inbound.spi
+                    else:
+                        new_in, old_in, outbound = arg  # type: ignore[misc]
                     old_out = self._pairs.get(old_in)
                     if old_out is not None and self.sad_has_outbound(old_out):
                         self.sad.replace(old_out, outbound)
                     else:
                         self.sad.install(outbound)
-                    self._pairs[inbound.spi] = outbound.spi
+                    self._pairs[new_in] = outbound.spi
                 elif kind == "remove":
                     spi_in = int(arg)  # type: ignore[call-overload]
                     self.sad.remove_inbound(spi_in)

@@ -128,6 +128,8 @@ class GatewayOptions:
     """PFS groups accepted in Quick Mode besides "no PFS"; None means every phase 1 group."""
     tun: str | None = None
     """TUN device name (template) for the ESP data path; None: negotiate IKE only."""
+    sa_lifetime: int = 3600
+    """Longest IPsec SA lifetime in seconds the gateway grants (lower offers are kept)."""
     mtu: int = 1400
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -156,20 +158,22 @@ def legacy_algorithm_names() -> list[str]:
     return names
 
 
-def child_proposal(phase1: Phase1Policy, legacy: bool, pfs_groups: Sequence[int] | None) -> ChildProposal:
+def child_proposal(
+    phase1: Phase1Policy, legacy: bool, pfs_groups: Sequence[int] | None, lifetime: int = 3600
+) -> ChildProposal:
     """The Quick Mode proposal the gateway accepts: its ESP suites, with no PFS or any
     allowed PFS group (``pfs_groups``, default: the phase 1 groups)."""
     esp = DEFAULT_ESP + LEGACY_ESP if legacy else DEFAULT_ESP
     groups = list(phase1.groups_by_strength()) if pfs_groups is None else list(pfs_groups)
     accept = frozenset(DHGroup(g) for g in groups)
-    return ChildProposal(esp=esp, pfs_group=None, accept_pfs=accept)
+    return ChildProposal(esp=esp, pfs_group=None, accept_pfs=accept, lifetime_seconds=lifetime)
 
 
 def child_policies(options: GatewayOptions, phase1: Phase1Policy) -> tuple[ChildPolicy, ...]:
     """One ChildPolicy per split network (or 0.0.0.0/0); the remote selector is the client's
     assigned address."""
     networks = options.split or (ANY_IPV4,)
-    proposal = child_proposal(phase1, options.legacy, options.pfs_groups)
+    proposal = child_proposal(phase1, options.legacy, options.pfs_groups, options.sa_lifetime)
     return tuple(ChildPolicy(str(net), TrafficSelector.from_network(net), None, proposal) for net in networks)
 
 

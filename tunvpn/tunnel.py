@@ -33,6 +33,8 @@ DEFAULT_MTU = 1400
 """Inner MTU: 1500 minus outer IPv4 (20) + UDP (8) + ESP (8 + IV 8 + ICV 16 + pad/trailer)."""
 RETIRE_AFTER = 5.0
 """Seconds an old SA pair stays installed after its replacement is up."""
+SWITCH_AFTER = 1.0
+"""Seconds a Quick Mode responder keeps sending on the old SA after answering a rekey."""
 
 
 @dataclass
@@ -99,8 +101,13 @@ class Tunnel:
         replaced = self._pair_named(event.policy_name) if event.policy_name else None
         routes = tuple(str(n) for n in _networks(event.remote_ts))
         if replaced is not None and replaced.event.spi_in != event.spi_in:
-            # make-before-break: the new pair takes the traffic now, the old one retires later
-            self.dataplane.replace(replaced.event.spi_in, event)
+            # make-before-break: the new pair takes the traffic, the old one retires later; a
+            # responder sends on the new SA only once the initiator surely has its keys
+            # (our Quick Mode answer is on its way when this event fires)
+            responder = event.role == "responder"
+            self.dataplane.replace(replaced.event.spi_in, event, switch_outbound=not responder)
+            if responder:
+                self._later(SWITCH_AFTER, self.dataplane.switch_outbound, event.spi_in)
             self.pairs[event.spi_in] = _Pair(event, replaced.routes)
             for route in replaced.routes:
                 self._routes[route] = self._routes.get(route, 0) + 1
