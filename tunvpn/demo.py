@@ -29,6 +29,8 @@ PREFIX = 24
 POOL = "10.79.0.10-10.79.0.20"
 SPLIT = "10.78.0.0/24"
 DNS = "10.78.0.53"
+PROTECTED_HOST = "10.78.0.1"
+"""An address behind the gateway (on its loopback) that the client pings through the tunnel."""
 DEMO_USER = "demo"
 DEMO_GROUP = "keyid:demo"
 
@@ -73,6 +75,7 @@ class DemoNetwork:
         for ns, dev, addr in ((self.gateway_ns, veth_g, GATEWAY_ADDR), (self.client_ns, veth_c, CLIENT_ADDR)):
             _ip("-n", ns, "addr", "add", f"{addr}/{PREFIX}", "dev", dev)
             _ip("-n", ns, "link", "set", dev, "up")
+        _ip("-n", self.gateway_ns, "addr", "add", f"{PROTECTED_HOST}/24", "dev", "lo")
 
     def close(self) -> None:
         for ns in reversed(self.created):
@@ -173,7 +176,6 @@ async def _demo(net: DemoNetwork, workdir: Path, args: argparse.Namespace) -> in
         DEMO_USER,
         "--password-file",
         str(client_password),
-        "--exit-after-established",
         "--timeout",
         str(args.timeout),
         *verbose,
@@ -205,17 +207,39 @@ async def _demo(net: DemoNetwork, workdir: Path, args: argparse.Namespace) -> in
         client = await _start(net.client_ns, client_argv, env)
         assert client.stdout is not None
         cl_relay = asyncio.ensure_future(_relay(client.stdout, "client ", cl_lines))
-        try:
-            code = await asyncio.wait_for(client.wait(), args.timeout + 10)
-        except TimeoutError:
-            print("demo: the client did not finish in time", flush=True)
+        for _ in range(int(args.timeout * 10) + 100):
+            if any("IPsec SA pair(s) up" in line for line in cl_lines) or client.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        if not any("IPsec SA pair(s) up" in line for line in cl_lines):
+            print(f"demo: the client failed (exit status {client.returncode})", flush=True)
             return 1
+        print(
+            f"demo: Quick Mode SAs established; pinging {PROTECTED_HOST} through the ESP tunnel", flush=True
+        )
+        ping = await asyncio.create_subprocess_exec(
+            "ip",
+            "netns",
+            "exec",
+            net.client_ns,
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.3",
+            "-W",
+            "2",
+            PROTECTED_HOST,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await ping.communicate()
+        for line in output.decode(errors="replace").splitlines():
+            print(f"ping    | {line}", flush=True)
+        print("demo: tearing down", flush=True)
+        await _stop(client)
         await cl_relay
-        if code == 0:
-            print("demo: Quick Mode SAs established; tearing down", flush=True)
-        else:
-            print(f"demo: the client failed (exit status {code})", flush=True)
-        return 0 if code == 0 else 1
+        return 0 if ping.returncode == 0 else 1
     finally:
         if client is not None:
             await _stop(client)
