@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,27 @@ def test_child_policies_accept_no_pfs_and_every_group() -> None:
     assert {str(p.local_ts) for p in legacy_policies} == {"10.78.0.0/24"}
     assert DHGroup.MODP_1024 in legacy_policies[0].proposal.accept_pfs
     assert "MODP_1024" in legacy_algorithm_names() and "DES3_CBC" in legacy_algorithm_names()
+
+
+@pytest.mark.netns
+def test_demo_ike_runs_end_to_end_and_cleans_up() -> None:
+    """The README's main command: phase 1, XAUTH, Mode Config, Quick Mode, a ping through the
+    ESP tunnel, then nothing left behind."""
+    import subprocess
+
+    from netns import netns_unavailable_reason
+
+    reason = netns_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tunvpn", "demo-ike"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "[established] 1 IPsec SA pair(s) up" in out.stdout
+    assert "3 received, 0% packet loss" in out.stdout
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert {line.split()[0] for line in after.splitlines() if line.startswith("tvd")} <= {
+        line.split()[0] for line in before.splitlines() if line.startswith("tvd")
+    }
