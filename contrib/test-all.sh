@@ -4,7 +4,8 @@
 # Usage (Debian 12 / Ubuntu, as root, from anywhere):   bash contrib/test-all.sh [pytest args...]
 #
 # 1. apt-get: strongSwan (charon + swanctl + the plugins Debian splits off), vpnc, tshark, iperf3,
-#    iproute2 ...; /usr/sbin/policy-rc.d answers 101 meanwhile so no package starts a service.
+#    iproute2, OpenVPN and wireguard-go + wg (peers of `tunvpn bench`) ...; /usr/sbin/policy-rc.d
+#    answers 101 meanwhile so no package starts a service.
 # 2. /dev/net/tun exists (modprobe tun, else mknod c 10 200).
 # 3. pip install -e '.[test]'  (tunvpn + pytest, hypothesis, ruff)
 # 4. ruff check .
@@ -25,6 +26,7 @@ APT_PACKAGES=(
   libstrongswan-standard-plugins libstrongswan-extra-plugins
   libcharon-extra-plugins libcharon-extauth-plugins
   vpnc tshark iperf3 iproute2 iputils-ping util-linux procps openssl
+  openvpn wireguard-go wireguard-tools
 )
 
 # ------------------------------------------------------------------ Debian packages

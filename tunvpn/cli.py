@@ -170,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="negotiate IKE only: no TUN device, no ESP (needs no CAP_NET_ADMIN for TUN)",
         )
 
+    from tunvpn.bench import cli as bench_cli
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure tunvpn against plain veth, OpenVPN, wireguard-go and strongSwan (root)",
+        description=bench_cli.DESCRIPTION,
+    )
+    bench_cli.add_arguments(bench)  # its own -v/-q
+
     gw = sub.add_parser(
         "gateway",
         help="run a gateway (IKEv1 responder)",
@@ -395,6 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"gateway": cmd_gateway, "connect": cmd_connect}
     try:
+        if args.command == "bench":
+            from tunvpn.bench import cli as bench_cli
+
+            return bench_cli.run_from_args(args)
         if args.command == "demo-ike":
             from tunvpn.demo import run_demo
 

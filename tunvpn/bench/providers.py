@@ -1,0 +1,699 @@
+"""The paths the benchmark measures, each a ``TunnelProvider``.
+
+A provider builds one tunnel between two namespaces that the harness made and joined with a
+veth pair, and removes it again::
+
+    provider.bind(context)                          # work dir, process tracker, timeouts
+    missing = provider.missing()                    # non-empty: "not available: <missing>"
+    ta, tb = provider.setup(ns_a, ns_b, ip_a, ip_b) # tunnel addresses in A and in B
+    ...                                             # harness pings tb from A, runs iperf3 A -> B
+    provider.teardown()                             # always called, also after a failed setup
+
+``setup`` raises ``NotAvailable`` (or any exception) when the tunnel cannot be built; the harness
+then reports the path as "not available: <reason>" and goes on. Daemons started through
+``self.spawn`` are stopped by PID in ``teardown`` (and by the harness in any case).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunvpn.bench.system import (
+    Requirement,
+    Tracker,
+    dpkg_version,
+    first_line,
+    read_text,
+    wait_until,
+    write_private,
+)
+
+log = logging.getLogger("tunvpn.bench")
+
+
+class NotAvailable(RuntimeError):
+    """The path cannot be measured here; the message says why."""
+
+
+@dataclass
+class BenchContext:
+    """What the harness hands each provider before ``setup``."""
+
+    tracker: Tracker
+    workdir: Path
+    """A fresh directory for this provider's configs and logs."""
+    tag: str
+    """Unique per topology ("tvb" + 6 hex), for device names (15 characters at most)."""
+    setup_timeout: float = 30.0
+
+
+class TunnelProvider:
+    """Base class of a benchmark path. Subclasses set ``name`` and override ``setup``/``teardown``.
+
+    ``program`` and ``cipher`` are shown in the report (fill them during ``setup``);
+    ``daemon_pids()`` names the processes whose CPU time the report shows.
+    """
+
+    name = "?"
+    requirements: Sequence[Requirement] = ()
+
+    def __init__(self) -> None:
+        self.program = ""
+        self.cipher = ""
+        self.ctx: BenchContext | None = None
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # ------------------------------------------------------------------ harness side
+
+    def bind(self, ctx: BenchContext) -> None:
+        self.ctx = ctx
+        self._procs = {}
+
+    def missing(self) -> list[str]:
+        """What this machine lacks for the path, in words (empty: nothing)."""
+        return [r.describe() for r in self.requirements if not r.present()]
+
+    def packages(self) -> list[str]:
+        """Debian packages that ``--install`` installs for the missing requirements."""
+        return sorted({r.package for r in self.requirements if not r.present()})
+
+    def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        for label, proc in reversed(list(self._procs.items())):
+            self.tracker.stop(proc, timeout=10)
+            log.debug("%s: stopped %s", self.name, label)
+        self._procs.clear()
+
+    def daemon_pids(self) -> dict[str, int]:
+        return {label: p.pid for label, p in self._procs.items() if p.poll() is None}
+
+    # ------------------------------------------------------------------ helpers for subclasses
+
+    @property
+    def tracker(self) -> Tracker:
+        assert self.ctx is not None, "bind() first"
+        return self.ctx.tracker
+
+    @property
+    def workdir(self) -> Path:
+        assert self.ctx is not None, "bind() first"
+        return self.ctx.workdir
+
+    def spawn(
+        self, label: str, ns: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        proc = self.tracker.spawn(label, argv, self.workdir / f"{label}.log", ns=ns, env=env)
+        self._procs[label] = proc
+        return proc
+
+    def log_of(self, label: str) -> str:
+        return read_text(self.workdir / f"{label}.log")
+
+    def wait_log(self, label: str, text: str, timeout: float | None = None) -> None:
+        """Wait until ``text`` shows in daemon ``label``'s log; NotAvailable if it exits or times out."""
+        proc = self._procs[label]
+        limit = timeout if timeout is not None else (self.ctx.setup_timeout if self.ctx else 30.0)
+        wait_until(lambda: text in self.log_of(label) or proc.poll() is not None, limit)
+        if text not in self.log_of(label):
+            state = (
+                f"exited {proc.returncode}" if proc.poll() is not None else f"no {text!r} in {limit:.0f} s"
+            )
+            raise NotAvailable(f"{label} {state}: {_tail(self.log_of(label))}")
+
+    def ip(self, *args: str) -> None:
+        self.tracker.run(["ip", *args], check=True)
+
+
+def _tail(text: str, n: int = 240) -> str:
+    """The last lines of a log, for a one-line reason (a traceback's last line is its error)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        return lines[-1][-n:]
+    return " / ".join(lines[-2:])[-n:] or "(no output)"
+
+
+# --------------------------------------------------------------------------- veth
+
+
+class VethProvider(TunnelProvider):
+    """The veth pair itself: no VPN, the ceiling of the box."""
+
+    name = "veth"
+
+    def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
+        self.program = "kernel veth (no VPN)"
+        self.cipher = "none"
+        return ip_a, ip_b
+
+
+# --------------------------------------------------------------------------- OpenVPN
+
+
+def self_signed_ec_cert(common_name: str) -> tuple[bytes, bytes, str]:
+    """(key PEM, certificate PEM, SHA-256 fingerprint as ``AA:BB:...``): P-256, valid 2 days."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    fingerprint = ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
+    return key_pem, cert_pem, fingerprint
+
+
+class OpenVPNProvider(TunnelProvider):
+    """OpenVPN 2.6 point-to-point over UDP: TLS with self-signed EC certificates pinned by
+    ``--peer-fingerprint``, data channel AES-256-GCM, no DCO, no compression (interop pitfalls 17-18).
+    """
+
+    name = "openvpn"
+    requirements = (Requirement("openvpn", "openvpn"),)
+    tunnel_a = "10.81.0.1"
+    tunnel_b = "10.81.0.2"
+    port = 1194
+
+    def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
+        assert self.ctx is not None
+        tag = self.ctx.tag
+        version = first_line(["openvpn", "--version"]).split()
+        number = version[1] if len(version) > 1 else "?"
+        self.program = f"OpenVPN {number} (deb {dpkg_version('openvpn')}), --disable-dco"
+        certs = {}
+        for side in ("a", "b"):
+            key_pem, cert_pem, fingerprint = self_signed_ec_cert(f"tunvpn-bench-{side}")
+            key = write_private(self.workdir / f"{side}.key", key_pem.decode())
+            cert = self.workdir / f"{side}.crt"
+            cert.write_bytes(cert_pem)
+            certs[side] = (key, cert, fingerprint)
+        common = [
+            "--dev-type", "tun",
+            "--proto", "udp",
+            "--port", str(self.port),
+            "--data-ciphers", "AES-256-GCM",
+            "--allow-compression", "no",
+            "--disable-dco",
+            "--ping", "10",
+            "--ping-exit", "60",
+            "--verb", "3",
+        ]  # fmt: skip
+        ends = (
+            (
+                "openvpn-a",
+                ns_a,
+                ip_a,
+                ip_b,
+                self.tunnel_a,
+                self.tunnel_b,
+                "a",
+                "b",
+                ["--tls-server", "--dh", "none"],
+            ),
+            ("openvpn-b", ns_b, ip_b, ip_a, self.tunnel_b, self.tunnel_a, "b", "a", ["--tls-client"]),
+        )
+        for label, ns, local, remote, mine, theirs, me, peer, role in ends:
+            key, cert, _ = certs[me]
+            self.spawn(
+                label,
+                ns,
+                [
+                    "openvpn",
+                    "--dev", f"{tag}o{me}",
+                    "--local", local,
+                    "--remote", remote,
+                    "--ifconfig", mine, theirs,
+                    *role,
+                    "--cert", str(cert),
+                    "--key", str(key),
+                    "--peer-fingerprint", certs[peer][2],
+                    *common,
+                ],
+            )  # fmt: skip
+        for label in ("openvpn-a", "openvpn-b"):
+            self.wait_log(label, "Initialization Sequence Completed")
+        found = re.findall(r"Data Channel: cipher '([^']+)'", self.log_of("openvpn-a"))
+        control = [
+            f"{version} {cipher}"
+            for version, cipher in re.findall(
+                r"Control Channel: ([^,]+), cipher \S+ ([^,\s]+)", self.log_of("openvpn-a")
+            )
+        ]
+        self.cipher = f"{found[-1] if found else '?'} (TLS p2p{', ' + control[-1] if control else ''})"
+        return self.tunnel_a, self.tunnel_b
+
+
+# --------------------------------------------------------------------------- wireguard-go
+
+
+def wg_keypair() -> tuple[str, str]:
+    """(private, public) WireGuard keys, base64, made with X25519 from ``cryptography``."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
+    key = X25519PrivateKey.generate()
+    private = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return base64.b64encode(private).decode(), base64.b64encode(public).decode()
+
+
+WG_RUN_DIR = Path("/run/wireguard")
+
+
+class WireGuardProvider(TunnelProvider):
+    """wireguard-go (userspace) in the foreground, configured with ``wg set``.
+
+    Its UAPI socket is ``/run/wireguard/<ifname>.sock`` on the host /run that every namespace
+    shares, so the interface names are unique per run (interop pitfall 15).
+    """
+
+    name = "wireguard"
+    requirements = (Requirement("wireguard-go", "wireguard-go"), Requirement("wg", "wireguard-tools"))
+    tunnel_a = "10.80.0.1"
+    tunnel_b = "10.80.0.2"
+    port = 51820
+
+    def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
+        assert self.ctx is not None
+        wg_go = first_line(["wireguard-go", "--version"]).replace("wireguard-go ", "")
+        self.program = (
+            f"wireguard-go {wg_go} (deb {dpkg_version('wireguard-go')}), "
+            f"wg (deb wireguard-tools {dpkg_version('wireguard-tools')})"
+        )
+        self.cipher = "ChaCha20-Poly1305 (WireGuard)"
+        if not WG_RUN_DIR.exists():
+            self.tracker.add_dir_if_empty(WG_RUN_DIR)  # removed at the end if we leave it empty
+        keys = {side: wg_keypair() for side in ("a", "b")}
+        devs = {side: f"{self.ctx.tag}w{side}" for side in ("a", "b")}
+        for side, ns in (("a", ns_a), ("b", ns_b)):
+            self.tracker.add_file(WG_RUN_DIR / f"{devs[side]}.sock")
+            self.spawn(f"wireguard-go-{side}", ns, ["wireguard-go", "-f", devs[side]])
+        for side in ("a", "b"):
+            sock = WG_RUN_DIR / f"{devs[side]}.sock"
+            proc = self._procs[f"wireguard-go-{side}"]
+            wait_until(lambda s=sock, p=proc: s.exists() or p.poll() is not None, 10)  # type: ignore[misc]
+            if not sock.exists():
+                raise NotAvailable(
+                    f"wireguard-go made no {sock}: {_tail(self.log_of(f'wireguard-go-{side}'))}"
+                )
+        ends = (
+            ("a", ns_a, "b", ip_b, self.tunnel_a, self.tunnel_b),
+            ("b", ns_b, "a", ip_a, self.tunnel_b, self.tunnel_a),
+        )
+        for side, ns, peer, peer_ip, mine, theirs in ends:
+            key_file = write_private(self.workdir / f"{side}.key", keys[side][0] + "\n")
+            self.tracker.run(
+                [
+                    "wg", "set", devs[side],
+                    "private-key", str(key_file),
+                    "listen-port", str(self.port),
+                    "peer", keys[peer][1],
+                    "endpoint", f"{peer_ip}:{self.port}",
+                    "allowed-ips", f"{theirs}/32",
+                ],
+                ns=ns,
+                check=True,
+            )  # fmt: skip
+            self.ip("-n", ns, "addr", "add", f"{mine}/24", "dev", devs[side])
+            self.ip("-n", ns, "link", "set", devs[side], "up")
+        return self.tunnel_a, self.tunnel_b
+
+
+# --------------------------------------------------------------------------- strongSwan
+
+
+CHARON = "/usr/lib/ipsec/charon"
+PLUGIN_DIR = "/usr/lib/ipsec/plugins"
+# Every plugin named (Debian splits them across packages); no `stroke`, no `resolve` (pitfall 1).
+CHARON_PLUGINS = (
+    "random nonce openssl aes sha1 sha2 hmac gcm pem pkcs1 x509 pubkey gmp kdf vici "
+    "kernel-libipsec kernel-netlink socket-default"
+)
+SWANCTL_SUBDIRS = (
+    *("x509", "x509ca", "x509aa", "x509ocsp", "x509crl", "x509ac"),
+    *("pubkey", "private", "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12"),
+)
+
+_CHARON_CONF = """\
+# strongswan.conf written by tunvpn bench: userspace ESP through kernel-libipsec (TUN ipsec0)
+charon {{
+  load = {plugins}
+  install_routes = yes
+  install_virtual_ip = yes
+  filelog {{
+    log {{
+      path = {log}
+      time_format = %T
+      default = 1
+      flush_line = yes
+    }}
+  }}
+  syslog {{
+    daemon {{
+      default = -1
+    }}
+  }}
+  plugins {{
+    vici {{
+      socket = unix://{vici}
+    }}
+    kernel-libipsec {{
+      mtu = {mtu}
+    }}
+  }}
+}}
+"""
+
+_SWANCTL_CONF = """\
+connections {{
+  bench {{
+    version = 1
+    local_addrs = {local}
+    remote_addrs = {remote}
+    encap = yes
+    proposals = aes128-sha256-modp2048
+    local {{
+      auth = psk
+      id = {local}
+    }}
+    remote {{
+      auth = psk
+      id = {remote}
+    }}
+    children {{
+      bench {{
+        mode = tunnel
+        local_ts = {local_ts}/32
+        remote_ts = {remote_ts}/32
+        esp_proposals = {esp}
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-bench {{
+    id-1 = {local}
+    id-2 = {remote}
+    secret = "{psk}"
+  }}
+}}
+"""
+
+
+def _plugin(name: str, package: str) -> Requirement:
+    return Requirement(f"{PLUGIN_DIR}/libstrongswan-{name}.so", package, is_path=True)
+
+
+class StrongSwanProvider(TunnelProvider):
+    """Two strongSwan 5.9 charon daemons (one per namespace) with kernel-libipsec: IKEv1 Main Mode
+    PSK, ESP in UDP (``encap = yes``), ESP done in userspace; inner addresses on lo.
+
+    /var/run/charon.pid is compiled in, so each charon runs in a private mount namespace with its
+    own directory over /run; the vici socket lives in the work dir (interop pitfall 2).
+    """
+
+    name = "strongswan"
+    requirements = (
+        Requirement(CHARON, "strongswan-charon", is_path=True),
+        Requirement("swanctl", "strongswan-swanctl"),
+        Requirement("unshare", "util-linux"),
+        _plugin("openssl", "libstrongswan-standard-plugins"),
+        _plugin("gcm", "libstrongswan-standard-plugins"),
+        _plugin("kernel-libipsec", "libcharon-extra-plugins"),
+        _plugin("kernel-netlink", "strongswan-charon"),
+        _plugin("socket-default", "strongswan-charon"),
+        _plugin("vici", "strongswan-swanctl"),
+    )
+    inner_a = "10.78.0.1"
+    inner_b = "10.78.0.2"
+    mtu = 1400
+
+    def __init__(self, esp_proposals: str = "aes128gcm16", name: str | None = None) -> None:
+        super().__init__()
+        self.esp_proposals = esp_proposals
+        if name is not None:
+            self.name = name
+        self.psk = "tunvpn-bench-" + base64.b32encode(os.urandom(15)).decode().lower()
+
+    def packages(self) -> list[str]:
+        missing = super().packages()
+        # what peers.sh installs, so that the interop set-ups work as well
+        return (
+            sorted({*missing, "libstrongswan-extra-plugins", "libcharon-extauth-plugins"}) if missing else []
+        )
+
+    def _uri(self, side: str) -> str:
+        return f"unix://{self.workdir / side / 'charon.vici'}"
+
+    def swanctl(self, side: str, command: str, *args: str, timeout: float = 30) -> str:
+        # the command first, then --uri (pitfall 3)
+        result = self.tracker.run(
+            ["swanctl", f"--{command}", "--uri", self._uri(side), *args], timeout=timeout
+        )
+        text = result.stdout + result.stderr
+        if result.returncode != 0:
+            raise NotAvailable(
+                f"swanctl --{command} ({side}) exited {result.returncode}: {_tail(text)}; "
+                f"charon: {_tail(read_text(self.workdir / side / 'charon.log'))}"
+            )
+        return text
+
+    def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
+        version = dpkg_version("strongswan-charon")
+        self.program = (
+            f"strongSwan charon {version.split('-')[0]} (deb strongswan-charon {version}, "
+            f"libcharon-extra-plugins {dpkg_version('libcharon-extra-plugins')}), kernel-libipsec"
+        )
+        ends = (
+            ("a", ns_a, ip_a, ip_b, self.inner_a, self.inner_b),
+            ("b", ns_b, ip_b, ip_a, self.inner_b, self.inner_a),
+        )
+        for side, ns, local, remote, local_ts, remote_ts in ends:
+            d = self.workdir / side
+            (d / "run").mkdir(parents=True, exist_ok=True)
+            for sub in SWANCTL_SUBDIRS:  # --load-all --file scans these (pitfall 5)
+                (d / sub).mkdir(exist_ok=True)
+            vici = d / "charon.vici"
+            if len(str(vici)) > 100:
+                raise NotAvailable(f"vici socket path too long for AF_UNIX: {vici}")
+            (d / "strongswan.conf").write_text(
+                _CHARON_CONF.format(plugins=CHARON_PLUGINS, log=d / "charon.log", vici=vici, mtu=self.mtu)
+            )
+            write_private(
+                d / "swanctl.conf",
+                _SWANCTL_CONF.format(
+                    local=local,
+                    remote=remote,
+                    local_ts=local_ts,
+                    remote_ts=remote_ts,
+                    esp=self.esp_proposals,
+                    psk=self.psk,
+                ),
+            )
+            self.ip("-n", ns, "addr", "add", f"{local_ts}/32", "dev", "lo")
+            label = f"charon-{side}"
+            proc = self.spawn(
+                label,
+                ns,
+                [
+                    "unshare", "--mount", "--propagation", "private",
+                    "sh", "-c", 'mount --bind "$1" /run && exec "$2"', "sh", str(d / "run"), CHARON,
+                ],
+                env={"STRONGSWAN_CONF": str(d / "strongswan.conf")},
+            )  # fmt: skip
+            wait_until(lambda v=vici, p=proc: v.exists() or p.poll() is not None, 15)  # type: ignore[misc]
+            if not vici.exists():
+                raise NotAvailable(
+                    f"{label} opened no vici socket: {_tail(self.log_of(label))} "
+                    f"{_tail(read_text(d / 'charon.log'))}"
+                )
+        for side in ("a", "b"):
+            self.swanctl(side, "load-all", "--file", str(self.workdir / side / "swanctl.conf"))
+        self.swanctl("a", "initiate", "--child", "bench", "--timeout", "20", timeout=40)
+        sas = self.swanctl("a", "list-sas")
+        (self.workdir / "list-sas.txt").write_text(sas)
+        esp = re.search(r"ESP:(\S+)", sas)
+        mode = "TUNNEL-in-UDP" if "TUNNEL-in-UDP" in sas else ("TUNNEL" if "TUNNEL" in sas else "?")
+        ike = re.search(r"^\s+([A-Z0-9_]+(?:-\d+)?/\S+)", sas, re.MULTILINE)
+        self.cipher = f"ESP {esp.group(1) if esp else '?'} {mode}; IKEv1 {ike.group(1) if ike else '?'}"
+        return self.inner_a, self.inner_b
+
+
+# --------------------------------------------------------------------------- tunvpn
+
+
+# RFC 2407 4.5 encapsulation modes + RFC 3947 UDP-encapsulated ones (and the draft numbers)
+ENCAPSULATION: dict[object, str] = {
+    1: "TUNNEL",
+    2: "TRANSPORT",
+    3: "TUNNEL-in-UDP",
+    4: "TRANSPORT-in-UDP",
+    61443: "TUNNEL-in-UDP",
+    61444: "TRANSPORT-in-UDP",
+}
+
+
+def _tunvpn_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("tunvpn")
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+class TunvpnProvider(TunnelProvider):
+    """Our own: ``python -m tunvpn gateway`` in A and ``python -m tunvpn connect`` in B.
+
+    IKEv1 Main Mode PSK, Mode Config from a pool, ESP in UDP (``--force-encap``). The gateway
+    protects ``inner_a`` (on lo in A); the client's Mode Config address is the tunnel address
+    of B. The harness reports "not available" if no ping passes within the setup timeout (until
+    the ESP data path exists, the IKE SAs come up but carry nothing).
+    """
+
+    name = "tunvpn"
+    inner_a = "10.82.0.1"
+    pool = "10.83.0.10-10.83.0.20"
+
+    def __init__(
+        self,
+        gateway_args: Sequence[str] = (),
+        client_args: Sequence[str] = (),
+        python: str = sys.executable,
+    ) -> None:
+        super().__init__()
+        self.gateway_args = list(gateway_args)
+        self.client_args = list(client_args)
+        self.python = python
+        self.records: list[dict[str, object]] = []
+
+    def missing(self) -> list[str]:
+        out = super().missing()
+        if not os.path.exists("/dev/net/tun"):
+            out.append("/dev/net/tun (modprobe tun)")
+        return out
+
+    def _env(self) -> dict[str, str]:
+        import tunvpn
+
+        root = str(Path(tunvpn.__file__).resolve().parent.parent)
+        return {
+            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
+        self.program = f"tunvpn {_tunvpn_version()} (python {sys.version.split()[0]})"
+        psk = base64.b32encode(os.urandom(20)).decode().lower()
+        gw_psk = write_private(self.workdir / "gateway.psk", f"* {psk}\n")
+        cl_psk = write_private(self.workdir / "client.psk", f"{psk}\n")
+        self.ip("-n", ns_a, "addr", "add", f"{self.inner_a}/32", "dev", "lo")
+        timeout = self.ctx.setup_timeout if self.ctx else 30.0
+        env = self._env()
+        self.spawn(
+            "tunvpn-gateway",
+            ns_a,
+            [
+                self.python, "-m", "tunvpn", "gateway",
+                "--listen", ip_a,
+                "--psk-file", str(gw_psk),
+                "--pool", self.pool,
+                "--split", f"{self.inner_a}/32",
+                "--force-encap",
+                *self.gateway_args,
+            ],
+            env=env,
+        )  # fmt: skip
+        self.wait_log("tunvpn-gateway", "gateway ready", timeout=min(timeout, 20))
+        self.spawn(
+            "tunvpn-client",
+            ns_b,
+            [
+                self.python, "-m", "tunvpn", "connect", ip_a,
+                "--local", ip_b,
+                "--mode", "main",
+                "--psk-file", str(cl_psk),
+                "--force-encap",
+                "--json",
+                "--timeout", f"{timeout:g}",
+                *self.client_args,
+            ],
+            env=env,
+        )  # fmt: skip
+        self.wait_log("tunvpn-client", '"event": "established"', timeout=timeout + 5)
+        self.records = []
+        for line in self.log_of("tunvpn-client").splitlines():
+            if line.startswith("{"):
+                try:
+                    self.records.append(json.loads(line))
+                except ValueError:
+                    continue
+        address = next(
+            (r.get("address") for r in self.records if r.get("event") == "modecfg" and r.get("address")), None
+        )
+        quick = next(
+            (r for r in self.records if r.get("event") == "quick" and r.get("state") == "established"), {}
+        )
+        encap = quick.get("encapsulation")
+        self.cipher = f"ESP {quick.get('esp', '?')}" + (
+            f" {ENCAPSULATION.get(encap, encap)}" if encap else ""
+        )
+        if not address:
+            raise NotAvailable("the client got no Mode Config address")
+        return self.inner_a, str(address)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+ProviderFactory = Callable[[], TunnelProvider]
+
+PROVIDERS: dict[str, ProviderFactory] = {
+    "veth": VethProvider,
+    "openvpn": OpenVPNProvider,
+    "wireguard": WireGuardProvider,
+    "strongswan": lambda: StrongSwanProvider("aes128gcm16", "strongswan"),
+    "strongswan-cbc": lambda: StrongSwanProvider("aes128-sha256", "strongswan-cbc"),
+    "strongswan-gcm256": lambda: StrongSwanProvider("aes256gcm16", "strongswan-gcm256"),
+    "tunvpn": TunvpnProvider,
+}
+ALIASES = {"wireguard-go": "wireguard", "strongswan-gcm": "strongswan", "wg": "wireguard", "ovpn": "openvpn"}
+DEFAULT_PATHS = ("veth", "openvpn", "wireguard", "strongswan-gcm256", "tunvpn")
+"""strongSwan with AES-GCM-16-256, the transform tunvpn negotiates by default (same-transform goal)."""
+
+
+def canonical_path(name: str) -> str:
+    name = name.strip().lower()
+    return ALIASES.get(name, name)

@@ -1,0 +1,458 @@
+"""The benchmark's results: per-run figures, per-path medians, ratios, goals, markdown and JSON.
+
+Pure data and formatting (no I/O), so that the report can be built and checked without root.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+STATUS_OK = "ok"
+STATUS_NOT_AVAILABLE = "not available"
+STATUS_FAILED = "failed"
+
+TUNVPN = "tunvpn"
+VETH = "veth"
+
+# (path name or prefix, minimum tunvpn/path throughput ratio, aim, what the issue asks for)
+THROUGHPUT_GOALS: tuple[tuple[str, float, float | None, str], ...] = (
+    ("openvpn", 1.0, 1.5, "tunvpn >= 1.0x OpenVPN (aim 1.5x)"),
+    ("strongswan", 1.5, None, "tunvpn >= 1.5x strongSwan kernel-libipsec with the same transform"),
+)
+
+
+@dataclass
+class RunResult:
+    """One measurement of one path: one iperf3 TCP test (+ optional -P N test) and one ping series."""
+
+    tcp_sender_mbps: float | None = None
+    tcp_receiver_mbps: float | None = None
+    retransmits: int | None = None
+    parallel_receiver_mbps: float | None = None
+    """iperf3 -P N (N = options.parallel) receiver Mbit/s; None when not measured."""
+    ping_avg_ms: float | None = None
+    ping_min_ms: float | None = None
+    ping_max_ms: float | None = None
+    ping_loss_pct: float | None = None
+    cpu_busy_pct: float | None = None
+    """Whole box during the 1-stream TCP test: 100 = every core busy (from /proc/stat)."""
+    cpu_steal_pct: float | None = None
+    cpu_background_pct: float | None = None
+    """Box busy % over one second before the tests, tunnel idle: other load on the machine."""
+    daemon_cpu_pct: dict[str, float] = field(default_factory=dict)
+    """Per VPN daemon, % of one core during the 1-stream TCP test."""
+    via_tunnel: bool | None = None
+    """Did the tunnel device carry at least 95% of the bytes iperf3 sent?"""
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Things that went wrong but were recovered from (e.g. a retried iperf3 test)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.tcp_receiver_mbps is not None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunResult:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_MEDIAN_FIELDS = (
+    "tcp_sender_mbps",
+    "tcp_receiver_mbps",
+    "retransmits",
+    "parallel_receiver_mbps",
+    "ping_avg_ms",
+    "ping_min_ms",
+    "ping_max_ms",
+    "ping_loss_pct",
+    "cpu_busy_pct",
+    "cpu_steal_pct",
+    "cpu_background_pct",
+)
+
+
+def _median(values: Iterable[float | int | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(statistics.median(present)) if present else None
+
+
+def median_run(runs: Sequence[RunResult]) -> RunResult | None:
+    """Field-by-field median over the successful runs (None if there is none)."""
+    good = [r for r in runs if r.ok]
+    if not good:
+        return None
+    out = RunResult()
+    for name in _MEDIAN_FIELDS:
+        value = _median(getattr(r, name) for r in good)
+        if name == "retransmits" and value is not None:
+            value = round(value)
+        setattr(out, name, value)
+    daemons = sorted({d for r in good for d in r.daemon_cpu_pct})
+    out.daemon_cpu_pct = {
+        d: v for d in daemons if (v := _median(r.daemon_cpu_pct.get(d) for r in good)) is not None
+    }
+    vias = [r.via_tunnel for r in good if r.via_tunnel is not None]
+    out.via_tunnel = all(vias) if vias else None
+    return out
+
+
+@dataclass
+class PathResult:
+    """Everything measured for one path (veth, openvpn, ...) over all repetitions."""
+
+    name: str
+    status: str = STATUS_OK
+    reason: str = ""
+    program: str = ""
+    cipher: str = ""
+    tunnel: tuple[str, str] | None = None
+    """(address in namespace A, address in namespace B) that the traffic went to."""
+    device: str = ""
+    """The device in namespace A that routes to the tunnel address of B."""
+    mtu: int | None = None
+    runs: list[RunResult] = field(default_factory=list)
+
+    @property
+    def median(self) -> RunResult | None:
+        return median_run(self.runs)
+
+    @property
+    def throughput(self) -> float | None:
+        """Median iperf3 TCP 1-stream receiver Mbit/s: the figure the ratios use."""
+        med = self.median
+        return med.tcp_receiver_mbps if med is not None else None
+
+    @property
+    def label(self) -> str:
+        """``"ok"`` or ``"not available: why"`` / ``"failed: why"``."""
+        if self.status == STATUS_OK:
+            return STATUS_OK
+        return f"{self.status}: {self.reason}" if self.reason else self.status
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tunnel"] = list(self.tunnel) if self.tunnel else None
+        med = self.median
+        data["median"] = asdict(med) if med is not None else None
+        if data["median"] is not None:
+            del data["median"]["errors"], data["median"]["notes"]
+        data["runs_ok"] = sum(1 for r in self.runs if r.ok)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PathResult:
+        tunnel = data.get("tunnel")
+        return cls(
+            name=data["name"],
+            status=data.get("status", STATUS_OK),
+            reason=data.get("reason", ""),
+            program=data.get("program", ""),
+            cipher=data.get("cipher", ""),
+            tunnel=(tunnel[0], tunnel[1]) if tunnel else None,
+            device=data.get("device", ""),
+            mtu=data.get("mtu"),
+            runs=[RunResult.from_dict(r) for r in data.get("runs", [])],
+        )
+
+
+@dataclass
+class Ratio:
+    """``numerator / denominator`` of the median TCP 1-stream receiver throughput."""
+
+    numerator: str
+    denominator: str
+    value: float | None
+
+
+@dataclass
+class Goal:
+    text: str
+    value: str
+    met: bool | None
+    """None: cannot be judged (a path is missing)."""
+
+
+@dataclass
+class BenchReport:
+    paths: list[PathResult] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
+    started: str = ""
+    finished: str = ""
+    command: str = ""
+
+    # ------------------------------------------------------------------ lookups
+
+    def path(self, name: str) -> PathResult | None:
+        return next((p for p in self.paths if p.name == name), None)
+
+    def throughput(self, name: str) -> float | None:
+        p = self.path(name)
+        return p.throughput if p is not None and p.status == STATUS_OK else None
+
+    def ping_avg(self, name: str) -> float | None:
+        p = self.path(name)
+        med = p.median if p is not None and p.status == STATUS_OK else None
+        return med.ping_avg_ms if med is not None else None
+
+    def ratio(self, numerator: str, denominator: str) -> float | None:
+        a, b = self.throughput(numerator), self.throughput(denominator)
+        if a is None or b is None or b <= 0:
+            return None
+        return a / b
+
+    def added_rtt(self, name: str) -> float | None:
+        """Median ping avg through ``name`` minus plain veth's (what the tunnel adds), ms."""
+        a, b = self.ping_avg(name), self.ping_avg(VETH)
+        return a - b if a is not None and b is not None else None
+
+    # ------------------------------------------------------------------ ratios and goals
+
+    def ratios(self) -> list[Ratio]:
+        """Each VPN against tunvpn (``X / tunvpn``), then tunvpn against each VPN (``tunvpn / X``)."""
+        others = [p.name for p in self.paths if p.name not in (TUNVPN, VETH)]
+        out = [Ratio(name, TUNVPN, self.ratio(name, TUNVPN)) for name in others]
+        out += [Ratio(TUNVPN, name, self.ratio(TUNVPN, name)) for name in others]
+        return out
+
+    def goals(self) -> list[Goal]:
+        """The issue's goals, judged on this report; strongSwan goals name both ESP transforms."""
+        out = []
+        ours = self.path(TUNVPN)
+        for prefix, minimum, aim, text in THROUGHPUT_GOALS:
+            for p in self.paths:
+                if p.name != prefix and not p.name.startswith(prefix + "-"):
+                    continue
+                goal_text = text
+                if prefix == "strongswan":
+                    theirs = p.cipher.split(";")[0] or "?"
+                    mine = (ours.cipher.split(";")[0] if ours is not None else "") or "?"
+                    goal_text += f" ({p.name}: {theirs}; tunvpn: {mine})"
+                value = self.ratio(TUNVPN, p.name)
+                if value is None:
+                    why = self._why_missing(TUNVPN, p.name)
+                    out.append(Goal(goal_text, f"tunvpn / {p.name} = n/a ({why})", None))
+                    continue
+                note = f"{value:.2f}x"
+                if aim is not None:
+                    note += f" (aim {aim:.1f}x {'reached' if value >= aim else 'not reached'})"
+                out.append(Goal(goal_text, f"tunvpn / {p.name} = {note}", value >= minimum))
+        if self.path("openvpn") is not None:
+            text = "added ping RTT (over plain veth) no worse than OpenVPN's"
+            ours, theirs = self.added_rtt(TUNVPN), self.added_rtt("openvpn")
+            if ours is None or theirs is None:
+                out.append(Goal(text, f"n/a ({self._why_missing(TUNVPN, 'openvpn', VETH)})", None))
+            else:
+                out.append(
+                    Goal(text, f"tunvpn +{ours:.3f} ms, openvpn +{theirs:.3f} ms", ours <= theirs + 1e-9)
+                )
+        return out
+
+    def _why_missing(self, *names: str) -> str:
+        parts = []
+        for name in names:
+            p = self.path(name)
+            if p is None:
+                parts.append(f"{name} not measured")
+            elif p.status != STATUS_OK or p.throughput is None:
+                parts.append(f"{name} {p.status if p.status != STATUS_OK else 'has no result'}")
+        return "; ".join(parts) or "no data"
+
+    # ------------------------------------------------------------------ output
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "started": self.started,
+            "finished": self.finished,
+            "host": self.host,
+            "options": self.options,
+            "paths": [p.to_dict() for p in self.paths],
+            "ratios": [asdict(r) for r in self.ratios()],
+            "goals": [asdict(g) for g in self.goals()],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchReport:
+        return cls(
+            paths=[PathResult.from_dict(p) for p in data.get("paths", [])],
+            options=dict(data.get("options", {})),
+            host=dict(data.get("host", {})),
+            started=data.get("started", ""),
+            finished=data.get("finished", ""),
+            command=data.get("command", ""),
+        )
+
+    def to_markdown(self) -> str:
+        return format_markdown(self)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def format_markdown(report: BenchReport) -> str:
+    opts = report.options
+    parallel = int(opts.get("parallel") or 0)
+    repeat = int(opts.get("repeat") or 1)
+    lines: list[str] = []
+    head = "## tunvpn bench"
+    if report.started:
+        head += f" {report.started}"
+    lines.append(head)
+    lines.append("")
+    host = report.host
+    if host:
+        lines.append(
+            f"Host: {host.get('kernel', '?')}, {host.get('cores', '?')} cores; iperf3 TCP 1 stream "
+            f"{opts.get('duration', '?')} s{f', -P {parallel}' if parallel else ''}"
+            f"{', reverse (-R)' if opts.get('reverse') else ''}; {opts.get('pings', '?')} pings at "
+            f"{opts.get('ping_interval', '?')} s; "
+            + (f"median of {repeat} runs per path" if repeat > 1 else "1 run per path")
+            + "."
+        )
+        lines.append("")
+    columns = ["path", "TCP 1 stream Mbit/s (rx)", "tx Mbit/s", "retr"]
+    if parallel:
+        columns.append(f"TCP -P {parallel} Mbit/s")
+    columns += [
+        "ping avg ms (min-max)",
+        "box CPU busy % (before)",
+        "x tunvpn",
+        "% of veth",
+        "runs",
+        "cipher",
+        "MTU",
+    ]
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for p in report.paths:
+        med = p.median if p.status == STATUS_OK else None
+        if med is None:
+            label = p.label if p.status != STATUS_OK else "no successful run"
+            cells = [p.name, _cell(label if len(label) <= 200 else label[:197] + "...")]
+            cells += [""] * (len(columns) - 2)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        ping = (
+            f"{_num(med.ping_avg_ms, 3)} ({_num(med.ping_min_ms, 3)}-{_num(med.ping_max_ms, 3)})"
+            if med.ping_avg_ms is not None
+            else "n/a"
+        )
+        if med.ping_loss_pct:
+            ping += f", {med.ping_loss_pct:.0f}% lost"
+        cells = [
+            p.name,
+            _num(med.tcp_receiver_mbps),
+            _num(med.tcp_sender_mbps),
+            "n/a" if med.retransmits is None else str(int(med.retransmits)),
+        ]
+        if parallel:
+            cells.append(_num(med.parallel_receiver_mbps))
+        veth = report.throughput(VETH)
+        share = (
+            f"{100 * med.tcp_receiver_mbps / veth:.1f}"
+            if veth and med.tcp_receiver_mbps is not None and p.name != VETH
+            else ""
+        )
+        cells += [
+            ping,
+            f"{_num(med.cpu_busy_pct, 0)} ({_num(med.cpu_background_pct, 0)})",
+            "" if p.name in (TUNVPN, VETH) else _ratio(report.ratio(p.name, TUNVPN)),
+            share,
+            f"{sum(1 for r in p.runs if r.ok)}/{len(p.runs)}",
+            _cell(p.cipher),
+            "" if p.mtu is None else str(p.mtu),
+        ]
+        if med.via_tunnel is False:
+            cells[0] += " (NOT via tunnel!)"
+        lines.append("| " + " | ".join(cells) + " |")
+    cores = host.get("cores", "?")
+    lines.append(
+        f"rx/tx: iperf3 receiver/sender; box CPU busy %: all {cores} cores = 100, from /proc/stat during "
+        "the 1-stream test, (before): the second before the tests, tunnel idle (other load on the box); "
+        "x tunvpn: this path's throughput / tunvpn's."
+    )
+    lines.append("")
+
+    ratios = [r for r in report.ratios() if r.numerator == TUNVPN]
+    if ratios:
+        tunvpn = report.path(TUNVPN)
+        if tunvpn is None or tunvpn.status != STATUS_OK:
+            why = tunvpn.status if tunvpn is not None else "not measured"
+            lines.append(f"Ratios to tunvpn: n/a (tunvpn {why}).")
+        else:
+            lines.append(
+                "Ratios (median TCP 1-stream receiver throughput): "
+                + ", ".join(f"tunvpn / {r.denominator} = {_ratio(r.value)}" for r in ratios)
+                + "."
+            )
+        lines.append("")
+    goals = report.goals()
+    if goals:
+        lines.append("Goals (issue 3):")
+        for g in goals:
+            verdict = {True: "met", False: "NOT met", None: "not judged"}[g.met]
+            lines.append(f"- {g.text}: {g.value}: {verdict}")
+        lines.append("")
+    programs = [p for p in report.paths if p.program]
+    if programs:
+        lines.append("Programs:")
+        for p in programs:
+            lines.append(f"- {p.name}: {p.program}")
+        if host.get("iperf3"):
+            lines.append(f"- load: {host['iperf3']}")
+        lines.append("")
+    notes = []
+    for p in report.paths:
+        med = p.median if p.status == STATUS_OK else None
+        if med is not None and med.daemon_cpu_pct:
+            daemons = ", ".join(f"{d} {v:.0f}%" for d, v in med.daemon_cpu_pct.items())
+            steal = f"; CPU steal {med.cpu_steal_pct:.0f}%" if med.cpu_steal_pct is not None else ""
+            notes.append(f"- {p.name}: daemons (% of one core) {daemons}{steal}")
+        for i, run in enumerate(p.runs, 1):
+            for err in run.errors:
+                notes.append(f"- {p.name} run {i}: {err}")
+            for note in run.notes:
+                notes.append(f"- {p.name} run {i}: {note}")
+    if notes:
+        lines.append("Notes:")
+        lines.extend(notes)
+        lines.append("")
+    if report.command:
+        lines.append(f"Command: `{report.command}`")
+        lines.append("")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "STATUS_FAILED",
+    "STATUS_NOT_AVAILABLE",
+    "STATUS_OK",
+    "BenchReport",
+    "Goal",
+    "PathResult",
+    "Ratio",
+    "RunResult",
+    "format_markdown",
+    "median_run",
+]
