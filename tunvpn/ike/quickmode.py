@@ -29,6 +29,7 @@ from .errors import NoProposalChosen, RemoteProtocolError
 from .identity import TrafficSelector
 from .messages import (
     DataAttribute,
+    HashPayload,
     IDPayload,
     KEPayload,
     NatOAPayload,
@@ -39,6 +40,7 @@ from .messages import (
     RawPayload,
     SAPayload,
     Transform,
+    decode_attributes,
     encode_attributes,
 )
 from .proposals import ChildProposal, ChildTransform, select_child_transform
@@ -244,26 +246,21 @@ class QuickModeMixin:
                 )
             )
         ex.state = "sent-2"
-        ex.data.update(spi_in=spi_in, spi_out=spi_out, ni=ni, nr=nr, name=policy.name, spis=(spi_in,))
+        ex.data.update(
+            spi_in=spi_in,
+            spi_out=spi_out,
+            ni=ni,
+            nr=nr,
+            name=policy.name,
+            spis=(spi_in,),
+            local_ts=ts_r,
+            remote_ts=ts_i,
+            lifetime_s=lifetime_s,
+            lifetime_kb=lifetime_kb,
+        )
         self._send_protected(sa, ex, ExchangeType.QUICK_MODE, out, now, expect_reply=True, extra=ni)
         # install now: peers such as vpnc send ESP before our third message arrives
-        local_ts, remote_ts = ts_r, ts_i
-        self._child_established(
-            sa,
-            ex,
-            ct,
-            spi_in,
-            spi_out,
-            ni,
-            nr,
-            g_qm,
-            local_ts,
-            remote_ts,
-            lifetime_s,
-            lifetime_kb,
-            "responder",
-            policy.name,
-        )
+        self._child_established(sa, ex, ct, g_qm, "responder")
 
     def _qm_r_third(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
         if not payloads or not hasattr(payloads[0].payload, "data"):
@@ -331,8 +328,6 @@ class QuickModeMixin:
         for n in parts["notifies"]:  # type: ignore[attr-defined]
             if n.notify_type == NotifyType.RESPONDER_LIFETIME:
                 life_type = None
-                from .messages import decode_attributes
-
                 for a in decode_attributes(n.data, field="RESPONDER-LIFETIME"):
                     if a.type == IPsecAttr.SA_LIFE_TYPE:
                         life_type = a.as_int()
@@ -340,51 +335,37 @@ class QuickModeMixin:
                         lifetime_s = min(lifetime_s, a.as_int())
                     elif a.type == IPsecAttr.SA_LIFE_DURATION and life_type == LifeType.KILOBYTES:
                         lifetime_kb = min(lifetime_kb, a.as_int()) if lifetime_kb else a.as_int()
-        spi_in: int = ex.data["spi_in"]  # type: ignore[assignment]
         spi_out = int.from_bytes(prop.spi, "big")
         hash3 = sa.prf_a(b"\x00" + struct.pack("!I", ex.message_id) + ni + nr)
-        from .messages import HashPayload
 
         data = sa.build(ExchangeType.QUICK_MODE, ex.message_id, [HashPayload(hash3)], encrypt=True)
         ex.last_out = data
         ex.retransmit_at = None
         ex.state = "done"
         self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
-        self._child_established(
-            sa,
-            ex,
-            ct,
-            spi_in,
-            spi_out,
-            ni,
-            nr,
-            g_qm,
-            local_ts,
-            remote_ts,
-            lifetime_s,
-            lifetime_kb,
-            "initiator",
-            str(ex.data.get("name", "")),
-        )
+        ex.data.update(spi_out=spi_out, nr=nr, lifetime_s=lifetime_s, lifetime_kb=lifetime_kb)
+        self._child_established(sa, ex, ct, g_qm, "initiator")
 
     def _child_established(
         self: IkeEngine,
         sa: IkeSA,
         ex: Exchange,
         ct: ChildTransform,
-        spi_in: int,
-        spi_out: int,
-        ni: bytes,
-        nr: bytes,
         g_qm: bytes | None,
-        local_ts: TrafficSelector,
-        remote_ts: TrafficSelector,
-        lifetime_s: int,
-        lifetime_kb: int,
         role: str,
-        name: str,
     ) -> None:
+        """Derive both directions' keys (RFC 2409 5.5) from what ``ex.data`` recorded."""
         assert sa.suite is not None and sa.keys is not None
+        d = ex.data
+        spi_in: int = d["spi_in"]  # type: ignore[assignment]
+        spi_out: int = d["spi_out"]  # type: ignore[assignment]
+        ni: bytes = d["ni"]  # type: ignore[assignment]
+        nr: bytes = d["nr"]  # type: ignore[assignment]
+        local_ts: TrafficSelector = d["local_ts"]  # type: ignore[assignment]
+        remote_ts: TrafficSelector = d["remote_ts"]  # type: ignore[assignment]
+        lifetime_s: int = d["lifetime_s"]  # type: ignore[assignment]
+        lifetime_kb: int = d["lifetime_kb"]  # type: ignore[assignment]
+        name = str(d.get("name", ""))
         enc_len, auth_len = crypto.esp_key_lengths(ct.suite.transform, ct.suite.key_length, ct.suite.auth)
         total = enc_len + auth_len
 
