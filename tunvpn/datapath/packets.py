@@ -106,6 +106,9 @@ _UDP4 = struct.Struct("!xBH2xHB11x4xH")
 _TCP6 = struct.Struct("!IHxB32x4xIIBB")
 # IPv6+UDP: version/class/flow label, payload length, hop limit | UDP length.
 _UDP6 = struct.Struct("!IHxB32x4xH")
+# IPv4 (no options) + TCP, gro_coalesce's fast path: TOS, total length, flags/fragment offset/TTL/
+# protocol as one word | addresses and ports as one key | seq, ack, data offset, flags.
+_FAST4 = struct.Struct("!xBH2xI2x12sIIBB")
 _H = struct.Struct(">H")
 _HH = struct.Struct(">HH")
 _I = struct.Struct(">I")
@@ -305,6 +308,24 @@ def _split(
 # --------------------------------------------------------------------------- GRO coalesce
 
 
+_SEQ_SHIFT = {hl: (hl - 28) * 8 for hl in range(40, 81, 4)}
+"""Where the TCP sequence number sits in an IPv4 (no options) + TCP header of ``hl`` octets read as an int."""
+_RUN_MASKS: dict[int, int] = {}
+
+
+def _run_mask(hl: int) -> int:
+    """The bits of an IPv4 + TCP header of ``hl`` octets (read as a big-endian int) that every
+    segment of one coalesced run shares, the sequence number included (it advances by a known
+    step): all but the IPv4 ID and checksum and the TCP window, checksum and urgent pointer."""
+    mask = _RUN_MASKS.get(hl)
+    if mask is None:
+        template = bytearray(b"\xff" * hl)
+        for start, stop in ((4, 6), (10, 12), (34, 40)):
+            template[start:stop] = bytes(stop - start)
+        mask = _RUN_MASKS[hl] = int.from_bytes(template, "big")
+    return mask
+
+
 class _Flow:
     """Segments gathered for one super-packet (internal to gro_coalesce)."""
 
@@ -355,26 +376,94 @@ def gro_coalesce(
     different flows may be reordered relative to each other.
     """
     order: list[_Flow | tuple[VirtioNetHdr, bytes | bytearray | memoryview]] = []
+    add = order.append
     open_flows: dict[bytes, _Flow] = {}
+    get_flow = open_flows.get
     single = NO_OFFLOAD_HDR
-    for packet in packets:
+    unpack4 = _FAST4.unpack_from
+    from_bytes = int.from_bytes
+    count = len(packets)
+    index = -1
+    while index + 1 < count:
+        index += 1
+        packet = packets[index]
         n = len(packet)
         first = packet[0] if n else 0
+        # Fast path: IPv4 without options carrying TCP, the bulk of a tunnel's traffic.
+        if first == 0x45 and n >= IPV4_MIN_HEADER + TCP_MIN_HEADER and packet[9] == IPPROTO_TCP:
+            tos, total, frag_ttl, key, seq, ack, offset, flags = unpack4(packet)
+            hl = IPV4_MIN_HEADER + ((offset >> 4) << 2)
+            size = n - hl
+            # Lengths agree, DF is the only IP flag, a real TCP header, payload, ACK or ACK|PSH.
+            if total != n or frag_ttl & 0xBFFF0000 or offset < 0x50 or size <= 0 or flags & 0xF7 != TCP_ACK:
+                open_flows.pop(key, None)  # keeps the flow's order: nothing later joins an earlier packet
+                add((single, packet))
+                continue
+            signature = (ack, frag_ttl, tos, offset, packet[40:hl] if hl > 40 else b"")
+            flow = get_flow(key)
+            if (
+                flow is not None
+                and flow.next_seq == seq
+                and size <= flow.gso_size
+                and flow.signature == signature
+                and hl + flow.length + size <= max_packet
+            ):
+                flow.packets.append(packet)
+                flow.length += size
+                if size < flow.gso_size or flags & TCP_PSH:
+                    flow.psh = flags & TCP_PSH
+                    del open_flows[key]
+                else:
+                    flow.next_seq = (seq + size) & 0xFFFFFFFF
+                continue
+            flow = _Flow(packet, IPPROTO_TCP, hl, size, (seq + size) & 0xFFFFFFFF, signature)
+            add(flow)
+            if flags & TCP_PSH:
+                open_flows.pop(key, None)
+                continue
+            open_flows[key] = flow
+            # The packets right behind it are, in a bulk transfer, full-size segments of the same
+            # flow: take them with one masked compare of their headers each.
+            end = index + (max_packet - hl) // size
+            if end > count:
+                end = count
+            if index + 1 >= end:
+                continue
+            mask = _run_mask(hl)
+            step = size << _SEQ_SHIFT[hl]
+            if seq + size * (end - index) > 0xFFFFFFFF:
+                continue  # the sequence number wraps in this run: the general path handles it
+            expect = (from_bytes(packet[:hl]) & mask) + step
+            taken = flow.packets
+            after = index + 1
+            while after < end:
+                nxt = packets[after]
+                if len(nxt) != n or from_bytes(nxt[:hl]) & mask != expect:
+                    break
+                taken.append(nxt)
+                expect += step
+                after += 1
+            joined = after - index - 1
+            if joined:
+                flow.length += joined * size
+                flow.next_seq = (seq + (joined + 1) * size) & 0xFFFFFFFF
+                index = after - 1
+            continue
         # One struct call per packet pulls every field the decision needs (see the _TCP*/_UDP* layouts).
         if first == 0x45 and n >= IPV4_MIN_HEADER + UDP_HEADER:
             iphl = IPV4_MIN_HEADER
             protocol = packet[9]
-            if protocol == IPPROTO_TCP and n >= IPV4_MIN_HEADER + TCP_MIN_HEADER:
-                tos, total, frag, ttl, seq, ack, offset, flags = _TCP4.unpack_from(packet)
-            elif protocol == IPPROTO_UDP:
+            if protocol == IPPROTO_UDP:
                 tos, total, frag, ttl, udp_len = _UDP4.unpack_from(packet)
             else:
-                order.append((single, packet))
+                add((single, packet))
                 continue
             # DF is the only flag allowed: no MF, no fragment offset, no reserved bit.
             ok = total == n and not frag & 0xBFFF
             ip_fields: tuple[int, ...] = (tos, frag, ttl)
-            key = bytes(packet[12:24])  # addresses and ports
+            key = packet[12:24]  # addresses and ports
+            if key.__class__ is not bytes:
+                key = bytes(key)
         elif first >> 4 == 6 and n >= IPV6_HEADER + UDP_HEADER:
             iphl = IPV6_HEADER
             protocol = packet[6]
@@ -383,13 +472,13 @@ def gro_coalesce(
             elif protocol == IPPROTO_UDP:
                 flow_word, total, hop, udp_len = _UDP6.unpack_from(packet)
             else:
-                order.append((single, packet))
+                add((single, packet))
                 continue
             ok = total + IPV6_HEADER == n
             ip_fields = (flow_word, hop)  # version, traffic class, flow label; hop limit
             key = bytes(packet[8:44])
         else:
-            order.append((single, packet))
+            add((single, packet))
             continue
 
         if protocol == IPPROTO_TCP:
@@ -398,10 +487,10 @@ def gro_coalesce(
             size = n - hl
             if not ok or l4hl < TCP_MIN_HEADER or size <= 0 or flags & ~TCP_PSH != TCP_ACK:
                 open_flows.pop(key, None)  # keeps the flow's order: nothing later joins an earlier packet
-                order.append((single, packet))
+                add((single, packet))
                 continue
             signature = (ip_fields, ack, offset, bytes(packet[iphl + TCP_MIN_HEADER : hl]))
-            flow = open_flows.get(key)
+            flow = get_flow(key)
             if (
                 flow is not None
                 and flow.next_seq == seq
@@ -417,7 +506,7 @@ def gro_coalesce(
                     del open_flows[key]
                 continue
             flow = _Flow(packet, IPPROTO_TCP, hl, size, (seq + size) & 0xFFFFFFFF, signature)
-            order.append(flow)
+            add(flow)
             if flags & TCP_PSH:
                 open_flows.pop(key, None)
             else:
@@ -427,9 +516,9 @@ def gro_coalesce(
             size = n - hl
             if not udp or not ok or size <= 0 or udp_len != n - iphl:
                 open_flows.pop(key, None)
-                order.append((single, packet))
+                add((single, packet))
                 continue
-            flow = open_flows.get(key)
+            flow = get_flow(key)
             if (
                 flow is not None
                 and size <= flow.gso_size
@@ -443,9 +532,10 @@ def gro_coalesce(
                     del open_flows[key]
                 continue
             flow = _Flow(packet, IPPROTO_UDP, hl, size, 0, ip_fields)
-            order.append(flow)
+            add(flow)
             open_flows[key] = flow
-    return [_build(item) if isinstance(item, _Flow) else item for item in order]
+    flow_class = _Flow
+    return [_build(item) if item.__class__ is flow_class else item for item in order]  # type: ignore[misc]
 
 
 def _build(flow: _Flow) -> tuple[VirtioNetHdr, bytes | bytearray | memoryview]:
@@ -478,6 +568,6 @@ def _build(flow: _Flow) -> tuple[VirtioNetHdr, bytes | bytearray | memoryview]:
         csum_offset = UDP_CSUM_OFFSET
     _H.pack_into(ip_header, iphl + csum_offset, pseudo)
     parts: list[bytes | bytearray | memoryview] = [ip_header]
-    parts += [memoryview(p)[hl:] for p in flow.packets]
+    parts += [p[hl:] for p in flow.packets]  # a bytes slice copies, yet costs less than a memoryview
     hdr = VirtioNetHdr(F_NEEDS_CSUM, gso_type, hl, flow.gso_size, iphl, csum_offset)
     return hdr, b"".join(parts)

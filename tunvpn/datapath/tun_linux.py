@@ -280,18 +280,21 @@ class TunDevice:
                 out.append(data)
             stats.packets_read += len(out)
             return out
-        while len(out) < max_packets:
+        read = os.read
+        append = out.append
+        reads = 0
+        while reads < max_packets:
             try:
-                data = os.read(fd, READ_SIZE)
+                data = read(fd, READ_SIZE)
             except BlockingIOError:
                 break
-            stats.reads += 1
+            reads += 1
+            if not data[1] and not data[0] & 1 and len(data) > VIRTIO_NET_HDR_LEN:
+                append(data[VIRTIO_NET_HDR_LEN:])  # GSO_NONE, checksum complete: the usual case
+                continue
             size = len(data) - VIRTIO_NET_HDR_LEN
             if size > stats.largest_read:
                 stats.largest_read = size
-            if not data[1] and not data[0] & 1 and size > 0:  # GSO_NONE, checksum complete
-                out.append(data[VIRTIO_NET_HDR_LEN:])
-                continue
             try:
                 hdr = VirtioNetHdr.parse(data)
                 if hdr.gso_type == GSO_NONE:
@@ -309,7 +312,14 @@ class TunDevice:
                     log.warning(
                         "%s: dropped a malformed read (%s; %d so far)", self.name, exc, stats.malformed
                     )
-        stats.packets_read += len(out)
+            if len(out) >= max_packets:
+                break
+        stats.reads += reads
+        if out:
+            stats.packets_read += len(out)
+            largest = max(map(len, out))
+            if largest > stats.largest_read:
+                stats.largest_read = largest
         return out
 
     def write_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> int:

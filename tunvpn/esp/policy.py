@@ -107,6 +107,27 @@ def compile_inbound_policy(
     return lambda packet: all(test(packet) for test in tests)
 
 
+def compile_inbound_ranges(
+    remote_ts: TrafficSelector | None, local_ts: TrafficSelector | None
+) -> tuple[int, int, int, int] | None:
+    """The inbound policy of an IPv4 SA as plain integers, for the data path's fast loop:
+    ``(src_lo, src_hi, dst_lo, dst_hi)``, the inner source and destination addresses (read as
+    32-bit big-endian ints) must lie in. An absent selector admits every address.
+
+    None when a selector is IPv6 or restricts protocol or ports: the fast loop then calls the
+    test of :func:`compile_inbound_policy` instead.
+    """
+    ranges = []
+    for ts in (remote_ts, local_ts):
+        if ts is None:
+            ranges += (0, _FULL[4])
+            continue
+        if ts.version != 4 or ts.protocol or ts.port:
+            return None
+        ranges += (int(ts.start), int(ts.end))
+    return ranges[0], ranges[1], ranges[2], ranges[3]
+
+
 def compile_outbound_ports(remote_ts: TrafficSelector, local_ts: TrafficSelector | None) -> PacketTest | None:
     """For routing: a test of the protocol/port parts of the selectors, or None if any."""
     tests = [

@@ -33,6 +33,7 @@ from .sa import InboundSA, OutboundSA
 from .transforms import Packet
 
 _ADDRESS_BITS = {4: 32, 6: 128}
+_ROUTE_CACHE_SIZE = 16384
 
 
 class _Choices(tuple):
@@ -51,7 +52,7 @@ class _Choices(tuple):
 class _RouteIndex:
     """Longest-prefix index of one address family."""
 
-    __slots__ = ("bits", "hosts", "prefixes", "stacks")
+    __slots__ = ("bits", "choices", "hosts", "prefixes", "stacks")
 
     def __init__(self, bits: int) -> None:
         self.bits = bits
@@ -61,6 +62,9 @@ class _RouteIndex:
         """``(shift, {address >> shift: route})``, longest prefix first; replaced on change."""
         self.stacks: dict[tuple[int, int], list[tuple[PacketTest | None, OutboundSA]]] = {}
         """Every SA routed over a block, oldest first: ``(prefix length, key) -> [...]``."""
+        self.choices = 0
+        """How many published routes are :class:`_Choices` (then the address alone does not
+        decide, and the table's route cache stays out of this family)."""
 
     def _table(self, length: int, create: bool) -> dict[int, OutboundSA | _Choices] | None:
         shift = self.bits - length
@@ -84,6 +88,8 @@ class _RouteIndex:
             lookup_key = key
             if table is None:
                 return
+        if table.get(lookup_key).__class__ is _Choices:
+            self.choices -= 1
         if not stack:
             table.pop(lookup_key, None)
             if length != self.bits and not table:
@@ -99,6 +105,7 @@ class _RouteIndex:
             if test is None:
                 break
         table[lookup_key] = _Choices(choices)
+        self.choices += 1
 
     def add(self, ts: TrafficSelector, test: PacketTest | None, sa: OutboundSA) -> list[tuple[int, int]]:
         blocks = []
@@ -164,6 +171,9 @@ class SadTable:
         """Installed outbound SAs -> (IP version routed, blocks in the route index)."""
         self._outbound_by_spi: dict[int, list[OutboundSA]] = {}
         self._routes = {4: _RouteIndex(32), 6: _RouteIndex(128)}
+        self._route_cache: dict[bytes, OutboundSA] = {}
+        """Destination address -> SA, for routes that depend on the address alone; replaced
+        (never cleared in place) by every change of the routes, see :meth:`encrypt_batch`."""
         self._events: deque[SaLifetimeEvent] = deque()
         self._timers: list[tuple[float, int, InboundSA | OutboundSA]] = []
         self._timer_order = itertools.count()
@@ -191,6 +201,7 @@ class SadTable:
                 version = sa.remote_ts.version
                 test = compile_outbound_ports(sa.remote_ts, sa.local_ts)
                 blocks = self._routes[version].add(sa.remote_ts, test, sa)
+                self._route_cache = {}
             self._outbound[sa] = (version, blocks)
             self._outbound_by_spi.setdefault(sa.spi, []).append(sa)
         self._adopt(sa)
@@ -239,6 +250,7 @@ class SadTable:
             return
         if version:
             self._routes[version].swap(blocks, old_sa, new)
+            self._route_cache = {}
         self._outbound[new] = (version, blocks)
         self._outbound_by_spi.setdefault(new.spi, []).append(new)
         self._adopt(new)
@@ -259,6 +271,7 @@ class SadTable:
                 raise ValueError(f"outbound SA {sa.spi:#010x} is not installed")
             if version:
                 self._routes[version].discard(blocks, sa)
+                self._route_cache = {}
             self._forget_outbound(sa)
             return
         self._retire(sa)
@@ -358,6 +371,24 @@ class SadTable:
             self._decrypt_run(run_spi, run, out, now)  # type: ignore[arg-type]
         return out
 
+    def decrypt_buffer(
+        self, buffer: bytes, segment: int, out: list[bytes], now: float = 0.0, rest: list[bytes] | None = None
+    ) -> list[bytes]:
+        """Decrypt a UDP GRO buffer (``segment``-octet ESP datagrams back to back, the last
+        possibly shorter) into ``out``. Datagrams not handled here (not of the first one's
+        SA, or not ESP at all: IKE, keepalives) are appended to ``rest``, which is returned,
+        for the caller to sort out (:meth:`decrypt_batch` takes the ESP ones)."""
+        if rest is None:
+            rest = []
+        sa = self._inbound.get(buffer[:4])
+        if sa is None:
+            if segment <= 0 or segment >= len(buffer):
+                rest.append(buffer)
+            else:
+                rest += [buffer[start : start + segment] for start in range(0, len(buffer), segment)]
+            return rest
+        return sa.decrypt_buffer(buffer, segment, out, self.drop_log, now, rest)
+
     def _decrypt_run(self, spi: Packet, run: list[Packet], out: list[bytes], now: float) -> None:
         sa = self._inbound.get(bytes(spi))
         if sa is not None:
@@ -385,25 +416,45 @@ class SadTable:
         within each SA (so per-peer order is kept), ready for one GSO send per peer.
         """
         groups: dict[OutboundSA, list[Packet]] = {}
-        select = self.select
-        hosts4 = self._routes[4].hosts
+        cache = self._route_cache
+        last_sa: OutboundSA | None = None
+        last_group: list[Packet] = []
         no_route = 0
         for packet in packets:
-            # Fast path: an IPv4 bytes packet to a host route (a client's virtual IP).
-            sa = hosts4.get(packet[16:20]) if packet.__class__ is bytes and packet[:1] == b"\x45" else None
-            if sa is None or sa.__class__ is _Choices:
-                sa = select(packet)
-            if sa is None:
-                no_route += 1
+            # The destination address (IPv4 or IPv6) looked up in the route cache first.
+            try:
+                version = packet[0] >> 4
+                sa = cache[packet[16:20] if version == 4 else packet[24:40] if version == 6 else None]
+            except (KeyError, IndexError, TypeError):
+                sa = self._route(packet, cache)
+                if sa is None:
+                    no_route += 1
+                    continue
+            if sa is last_sa:
+                last_group.append(packet)
                 continue
             group = groups.get(sa)
             if group is None:
-                groups[sa] = [packet]
-            else:
-                group.append(packet)
+                group = groups[sa] = []
+            group.append(packet)
+            last_sa, last_group = sa, group
         if no_route:
             self._drops[DropReason.NO_ROUTE] += no_route
         return [(sa, sa.encrypt_batch(group)) for sa, group in groups.items()]
+
+    def _route(self, packet: Packet, cache: dict[bytes, OutboundSA]) -> OutboundSA | None:
+        """:meth:`select`, remembering the answer in ``cache`` when the destination address
+        alone decides it (no protocol/port selectors involved)."""
+        sa = self.select(packet)
+        if sa is None or packet.__class__ is not bytes:
+            return sa
+        version = packet[0] >> 4
+        if self._routes[version].choices:
+            return sa
+        if len(cache) >= _ROUTE_CACHE_SIZE:
+            cache.clear()
+        cache[packet[16:20] if version == 4 else packet[24:40]] = sa
+        return sa
 
     def drop_counts(self) -> dict[DropReason, int]:
         """Every drop so far, by reason: the table's own plus those of all SAs, live or removed."""

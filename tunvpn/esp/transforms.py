@@ -51,6 +51,8 @@ Packet: TypeAlias = bytes | bytearray | memoryview
 _M32 = 0xFFFF_FFFF
 _pack_seq32 = struct.Struct(">I").pack
 _pack_seq64 = struct.Struct(">Q").pack
+_pack_header = struct.Struct(">IIQ").pack
+"""SPI, low sequence number and the 8-octet IV (the sequence number) of an AEAD ESP packet."""
 
 PAD_BYTES = bytes(range(1, 256))
 """RFC 4303 section 2.4: the default padding is 1, 2, 3, ...; ``PAD_BYTES[:n]`` is n of it."""
@@ -260,7 +262,7 @@ def _aead_opener(decrypt: Callable[..., bytes], salt: bytes, esn: bool) -> Opene
 class AeadEngine:
     """AES-GCM-16 (RFC 4106) or ChaCha20-Poly1305 (RFC 7634) for one SA direction."""
 
-    __slots__ = ("_encrypt", "_salt", "esn", "opener", "suite")
+    __slots__ = ("_decrypt", "_encrypt", "_salt", "esn", "opener", "suite")
 
     header_len = 16
     """SPI, sequence number and the 8-octet IV."""
@@ -280,6 +282,7 @@ class AeadEngine:
         else:
             aead = ChaCha20Poly1305(key)
         self._encrypt = aead.encrypt
+        self._decrypt = aead.decrypt
         self.opener: Opener = _aead_opener(aead.decrypt, self._salt, esn)
         """``opener(packet, seq)``: what :meth:`open` does, for hot loops."""
 
@@ -309,25 +312,41 @@ class AeadEngine:
         encrypt = self._encrypt
         salt = self._salt
         append = out.append
-        pack64 = _pack_seq64
         pad_slowly = _pad_slowly
-        esn = self.esn
         sealed_bytes = skipped = 0
+        esn = self.esn
+        if esn or seq + len(packets) > _M32:
+            pack64 = _pack_seq64
+            for packet in packets:
+                n = len(packet)
+                try:
+                    data = packet + trailers[packet[0] >> 4][n & 3]
+                except (IndexError, TypeError):
+                    data = pad_slowly(packet, trailers, 3)
+                    if data is None:
+                        skipped += 1
+                        continue
+                seq += 1
+                iv = pack64(seq)
+                append(spi + iv[4:] + iv + encrypt(salt + iv, data, spi + iv if esn else spi + iv[4:]))
+                sealed_bytes += n
+            return seq, sealed_bytes, skipped
+        # Without ESN, below 2^32: the header is SPI | seq | 0 | seq, one struct call.
+        pack_header = _pack_header
+        spi_value = int.from_bytes(spi, "big")
         for packet in packets:
-            n = len(packet)
             try:
-                data = packet + trailers[packet[0] >> 4][n & 3]
+                data = packet + trailers[packet[0] >> 4][len(packet) & 3]
             except (IndexError, TypeError):
                 data = pad_slowly(packet, trailers, 3)
                 if data is None:
                     skipped += 1
+                    sealed_bytes -= len(packet)
                     continue
             seq += 1
-            iv = pack64(seq)
-            aad = spi + iv if esn else spi + iv[4:]
-            append(spi + iv[4:] + iv + encrypt(salt + iv, data, aad))
-            sealed_bytes += n
-        return seq, sealed_bytes, skipped
+            header = pack_header(spi_value, seq, seq)
+            append(header + encrypt(salt + header[8:], data, header[:8]))
+        return seq, sealed_bytes + sum(map(len, packets)), skipped
 
 
 class CbcEngine:
