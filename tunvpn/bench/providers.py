@@ -16,6 +16,7 @@ then reports the path as "not available: <reason>" and goes on. Daemons started 
 
 from __future__ import annotations
 
+import abc
 import base64
 import datetime
 import json
@@ -57,7 +58,7 @@ class BenchContext:
     setup_timeout: float = 30.0
 
 
-class TunnelProvider:
+class TunnelProvider(abc.ABC):
     """Base class of a benchmark path. Subclasses set ``name`` and override ``setup``/``teardown``.
 
     ``program`` and ``cipher`` are shown in the report (fill them during ``setup``);
@@ -87,8 +88,9 @@ class TunnelProvider:
         """Debian packages that ``--install`` installs for the missing requirements."""
         return sorted({r.package for r in self.requirements if not r.present()})
 
+    @abc.abstractmethod
     def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
-        raise NotImplementedError
+        """Build the tunnel between the namespaces; return the tunnel addresses of A and B."""
 
     def teardown(self) -> None:
         for label, proc in reversed(list(self._procs.items())):

@@ -543,7 +543,9 @@ class InboundSA(_SecurityAssociation):
         """The hot loop (see :meth:`_fast` for when it applies): the replay window, the AEAD
         open and the IPv4 selectors inlined, over a list of packets or over one GRO buffer.
         Same checks and order as :meth:`decrypt`; anything unusual after the ICV verified
-        (padding, Next Header, a non-IPv4 inner packet) goes through :meth:`_inner`."""
+        (padding, Next Header, a non-IPv4 inner packet) goes through :meth:`_inner`.
+        The buffer walk and the list walk below repeat each other on purpose: one loop per
+        input shape keeps a per-packet branch out of the hottest code of the data path."""
         engine = self.engine
         decrypt = engine._decrypt  # type: ignore[union-attr]
         salt = engine._salt  # type: ignore[union-attr]
