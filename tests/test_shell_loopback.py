@@ -133,6 +133,7 @@ def test_main_mode_xauth_mode_config_split_networks_nat_t(tmp_path: Path) -> Non
 
 
 def test_aggressive_mode_with_group_identity_and_no_pfs() -> None:
+    """The gateway's policy says "no PFS"; the client follows it whatever its own default."""
     ike, natt = free_port_pair()
     gateway_options = GatewayOptions(
         listen=GATEWAY,
@@ -141,6 +142,7 @@ def test_aggressive_mode_with_group_identity_and_no_pfs() -> None:
         natt_port=natt,
         allow_aggressive_psk=True,
         pool=AddressPool.parse("10.79.0.10-10.79.0.20"),
+        pfs_groups=(),
     )
     client_options = ClientOptions(
         gateway=GATEWAY,
@@ -151,7 +153,6 @@ def test_aggressive_mode_with_group_identity_and_no_pfs() -> None:
         natt_port=natt,
         mode="aggressive",
         local_id=Identity.parse("keyid:team"),
-        pfs=None,
         exit_after_established=True,
         timeout=20,
     )

@@ -25,9 +25,10 @@ from tunvpn.ike import events as ev
 from tunvpn.ike.config import EngineConfig, PskTable
 from tunvpn.ike.constants import DHGroup
 from tunvpn.ike.engine import IkeEngine
-from tunvpn.ike.errors import LocalProtocolError
+from tunvpn.ike.errors import LocalProtocolError, RemoteProtocolError
 from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.modecfg import ModeConfig
+from tunvpn.ike.policies import Phase2Policy, PolicyPush, decode_policies, diff_policies
 from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1Policy
 from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
 
@@ -183,6 +184,12 @@ class Client:
         self.pending: dict[str, TrafficSelector] = {}
         """Quick Mode name -> remote selector, while it runs."""
         self.established: dict[str, ev.ChildSAEstablished] = {}
+        self.policies: tuple[Phase2Policy, ...] | None = None
+        """The phase 2 policies the gateway pushed (None: a standard gateway, which pushes none)."""
+        self.generation = 0
+        self.phase1: ev.Phase1Established | None = None
+        self.started = clock()
+        self.child_started: dict[int, float] = {}
         self.tunnel: Tunnel | None = None
         """The ESP data path (TUN device + data thread) when ``options.tun`` is set."""
         self.result: int | None = None
@@ -345,8 +352,16 @@ class Client:
         self.progress.report("modecfg", "requesting configuration", state="requested")
 
     def _mode_config_received(self, event: ev.ModeConfigReceived) -> None:
-        self.mode_config = event.config
         config = event.config
+        try:
+            push = decode_policies(config.unknown)
+        except RemoteProtocolError as exc:
+            self.fail("modecfg", f"the gateway's phase 2 policies are malformed: {exc}")
+            return
+        if event.pushed and push is not None and self.mode_config is not None:
+            self._policies_pushed(push, config)
+            return
+        self.mode_config = config
         self.progress.report(
             "modecfg",
             describe_mode_config(event.config),
@@ -357,17 +372,113 @@ class Client:
             dns=config.dns,
             pushed=event.pushed,
         )
+        if push is not None:
+            self.policies = push.policies
+            self.generation = push.generation
+            for policy in push.policies:
+                self.progress.report(
+                    "policy",
+                    policy.describe(),
+                    state="received",
+                    name=policy.name,
+                    generation=self.generation,
+                )
+            if push.protocols and not self._extra_protocols(push):
+                return
         if not self._quick_modes_started:
             self._start_quick_modes(event.config)
+
+    def _extra_protocols(self, push: PolicyPush) -> bool:
+        """Protocols the gateway requires before Quick Mode (run by plugins)."""
+        names = ", ".join(p.name for p in push.protocols)
+        first = push.protocols[0].name
+        self.fail(
+            "protocols",
+            f"the gateway requires {names} before Quick Mode; no installed plugin handles {first!r} "
+            f"(install the tunvpn-{first} plugin)",
+        )
+        return False
+
+    def _policies_pushed(self, push: PolicyPush, config: ModeConfig) -> None:
+        """The gateway changed its configuration (CFG_SET, already acknowledged): build the
+        added SAs, rebuild the changed ones (make-before-break), delete the removed ones,
+        and leave the unchanged ones and their traffic alone."""
+        assert self.sa_id is not None
+        old = self.policies or ()
+        d = diff_policies(old, push.policies)
+        self.policies = push.policies
+        self.generation = push.generation
+        self.progress.report(
+            "update",
+            f"gateway pushed policy generation {push.generation}: {len(d.added)} added, "
+            f"{len(d.changed)} changed, {len(d.removed)} removed, {len(d.unchanged)} unchanged",
+            state="received",
+            generation=push.generation,
+            added=[p.name for p in d.added],
+            changed=[p.name for p in d.changed],
+            removed=[p.name for p in d.removed],
+            unchanged=[p.name for p in d.unchanged],
+        )
+        for policy in d.removed:
+            child = self.established.pop(policy.name, None)
+            self.pending.pop(policy.name, None)
+            if child is None:
+                continue
+            try:
+                self.engine.delete_child(self.sa_id, child.spi_in, self.clock())
+            except LocalProtocolError:
+                pass  # the gateway deleted it already
+            self.progress.report("quick", f"{policy.name} removed", state="deleted", name=policy.name)
+        for policy in (*d.added, *d.changed):
+            self._start_policy(policy, self._local_selector(self.mode_config))
+
+    def _local_selector(self, config: ModeConfig | None) -> TrafficSelector:
+        address = config.address if config is not None else None
+        own = str(address) if isinstance(address, IPv4Address) else self.local_ip
+        return TrafficSelector.from_address(own)
+
+    def _start_policy(self, policy: Phase2Policy, assigned: TrafficSelector) -> bool:
+        assert self.sa_id is not None
+        local = policy.client_ts or assigned
+        remote = policy.gateway_ts
+        self.pending[policy.name] = remote
+        try:
+            self.engine.start_child(
+                self.sa_id, self.clock(), local, remote, policy.initiator_proposal(), name=policy.name
+            )
+        except LocalProtocolError as exc:
+            self.fail("quick", f"cannot start Quick Mode {policy.name}: {exc}")
+            return False
+        self.progress.report(
+            "quick",
+            f"{policy.name}: {local} === {remote} ({policy.suite})",
+            state="started",
+            name=policy.name,
+            local_ts=local,
+            remote_ts=remote,
+        )
+        return True
+
+    def proposal_for(self, name: str) -> ChildProposal:
+        """The Quick Mode proposal of a policy (to rekey it)."""
+        for policy in self.policies or ():
+            if policy.name == name:
+                return policy.initiator_proposal()
+        return child_proposal(self.options)
 
     def _start_quick_modes(self, config: ModeConfig | None) -> None:
         assert self.sa_id is not None
         self._quick_modes_started = True
         self.stage = "Quick Mode"
-        address = config.address if config is not None else None
-        local = TrafficSelector.from_address(
-            str(address) if isinstance(address, IPv4Address) else self.local_ip
-        )
+        local = self._local_selector(config)
+        if self.policies is not None:
+            if not self.policies:
+                self.fail("quick", "the gateway pushed no phase 2 policy for this user")
+                return
+            for policy in self.policies:
+                if not self._start_policy(policy, local):
+                    return
+            return
         proposal = child_proposal(self.options)
         for net in protected_networks(config):
             remote = TrafficSelector.from_network(net)
@@ -441,7 +552,7 @@ class Client:
                 self.engine,
                 name=options.tun,
                 mtu=options.mtu,
-                proposal_for=lambda _name: child_proposal(options),
+                proposal_for=self.proposal_for,
             )
             self.progress.report("tunnel", f"TUN device {self.tunnel.name} ready", state="ready")
         driver = UdpDriver(

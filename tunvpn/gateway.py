@@ -11,20 +11,32 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cryptography import x509
 
 from tunvpn.ike import events as ev
+from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
 from tunvpn.ike.constants import CfgAttr, DHGroup
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.modecfg import ModeConfig
+from tunvpn.ike.policies import (
+    ExtraProtocol,
+    Phase2Policy,
+    PolicyAttr,
+    PolicyPush,
+    diff_policies,
+    encode_policies,
+)
 from tunvpn.ike.proposals import (
     DEFAULT_ESP,
     LEGACY_ESP,
@@ -38,6 +50,7 @@ from tunvpn.shell.credentials import UserTable
 from tunvpn.shell.udp import UdpDriver
 
 if TYPE_CHECKING:
+    from tunvpn.gwconfig import GatewayConfig
     from tunvpn.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
@@ -47,6 +60,31 @@ ANY_IPV4 = IPv4Network("0.0.0.0/0")
 
 class ConfigError(ValueError):
     """The gateway or client options do not make sense (the message says what to change)."""
+
+
+class Rule(Protocol):
+    """A phase 2 policy and who gets it (``tunvpn.gwconfig.PolicyRule``): everyone when
+    ``groups`` and ``users`` are both empty, else members of a listed group or listed users."""
+
+    @property
+    def policy(self) -> Phase2Policy: ...
+    @property
+    def groups(self) -> tuple[str, ...]: ...
+    @property
+    def users(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class SimpleRule:
+    policy: Phase2Policy
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+
+
+def rule_applies(rule: Rule, user: str | None, groups: Iterable[str]) -> bool:
+    if not rule.groups and not rule.users:
+        return True
+    return (user is not None and user in rule.users) or bool(set(rule.groups) & set(groups))
 
 
 class AddressPool:
@@ -131,6 +169,22 @@ class GatewayOptions:
     sa_lifetime: int = 3600
     """Longest IPsec SA lifetime in seconds the gateway grants (lower offers are kept)."""
     mtu: int = 1400
+    rules: tuple[Rule, ...] = ()
+    """Phase 2 policies and who gets them; empty: one policy per ``split`` network (or all)."""
+    groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Group name -> members (user names)."""
+    protocols: tuple[ExtraProtocol, ...] = ()
+    """Extra protocols the clients must run before Quick Mode (announced in phase 1a)."""
+    domains: tuple[str, ...] = ()
+    """DNS domains: the default domain first, then split-DNS domains."""
+    phase1: Phase1Policy | None = None
+    """Phase 1 algorithms accepted; None: every strong suite (plus legacy ones with ``legacy``)."""
+    credential: Credential | None = None
+    trusted_cas: tuple[x509.Certificate, ...] = ()
+    config_path: str | None = None
+    """The TOML file the options came from (``tunvpn reload`` reads it again)."""
+    control_socket: str | None = None
+    """Path of the control socket (``tunvpn status``/``reload``); None: no control socket."""
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -145,8 +199,8 @@ class GatewayOptions:
             )
         if self.require_xauth and self.users is None:
             raise ConfigError("--require-xauth needs --users FILE (the XAUTH user database)")
-        if not self.psks:
-            raise ConfigError("no pre-shared key configured")
+        if not self.psks and self.credential is None:
+            raise ConfigError("no pre-shared key or certificate configured")
 
 
 def legacy_algorithm_names() -> list[str]:
@@ -169,19 +223,77 @@ def child_proposal(
     return ChildProposal(esp=esp, pfs_group=None, accept_pfs=accept, lifetime_seconds=lifetime)
 
 
-def child_policies(options: GatewayOptions, phase1: Phase1Policy) -> tuple[ChildPolicy, ...]:
-    """One ChildPolicy per split network (or 0.0.0.0/0); the remote selector is the client's
-    assigned address."""
+def default_policies(options: GatewayOptions, phase1: Phase1Policy) -> tuple[Phase2Policy, ...]:
+    """Without configured rules: one policy per ``--split`` network (or 0.0.0.0/0), the
+    strongest ESP suites first, PFS with the strongest phase 1 group."""
     networks = options.split or (ANY_IPV4,)
-    proposal = child_proposal(phase1, options.legacy, options.pfs_groups, options.sa_lifetime)
-    return tuple(ChildPolicy(str(net), TrafficSelector.from_network(net), None, proposal) for net in networks)
+    esp = DEFAULT_ESP + LEGACY_ESP if options.legacy else DEFAULT_ESP
+    pfs: DHGroup | None = DHGroup.ECP_256
+    if options.pfs_groups is not None:  # --pfs-groups: the first is pushed; none given: no PFS
+        pfs = DHGroup(options.pfs_groups[0]) if options.pfs_groups else None
+    return tuple(
+        Phase2Policy(str(net), TrafficSelector.from_network(net), None, esp, pfs, options.sa_lifetime)
+        for net in networks
+    )
+
+
+def effective_rules(options: GatewayOptions, phase1: Phase1Policy) -> tuple[Rule, ...]:
+    if options.rules:
+        return options.rules
+    return tuple(SimpleRule(p) for p in default_policies(options, phase1))
+
+
+def child_policies_for(
+    policies: Sequence[Phase2Policy],
+    *,
+    tunvpn_peer: bool,
+    phase1: Phase1Policy,
+    legacy: bool,
+    pfs_groups: Sequence[int] | None = None,
+) -> tuple[ChildPolicy, ...]:
+    """The responder side of each policy. A tunvpn client was told the exact suite and PFS
+    group; a standard client (vpnc) picks its own, so it may use any of the policy's suites
+    (plus the legacy ones with ``legacy``) with or without PFS."""
+    out = []
+    for policy in policies:
+        if tunvpn_peer:
+            proposal = policy.responder_proposal()
+        else:
+            groups = list(phase1.groups_by_strength()) if pfs_groups is None else list(pfs_groups)
+            esp = policy.esp + tuple(s for s in LEGACY_ESP if legacy and s not in policy.esp)
+            proposal = ChildProposal(
+                esp=esp,
+                pfs_group=None,
+                accept_pfs=frozenset(DHGroup(g) for g in groups),
+                lifetime_seconds=policy.lifetime_seconds,
+                lifetime_kilobytes=policy.lifetime_kilobytes,
+            )
+        out.append(ChildPolicy(policy.name, policy.gateway_ts, policy.client_ts, proposal))
+    return tuple(out)
+
+
+def child_policies(options: GatewayOptions, phase1: Phase1Policy) -> tuple[ChildPolicy, ...]:
+    """What the engine accepts from a client before Mode Config picked its own policies
+    (every policy, standard-client view)."""
+    policies = [r.policy for r in effective_rules(options, phase1)]
+    return child_policies_for(
+        policies, tunvpn_peer=False, phase1=phase1, legacy=options.legacy, pfs_groups=options.pfs_groups
+    )
+
+
+def phase1_policy(options: GatewayOptions) -> Phase1Policy:
+    if options.phase1 is not None:
+        return options.phase1
+    return Phase1Policy.with_legacy() if options.legacy else Phase1Policy()
 
 
 def build_engine_config(options: GatewayOptions) -> EngineConfig:
-    phase1 = Phase1Policy.with_legacy() if options.legacy else Phase1Policy()
+    phase1 = phase1_policy(options)
     return EngineConfig(
         local_id=options.local_id,
         psks=options.psks,
+        credential=options.credential,
+        trusted_cas=options.trusted_cas,
         phase1=phase1,
         children=child_policies(options, phase1),
         allow_aggressive_psk=options.allow_aggressive_psk,
@@ -193,20 +305,53 @@ def build_engine_config(options: GatewayOptions) -> EngineConfig:
     )
 
 
+@dataclass
+class Session:
+    """One connected client (one ISAKMP SA) as the gateway sees it."""
+
+    sa_id: bytes
+    peer: tuple[str, int]
+    exchange: str = ""
+    suite: str = ""
+    peer_id: str = ""
+    established: float = 0.0
+    tunvpn: bool = False
+    user: str | None = None
+    groups: frozenset[str] = frozenset()
+    address: IPv4Address | None = None
+    policies: tuple[Phase2Policy, ...] = ()
+    generation: int = 0
+    pending: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """CFG_SET identifier -> names of policies to delete once the client acknowledges."""
+
+
 class Gateway:
-    """Reacts to the engine's events: checks XAUTH users, leases addresses, logs SAs."""
+    """Reacts to the engine's events: checks XAUTH users, leases addresses, hands each client
+    its phase 2 policies (phase 1a), and pushes changed policies to connected clients."""
 
     def __init__(self, options: GatewayOptions, *, clock: Callable[[], float] = time.time) -> None:
         self.options = options
         self.clock = clock
+        self.started = clock()
         self.config = build_engine_config(options)
+        self.phase1 = phase1_policy(options)
         self.engine = IkeEngine(self.config, ike_port=options.ike_port)
         self.children: dict[int, ev.ChildSAEstablished] = {}
+        """Inbound SPI -> the Quick Mode that made it."""
+        self.child_started: dict[int, float] = {}
+        self.sessions: dict[bytes, Session] = {}
+        """ISAKMP SA id -> the client on it."""
+        self.generation = 1
+        """Policy generation: raised by every reload that changes something."""
         self.tunnel: Tunnel | None = None
         """The ESP data path (TUN device + data thread) when ``options.tun`` is set."""
-        """Inbound SPI -> the Quick Mode that made it (what the data path will need)."""
         self.driver: UdpDriver | None = None
+        self.control: Any = None
         self._stop: asyncio.Event | None = None
+        self._warn_weak(options)
+
+    @staticmethod
+    def _warn_weak(options: GatewayOptions) -> None:
         if options.legacy:
             log.warning(
                 "legacy algorithms enabled (--legacy): %s; use them only for peers that "
@@ -219,25 +364,70 @@ class Gateway:
                 "use long random group secrets"
             )
 
+    # ------------------------------------------------------------------ policies
+
+    def groups_of(self, user: str | None) -> frozenset[str]:
+        if user is None:
+            return frozenset()
+        return frozenset(g for g, members in self.options.groups.items() if user in members)
+
+    def policies_for(self, user: str | None, groups: Iterable[str] = ()) -> tuple[Phase2Policy, ...]:
+        """The phase 2 policies of ``user`` (a member of ``groups``), in configuration order."""
+        groups = frozenset(groups) | self.groups_of(user)
+        return tuple(
+            r.policy for r in effective_rules(self.options, self.phase1) if rule_applies(r, user, groups)
+        )
+
+    def _install_policies(self, session: Session, policies: tuple[Phase2Policy, ...]) -> None:
+        session.policies = policies
+        self.engine.set_child_policies(
+            session.sa_id,
+            child_policies_for(
+                policies,
+                tunvpn_peer=session.tunvpn,
+                phase1=self.phase1,
+                legacy=self.options.legacy,
+                pfs_groups=self.options.pfs_groups,
+            ),
+        )
+
+    def _push(self, session: Session) -> PolicyPush:
+        return PolicyPush(self.generation, tuple(p.wire() for p in session.policies), self.options.protocols)
+
     # ------------------------------------------------------------------ events
 
     def handle_event(self, event: ev.Event) -> None:
         now = self.clock()
-        if isinstance(event, ev.XauthCredentials):
+        if isinstance(event, ev.Phase1Established):
+            self.sessions[event.sa_id] = Session(
+                event.sa_id,
+                event.peer,
+                event.exchange,
+                event.suite,
+                event.peer_id,
+                now,
+                tunvpn="tunvpn" in event.peer_vendor_ids,
+            )
+        elif isinstance(event, ev.XauthCredentials):
             self._check_user(event, now)
         elif isinstance(event, ev.ModeConfigRequested):
             self._mode_config(event, now)
+        elif isinstance(event, ev.ModeConfigAcknowledged):
+            self._acknowledged(event, now)
         elif isinstance(event, ev.ChildSAEstablished):
             self.children[event.spi_in] = event
+            self.child_started[event.spi_in] = now
             if self.tunnel is not None:
                 self.tunnel.child_established(event)
         elif isinstance(event, ev.ChildSADeleted):
             self.children.pop(event.spi_in, None)
+            self.child_started.pop(event.spi_in, None)
             if self.tunnel is not None:
                 self.tunnel.child_deleted(event)
         elif isinstance(event, (ev.IkeSADeleted, ev.Phase1Failed)) or (
             isinstance(event, ev.XauthCompleted) and not event.success
         ):
+            self.sessions.pop(event.sa_id, None)
             self._release(event.sa_id)
 
     def _check_user(self, event: ev.XauthCredentials, now: float) -> None:
@@ -251,14 +441,27 @@ class Gateway:
             why = "" if ok else "bad user name or password"
         if ok:
             log.info("XAUTH: user %r from %s accepted", event.user_name, event.peer[0])
+            session = self.sessions.get(event.sa_id)
+            if session is not None:
+                session.user = event.user_name
+                session.groups = self.groups_of(event.user_name)
         else:
             log.warning("XAUTH: user %r from %s rejected: %s", event.user_name, event.peer[0], why)
         try:
-            self.engine.xauth_verdict(event.sa_id, now, ok)
+            self.engine.xauth_verdict(
+                event.sa_id, now, ok, None if ok else "user name or password not accepted"
+            )
         except LocalProtocolError as exc:
             log.warning("XAUTH verdict for %s not sent: %s", event.peer[0], exc)
 
     def _mode_config(self, event: ev.ModeConfigRequested, now: float) -> None:
+        session = self.sessions.get(event.sa_id)
+        if session is None:  # pragma: no cover - phase 1 always comes first
+            session = self.sessions.setdefault(event.sa_id, Session(event.sa_id, event.peer))
+        session.tunvpn = session.tunvpn or event.tunvpn_peer
+        if session.user is None and event.user_name:
+            session.user = event.user_name
+            session.groups = self.groups_of(event.user_name)
         address: IPv4Address | None = None
         if self.options.pool is not None:
             address = self.options.pool.lease(event.sa_id)
@@ -271,41 +474,224 @@ class Gateway:
                 )
                 self.engine.delete_ike_sa(event.sa_id, now, reason="address pool exhausted")
                 return
-        config = self.mode_config_for(address, event.requested_types)
+        session.address = address
+        self._install_policies(session, self.policies_for(session.user, session.groups))
+        wants_policies = session.tunvpn and PolicyAttr.PHASE2_POLICIES in event.requested_types
+        config = self.mode_config_for(address, event.requested_types, session.policies)
+        extra = encode_policies(self._push(session)) if wants_policies else ()
+        if wants_policies:
+            session.generation = self.generation
         log.info(
-            "Mode Config: %s (id %s%s) gets %s",
+            "Mode Config: %s (id %s%s) gets %s and %d phase 2 polic%s%s",
             event.peer[0],
             event.peer_id,
-            f", user {event.user_name!r}" if event.user_name else "",
+            f", user {session.user!r}" if session.user else "",
             address if address is not None else "no address (no pool)",
+            len(session.policies),
+            "y" if len(session.policies) == 1 else "ies",
+            " (pushed as CFG_ sets)" if wants_policies else " (standard client: split networks)",
         )
         try:
-            self.engine.mode_config_reply(event.sa_id, now, event.identifier, config)
+            self.engine.mode_config_reply(event.sa_id, now, event.identifier, config, extra)
         except LocalProtocolError as exc:
             log.warning("Mode Config reply to %s not sent: %s", event.peer[0], exc)
             if address is not None:
                 self._release(event.sa_id)
 
-    def mode_config_for(self, address: IPv4Address | None, requested: Sequence[int] = ()) -> ModeConfig:
+    def mode_config_for(
+        self,
+        address: IPv4Address | None,
+        requested: Sequence[int] = (),
+        policies: Sequence[Phase2Policy] | None = None,
+    ) -> ModeConfig:
         """What a client gets: its address (/32), DNS, and the protected networks as Cisco Unity
         SPLIT_INCLUDE and/or INTERNAL_IP4_SUBNET, whichever it asked for (both if it named neither)."""
         wants_unity = CfgAttr.UNITY_SPLIT_INCLUDE in requested
         wants_subnets = CfgAttr.INTERNAL_IP4_SUBNET in requested or not wants_unity
-        split = tuple(self.options.split)
+        if policies is None:
+            policies = self.policies_for(None)
+        nets: list[IPv4Network] = []
+        for policy in policies:
+            for net in policy.gateway_ts.networks():
+                if isinstance(net, IPv4Network) and net != ANY_IPV4 and net not in nets:
+                    nets.append(net)
+        domains = self.options.domains
         return ModeConfig(
             address=address,
             netmask=IPv4Address("255.255.255.255") if address is not None else None,
             dns=tuple(self.options.dns),
-            split_include=split if wants_unity else (),
-            subnets=split if wants_subnets else (),
+            subnets=tuple(nets) if wants_subnets else (),
+            split_include=tuple(nets) if wants_unity else (),
+            default_domain=domains[0] if domains and wants_unity else None,
+            split_dns=tuple(domains[1:]) if wants_unity else (),
             banner=self.options.banner,
         )
+
+    def _acknowledged(self, event: ev.ModeConfigAcknowledged, now: float) -> None:
+        session = self.sessions.get(event.sa_id)
+        if session is None:
+            return
+        removed = session.pending.pop(event.identifier, ())
+        log.info(
+            "client %s acknowledged policy generation %d", session.user or session.peer[0], session.generation
+        )
+        self._delete_children_named(session, removed, now)
+
+    def _delete_children_named(self, session: Session, names: Iterable[str], now: float) -> None:
+        names = set(names)
+        for child in list(self.children.values()):
+            if child.sa_id == session.sa_id and child.policy_name in names:
+                try:
+                    self.engine.delete_child(session.sa_id, child.spi_in, now)
+                except LocalProtocolError:
+                    continue  # the client deleted it first
+                log.info("deleted SA %r of %s: the policy was removed", child.policy_name, session.peer[0])
 
     def _release(self, sa_id: bytes) -> None:
         if self.options.pool is not None:
             address = self.options.pool.release(sa_id)
             if address is not None:
                 log.info("address %s returned to the pool", address)
+
+    # ------------------------------------------------------------------ reload
+
+    def apply_options(self, new: GatewayOptions) -> dict[str, object]:
+        """Switch to ``new`` options (a reloaded config): new clients get the new policies,
+        connected tunvpn clients get them pushed (CFG_SET), standard clients keep their SAs
+        until they reconnect. Settings that need a restart (addresses, ports, TUN) are kept
+        and reported. Returns a summary for ``tunvpn reload``."""
+        now = self.clock()
+        old = self.options
+        kept = [
+            name
+            for name in ("listen", "ike_port", "natt_port", "tun", "mtu", "keylog", "control_socket")
+            if getattr(old, name) != getattr(new, name)
+        ]
+        for name in kept:
+            setattr(new, name, getattr(old, name))
+        if (
+            new.pool is not None
+            and old.pool is not None
+            and (new.pool.first, new.pool.last)
+            == (
+                old.pool.first,
+                old.pool.last,
+            )
+        ):
+            new.pool = old.pool  # keep the leases
+        elif new.pool is not None and old.pool is not None:
+            for owner, address in old.pool.leased().items():
+                if address in new.pool:
+                    new.pool._leases[owner] = address
+        self.options = new
+        self.phase1 = phase1_policy(new)
+        self.config = build_engine_config(new)
+        self.engine.config = self.config
+        self._warn_weak(new)
+        changes: list[str] = []
+        before = [r.policy for r in effective_rules(old, phase1_policy(old))]
+        after = [r.policy for r in effective_rules(new, self.phase1)]
+        d = diff_policies(before, after)
+        changes += [f"added policy {p.name}" for p in d.added]
+        changes += [f"removed policy {p.name}" for p in d.removed]
+        changes += [f"changed policy {p.name}" for p in d.changed]
+        if old.groups != new.groups:
+            changes.append("group membership changed")
+        if old.protocols != new.protocols:
+            changes.append("extra protocols changed")
+        if (old.dns, old.domains, old.banner) != (new.dns, new.domains, new.banner):
+            changes.append("DNS/banner changed")
+        if changes:
+            self.generation = self.generation % 0xFFFF + 1
+        updated = 0
+        for session in list(self.sessions.values()):
+            if session.address is None and not session.policies:
+                continue  # not through Mode Config yet: it will get the new policies
+            policies = self.policies_for(session.user, session.groups)
+            if policies == session.policies and session.generation == self.generation:
+                continue
+            if policies == session.policies and not session.tunvpn:
+                continue
+            removed = [p.name for p in diff_policies(session.policies, policies).removed]
+            self._install_policies(session, policies)
+            if session.tunvpn:
+                config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), policies)
+                try:
+                    identifier = self.engine.push_mode_config(
+                        session.sa_id, now, config, encode_policies(self._push(session))
+                    )
+                except LocalProtocolError as exc:
+                    log.warning("cannot push policies to %s: %s", session.peer[0], exc)
+                    continue
+                session.pending[identifier] = tuple(removed)
+                session.generation = self.generation
+                updated += 1
+                log.info(
+                    "pushed policy generation %d to %s (%d policies)",
+                    self.generation,
+                    session.user or session.peer[0],
+                    len(policies),
+                )
+            else:
+                self._delete_children_named(session, removed, now)
+        if self.driver is not None:
+            self.driver.flush()
+        if kept:
+            changes.append("needs a restart to change: " + ", ".join(kept))
+        log.info("configuration reloaded: %s", "; ".join(changes) or "no change")
+        return {"generation": self.generation, "changes": changes, "clients_updated": updated}
+
+    def reload(self) -> dict[str, object]:
+        """Read the configuration file again (``tunvpn reload``, SIGHUP). A bad file changes
+        nothing: the error (file, line, key, reason) is logged and raised."""
+        if self.options.config_path is None:
+            raise ConfigError("the gateway was started without a configuration file (-c); nothing to reload")
+        from tunvpn.gwconfig import load_gateway_config
+
+        new = options_from_config(load_gateway_config(self.options.config_path))
+        return self.apply_options(new)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, object]:
+        """What ``tunvpn status`` shows (schema in tunvpn/control.py)."""
+        now = self.clock()
+        counters = _sa_counters(self.tunnel)
+        tunnels = []
+        for session in self.sessions.values():
+            sas = []
+            for child in self.children.values():
+                if child.sa_id != session.sa_id:
+                    continue
+                sas.append(_child_status(child, counters, now - self.child_started.get(child.spi_in, now)))
+            tunnels.append(
+                {
+                    "peer": f"{session.peer[0]}:{session.peer[1]}",
+                    "peer_id": session.peer_id,
+                    "user": session.user,
+                    "groups": sorted(session.groups),
+                    "address": str(session.address) if session.address is not None else None,
+                    "tunvpn": session.tunvpn,
+                    "generation": session.generation,
+                    "phase1": {
+                        "exchange": session.exchange,
+                        "suite": session.suite,
+                        "established": session.established,
+                        "expires_in": None,
+                    },
+                    "sas": sas,
+                }
+            )
+        return {
+            "role": "gateway",
+            "pid": os.getpid(),
+            "started": self.started,
+            "config": self.options.config_path,
+            "generation": self.generation,
+            "listen": self.options.listen,
+            "policies": [r.policy.describe() for r in effective_rules(self.options, self.phase1)],
+            "tunnels": tunnels,
+        }
 
     # ------------------------------------------------------------------ running
 
@@ -389,6 +775,77 @@ class Gateway:
             log.info("data path: %s", self.tunnel.dataplane.stats())
             self.tunnel.close()
             self.tunnel = None
+
+
+def _sa_counters(tunnel: Tunnel | None) -> dict[int, tuple[int, int]]:
+    """SPI -> (bytes, packets) of every installed SA (read from the data thread's table;
+    plain int reads, so a slightly stale value at worst)."""
+    if tunnel is None:
+        return {}
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        sad = tunnel.dataplane.sad
+        for sa in sad.inbound_sas():
+            out[sa.spi] = (sa.bytes, sa.packets)
+        for sa in sad.outbound_sas():
+            out[sa.spi] = (sa.bytes, getattr(sa, "seq", 0))
+    except (AttributeError, RuntimeError):  # the table changed while we read it
+        pass
+    return out
+
+
+def _child_status(
+    child: ev.ChildSAEstablished, counters: dict[int, tuple[int, int]], age: float
+) -> dict[str, object]:
+    from tunvpn.shell.udp import esp_suite_name
+
+    bytes_in, packets_in = counters.get(child.spi_in, (0, 0))
+    bytes_out, packets_out = counters.get(child.spi_out, (0, 0))
+    return {
+        "name": child.policy_name,
+        "local_ts": str(child.local_ts),
+        "remote_ts": str(child.remote_ts),
+        "esp": esp_suite_name(child.transform, child.key_length, child.integrity),
+        "pfs": DHGroup(child.pfs_group).name if child.pfs_group else None,
+        "spi_in": f"0x{child.spi_in:08x}",
+        "spi_out": f"0x{child.spi_out:08x}",
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "packets_in": packets_in,
+        "packets_out": packets_out,
+        "lifetime": child.lifetime_seconds,
+        "expires_in": max(0.0, child.lifetime_seconds - age) if child.lifetime_seconds else None,
+    }
+
+
+def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
+    """The gateway options of a parsed configuration file (``tunvpn gateway -c``)."""
+    return GatewayOptions(
+        listen=cfg.listen,
+        psks=cfg.psks,
+        ike_port=cfg.ike_port,
+        natt_port=cfg.natt_port,
+        users=cfg.users,
+        pool=cfg.pool,
+        dns=tuple(cfg.dns),
+        allow_aggressive_psk=cfg.allow_aggressive_psk,
+        legacy=cfg.legacy,
+        require_xauth=cfg.require_xauth,
+        banner=cfg.banner,
+        local_id=cfg.local_id,
+        keylog=cfg.keylog,
+        tun=cfg.tun,
+        mtu=cfg.mtu,
+        rules=tuple(cfg.rules),
+        groups=dict(cfg.groups),
+        protocols=tuple(cfg.protocols),
+        domains=tuple(cfg.domains),
+        phase1=cfg.phase1,
+        credential=cfg.credential,
+        trusted_cas=tuple(cfg.trusted_cas),
+        config_path=None if cfg.source.startswith("<") else cfg.source,
+        control_socket=cfg.control_socket,
+    )
 
 
 def _counters_text(driver: UdpDriver) -> str:

@@ -116,6 +116,8 @@ class ModeConfigRequested(Event):
     """The raw attribute types asked for, in order."""
     identifier: int
     """The transaction identifier, to be echoed in the reply."""
+    tunvpn_peer: bool = False
+    """The client sent the tunvpn vendor ID (it understands pushed phase 2 policies)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,16 @@ class ModeConfigReceived(Event):
     """Decoded attributes (unknown ones are kept in ``config.unknown``)."""
     pushed: bool
     """True for a gateway-initiated CFG_SET, False for a reply to our request."""
+
+
+@dataclass(frozen=True)
+class ModeConfigAcknowledged(Event):
+    """Gateway side: the client acknowledged a pushed CFG_SET (CFG_ACK)."""
+
+    identifier: int
+    """The transaction identifier of the CFG_SET."""
+    types: tuple[int, ...]
+    """The attribute types the client acknowledged."""
 
 
 @dataclass(frozen=True)

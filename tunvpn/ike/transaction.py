@@ -23,6 +23,7 @@ from .messages import (
     RawPayload,
 )
 from .modecfg import ModeConfig
+from .policies import PolicyAttr
 from .sa import Exchange, IkeSA, Role
 
 if TYPE_CHECKING:
@@ -186,6 +187,8 @@ class TransactionMixin:
                     CfgAttr.UNITY_LOCAL_LAN,
                     CfgAttr.UNITY_PFS,
                 ]
+            if sa.tunvpn_peer:
+                types.append(PolicyAttr.PHASE2_POLICIES)  # tunvpn: "send every phase 2 policy"
             attrs = [DataAttribute(t, b"") for t in (*types, *extra_types)]
         else:
             attrs = [*request.to_attributes(), *(DataAttribute(t, b"") for t in extra_types)]
@@ -232,8 +235,9 @@ class TransactionMixin:
 
     def push_mode_config(
         self: IkeEngine, sa_id: bytes, now: float, config: ModeConfig, extra: tuple[DataAttribute, ...] = ()
-    ) -> None:
-        """Gateway: push attributes with CFG_SET; the client answers CFG_ACK."""
+    ) -> int:
+        """Gateway: push attributes with CFG_SET; the client answers CFG_ACK
+        (:class:`~tunvpn.ike.events.ModeConfigAcknowledged`). Returns the identifier."""
         sa = self.get_sa(sa_id)
         if config.address is not None:
             sa.assigned_address = str(config.address)
@@ -241,6 +245,7 @@ class TransactionMixin:
         ex.state = "sent-set"
         ex.data["purpose"] = "modecfg-push"
         identifier = int.from_bytes(self._random(2), "big")
+        ex.data["identifier"] = identifier
         attrs = (*config.to_attributes(), *extra)
         self._send_protected(
             sa,
@@ -250,6 +255,7 @@ class TransactionMixin:
             now,
             expect_reply=True,
         )
+        return identifier
 
     # ------------------------------------------------------------------ Transaction: receive
 
@@ -297,7 +303,14 @@ class TransactionMixin:
             request = ModeConfig.from_attributes(attr.attributes)
             self._events.append(
                 ev.ModeConfigRequested(
-                    sa.sa_id, sa.remote, sa.xauth_user, str(sa.peer_id), request, types, attr.identifier
+                    sa.sa_id,
+                    sa.remote,
+                    sa.xauth_user,
+                    str(sa.peer_id),
+                    request,
+                    types,
+                    attr.identifier,
+                    sa.tunvpn_peer,
                 )
             )
         elif attr.cfg_type == CfgType.SET and CfgAttr.XAUTH_STATUS in types:
@@ -377,3 +390,6 @@ class TransactionMixin:
             self._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user))
             if not ok:
                 self.delete_ike_sa(sa.sa_id, now, reason="XAUTH failed")
+        elif ex.data.get("purpose") == "modecfg-push":
+            types = tuple(a.type for a in attr.attributes)
+            self._events.append(ev.ModeConfigAcknowledged(sa.sa_id, attr.identifier, types))
