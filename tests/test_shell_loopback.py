@@ -123,7 +123,7 @@ def test_main_mode_xauth_mode_config_split_networks_nat_t(tmp_path: Path) -> Non
     assert all(r["local_ts"] == "10.79.0.10/32" for r in up)
     assert all(r["encapsulation"] == 3 for r in up)  # UDP tunnel: NAT-T was forced
     # the gateway saw the same SAs, and gave the address back when the client left
-    assert {str(e.remote_ts) for e in client.established.values()} == {"10.78.0.0/24", "10.78.1.0/24"}
+    assert not client.established and not gateway.children  # deleted on both sides when the client left
     assert gateway.options.pool is not None and not gateway.options.pool.leased()
     # --keylog: one ISAKMP SA, two ESP SA pairs (both directions each), files private
     assert len(read_table(table_path(tmp_path / "keys", IKEV1_TABLE))) == 1

@@ -1,4 +1,4 @@
-"""``tunvpn``: the command line (``gateway``, ``connect``, ``demo-ike``).
+"""``tunvpn``: the command line (``gateway``, ``connect``, ``demo-ike``, ``status``, ``reload``).
 
 Exit status: 0 success, 1 the negotiation failed (the message says where), 2 bad arguments,
 unusable secret files or missing privileges.
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 
+from tunvpn import control
 from tunvpn.gateway import ConfigError
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
@@ -283,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     demo.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS", help="give up after (60)")
     demo.add_argument("--mode", choices=("main", "aggressive"), default="main", help="client phase 1 mode")
+
+    control.add_status_parser(sub)
+    control.add_reload_parser(sub)
     return parser
 
 
@@ -402,7 +406,12 @@ def cmd_connect(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"gateway": cmd_gateway, "connect": cmd_connect}
+    handlers = {
+        "gateway": cmd_gateway,
+        "connect": cmd_connect,
+        "status": control.run_status,
+        "reload": control.run_reload,
+    }
     try:
         if args.command == "bench":
             from tunvpn.bench import cli as bench_cli

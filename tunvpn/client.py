@@ -13,6 +13,7 @@ import getpass
 import ipaddress
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1P
 from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
 
 if TYPE_CHECKING:
+    from tunvpn.hostconfig import HostConfig
     from tunvpn.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,10 @@ class ClientOptions:
     """Inner MTU of the TUN device."""
     sa_lifetime: int = 3600
     """IPsec SA lifetime in seconds we offer (the gateway may lower it); rekeyed at 90 %."""
+    dns_backend: str | None = "auto"
+    """How to apply the gateway's DNS servers (tunvpn.hostconfig); None: leave DNS alone."""
+    control_socket: str | None = None
+    """Path of the control socket (``tunvpn status``); "auto": client-IFACE.sock in the run directory."""
 
     def __repr__(self) -> str:  # the password stays out of logs and tracebacks
         return f"ClientOptions(gateway={self.gateway!r}, mode={self.mode!r}, user={self.user!r})"
@@ -190,6 +196,8 @@ class Client:
         self.phase1: ev.Phase1Established | None = None
         self.started = clock()
         self.child_started: dict[int, float] = {}
+        self.hostconfig: HostConfig | None = None
+        self.driver: UdpDriver | None = None
         self.tunnel: Tunnel | None = None
         """The ESP data path (TUN device + data thread) when ``options.tun`` is set."""
         self.result: int | None = None
@@ -267,11 +275,17 @@ class Client:
             if self.tunnel is not None and isinstance(event.config.address, IPv4Address):
                 self.tunnel.set_address(str(event.config.address))
             self._mode_config_received(event)
+            self._apply_dns()
         elif isinstance(event, ev.ChildSAEstablished):
+            self.child_started[event.spi_in] = self.clock()
             if self.tunnel is not None:
                 self.tunnel.child_established(event)
             self._child_established(event)
         elif isinstance(event, ev.ChildSADeleted):
+            self.child_started.pop(event.spi_in, None)
+            for name, child in list(self.established.items()):
+                if child.spi_in == event.spi_in:
+                    del self.established[name]
             if self.tunnel is not None:
                 self.tunnel.child_deleted(event)
         elif isinstance(event, ev.ChildSAFailed):
@@ -286,6 +300,7 @@ class Client:
         return self.sa_id is not None and event.sa_id[:8] == self.sa_id[:8]
 
     def _phase1_established(self, event: ev.Phase1Established) -> None:
+        self.phase1 = event
         auth = event.suite.rsplit("/", 1)[-1]
         self.progress.report(
             "phase1",
@@ -387,6 +402,113 @@ class Client:
                 return
         if not self._quick_modes_started:
             self._start_quick_modes(event.config)
+
+    def _apply_dns(self) -> None:
+        """Point the resolver at the gateway's DNS servers (restored on exit, or by the next
+        run after a crash)."""
+        config = self.mode_config
+        if self.tunnel is None or config is None or self.options.dns_backend is None:
+            return
+        from tunvpn.hostconfig import HostConfig, HostConfigError
+
+        domains = tuple(d for d in (config.default_domain, *config.split_dns) if d)
+        full = any(p.gateway_ts == TrafficSelector.any() for p in self.policies or ()) or (
+            self.policies is None and ANY_IPV4 in protected_networks(config)
+        )
+        if not config.dns:
+            return
+        try:
+            if self.hostconfig is None:
+                self.hostconfig = HostConfig(self.tunnel.name, dns_backend=self.options.dns_backend)
+            backend = self.hostconfig.apply_dns(config.dns, domains, split=not full)
+        except (HostConfigError, OSError) as exc:
+            self.progress.report("dns", f"DNS not configured: {exc}", state="failed")
+            return
+        shown = ", ".join(map(str, config.dns)) + (f"; domains {', '.join(domains)}" if domains else "")
+        self.progress.report(
+            "dns",
+            f"DNS {shown} via {backend}",
+            state="configured",
+            servers=config.dns,
+            domains=domains,
+            backend=backend,
+        )
+
+    def status(self) -> dict[str, object]:
+        """What ``tunvpn status`` shows (schema in tunvpn/control.py)."""
+        from tunvpn.gateway import _child_status, _sa_counters
+
+        now = self.clock()
+        counters = _sa_counters(self.tunnel)
+        sas = [
+            _child_status(child, counters, now - self.child_started.get(child.spi_in, now))
+            for child in self.established.values()
+        ]
+        p1 = self.phase1
+        config = self.mode_config
+        tunnel = {
+            "peer": f"{self.options.gateway}:{p1.peer[1] if p1 else self.options.gateway_port}",
+            "peer_id": p1.peer_id if p1 else None,
+            "user": self.options.user,
+            "groups": [],
+            "address": str(config.address) if config is not None and config.address is not None else None,
+            "tunvpn": p1 is not None and "tunvpn" in p1.peer_vendor_ids,
+            "generation": self.generation,
+            "stage": self.stage,
+            "phase1": {
+                "exchange": p1.exchange if p1 else self.options.mode,
+                "suite": p1.suite if p1 else None,
+                "established": None,
+                "expires_in": None,
+            },
+            "sas": sas,
+        }
+        return {
+            "role": "client",
+            "pid": os.getpid(),
+            "started": self.started,
+            "config": None,
+            "generation": self.generation,
+            "listen": self.local_ip,
+            "policies": [p.describe() for p in self.policies or ()],
+            "tunnels": [tunnel],
+        }
+
+    def _cleanup_stale(self) -> None:
+        """Undo what an earlier run that crashed left behind (DNS, routes)."""
+        from tunvpn.hostconfig import HostConfigError, cleanup_stale
+
+        try:
+            undone = cleanup_stale()
+        except (HostConfigError, OSError) as exc:
+            log.warning("cannot check for leftovers of an earlier run: %s", exc)
+            return
+        for line in undone:
+            self.progress.report("cleanup", line, state="restored")
+
+    async def _start_control(self) -> object | None:
+        path = self.options.control_socket
+        if path is None:
+            return None
+        from tunvpn.control import ControlError, ControlServer, default_socket_path
+
+        if path == "auto":
+            name = self.tunnel.name if self.tunnel is not None else None
+            path = str(default_socket_path("client", name))
+        server = ControlServer(path, self._control)
+        try:
+            await server.start()
+        except (ControlError, OSError, ValueError) as exc:
+            log.warning("no control socket (tunvpn status will not reach this client): %s", exc)
+            return None
+        return server
+
+    def _control(self, command: str, args: dict[str, object]) -> object:
+        from tunvpn.control import ControlError
+
+        if command == "status":
+            return self.status()
+        raise ControlError(f"unknown command {command!r} (a client knows: status)")
 
     def _extra_protocols(self, push: PolicyPush) -> bool:
         """Protocols the gateway requires before Quick Mode (run by plugins)."""
@@ -503,6 +625,7 @@ class Client:
             f"{event.local_ts} === {event.remote_ts} established: {suite} "
             f"spi_in=0x{event.spi_in:08x} spi_out=0x{event.spi_out:08x}",
             state="established",
+            name=name,
             local_ts=event.local_ts,
             remote_ts=event.remote_ts,
             esp=suite,
@@ -544,6 +667,8 @@ class Client:
         up = asyncio.Event()
         self._on_finish = done.set
         self._on_up = up.set
+        if self.options.tun is not None and self.options.dns_backend is not None:
+            self._cleanup_stale()
         if self.options.tun is not None and self.tunnel is None:
             from tunvpn.tunnel import Tunnel
 
@@ -565,6 +690,7 @@ class Client:
             keylog=keylog,
             clock=self.clock,
         )
+        self.driver = driver
         try:
             await driver.start()
         except BaseException:
@@ -574,6 +700,7 @@ class Client:
         if self.tunnel is not None:
             self.tunnel.on_change = driver.flush
             self.tunnel.start(loop)
+        control = await self._start_control()
 
         def on_signal(signame: str) -> None:
             if self.result is None:
@@ -606,6 +733,14 @@ class Client:
             for sig in signals:
                 loop.remove_signal_handler(sig)
             driver.close()
+            if control is not None:
+                control.close()
+            if self.hostconfig is not None:
+                try:
+                    self.hostconfig.restore()
+                except Exception as exc:  # the tunnel must still go away
+                    log.warning("restoring DNS failed: %s", exc)
+                self.hostconfig = None
             if self.tunnel is not None:
                 self.tunnel.close()
         assert self.result is not None

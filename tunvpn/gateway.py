@@ -46,7 +46,7 @@ from tunvpn.ike.proposals import (
     ChildProposal,
     Phase1Policy,
 )
-from tunvpn.shell.credentials import UserTable
+from tunvpn.shell.credentials import SecretFileError, UserTable
 from tunvpn.shell.udp import UdpDriver
 
 if TYPE_CHECKING:
@@ -733,9 +733,13 @@ class Gateway:
         if self.tunnel is not None:
             self.tunnel.on_change = self.driver.flush
             self.tunnel.start(loop)
+        await self._start_control()
         signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self.stop)
+        if handle_signals:
+            loop.add_signal_handler(signal.SIGHUP, self._sighup)
+            signals += (signal.SIGHUP,)
         log.info(
             "gateway ready on %s (IKE %d, NAT-T %d); pool %s; %s",
             self.options.listen,
@@ -759,6 +763,39 @@ class Gateway:
         if self._stop is not None:
             self._stop.set()
 
+    def _sighup(self) -> None:
+        try:
+            self.reload()
+        except (ConfigError, ValueError, OSError, SecretFileError) as exc:
+            log.error("reload (SIGHUP) refused, the running configuration is kept: %s", exc)
+
+    async def _start_control(self) -> None:
+        if self.options.control_socket is None:
+            return
+        from tunvpn.control import ControlError, ControlServer
+
+        self.control = ControlServer(self.options.control_socket, self._control)
+        try:
+            await self.control.start()
+        except (ControlError, OSError) as exc:
+            log.warning("no control socket (tunvpn status/reload will not reach this gateway): %s", exc)
+            self.control = None
+        else:
+            log.info("control socket %s", self.options.control_socket)
+
+    def _control(self, command: str, args: dict[str, object]) -> object:
+        from tunvpn.control import ControlError
+
+        if command == "status":
+            return self.status()
+        if command == "reload":
+            try:
+                return self.reload()
+            except (ConfigError, ValueError, OSError, SecretFileError) as exc:
+                log.error("reload refused, the running configuration is kept: %s", exc)
+                raise ControlError(f"reload refused, the running configuration is kept: {exc}") from None
+        raise ControlError(f"unknown command {command!r} (the gateway knows: status, reload)")
+
     def shutdown(self) -> None:
         """Tell every peer we are going (Delete), then close the sockets."""
         now = self.clock()
@@ -771,6 +808,9 @@ class Gateway:
             self.driver.flush()
             self.driver.close()
             log.info("gateway stopped (%s)", _counters_text(self.driver))
+        if self.control is not None:
+            self.control.close()
+            self.control = None
         if self.tunnel is not None:
             log.info("data path: %s", self.tunnel.dataplane.stats())
             self.tunnel.close()

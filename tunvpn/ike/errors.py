@@ -36,6 +36,8 @@ class RemoteProtocolError(IkeError):
         field: str = "",
         offset: int = -1,
     ) -> None:
+        self.notify_spi: tuple[int, bytes] | None = None
+        """(protocol, SPI) the answering Notify should name; None: the ISAKMP SA."""
         self.notify = NotifyType(notify)
         self.field = field
         self.offset = offset

@@ -211,6 +211,23 @@ class ExchangesMixin:
             )
         elif n.notify_type == NotifyType.R_U_THERE_ACK:
             pass  # any authenticated message already proves liveness (last_heard updated)
+        elif n.notify_type < 8192 and n.protocol == ProtocolId.ESP and len(n.spi) == 4:
+            # an error about one of our Quick Modes, named by the SPI we proposed
+            spi = int.from_bytes(n.spi, "big")
+            for ex in list(sa.exchanges.values()):
+                if ex.kind == "quick" and ex.state == "sent-1" and ex.data.get("spi_in") == spi:
+                    ex.state = "done"
+                    ex.retransmit_at = None
+                    name = str(ex.data.get("name", ""))
+                    try:
+                        notify_name = NotifyType(n.notify_type).name
+                    except ValueError:
+                        notify_name = str(n.notify_type)
+                    reason = f"refused by the peer ({notify_name})"
+                    self._events.append(ev.ChildSAFailed(sa.sa_id, reason, n.notify_type, name))
+                    self._spis.discard(spi)
+                    return
+            self._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
         else:
             self._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
 

@@ -641,7 +641,8 @@ class Phase1Mixin:
         if header.exchange == ExchangeType.INFORMATIONAL:
             return  # never answer a notify with a notify
         if sa is not None and sa.established:
-            self._send_informational(sa, [NotifyPayload(exc.notify, ProtocolId.ISAKMP, sa.sa_id)], now)
+            protocol, spi = exc.notify_spi or (ProtocolId.ISAKMP, sa.sa_id)
+            self._send_informational(sa, [NotifyPayload(exc.notify, protocol, spi)], now)
             return
         rcookie = sa.rcookie if sa is not None else header.rcookie
         self._send_unprotected_notify(

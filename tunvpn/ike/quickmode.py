@@ -164,6 +164,9 @@ class QuickModeMixin:
         ni: bytes = parts["nonce"]  # type: ignore[assignment]
         ids: list[IDPayload] = parts["ids"]  # type: ignore[assignment]
         ts_i, ts_r = self._peer_selectors(sa, ids)
+        # RFC 2408 section 3.14: a notify about this negotiation names the proposal's SPI, so
+        # the initiator can tell which of its Quick Modes failed
+        offered_spi = sa_in.proposals[0].spi if sa_in.proposals else b""
         policies = self._match_policy(sa, ts_i, ts_r)
         if not policies:
             self._events.append(
@@ -172,9 +175,11 @@ class QuickModeMixin:
                 )
             )
             ex.state = "done"
-            raise RemoteProtocolError(
+            exc = RemoteProtocolError(
                 f"no policy allows {ts_i} === {ts_r}", NotifyType.INVALID_ID_INFORMATION, "ID"
             )
+            exc.notify_spi = (ProtocolId.ESP, offered_spi)
+            raise exc
         encaps = {int(EncapsulationMode.TUNNEL), self._encap_mode(sa)}
         if sa.natt:
             encaps |= {int(EncapsulationMode.UDP_TUNNEL), int(EncapsulationMode.UDP_TUNNEL_DRAFT)}
@@ -193,7 +198,9 @@ class QuickModeMixin:
             self._events.append(
                 ev.ChildSAFailed(sa.sa_id, "no acceptable ESP proposal", NotifyType.NO_PROPOSAL_CHOSEN)
             )
-            raise NoProposalChosen("no offered ESP transform is allowed by the matching policies")
+            no_proposal = NoProposalChosen("no offered ESP transform is allowed by the matching policies")
+            no_proposal.notify_spi = (ProtocolId.ESP, offered_spi)
+            raise no_proposal
         policy, prop, transform, ct = chosen
         ke_in: bytes | None = parts.get("ke")  # type: ignore[assignment]
         dh = None

@@ -1,0 +1,1035 @@
+"""The gateway's configuration file (TOML): identity, secrets, algorithms, address pool, user
+groups, the phase 2 policies pushed to clients and the extra protocols they must run.
+
+``docs/configuration.md`` documents every key; ``contrib/gateway.toml`` is a full example.
+:func:`load_gateway_config` reads a file, :func:`parse_gateway_config` a text. Every mistake
+is a :class:`ConfigFileError` naming the file, the line, the dotted key (``policy[1].esp``:
+the ``esp`` key of the second ``[[policy]]`` block, indexes count from 0) and the reason.
+Unknown keys are errors (with a "did you mean" when one is close).
+
+Secrets come from private files (``psk_file``, ``users_file``, the certificate ``key``), from
+the environment (``psk_env``), or inline (``psk``) only when the configuration file itself is
+private. No secret ever appears in an error message or a ``repr``.
+
+:class:`TableReader`, :class:`SourceText` and the ``read_*`` helpers are shared with
+:mod:`tunvpn.profile` (the client's profile file).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import logging
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tunvpn.client import parse_dh_group
+from tunvpn.gateway import AddressPool, ConfigError
+from tunvpn.ike.certs import Credential, load_certificates
+from tunvpn.ike.config import PskTable
+from tunvpn.ike.constants import DHGroup, EncryptionAlgorithm, HashAlgorithm
+from tunvpn.ike.errors import LocalProtocolError
+from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.policies import MAX_NAME, ExtraProtocol, Phase2Policy
+from tunvpn.ike.proposals import (
+    DEFAULT_ENCRYPTION,
+    DEFAULT_ESP,
+    DEFAULT_GROUPS,
+    DEFAULT_HASHES,
+    GROUP_STRENGTH,
+    LEGACY_ENCRYPTION,
+    LEGACY_ESP,
+    LEGACY_EXTRA_ENCRYPTION,
+    LEGACY_EXTRA_GROUPS,
+    LEGACY_EXTRA_HASHES,
+    LEGACY_GROUPS,
+    LEGACY_HASHES,
+    EspSuite,
+    Phase1Policy,
+)
+from tunvpn.shell.credentials import SecretFileError, UserTable, parse_psk_text, read_private_file
+
+log = logging.getLogger(__name__)
+
+BUILT_IN = "<built-in>"
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ConfigFileError(ConfigError):
+    """A configuration file is unreadable or wrong: which file, line and key, and why.
+
+    ``str()``: ``gateway.toml line 12, key policy[1].esp: unknown ESP suite 'aes999' (...)``.
+    ``line`` is ``None`` when the key is not written in the file (a missing required key
+    whose table is implicit, a problem of the file as a whole). It is a :class:`ConfigError`
+    (and so a ``ValueError``): ``tunvpn`` prints it and exits 2.
+    """
+
+    def __init__(self, path: str, line: int | None, key: str, reason: str) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        self.reason = reason
+        where = path if line is None else f"{path} line {line}"
+        if key:
+            where += f", key {key}"
+        super().__init__(f"{where}: {reason}")
+
+    def __reduce__(self) -> tuple[type[ConfigFileError], tuple[str, int | None, str, str]]:
+        return type(self), (self.path, self.line, self.key, self.reason)
+
+
+# --------------------------------------------------------------------------- key -> line
+
+_SEGMENT = r"""(?:[A-Za-z0-9_-]+|"(?:\\.|[^"\\])*"|'[^']*')"""
+_DOTTED = rf"{_SEGMENT}(?:\s*\.\s*{_SEGMENT})*"
+_ARRAY_HEADER = re.compile(rf"^\[\[\s*({_DOTTED})\s*\]\]")
+_TABLE_HEADER = re.compile(rf"^\[\s*({_DOTTED})\s*\]")
+_KEY_LINE = re.compile(rf"^({_DOTTED})\s*=(.*)$")
+_SEGMENTS = re.compile(_SEGMENT)
+_TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
+
+
+def _key_parts(dotted: str) -> list[str]:
+    parts = []
+    for seg in _SEGMENTS.findall(dotted):
+        parts.append(seg[1:-1] if seg[:1] in "\"'" else seg)
+    return parts
+
+
+def _skip_value(text: str, depth: int, multiline: str | None) -> tuple[int, str | None]:
+    """Walk a value (or a continuation line): bracket depth and an open multi-line string."""
+    i = 0
+    while i < len(text):
+        if multiline is not None:
+            end = text.find(multiline, i)
+            if end < 0:
+                return depth, multiline
+            i, multiline = end + 3, None
+            continue
+        if text.startswith('"""', i) or text.startswith("'''", i):
+            multiline, i = text[i : i + 3], i + 3
+            continue
+        c = text[i]
+        if c == '"':
+            i += 1
+            while i < len(text) and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            i += 1
+            continue
+        if c == "'":
+            end = text.find("'", i + 1)
+            i = len(text) if end < 0 else end + 1
+            continue
+        if c == "#":
+            break
+        if c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+        i += 1
+    return depth, multiline
+
+
+class SourceText:
+    """A configuration text and where each key is written in it.
+
+    ``tomllib`` gives positions only for syntax errors, so this scans the lines: table and
+    array-of-tables headers, and ``key =`` lines, give dotted keys such as ``gateway.listen``
+    or ``policy[1].esp`` (the second ``[[policy]]`` block). Keys inside inline tables and
+    multi-line arrays are found by their enclosing key. Good enough for ordinary files.
+    """
+
+    def __init__(self, text: str, path: str) -> None:
+        self.path = path
+        self.line_count = max(len(text.splitlines()), 1)
+        self._lines: dict[str, int] = {}
+        arrays: dict[str, int] = {}
+        table = ""
+        depth, multiline = 0, None
+        for number, raw in enumerate(text.splitlines(), 1):
+            if depth or multiline is not None:
+                depth, multiline = _skip_value(raw, depth, multiline)
+                continue
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if m := _ARRAY_HEADER.match(line):
+                *parents, last = _key_parts(m.group(1))
+                name = self._resolve(parents, arrays)
+                name = f"{name}.{last}" if name else last
+                index = arrays.get(name, 0)
+                arrays[name] = index + 1
+                table = f"{name}[{index}]"
+                self._lines.setdefault(table, number)
+                self._lines.setdefault(name, number)
+            elif m := _TABLE_HEADER.match(line):
+                table = self._resolve(_key_parts(m.group(1)), arrays)
+                self._lines.setdefault(table, number)
+            elif m := _KEY_LINE.match(line):
+                key = ".".join(_key_parts(m.group(1)))
+                self._lines.setdefault(f"{table}.{key}" if table else key, number)
+                depth, multiline = _skip_value(m.group(2), 0, None)
+
+    @staticmethod
+    def _resolve(parts: Sequence[str], arrays: Mapping[str, int]) -> str:
+        """``policy.x`` after two ``[[policy]]`` headers is ``policy[1].x``."""
+        path = ""
+        for part in parts:
+            path = f"{path}.{part}" if path else part
+            if path in arrays:
+                path = f"{path}[{arrays[path] - 1}]"
+        return path
+
+    def line_of(self, key: str) -> int | None:
+        """The line of ``key``, else of the nearest enclosing key or table written in the file."""
+        while key:
+            if key in self._lines:
+                return self._lines[key]
+            if key.endswith("]") and "[" in key:
+                key = key[: key.rindex("[")]
+            else:
+                key = key.rpartition(".")[0]
+        return None
+
+    def error(self, key: str, reason: str) -> ConfigFileError:
+        return ConfigFileError(self.path, self.line_of(key), key, reason)
+
+    def syntax_error(self, exc: tomllib.TOMLDecodeError) -> ConfigFileError:
+        text = str(exc)
+        m = _TOML_POSITION.search(text)
+        line: int | None = None
+        reason = text
+        if m is not None:
+            reason = text[: m.start()]
+            if m.group(1):
+                line = int(m.group(1))
+                reason += f" (column {m.group(2)})"
+            else:
+                line = self.line_count
+                reason += " (at the end of the file)"
+        return ConfigFileError(self.path, line, "", f"TOML syntax error: {reason}")
+
+
+# --------------------------------------------------------------------------- typed table access
+
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def _type_name(value: object) -> str:
+    for kind, name in _TYPE_NAMES.items():
+        if isinstance(value, kind):
+            return name
+    return "a date or time"
+
+
+class TableReader:
+    """One TOML table: typed getters that name the key in their errors.
+
+    Keys not in ``known`` are refused when the reader is built (``known=None`` accepts any).
+    Values are never quoted in type errors (a misplaced secret must not leak).
+    """
+
+    def __init__(
+        self, source: SourceText, data: Mapping[str, Any], key: str, label: str, known: Iterable[str] | None
+    ) -> None:
+        self.source = source
+        self.data = data
+        self.key = key
+        self.label = label
+        if known is not None:
+            allowed = list(known)
+            for name in data:
+                if name not in allowed:
+                    close = difflib.get_close_matches(name, allowed, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(allowed)})"
+                    raise self.error(name, f"unknown key {name!r} in {label}{hint}")
+
+    def path(self, name: str) -> str:
+        """The dotted key of ``name`` in this table (``""``: the table itself)."""
+        if not name:
+            return self.key
+        return f"{self.key}.{name}" if self.key else name
+
+    def error(self, name: str, reason: str) -> ConfigFileError:
+        return self.source.error(self.path(name), reason)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.data
+
+    def _typed(self, name: str, kind: type[T], what: str) -> T | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(name, f"expected {what}, found {_type_name(value)}")
+        return value
+
+    def text(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self._typed(name, str, "a string")
+        if value is None:
+            if required:
+                raise self.error(name, f"{name} is required in {self.label}")
+            return default
+        if not value.strip():
+            raise self.error(name, "must not be empty")
+        return value
+
+    def required_text(self, name: str) -> str:
+        value = self.text(name, required=True)
+        assert value is not None
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._typed(name, bool, "true or false")
+        return default if value is None else value
+
+    def number(self, name: str, default: int, low: int, high: int) -> int:
+        value = self._typed(name, int, "an integer")
+        if value is None:
+            return default
+        if not low <= value <= high:
+            raise self.error(name, f"{value} is outside {low}-{high}")
+        return value
+
+    def texts(self, name: str) -> tuple[str, ...] | None:
+        """A string or an array of strings (``None`` when absent)."""
+        value = self.data.get(name)
+        if value is None:
+            return None
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise self.error(name, "expected a string or an array of strings")
+        for item in items:
+            if not item.strip():
+                raise self.error(name, "empty string in the list")
+        return tuple(item.strip() for item in items)
+
+    def table(self, name: str, label: str, known: Iterable[str] | None) -> TableReader | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.error(name, f"expected a table ({label}), found {_type_name(value)}")
+        return TableReader(self.source, value, self.path(name), label, known)
+
+    def tables(self, name: str, label: str, known: Iterable[str] | None) -> list[TableReader]:
+        """An array of tables (``[[name]]`` blocks)."""
+        value = self.data.get(name)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.error(name, f"expected [[{name}]] blocks (an array of tables)")
+        return [
+            TableReader(self.source, item, f"{self.path(name)}[{i}]", f"{label} {i + 1}", known)
+            for i, item in enumerate(value)
+        ]
+
+    def convert(self, name: str, value: str, parse: Callable[[str], T], what: str) -> T:
+        """``parse(value)``; a ``ValueError``/``LocalProtocolError`` becomes this key's error."""
+        try:
+            return parse(value)
+        except (ValueError, LocalProtocolError) as exc:
+            raise self.error(name, f"{what} {value!r}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- files and secrets
+
+
+def read_config_file(path: str | os.PathLike[str], what: str) -> tuple[str, int]:
+    """The text of a configuration file and its permission bits."""
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigFileError(source, None, "", f"{what}: no such file") from None
+    except OSError as exc:
+        raise ConfigFileError(source, None, "", f"{what}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8"), mode
+    except UnicodeDecodeError:
+        raise ConfigFileError(source, None, "", f"{what}: not UTF-8 text") from None
+
+
+def parse_toml(source: SourceText, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise source.syntax_error(exc) from None
+
+
+def resolve_path(base_dir: Path, value: str) -> Path:
+    """``value`` with ``~`` expanded, relative to the configuration file's directory."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+def read_psks(table: TableReader, base_dir: Path, env: Mapping[str, str], file_mode: int | None) -> PskTable:
+    """``psk_file``, ``psk_env`` or inline ``psk`` (at most one); an empty table if none."""
+    given = [k for k in ("psk_file", "psk_env", "psk") if k in table]
+    if len(given) > 1:
+        raise table.error(given[1], f"give only one of {', '.join(given)}")
+    if "psk_file" in table:
+        path = resolve_path(base_dir, table.required_text("psk_file"))
+        try:
+            text = read_private_file(path, "PSK file")
+            return PskTable(parse_psk_text(text, f"PSK file {path}"))
+        except SecretFileError as exc:
+            raise table.error("psk_file", str(exc)) from None
+    if "psk_env" in table:
+        name = table.required_text("psk_env")
+        value = env.get(name)
+        if not value:
+            raise table.error("psk_env", f"environment variable {name} is not set (or empty)")
+        return PskTable({"*": value.encode()})
+    if "psk" in table:
+        secret = table.required_text("psk")
+        if file_mode is None or file_mode & 0o077:
+            path = table.source.path
+            state = (
+                "text that was not read from a file"
+                if file_mode is None
+                else f"{path}, which has mode {file_mode:04o}"
+            )
+            raise table.error(
+                "psk",
+                f"an inline secret is allowed only in a file nobody else can read, not in {state}. "
+                f"Fix: chmod 600 {path}, or use psk_file / psk_env",
+            )
+        return PskTable({"*": secret.encode()})
+    return PskTable()
+
+
+def read_credential(
+    table: TableReader, base_dir: Path
+) -> tuple[Credential | None, tuple[x509.Certificate, ...]]:
+    """``cert`` + ``key`` (private, PEM) + ``ca`` (one file or a list): our credential and the
+    CAs peers' certificates must chain to. ``(None, ())`` when none of them is given."""
+    given = [k for k in ("cert", "key", "ca") if k in table]
+    if not given:
+        return None, ()
+    for name in ("cert", "key", "ca"):
+        if name not in table:
+            raise table.error(
+                given[0], f"a certificate needs cert, key and ca in {table.label}; {name} is missing"
+            )
+    cert_path = resolve_path(base_dir, table.required_text("cert"))
+    certs = _read_certificates(table, "cert", cert_path)
+    key_path = resolve_path(base_dir, table.required_text("key"))
+    try:
+        key_pem = read_private_file(key_path, "private key file").encode()
+    except SecretFileError as exc:
+        raise table.error("key", str(exc)) from None
+    cert_pem = b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+    try:
+        credential = Credential.load(cert_pem, key_pem)
+    except LocalProtocolError as exc:
+        raise table.error("key", f"{key_path}: {exc}") from None
+    cas: list[x509.Certificate] = []
+    for ca in table.texts("ca") or ():
+        cas += _read_certificates(table, "ca", resolve_path(base_dir, ca))
+    return credential, tuple(cas)
+
+
+def _read_certificates(table: TableReader, name: str, path: Path) -> tuple[x509.Certificate, ...]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise table.error(name, f"{path}: {exc.strerror or exc}") from None
+    try:
+        return load_certificates(data)
+    except LocalProtocolError as exc:
+        raise table.error(name, f"{path}: {exc}") from None
+
+
+def read_identity(table: TableReader, name: str = "id") -> Identity | None:
+    text = table.text(name)
+    if text is None:
+        return None
+    return table.convert(name, text, Identity.parse, "identity")
+
+
+def parse_ip(table: TableReader, name: str, *, required: bool = False) -> str | None:
+    """An IP address (either family, not a wildcard), as text."""
+    text = table.text(name, required=required)
+    if text is None:
+        return None
+    address = table.convert(name, text.strip(), ipaddress.ip_address, "address")
+    if address.is_unspecified:
+        raise table.error(name, f"{address} is a wildcard: give a real address")
+    return str(address)
+
+
+_DURATION = re.compile(r"(\d+)\s*([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(table: TableReader, name: str, default: int) -> int:
+    """Seconds: an integer, or text such as ``90s``, ``30m``, ``8h``, ``1d``, ``1h30m``."""
+    value = table.data.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise table.error(name, f'expected seconds or a duration like "8h", found {_type_name(value)}')
+    if isinstance(value, int):
+        seconds = value
+    else:
+        text = value.strip().lower()
+        if text.lstrip("-").isdigit():
+            seconds = int(text)
+        elif re.fullmatch(rf"(?:{_DURATION.pattern}\s*)+", text):
+            seconds = sum(int(n) * _UNIT[u] for n, u in _DURATION.findall(text))
+        else:
+            raise table.error(name, f"{value!r} is not a duration (seconds, or like 90s, 30m, 8h, 1d)")
+    if seconds <= 0:
+        raise table.error(name, f"the lifetime must be positive, not {seconds}")
+    if seconds >= 1 << 32:
+        raise table.error(name, f"{seconds} seconds does not fit in 32 bits")
+    return seconds
+
+
+# --------------------------------------------------------------------------- algorithm names
+
+PHASE1_ENCRYPTION: Mapping[str, tuple[EncryptionAlgorithm, int | None]] = MappingProxyType(
+    {
+        "aes256": (EncryptionAlgorithm.AES_CBC, 256),
+        "aes192": (EncryptionAlgorithm.AES_CBC, 192),
+        "aes128": (EncryptionAlgorithm.AES_CBC, 128),
+        "3des": (EncryptionAlgorithm.DES3_CBC, None),
+        "des": (EncryptionAlgorithm.DES_CBC, None),
+    }
+)
+PHASE1_HASHES: Mapping[str, HashAlgorithm] = MappingProxyType(
+    {
+        "sha512": HashAlgorithm.SHA2_512,
+        "sha384": HashAlgorithm.SHA2_384,
+        "sha256": HashAlgorithm.SHA2_256,
+        "sha1": HashAlgorithm.SHA1,
+        "md5": HashAlgorithm.MD5,
+    }
+)
+ESP_SUITES: Mapping[str, EspSuite] = MappingProxyType({str(s): s for s in DEFAULT_ESP + LEGACY_ESP})
+"""ESP suites by the name ``str(EspSuite)`` prints; those of ``LEGACY_ESP`` need ``legacy = true``."""
+
+
+def _group_name(group: DHGroup) -> str:
+    return group.name.lower().replace("_", "")
+
+
+def parse_group(table: TableReader, name: str, text: str, legacy: bool) -> DHGroup:
+    group = table.convert(name, text, parse_dh_group, "DH group")
+    if group not in GROUP_STRENGTH:
+        known = ", ".join(_group_name(g) for g in GROUP_STRENGTH)
+        raise table.error(name, f"DH group {text!r} is not implemented (one of: {known})")
+    if group in LEGACY_GROUPS and not legacy:
+        raise table.error(
+            name, f"{_group_name(group)} is a legacy group: it needs legacy = true in [gateway]"
+        )
+    return group
+
+
+def _pick(
+    table: TableReader,
+    name: str,
+    names: Mapping[str, T],
+    is_legacy: Callable[[T], bool],
+    legacy: bool,
+    what: str,
+) -> tuple[T, ...] | None:
+    """Names from ``names`` (a string or a list), in order; legacy ones only with ``legacy``."""
+    items = table.texts(name)
+    if items is None:
+        return None
+    if not items:
+        raise table.error(name, f"an empty list allows no {what}")
+    out: list[T] = []
+    for item in items:
+        key = item.lower()
+        if key not in names:
+            choices = [n for n, v in names.items() if legacy or not is_legacy(v)]
+            raise table.error(name, f"unknown {what} {item!r} (one of: {', '.join(choices)})")
+        value = names[key]
+        if is_legacy(value) and not legacy:
+            raise table.error(name, f"{key} is a legacy {what}: it needs legacy = true in [gateway]")
+        if value in out:
+            raise table.error(name, f"{key} is listed twice")
+        out.append(value)
+    return tuple(out)
+
+
+def _phase1(table: TableReader | None, legacy: bool) -> Phase1Policy:
+    if table is None:
+        return Phase1Policy.with_legacy() if legacy else Phase1Policy()
+    encryption = _pick(
+        table, "encryption", PHASE1_ENCRYPTION, lambda e: e[0] in LEGACY_ENCRYPTION, legacy, "encryption"
+    )
+    hashes = _pick(table, "hash", PHASE1_HASHES, lambda h: h in LEGACY_HASHES, legacy, "hash")
+    groups: tuple[DHGroup, ...] | None = None
+    names = table.texts("groups")
+    if names is not None:
+        if not names:
+            raise table.error("groups", "an empty list allows no DH group")
+        groups = tuple(dict.fromkeys(parse_group(table, "groups", n, legacy) for n in names))
+    lifetime = parse_duration(table, "lifetime", 28800)
+    try:
+        return Phase1Policy(
+            encryption=encryption or (DEFAULT_ENCRYPTION + (LEGACY_EXTRA_ENCRYPTION if legacy else ())),
+            hashes=hashes or (DEFAULT_HASHES + (LEGACY_EXTRA_HASHES if legacy else ())),
+            groups=groups or (DEFAULT_GROUPS + (LEGACY_EXTRA_GROUPS if legacy else ())),
+            lifetime=lifetime,
+            allow_legacy=legacy,
+        )
+    except LocalProtocolError as exc:
+        raise table.error("", str(exc)) from None
+
+
+# --------------------------------------------------------------------------- the configuration
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """A phase 2 policy and who gets it: everyone when ``groups`` and ``users`` are both
+    empty, else members of any listed group and the listed users."""
+
+    policy: Phase2Policy
+    groups: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+
+    def applies_to(self, user: str | None, groups: Iterable[str]) -> bool:
+        if not self.groups and not self.users:
+            return True
+        return (user is not None and user in self.users) or not set(self.groups).isdisjoint(groups)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    """Everything ``gateway.toml`` says (see docs/configuration.md). No secret in its ``repr``."""
+
+    source: str
+    """The file it was read from, or ``"<built-in>"``."""
+    listen: str
+    ike_port: int = 500
+    natt_port: int = 4500
+    local_id: Identity | None = None
+    psks: PskTable = field(default_factory=PskTable)
+    credential: Credential | None = None
+    trusted_cas: tuple[x509.Certificate, ...] = ()
+    users: UserTable | None = None
+    groups: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
+    """Group name -> its members' user names."""
+    require_xauth: bool = False
+    allow_aggressive_psk: bool = False
+    legacy: bool = False
+    phase1: Phase1Policy = field(default_factory=Phase1Policy)
+    """The phase 1 algorithms the gateway accepts."""
+    pool: AddressPool | None = None
+    dns: tuple[IPv4Address, ...] = ()
+    domains: tuple[str, ...] = ()
+    """The default domain first, then split-DNS domains."""
+    banner: str | None = None
+    rules: tuple[PolicyRule, ...] = ()
+    """The phase 2 policies in file order, each with who gets it (at least one)."""
+    protocols: tuple[ExtraProtocol, ...] = ()
+    """Extra protocols clients must run (announced in phase 1a), in order."""
+    plugins: tuple[str, ...] = ()
+    tun: str | None = "tunvpn%d"
+    """TUN device name (template); ``None``: negotiate IKE only."""
+    mtu: int = 1400
+    keylog: str | None = None
+    control_socket: str | None = None
+
+    @property
+    def policies(self) -> tuple[Phase2Policy, ...]:
+        """Every phase 2 policy, in file order."""
+        return tuple(rule.policy for rule in self.rules)
+
+    def groups_of(self, user: str | None) -> frozenset[str]:
+        """The groups ``user`` is a member of (none for ``None``)."""
+        if user is None:
+            return frozenset()
+        return frozenset(name for name, members in self.groups.items() if user in members)
+
+    def policies_for(self, user: str | None, extra_groups: Iterable[str] = ()) -> tuple[Phase2Policy, ...]:
+        """The policies that apply to ``user`` (``None``: a client without XAUTH), who is also
+        a member of ``extra_groups`` (say, from a RADIUS reply), in file order."""
+        groups = self.groups_of(user) | frozenset(extra_groups)
+        return tuple(rule.policy for rule in self.rules if rule.applies_to(user, groups))
+
+
+_TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol")
+_GATEWAY_KEYS = (
+    "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
+    "require_xauth", "allow_aggressive_psk", "legacy", "tun", "mtu", "keylog", "control_socket", "plugins",
+)  # fmt: skip
+_CERT_KEYS = ("cert", "key", "ca")
+_PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
+_NETWORK_KEYS = ("pool", "dns", "domains", "banner")
+_POLICY_KEYS = ("name", "local", "remote", "esp", "pfs", "lifetime", "lifetime_kb", "groups", "users")
+_NAME = re.compile(r"[A-Za-z0-9_.@+-]+")
+_DOMAIN = re.compile(r"(?=.{1,253}\.?$)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+                     r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?")  # fmt: skip
+
+
+class _Warnings:
+    """Warnings about weak choices: each once, and only for a configuration that loads."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.messages: dict[str, None] = {}
+
+    def __call__(self, message: str) -> None:
+        self.messages[message] = None
+
+    def emit(self) -> None:
+        for message in self.messages:
+            log.warning("%s: %s", self.source, message)
+
+
+def load_gateway_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and check a gateway configuration file (relative paths in it are relative to its
+    directory). ``env`` (default ``os.environ``) is where ``psk_env`` looks.
+
+    :raises ConfigFileError: anything wrong, with the file, line, key and reason.
+    """
+    text, mode = read_config_file(path, "gateway configuration")
+    base_dir = Path(path).resolve().parent
+    return parse_gateway_config(text, str(path), base_dir=base_dir, env=env, file_mode=mode)
+
+
+def parse_gateway_config(
+    text: str,
+    source: str,
+    *,
+    base_dir: Path,
+    env: Mapping[str, str] | None = None,
+    file_mode: int | None = None,
+) -> GatewayConfig:
+    """Check a gateway configuration text. ``file_mode`` is the permission bits of the file it
+    came from: an inline ``psk`` is accepted only when they allow no group/other access."""
+    env = os.environ if env is None else env
+    src = SourceText(text, source)
+    top = TableReader(src, parse_toml(src, text), "", "the top level", _TOP_KEYS)
+    warn = _Warnings(source)
+
+    gw = top.table("gateway", "[gateway]", _GATEWAY_KEYS)
+    if gw is None:
+        raise src.error("gateway", "a [gateway] table with at least `listen` is required")
+    listen = parse_ip(gw, "listen", required=True)
+    assert listen is not None
+    legacy = gw.flag("legacy", False)
+    allow_aggressive_psk = gw.flag("allow_aggressive_psk", False)
+
+    psks = read_psks(gw, base_dir, env, file_mode)
+    cert_table = gw.table("certificate", "[gateway.certificate]", _CERT_KEYS)
+    credential, cas = read_credential(cert_table, base_dir) if cert_table is not None else (None, ())
+    if not psks and credential is None:
+        raise gw.error("", "no way to authenticate: give psk_file, psk_env, psk or [gateway.certificate]")
+
+    users: UserTable | None = None
+    if "users_file" in gw:
+        users_path = resolve_path(base_dir, gw.required_text("users_file"))
+        try:
+            users = UserTable.load(users_path)
+        except SecretFileError as exc:
+            raise gw.error("users_file", str(exc)) from None
+    plugins = gw.texts("plugins") or ()
+    for name in plugins:
+        if not _NAME.fullmatch(name):
+            raise gw.error("plugins", f"{name!r} is not a plugin name")
+    if len(set(plugins)) != len(plugins):
+        raise gw.error("plugins", "a plugin is named twice")
+    require_xauth = gw.flag("require_xauth", users is not None)
+    if require_xauth and users is None and not plugins:
+        raise gw.error("require_xauth", "XAUTH needs users_file (or an authentication plugin)")
+
+    tun: str | None = "tunvpn%d"
+    if "tun" in gw:
+        value = gw.data["tun"]
+        if value is False:
+            tun = None
+        elif isinstance(value, str) and value.strip() and len(value) < 16:
+            tun = value.strip()
+        else:
+            raise gw.error("tun", "expected a device name (under 16 characters) or false (IKE only)")
+    keylog = gw.text("keylog")
+    if keylog is not None:
+        keylog = str(resolve_path(base_dir, keylog))
+        warn(f"keylog = {keylog}: IKE and ESP keys are written to disk (debugging only)")
+    control_socket = gw.text("control_socket")
+    if control_socket is not None:
+        control_socket = str(resolve_path(base_dir, control_socket))
+    if legacy:
+        warn(
+            "legacy = true: weak algorithms (3DES, DES, MD5, MODP-1024/1536, ESP HMAC-SHA1) are "
+            "accepted; use it only for peers that offer nothing stronger"
+        )
+    if allow_aggressive_psk:
+        warn(
+            "allow_aggressive_psk = true: Aggressive Mode exposes a hash of the pre-shared key to "
+            "offline guessing; use long random group secrets"
+        )
+
+    phase1 = _phase1(top.table("phase1", "[phase1]", _PHASE1_KEYS), legacy)
+    pool, dns, domains, banner = _network(top.table("network", "[network]", _NETWORK_KEYS))
+    groups = _groups(top.table("groups", "[groups]", None))
+    rules = _rules(top, legacy, groups, pool)
+    protocols = _protocols(top)
+
+    config = GatewayConfig(
+        source=source,
+        listen=listen,
+        ike_port=gw.number("ike_port", 500, 1, 65535),
+        natt_port=gw.number("natt_port", 4500, 1, 65535),
+        local_id=read_identity(gw),
+        psks=psks,
+        credential=credential,
+        trusted_cas=cas,
+        users=users,
+        groups=MappingProxyType(groups),
+        require_xauth=require_xauth,
+        allow_aggressive_psk=allow_aggressive_psk,
+        legacy=legacy,
+        phase1=phase1,
+        pool=pool,
+        dns=dns,
+        domains=domains,
+        banner=banner,
+        rules=rules,
+        protocols=protocols,
+        plugins=plugins,
+        tun=tun,
+        mtu=gw.number("mtu", 1400, 576, 65535),
+        keylog=keylog,
+        control_socket=control_socket,
+    )
+    warn.emit()
+    return config
+
+
+def _network(
+    table: TableReader | None,
+) -> tuple[AddressPool | None, tuple[IPv4Address, ...], tuple[str, ...], str | None]:
+    if table is None:
+        return None, (), (), None
+    pool = None
+    text = table.text("pool")
+    if text is not None:
+        try:
+            pool = AddressPool.parse(text)
+        except ConfigError as exc:
+            raise table.error("pool", str(exc)) from None
+    dns = tuple(table.convert("dns", a, IPv4Address, "DNS server") for a in table.texts("dns") or ())
+    domains = table.texts("domains") or ()
+    for domain in domains:
+        if not _DOMAIN.fullmatch(domain):
+            raise table.error("domains", f"{domain!r} is not a domain name")
+    banner = table.text("banner")
+    if banner is not None and len(banner.encode()) > 0xFFFF:
+        raise table.error("banner", "longer than 65535 octets")
+    return pool, dns, domains, banner
+
+
+def _groups(table: TableReader | None) -> dict[str, frozenset[str]]:
+    groups: dict[str, frozenset[str]] = {}
+    if table is None:
+        return groups
+    for name in table.data:
+        if not _NAME.fullmatch(name):
+            raise table.error(name, f"{name!r} is not a group name (letters, digits, _ . @ + -)")
+        members = table.texts(name) or ()
+        groups[name] = frozenset(members)
+    return groups
+
+
+def _rules(
+    top: TableReader, legacy: bool, groups: Mapping[str, frozenset[str]], pool: AddressPool | None
+) -> tuple[PolicyRule, ...]:
+    blocks = top.tables("policy", "[[policy]]", _POLICY_KEYS)
+    if not blocks:
+        raise top.error("policy", "no [[policy]] block: define at least one network the clients reach")
+    rules: list[PolicyRule] = []
+    names: dict[str, str] = {}
+    default_esp = DEFAULT_ESP + LEGACY_ESP if legacy else DEFAULT_ESP
+    for block in blocks:
+        name = block.required_text("name").strip()
+        if len(name.encode()) > MAX_NAME or not name.isprintable():
+            raise block.error("name", f"a policy name is 1 to {MAX_NAME} printable octets")
+        if name in names:
+            raise block.error("name", f"policy name {name!r} is already used by {names[name]}")
+        names[name] = block.label
+        local = block.convert("local", block.required_text("local"), TrafficSelector.parse, "selector")
+        remote_text = block.text("remote", "assigned")
+        assert remote_text is not None
+        remote: TrafficSelector | None = None
+        if remote_text.strip().lower() == "assigned":
+            if pool is None:
+                raise block.error("remote", "the client's assigned address needs pool in [network]")
+            if local.version != 4:
+                raise block.error("local", f"{local} is IPv6 but assigned addresses (the pool) are IPv4")
+        else:
+            remote = block.convert("remote", remote_text, TrafficSelector.parse, "selector")
+            if remote.version != local.version:
+                raise block.error("remote", f"{remote} and local {local} are of different address families")
+        esp = _pick(block, "esp", ESP_SUITES, lambda s: s.is_legacy or s in LEGACY_ESP, legacy, "ESP suite")
+        pfs_text = block.text("pfs", "ecp256")
+        assert pfs_text is not None
+        pfs = None if pfs_text.strip().lower() == "none" else parse_group(block, "pfs", pfs_text, legacy)
+        member_groups = block.texts("groups") or ()
+        for group in member_groups:
+            if group not in groups:
+                known = ", ".join(groups) or "none defined"
+                raise block.error("groups", f"group {group!r} is not defined in [groups] ({known})")
+        seconds = parse_duration(block, "lifetime", 3600)
+        kilobytes = block.number("lifetime_kb", 0, 0, (1 << 32) - 1)
+        try:
+            policy = Phase2Policy(name, local, remote, esp or default_esp, pfs, seconds, kilobytes)
+        except ValueError as exc:
+            raise block.error("", str(exc)) from None
+        rules.append(PolicyRule(policy, member_groups, block.texts("users") or ()))
+    if pool is not None:
+        for rule, block in zip(rules, blocks):
+            local = rule.policy.gateway_ts
+            if local.version == 4 and not local.is_any and local.intersect(_pool_selector(pool)) is not None:
+                raise top.source.error(
+                    "network.pool",
+                    f"the pool {pool.first}-{pool.last} overlaps {local}, the protected network of "
+                    f"policy {rule.policy.name!r} ({block.label}, line {top.source.line_of(block.key)})",
+                )
+    return tuple(rules)
+
+
+def _pool_selector(pool: AddressPool) -> TrafficSelector:
+    return TrafficSelector.from_range(pool.first, pool.last)
+
+
+def _protocols(top: TableReader) -> tuple[ExtraProtocol, ...]:
+    out: list[ExtraProtocol] = []
+    for block in top.tables("protocol", "[[protocol]]", None):
+        name = block.required_text("name").strip()
+        params: list[tuple[str, str]] = []
+        for key, value in block.data.items():
+            if key == "name":
+                continue
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, (int, float)):
+                value = str(value)
+            elif not isinstance(value, str):
+                raise block.error(
+                    key, f"a protocol parameter is a string, number or boolean, not {_type_name(value)}"
+                )
+            params.append((key, value))
+        if any(p.name == name for p in out):
+            raise block.error("name", f"protocol {name!r} is listed twice")
+        try:
+            out.append(ExtraProtocol(name, tuple(params)))
+        except ValueError as exc:
+            raise block.error("name", str(exc)) from None
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- built-in configuration
+
+DEFAULT_GATEWAY_TOML = """\
+# tunvpn's built-in demo gateway (tunvpn.gwconfig.default_gateway_toml fills in the values).
+[gateway]
+listen = "{listen}"
+psk_file = "{psk_file}"
+users_file = "{users_file}"
+require_xauth = true
+
+[network]
+pool = "{pool}"
+
+[groups]
+eng = [{eng_users}]
+
+[[policy]]
+name = "net-a"
+local = "{net_a}"
+
+[[policy]]
+name = "net-b"
+local = "{net_b}"
+
+[[policy]]
+name = "eng"
+local = "{net_eng}"
+groups = ["eng"]
+"""
+"""A ``str.format`` template: ``{listen}``, ``{psk_file}``, ``{users_file}``, ``{pool}``,
+``{net_a}``, ``{net_b}``, ``{net_eng}`` go inside TOML strings; ``{eng_users}`` is the inside
+of an array of strings. Two policies for everyone, one (``eng``) for the ``eng`` group."""
+
+
+def _toml_string(value: str) -> str:
+    """The inside of a TOML basic string."""
+    out = value.replace("\\", "\\\\").replace('"', '\\"')
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in out)
+
+
+def default_gateway_toml(
+    *,
+    listen: str,
+    psk_file: str | os.PathLike[str],
+    users_file: str | os.PathLike[str],
+    pool: str,
+    net_a: str,
+    net_b: str,
+    net_eng: str,
+    eng_users: Sequence[str] = ("demo",),
+) -> str:
+    """:data:`DEFAULT_GATEWAY_TOML` with the values filled in (quoted for TOML); parse it with
+    ``parse_gateway_config(text, BUILT_IN, base_dir=...)``."""
+    values = {
+        "listen": listen, "psk_file": os.fspath(psk_file), "users_file": os.fspath(users_file),
+        "pool": pool, "net_a": net_a, "net_b": net_b, "net_eng": net_eng,
+    }  # fmt: skip
+    quoted = {k: _toml_string(v) for k, v in values.items()}
+    users = ", ".join(f'"{_toml_string(u)}"' for u in eng_users)
+    return DEFAULT_GATEWAY_TOML.format(eng_users=users, **quoted)
+
+
+__all__ = [
+    "BUILT_IN",
+    "DEFAULT_GATEWAY_TOML",
+    "ESP_SUITES",
+    "PHASE1_ENCRYPTION",
+    "PHASE1_HASHES",
+    "ConfigFileError",
+    "GatewayConfig",
+    "PolicyRule",
+    "SourceText",
+    "TableReader",
+    "default_gateway_toml",
+    "load_gateway_config",
+    "parse_gateway_config",
+    "parse_duration",
+    "read_config_file",
+    "read_credential",
+    "read_identity",
+    "read_psks",
+    "resolve_path",
+]

@@ -1,0 +1,123 @@
+"""The client's profile file (TOML): the gateway, the secret (or certificate) and the user.
+
+Nothing else: the gateway pushes everything else (addresses, DNS, networks, algorithms).
+``docs/configuration.md`` documents the keys; ``contrib/client.toml`` is an example::
+
+    gateway = "192.0.2.1"
+    psk_file = "alice.psk"
+    user = "alice"
+
+Errors are :class:`~tunvpn.gwconfig.ConfigFileError` (file, line, key, reason). An inline
+``psk`` is accepted only when the profile file itself is private (``chmod 600``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+
+from tunvpn.gwconfig import (
+    ConfigFileError,
+    SourceText,
+    TableReader,
+    parse_ip,
+    parse_toml,
+    read_config_file,
+    read_credential,
+    read_identity,
+    read_psks,
+    resolve_path,
+)
+from tunvpn.ike.certs import Credential
+from tunvpn.ike.config import PskTable
+from tunvpn.ike.identity import Identity
+from tunvpn.shell.credentials import SecretFileError, read_private_file
+
+MODES = ("main", "aggressive", "base")
+_PROFILE_KEYS = (
+    "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "user", "password_file", "mode", "id",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientProfile:
+    """What a profile file says. Its ``repr`` holds no secret (PSKs show their identities only)."""
+
+    source: str
+    """The file it was read from."""
+    gateway: str
+    """The gateway's IP address."""
+    psks: PskTable = field(default_factory=PskTable)
+    """The group secret (``*``) or per-identity secrets; empty with certificate authentication."""
+    user: str | None = None
+    """XAUTH user name; ``None``: no XAUTH."""
+    password_file: str | None = None
+    """The XAUTH password's file (first line, mode 600); else ``$TUNVPN_PASSWORD`` or a prompt."""
+    mode: str = "main"
+    """Phase 1 exchange: ``main``, ``aggressive`` or ``base``."""
+    local_id: Identity | None = None
+    """Our phase 1 identity (``keyid:staff`` for a Cisco-style group); default: our address."""
+    credential: Credential | None = None
+    trusted_cas: tuple[x509.Certificate, ...] = ()
+
+
+def load_profile(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> ClientProfile:
+    """Read and check a profile (relative paths in it are relative to its directory).
+
+    :raises ConfigFileError: anything wrong, with the file, line, key and reason.
+    """
+    text, mode = read_config_file(path, "profile")
+    return parse_profile(text, str(path), base_dir=Path(path).resolve().parent, env=env, file_mode=mode)
+
+
+def parse_profile(
+    text: str,
+    source: str,
+    *,
+    base_dir: Path,
+    env: Mapping[str, str] | None = None,
+    file_mode: int | None = None,
+) -> ClientProfile:
+    """Check a profile text; ``file_mode`` as for :func:`tunvpn.gwconfig.parse_gateway_config`."""
+    env = os.environ if env is None else env
+    src = SourceText(text, source)
+    table = TableReader(src, parse_toml(src, text), "", "the profile", _PROFILE_KEYS)
+    gateway = parse_ip(table, "gateway", required=True)
+    assert gateway is not None
+    psks = read_psks(table, base_dir, env, file_mode)
+    credential, cas = read_credential(table, base_dir)
+    if not psks and credential is None:
+        raise src.error("", "no secret: give psk_file, psk_env or psk (or cert, key and ca)")
+    user = table.text("user")
+    password_file: str | None = None
+    if "password_file" in table:
+        if user is None:
+            raise table.error("password_file", "a password file needs user (the XAUTH user name)")
+        path = resolve_path(base_dir, table.required_text("password_file"))
+        try:
+            read_private_file(path, "password file")  # refuse an open or missing file now
+        except SecretFileError as exc:
+            raise table.error("password_file", str(exc)) from None
+        password_file = str(path)
+    mode = table.text("mode", "main")
+    assert mode is not None
+    if mode not in MODES:
+        raise table.error("mode", f"unknown mode {mode!r} (one of: {', '.join(MODES)})")
+    return ClientProfile(
+        source=source,
+        gateway=gateway,
+        psks=psks,
+        user=user.strip() if user is not None else None,
+        password_file=password_file,
+        mode=mode,
+        local_id=read_identity(table),
+        credential=credential,
+        trusted_cas=cas,
+    )
+
+
+__all__ = ["MODES", "ClientProfile", "ConfigFileError", "load_profile", "parse_profile"]
