@@ -157,10 +157,18 @@ class Topology:
         return name
 
     def link(
-        self, ns_a: str, addr_a: str, ns_b: str, addr_b: str, *, mtu: int | None = None
+        self,
+        ns_a: str,
+        addr_a: str,
+        ns_b: str,
+        addr_b: str,
+        *,
+        mtu: int | None = None,
+        names: tuple[str, str] | None = None,
     ) -> tuple[str, str]:
-        """Join two namespaces with a veth pair; addresses in CIDR form ("10.77.0.1/24")."""
-        if_a, if_b = ns_a + "v", ns_b + "v"
+        """Join two namespaces with a veth pair; addresses in CIDR form ("10.77.0.1/24").
+        ``names``: the two interface names (default: each namespace's name + "v")."""
+        if_a, if_b = names or (ns_a + "v", ns_b + "v")
         if any(if_a in (a, b) or if_b in (a, b) for _, a, _, b in self.links):
             raise ValueError("one veth per namespace: name clash")
         _ip("link", "add", if_a, "type", "veth", "peer", "name", if_b)

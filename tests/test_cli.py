@@ -57,7 +57,6 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
         (["connect", "10.0.0.1", "--ike-port", "70000"], "port 70000 is outside 1-65535"),
         (["connect", "10.0.0.1", "--timeout", "-1"], "a timeout cannot be negative"),
         (["connect", "10.0.0.1", "--id", "CN="], "is not an identity"),
-        (["gateway", "--psk-file", "x"], "the following arguments are required: --listen"),
         (["gateway", "--listen", "10.0.0.1", "--split", "10.0.0.0/33"], "is not an IPv4 network"),
         (["gateway", "--listen", "10.0.0.1", "--dns", "10.0.0.1,nope"], "is not an IPv4 address"),
     ],
@@ -279,3 +278,21 @@ def test_demo_ike_runs_end_to_end_and_cleans_up() -> None:
     assert {line.split()[0] for line in after.splitlines() if line.startswith("tvd")} <= {
         line.split()[0] for line in before.splitlines() if line.startswith("tvd")
     }
+
+
+def test_gateway_needs_a_config_file_or_listen(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["gateway", "--psk-file", "x"]) == 2
+    assert "give -c gateway.toml, or --listen ADDRESS" in capsys.readouterr().err
+
+
+def test_connect_needs_a_gateway_or_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["connect"]) == 2
+    assert "give the GATEWAY address" in capsys.readouterr().err
+
+
+def test_gateway_config_error_names_file_line_and_key(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('[gateway]\nlisten = "10.0.0.1"\npsk_env = "TUNVPN_TEST_UNSET"\n')
+    assert cli.main(["gateway", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg} line 3, key gateway.psk_env" in err

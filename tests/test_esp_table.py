@@ -90,6 +90,33 @@ def test_protocol_and_port_selectors_route_only_their_traffic() -> None:
     assert table.select(ipv4(dst="10.5.0.53", payload=udp(4000, 54))) is None
 
 
+def test_sas_to_one_destination_are_told_apart_by_their_source_selector() -> None:
+    """A gateway's SAs to one client all end at the client's address; the gateway-side
+    selector (the packet's source) picks the SA, also through the route cache."""
+    table = SadTable()
+    client = "10.79.0.10"
+    net_a = outbound(0x400, client, local_ts=TS.parse("10.78.0.0/24"))
+    net_b = outbound(0x401, client, local_ts=TS.parse("10.78.1.0/24"))
+    eng = outbound(0x402, client, local_ts=TS.parse("10.20.0.0/16"))
+    for sa in (net_a, net_b, eng):
+        table.install(sa)
+    cases = [("10.78.0.10", net_a), ("10.78.1.10", net_b), ("10.20.3.4", eng)]
+    for src, sa in cases:
+        assert table.select(ipv4(src=src, dst=client)) is sa
+    assert table.select(ipv4(src="10.99.0.1", dst=client)) is None
+    for _ in range(2):  # the second batch is served by the route cache
+        packets = [ipv4(src=src, dst=client) for src, _ in cases] * 2
+        groups = dict(table.encrypt_batch(packets))
+        assert {sa: len(esp) for sa, esp in groups.items()} == {net_a: 2, net_b: 2, eng: 2}
+    table.remove(net_b)
+    assert table.select(ipv4(src="10.78.1.10", dst=client)) is None
+    groups = dict(
+        table.encrypt_batch([ipv4(src="10.78.1.10", dst=client), ipv4(src="10.78.0.1", dst=client)])
+    )
+    assert list(groups) == [net_a]
+    assert table.drop_counts() == {DropReason.NO_ROUTE: 1}
+
+
 def test_encrypt_batch_groups_per_sa_in_order_and_counts_no_route() -> None:
     table = SadTable()
     a, b = outbound(0x300, "10.0.0.1"), outbound(0x301, "10.0.0.2")

@@ -187,11 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(gw)
     gw.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="gateway.toml (docs/configuration.md): identity, secrets, pool, DNS, groups, phase 2 "
+        "policies; replaces the flags below (tunvpn reload / SIGHUP reads it again)",
+    )
+    gw.add_argument(
         "--listen",
-        required=True,
         type=_ip,
         metavar="ADDRESS",
-        help="the gateway's own address to listen on (not 0.0.0.0)",
+        help="the gateway's own address to listen on (not 0.0.0.0); required without -c",
+    )
+    gw.add_argument(
+        "--control",
+        metavar="PATH",
+        help="control socket for tunvpn status/reload (default /run/tunvpn/gateway.sock); `none` for none",
     )
     gw.add_argument("--users", metavar="FILE", help="XAUTH users, `user:password` lines (mode 600)")
     gw.add_argument("--require-xauth", action="store_true", help="accept only XAUTH authentication methods")
@@ -225,7 +236,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connect to a gateway; exits 1 with a message if a phase fails.",
     )
     common(cl)
-    cl.add_argument("gateway", type=_ip, metavar="GATEWAY", help="the gateway's IP address")
+    cl.add_argument("gateway", type=_ip, nargs="?", metavar="GATEWAY", help="the gateway's IP address")
+    cl.add_argument(
+        "-c",
+        "--profile",
+        metavar="FILE",
+        help="client profile (gateway, secret, user; docs/configuration.md) instead of GATEWAY, "
+        "--psk-file and --user",
+    )
+    cl.add_argument(
+        "--dns-backend",
+        choices=("auto", "systemd-resolved", "resolvconf", "scutil", "file", "none"),
+        default="auto",
+        help="how to apply the gateway's DNS servers (default auto; restored on exit)",
+    )
+    cl.add_argument(
+        "--control",
+        metavar="PATH",
+        help="control socket for tunvpn status (default /run/tunvpn/client-IFACE.sock); `none` for none",
+    )
     cl.add_argument("--gateway-port", type=_port, default=500, help="the gateway's IKE port (default 500)")
     cl.add_argument(
         "--gateway-natt-port", type=_port, default=4500, help="the gateway's NAT-T port (default 4500)"
@@ -331,11 +360,35 @@ def _gateway_options(args: argparse.Namespace) -> object:
     )
 
 
+def _control_path(value: str | None, role: str) -> str | None:
+    if value is not None:
+        return None if value == "none" else value
+    if role == "client":
+        return "auto"
+    from tunvpn.control import default_socket_path
+
+    return str(default_socket_path(role))
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from tunvpn.gateway import Gateway
+    from tunvpn.gateway import Gateway, options_from_config
 
     _setup_logging(args.verbose, args.quiet, logging.INFO)
-    options = _gateway_options(args)
+    if args.config:
+        from tunvpn.gwconfig import load_gateway_config
+
+        options = options_from_config(load_gateway_config(args.config))
+        if args.ike_only:
+            options.tun = None
+        if args.keylog:
+            options.keylog = args.keylog
+        if args.control is not None or options.control_socket is None:
+            options.control_socket = _control_path(args.control, "gateway")
+    else:
+        if args.listen is None:
+            raise CliError("give -c gateway.toml, or --listen ADDRESS with the other flags")
+        options = _gateway_options(args)
+        options.control_socket = _control_path(args.control, "gateway")  # type: ignore[attr-defined]
     gateway = Gateway(options)  # type: ignore[arg-type]
     asyncio.run(gateway.run())
     return 0
@@ -359,7 +412,26 @@ def cmd_connect(args: argparse.Namespace) -> int:
     from tunvpn.client import Client, ClientOptions
 
     _setup_logging(args.verbose, args.quiet, logging.WARNING)
-    psks = load_psks(args.psk_file)
+    credential = None
+    trusted_cas: tuple = ()
+    if args.profile:
+        from tunvpn.profile import load_profile
+
+        profile = load_profile(args.profile)
+        if args.gateway is not None and args.gateway != profile.gateway:
+            raise CliError(f"GATEWAY {args.gateway} differs from the profile's {profile.gateway}")
+        args.gateway = profile.gateway
+        psks = profile.psks
+        args.user = args.user or profile.user
+        args.password_file = args.password_file or profile.password_file
+        if args.mode == "main" and profile.mode != "main":
+            args.mode = profile.mode
+        args.local_id = args.local_id or profile.local_id
+        credential, trusted_cas = profile.credential, tuple(profile.trusted_cas)
+    else:
+        if args.gateway is None:
+            raise CliError("give the GATEWAY address (and --psk-file, --user), or -c PROFILE")
+        psks = load_psks(args.psk_file)
     password = load_password(args.password_file) if args.user else None
     if args.password_file and not args.user:
         raise CliError("--password-file needs --user")
@@ -390,6 +462,10 @@ def cmd_connect(args: argparse.Namespace) -> int:
             sa_lifetime=args.sa_lifetime,
             json=args.json,
             force_encap=args.force_encap,
+            dns_backend=None if args.dns_backend == "none" else args.dns_backend,
+            control_socket=_control_path(args.control, "client"),
+            credential=credential,
+            trusted_cas=trusted_cas,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None

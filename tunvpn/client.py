@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, TextIO
 
+from cryptography import x509
+
 from tunvpn.ike import events as ev
+from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import EngineConfig, PskTable
 from tunvpn.ike.constants import DHGroup
 from tunvpn.ike.engine import IkeEngine
@@ -104,6 +107,10 @@ class ClientOptions:
     """How to apply the gateway's DNS servers (tunvpn.hostconfig); None: leave DNS alone."""
     control_socket: str | None = None
     """Path of the control socket (``tunvpn status``); "auto": client-IFACE.sock in the run directory."""
+    credential: Credential | None = None
+    """Our certificate and key (signature authentication instead of a PSK)."""
+    trusted_cas: tuple[x509.Certificate, ...] = ()
+    """CA certificates the gateway's certificate must chain to."""
 
     def __repr__(self) -> str:  # the password stays out of logs and tracebacks
         return f"ClientOptions(gateway={self.gateway!r}, mode={self.mode!r}, user={self.user!r})"
@@ -144,6 +151,8 @@ def build_engine_config(options: ClientOptions) -> EngineConfig:
     return EngineConfig(
         local_id=options.local_id,
         psks=options.psks,
+        credential=options.credential,
+        trusted_cas=options.trusted_cas,
         phase1=Phase1Policy.with_legacy() if options.legacy else Phase1Policy(),
         natt_port=options.natt_port,
         peer_natt_port=options.gateway_natt_port,

@@ -72,6 +72,7 @@ class Tunnel:
         self.dataplane = DataPlane(tun, on_event=self._from_data_thread)
         self.pairs: dict[int, _Pair] = {}  # by inbound SPI
         self._routes: dict[str, int] = {}  # route -> number of SA pairs using it
+        self._address: str | None = None  # "address/prefixlen" given to the TUN device
         self._loop: asyncio.AbstractEventLoop | None = None
         self.on_change: Callable[[], None] | None = None
         """Called after the engine was given a command (the shell flushes it)."""
@@ -93,7 +94,15 @@ class Tunnel:
             close()  # the kernel removes the device, its addresses and its routes
 
     def set_address(self, address: str, prefixlen: int = 32) -> None:
-        self._configure(addresses=[f"{address}/{prefixlen}"])
+        """Give the TUN device its (Mode Config) address; a pushed configuration that repeats
+        it changes nothing, one with a new address replaces the old one."""
+        wanted = f"{address}/{prefixlen}"
+        if wanted == self._address:
+            return
+        old, self._address = self._address, wanted
+        self._configure(addresses=[wanted])
+        if old is not None:
+            off_loop(self._unaddress_now, old)
 
     # ------------------------------------------------------------------ IKE events
 
@@ -219,8 +228,23 @@ class Tunnel:
             return
         try:
             off_loop(configure, addresses=addresses or (), routes=routes or (), up=True)
-        except OSError as exc:
+        except Exception as exc:  # OSError, or pyroute2's NetlinkError (not an OSError)
             log.warning("%s: configuring %s failed: %s", self.name, addresses or routes, exc)
+
+    def _unaddress_now(self, address: str) -> None:
+        try:
+            from pyroute2 import IPRoute
+        except ImportError:  # pragma: no cover - macOS: addresses go with the utun device
+            return
+        iface = ipaddress.ip_interface(address)
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=self.name)
+            if not found:
+                return
+            try:
+                ipr.addr("del", index=int(found[0]), address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            except Exception as exc:
+                log.debug("removing address %s: %s", address, exc)
 
     def _unroute(self, routes: list[str]) -> None:
         off_loop(self._unroute_now, routes)

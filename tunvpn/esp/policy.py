@@ -128,16 +128,27 @@ def compile_inbound_ranges(
     return ranges[0], ranges[1], ranges[2], ranges[3]
 
 
-def compile_outbound_ports(remote_ts: TrafficSelector, local_ts: TrafficSelector | None) -> PacketTest | None:
-    """For routing: a test of the protocol/port parts of the selectors, or None if any."""
-    tests = [
-        test
-        for test in (
-            _port_test(remote_ts, source=False),
-            _port_test(local_ts, source=True) if local_ts is not None else None,
-        )
-        if test is not None
-    ]
+def compile_outbound_test(
+    remote_ts: TrafficSelector, local_ts: TrafficSelector | None
+) -> tuple[PacketTest | None, bool]:
+    """For routing, what a packet must match besides its destination block: the
+    protocol/port parts of both selectors and the inner source address in ``local_ts``.
+
+    Several SAs may protect one destination: a gateway's SAs to one client all end at the
+    client's address and differ only by the gateway-side (source) selector. Returns ``(test
+    or None, whether the test looks at protocol or ports)``: a test of addresses alone lets
+    the route cache key on the address pair; one of ports does not.
+    """
+    port_tests = [_port_test(remote_ts, source=False)]
+    address_test = None
+    if local_ts is not None:
+        port_tests.append(_port_test(local_ts, source=True))
+        if local_ts.version == remote_ts.version:
+            address_test = _address_test(local_ts, _SRC)
+    tests = [test for test in (address_test, *port_tests) if test is not None]
+    uses_ports = any(test is not None for test in port_tests)
     if not tests:
-        return None
-    return lambda packet: all(test(packet) for test in tests)
+        return None, False
+    if len(tests) == 1:
+        return tests[0], uses_ports
+    return (lambda packet: all(test(packet) for test in tests)), uses_ports

@@ -6,8 +6,11 @@ the destination they protect (RFC 4301 section 4.4.2, reduced to what tunnel mod
   split into CIDR blocks; a block of full length (a host, the usual case for a client's
   virtual IP) is one dict lookup on the four or sixteen destination octets, shorter blocks
   one dict per prefix length present, tried longest first. So a packet costs O(number of
-  distinct prefix lengths), whatever the number of SAs. Selectors with a protocol or port
-  are honoured with a slower per-packet check.
+  distinct prefix lengths), whatever the number of SAs. Where the destination alone does
+  not decide (a gateway's SAs to one client differ only by their source selector; selectors
+  with a protocol or port) each candidate SA's test is tried, newest first; a route cache
+  keyed on the source and destination addresses makes that a dict lookup again unless
+  protocol or ports are involved.
 - Make-before-break rekeying: a new inbound SA is installed beside the old one (both SPIs
   are accepted until the old one is removed); :meth:`SadTable.replace` moves every route
   of an old outbound SA to the new one, one atomic dict store per route.
@@ -27,7 +30,7 @@ from collections import deque
 from ..ike.identity import TrafficSelector
 from .constants import DROP_REASON_COUNT, DropReason
 from .events import SaLifetimeEvent
-from .policy import PacketTest, compile_outbound_ports
+from .policy import PacketTest, compile_outbound_test
 from .ratelimit import DropLog
 from .sa import InboundSA, OutboundSA
 from .transforms import Packet
@@ -37,10 +40,11 @@ _ROUTE_CACHE_SIZE = 16384
 
 
 class _Choices(tuple):
-    """Routes of one block when protocol/port selectors are involved: ``(test, sa)`` pairs,
-    newest first, ending at the first SA without a test."""
+    """Routes of one block when the destination alone does not decide: ``(test, sa)``
+    pairs, newest first, ending at the first SA without a test. ``uses_ports``: some test
+    looks at protocol or ports (not only at the source address)."""
 
-    __slots__ = ()
+    uses_ports = False
 
     def pick(self, packet: Packet) -> OutboundSA | None:
         for test, sa in self:
@@ -52,7 +56,7 @@ class _Choices(tuple):
 class _RouteIndex:
     """Longest-prefix index of one address family."""
 
-    __slots__ = ("bits", "choices", "hosts", "prefixes", "stacks")
+    __slots__ = ("bits", "choices", "hosts", "port_tests", "prefixes", "stacks")
 
     def __init__(self, bits: int) -> None:
         self.bits = bits
@@ -63,8 +67,11 @@ class _RouteIndex:
         self.stacks: dict[tuple[int, int], list[tuple[PacketTest | None, OutboundSA]]] = {}
         """Every SA routed over a block, oldest first: ``(prefix length, key) -> [...]``."""
         self.choices = 0
-        """How many published routes are :class:`_Choices` (then the address alone does not
-        decide, and the table's route cache stays out of this family)."""
+        """How many published routes are :class:`_Choices` whose tests look at protocol or
+        ports (then the addresses alone do not decide, and the table's route cache stays out
+        of this family)."""
+        self.port_tests: set[PacketTest] = set()
+        """The tests (of installed SAs) that look at protocol or ports."""
 
     def _table(self, length: int, create: bool) -> dict[int, OutboundSA | _Choices] | None:
         shift = self.bits - length
@@ -88,7 +95,8 @@ class _RouteIndex:
             lookup_key = key
             if table is None:
                 return
-        if table.get(lookup_key).__class__ is _Choices:
+        old = table.get(lookup_key)
+        if old.__class__ is _Choices and old.uses_ports:  # type: ignore[union-attr]
             self.choices -= 1
         if not stack:
             table.pop(lookup_key, None)
@@ -104,10 +112,17 @@ class _RouteIndex:
             choices.append((test, sa))
             if test is None:
                 break
-        table[lookup_key] = _Choices(choices)
-        self.choices += 1
+        route = _Choices(choices)
+        route.uses_ports = any(test in self.port_tests for test, _ in choices)
+        table[lookup_key] = route
+        if route.uses_ports:
+            self.choices += 1
 
-    def add(self, ts: TrafficSelector, test: PacketTest | None, sa: OutboundSA) -> list[tuple[int, int]]:
+    def add(
+        self, ts: TrafficSelector, test: PacketTest | None, sa: OutboundSA, *, uses_ports: bool = False
+    ) -> list[tuple[int, int]]:
+        if test is not None and uses_ports:
+            self.port_tests.add(test)
         blocks = []
         for net in ts.networks():
             length = net.prefixlen
@@ -122,6 +137,9 @@ class _RouteIndex:
             stack = self.stacks.get((length, key))
             if stack is None:
                 continue
+            for entry in stack:
+                if entry[1] is sa and entry[0] is not None:
+                    self.port_tests.discard(entry[0])
             stack[:] = [entry for entry in stack if entry[1] is not sa]
             if not stack:
                 del self.stacks[(length, key)]
@@ -199,8 +217,8 @@ class SadTable:
             version, blocks = 0, []
             if sa.remote_ts is not None:
                 version = sa.remote_ts.version
-                test = compile_outbound_ports(sa.remote_ts, sa.local_ts)
-                blocks = self._routes[version].add(sa.remote_ts, test, sa)
+                test, uses_ports = compile_outbound_test(sa.remote_ts, sa.local_ts)
+                blocks = self._routes[version].add(sa.remote_ts, test, sa, uses_ports=uses_ports)
                 self._route_cache = {}
             self._outbound[sa] = (version, blocks)
             self._outbound_by_spi.setdefault(sa.spi, []).append(sa)
@@ -421,10 +439,10 @@ class SadTable:
         last_group: list[Packet] = []
         no_route = 0
         for packet in packets:
-            # The destination address (IPv4 or IPv6) looked up in the route cache first.
+            # The source and destination addresses (IPv4 or IPv6) looked up in the route cache first.
             try:
                 version = packet[0] >> 4
-                sa = cache[packet[16:20] if version == 4 else packet[24:40] if version == 6 else None]
+                sa = cache[packet[12:20] if version == 4 else packet[8:40] if version == 6 else None]
             except (KeyError, IndexError, TypeError):
                 sa = self._route(packet, cache)
                 if sa is None:
@@ -443,8 +461,8 @@ class SadTable:
         return [(sa, sa.encrypt_batch(group)) for sa, group in groups.items()]
 
     def _route(self, packet: Packet, cache: dict[bytes, OutboundSA]) -> OutboundSA | None:
-        """:meth:`select`, remembering the answer in ``cache`` when the destination address
-        alone decides it (no protocol/port selectors involved)."""
+        """:meth:`select`, remembering the answer in ``cache`` when the source and destination
+        addresses alone decide it (no protocol/port selectors involved)."""
         sa = self.select(packet)
         if sa is None or packet.__class__ is not bytes:
             return sa
@@ -453,7 +471,7 @@ class SadTable:
             return sa
         if len(cache) >= _ROUTE_CACHE_SIZE:
             cache.clear()
-        cache[packet[16:20] if version == 4 else packet[24:40]] = sa
+        cache[packet[12:20] if version == 4 else packet[8:40]] = sa
         return sa
 
     def drop_counts(self) -> dict[DropReason, int]:
