@@ -230,7 +230,8 @@ class TunDevice:
         routes: Iterable[str] = (),
         up: bool = True,
     ) -> None:
-        """Set the MTU, add addresses, bring the link up, then add routes (one netlink session)."""
+        """Set the MTU, add addresses, bring the link up, then add routes (one netlink session).
+        Idempotent: an address or route that is already there is left as it is."""
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
@@ -246,12 +247,12 @@ class TunDevice:
                 if iface.version == 6:
                     extra["flags"] = 0x02  # IFA_F_NODAD: a TUN has no neighbours to probe
                 ipr.addr(
-                    "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra
+                    "replace", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra
                 )
             if up:
                 ipr.link("set", index=index, state="up")
             for network in routes:
-                ipr.route("add", dst=str(ipaddress.ip_network(network)), oif=index)
+                ipr.route("replace", dst=str(ipaddress.ip_network(network)), oif=index)
 
     # ------------------------------------------------------------------ data
 
@@ -343,6 +344,15 @@ class TunDevice:
             stats.packets_written += accepted
             return accepted
         zero = NO_OFFLOAD_HDR_BYTES
+        if len(packets) == 1:  # a lone packet (a ping, an ACK): nothing to coalesce
+            try:
+                os.writev(fd, (zero, packets[0]))
+            except OSError as exc:
+                self._write_failed(exc, len(packets[0]))
+                return 0
+            stats.writes += 1
+            stats.packets_written += 1
+            return 1
         for hdr, packet in gro_coalesce(packets, udp=self.uso):
             if hdr.gso_type == GSO_NONE:
                 try:
