@@ -296,6 +296,18 @@ def test_three_line_profile_gets_every_sa_and_follows_a_live_change(net: Net) ->
         assert ping(net, "10.78.2.10").returncode == 0
         assert ping(net, "10.78.1.10", count=1).returncode != 0  # no SA, no route any more
         assert status(net)["generation"] == 2
+
+        # a broken file is refused with its line and key; the running configuration stays
+        (net.tmp / "gateway.toml").write_text(
+            CHANGED.replace('esp = "aes256-sha256"', 'esp = "aes256-rot13"')
+        )
+        bad = run_tunvpn(net.gateway, ["reload", "--socket", str(net.tmp / "gw.sock")])
+        assert bad.returncode != 0
+        message = bad.stdout + bad.stderr
+        assert re.search(r"gateway\.toml line \d+, key policy\[1\]\.esp: unknown ESP suite", message), message
+        assert "running configuration is kept" in message, message
+        assert status(net)["generation"] == 2
+        assert ping(net, "10.78.2.10").returncode == 0
     finally:
         stop_process(cl)
         stop_process(gw)
