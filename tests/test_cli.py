@@ -251,7 +251,9 @@ def test_child_policies_accept_no_pfs_and_every_group() -> None:
         split=(TrafficSelector.from_network("10.78.0.0/24").network,),  # type: ignore[arg-type]
     )
     legacy_policies = child_policies(legacy, Phase1Policy.with_legacy())
-    assert {str(p.local_ts) for p in legacy_policies} == {"10.78.0.0/24"}
+    # the split network, then the 0.0.0.0/0 SA a Cisco-style client asks for, narrowed to it
+    assert [str(p.local_ts) for p in legacy_policies] == ["10.78.0.0/24", "0.0.0.0/0"]
+    assert [str(ts) for ts in legacy_policies[1].inbound_local] == ["10.78.0.0/24"]
     assert DHGroup.MODP_1024 in legacy_policies[0].proposal.accept_pfs
     assert "MODP_1024" in legacy_algorithm_names() and "DES3_CBC" in legacy_algorithm_names()
 

@@ -44,6 +44,7 @@ from tunvpn.ike.proposals import (
     LEGACY_EXTRA_GROUPS,
     LEGACY_EXTRA_HASHES,
     ChildProposal,
+    EspSuite,
     Phase1Policy,
 )
 from tunvpn.shell.credentials import SecretFileError, UserTable
@@ -253,13 +254,16 @@ def child_policies_for(
 ) -> tuple[ChildPolicy, ...]:
     """The responder side of each policy. A tunvpn client was told the exact suite and PFS
     group; a standard client (vpnc) picks its own, so it may use any of the policy's suites
-    (plus the legacy ones with ``legacy``) with or without PFS."""
+    (plus the legacy ones with ``legacy``) with or without PFS.
+
+    A standard client also gets :func:`standard_client_policy` last: Cisco-style clients
+    ask for their address === 0.0.0.0/0 whatever split networks they were given."""
     out = []
+    groups = list(phase1.groups_by_strength()) if pfs_groups is None else list(pfs_groups)
     for policy in policies:
         if tunvpn_peer:
             proposal = policy.responder_proposal()
         else:
-            groups = list(phase1.groups_by_strength()) if pfs_groups is None else list(pfs_groups)
             esp = policy.esp + tuple(s for s in LEGACY_ESP if legacy and s not in policy.esp)
             proposal = ChildProposal(
                 esp=esp,
@@ -269,7 +273,45 @@ def child_policies_for(
                 lifetime_kilobytes=policy.lifetime_kilobytes,
             )
         out.append(ChildPolicy(policy.name, policy.gateway_ts, policy.client_ts, proposal))
+    if not tunvpn_peer:
+        extra = standard_client_policy(policies, legacy=legacy, pfs_groups=groups)
+        if extra is not None:
+            out.append(extra)
     return tuple(out)
+
+
+STANDARD_CLIENT_POLICY = "0.0.0.0/0 (split networks)"
+"""Name of the SA a standard client gets for its address === 0.0.0.0/0 Quick Mode."""
+
+
+def standard_client_policy(
+    policies: Sequence[Phase2Policy], *, legacy: bool, pfs_groups: Sequence[int]
+) -> ChildPolicy | None:
+    """What a Cisco concentrator does for vpnc: accept the client's address === 0.0.0.0/0
+    (vpnc always asks for that, and routes only the Unity split networks into it), answer
+    with those selectors, and let packets in only towards the networks of the client's
+    policies (``inbound_local``: the data path drops and counts the rest as ``policy``).
+
+    None when a policy already covers 0.0.0.0/0 (it matches by itself) or no policy is for
+    the client's assigned address. The SA accepts the suites and PFS groups of every
+    policy it stands for, and lives as long as the shortest of them."""
+    assigned = [p for p in policies if p.client_ts is None and p.gateway_ts.version == 4]
+    if not assigned or any(p.gateway_ts.contains(TrafficSelector.any()) for p in policies):
+        return None
+    esp: list[EspSuite] = []
+    for policy in assigned:
+        esp += [s for s in policy.esp if s not in esp]
+    esp += [s for s in LEGACY_ESP if legacy and s not in esp]
+    kilobytes = [p.lifetime_kilobytes for p in assigned if p.lifetime_kilobytes]
+    proposal = ChildProposal(
+        esp=tuple(esp),
+        pfs_group=None,
+        accept_pfs=frozenset(DHGroup(g) for g in pfs_groups),
+        lifetime_seconds=min(p.lifetime_seconds for p in assigned),
+        lifetime_kilobytes=min(kilobytes) if kilobytes else 0,
+    )
+    allowed = tuple(dict.fromkeys(p.gateway_ts for p in assigned))
+    return ChildPolicy(STANDARD_CLIENT_POLICY, TrafficSelector.any(), None, proposal, allowed)
 
 
 def child_policies(options: GatewayOptions, phase1: Phase1Policy) -> tuple[ChildPolicy, ...]:
@@ -612,7 +654,8 @@ class Gateway:
                 continue
             if policies == session.policies and not session.tunvpn:
                 continue
-            removed = [p.name for p in diff_policies(session.policies, policies).removed]
+            session_before = session.policies
+            removed = [p.name for p in diff_policies(session_before, policies).removed]
             self._install_policies(session, policies)
             if session.tunvpn:
                 config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), policies)
@@ -633,6 +676,10 @@ class Gateway:
                     len(policies),
                 )
             else:
+                d = diff_policies(session_before, policies)
+                if d.removed or d.changed:
+                    # its inbound check still admits the old networks: the client must reconnect
+                    removed.append(STANDARD_CLIENT_POLICY)
                 self._delete_children_named(session, removed, now)
         if self.driver is not None:
             self.driver.flush()
@@ -657,13 +704,15 @@ class Gateway:
         """What ``tunvpn status`` shows (schema in tunvpn/control.py)."""
         now = self.clock()
         counters = _sa_counters(self.tunnel)
+        drops = _sa_drops(self.tunnel)
         tunnels = []
         for session in self.sessions.values():
             sas = []
             for child in self.children.values():
                 if child.sa_id != session.sa_id:
                     continue
-                sas.append(_child_status(child, counters, now - self.child_started.get(child.spi_in, now)))
+                age = now - self.child_started.get(child.spi_in, now)
+                sas.append(_child_status(child, counters, age, drops))
             tunnels.append(
                 {
                     "peer": f"{session.peer[0]}:{session.peer[1]}",
@@ -834,8 +883,27 @@ def _sa_counters(tunnel: Tunnel | None) -> dict[int, tuple[int, int]]:
     return out
 
 
+def _sa_drops(tunnel: Tunnel | None) -> dict[int, dict[str, int]]:
+    """Inbound SPI -> packets dropped after decryption, by reason (``policy``: an inner packet
+    outside the SA's selectors, e.g. a standard client reaching beyond its policies)."""
+    if tunnel is None:
+        return {}
+    out: dict[int, dict[str, int]] = {}
+    try:
+        for sa in tunnel.dataplane.sad.inbound_sas():
+            drops = {reason.name.lower(): n for reason, n in sa.drop_counts().items() if n}
+            if drops:
+                out[sa.spi] = drops
+    except (AttributeError, RuntimeError):  # the table changed while we read it
+        pass
+    return out
+
+
 def _child_status(
-    child: ev.ChildSAEstablished, counters: dict[int, tuple[int, int]], age: float
+    child: ev.ChildSAEstablished,
+    counters: dict[int, tuple[int, int]],
+    age: float,
+    drops: dict[int, dict[str, int]] | None = None,
 ) -> dict[str, object]:
     from tunvpn.shell.udp import esp_suite_name
 
@@ -853,6 +921,7 @@ def _child_status(
         "bytes_out": bytes_out,
         "packets_in": packets_in,
         "packets_out": packets_out,
+        "drops_in": (drops or {}).get(child.spi_in, {}),
         "lifetime": child.lifetime_seconds,
         "expires_in": max(0.0, child.lifetime_seconds - age) if child.lifetime_seconds else None,
     }

@@ -40,6 +40,16 @@ exit 0
 """
 
 
+_SPLIT_ROUTES = """\
+    i=0
+    while [ "$i" -lt "${CISCO_SPLIT_INC:-0}" ]; do
+      eval "net=\\$CISCO_SPLIT_INC_${i}_ADDR len=\\$CISCO_SPLIT_INC_${i}_MASKLEN"
+      ip route replace "$net/$len" dev "$TUNDEV" src "$INTERNAL_IP4_ADDRESS"
+      i=$((i + 1))
+    done
+"""
+
+
 @dataclass
 class Vpnc:
     """One vpnc client in ``netns``; files under ``workdir``."""
@@ -59,6 +69,9 @@ class Vpnc:
     """vpnc Debug level; keep 0 for data-path tests (level 1 logs every ESP packet: pitfall 10)."""
     routes: tuple[str, ...] = ()
     """Destinations (CIDR) the script routes into the TUN on connect."""
+    split_routes: bool = False
+    """Also route the Cisco Unity split-include networks the gateway sent (CISCO_SPLIT_INC_*),
+    as the stock vpnc-script does."""
     extra_config: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -76,6 +89,8 @@ class Vpnc:
             f'    ip route replace {shlex.quote(r)} dev "$TUNDEV" src "$INTERNAL_IP4_ADDRESS"\n'
             for r in self.routes
         )
+        if self.split_routes:
+            routes += _SPLIT_ROUTES
         self.script_path.write_text(_SCRIPT.format(events=shlex.quote(str(self.events_path)), routes=routes))
         self.script_path.chmod(0o755)
         lines = [

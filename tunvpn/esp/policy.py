@@ -107,6 +107,31 @@ def compile_inbound_policy(
     return lambda packet: all(test(packet) for test in tests)
 
 
+def compile_inbound_policy_any(
+    remote_ts: TrafficSelector | None, local_choices: tuple[TrafficSelector, ...]
+) -> PacketTest | None:
+    """Like :func:`compile_inbound_policy`, with the destination in any of ``local_choices``
+    (the networks a standard client's 0.0.0.0/0 SA may reach: ``ChildPolicy.inbound_local``).
+    Each choice also checks the packet's IP version, since the choices may mix families."""
+    if len(local_choices) == 1:
+        return compile_inbound_policy(remote_ts, local_choices[0])
+    source = compile_inbound_policy(remote_ts, None)
+    choices: list[tuple[int, PacketTest]] = []
+    for ts in local_choices:
+        test = compile_inbound_policy(None, ts)
+        if test is None:
+            return source  # one choice admits every destination of its family
+        choices.append((ts.version, test))
+
+    def test(packet: bytes) -> bool:
+        if source is not None and not source(packet):
+            return False
+        version = packet[0] >> 4
+        return any(v == version and dest(packet) for v, dest in choices)
+
+    return test
+
+
 def compile_inbound_ranges(
     remote_ts: TrafficSelector | None, local_ts: TrafficSelector | None
 ) -> tuple[int, int, int, int] | None:

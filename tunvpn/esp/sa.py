@@ -36,7 +36,12 @@ from .constants import (
     LifetimeTrigger,
 )
 from .events import SaHardExpired, SaLifetimeEvent, SaSoftExpired
-from .policy import compile_inbound_policy, compile_inbound_ranges, next_header_versions
+from .policy import (
+    compile_inbound_policy,
+    compile_inbound_policy_any,
+    compile_inbound_ranges,
+    next_header_versions,
+)
 from .replay import ReplayWindow
 from .transforms import PAD_SUFFIXES, AeadEngine, Engine, EspSuite, Packet, trailer_table
 
@@ -382,6 +387,9 @@ class InboundSA(_SecurityAssociation):
         RFC 4303 section 3.4.3 allows only by local choice; never needed here).
     :param remote_ts: the peer's selector: inner sources must lie in it (RFC 4301 5.2).
     :param local_ts: ours: inner destinations must lie in it.
+    :param allowed_local: when not empty, inner destinations must lie in one of these
+        instead (narrower than ``local_ts``: a standard client's 0.0.0.0/0 SA on a gateway
+        reaches only its policies' networks); other packets are dropped as ``POLICY``.
 
     The other parameters are those of :class:`OutboundSA`.
     """
@@ -403,6 +411,7 @@ class InboundSA(_SecurityAssociation):
         remote_ts: TrafficSelector | None = None,
         local_ts: TrafficSelector | None = None,
         peer: tuple[str, int] | None = None,
+        allowed_local: tuple[TrafficSelector, ...] = (),
     ) -> None:
         super().__init__(
             spi,
@@ -421,9 +430,16 @@ class InboundSA(_SecurityAssociation):
         self.packets = 0
         self._window_size = replay_window
         self.replay: ReplayWindow | None = None  # allocated by the first packet
-        self._policy = compile_inbound_policy(remote_ts, local_ts)
-        self._ranges = compile_inbound_ranges(remote_ts, local_ts)
-        self._nh_versions = next_header_versions(remote_ts, local_ts)
+        if allowed_local:  # narrowed: the checks are made once here, never per packet
+            self._policy = compile_inbound_policy_any(remote_ts, allowed_local)
+            self._ranges = (
+                compile_inbound_ranges(remote_ts, allowed_local[0]) if len(allowed_local) == 1 else None
+            )
+            self._nh_versions = next_header_versions(remote_ts, *allowed_local)
+        else:
+            self._policy = compile_inbound_policy(remote_ts, local_ts)
+            self._ranges = compile_inbound_ranges(remote_ts, local_ts)
+            self._nh_versions = next_header_versions(remote_ts, local_ts)
 
     def _window(self) -> ReplayWindow:
         window = self.replay
@@ -800,6 +816,7 @@ def sa_pair_from_child(
         remote_ts=event.remote_ts,
         local_ts=event.local_ts,
         peer=event.remote,
+        allowed_local=event.inbound_local_ts,
     )
     outbound = OutboundSA(
         event.spi_out,

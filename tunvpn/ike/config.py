@@ -78,6 +78,10 @@ class ChildPolicy:
     local_ts: TrafficSelector
     remote_ts: TrafficSelector | None
     proposal: ChildProposal = field(default_factory=ChildProposal)
+    inbound_local: tuple[TrafficSelector, ...] = ()
+    """Where inner packets arriving on this SA may go when that is narrower than ``local_ts``:
+    a gateway answers a standard client's ``0.0.0.0/0`` Quick Mode with ``local_ts`` 0.0.0.0/0
+    but lets the client reach only its policies' networks. Empty: ``local_ts`` itself."""
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,9 @@ class ChildSAEstablished(Event):
     """"initiator" or "responder" of this Quick Mode."""
     policy_name: str = ""
     """Name of the child policy this SA implements (empty when unnamed)."""
+    inbound_local_ts: tuple[TrafficSelector, ...] = ()
+    """Destinations inbound inner packets may have when narrower than ``local_ts`` (a
+    standard client's 0.0.0.0/0 SA, ``ChildPolicy.inbound_local``); empty: ``local_ts``."""
 
 
 @dataclass(frozen=True)

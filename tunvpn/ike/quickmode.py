@@ -153,6 +153,8 @@ class QuickModeMixin:
                     remote = TrafficSelector.from_address(sa.remote[0])
                 else:
                     remote = TrafficSelector.from_address(sa.assigned_address)
+            if policy.inbound_local and ts_r != policy.local_ts:
+                continue  # a narrowed policy answers exactly its own selector (0.0.0.0/0)
             if policy.local_ts.contains(ts_r) and remote.contains(ts_i):
                 matches.append(policy)
         return matches
@@ -264,6 +266,7 @@ class QuickModeMixin:
             remote_ts=ts_i,
             lifetime_s=lifetime_s,
             lifetime_kb=lifetime_kb,
+            inbound_local=policy.inbound_local,
         )
         self._send_protected(sa, ex, ExchangeType.QUICK_MODE, out, now, expect_reply=True, extra=ni)
         # install now: peers such as vpnc send ESP before our third message arrives
@@ -414,5 +417,6 @@ class QuickModeMixin:
                 int(ct.pfs_group) if ct.pfs_group else None,
                 role,
                 name,
+                tuple(d.get("inbound_local", ())),  # type: ignore[arg-type]
             )
         )
