@@ -216,6 +216,40 @@ def test_demo_names_what_is_missing(
     assert "demo-ike needs iproute2's `ip` command" in err
 
 
+def test_demo_says_what_is_missing_and_how_to_get_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(demo.shutil, "which", lambda name: None)
+    monkeypatch.setattr(demo, "TUN_DEVICE", str(tmp_path / "no-tun"))
+    code, err = run(capsys, "demo")
+    assert code == 2
+    assert "demo needs root privileges" in err and "`sudo tunvpn demo`" in err
+    assert "demo needs iproute2's `ip` command (e.g. `apt-get install iproute2`)" in err
+    assert f"demo needs the TUN device {tmp_path / 'no-tun'}: load the module with `modprobe tun`" in err
+    assert "demo needs `ping`" in err and "iputils-ping" in err
+
+
+def test_demo_asks_only_for_what_is_missing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "tun").touch()
+    monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(demo.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(demo, "TUN_DEVICE", str(tmp_path / "tun"))
+    code, err = run(capsys, "demo")
+    assert code == 2
+    assert err.count("demo needs") == 1 and "demo needs root privileges" in err
+
+
+@pytest.mark.parametrize(("value", "message"), [("0", "above 0"), ("lots", "is not a number of MiB")])
+def test_demo_transfer_size_is_checked(capsys: pytest.CaptureFixture[str], value: str, message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--transfer-mb", value])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- gateway pieces
 
 

@@ -1,4 +1,4 @@
-"""``tunvpn``: the command line (``gateway``, ``connect``, ``demo-ike``, ``status``, ``reload``).
+"""``tunvpn``: the command line (``gateway``, ``connect``, ``demo``, ``demo-ike``, ``status``, ``reload``).
 
 Exit status: 0 success, 1 the negotiation failed (the message says where), 2 bad arguments,
 unusable secret files or missing privileges.
@@ -100,6 +100,16 @@ def _dh_group(text: str) -> object:
         return parse_dh_group(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB") from None
+    if not 0 < value <= 1024:
+        raise argparse.ArgumentTypeError("the transfer size must be above 0 and at most 1024 MiB")
+    return value
 
 
 def _pfs(text: str) -> object:
@@ -303,6 +313,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cl.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
 
+    tour = sub.add_parser(
+        "demo",
+        help="as root: client, gateway and protected server in three network namespaces",
+        description="Create three network namespaces (client, gateway, a server behind it), run the "
+        "gateway with its built-in configuration and a client that knows only the gateway, the "
+        "secret and a user; show each phase, ping and move data through the tunnel, change a "
+        "policy live, then remove everything. Needs root, iproute2 and /dev/net/tun.",
+    )
+    tour.add_argument(
+        "-v", "--verbose", action="count", default=0, help="show the daemons' logs (-vv: their debug logs)"
+    )
+    tour.add_argument(
+        "--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="longest wait for one step (30)"
+    )
+    tour.add_argument(
+        "--transfer-mb",
+        type=_megabytes,
+        default=8.0,
+        metavar="MB",
+        help="MiB sent through the tunnel and checked (8)",
+    )
+
     demo = sub.add_parser(
         "demo-ike",
         help="as root: gateway and client in two network namespaces",
@@ -493,6 +525,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tunvpn.bench import cli as bench_cli
 
             return bench_cli.run_from_args(args)
+        if args.command == "demo":
+            from tunvpn.demo_tour import run_tour
+
+            return run_tour(args)
         if args.command == "demo-ike":
             from tunvpn.demo import run_demo
 

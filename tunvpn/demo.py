@@ -5,6 +5,10 @@ a throw-away PSK and XAUTH user in a private temp dir, then ``python -m tunvpn g
 ``python -m tunvpn connect --exit-after-established`` as subprocesses (``ip netns exec``), their
 output interleaved on the terminal, until the client reports its Quick Mode SAs up. Everything
 is removed afterwards, also on Ctrl-C.
+
+The README's main command, ``tunvpn demo`` (three namespaces, the built-in gateway
+configuration, a live policy change), is in :mod:`tunvpn.demo_tour`; it shares this module's
+requirement check, child environment and private files.
 """
 
 from __future__ import annotations
@@ -33,19 +37,49 @@ PROTECTED_HOST = "10.78.0.1"
 """An address behind the gateway (on its loopback) that the client pings through the tunnel."""
 DEMO_USER = "demo"
 DEMO_GROUP = "keyid:demo"
+TUN_DEVICE = "/dev/net/tun"
 
 
-def missing_requirements() -> list[str]:
-    """What this machine lacks for the demo, in words (empty: nothing)."""
+def missing_requirements(
+    command: str = "demo-ike", *, need_tun: bool = False, need_ping: bool = False
+) -> list[str]:
+    """What this machine lacks for ``tunvpn COMMAND``, each with how to get it (empty: nothing)."""
     missing = []
     if os.geteuid() != 0:
         missing.append(
-            "root privileges: the demo creates network namespaces and a veth pair "
-            "(run `sudo tunvpn demo-ike`)"
+            "root privileges: the demo creates network namespaces and veth pairs "
+            f"(run `sudo tunvpn {command}`)"
         )
     if shutil.which("ip") is None:
         missing.append("iproute2's `ip` command (e.g. `apt-get install iproute2`)")
+    if need_tun and not os.path.exists(TUN_DEVICE):
+        missing.append(
+            f"the TUN device {TUN_DEVICE}: load the module with `modprobe tun`, or create the node "
+            f"with `mkdir -p /dev/net && mknod {TUN_DEVICE} c 10 200` (in a container: start it "
+            f"with `--device {TUN_DEVICE}`)"
+        )
+    if need_ping and shutil.which("ping") is None:
+        missing.append("`ping` to test the tunnel (e.g. `apt-get install iputils-ping`)")
     return missing
+
+
+def report_missing(command: str, missing: list[str]) -> int:
+    """Print each missing requirement on stderr; the exit status for it (2)."""
+    for what in missing:
+        print(f"tunvpn: error: {command} needs {what}", file=sys.stderr)
+    return 2
+
+
+def child_env() -> dict[str, str]:
+    """The environment of ``python -m tunvpn`` children: this package first on the path,
+    unbuffered output, and no secret inherited from our own environment."""
+    env = dict(os.environ)
+    package_root = str(Path(tunvpn.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("TUNVPN_PSK", None)
+    env.pop("TUNVPN_PASSWORD", None)
+    return env
 
 
 def _ip(*args: str) -> None:
@@ -83,7 +117,7 @@ class DemoNetwork:
         self.created.clear()
 
 
-def _private_file(path: Path, text: str) -> Path:
+def private_file(path: Path, text: str) -> Path:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -134,16 +168,11 @@ async def _stop(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> None:
 async def _demo(net: DemoNetwork, workdir: Path, args: argparse.Namespace) -> int:
     psk = secrets.token_urlsafe(24)
     password = secrets.token_urlsafe(12)
-    gw_psk = _private_file(workdir / "gateway.psk", f"* {psk}\n")
-    users = _private_file(workdir / "users", f"{DEMO_USER}:{password}\n")
-    client_psk = _private_file(workdir / "client.psk", f"{psk}\n")
-    client_password = _private_file(workdir / "client.password", f"{password}\n")
-    env = dict(os.environ)
-    package_root = str(Path(tunvpn.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop("TUNVPN_PSK", None)
-    env.pop("TUNVPN_PASSWORD", None)
+    gw_psk = private_file(workdir / "gateway.psk", f"* {psk}\n")
+    users = private_file(workdir / "users", f"{DEMO_USER}:{password}\n")
+    client_psk = private_file(workdir / "client.psk", f"{psk}\n")
+    client_password = private_file(workdir / "client.password", f"{password}\n")
+    env = child_env()
     verbose = ["-v"] * args.verbose
 
     gateway_argv = [
@@ -183,7 +212,7 @@ async def _demo(net: DemoNetwork, workdir: Path, args: argparse.Namespace) -> in
     if args.mode == "aggressive":
         gateway_argv.append("--allow-aggressive-psk")
         client_argv += ["--id", DEMO_GROUP]
-        _private_file(gw_psk, f"{DEMO_GROUP} {psk}\n")
+        private_file(gw_psk, f"{DEMO_GROUP} {psk}\n")
 
     print(
         f"demo: namespaces {net.gateway_ns} (gateway {GATEWAY_ADDR}) and {net.client_ns} "
@@ -250,9 +279,7 @@ async def _demo(net: DemoNetwork, workdir: Path, args: argparse.Namespace) -> in
 def run_demo(args: argparse.Namespace) -> int:
     missing = missing_requirements()
     if missing:
-        for what in missing:
-            print(f"tunvpn: error: demo-ike needs {what}", file=sys.stderr)
-        return 2
+        return report_missing("demo-ike", missing)
     net = DemoNetwork()
     workdir = Path(tempfile.mkdtemp(prefix="tunvpn-demo-"))
     try:
@@ -269,4 +296,4 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-__all__ = ["missing_requirements", "run_demo"]
+__all__ = ["child_env", "missing_requirements", "private_file", "report_missing", "run_demo"]
