@@ -1,0 +1,185 @@
+"""Our client's fallback path against a standard gateway, end to end with traffic: strongSwan
+5.9 charon (kernel-libipsec) as an IKEv1 Main Mode PSK + XAUTH + Mode Config gateway whose
+unity plugin announces two Cisco Unity split-include networks, in three namespaces::
+
+    client (10.77.0.2) --veth-- charon (10.77.0.1 | 10.78.0.1, 10.78.1.1)
+                                        --veth-- server (10.78.0.10, 10.78.1.10)
+
+Our client sends the tunvpn vendor ID, gets an address and the split networks but no ``CFG_``
+policy sets (charon knows none), so it runs one Quick Mode per split network with its own
+enumerated proposals, routes both networks into its TUN device, and pings a host in each
+through the tunnel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tunvpn.ike.constants import VendorId
+
+from . import configs
+from .strongswan import Charon
+from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
+from netns import Topology, run_in, stop_process, wait_for
+
+pytestmark = [pytest.mark.interop, pytest.mark.netns]
+
+GATEWAY = "10.77.0.1"
+CLIENT = "10.77.0.2"
+POOL_FIRST = "10.79.0.10"
+NETS = ("10.78.0.0/24", "10.78.1.0/24")
+HOSTS = ("10.78.0.10", "10.78.1.10")
+PSK = "tv-fallback-psk-0123456789"
+
+
+def xauth_gateway() -> str:
+    """Main Mode PSK, then XAUTH (xauth-generic) and Mode Config from a pool; one child whose
+    local_ts lists both networks, which the unity plugin sends as split-include."""
+    return f"""\
+connections {{
+  fb {{
+    version = 1
+    local_addrs = {GATEWAY}
+    remote_addrs = {CLIENT}
+    pools = fbpool
+    proposals = aes256-sha256-modp2048
+    local {{
+      auth = psk
+      id = {GATEWAY}
+    }}
+    remote {{
+      auth = psk
+      id = {CLIENT}
+    }}
+    remote-xauth {{
+      auth = xauth-generic
+    }}
+    children {{
+      fb {{
+        mode = tunnel
+        local_ts = {", ".join(NETS)}
+        esp_proposals = aes256gcm16-ecp256
+      }}
+    }}
+  }}
+}}
+pools {{
+  fbpool {{
+    addrs = {configs.VPNC_POOL}
+  }}
+}}
+secrets {{
+  ike-fb {{
+    id-1 = {GATEWAY}
+    id-2 = {CLIENT}
+    secret = "{PSK}"
+  }}
+  xauth-{configs.VPNC_USER} {{
+    id = {configs.VPNC_USER}
+    secret = "{configs.VPNC_PASSWORD}"
+  }}
+}}
+"""
+
+
+def ping(ns: str, host: str) -> subprocess.CompletedProcess[str]:
+    return run_in(ns, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", host], check=False, timeout=30)
+
+
+def test_client_falls_back_to_unity_split_networks_and_pings_each(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o700)
+    with Topology() as topo:
+        c, g, s = topo.add_ns("c"), topo.add_ns("g"), topo.add_ns("s")
+        topo.link(c, f"{CLIENT}/24", g, f"{GATEWAY}/24")
+        topo.link(g, "10.78.0.1/24", s, "10.78.0.10/24", names=(g + "s", s + "g"))
+        topo.add_addr(g, "10.78.1.1/24", g + "s")
+        topo.add_addr(s, "10.78.1.10/24", s + "g")
+        run_in(s, ["ip", "route", "add", "default", "via", "10.78.0.1"])
+        run_in(g, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        with Charon(tmp_path / "gw", g) as charon:
+            charon.load(xauth_gateway())
+            psk = private_file(tmp_path / "client.psk", PSK + "\n")
+            password = private_file(tmp_path / "password", configs.VPNC_PASSWORD + "\n")
+            log = tmp_path / "client.log"
+            client = popen_tunvpn(
+                c,
+                [
+                    "connect",
+                    GATEWAY,
+                    "--psk-file",
+                    str(psk),
+                    "--user",
+                    configs.VPNC_USER,
+                    "--password-file",
+                    str(password),
+                    "--tun",
+                    "tvcl%d",
+                    "--dns-backend",
+                    "none",
+                    "--control",
+                    "none",
+                    "--json",
+                    "--timeout",
+                    "30",
+                    "-v",
+                ],
+                log,
+            )
+            try:
+                try:
+                    wait_for_line(log, '"event": "established"', client, 40, "the client's Quick Mode SAs")
+                except (TimeoutError, RuntimeError) as exc:
+                    raise AssertionError(f"{exc}\n--- charon log ---\n{charon.log_text()[-6000:]}") from None
+                wait_for(
+                    lambda: len(charon.established_children()) == 2, 10, "charon's two CHILD_SAs INSTALLED"
+                )
+                list_sas = charon.list_sas()
+                routes = run_in(c, ["ip", "route"]).stdout
+                pings = {host: ping(c, host) for host in HOSTS}
+            finally:
+                code = stop_process(client)
+            charon_log = charon.log_text()
+        text = read_text(log)
+
+    assert code == 0, text[-4000:]
+    records = json_records(log)
+    modecfg = next(r for r in records if r["event"] == "modecfg" and r["state"] == "received")
+    assert modecfg["address"] == POOL_FIRST
+    assert modecfg["split_include"] == list(NETS), modecfg
+    assert not [r for r in records if r["event"] == "policy"]  # no CFG_ sets from a standard gateway
+    started = [r for r in records if r["event"] == "quick" and r["state"] == "started"]
+    assert sorted(r["remote_ts"] for r in started) == list(NETS)
+    up = [r for r in records if r["event"] == "quick" and r["state"] == "established"]
+    assert sorted(r["remote_ts"] for r in up) == list(NETS), up
+    assert all(r["local_ts"] == f"{POOL_FIRST}/32" and r["esp"] == "aes256gcm16" for r in up), up
+    assert all(r["pfs_group"] == 19 for r in up)  # our own proposal: PFS with ECP-256
+
+    assert list_sas.count("INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-256/ECP_256") == 2, list_sas
+    assert f"XAuth: '{configs.VPNC_USER}'" in list_sas
+    for net in NETS:
+        assert f"local  {net}" in list_sas or f"local {net}" in list_sas, list_sas
+        assert f"{net} dev tvcl" in routes, routes
+    for host, result in pings.items():
+        assert result.returncode == 0, f"{host}: {result.stdout}{result.stderr}\n{charon_log[-3000:]}"
+        assert "3 received" in result.stdout
+    vid = ":".join(f"{b:02x}" for b in VendorId.TUNVPN)
+    assert f"received unknown vendor ID: {vid}" in charon_log  # we did announce tunvpn
+    assert "CPRP(ADDR U_SPLITINC)" in charon_log  # a standard answer: no CFG_ sets
+    # one Quick Mode per split network, each with our whole enumerated ESP offer
+    offers = re.findall(r"received proposals: (ESP:.*)", charon_log)
+    assert len(offers) == 2 and all(o.count("ESP:") >= 5 for o in offers), offers
+    assert all(o.startswith("ESP:AES_GCM_16_256/ECP_256/NO_EXT_SEQ, ESP:AES_GCM_16_128") for o in offers)
+    # both SAs carried the pings (charon counts the bytes it decrypted and encrypted)
+    closed = re.findall(
+        r"closing CHILD_SA fb\{\d\} with SPIs \w+_i \((\d+) bytes\) \w+_o \((\d+) bytes\)", charon_log
+    )
+    assert len(closed) == 2 and all(int(i) > 0 and int(o) > 0 for i, o in closed), closed
+    assert f"assigning virtual IP {POOL_FIRST} to peer '{configs.VPNC_USER}'" in charon_log
+    assert charon_log.count("CHILD_SA fb{") >= 2
+    assert "received DELETE for IKE_SA fb[1]" in charon_log
+    assert configs.VPNC_PASSWORD not in text and PSK not in text
