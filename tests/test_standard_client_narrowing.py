@@ -6,7 +6,7 @@ SA lets in to the networks of the client's policies; everything else is dropped 
 from __future__ import annotations
 
 from tests.esp_helpers import ALL_SUITES, GCM128, ipv4, sa_pair, udp
-from tests.ike_pair import CLIENT_IP, Pair
+from tests.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
 from tests.test_rfc2409_engine import client_config, connect, gateway_config
 from tunvpn.esp import DropReason
 from tunvpn.gateway import STANDARD_CLIENT_POLICY, child_policies_for, standard_client_policy
@@ -20,6 +20,7 @@ NET_A = TrafficSelector.from_network("10.78.0.0/24")
 NET_B = TrafficSelector.from_network("10.78.1.0/24")
 ANY = TrafficSelector.any()
 CLIENT_VIP = "10.79.0.10"
+NOW = 1_800_000_000.0
 POLICIES = (
     Phase2Policy("net-a", NET_A, None, (DEFAULT_ESP[0],), DHGroup.ECP_256, 3600),
     Phase2Policy("net-b", NET_B, None, (DEFAULT_ESP[2],), None, 1800, 5000),
@@ -130,3 +131,72 @@ def test_an_sa_without_narrowing_admits_every_destination_of_its_selector() -> N
     outbound, inbound = sa_pair(GCM128, remote_ts=TrafficSelector.from_address(CLIENT_VIP), local_ts=ANY)
     packet = ipv4(CLIENT_VIP, "10.20.0.10", udp(1, 2))
     assert inbound.decrypt_batch([outbound.encrypt(packet)]) == [packet]
+
+
+# ------------------------------------------------------------------ the Gateway class, in memory
+
+
+def _gateway_options(*policies: Phase2Policy):
+    from tests.test_rfc2409_engine import PSK
+    from tunvpn.gateway import AddressPool, GatewayOptions, SimpleRule
+    from tunvpn.ike.config import PskTable
+
+    return GatewayOptions(
+        listen=GATEWAY_IP,
+        psks=PskTable({"*": PSK}),
+        pool=AddressPool.parse("10.79.0.10-10.79.0.20"),
+        legacy=True,
+        rules=tuple(SimpleRule(p) for p in policies),
+    )
+
+
+def _shuttle(client, gateway) -> None:
+    """Move datagrams both ways until quiet; the Gateway handles its engine's events."""
+    for _ in range(50):
+        moved = 0
+        for sender, receiver, src, dst in (
+            (client.engine, gateway.engine, CLIENT_IP, GATEWAY_IP),
+            (gateway.engine, client.engine, GATEWAY_IP, CLIENT_IP),
+        ):
+            for data, remote, local_port in sender.datagrams_to_send():
+                receiver.receive_datagram(data, (src, local_port), (dst, remote[1]), NOW)
+                moved += 1
+        client.drain()
+        while (event := gateway.engine.next_event()) is not None:
+            gateway.handle_event(event)
+        if not moved:
+            return
+    raise AssertionError("never quiet")
+
+
+def test_reload_that_removes_a_policy_deletes_the_narrowed_sa() -> None:
+    """Its inbound check would still admit the removed network: the client must reconnect."""
+    from tests.ike_pair import Peer
+    from tunvpn.gateway import Gateway
+    from tunvpn.ike.engine import IkeEngine
+
+    gateway = Gateway(_gateway_options(*POLICIES), clock=lambda: NOW)
+    client = Peer(IkeEngine(client_config(tunvpn_extensions=False)), CLIENT_IP)  # a standard client
+    sa_id = client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), NOW)
+    _shuttle(client, gateway)
+    sa_id = client.of(ev.Phase1Established)[0].sa_id
+    client.engine.request_mode_config(sa_id, NOW)
+    _shuttle(client, gateway)
+    [config] = client.of(ev.ModeConfigReceived)
+    assert str(config.config.address) == CLIENT_VIP
+    vip = TrafficSelector.from_address(CLIENT_VIP)
+    client.engine.start_child(sa_id, NOW, vip, ANY, ChildProposal(esp=LEGACY_ESP, pfs_group=None))
+    _shuttle(client, gateway)
+    [child] = gateway.children.values()
+    assert child.policy_name == STANDARD_CLIENT_POLICY and child.inbound_local_ts == (NET_A, NET_B)
+
+    # adding a policy leaves the SA alone (the client learns the network when it reconnects)
+    extra = Phase2Policy("net-c", TrafficSelector.from_network("10.78.2.0/24"))
+    gateway.apply_options(_gateway_options(*POLICIES, extra))
+    _shuttle(client, gateway)
+    assert list(gateway.children.values()) == [child]
+    # removing one deletes it, on both sides
+    gateway.apply_options(_gateway_options(POLICIES[0], extra))
+    _shuttle(client, gateway)
+    assert not gateway.children
+    assert [e.spi_in for e in client.of(ev.ChildSADeleted)] == [child.spi_out]

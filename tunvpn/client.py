@@ -445,12 +445,13 @@ class Client:
 
     def status(self) -> dict[str, object]:
         """What ``tunvpn status`` shows (schema in tunvpn/control.py)."""
-        from tunvpn.gateway import _child_status, _sa_counters
+        from tunvpn.gateway import _child_status, _sa_counters, _sa_drops
 
         now = self.clock()
         counters = _sa_counters(self.tunnel)
+        drops = _sa_drops(self.tunnel)
         sas = [
-            _child_status(child, counters, now - self.child_started.get(child.spi_in, now))
+            _child_status(child, counters, now - self.child_started.get(child.spi_in, now), drops)
             for child in self.established.values()
         ]
         p1 = self.phase1
