@@ -4,6 +4,7 @@ transfer ends over loopback), and the whole demo end to end in network namespace
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -119,3 +120,51 @@ def test_demo_shows_every_phase_follows_a_live_change_and_leaves_nothing() -> No
     after_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert _ours(after_ns) <= _ours(before_ns) and not any(n.startswith(tag) for n in _ours(after_ns))
     assert tag not in after_links and after_links.count("tvm") <= before_links.count("tvm")
+
+
+def _run_demo_until(text: str, sig: signal.Signals) -> tuple[int, str, str]:
+    """Start the demo, send ``sig`` once ``text`` is in its output; its status and output."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunvpn", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell starts background jobs with SIGINT ignored; the demo must see Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None
+    seen = ""
+    for line in proc.stdout:
+        seen += line
+        if text in line:
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, seen + out, err
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_demo_still_removes_everything(sig: signal.Signals, status: int) -> None:
+    code, out, err = _run_demo_until("== 8. ping through the tunnel ==", sig)
+    assert code == status, out[-3000:] + err[-3000:]
+    assert f"demo: interrupted ({sig.name}) during step 'ping through the tunnel'" in err
+    [tag] = set(re.findall(r"namespace (tvm[0-9a-f]{6})c:", out))
+    assert "client stopped (exit status 0); ISAKMP SA deleted" in out
+    assert f"checked: no namespace, link or process named {tag}* is left" in out
+    assert tag not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.netns
+def test_a_failed_step_is_named_and_still_cleaned_up() -> None:
+    """A real failure, not a simulated one: no gateway starts within 0.05 s."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tunvpn", "demo", "--timeout", "0.05"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert out.stderr.rstrip().endswith("demo: FAILED at step 'gateway': no 'gateway ready' within 0.05 s")
+    [tag] = set(re.findall(r"namespace (tvm[0-9a-f]{6})c:", out.stdout))
+    assert f"checked: no namespace, link or process named {tag}* is left" in out.stdout

@@ -19,20 +19,28 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import re
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 from tunvpn.demo import child_env, missing_requirements, private_file, report_missing
+from tunvpn.demo_netns import (
+    Daemon,
+    Record,
+    StepFailed,
+    Topology,
+    event_is,
+    exec_in,
+    log_message,
+    ping,
+    run_in,
+    tunvpn_argv,
+)
 from tunvpn.gwconfig import (
     BUILT_IN,
     ConfigFileError,
@@ -54,9 +62,6 @@ SINK_PORT = 5001
 ENCAP_UDP_TUNNEL = 3  # RFC 3947 section 5.2: UDP-Encapsulated-Tunnel
 LOG_TAIL = 15
 """Log lines of each daemon shown when a step fails."""
-
-Record = dict[str, Any]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,15 +95,6 @@ pfs = "ecp384"
 """
 
 
-class DemoError(Exception):
-    """A step of the demo failed; ``step`` names it."""
-
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(message)
-        self.step = step
-        self.message = message
-
-
 class Console:
     """Numbered sections and indented lines on stdout; remembers the step in progress."""
 
@@ -113,276 +109,6 @@ class Console:
 
     def say(self, text: str, indent: int = 1) -> None:
         print("  " * indent + text, flush=True)
-
-    def error(self, message: str) -> DemoError:
-        return DemoError(self.step, message)
-
-
-# --------------------------------------------------------------------------- the network
-
-
-def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=30)
-    if result.returncode != 0:
-        raise RuntimeError(f"`ip {' '.join(args)}` failed: {result.stderr.strip()}")
-
-
-def _ip_lines(*args: str) -> list[str]:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=30)
-    return result.stdout.splitlines()
-
-
-class Topology:
-    """The client, gateway and server namespaces and the two veth pairs between them."""
-
-    def __init__(self) -> None:
-        self.tag = NAME_PREFIX + secrets.token_hex(3)
-        self.client, self.gateway, self.server = (self.tag + role for role in "cgs")
-        self.namespaces: list[str] = []
-        self.veths: list[str] = []
-
-    def create(self) -> None:
-        for ns in (self.client, self.gateway, self.server):
-            _ip("netns", "add", ns)
-            self.namespaces.append(ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-        self._link(self.client, (f"{CLIENT_ADDR}/{OUTER_PREFIX}",), self.gateway, (f"{GATEWAY_ADDR}/24",))
-        self._link(
-            self.gateway,
-            tuple(f"{s.gateway_ip}/{s.prefixlen}" for s in SUBNETS),
-            self.server,
-            tuple(f"{s.server_ip}/{s.prefixlen}" for s in SUBNETS),
-        )
-        _ip("-n", self.server, "route", "add", "default", "via", SUBNETS[0].gateway_ip)
-
-    def _link(self, a: str, a_addrs: Sequence[str], b: str, b_addrs: Sequence[str]) -> None:
-        dev_a, dev_b = self.tag + a[-1] + b[-1], self.tag + b[-1] + a[-1]
-        _ip("link", "add", dev_a, "type", "veth", "peer", "name", dev_b)
-        self.veths += [dev_a, dev_b]
-        for ns, dev, addrs in ((a, dev_a, a_addrs), (b, dev_b, b_addrs)):
-            _ip("link", "set", dev, "netns", ns)
-            for addr in addrs:
-                _ip("-n", ns, "addr", "add", addr, "dev", dev)
-            _ip("-n", ns, "link", "set", dev, "up")
-
-    def pids(self) -> dict[str, list[int]]:
-        """Processes still running in our namespaces."""
-        found = {}
-        for ns in self.namespaces:
-            pids = [int(p) for p in _ip_lines("netns", "pids", ns) if p.strip().isdigit()]
-            if pids:
-                found[ns] = pids
-        return found
-
-    def remove(self) -> list[str]:
-        """Kill what still runs inside, delete the namespaces (their veths and TUN devices go
-        with them) and any veth left in ours; what is still there afterwards, in words."""
-        leftovers = []
-        for ns, pids in self.pids().items():
-            leftovers.append(f"{len(pids)} process(es) still running in {ns}: killed")
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        for ns in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False, timeout=30)
-        for dev in self.veths:  # only there if a move into a namespace failed
-            subprocess.run(["ip", "link", "del", dev], capture_output=True, check=False, timeout=30)
-        left_ns = [line.split()[0] for line in _ip_lines("netns", "list") if line.startswith(self.tag)]
-        left_links = [line for line in _ip_lines("-o", "link", "show") if self.tag in line]
-        leftovers += [f"namespace {ns} is still there" for ns in left_ns]
-        leftovers += [f"link still there: {line.split(':')[1].strip()}" for line in left_links]
-        return leftovers
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def _json_record(line: str) -> Record | None:
-    if not line.startswith("{"):
-        return None
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and "event" in record else None
-
-
-async def _exec_in(
-    ns: str, argv: Sequence[str], env: dict[str, str], *, stdout: int, stderr: int
-) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=stderr,
-        env=env,
-        start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
-    )
-
-
-async def run_in(ns: str, argv: Sequence[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
-    """Run ``argv`` in ``ns`` to completion: exit status, stdout, stderr."""
-    proc = await _exec_in(ns, argv, env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except (TimeoutError, asyncio.CancelledError):
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
-
-
-def tunvpn_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tunvpn", *args]
-
-
-@dataclass
-class Daemon:
-    """A long-running process in a namespace: JSON records (``--json``) and log lines kept;
-    log lines echoed with ``-v``."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    verbose: bool
-    records: list[Record] = field(default_factory=list)
-    log: list[str] = field(default_factory=list)
-    _cursor: int = 0
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _readers: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @classmethod
-    async def start(
-        cls, name: str, ns: str, argv: Sequence[str], env: dict[str, str], verbose: bool
-    ) -> Daemon:
-        proc = await _exec_in(ns, argv, env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        daemon = cls(name, proc, verbose)
-        assert proc.stdout is not None and proc.stderr is not None
-        daemon._readers = [
-            asyncio.ensure_future(daemon._read(proc.stdout)),
-            asyncio.ensure_future(daemon._read(proc.stderr)),
-        ]
-        return daemon
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        while raw := await stream.readline():
-            line = raw.decode(errors="replace").rstrip("\n")
-            record = _json_record(line)
-            if record is not None:
-                self.records.append(record)
-            else:
-                self.log.append(line)
-                if self.verbose:
-                    print(f"    {self.name} log | {line}", flush=True)
-            self._changed.set()
-        self._changed.set()
-
-    @property
-    def ended(self) -> bool:
-        return all(reader.done() for reader in self._readers)
-
-    async def _wait(self, check: Callable[[], T | None], what: str, timeout: float, console: Console) -> T:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            self._changed.clear()
-            found = check()
-            if found is not None:
-                return found
-            if self.ended:
-                status = await self.proc.wait()
-                raise console.error(f"the {self.name} exited (status {status}) before {what}")
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise console.error(f"no {what} within {timeout:g} s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-
-    async def wait_log(self, text: str, what: str, timeout: float, console: Console) -> str:
-        """The first log line containing ``text``."""
-        return await self._wait(
-            lambda: next((x for x in self.log if text in x), None), what, timeout, console
-        )
-
-    async def until(
-        self, predicate: Callable[[Record], bool], what: str, timeout: float, console: Console
-    ) -> list[Record]:
-        """The records from the last match up to and including the next one that satisfies
-        ``predicate``; a ``failed`` record on the way ends the step with its message."""
-
-        def scan() -> list[Record] | None:
-            for i in range(self._cursor, len(self.records)):
-                record = self.records[i]
-                if record.get("state") == "failed":
-                    raise console.error(f"the {self.name} reports: {record.get('message')}")
-                if predicate(record):
-                    batch = self.records[self._cursor : i + 1]
-                    self._cursor = i + 1
-                    return batch
-            return None
-
-        return await self._wait(scan, what, timeout, console)
-
-    async def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM (the client deletes its SAs), SIGKILL if it does not exit in time."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._readers), 5)
-        assert self.proc.returncode is not None
-        return self.proc.returncode
-
-
-def _event(event: str, state: str | None = None, name: str | None = None) -> Callable[[Record], bool]:
-    def match(record: Record) -> bool:
-        return (
-            record.get("event") == event
-            and (state is None or record.get("state") == state)
-            and (name is None or record.get("name") == name)
-        )
-
-    return match
-
-
-def _log_message(line: str) -> str:
-    """A log line without its timestamp, level and logger name."""
-    return re.sub(r"^\S+ \S+ [A-Z]+ \S+: ", "", line)
-
-
-# --------------------------------------------------------------------------- network checks
-
-
-@dataclass(frozen=True)
-class PingResult:
-    sent: int
-    received: int
-    avg_ms: float | None
-    output: str
-
-    def summary(self) -> str:
-        rtt = f", rtt avg {self.avg_ms:.2f} ms" if self.avg_ms is not None else ""
-        return f"{self.received}/{self.sent} replies{rtt}"
-
-
-async def ping(ns: str, host: str, env: dict[str, str], count: int = 3) -> PingResult:
-    argv = ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", host]
-    _, out, err = await run_in(ns, argv, env, 30)
-    counts = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    rtt = re.search(r"= [\d.]+/([\d.]+)/", out)
-    sent, received = (int(counts[1]), int(counts[2])) if counts else (count, 0)
-    return PingResult(sent, received, float(rtt[1]) if rtt else None, (out + err).strip())
 
 
 # --------------------------------------------------------------------------- configuration
@@ -440,11 +166,11 @@ def with_control_socket(text: str, path: Path) -> str:
     return text.replace(header, f"{header}control_socket = {json.dumps(str(path))}\n", 1)
 
 
-def check_config(text: str, workdir: Path, console: Console) -> GatewayConfig:
+def check_config(text: str, workdir: Path) -> GatewayConfig:
     try:
         return parse_gateway_config(text, BUILT_IN, base_dir=workdir)
     except ConfigFileError as exc:
-        raise console.error(f"the gateway configuration does not load: {exc}") from None
+        raise StepFailed(f"the gateway configuration does not load: {exc}") from None
 
 
 def changed_config(text: str) -> str:
@@ -508,6 +234,18 @@ class Tour:
         self.env["TUNVPN_RUN_DIR"] = str(self.workdir)
 
     @property
+    def client_ns(self) -> str:
+        return self.topo.tag + "c"
+
+    @property
+    def gateway_ns(self) -> str:
+        return self.topo.tag + "g"
+
+    @property
+    def server_ns(self) -> str:
+        return self.topo.tag + "s"
+
+    @property
     def timeout(self) -> float:
         return float(self.args.timeout)
 
@@ -526,28 +264,36 @@ class Tour:
     def network(self) -> None:
         c = self.console
         c.section("network")
-        self.topo.create()
-        c.say(f"client   namespace {self.topo.client}: {CLIENT_ADDR}/{OUTER_PREFIX}, nothing else configured")
+        client, gateway, server = (self.topo.add_ns(role) for role in "cgs")
+        self.topo.link(client, [f"{CLIENT_ADDR}/{OUTER_PREFIX}"], gateway, [f"{GATEWAY_ADDR}/{OUTER_PREFIX}"])
+        self.topo.link(
+            gateway,
+            [f"{s.gateway_ip}/{s.prefixlen}" for s in SUBNETS],
+            server,
+            [f"{s.server_ip}/{s.prefixlen}" for s in SUBNETS],
+        )
+        self.topo.route(server, "default", "via", SUBNETS[0].gateway_ip)
+        c.say(f"client   namespace {self.client_ns}: {CLIENT_ADDR}/{OUTER_PREFIX}, nothing else configured")
         c.say(
-            f"gateway  namespace {self.topo.gateway}: {GATEWAY_ADDR}/24 towards the client; "
+            f"gateway  namespace {self.gateway_ns}: {GATEWAY_ADDR}/24 towards the client; "
             f"{', '.join(s.gateway_ip for s in SUBNETS)} towards the server; forwarding on"
         )
-        c.say(f"server   namespace {self.topo.server}: {', '.join(s.server_ip for s in SUBNETS)}")
+        c.say(f"server   namespace {self.server_ns}: {', '.join(s.server_ip for s in SUBNETS)}")
         c.say(f"files    {self.workdir} (mode 0700; secret files 0600)")
 
     async def start_gateway(self) -> str:
         c = self.console
         c.section("gateway")
         code, _, err = await run_in(
-            self.topo.gateway,
+            self.gateway_ns,
             [sys.executable, "-c", "open('/proc/sys/net/ipv4/ip_forward', 'w').write('1')"],
             self.env,
             self.timeout,
         )
         if code != 0:
-            raise c.error(f"cannot turn on forwarding in the gateway: {err.strip()}")
+            raise StepFailed(f"cannot turn on forwarding in the gateway: {err.strip()}")
         self.files, text = Files.write(self.workdir)
-        config = check_config(text, self.workdir, c)
+        config = check_config(text, self.workdir)
         c.say(
             "built-in configuration (tunvpn.gwconfig.DEFAULT_GATEWAY_TOML) with a control socket, "
             "written to gateway.toml:"
@@ -556,15 +302,17 @@ class Tour:
         show_policies(config, c)
         self.gateway = await self._daemon(
             "gateway",
-            self.topo.gateway,
+            self.gateway_ns,
             ["gateway", "-c", str(self.files.gateway_toml)],
         )
-        ready = await self.gateway.wait_log("gateway ready", "'gateway ready'", self.timeout, c)
-        c.say(_log_message(ready))
+        ready = await self.gateway.wait_log("gateway ready", "'gateway ready'", self.timeout)
+        c.say(log_message(ready))
         return text
 
-    async def _daemon(self, name: str, ns: str, args: list[str]) -> Daemon:
-        verbose = ["-v"] * max(0, self.args.verbose - 1)
+    async def _daemon(self, name: str, ns: str, args: list[str], quiet_by_default: bool = False) -> Daemon:
+        """Start ``tunvpn ARGS``; with ``-v`` its log is shown (a ``quiet_by_default`` daemon, the
+        client, logs only warnings unless given ``-v`` itself), ``-vv`` shows debug logs."""
+        verbose = ["-v"] * max(0, self.args.verbose - (0 if quiet_by_default else 1))
         daemon = await Daemon.start(name, ns, tunvpn_argv(*args, *verbose), self.env, self.args.verbose > 0)
         self.daemons.append(daemon)
         return daemon
@@ -579,7 +327,7 @@ class Tour:
         c.say(f"the XAUTH password comes from a private file (not shown); connecting to {GATEWAY_ADDR}")
         self.client = await self._daemon(
             "client",
-            self.topo.client,
+            self.client_ns,
             [
                 "connect",
                 "-c",
@@ -594,6 +342,7 @@ class Tour:
                 "--timeout",
                 str(self.timeout),
             ],
+            quiet_by_default=True,
         )
 
     def _client(self) -> Daemon:
@@ -604,7 +353,7 @@ class Tour:
         c = self.console
         c.section("phase 1")
         client = self._client()
-        [*_, done] = await client.until(_event("phase1", "established"), "phase 1", self.timeout, c)
+        [*_, done] = await client.until(event_is("phase1", "established"), "phase 1", self.timeout)
         suite, _, auth = str(done.get("suite")).partition("/")
         c.say(f"{done.get('message')}")
         c.say(f"chosen suite: {suite} (encryption-hash-DH group), authentication {auth or 'unknown'}")
@@ -616,22 +365,20 @@ class Tour:
     async def xauth(self) -> None:
         c = self.console
         c.section("XAUTH")
-        for record in await self._client().until(_event("xauth", "ok"), "XAUTH", self.timeout, c):
+        for record in await self._client().until(event_is("xauth", "ok"), "XAUTH", self.timeout):
             c.say(str(record.get("message")))
 
     async def modecfg(self) -> None:
         c = self.console
         c.section("Mode Config")
         client = self._client()
-        [*_, got] = await client.until(
-            _event("modecfg", "received"), "the Mode Config reply", self.timeout, c
-        )
+        [*_, got] = await client.until(event_is("modecfg", "received"), "the Mode Config reply", self.timeout)
         dns = ", ".join(got.get("dns") or []) or "none"
         c.say(f"address {got.get('address')}; DNS {dns} (not applied: --dns-backend none)")
-        batch = await client.until(_event("quick", "started"), "the pushed policies", self.timeout, c)
+        batch = await client.until(event_is("quick", "started"), "the pushed policies", self.timeout)
         policies = [r for r in batch if r.get("event") == "policy"]
         if not policies:
-            raise c.error("the gateway pushed no phase 2 policy")
+            raise StepFailed("the gateway pushed no phase 2 policy")
         c.say(f"pushed phase 2 policies (generation {policies[0].get('generation')}):")
         for record in policies:
             c.say(str(record.get("message")), indent=2)
@@ -639,11 +386,9 @@ class Tour:
     async def quick_mode(self) -> None:
         c = self.console
         c.section("Quick Mode")
-        batch = await self._client().until(
-            _event("established", "up"), "every Quick Mode SA", self.timeout, c
-        )
+        batch = await self._client().until(event_is("established", "up"), "every Quick Mode SA", self.timeout)
         for record in batch:
-            if _event("quick", "established")(record):
+            if event_is("quick", "established")(record):
                 self.up[str(record.get("name"))] = record
                 c.say(_sa_line(record))
         c.say(str(batch[-1].get("message")))
@@ -655,18 +400,18 @@ class Tour:
             subnet = BY_POLICY.get(name)
             if subnet is None:
                 continue
-            result = await ping(self.topo.client, subnet.server_ip, self.env)
+            result = await ping(self.client_ns, subnet.server_ip, self.env)
             c.say(f"{subnet.server_ip} ({name}, {subnet.network}): {result.summary()}")
             if result.received == 0:
-                raise c.error(f"no reply from {subnet.server_ip} through SA {name}:\n{result.output}")
+                raise StepFailed(f"no reply from {subnet.server_ip} through SA {name}:\n{result.output}")
 
     async def transfer(self, size: int | None = None) -> None:
         c = self.console
         c.section("data transfer")
         size = size or int(self.args.transfer_mb * (1 << 20))
         target = BY_POLICY["net-a"].server_ip
-        sink = await _exec_in(
-            self.topo.server,
+        sink = await exec_in(
+            self.server_ns,
             [sys.executable, "-m", "tunvpn.demo_traffic", "sink", target, str(SINK_PORT)],
             self.env,
             stdout=asyncio.subprocess.PIPE,
@@ -676,15 +421,15 @@ class Tour:
             assert sink.stdout is not None
             line = await asyncio.wait_for(sink.stdout.readline(), self.timeout)
             if b"listening" not in line:
-                raise c.error(f"the sink on the server did not start: {line.decode(errors='replace')}")
+                raise StepFailed(f"the sink on the server did not start: {line.decode(errors='replace')}")
             code, out, err = await run_in(
-                self.topo.client,
+                self.client_ns,
                 [sys.executable, "-m", "tunvpn.demo_traffic", "send", target, str(SINK_PORT), str(size)],
                 self.env,
                 self.timeout + 60,
             )
             if code != 0:
-                raise c.error(f"the transfer to {target} failed: {err.strip() or out.strip()}")
+                raise StepFailed(f"the transfer to {target} failed: {err.strip() or out.strip()}")
             self._show_transfer(json.loads(out), target)
         finally:
             with contextlib.suppress(ProcessLookupError):
@@ -700,7 +445,7 @@ class Tour:
             f"in {seconds:.2f} s: {mbits:.0f} Mbit/s"
         )
         if result["received"] != sent or result["received_sha256"] != result["sha256"]:
-            raise c.error(
+            raise StepFailed(
                 f"the server received {result['received']} bytes with SHA-256 "
                 f"{result['received_sha256']}, sent {sent} with {result['sha256']}"
             )
@@ -710,9 +455,9 @@ class Tour:
         """The gateway's SAs by name, from ``tunvpn status --json`` over its control socket."""
         assert self.files is not None
         argv = tunvpn_argv("status", "--socket", str(self.files.control), "--json")
-        code, out, err = await run_in(self.topo.gateway, argv, self.env, self.timeout)
+        code, out, err = await run_in(self.gateway_ns, argv, self.env, self.timeout)
         if code != 0:
-            raise self.console.error(f"tunvpn status failed: {err.strip()}")
+            raise StepFailed(f"tunvpn status failed: {err.strip()}")
         status = json.loads(out)
         return {
             str(sa.get("name")): sa for tunnel in status.get("tunnels", []) for sa in tunnel.get("sas", [])
@@ -728,10 +473,10 @@ class Tour:
             + ", ".join(f"{n} {sa['spi_in']}" for n, sa in before.items())
         )
         new_text = changed_config(text)
-        config = check_config(new_text, self.workdir, c)
+        config = check_config(new_text, self.workdir)
         names = [rule.policy.name for rule in config.rules]
         if REMOVED in names or ADDED not in names:
-            raise c.error(f"the changed configuration has policies {names}")
+            raise StepFailed(f"the changed configuration has policies {names}")
         private_file(self.files.gateway_toml, new_text)
         c.say(f"gateway.toml rewritten: policy {REMOVED} removed, policy {ADDED} added:")
         show_policies(config, c)
@@ -745,30 +490,30 @@ class Tour:
         c = self.console
         assert self.files is not None
         argv = tunvpn_argv("reload", "--socket", str(self.files.control))
-        code, out, err = await run_in(self.topo.gateway, argv, self.env, self.timeout)
+        code, out, err = await run_in(self.gateway_ns, argv, self.env, self.timeout)
         c.say("$ tunvpn reload --socket gateway.sock")
         for line in out.splitlines():
             c.say(line, indent=2)
         if code != 0:
-            raise c.error(f"tunvpn reload failed (status {code}): {err.strip()}")
+            raise StepFailed(f"tunvpn reload failed (status {code}): {err.strip()}")
 
     async def _follow_update(self) -> None:
         c = self.console
         client = self._client()
-        [*_, update] = await client.until(_event("update"), "the client's update", self.timeout, c)
+        [*_, update] = await client.until(event_is("update"), "the client's update", self.timeout)
         c.say(f"client: {update.get('message')}")
         for key in ("added", "changed", "removed", "unchanged"):
             c.say(f"{key:9} {', '.join(update.get(key) or []) or '-'}", indent=2)
-        batch = await client.until(_event("established", "up"), f"the {ADDED} SA", self.timeout, c)
+        batch = await client.until(event_is("established", "up"), f"the {ADDED} SA", self.timeout)
         for record in batch:
-            if _event("quick", "deleted")(record):
+            if event_is("quick", "deleted")(record):
                 self.up.pop(str(record.get("name")), None)
                 c.say(f"client: {record.get('message')} (SA deleted)")
-            elif _event("quick", "established")(record):
+            elif event_is("quick", "established")(record):
                 self.up[str(record.get("name"))] = record
                 c.say("client: new SA " + _sa_line(record))
         if ADDED not in self.up or REMOVED in self.up:
-            raise c.error(f"the client's SAs after the update: {sorted(self.up)}")
+            raise StepFailed(f"the client's SAs after the update: {sorted(self.up)}")
 
     async def _check_unchanged(self, before: dict[str, Record]) -> None:
         c = self.console
@@ -776,15 +521,15 @@ class Tour:
         kept = [n for n in before if n != REMOVED]
         replaced = [n for n in kept if after.get(n, {}).get("spi_in") != before[n].get("spi_in")]
         if replaced or REMOVED in after or ADDED not in after:
-            raise c.error(f"gateway's SAs after the reload: {sorted(after)} (replaced: {replaced})")
+            raise StepFailed(f"gateway's SAs after the reload: {sorted(after)} (replaced: {replaced})")
         c.say(f"gateway's SAs now: {', '.join(sorted(after))}; {', '.join(kept)} kept their SPIs (untouched)")
 
     async def _check_removed(self) -> None:
         c = self.console
         host = BY_POLICY[REMOVED].server_ip
-        result = await ping(self.topo.client, host, self.env, count=1)
+        result = await ping(self.client_ns, host, self.env, count=1)
         if result.received:
-            raise c.error(f"{host} ({REMOVED}) still answers after its policy was removed")
+            raise StepFailed(f"{host} ({REMOVED}) still answers after its policy was removed")
         c.say(f"{host} ({REMOVED}): no reply, as it should be: no SA and no route any more")
 
     async def stop(self) -> list[str]:
@@ -835,8 +580,8 @@ async def _run_tour(tour: Tour) -> Outcome:
     outcome = Outcome()
     try:
         await tour.run()
-    except DemoError as exc:
-        outcome = Outcome(1, f"FAILED at step '{exc.step}': {exc.message}")
+    except StepFailed as exc:
+        outcome = Outcome(1, f"FAILED at step '{tour.console.step}': {exc}")
     except (RuntimeError, OSError, ValueError, KeyError) as exc:  # `ip` of the set-up, a helper's output
         outcome = Outcome(1, f"FAILED at step '{tour.console.step}': {type(exc).__name__}: {exc}")
     except asyncio.CancelledError:
@@ -880,7 +625,7 @@ def run_tour(args: argparse.Namespace) -> int:
     missing = missing_requirements(COMMAND, need_tun=True, need_ping=True)
     if missing:
         return report_missing(COMMAND, missing)
-    tour = Tour(args, Console(), Topology(), Path(tempfile.mkdtemp(prefix="tunvpn-demo-")))
+    tour = Tour(args, Console(), Topology(NAME_PREFIX), Path(tempfile.mkdtemp(prefix="tunvpn-demo-")))
     outcome = Outcome(130, f"interrupted (SIGINT) during step '{tour.console.step}'")
     try:
         outcome = asyncio.run(_run_tour(tour))
