@@ -405,10 +405,9 @@ class Tour:
             if result.received == 0:
                 raise StepFailed(f"no reply from {subnet.server_ip} through SA {name}:\n{result.output}")
 
-    async def transfer(self, size: int | None = None) -> None:
-        c = self.console
-        c.section("data transfer")
-        size = size or int(self.args.transfer_mb * (1 << 20))
+    async def transfer(self) -> None:
+        self.console.section("data transfer")
+        size = int(self.args.transfer_mb * (1 << 20))
         target = BY_POLICY["net-a"].server_ip
         sink = await exec_in(
             self.server_ns,
@@ -419,7 +418,10 @@ class Tour:
         )
         try:
             assert sink.stdout is not None
-            line = await asyncio.wait_for(sink.stdout.readline(), self.timeout)
+            try:
+                line = await asyncio.wait_for(sink.stdout.readline(), self.timeout)
+            except TimeoutError:
+                raise StepFailed(f"the sink on the server did not listen within {self.timeout:g} s") from None
             if b"listening" not in line:
                 raise StepFailed(f"the sink on the server did not start: {line.decode(errors='replace')}")
             code, out, err = await run_in(
@@ -632,7 +634,13 @@ def run_tour(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: whatever still runs in the namespaces is killed
         outcome = Outcome(130, f"interrupted (SIGINT) during step '{tour.console.step}'")
     finally:
-        clean = cleanup(tour, outcome.stopped)
+        # a second Ctrl-C (or a SIGTERM) must not cut the cleanup short
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            clean = cleanup(tour, outcome.stopped)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if outcome.code == 0 and not clean:
         outcome = Outcome(1, "FAILED at step 'cleanup': something was left behind (above)")
     if outcome.code == 0:
