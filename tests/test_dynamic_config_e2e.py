@@ -273,6 +273,7 @@ def test_three_line_profile_gets_every_sa_and_follows_a_live_change(net: Net) ->
         reload = run_tunvpn(net.gateway, ["reload", "--socket", str(net.tmp / "gw.sock")])
         assert reload.returncode == 0, reload.stdout + reload.stderr
         assert "net-c" in reload.stdout and "net-b" in reload.stdout
+        assert "needs a restart" not in reload.stdout, reload.stdout  # --control is not a change
         wait_for(lambda: records(log, "update"), 10, "the client's update record")
         wait_for(
             lambda: any(r["name"] == "net-c" for r in records(log, "quick", "established")),

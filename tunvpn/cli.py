@@ -411,11 +411,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
         options = options_from_config(load_gateway_config(args.config))
         if args.ike_only:
-            options.tun = None
+            options.overrides["tun"] = None
         if args.keylog:
-            options.keylog = args.keylog
+            options.overrides["keylog"] = args.keylog
         if args.control is not None or options.control_socket is None:
-            options.control_socket = _control_path(args.control, "gateway")
+            options.overrides["control_socket"] = _control_path(args.control, "gateway")
+        for name, value in options.overrides.items():
+            setattr(options, name, value)
     else:
         if args.listen is None:
             raise CliError("give -c gateway.toml, or --listen ADDRESS with the other flags")

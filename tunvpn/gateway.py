@@ -186,6 +186,9 @@ class GatewayOptions:
     """The TOML file the options came from (``tunvpn reload`` reads it again)."""
     control_socket: str | None = None
     """Path of the control socket (``tunvpn status``/``reload``); None: no control socket."""
+    overrides: dict[str, object] = field(default_factory=dict)
+    """Options set on the command line over the file's (``--control``, ``--keylog``,
+    ``--ike-only``): a reload applies them again instead of reporting them as changes."""
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -696,6 +699,9 @@ class Gateway:
         from tunvpn.gwconfig import load_gateway_config
 
         new = options_from_config(load_gateway_config(self.options.config_path))
+        for name, value in self.options.overrides.items():
+            setattr(new, name, value)
+        new.overrides = dict(self.options.overrides)
         return self.apply_options(new)
 
     # ------------------------------------------------------------------ status
@@ -795,9 +801,7 @@ class Gateway:
             self.options.ike_port,
             self.options.natt_port,
             f"{self.options.pool.first}-{self.options.pool.last}" if self.options.pool else "none",
-            "networks " + ", ".join(str(n) for n in self.options.split)
-            if self.options.split
-            else "0.0.0.0/0",
+            self._policies_summary(),
         )
         if ready is not None:
             ready()
@@ -807,6 +811,23 @@ class Gateway:
             for sig in signals:
                 loop.remove_signal_handler(sig)
             self.shutdown()
+
+    def _policies_summary(self) -> str:
+        """For the "gateway ready" line: the phase 2 policies and the networks they protect."""
+        rules = effective_rules(self.options, self.phase1)
+        items = []
+        for rule in rules:
+            policy = rule.policy
+            item = (
+                f"{policy.name} ({policy.gateway_ts})"
+                if policy.name != str(policy.gateway_ts)
+                else policy.name
+            )
+            who = [*rule.groups, *rule.users]
+            if who:
+                item += " for " + ", ".join(who)
+            items.append(item)
+        return f"{len(items)} phase 2 polic{'y' if len(items) == 1 else 'ies'}: " + ", ".join(items)
 
     def stop(self) -> None:
         if self._stop is not None:
