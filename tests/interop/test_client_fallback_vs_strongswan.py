@@ -141,12 +141,15 @@ def test_client_falls_back_to_unity_split_networks_and_pings_each(tmp_path: Path
                 list_sas = charon.list_sas()
                 routes = run_in(c, ["ip", "route"]).stdout
                 pings = {host: ping(c, host) for host in HOSTS}
+                counted = charon.list_sas()  # per-SA byte counters after the pings
             finally:
                 code = stop_process(client)
-            # the client's Deletes reach charon as it exits: wait for both SAs' closing lines
-            closing = re.compile(r"closing CHILD_SA fb\{\d\} with SPIs")
+            # the client's Delete of the ISAKMP SA (best effort, RFC 2408 section 4.8; sent
+            # last, after the children's) reaches charon as the client exits
             wait_for(
-                lambda: len(closing.findall(charon.log_text())) >= 2, 10, "charon closing both CHILD_SAs"
+                lambda: "received DELETE for IKE_SA fb[1]" in charon.log_text(),
+                10,
+                "charon to see the Delete",
             )
             charon_log = charon.log_text()
         text = read_text(log)
@@ -181,11 +184,11 @@ def test_client_falls_back_to_unity_split_networks_and_pings_each(tmp_path: Path
     # strongest first (with and without ESN), the weaker suites after it
     assert all(re.match(r"ESP:AES_GCM_16_256/ECP_256/(NO_)?EXT_SEQ, ", o) for o in offers), offers
     assert all("ESP:AES_GCM_16_128/ECP_256" in o for o in offers), offers
-    # both SAs carried the pings (charon counts the bytes it decrypted and encrypted)
-    closed = re.findall(
-        r"closing CHILD_SA fb\{\d\} with SPIs \w+_i \((\d+) bytes\) \w+_o \((\d+) bytes\)", charon_log
-    )
-    assert len(closed) == 2 and all(int(i) > 0 and int(o) > 0 for i, o in closed), closed
+    # both SAs carried the pings (charon counts the bytes it decrypted and encrypted); read
+    # from swanctl while the SAs are up, as IKEv1 Deletes are best effort and may be lost
+    bytes_in = [int(n) for n in re.findall(r"\n\s+in\s+\w+[^\n]*?(\d+) bytes", counted)]
+    bytes_out = [int(n) for n in re.findall(r"\n\s+out\s+\w+[^\n]*?(\d+) bytes", counted)]
+    assert len(bytes_in) == len(bytes_out) == 2 and min(bytes_in + bytes_out) > 0, counted
     assert f"assigning virtual IP {POOL_FIRST} to peer '{configs.VPNC_USER}'" in charon_log
     assert charon_log.count("CHILD_SA fb{") >= 2
     assert "received DELETE for IKE_SA fb[1]" in charon_log
