@@ -13,14 +13,34 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.esp_helpers import ipv4
 from tests.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
+from tunvpn.esp import SEQ32_MAX, DropReason, sa_pair_from_child
 from tunvpn.ike import events as ev
+from tunvpn.ike import quickmode
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
-from tunvpn.ike.constants import DHGroup, EspTransform, HashAlgorithm, NotifyType
+from tunvpn.ike.constants import (
+    DHGroup,
+    EncapsulationMode,
+    EspTransform,
+    HashAlgorithm,
+    IPsecAttr,
+    NotifyType,
+)
+from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.messages import DataAttribute, SAPayload, Transform, encode_attributes, encode_payload
+from tunvpn.ike.messages import Proposal as WireProposal
 from tunvpn.ike.modecfg import ModeConfig
-from tunvpn.ike.proposals import DEFAULT_GROUPS, ChildProposal, Phase1Policy
+from tunvpn.ike.proposals import (
+    DEFAULT_ESP,
+    DEFAULT_GROUPS,
+    LEGACY_ESP,
+    ChildProposal,
+    ChildTransform,
+    Phase1Policy,
+)
 
 PSK = b"correct horse battery staple"
 PROTECTED = TrafficSelector.from_network("10.20.0.0/16")
@@ -566,3 +586,148 @@ def test_mode_config_push_set_and_ack() -> None:
     assert got and got[0].pushed and str(got[0].config.address) == "10.99.0.9"
     assert not pair.gateway.of(ev.ProtocolError) and not pair.client.of(ev.ProtocolError)
     assert not any(ex.retransmit_at for sa in pair.gateway.engine.ike_sas() for ex in sa.exchanges.values())
+
+
+# ------------------------------------------------------------- RFC 4304 extended sequence numbers
+
+
+def quick_mode(pair: Pair, offer: ChildProposal) -> tuple[ev.ChildSAEstablished, ev.ChildSAEstablished]:
+    sa_id = connect(pair)
+    pair.client.engine.start_child(sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, offer)
+    pair.run()
+    client_sas, gateway_sas = pair.client.of(ev.ChildSAEstablished), pair.gateway.of(ev.ChildSAEstablished)
+    assert client_sas and gateway_sas, (pair.client.events, pair.gateway.events)
+    return client_sas[0], gateway_sas[0]
+
+
+def esn_gateway(esn: tuple[bool, ...]) -> EngineConfig:
+    return gateway_config(children=(ChildPolicy("net", PROTECTED, None, ChildProposal(esn=esn)),))
+
+
+def test_quick_mode_negotiates_esn_by_default() -> None:
+    client_sa, gateway_sa = quick_mode(Pair(client_config(), gateway_config()), ChildProposal())
+    assert client_sa.esn and gateway_sa.esn
+    assert (client_sa.transform, client_sa.key_length) == (EspTransform.AES_GCM_16, 256)
+
+
+@pytest.mark.parametrize(
+    ("offer", "accept", "expected"),
+    [
+        ((True, False), (False,), False),  # the responder disallows ESN: the next transform
+        ((False, True), (True, False), False),  # the initiator prefers 32-bit: its order wins
+        ((False,), (True, False), False),
+        ((True,), (True,), True),
+    ],
+)
+def test_esn_choice_follows_offer_order_and_responder_policy(
+    offer: tuple[bool, ...], accept: tuple[bool, ...], expected: bool
+) -> None:
+    client_sa, gateway_sa = quick_mode(Pair(client_config(), esn_gateway(accept)), ChildProposal(esn=offer))
+    assert client_sa.esn is expected and gateway_sa.esn is expected
+    # the ESN preference never costs the suite: still the strongest one
+    assert (gateway_sa.transform, gateway_sa.key_length) == (EspTransform.AES_GCM_16, 256)
+
+
+def test_esn_only_offer_to_a_responder_without_esn_is_refused() -> None:
+    pair = Pair(client_config(), esn_gateway((False,)))
+    sa_id = connect(pair)
+    pair.client.engine.start_child(
+        sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal(esn=(True,))
+    )
+    pair.run()
+    failed = pair.gateway.of(ev.ChildSAFailed)
+    assert failed and failed[0].notify == NotifyType.NO_PROPOSAL_CHOSEN
+    assert not pair.client.of(ev.ChildSAEstablished)
+
+
+def test_initiator_refuses_an_esn_answer_it_did_not_offer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A responder that answers with the ESN attribute added to a 32-bit-only offer."""
+    honest = quickmode.select_child_transform
+
+    def add_esn(*args, **kwargs):  # type: ignore[no-untyped-def]
+        prop, t, _ = honest(*args, **kwargs)
+        forged = Transform(
+            t.number, t.transform_id, (*t.attributes, DataAttribute(IPsecAttr.EXTENDED_SEQUENCE_NUMBER, 1))
+        )
+        return prop, forged, ChildTransform.from_transform(forged)
+
+    monkeypatch.setattr(quickmode, "select_child_transform", add_esn)
+    pair = Pair(client_config(), gateway_config())
+    sa_id = connect(pair)
+    pair.client.engine.start_child(
+        sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal(esn=(False,))
+    )
+    pair.run()
+    assert pair.gateway.of(ev.ChildSAEstablished)[0].esn  # the forger installed ESN ...
+    assert not pair.client.of(ev.ChildSAEstablished)  # ... we did not follow
+
+
+def test_sas_built_from_the_events_carry_esn_past_2_32() -> None:
+    """One negotiated SA pair, both directions, across the 32-bit boundary (RFC 4303 A2.1)."""
+    client_sa, gateway_sa = quick_mode(Pair(client_config(), gateway_config()), ChildProposal())
+    c_in, c_out = sa_pair_from_child(client_sa, pair_now := 0.0)
+    g_in, g_out = sa_pair_from_child(gateway_sa, pair_now)
+    assert c_in.esn and c_out.esn and g_in.esn and g_out.esn
+    for sender, receiver, src, dst in (
+        (c_out, g_in, CLIENT_IP, "10.20.0.1"),
+        (g_out, c_in, "10.20.0.1", CLIENT_IP),
+    ):
+        packets = [ipv4(src=src, dst=dst, payload=bytes([i]) * 40) for i in range(6)]
+        # the receiver has to have followed the count (a number 2^32 - 3 ahead of a fresh
+        # window reads as the previous epoch, RFC 4303 A2.1): one packet half-way first
+        sender.seq = 1 << 31
+        assert receiver.decrypt_batch(sender.encrypt_batch(packets[:1])) == packets[:1]
+        sender.seq = SEQ32_MAX - 3
+        sealed = sender.encrypt_batch(packets)
+        # on the wire only the low half: ..., 2^32 - 1, 0, 1, ...
+        assert [int.from_bytes(p[4:8], "big") for p in sealed] == [
+            SEQ32_MAX - 2,
+            SEQ32_MAX - 1,
+            SEQ32_MAX,
+            0,
+            1,
+            2,
+        ]
+        assert receiver.decrypt_batch(sealed[:3]) == packets[:3]
+        assert receiver.decrypt_buffer(b"".join(sealed[3:]), len(sealed[3]), []) == sealed[3:]  # careful path
+        assert receiver.decrypt_batch(sealed[3:]) == packets[3:]
+        assert receiver._window().top == SEQ32_MAX + 3
+        assert receiver.decrypt_batch(sealed[3:4]) == []  # a replay past the boundary
+        assert receiver.drop_counts() == {DropReason.REPLAY: 1}
+
+
+def test_esn_offer_order_bytes_and_size() -> None:
+    """RFC 4304 section 2: attribute 11 in the TV format, value 1; absent means 32-bit."""
+    tunnel = int(EncapsulationMode.TUNNEL)
+    offer = ChildProposal().transforms(tunnel, allow_private=True)
+    decoded = [ChildTransform.from_transform(t) for t in offer]
+    # each suite strongest first, with ESN and then without
+    assert [(c.suite, c.esn) for c in decoded] == [(s, e) for s in DEFAULT_ESP for e in (True, False)]  # type: ignore[union-attr]
+    assert [t.number for t in offer] == list(range(1, 13))
+    esn_attr = bytes.fromhex("800b0001")  # AF=1 | type 11, value 1
+    assert encode_attributes(offer[0].attributes).endswith(esn_attr)
+    assert esn_attr not in encode_attributes(offer[1].attributes)
+    plain = ChildProposal(esn=(False,)).transforms(tunnel, allow_private=True)
+    assert [t.attributes for t in plain] == [t.attributes for t in offer[1::2]]
+    # the largest default offer (legacy suites, volume lifetime) stays well inside one datagram
+    biggest = ChildProposal(esp=DEFAULT_ESP + LEGACY_ESP, lifetime_kilobytes=1 << 20)
+    transforms = biggest.transforms(tunnel, allow_private=True)
+    wire = encode_payload(SAPayload((WireProposal(1, 3, bytes(4), transforms),)), 0)
+    assert len(transforms) == 18 and len(wire) < 900
+
+
+def test_esn_attribute_values() -> None:
+    def with_esn(value: int | None) -> ChildTransform | None:
+        attrs = [DataAttribute(IPsecAttr.KEY_LENGTH, 256)]
+        if value is not None:
+            attrs.append(DataAttribute(IPsecAttr.EXTENDED_SEQUENCE_NUMBER, value))
+        return ChildTransform.from_transform(Transform(1, int(EspTransform.AES_GCM_16), tuple(attrs)))
+
+    assert with_esn(1).esn is True  # type: ignore[union-attr]
+    assert with_esn(None).esn is False  # type: ignore[union-attr]
+    assert with_esn(0).esn is False  # type: ignore[union-attr]  # RESERVED, read as absent
+    assert with_esn(2) is None and with_esn(61440) is None  # unknown: not a transform for us
+    with pytest.raises(LocalProtocolError, match="ESN preference"):
+        ChildProposal(esn=())
+    with pytest.raises(LocalProtocolError, match="ESN preference"):
+        ChildProposal(esn=(True, True))

@@ -382,6 +382,42 @@ def test_sa_pair_from_child_with_chacha_and_gcm() -> None:
     assert sa_pair_from_child(gcm, now=0.0)[0].suite.name == "aes256gcm16"
 
 
+@pytest.mark.parametrize(
+    "transform", [EspTransform.AES_GCM_16, EspTransform.CHACHA20_POLY1305_PRIVATE], ids=["gcm", "chacha"]
+)
+def test_sa_pair_from_child_with_esn_takes_the_careful_path(transform: EspTransform) -> None:
+    """ESN negotiated in Quick Mode (RFC 4304) reaches both SAs; the inlined AEAD loop works
+    on 32-bit numbers only, so a GRO buffer goes back whole and ``decrypt_batch`` opens it."""
+    aead = dict(
+        transform=transform,
+        key_length=256,
+        integrity=None,
+        enc_key_in=bytes(range(36)),
+        auth_key_in=b"",
+        enc_key_out=bytes(range(36)),
+        auth_key_out=b"",
+    )
+    inbound, outbound = sa_pair_from_child(child_event(esn=True, **aead), now=0.0)
+    assert inbound.esn and outbound.esn and not inbound._fast(1, 100)
+    assert not sa_pair_from_child(child_event(esn=True, **aead), now=0.0, esn=False)[0].esn
+    assert not sa_pair_from_child(child_event(**aead), now=0.0)[0].esn
+    # same keys both ways in this event: a twin outbound with the inbound SPI feeds the inbound
+    twin = OutboundSA(inbound.spi, inbound.suite, bytes(range(36)), esn=True)
+    packets = [ipv4(src="8.8.8.8", dst="10.99.0.7", payload=bytes([i]) * 64) for i in range(4)]
+    twin.seq = 1 << 31
+    assert inbound.decrypt_batch(twin.encrypt_batch(packets[:1])) == packets[:1]
+    twin.seq = SEQ32_MAX - 1
+    sealed = twin.encrypt_batch(packets)  # 2^32 - 1 .. 2^32 + 2: low halves 0xffffffff, 0, 1, 2
+    assert [int.from_bytes(p[4:8], "big") for p in sealed] == [SEQ32_MAX, 0, 1, 2]
+    assert inbound.decrypt_buffer(b"".join(sealed), len(sealed[0]), []) == sealed
+    assert inbound.decrypt_batch(sealed) == packets
+    assert inbound.drop_counts() == {}
+    # a 32-bit receiver of the same keys cannot open them: the high half is in the ICV
+    plain_in = sa_pair_from_child(child_event(**aead), now=0.0)[0]
+    assert plain_in.decrypt_batch(sealed[2:]) == []  # (0 is never a valid 32-bit number)
+    assert plain_in.drop_counts() == {DropReason.BAD_ICV: 2}
+
+
 def test_sa_pair_from_child_refuses_cbc_without_integrity() -> None:
     with pytest.raises(ValueError, match="without integrity"):
         sa_pair_from_child(child_event(integrity=None, auth_key_in=b"", auth_key_out=b""), now=0.0)

@@ -643,6 +643,7 @@ class Client:
             spi_out=f"0x{event.spi_out:08x}",
             pfs_group=event.pfs_group,
             encapsulation=event.encapsulation,
+            esn=event.esn,
         )
         if not self.pending:
             self.progress.report(

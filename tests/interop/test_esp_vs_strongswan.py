@@ -3,6 +3,14 @@ kernel-libipsec (userspace ESP in C, TUN "ipsec0"), IKEv1 Main Mode PSK, UDP-enc
 
 Ping and iperf3 (TCP, both directions) pass through the tunnel for AES-GCM-16 and for
 AES-CBC with HMAC-SHA2-256. Only that traffic passed is asserted, never a speed.
+
+Extended sequence numbers (RFC 4304): our client offers each suite with ESN first, then
+without. charon (5.9, IKEv1) reads the attribute ("received proposals:
+ESP:AES_GCM_16_256/ECP_256/EXT_SEQ, ESP:AES_GCM_16_256/ECP_256/NO_EXT_SEQ, ...") but
+kernel-libipsec cannot install an ESN SA: with ``esp_proposals = aes256gcm16-ecp256-esn``
+charon selects EXT_SEQ, then logs "IPsec SA: ESN not supported", "failed to create SAD
+entry" and deletes the CHILD_SA. With its default (``-noesn`` implied) it picks the 32-bit
+transform that follows ours, which is what is asserted here.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import pytest
 
 from .strongswan import Charon
 from .test_client_vs_strongswan import IKE_PSK, INNER_A, UNDERLAY_A, UNDERLAY_B, main_mode_gateway
-from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
+from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 from netns import NetnsPair, run_in, stop_process, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
@@ -43,25 +51,37 @@ def _iperf(pair: NetnsPair, *, reverse: bool) -> float:
 
 
 @pytest.mark.parametrize(
-    ("esp", "charon_says"),
+    ("esp", "charon_says", "selected"),
     [
-        ("aes256gcm16-ecp256", "ESP:AES_GCM_16-256"),
-        ("aes256-sha256-ecp256", "ESP:AES_CBC-256/HMAC_SHA2_256_128"),
+        ("aes256gcm16-ecp256", "ESP:AES_GCM_16-256", "ESP:AES_GCM_16_256/ECP_256/NO_EXT_SEQ"),
+        (
+            "aes256-sha256-ecp256",
+            "ESP:AES_CBC-256/HMAC_SHA2_256_128",
+            "ESP:AES_CBC_256/HMAC_SHA2_256_128/ECP_256/NO_EXT_SEQ",
+        ),
     ],
 )
-def test_ping_and_iperf3_through_charon_kernel_libipsec(tmp_path: Path, esp: str, charon_says: str) -> None:
+def test_ping_and_iperf3_through_charon_kernel_libipsec(
+    tmp_path: Path, esp: str, charon_says: str, selected: str
+) -> None:
     with NetnsPair(UNDERLAY_A, UNDERLAY_B) as pair, Charon(tmp_path / "gw", pair.a) as gateway:
         pair.add_addr(pair.a, INNER_A)
         gateway.load(main_mode_gateway(pair.addr_a, pair.addr_b).replace("aes256gcm16-ecp256", esp))
         psk = private_file(tmp_path / "client.psk", IKE_PSK + "\n")
         log = tmp_path / "client.log"
         client = popen_tunvpn(
-            pair.b, ["connect", pair.addr_a, "--psk-file", str(psk), "--tun", "tvesp%d"], log
+            pair.b, ["connect", pair.addr_a, "--psk-file", str(psk), "--tun", "tvesp%d", "--json"], log
         )
         try:
             wait_for_line(log, "IPsec SA pair(s) up", client, 40, "the client's Quick Mode SAs")
             wait_for(lambda: bool(gateway.established_children()), 10, "charon's CHILD_SA")
             assert charon_says in gateway.list_sas(), gateway.list_sas()
+            charon_log = gateway.log_text()
+            # our ESN-first offer as charon read it, and the 32-bit transform it took
+            assert "ESP:AES_GCM_16_256/ECP_256/EXT_SEQ, ESP:AES_GCM_16_256/ECP_256/NO_EXT_SEQ" in charon_log
+            assert f"selected proposal: {selected}\n" in charon_log, charon_log[-3000:]
+            [quick] = [r for r in json_records(log) if r["event"] == "quick" and r["state"] == "established"]
+            assert quick["esn"] is False
             ping = run_in(
                 pair.b, ["ping", "-c", "4", "-i", "0.2", "-W", "2", PROTECTED], check=False, timeout=30
             )

@@ -783,18 +783,22 @@ def sa_pair_from_child(
     event: ChildSAEstablished,
     now: float,
     *,
-    esn: bool = False,
+    esn: bool | None = None,
     replay_window: int = DEFAULT_REPLAY_WINDOW,
     soft_fraction: float = DEFAULT_SOFT_FRACTION,
     packets: int | None = None,
 ) -> tuple[InboundSA, OutboundSA]:
     """The inbound and outbound SA of a negotiated child SA, ready for ``SadTable.install``.
 
-    :param esn: whether ESN was negotiated (RFC 4304); the engine does not offer it yet.
+    :param esn: override the event's ``esn`` (what Quick Mode negotiated, RFC 4304); ``None``
+        takes it from the event. An ESN SA opens packets on the careful path, not the
+        inlined AEAD loop (:meth:`InboundSA._fast`).
     :param packets: an optional packet limit of our own (IKEv1 has none to negotiate).
     :raises ValueError: an AES-CBC SA without integrity (confidentiality-only ESP is not
         used: RFC 8221 section 5), or a transform the data path does not implement.
     """
+    if esn is None:
+        esn = event.esn
     suite = suite_from_child(event.transform, event.key_length, event.integrity)
     if not suite.aead and suite.integrity is None:
         raise ValueError(f"refusing {suite.name}: ESP without integrity (RFC 8221 section 5)")

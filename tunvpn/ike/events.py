@@ -185,6 +185,8 @@ class ChildSAEstablished(Event):
     inbound_local_ts: tuple[TrafficSelector, ...] = ()
     """Destinations inbound inner packets may have when narrower than ``local_ts`` (a
     standard client's 0.0.0.0/0 SA, ``ChildPolicy.inbound_local``); empty: ``local_ts``."""
+    esn: bool = False
+    """64-bit extended sequence numbers were negotiated (RFC 4304); False: 32-bit."""
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,8 @@ class Phase2Policy:
         )
 
     def initiator_proposal(self) -> ChildProposal:
-        """The Quick Mode proposal a client offers for this set."""
+        """The Quick Mode proposal a client offers for this set: the pushed suite with ESN,
+        then without (``ChildProposal.esn``); the gateway's default takes ESN (RFC 4304)."""
         return ChildProposal(
             esp=(self.suite,),
             pfs_group=self.pfs_group,

@@ -105,6 +105,7 @@ _ORDER_HASHES = list(HASH_STRENGTH)
 _ORDER_ENC = list(ENCRYPTION_STRENGTH)
 
 MAX_TRANSFORMS = 255  # the transform number is one octet (RFC 2408 section 3.6)
+ESN_64_BIT = 1  # RFC 4304 section 2: Extended (64-bit) Sequence Number attribute value
 
 
 def _weak_names(
@@ -413,18 +414,28 @@ class ChildProposal:
     """TUNNEL; the engine turns it into UDP_TUNNEL (or the draft number) when NAT-T is in use."""
     accept_pfs: frozenset[DHGroup | None] = frozenset()
     """Responder: PFS choices accepted besides ``pfs_group`` (``None`` = no PFS)."""
+    esn: tuple[bool, ...] = (True, False)
+    """Sequence number sizes, preferred first: ``True`` = 64-bit ESN (RFC 4304), ``False`` =
+    32-bit. The initiator offers each ESP suite once per entry, in this order; the responder
+    accepts a transform only if its ESN choice is listed."""
+
+    def __post_init__(self) -> None:
+        if not self.esn or len(set(self.esn)) != len(self.esn):
+            raise LocalProtocolError(f"ESN preference {self.esn!r}: one or two distinct choices")
 
     def transforms(self, encap: int, allow_private: bool) -> tuple[Transform, ...]:
+        """The offer: for each suite (strongest first) one transform per ESN choice."""
         out: list[Transform] = []
         for suite in self.esp:
             if suite.is_private and not allow_private:
                 continue
-            out.append(Transform(len(out) + 1, int(suite.transform), self._attributes(suite, encap)))
+            for esn in self.esn:
+                out.append(Transform(len(out) + 1, int(suite.transform), self._attributes(suite, encap, esn)))
         if not out:
             raise LocalProtocolError("no ESP transform left to offer")
-        return tuple(out)
+        return tuple(out[:MAX_TRANSFORMS])
 
-    def _attributes(self, suite: EspSuite, encap: int) -> tuple[DataAttribute, ...]:
+    def _attributes(self, suite: EspSuite, encap: int, esn: bool) -> tuple[DataAttribute, ...]:
         attrs = [
             DataAttribute(IPsecAttr.SA_LIFE_TYPE, int(LifeType.SECONDS)),
             DataAttribute.auto(IPsecAttr.SA_LIFE_DURATION, self.lifetime_seconds),
@@ -441,6 +452,8 @@ class ChildProposal:
             attrs.append(DataAttribute(IPsecAttr.AUTHENTICATION_ALGORITHM, int(suite.auth)))
         if suite.key_length is not None:
             attrs.append(DataAttribute(IPsecAttr.KEY_LENGTH, suite.key_length))
+        if esn:  # RFC 4304 section 2: absent means 32-bit sequence numbers
+            attrs.append(DataAttribute(IPsecAttr.EXTENDED_SEQUENCE_NUMBER, ESN_64_BIT))
         return tuple(attrs)
 
 
@@ -453,6 +466,8 @@ class ChildTransform:
     lifetime_seconds: int
     lifetime_kilobytes: int
     encapsulation: int
+    esn: bool = False
+    """64-bit extended sequence numbers (RFC 4304)."""
 
     @classmethod
     def from_transform(cls, t: Transform) -> ChildTransform | None:
@@ -467,6 +482,7 @@ class ChildTransform:
         kilobytes = 0
         encap = int(EncapsulationMode.TUNNEL)
         life_type: int | None = None
+        esn = False
         for a in t.attributes:
             value = a.as_int()
             if a.type == IPsecAttr.SA_LIFE_TYPE:
@@ -491,15 +507,17 @@ class ChildTransform:
             elif a.type == IPsecAttr.KEY_LENGTH:
                 key_length = value
             elif a.type == IPsecAttr.EXTENDED_SEQUENCE_NUMBER:
-                if value != 0:
-                    return None  # ESN is offered by the data path issue; until then refuse it
+                if value == ESN_64_BIT:
+                    esn = True
+                elif value != 0:  # 0 is RESERVED in RFC 4304; read it as absent, as before
+                    return None  # a value we do not know: the transform is not for us
             else:
                 return None  # an attribute we do not understand: the transform is not for us
         if esp in (EspTransform.AES_CBC, EspTransform.AES_GCM_16) and key_length is None:
             key_length = 128
         if esp == EspTransform.CHACHA20_POLY1305_PRIVATE and key_length is None:
             key_length = 256
-        return cls(EspSuite(esp, key_length, auth), group, seconds, kilobytes, encap)
+        return cls(EspSuite(esp, key_length, auth), group, seconds, kilobytes, encap, esn)
 
 
 def select_child_transform(
@@ -514,7 +532,7 @@ def select_child_transform(
             raise RemoteProtocolError("ESP SPI must be 4 octets", field="SA.proposal.spi")
         for t in prop.transforms:
             ct = ChildTransform.from_transform(t)
-            if ct is None or ct.suite not in policy.esp:
+            if ct is None or ct.suite not in policy.esp or ct.esn not in policy.esn:
                 continue
             if ct.suite.is_private and not allow_private:
                 continue

@@ -298,19 +298,15 @@ class QuickModeMixin:
         offered: tuple[Transform, ...] = ex.data["transforms"]  # type: ignore[assignment]
         chosen = prop.transforms[0]
         ct = ChildTransform.from_transform(chosen)
+        # the answer's lifetimes may differ from the offer (RFC 2407 4.5); suite and ESN may not
+        offered_choices = {
+            (c.suite, c.esn) for c in map(ChildTransform.from_transform, offered) if c is not None
+        }
         if (
             prop.protocol != ProtocolId.ESP
             or len(prop.spi) != 4
             or ct is None
-            or not any(
-                ChildTransform.from_transform(t) == ct
-                or (
-                    t.transform_id == chosen.transform_id
-                    and ChildTransform.from_transform(t) is not None
-                    and ChildTransform.from_transform(t).suite == ct.suite  # type: ignore[union-attr]
-                )
-                for t in offered
-            )
+            or (ct.suite, ct.esn) not in offered_choices
         ):
             raise NoProposalChosen("responder chose an ESP transform we did not offer")
         proposal: ChildProposal = ex.data["proposal"]  # type: ignore[assignment]
@@ -418,5 +414,6 @@ class QuickModeMixin:
                 role,
                 name,
                 tuple(d.get("inbound_local", ())),  # type: ignore[arg-type]
+                esn=ct.esn,
             )
         )
