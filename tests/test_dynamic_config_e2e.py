@@ -232,7 +232,7 @@ def test_three_line_profile_gets_every_sa_and_follows_a_live_change(net: Net) ->
         assert (up["net-a"]["esp"], up["net-a"]["pfs_group"]) == ("aes256gcm16", 19)
         assert (up["net-b"]["esp"], up["net-b"]["pfs_group"]) == ("aes128gcm16", None)
         assert up["eng"]["pfs_group"] == 20
-        assert all(r["esn"] is True for r in up.values())  # RFC 4304, offered first between tunvpn peers
+        assert all(r["esn"] is False for r in up.values())  # 32-bit preferred (docs/proposals.md)
         [modecfg] = records(log, "modecfg", "received")
         assert modecfg["address"] == "10.79.0.10"
         for host in ("10.78.0.10", "10.78.1.10", "10.20.0.10"):

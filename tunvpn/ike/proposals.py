@@ -414,7 +414,7 @@ class ChildProposal:
     """TUNNEL; the engine turns it into UDP_TUNNEL (or the draft number) when NAT-T is in use."""
     accept_pfs: frozenset[DHGroup | None] = frozenset()
     """Responder: PFS choices accepted besides ``pfs_group`` (``None`` = no PFS)."""
-    esn: tuple[bool, ...] = (True, False)
+    esn: tuple[bool, ...] = (False, True)
     """Sequence number sizes, preferred first: ``True`` = 64-bit ESN (RFC 4304), ``False`` =
     32-bit. The initiator offers each ESP suite once per entry, in this order; the responder
     accepts a transform only if its ESN choice is listed."""
