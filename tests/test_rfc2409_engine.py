@@ -609,7 +609,9 @@ def test_quick_mode_prefers_32_bit_by_default_and_negotiates_esn_when_offered_fi
     2^32 packets (more than an hour at our peak rate): by default it is offered second."""
     client_sa, gateway_sa = quick_mode(Pair(client_config(), gateway_config()), ChildProposal())
     assert not client_sa.esn and not gateway_sa.esn
-    client_sa, gateway_sa = quick_mode(Pair(client_config(), gateway_config()), ChildProposal(esn=(True, False)))
+    client_sa, gateway_sa = quick_mode(
+        Pair(client_config(), gateway_config()), ChildProposal(esn=(True, False))
+    )
     assert client_sa.esn and gateway_sa.esn
     assert (client_sa.transform, client_sa.key_length) == (EspTransform.AES_GCM_16, 256)
 
