@@ -620,3 +620,13 @@ def test_error_pickles_and_failed_loads_do_not_warn(gwdir: Path, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="tunvpn.gwconfig"):
         _error(gwdir, text)
     assert not caplog.records
+
+
+def test_plugin_tables_are_kept_for_named_plugins_only(gwdir: Path) -> None:
+    named = MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nplugins = ["radius"]')
+    cfg = _load(gwdir, named + '\n[plugin.radius]\nserver = "127.0.0.1"\nretries = 3\n')
+    assert cfg.plugins == ("radius",)
+    assert dict(cfg.plugin_settings["radius"]) == {"server": "127.0.0.1", "retries": 3}
+    text = MINIMAL + '\n[plugin.otp]\nwindow = 1\n'
+    error = _error(gwdir, text)
+    assert error.key == "plugin.otp" and "gateway.plugins does not name" in str(error)

@@ -346,9 +346,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS", help="give up after (60)")
     demo.add_argument("--mode", choices=("main", "aggressive"), default="main", help="client phase 1 mode")
 
+    plugins = sub.add_parser(
+        "plugins",
+        help="list the installed plugins (and those a gateway.toml enables)",
+        description="List the plugins installed in this Python environment (entry points of the "
+        "`tunvpn` group) with their distributions and versions; with -c, mark those the gateway "
+        "configuration enables and name any it needs that are missing.",
+    )
+    plugins.add_argument("-c", "--config", metavar="FILE", help="gateway.toml to check")
+
     control.add_status_parser(sub)
     control.add_reload_parser(sub)
     return parser
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from tunvpn.plugins import installed_plugins
+
+    enabled: tuple[str, ...] = ()
+    if args.config:
+        from tunvpn.gateway import options_from_config
+        from tunvpn.gwconfig import load_gateway_config
+
+        enabled = options_from_config(load_gateway_config(args.config)).plugin_names()
+    installed = installed_plugins()
+    for plugin in installed:
+        mark = "enabled" if plugin.name in enabled else ("-" if args.config else "")
+        line = f"{plugin.name:<16} {plugin.distribution} {plugin.version:<12} {plugin.module:<32} {mark}"
+        print(line.rstrip())
+    missing = [name for name in enabled if name not in {p.name for p in installed}]
+    for name in missing:
+        print(f"{name:<16} NOT INSTALLED (pip install tunvpn-{name}), needed by {args.config}")
+    return 1 if missing else 0
 
 
 def _setup_logging(verbose: int, quiet: bool, default: int) -> None:
@@ -521,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "connect": cmd_connect,
         "status": control.run_status,
         "reload": control.run_reload,
+        "plugins": cmd_plugins,
     }
     try:
         if args.command == "bench":

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ANY_IPV4 = IPv4Network("0.0.0.0/0")
+CHALLENGE_FIELDS = {"answer": "the answer to the challenge", "next_pin": "a new PIN"}
+"""XAUTH fields of a gateway's later rounds (draft-beaulieu-ike-xauth-02 section 6.2)."""
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -279,7 +281,8 @@ class Client:
                 self.progress.report("xauth", f"user {event.user_name} accepted", state="ok")
                 self._request_mode_config()
             else:
-                self.fail("xauth", f"the gateway rejected user {event.user_name!r}")
+                said = f": {event.message}" if event.message else ""
+                self.fail("xauth", f"the gateway rejected user {event.user_name!r}{said}")
         elif isinstance(event, ev.ModeConfigReceived):
             if self.tunnel is not None and isinstance(event.config.address, IPv4Address):
                 self.tunnel.set_address(str(event.config.address))
@@ -348,7 +351,11 @@ class Client:
             except (EOFError, OSError) as exc:
                 self.fail("xauth", f"cannot read the password: {exc or 'no terminal'}")
                 return
-        unsupported = [f for f in event.fields if f not in ("user_name", "password", "passcode", "domain")]
+        unsupported = [
+            f
+            for f in event.fields
+            if f not in ("user_name", "password", "passcode", "domain", *CHALLENGE_FIELDS)
+        ]
         if unsupported:
             self.fail(
                 "xauth", f"the gateway asks for {', '.join(unsupported)}, which tunvpn cannot answer yet"
@@ -359,6 +366,23 @@ class Client:
             kwargs["password"] = secret
         if "passcode" in event.fields:
             kwargs["passcode"] = secret
+        for name in (f for f in event.fields if f in CHALLENGE_FIELDS):
+            # a challenge (next tokencode, new PIN, a RADIUS Access-Challenge): only a person can answer
+            what = CHALLENGE_FIELDS[name]
+            if not self.options.password_prompt:
+                self.fail(
+                    "xauth",
+                    f"the gateway asks for {what} ({event.message or 'no message'}): run interactively",
+                )
+                return
+            prompt = f"{event.message or 'XAUTH'} [{what}]: "
+            try:
+                kwargs[name] = await asyncio.get_running_loop().run_in_executor(
+                    None, self.ask_password, prompt
+                )
+            except (EOFError, OSError) as exc:
+                self.fail("xauth", f"cannot read the {what}: {exc or 'no terminal'}")
+                return
         try:
             self.engine.xauth_reply(self.sa_id, self.clock(), user_name=self.options.user, **kwargs)
         except LocalProtocolError as exc:

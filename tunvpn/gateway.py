@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any, Protocol
@@ -47,6 +47,7 @@ from tunvpn.ike.proposals import (
     EspSuite,
     Phase1Policy,
 )
+from tunvpn.plugins import CredentialRequest, GatewayContext, PluginError, PluginHost, Verdict
 from tunvpn.shell.credentials import SecretFileError, UserTable
 from tunvpn.shell.udp import UdpDriver
 
@@ -186,6 +187,13 @@ class GatewayOptions:
     """The TOML file the options came from (``tunvpn reload`` reads it again)."""
     control_socket: str | None = None
     """Path of the control socket (``tunvpn status``/``reload``); None: no control socket."""
+    plugins: tuple[str, ...] = ()
+    """Plugins to load by entry point name (docs/plugins.md); ``users-file`` is added by
+    itself when ``users`` is set."""
+    plugin_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """``[plugin.NAME]`` tables of gateway.toml."""
+    plugin_objects: tuple[object, ...] = ()
+    """Plugins given as objects (tests, ``tunvpn.testing``), asked before the named ones."""
     overrides: dict[str, object] = field(default_factory=dict)
     """Options set on the command line over the file's (``--control``, ``--keylog``,
     ``--ike-only``): a reload applies them again instead of reporting them as changes."""
@@ -201,8 +209,13 @@ class GatewayOptions:
                 f"--listen {self.listen}: give the gateway's own address, not a wildcard "
                 "(IKE hashes the real address into NAT-D and uses it as the default identity)"
             )
-        if self.require_xauth and self.users is None:
-            raise ConfigError("--require-xauth needs --users FILE (the XAUTH user database)")
+        if self.require_xauth and self.users is None and not self.plugins and not self.plugin_objects:
+            raise ConfigError("--require-xauth needs --users FILE (the XAUTH user database) or a plugin")
+
+    def plugin_names(self) -> tuple[str, ...]:
+        """The entry points to load: the built-in users-file first (asked last), then ``plugins``."""
+        names = ("users-file",) if self.users is not None else ()
+        return names + tuple(n for n in self.plugins if n not in names)
         if not self.psks and self.credential is None:
             raise ConfigError("no pre-shared key or certificate configured")
 
@@ -343,7 +356,7 @@ def build_engine_config(options: GatewayOptions) -> EngineConfig:
         children=child_policies(options, phase1),
         allow_aggressive_psk=options.allow_aggressive_psk,
         require_xauth=options.require_xauth,
-        xauth_available=options.users is not None,
+        xauth_available=options.users is not None or bool(options.plugins or options.plugin_objects),
         # ESP runs in userspace over UDP 4500 (RFC 3948): with a data path, always encapsulate
         force_encap=options.force_encap or options.tun is not None,
         natt_port=options.natt_port,
@@ -368,6 +381,12 @@ class Session:
     generation: int = 0
     pending: dict[int, tuple[str, ...]] = field(default_factory=dict)
     """CFG_SET identifier -> names of policies to delete once the client acknowledges."""
+    auth_round: int = 0
+    """XAUTH answers checked so far (a plugin's challenges add rounds)."""
+    auth_state: dict[str, object] = field(default_factory=dict)
+    """For the plugins between the rounds of one authentication (CredentialRequest.state)."""
+    plugin_address: IPv4Address | None = None
+    """The address a plugin assigned (RADIUS Framed-IP-Address), instead of the pool's."""
 
 
 class Gateway:
@@ -393,6 +412,7 @@ class Gateway:
         self.driver: UdpDriver | None = None
         self.control: Any = None
         self._stop: asyncio.Event | None = None
+        self.plugins = load_plugins(options)
         self._warn_weak(options)
 
     @staticmethod
@@ -441,7 +461,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ events
 
-    def handle_event(self, event: ev.Event) -> None:
+    def handle_event(self, event: ev.Event) -> Coroutine[Any, Any, None] | None:
         now = self.clock()
         if isinstance(event, ev.Phase1Established):
             self.sessions[event.sa_id] = Session(
@@ -454,7 +474,7 @@ class Gateway:
                 tunvpn="tunvpn" in event.peer_vendor_ids,
             )
         elif isinstance(event, ev.XauthCredentials):
-            self._check_user(event, now)
+            return self._check_user(event, now)
         elif isinstance(event, ev.ModeConfigRequested):
             self._mode_config(event, now)
         elif isinstance(event, ev.ModeConfigAcknowledged):
@@ -475,27 +495,66 @@ class Gateway:
             self.sessions.pop(event.sa_id, None)
             self._release(event.sa_id)
 
-    def _check_user(self, event: ev.XauthCredentials, now: float) -> None:
-        users = self.options.users
-        if users is None:
-            ok, why = False, "no users file configured (--users)"
-        elif event.passcode is not None and event.password is None:
-            ok, why = False, "passcodes are not supported"
-        else:
-            ok = users.check(event.user_name, event.password)
-            why = "" if ok else "bad user name or password"
-        if ok:
-            log.info("XAUTH: user %r from %s accepted", event.user_name, event.peer[0])
-            session = self.sessions.get(event.sa_id)
-            if session is not None:
-                session.user = event.user_name
-                session.groups = self.groups_of(event.user_name)
-        else:
-            log.warning("XAUTH: user %r from %s rejected: %s", event.user_name, event.peer[0], why)
+    def plugin_context(self) -> GatewayContext:
+        return GatewayContext(
+            users=self.options.users,
+            groups={name: frozenset(members) for name, members in self.options.groups.items()},
+            plugin_settings={name: dict(table) for name, table in self.options.plugin_settings.items()},
+        )
+
+    async def _check_user(self, event: ev.XauthCredentials, now: float) -> None:
+        """Ask the plugins (``tunvpn_verify_credentials``); the verdict goes back to the client
+        as XAUTH-STATUS, or as a new XAUTH request for a challenge."""
+        session = self.sessions.get(event.sa_id)
+        if session is None:  # pragma: no cover - phase 1 always comes first
+            return
+        session.auth_round += 1
+        request = CredentialRequest(
+            user=event.user_name,
+            password=event.password,
+            passcode=event.passcode,
+            answer=event.answer,
+            next_pin=event.next_pin,
+            peer=event.peer,
+            session_id=event.sa_id.hex(),
+            round=session.auth_round,
+            state=session.auth_state,
+        )
         try:
-            self.engine.xauth_verdict(
-                event.sa_id, now, ok, None if ok else "user name or password not accepted"
-            )
+            verdict = await self.plugins.verify_credentials(request, self.plugin_context())
+        except Exception as exc:  # a broken plugin or backend rejects this user, nothing more
+            log.error("XAUTH: checking user %r from %s failed: %s", event.user_name, event.peer[0], exc)
+            verdict = Verdict.reject("the gateway could not check the credentials")
+        if self.sessions.get(event.sa_id) is not session:
+            return  # the client went away meanwhile
+        now = self.clock()
+        try:
+            if verdict.outcome == "challenge":
+                if session.auth_round >= MAX_AUTH_ROUNDS:
+                    log.warning("XAUTH: user %r from %s: too many rounds", event.user_name, event.peer[0])
+                    verdict = Verdict.reject("too many authentication rounds")
+                else:
+                    log.info(
+                        "XAUTH: user %r from %s challenged (round %d)",
+                        event.user_name,
+                        event.peer[0],
+                        session.auth_round,
+                    )
+                    self.engine.xauth_request(
+                        event.sa_id, now, fields=("user_name", *verdict.fields), message=verdict.message
+                    )
+                    return
+            if verdict.accepted:
+                log.info("XAUTH: user %r from %s accepted", event.user_name, event.peer[0])
+                session.user = event.user_name
+                session.groups = self.groups_of(event.user_name) | frozenset(verdict.groups)
+                session.plugin_address = verdict.address
+            else:
+                log.warning(
+                    "XAUTH: user %r from %s rejected: %s", event.user_name, event.peer[0], verdict.message
+                )
+            session.auth_state.clear()
+            self.engine.xauth_verdict(event.sa_id, now, verdict.accepted, verdict.message)
         except LocalProtocolError as exc:
             log.warning("XAUTH verdict for %s not sent: %s", event.peer[0], exc)
 
@@ -507,8 +566,8 @@ class Gateway:
         if session.user is None and event.user_name:
             session.user = event.user_name
             session.groups = self.groups_of(event.user_name)
-        address: IPv4Address | None = None
-        if self.options.pool is not None:
+        address: IPv4Address | None = session.plugin_address  # e.g. RADIUS Framed-IP-Address
+        if address is None and self.options.pool is not None:
             address = self.options.pool.lease(event.sa_id)
             if address is None:
                 log.warning(
@@ -609,7 +668,17 @@ class Gateway:
         old = self.options
         kept = [
             name
-            for name in ("listen", "ike_port", "natt_port", "tun", "mtu", "keylog", "control_socket")
+            for name in (
+                "listen",
+                "ike_port",
+                "natt_port",
+                "tun",
+                "mtu",
+                "keylog",
+                "control_socket",
+                "plugins",
+                "plugin_objects",
+            )
             if getattr(old, name) != getattr(new, name)
         ]
         for name in kept:
@@ -948,6 +1017,18 @@ def _child_status(
     }
 
 
+MAX_AUTH_ROUNDS = 8
+"""XAUTH rounds (challenges, next PIN) one client may take before it is rejected."""
+
+
+def load_plugins(options: GatewayOptions) -> PluginHost:
+    """The gateway's plugins; a named plugin that is missing or broken is a startup error."""
+    try:
+        return PluginHost(options.plugin_names(), options.plugin_objects)
+    except PluginError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
     """The gateway options of a parsed configuration file (``tunvpn gateway -c``)."""
     return GatewayOptions(
@@ -969,6 +1050,8 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         rules=tuple(cfg.rules),
         groups=dict(cfg.groups),
         protocols=tuple(cfg.protocols),
+        plugins=tuple(cfg.plugins),
+        plugin_settings=dict(cfg.plugin_settings),
         domains=tuple(cfg.domains),
         phase1=cfg.phase1,
         credential=cfg.credential,

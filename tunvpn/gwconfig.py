@@ -654,6 +654,8 @@ class GatewayConfig:
     protocols: tuple[ExtraProtocol, ...] = ()
     """Extra protocols clients must run (announced in phase 1a), in order."""
     plugins: tuple[str, ...] = ()
+    plugin_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    """``[plugin.NAME]`` tables: each plugin's own settings (``GatewayContext.settings``)."""
     tun: str | None = "tunvpn%d"
     """TUN device name (template); ``None``: negotiate IKE only."""
     mtu: int = 1400
@@ -678,7 +680,7 @@ class GatewayConfig:
         return tuple(rule.policy for rule in self.rules if rule.applies_to(user, groups))
 
 
-_TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol")
+_TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "plugin")
 _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
     "require_xauth", "allow_aggressive_psk", "legacy", "tun", "mtu", "keylog", "control_socket", "plugins",
@@ -716,6 +718,25 @@ def load_gateway_config(path: str | os.PathLike[str], env: Mapping[str, str] | N
     text, mode = read_config_file(path, "gateway configuration")
     base_dir = Path(path).resolve().parent
     return parse_gateway_config(text, str(path), base_dir=base_dir, env=env, file_mode=mode)
+
+
+def _plugin_settings(top: TableReader, plugins: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+    """``[plugin.NAME]`` tables, one per plugin named in ``gateway.plugins`` (or built in)."""
+    table = top.table("plugin", "[plugin.NAME]", None)
+    if table is None:
+        return {}
+    out: dict[str, Mapping[str, Any]] = {}
+    for name, value in table.data.items():
+        if name not in plugins and name not in BUILTIN_PLUGINS:
+            raise table.error(name, f"[plugin.{name}] is for a plugin that gateway.plugins does not name")
+        if not isinstance(value, dict):
+            raise table.error(name, f"expected a table ([plugin.{name}]), found {_type_name(value)}")
+        out[name] = MappingProxyType(dict(value))
+    return out
+
+
+BUILTIN_PLUGINS = ("users-file",)
+"""Plugins the gateway enables by itself (users-file: when ``users_file`` is set)."""
 
 
 def parse_gateway_config(
@@ -796,6 +817,7 @@ def parse_gateway_config(
     groups = _groups(top.table("groups", "[groups]", None))
     rules = _rules(top, legacy, groups, pool)
     protocols = _protocols(top)
+    plugin_settings = _plugin_settings(top, plugins)
 
     config = GatewayConfig(
         source=source,
@@ -819,6 +841,7 @@ def parse_gateway_config(
         rules=rules,
         protocols=protocols,
         plugins=plugins,
+        plugin_settings=MappingProxyType(plugin_settings),
         tun=tun,
         mtu=gw.number("mtu", 1400, 576, 65535),
         keylog=keylog,

@@ -98,6 +98,8 @@ class XauthCompleted(Event):
     """XAUTH-STATUS was OK."""
     user_name: str | None
     """The user, when known."""
+    message: str | None = None
+    """XAUTH-MESSAGE sent with the status (the gateway's reason for a rejection)."""
 
 
 @dataclass(frozen=True)

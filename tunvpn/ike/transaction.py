@@ -316,6 +316,8 @@ class TransactionMixin:
         elif attr.cfg_type == CfgType.SET and CfgAttr.XAUTH_STATUS in types:
             status = next(a for a in attr.attributes if a.type == CfgAttr.XAUTH_STATUS).as_int()
             ok = status == XauthStatus.OK
+            message_attr = next((a for a in attr.attributes if a.type == CfgAttr.XAUTH_MESSAGE), None)
+            message = _text(message_attr) if message_attr is not None else None
             ex.state = "done"
             sa.xauth_done = ok
             self._send_protected(
@@ -330,7 +332,7 @@ class TransactionMixin:
                 now,
                 expect_reply=False,
             )
-            self._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user))
+            self._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user, message))
             if not ok:
                 self._drop_sa(sa, "XAUTH failed", by_peer=True)
         elif attr.cfg_type == CfgType.SET:

@@ -1,0 +1,209 @@
+"""The plugin host (tunvpn/hookspecs.py, tunvpn/plugins.py): hooks documented and rendered in
+docs/plugins.md, plugins found through their entry points (the built-in ``users-file`` too),
+a missing plugin is a startup error, and ``tunvpn_verify_credentials`` decides XAUTH over real
+UDP on loopback: a password-then-code plugin with a challenge round (draft-beaulieu-ike-xauth-02
+section 6.2), groups from a plugin deciding the pushed policies, blocking hooks run off the
+event loop, async hooks on it, and a plugin that raises rejects one user without hurting the
+gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from test_dynamic_config_loopback import RULES, client_options, gateway_options
+from test_shell_loopback import CLIENT, free_port_pair, loopback_available
+
+from tunvpn import cli
+from tunvpn.client import Client, Progress
+from tunvpn.gateway import ConfigError, Gateway
+from tunvpn.plugins import (
+    CredentialRequest,
+    GatewayContext,
+    PluginError,
+    PluginHost,
+    Verdict,
+    hook_reference,
+    hookimpl,
+    installed_plugins,
+    undocumented,
+)
+from tunvpn.shell.credentials import UserTable
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
+
+
+def test_every_hook_is_documented_and_docs_plugins_md_is_current() -> None:
+    assert undocumented() == []
+    assert hook_reference() in DOCS.read_text(), (
+        "docs/plugins.md is stale: python -m tunvpn.plugins --markdown"
+    )
+
+
+def test_the_built_in_plugin_is_an_entry_point_like_any_other() -> None:
+    [users_file] = [p for p in installed_plugins() if p.name == "users-file"]
+    assert (users_file.distribution, users_file.module) == ("tunvpn", "tunvpn.builtin_users")
+    host = PluginHost(["users-file"])
+    assert host.names == ["users-file"] and host.implements("tunvpn_verify_credentials")
+
+
+def test_a_missing_plugin_is_a_startup_error_naming_what_to_install() -> None:
+    with pytest.raises(PluginError, match=r"plugin 'radius' is not installed \(pip install tunvpn-radius"):
+        PluginHost(["radius"])
+    with pytest.raises(ConfigError, match="tunvpn-radius"):
+        Gateway(gateway_options(500, 4500, RULES, plugins=("radius",)))
+
+
+def test_a_plugin_with_an_unknown_hook_is_refused() -> None:
+    class Typo:
+        @hookimpl
+        def tunvpn_verify_credential(self, request: CredentialRequest) -> None:  # sic
+            return None
+
+    with pytest.raises(PluginError, match="tunvpn_verify_credential"):
+        PluginHost(objects=[Typo()])
+
+
+def test_users_file_plugin_passes_unknown_users_on() -> None:
+    context = GatewayContext(users=UserTable({"alice": b"a-pass"}))
+    host = PluginHost(["users-file"])
+
+    def verdict(user: str, password: str) -> Verdict:
+        return asyncio.run(host.verify_credentials(CredentialRequest(user, password), context))
+
+    assert verdict("alice", "a-pass").accepted
+    assert verdict("alice", "wrong").outcome == "reject"
+    assert verdict("mallory", "x").outcome == "reject"  # nobody answered: rejected by the host
+
+
+def test_verdicts_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="unknown XAUTH fields"):
+        Verdict.challenge("?", fields=("pin",))
+    with pytest.raises(ValueError, match="outcome"):
+        Verdict("maybe")
+    assert "secret" not in repr(CredentialRequest("u", "secret", answer="secret"))
+
+
+# --------------------------------------------------------------------------- over loopback
+
+
+class PasswordThenCode:
+    """carol: a password, then a one-time code asked for with a challenge; puts her in "eng"."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    @hookimpl
+    def tunvpn_verify_credentials(self, request: CredentialRequest) -> Verdict | None:
+        self.threads.append(threading.current_thread().name)
+        if request.user != "carol":
+            return None
+        if request.round == 1:
+            if request.password != "c-pass":
+                return Verdict.reject("wrong password")
+            request.state["password ok"] = True
+            return Verdict.challenge("Enter the code shown on your token", fields=("answer",))
+        if request.state.get("password ok") and request.answer == "314159":
+            return Verdict.accept(groups=["eng"])
+        return Verdict.reject("wrong code")
+
+
+class AsyncBackend:
+    @hookimpl
+    async def tunvpn_verify_credentials(self, request: CredentialRequest) -> Verdict | None:
+        await asyncio.sleep(0)
+        return Verdict.accept() if request.user == "dave" and request.password == "d-pass" else None
+
+
+class Broken:
+    @hookimpl
+    def tunvpn_verify_credentials(self, request: CredentialRequest) -> Verdict | None:
+        if request.user == "erin":
+            raise ConnectionError("backend down")
+        return None
+
+
+def connect(plugins: list[object], user: str, password: str, answers: list[str]) -> tuple[int, list[dict]]:
+    asked: list[str] = []
+
+    def ask(prompt: str) -> str:
+        asked.append(prompt)
+        return answers.pop(0)
+
+    async def scenario() -> tuple[int, list[dict]]:
+        ike, natt = free_port_pair()
+        gateway = Gateway(gateway_options(ike, natt, RULES, plugin_objects=tuple(plugins)))
+        ready = asyncio.Event()
+        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
+        await asyncio.wait_for(ready.wait(), 5)
+        out = io.StringIO()
+        options = dataclasses.replace(
+            client_options(ike, natt, user, password), password_prompt=True, exit_after_established=True
+        )
+        client = Client(options, CLIENT, progress=Progress(json_lines=True, out=out), ask_password=ask)
+        try:
+            code = await asyncio.wait_for(client.run(handle_signals=False), 30)
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(server, 5)
+        records = [json.loads(line) for line in out.getvalue().splitlines()]
+        return code, records
+
+    code, records = asyncio.run(scenario())
+    records.append({"event": "asked", "prompts": asked})
+    return code, records
+
+
+def quick_names(records: list[dict]) -> set[str]:
+    return {r["name"] for r in records if r["event"] == "quick" and r["state"] == "established"}
+
+
+needs_loopback = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable on this host")
+
+
+@needs_loopback
+def test_password_then_challenge_connects_and_the_plugin_group_decides_the_policies() -> None:
+    plugin = PasswordThenCode()
+    code, records = connect([plugin], "carol", "c-pass", ["314159"])
+    assert code == 0, records
+    assert records[-1]["prompts"] == ["Enter the code shown on your token [the answer to the challenge]: "]
+    assert quick_names(records) == {"intranet", "mail", "eng"}  # "eng" only through the plugin's group
+    assert plugin.threads and threading.main_thread().name not in plugin.threads  # off the event loop
+
+
+@needs_loopback
+def test_a_wrong_code_is_refused_with_a_clear_message() -> None:
+    code, records = connect([PasswordThenCode()], "carol", "c-pass", ["000000"])
+    assert code == 1
+    failed = [r for r in records if r["event"] == "xauth" and r["state"] == "failed"]
+    assert failed and "rejected user 'carol': wrong code" in failed[-1]["message"], records
+
+
+@needs_loopback
+def test_async_plugins_and_the_built_in_users_file_answer_together() -> None:
+    code, records = connect([AsyncBackend()], "dave", "d-pass", [])
+    assert code == 0 and quick_names(records) == {"intranet", "mail"}
+    code, records = connect([AsyncBackend()], "alice", "a-pass", [])  # users-file, asked after
+    assert code == 0 and quick_names(records) == {"intranet", "mail", "eng"}
+
+
+@needs_loopback
+def test_a_plugin_that_raises_rejects_that_user_and_the_gateway_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    code, _ = connect([Broken()], "erin", "x", [])
+    assert code == 1
+    assert "checking user 'erin'" in caplog.text and "backend down" in caplog.text
+    code, _ = connect([Broken()], "bob", "b-pass", [])
+    assert code == 0
+
+
+def test_plugins_command_lists_what_is_installed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "users-file" in out and "tunvpn" in out

@@ -1,0 +1,23 @@
+"""Built-in plugin ``users-file``: XAUTH user names and passwords from the gateway's
+``users_file`` (``user:password`` lines, mode 600). Registered through the ``tunvpn`` entry
+point group like any external plugin; the gateway enables it when ``users_file`` is set.
+
+It answers only for users the file knows and returns ``None`` for others, so a plugin after
+it (RADIUS, say) can decide on them; a wrong password for a known user is a rejection.
+"""
+
+from __future__ import annotations
+
+from tunvpn.plugins import CredentialRequest, GatewayContext, Verdict, hookimpl
+
+
+@hookimpl
+def tunvpn_verify_credentials(request: CredentialRequest, context: GatewayContext) -> Verdict | None:
+    users = context.users
+    if users is None or request.user not in users:
+        return None
+    if request.password is None:
+        return Verdict.reject("this gateway expects a password")
+    if users.check(request.user, request.password):  # constant time (hmac.compare_digest)
+        return Verdict.accept()
+    return Verdict.reject()

@@ -1,0 +1,69 @@
+"""The hooks a tunvpn plugin can implement. Each docstring here *is* the plugin reference:
+``docs/plugins.md`` is generated from this module (``python -m tunvpn.plugins --markdown``) and
+a test fails when a hook or one of its arguments is undocumented, or when the page is stale.
+
+A plugin is a module (or object) with functions named like these hooks and marked with
+``tunvpn.plugins.hookimpl``, published through an entry point in the ``tunvpn`` group::
+
+    # pyproject.toml of a plugin distribution
+    [project.entry-points.tunvpn]
+    my-plugin = "my_package.plugin"
+
+The gateway loads only the plugins its configuration names (``plugins = ["my-plugin"]`` in
+``gateway.toml``); a named plugin that is not installed is a startup error. Hooks are always
+called with keyword arguments, so a hook implementation may accept only the arguments it
+needs. A hook may be a plain function (it then runs in a worker thread, so a blocking call to
+a RADIUS server or a database does not stall the gateway) or an ``async def`` coroutine (it
+then runs on the gateway's event loop and must not block).
+
+Decision hooks are *first result*: plugins are asked in turn (the last registered first) until
+one returns something other than ``None``; return ``None`` to let the next plugin decide.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from tunvpn.plugins import CredentialRequest, GatewayContext, Verdict
+
+PROJECT = "tunvpn"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+@hookspec(firstresult=True)
+def tunvpn_verify_credentials(
+    request: CredentialRequest, context: GatewayContext
+) -> Verdict | Awaitable[Verdict | None] | None:
+    """Gateway: decide on the credentials a client sent in XAUTH (first result wins).
+
+    Called once for every XAUTH answer of a client: the user name and password (or passcode)
+    of the first round, and the answer of every later round that a plugin asked for with
+    :meth:`Verdict.challenge` (the request then carries the same ``session_id`` and the
+    ``round`` number, and ``state`` holds what the plugin stored in it in earlier rounds).
+
+    :param request: a :class:`tunvpn.plugins.CredentialRequest`: ``user``, ``password``,
+        ``passcode``, ``answer``, ``next_pin`` (secrets: never log them), ``peer`` (the
+        client's address and port), ``session_id`` (stable for one ISAKMP SA), ``round``
+        (1 for the first answer), ``state`` (a dict kept for the session's rounds, for the
+        plugin's own use).
+    :param context: a :class:`tunvpn.plugins.GatewayContext`: the gateway's ``users`` table
+        (from ``users_file``, or ``None``), its ``groups`` and ``settings(name)``, the
+        ``[plugin.NAME]`` table of ``gateway.toml`` for a plugin's own settings.
+    :return: :meth:`Verdict.accept` (optionally with ``groups`` the user is put into, e.g.
+        from a RADIUS Class attribute, and an ``address`` for the client), :meth:`Verdict.reject`
+        with a ``message`` shown to the user, :meth:`Verdict.challenge` to ask the client
+        again (a ``message`` such as "Enter the next tokencode", and the ``fields`` to ask
+        for), or ``None``: this plugin does not know the user; the next one decides. When
+        every plugin returns ``None`` the client is rejected.
+    """
+
+
+def hook_names() -> list[str]:
+    """The names of every hook in this module, in source order."""
+    return [name for name, value in globals().items() if name.startswith("tunvpn_") and callable(value)]

@@ -1,0 +1,275 @@
+"""The plugin host: loads the plugins a configuration names (entry points in the ``tunvpn``
+group, built-in ones included) and calls their hooks (:mod:`tunvpn.hookspecs`) without
+stalling the event loop. Also the types plugins receive and return.
+
+``python -m tunvpn.plugins --markdown`` prints the hook reference (``docs/plugins.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import inspect
+import sys
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+import pluggy
+
+from tunvpn import hookspecs
+
+ENTRY_POINT_GROUP = "tunvpn"
+hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
+"""Mark a function as a hook implementation: ``@hookimpl def tunvpn_verify_credentials(...)``."""
+
+XAUTH_FIELDS = ("user_name", "password", "passcode", "answer", "next_pin")
+
+
+class PluginError(Exception):
+    """A plugin cannot be loaded (not installed, broken entry point, unknown hook)."""
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class CredentialRequest:
+    """What a client answered in one XAUTH round (see ``tunvpn_verify_credentials``)."""
+
+    user: str
+    password: str | None = field(default=None, repr=False)
+    passcode: str | None = field(default=None, repr=False)
+    answer: str | None = field(default=None, repr=False)
+    next_pin: str | None = field(default=None, repr=False)
+    peer: tuple[str, int] = ("", 0)
+    session_id: str = ""
+    round: int = 1
+    state: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A plugin's answer to a :class:`CredentialRequest`; build it with the class methods."""
+
+    outcome: str
+    """"accept", "reject" or "challenge"."""
+    message: str | None = None
+    """Shown to the user (XAUTH-MESSAGE): the reason of a rejection, the challenge's prompt."""
+    groups: tuple[str, ...] = ()
+    """Accept: groups the user is put into, besides those of the gateway's ``[groups]``."""
+    address: IPv4Address | None = None
+    """Accept: the address the client gets instead of one from the pool."""
+    fields: tuple[str, ...] = ()
+    """Challenge: what to ask for (``answer``, ``passcode``, ``next_pin``, ``password``)."""
+
+    def __post_init__(self) -> None:
+        if self.outcome not in ("accept", "reject", "challenge"):
+            raise ValueError(f"verdict outcome {self.outcome!r}: accept, reject or challenge")
+        unknown = [f for f in self.fields if f not in XAUTH_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown XAUTH fields {unknown} (known: {', '.join(XAUTH_FIELDS)})")
+        if self.outcome == "challenge" and not self.fields:
+            raise ValueError("a challenge must ask for at least one field")
+
+    @classmethod
+    def accept(cls, *, groups: Iterable[str] = (), address: IPv4Address | str | None = None) -> Verdict:
+        return cls("accept", groups=tuple(groups), address=IPv4Address(address) if address else None)
+
+    @classmethod
+    def reject(cls, message: str = "user name or password not accepted") -> Verdict:
+        return cls("reject", message=message)
+
+    @classmethod
+    def challenge(cls, message: str, fields: Sequence[str] = ("answer",)) -> Verdict:
+        return cls("challenge", message=message, fields=tuple(fields))
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome == "accept"
+
+
+@dataclass(frozen=True)
+class GatewayContext:
+    """What the gateway offers every hook call (datasette-style: take it if you need it)."""
+
+    users: Any = None
+    """The ``users_file`` table (:class:`tunvpn.shell.credentials.UserTable`), or None."""
+    groups: dict[str, frozenset[str]] = field(default_factory=dict)
+    """``[groups]`` of gateway.toml: group name -> its users."""
+    plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    """``[plugin.NAME]`` tables of gateway.toml."""
+
+    def settings(self, name: str) -> dict[str, Any]:
+        """The ``[plugin.NAME]`` table of gateway.toml (empty if there is none)."""
+        return dict(self.plugin_settings.get(name, {}))
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+@dataclass(frozen=True)
+class InstalledPlugin:
+    """An entry point of the ``tunvpn`` group."""
+
+    name: str
+    module: str
+    distribution: str
+    version: str
+
+
+def installed_plugins() -> list[InstalledPlugin]:
+    """Every plugin installed in this Python environment, by name."""
+    found: dict[str, InstalledPlugin] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        found.setdefault(
+            ep.name,
+            InstalledPlugin(
+                ep.name,
+                ep.value,
+                dist.metadata["Name"] if dist is not None else "?",
+                dist.version if dist is not None else "?",
+            ),
+        )
+    return sorted(found.values(), key=lambda p: p.name)
+
+
+def _entry_point(name: str) -> importlib.metadata.EntryPoint:
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return ep
+    installed = ", ".join(p.name for p in installed_plugins()) or "none"
+    raise PluginError(
+        f"plugin {name!r} is not installed (pip install tunvpn-{name}, or the distribution that "
+        f"provides it); installed: {installed}"
+    )
+
+
+# --------------------------------------------------------------------------- the host
+
+
+class PluginHost:
+    """The plugins of one gateway or client: a small typed facade over pluggy.
+
+    :param names: entry point names to load, in order (later ones are asked first).
+    :param objects: already imported plugins (modules or objects), e.g. in tests.
+    """
+
+    def __init__(self, names: Sequence[str] = (), objects: Sequence[object] = ()) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self.names: list[str] = []
+        for name in names:
+            ep = _entry_point(name)
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(f"plugin {name!r} ({ep.value}) failed to import: {exc}") from exc
+            self._register(plugin, name)
+        for obj in objects:
+            self._register(obj, getattr(obj, "__name__", type(obj).__name__))
+
+    def _register(self, plugin: object, name: str) -> None:
+        if name in self.names:
+            raise PluginError(f"plugin {name!r} is loaded twice")
+        try:
+            self._pm.register(plugin, name=name)
+            self._pm.check_pending()
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            raise PluginError(f"plugin {name!r}: {exc}") from exc
+        self.names.append(name)
+
+    def __repr__(self) -> str:
+        return f"PluginHost({self.names})"
+
+    def implements(self, hook: str) -> bool:
+        return bool(getattr(self._pm.hook, hook).get_hookimpls())
+
+    async def verify_credentials(self, request: CredentialRequest, context: GatewayContext) -> Verdict:
+        """Ask the plugins in turn (a plugin returning None passes); none: rejected."""
+        for impl in reversed(self._pm.hook.tunvpn_verify_credentials.get_hookimpls()):
+            result = await _call(impl, request=request, context=context)
+            if result is None:
+                continue
+            if not isinstance(result, Verdict):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} returned {type(result).__name__} from "
+                    "tunvpn_verify_credentials (expected a Verdict or None)"
+                )
+            return result
+        return Verdict.reject()
+
+
+async def _call(impl: pluggy.HookImpl, **kwargs: object) -> object:
+    """One hook implementation: a coroutine function on the loop, anything else in a thread."""
+    wanted = {name: kwargs[name] for name in impl.argnames if name in kwargs}
+    function = impl.function
+    if inspect.iscoroutinefunction(function):
+        return await function(**wanted)
+    result = await asyncio.to_thread(function, **wanted)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def hook_reference() -> str:
+    """``docs/plugins.md``'s hook reference, from the hookspec docstrings."""
+    parts = [
+        "<!-- generated by `python -m tunvpn.plugins --markdown` from tunvpn/hookspecs.py -->",
+        "## Hook reference",
+        "",
+        textwrap.dedent(hookspecs.__doc__ or "").strip(),
+        "",
+    ]
+    for name in hookspecs.hook_names():
+        spec = getattr(hookspecs, name)
+        opts = getattr(spec, f"{hookspecs.PROJECT}_spec", {})
+        kind = "first result" if opts.get("firstresult") else "every plugin is called"
+        args = ", ".join(inspect.signature(spec).parameters)
+        parts += [
+            f"### `{name}({args})`",
+            "",
+            f"*{kind}*",
+            "",
+            textwrap.dedent(spec.__doc__ or "").strip(),
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def undocumented() -> list[str]:
+    """Hooks without a docstring, or whose docstring lacks a ``:param NAME:`` per argument."""
+    problems = []
+    for name in hookspecs.hook_names():
+        spec = getattr(hookspecs, name)
+        doc = spec.__doc__ or ""
+        if not doc.strip():
+            problems.append(f"{name}: no docstring")
+            continue
+        for arg in inspect.signature(spec).parameters:
+            if f":param {arg}:" not in doc:
+                problems.append(f"{name}: argument {arg!r} is not documented")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tunvpn.plugins")
+    parser.add_argument("--markdown", action="store_true", help="print the hook reference")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(hook_reference())
+        return 0
+    for plugin in installed_plugins():
+        print(f"{plugin.name}\t{plugin.distribution} {plugin.version}\t{plugin.module}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
