@@ -4,10 +4,11 @@
 # Usage (Debian 12 / Ubuntu, as root, from anywhere):   bash contrib/test-all.sh [pytest args...]
 #
 # 1. apt-get: strongSwan (charon + swanctl + the plugins Debian splits off), vpnc, tshark, iperf3,
-#    iproute2, OpenVPN and wireguard-go + wg (peers of `tunvpn bench`) ...; /usr/sbin/policy-rc.d
+#    iproute2, OpenVPN and wireguard-go + wg (peers of `tunvpn bench`), FreeRADIUS (the RADIUS
+#    plugin's tests start their own instance on loopback) ...; /usr/sbin/policy-rc.d
 #    answers 101 meanwhile so no package starts a service.
 # 2. /dev/net/tun exists (modprobe tun, else mknod c 10 200).
-# 3. pip install -e '.[test]'  (tunvpn + pytest, hypothesis, ruff)
+# 3. pip install -e '.[test]'  (tunvpn + pytest, hypothesis, ruff), then each plugins/*/
 # 4. ruff check .
 # 5. pytest: ALL tests, including the netns and interop ones. TUNVPN_REQUIRE_ALL=1 turns their
 #    "missing root/binary" skips into failures, since this script has just installed everything.
@@ -27,6 +28,7 @@ APT_PACKAGES=(
   libcharon-extra-plugins libcharon-extauth-plugins
   vpnc tshark iperf3 iproute2 iputils-ping util-linux procps openssl
   openvpn wireguard-go wireguard-tools
+  freeradius freeradius-utils
 )
 
 # ------------------------------------------------------------------ Debian packages
@@ -81,6 +83,12 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 log "pip install -e .[test]"
 python3 -m pip install --quiet -e '.[test]' || die "pip install"
+# the plugin distributions under plugins/ (each its own package with a tunvpn entry point)
+for plugin in plugins/*/pyproject.toml; do
+  [ -e "$plugin" ] || continue
+  log "pip install -e $(dirname "$plugin")"
+  python3 -m pip install --quiet -e "$(dirname "$plugin")" || die "pip install $(dirname "$plugin")"
+done
 
 log "ruff check ."
 python3 -m ruff check . || die "ruff check"
