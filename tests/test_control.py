@@ -597,3 +597,9 @@ def test_cli_bad_timeout(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["status", "--timeout", "0"])
     assert exc.value.code == 2
     assert "the timeout must be positive" in capsys.readouterr().err
+
+
+def test_format_status_shows_inbound_drops_by_reason() -> None:
+    sa = {"name": "vpnc", "esp": "aes256-sha1", "drops_in": {"policy": 3, "replay": 1}}
+    status = {"role": "gateway", "tunnels": [{"peer": "10.77.0.2:4500", "sas": [sa]}]}
+    assert "vpnc  esp aes256-sha1  dropped in policy 3, replay 1" in control.format_status(status, now=NOW)

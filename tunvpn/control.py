@@ -602,6 +602,12 @@ def _format_sa(sa: dict[str, object]) -> str:
     for direction in ("in", "out"):
         if traffic := _traffic(sa, direction):
             parts.append(traffic)
+    drops = sa.get("drops_in")
+    if isinstance(drops, dict) and drops:
+        counted = [(k, _number(v)) for k, v in drops.items()]
+        parts.append(
+            "dropped in " + ", ".join(f"{_clean(str(k))} {int(n)}" for k, n in counted if n is not None)
+        )
     if expires := _expires(sa.get("expires_in"), "expires_in" in sa):
         parts.append(expires)
     return "  ".join(parts)
