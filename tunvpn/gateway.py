@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography import x509
 
+from tunvpn.accounting import AccountingRecord
 from tunvpn.ike import events as ev
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
@@ -387,6 +388,10 @@ class Session:
     """For the plugins between the rounds of one authentication (CredentialRequest.state)."""
     plugin_address: IPv4Address | None = None
     """The address a plugin assigned (RADIUS Framed-IP-Address), instead of the pool's."""
+    accounting_started: float | None = None
+    """When ``tunvpn_accounting`` got this session's "start" (None: not, or already stopped)."""
+    retired: tuple[int, int, int, int] = (0, 0, 0, 0)
+    """Bytes in, bytes out, packets in, packets out of the session's IPsec SAs already deleted."""
 
 
 class Gateway:
@@ -413,6 +418,7 @@ class Gateway:
         self.control: Any = None
         self._stop: asyncio.Event | None = None
         self.plugins = load_plugins(options)
+        self._accounting_tasks: set[asyncio.Task[None]] = set()
         self._warn_weak(options)
 
     @staticmethod
@@ -485,6 +491,7 @@ class Gateway:
             if self.tunnel is not None:
                 self.tunnel.child_established(event)
         elif isinstance(event, ev.ChildSADeleted):
+            self._retire_counters(event.spi_in)
             self.children.pop(event.spi_in, None)
             self.child_started.pop(event.spi_in, None)
             if self.tunnel is not None:
@@ -492,8 +499,83 @@ class Gateway:
         elif isinstance(event, (ev.IkeSADeleted, ev.Phase1Failed)) or (
             isinstance(event, ev.XauthCompleted) and not event.success
         ):
-            self.sessions.pop(event.sa_id, None)
+            gone = self.sessions.pop(event.sa_id, None)
+            if gone is not None:
+                reason = getattr(event, "reason", "") or type(event).__name__
+                self._account(gone, "stop", reason=reason, by_peer=bool(getattr(event, "by_peer", False)))
             self._release(event.sa_id)
+
+    # ------------------------------------------------------------------ accounting
+
+    def _retire_counters(self, spi_in: int) -> None:
+        """Keep the byte counts of an IPsec SA that goes, for its session's accounting."""
+        child = self.children.get(spi_in)
+        session = self.sessions.get(child.sa_id) if child is not None else None
+        if child is None or session is None or self.tunnel is None:
+            return
+        counters = _sa_counters(self.tunnel)
+        b_in, p_in = counters.get(child.spi_in, (0, 0))
+        b_out, p_out = counters.get(child.spi_out, (0, 0))
+        r = session.retired
+        session.retired = (r[0] + b_in, r[1] + b_out, r[2] + p_in, r[3] + p_out)
+
+    def session_counters(self, session: Session) -> tuple[int, int, int, int]:
+        """Bytes in, bytes out, packets in, packets out of a session: its live IPsec SAs plus
+        the ones already deleted (rekeyed)."""
+        counters = _sa_counters(self.tunnel)
+        b_in, b_out, p_in, p_out = session.retired
+        for child in self.children.values():
+            if child.sa_id == session.sa_id:
+                bi, pi = counters.get(child.spi_in, (0, 0))
+                bo, po = counters.get(child.spi_out, (0, 0))
+                b_in, b_out, p_in, p_out = b_in + bi, b_out + bo, p_in + pi, p_out + po
+        return b_in, b_out, p_in, p_out
+
+    def _account(self, session: Session, kind: str, *, reason: str = "", by_peer: bool = False) -> None:
+        """Tell the ``tunvpn_accounting`` plugins, without waiting for them. A session gets one
+        "stop", and only after a "start"."""
+        if kind == "start":
+            if session.accounting_started is not None:
+                return
+            session.accounting_started = self.clock()
+        elif session.accounting_started is None:
+            return
+        started = session.accounting_started
+        if kind == "stop":
+            session.accounting_started = None
+        if not self.plugins.implements("tunvpn_accounting"):
+            return
+        b_in, b_out, p_in, p_out = self.session_counters(session)
+        record = AccountingRecord(
+            kind,
+            session.sa_id.hex(),
+            user=session.user,
+            peer=session.peer,
+            address=session.address,
+            bytes_in=b_in,
+            bytes_out=b_out,
+            packets_in=p_in,
+            packets_out=p_out,
+            seconds=max(0.0, self.clock() - started),
+            reason=reason,
+            by_peer=by_peer,
+        )
+        try:
+            task = self.plugins.broadcast("tunvpn_accounting", record=record, context=self.plugin_context())
+        except RuntimeError as exc:  # no event loop (a unit test driving handle_event directly)
+            log.warning("accounting %s for %s not sent: %s", kind, session.peer[0], exc)
+            return
+        if task is not None:
+            self._accounting_tasks.add(task)
+            task.add_done_callback(self._accounting_tasks.discard)
+
+    async def _finish_accounting(self, timeout: float = 15.0) -> None:
+        """At shutdown: let the accounting calls under way (the "stop"s) finish, within reason."""
+        tasks = set(self._accounting_tasks)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                log.warning("%d accounting call(s) still running at shutdown; not waiting", len(pending))
 
     def plugin_context(self) -> GatewayContext:
         return GatewayContext(
@@ -601,6 +683,8 @@ class Gateway:
             log.warning("Mode Config reply to %s not sent: %s", event.peer[0], exc)
             if address is not None:
                 self._release(event.sa_id)
+            return
+        self._account(session, "start")
 
     def mode_config_for(
         self,
@@ -879,7 +963,10 @@ class Gateway:
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            for session in list(self.sessions.values()):  # counters still readable: before shutdown
+                self._account(session, "stop", reason="gateway shutting down")
             self.shutdown()
+            await self._finish_accounting()
 
     def _policies_summary(self) -> str:
         """For the "gateway ready" line: the phase 2 policies and the networks they protect."""

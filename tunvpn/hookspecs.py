@@ -29,6 +29,7 @@ import pluggy
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
+    from tunvpn.accounting import AccountingRecord
     from tunvpn.plugins import CredentialRequest, GatewayContext, Verdict
 
 PROJECT = "tunvpn"
@@ -61,6 +62,33 @@ def tunvpn_verify_credentials(
         again (a ``message`` such as "Enter the next tokencode", and the ``fields`` to ask
         for), or ``None``: this plugin does not know the user; the next one decides. When
         every plugin returns ``None`` the client is rejected.
+    """
+
+
+@hookspec
+def tunvpn_accounting(record: AccountingRecord, context: GatewayContext) -> None:
+    """Gateway: a client's session started, is still up (interim), or ended (every plugin is called).
+
+    For RADIUS accounting (Accounting-Request Start, Interim-Update, Stop), a database or a log.
+    The gateway calls it without waiting: a plain function runs in a worker thread, so a slow
+    or dead server delays nothing; what it raises is logged and ignored. ``start`` comes once
+    Mode Config gave the client its address, ``interim`` is reserved for periodic updates
+    (the gateway does not send them yet), ``stop`` when the ISAKMP SA goes (deleted by the
+    client, dead peer, expired, gateway shutting down); each session that had a ``start`` gets
+    exactly one ``stop``.
+
+    :param record: a :class:`tunvpn.accounting.AccountingRecord`: ``kind`` ("start",
+        "interim" or "stop"), ``session_id`` (the ``CredentialRequest.session_id`` of the
+        session's XAUTH, so a plugin can match the two), ``user`` (``None`` without XAUTH),
+        ``peer`` (the client's address and port), ``address`` (the address it was given, or
+        ``None``), ``bytes_in``, ``bytes_out``, ``packets_in``, ``packets_out`` (ESP payload
+        through the gateway's data path, summed over the session's IPsec SAs, rekeyed and
+        deleted ones included; 0 without a data path; "in" is from the client), ``seconds``
+        (since the start), ``reason`` (a stop's cause: "deleted by peer", "dead peer",
+        "expired", "gateway shutting down", ...) and ``by_peer`` (the client ended it).
+    :param context: the :class:`tunvpn.plugins.GatewayContext`, as for
+        ``tunvpn_verify_credentials`` (``settings(name)`` for the plugin's own table).
+    :return: nothing (results are ignored).
     """
 
 

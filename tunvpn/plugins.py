@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib.metadata
 import inspect
+import logging
 import sys
 import textwrap
 from collections.abc import Iterable, Sequence
@@ -202,6 +203,26 @@ class PluginHost:
                 )
             return result
         return Verdict.reject()
+
+    def broadcast(self, hook: str, **kwargs: object) -> asyncio.Task[None] | None:
+        """Call every implementation of the broadcast ``hook`` without waiting (call it on the
+        event loop): each runs as :func:`_call` does (a plain function in a thread), one after
+        the other in a task, what one raises is logged and the next still runs. The task (or
+        None when no plugin implements the hook), for whoever wants to wait for it."""
+        impls = list(reversed(getattr(self._pm.hook, hook).get_hookimpls()))
+        if not impls:
+            return None
+
+        async def run() -> None:
+            for impl in impls:
+                try:
+                    await _call(impl, **kwargs)
+                except Exception as exc:  # one plugin's failure is not the gateway's
+                    logging.getLogger("tunvpn.plugins").error(
+                        "plugin %r: %s failed: %s", impl.plugin_name, hook, exc
+                    )
+
+        return asyncio.get_running_loop().create_task(run(), name=f"{hook} broadcast")
 
 
 async def _call(impl: pluggy.HookImpl, **kwargs: object) -> object:
