@@ -53,10 +53,10 @@ def test_the_built_in_plugin_is_an_entry_point_like_any_other() -> None:
 
 
 def test_a_missing_plugin_is_a_startup_error_naming_what_to_install() -> None:
-    with pytest.raises(PluginError, match=r"plugin 'radius' is not installed \(pip install tunvpn-radius"):
-        PluginHost(["radius"])
-    with pytest.raises(ConfigError, match="tunvpn-radius"):
-        Gateway(gateway_options(500, 4500, RULES, plugins=("radius",)))
+    with pytest.raises(PluginError, match=r"plugin 'no-such' is not installed \(pip install tunvpn-no-such"):
+        PluginHost(["no-such"])
+    with pytest.raises(ConfigError, match="tunvpn-no-such"):
+        Gateway(gateway_options(500, 4500, RULES, plugins=("no-such",)))
 
 
 def test_a_plugin_with_an_unknown_hook_is_refused() -> None:
