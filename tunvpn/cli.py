@@ -357,7 +357,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     control.add_status_parser(sub)
     control.add_reload_parser(sub)
+    add_plugin_commands(sub)
     return parser
+
+
+def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """``tunvpn_add_commands`` of every installed plugin; a broken one is logged and skipped."""
+    import importlib.metadata
+
+    import pluggy
+
+    from tunvpn import hookspecs
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for ep in importlib.metadata.entry_points(group="tunvpn"):
+        try:
+            module = ep.load()
+            if hasattr(module, "tunvpn_add_commands") and not pm.is_registered(module):
+                pm.register(module, name=ep.name)
+        except Exception as exc:
+            log.warning("plugin %r (%s) skipped: %s", ep.name, ep.value, exc)
+    for impl in pm.hook.tunvpn_add_commands.get_hookimpls():
+        try:
+            impl.function(subparsers=sub)
+        except Exception as exc:
+            log.warning("plugin %r: its commands are skipped: %s", impl.plugin_name, exc)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -565,7 +590,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tunvpn.demo import run_demo
 
             return run_demo(args)
-        return handlers[args.command](args)
+        if args.command in handlers:
+            return handlers[args.command](args)
+        return int(args.handler(args))  # a plugin's command (tunvpn_add_commands)
     except (CliError, SecretFileError, BindError, ConfigError) as exc:
         text = exc.args[-1] if isinstance(exc, BindError) else str(exc)
         print(f"tunvpn: error: {text}", file=sys.stderr)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Awaitable
 
     from tunvpn.accounting import AccountingRecord
@@ -62,6 +63,27 @@ def tunvpn_verify_credentials(
         again (a ``message`` such as "Enter the next tokencode", and the ``fields`` to ask
         for), or ``None``: this plugin does not know the user; the next one decides. When
         every plugin returns ``None`` the client is rejected.
+    """
+
+
+@hookspec
+def tunvpn_add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Command line: add sub-commands to ``tunvpn`` (every plugin is called).
+
+    Called while ``tunvpn`` builds its argument parser, for every *installed* plugin (entry
+    points of the ``tunvpn`` group; a configuration is not needed), so keep the module cheap to
+    import and import heavy things inside the command. A plugin that fails to import or raises
+    here is logged and skipped: it cannot break ``tunvpn --help`` or the other commands.
+
+    Add a parser with ``subparsers.add_parser("NAME", help=...)`` (name it after the plugin,
+    e.g. ``tunvpn otp enroll USER``) and give it the function that runs it with
+    ``parser.set_defaults(handler=function)``: ``tunvpn`` calls ``function(args)`` with the
+    parsed :class:`argparse.Namespace` and exits with the ``int`` it returns.
+
+    :param subparsers: the object ``argparse.ArgumentParser.add_subparsers()`` returned for
+        ``tunvpn``'s commands; a name already taken (by tunvpn or another plugin) is an error
+        of that plugin, which is then skipped.
+    :return: nothing (the result is ignored).
     """
 
 

@@ -1,0 +1,130 @@
+"""The ``otp`` plugin: XAUTH with a PIN + tokencode, SecurID style.
+
+```toml
+# gateway.toml
+[gateway]
+plugins = ["otp"]
+
+[plugin.otp]
+store = "/etc/tunvpn/otp.json"   # mode 600; `tunvpn otp enroll USER --store FILE` fills it
+lockout_after = 5                 # failures in a row ...
+lockout_seconds = 300             # ... lock the user this long
+users = ["carol", "dave"]         # optional: only these users (default: whoever has a record)
+```
+
+A user without a record in the store is not ours: the hook returns ``None`` and the next
+plugin (the users file, RADIUS) decides. The rounds: the password (or passcode) is the PIN
+followed by the tokencode; a drifted token is asked for the next tokencode; a user without
+a PIN is asked for a new one, twice. The state between rounds lives in ``request.state``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tunvpn.plugins import CredentialRequest, GatewayContext, Verdict, hookimpl
+from tunvpn_otp import core
+from tunvpn_otp.store import Store
+
+log = logging.getLogger(__name__)
+
+NAME = "otp"
+"""The entry point name, so also the ``[plugin.otp]`` table."""
+
+clock: Callable[[], float] = time.time
+"""Where the plugin takes the time from. Tests may replace it (``monkeypatch.setattr``);
+nothing else should."""
+
+NEXT_TOKENCODE = "Wait for the token to change and enter the next tokencode"
+NEW_PIN = "Choose a new PIN ({min} to {max} digits)"
+CONFIRM_PIN = "Enter the new PIN again"
+MESSAGES = {
+    core.Reason.WRONG: "PIN or tokencode not accepted",
+    core.Reason.BAD_FORMAT: "enter your PIN followed by the tokencode",
+    core.Reason.REPLAYED: "this tokencode was used already; wait for the next one",
+    core.Reason.LOCKED: "too many failed attempts; try again later or ask the administrator",
+    core.Reason.NOT_NEXT: "that was not the next tokencode",
+}
+
+
+def policy_from(settings: dict[str, Any]) -> core.Policy:
+    names = {"lockout_after", "lockout_seconds", "totp_window", "totp_drift", "hotp_window", "hotp_drift"}
+    return core.Policy(**{k: v for k, v in settings.items() if k in names})
+
+
+@hookimpl
+def tunvpn_verify_credentials(request: CredentialRequest, context: GatewayContext) -> Verdict | None:
+    settings = context.settings(NAME)
+    if "store" not in settings:
+        raise ValueError('[plugin.otp] needs store = "/path/otp.json"')
+    users = settings.get("users")
+    if users is not None and request.user not in users:
+        return None
+    state: dict[str, Any] | None = request.state.get(NAME)
+    if request.round > 1 and state is None:
+        return None  # another plugin's challenge
+    policy = policy_from(settings)
+    now = clock()
+    with Store(settings["store"]).edit() as records:
+        record = records.get(request.user)
+        if record is None:
+            return None
+        if state is None or state.get("user") != request.user:
+            passcode = request.passcode or request.password or ""
+            result = core.check_passcode(record, passcode, now, policy)
+        elif state["stage"] == "next":
+            code = request.passcode or request.answer or request.password or ""
+            result = core.check_next_tokencode(record, code, state["pending"], now, policy)
+        else:
+            return _new_pin(request, state, records, policy)
+        records[request.user] = result.record
+    return _verdict(request, result, policy)
+
+
+def _verdict(request: CredentialRequest, result: core.Result, policy: core.Policy) -> Verdict:
+    outcome = result.outcome
+    if outcome is core.Outcome.ACCEPT:
+        request.state.pop(NAME, None)
+        return Verdict.accept()
+    if outcome is core.Outcome.NEXT_TOKENCODE:
+        log.info("OTP: user %r drifted: asking for the next tokencode", request.user)
+        request.state[NAME] = {"user": request.user, "stage": "next", "pending": result.pending}
+        return Verdict.challenge(NEXT_TOKENCODE, fields=("passcode",))
+    if outcome is core.Outcome.NEW_PIN:
+        request.state[NAME] = {"user": request.user, "stage": "new pin"}
+        return Verdict.challenge(NEW_PIN.format(min=policy.pin_min, max=policy.pin_max), fields=("next_pin",))
+    log.warning("OTP: user %r refused: %s", request.user, result.reason.value)
+    return Verdict.reject(MESSAGES.get(result.reason, MESSAGES[core.Reason.WRONG]))
+
+
+def _new_pin(
+    request: CredentialRequest, state: dict[str, Any], records: dict[str, core.Record], policy: core.Policy
+) -> Verdict:
+    pin = request.next_pin or request.answer or ""
+    if state["stage"] == "new pin":
+        problem = core.pin_problem(pin, policy)
+        if problem:
+            return Verdict.challenge(f"{problem}; choose a new PIN", fields=("next_pin",))
+        state["stage"] = "confirm pin"
+        state["pin_hash"] = core.hash_pin(pin)  # the PIN is not kept in clear between rounds
+        return Verdict.challenge(CONFIRM_PIN, fields=("next_pin",))
+    if not core.pin_matches(pin, state["pin_hash"]):
+        request.state.pop(NAME, None)
+        return Verdict.reject("the two PINs differ; connect again to choose a new PIN")
+    record = records[request.user]
+    records[request.user] = dataclasses.replace(record, pin_hash=state["pin_hash"], must_change_pin=False)
+    request.state.pop(NAME, None)
+    log.info("OTP: user %r set a new PIN", request.user)
+    return Verdict.accept()
+
+
+@hookimpl
+def tunvpn_add_commands(subparsers: argparse._SubParsersAction) -> None:
+    from tunvpn_otp import commands
+
+    commands.add_commands(subparsers)
