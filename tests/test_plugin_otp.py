@@ -70,6 +70,10 @@ def test_unknown_users_and_users_outside_the_list_are_left_to_the_next_plugin(st
     assert ask(store, CredentialRequest("carol", PIN + code(0)), users=["tina"]) is None
     assert ask(store, CredentialRequest("carol", PIN + code(0), round=2)) is None  # not our challenge
     assert ask(store, CredentialRequest("carol", PIN + code(0))) == Verdict.accept()
+    with pytest.raises(ValueError, match="list of user names"):
+        ask(store, CredentialRequest("carol", PIN + code(1)), users="carol")  # not a substring test
+    with pytest.raises(ValueError, match="needs store"):
+        plugin.tunvpn_verify_credentials(request=CredentialRequest("carol", "x"), context=GatewayContext())
 
 
 def test_new_pin_flow_through_the_hook_and_secrets_stay_out_of_the_log(
@@ -148,6 +152,8 @@ def test_enroll_prints_the_otpauth_uri_and_stores_an_owner_only_record(
     assert "--force" in capsys.readouterr().err
     assert cli.main(["otp", "enroll", "yan", "--hotp", "--store", str(path)]) == 0
     assert "otpauth://hotp/tunvpn:yan?secret=" in capsys.readouterr().out
+    assert cli.main(["otp", "enroll", "zoe", "--store", str(tmp_path / "nowhere" / "otp.json")]) == 2
+    assert "nowhere" in capsys.readouterr().err
 
 
 def test_set_pin_asks_twice_and_stores_a_hash(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,6 +44,9 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     except (StoreError, ValueError) as exc:
         print(f"tunvpn otp: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the store's directory is missing or not writable
+        print(f"tunvpn otp: error: {args.store}: {exc.strerror}", file=sys.stderr)
+        return 2
 
 
 def enroll_user(args: argparse.Namespace) -> int:

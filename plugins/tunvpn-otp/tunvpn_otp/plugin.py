@@ -63,6 +63,8 @@ def tunvpn_verify_credentials(request: CredentialRequest, context: GatewayContex
     if "store" not in settings:
         raise ValueError('[plugin.otp] needs store = "/path/otp.json"')
     users = settings.get("users")
+    if users is not None and not (isinstance(users, list) and all(isinstance(u, str) for u in users)):
+        raise ValueError('[plugin.otp] users must be a list of user names, e.g. users = ["carol"]')
     if users is not None and request.user not in users:
         return None
     state: dict[str, Any] | None = request.state.get(NAME)
