@@ -207,3 +207,23 @@ def test_plugins_command_lists_what_is_installed(capsys: pytest.CaptureFixture[s
     assert cli.main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "users-file" in out and "tunvpn" in out
+
+
+class NextPasscode:
+    """carol: a password, then a new passcode (fields=("passcode",)) the user must type."""
+
+    @hookimpl
+    def tunvpn_verify_credentials(self, request: CredentialRequest) -> Verdict | None:
+        if request.user != "carol":
+            return None
+        if request.round == 1:
+            return Verdict.challenge("Enter the next tokencode", fields=("passcode",))
+        return Verdict.accept() if request.passcode == "271828" else Verdict.reject("wrong tokencode")
+
+
+@needs_loopback
+def test_a_later_round_never_resends_the_stored_password() -> None:
+    """The password file answers round 1 only; the next tokencode is asked of the user."""
+    code, records = connect([NextPasscode()], "carol", "c-pass", ["271828"])
+    assert code == 0, records
+    assert records[-1]["prompts"] == ["Enter the next tokencode [passcode]: "]

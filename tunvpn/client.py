@@ -195,6 +195,7 @@ class Client:
         self.progress = progress or Progress(json_lines=options.json)
         self.clock = clock
         self.ask_password = ask_password or getpass.getpass
+        self._xauth_rounds = 0
         self.engine = IkeEngine(build_engine_config(options), ike_port=options.ike_port)
         self.sa_id: bytes | None = None
         self.mode_config: ModeConfig | None = None
@@ -337,15 +338,29 @@ class Client:
         if self.options.user is None:
             self.fail("xauth", "the gateway asks for XAUTH credentials but no --user was given")
             return
+        self._xauth_rounds += 1
         secret_fields = [f for f in event.fields if f in ("password", "passcode")]
-        secret = self.options.password
+        # the stored password answers the first round only: a later round (next tokencode,
+        # a RADIUS challenge) asks for something new, which only the user knows
+        secret = self.options.password if self._xauth_rounds == 1 else None
         if secret_fields and secret is None:
             if not self.options.password_prompt:
-                self.fail(
-                    "xauth", "the gateway asks for a password: give --password-file or set TUNVPN_PASSWORD"
+                what = "a password" if self._xauth_rounds == 1 else f"a new {secret_fields[0]}"
+                hint = (
+                    "give --password-file or set TUNVPN_PASSWORD"
+                    if self._xauth_rounds == 1
+                    else f"({event.message or 'another round'}): run interactively"
                 )
+                self.fail("xauth", f"the gateway asks for {what}: {hint}")
                 return
-            prompt = f"XAUTH {secret_fields[0]} for {self.options.user}@{self.options.gateway}: "
+            label = (
+                event.message or f"XAUTH {secret_fields[0]} for {self.options.user}@{self.options.gateway}"
+            )
+            prompt = (
+                f"{label}: "
+                if self._xauth_rounds == 1 or not event.message
+                else f"{label} [{secret_fields[0]}]: "
+            )
             try:
                 secret = await asyncio.get_running_loop().run_in_executor(None, self.ask_password, prompt)
             except (EOFError, OSError) as exc:

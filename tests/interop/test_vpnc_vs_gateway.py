@@ -114,7 +114,10 @@ def test_vpnc_with_a_wrong_password_is_refused(tmp_path: Path) -> None:
         stop_process(gateway)  # type: ignore[arg-type]
         text = read_text(log)
 
-    assert f"XAUTH: user '{configs.VPNC_USER}' from 10.77.0.2 rejected: user name or password not accepted" in text
+    assert (
+        f"XAUTH: user '{configs.VPNC_USER}' from 10.77.0.2 rejected: user name or password not accepted"
+        in text
+    )
     assert "Quick Mode SA" not in text
     assert not [e for e in client.events() if e.get("reason") == "connect"]
     assert "not-the-password" not in text
