@@ -22,6 +22,7 @@ from test_shell_loopback import CLIENT, free_port_pair, loopback_available
 from tunvpn import cli
 from tunvpn.client import Client, Progress
 from tunvpn.gateway import ConfigError, Gateway
+from tunvpn.ike.policies import ExtraProtocol
 from tunvpn.plugins import (
     CredentialRequest,
     GatewayContext,
@@ -227,3 +228,85 @@ def test_a_later_round_never_resends_the_stored_password() -> None:
     code, records = connect([NextPasscode()], "carol", "c-pass", ["271828"])
     assert code == 0, records
     assert records[-1]["prompts"] == ["Enter the next tokencode [passcode]: "]
+
+
+# --------------------------------------------------------------------------- extra protocols
+
+
+class CodeProtocol:
+    """An extra protocol "code" (announced in phase 1a, run after Mode Config)."""
+
+    __name__ = "code"
+
+    def __init__(self) -> None:
+        self.requests: list[CredentialRequest] = []
+
+    @hookimpl
+    def tunvpn_verify_credentials(self, request: CredentialRequest) -> Verdict | None:
+        self.requests.append(request)
+        if request.protocol != "code":
+            return None  # the login is the users file's
+        return (
+            Verdict.accept(groups=["eng"]) if request.passcode == "314159" else Verdict.reject("wrong code")
+        )
+
+
+def connect_with_protocol(
+    plugin: CodeProtocol, user: str, password: str, code: str
+) -> tuple[int, list[dict], dict]:
+    seen: dict = {}
+
+    async def scenario() -> tuple[int, list[dict]]:
+        ike, natt = free_port_pair()
+        protocols = (ExtraProtocol("code", (("prompt", "Enter the code shown on your token"),)),)
+        gateway = Gateway(gateway_options(ike, natt, RULES, plugin_objects=(plugin,), protocols=protocols))
+
+        def ask(prompt: str) -> str:
+            seen["prompt"] = prompt
+            [sa] = gateway.engine.ike_sas()
+            seen["children while asking"] = sa.child_policies  # Quick Mode is refused meanwhile
+            return code
+
+        ready = asyncio.Event()
+        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
+        await asyncio.wait_for(ready.wait(), 5)
+        out = io.StringIO()
+        options = dataclasses.replace(
+            client_options(ike, natt, user, password), password_prompt=True, exit_after_established=True
+        )
+        client = Client(options, CLIENT, progress=Progress(json_lines=True, out=out), ask_password=ask)
+        try:
+            code_ = await asyncio.wait_for(client.run(handle_signals=False), 30)
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(server, 5)
+        return code_, [json.loads(line) for line in out.getvalue().splitlines()]
+
+    status, records = asyncio.run(scenario())
+    return status, records, seen
+
+
+@needs_loopback
+def test_an_announced_protocol_runs_after_phase_1a_and_before_quick_mode() -> None:
+    """Seed paragraph 0030: password (users file) at login, then the announced "code"
+    protocol as an XAUTH round after Mode Config; Quick Mode only once it passed."""
+    plugin = CodeProtocol()
+    status, records, seen = connect_with_protocol(plugin, "bob", "b-pass", "314159")
+    assert status == 0, records
+    events = [(r["event"], r["state"]) for r in records]
+    assert events.index(("modecfg", "received")) < events.index(("protocols", "required"))
+    assert events.index(("protocols", "ok")) < events.index(("quick", "started"))
+    assert seen["prompt"] == "Enter the code shown on your token [passcode]: "
+    assert seen["children while asking"] == ()
+    # bob is in "eng" through the protocol: that policy follows as a CFG_SET
+    assert quick_names(records) == {"intranet", "mail", "eng"}, records
+    assert [r.protocol for r in plugin.requests] == ["code"]  # the login was the users file's alone
+
+
+@needs_loopback
+def test_a_wrong_answer_to_an_announced_protocol_ends_the_connection() -> None:
+    status, records, _ = connect_with_protocol(CodeProtocol(), "bob", "b-pass", "000000")
+    assert status == 1
+    failed = [r for r in records if r["event"] == "xauth" and r["state"] == "failed"]
+    assert failed and "wrong code" in failed[-1]["message"], records
+    assert not [r for r in records if r["event"] == "quick"]

@@ -196,6 +196,8 @@ class Client:
         self.clock = clock
         self.ask_password = ask_password or getpass.getpass
         self._xauth_rounds = 0
+        self._protocols_waiting: list[str] = []
+        """Extra protocols (XAUTH rounds after Mode Config) still to pass, in order."""
         self.engine = IkeEngine(build_engine_config(options), ike_port=options.ike_port)
         self.sa_id: bytes | None = None
         self.mode_config: ModeConfig | None = None
@@ -278,7 +280,9 @@ class Client:
         elif isinstance(event, ev.XauthRequested):
             return self._xauth_requested(event)
         elif isinstance(event, ev.XauthCompleted):
-            if event.success:
+            if event.success and self._protocols_waiting:
+                self._protocol_passed()
+            elif event.success:
                 self.progress.report("xauth", f"user {event.user_name} accepted", state="ok")
                 self._request_mode_config()
             else:
@@ -342,13 +346,14 @@ class Client:
         secret_fields = [f for f in event.fields if f in ("password", "passcode")]
         # the stored password answers the first round only: a later round (next tokencode,
         # a RADIUS challenge) asks for something new, which only the user knows
-        secret = self.options.password if self._xauth_rounds == 1 else None
+        secret = self.options.password if self._xauth_rounds == 1 and not self._protocols_waiting else None
         if secret_fields and secret is None:
             if not self.options.password_prompt:
-                what = "a password" if self._xauth_rounds == 1 else f"a new {secret_fields[0]}"
+                first = self._xauth_rounds == 1 and not self._protocols_waiting
+                what = "a password" if first else f"a new {secret_fields[0]}"
                 hint = (
                     "give --password-file or set TUNVPN_PASSWORD"
-                    if self._xauth_rounds == 1
+                    if first
                     else f"({event.message or 'another round'}): run interactively"
                 )
                 self.fail("xauth", f"the gateway asks for {what}: {hint}")
@@ -560,15 +565,34 @@ class Client:
         raise ControlError(f"unknown command {command!r} (a client knows: status)")
 
     def _extra_protocols(self, push: PolicyPush) -> bool:
-        """Protocols the gateway requires before Quick Mode (run by plugins)."""
+        """Protocols the gateway requires before Quick Mode (seed paragraph 0030). Those it
+        announces with ``exchange=xauth`` are XAUTH rounds after Mode Config, answered by the
+        user at a prompt; Quick Mode waits until the gateway accepted the last of them.
+        Returns True when Quick Mode may start now."""
         names = ", ".join(p.name for p in push.protocols)
-        first = push.protocols[0].name
-        self.fail(
+        other = [p.name for p in push.protocols if p.param("exchange") != "xauth"]
+        if other:
+            self.fail(
+                "protocols",
+                f"the gateway requires {names} before Quick Mode; no installed plugin handles "
+                f"{other[0]!r} (install the tunvpn-{other[0]} plugin)",
+            )
+            return False
+        self._protocols_waiting = [p.name for p in push.protocols]
+        self.stage = "extra protocols"
+        self.progress.report(
             "protocols",
-            f"the gateway requires {names} before Quick Mode; no installed plugin handles {first!r} "
-            f"(install the tunvpn-{first} plugin)",
+            f"the gateway requires {names} before Quick Mode",
+            state="required",
+            protocols=list(self._protocols_waiting),
         )
         return False
+
+    def _protocol_passed(self) -> None:
+        name = self._protocols_waiting.pop(0)
+        self.progress.report("protocols", f"{name} passed", state="ok", name=name)
+        if not self._protocols_waiting and not self._quick_modes_started:
+            self._start_quick_modes(self.mode_config)
 
     def _policies_pushed(self, push: PolicyPush, config: ModeConfig) -> None:
         """The gateway changed its configuration (CFG_SET, already acknowledged): build the

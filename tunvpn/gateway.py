@@ -388,6 +388,11 @@ class Session:
     """For the plugins between the rounds of one authentication (CredentialRequest.state)."""
     plugin_address: IPv4Address | None = None
     """The address a plugin assigned (RADIUS Framed-IP-Address), instead of the pool's."""
+    protocols_pending: list[ExtraProtocol] = field(default_factory=list)
+    """Extra protocols announced in phase 1a still to pass (first: running); Quick Mode is
+    refused until the list is empty."""
+    protocols_passed: bool = False
+    """Every announced protocol passed (they run once per ISAKMP SA)."""
     accounting_started: float | None = None
     """When ``tunvpn_accounting`` got this session's "start" (None: not, or already stopped)."""
     retired: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -450,10 +455,14 @@ class Gateway:
         )
 
     def _install_policies(self, session: Session, policies: tuple[Phase2Policy, ...]) -> None:
+        """The phase 2 policies the engine accepts from this client: none while an extra
+        protocol it must pass first is pending."""
         session.policies = policies
         self.engine.set_child_policies(
             session.sa_id,
-            child_policies_for(
+            ()
+            if session.protocols_pending
+            else child_policies_for(
                 policies,
                 tunvpn_peer=session.tunvpn,
                 phase1=self.phase1,
@@ -463,7 +472,35 @@ class Gateway:
         )
 
     def _push(self, session: Session) -> PolicyPush:
-        return PolicyPush(self.generation, tuple(p.wire() for p in session.policies), self.options.protocols)
+        return PolicyPush(
+            self.generation, tuple(p.wire() for p in session.policies), self.announced_protocols()
+        )
+
+    def announced_protocols(self) -> tuple[ExtraProtocol, ...]:
+        """The extra protocols of phase 1a; those a loaded plugin decides run as XAUTH rounds
+        after Mode Config and are announced with ``exchange=xauth`` (docs/protocol.md)."""
+        out = []
+        for protocol in self.options.protocols:
+            if self.plugins.serves(protocol.name) and protocol.param("exchange") is None:
+                protocol = ExtraProtocol(protocol.name, (*protocol.params, ("exchange", "xauth")))
+            out.append(protocol)
+        return tuple(out)
+
+    def _run_protocols(self) -> list[ExtraProtocol]:
+        return [p for p in self.announced_protocols() if p.param("exchange") == "xauth"]
+
+    def _start_protocol(self, session: Session, now: float) -> None:
+        """Ask the client for the credentials of the first pending extra protocol: a new
+        XAUTH REQUEST in a new Transaction exchange (draft-beaulieu-ike-xauth-02 section 6.2)."""
+        protocol = session.protocols_pending[0]
+        fields = tuple(f.strip() for f in (protocol.param("fields") or "passcode").split(",") if f.strip())
+        message = protocol.param("prompt") or f"{protocol.name}: enter your {fields[0].replace('_', ' ')}"
+        session.auth_round = 0
+        session.auth_state = {}
+        log.info(
+            "extra protocol %s: asking %s for %s", protocol.name, session.user or session.peer[0], fields
+        )
+        self.engine.xauth_request(session.sa_id, now, fields=("user_name", *fields), message=message)
 
     # ------------------------------------------------------------------ events
 
@@ -591,6 +628,17 @@ class Gateway:
         if session is None:  # pragma: no cover - phase 1 always comes first
             return
         session.auth_round += 1
+        protocol = session.protocols_pending[0].name if session.protocols_pending else None
+        if protocol is not None and event.user_name != session.user:
+            log.warning(
+                "extra protocol %s: %s answered as %r, not %r",
+                protocol,
+                event.peer[0],
+                event.user_name,
+                session.user,
+            )
+            self.engine.xauth_verdict(event.sa_id, now, False, "the user name changed")
+            return
         request = CredentialRequest(
             user=event.user_name,
             password=event.password,
@@ -601,9 +649,11 @@ class Gateway:
             session_id=event.sa_id.hex(),
             round=session.auth_round,
             state=session.auth_state,
+            protocol=protocol,
         )
         try:
-            verdict = await self.plugins.verify_credentials(request, self.plugin_context())
+            skip = () if protocol is not None else [p.name for p in self._run_protocols()]
+            verdict = await self.plugins.verify_credentials(request, self.plugin_context(), skip=skip)
         except Exception as exc:  # a broken plugin or backend rejects this user, nothing more
             log.error("XAUTH: checking user %r from %s failed: %s", event.user_name, event.peer[0], exc)
             verdict = Verdict.reject("the gateway could not check the credentials")
@@ -626,6 +676,20 @@ class Gateway:
                         event.sa_id, now, fields=("user_name", *verdict.fields), message=verdict.message
                     )
                     return
+            if verdict.accepted and protocol is not None:
+                log.info(
+                    "extra protocol %s: user %r from %s passed", protocol, event.user_name, event.peer[0]
+                )
+                session.groups |= frozenset(verdict.groups)
+                session.protocols_pending.pop(0)
+                session.auth_state.clear()
+                self.engine.xauth_verdict(event.sa_id, now, True, None)
+                if session.protocols_pending:
+                    self._start_protocol(session, now)
+                else:
+                    session.protocols_passed = True
+                    self._protocols_passed(session, now)
+                return
             if verdict.accepted:
                 log.info("XAUTH: user %r from %s accepted", event.user_name, event.peer[0])
                 session.user = event.user_name
@@ -639,6 +703,21 @@ class Gateway:
             self.engine.xauth_verdict(event.sa_id, now, verdict.accepted, verdict.message)
         except LocalProtocolError as exc:
             log.warning("XAUTH verdict for %s not sent: %s", event.peer[0], exc)
+
+    def _protocols_passed(self, session: Session, now: float) -> None:
+        """Every extra protocol passed: Quick Mode is allowed. Groups a protocol added may give
+        the client more policies than phase 1a pushed: those follow as a CFG_SET."""
+        before = session.policies
+        policies = self.policies_for(session.user, session.groups)
+        self._install_policies(session, policies)
+        if policies == before or not session.tunvpn:
+            return
+        config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), policies)
+        identifier = self.engine.push_mode_config(
+            session.sa_id, now, config, encode_policies(self._push(session))
+        )
+        session.pending[identifier] = tuple(p.name for p in diff_policies(before, policies).removed)
+        log.info("pushed %d policies to %s after its extra protocols", len(policies), session.user)
 
     def _mode_config(self, event: ev.ModeConfigRequested, now: float) -> None:
         session = self.sessions.get(event.sa_id)
@@ -661,6 +740,8 @@ class Gateway:
                 self.engine.delete_ike_sa(event.sa_id, now, reason="address pool exhausted")
                 return
         session.address = address
+        if not session.protocols_passed and not session.protocols_pending:
+            session.protocols_pending = self._run_protocols()
         self._install_policies(session, self.policies_for(session.user, session.groups))
         wants_policies = session.tunvpn and PolicyAttr.PHASE2_POLICIES in event.requested_types
         config = self.mode_config_for(address, event.requested_types, session.policies)
@@ -684,6 +765,8 @@ class Gateway:
             if address is not None:
                 self._release(event.sa_id)
             return
+        if session.protocols_pending:
+            self._start_protocol(session, now)
         self._account(session, "start")
 
     def mode_config_for(

@@ -50,6 +50,10 @@ class CredentialRequest:
     session_id: str = ""
     round: int = 1
     state: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    protocol: str | None = None
+    """``None`` for the login (the XAUTH right after phase 1); else the name of the extra
+    protocol the gateway announced in phase 1a and now runs (only the plugin of that name
+    is asked)."""
 
 
 @dataclass(frozen=True)
@@ -190,9 +194,24 @@ class PluginHost:
     def implements(self, hook: str) -> bool:
         return bool(getattr(self._pm.hook, hook).get_hookimpls())
 
-    async def verify_credentials(self, request: CredentialRequest, context: GatewayContext) -> Verdict:
-        """Ask the plugins in turn (a plugin returning None passes); none: rejected."""
+    def serves(self, name: str) -> bool:
+        """A loaded plugin of this name decides credentials (it can run as an extra protocol)."""
+        return any(
+            impl.plugin_name == name for impl in self._pm.hook.tunvpn_verify_credentials.get_hookimpls()
+        )
+
+    async def verify_credentials(
+        self, request: CredentialRequest, context: GatewayContext, *, skip: Iterable[str] = ()
+    ) -> Verdict:
+        """Ask the plugins in turn (a plugin returning None passes); none: rejected. For an
+        extra protocol (``request.protocol``) only the plugin of that name is asked; ``skip``
+        names plugins not to ask for the login (those that run as extra protocols)."""
+        skipped = set(skip)
         for impl in reversed(self._pm.hook.tunvpn_verify_credentials.get_hookimpls()):
+            if request.protocol is not None and impl.plugin_name != request.protocol:
+                continue
+            if request.protocol is None and impl.plugin_name in skipped:
+                continue
             result = await _call(impl, request=request, context=context)
             if result is None:
                 continue
