@@ -209,3 +209,62 @@ def test_a_client_connects_through_radius_gets_its_address_and_is_accounted(
     assert "Acct-Status-Type = Start" in detail and "Acct-Status-Type = Stop" in detail, detail
     assert 'User-Name = "bob"' in detail and "Framed-IP-Address = 10.99.0.42" in detail
     assert "Acct-Input-Octets" in detail and "Acct-Session-Id" in detail
+
+
+def test_radius_then_otp_chained_on_one_connection(radius: FreeRadius, tmp_path: Path) -> None:
+    """Issue 5: the login is RADIUS (real FreeRADIUS); the gateway announces "otp" in phase 1a
+    and runs it as the next XAUTH round (the real tunvpn-otp plugin); Quick Mode after both."""
+    otp_core = pytest.importorskip("tunvpn_otp.core", reason="pip install -e plugins/tunvpn-otp")
+    from tunvpn_otp.store import Store
+
+    from tunvpn.ike.policies import ExtraProtocol
+
+    secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+    store = Store(tmp_path / "otp.json")
+    with store.edit(create=True) as users:
+        users["bob"] = otp_core.Record(otp_core.Kind.HOTP, secret, pin_hash=otp_core.hash_pin("4711"))
+    first_code = otp_core.Record(otp_core.Kind.HOTP, secret).code(0)
+    prompts: list[str] = []
+
+    def ask(prompt: str) -> str:
+        prompts.append(prompt)
+        return "4711" + first_code
+
+    async def scenario() -> tuple[int, list[dict]]:
+        ike, natt = free_port_pair()
+        gateway = Gateway(
+            gateway_options(
+                ike,
+                natt,
+                RULES,
+                plugins=("radius", "otp"),
+                plugin_settings={"radius": settings(radius, tmp_path), "otp": {"store": str(store.path)}},
+                protocols=(ExtraProtocol("otp", (("prompt", "PIN + tokencode"),)),),
+            )
+        )
+        ready = asyncio.Event()
+        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
+        await asyncio.wait_for(ready.wait(), 5)
+        out = io.StringIO()
+        options = dataclasses.replace(
+            client_options(ike, natt, "bob", "b-pass-2718"), exit_after_established=True, password_prompt=True
+        )
+        client = Client(options, CLIENT, progress=Progress(json_lines=True, out=out), ask_password=ask)
+        try:
+            code = await asyncio.wait_for(client.run(handle_signals=False), 30)
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(server, 20)
+        return code, [json.loads(line) for line in out.getvalue().splitlines()]
+
+    code, records = asyncio.run(scenario())
+    assert code == 0, records
+    assert prompts == ["PIN + tokencode [passcode]: "]  # the RADIUS password came from the profile
+    states = [(r["event"], r["state"]) for r in records]
+    assert states.index(("xauth", "ok")) < states.index(("modecfg", "received"))
+    assert states.index(("modecfg", "received")) < states.index(("protocols", "ok"))
+    assert states.index(("protocols", "ok")) < states.index(("quick", "started"))
+    [modecfg] = [r for r in records if r["event"] == "modecfg" and r["state"] == "received"]
+    assert modecfg["address"] == "10.99.0.42"  # from RADIUS
+    record = store.get("bob")
+    assert record is not None and record.counter == 1  # the code is used up
