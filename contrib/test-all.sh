@@ -84,6 +84,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 log "pip install -e .[test]"
 python3 -m pip install --quiet -e '.[test]' || die "pip install"
 # the plugin distributions under plugins/ (each its own package with a tunvpn entry point)
+# docs/plugins.md's example plugin, which tests/test_docs_example_plugin.py loads by its entry point
+log "pip install -e tests/example-plugin"
+python3 -m pip install --quiet -e tests/example-plugin || die "pip install tests/example-plugin"
 for plugin in plugins/*/pyproject.toml; do
   [ -e "$plugin" ] || continue
   log "pip install -e $(dirname "$plugin")"
