@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_dynamic_config_loopback import RULES, client_options, gateway_options
+from test_dynamic_config_loopback import RULES, client_options, gateway_options, wait_until
 from test_shell_loopback import CLIENT, free_port_pair, loopback_available
 
 from tunvpn import cli
@@ -310,3 +310,46 @@ def test_a_wrong_answer_to_an_announced_protocol_ends_the_connection() -> None:
     failed = [r for r in records if r["event"] == "xauth" and r["state"] == "failed"]
     assert failed and "wrong code" in failed[-1]["message"], records
     assert not [r for r in records if r["event"] == "quick"]
+
+
+class Accounting:
+    __name__ = "recorder"
+
+    def __init__(self) -> None:
+        self.records: list = []
+
+    @hookimpl
+    def tunvpn_accounting(self, record: object) -> None:
+        self.records.append(record)
+
+
+@needs_loopback
+def test_interim_accounting_records_follow_the_interval() -> None:
+    recorder = Accounting()
+
+    async def scenario() -> None:
+        ike, natt = free_port_pair()
+        options = gateway_options(ike, natt, RULES, plugin_objects=(recorder,), accounting_interval=1)
+        gateway = Gateway(options)
+        ready = asyncio.Event()
+        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
+        await asyncio.wait_for(ready.wait(), 5)
+        client = Client(
+            client_options(ike, natt, "bob", "b-pass"), CLIENT, progress=Progress(out=io.StringIO())
+        )
+        run = asyncio.ensure_future(client.run(handle_signals=False))
+        try:
+            await wait_until(lambda: sum(r.kind == "interim" for r in recorder.records) >= 2, 10)
+            client.close("test done")
+            client._finish(0, "done")
+            await asyncio.wait_for(run, 10)
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(server, 10)
+
+    asyncio.run(scenario())
+    kinds = [r.kind for r in recorder.records]
+    assert kinds[0] == "start" and kinds[-1] == "stop" and kinds.count("interim") >= 2, kinds
+    interims = [r for r in recorder.records if r.kind == "interim"]
+    assert all(r.user == "bob" and r.session_id == interims[0].session_id for r in interims)
+    assert interims[-1].seconds > interims[0].seconds

@@ -193,6 +193,8 @@ class GatewayOptions:
     itself when ``users`` is set."""
     plugin_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     """``[plugin.NAME]`` tables of gateway.toml."""
+    accounting_interval: int = 0
+    """Seconds between ``tunvpn_accounting`` "interim" records of each session (0: none)."""
     plugin_objects: tuple[object, ...] = ()
     """Plugins given as objects (tests, ``tunvpn.testing``), asked before the named ones."""
     overrides: dict[str, object] = field(default_factory=dict)
@@ -606,6 +608,15 @@ class Gateway:
             self._accounting_tasks.add(task)
             task.add_done_callback(self._accounting_tasks.discard)
 
+    async def _interim_accounting(self) -> None:
+        """Every ``accounting_interval`` seconds, an "interim" record of each accounted session
+        (RADIUS Interim-Update, RFC 2866 and RFC 2869 section 2.1)."""
+        while True:
+            await asyncio.sleep(self.options.accounting_interval)
+            for session in list(self.sessions.values()):
+                if session.accounting_started is not None:
+                    self._account(session, "interim")
+
     async def _finish_accounting(self, timeout: float = 15.0) -> None:
         """At shutdown: let the accounting calls under way (the "stop"s) finish, within reason."""
         tasks = set(self._accounting_tasks)
@@ -845,6 +856,7 @@ class Gateway:
                 "control_socket",
                 "plugins",
                 "plugin_objects",
+                "accounting_interval",
             )
             if getattr(old, name) != getattr(new, name)
         ]
@@ -1025,6 +1037,7 @@ class Gateway:
             self.tunnel.on_change = self.driver.flush
             self.tunnel.start(loop)
         await self._start_control()
+        interim = loop.create_task(self._interim_accounting()) if self.options.accounting_interval else None
         signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self.stop)
@@ -1044,6 +1057,8 @@ class Gateway:
         try:
             await self._stop.wait()
         finally:
+            if interim is not None:
+                interim.cancel()
             for sig in signals:
                 loop.remove_signal_handler(sig)
             for session in list(self.sessions.values()):  # counters still readable: before shutdown
@@ -1222,6 +1237,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         protocols=tuple(cfg.protocols),
         plugins=tuple(cfg.plugins),
         plugin_settings=dict(cfg.plugin_settings),
+        accounting_interval=cfg.accounting_interval,
         domains=tuple(cfg.domains),
         phase1=cfg.phase1,
         credential=cfg.credential,

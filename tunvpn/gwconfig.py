@@ -659,6 +659,8 @@ class GatewayConfig:
     tun: str | None = "tunvpn%d"
     """TUN device name (template); ``None``: negotiate IKE only."""
     mtu: int = 1400
+    accounting_interval: int = 0
+    """Seconds between accounting "interim" records of each session (0: none)."""
     keylog: str | None = None
     control_socket: str | None = None
 
@@ -684,6 +686,7 @@ _TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "pl
 _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
     "require_xauth", "allow_aggressive_psk", "legacy", "tun", "mtu", "keylog", "control_socket", "plugins",
+    "accounting_interval",
 )  # fmt: skip
 _CERT_KEYS = ("cert", "key", "ca")
 _PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
@@ -845,6 +848,7 @@ def parse_gateway_config(
         tun=tun,
         mtu=gw.number("mtu", 1400, 576, 65535),
         keylog=keylog,
+        accounting_interval=gw.number("accounting_interval", 0, 0, 86400),
         control_socket=control_socket,
     )
     warn.emit()
