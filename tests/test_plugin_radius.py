@@ -268,3 +268,45 @@ def test_radius_then_otp_chained_on_one_connection(radius: FreeRadius, tmp_path:
     assert modecfg["address"] == "10.99.0.42"  # from RADIUS
     record = store.get("bob")
     assert record is not None and record.counter == 1  # the code is used up
+
+
+def test_interim_updates_reach_the_server_while_the_client_is_connected(
+    radius: FreeRadius, tmp_path: Path
+) -> None:
+    """accounting_interval = 1: Accounting-Request Interim-Update for the session in the detail file."""
+    from test_dynamic_config_loopback import wait_until
+
+    radius_settings = settings(radius, tmp_path)
+
+    async def scenario() -> None:
+        ike, natt = free_port_pair()
+        gateway = Gateway(
+            gateway_options(
+                ike,
+                natt,
+                RULES,
+                plugins=("radius",),
+                plugin_settings={"radius": radius_settings},
+                accounting_interval=1,
+            )
+        )
+        ready = asyncio.Event()
+        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
+        await asyncio.wait_for(ready.wait(), 5)
+        client = Client(
+            client_options(ike, natt, "bob", "b-pass-2718"), CLIENT, progress=Progress(out=io.StringIO())
+        )
+        run = asyncio.ensure_future(client.run(handle_signals=False))
+        try:
+            await wait_until(lambda: "Acct-Status-Type = Interim-Update" in radius.detail_text(), 10)
+            client.close("test done")
+            client._finish(0, "done")
+            await asyncio.wait_for(run, 10)
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(server, 20)
+
+    asyncio.run(scenario())
+    detail = radius.wait_for_detail("Acct-Status-Type = Stop")
+    assert detail.index("Acct-Status-Type = Start") < detail.index("Acct-Status-Type = Interim-Update")
+    assert detail.index("Acct-Status-Type = Interim-Update") < detail.rindex("Acct-Status-Type = Stop")
