@@ -353,3 +353,19 @@ def test_interim_accounting_records_follow_the_interval() -> None:
     interims = [r for r in recorder.records if r.kind == "interim"]
     assert all(r.user == "bob" and r.session_id == interims[0].session_id for r in interims)
     assert interims[-1].seconds > interims[0].seconds
+
+
+class Hangs:
+    @hookimpl
+    async def tunvpn_verify_credentials(self, request: CredentialRequest) -> Verdict | None:
+        await asyncio.sleep(3600)
+        return None
+
+
+@needs_loopback
+def test_a_plugin_that_never_answers_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tunvpn.gateway.PLUGIN_TIMEOUT", 0.5)
+    code, records = connect([Hangs()], "bob", "b-pass", [])
+    assert code == 1
+    failed = [r for r in records if r["event"] == "xauth" and r["state"] == "failed"]
+    assert failed and "could not check the credentials in time" in failed[-1]["message"], records

@@ -664,7 +664,17 @@ class Gateway:
         )
         try:
             skip = () if protocol is not None else [p.name for p in self._run_protocols()]
-            verdict = await self.plugins.verify_credentials(request, self.plugin_context(), skip=skip)
+            verdict = await asyncio.wait_for(
+                self.plugins.verify_credentials(request, self.plugin_context(), skip=skip), PLUGIN_TIMEOUT
+            )
+        except TimeoutError:
+            log.error(
+                "XAUTH: checking user %r from %s took over %d s; rejected",
+                event.user_name,
+                event.peer[0],
+                PLUGIN_TIMEOUT,
+            )
+            verdict = Verdict.reject("the gateway could not check the credentials in time")
         except Exception as exc:  # a broken plugin or backend rejects this user, nothing more
             log.error("XAUTH: checking user %r from %s failed: %s", event.user_name, event.peer[0], exc)
             verdict = Verdict.reject("the gateway could not check the credentials")
@@ -1202,6 +1212,9 @@ def _child_status(
     }
 
 
+PLUGIN_TIMEOUT = 30
+"""Seconds a plugin may take to decide one XAUTH round (a RADIUS server with retries and
+fail-over fits); then the user is rejected, and the client's XAUTH does not hang."""
 MAX_AUTH_ROUNDS = 8
 """XAUTH rounds (challenges, next PIN) one client may take before it is rejected."""
 
