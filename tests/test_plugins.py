@@ -369,3 +369,65 @@ def test_a_plugin_that_never_answers_is_cut_off(monkeypatch: pytest.MonkeyPatch)
     assert code == 1
     failed = [r for r in records if r["event"] == "xauth" and r["state"] == "failed"]
     assert failed and "could not check the credentials in time" in failed[-1]["message"], records
+
+
+class SoftToken:
+    """A client plugin: answers the "code" protocol from its settings, as a soft token would."""
+
+    __name__ = "soft-token"
+
+    def __init__(self) -> None:
+        self.questions: list = []
+
+    @hookimpl
+    def tunvpn_client_answer(self, question: object) -> str | None:
+        self.questions.append(question)
+        if question.protocol == "code" and question.field == "passcode":  # type: ignore[attr-defined]
+            return str(question.settings("soft-token")["code"])  # type: ignore[attr-defined]
+        return None
+
+
+@needs_loopback
+def test_a_client_plugin_answers_an_announced_protocol_without_a_prompt() -> None:
+    token = SoftToken()
+    gateway_plugin = CodeProtocol()
+
+    async def scenario() -> tuple[int, list[dict], list[str]]:
+        ike, natt = free_port_pair()
+        protocols = (ExtraProtocol("code", (("prompt", "Enter the code"),)),)
+        gateway = Gateway(
+            gateway_options(ike, natt, RULES, plugin_objects=(gateway_plugin,), protocols=protocols)
+        )
+        ready = asyncio.Event()
+        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
+        await asyncio.wait_for(ready.wait(), 5)
+        out = io.StringIO()
+        asked: list[str] = []
+        options = dataclasses.replace(
+            client_options(ike, natt, "bob", "b-pass"),
+            exit_after_established=True,
+            plugin_objects=(token,),
+            plugin_settings={"soft-token": {"code": "314159"}},
+        )
+        client = Client(
+            options, CLIENT, progress=Progress(json_lines=True, out=out), ask_password=asked.append
+        )
+        try:
+            code = await asyncio.wait_for(client.run(handle_signals=False), 30)
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(server, 5)
+        return code, [json.loads(line) for line in out.getvalue().splitlines()], asked
+
+    status, records, asked = asyncio.run(scenario())
+    assert status == 0, records
+    assert asked == []  # nobody was prompted (and password_prompt is off in these options)
+    [question] = token.questions
+    assert (question.field, question.protocol, question.user, question.message) == (
+        "passcode",
+        "code",
+        "bob",
+        "Enter the code",
+    )
+    assert "314159" not in json.dumps(records)
+    assert quick_names(records) == {"intranet", "mail", "eng"}

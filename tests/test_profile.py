@@ -135,3 +135,12 @@ def test_open_password_file_refused(secrets_dir: Path) -> None:
 def test_missing_profile() -> None:
     with pytest.raises(ConfigFileError, match="no such file"):
         load_profile("/nonexistent/tunvpn/profile.toml", env={})
+
+
+def test_client_plugins_and_their_tables(secrets_dir: Path) -> None:
+    text = THREE_LINES + 'plugins = ["soft-token"]\n\n[plugin.soft-token]\nseed_file = "token.seed"\n'
+    profile = _load(secrets_dir, text)
+    assert profile.plugins == ("soft-token",)
+    assert profile.plugin_settings == {"soft-token": {"seed_file": "token.seed"}}
+    error = _error(secrets_dir, THREE_LINES + "\n[plugin.other]\nx = 1\n")
+    assert error.key == "plugin.other" and "plugins does not name" in str(error)

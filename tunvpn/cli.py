@@ -516,10 +516,12 @@ def cmd_connect(args: argparse.Namespace) -> int:
             args.mode = profile.mode
         args.local_id = args.local_id or profile.local_id
         credential, trusted_cas = profile.credential, tuple(profile.trusted_cas)
+        plugins, plugin_settings = profile.plugins, dict(profile.plugin_settings)
     else:
         if args.gateway is None:
             raise CliError("give the GATEWAY address (and --psk-file, --user), or -c PROFILE")
         psks = load_psks(args.psk_file)
+        plugins, plugin_settings = (), {}
     password = load_password(args.password_file) if args.user else None
     if args.password_file and not args.user:
         raise CliError("--password-file needs --user")
@@ -554,6 +556,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
             control_socket=_control_path(args.control, "client"),
             credential=credential,
             trusted_cas=trusted_cas,
+            plugins=plugins,
+            plugin_settings=plugin_settings,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None

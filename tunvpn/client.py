@@ -17,8 +17,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, TextIO
 
@@ -34,6 +34,7 @@ from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.policies import Phase2Policy, PolicyPush, decode_policies, diff_policies
 from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1Policy
+from tunvpn.plugins import ClientQuestion, PluginError, PluginHost
 from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
 
 if TYPE_CHECKING:
@@ -113,6 +114,12 @@ class ClientOptions:
     """Our certificate and key (signature authentication instead of a PSK)."""
     trusted_cas: tuple[x509.Certificate, ...] = ()
     """CA certificates the gateway's certificate must chain to."""
+    plugins: tuple[str, ...] = ()
+    """Plugins to load by entry point name (``tunvpn_client_answer``: soft tokens and the like)."""
+    plugin_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """The profile's ``[plugin.NAME]`` tables."""
+    plugin_objects: tuple[object, ...] = ()
+    """Plugins given as objects (tests)."""
 
     def __repr__(self) -> str:  # the password stays out of logs and tracebacks
         return f"ClientOptions(gateway={self.gateway!r}, mode={self.mode!r}, user={self.user!r})"
@@ -196,6 +203,10 @@ class Client:
         self.clock = clock
         self.ask_password = ask_password or getpass.getpass
         self._xauth_rounds = 0
+        try:
+            self.plugins = PluginHost(options.plugins, options.plugin_objects)
+        except PluginError as exc:
+            raise ValueError(str(exc)) from None
         self._protocols_waiting: list[str] = []
         """Extra protocols (XAUTH rounds after Mode Config) still to pass, in order."""
         self.engine = IkeEngine(build_engine_config(options), ike_port=options.ike_port)
@@ -347,29 +358,20 @@ class Client:
         # the stored password answers the first round only: a later round (next tokencode,
         # a RADIUS challenge) asks for something new, which only the user knows
         secret = self.options.password if self._xauth_rounds == 1 and not self._protocols_waiting else None
+        first = self._xauth_rounds == 1 and not self._protocols_waiting
         if secret_fields and secret is None:
-            if not self.options.password_prompt:
-                first = self._xauth_rounds == 1 and not self._protocols_waiting
-                what = "a password" if first else f"a new {secret_fields[0]}"
-                hint = (
-                    "give --password-file or set TUNVPN_PASSWORD"
-                    if first
-                    else f"({event.message or 'another round'}): run interactively"
-                )
-                self.fail("xauth", f"the gateway asks for {what}: {hint}")
-                return
             label = (
                 event.message or f"XAUTH {secret_fields[0]} for {self.options.user}@{self.options.gateway}"
             )
-            prompt = (
-                f"{label}: "
-                if self._xauth_rounds == 1 or not event.message
-                else f"{label} [{secret_fields[0]}]: "
+            prompt = f"{label}: " if first or not event.message else f"{label} [{secret_fields[0]}]: "
+            what = "a password" if first else f"a new {secret_fields[0]}"
+            hint = (
+                "give --password-file or set TUNVPN_PASSWORD"
+                if first
+                else f"({event.message or 'another round'}): run interactively"
             )
-            try:
-                secret = await asyncio.get_running_loop().run_in_executor(None, self.ask_password, prompt)
-            except (EOFError, OSError) as exc:
-                self.fail("xauth", f"cannot read the password: {exc or 'no terminal'}")
+            secret = await self._answer(event, secret_fields[0], prompt, what, hint)
+            if secret is None:
                 return
         unsupported = [
             f
@@ -387,28 +389,51 @@ class Client:
         if "passcode" in event.fields:
             kwargs["passcode"] = secret
         for name in (f for f in event.fields if f in CHALLENGE_FIELDS):
-            # a challenge (next tokencode, new PIN, a RADIUS Access-Challenge): only a person can answer
+            # a challenge (next tokencode, new PIN, a RADIUS Access-Challenge)
             what = CHALLENGE_FIELDS[name]
-            if not self.options.password_prompt:
-                self.fail(
-                    "xauth",
-                    f"the gateway asks for {what} ({event.message or 'no message'}): run interactively",
-                )
-                return
             prompt = f"{event.message or 'XAUTH'} [{what}]: "
-            try:
-                kwargs[name] = await asyncio.get_running_loop().run_in_executor(
-                    None, self.ask_password, prompt
-                )
-            except (EOFError, OSError) as exc:
-                self.fail("xauth", f"cannot read the {what}: {exc or 'no terminal'}")
+            hint = f"({event.message or 'no message'}): run interactively"
+            answer = await self._answer(event, name, prompt, what, hint)
+            if answer is None:
                 return
+            kwargs[name] = answer
         try:
             self.engine.xauth_reply(self.sa_id, self.clock(), user_name=self.options.user, **kwargs)
         except LocalProtocolError as exc:
             self.fail("xauth", f"cannot answer XAUTH: {exc}")
             return
         self.progress.report("xauth", f"credentials of {self.options.user} sent", state="sent")
+
+    async def _answer(
+        self, event: ev.XauthRequested, name: str, prompt: str, what: str, hint: str
+    ) -> str | None:
+        """A plugin's answer (``tunvpn_client_answer``), else the user's at a prompt; None (and
+        the client gives up, saying why) when neither can answer."""
+        question = ClientQuestion(
+            field=name,
+            message=event.message,
+            protocol=self._protocols_waiting[0] if self._protocols_waiting else None,
+            user=self.options.user,
+            gateway=self.options.gateway,
+            round=self._xauth_rounds,
+            plugin_settings={k: dict(v) for k, v in self.options.plugin_settings.items()},
+        )
+        try:
+            answer = await self.plugins.client_answer(question)
+        except Exception as exc:  # a broken plugin: the user can still answer
+            log.error("a plugin failed to answer the gateway's %s: %s", name, exc)
+            answer = None
+        if answer is not None:
+            self.progress.report("xauth", f"{what} given by a plugin", state="answered", field=name)
+            return answer
+        if not self.options.password_prompt:
+            self.fail("xauth", f"the gateway asks for {what}: {hint}")
+            return None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, self.ask_password, prompt)
+        except (EOFError, OSError) as exc:
+            self.fail("xauth", f"cannot read {what}: {exc or 'no terminal'}")
+            return None
 
     def _request_mode_config(self) -> None:
         assert self.sa_id is not None

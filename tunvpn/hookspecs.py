@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
 
     from tunvpn.accounting import AccountingRecord
-    from tunvpn.plugins import CredentialRequest, GatewayContext, Verdict
+    from tunvpn.plugins import ClientQuestion, CredentialRequest, GatewayContext, Verdict
 
 PROJECT = "tunvpn"
 
@@ -94,8 +94,8 @@ def tunvpn_accounting(record: AccountingRecord, context: GatewayContext) -> None
     For RADIUS accounting (Accounting-Request Start, Interim-Update, Stop), a database or a log.
     The gateway calls it without waiting: a plain function runs in a worker thread, so a slow
     or dead server delays nothing; what it raises is logged and ignored. ``start`` comes once
-    Mode Config gave the client its address, ``interim`` is reserved for periodic updates
-    (the gateway does not send them yet), ``stop`` when the ISAKMP SA goes (deleted by the
+    Mode Config gave the client its address, ``interim`` every ``accounting_interval``
+    seconds of gateway.toml (none when it is 0, the default), ``stop`` when the ISAKMP SA goes (deleted by the
     client, dead peer, expired, gateway shutting down); each session that had a ``start`` gets
     exactly one ``stop``.
 
@@ -111,6 +111,28 @@ def tunvpn_accounting(record: AccountingRecord, context: GatewayContext) -> None
     :param context: the :class:`tunvpn.plugins.GatewayContext`, as for
         ``tunvpn_verify_credentials`` (``settings(name)`` for the plugin's own table).
     :return: nothing (results are ignored).
+    """
+
+
+@hookspec(firstresult=True)
+def tunvpn_client_answer(question: ClientQuestion) -> str | Awaitable[str | None] | None:
+    """Client: answer what the gateway asks in an XAUTH round before the user is prompted
+    (first result wins).
+
+    Asked for each secret field of a round that the client cannot answer from its profile:
+    the rounds of an extra protocol the gateway announced in phase 1a (``question.protocol``
+    is its name, e.g. "otp"), and challenges (next tokencode, new PIN, a RADIUS
+    Access-Challenge). A soft token, a hardware key or a password manager answers here.
+    The client loads the plugins its profile names (``plugins = [...]`` in the profile).
+
+    :param question: a :class:`tunvpn.plugins.ClientQuestion`: ``field`` (``password``,
+        ``passcode``, ``answer`` or ``next_pin``), ``message`` (the gateway's XAUTH-MESSAGE
+        prompt, or ``None``), ``protocol`` (the announced protocol's name, or ``None`` for
+        the login and its challenges), ``user``, ``gateway`` (its address), ``round`` (1 for
+        the first request of this XAUTH or protocol), and ``settings(name)``: the profile's
+        ``[plugin.NAME]`` table.
+    :return: the answer (never logged), or ``None`` to let the next plugin, then the user
+        at a prompt, answer.
     """
 
 

@@ -113,6 +113,23 @@ class GatewayContext:
         return dict(self.plugin_settings.get(name, {}))
 
 
+@dataclass(frozen=True)
+class ClientQuestion:
+    """What the gateway asks the client in an XAUTH round (see ``tunvpn_client_answer``)."""
+
+    field: str
+    message: str | None = None
+    protocol: str | None = None
+    user: str | None = None
+    gateway: str = ""
+    round: int = 1
+    plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+
+    def settings(self, name: str) -> dict[str, Any]:
+        """The profile's ``[plugin.NAME]`` table (empty if there is none)."""
+        return dict(self.plugin_settings.get(name, {}))
+
+
 # --------------------------------------------------------------------------- discovery
 
 
@@ -222,6 +239,20 @@ class PluginHost:
                 )
             return result
         return Verdict.reject()
+
+    async def client_answer(self, question: ClientQuestion) -> str | None:
+        """Ask the plugins in turn for an answer; ``None``: none had one (prompt the user)."""
+        for impl in reversed(self._pm.hook.tunvpn_client_answer.get_hookimpls()):
+            result = await _call(impl, question=question)
+            if result is None:
+                continue
+            if not isinstance(result, str):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} returned {type(result).__name__} from "
+                    "tunvpn_client_answer (expected a str or None)"
+                )
+            return result
+        return None
 
     def broadcast(self, hook: str, **kwargs: object) -> asyncio.Task[None] | None:
         """Call every implementation of the broadcast ``hook`` without waiting (call it on the

@@ -40,6 +40,7 @@ from tunvpn.shell.credentials import SecretFileError, read_private_file
 MODES = ("main", "aggressive", "base")
 _PROFILE_KEYS = (
     "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "user", "password_file", "mode", "id",
+    "plugins", "plugin",
 )  # fmt: skip
 
 
@@ -63,6 +64,10 @@ class ClientProfile:
     """Our phase 1 identity (``keyid:staff`` for a Cisco-style group); default: our address."""
     credential: Credential | None = None
     trusted_cas: tuple[x509.Certificate, ...] = ()
+    plugins: tuple[str, ...] = ()
+    """Client plugins to load (``tunvpn_client_answer``: a soft token, say)."""
+    plugin_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """``[plugin.NAME]`` tables: each plugin's own settings."""
 
 
 def load_profile(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> ClientProfile:
@@ -107,6 +112,15 @@ def parse_profile(
     assert mode is not None
     if mode not in MODES:
         raise table.error("mode", f"unknown mode {mode!r} (one of: {', '.join(MODES)})")
+    plugins = table.texts("plugins") or ()
+    settings_table = table.table("plugin", "[plugin.NAME]", None)
+    plugin_settings: dict[str, Mapping[str, object]] = {}
+    for name, value in settings_table.data.items() if settings_table is not None else ():
+        if name not in plugins:
+            raise settings_table.error(name, f"[plugin.{name}] is for a plugin that plugins does not name")  # type: ignore[union-attr]
+        if not isinstance(value, dict):
+            raise settings_table.error(name, f"expected a table ([plugin.{name}])")  # type: ignore[union-attr]
+        plugin_settings[name] = dict(value)
     return ClientProfile(
         source=source,
         gateway=gateway,
@@ -117,6 +131,8 @@ def parse_profile(
         local_id=read_identity(table),
         credential=credential,
         trusted_cas=cas,
+        plugins=tuple(plugins),
+        plugin_settings=plugin_settings,
     )
 
 
