@@ -600,6 +600,12 @@ def test_cli_bad_timeout(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_format_status_shows_inbound_drops_by_reason() -> None:
-    sa = {"name": "vpnc", "esp": "aes256-sha1", "drops_in": {"policy": 3, "replay": 1}}
+    sa = {"name": "vpnc", "esp": "aes256-sha1", "esn": False, "drops_in": {"policy": 3, "replay": 1}}
     status = {"role": "gateway", "tunnels": [{"peer": "10.77.0.2:4500", "sas": [sa]}]}
     assert "vpnc  esp aes256-sha1  dropped in policy 3, replay 1" in control.format_status(status, now=NOW)
+
+
+def test_format_status_marks_esn_sas() -> None:
+    sa = {"name": "lan", "esp": "aes256gcm16", "pfs": "ECP_256", "esn": True}
+    status = {"role": "gateway", "tunnels": [{"peer": "10.77.0.2:4500", "sas": [sa]}]}
+    assert "lan  esp aes256gcm16  pfs ECP_256  esn" in control.format_status(status, now=NOW)

@@ -596,6 +596,8 @@ def _format_sa(sa: dict[str, object]) -> str:
         parts.append(f"esp {esp}")
     if "pfs" in sa:
         parts.append(f"pfs {_text(sa, 'pfs') or 'none'}")
+    if sa.get("esn") is True:
+        parts.append("esn")
     spi_in, spi_out = _text(sa, "spi_in"), _text(sa, "spi_out")
     if spi_in or spi_out:
         parts.append(f"spi in {spi_in or '?'} out {spi_out or '?'}")

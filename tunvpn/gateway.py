@@ -1200,6 +1200,7 @@ def _child_status(
         "remote_ts": str(child.remote_ts),
         "esp": esp_suite_name(child.transform, child.key_length, child.integrity),
         "pfs": DHGroup(child.pfs_group).name if child.pfs_group else None,
+        "esn": child.esn,
         "spi_in": f"0x{child.spi_in:08x}",
         "spi_out": f"0x{child.spi_out:08x}",
         "bytes_in": bytes_in,
