@@ -269,3 +269,57 @@ def test_totp_from_the_real_clock_connects(store: Store) -> None:
     record = Record(Kind.TOTP, SECRET)
     status, records, _ = connect(store, "tina", [PIN + record.code(record.step(time.time()))])
     assert status == 0, records  # +-1 step of clock skew absorbs a step boundary in between
+
+
+@needs_loopback
+def test_a_soft_token_on_the_client_answers_the_announced_otp_protocol(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Password at login (users file), then the gateway's announced "otp" protocol, answered
+    by the otp plugin on the client from its token file and PIN: nobody types anything."""
+    from tunvpn.ike.policies import ExtraProtocol
+    from tunvpn.shell.credentials import UserTable
+
+    token = tmp_path / "token.uri"
+    token.write_text(store.get("tina").uri("tina", "tunvpn-test") + "\n")  # type: ignore[union-attr]
+    token.chmod(0o600)
+    monkeypatch.setenv("TEST_OTP_PIN", PIN)
+    asked: list[str] = []
+
+    async def scenario() -> tuple[int, list[dict]]:
+        ike, natt = free_port_pair()
+        options = dataclasses.replace(
+            gateway_options(
+                ike, natt, RULES, plugins=("otp",), plugin_settings={"otp": {"store": str(store.path)}}
+            ),
+            users=UserTable({"tina": b"t-pass"}),
+            protocols=(ExtraProtocol("otp"),),
+        )
+        gateway = Gateway(options)
+        ready = asyncio.Event()
+        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
+        await asyncio.wait_for(ready.wait(), 5)
+        out = io.StringIO()
+        client_opts = dataclasses.replace(
+            client_options(ike, natt, "tina", "t-pass"),
+            exit_after_established=True,
+            plugins=("otp",),
+            plugin_settings={"otp": {"token_file": str(token), "pin_env": "TEST_OTP_PIN"}},
+        )
+        client = Client(
+            client_opts, CLIENT, progress=Progress(json_lines=True, out=out), ask_password=asked.append
+        )
+        try:
+            status = await asyncio.wait_for(client.run(handle_signals=False), 30)
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(server, 5)
+        return status, [json.loads(line) for line in out.getvalue().splitlines()]
+
+    status, records = asyncio.run(scenario())
+    assert status == 0, [r for r in records if r.get("state") in ("failed", "closed")] or records[-4:]
+    assert asked == []
+    assert [r for r in records if r["event"] == "xauth" and r["state"] == "answered"]
+    assert {(r["event"], r["state"]) for r in records} >= {("protocols", "required"), ("protocols", "ok")}
+    record = store.get("tina")
+    assert record is not None and record.last_step is not None  # the gateway used up that code

@@ -203,6 +203,8 @@ class Client:
         self.clock = clock
         self.ask_password = ask_password or getpass.getpass
         self._xauth_rounds = 0
+        self._stage_rounds = 0
+        """XAUTH requests of the login, or of the extra protocol now running."""
         try:
             self.plugins = PluginHost(options.plugins, options.plugin_objects)
         except PluginError as exc:
@@ -354,6 +356,7 @@ class Client:
             self.fail("xauth", "the gateway asks for XAUTH credentials but no --user was given")
             return
         self._xauth_rounds += 1
+        self._stage_rounds += 1
         secret_fields = [f for f in event.fields if f in ("password", "passcode")]
         # the stored password answers the first round only: a later round (next tokencode,
         # a RADIUS challenge) asks for something new, which only the user knows
@@ -415,7 +418,7 @@ class Client:
             protocol=self._protocols_waiting[0] if self._protocols_waiting else None,
             user=self.options.user,
             gateway=self.options.gateway,
-            round=self._xauth_rounds,
+            round=self._stage_rounds,
             plugin_settings={k: dict(v) for k, v in self.options.plugin_settings.items()},
         )
         try:
@@ -604,6 +607,7 @@ class Client:
             )
             return False
         self._protocols_waiting = [p.name for p in push.protocols]
+        self._stage_rounds = 0
         self.stage = "extra protocols"
         self.progress.report(
             "protocols",
@@ -615,6 +619,7 @@ class Client:
 
     def _protocol_passed(self) -> None:
         name = self._protocols_waiting.pop(0)
+        self._stage_rounds = 0
         self.progress.report("protocols", f"{name} passed", state="ok", name=name)
         if not self._protocols_waiting and not self._quick_modes_started:
             self._start_quick_modes(self.mode_config)

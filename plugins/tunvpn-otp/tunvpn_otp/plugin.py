@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tunvpn.plugins import CredentialRequest, GatewayContext, Verdict, hookimpl
+from tunvpn.plugins import ClientQuestion, CredentialRequest, GatewayContext, Verdict, hookimpl
 from tunvpn_otp import core
 from tunvpn_otp.store import Store
 
@@ -123,6 +123,47 @@ def _new_pin(
     request.state.pop(NAME, None)
     log.info("OTP: user %r set a new PIN", request.user)
     return Verdict.accept()
+
+
+@hookimpl
+def tunvpn_client_answer(question: ClientQuestion) -> str | None:
+    """Client side, a soft token: when the gateway runs the announced ``otp`` protocol, answer
+    with the PIN followed by the current TOTP code of the token file (the otpauth:// URI that
+    ``tunvpn otp enroll`` printed, in an owner-only file). The profile says where::
+
+        plugins = ["otp"]
+
+        [plugin.otp]
+        token_file = "~/.config/tunvpn/token.uri"   # mode 600
+        pin_env = "TUNVPN_OTP_PIN"                  # the PIN from the environment (or pin_file)
+
+    Only the first round of the ``otp`` protocol is answered (the user types the next
+    tokencode, a new PIN or anything else). HOTP tokens are left to the user: their counter
+    lives in the token, not here.
+    """
+    settings = question.settings(NAME)
+    if question.protocol != NAME or question.round > 1:
+        return None
+    if question.field not in ("passcode", "password") or "token_file" not in settings:
+        return None
+    import os
+    from pathlib import Path
+
+    import pyotp
+
+    from tunvpn.shell.credentials import read_private_file
+
+    uri = read_private_file(Path(str(settings["token_file"])).expanduser(), "OTP token file").strip()
+    otp = pyotp.parse_uri(uri)
+    if not isinstance(otp, pyotp.TOTP):
+        return None
+    if "pin_file" in settings:
+        pin = read_private_file(Path(str(settings["pin_file"])).expanduser(), "OTP PIN file").strip()
+    else:
+        pin = os.environ.get(str(settings.get("pin_env", "TUNVPN_OTP_PIN")), "")
+    if not pin:
+        return None  # no PIN configured: the user types PIN + code
+    return pin + otp.at(clock())
 
 
 @hookimpl
