@@ -9,55 +9,29 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
+from tunvpn import testing
 from tunvpn.client import Client, ClientOptions, Progress
 from tunvpn.gateway import AddressPool, Gateway, GatewayOptions
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.identity import Identity
 from tunvpn.keylog import ESP_TABLE, IKEV1_TABLE, read_table, table_path
 from tunvpn.shell.credentials import UserTable
+from tunvpn.testing import CLIENT, GATEWAY, loopback_available
 
-GATEWAY = "127.0.0.1"
-CLIENT = "127.0.0.2"
 PSK = b"loopback-test-psk"
 
 
 def free_port_pair() -> tuple[int, int]:
-    """Two consecutive UDP ports free on both loopback addresses."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((GATEWAY, 0))
-            port = s.getsockname()[1]
-        if port >= 65000:
-            continue
-        try:
-            socks = []
-            for ip in (GATEWAY, CLIENT):
-                for p in (port, port + 1):
-                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    socks.append(s)
-                    s.bind((ip, p))
-            return port, port + 1
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    pytest.skip("no free UDP port pair on loopback")
-
-
-def loopback_available() -> bool:
+    """Two consecutive UDP ports free on both loopback addresses (tunvpn.testing's)."""
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((CLIENT, 0))
-    except OSError:
-        return False
-    return True
+        return testing.free_port_pair()
+    except RuntimeError:
+        pytest.skip("no free UDP port pair on loopback")
 
 
 pytestmark = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable on this host")
