@@ -397,7 +397,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     installed = installed_plugins()
     for plugin in installed:
         mark = "enabled" if plugin.name in enabled else ("-" if args.config else "")
-        line = f"{plugin.name:<16} {plugin.distribution} {plugin.version:<12} {plugin.module:<32} {mark}"
+        dist = f"{plugin.distribution} {plugin.version}"
+        line = f"{plugin.name:<16} {dist:<28} {plugin.module:<32} {mark}"
         print(line.rstrip())
     missing = [name for name in enabled if name not in {p.name for p in installed}]
     for name in missing:
