@@ -28,7 +28,7 @@ APT_PACKAGES=(
   libcharon-extra-plugins libcharon-extauth-plugins
   vpnc tshark iperf3 iproute2 iputils-ping util-linux procps openssl
   openvpn wireguard-go wireguard-tools
-  freeradius freeradius-utils
+  freeradius freeradius-utils xl2tpd
 )
 
 # ------------------------------------------------------------------ Debian packages
