@@ -22,12 +22,16 @@ from test_shell_loopback import CLIENT, free_port_pair, loopback_available
 from tunvpn import cli
 from tunvpn.client import Client, Progress
 from tunvpn.gateway import ConfigError, Gateway
-from tunvpn.ike.policies import ExtraProtocol
+from tunvpn.ike.identity import TrafficSelector
+from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
 from tunvpn.plugins import (
+    ClientProtocol,
+    ClientSession,
     CredentialRequest,
     GatewayContext,
     PluginError,
     PluginHost,
+    ProtocolAnnouncement,
     Verdict,
     hook_reference,
     hookimpl,
@@ -35,6 +39,7 @@ from tunvpn.plugins import (
     undocumented,
 )
 from tunvpn.shell.credentials import UserTable
+from tunvpn.testing import run_session
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 
@@ -431,3 +436,121 @@ def test_a_client_plugin_answers_an_announced_protocol_without_a_prompt() -> Non
     )
     assert "314159" not in json.dumps(records)
     assert quick_names(records) == {"intranet", "mail", "eng"}
+
+
+# --------------------------------------------------------------------------- protocols a plugin runs itself
+
+RELAY_POLICY = Phase2Policy("relay (UDP 7000)", TrafficSelector.from_address("10.78.9.1", 17, 7000))
+
+
+class RelayGateway:
+    """A gateway plugin announcing a protocol that runs after Quick Mode, with its own SA."""
+
+    __name__ = "relay"
+
+    def __init__(self) -> None:
+        self.served: list[GatewayContext] = []
+
+    @hookimpl
+    def tunvpn_announce_protocol(self, protocol: ExtraProtocol) -> ProtocolAnnouncement:
+        return ProtocolAnnouncement(
+            params=(("exchange", "relay"), ("server", "10.78.9.1")), accept=(RELAY_POLICY,)
+        )
+
+    @hookimpl
+    async def tunvpn_serve(self, context: GatewayContext) -> None:
+        self.served.append(context)
+        await asyncio.Event().wait()  # until the gateway stops (cancelled)
+
+
+class RelayClient:
+    __name__ = "relay-client"
+
+    def __init__(self) -> None:
+        self.sessions: list[ClientSession] = []
+
+    @hookimpl
+    def tunvpn_client_protocol(self, protocol: ExtraProtocol) -> ClientProtocol | None:
+        if protocol.param("exchange") != "relay":
+            return None
+
+        async def run(session: ClientSession) -> None:
+            self.sessions.append(session)
+
+        return ClientProtocol("relay-client", policies=(RELAY_POLICY,), run=run)
+
+
+@needs_loopback
+def test_a_client_plugin_adds_its_sa_and_runs_once_every_sa_is_up() -> None:
+    gateway_plugin, client_plugin = RelayGateway(), RelayClient()
+    result = run_session(
+        user="alice",
+        password="a-pass",
+        users={"alice": "a-pass"},
+        plugins=[gateway_plugin],
+        client_plugins=[client_plugin],
+        protocols=[ExtraProtocol("relay")],
+    )
+    assert result.exit_code == 0, result.records
+    [required] = [r for r in result.records if r["event"] == "protocols" and r["state"] == "required"]
+    assert required["protocols"] == ["relay"]
+    sas = {r["name"]: r for r in result.records if r["event"] == "quick" and r["state"] == "established"}
+    assert RELAY_POLICY.name in sas and len(sas) == 2
+    assert sas[RELAY_POLICY.name]["remote_ts"] == "10.78.9.1/32[udp/7000]"
+    assert sas[RELAY_POLICY.name]["local_ts"] == "10.79.0.10/32[udp]"
+    [session] = client_plugin.sessions
+    assert (str(session.address), session.gateway, session.user) == ("10.79.0.10", "127.0.0.1", "alice")
+    assert session.protocol.param("server") == "10.78.9.1"
+    assert session.password == "a-pass" and "a-pass" not in repr(session)
+    [context] = gateway_plugin.served
+    assert context.verify is not None and [p.name for p in context.protocols] == ["relay"]
+
+
+@needs_loopback
+def test_the_gateway_refuses_the_extra_sa_from_a_client_it_did_not_announce_it_to() -> None:
+    # no announcement on the gateway: the client's plugin asks for an SA the gateway does not accept
+    result = run_session(
+        user="alice",
+        password="a-pass",
+        users={"alice": "a-pass"},
+        protocols=[ExtraProtocol("relay", (("exchange", "relay"),))],
+        client_plugins=[RelayClient()],
+    )
+    assert result.exit_code != 0
+    failed = [r for r in result.records if r["state"] == "failed"]
+    assert failed and "relay (UDP 7000)" in failed[-1]["message"], failed
+
+
+@needs_loopback
+def test_a_client_without_the_plugin_is_told_which_to_install() -> None:
+    result = run_session(
+        user="alice",
+        password="a-pass",
+        users={"alice": "a-pass"},
+        plugins=[RelayGateway()],
+        protocols=[ExtraProtocol("relay")],
+    )
+    assert result.exit_code != 0
+    [failed] = [r for r in result.records if r["state"] == "failed"]
+    assert "install the tunvpn-relay plugin" in failed["message"], failed
+    assert not [r for r in result.records if r["event"] == "quick"]  # no Quick Mode at all
+
+
+def test_a_users_file_checks_chap_answers_in_constant_time() -> None:
+    import hashlib
+
+    from tunvpn import builtin_users
+
+    users = UserTable({"alice": b"a-pass"})
+    context = GatewayContext(users=users)
+    challenge = bytes(range(16))
+    good = hashlib.md5(b"\x07" + b"a-pass" + challenge).digest()
+
+    def decide(user: str, answer: bytes) -> Verdict | None:
+        request = CredentialRequest(user=user, chap=(7, challenge, answer), via="ppp")
+        return builtin_users.tunvpn_verify_credentials(request, context)
+
+    assert decide("alice", good) == Verdict.accept()
+    assert not decide("alice", bytes(16)).accepted  # type: ignore[union-attr]
+    assert decide("mallory", good) is None  # not ours: the next plugin decides
+    assert "a-pass" not in repr(CredentialRequest(user="alice", chap=(7, challenge, good)))

@@ -16,6 +16,11 @@ def tunvpn_verify_credentials(request: CredentialRequest, context: GatewayContex
     users = context.users
     if users is None or request.user not in users:
         return None
+    if request.chap is not None:  # e.g. PPP CHAP inside L2TP: the file holds the cleartext secret
+        identifier, challenge, response = request.chap
+        if users.check_chap(request.user, identifier, challenge, response):
+            return Verdict.accept()
+        return Verdict.reject()
     if request.password is None:
         return Verdict.reject("this gateway expects a password")
     if users.check(request.user, request.password):  # constant time (hmac.compare_digest)

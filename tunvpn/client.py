@@ -32,9 +32,9 @@ from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.errors import LocalProtocolError, RemoteProtocolError
 from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.modecfg import ModeConfig
-from tunvpn.ike.policies import Phase2Policy, PolicyPush, decode_policies, diff_policies
+from tunvpn.ike.policies import ExtraProtocol, Phase2Policy, PolicyPush, decode_policies, diff_policies
 from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1Policy
-from tunvpn.plugins import ClientQuestion, PluginError, PluginHost
+from tunvpn.plugins import ClientProtocol, ClientQuestion, ClientSession, PluginError, PluginHost
 from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
 
 if TYPE_CHECKING:
@@ -211,6 +211,11 @@ class Client:
             raise ValueError(str(exc)) from None
         self._protocols_waiting: list[str] = []
         """Extra protocols (XAUTH rounds after Mode Config) still to pass, in order."""
+        self._handlers: list[tuple[ExtraProtocol, ClientProtocol]] = []
+        """Announced protocols that a client plugin runs itself (L2TP), with their handlers."""
+        self._resolving = False
+        """The client plugins are still being asked who handles the announced protocols."""
+        self._protocol_tasks: list[asyncio.Task[None]] = []
         self.engine = IkeEngine(build_engine_config(options), ike_port=options.ike_port)
         self.sa_id: bytes | None = None
         self.mode_config: ModeConfig | None = None
@@ -593,35 +598,120 @@ class Client:
         raise ControlError(f"unknown command {command!r} (a client knows: status)")
 
     def _extra_protocols(self, push: PolicyPush) -> bool:
-        """Protocols the gateway requires before Quick Mode (seed paragraph 0030). Those it
-        announces with ``exchange=xauth`` are XAUTH rounds after Mode Config, answered by the
-        user at a prompt; Quick Mode waits until the gateway accepted the last of them.
+        """Protocols the gateway requires (seed paragraph 0030). Those it announces with
+        ``exchange=xauth`` are XAUTH rounds after Mode Config, answered by a plugin or the user
+        at a prompt; Quick Mode waits until the gateway accepted the last of them. The others
+        (``exchange=l2tp``, ...) need a client plugin (``tunvpn_client_protocol``): it adds its
+        phase 2 policies to the Quick Mode set and runs once they are up.
         Returns True when Quick Mode may start now."""
         names = ", ".join(p.name for p in push.protocols)
-        other = [p.name for p in push.protocols if p.param("exchange") != "xauth"]
-        if other:
-            self.fail(
-                "protocols",
-                f"the gateway requires {names} before Quick Mode; no installed plugin handles "
-                f"{other[0]!r} (install the tunvpn-{other[0]} plugin)",
-            )
-            return False
-        self._protocols_waiting = [p.name for p in push.protocols]
+        self._protocols_waiting = [p.name for p in push.protocols if p.param("exchange") == "xauth"]
+        other = [p for p in push.protocols if p.param("exchange") != "xauth"]
         self._stage_rounds = 0
         self.stage = "extra protocols"
         self.progress.report(
             "protocols",
-            f"the gateway requires {names} before Quick Mode",
+            f"the gateway requires {names}",
             state="required",
-            protocols=list(self._protocols_waiting),
+            protocols=[p.name for p in push.protocols],
         )
-        return False
+        if other:
+            self._resolving = True
+            task = asyncio.get_running_loop().create_task(self._resolve_protocols(other))
+            self._protocol_tasks.append(task)
+            return False
+        return not self._protocols_waiting
+
+    async def _resolve_protocols(self, protocols: list[ExtraProtocol]) -> None:
+        """Ask the client plugins who handles each protocol that is not an XAUTH round."""
+        for protocol in protocols:
+            try:
+                handler = await self.plugins.client_protocol(protocol, dict(self.options.plugin_settings))
+            except Exception as exc:
+                self.fail("protocols", f"the plugin for {protocol.name!r} failed: {exc}")
+                return
+            if handler is None:
+                loaded = f" (loaded: {', '.join(self.plugins.names)})" if self.plugins.names else ""
+                self.fail(
+                    "protocols",
+                    f"the gateway requires {protocol.name!r}; no loaded plugin handles it: install "
+                    f"the tunvpn-{protocol.name} plugin and name it in the profile's plugins{loaded}",
+                )
+                return
+            self._handlers.append((protocol, handler))
+            extra = ", ".join(p.name for p in handler.policies) or "none"
+            self.progress.report(
+                "protocols",
+                f"{protocol.name}: handled by plugin {handler.name} (adds SAs: {extra})",
+                state="handled",
+                name=protocol.name,
+            )
+        self._resolving = False
+        if not self._protocols_waiting and not self._quick_modes_started and self.result is None:
+            self._start_quick_modes(self.mode_config)
+            if self.driver is not None:
+                self.driver.flush()
+
+    def _protocol_policies(self) -> tuple[Phase2Policy, ...]:
+        return tuple(p for _, handler in self._handlers for p in handler.policies)
+
+    def _run_protocols(self) -> None:
+        """Every SA is up: start the protocols that client plugins run (once)."""
+        if not self._handlers or any(t.get_name().startswith("protocol ") for t in self._protocol_tasks):
+            return
+        config = self.mode_config
+        address = config.address if config is not None and isinstance(config.address, IPv4Address) else None
+        loop = asyncio.get_running_loop()
+        for protocol, handler in self._handlers:
+            if handler.run is None:
+                continue
+            session = ClientSession(
+                protocol=protocol,
+                gateway=self.options.gateway,
+                address=address,
+                user=self.options.user,
+                password=self.options.password,
+                plugin_settings=dict(self.options.plugin_settings),
+                report=self.progress.report,
+                prompt=self._prompt,
+            )
+            task = loop.create_task(
+                self._run_protocol(protocol, handler, session), name=f"protocol {protocol.name}"
+            )
+            self._protocol_tasks.append(task)
+
+    async def _run_protocol(
+        self, protocol: ExtraProtocol, handler: ClientProtocol, session: ClientSession
+    ) -> None:
+        assert handler.run is not None
+        try:
+            await handler.run(session)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.fail("protocols", f"{protocol.name}: {exc}")
+            if self.driver is not None:
+                self.driver.flush()
+            return
+        if self.result is None:
+            self.progress.report("protocols", f"{protocol.name} ended", state="closed", name=protocol.name)
+
+    async def _prompt(self, text: str, secret: bool = True) -> str:
+        return await asyncio.to_thread(self.ask_password, text)
+
+    async def _stop_protocols(self) -> None:
+        """Cancel the plugins' protocols and let them say goodbye while the SAs are still up."""
+        tasks, self._protocol_tasks = self._protocol_tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=3)
 
     def _protocol_passed(self) -> None:
         name = self._protocols_waiting.pop(0)
         self._stage_rounds = 0
         self.progress.report("protocols", f"{name} passed", state="ok", name=name)
-        if not self._protocols_waiting and not self._quick_modes_started:
+        if not self._protocols_waiting and not self._resolving and not self._quick_modes_started:
             self._start_quick_modes(self.mode_config)
 
     def _policies_pushed(self, push: PolicyPush, config: ModeConfig) -> None:
@@ -666,6 +756,9 @@ class Client:
         assert self.sa_id is not None
         local = policy.client_ts or assigned
         remote = policy.gateway_ts
+        if policy.client_ts is None and remote.protocol:
+            # a protocol-narrowed SA (L2TP's UDP 1701): our side names the same protocol
+            local = TrafficSelector(assigned.start, assigned.end, remote.protocol, 0)
         self.pending[policy.name] = remote
         try:
             self.engine.start_child(
@@ -686,7 +779,7 @@ class Client:
 
     def proposal_for(self, name: str) -> ChildProposal:
         """The Quick Mode proposal of a policy (to rekey it)."""
-        for policy in self.policies or ():
+        for policy in (*(self.policies or ()), *self._protocol_policies()):
             if policy.name == name:
                 return policy.initiator_proposal()
         return child_proposal(self.options)
@@ -697,10 +790,11 @@ class Client:
         self.stage = "Quick Mode"
         local = self._local_selector(config)
         if self.policies is not None:
-            if not self.policies:
+            wanted = (*self.policies, *self._protocol_policies())
+            if not wanted:
                 self.fail("quick", "the gateway pushed no phase 2 policy for this user")
                 return
-            for policy in self.policies:
+            for policy in wanted:
                 if not self._start_policy(policy, local):
                     return
             return
@@ -747,6 +841,7 @@ class Client:
             )
             if self._on_up is not None:
                 self._on_up()
+            self._run_protocols()
             if self.options.exit_after_established:
                 self.close("client done (--exit-after-established)")
                 self._finish(EXIT_OK, "established")
@@ -806,12 +901,19 @@ class Client:
             self.tunnel.start(loop)
         control = await self._start_control()
 
-        def on_signal(signame: str) -> None:
+        async def stop(signame: str) -> None:
+            await self._stop_protocols()  # first: an L2TP StopCCN still goes through the SAs
             if self.result is None:
                 self.progress.report("closed", f"{signame}: deleting the SAs", state="closing")
                 self.close(f"client stopped ({signame})")
                 driver.flush()
                 self._finish(EXIT_OK, signame)
+
+        stopping: list[asyncio.Task[None]] = []
+
+        def on_signal(signame: str) -> None:
+            if self.result is None and not stopping:
+                stopping.append(loop.create_task(stop(signame)))
 
         signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
         for sig in signals:
@@ -833,6 +935,7 @@ class Client:
             if self.result is None:
                 await done.wait()
         finally:
+            await self._stop_protocols()
             driver.flush()
             for sig in signals:
                 loop.remove_signal_handler(sig)

@@ -426,6 +426,9 @@ class Gateway:
         self._stop: asyncio.Event | None = None
         self.plugins = load_plugins(options)
         self._accounting_tasks: set[asyncio.Task[None]] = set()
+        self._services: list[asyncio.Task[None]] = []
+        self.announcements = self._announce(options)
+        """The extra protocols of phase 1a as announced, and the policies accepted for them."""
         self._warn_weak(options)
 
     @staticmethod
@@ -465,7 +468,7 @@ class Gateway:
             ()
             if session.protocols_pending
             else child_policies_for(
-                policies,
+                policies + (self._accepted_extra() if session.tunvpn else ()),
                 tunvpn_peer=session.tunvpn,
                 phase1=self.phase1,
                 legacy=self.options.legacy,
@@ -479,14 +482,37 @@ class Gateway:
         )
 
     def announced_protocols(self) -> tuple[ExtraProtocol, ...]:
-        """The extra protocols of phase 1a; those a loaded plugin decides run as XAUTH rounds
-        after Mode Config and are announced with ``exchange=xauth`` (docs/protocol.md)."""
+        """The extra protocols of phase 1a, as announced (docs/protocol.md)."""
+        return tuple(protocol for protocol, _ in self.announcements)
+
+    def _announce(
+        self, options: GatewayOptions
+    ) -> tuple[tuple[ExtraProtocol, tuple[Phase2Policy, ...]], ...]:
+        """Each configured protocol as announced, with the policies accepted for it: a plugin's
+        ``tunvpn_announce_protocol`` adds parameters (``exchange=l2tp``, ...); one that decides
+        credentials and announces nothing runs as XAUTH rounds (``exchange=xauth``)."""
+        context = self._context_for(options)
         out = []
-        for protocol in self.options.protocols:
+        for protocol in options.protocols:
+            accept: tuple[Phase2Policy, ...] = ()
+            try:
+                announcement = self.plugins.announce(protocol, context)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"protocol {protocol.name!r}: plugin refused it: {exc}") from exc
+            if announcement is not None:
+                keys = {k for k, _ in announcement.params}
+                params = tuple((k, v) for k, v in protocol.params if k not in keys) + announcement.params
+                protocol = ExtraProtocol(protocol.name, params)
+                accept = announcement.accept
             if self.plugins.serves(protocol.name) and protocol.param("exchange") is None:
                 protocol = ExtraProtocol(protocol.name, (*protocol.params, ("exchange", "xauth")))
-            out.append(protocol)
+            out.append((protocol, accept))
         return tuple(out)
+
+    def _accepted_extra(self) -> tuple[Phase2Policy, ...]:
+        return tuple(p for _, accept in self.announcements for p in accept)
 
     def _run_protocols(self) -> list[ExtraProtocol]:
         return [p for p in self.announced_protocols() if p.param("exchange") == "xauth"]
@@ -626,11 +652,34 @@ class Gateway:
                 log.warning("%d accounting call(s) still running at shutdown; not waiting", len(pending))
 
     def plugin_context(self) -> GatewayContext:
+        return self._context_for(self.options)
+
+    def _context_for(self, options: GatewayOptions) -> GatewayContext:
         return GatewayContext(
-            users=self.options.users,
-            groups={name: frozenset(members) for name, members in self.options.groups.items()},
-            plugin_settings={name: dict(table) for name, table in self.options.plugin_settings.items()},
+            users=options.users,
+            groups={name: frozenset(members) for name, members in options.groups.items()},
+            plugin_settings={name: dict(table) for name, table in options.plugin_settings.items()},
+            protocols=tuple(options.protocols),
+            verify=self.verify_login,
         )
+
+    async def verify_login(self, request: CredentialRequest) -> Verdict:
+        """A login through the plugins, for a plugin's own protocol (PPP PAP/CHAP in L2TP):
+        the plugins of extra protocols are skipped, as for the XAUTH login; a plugin that
+        raises or takes longer than PLUGIN_TIMEOUT rejects the user."""
+        skip = [p.name for p in self._run_protocols()]
+        try:
+            return await asyncio.wait_for(
+                self.plugins.verify_credentials(request, self.plugin_context(), skip=skip), PLUGIN_TIMEOUT
+            )
+        except TimeoutError:
+            log.warning(
+                "%s login of %r: no plugin decided within %d s", request.via, request.user, PLUGIN_TIMEOUT
+            )
+            return Verdict.reject("the authentication service did not answer in time")
+        except Exception as exc:
+            log.error("%s login of %r: a plugin failed: %s", request.via, request.user, exc)
+            return Verdict.reject("the authentication service failed")
 
     async def _check_user(self, event: ev.XauthCredentials, now: float) -> None:
         """Ask the plugins (``tunvpn_verify_credentials``); the verdict goes back to the client
@@ -872,6 +921,7 @@ class Gateway:
         ]
         for name in kept:
             setattr(new, name, getattr(old, name))
+        announcements = self._announce(new)  # a plugin refusing the new config changes nothing
         if (
             new.pool is not None
             and old.pool is not None
@@ -887,6 +937,7 @@ class Gateway:
                 if address in new.pool:
                     new.pool._leases[owner] = address
         self.options = new
+        self.announcements = announcements
         self.phase1 = phase1_policy(new)
         self.config = build_engine_config(new)
         self.engine.config = self.config
@@ -1047,6 +1098,7 @@ class Gateway:
             self.tunnel.on_change = self.driver.flush
             self.tunnel.start(loop)
         await self._start_control()
+        self._services = self.plugins.serve(self.plugin_context())
         interim = loop.create_task(self._interim_accounting()) if self.options.accounting_interval else None
         signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
         for sig in signals:
@@ -1071,10 +1123,21 @@ class Gateway:
                 interim.cancel()
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            await self._stop_services()  # first: they may still tell their peers through the SAs
             for session in list(self.sessions.values()):  # counters still readable: before shutdown
                 self._account(session, "stop", reason="gateway shutting down")
             self.shutdown()
             await self._finish_accounting()
+
+    async def _stop_services(self) -> None:
+        """Cancel the plugins' ``tunvpn_serve`` tasks and give them a moment to clean up."""
+        services, self._services = self._services, []
+        for task in services:
+            task.cancel()
+        if services:
+            _done, pending = await asyncio.wait(services, timeout=3)
+            for task in pending:
+                log.warning("%s did not stop within 3 s", task.get_name())
 
     def _policies_summary(self) -> str:
         """For the "gateway ready" line: the phase 2 policies and the networks they protect."""
@@ -1214,6 +1277,9 @@ def _child_status(
 
 
 PLUGIN_TIMEOUT = 30
+
+Announced = tuple[ExtraProtocol, tuple[Phase2Policy, ...]]
+"""An extra protocol as announced in phase 1a, and the phase 2 policies accepted for it."""
 """Seconds a plugin may take to decide one XAUTH round (a RADIUS server with retries and
 fail-over fits); then the user is rejected, and the client's XAUTH does not hang."""
 MAX_AUTH_ROUNDS = 8

@@ -22,7 +22,7 @@ one returns something other than ``None``; return ``None`` to let the next plugi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -31,7 +31,15 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
 
     from tunvpn.accounting import AccountingRecord
-    from tunvpn.plugins import ClientQuestion, CredentialRequest, GatewayContext, Verdict
+    from tunvpn.ike.policies import ExtraProtocol
+    from tunvpn.plugins import (
+        ClientProtocol,
+        ClientQuestion,
+        CredentialRequest,
+        GatewayContext,
+        ProtocolAnnouncement,
+        Verdict,
+    )
 
 PROJECT = "tunvpn"
 
@@ -133,6 +141,69 @@ def tunvpn_client_answer(question: ClientQuestion) -> str | Awaitable[str | None
         ``[plugin.NAME]`` table.
     :return: the answer (never logged), or ``None`` to let the next plugin, then the user
         at a prompt, answer.
+    """
+
+
+@hookspec(firstresult=True)
+def tunvpn_announce_protocol(protocol: ExtraProtocol, context: GatewayContext) -> ProtocolAnnouncement | None:
+    """Gateway: how an extra protocol of ``gateway.toml`` is announced in phase 1a (first
+    result; only the plugin named like the protocol is asked).
+
+    Called when the gateway starts and on every reload, for each ``[[protocol]]`` whose
+    ``name`` is a loaded plugin; must not block (it runs on the event loop) and must not be a
+    coroutine. A protocol that a plugin decides through ``tunvpn_verify_credentials`` and does
+    not announce here runs as XAUTH rounds after Mode Config (``exchange=xauth``); one that
+    runs its own exchange after Quick Mode (L2TP) says so with an ``exchange`` parameter and
+    lists the phase 2 policies its client will ask for, so the gateway accepts them.
+
+    :param protocol: the configured :class:`tunvpn.ike.policies.ExtraProtocol`: ``name`` and
+        the ``[[protocol]]`` table's other keys as ``params`` (``param(key)`` reads one).
+    :param context: the :class:`tunvpn.plugins.GatewayContext` (``settings(name)`` is the
+        plugin's ``[plugin.NAME]`` table).
+    :return: a :class:`tunvpn.plugins.ProtocolAnnouncement` (``params`` added to the
+        announcement, ``accept``: phase 2 policies to accept for it), or ``None`` to announce
+        the protocol as configured. A plugin that raises here fails the start (or the reload,
+        which then keeps the running configuration) with its message.
+    """
+
+
+@hookspec
+def tunvpn_serve(context: GatewayContext) -> Awaitable[None] | None:
+    """Gateway: a service that runs as long as the gateway does (every plugin is called).
+
+    Must be an ``async def``: it is started as a task on the gateway's event loop once the
+    gateway listens, and cancelled when it stops (clean up in ``finally``: close sockets,
+    tell peers). An L2TP network server (LNS) runs here. What it raises is logged once and
+    ends only that service, not the gateway.
+
+    :param context: the :class:`tunvpn.plugins.GatewayContext`; ``context.verify(request)``
+        runs a :class:`tunvpn.plugins.CredentialRequest` (a password, or a ``chap`` answer)
+        through the gateway's login plugins, and ``context.protocols`` holds the configured
+        ``[[protocol]]`` entries.
+    :return: nothing (a coroutine that runs until cancelled).
+    """
+
+
+@hookspec(firstresult=True)
+def tunvpn_client_protocol(
+    protocol: ExtraProtocol, settings: dict[str, dict[str, Any]]
+) -> ClientProtocol | Awaitable[ClientProtocol | None] | None:
+    """Client: handle an extra protocol the gateway announced that is not an XAUTH round
+    (first result wins).
+
+    Called once per announced protocol with an ``exchange`` other than ``xauth`` (for
+    example ``exchange=l2tp``), after Mode Config and before Quick Mode. Without a plugin
+    that handles it the client stops with a message naming the ``tunvpn-NAME`` distribution
+    to install. The client loads the plugins its profile names (``plugins = [...]``).
+
+    :param protocol: the announced :class:`tunvpn.ike.policies.ExtraProtocol` (``name``,
+        ``param(key)``).
+    :param settings: the profile's ``[plugin.NAME]`` tables, by plugin name.
+    :return: a :class:`tunvpn.plugins.ClientProtocol`: the phase 2 ``policies`` the client adds
+        to its Quick Mode set for the protocol, and ``run``, a coroutine function the client
+        starts with a :class:`tunvpn.plugins.ClientSession` once every SA is up (the session's
+        address, the gateway, the user's credentials, ``report`` and ``prompt``); or ``None``
+        when this plugin does not handle it.
     """
 
 

@@ -14,14 +14,17 @@ import inspect
 import logging
 import sys
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from tunvpn import hookspecs
+
+if TYPE_CHECKING:
+    from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
 
 ENTRY_POINT_GROUP = "tunvpn"
 hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
@@ -54,6 +57,14 @@ class CredentialRequest:
     """``None`` for the login (the XAUTH right after phase 1); else the name of the extra
     protocol the gateway announced in phase 1a and now runs (only the plugin of that name
     is asked)."""
+    chap: tuple[int, bytes, bytes] | None = field(default=None, repr=False)
+    """A CHAP answer instead of a password (RFC 1994; e.g. PPP inside L2TP): the identifier,
+    the challenge the gateway sent and the client's 16-octet MD5 response. A plugin that can
+    check CHAP (it knows the cleartext password, or passes it on as RADIUS CHAP-Password)
+    decides; others return ``None``."""
+    via: str = "xauth"
+    """How the credentials came: ``xauth`` (an XAUTH round on the ISAKMP SA) or the name of
+    the protocol that carried them, e.g. ``ppp`` (PAP/CHAP of an L2TP session)."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +118,71 @@ class GatewayContext:
     """``[groups]`` of gateway.toml: group name -> its users."""
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     """``[plugin.NAME]`` tables of gateway.toml."""
+    protocols: tuple[ExtraProtocol, ...] = ()
+    """The ``[[protocol]]`` entries of gateway.toml, as configured (before any plugin added
+    parameters to their announcement)."""
+    verify: Callable[[CredentialRequest], Awaitable[Verdict]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Run a :class:`CredentialRequest` through the gateway's login plugins (as the XAUTH login
+    is; with the same time limit), e.g. for the PAP or CHAP of a PPP session. ``None`` outside a
+    running gateway."""
 
     def settings(self, name: str) -> dict[str, Any]:
         """The ``[plugin.NAME]`` table of gateway.toml (empty if there is none)."""
         return dict(self.plugin_settings.get(name, {}))
+
+
+@dataclass(frozen=True)
+class ProtocolAnnouncement:
+    """A plugin's answer to ``tunvpn_announce_protocol``: how a protocol is announced in
+    phase 1a, and the phase 2 policies the gateway accepts for it."""
+
+    params: tuple[tuple[str, str], ...] = ()
+    """Parameters added to the announcement (a key already configured is replaced), e.g.
+    ``("exchange", "l2tp"), ("server", "10.1.0.1")``: what the client's plugin needs."""
+    accept: tuple[Phase2Policy, ...] = ()
+    """Phase 2 policies the gateway accepts in Quick Mode from a client it announced the
+    protocol to, besides the pushed ones (they are not pushed as CFG_ sets: the client's plugin
+    asks for them), e.g. the SA that protects UDP 1701 for L2TP."""
+
+
+@dataclass(frozen=True)
+class ClientSession:
+    """What a client plugin's protocol gets when it runs (see ``tunvpn_client_protocol``)."""
+
+    protocol: ExtraProtocol
+    """The announcement: ``name`` and ``param(key)``."""
+    gateway: str
+    """The gateway's address (the IKE peer)."""
+    address: IPv4Address | None
+    """The client's address from Mode Config (the inner source of its SAs)."""
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    """The profile's password (``None`` if it has none: then ask with ``prompt``)."""
+    plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+    report: Callable[..., None] = field(default=lambda *a, **k: None, repr=False, compare=False)
+    """``report(step, message, state=..., **details)``: a progress line of ``tunvpn connect``
+    (and a JSON record with ``--json``)."""
+    prompt: Callable[[str, bool], Awaitable[str]] | None = field(default=None, repr=False, compare=False)
+    """``await prompt(text, secret)``: ask the user at the terminal (``None`` without one)."""
+
+    def settings(self, name: str) -> dict[str, Any]:
+        """The profile's ``[plugin.NAME]`` table (empty if there is none)."""
+        return dict(self.plugin_settings.get(name, {}))
+
+
+@dataclass(frozen=True)
+class ClientProtocol:
+    """A client plugin's answer to ``tunvpn_client_protocol``: it handles the announced protocol."""
+
+    name: str
+    policies: tuple[Phase2Policy, ...] = ()
+    """Phase 2 policies the client adds to its Quick Mode set for this protocol."""
+    run: Callable[[ClientSession], Awaitable[None]] | None = field(default=None, compare=False)
+    """Started (as a task) once every SA of the Quick Mode set is up; runs until the client
+    disconnects (it is then cancelled: clean up in ``finally``). What it raises ends the
+    connection with its message."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +326,53 @@ class PluginHost:
             return result
         return None
 
+    def announce(self, protocol: ExtraProtocol, context: GatewayContext) -> ProtocolAnnouncement | None:
+        """``tunvpn_announce_protocol`` for one configured protocol, asking only the plugin of
+        that name (configuration time: a coroutine is not allowed here)."""
+        for impl in reversed(self._pm.hook.tunvpn_announce_protocol.get_hookimpls()):
+            if impl.plugin_name != protocol.name:
+                continue
+            wanted = {"protocol": protocol, "context": context}
+            result = impl.function(**{k: v for k, v in wanted.items() if k in impl.argnames})
+            if result is None:
+                continue
+            if not isinstance(result, ProtocolAnnouncement):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} returned {type(result).__name__} from "
+                    "tunvpn_announce_protocol (expected a ProtocolAnnouncement or None)"
+                )
+            return result
+        return None
+
+    def serve(self, context: GatewayContext) -> list[asyncio.Task[None]]:
+        """Start every ``tunvpn_serve`` coroutine as a task (on the running loop). A task that
+        ends by raising is logged once; the gateway goes on without it."""
+        tasks = []
+        for impl in reversed(self._pm.hook.tunvpn_serve.get_hookimpls()):
+            if not inspect.iscoroutinefunction(impl.function):
+                raise PluginError(f"plugin {impl.plugin_name!r}: tunvpn_serve must be an async def")
+            coro = impl.function(**{k: v for k, v in {"context": context}.items() if k in impl.argnames})
+            task = asyncio.get_running_loop().create_task(coro, name=f"{impl.plugin_name} service")
+            task.add_done_callback(_service_done(impl.plugin_name))
+            tasks.append(task)
+        return tasks
+
+    async def client_protocol(
+        self, protocol: ExtraProtocol, settings: dict[str, dict[str, Any]]
+    ) -> ClientProtocol | None:
+        """The plugin that handles an announced protocol on the client, or ``None``."""
+        for impl in reversed(self._pm.hook.tunvpn_client_protocol.get_hookimpls()):
+            result = await _call(impl, protocol=protocol, settings=settings)
+            if result is None:
+                continue
+            if not isinstance(result, ClientProtocol):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} returned {type(result).__name__} from "
+                    "tunvpn_client_protocol (expected a ClientProtocol or None)"
+                )
+            return result
+        return None
+
     def broadcast(self, hook: str, **kwargs: object) -> asyncio.Task[None] | None:
         """Call every implementation of the broadcast ``hook`` without waiting (call it on the
         event loop): each runs as :func:`_call` does (a plain function in a thread), one after
@@ -273,6 +392,17 @@ class PluginHost:
                     )
 
         return asyncio.get_running_loop().create_task(run(), name=f"{hook} broadcast")
+
+
+def _service_done(name: str) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logging.getLogger("tunvpn.plugins").error("plugin %r: its service stopped: %s", name, exc)
+
+    return done
 
 
 async def _call(impl: pluggy.HookImpl, **kwargs: object) -> object:

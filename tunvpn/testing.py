@@ -116,6 +116,7 @@ def run_session(
     groups: Mapping[str, Iterable[str]] | None = None,
     policies: Sequence[Phase2Policy | tuple[Phase2Policy, Sequence[str]]] = DEFAULT_POLICIES,
     protocols: Sequence[ExtraProtocol] = (),
+    client_plugins: Sequence[object] = (),
     timeout: float = 30.0,
 ) -> SessionResult:
     """Start a gateway with ``plugins`` (objects) and ``plugin_names`` (entry points), connect
@@ -124,7 +125,9 @@ def run_session(
 
     ``users``: a users file (``user: password``), enabling the built-in users-file plugin;
     ``policies``: phase 2 policies, plain (for everyone) or ``(policy, groups)``;
-    ``protocols``: extra protocols announced in phase 1a (a plugin of the same name runs them).
+    ``protocols``: extra protocols announced in phase 1a (a plugin of the same name runs them);
+    ``client_plugins``: plugin objects the client loads (``tunvpn_client_answer``,
+    ``tunvpn_client_protocol``).
     """
     pending = list(answers)
     prompts: list[str] = []
@@ -175,7 +178,7 @@ def run_session(
             timeout=timeout,
             exit_after_established=True,
         )
-        options = dataclasses.replace(options, password_prompt=True)
+        options = dataclasses.replace(options, password_prompt=True, plugin_objects=tuple(client_plugins))
         client = Client(options, CLIENT, progress=Progress(json_lines=True, out=out), ask_password=ask)
         try:
             code = await asyncio.wait_for(client.run(handle_signals=False), timeout + 5)

@@ -17,6 +17,7 @@ PSK file (a single secret for every peer).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import stat
@@ -147,6 +148,12 @@ class UserTable:
             hmac.compare_digest(given, given)  # same work as a real comparison
             return False
         return hmac.compare_digest(expected, given) and password is not None
+
+    def check_chap(self, user: str, identifier: int, challenge: bytes, response: bytes) -> bool:
+        """A CHAP-MD5 answer (RFC 1994 section 4.1: MD5(identifier, secret, challenge)), in constant time."""
+        expected = self._users.get(user)
+        digest = hashlib.md5(bytes([identifier & 0xFF]) + (expected or b"") + challenge).digest()
+        return hmac.compare_digest(digest, response) and expected is not None
 
     @classmethod
     def parse(cls, text: str, source: str) -> UserTable:
