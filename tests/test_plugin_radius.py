@@ -72,6 +72,22 @@ def test_chap_right_and_wrong_password(radius: FreeRadius, tmp_path: Path) -> No
     assert ask(CredentialRequest("alice", "a-pass-314", session_id="s-chap2"), s).outcome == "reject"
 
 
+def test_a_client_computed_chap_answer_is_passed_on(radius: FreeRadius, tmp_path: Path) -> None:
+    """PPP CHAP inside L2TP: the gateway never sees the password, only the MD5 answer."""
+    import hashlib
+
+    s = settings(radius, tmp_path)  # auth = pap for XAUTH; a CHAP answer goes as CHAP anyway
+    challenge = bytes.fromhex("00112233445566778899aabbccddeeff0102")
+
+    def answer(password: bytes, ident: int = 42) -> tuple[int, bytes, bytes]:
+        return ident, challenge, hashlib.md5(bytes([ident]) + password + challenge).digest()
+
+    right = CredentialRequest("alice", chap=answer(b"a-pass-3141"), session_id="s-ppp", via="ppp")
+    assert ask(right, s).accepted
+    wrong = CredentialRequest("alice", chap=answer(b"a-pass-314"), session_id="s-ppp2", via="ppp")
+    assert ask(wrong, s).outcome == "reject"
+
+
 def test_framed_ip_address_class_and_framed_route(radius: FreeRadius, tmp_path: Path) -> None:
     verdict = ask(CredentialRequest("bob", "b-pass-2718", session_id="s-bob"), settings(radius, tmp_path))
     assert verdict.accepted and verdict.groups == ("eng",) and str(verdict.address) == "10.99.0.42"

@@ -302,16 +302,25 @@ class RadiusClient:
         auth: str = "pap",
         state: bytes | None = None,
         calling_station: str | None = None,
+        chap: tuple[int, bytes, bytes] | None = None,
     ) -> Reply:
         """An Access-Request (PAP or CHAP) for ``user``; the verified Access-Accept, -Reject or
-        -Challenge of the first server that answers. Raises RadiusError if none does."""
+        -Challenge of the first server that answers. Raises RadiusError if none does.
+
+        ``chap``: a CHAP answer the client computed itself (identifier, challenge, response;
+        e.g. PPP CHAP in L2TP), passed on as CHAP-Password and CHAP-Challenge (RFC 2865 5.3);
+        ``password`` and ``auth`` are then not used."""
         if auth not in ("pap", "chap"):
             raise ValueError(f"auth {auth!r}: pap or chap")
+        if chap is not None and (len(chap[2]) != 16 or not 0 <= chap[0] <= 255 or not chap[1]):
+            raise ValueError("a CHAP answer is an identifier 0..255, a challenge and 16 octets")
 
         def build(server: Server, ident: int) -> tuple[bytes, bytes]:
             authenticator = secrets.token_bytes(16)
             attrs: list[tuple[str, Any]] = [("User-Name", user)]
-            if auth == "pap":
+            if chap is not None:
+                attrs += [("CHAP-Password", bytes([chap[0]]) + chap[2]), ("CHAP-Challenge", chap[1])]
+            elif auth == "pap":
                 attrs.append(
                     ("User-Password", hide_password(password.encode(), server.secret, authenticator))
                 )

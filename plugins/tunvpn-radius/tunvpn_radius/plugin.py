@@ -126,15 +126,17 @@ def tunvpn_verify_credentials(request: CredentialRequest, context: GatewayContex
     if request.round > 1 and state is None:
         return None  # another plugin's challenge round
     secret = (request.answer if state is not None else None) or request.password or request.passcode
-    if secret is None:
+    chap = request.chap if state is None else None  # e.g. PPP CHAP inside L2TP, passed on as is
+    if secret is None and chap is None:
         return Verdict.reject("this gateway expects a password")
     try:
         reply = client.authenticate(
             request.user,
-            secret,
+            secret or "",
             auth="pap" if state is not None else auth,  # a challenge's answer goes as User-Password
             state=state,
             calling_station=request.peer[0] or None,
+            chap=chap,
         )
     except RadiusError as exc:
         log.error("RADIUS: user %r: %s", request.user, exc)
