@@ -141,6 +141,7 @@ def test_client_plugins_and_their_tables(secrets_dir: Path) -> None:
     text = THREE_LINES + 'plugins = ["soft-token"]\n\n[plugin.soft-token]\nseed_file = "token.seed"\n'
     profile = _load(secrets_dir, text)
     assert profile.plugins == ("soft-token",)
-    assert profile.plugin_settings == {"soft-token": {"seed_file": "token.seed"}}
+    # *_file paths are relative to the profile, like psk_file
+    assert profile.plugin_settings == {"soft-token": {"seed_file": str(secrets_dir / "token.seed")}}
     error = _error(secrets_dir, THREE_LINES + "\n[plugin.other]\nx = 1\n")
     assert error.key == "plugin.other" and "plugins does not name" in str(error)

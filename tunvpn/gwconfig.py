@@ -723,8 +723,27 @@ def load_gateway_config(path: str | os.PathLike[str], env: Mapping[str, str] | N
     return parse_gateway_config(text, str(path), base_dir=base_dir, env=env, file_mode=mode)
 
 
-def _plugin_settings(top: TableReader, plugins: Sequence[str]) -> dict[str, Mapping[str, Any]]:
-    """``[plugin.NAME]`` tables, one per plugin named in ``gateway.plugins`` (or built in)."""
+def resolve_plugin_paths(value: Any, base_dir: Path) -> Any:
+    """A ``[plugin.NAME]`` table with every string under a key ending in ``_file`` (at any depth,
+    e.g. ``servers = [{secret_file = ...}]``) made absolute against the configuration file's
+    directory, as for tunvpn's own ``psk_file``/``users_file``."""
+    if isinstance(value, dict):
+        return {
+            k: str(resolve_path(base_dir, v))
+            if k.endswith("_file") and isinstance(v, str)
+            else resolve_plugin_paths(v, base_dir)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [resolve_plugin_paths(v, base_dir) for v in value]
+    return value
+
+
+def _plugin_settings(
+    top: TableReader, plugins: Sequence[str], base_dir: Path | None = None
+) -> dict[str, Mapping[str, Any]]:
+    """``[plugin.NAME]`` tables, one per plugin named in ``gateway.plugins`` (or built in);
+    ``*_file`` paths resolved against ``base_dir``."""
     table = top.table("plugin", "[plugin.NAME]", None)
     if table is None:
         return {}
@@ -734,7 +753,7 @@ def _plugin_settings(top: TableReader, plugins: Sequence[str]) -> dict[str, Mapp
             raise table.error(name, f"[plugin.{name}] is for a plugin that gateway.plugins does not name")
         if not isinstance(value, dict):
             raise table.error(name, f"expected a table ([plugin.{name}]), found {_type_name(value)}")
-        out[name] = MappingProxyType(dict(value))
+        out[name] = MappingProxyType(resolve_plugin_paths(dict(value), base_dir) if base_dir else dict(value))
     return out
 
 
@@ -820,7 +839,7 @@ def parse_gateway_config(
     groups = _groups(top.table("groups", "[groups]", None))
     rules = _rules(top, legacy, groups, pool)
     protocols = _protocols(top)
-    plugin_settings = _plugin_settings(top, plugins)
+    plugin_settings = _plugin_settings(top, plugins, base_dir)
 
     config = GatewayConfig(
         source=source,

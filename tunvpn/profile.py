@@ -31,6 +31,7 @@ from tunvpn.gwconfig import (
     read_identity,
     read_psks,
     resolve_path,
+    resolve_plugin_paths,
 )
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import PskTable
@@ -120,7 +121,7 @@ def parse_profile(
             raise settings_table.error(name, f"[plugin.{name}] is for a plugin that plugins does not name")  # type: ignore[union-attr]
         if not isinstance(value, dict):
             raise settings_table.error(name, f"expected a table ([plugin.{name}])")  # type: ignore[union-attr]
-        plugin_settings[name] = dict(value)
+        plugin_settings[name] = resolve_plugin_paths(dict(value), base_dir)
     return ClientProfile(
         source=source,
         gateway=gateway,
