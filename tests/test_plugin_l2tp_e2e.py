@@ -74,6 +74,25 @@ while True:
 c.sendall(f"{n} {h.hexdigest()}".encode()); c.close()
 """
 
+GARBAGE = r"""
+import os, random, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[2], 0))
+rng = random.Random(1701)
+for i in range(300):
+    kind = i % 4
+    if kind == 0:
+        data = os.urandom(rng.randrange(0, 200))
+    elif kind == 1:  # a control header, then noise
+        data = struct.pack("!HHHHHH", 0xC802, 12 + 20, rng.randrange(65536), 0, 0, 0) + os.urandom(20)
+    elif kind == 2:  # a data message for IDs that are not ours
+        data = struct.pack("!HHH", 0x0002, rng.randrange(65536), rng.randrange(65536)) + os.urandom(40)
+    else:  # a truncated header
+        data = bytes([0xC8, 0x02, 0x00])
+    s.sendto(data, (sys.argv[1], 1701))
+print("sent")
+"""
+
 SOURCE = r"""
 import hashlib, os, socket, sys
 data = os.urandom(int(sys.argv[2]))
@@ -198,6 +217,14 @@ def test_l2tp_session_carries_ip_through_ppp(net: Net, auth: str) -> None:
             assert result.returncode == 0, f"{host}: {result.stdout}{result.stderr}"
         route = run_in(net.client, ["ip", "route", "get", "10.78.1.10"]).stdout
         assert "dev tvl2tp" in route, route
+
+        # garbage through the SA to the LNS (random bytes, control and data headers with
+        # nonsense after them, other tunnel/session IDs): dropped; the session goes on
+        [modecfg] = records(log, "modecfg", "received")  # the IPsec address: the L2TP SA's source
+        run_in(net.client, [sys.executable, "-c", GARBAGE, LNS, modecfg["address"]])
+        result = ping(net, "10.78.1.10")
+        assert result.returncode == 0, f"after garbage: {result.stdout}{result.stderr}"
+        assert gw.poll() is None
 
         sink = subprocess.Popen(
             ["ip", "netns", "exec", net.server, sys.executable, "-c", SINK, "10.78.1.10"],
