@@ -113,7 +113,9 @@ def test_group_member_gets_every_policy_with_the_pushed_parameters() -> None:
         "10.78.5.0/24[tcp/993]",
     )
     assert up["eng"]["pfs_group"] == DHGroup.ECP_384
-    assert all(r["local_ts"] == "10.79.0.10/32" for r in up.values())
+    # our side of a protocol-narrowed SA names the same protocol (RFC 2407 4.6.2: IDci/IDcr)
+    assert up["mail"]["local_ts"] == "10.79.0.10/32[tcp]"
+    assert all(r["local_ts"] == "10.79.0.10/32" for name, r in up.items() if name != "mail")
 
 
 def test_non_member_does_not_get_the_group_policy() -> None:
