@@ -13,6 +13,7 @@ only through PPP (no pushed SA covers it); 10.78.0.0/24 through the pushed SA as
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -274,3 +275,27 @@ def test_wrong_ppp_password_is_refused_with_a_clear_message(net: Net) -> None:
     failed = records(log, "protocols", "failed")
     assert failed and "PPP authentication" in failed[-1]["message"], read_text(log)[-3000:]
     assert "PPP user 'alice' (CHAP) rejected" in read_text(net.tmp / "gateway.log")
+
+
+def test_a_gateway_that_stops_tells_the_client_through_l2tp_and_ike(net: Net) -> None:
+    gw = start_gateway(net, "chap")
+    cl, log = start_client(net)
+    try:
+        wait_ppp_up(cl, log)
+        assert ping(net, "10.78.1.10", count=1).returncode == 0
+        stop_process(gw)  # SIGTERM: the LNS sends StopCCN, then the gateway deletes the SAs
+        cl.wait(timeout=20)
+    finally:
+        stop_process(cl)
+        stop_process(gw)
+    assert cl.returncode != 0
+    failed = records(log, "protocols", "failed") + records(log, "closed")
+    assert failed, read_text(log)[-3000:]
+    said = " ".join(r["message"] for r in failed)
+    # whichever goodbye arrives first: PPP's Terminate-Request, L2TP's StopCCN, IKE's Delete
+    assert any(word in said for word in ("Terminate-Request", "StopCCN", "ISAKMP SA deleted")), said
+    gw_log = read_text(net.tmp / "gateway.log")
+    assert re.search(r"L2TP session \d+/\d+ \(user 'alice'\) ended", gw_log), gw_log[-3000:]
+    # nothing left behind on either side
+    assert "tvl2tp" not in run_in(net.client, ["ip", "-o", "link"]).stdout
+    assert "tvlns" not in run_in(net.gateway, ["ip", "-o", "link"]).stdout
