@@ -12,6 +12,7 @@ only through PPP (no pushed SA covers it); 10.78.0.0/24 through the pushed SA as
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from interop.tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
+from interop.tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, run_tunvpn, wait_for_line
 from netns import Topology, run_in, stop_process, wait_for
 
 pytest.importorskip("tunvpn_l2tp.lac", reason="pip install -e plugins/tunvpn-l2tp")
@@ -170,7 +171,7 @@ def start_client(net: Net, *, ppp_password_file: str | None = None) -> tuple[sub
             "--tun",
             "tvcl%d",
             "--control",
-            "none",
+            str(net.tmp / "client.sock"),
             "--dns-backend",
             "none",
             "-v",
@@ -242,7 +243,15 @@ def test_l2tp_session_carries_ip_through_ppp(net: Net, auth: str) -> None:
         finally:
             sink.wait(timeout=10)
 
-        # the server saw our PPP address, not the IPsec one
+        # tunvpn status on the client shows the protocol's state
+        st = run_tunvpn(net.client, ["status", "--socket", str(net.tmp / "client.sock"), "--json"])
+        assert st.returncode == 0, st.stderr
+        [tunnel] = json.loads(st.stdout)["tunnels"]
+        assert tunnel["protocols"] == [{"name": "l2tp", "state": "up", "message": up["message"]}]
+        human = run_tunvpn(net.client, ["status", "--socket", str(net.tmp / "client.sock")]).stdout
+        assert "l2tp: up (PPP up" in human, human
+
+        # the gateway logged the PPP login and address
         gw_log = read_text(net.tmp / "gateway.log")
         assert f"PPP user 'alice' ({auth.upper()}) accepted" in gw_log, gw_log[-3000:]
         assert "10.80.0.10" in gw_log

@@ -216,6 +216,8 @@ class Client:
         self._resolving = False
         """The client plugins are still being asked who handles the announced protocols."""
         self._protocol_tasks: list[asyncio.Task[None]] = []
+        self._protocol_status: dict[str, dict[str, str]] = {}
+        """Protocol name -> its state and last progress line, for ``tunvpn status``."""
         self.engine = IkeEngine(build_engine_config(options), ike_port=options.ike_port)
         self.sa_id: bytes | None = None
         self.mode_config: ModeConfig | None = None
@@ -549,6 +551,7 @@ class Client:
                 "expires_in": None,
             },
             "sas": sas,
+            "protocols": [{"name": name, **state} for name, state in self._protocol_status.items()],
         }
         return {
             "role": "client",
@@ -665,6 +668,7 @@ class Client:
         for protocol, handler in self._handlers:
             if handler.run is None:
                 continue
+            self._protocol_status[protocol.name] = {"state": "starting", "message": ""}
             session = ClientSession(
                 protocol=protocol,
                 gateway=self.options.gateway,
@@ -672,7 +676,7 @@ class Client:
                 user=self.options.user,
                 password=self.options.password,
                 plugin_settings=dict(self.options.plugin_settings),
-                report=self.progress.report,
+                report=self._protocol_reporter(protocol.name),
                 prompt=self._prompt,
             )
             task = loop.create_task(
@@ -689,12 +693,22 @@ class Client:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._protocol_status[protocol.name] = {"state": "failed", "message": str(exc)}
             self.fail("protocols", f"{protocol.name}: {exc}")
             if self.driver is not None:
                 self.driver.flush()
             return
         if self.result is None:
             self.progress.report("protocols", f"{protocol.name} ended", state="closed", name=protocol.name)
+
+    def _protocol_reporter(self, name: str) -> Callable[..., None]:
+        """A plugin's ``report``: a progress line, also kept as the protocol's status."""
+
+        def report(step: str, text: str, **fields: object) -> None:
+            self._protocol_status[name] = {"state": str(fields.get("state", step)), "message": text}
+            self.progress.report(step, text, **fields)
+
+        return report
 
     async def _prompt(self, text: str, secret: bool = True) -> str:
         return await asyncio.to_thread(self.ask_password, text)

@@ -641,6 +641,12 @@ def _format_tunnel(tunnel: dict[str, object]) -> list[str]:
         lines += ["    " + _format_sa(sa) for sa in sa_list]
     else:
         lines.append("    no IPsec SAs")
+    protocols = tunnel.get("protocols")
+    for protocol in protocols if isinstance(protocols, list) else ():
+        if isinstance(protocol, dict):
+            name, state = _text(protocol, "name") or "?", _text(protocol, "state") or "?"
+            message = _text(protocol, "message")
+            lines.append(f"    {name}: {state}" + (f" ({message})" if message else ""))
     return lines
 
 
