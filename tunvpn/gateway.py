@@ -937,7 +937,7 @@ class Gateway:
                 if address in new.pool:
                     new.pool._leases[owner] = address
         self.options = new
-        self.announcements = announcements
+        old_announcements, self.announcements = self.announcements, announcements
         self.phase1 = phase1_policy(new)
         self.config = build_engine_config(new)
         self.engine.config = self.config
@@ -951,8 +951,11 @@ class Gateway:
         changes += [f"changed policy {p.name}" for p in d.changed]
         if old.groups != new.groups:
             changes.append("group membership changed")
-        if old.protocols != new.protocols:
+        if old.protocols != new.protocols or old_announcements != self.announcements:
             changes.append("extra protocols changed")
+        if self._services and (old.plugin_settings != new.plugin_settings or old.protocols != new.protocols):
+            changes.append("plugin settings changed: plugin services restarted")
+            self._restart_services()
         if (old.dns, old.domains, old.banner) != (new.dns, new.domains, new.banner):
             changes.append("DNS/banner changed")
         if changes:
@@ -1128,6 +1131,24 @@ class Gateway:
                 self._account(session, "stop", reason="gateway shutting down")
             self.shutdown()
             await self._finish_accounting()
+
+    def _restart_services(self) -> None:
+        """A reload changed what the plugins' services run on: stop them, start them anew (their
+        clients are cut off and reconnect; e.g. the LNS's L2TP sessions end)."""
+        old = self._services
+        self._services = []
+
+        async def restart() -> None:
+            for task in old:
+                task.cancel()
+            if old:
+                await asyncio.wait(old, timeout=3)
+            if self._stop is not None and not self._stop.is_set():
+                self._services = self.plugins.serve(self.plugin_context())
+
+        task = asyncio.get_running_loop().create_task(restart(), name="restart plugin services")
+        self._accounting_tasks.add(task)
+        task.add_done_callback(self._accounting_tasks.discard)
 
     async def _stop_services(self) -> None:
         """Cancel the plugins' ``tunvpn_serve`` tasks and give them a moment to clean up."""

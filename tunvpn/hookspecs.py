@@ -173,8 +173,9 @@ def tunvpn_serve(context: GatewayContext) -> Awaitable[None] | None:
 
     Must be an ``async def``: it is started as a task on the gateway's event loop once the
     gateway listens, and cancelled when it stops (clean up in ``finally``: close sockets,
-    tell peers). An L2TP network server (LNS) runs here. What it raises is logged once and
-    ends only that service, not the gateway.
+    tell peers). A reload that changes the ``[plugin.NAME]`` tables or the ``[[protocol]]``
+    list cancels it and starts it again with the new context. An L2TP network server (LNS)
+    runs here. What it raises is logged once and ends only that service, not the gateway.
 
     :param context: the :class:`tunvpn.plugins.GatewayContext`; ``context.verify(request)``
         runs a :class:`tunvpn.plugins.CredentialRequest` (a password, or a ``chap`` answer)

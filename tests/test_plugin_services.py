@@ -1,0 +1,95 @@
+"""``tunvpn_serve``: a plugin's service runs as long as the gateway does, is cancelled (and
+may clean up) when it stops, is restarted when a reload changes the plugin's settings, and a
+service that raises is logged once without stopping the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import pytest
+from test_dynamic_config_loopback import RULES, gateway_options
+from test_shell_loopback import free_port_pair, loopback_available
+
+from tunvpn.gateway import Gateway
+from tunvpn.ike.policies import ExtraProtocol
+from tunvpn.plugins import GatewayContext, hookimpl
+
+pytestmark = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable")
+
+
+class Service:
+    __name__ = "svc"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.started: list[GatewayContext] = []
+        self.stopped = 0
+        self.fail = fail
+
+    @hookimpl
+    async def tunvpn_serve(self, context: GatewayContext) -> None:
+        self.started.append(context)
+        if self.fail:
+            raise RuntimeError("cannot listen on 10.0.0.1:1701")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.stopped += 1
+
+
+async def _run(gateway: Gateway, body: object) -> None:
+    ready = asyncio.Event()
+    server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
+    await asyncio.wait_for(ready.wait(), 5)
+    try:
+        await body  # type: ignore[misc]
+    finally:
+        gateway.stop()
+        await asyncio.wait_for(server, 10)
+
+
+def test_a_service_runs_with_the_gateway_and_restarts_when_its_settings_change() -> None:
+    service = Service()
+    ike, natt = free_port_pair()
+    options = gateway_options(
+        ike,
+        natt,
+        RULES,
+        plugin_objects=(service,),
+        protocols=(ExtraProtocol("svc"),),
+        plugin_settings={"svc": {"port": 1}},
+    )
+    gateway = Gateway(options)
+
+    async def body() -> None:
+        await asyncio.sleep(0.05)
+        assert len(service.started) == 1 and service.stopped == 0
+        same = gateway.apply_options(dataclasses.replace(options))
+        assert not any("services restarted" in c for c in same["changes"])  # type: ignore[union-attr]
+        changed = gateway.apply_options(dataclasses.replace(options, plugin_settings={"svc": {"port": 2}}))
+        assert "plugin settings changed: plugin services restarted" in changed["changes"]  # type: ignore[operator]
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if len(service.started) == 2:
+                break
+        assert service.stopped == 1 and len(service.started) == 2
+        assert service.started[1].settings("svc") == {"port": 2}
+
+    asyncio.run(_run(gateway, body()))
+    assert service.stopped == 2  # the second one too, at shutdown
+
+
+def test_a_service_that_fails_is_logged_and_the_gateway_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    service = Service(fail=True)
+    ike, natt = free_port_pair()
+    gateway = Gateway(gateway_options(ike, natt, RULES, plugin_objects=(service,)))
+
+    async def body() -> None:
+        await asyncio.sleep(0.1)
+        assert gateway.status()["role"] == "gateway"
+
+    with caplog.at_level(logging.ERROR, logger="tunvpn.plugins"):
+        asyncio.run(_run(gateway, body()))
+    errors = [r.getMessage() for r in caplog.records if r.name == "tunvpn.plugins"]
+    assert errors == ["plugin 'svc': its service stopped: cannot listen on 10.0.0.1:1701"]
