@@ -1,6 +1,7 @@
 """``tunvpn_serve``: a plugin's service runs as long as the gateway does, is cancelled (and
 may clean up) when it stops, is restarted when a reload changes the plugin's settings, and a
-service that raises is logged once without stopping the gateway."""
+service that raises is logged once without stopping the gateway. ``tunvpn_authorize``: a
+directory plugin adds groups, a per-user policy and an address, or refuses a user."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from test_dynamic_config_loopback import RULES, gateway_options
 from test_shell_loopback import free_port_pair, loopback_available
 
 from tunvpn.gateway import Gateway
-from tunvpn.ike.policies import ExtraProtocol
-from tunvpn.plugins import GatewayContext, hookimpl
+from tunvpn.ike.identity import TrafficSelector
+from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
+from tunvpn.plugins import Authorization, GatewayContext, hookimpl
+from tunvpn.testing import DEFAULT_POLICIES, run_session
 
 pytestmark = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable")
 
@@ -93,3 +96,54 @@ def test_a_service_that_fails_is_logged_and_the_gateway_goes_on(caplog: pytest.L
         asyncio.run(_run(gateway, body()))
     errors = [r.getMessage() for r in caplog.records if r.name == "tunvpn.plugins"]
     assert errors == ["plugin 'svc': its service stopped: cannot listen on 10.0.0.1:1701"]
+
+
+# --------------------------------------------------------------------------- tunvpn_authorize
+
+
+class Directory:
+    """An authorization plugin: groups and a per-user policy from a "directory", a disabled user."""
+
+    __name__ = "directory"
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, frozenset[str]]] = []
+
+    @hookimpl
+    def tunvpn_authorize(self, user: str, groups: frozenset[str]) -> Authorization | None:
+        self.asked.append((user, groups))
+        if user == "bob":
+            return Authorization(deny="account disabled")
+        if user == "alice":
+            return Authorization(
+                groups=("finance",),
+                policies=(Phase2Policy("alice-desk", TrafficSelector.from_network("10.78.200.0/24")),),
+                address="10.79.0.42",  # type: ignore[arg-type]  # text is converted
+            )
+        return None
+
+
+def test_authorize_adds_groups_a_per_user_policy_and_an_address() -> None:
+    directory = Directory()
+    finance = Phase2Policy("ledger", TrafficSelector.from_network("10.78.100.0/24"))
+    result = run_session(
+        user="alice",
+        password="a-pass",
+        users={"alice": "a-pass"},
+        plugins=[directory],
+        policies=[DEFAULT_POLICIES[0], (finance, ["finance"])],
+    )
+    assert result.exit_code == 0, result.records
+    assert directory.asked == [("alice", frozenset())]
+    up = {r["name"]: r for r in result.records if r["event"] == "quick" and r["state"] == "established"}
+    assert set(up) == {DEFAULT_POLICIES[0].name, "ledger", "alice-desk"}
+    assert up["alice-desk"]["remote_ts"] == "10.78.200.0/24"
+    [modecfg] = [r for r in result.records if r["event"] == "modecfg" and r["state"] == "received"]
+    assert modecfg["address"] == "10.79.0.42"
+
+
+def test_authorize_can_refuse_an_authenticated_user() -> None:
+    result = run_session(user="bob", password="b-pass", users={"bob": "b-pass"}, plugins=[Directory()])
+    assert result.exit_code != 0
+    [failed] = [r for r in result.records if r["state"] == "failed"]
+    assert "account disabled" in failed["message"], failed

@@ -48,7 +48,7 @@ from tunvpn.ike.proposals import (
     EspSuite,
     Phase1Policy,
 )
-from tunvpn.plugins import CredentialRequest, GatewayContext, PluginError, PluginHost, Verdict
+from tunvpn.plugins import Authorization, CredentialRequest, GatewayContext, PluginError, PluginHost, Verdict
 from tunvpn.shell.credentials import SecretFileError, UserTable
 from tunvpn.shell.udp import UdpDriver
 
@@ -393,6 +393,8 @@ class Session:
     protocols_pending: list[ExtraProtocol] = field(default_factory=list)
     """Extra protocols announced in phase 1a still to pass (first: running); Quick Mode is
     refused until the list is empty."""
+    user_policies: tuple[Phase2Policy, ...] = ()
+    """Per-user policies from ``tunvpn_authorize``."""
     protocols_passed: bool = False
     """Every announced protocol passed (they run once per ISAKMP SA)."""
     accounting_started: float | None = None
@@ -760,11 +762,23 @@ class Gateway:
                     session.protocols_passed = True
                     self._protocols_passed(session, now)
                 return
+            authorization: Authorization | None = None
+            groups = self.groups_of(event.user_name) | frozenset(verdict.groups)
+            if verdict.accepted:
+                authorization, denied = await self._authorize(event.user_name, groups, event.peer)
+                if self.sessions.get(event.sa_id) is not session:
+                    return
+                now = self.clock()
+                if denied is not None:
+                    verdict = Verdict.reject(denied)
             if verdict.accepted:
                 log.info("XAUTH: user %r from %s accepted", event.user_name, event.peer[0])
                 session.user = event.user_name
-                session.groups = self.groups_of(event.user_name) | frozenset(verdict.groups)
+                session.groups = groups | frozenset(authorization.groups if authorization else ())
                 session.plugin_address = verdict.address
+                if authorization is not None:
+                    session.plugin_address = authorization.address or verdict.address
+                    session.user_policies = authorization.policies
             else:
                 log.warning(
                     "XAUTH: user %r from %s rejected: %s", event.user_name, event.peer[0], verdict.message
@@ -774,11 +788,36 @@ class Gateway:
         except LocalProtocolError as exc:
             log.warning("XAUTH verdict for %s not sent: %s", event.peer[0], exc)
 
+    async def _authorize(
+        self, user: str, groups: frozenset[str], peer: tuple[str, int]
+    ) -> tuple[Authorization | None, str | None]:
+        """``tunvpn_authorize``: (the plugin's answer, None) or (None, why the user is refused)."""
+        try:
+            authorization = await asyncio.wait_for(
+                self.plugins.authorize(user, groups, peer, self.plugin_context()), PLUGIN_TIMEOUT
+            )
+        except TimeoutError:
+            log.error("authorizing user %r from %s took over %d s; refused", user, peer[0], PLUGIN_TIMEOUT)
+            return None, "the gateway could not authorize the user in time"
+        except Exception as exc:  # a broken plugin refuses this user, nothing more
+            log.error("authorizing user %r from %s failed: %s", user, peer[0], exc)
+            return None, "the gateway could not authorize the user"
+        if authorization is not None and authorization.deny is not None:
+            log.warning("user %r from %s refused by authorization: %s", user, peer[0], authorization.deny)
+            return None, authorization.deny
+        return authorization, None
+
+    def _policies_of(self, session: Session) -> tuple[Phase2Policy, ...]:
+        """A session's policies: those of its user and groups, then its per-user ones."""
+        policies = self.policies_for(session.user, session.groups)  # the rule-based part
+        names = {p.name for p in policies}
+        return policies + tuple(p for p in session.user_policies if p.name not in names)
+
     def _protocols_passed(self, session: Session, now: float) -> None:
         """Every extra protocol passed: Quick Mode is allowed. Groups a protocol added may give
         the client more policies than phase 1a pushed: those follow as a CFG_SET."""
         before = session.policies
-        policies = self.policies_for(session.user, session.groups)
+        policies = self._policies_of(session)
         self._install_policies(session, policies)
         if policies == before or not session.tunvpn:
             return
@@ -812,7 +851,7 @@ class Gateway:
         session.address = address
         if not session.protocols_passed and not session.protocols_pending:
             session.protocols_pending = self._run_protocols()
-        self._install_policies(session, self.policies_for(session.user, session.groups))
+        self._install_policies(session, self._policies_of(session))
         wants_policies = session.tunvpn and PolicyAttr.PHASE2_POLICIES in event.requested_types
         config = self.mode_config_for(address, event.requested_types, session.policies)
         extra = encode_policies(self._push(session)) if wants_policies else ()
@@ -964,7 +1003,7 @@ class Gateway:
         for session in list(self.sessions.values()):
             if session.address is None and not session.policies:
                 continue  # not through Mode Config yet: it will get the new policies
-            policies = self.policies_for(session.user, session.groups)
+            policies = self._policies_of(session)
             if policies == session.policies and session.generation == self.generation:
                 continue
             if policies == session.policies and not session.tunvpn:

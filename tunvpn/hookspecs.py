@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from tunvpn.accounting import AccountingRecord
     from tunvpn.ike.policies import ExtraProtocol
     from tunvpn.plugins import (
+        Authorization,
         ClientProtocol,
         ClientQuestion,
         CredentialRequest,
@@ -71,6 +72,29 @@ def tunvpn_verify_credentials(
         again (a ``message`` such as "Enter the next tokencode", and the ``fields`` to ask
         for), or ``None``: this plugin does not know the user; the next one decides. When
         every plugin returns ``None`` the client is rejected.
+    """
+
+
+@hookspec(firstresult=True)
+def tunvpn_authorize(
+    user: str, groups: frozenset[str], peer: tuple[str, int], context: GatewayContext
+) -> Authorization | Awaitable[Authorization | None] | None:
+    """Gateway: what an authenticated user gets (first result wins).
+
+    Called once per ISAKMP SA after the XAUTH login (and its challenge rounds) accepted the
+    user, before Mode Config: a directory (LDAP, a database) adds groups, gives per-user
+    phase 2 policies or a fixed address, or refuses a disabled account. Authentication stays
+    in ``tunvpn_verify_credentials``; this hook only decides what an authenticated user may
+    have. A plugin that raises, or takes longer than 30 s, refuses the user.
+
+    :param user: the authenticated user name.
+    :param groups: the groups the user is in so far (``[groups]`` of gateway.toml and the
+        login verdict's).
+    :param peer: the client's address and port.
+    :param context: the :class:`tunvpn.plugins.GatewayContext`.
+    :return: a :class:`tunvpn.plugins.Authorization` (``groups`` to add, per-user
+        ``policies``, an ``address``, or ``deny`` with a message for the user), or ``None``
+        to leave the user as the login left it.
     """
 
 

@@ -134,6 +134,26 @@ class GatewayContext:
 
 
 @dataclass(frozen=True)
+class Authorization:
+    """A plugin's answer to ``tunvpn_authorize``: what an authenticated user gets."""
+
+    groups: tuple[str, ...] = ()
+    """Groups the user is put into, besides those of ``[groups]`` and the login's verdict."""
+    policies: tuple[Phase2Policy, ...] = ()
+    """Per-user phase 2 policies, pushed after the group ones (names must not clash with them)."""
+    address: IPv4Address | None = None
+    """The client's address instead of one from the pool (overrides the login's)."""
+    deny: str | None = None
+    """Refuse the user after all, with this message (e.g. "account disabled")."""
+
+    def __post_init__(self) -> None:
+        if self.address is not None and not isinstance(self.address, IPv4Address):
+            object.__setattr__(self, "address", IPv4Address(self.address))  # "10.0.0.5" is fine
+        object.__setattr__(self, "groups", tuple(self.groups))
+        object.__setattr__(self, "policies", tuple(self.policies))
+
+
+@dataclass(frozen=True)
 class ProtocolAnnouncement:
     """A plugin's answer to ``tunvpn_announce_protocol``: how a protocol is announced in
     phase 1a, and the phase 2 policies the gateway accepts for it."""
@@ -356,6 +376,22 @@ class PluginHost:
             task.add_done_callback(_service_done(impl.plugin_name))
             tasks.append(task)
         return tasks
+
+    async def authorize(
+        self, user: str, groups: frozenset[str], peer: tuple[str, int], context: GatewayContext
+    ) -> Authorization | None:
+        """The first plugin's ``tunvpn_authorize`` answer, or ``None``."""
+        for impl in reversed(self._pm.hook.tunvpn_authorize.get_hookimpls()):
+            result = await _call(impl, user=user, groups=groups, peer=peer, context=context)
+            if result is None:
+                continue
+            if not isinstance(result, Authorization):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} returned {type(result).__name__} from "
+                    "tunvpn_authorize (expected an Authorization or None)"
+                )
+            return result
+        return None
 
     async def client_protocol(
         self, protocol: ExtraProtocol, settings: dict[str, dict[str, Any]]
