@@ -194,8 +194,10 @@ def test_live_reload_reaches_the_connected_client(tmp_path: Path, monkeypatch: p
             summary = gateway.apply_options(new)
             assert summary["clients_updated"] == 1, summary
             await wait_until(
-                lambda: set(client.established) == {"intranet", "eng", "dns"}
-                and str(client.established["intranet"].remote_ts) == "10.78.0.0/23"
+                lambda: (
+                    set(client.established) == {"intranet", "eng", "dns"}
+                    and str(client.established["intranet"].remote_ts) == "10.78.0.0/23"
+                )
             )
             await wait_until(lambda: not any(c.policy_name == "mail" for c in gateway.children.values()))
             assert client.established["eng"] is eng_before  # untouched

@@ -627,6 +627,6 @@ def test_plugin_tables_are_kept_for_named_plugins_only(gwdir: Path) -> None:
     cfg = _load(gwdir, named + '\n[plugin.radius]\nserver = "127.0.0.1"\nretries = 3\n')
     assert cfg.plugins == ("radius",)
     assert dict(cfg.plugin_settings["radius"]) == {"server": "127.0.0.1", "retries": 3}
-    text = MINIMAL + '\n[plugin.otp]\nwindow = 1\n'
+    text = MINIMAL + "\n[plugin.otp]\nwindow = 1\n"
     error = _error(gwdir, text)
     assert error.key == "plugin.otp" and "gateway.plugins does not name" in str(error)

@@ -49,12 +49,20 @@ def test_wire_bytes_of_one_set() -> None:
     assert wire.hex() == (
         "d0000007"  # CFG_PHASE2_POLICIES (TV) = generation 7
         "d0010001"  # CFG_SA_BEGIN (TV) = set 1
-        "5002" "0003" "6c616e"  # CFG_SA_NAME (TLV) "lan"
+        "5002"
+        "0003"
+        "6c616e"  # CFG_SA_NAME (TLV) "lan"
         "d0030014"  # CFG_ESP_TRANSFORM = 20 (AES-GCM-16)
         "d0040100"  # CFG_ESP_KEY_LENGTH = 256
         "d0060013"  # CFG_PFS_GROUP = 19 (ECP-256)
-        "5007" "0004" "00000e10"  # CFG_LIFE_SECONDS = 3600
-        "5009" "000c" "04000000" "0a4e0000" "ffffff00"  # CFG_GATEWAY_TS: subnet 10.78.0.0/24
+        "5007"
+        "0004"
+        "00000e10"  # CFG_LIFE_SECONDS = 3600
+        "5009"
+        "000c"
+        "04000000"
+        "0a4e0000"
+        "ffffff00"  # CFG_GATEWAY_TS: subnet 10.78.0.0/24
     )
 
 
