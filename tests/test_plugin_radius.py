@@ -92,6 +92,22 @@ def test_framed_ip_address_class_and_framed_route(radius: FreeRadius, tmp_path: 
     verdict = ask(CredentialRequest("bob", "b-pass-2718", session_id="s-bob"), settings(radius, tmp_path))
     assert verdict.accepted and verdict.groups == ("eng",) and str(verdict.address) == "10.99.0.42"
     assert radius_plugin.SESSIONS["s-bob"].routes == ("10.20.0.0/16 0.0.0.0 1",)
+    assert [str(r) for r in verdict.routes] == ["10.20.0.0/16"]
+
+
+def test_framed_route_forms() -> None:
+    lines = [
+        "10.20.0.0/16 0.0.0.0 1",
+        "192.168.50.0 255.255.255.0 0.0.0.0 1",
+        "10.9.9.9 10.0.0.1 2",
+        "2001:db8::/32",
+        "x",
+    ]
+    assert [str(n) for n in radius_plugin.framed_route_networks(lines, "bob")] == [
+        "10.20.0.0/16",
+        "192.168.50.0/24",
+        "10.9.9.9/32",
+    ]
 
 
 def test_access_challenge_round_trip(radius: FreeRadius, tmp_path: Path) -> None:

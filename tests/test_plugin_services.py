@@ -16,7 +16,7 @@ from test_shell_loopback import free_port_pair, loopback_available
 from tunvpn.gateway import Gateway
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
-from tunvpn.plugins import Authorization, GatewayContext, hookimpl
+from tunvpn.plugins import Authorization, GatewayContext, Verdict, hookimpl
 from tunvpn.testing import DEFAULT_POLICIES, run_session
 
 pytestmark = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable")
@@ -147,3 +147,32 @@ def test_authorize_can_refuse_an_authenticated_user() -> None:
     assert result.exit_code != 0
     [failed] = [r for r in result.records if r["state"] == "failed"]
     assert "account disabled" in failed["message"], failed
+
+
+# --------------------------------------------------------------------------- routes (Framed-Route)
+
+
+class Routed:
+    __name__ = "routed"
+
+    @hookimpl
+    def tunvpn_verify_credentials(self, request: object) -> Verdict | None:
+        # a branch office behind alice; the second one overlaps a protected network: ignored
+        return Verdict.accept(routes=["10.99.0.0/24", "10.78.0.0/16"])
+
+
+def test_routes_behind_the_client_become_pushed_sas_and_bad_ones_are_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="tunvpn.gateway"):
+        result = run_session(user="alice", password="a-pass", plugins=[Routed()])
+    assert result.exit_code == 0, result.records
+    base = DEFAULT_POLICIES[0].name
+    up = {r["name"]: r for r in result.records if r["event"] == "quick" and r["state"] == "established"}
+    routed = f"{base} <- 10.99.0.0/24"
+    assert set(up) == {p.name for p in DEFAULT_POLICIES} | {
+        f"{p.name} <- 10.99.0.0/24" for p in DEFAULT_POLICIES
+    }
+    assert up[routed]["local_ts"] == "10.99.0.0/24"
+    assert up[routed]["remote_ts"] == up[base]["remote_ts"]
+    assert any("route 10.78.0.0/16 for user 'alice' ignored" in r.getMessage() for r in caplog.records)

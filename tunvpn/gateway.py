@@ -9,6 +9,7 @@ commands, so it can be driven in memory by tests; :meth:`Gateway.run` puts it on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -395,6 +396,8 @@ class Session:
     refused until the list is empty."""
     user_policies: tuple[Phase2Policy, ...] = ()
     """Per-user policies from ``tunvpn_authorize``."""
+    routes: tuple[IPv4Network, ...] = ()
+    """Networks behind the client (a plugin's ``Verdict.routes``, RADIUS Framed-Route)."""
     protocols_passed: bool = False
     """Every announced protocol passed (they run once per ISAKMP SA)."""
     accounting_started: float | None = None
@@ -776,6 +779,7 @@ class Gateway:
                 session.user = event.user_name
                 session.groups = groups | frozenset(authorization.groups if authorization else ())
                 session.plugin_address = verdict.address
+                session.routes = self._usable_routes(event.user_name, verdict.routes)
                 if authorization is not None:
                     session.plugin_address = authorization.address or verdict.address
                     session.user_policies = authorization.policies
@@ -808,10 +812,44 @@ class Gateway:
         return authorization, None
 
     def _policies_of(self, session: Session) -> tuple[Phase2Policy, ...]:
-        """A session's policies: those of its user and groups, then its per-user ones."""
+        """A session's policies: those of its user and groups, then its per-user ones, then one
+        per (policy, route) for the networks behind the client."""
         policies = self.policies_for(session.user, session.groups)  # the rule-based part
         names = {p.name for p in policies}
-        return policies + tuple(p for p in session.user_policies if p.name not in names)
+        policies += tuple(p for p in session.user_policies if p.name not in names)
+        routed = []
+        for route in session.routes:
+            selector = TrafficSelector.from_network(route)
+            for policy in policies:
+                if policy.client_ts is None and policy.gateway_ts.intersect(selector) is None:
+                    routed.append(
+                        dataclasses.replace(policy, name=f"{policy.name} <- {route}", client_ts=selector)
+                    )
+        return policies + tuple(routed)
+
+    def _usable_routes(self, user: str, routes: Sequence[IPv4Network]) -> tuple[IPv4Network, ...]:
+        """A plugin's routes for ``user`` without those that would capture other traffic: the
+        default route, the address pool, or a network the gateway protects (each logged)."""
+        protected = [r.policy.gateway_ts for r in effective_rules(self.options, self.phase1)]
+        pool = self.options.pool
+        out = []
+        for route in routes:
+            selector = TrafficSelector.from_network(route)
+            why = None
+            if route.prefixlen == 0:
+                why = "it is the default route"
+            elif (
+                pool is not None
+                and selector.intersect(TrafficSelector.from_range(pool.first, pool.last)) is not None
+            ):
+                why = "it overlaps the address pool"
+            elif any(ts.intersect(selector) is not None for ts in protected):
+                why = "it overlaps a protected network"
+            if why is not None:
+                log.warning("route %s for user %r ignored: %s", route, user, why)
+                continue
+            out.append(route)
+        return tuple(out)
 
     def _protocols_passed(self, session: Session, now: float) -> None:
         """Every extra protocol passed: Quick Mode is allowed. Groups a protocol added may give
@@ -1077,6 +1115,7 @@ class Gateway:
                     "user": session.user,
                     "groups": sorted(session.groups),
                     "address": str(session.address) if session.address is not None else None,
+                    "routes": [str(r) for r in session.routes],
                     "tunvpn": session.tunvpn,
                     "generation": session.generation,
                     "phase1": {

@@ -67,7 +67,10 @@ def tunvpn_verify_credentials(
         (from ``users_file``, or ``None``), its ``groups`` and ``settings(name)``, the
         ``[plugin.NAME]`` table of ``gateway.toml`` for a plugin's own settings.
     :return: :meth:`Verdict.accept` (optionally with ``groups`` the user is put into, e.g.
-        from a RADIUS Class attribute, and an ``address`` for the client), :meth:`Verdict.reject`
+        from a RADIUS Class attribute, an ``address`` for the client, and ``routes``: networks
+        behind the client, e.g. RADIUS Framed-Route, each of which gets an SA to each of the
+        user's networks; the default route, the pool and protected networks are refused and
+        logged), :meth:`Verdict.reject`
         with a ``message`` shown to the user, :meth:`Verdict.challenge` to ask the client
         again (a ``message`` such as "Enter the next tokencode", and the ``fields`` to ask
         for), or ``None``: this plugin does not know the user; the next one decides. When

@@ -16,7 +16,7 @@ import sys
 import textwrap
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -81,6 +81,9 @@ class Verdict:
     """Accept: the address the client gets instead of one from the pool."""
     fields: tuple[str, ...] = ()
     """Challenge: what to ask for (``answer``, ``passcode``, ``next_pin``, ``password``)."""
+    routes: tuple[IPv4Network, ...] = ()
+    """Accept: networks behind the client (RADIUS Framed-Route): the gateway adds, for each of
+    the user's policies, one SA from each of these networks to the policy's network."""
 
     def __post_init__(self) -> None:
         if self.outcome not in ("accept", "reject", "challenge"):
@@ -92,8 +95,19 @@ class Verdict:
             raise ValueError("a challenge must ask for at least one field")
 
     @classmethod
-    def accept(cls, *, groups: Iterable[str] = (), address: IPv4Address | str | None = None) -> Verdict:
-        return cls("accept", groups=tuple(groups), address=IPv4Address(address) if address else None)
+    def accept(
+        cls,
+        *,
+        groups: Iterable[str] = (),
+        address: IPv4Address | str | None = None,
+        routes: Iterable[IPv4Network | str] = (),
+    ) -> Verdict:
+        return cls(
+            "accept",
+            groups=tuple(groups),
+            address=IPv4Address(address) if address else None,
+            routes=tuple(IPv4Network(r, strict=False) for r in routes),
+        )
 
     @classmethod
     def reject(cls, message: str = "user name or password not accepted") -> Verdict:

@@ -9,8 +9,8 @@ Settings (``[plugin.radius]`` of gateway.toml, see this distribution's README.md
     nas_identifier = "tunvpn"
 
 - Access-Accept: accepted; Class attributes become the user's groups, Framed-IP-Address the
-  client's address, Framed-Route lines are kept in :data:`SESSIONS` (the gateway has no
-  per-user routes yet).
+  client's address, Framed-Route lines the networks behind the client (the gateway adds an SA
+  from each of them to each of the user's networks).
 - Access-Reject: rejected with the Reply-Message (or "rejected by RADIUS").
 - Access-Challenge: an XAUTH challenge with the Reply-Message as prompt; the State goes back
   to the server with the answer.
@@ -20,10 +20,12 @@ Settings (``[plugin.radius]`` of gateway.toml, see this distribution's README.md
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from tunvpn.plugins import CredentialRequest, GatewayContext, Verdict, hookimpl
@@ -49,8 +51,8 @@ class RadiusSession:
     user: str
     address: IPv4Address | None = None
     routes: tuple[str, ...] = ()
-    """Framed-Route lines ("10.20.0.0/16 0.0.0.0 1"): the Verdict has no routes yet, so they are
-    kept here, by session id, for a later gateway feature (or another plugin) to use."""
+    """Framed-Route lines as received ("10.20.0.0/16 0.0.0.0 1"); the parsed networks go to the
+    gateway in the Verdict."""
     classes: tuple[bytes, ...] = field(default=(), repr=False)
     """Class attributes, sent back in every Accounting-Request (RFC 2865 5.25)."""
 
@@ -148,13 +150,40 @@ def tunvpn_verify_credentials(request: CredentialRequest, context: GatewayContex
                 request.user, reply.framed_ip_address, reply.framed_routes, reply.classes
             )
         log.info("RADIUS %s accepted user %r", reply.server, request.user)
-        return Verdict.accept(groups=_groups(reply.classes), address=reply.framed_ip_address)
+        return Verdict.accept(
+            groups=_groups(reply.classes),
+            address=reply.framed_ip_address,
+            routes=framed_route_networks(reply.framed_routes, request.user),
+        )
     if reply.code == ACCESS_CHALLENGE:
         if reply.state is None:
             log.warning("RADIUS %s: Access-Challenge without State for %r", reply.server, request.user)
         request.state[STATE_KEY] = reply.state or b""
         return Verdict.challenge(reply.reply_message or "Enter the response", fields=("answer",))
     return Verdict.reject(reply.reply_message or "rejected by RADIUS")
+
+
+def framed_route_networks(lines: Iterable[str], user: str = "") -> list[IPv4Network]:
+    """The networks of Framed-Route values (RFC 2865 5.22: "network [gateway [metrics]]", the
+    network as CIDR ("10.20.0.0/16") or as address and netmask ("10.20.0.0 255.255.0.0")).
+    An IPv6 or unparsable one is logged and left out."""
+    out = []
+    for line in lines:
+        words = line.split()
+        try:
+            if not words:
+                raise ValueError("empty")
+            network = IPv4Network(words[0], strict=False)
+            if "/" not in words[0] and len(words) > 1:
+                with contextlib.suppress(ValueError):  # "10.20.0.0 255.255.0.0 ...": a netmask
+                    masked = IPv4Network(f"{words[0]}/{words[1]}", strict=False)
+                    if masked.prefixlen:
+                        network = masked
+        except ValueError:
+            log.warning("RADIUS: Framed-Route %r for %r is not an IPv4 route; ignored", line, user)
+            continue
+        out.append(network)
+    return out
 
 
 ACCT_STATUS = {"start": "Start", "interim": "Interim-Update", "stop": "Stop"}
