@@ -91,8 +91,8 @@ def test_a_client_computed_chap_answer_is_passed_on(radius: FreeRadius, tmp_path
 def test_framed_ip_address_class_and_framed_route(radius: FreeRadius, tmp_path: Path) -> None:
     verdict = ask(CredentialRequest("bob", "b-pass-2718", session_id="s-bob"), settings(radius, tmp_path))
     assert verdict.accepted and verdict.groups == ("eng",) and str(verdict.address) == "10.99.0.42"
-    assert radius_plugin.SESSIONS["s-bob"].routes == ("10.20.0.0/16 0.0.0.0 1",)
-    assert [str(r) for r in verdict.routes] == ["10.20.0.0/16"]
+    assert radius_plugin.SESSIONS["s-bob"].routes == ("10.66.0.0/24 0.0.0.0 1",)
+    assert [str(r) for r in verdict.routes] == ["10.66.0.0/24"]
 
 
 def test_framed_route_forms() -> None:
@@ -235,8 +235,12 @@ def test_a_client_connects_through_radius_gets_its_address_and_is_accounted(
     assert code == 0, records
     [modecfg] = [r for r in records if r["event"] == "modecfg" and r["state"] == "received"]
     assert modecfg["address"] == "10.99.0.42", modecfg  # Framed-IP-Address, not the pool's
-    quick = {r["name"] for r in records if r["event"] == "quick" and r["state"] == "established"}
-    assert "eng" in quick  # the Class "eng" decided the policies
+    up = {r["name"]: r for r in records if r["event"] == "quick" and r["state"] == "established"}
+    assert "eng" in up  # the Class "eng" decided the policies
+    # Framed-Route 10.66.0.0/24 (a network behind bob): one more SA per policy, from it
+    for name in ("intranet", "mail", "eng"):
+        routed = up[f"{name} <- 10.66.0.0/24"]
+        assert routed["local_ts"].startswith("10.66.0.0/24") and routed["remote_ts"] == up[name]["remote_ts"]
     detail = radius.wait_for_detail("Acct-Status-Type = Start", "Acct-Status-Type = Stop")
     assert "Acct-Status-Type = Start" in detail and "Acct-Status-Type = Stop" in detail, detail
     assert 'User-Name = "bob"' in detail and "Framed-IP-Address = 10.99.0.42" in detail
