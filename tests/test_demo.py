@@ -165,6 +165,9 @@ def test_a_failed_step_is_named_and_still_cleaned_up() -> None:
         timeout=60,
     )
     assert out.returncode == 1
-    assert out.stderr.rstrip().endswith("demo: FAILED at step 'gateway': no 'gateway ready' within 0.05 s")
+    # the step that runs out of time is the gateway's: usually its 'gateway ready' wait, on a
+    # loaded machine already the forwarding command before it (the same limit applies to both)
+    last = out.stderr.rstrip().splitlines()[-1]
+    assert re.fullmatch(r"demo: FAILED at step 'gateway': .+ within 0\.05 s", last), out.stderr
     [tag] = set(re.findall(r"namespace (tvm[0-9a-f]{6})c:", out.stdout))
     assert f"checked: no namespace, link or process named {tag}* is left" in out.stdout

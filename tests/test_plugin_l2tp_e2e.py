@@ -308,3 +308,41 @@ def test_a_gateway_that_stops_tells_the_client_through_l2tp_and_ike(net: Net) ->
     # nothing left behind on either side
     assert "tvl2tp" not in run_in(net.client, ["ip", "-o", "link"]).stdout
     assert "tvlns" not in run_in(net.gateway, ["ip", "-o", "link"]).stdout
+
+
+def test_a_reload_that_restarts_the_lns_is_followed_by_the_client(net: Net) -> None:
+    """An admin changes ``[plugin.l2tp]``: the gateway restarts its LNS (its sessions end with
+    StopCCN); the client, whose SAs are still up, sets L2TP and PPP up again by itself."""
+    gw = start_gateway(net, "chap")
+    cl, log = start_client(net)
+    try:
+        wait_ppp_up(cl, log)
+        assert ping(net, "10.78.1.10", count=1).returncode == 0
+        (net.tmp / "gateway.toml").write_text(
+            GATEWAY_TOML.format(auth="pap").replace("hello = 2", "hello = 3")
+        )
+        reload = run_tunvpn(net.gateway, ["reload", "--socket", str(net.tmp / "gw.sock")])
+        assert reload.returncode == 0, reload.stdout + reload.stderr
+        try:
+            wait_for(lambda: len(records(log, "ppp", "up")) >= 2 or cl.poll() is not None, 40, "PPP up again")
+        except TimeoutError:
+            raise TimeoutError(f"no second PPP session; client log:\n{read_text(log)[-4000:]}") from None
+        assert cl.poll() is None, read_text(log)[-4000:]
+        [again] = records(log, "l2tp", "reconnecting")[:1]
+        assert "StopCCN" in again["message"] or "Terminate-Request" in again["message"], again
+        assert "try 1 of 5" in again["message"], again
+        second = records(log, "ppp", "up")[-1]
+        assert second["auth"] == "pap" and second["networks"] == ["10.78.1.0/24"]
+        result = ping(net, "10.78.1.10")
+        assert result.returncode == 0, f"after the reconnect: {result.stdout}{result.stderr}"
+        # the IPsec side never went down: the same two SAs, no second phase 1
+        assert len(records(log, "phase1", "established")) == 1
+        st = json.loads(
+            run_tunvpn(net.client, ["status", "--socket", str(net.tmp / "client.sock"), "--json"]).stdout
+        )
+        [tunnel] = st["tunnels"]
+        assert tunnel["protocols"][0]["state"] == "up", tunnel
+    finally:
+        stop_process(cl)
+        stop_process(gw)
+    assert "tvl2tp" not in run_in(net.client, ["ip", "-o", "link"]).stdout

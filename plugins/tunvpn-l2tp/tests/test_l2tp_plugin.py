@@ -119,3 +119,39 @@ def test_the_client_side_derives_the_same_policy() -> None:
 def test_a_malformed_announcement_is_a_clear_error(params: tuple) -> None:
     with pytest.raises(L2tpConfigError, match="announcement"):
         parse_announcement(ExtraProtocol("l2tp", params))
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"tunn": "x"}, "unknown key 'tunn'"),
+        ({"reconnect": "yes"}, "reconnect must be true or false"),
+        ({"reconnect_attempts": 0}, "reconnect_attempts must be a whole number"),
+        ({"reconnect_attempts": True}, "reconnect_attempts must be a whole number"),
+        ({"password_file": ""}, "password_file must be a non-empty string"),
+    ],
+)
+def test_bad_client_settings_name_the_key(table: dict, message: str) -> None:
+    with pytest.raises(L2tpConfigError, match=message):
+        plugin.client_settings(table)
+    protocol = ExtraProtocol("l2tp", (("exchange", "l2tp"), ("server", "10.78.9.1")))
+    with pytest.raises(L2tpConfigError, match=message):  # before Quick Mode, not after it
+        plugin.tunvpn_client_protocol(protocol, {"l2tp": table})
+
+
+def test_reconnect_only_after_a_session_was_up_with_growing_delays() -> None:
+    from tunvpn_l2tp.lac import Reconnect
+
+    policy = Reconnect(attempts=3, max_delay=3.0)
+    assert policy.delay(False, "L2TP/PPP not up after 30 s") is None  # the first set-up: no retry
+    assert policy.delay(True, "the L2TP tunnel was closed (StopCCN)") == 1.0
+    assert policy.delay(False, "L2TP/PPP not up after 30 s") == 2.0
+    assert policy.delay(False, "L2TP/PPP not up after 30 s") == 3.0  # capped
+    assert policy.delay(False, "L2TP/PPP not up after 30 s") is None  # three tries in a row failed
+    # up again: the count starts over
+    policy = Reconnect(attempts=3)
+    assert policy.delay(True, "PPP went down: x") == 1.0
+    assert policy.delay(True, "PPP went down: x") == 1.0
+    # a refused password is not retried; reconnect = false never retries
+    assert Reconnect().delay(True, "PPP authentication failed: bad") is None
+    assert Reconnect(attempts=0).delay(True, "the L2TP tunnel was closed") is None

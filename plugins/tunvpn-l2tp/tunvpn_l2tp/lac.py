@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunvpn.plugins import ClientSession
@@ -254,8 +255,41 @@ class Lac:
             self._control(self.tunnel.close(now))
 
 
+@dataclass
+class Reconnect:
+    """When to set the L2TP session up again after it went down (the SAs are still up).
+
+    The first set-up is not retried: its failure (no LNS, wrong PPP password) is the user's
+    answer. Once a session has been up, losing it (an LNS restart on a gateway reload, a lost
+    tunnel) is retried after 1, 2, 4, ... seconds (at most :attr:`max_delay`); ``attempts``
+    set-ups in a row that do not come up end it. A PPP authentication failure is never retried
+    (the password was changed: asking again is the user's call)."""
+
+    attempts: int = 5
+    max_delay: float = 30.0
+    failures: int = 0
+
+    def delay(self, was_up: bool, failure: str) -> float | None:
+        """Seconds to wait before the next try, or ``None``: give up with ``failure``."""
+        if self.attempts <= 0 or failure.startswith("PPP authentication failed"):
+            return None
+        if was_up:
+            self.failures = 0
+        elif self.failures == 0:
+            return None  # never up since the start (or since the last give-up): not ours to retry
+        self.failures += 1
+        if self.failures > self.attempts:
+            return None
+        return min(self.max_delay, 2.0 ** (self.failures - 1))
+
+
 async def run_lac(session: ClientSession, announced: Announced, settings: dict[str, Any]) -> None:
-    """``tunvpn_client_protocol``'s run: the whole L2TP client, until cancelled."""
+    """``tunvpn_client_protocol``'s run: the whole L2TP client, until cancelled.
+
+    The credentials are gathered once; a session that goes down after it was up is set up
+    again as :class:`Reconnect` says (each try is a new control connection, session and PPP)."""
+    attempts = int(settings.get("reconnect_attempts", 5)) if settings.get("reconnect", True) else 0
+    policy = Reconnect(attempts=attempts)
     user = settings.get("user") or session.user
     if not user:
         raise L2tpFailed("PPP needs a user name: set user in the profile (or in [plugin.l2tp])")
@@ -270,4 +304,19 @@ async def run_lac(session: ClientSession, announced: Announced, settings: dict[s
     if settings.get("secret_file"):
         secret = read_private_file(str(settings["secret_file"]), "L2TP tunnel secret").strip().encode()
     tun_name = str(settings.get("tun", "tvl2tp%d"))
-    await Lac(session, announced, user, password, secret, tun_name).run()
+    while True:
+        lac = Lac(session, announced, user, password, secret, tun_name)
+        try:
+            await lac.run()
+            return
+        except L2tpFailed as exc:
+            delay = policy.delay(lac.ip_up, str(exc))
+            if delay is None:
+                raise
+            log.warning("%s: setting L2TP up again in %.0f s", exc, delay)
+            session.report(
+                "l2tp",
+                f"{exc}: reconnecting in {delay:.0f} s (try {policy.failures} of {policy.attempts})",
+                state="reconnecting",
+            )
+        await asyncio.sleep(delay)

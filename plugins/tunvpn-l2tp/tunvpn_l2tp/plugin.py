@@ -21,7 +21,8 @@ answers go through the gateway's login plugins (``users_file``, RADIUS, ...), as
 ``CredentialRequest(via="ppp")``.
 
 Client (``plugins = ["l2tp"]`` in the profile; optional ``[plugin.l2tp]`` with ``tun``,
-``secret_file``, ``user``/``password_file`` when PPP needs other credentials than XAUTH):
+``secret_file``, ``user``/``password_file`` when PPP needs other credentials than XAUTH,
+``reconnect = false`` or ``reconnect_attempts`` to change how a lost session is set up again):
 ``tunvpn_client_protocol`` adds the UDP 1701 SA to the Quick Mode set and, once it is up,
 runs the LAC (:mod:`tunvpn_l2tp.lac`): the control connection, one session, PPP, and a TUN
 device carrying IP between the kernel and the session.
@@ -204,6 +205,29 @@ def parse_announcement(protocol: ExtraProtocol) -> Announced:
     return Announced(address, port, networks, mtu, dict(protocol.params))
 
 
+CLIENT_KEYS = ("tun", "secret_file", "user", "password_file", "reconnect", "reconnect_attempts")
+
+
+def client_settings(table: dict[str, Any]) -> dict[str, Any]:
+    """``[plugin.l2tp]`` of the profile, checked key by key (all keys optional)."""
+    unknown = sorted(set(table) - set(CLIENT_KEYS))
+    if unknown:
+        raise L2tpConfigError(
+            f"[plugin.l2tp] of the profile: unknown key {unknown[0]!r} (known: {', '.join(CLIENT_KEYS)})"
+        )
+    for key in ("tun", "secret_file", "user", "password_file"):
+        if key in table and not (isinstance(table[key], str) and table[key]):
+            raise L2tpConfigError(f"[plugin.l2tp] {key} must be a non-empty string, not {table[key]!r}")
+    if not isinstance(table.get("reconnect", True), bool):
+        raise L2tpConfigError(f"[plugin.l2tp] reconnect must be true or false, not {table['reconnect']!r}")
+    attempts = table.get("reconnect_attempts", 5)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 1000:
+        raise L2tpConfigError(
+            f"[plugin.l2tp] reconnect_attempts must be a whole number 1-1000, not {attempts!r}"
+        )
+    return dict(table)
+
+
 # --------------------------------------------------------------------------- gateway hooks
 
 
@@ -241,7 +265,7 @@ def tunvpn_client_protocol(
     if protocol.name != NAME or protocol.param("exchange") != "l2tp":
         return None
     announced = parse_announcement(protocol)
-    own = dict(settings.get(NAME, {}))
+    own = client_settings(dict(settings.get(NAME, {})))
 
     async def run(session: ClientSession) -> None:
         from tunvpn_l2tp.lac import run_lac
@@ -255,6 +279,7 @@ __all__ = [
     "Announced",
     "L2tpConfigError",
     "LnsSettings",
+    "client_settings",
     "l2tp_policy",
     "lns_settings",
     "parse_announcement",
