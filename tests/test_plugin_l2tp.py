@@ -27,7 +27,6 @@ pytest.importorskip("tunvpn_l2tp", reason="pip install -e plugins/tunvpn-l2tp")
 
 from tunvpn_l2tp.control import (
     Acked,
-    MessageType,
     Output,
     Received,
     SessionClosed,
@@ -36,6 +35,9 @@ from tunvpn_l2tp.control import (
     TunnelClosed,
     TunnelEstablished,
     TunnelState,
+)
+from tunvpn_l2tp.message import (
+    MessageType,
 )
 
 XL2TPD = "/usr/sbin/xl2tpd"

@@ -15,6 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tunvpn_l2tp.control import (
     Acked,
+    SessionClosed,
+    SessionEstablished,
+    Tunnel,
+    TunnelClosed,
+    TunnelEstablished,
+    TunnelState,
+)
+from tunvpn_l2tp.message import (
     Avp,
     AvpType,
     ControlMessage,
@@ -23,12 +31,6 @@ from tunvpn_l2tp.control import (
     MessageType,
     MissingAvp,
     NotControl,
-    SessionClosed,
-    SessionEstablished,
-    Tunnel,
-    TunnelClosed,
-    TunnelEstablished,
-    TunnelState,
     UnknownMessageType,
     decode,
     encode,

@@ -1,4 +1,4 @@
-"""tunvpn_l2tp.control, LNS side: our LAC ``Tunnel`` against our ``Lns`` in memory, the data
+"""tunvpn_l2tp.dispatch and .control, LNS side: our LAC ``Tunnel`` against our ``Lns`` in memory, the data
 message codec, HELLO keepalives, tunnel authentication, the dispatcher's limits, fuzzing; and
 real xl2tpd 1.3.18 as the LAC against our ``Lns`` over UDP on 127.0.0.1.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib
 import os
 import random
 import shutil
@@ -22,32 +23,35 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import tunvpn_l2tp.control
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tunvpn_l2tp.control import (
-    Address,
-    Avp,
-    AvpType,
-    CdnResult,
-    ControlMessage,
     Event,
-    L2tpError,
-    Lns,
-    LnsEvent,
-    LnsOutput,
-    MalformedHeader,
-    MessageType,
-    NotData,
     Output,
     SessionClosed,
     SessionEstablished,
     SessionState,
-    StopCcnResult,
     Tunnel,
     TunnelClosed,
     TunnelEstablished,
     TunnelState,
+)
+from tunvpn_l2tp.dispatch import (
+    Address,
+    Lns,
+    LnsEvent,
+    LnsOutput,
+)
+from tunvpn_l2tp.message import (
+    Avp,
+    AvpType,
+    CdnResult,
+    ControlMessage,
+    L2tpError,
+    MalformedHeader,
+    MessageType,
+    NotData,
+    StopCcnResult,
     challenge_response,
     decode,
     decode_data,
@@ -697,9 +701,12 @@ def test_lns_receive_random_messages_never_raises(
 # ------------------------------------------------------------------ the core stays sans-I/O
 
 
-def test_control_module_imports_no_io() -> None:
+@pytest.mark.parametrize("module", ["message", "control", "dispatch", "pppframe", "ppp"])
+def test_core_modules_import_no_io(module: str) -> None:
+    """The sans-I/O cores import no sockets, event loops, threads, processes or clocks."""
     forbidden = {"socket", "asyncio", "threading", "select", "selectors", "subprocess", "time"}
-    tree = ast.parse(Path(tunvpn_l2tp.control.__file__).read_text())
+    path = Path(importlib.import_module(f"tunvpn_l2tp.{module}").__file__ or "")
+    tree = ast.parse(path.read_text())
     imported = {
         alias.name.split(".")[0]
         for node in ast.walk(tree)
@@ -711,7 +718,8 @@ def test_control_module_imports_no_io() -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
     }
-    assert not imported & forbidden
+    assert imported, path  # the walk found the imports at all
+    assert not imported & forbidden, f"{path}: {sorted(imported & forbidden)}"
 
 
 # ------------------------------------------------------------------ interop: xl2tpd as the LAC

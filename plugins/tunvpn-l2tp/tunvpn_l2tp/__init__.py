@@ -1,1 +1,6 @@
-"""L2TP (RFC 2661) for tunvpn: so far the sans-I/O control-connection core (tunvpn_l2tp.control)."""
+"""L2TP (RFC 2661) with userspace PPP for tunvpn.
+
+Sans-I/O cores: :mod:`.message` (L2TP codec), :mod:`.control` (one control connection),
+:mod:`.dispatch` (the gateway's many tunnels), :mod:`.pppframe` (PPP codec), :mod:`.ppp` (the
+PPP link). asyncio shells: :mod:`.lns` (gateway), :mod:`.lac` (client). Hooks: :mod:`.plugin`.
+"""

@@ -30,6 +30,8 @@ from tunvpn_l2tp.control import (
     Tunnel,
     TunnelClosed,
     TunnelEstablished,
+)
+from tunvpn_l2tp.message import (
     decode_data,
     is_control,
 )

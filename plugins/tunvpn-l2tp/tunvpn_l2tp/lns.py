@@ -2,7 +2,7 @@
 
 One UDP socket on ``server:port`` (an address of the gateway that clients reach through the
 SA for UDP 1701), one TUN device for the IP packets of every PPP session. The control
-connections are :class:`tunvpn_l2tp.control.Lns`; each session runs :class:`tunvpn_l2tp.ppp.Ppp`
+connections are :class:`tunvpn_l2tp.dispatch.Lns`; each session runs :class:`tunvpn_l2tp.ppp.Ppp`
 as the authenticator. PPP PAP/CHAP answers are decided by the gateway's login plugins
 (``context.verify``); the peer gets an address from ``pool``. A packet from a session whose
 source is not the session's address is dropped (and counted), so a client cannot spoof
@@ -26,12 +26,16 @@ from tunvpn.shell.credentials import read_private_file
 from tunvpn.tunnel import off_loop
 from tunvpn_l2tp import ppp as pppmod
 from tunvpn_l2tp.control import (
-    Lns,
-    LnsOutput,
     SessionClosed,
     SessionEstablished,
     TunnelClosed,
     TunnelEstablished,
+)
+from tunvpn_l2tp.dispatch import (
+    Lns,
+    LnsOutput,
+)
+from tunvpn_l2tp.message import (
     decode_data,
     is_control,
 )

@@ -1,7 +1,8 @@
 """Sans-I/O userspace PPP for L2TP sessions: LCP, PAP/CHAP-MD5, IPCP.
 
 No sockets, threads or clocks: the caller passes frames and ``now`` (seconds, any monotonic
-origin) in and gets frames and events out, as in :mod:`tunvpn_l2tp.control`.
+origin) in and gets frames and events out, as in :mod:`tunvpn_l2tp.control`;
+the frame and packet codec is :mod:`tunvpn_l2tp.pppframe`.
 
 * framing: each L2TP data message carries one PPP frame (RFC 2661 section 4); we send
   ``FF 03`` + 2-octet protocol + information (synchronous, no flags/escaping/FCS) and accept
@@ -35,40 +36,46 @@ rechallenges by the server (a client answers them), and authenticating ourselves
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+from tunvpn_l2tp.pppframe import (
+    ANY_ADDRESS,
+    DEFAULT_MRU,
+    IP_FRAME_HEADER,
+    MIN_MRU,
+    AuthMethod,
+    ChapCode,
+    Code,
+    IpcpOption,
+    LcpOption,
+    MalformedPacket,
+    Option,
+    Packet,
+    PapCode,
+    PppError,
+    PppUsageError,
+    Protocol,
+    auth_method,
+    auth_option,
+    chap_md5_response,
+    decapsulate,
+    decode_frame,
+    decode_options,
+    encode_frame,
+    encode_options,
+    length_prefixed,
+    message_text,
+)
+
 __all__ = [
-    "Protocol",
-    "Code",
-    "LcpOption",
-    "IpcpOption",
-    "PapCode",
-    "ChapCode",
-    "CHAP_MD5",
     "Role",
-    "AuthMethod",
     "Phase",
     "State",
-    "PppError",
-    "MalformedFrame",
-    "MalformedPacket",
-    "PppUsageError",
-    "Packet",
-    "decode_frame",
-    "encode_frame",
-    "decode_options",
-    "encode_options",
-    "encapsulate_ip",
-    "decapsulate",
-    "chap_md5_response",
-    "verify_chap_md5",
     "Event",
     "LinkUp",
     "LinkDown",
@@ -87,95 +94,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class Protocol(enum.IntEnum):
-    """PPP protocol field values (IANA "PPP DLL Protocol Numbers")."""
-
-    IPV4 = 0x0021  # RFC 1332
-    IPV6 = 0x0057  # RFC 5072
-    IPCP = 0x8021  # RFC 1332
-    IPV6CP = 0x8057  # RFC 5072
-    CCP = 0x80FD  # RFC 1962
-    LCP = 0xC021  # RFC 1661
-    PAP = 0xC023  # RFC 1334
-    CHAP = 0xC223  # RFC 1994
-
-
-class Code(enum.IntEnum):
-    """LCP packet codes (RFC 1661 section 5, RFC 1570); IPCP uses 1-7 (RFC 1332 section 2)."""
-
-    CONFIGURE_REQUEST = 1
-    CONFIGURE_ACK = 2
-    CONFIGURE_NAK = 3
-    CONFIGURE_REJECT = 4
-    TERMINATE_REQUEST = 5
-    TERMINATE_ACK = 6
-    CODE_REJECT = 7
-    PROTOCOL_REJECT = 8
-    ECHO_REQUEST = 9
-    ECHO_REPLY = 10
-    DISCARD_REQUEST = 11
-    IDENTIFICATION = 12  # RFC 1570
-    TIME_REMAINING = 13  # RFC 1570
-
-
-class LcpOption(enum.IntEnum):
-    """LCP configuration options (RFC 1661 section 6, RFC 1662 section 7.1)."""
-
-    MRU = 1
-    ACCM = 2  # RFC 1662: async only; accepted and ignored on our synchronous link
-    AUTH_PROTOCOL = 3
-    QUALITY_PROTOCOL = 4
-    MAGIC_NUMBER = 5
-    PFC = 7  # Protocol-Field-Compression
-    ACFC = 8  # Address-and-Control-Field-Compression
-
-
-class IpcpOption(enum.IntEnum):
-    """IPCP configuration options (RFC 1332 section 3, RFC 1877)."""
-
-    IP_ADDRESSES = 1  # deprecated
-    IP_COMPRESSION_PROTOCOL = 2
-    IP_ADDRESS = 3
-    PRIMARY_DNS = 129  # RFC 1877
-    PRIMARY_NBNS = 130
-    SECONDARY_DNS = 131
-    SECONDARY_NBNS = 132
-
-
-class PapCode(enum.IntEnum):
-    """RFC 1334 section 2.2."""
-
-    AUTHENTICATE_REQUEST = 1
-    AUTHENTICATE_ACK = 2
-    AUTHENTICATE_NAK = 3
-
-
-class ChapCode(enum.IntEnum):
-    """RFC 1994 section 4."""
-
-    CHALLENGE = 1
-    RESPONSE = 2
-    SUCCESS = 3
-    FAILURE = 4
-
-
-CHAP_MD5 = 5  # RFC 1994 section 3: the Algorithm octet of the Authentication-Protocol option
-
-ADDRESS_CONTROL = b"\xff\x03"
-IP_FRAME_HEADER = b"\xff\x03\x00\x21"
-DEFAULT_MRU = 1500
-MIN_MRU = 128  # as pppd: a smaller MRU from the peer is Nak'd up to this
-ANY_ADDRESS = IPv4Address(0)
-
-
 class Role(enum.Enum):
     CLIENT = "client"  # the peer being authenticated; learns its address through IPCP
     SERVER = "server"  # the authenticator; assigns the peer's address
-
-
-class AuthMethod(enum.StrEnum):
-    CHAP = "chap"  # CHAP with MD5 (RFC 1994)
-    PAP = "pap"  # RFC 1334
 
 
 class Phase(enum.Enum):
@@ -249,142 +170,6 @@ TRANSITIONS = _parse_state_table(_STATE_TABLE)
 _TIMER_STATES = frozenset({State.CLOSING, State.STOPPING, State.REQ_SENT, State.ACK_RCVD, State.ACK_SENT})
 # The states in which our Configure-Request is out or agreed, and the peer's answers count.
 _NEGOTIATING = frozenset({State.REQ_SENT, State.ACK_RCVD, State.ACK_SENT, State.OPENED})
-
-
-# ------------------------------------------------------------------ errors
-
-
-class PppError(ValueError):
-    """Malformed or unacceptable PPP input from the peer (dropped and counted by receive())."""
-
-
-class MalformedFrame(PppError):
-    pass
-
-
-class MalformedPacket(PppError):
-    pass
-
-
-class PppUsageError(RuntimeError):
-    """The API was misused (a local error: raised)."""
-
-
-# ------------------------------------------------------------------ codec
-
-Option = tuple[int, bytes]  # (type, value without the type and length octets)
-
-
-@dataclass(frozen=True)
-class Packet:
-    """A control packet: LCP/IPCP (RFC 1661 section 5), PAP or CHAP share this header."""
-
-    code: int
-    identifier: int
-    data: bytes = b""
-
-    def encode(self) -> bytes:
-        return struct.pack("!BBH", self.code, self.identifier, 4 + len(self.data)) + self.data
-
-    @classmethod
-    def decode(cls, info: bytes) -> Packet:
-        """Octets beyond the Length field are padding and ignored (RFC 1661 section 5)."""
-        if len(info) < 4:
-            raise MalformedPacket(f"{len(info)} octets, header needs 4")
-        code, identifier, length = struct.unpack("!BBH", info[:4])
-        if length < 4 or length > len(info):
-            raise MalformedPacket(f"length field {length} for {len(info)} octets")
-        return cls(code, identifier, bytes(info[4:length]))
-
-
-def encode_frame(protocol: int, information: bytes) -> bytes:
-    """Full address/control and protocol fields: we never compress them."""
-    return ADDRESS_CONTROL + struct.pack("!H", protocol) + information
-
-
-def decode_frame(frame: bytes) -> tuple[int, bytes]:
-    """(protocol, information) of a frame with or without FF 03, with a 1- or 2-octet protocol."""
-    pos = 0
-    if frame[:1] == b"\xff":
-        if frame[1:2] != b"\x03":
-            raise MalformedFrame("address 0xff without control 0x03")
-        pos = 2
-    if len(frame) <= pos:
-        raise MalformedFrame("no protocol field")
-    first = frame[pos]
-    if first & 1:  # RFC 1661 section 6.5: a compressed (1-octet) protocol field
-        return first, bytes(frame[pos + 1 :])
-    if len(frame) < pos + 2 or not frame[pos + 1] & 1:
-        raise MalformedFrame("protocol field must end with an odd octet")
-    return (first << 8) | frame[pos + 1], bytes(frame[pos + 2 :])
-
-
-def encapsulate_ip(packet: bytes) -> bytes:
-    """An IPv4 packet as a PPP frame (no state check; see Ppp.send_ip)."""
-    return IP_FRAME_HEADER + packet
-
-
-def decapsulate(frame: bytes) -> bytes | None:
-    """The IPv4 packet in a data frame, or None for any other frame (no state check)."""
-    if frame[:4] == IP_FRAME_HEADER:
-        return frame[4:]
-    rest = frame[2:] if frame[:2] == ADDRESS_CONTROL else frame
-    if rest[:1] == b"\x21":
-        return rest[1:]
-    if rest[:2] == b"\x00\x21":
-        return rest[2:]
-    return None
-
-
-def decode_options(data: bytes) -> list[Option]:
-    """Raise MalformedPacket unless the option lengths add up exactly (RFC 1661 section 6)."""
-    options: list[Option] = []
-    pos = 0
-    while pos < len(data):
-        if len(data) - pos < 2 or data[pos + 1] < 2 or pos + data[pos + 1] > len(data):
-            raise MalformedPacket(f"option at offset {pos} does not fit")
-        options.append((data[pos], bytes(data[pos + 2 : pos + data[pos + 1]])))
-        pos += data[pos + 1]
-    return options
-
-
-def encode_options(options: Iterable[Option]) -> bytes:
-    return b"".join(bytes((kind, 2 + len(value))) + value for kind, value in options)
-
-
-def chap_md5_response(identifier: int, secret: bytes | str, challenge: bytes) -> bytes:
-    """RFC 1994 section 4.1: MD5(Identifier || secret || Challenge)."""
-    if isinstance(secret, str):
-        secret = secret.encode()
-    return hashlib.md5(bytes((identifier & 0xFF,)) + secret + challenge).digest()
-
-
-def verify_chap_md5(identifier: int, secret: bytes | str, challenge: bytes, response: bytes) -> bool:
-    return hmac.compare_digest(chap_md5_response(identifier, secret, challenge), response)
-
-
-def _auth_option(method: AuthMethod) -> Option:
-    if method is AuthMethod.CHAP:
-        return LcpOption.AUTH_PROTOCOL, struct.pack("!HB", Protocol.CHAP, CHAP_MD5)
-    return LcpOption.AUTH_PROTOCOL, struct.pack("!H", Protocol.PAP)
-
-
-def _auth_method(value: bytes) -> AuthMethod | None:
-    if value == struct.pack("!HB", Protocol.CHAP, CHAP_MD5):
-        return AuthMethod.CHAP
-    if value == struct.pack("!H", Protocol.PAP):
-        return AuthMethod.PAP
-    return None
-
-
-def _length_prefixed(data: bytes, pos: int) -> tuple[bytes, int]:
-    if pos >= len(data) or pos + 1 + data[pos] > len(data):
-        raise MalformedPacket("length-prefixed field does not fit")
-    return data[pos + 1 : pos + 1 + data[pos]], pos + 1 + data[pos]
-
-
-def _message(data: bytes) -> str:
-    return data.decode("utf-8", "replace")
 
 
 # ------------------------------------------------------------------ events and output
@@ -723,7 +508,7 @@ class _Lcp(_Automaton):
         if self.want_mru is not None:
             options.append((LcpOption.MRU, struct.pack("!H", self.want_mru)))
         if self.want_auth is not None:
-            options.append(_auth_option(self.want_auth))
+            options.append(auth_option(self.want_auth))
         if self.want_magic is not None:
             options.append((LcpOption.MAGIC_NUMBER, struct.pack("!I", self.want_magic)))
         return options
@@ -749,10 +534,10 @@ class _Lcp(_Automaton):
                 return _NAK, struct.pack("!I", ppp._new_magic())
             return _ACK, value
         if kind == LcpOption.AUTH_PROTOCOL and ppp.role is Role.CLIENT and len(value) >= 2:
-            if _auth_method(value) in ppp.auth:
+            if auth_method(value) in ppp.auth:
                 return _ACK, value
             if ppp.auth:  # e.g. MS-CHAPv2 or CHAP-SHA1: suggest what we can do
-                return _NAK, _auth_option(ppp.auth[0])[1]
+                return _NAK, auth_option(ppp.auth[0])[1]
         return _REJ, value  # unknown, wrong length, PFC/ACFC, or asking the server to authenticate
 
     def accept_request(self, options: list[Option]) -> None:
@@ -763,7 +548,7 @@ class _Lcp(_Automaton):
             if kind == LcpOption.MRU:
                 ppp.peer_mru = struct.unpack("!H", value)[0]
             elif kind == LcpOption.AUTH_PROTOCOL:
-                ppp.peer_auth = _auth_method(value)
+                ppp.peer_auth = auth_method(value)
             elif kind == LcpOption.MAGIC_NUMBER:
                 ppp.peer_magic = struct.unpack("!I", value)[0]
 
@@ -777,7 +562,7 @@ class _Lcp(_Automaton):
             elif kind == LcpOption.MAGIC_NUMBER and self.want_magic is not None:
                 self.want_magic = self.ppp._new_magic()
             elif kind == LcpOption.AUTH_PROTOCOL and self.want_auth is not None:
-                suggested = _auth_method(value)
+                suggested = auth_method(value)
                 if suggested in self.ppp.auth:  # RFC 1661 6.2: switch to another we allow
                     self.want_auth = suggested
 
@@ -795,7 +580,7 @@ class _Lcp(_Automaton):
         if packet.code == Code.TERMINATE_REQUEST and self.state is State.OPENED:
             reason = "the peer sent Terminate-Request"
             self.ppp.phase = Phase.TERMINATE
-            self.ppp._report_down(f"{reason}: {_message(packet.data)}" if packet.data else reason)
+            self.ppp._report_down(f"{reason}: {message_text(packet.data)}" if packet.data else reason)
         super().receive(packet, now)
 
     def gave_up(self, reason: str) -> None:
@@ -1230,8 +1015,8 @@ class Ppp:
             if packet.code != PapCode.AUTHENTICATE_REQUEST:
                 self.stats.unexpected += 1
                 return
-            user, pos = _length_prefixed(packet.data, 0)
-            password, _ = _length_prefixed(packet.data, pos)
+            user, pos = length_prefixed(packet.data, 0)
+            password, _ = length_prefixed(packet.data, pos)
             if self._auth_answer is not None:  # our Ack/Nak was lost: repeat it (RFC 1334 2.2.1)
                 self._send_auth_answer(packet.identifier)
             elif not self._auth_pending:
@@ -1251,8 +1036,8 @@ class Ppp:
             if packet.code not in (PapCode.AUTHENTICATE_ACK, PapCode.AUTHENTICATE_NAK):
                 self.stats.unexpected += 1
                 return
-            message, _ = _length_prefixed(packet.data, 0) if packet.data else (b"", 0)
-            self._client_verdict(packet.code == PapCode.AUTHENTICATE_ACK, _message(message), now)
+            message, _ = length_prefixed(packet.data, 0) if packet.data else (b"", 0)
+            self._client_verdict(packet.code == PapCode.AUTHENTICATE_ACK, message_text(message), now)
         else:
             self.stats.unexpected += 1
 
@@ -1264,7 +1049,7 @@ class Ppp:
             if packet.identifier != self._auth_identifier:
                 self.stats.bad_identifier += 1
                 return
-            value, pos = _length_prefixed(packet.data, 0)
+            value, pos = length_prefixed(packet.data, 0)
             if self._auth_answer is not None:  # our Success/Failure was lost: repeat it
                 self._send_auth_answer(packet.identifier)
             elif not self._auth_pending:
@@ -1282,7 +1067,7 @@ class Ppp:
                 )
         elif self.role is Role.CLIENT and self.peer_auth is AuthMethod.CHAP:
             if packet.code == ChapCode.CHALLENGE:
-                challenge, _ = _length_prefixed(packet.data, 0)
+                challenge, _ = length_prefixed(packet.data, 0)
                 response = chap_md5_response(packet.identifier, self._password, challenge)
                 data = bytes((len(response),)) + response + self.user.encode()
                 self._auth_retransmit = Packet(ChapCode.RESPONSE, packet.identifier, data)
@@ -1295,7 +1080,7 @@ class Ppp:
                 if retransmit is None or packet.identifier != retransmit.identifier:
                     self.stats.bad_identifier += 1
                     return
-                self._client_verdict(packet.code == ChapCode.SUCCESS, _message(packet.data), now)
+                self._client_verdict(packet.code == ChapCode.SUCCESS, message_text(packet.data), now)
             else:
                 self.stats.unexpected += 1
         else:
