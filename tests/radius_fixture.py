@@ -123,13 +123,17 @@ def _answers(port: int) -> bool:
         return True
 
 
-def start_freeradius(directory: Path) -> FreeRadius:
+def start_freeradius(directory: Path, netns: str | None = None) -> FreeRadius:
+    """Start FreeRADIUS on 127.0.0.1 of this network namespace, or of ``netns`` (then it is
+    ready once it says so: the port probe below runs in ours)."""
     binary = freeradius_binary()
     assert binary is not None
     auth_port, acct_port = free_udp_port_pair()
     _config(directory, auth_port, acct_port)
     server = FreeRadius(directory, auth_port, acct_port)
     args = [binary, "-f", "-d", str(directory), "-l", "stdout"]
+    if netns is not None:
+        args = ["ip", "netns", "exec", netns, *args]  # ip execs it: the pid is FreeRADIUS's
     if os.environ.get("TUNVPN_RADIUS_DEBUG") == "1":
         args.append("-X")
     server.process = subprocess.Popen(
@@ -151,7 +155,7 @@ def start_freeradius(directory: Path) -> FreeRadius:
             stop_freeradius(server)
             pytest.fail(f"FreeRADIUS did not start:\n{server.log()}", pytrace=False)
         time.sleep(0.05)
-    while not _answers(auth_port):
+    while netns is None and not _answers(auth_port):
         if time.monotonic() > deadline:
             stop_freeradius(server)
             pytest.fail(f"FreeRADIUS does not listen on {auth_port}:\n{server.log()}", pytrace=False)
