@@ -15,7 +15,7 @@ import json
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from test_shell_loopback import CLIENT, free_port_pair, loopback_available
 
 from tunvpn.client import Client, Progress
 from tunvpn.gateway import Gateway
-from tunvpn.plugins import CredentialRequest, GatewayContext, PluginHost, Verdict
+from tunvpn.plugins import CredentialRequest, GatewayContext, PluginHost, Verdict, hookimpl
 
 freeradius_server = radius_fixture.freeradius_server  # the fixtures
 radius = radius_fixture.radius
@@ -202,36 +202,52 @@ def test_replies_without_message_authenticator_are_dropped(
 needs_loopback = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable on this host")
 
 
-@needs_loopback
-def test_a_client_connects_through_radius_gets_its_address_and_is_accounted(
-    radius: FreeRadius, tmp_path: Path
-) -> None:
-    radius_settings = settings(radius, tmp_path, dead_first=True)
+def connect_once(
+    user: str,
+    password: str,
+    gateway_kw: dict,
+    ask_password: Callable[[str], str] | None = None,
+    settle: float = 0.0,
+) -> tuple[int, list[dict]]:
+    """A real gateway (``gateway_options(**gateway_kw)``) and one client over loopback, until
+    the client's SAs are up (or it gives up): its exit code and its JSON progress records."""
 
     async def scenario() -> tuple[int, list[dict]]:
         ike, natt = free_port_pair()
-        gateway = Gateway(
-            gateway_options(
-                ike, natt, RULES, plugins=("radius",), plugin_settings={"radius": radius_settings}
-            )
-        )
+        gateway = Gateway(gateway_options(ike, natt, RULES, **gateway_kw))
         ready = asyncio.Event()
         server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
         await asyncio.wait_for(ready.wait(), 5)
         out = io.StringIO()
         options = dataclasses.replace(
-            client_options(ike, natt, "bob", "b-pass-2718"), exit_after_established=True
+            client_options(ike, natt, user, password),
+            exit_after_established=True,
+            password_prompt=ask_password is not None,
         )
-        client = Client(options, CLIENT, progress=Progress(json_lines=True, out=out))
+        progress = Progress(json_lines=True, out=out)
+        client = Client(options, CLIENT, progress=progress, ask_password=ask_password)
         try:
             code = await asyncio.wait_for(client.run(handle_signals=False), 30)
-            await asyncio.sleep(0.5)  # the client's Delete reaches the gateway
+            await asyncio.sleep(settle)  # e.g. the client's Delete reaches the gateway
         finally:
             gateway.stop()
             await asyncio.wait_for(server, 20)
         return code, [json.loads(line) for line in out.getvalue().splitlines()]
 
-    code, records = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+@needs_loopback
+def test_a_client_connects_through_radius_gets_its_address_and_is_accounted(
+    radius: FreeRadius, tmp_path: Path
+) -> None:
+    radius_settings = settings(radius, tmp_path, dead_first=True)
+    code, records = connect_once(
+        "bob",
+        "b-pass-2718",
+        {"plugins": ("radius",), "plugin_settings": {"radius": radius_settings}},
+        settle=0.5,
+    )
     assert code == 0, records
     [modecfg] = [r for r in records if r["event"] == "modecfg" and r["state"] == "received"]
     assert modecfg["address"] == "10.99.0.42", modecfg  # Framed-IP-Address, not the pool's
@@ -266,34 +282,12 @@ def test_radius_then_otp_chained_on_one_connection(radius: FreeRadius, tmp_path:
         prompts.append(prompt)
         return "4711" + first_code
 
-    async def scenario() -> tuple[int, list[dict]]:
-        ike, natt = free_port_pair()
-        gateway = Gateway(
-            gateway_options(
-                ike,
-                natt,
-                RULES,
-                plugins=("radius", "otp"),
-                plugin_settings={"radius": settings(radius, tmp_path), "otp": {"store": str(store.path)}},
-                protocols=(ExtraProtocol("otp", (("prompt", "PIN + tokencode"),)),),
-            )
-        )
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
-        out = io.StringIO()
-        options = dataclasses.replace(
-            client_options(ike, natt, "bob", "b-pass-2718"), exit_after_established=True, password_prompt=True
-        )
-        client = Client(options, CLIENT, progress=Progress(json_lines=True, out=out), ask_password=ask)
-        try:
-            code = await asyncio.wait_for(client.run(handle_signals=False), 30)
-        finally:
-            gateway.stop()
-            await asyncio.wait_for(server, 20)
-        return code, [json.loads(line) for line in out.getvalue().splitlines()]
-
-    code, records = asyncio.run(scenario())
+    gateway_kw = {
+        "plugins": ("radius", "otp"),
+        "plugin_settings": {"radius": settings(radius, tmp_path), "otp": {"store": str(store.path)}},
+        "protocols": (ExtraProtocol("otp", (("prompt", "PIN + tokencode"),)),),
+    }
+    code, records = connect_once("bob", "b-pass-2718", gateway_kw, ask_password=ask)
     assert code == 0, records
     assert prompts == ["PIN + tokencode [passcode]: "]  # the RADIUS password came from the profile
     states = [(r["event"], r["state"]) for r in records]
@@ -346,3 +340,45 @@ def test_interim_updates_reach_the_server_while_the_client_is_connected(
     detail = radius.wait_for_detail("Acct-Status-Type = Stop")
     assert detail.index("Acct-Status-Type = Start") < detail.index("Acct-Status-Type = Interim-Update")
     assert detail.index("Acct-Status-Type = Interim-Update") < detail.rindex("Acct-Status-Type = Stop")
+
+
+class _Witness:
+    """Sees every credential request first (tryfirst) and leaves the decision to the others."""
+
+    def __init__(self) -> None:
+        self.requests: list[CredentialRequest] = []
+
+    @hookimpl(tryfirst=True)
+    def tunvpn_verify_credentials(self, request: CredentialRequest) -> None:
+        self.requests.append(request)
+
+
+@needs_loopback
+@pytest.mark.parametrize(("password", "accepted"), [("b-pass-2718", True), ("b-pass-wrong", False)])
+def test_xauth_radius_chap_login_the_gateway_never_sees_the_password(
+    radius: FreeRadius, tmp_path: Path, password: str, accepted: bool
+) -> None:
+    """xauth_chap: the gateway asks our client with XAUTH-TYPE RADIUS-CHAP; the client answers
+    with the CHAP response to the gateway's challenge; the radius plugin sends it on as
+    CHAP-Password/CHAP-Challenge and FreeRADIUS, which knows bob's password, decides."""
+    witness = _Witness()
+    gateway_kw = {
+        "plugins": ("radius",),
+        "plugin_objects": (witness,),
+        "plugin_settings": {"radius": settings(radius, tmp_path)},
+        "xauth_chap": True,
+    }
+    code, records = connect_once("bob", password, gateway_kw)
+    [request] = witness.requests
+    assert request.password is None and request.chap is not None  # only the CHAP answer
+    _identifier, challenge, response = request.chap
+    assert len(challenge) == 16 and len(response) == 16
+    assert [r["state"] for r in records if r["event"] == "xauth"][:2] == ["waiting", "chap"]
+    if accepted:
+        assert code == 0, records
+        [modecfg] = [r for r in records if r["event"] == "modecfg" and r["state"] == "received"]
+        assert modecfg["address"] == "10.99.0.42"  # FreeRADIUS accepted the CHAP answer
+    else:
+        assert code != 0
+        failed = [r for r in records if r["event"] == "xauth" and r["state"] == "failed"]
+        assert failed and "Wrong user name or password" in failed[-1]["message"], records

@@ -27,7 +27,7 @@ from cryptography import x509
 from tunvpn.ike import events as ev
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import EngineConfig, PskTable
-from tunvpn.ike.constants import DHGroup
+from tunvpn.ike.constants import DHGroup, XauthType
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.errors import LocalProtocolError, RemoteProtocolError
 from tunvpn.ike.identity import Identity, TrafficSelector
@@ -362,6 +362,19 @@ class Client:
         if self.options.user is None:
             self.fail("xauth", "the gateway asks for XAUTH credentials but no --user was given")
             return
+        if event.xauth_type not in (XauthType.GENERIC, XauthType.RADIUS_CHAP):
+            known = event.xauth_type in set(XauthType)
+            kind = XauthType(event.xauth_type).name if known else str(event.xauth_type)
+            self.fail(
+                "xauth",
+                f"the gateway asks for XAUTH-TYPE {kind} (RFC 2289 one-time passwords), which tunvpn "
+                "does not implement; a gateway can ask for a tokencode with XAUTH-TYPE Generic",
+            )
+            return
+        if event.xauth_type == XauthType.RADIUS_CHAP:
+            self.progress.report(
+                "xauth", "RADIUS-CHAP: the password is answered with a CHAP response", state="chap"
+            )
         self._xauth_rounds += 1
         self._stage_rounds += 1
         secret_fields = [f for f in event.fields if f in ("password", "passcode")]

@@ -162,6 +162,9 @@ class GatewayOptions:
     allow_aggressive_psk: bool = False
     legacy: bool = False
     require_xauth: bool = False
+    xauth_chap: bool = False
+    """Ask tunvpn clients for the login password as a RADIUS-CHAP answer (the gateway never
+    sees it; the users file and the radius plugin check it). Standard clients: Generic."""
     banner: str | None = None
     local_id: Identity | None = None
     force_encap: bool = False
@@ -360,6 +363,7 @@ def build_engine_config(options: GatewayOptions) -> EngineConfig:
         children=child_policies(options, phase1),
         allow_aggressive_psk=options.allow_aggressive_psk,
         require_xauth=options.require_xauth,
+        xauth_chap=options.xauth_chap,
         xauth_available=options.users is not None or bool(options.plugins or options.plugin_objects),
         # ESP runs in userspace over UDP 4500 (RFC 3948): with a data path, always encapsulate
         force_encap=options.force_encap or options.tun is not None,
@@ -707,6 +711,7 @@ class Gateway:
         request = CredentialRequest(
             user=event.user_name,
             password=event.password,
+            chap=event.chap,
             passcode=event.passcode,
             answer=event.answer,
             next_pin=event.next_pin,
@@ -1406,6 +1411,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         allow_aggressive_psk=cfg.allow_aggressive_psk,
         legacy=cfg.legacy,
         require_xauth=cfg.require_xauth,
+        xauth_chap=cfg.xauth_chap,
         banner=cfg.banner,
         local_id=cfg.local_id,
         keylog=cfg.keylog,

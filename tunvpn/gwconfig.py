@@ -640,6 +640,8 @@ class GatewayConfig:
     groups: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     """Group name -> its members' user names."""
     require_xauth: bool = False
+    xauth_chap: bool = False
+    """Ask tunvpn clients for a RADIUS-CHAP answer instead of the login password."""
     allow_aggressive_psk: bool = False
     legacy: bool = False
     phase1: Phase1Policy = field(default_factory=Phase1Policy)
@@ -686,7 +688,7 @@ _TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "pl
 _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
     "require_xauth", "allow_aggressive_psk", "legacy", "tun", "mtu", "keylog", "control_socket", "plugins",
-    "accounting_interval",
+    "accounting_interval", "xauth_chap",
 )  # fmt: skip
 _CERT_KEYS = ("cert", "key", "ca")
 _PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
@@ -806,6 +808,9 @@ def parse_gateway_config(
     require_xauth = gw.flag("require_xauth", users is not None)
     if require_xauth and users is None and not plugins:
         raise gw.error("require_xauth", "XAUTH needs users_file (or an authentication plugin)")
+    xauth_chap = gw.flag("xauth_chap", False)
+    if xauth_chap and not require_xauth:
+        raise gw.error("xauth_chap", "RADIUS-CHAP is a way to run XAUTH: it needs require_xauth")
 
     tun: str | None = "tunvpn%d"
     if "tun" in gw:
@@ -853,6 +858,7 @@ def parse_gateway_config(
         users=users,
         groups=MappingProxyType(groups),
         require_xauth=require_xauth,
+        xauth_chap=xauth_chap,
         allow_aggressive_psk=allow_aggressive_psk,
         legacy=legacy,
         phase1=phase1,

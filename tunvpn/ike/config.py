@@ -109,8 +109,10 @@ class EngineConfig:
     (implied by ``require_xauth``). Without it an XAUTH method offered by a client is skipped."""
     peer_natt_port: int = 4500
     """The peer's NAT-T port that the initiator floats to (RFC 3947 section 4: 4500)."""
-    xauth_type: int = 0
-    """XAUTH-TYPE to request (0 generic)."""
+    xauth_chap: bool = False
+    """Responder: ask tunvpn peers (our vendor ID) for the login password as a RADIUS-CHAP
+    answer (XAUTH-TYPE 1 with an XAUTH-CHALLENGE, docs/protocol.md), so the gateway never
+    sees it; other peers are asked with XAUTH-TYPE Generic, as always."""
     natt: bool = True
     """Announce and use NAT traversal (RFC 3947)."""
     force_encap: bool = False

@@ -88,6 +88,9 @@ class XauthCredentials(Event):
     """XAUTH-ANSWER, the reply to a challenge (never logged)."""
     next_pin: str | None = field(repr=False, default=None)
     """XAUTH-NEXT-PIN (never logged)."""
+    chap: tuple[int, bytes, bytes] | None = field(repr=False, default=None)
+    """A RADIUS-CHAP round's answer instead of ``password``: (CHAP Identifier, the challenge
+    we sent, the 16-octet response), as :class:`tunvpn.plugins.CredentialRequest` takes it."""
 
 
 @dataclass(frozen=True)

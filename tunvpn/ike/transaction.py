@@ -5,6 +5,7 @@ Each message is ``HDR*, HASH, ATTR`` with ``HASH = prf(SKEYID_a, M-ID | ATTR)``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from .constants import (
     ExchangeType,
     NotifyType,
     XauthStatus,
+    XauthType,
 )
 from .errors import LocalProtocolError, RemoteProtocolError
 from .messages import (
@@ -41,6 +43,16 @@ XAUTH_FIELDS = {
 }
 FIELD_ATTR = {v: k for k, v in XAUTH_FIELDS.items()}
 XAUTH_TYPES = frozenset(range(CfgAttr.XAUTH_TYPE, CfgAttr.XAUTH_ANSWER + 1))
+CHAP_CHALLENGE_LEN = 16
+CHAP_PASSWORD_LEN = 17  # RFC 2865 section 5.3: the CHAP Identifier, then the 16-octet response
+
+
+def chap_password(identifier: int, secret: bytes, challenge: bytes) -> bytes:
+    """A RADIUS CHAP-Password (RFC 2865 section 5.3): the CHAP Identifier, then
+    MD5(Identifier || secret || challenge) as RFC 1994 section 4.1 computes it. An XAUTH
+    RADIUS-CHAP answer carries exactly this in XAUTH-USER-PASSWORD (docs/protocol.md)."""
+    ident = bytes((identifier & 0xFF,))
+    return ident + hashlib.md5(ident + secret + challenge).digest()
 
 
 def _text(a: DataAttribute) -> str:
@@ -54,7 +66,11 @@ class TransactionMixin:
     # ------------------------------------------------------------------ Transaction: commands
 
     def _start_xauth(self: IkeEngine, sa: IkeSA, now: float) -> None:
-        self.xauth_request(sa.sa_id, now)
+        if self.config.xauth_chap and sa.tunvpn_peer:
+            challenge = self._random(CHAP_CHALLENGE_LEN)
+            self.xauth_request(sa.sa_id, now, xauth_type=XauthType.RADIUS_CHAP, challenge=challenge)
+        else:
+            self.xauth_request(sa.sa_id, now)
 
     def xauth_request(
         self: IkeEngine,
@@ -63,12 +79,27 @@ class TransactionMixin:
         fields: tuple[str, ...] = ("user_name", "password"),
         message: str | None = None,
         challenge: bytes | None = None,
+        xauth_type: XauthType = XauthType.GENERIC,
     ) -> None:
-        """Gateway: ask the client for credentials (a new round, e.g. for a challenge or next PIN)."""
+        """Gateway: ask the client for credentials (a new round, e.g. for a challenge or next PIN).
+
+        ``xauth_type`` RADIUS_CHAP needs a ``challenge`` and a password among ``fields``: the
+        client answers with :func:`chap_password` instead of the password. Generic rounds carry
+        no challenge (draft-beaulieu-ike-xauth-02 section 6.2); OTP and S/KEY (RFC 2289 style
+        challenges) are not implemented."""
         sa = self.get_sa(sa_id)
+        xauth_type = XauthType(xauth_type)
+        if xauth_type is XauthType.RADIUS_CHAP:
+            if not challenge or "password" not in fields:
+                raise LocalProtocolError("a RADIUS-CHAP round needs a challenge and asks for the password")
+        elif xauth_type is XauthType.GENERIC:
+            if challenge:
+                raise LocalProtocolError("XAUTH-CHALLENGE must not be sent with XAUTH-TYPE Generic")
+        else:
+            raise LocalProtocolError(f"XAUTH-TYPE {xauth_type.name} is not implemented")
         attrs = []
-        if self.config.xauth_type:
-            attrs.append(DataAttribute(CfgAttr.XAUTH_TYPE, self.config.xauth_type))
+        if xauth_type is not XauthType.GENERIC:  # absent means Generic (section 6.2)
+            attrs.append(DataAttribute(CfgAttr.XAUTH_TYPE, int(xauth_type)))
         for name in fields:
             attr = FIELD_ATTR.get(name)
             if attr is None:
@@ -80,7 +111,7 @@ class TransactionMixin:
             attrs.append(DataAttribute(CfgAttr.XAUTH_CHALLENGE, challenge))
         ex = self._new_exchange(sa, "transaction")
         ex.state = "sent-request"
-        ex.data["purpose"] = "xauth"
+        ex.data.update(purpose="xauth", xauth_type=int(xauth_type), challenge=challenge)
         self._send_protected(
             sa,
             ex,
@@ -115,9 +146,13 @@ class TransactionMixin:
             "answer": answer,
             "next_pin": next_pin,
         }
+        xauth_type = int(ex.data.get("xauth_type", 0))  # type: ignore[call-overload]
+        challenge = ex.data.get("challenge")
+        if xauth_type not in (XauthType.GENERIC, XauthType.RADIUS_CHAP):
+            raise LocalProtocolError(f"the gateway asks for XAUTH-TYPE {xauth_type}: not implemented")
         attrs = []
-        if CfgAttr.XAUTH_TYPE in asked:
-            attrs.append(DataAttribute(CfgAttr.XAUTH_TYPE, int(ex.data.get("xauth_type", 0))))  # type: ignore[arg-type]
+        if CfgAttr.XAUTH_TYPE in asked:  # the reply's type is the request's (section 6.2)
+            attrs.append(DataAttribute(CfgAttr.XAUTH_TYPE, xauth_type))
         for attr_type in asked:
             name = XAUTH_FIELDS.get(CfgAttr(attr_type)) if attr_type in XAUTH_TYPES else None
             if name is None or name == "domain":
@@ -125,6 +160,12 @@ class TransactionMixin:
             value = values.get(name)
             if value is None:
                 raise LocalProtocolError(f"the gateway asks for {name}")
+            if name == "password" and xauth_type == XauthType.RADIUS_CHAP:
+                if not isinstance(challenge, bytes) or not challenge:
+                    raise LocalProtocolError("a RADIUS-CHAP request without XAUTH-CHALLENGE")
+                identifier = self._random(1)[0]
+                attrs.append(DataAttribute(attr_type, chap_password(identifier, value.encode(), challenge)))
+                continue
             attrs.append(DataAttribute(attr_type, value.encode()))
         ex.state = "done"
         sa.xauth_user = user_name
@@ -290,7 +331,9 @@ class TransactionMixin:
             )
             xauth_type = values[CfgAttr.XAUTH_TYPE].as_int() if CfgAttr.XAUTH_TYPE in values else 0
             ex.state = "await-user"
-            ex.data.update(asked=types, identifier=attr.identifier, xauth_type=xauth_type)
+            ex.data.update(
+                asked=types, identifier=attr.identifier, xauth_type=xauth_type, challenge=challenge
+            )
             self._events.append(ev.XauthRequested(sa.sa_id, fields, message, challenge, xauth_type))
         elif attr.cfg_type == CfgType.REQUEST:
             if sa.role is Role.INITIATOR and not sa.tunvpn_peer:
@@ -363,15 +406,37 @@ class TransactionMixin:
             values = {a.type: _text(a) for a in attr.attributes if isinstance(a.value, bytes)}
             user = values.get(CfgAttr.XAUTH_USER_NAME, "")
             sa.xauth_user = user
+            password = values.get(CfgAttr.XAUTH_USER_PASSWORD)
+            chap: tuple[int, bytes, bytes] | None = None
+            asked_type = int(ex.data.get("xauth_type", 0))  # type: ignore[call-overload]
+            types = [a for a in attr.attributes if a.type == CfgAttr.XAUTH_TYPE]
+            reply_type = types[0].as_int() if types else XauthType.GENERIC
+            refusal = None
+            if reply_type != asked_type:
+                refusal = f"XAUTH-TYPE {reply_type} in the reply to a type {asked_type} request"
+            elif asked_type == XauthType.RADIUS_CHAP:
+                raw = next((a.value for a in attr.attributes if a.type == CfgAttr.XAUTH_USER_PASSWORD), None)
+                challenge = ex.data.get("challenge")
+                if not isinstance(challenge, bytes):  # pragma: no cover - xauth_request stored it
+                    raise AssertionError("a RADIUS-CHAP round without its challenge")
+                if not isinstance(raw, bytes) or len(raw) != CHAP_PASSWORD_LEN:
+                    refusal = f"a RADIUS-CHAP answer must be {CHAP_PASSWORD_LEN} octets"
+                else:
+                    chap, password = (raw[0], challenge, raw[1:]), None
+            if refusal is not None:
+                log.warning("XAUTH reply of user %r from %s refused: %s", user, sa.remote[0], refusal)
+                self.xauth_verdict(sa.sa_id, now, False, refusal)
+                return
             self._events.append(
                 ev.XauthCredentials(
                     sa.sa_id,
                     sa.remote,
                     user,
-                    values.get(CfgAttr.XAUTH_USER_PASSWORD),
+                    password,
                     values.get(CfgAttr.XAUTH_PASSCODE),
                     values.get(CfgAttr.XAUTH_ANSWER),
                     values.get(CfgAttr.XAUTH_NEXT_PIN),
+                    chap=chap,
                 )
             )
         else:
