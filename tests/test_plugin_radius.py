@@ -3,7 +3,8 @@
 with the server's message, an Access-Challenge round trip, Framed-IP-Address and Class, a
 dead first server failing over, replies without Message-Authenticator dropped (a fake server:
 a negative test of our BlastRADIUS check), and a real gateway + client over loopback whose
-address comes from RADIUS and whose accounting Start and Stop reach FreeRADIUS's detail file."""
+address comes from RADIUS and whose accounting Start and Stop reach FreeRADIUS's detail file;
+an XAUTH RADIUS-CHAP login (the gateway gets only the CHAP answer, FreeRADIUS checks it)."""
 
 from __future__ import annotations
 

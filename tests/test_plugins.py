@@ -554,3 +554,51 @@ def test_a_users_file_checks_chap_answers_in_constant_time() -> None:
     assert not decide("alice", bytes(16)).accepted  # type: ignore[union-attr]
     assert decide("mallory", good) is None  # not ours: the next plugin decides
     assert "a-pass" not in repr(CredentialRequest(user="alice", chap=(7, challenge, good)))
+
+
+class _Blocking:
+    """A synchronous backend that blocks until the event loop lets it go: if the host called
+    it on the loop's thread, nothing could let it go and it would give up (and reject)."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.released = threading.Event()
+
+    @hookimpl
+    def tunvpn_verify_credentials(self, request: CredentialRequest) -> Verdict:
+        self.started.set()
+        return Verdict.accept() if self.released.wait(10) else Verdict.reject("the loop was stalled")
+
+
+class _Waiting:
+    """An asynchronous backend that waits for another task of the same loop."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+
+    @hookimpl
+    async def tunvpn_verify_credentials(self, request: CredentialRequest) -> Verdict:
+        await self.go.wait()
+        return Verdict.accept(groups=("waited",))
+
+
+def test_a_blocking_hook_runs_off_the_event_loop_and_an_async_one_on_it() -> None:
+    blocking, waiting = _Blocking(), _Waiting()
+
+    async def scenario() -> tuple[Verdict, Verdict]:
+        context = GatewayContext()
+        host = PluginHost(objects=[blocking])
+        pending = asyncio.ensure_future(host.verify_credentials(CredentialRequest("u", "p"), context))
+        while not blocking.started.is_set():  # the loop keeps running while the hook blocks
+            await asyncio.sleep(0.01)
+        blocking.released.set()
+        first = await asyncio.wait_for(pending, 15)
+        host = PluginHost(objects=[waiting])
+        pending = asyncio.ensure_future(host.verify_credentials(CredentialRequest("u", "p"), context))
+        await asyncio.sleep(0)
+        waiting.go.set()
+        return first, await asyncio.wait_for(pending, 15)
+
+    first, second = asyncio.run(scenario())
+    assert first.accepted, first.message
+    assert second.accepted and second.groups == ("waited",)

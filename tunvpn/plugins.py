@@ -58,7 +58,8 @@ class CredentialRequest:
     protocol the gateway announced in phase 1a and now runs (only the plugin of that name
     is asked)."""
     chap: tuple[int, bytes, bytes] | None = field(default=None, repr=False)
-    """A CHAP answer instead of a password (RFC 1994; e.g. PPP inside L2TP): the identifier,
+    """A CHAP answer instead of a password (RFC 1994; PPP inside L2TP, or an XAUTH RADIUS-CHAP
+    login with ``xauth_chap = true``): the identifier,
     the challenge the gateway sent and the client's 16-octet MD5 response. A plugin that can
     check CHAP (it knows the cleartext password, or passes it on as RADIUS CHAP-Password)
     decides; others return ``None``."""

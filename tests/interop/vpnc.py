@@ -150,8 +150,15 @@ class Vpnc:
             ) from None
         for event in self.events():
             if event.get("reason") == "connect":
+                # vpnc runs the connect script before it installs its SIGTERM handler (which
+                # sends the DELETEs) and writes its pid file right after: a SIGTERM before the
+                # pid file exists kills it silently. Wait for the file.
+                wait_for(self._past_its_script, timeout, "vpnc's pid file")
                 return event
         raise RuntimeError(f"vpnc exited {self.proc.returncode if self.proc else '?'}:\n{self.output()}")
+
+    def _past_its_script(self) -> bool:
+        return self.pid_path.exists() or self.proc is None or self.proc.poll() is not None
 
     def output(self) -> str:
         """vpnc's stdout+stderr (block-buffered: complete only after it exits, pitfall 12)."""
