@@ -219,6 +219,8 @@ class DataPlane:
                 ready = poller.poll(timeout)
             except InterruptedError:
                 continue
+            if self._commands:  # SAs first: a packet of this poll may need one just installed
+                self._apply_commands()
             for fd, _ in ready:
                 try:
                     if fd == tun_fd:

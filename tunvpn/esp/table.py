@@ -357,16 +357,16 @@ class SadTable:
 
     # ------------------------------------------------------------------ data path
 
-    def _table_drop(self, reason: DropReason, count: int, now: float) -> None:
+    def _table_drop(self, reason: DropReason, count: int, now: float, spi: Packet = b"") -> None:
         self._drops[reason] += count
-        self.drop_log.record(reason, None, now)
+        self.drop_log.record(reason, int.from_bytes(spi, "big") if len(spi) == 4 else None, now)
 
     def decrypt(self, datagram: Packet, now: float = 0.0) -> bytes | DropReason:
         """The inner packet of one ESP packet, or why it was dropped (counted and logged)."""
         sa = self._inbound.get(bytes(datagram[:4]))
         if sa is None:
             reason = DropReason.UNKNOWN_SPI if len(datagram) >= 8 else DropReason.MALFORMED
-            self._table_drop(reason, 1, now)
+            self._table_drop(reason, 1, now, bytes(datagram[:4]) if reason is DropReason.UNKNOWN_SPI else b"")
             return reason
         return sa.decrypt(datagram, self.drop_log, now)
 
@@ -412,7 +412,7 @@ class SadTable:
         if sa is not None:
             sa.decrypt_batch(run, out, self.drop_log, now)
         elif len(spi) == 4:
-            self._table_drop(DropReason.UNKNOWN_SPI, len(run), now)
+            self._table_drop(DropReason.UNKNOWN_SPI, len(run), now, bytes(spi))
         else:
             self._table_drop(DropReason.MALFORMED, len(run), now)
 

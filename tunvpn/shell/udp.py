@@ -243,6 +243,7 @@ class UdpDriver:
         """Close the sockets and the timer (the engine's SAs are left as they are)."""
         if self._closed:
             return
+        self._send_pending()  # what the engine said before (a Delete) still goes out
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -308,20 +309,22 @@ class UdpDriver:
     # ------------------------------------------------------------------ output
 
     def flush(self) -> None:
-        """Send what the engine wants sent, dispatch its events, re-arm the timer."""
+        """Dispatch the engine's events, then send what it wants sent, re-arm the timer.
+
+        Events go first: the SA a Quick Mode answer creates is then in the data path before
+        the answer leaves (a peer may send ESP the moment it has our answer: vpnc does). The
+        datagrams still leave in the engine's order, those of handlers' commands after them."""
         if self._closed:
             return
         if self._pumping:  # a handler issued a command: the outer loop picks it up
             return
         self._pumping = True
         try:
-            while True:
-                self._send_pending()
-                event = self.engine.next_event()
-                if event is None:
-                    break
+            while (event := self.engine.next_event()) is not None:
                 self._log_event(event)
                 self._dispatch(event)
+            if not self._closed:
+                self._send_pending()  # sending makes no events: one pass is all
         finally:
             self._pumping = False
         self._arm_timer()
