@@ -1434,7 +1434,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
 
 def _counters_text(driver: UdpDriver) -> str:
     if not driver.counters:
-        return "no packets dropped"
+        return "no IKE datagrams dropped"
     return ", ".join(f"{k}: {v}" for k, v in sorted(driver.counters.items()))
 
 
