@@ -76,6 +76,17 @@ def test_unknown_users_and_users_outside_the_list_are_left_to_the_next_plugin(st
         plugin.tunvpn_verify_credentials(request=CredentialRequest("carol", "x"), context=GatewayContext())
 
 
+def test_a_chap_answer_is_left_to_others_and_costs_no_attempt(store: Store) -> None:
+    """An XAUTH RADIUS-CHAP login (or PPP CHAP) carries no passcode to check: the plugin
+    abstains instead of counting a failed attempt towards the lockout."""
+    chap = (7, bytes(16), bytes(16))
+    for _ in range(6):  # more than lockout_after = 5
+        assert ask(store, CredentialRequest("carol", chap=chap)) is None
+    record = store.get("carol")
+    assert record is not None and record.failures == 0
+    assert ask(store, CredentialRequest("carol", PIN + code(0))) == Verdict.accept()
+
+
 def test_new_pin_flow_through_the_hook_and_secrets_stay_out_of_the_log(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -67,6 +67,8 @@ def tunvpn_verify_credentials(request: CredentialRequest, context: GatewayContex
         raise ValueError('[plugin.otp] users must be a list of user names, e.g. users = ["carol"]')
     if users is not None and request.user not in users:
         return None
+    if request.chap is not None and request.password is None and request.passcode is None:
+        return None  # a CHAP answer (XAUTH RADIUS-CHAP, PPP) hides the passcode: not ours to check
     state: dict[str, Any] | None = request.state.get(NAME)
     if request.round > 1 and state is None:
         return None  # another plugin's challenge
