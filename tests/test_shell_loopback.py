@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -40,12 +41,18 @@ pytestmark = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is n
 
 
 async def connect(
-    gateway_options: GatewayOptions, client_options: ClientOptions
+    gateway_options: GatewayOptions,
+    client_options: ClientOptions,
+    on_ready: Callable[[Gateway], None] | None = None,
 ) -> tuple[Client, Gateway, list]:
+    """Run a gateway and one client until the client ends; ``on_ready`` sees the gateway once
+    it listens, before the client starts."""
     gateway = Gateway(gateway_options)
     ready = asyncio.Event()
     server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
     await asyncio.wait_for(ready.wait(), 5)
+    if on_ready is not None:
+        on_ready(gateway)
     out = io.StringIO()
     client = Client(client_options, CLIENT, progress=Progress(json_lines=True, out=out))
     try:
@@ -210,15 +217,10 @@ def test_a_quick_mode_answer_leaves_only_after_its_sa_was_handed_on() -> None:
     )
     order: list[str] = []
 
-    async def scenario() -> int:
-        gateway = Gateway(gateway_options)
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
+    def record_order(gateway: Gateway) -> None:
         driver = gateway.driver
-        assert driver is not None
+        assert driver is not None and driver.handler is not None
         handler = driver.handler
-        assert handler is not None
 
         def recording_handler(event: ev.Event) -> object:
             if isinstance(event, ev.ChildSAEstablished):
@@ -237,12 +239,7 @@ def test_a_quick_mode_answer_leaves_only_after_its_sa_was_handed_on() -> None:
             send(data, addr)
 
         transport.sendto = recording_sendto  # type: ignore[method-assign]
-        client = Client(client_options, CLIENT, progress=Progress(out=io.StringIO()))
-        try:
-            return await asyncio.wait_for(client.run(handle_signals=False), 30)
-        finally:
-            gateway.stop()
-            await asyncio.wait_for(server, 5)
 
-    assert asyncio.run(scenario()) == 0
+    client, _, records = asyncio.run(connect(gateway_options, client_options, on_ready=record_order))
+    assert client.result == 0, records
     assert order[:2] == ["sa handed on (responder)", "quick mode answer sent"], order

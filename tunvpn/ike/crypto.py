@@ -398,6 +398,11 @@ def _hash_name(alg: HashAlgorithm) -> str:
         raise LocalProtocolError(f"unsupported hash algorithm {alg!r}") from None
 
 
+def chap_response(identifier: int, secret: bytes, challenge: bytes) -> bytes:
+    """The CHAP-MD5 response (RFC 1994 section 4.1): MD5(Identifier || secret || challenge)."""
+    return hashlib.md5(bytes((identifier & 0xFF,)) + secret + challenge).digest()
+
+
 def constant_time_equal(a: bytes, b: bytes) -> bool:
     """Compare secrets (hashes, MACs, keys) without a data-dependent early exit."""
     return hmac.compare_digest(a, b)

@@ -5,10 +5,10 @@ Each message is ``HDR*, HASH, ATTR`` with ``HASH = prf(SKEYID_a, M-ID | ATTR)``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import TYPE_CHECKING
 
+from . import crypto
 from . import events as ev
 from .constants import (
     CfgAttr,
@@ -48,11 +48,10 @@ CHAP_PASSWORD_LEN = 17  # RFC 2865 section 5.3: the CHAP Identifier, then the 16
 
 
 def chap_password(identifier: int, secret: bytes, challenge: bytes) -> bytes:
-    """A RADIUS CHAP-Password (RFC 2865 section 5.3): the CHAP Identifier, then
-    MD5(Identifier || secret || challenge) as RFC 1994 section 4.1 computes it. An XAUTH
-    RADIUS-CHAP answer carries exactly this in XAUTH-USER-PASSWORD (docs/protocol.md)."""
-    ident = bytes((identifier & 0xFF,))
-    return ident + hashlib.md5(ident + secret + challenge).digest()
+    """A RADIUS CHAP-Password (RFC 2865 section 5.3): the CHAP Identifier, then the RFC 1994
+    response. An XAUTH RADIUS-CHAP answer carries exactly this in XAUTH-USER-PASSWORD
+    (docs/protocol.md)."""
+    return bytes((identifier & 0xFF,)) + crypto.chap_response(identifier, secret, challenge)
 
 
 def _text(a: DataAttribute) -> str:
@@ -416,9 +415,7 @@ class TransactionMixin:
                 refusal = f"XAUTH-TYPE {reply_type} in the reply to a type {asked_type} request"
             elif asked_type == XauthType.RADIUS_CHAP:
                 raw = next((a.value for a in attr.attributes if a.type == CfgAttr.XAUTH_USER_PASSWORD), None)
-                challenge = ex.data.get("challenge")
-                if not isinstance(challenge, bytes):  # pragma: no cover - xauth_request stored it
-                    raise AssertionError("a RADIUS-CHAP round without its challenge")
+                challenge: bytes = ex.data["challenge"]  # type: ignore[assignment]  # xauth_request's
                 if not isinstance(raw, bytes) or len(raw) != CHAP_PASSWORD_LEN:
                     refusal = f"a RADIUS-CHAP answer must be {CHAP_PASSWORD_LEN} octets"
                 else:

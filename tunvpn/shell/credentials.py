@@ -17,7 +17,6 @@ PSK file (a single secret for every peer).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import stat
@@ -25,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tunvpn.ike.config import PskTable
+from tunvpn.ike.crypto import chap_response
 
 PSK_ENV = "TUNVPN_PSK"
 PASSWORD_ENV = "TUNVPN_PASSWORD"
@@ -152,7 +152,7 @@ class UserTable:
     def check_chap(self, user: str, identifier: int, challenge: bytes, response: bytes) -> bool:
         """A CHAP-MD5 answer (RFC 1994 section 4.1: MD5(identifier, secret, challenge)), in constant time."""
         expected = self._users.get(user)
-        digest = hashlib.md5(bytes([identifier & 0xFF]) + (expected or b"") + challenge).digest()
+        digest = chap_response(identifier, expected or b"", challenge)
         return hmac.compare_digest(digest, response) and expected is not None
 
     @classmethod

@@ -35,6 +35,7 @@ rechallenges by the server (a client answers them), and authenticating ourselves
 
 from __future__ import annotations
 
+import abc
 import enum
 import logging
 import os
@@ -268,7 +269,7 @@ class Stats:
 _ACK, _NAK, _REJ = Code.CONFIGURE_ACK, Code.CONFIGURE_NAK, Code.CONFIGURE_REJECT
 
 
-class _Automaton:
+class _Automaton(abc.ABC):
     """RFC 1661 section 4 for one protocol; subclasses supply the options and the layer actions."""
 
     protocol: Protocol
@@ -288,36 +289,47 @@ class _Automaton:
 
     # -- hooks
 
+    @abc.abstractmethod
     def request_options(self) -> list[Option]:
-        raise NotImplementedError
+        """The options of our Configure-Request."""
 
+    @abc.abstractmethod
     def check_option(self, kind: int, value: bytes) -> tuple[Code, bytes]:
         """(ACK, value) / (NAK, suggested value) / (REJ, value) for one option of the peer's."""
-        raise NotImplementedError
+
+    # the optional hooks below do nothing unless a layer has something to do
 
     def accept_request(self, options: list[Option]) -> None:
         """We Ack the peer's options: commit them."""
+        return None
 
     def acked(self, options: list[Option]) -> None:
         """The peer Ack'd our request."""
+        return None
 
     def nakked(self, options: list[Option]) -> None:
-        pass
+        """The peer Nak'd our request: take its suggestions."""
+        return None
 
     def rejected(self, options: list[Option]) -> None:
-        pass
+        """The peer rejected options of our request: stop asking for them."""
+        return None
 
     def layer_up(self, now: float) -> None:
-        pass
+        """This-Layer-Up (RFC 1661 section 4.4, tlu)."""
+        return None
 
     def gave_up(self, reason: str) -> None:
         """The Restart timer ran out while negotiating (before TO-)."""
+        return None
 
     def layer_down(self, now: float) -> None:
-        pass
+        """This-Layer-Down (tld)."""
+        return None
 
     def layer_finished(self, now: float) -> None:
-        pass
+        """This-Layer-Finished (tlf)."""
+        return None
 
     def extended_code(self, packet: Packet, now: float) -> str | None:
         """The state-table event for a code beyond 7, or None for an unknown code (RUC)."""
