@@ -12,13 +12,14 @@ import json
 from pathlib import Path
 
 import pytest
-from test_shell_loopback import CLIENT, GATEWAY, PSK, free_port_pair, loopback_available
+from test_shell_loopback import CLIENT, GATEWAY, PSK, connect, free_port_pair, loopback_available
 
 from tunvpn.client import Client, ClientOptions, Progress
 from tunvpn.control import request
 from tunvpn.gateway import AddressPool, Gateway, GatewayOptions, SimpleRule
+from tunvpn.ike import events as ev
 from tunvpn.ike.config import PskTable
-from tunvpn.ike.constants import DHGroup, EspTransform
+from tunvpn.ike.constants import DHGroup, EspTransform, ExchangeType
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import Phase2Policy
 from tunvpn.ike.proposals import DEFAULT_ESP, EspSuite
@@ -294,3 +295,40 @@ async def wait_until(predicate: object, timeout: float = 10.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
+
+
+def test_a_quick_mode_answer_leaves_only_after_its_sa_was_handed_on() -> None:
+    """The responder's SA exists once it answers Quick Mode message 1; the driver hands the
+    ChildSAEstablished event on (the gateway installs the SA in its data path) *before* the
+    answer is sent, since a peer may send ESP the moment the answer arrives (vpnc does)."""
+    ike, natt = free_port_pair()
+    gateway = gateway_options(ike, natt, RULES)
+    client = client_options(ike, natt, "alice", "a-pass", exit_after_established=True, force_encap=True)
+    order: list[str] = []
+
+    def record_order(gateway: Gateway) -> None:
+        driver = gateway.driver
+        assert driver is not None and driver.handler is not None
+        handler = driver.handler
+
+        def recording_handler(event: ev.Event) -> object:
+            if isinstance(event, ev.ChildSAEstablished):
+                order.append(f"sa handed on ({event.role})")
+            return handler(event)
+
+        driver.handler = recording_handler
+        transport = driver._endpoints[natt].transport
+        assert transport is not None
+        send = transport.sendto
+
+        def recording_sendto(data: bytes, addr: object = None) -> None:
+            # after the non-ESP marker: the ISAKMP header, exchange type at octet 18
+            if data[:4] == b"\0\0\0\0" and len(data) > 22 and data[4 + 18] == ExchangeType.QUICK_MODE:
+                order.append("quick mode answer sent")
+            send(data, addr)
+
+        transport.sendto = recording_sendto  # type: ignore[method-assign]
+
+    connected, _, records = asyncio.run(connect(gateway, client, on_ready=record_order))
+    assert connected.result == 0, records
+    assert order[:2] == ["sa handed on (responder)", "quick mode answer sent"], order
