@@ -29,6 +29,7 @@ APT_PACKAGES=(
   vpnc tshark iperf3 iproute2 iputils-ping util-linux procps openssl
   openvpn wireguard-go wireguard-tools
   freeradius freeradius-utils xl2tpd
+  ike-scan
 )
 
 # ------------------------------------------------------------------ Debian packages
@@ -81,26 +82,38 @@ fi
 
 # ------------------------------------------------------------------ Python
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+# The distribution's own Python (Debian/Ubuntu) refuses `pip install` into the system (PEP 668):
+# then everything goes into .venv/ in this checkout, made with that Python, and runs from there.
+PY=python3
+if python3 -c 'import sys, sysconfig, pathlib; sys.exit(not (pathlib.Path(sysconfig.get_path("stdlib")) / "EXTERNALLY-MANAGED").exists())'; then
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    apt-get install -y -q --no-install-recommends python3-venv || die "apt-get install python3-venv"
+  fi
+  [ -x .venv/bin/python ] || python3 -m venv .venv || die "python3 -m venv .venv"
+  PY="$(pwd)/.venv/bin/python"
+  export PATH="$(pwd)/.venv/bin:$PATH"
+  log "externally managed python3: using the virtual environment .venv"
+fi
 log "pip install -e .[test]"
-python3 -m pip install --quiet -e '.[test]' || die "pip install"
+"$PY" -m pip install --quiet -e '.[test]' || die "pip install"
 # the plugin distributions under plugins/ (each its own package with a tunvpn entry point)
 # docs/plugins.md's example plugin, which tests/test_docs_example_plugin.py loads by its entry point
 log "pip install -e tests/example-plugin"
-python3 -m pip install --quiet -e tests/example-plugin || die "pip install tests/example-plugin"
+"$PY" -m pip install --quiet -e tests/example-plugin || die "pip install tests/example-plugin"
 for plugin in plugins/*/pyproject.toml; do
   [ -e "$plugin" ] || continue
   log "pip install -e $(dirname "$plugin")"
-  python3 -m pip install --quiet -e "$(dirname "$plugin")" || die "pip install $(dirname "$plugin")"
+  "$PY" -m pip install --quiet -e "$(dirname "$plugin")" || die "pip install $(dirname "$plugin")"
 done
 
 log "ruff check ."
-python3 -m ruff check . || die "ruff check"
+"$PY" -m ruff check . || die "ruff check"
 
 # ------------------------------------------------------------------ tests
 log "pytest (all tests, netns + interop included)"
 export TUNVPN_REQUIRE_ALL=1
 rc=0
-timeout --kill-after=60 4200 python3 -m pytest -q --durations=15 "$@" || rc=$?
+timeout --kill-after=60 4200 "$PY" -m pytest -q --durations=15 "$@" || rc=$?
 case $rc in
   0) log "all tests passed" ;;
   5) die "pytest collected no tests (exit 5): is testpaths right, are the tests there?" ;;
