@@ -58,6 +58,7 @@ from tunvpn.ike.proposals import (
     EspSuite,
     Phase1Policy,
 )
+from tunvpn.secretfile import trusted_owners, user_name
 from tunvpn.shell.credentials import SecretFileError, UserTable, parse_psk_text, read_private_file
 
 log = logging.getLogger(__name__)
@@ -356,12 +357,18 @@ class TableReader:
 # --------------------------------------------------------------------------- files and secrets
 
 
+FOREIGN_OWNER = 0o10000000
+"""Set in the mode :func:`read_config_file` returns when another user (not us, not root) owns
+the file: it can then hold no inline secret, whatever its permission bits."""
+
+
 def read_config_file(path: str | os.PathLike[str], what: str) -> tuple[str, int]:
-    """The text of a configuration file and its permission bits."""
+    """The text of a configuration file and its permission bits (| :data:`FOREIGN_OWNER`)."""
     source = str(path)
     try:
         with open(path, "rb") as f:
-            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            st = os.fstat(f.fileno())
+            mode = stat.S_IMODE(st.st_mode) | (0 if st.st_uid in trusted_owners() else FOREIGN_OWNER)
             data = f.read()
     except FileNotFoundError:
         raise ConfigFileError(source, None, "", f"{what}: no such file") from None
@@ -406,17 +413,19 @@ def read_psks(table: TableReader, base_dir: Path, env: Mapping[str, str], file_m
         return PskTable({"*": value.encode()})
     if "psk" in table:
         secret = table.required_text("psk")
-        if file_mode is None or file_mode & 0o077:
+        if file_mode is None or file_mode & (0o077 | FOREIGN_OWNER):
             path = table.source.path
-            state = (
-                "text that was not read from a file"
-                if file_mode is None
-                else f"{path}, which has mode {file_mode:04o}"
-            )
+            if file_mode is None:
+                state = "text that was not read from a file"
+            elif file_mode & FOREIGN_OWNER:
+                state = f"{path}, which another user owns"
+            else:
+                state = f"{path}, which has mode {file_mode:04o}"
             raise table.error(
                 "psk",
-                f"an inline secret is allowed only in a file nobody else can read, not in {state}. "
-                f"Fix: chmod 600 {path}, or use psk_file / psk_env",
+                f"an inline secret is allowed only in a file of ours nobody else can read, not in "
+                f"{state}. Fix: chown {user_name(os.geteuid())} {path} && chmod 600 {path}, or use "
+                "psk_file / psk_env",
             )
         return PskTable({"*": secret.encode()})
     return PskTable()

@@ -26,6 +26,9 @@ What to log:
   section 5.1). ``src``/``dst`` are the outer addresses of packets carrying this SPI.
 
 The files hold live session keys: they are created 0600 and exist only when a user asks for them.
+They are opened without following a symbolic link; a link, a hard-linked file, a file owned by
+another user or one others may write to is refused (:class:`tunvpn.secretfile.SecretFileError`),
+so a link planted at the path in a shared directory cannot redirect the keys (or clobber a file).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import os
 from pathlib import Path
 
 from tunvpn.ike.constants import AuthAlgorithm, EspTransform
+from tunvpn.secretfile import open_private_append
 
 IKEV1_TABLE = "ikev1_decryption_table"
 ESP_TABLE = "esp_sa"
@@ -223,10 +227,11 @@ def _protocol(src: str, dst: str) -> str:
 
 
 def _append_private(path: Path, text: str, *, header: str = "") -> None:
-    """Append ``text`` to ``path``, creating it 0600; any existing file is forced to 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    """Append ``text`` to ``path``, creating it 0600 (:func:`tunvpn.secretfile.open_private_append`:
+    a symbolic link, a hard-linked, foreign-owned or group/other-writable file is refused with
+    :class:`~tunvpn.secretfile.SecretFileError`; one of ours others may read is tightened to 0600)."""
+    fd = open_private_append(path, "key log")
     try:
-        os.fchmod(fd, 0o600)
         if header and os.fstat(fd).st_size == 0:
             os.write(fd, header.encode())
         if text:

@@ -10,8 +10,9 @@ PSK file
 Users file
     lines of ``user:password`` (the password is everything after the first colon).
 
-Both files must be private to their owner (``chmod 600``): a readable secret file is refused
-with a message naming the file and the fix. ``TUNVPN_PSK`` in the environment replaces the
+Both files must be private (``chmod 600``), owned by the user tunvpn runs as (or root) and
+named directly, not through a symbolic link: anything else is refused with a message naming the
+file and the fix (:mod:`tunvpn.secretfile`). ``TUNVPN_PSK`` in the environment replaces the
 PSK file (a single secret for every peer).
 """
 
@@ -19,49 +20,20 @@ from __future__ import annotations
 
 import hmac
 import os
-import stat
 from collections.abc import Mapping
-from pathlib import Path
 
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.crypto import chap_response
+from tunvpn.secretfile import SecretFileError, read_secret_text
 
 PSK_ENV = "TUNVPN_PSK"
 PASSWORD_ENV = "TUNVPN_PASSWORD"
 
 
-class SecretFileError(Exception):
-    """A secret file is missing, unreadable, too open or malformed (message says which and why)."""
-
-
 def read_private_file(path: str | os.PathLike[str], what: str) -> str:
-    """The text of ``path`` if only its owner can read or write it."""
-    p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY)
-    except FileNotFoundError:
-        raise SecretFileError(f"{what} {p}: no such file") from None
-    except PermissionError:
-        raise SecretFileError(f"{what} {p}: permission denied") from None
-    except OSError as exc:
-        raise SecretFileError(f"{what} {p}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SecretFileError(f"{what} {p}: not a regular file")
-        if st.st_mode & 0o077:
-            raise SecretFileError(
-                f"{what} {p} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                f"refusing to use it. Fix: chmod 600 {p}"
-            )
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read()
-    finally:
-        os.close(fd)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SecretFileError(f"{what} {p}: not UTF-8 text") from None
+    """The text of ``path`` if it is private to us (:func:`tunvpn.secretfile.read_secret_text`:
+    no symbolic link, owned by us or root, no group/other permissions)."""
+    return read_secret_text(path, what)
 
 
 def _content_lines(text: str) -> list[tuple[int, str]]:
