@@ -107,7 +107,7 @@ class Tunnel:
     # ------------------------------------------------------------------ IKE events
 
     def child_established(self, event: ev.ChildSAEstablished) -> None:
-        replaced = self._pair_named(event.policy_name) if event.policy_name else None
+        replaced = self._pair_rekeyed_by(event) if event.policy_name else None
         routes = tuple(str(n) for n in _networks(event.remote_ts))
         if replaced is not None and replaced.event.spi_in != event.spi_in:
             # make-before-break: the new pair takes the traffic, the old one retires later; a
@@ -153,9 +153,17 @@ class Tunnel:
         if gone:
             self._unroute(gone)
 
-    def _pair_named(self, name: str) -> _Pair | None:
+    def _pair_rekeyed_by(self, event: ev.ChildSAEstablished) -> _Pair | None:
+        """The pair ``event`` replaces: same policy *and* same selectors. A gateway holds one
+        pair of a policy per client (each with the client's own address as its selector), so
+        the name alone would let a second client's SA replace the first one's (issue 12)."""
         for pair in self.pairs.values():
-            if pair.event.policy_name == name:
+            old = pair.event
+            if (old.policy_name, old.local_ts, old.remote_ts) == (
+                event.policy_name,
+                event.local_ts,
+                event.remote_ts,
+            ):
                 return pair
         return None
 
