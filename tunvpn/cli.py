@@ -215,7 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="control socket for tunvpn status/reload (default /run/tunvpn/gateway.sock); `none` for none",
     )
     gw.add_argument("--users", metavar="FILE", help="XAUTH users, `user:password` lines (mode 600)")
-    gw.add_argument("--require-xauth", action="store_true", help="accept only XAUTH authentication methods")
+    gw.add_argument(
+        "--require-xauth",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="every client must log in with XAUTH (default: yes with --users; "
+        "--no-require-xauth lets clients skip the login, with a warning)",
+    )
     gw.add_argument("--pool", metavar="FIRST-LAST", help="client addresses, e.g. 10.79.0.10-10.79.0.20")
     gw.add_argument(
         "--dns",

@@ -49,6 +49,7 @@ from tunvpn.ike.proposals import (
     EspSuite,
     Phase1Policy,
 )
+from tunvpn.logins import xauth_required
 from tunvpn.plugins import Authorization, CredentialRequest, GatewayContext, PluginError, PluginHost, Verdict
 from tunvpn.shell.credentials import SecretFileError, UserTable
 from tunvpn.shell.udp import UdpDriver
@@ -161,7 +162,10 @@ class GatewayOptions:
     split: tuple[IPv4Network, ...] = ()
     allow_aggressive_psk: bool = False
     legacy: bool = False
-    require_xauth: bool = False
+    require_xauth: bool | None = None
+    """Clients must log in with XAUTH. ``None``: whenever a login source is configured (the
+    users file, or a plugin implementing ``tunvpn_verify_credentials``); ``False`` is an
+    explicit, warned opt-out (:func:`tunvpn.logins.xauth_required`)."""
     xauth_chap: bool = False
     """Ask tunvpn clients for the login password as a RADIUS-CHAP answer (the gateway never
     sees it; the users file and the radius plugin check it). Standard clients: Generic."""
@@ -352,8 +356,12 @@ def phase1_policy(options: GatewayOptions) -> Phase1Policy:
     return Phase1Policy.with_legacy() if options.legacy else Phase1Policy()
 
 
-def build_engine_config(options: GatewayOptions) -> EngineConfig:
+def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None = None) -> EngineConfig:
+    """``require_xauth``: as decided from the loaded plugins (:func:`tunvpn.logins.xauth_required`);
+    ``None``: ``options.require_xauth`` (unset counts as not required)."""
     phase1 = phase1_policy(options)
+    if require_xauth is None:
+        require_xauth = bool(options.require_xauth)
     return EngineConfig(
         local_id=options.local_id,
         psks=options.psks,
@@ -362,7 +370,7 @@ def build_engine_config(options: GatewayOptions) -> EngineConfig:
         phase1=phase1,
         children=child_policies(options, phase1),
         allow_aggressive_psk=options.allow_aggressive_psk,
-        require_xauth=options.require_xauth,
+        require_xauth=require_xauth,
         xauth_chap=options.xauth_chap,
         xauth_available=options.users is not None or bool(options.plugins or options.plugin_objects),
         # ESP runs in userspace over UDP 4500 (RFC 3948): with a data path, always encapsulate
@@ -418,7 +426,8 @@ class Gateway:
         self.options = options
         self.clock = clock
         self.started = clock()
-        self.config = build_engine_config(options)
+        self.plugins = load_plugins(options)
+        self.config = build_engine_config(options, require_xauth=xauth_required(options, self.plugins))
         self.phase1 = phase1_policy(options)
         self.engine = IkeEngine(self.config, ike_port=options.ike_port)
         self.children: dict[int, ev.ChildSAEstablished] = {}
@@ -433,7 +442,6 @@ class Gateway:
         self.driver: UdpDriver | None = None
         self.control: Any = None
         self._stop: asyncio.Event | None = None
-        self.plugins = load_plugins(options)
         self._accounting_tasks: set[asyncio.Task[None]] = set()
         self._services: list[asyncio.Task[None]] = []
         self.announcements = self._announce(options)
@@ -1021,7 +1029,7 @@ class Gateway:
         self.options = new
         old_announcements, self.announcements = self.announcements, announcements
         self.phase1 = phase1_policy(new)
-        self.config = build_engine_config(new)
+        self.config = build_engine_config(new, require_xauth=xauth_required(new, self.plugins))
         self.engine.config = self.config
         self._warn_weak(new)
         changes: list[str] = []

@@ -648,7 +648,9 @@ class GatewayConfig:
     users: UserTable | None = None
     groups: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     """Group name -> its members' user names."""
-    require_xauth: bool = False
+    require_xauth: bool | None = False
+    """Clients must log in with XAUTH. ``None`` (unset, plugins named): decided when the
+    gateway loads them, required if one implements ``tunvpn_verify_credentials``."""
     xauth_chap: bool = False
     """Ask tunvpn clients for a RADIUS-CHAP answer instead of the login password."""
     allow_aggressive_psk: bool = False
@@ -814,12 +816,19 @@ def parse_gateway_config(
             raise gw.error("plugins", f"{name!r} is not a plugin name")
     if len(set(plugins)) != len(plugins):
         raise gw.error("plugins", "a plugin is named twice")
-    require_xauth = gw.flag("require_xauth", users is not None)
+    # unset: required when a login source exists (users_file here; a plugin's
+    # tunvpn_verify_credentials is known only once the gateway loads it: None = decide then)
+    explicit_xauth = gw._typed("require_xauth", bool, "true or false")
+    require_xauth = explicit_xauth
+    if require_xauth is None:
+        require_xauth = True if users is not None else (None if plugins else False)
     if require_xauth and users is None and not plugins:
         raise gw.error("require_xauth", "XAUTH needs users_file (or an authentication plugin)")
     xauth_chap = gw.flag("xauth_chap", False)
-    if xauth_chap and not require_xauth:
-        raise gw.error("xauth_chap", "RADIUS-CHAP is a way to run XAUTH: it needs require_xauth")
+    if xauth_chap and (require_xauth is False or (users is None and not plugins)):
+        raise gw.error(
+            "xauth_chap", "RADIUS-CHAP is a way to run XAUTH: it needs a login source and require_xauth"
+        )
 
     tun: str | None = "tunvpn%d"
     if "tun" in gw:

@@ -1,0 +1,220 @@
+"""Login rules of the gateway (tunvpn/logins.py), each tested as the attack it stops:
+XAUTH required whenever a login source exists; the failed-login throttle; the per-user session
+limit. Real gateway and client over UDP on loopback, or the sans-I/O throttle with a clock."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from test_shell_loopback import CLIENT, GATEWAY, PSK, free_port_pair, loopback_available
+
+from tunvpn.cli import build_parser
+from tunvpn.client import Client, ClientOptions, Progress
+from tunvpn.gateway import AddressPool, Gateway, GatewayOptions, options_from_config
+from tunvpn.gwconfig import parse_gateway_config
+from tunvpn.ike.config import PskTable
+from tunvpn.plugins import CredentialRequest, Verdict, hookimpl
+from tunvpn.shell.credentials import UserTable
+
+loopback = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable on this host")
+
+
+class PasswordBackend:
+    """A login plugin (a RADIUS or OTP server would do the same): alice / a-pass."""
+
+    @hookimpl
+    def tunvpn_verify_credentials(self, request: CredentialRequest) -> Verdict | None:
+        return (
+            Verdict.accept() if (request.user, request.password) == ("alice", "a-pass") else Verdict.reject()
+        )
+
+
+class Accounting:
+    """A plugin that checks no login (it only observes): not a login source."""
+
+    @hookimpl
+    def tunvpn_accounting(self, record: object) -> None:
+        return None
+
+
+def gateway_options(ike: int, natt: int, **kw: object) -> GatewayOptions:
+    return GatewayOptions(
+        listen=GATEWAY,
+        psks=PskTable({"*": PSK}),
+        ike_port=ike,
+        natt_port=natt,
+        pool=AddressPool.parse("10.79.0.10-10.79.0.20"),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def client_options(
+    ike: int, natt: int, user: str | None = None, password: str | None = None
+) -> ClientOptions:
+    return ClientOptions(
+        gateway=GATEWAY,
+        psks=PskTable({"*": PSK}),
+        gateway_port=ike,
+        gateway_natt_port=natt,
+        ike_port=ike,
+        natt_port=natt,
+        user=user,
+        password=password,
+        password_prompt=False,
+        timeout=10,
+        exit_after_established=True,
+    )
+
+
+async def _attempt(gateway: Gateway, cl: ClientOptions, local: str = CLIENT) -> tuple[int, list[dict]]:
+    out = io.StringIO()
+    client = Client(cl, local, progress=Progress(json_lines=True, out=out))
+    code = await asyncio.wait_for(client.run(handle_signals=False), 30)
+    return code, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+async def _serve(options: GatewayOptions) -> tuple[Gateway, asyncio.Future[None]]:
+    gateway = Gateway(options)
+    ready = asyncio.Event()
+    server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
+    await asyncio.wait_for(ready.wait(), 5)
+    return gateway, server
+
+
+def no_xauth_client_against(options_for: object) -> tuple[int, list[dict], list[str]]:
+    """A client holding the group PSK that offers no XAUTH (main mode, plain PSK) connects;
+    returns its exit code, its records and the gateway's SA names seen."""
+    ike, natt = free_port_pair()
+
+    async def scenario() -> tuple[int, list[dict], list[str]]:
+        gateway, server = await _serve(options_for(ike, natt))  # type: ignore[operator]
+        seen: list[str] = []
+        handle = gateway.handle_event
+
+        def spy(event: object) -> object:
+            seen.append(type(event).__name__)
+            return handle(event)  # type: ignore[arg-type]
+
+        gateway.handle_event = spy  # type: ignore[method-assign]
+        gateway.driver.handler = spy  # type: ignore[union-attr]
+        try:
+            code, records = await _attempt(gateway, client_options(ike, natt))
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(server, 5)
+        return code, records, seen
+
+    return asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- XAUTH required
+
+
+@loopback
+def test_plugin_only_gateway_gives_no_sa_to_a_client_that_skips_xauth() -> None:
+    """The attack of issue 12 item 2: RADIUS/OTP-only gateway (no users file, no
+    --require-xauth); a group-PSK holder offers plain PSK authentication and never logs in."""
+    code, records, seen = no_xauth_client_against(
+        lambda ike, natt: gateway_options(ike, natt, plugin_objects=(PasswordBackend(),))
+    )
+    assert code != 0, records
+    assert "Phase1Established" not in seen and "ChildSAEstablished" not in seen
+    assert not [r for r in records if r["event"] == "quick" and r["state"] == "established"]
+
+
+@loopback
+def test_users_file_without_require_xauth_flag_gives_no_sa_to_a_client_that_skips_xauth() -> None:
+    code, _records, seen = no_xauth_client_against(
+        lambda ike, natt: gateway_options(ike, natt, users=UserTable({"alice": b"a-pass"}))
+    )
+    assert code != 0 and "Phase1Established" not in seen
+
+
+@loopback
+def test_site_gateway_without_login_source_still_needs_no_xauth() -> None:
+    """No users file and no login plugin (an observing plugin does not count): site peers."""
+    code, records, seen = no_xauth_client_against(
+        lambda ike, natt: gateway_options(ike, natt, plugin_objects=(Accounting(),))
+    )
+    assert code == 0, records
+    assert "ChildSAEstablished" in seen
+
+
+@loopback
+def test_explicit_opt_out_is_warned_and_lets_the_client_skip_xauth(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="tunvpn.logins"):
+        code, _records, seen = no_xauth_client_against(
+            lambda ike, natt: gateway_options(
+                ike, natt, plugin_objects=(PasswordBackend(),), require_xauth=False
+            )
+        )
+    assert code == 0 and "ChildSAEstablished" in seen
+    assert any("XAUTH is not required" in r.getMessage() for r in caplog.records)
+
+
+@loopback
+def test_plugin_only_gateway_lets_the_user_in_with_xauth() -> None:
+    ike, natt = free_port_pair()
+
+    async def scenario() -> int:
+        gateway, server = await _serve(gateway_options(ike, natt, plugin_objects=(PasswordBackend(),)))
+        try:
+            code, _ = await _attempt(gateway, client_options(ike, natt, "alice", "a-pass"))
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(server, 5)
+        return code
+
+    assert asyncio.run(scenario()) == 0
+
+
+GW_FILE = """
+[gateway]
+listen = "192.0.2.1"
+psk = "a-long-random-group-secret-for-tests-0123456789"
+{extra}
+
+[network]
+pool = "10.79.0.10-10.79.0.20"
+
+[[policy]]
+name = "intranet"
+local = "10.78.0.0/24"
+"""
+
+
+def _file_gateway(tmp_path: Path, extra: str) -> Gateway:
+    text = GW_FILE.format(extra=extra)
+    (tmp_path / "users").write_text("alice:a-pass\n")
+    (tmp_path / "users").chmod(0o600)
+    return Gateway(
+        options_from_config(parse_gateway_config(text, "gw.toml", base_dir=tmp_path, file_mode=0o600))
+    )
+
+
+def test_every_configuration_path_requires_xauth_with_a_login_source(tmp_path: Path) -> None:
+    # -c file: users file; a login plugin by entry point (otp: tunvpn_verify_credentials)
+    assert _file_gateway(tmp_path, 'users_file = "users"').config.require_xauth
+    assert _file_gateway(tmp_path, 'plugins = ["otp"]').config.require_xauth
+    assert not _file_gateway(tmp_path, "").config.require_xauth
+    assert not _file_gateway(tmp_path, 'users_file = "users"\nrequire_xauth = false').config.require_xauth
+    # flags: --users without --require-xauth; --no-require-xauth turns it off
+    from tunvpn.cli import _gateway_options
+
+    users = tmp_path / "users"
+    psk = tmp_path / "gw.psk"
+    psk.write_text("a-long-random-group-secret-for-tests-0123456789\n")
+    psk.chmod(0o600)
+    base = ["gateway", "--listen", "192.0.2.1", "--psk-file", str(psk), "--ike-only"]
+    for flags, required in (
+        (["--users", str(users)], True),
+        (["--users", str(users), "--no-require-xauth"], False),
+        ([], False),
+    ):
+        args = build_parser().parse_args(base + flags)
+        assert Gateway(_gateway_options(args)).config.require_xauth is required, flags  # type: ignore[arg-type]
