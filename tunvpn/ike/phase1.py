@@ -25,6 +25,7 @@ from .config import SIGNATURE_METHODS, XAUTH_METHODS, base_auth_method
 from .constants import (
     DHGroup,
     ExchangeType,
+    HashAlgorithm,
     HeaderFlag,
     NotifyType,
     ProtocolId,
@@ -74,6 +75,9 @@ PHASE1_TABLE: dict[tuple[ExchangeType, Role, P1State], str] = {
 
 class Phase1Mixin:
     """Phase 1 of :class:`~tunvpn.ike.engine.IkeEngine`."""
+
+    _decoy_secret: bytes | None = None
+    """Random key of the decoy pre-shared keys (:meth:`_responder_psk`), drawn on first use."""
 
     # ------------------------------------------------------------------ commands
 
@@ -265,9 +269,8 @@ class Phase1Mixin:
         sa.nr = self._random(NONCE_SIZE)
         self._check_natd(sa, payloads)
         if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
-            sa.psk = self.config.psks.lookup(None, sa.remote[0])
-            if sa.psk is None:
-                raise AuthenticationError(f"no pre-shared key for {sa.remote[0]}")
+            # by address: the ID comes encrypted in message 5 (RFC 2409 section 5.4)
+            sa.psk = self._responder_psk(None, sa.remote[0])
         self._derive_keys(sa)
         out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr)]
         if sa.suite.auth in SIGNATURE_METHODS:
@@ -486,9 +489,31 @@ class Phase1Mixin:
         assert sa.suite is not None
         if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
             return
+        if sa.role is Role.RESPONDER:
+            sa.psk = self._responder_psk(sa.peer_id, sa.remote[0])
+            return
         sa.psk = self.config.psks.lookup(sa.peer_id, sa.remote[0])
         if sa.psk is None:
             raise AuthenticationError(f"no pre-shared key for peer {sa.peer_id} at {sa.remote[0]}")
+
+    def _responder_psk(self: IkeEngine, peer_id: Identity | None, peer_ip: str) -> bytes:
+        """The pre-shared key for a peer, or a decoy for one we do not know (no identity oracle).
+
+        A responder that refused unknown identities at once (AUTHENTICATION-FAILED, as
+        strongSwan does) would tell anyone which group names exist. Instead an unknown peer
+        gets a key derived from a random per-engine secret and the same answer as a known
+        one; the exchange then fails where a wrong key fails (docs/protocol.md, "Identity
+        decoy"). The decoy is computed for every peer so both paths do the same work.
+        """
+        if self._decoy_secret is None:
+            self._decoy_secret = self._random(32)
+        who = (str(peer_id) if peer_id is not None else "").encode() + b"\x00" + peer_ip.encode()
+        decoy = crypto.prf(HashAlgorithm.SHA2_256, self._decoy_secret, b"tunvpn decoy psk\x00" + who)
+        psk = self.config.psks.lookup(peer_id, peer_ip)
+        if psk is None:
+            log.info("no pre-shared key for %s at %s: answering with a decoy key", peer_id, peer_ip)
+            return decoy
+        return psk
 
     def _derive_keys(self: IkeEngine, sa: IkeSA) -> None:
         assert sa.suite is not None and sa.dh is not None
