@@ -18,6 +18,7 @@ from tunvpn.client import Client, ClientOptions, Progress
 from tunvpn.gateway import AddressPool, Gateway, GatewayOptions, options_from_config
 from tunvpn.gwconfig import parse_gateway_config
 from tunvpn.ike.config import PskTable
+from tunvpn.logins import Admission, LoginThrottle, ThrottleSettings
 from tunvpn.plugins import CredentialRequest, Verdict, hookimpl
 from tunvpn.shell.credentials import UserTable
 
@@ -218,3 +219,124 @@ def test_every_configuration_path_requires_xauth_with_a_login_source(tmp_path: P
     ):
         args = build_parser().parse_args(base + flags)
         assert Gateway(_gateway_options(args)).config.require_xauth is required, flags  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- throttle (sans-I/O)
+
+T0 = 1_800_000_000.0
+
+
+def _guess(throttle: LoginThrottle, user: str, source: str, now: float, *, right: bool = False) -> Admission:
+    """One login attempt: admitted (then decided) or refused unchecked."""
+    admission = throttle.admit(user, source, now)
+    if not admission.refused:
+        throttle.done(user, source, now + admission.wait, "accepted" if right else "rejected")
+    return admission
+
+
+def test_twenty_wrong_passwords_from_one_source_do_not_lock_the_user_out_elsewhere() -> None:
+    throttle = LoginThrottle()
+    now = T0
+    outcomes = []
+    for _ in range(20):  # as fast as the throttle lets them through
+        admission = _guess(throttle, "alice", "198.51.100.66", now)
+        outcomes.append(admission)
+        now += admission.wait if not admission.refused else 0.01
+    assert all(a.wait == 0 and not a.refused for a in outcomes[:5])  # typos are free
+    assert outcomes[-1].refused
+    # the attacker's next try, even with the right password, is refused unchecked
+    assert throttle.admit("alice", "198.51.100.66", now).refused
+    # alice herself, from home: at once
+    assert throttle.admit("alice", "203.0.113.7", now) == Admission(wait=0.0)
+    # and another user behind the attacker's address is not affected by a per-user budget
+    assert not throttle.admit("bob", "198.51.100.66", now).refused
+
+
+def test_parallel_guesses_take_successive_slots() -> None:
+    """Guesses sent at once (many phase 1s in parallel) count before their verdicts."""
+    throttle = LoginThrottle()
+    admissions = [throttle.admit("alice", "198.51.100.66", T0) for _ in range(12)]
+    waits = [a.wait for a in admissions if not a.refused]
+    assert waits[:6] == [0.0] * 6 and waits[6:] == [1.0, 3.0]
+    assert sum(a.refused for a in admissions) == 4
+
+
+def test_one_source_spraying_many_users_is_slowed_per_source() -> None:
+    throttle = LoginThrottle()
+    now = T0
+    for n in range(40):
+        admission = _guess(throttle, f"user{n}", "198.51.100.66", now)
+        now += admission.wait if not admission.refused else 0.01
+    assert throttle.admit("user99", "198.51.100.66", now).refused
+    assert throttle.admit("user99", "203.0.113.7", now) == Admission(wait=0.0)
+
+
+def test_a_distributed_guesser_only_slows_the_user_mildly() -> None:
+    """1,000 addresses guessing alice's password: she still gets in, at most 2 s later."""
+    throttle = LoginThrottle()
+    for n in range(1000):
+        _guess(throttle, "alice", f"10.{n // 250}.{n % 250}.1", T0 + n)
+    admission = throttle.admit("alice", "203.0.113.7", T0 + 1000)
+    assert not admission.refused and admission.wait <= ThrottleSettings().per_user.cap
+
+
+def test_success_clears_the_users_record_and_records_are_forgotten() -> None:
+    throttle = LoginThrottle()
+    for n in range(5):
+        _guess(throttle, "alice", "203.0.113.7", T0 + n)
+    _guess(throttle, "alice", "203.0.113.7", T0 + 6, right=True)
+    assert throttle.admit("alice", "203.0.113.7", T0 + 7).wait == 0
+    throttle = LoginThrottle()
+    now = T0
+    while not (admission := throttle.admit("alice", "198.51.100.66", now)).refused:
+        throttle.done("alice", "198.51.100.66", now + admission.wait, "rejected")
+        now += admission.wait
+    later = now + ThrottleSettings().forget_after + ThrottleSettings().per_user_source.cap + 1
+    assert throttle.admit("alice", "198.51.100.66", later) == Admission(wait=0.0)
+
+
+def test_memory_stays_bounded_with_100000_sources() -> None:
+    settings = ThrottleSettings()
+    throttle = LoginThrottle(settings)
+    for n in range(100_000):
+        _guess(throttle, f"u{n % 500}", f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", T0 + n / 1000)
+    pairs, sources, users = throttle.sizes()
+    assert pairs <= settings.max_entries and sources <= settings.max_entries and users <= 500
+
+
+# --------------------------------------------------------------------------- throttle, on the wire
+
+OTHER_CLIENT = "127.0.0.3"
+
+
+@loopback
+def test_guessing_from_one_address_is_throttled_while_the_user_logs_in_from_another() -> None:
+    """A group-PSK holder at 127.0.0.2 guesses alice's password 20 times (a phase 1 and an
+    XAUTH login each): its next login is refused unchecked, even with the right password,
+    while alice at 127.0.0.3 logs in at once."""
+    ike, natt = free_port_pair()
+
+    async def scenario() -> tuple[list[int], int, list[dict], int, Gateway]:
+        gateway, server = await _serve(gateway_options(ike, natt, plugin_objects=(PasswordBackend(),)))
+        try:
+            guesses = [
+                (await _attempt(gateway, client_options(ike, natt, "alice", f"guess-{n}")))[0]
+                for n in range(20)
+            ]
+            attacker_code, attacker_records = await _attempt(
+                gateway, client_options(ike, natt, "alice", "a-pass")
+            )
+            alice_code, _ = await _attempt(
+                gateway, client_options(ike, natt, "alice", "a-pass"), OTHER_CLIENT
+            )
+        finally:
+            gateway.stop()
+            await asyncio.wait_for(server, 5)
+        return guesses, attacker_code, attacker_records, alice_code, gateway
+
+    guesses, attacker_code, attacker_records, alice_code, gateway = asyncio.run(scenario())
+    assert all(code != 0 for code in guesses)
+    assert attacker_code != 0
+    assert "too many failed logins" in json.dumps(attacker_records)
+    assert alice_code == 0
+    assert gateway.throttle.admit("alice", OTHER_CLIENT, gateway.clock()) == Admission(wait=0.0)

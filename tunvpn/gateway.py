@@ -49,7 +49,7 @@ from tunvpn.ike.proposals import (
     EspSuite,
     Phase1Policy,
 )
-from tunvpn.logins import xauth_required
+from tunvpn.logins import LoginThrottle, refusal_message, throttle_outcome, wait_turn, xauth_required
 from tunvpn.plugins import Authorization, CredentialRequest, GatewayContext, PluginError, PluginHost, Verdict
 from tunvpn.shell.credentials import SecretFileError, UserTable
 from tunvpn.shell.udp import UdpDriver
@@ -446,6 +446,8 @@ class Gateway:
         self._services: list[asyncio.Task[None]] = []
         self.announcements = self._announce(options)
         """The extra protocols of phase 1a as announced, and the policies accepted for them."""
+        self.throttle = LoginThrottle()
+        """Failed-login budgets per (user, source), source and user (tunvpn/logins.py)."""
         self._warn_weak(options)
 
     @staticmethod
@@ -729,6 +731,20 @@ class Gateway:
             state=session.auth_state,
             protocol=protocol,
         )
+        admission = await wait_turn(self.throttle, event.user_name, event.peer[0], self.clock)
+        if self.sessions.get(event.sa_id) is not session:  # the client went away meanwhile
+            if not admission.refused:
+                self.throttle.done(event.user_name, event.peer[0], self.clock(), "abandoned")
+            return
+        if admission.refused:
+            log.warning(
+                "XAUTH: user %r from %s refused unchecked: too many failed logins",
+                event.user_name,
+                event.peer[0],
+            )
+            self.engine.xauth_verdict(event.sa_id, self.clock(), False, refusal_message(admission))
+            return
+        backend_failed = False
         try:
             skip = () if protocol is not None else [p.name for p in self._run_protocols()]
             verdict = await asyncio.wait_for(
@@ -742,9 +758,14 @@ class Gateway:
                 PLUGIN_TIMEOUT,
             )
             verdict = Verdict.reject("the gateway could not check the credentials in time")
+            backend_failed = True
         except Exception as exc:  # a broken plugin or backend rejects this user, nothing more
             log.error("XAUTH: checking user %r from %s failed: %s", event.user_name, event.peer[0], exc)
             verdict = Verdict.reject("the gateway could not check the credentials")
+            backend_failed = True
+        self.throttle.done(
+            event.user_name, event.peer[0], self.clock(), throttle_outcome(verdict, backend_failed)
+        )
         if self.sessions.get(event.sa_id) is not session:
             return  # the client went away meanwhile
         now = self.clock()

@@ -32,15 +32,17 @@ second factor (the otp or radius plugins) where that matters.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tunvpn.gateway import GatewayOptions
-    from tunvpn.plugins import PluginHost
+    from tunvpn.plugins import PluginHost, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +220,36 @@ class LoginThrottle:
             self._pairs.drop((user, source))
 
 
+def throttle_outcome(verdict: Verdict, backend_failed: bool = False) -> str:
+    """What a plugin's verdict means to the throttle: a rejection is a failed guess, unless the
+    backend failed (a RADIUS outage must not count against its users)."""
+    if verdict.outcome == "reject":
+        return "other" if backend_failed else "rejected"
+    return "accepted" if verdict.accepted else "other"
+
+
+def refusal_message(admission: Admission) -> str:
+    """The XAUTH message of a throttled attempt (says when, not why in detail)."""
+    return f"too many failed logins; try again in {math.ceil(admission.wait)} s"
+
+
+async def wait_turn(throttle: LoginThrottle, user: str, source: str, clock: Callable[[], float]) -> Admission:
+    """The shell's side of :meth:`LoginThrottle.admit`: wait (without blocking the event loop)
+    until the attempt may be checked; a refused attempt returns at once."""
+    admission = throttle.admit(user, source, clock())
+    if not admission.refused and admission.wait > 0:
+        await asyncio.sleep(admission.wait)
+    return admission
+
+
 __all__ = [
     "Admission",
     "LoginThrottle",
     "ThrottleSettings",
     "Tier",
     "login_sources",
+    "refusal_message",
+    "throttle_outcome",
+    "wait_turn",
     "xauth_required",
 ]
