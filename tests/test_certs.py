@@ -11,17 +11,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tunvpn.ike.certpath import (
+    EKU_IPSEC_IKE,
+    RESPONDER_EKUS,
+    verify_certificate,
+    verify_chain,
+    verify_peer_certificate,
+)
 from tunvpn.ike.certs import (
     Credential,
     ca_distinguished_name,
     certificate_matches_identity,
     load_certificates,
     parse_certificate,
+    rsa_private_operation,
     sign,
     verify,
-    verify_certificate,
 )
 from tunvpn.ike.constants import AuthMethod, IdType, NotifyType
 from tunvpn.ike.errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
@@ -52,6 +59,8 @@ def _certificate(
     not_before: datetime.datetime = NOW - 30 * DAY,
     not_after: datetime.datetime = NOW + 365 * DAY,
     san: list[x509.GeneralName] | None = None,
+    eku: list[x509.ObjectIdentifier] | None = None,
+    key_usage: x509.KeyUsage | None = None,
 ) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
@@ -65,6 +74,10 @@ def _certificate(
     )
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    if eku:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    if key_usage:
+        builder = builder.add_extension(key_usage, critical=True)
     return builder.sign(issuer_key or key, hashes.SHA256())
 
 
@@ -288,8 +301,9 @@ def test_leaf_outside_validity(
 
 def test_expired_ca() -> None:
     old_ca = _certificate(CA_NAME, CA_KEY, ca=True, not_before=NOW - 60 * DAY, not_after=NOW - DAY)
-    with pytest.raises(AuthenticationError, match="expired"):
+    with pytest.raises(AuthenticationError, match="issuer's certificate has expired") as info:
         verify_certificate(_der(P256_LEAF), [old_ca], NOW)
+    assert info.value.notify is NotifyType.INVALID_CERTIFICATE
 
 
 def test_other_ca_fails() -> None:
@@ -397,3 +411,132 @@ def test_ca_distinguished_name() -> None:
     assert dn == CA.subject.public_bytes()
     assert dn[0] == 0x30
     assert certificate_matches_identity(CA, IdType.DER_ASN1_DN, dn)
+
+
+# ----------------------------------------------------------------------------- IKE profile (RFC 4945)
+
+CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
+SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
+
+
+@pytest.mark.parametrize(
+    "eku",
+    [
+        None,
+        [SERVER_AUTH],
+        [EKU_IPSEC_IKE],
+        [ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE],
+        [CLIENT_AUTH, SERVER_AUTH],
+    ],
+    ids=["no EKU", "serverAuth", "ipsecIKE", "anyExtendedKeyUsage", "clientAuth+serverAuth"],
+)
+def test_gateway_certificate_ekus_accepted(eku: list[x509.ObjectIdentifier] | None) -> None:
+    leaf = _certificate(_name("gw"), P256_KEY, CA_NAME, CA_KEY, eku=eku)
+    assert verify_chain(_der(leaf), [CA], NOW, ekus=RESPONDER_EKUS) == (leaf, CA)
+
+
+def test_client_auth_only_certificate_cannot_pose_as_a_gateway() -> None:
+    """A user's certificate (clientAuth only, as `pki --flag clientAuth` issues them) from
+    the gateway's CA must not be accepted where a gateway's certificate is expected."""
+    user = _certificate(_name("alice"), P256_KEY, CA_NAME, CA_KEY, eku=[CLIENT_AUTH])
+    with pytest.raises(AuthenticationError, match="extendedKeyUsage") as info:
+        verify_certificate(_der(user), [CA], NOW)  # default: a responder's certificate
+    assert info.value.notify is NotifyType.INVALID_CERTIFICATE
+    with pytest.raises(AuthenticationError, match="extendedKeyUsage"):
+        verify_peer_certificate(_der(user), [CA], NOW, peer_is_initiator=False)
+    # The same certificate is a fine client certificate.
+    assert verify_peer_certificate(_der(user), [CA], NOW, peer_is_initiator=True) == user
+    # A code-signing certificate is neither.
+    signer = _certificate(_name("signer"), P256_KEY, CA_NAME, CA_KEY, eku=[ExtendedKeyUsageOID.CODE_SIGNING])
+    with pytest.raises(AuthenticationError, match="extendedKeyUsage"):
+        verify_peer_certificate(_der(signer), [CA], NOW, peer_is_initiator=True)
+
+
+def test_dn_only_certificate_without_san_or_aki_verifies() -> None:
+    # RFC 4945 section 3.1.5: a peer may be named by its DN; no subjectAltName needed.
+    leaf = _certificate(_name("dn only"), P384_KEY, CA_NAME, CA_KEY)
+    assert leaf.extensions.get_extension_for_class(x509.BasicConstraints)
+    chain = verify_chain(_der(leaf), [CA], NOW)
+    assert chain == (leaf, CA)
+    assert certificate_matches_identity(leaf, IdType.DER_ASN1_DN, leaf.subject.public_bytes())
+
+
+def test_issuer_with_key_usage_without_key_cert_sign_is_refused() -> None:
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    root = _certificate(_name("crl-only root"), OTHER_CA_KEY, ca=True, key_usage=usage)
+    leaf = _certificate(_name("under crl-only root"), P256_KEY, root.subject, OTHER_CA_KEY)
+    with pytest.raises(AuthenticationError, match="keyUsage") as info:
+        verify_certificate(_der(leaf), [root], NOW)
+    assert info.value.notify is NotifyType.INVALID_CERT_AUTHORITY
+
+
+def test_name_constraints_of_the_ca_are_enforced() -> None:
+    """A CA limited to example.com cannot vouch for vpn.attacker.test (RFC 5280 4.2.1.10)."""
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    constraints = x509.NameConstraints(
+        permitted_subtrees=[x509.DNSName("example.com")], excluded_subtrees=None
+    )
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(_name("constrained root"))
+        .issuer_name(_name("constrained root"))
+        .public_key(root_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + DAY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(constraints, critical=True)
+        .sign(root_key, hashes.SHA256())
+    )
+    good = _certificate(_name("gw"), P256_KEY, root.subject, root_key, san=[x509.DNSName("vpn.example.com")])
+    bad = _certificate(_name("gw"), P256_KEY, root.subject, root_key, san=[x509.DNSName("vpn.attacker.test")])
+    assert verify_certificate(_der(good), [root], NOW) == good
+    with pytest.raises(AuthenticationError):
+        verify_certificate(_der(bad), [root], NOW)
+
+
+# ----------------------------------------------------------------------------- RSA private operation
+
+
+@pytest.mark.parametrize("bits", [2048, 3072])
+def test_rsa_private_operation_known_answer(bits: int) -> None:
+    """The blinded constant-time CRT result equals textbook m^d mod n, and the IKEv1
+    signature made with it verifies with cryptography's own public-key operation."""
+    key = RSA_KEY if bits == 2048 else rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    numbers = key.private_numbers()
+    n = numbers.public_numbers.n
+    for m in (2, n - 1, int.from_bytes(hashlib.sha512(b"m").digest() * (bits // 512), "big") % n):
+        assert rsa_private_operation(numbers, m) == pow(m, numbers.d, n)
+    credential = Credential(_certificate(_name(f"rsa{bits}"), key, CA_NAME, CA_KEY), key)
+    signature = sign(credential, AuthMethod.RSA_SIGNATURES, HASH_SHA256)
+    assert len(signature) == bits // 8
+    assert key.public_key().recover_data_from_signature(signature, padding.PKCS1v15(), None) == HASH_SHA256
+
+
+def test_rsa_private_operation_refuses_a_faulty_result() -> None:
+    """A fault in one CRT half (here: a wrong d mod (p-1)) would give away a factor of n
+    (Boneh-DeMillo-Lipton: gcd(s'^e - m, n) = q). The self-check keeps it in."""
+    good = RSA_KEY.private_numbers()
+    faulty = rsa.RSAPrivateNumbers(
+        p=good.p,
+        q=good.q,
+        d=good.d,
+        dmp1=good.dmp1 ^ 2,
+        dmq1=good.dmq1,
+        iqmp=good.iqmp,
+        public_numbers=good.public_numbers,
+    )
+    with pytest.raises(LocalProtocolError, match="self-check"):
+        rsa_private_operation(faulty, 12345)
+    with pytest.raises(LocalProtocolError):
+        rsa_private_operation(good, good.public_numbers.n)  # out of range

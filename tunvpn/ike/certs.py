@@ -8,26 +8,26 @@ shell's job.
   - RSA: PKCS#1 v1.5 block type 1 padding over the bare hash, with **no DigestInfo**, as
     strongSwan (``SIGN_RSA_EMSA_PKCS1_NULL``), racoon (``RSA_private_encrypt``) and Libreswan
     do. ``cryptography`` cannot sign without a DigestInfo, so :func:`sign` encodes
-    EMSA-PKCS1-v1_5 itself and runs the RSA private operation with CRT and random blinding.
+    EMSA-PKCS1-v1_5 itself and runs the RSA private operation (:func:`rsa_private_operation`:
+    constant time in the exponent, blinded, checked).
   - ECDSA (RFC 4754 section 7/8, methods 9/10/11): ECDSA with SHA-256/384/512 over HASH,
     encoded as r || s, each left-padded to the curve size (not DER).
 
-* Certificates (RFC 2408 section 3.9/3.10, RFC 4945 for the profile): a path from the
-  peer's certificate to one of our trust anchors, validity periods and CA constraints, and
-  the match of a certificate against the peer's ID payload.
+* Identities (RFC 2408 section 3.9/3.10, RFC 4945 section 3): the match of a certificate
+  against the peer's ID payload, and :class:`IdentityPattern`, the one matcher of settings
+  that select peers by identity. Certificate paths are checked in :mod:`tunvpn.ike.certpath`.
 """
 
 from __future__ import annotations
 
-import datetime
+import fnmatch
 import hmac
 import ipaddress
 import logging
-import math
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import gmpy2
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -38,19 +38,20 @@ from cryptography.x509.oid import ExtensionOID
 
 from .constants import AuthMethod, IdType, NotifyType
 from .errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
+from .identity import Identity, der_to_name
 
 __all__ = [
     "ECDSA_METHODS",
-    "MAX_CHAIN_DEPTH",
     "RSA_METHODS",
     "Credential",
+    "IdentityPattern",
     "ca_distinguished_name",
     "certificate_matches_identity",
     "load_certificates",
     "parse_certificate",
+    "rsa_private_operation",
     "sign",
     "verify",
-    "verify_certificate",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,10 +77,6 @@ _ECDSA: dict[AuthMethod, tuple[str, type[hashes.HashAlgorithm], int]] = {
 }
 #: Authentication methods whose SIG payload is an ECDSA r || s signature (RFC 4754).
 ECDSA_METHODS = frozenset(_ECDSA)
-
-#: Most signature steps from the peer's certificate up to a trust anchor.
-MAX_CHAIN_DEPTH = 4
-
 
 # --------------------------------------------------------------------------- credentials
 
@@ -194,23 +191,38 @@ def _emsa_pkcs1_v15_null(hash_value: bytes, k: int) -> int:
     return int.from_bytes(encoded, "big")
 
 
-def _rsa_private_operation(key: rsa.RSAPrivateKey, m: int) -> int:
-    """m^d mod n by the CRT (RFC 8017 section 5.1.2, 2.b), with random base blinding:
-    sign r^e * m, then multiply by r^-1, so timing does not depend on ``m``."""
-    numbers = key.private_numbers()
+def rsa_private_operation(numbers: rsa.RSAPrivateNumbers, m: int) -> int:
+    """m^d mod n (RFC 8017 section 5.1.2), hardened for a gateway that signs for anyone who
+    asks (hybrid and certificate logins):
+
+    * constant time in the exponent: both CRT halves run GMP's ``mpz_powm_sec`` (gmpy2
+      ``powmod_sec``), whose sequence of operations and memory accesses does not depend on
+      the secret exponent;
+    * blinded: the base is m * r^e for a fresh random r, unblinded with r^-1 afterwards, so
+      the operands the exponentiation sees are unrelated to ``m`` (Kocher timing, and
+      chosen-message attacks on the arithmetic);
+    * checked: s^e == m before the result leaves, since a fault in one CRT half would hand
+      out a factor of n (Boneh-DeMillo-Lipton).
+
+    :raises LocalProtocolError: the self-check failed (a fault, or inconsistent numbers).
+    """
     n, e = numbers.public_numbers.n, numbers.public_numbers.e
+    if not 0 <= m < n:
+        raise LocalProtocolError("RSA input out of range")
+    big_n = gmpy2.mpz(n)
     while True:
-        r = secrets.randbelow(n - 2) + 2
-        if math.gcd(r, n) == 1:
+        r = gmpy2.mpz(secrets.randbelow(n - 2) + 2)
+        if gmpy2.gcd(r, big_n) == 1:
             break
-    blinded = (pow(r, e, n) * m) % n
-    s_p = pow(blinded, numbers.dmp1, numbers.p)
-    s_q = pow(blinded, numbers.dmq1, numbers.q)
-    h = (numbers.iqmp * (s_p - s_q)) % numbers.p
-    s = ((s_q + h * numbers.q) * pow(r, -1, n)) % n
-    if pow(s, e, n) != m:  # a CRT fault would leak a factor of n (Boneh-DeMillo-Lipton)
-        raise LocalProtocolError("RSA signature self-check failed")
-    return s
+    blinded = (gmpy2.powmod(r, e, big_n) * m) % big_n
+    p, q = gmpy2.mpz(numbers.p), gmpy2.mpz(numbers.q)
+    s_p = gmpy2.powmod_sec(blinded % p, numbers.dmp1, p)
+    s_q = gmpy2.powmod_sec(blinded % q, numbers.dmq1, q)
+    h = (numbers.iqmp * (s_p - s_q)) % p
+    s = ((s_q + h * q) * gmpy2.invert(r, big_n)) % big_n
+    if gmpy2.powmod(s, e, big_n) != m:
+        raise LocalProtocolError("RSA signature self-check failed (fault or bad key)")
+    return int(s)
 
 
 def sign(credential: Credential, auth_method: AuthMethod, hash_value: bytes) -> bytes:
@@ -228,7 +240,8 @@ def sign(credential: Credential, auth_method: AuthMethod, hash_value: bytes) -> 
         if not isinstance(key, rsa.RSAPrivateKey):
             raise LocalProtocolError(f"{AuthMethod(auth_method).name} needs an RSA key")
         k = (key.key_size + 7) // 8
-        signature = _rsa_private_operation(key, _emsa_pkcs1_v15_null(hash_value, k)).to_bytes(k, "big")
+        encoded = _emsa_pkcs1_v15_null(hash_value, k)
+        signature = rsa_private_operation(key.private_numbers(), encoded).to_bytes(k, "big")
         recovered = key.public_key().recover_data_from_signature(signature, padding.PKCS1v15(), None)
         if not hmac.compare_digest(recovered, hash_value):
             raise LocalProtocolError("RSA signature does not verify with our own public key")
@@ -290,146 +303,6 @@ def verify(
             raise _bad_signature("ECDSA signature does not verify") from None
         return
     raise _bad_signature(f"no signature verification for authentication method {auth_method!r}")
-
-
-# --------------------------------------------------------------------------- certificate paths
-
-
-def _utc(now: datetime.datetime) -> datetime.datetime:
-    return now if now.tzinfo is not None else now.replace(tzinfo=datetime.UTC)
-
-
-def _describe(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string() or "<empty subject>"
-
-
-def _check_validity(cert: x509.Certificate, now: datetime.datetime) -> None:
-    if now < cert.not_valid_before_utc:
-        raise AuthenticationError(
-            f"certificate {_describe(cert)} is not yet valid (from {cert.not_valid_before_utc.isoformat()})",
-            NotifyType.INVALID_CERTIFICATE,
-            field="CERT",
-        )
-    if now > cert.not_valid_after_utc:
-        raise AuthenticationError(
-            f"certificate {_describe(cert)} expired on {cert.not_valid_after_utc.isoformat()}",
-            NotifyType.INVALID_CERTIFICATE,
-            field="CERT",
-        )
-
-
-def _check_issuer(issuer: x509.Certificate, ca_certs_below: int) -> None:
-    """RFC 5280 section 4.2.1.9 / 4.2.1.3: an issuer must be a CA, allowed to sign
-    certificates, with a path length constraint that admits the CAs below it."""
-    try:
-        constraints = issuer.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
-    except x509.ExtensionNotFound:
-        constraints = None
-    if constraints is None or not constraints.ca:
-        raise AuthenticationError(
-            f"issuer {_describe(issuer)} is not a CA (basicConstraints)",
-            NotifyType.INVALID_CERT_AUTHORITY,
-            field="CERT",
-        )
-    if constraints.path_length is not None and ca_certs_below > constraints.path_length:
-        raise AuthenticationError(
-            f"issuer {_describe(issuer)} path length constraint {constraints.path_length} exceeded",
-            NotifyType.INVALID_CERT_AUTHORITY,
-            field="CERT",
-        )
-    try:
-        usage = issuer.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
-    except x509.ExtensionNotFound:
-        return
-    if not usage.key_cert_sign:
-        raise AuthenticationError(
-            f"issuer {_describe(issuer)} may not sign certificates (keyUsage)",
-            NotifyType.INVALID_CERT_AUTHORITY,
-            field="CERT",
-        )
-
-
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool | None:
-    """True if ``issuer`` signed ``cert``; None if the names do not even match; False if
-    the names match but the signature is bad or of an unsupported algorithm."""
-    if cert.issuer != issuer.subject:
-        return None
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def verify_certificate(
-    cert_der: bytes,
-    trusted_cas: Sequence[x509.Certificate],
-    now: datetime.datetime,
-    intermediates: Sequence[bytes] = (),
-) -> x509.Certificate:
-    """Check the peer's end-entity certificate up to one of ``trusted_cas``.
-
-    Walks issuer by issuer (at most :data:`MAX_CHAIN_DEPTH` signatures) through the
-    intermediates the peer sent in further CERT payloads; checks each signature, each
-    validity period at ``now`` (a naive datetime is taken as UTC) and that every issuer is
-    a CA (RFC 5280 section 6.1, simplified: no policies, name constraints or revocation).
-
-    :returns: the parsed end-entity certificate.
-    :raises RemoteProtocolError: INVALID_CERT_ENCODING if some DER does not parse.
-    :raises AuthenticationError: INVALID_CERTIFICATE (expired, not yet valid, bad
-        signature) or INVALID_CERT_AUTHORITY (unknown issuer, issuer not a CA), field ``CERT``.
-    """
-    now = _utc(now)
-    leaf = parse_certificate(cert_der)
-    pool = [parse_certificate(der, field="CERT (intermediate)") for der in intermediates]
-    current = leaf
-    ca_certs_below = 0  # CA certificates between ``current`` and the leaf (RFC 5280 pathLen)
-    seen = {current.fingerprint(hashes.SHA256())}
-    bad_signature_from = ""
-    for _ in range(MAX_CHAIN_DEPTH):
-        _check_validity(current, now)
-        for anchor in trusted_cas:
-            verdict = _signed_by(current, anchor)
-            if verdict:
-                _check_issuer(anchor, ca_certs_below)
-                _check_validity(anchor, now)
-                logger.debug("certificate %s verified up to %s", _describe(leaf), _describe(anchor))
-                return leaf
-            if verdict is False:
-                bad_signature_from = _describe(anchor)
-        next_issuer = None
-        for candidate in pool:
-            fingerprint = candidate.fingerprint(hashes.SHA256())
-            if fingerprint in seen:
-                continue
-            verdict = _signed_by(current, candidate)
-            if verdict:
-                next_issuer = candidate
-                seen.add(fingerprint)
-                break
-            if verdict is False:
-                bad_signature_from = _describe(candidate)
-        if next_issuer is None:
-            if bad_signature_from:
-                raise AuthenticationError(
-                    f"certificate {_describe(current)} has a bad signature from {bad_signature_from}",
-                    NotifyType.INVALID_CERTIFICATE,
-                    field="CERT",
-                )
-            raise AuthenticationError(
-                f"certificate {_describe(current)} has an unknown issuer "
-                f"{current.issuer.rfc4514_string()} (not a trusted CA)",
-                NotifyType.INVALID_CERT_AUTHORITY,
-                field="CERT",
-            )
-        _check_issuer(next_issuer, ca_certs_below)
-        current = next_issuer
-        ca_certs_below += 1
-    raise AuthenticationError(
-        f"no path to a trusted CA within {MAX_CHAIN_DEPTH} certificates for {_describe(leaf)}",
-        NotifyType.INVALID_CERT_AUTHORITY,
-        field="CERT",
-    )
 
 
 # --------------------------------------------------------------------------- identities
@@ -569,3 +442,111 @@ def certificate_matches_identity(cert: x509.Certificate, id_type: IdType, id_dat
     except UnicodeDecodeError:
         return False
     return False
+
+
+# --------------------------------------------------------------------------- identity patterns
+
+
+def _glob(pattern: str, value: str) -> bool:
+    """``*`` and ``?`` globs (no character classes), case-insensitive."""
+    return fnmatch.fnmatchcase(value.casefold(), pattern.casefold().replace("[", "[[]"))
+
+
+def _name_matches(pattern: x509.Name, name: x509.Name) -> bool:
+    """RDN by RDN, each attribute's value a glob (``CN=*,O=Example``); the attribute types
+    and their order must be the same."""
+    if len(pattern.rdns) != len(name.rdns):
+        return False
+    for wanted, got in zip(pattern.rdns, name.rdns):
+        wanted_attrs = sorted(wanted, key=lambda a: a.oid.dotted_string)
+        got_attrs = sorted(got, key=lambda a: a.oid.dotted_string)
+        if len(wanted_attrs) != len(got_attrs):
+            return False
+        for w, g in zip(wanted_attrs, got_attrs):
+            if w.oid != g.oid or not isinstance(g.value, str) or not _glob(str(w.value), g.value):
+                return False
+    return True
+
+
+def _address_in(pattern: object, address: object) -> bool:
+    if isinstance(pattern, tuple):
+        start, end = pattern
+        return type(address) is type(start) and start <= address <= end  # type: ignore[operator]
+    if isinstance(pattern, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)) and address in pattern
+    return pattern == address
+
+
+@dataclass(frozen=True)
+class IdentityPattern:
+    """A pattern over peer identities: the one matcher for every setting that selects peers
+    by identity (``peer_id_patterns``, policies).
+
+    Written as :meth:`Identity.parse <tunvpn.ike.identity.Identity.parse>` text with ``*``
+    and ``?`` globs: ``CN=*,OU=vpn,O=Example`` (a DN, RDN by RDN), ``@*.example.com`` (FQDN,
+    or a subjectAltName dNSName), ``*@example.com`` (USER_FQDN, or an rfc822Name),
+    ``10.0.0.0/8`` or ``10.0.0.1-10.0.0.9`` or an address (IPV4/IPV6 identities and
+    iPAddress names inside it), ``keyid:group-*`` (KEY_ID, phase 1 identities only), or
+    ``*`` (anything). Text is compared case-insensitively.
+    """
+
+    text: str
+    """The pattern as written."""
+    identity: Identity | None = field(default=None, compare=False, repr=False)
+    """The parsed form; None for ``*``."""
+
+    def __post_init__(self) -> None:
+        if self.identity is None and self.text.strip() != "*":
+            object.__setattr__(self, "identity", Identity.parse(self.text))
+
+    @classmethod
+    def parse(cls, text: str) -> IdentityPattern:
+        """:raises LocalProtocolError: ``text`` is no identity."""
+        return cls(text.strip())
+
+    def __str__(self) -> str:
+        return self.text
+
+    def _value_matches(self, id_type: IdType, value: object) -> bool:
+        pattern = self.identity
+        if pattern is None:
+            return True
+        kind = pattern.id_type
+        if kind is IdType.DER_ASN1_DN:
+            if id_type is not IdType.DER_ASN1_DN:
+                return False
+            try:
+                name = value if isinstance(value, x509.Name) else der_to_name(value)  # type: ignore[arg-type]
+                return _name_matches(der_to_name(pattern.value), name)  # type: ignore[arg-type]
+            except (ValueError, UnicodeDecodeError):
+                return False
+        if kind in (IdType.FQDN, IdType.USER_FQDN):
+            return id_type is kind and isinstance(value, str) and _glob(str(pattern.value), value)
+        if kind is IdType.KEY_ID:
+            return (
+                id_type is kind
+                and isinstance(value, bytes)
+                and _glob(pattern.value.decode("latin-1"), value.decode("latin-1"))  # type: ignore[union-attr]
+            )
+        if id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
+            return _address_in(pattern.value, value)
+        return False
+
+    def matches(self, identity: Identity) -> bool:
+        """Whether a phase 1 identity matches (an address identity: inside the pattern's
+        address, network or range)."""
+        return self._value_matches(identity.id_type, identity.value)
+
+    def matches_certificate(self, cert: x509.Certificate) -> bool:
+        """Whether the certificate's subject DN or one of its subjectAltNames matches."""
+        if self._value_matches(IdType.DER_ASN1_DN, cert.subject):
+            return True
+        try:
+            san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        except (x509.ExtensionNotFound, ValueError):
+            return False
+        return (
+            any(self._value_matches(IdType.FQDN, n) for n in san.get_values_for_type(x509.DNSName))
+            or any(self._value_matches(IdType.USER_FQDN, n) for n in san.get_values_for_type(x509.RFC822Name))
+            or any(self._value_matches(IdType.IPV4_ADDR, n) for n in san.get_values_for_type(x509.IPAddress))
+        )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from .certs import Credential
+from .certpath import PeerCertificatePolicy
 from .constants import AuthMethod
 from .errors import LocalProtocolError
 from .identity import Identity, TrafficSelector
@@ -96,6 +97,9 @@ class EngineConfig:
     """Our certificate and private key, for signature authentication."""
     trusted_cas: tuple[x509.Certificate, ...] = ()
     """CA certificates that peers' certificates must chain to."""
+    peer_certificates: PeerCertificatePolicy = field(default_factory=PeerCertificatePolicy)
+    """What peers' certificates must satisfy beyond chaining to ``trusted_cas``: extended key
+    usage, identity patterns, revocation mode and the CRL store the shell keeps filled."""
     phase1: Phase1Policy = field(default_factory=Phase1Policy)
     """Phase 1 algorithms we offer (initiator) or accept (responder)."""
     children: tuple[ChildPolicy, ...] = ()

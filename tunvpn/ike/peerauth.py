@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from . import certs, crypto
+from . import certpath, certs, crypto
 from .config import SIGNATURE_METHODS, base_auth_method
 from .constants import (
     CertEncoding,
@@ -108,11 +108,13 @@ class PeerAuthMixin:
             raise AuthenticationError(
                 "no CA configured to check peer certificates", NotifyType.INVALID_CERT_AUTHORITY
             )
-        leaf = certs.verify_certificate(
+        leaf = certpath.verify_peer_certificate(
             x509_certs[0].data,  # type: ignore[union-attr]
             self.config.trusted_cas,
             _utc(now),
             intermediates=[c.data for c in x509_certs[1:]],  # type: ignore[union-attr]
+            policy=self.config.peer_certificates,
+            peer_is_initiator=initiator,
         )
         assert sa.peer_id is not None
         id_payload = sa.peer_id.to_payload()
