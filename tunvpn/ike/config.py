@@ -141,12 +141,27 @@ class EngineConfig:
     """Send the Cisco Unity vendor ID (vpnc and Cisco peers expect it)."""
     tunvpn_extensions: bool = True
     """Send our own vendor ID and use tunvpn extensions with peers that send it."""
+    login_required: bool = False
+    """Responder: nothing is granted on an ISAKMP SA (Quick Mode, INITIAL-CONTACT, the
+    ``children`` fallback) until the shell calls ``grant`` after the whole login (XAUTH and
+    every extra protocol); Mode Config waits for XAUTH. False: access is granted when phase 1
+    completes, or when XAUTH passes if the peer chose an XAUTH method (docs/engine-states.md)."""
+    login_timeout: float = 120.0
+    """Seconds after phase 1 within which a login must be granted; then the SA is deleted."""
+    max_exchanges: int = 10000
+    """Exchanges (Quick Mode, Transaction, the peer's Informationals) one ISAKMP SA may run;
+    their message IDs are remembered for the SA's whole life (RFC 2408 section 3.1), so a
+    replay is dropped. Reaching the cap deletes the SA (the peer starts a new phase 1)."""
 
     def __post_init__(self) -> None:
         if self.max_half_open < 1:
             raise LocalProtocolError("max_half_open must be at least 1")
         if self.retransmit_tries < 0 or self.retransmit_base <= 0:
             raise LocalProtocolError("retransmission settings must be positive")
+        if self.login_timeout <= 0:
+            raise LocalProtocolError("login_timeout must be positive")
+        if self.max_exchanges < 2:
+            raise LocalProtocolError("max_exchanges must be at least 2")
 
     def auth_methods(self, *, xauth: bool, responder: bool) -> list[AuthMethod]:
         """Auth methods we can do, in preference order."""

@@ -8,39 +8,43 @@ Its whole surface, as in aioquic's ``QuicConnection``:
 * ``get_timer()`` / ``handle_timer(now)`` — one timer for retransmissions, DPD, NAT-T
   keepalives and half-open expiry.
 * ``next_event()`` — drain :mod:`tunvpn.ike.events`.
-* commands: ``initiate``, ``xauth_reply``, ``xauth_verdict``, ``request_mode_config``,
-  ``mode_config_reply``, ``push_mode_config``, ``start_child``, ``delete_child``,
-  ``delete_ike_sa``, ``note_peer_activity``.
+* commands: ``initiate``, ``xauth_reply``, ``xauth_verdict``, ``grant``,
+  ``request_mode_config``, ``mode_config_reply``, ``push_mode_config``, ``start_child``,
+  ``delete_child``, ``delete_ike_sa``, ``note_peer_activity``.
 
 It never touches a socket, a clock, a thread or a plugin. Bad input becomes a Notify plus
-a :class:`~tunvpn.ike.events.ProtocolError` event, never a traceback.
+a :class:`~tunvpn.ike.events.ProtocolError` event, never a traceback. Which message is legal
+when is decided by the tables of :mod:`tunvpn.ike.states`, in ``_receive_exchange`` alone.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 from . import events as ev
-from .config import EngineConfig
+from . import states
+from .config import XAUTH_METHODS, EngineConfig
 from .constants import (
     HEADER_SIZE,
     NAT_KEEPALIVE,
     NON_ESP_MARKER,
     ExchangeType,
     HeaderFlag,
+    IdType,
     NotifyType,
+    ProtocolId,
 )
 from .errors import LocalProtocolError, RemoteProtocolError
 from .exchanges import ExchangesMixin
-from .messages import Header, decode_header
+from .messages import Header, RawPayload, SAPayload, decode_header
 from .natt import NattMixin
 from .peerauth import PeerAuthMixin
 from .phase1 import Phase1Mixin
 from .quickmode import QuickModeMixin
-from .sa import Address, IkeSA, P1State, Role
+from .sa import Access, Address, ExchangeKind, ExState, IkeSA, P1State, Role
 from .transaction import TransactionMixin
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,13 @@ Datagram = tuple[bytes, Address, int]
 """(payload, remote address, local port to send from)."""
 
 PHASE1_EXCHANGES = (ExchangeType.IDENTITY_PROTECTION, ExchangeType.AGGRESSIVE, ExchangeType.BASE)
+EXCHANGE_KINDS = {
+    ExchangeType.TRANSACTION: ExchangeKind.TRANSACTION,
+    ExchangeType.QUICK_MODE: ExchangeKind.QUICK,
+    ExchangeType.INFORMATIONAL: ExchangeKind.INFORMATIONAL,
+}
+MAX_HELD = 4
+"""Informational payloads kept per ISAKMP SA until its login is granted."""
 
 
 class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
@@ -69,6 +80,8 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
         self._out: list[Datagram] = []
         self._events: deque[ev.Event] = deque()
         self._spis: set[int] = set()
+        self.drops: Counter[str] = Counter()
+        """Messages dropped without an answer, by reason (replayed message IDs, ...)."""
 
     # ------------------------------------------------------------------ public surface
 
@@ -118,7 +131,7 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
     def get_timer(self) -> float | None:
         times: list[float] = []
         for sa in self._sas.values():
-            for t in (sa.retransmit_at, sa.next_keepalive, sa.expires):
+            for t in (sa.retransmit_at, sa.next_keepalive, sa.expires, sa.login_deadline):
                 if t is not None:
                     times.append(t)
             if sa.established and self.config.dpd_interval > 0 and "dpd" in sa.peer_vendor_ids:
@@ -137,6 +150,12 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
                 continue
             if sa.expires is not None and now >= sa.expires:
                 self.delete_ike_sa(sa.sa_id, now, reason="expired")
+                continue
+            if sa.login_deadline is not None and now >= sa.login_deadline:
+                log.info("login of %s not finished within %.0f s", sa.remote[0], self.config.login_timeout)
+                self.delete_ike_sa(
+                    sa.sa_id, now, reason=f"login not finished within {self.config.login_timeout:.0f} s"
+                )
                 continue
             if sa.retransmit_at is not None and now >= sa.retransmit_at:
                 self._retransmit_phase1(sa, now)
@@ -195,8 +214,6 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
     ) -> None:
         if sa.state is P1State.DEAD:
             return
-        if remote != sa.remote:
-            self._peer_moved(sa, remote, local)
         if header.message_id == 0 and header.exchange != ExchangeType.INFORMATIONAL:
             if header.exchange != sa.exchange:
                 raise RemoteProtocolError(
@@ -209,18 +226,239 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
                 # RFC 2408 section 5 / RFC 2409: a retransmitted request gets our last answer
                 self._out.append((sa.wrap(sa.last_out), sa.remote, sa.local[1]))
                 return
-            self._receive_phase1(sa, header, data, now)
+            if sa.established:
+                return  # a late duplicate of a message we already answered differently
+            self._receive_phase1_from(sa, header, data, remote, local, now)
         else:
-            self._receive_exchange(sa, header, data, now)
+            self._receive_exchange(sa, header, data, remote, local, now)
 
-    def _peer_moved(self, sa: IkeSA, remote: Address, local: Address) -> None:
-        """NAT-T: follow the peer to a new address/port (RFC 3947 section 4, float to 4500)."""
+    def _receive_phase1_from(
+        self, sa: IkeSA, header: Header, data: bytes, remote: Address, local: Address, now: float
+    ) -> None:
+        """Phase 1 follows the peer to port 4500 (RFC 3947 section 4) on the message that
+        carries the float; the move stands only if that message was accepted."""
+        before = (sa.remote, sa.local, sa.floated)
+        moved = remote != sa.remote
+        if moved:
+            sa.remote = remote
+            if local[1] != self.ike_port:
+                sa.floated, sa.local = True, local
+        try:
+            self._receive_phase1(sa, header, data, now)
+        except RemoteProtocolError:
+            if moved:
+                sa.remote, sa.local, sa.floated = before
+            raise
+        if moved and sa.state is not P1State.DEAD:
+            self._events.append(ev.PeerAddressChanged(sa.sa_id, before[0], remote))
+
+    def _follow_peer(self, sa: IkeSA, remote: Address, local: Address) -> None:
+        """NAT-T (RFC 3947 section 4): after a hash-verified message with a new message ID,
+        follow the peer to its new address, if it is behind a NAT (or to the NAT-T port on
+        the first message that floated). Never on a retransmission, a replay or a forgery."""
+        if remote == sa.remote:
+            return
+        first_float = sa.natt and not sa.floated and local[1] != self.ike_port and remote[0] == sa.remote[0]
+        if not (sa.nat_remote or first_float):
+            self.drops["address change of a peer not behind a NAT"] += 1
+            log.info("%s moved to %s:%d, but it is not behind a NAT: ignored", sa.remote[0], *remote)
+            return
         old = sa.remote
         sa.remote = remote
         if local[1] != self.ike_port:
             sa.floated = True
             sa.local = local
         self._events.append(ev.PeerAddressChanged(sa.sa_id, old, remote))
+
+    # ------------------------------------------------------------------ exchanges (states.py)
+
+    def _receive_exchange(
+        self, sa: IkeSA, header: Header, data: bytes, remote: Address, local: Address, now: float
+    ) -> None:
+        """The one place where a message under an ISAKMP SA is checked against the tables of
+        states.py before any handler runs."""
+        mid = header.message_id
+        ex = sa.exchanges.get(mid)
+        if ex is not None and data == ex.last_in:
+            # a retransmitted request: answer again, or stay quiet while the user or the shell
+            # has not answered yet (its IV has already moved on, it must not be decrypted again)
+            if ex.last_out:
+                self._out.append((sa.wrap(ex.last_out), sa.remote, sa.local[1]))
+            return
+        if mid in sa.completed:
+            # RFC 2408 section 3.1: a message ID is used once per ISAKMP SA; a finished
+            # exchange is never processed again (an old Quick Mode replayed, say)
+            self.drops["message ID of a finished exchange"] += 1
+            log.debug("dropped a message for finished exchange %#x from %s", mid, remote[0])
+            return
+        if header.exchange == ExchangeType.INFORMATIONAL and not header.flags & HeaderFlag.ENCRYPTION:
+            self._unprotected_informational(sa, header, data, now)
+            return
+        if not sa.established:
+            raise RemoteProtocolError(
+                "protected exchange before phase 1 completed",
+                NotifyType.INVALID_EXCHANGE_TYPE,
+                "header.exchange",
+                18,
+            )
+        if not header.flags & HeaderFlag.ENCRYPTION:
+            raise RemoteProtocolError(
+                "exchange under an ISAKMP SA must be encrypted", NotifyType.INVALID_FLAGS, "header.flags", 19
+            )
+        kind = EXCHANGE_KINDS.get(header.exchange)  # type: ignore[call-overload]
+        if kind is None:
+            raise RemoteProtocolError(
+                f"exchange type {header.exchange} not supported",
+                NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
+                "header.exchange",
+                18,
+            )
+        if ex is None and len(sa.completed) + len(sa.exchanges) >= self.config.max_exchanges:
+            log.warning("%s used %d exchanges on one ISAKMP SA", sa.remote[0], self.config.max_exchanges)
+            self.delete_ike_sa(
+                sa.sa_id, now, reason=f"too many exchanges on one ISAKMP SA ({self.config.max_exchanges})"
+            )
+            return
+        known = ex is not None and ex.kind is not ExchangeKind.UNKNOWN
+        try:
+            payloads = sa.open(header, data)
+        except RemoteProtocolError:
+            if not known:
+                sa.exchanges.pop(mid, None)
+            raise
+        if kind is ExchangeKind.INFORMATIONAL:
+            sa.exchanges.pop(mid, None)
+            rest = sa.check_hash(mid, payloads)
+            sa.completed.add(mid)
+            self._heard(sa, remote, local, now)
+            self._informational(sa, rest, now)
+            return
+        ex = sa.exchanges[mid]
+        if not known:
+            ex.kind = kind
+        elif ex.kind is not kind:
+            raise RemoteProtocolError(
+                f"message ID {mid:#x} belongs to a {ex.kind} exchange",
+                NotifyType.INVALID_MESSAGE_ID,
+                "header.message_id",
+                20,
+            )
+        message = states.classify(kind, ex.state, payloads)
+        transition = states.EXCHANGE_TABLE.get((kind, ex.state, message))
+        try:
+            if transition is None or sa.role not in transition.roles:
+                raise RemoteProtocolError(
+                    f"{message.value} not allowed in a {kind} exchange in state {ex.state}"
+                    + ("" if transition is None else f" on the {sa.role.value} side"),
+                    NotifyType.INVALID_MESSAGE_ID if transition is None else NotifyType.INVALID_PAYLOAD_TYPE,
+                    "header.message_id",
+                    20,
+                )
+            if transition.access is not None and sa.access < transition.access:
+                exc = RemoteProtocolError(
+                    f"{message.value} refused: the login is not finished ({sa.access.name})",
+                    NotifyType.AUTHENTICATION_FAILED,
+                    "header.exchange",
+                )
+                exc.notify_spi = _quick_mode_spi(payloads) if kind is ExchangeKind.QUICK else None
+                raise exc
+            transition.handler(self, sa, ex, payloads, now)
+        except RemoteProtocolError:
+            if ex.state is ExState.NEW:
+                sa.exchanges.pop(mid, None)
+            raise
+        ex.last_in = data
+        self._heard(sa, remote, local, now)
+        if sa.state is P1State.DEAD:
+            return
+        if transition.next_state is ExState.DONE:
+            self._exchange_done(sa, ex)
+        else:
+            ex.state = transition.next_state
+
+    def _heard(self, sa: IkeSA, remote: Address, local: Address, now: float) -> None:
+        """A verified message with a new message ID arrived: the peer is alive, and there."""
+        sa.last_heard = now
+        sa.dpd_sent_at = None
+        self._follow_peer(sa, remote, local)
+
+    def _informational(self, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        for raw in payloads:
+            message = states.classify_informational(raw.payload)
+            if message is None:
+                continue
+            rule = states.INFORMATIONAL_TABLE[message]
+            if rule.access is not None and sa.access < rule.access:
+                if rule.held and len(sa.held) < MAX_HELD:
+                    log.info("%s from %s held until its login is granted", message.value, sa.remote[0])
+                    sa.held.append((rule.handler, raw.payload))
+                else:
+                    self.drops[f"{message.value} before the login"] += 1
+                continue
+            rule.handler(self, sa, raw.payload, now)
+
+    # ------------------------------------------------------------------ the login gate
+
+    def _phase1_access(self, sa: IkeSA, initial_contact: bool, now: float) -> None:
+        """Phase 1 is done: the first rows of ``states.ACCESS_TABLE``."""
+        sa.initial_contact = initial_contact
+        xauth = sa.suite is not None and sa.suite.auth in XAUTH_METHODS
+        if sa.role is Role.INITIATOR or not (self.config.login_required or xauth):
+            self._grant(sa, now)
+        else:
+            sa.access = Access.LOGIN_PENDING
+            sa.login_deadline = now + self.config.login_timeout
+
+    def _xauth_passed(self, sa: IkeSA, now: float) -> None:
+        """The gateway accepted the XAUTH credentials (``xauth_verdict``)."""
+        if sa.access >= Access.XAUTH_PASSED:
+            return
+        if self.config.login_required:
+            sa.access = Access.XAUTH_PASSED  # the shell grants once the extra protocols passed
+        else:
+            self._grant(sa, now)
+
+    def grant(self, sa_id: bytes, now: float) -> None:
+        """Gateway: the login of this ISAKMP SA is finished (XAUTH and every extra protocol):
+        from now on its peer may make IPsec SAs, and held Informationals (INITIAL-CONTACT)
+        take effect."""
+        sa = self.get_sa(sa_id)
+        if not sa.established:
+            raise LocalProtocolError("the ISAKMP SA is not established")
+        if sa.xauth_expected and sa.role is Role.RESPONDER and sa.access < Access.XAUTH_PASSED:
+            raise LocalProtocolError("grant before XAUTH passed")
+        self._grant(sa, now)
+
+    def _grant(self, sa: IkeSA, now: float) -> None:
+        if sa.access is Access.GRANTED:
+            return
+        sa.access = Access.GRANTED
+        sa.login_deadline = None
+        self._events.append(ev.AccessGranted(sa.sa_id, sa.xauth_user))
+        held, sa.held = sa.held, []
+        if sa.initial_contact:
+            self._initial_contact(sa, now)
+        for handler, payload in held:
+            if sa.state is P1State.DEAD:
+                return
+            try:
+                handler(self, sa, payload, now)
+            except RemoteProtocolError as exc:
+                self._protocol_error(sa.sa_id, sa.remote, str(exc), int(exc.notify))
+
+    def _same_user(self, sa: IkeSA, other: IkeSA) -> bool:
+        """Whether ``other`` belongs to the peer that sent INITIAL-CONTACT on ``sa``: the same
+        phase 1 identity and the same XAUTH user (strongSwan keys ``unique`` on the XAUTH
+        identity); an address identity behind a NAT also needs the same outer address (two
+        home NATs hand out the same private addresses)."""
+        if other is sa or not other.established or other.role is not sa.role:
+            return False
+        if other.access is not Access.GRANTED or str(other.peer_id) != str(sa.peer_id):
+            return False
+        if other.xauth_user != sa.xauth_user:
+            return False
+        address_id = sa.peer_id is not None and sa.peer_id.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR)
+        return not (address_id and (sa.nat_remote or other.nat_remote) and sa.remote[0] != other.remote[0])
 
     # ------------------------------------------------------------------ errors
 
@@ -260,7 +498,7 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
     def _new_message_id(self, sa: IkeSA) -> int:
         while True:
             mid = int.from_bytes(self._random(4), "big")
-            if mid and mid not in sa.exchanges:
+            if mid and mid not in sa.exchanges and mid not in sa.completed:
                 return mid
 
     def _remove_sa(self, sa: IkeSA) -> None:
@@ -270,8 +508,16 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
             if cookie == sa.local_cookie:
                 del self._half_open[key]
         for ex in sa.exchanges.values():
-            for spi in ex.data.get("spis", ()):  # type: ignore[union-attr]
-                self._spis.discard(spi)
+            if ex.kind is ExchangeKind.QUICK and ex.quick.spi_in:
+                self._spis.discard(ex.quick.spi_in)
+
+
+def _quick_mode_spi(payloads: list[RawPayload]) -> tuple[int, bytes] | None:
+    """RFC 2408 section 3.14: a notify about a Quick Mode names the SPI its initiator proposed."""
+    for raw in payloads:
+        if isinstance(raw.payload, SAPayload) and raw.payload.proposals:
+            return (ProtocolId.ESP, raw.payload.proposals[0].spi)
+    return None
 
 
 __all__ = ["HEADER_SIZE", "Datagram", "IkeEngine"]

@@ -94,6 +94,15 @@ class XauthCredentials(Event):
 
 
 @dataclass(frozen=True)
+class AccessGranted(Event):
+    """The login of an ISAKMP SA is finished (or none was required): its peer may now make
+    IPsec SAs (docs/engine-states.md)."""
+
+    user_name: str | None
+    """The XAUTH user, if the peer logged in with XAUTH."""
+
+
+@dataclass(frozen=True)
 class XauthCompleted(Event):
     """Both sides: the XAUTH SET(STATUS)/ACK round finished."""
 

@@ -1,8 +1,8 @@
-"""Exchanges under an established ISAKMP SA: dispatch, protection (HASH + encryption),
-retransmission, Informational (notifies, Delete) and DPD (RFC 3706).
+"""Exchanges under an established ISAKMP SA: protection (HASH + encryption), retransmission,
+the message IDs of finished exchanges, Informational (notifies, Delete) and DPD (RFC 3706).
 
 Transaction lives in transaction.py and Quick Mode in quickmode.py; the legal
-(kind, state, message) combinations of all of them are in :data:`EXCHANGE_TABLE`.
+(kind, state, message) combinations of all of them are in ``states.EXCHANGE_TABLE``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from . import crypto
 from . import events as ev
 from .constants import (
     ExchangeType,
-    HeaderFlag,
     NotifyType,
     ProtocolId,
 )
@@ -25,10 +24,9 @@ from .messages import (
     Header,
     NotifyPayload,
     Payload,
-    RawPayload,
     encode_payloads,
 )
-from .sa import Exchange, IkeSA
+from .sa import Exchange, ExchangeKind, ExState, IkeSA, P1State, QuickModeData
 
 if TYPE_CHECKING:
     from .engine import IkeEngine
@@ -36,100 +34,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DPD_RETRY = 5.0
-COMPLETED_KEPT = 16
-
-# (exchange kind, our state) -> handler of the next message: the one table of legal moves.
-EXCHANGE_TABLE: dict[tuple[str, str], str] = {
-    ("transaction", "new"): "_tx_request_or_set",
-    ("transaction", "sent-request"): "_tx_reply",
-    ("transaction", "sent-set"): "_tx_ack",
-    ("quick", "new"): "_qm_r_first",
-    ("quick", "sent-1"): "_qm_i_second",
-    ("quick", "sent-2"): "_qm_r_third",
-}
+COMPLETED_CACHED = 16
+"""Finished exchanges whose last message is kept to answer a retransmission byte for byte;
+the message IDs of all the others are only remembered (``IkeSA.completed``)."""
 
 
 class ExchangesMixin:
-    """Transaction, Quick Mode and Informational exchanges of the IKE engine."""
+    """Transaction, Quick Mode and Informational exchanges of the IKE engine (their dispatch,
+    by the table of states.py, is ``IkeEngine._receive_exchange``)."""
 
-    # ------------------------------------------------------------------ dispatch
-
-    def _receive_exchange(self: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
-        mid = header.message_id
-        ex = sa.exchanges.get(mid)
-        if ex is not None and data == ex.last_in:
-            # a retransmitted request: answer again, or stay quiet while the user or the shell
-            # has not answered yet (its IV has already moved on, it must not be decrypted again)
-            if ex.last_out:
-                self._out.append((sa.wrap(ex.last_out), sa.remote, sa.local[1]))
-            return
-        if header.exchange == ExchangeType.INFORMATIONAL and not header.flags & HeaderFlag.ENCRYPTION:
-            self._unprotected_informational(sa, header, data, now)
-            return
-        if not sa.established:
-            raise RemoteProtocolError(
-                "protected exchange before phase 1 completed",
-                NotifyType.INVALID_EXCHANGE_TYPE,
-                "header.exchange",
-                18,
-            )
-        if not header.flags & HeaderFlag.ENCRYPTION:
-            raise RemoteProtocolError(
-                "exchange under an ISAKMP SA must be encrypted", NotifyType.INVALID_FLAGS, "header.flags", 19
-            )
-        kind = {
-            ExchangeType.TRANSACTION: "transaction",
-            ExchangeType.QUICK_MODE: "quick",
-            ExchangeType.INFORMATIONAL: "informational",
-        }.get(ExchangeType(header.exchange) if header.exchange in ExchangeType._value2member_map_ else None)
-        if kind is None:
-            raise RemoteProtocolError(
-                f"exchange type {header.exchange} not supported",
-                NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
-                "header.exchange",
-                18,
-            )
-        known = ex is not None and ex.kind != "?"
-        payloads = sa.open(header, data)
-        sa.last_heard = now
-        sa.dpd_sent_at = None
-        if kind == "informational":
-            sa.exchanges.pop(mid, None)
-            self._informational(sa, mid, payloads, now)
-            return
-        ex = sa.exchanges[mid]
-        if not known:
-            ex.kind = kind
-        elif ex.kind != kind:
-            raise RemoteProtocolError(
-                f"message ID {mid:#x} belongs to a {ex.kind} exchange",
-                NotifyType.INVALID_MESSAGE_ID,
-                "header.message_id",
-                20,
-            )
-        handler = EXCHANGE_TABLE.get((ex.kind, ex.state))
-        if handler is None:
-            raise RemoteProtocolError(
-                f"unexpected {kind} message in state {ex.state}",
-                NotifyType.INVALID_MESSAGE_ID,
-                "header.message_id",
-                20,
-            )
-        try:
-            getattr(self, handler)(sa, ex, payloads, now)
-        except RemoteProtocolError:
-            if ex.state in ("new", "done"):
-                sa.exchanges.pop(mid, None)
-            raise
-        ex.last_in = data
-        self._prune_exchanges(sa)
-
-    def _prune_exchanges(self: IkeEngine, sa: IkeSA) -> None:
-        done = [m for m, e in sa.exchanges.items() if e.state == "done"]
-        for m in done[:-COMPLETED_KEPT]:
+    def _exchange_done(self: IkeEngine, sa: IkeSA, ex: Exchange) -> None:
+        """An exchange finished: its message ID is remembered for the ISAKMP SA's whole life
+        (RFC 2408 section 3.1), its secrets are forgotten, and only the last few finished
+        exchanges keep their messages."""
+        ex.state = ExState.DONE
+        ex.retransmit_at = None
+        ex.quick = QuickModeData(spi_in=ex.quick.spi_in, name=ex.quick.name)
+        sa.completed.add(ex.message_id)
+        done = [m for m, e in sa.exchanges.items() if e.state is ExState.DONE]
+        for m in done[:-COMPLETED_CACHED]:
             del sa.exchanges[m]
 
-    def _new_exchange(self: IkeEngine, sa: IkeSA, kind: str) -> Exchange:
+    def _new_exchange(self: IkeEngine, sa: IkeSA, kind: ExchangeKind) -> Exchange:
         if not sa.established:
             raise LocalProtocolError("the ISAKMP SA is not established")
         mid = self._new_message_id(sa)
@@ -161,12 +87,12 @@ class ExchangesMixin:
 
     def _retransmit_exchange(self: IkeEngine, sa: IkeSA, ex: Exchange, now: float) -> None:
         if ex.retransmits >= self.config.retransmit_tries:
-            ex.retransmit_at = None
-            ex.state = "done"
             reason = f"no answer to {ex.kind} exchange {ex.message_id:#x}"
             log.info("%s from %s", reason, sa.remote[0])
-            if ex.kind == "quick":
-                self._events.append(ev.ChildSAFailed(sa.sa_id, reason, None, str(ex.data.get("name", ""))))
+            name = ex.quick.name
+            self._exchange_done(sa, ex)
+            if ex.kind is ExchangeKind.QUICK:
+                self._events.append(ev.ChildSAFailed(sa.sa_id, reason, None, name))
             else:
                 self._events.append(ev.ProtocolError(sa.sa_id, sa.remote, reason, None))
             return
@@ -177,7 +103,7 @@ class ExchangesMixin:
     # ------------------------------------------------------------------ Informational
 
     def _send_informational(self: IkeEngine, sa: IkeSA, payloads: list[Payload], now: float) -> None:
-        ex = self._new_exchange(sa, "informational")
+        ex = self._new_exchange(sa, ExchangeKind.INFORMATIONAL)
         self._send_protected(sa, ex, ExchangeType.INFORMATIONAL, payloads, now, expect_reply=False)
         sa.exchanges.pop(ex.message_id, None)
 
@@ -193,32 +119,23 @@ class ExchangesMixin:
                 return
         log.info("ignoring unprotected Informational from %s", sa.remote[0])
 
-    def _informational(self: IkeEngine, sa: IkeSA, mid: int, payloads: list[RawPayload], now: float) -> None:
-        rest = sa.check_hash(mid, payloads)
-        for raw in rest:
-            p = raw.payload
-            if isinstance(p, NotifyPayload):
-                self._on_notify(sa, p, now)
-            elif isinstance(p, DeletePayload):
-                self._on_delete(sa, p, now)
-
-    def _on_notify(self: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
+    def _on_dpd(self: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
+        """RFC 3706: answer R-U-THERE; an ACK needs nothing (the message proved liveness)."""
         if n.notify_type == NotifyType.R_U_THERE:
             if n.spi != sa.sa_id or len(n.data) != 4:
                 raise RemoteProtocolError("R-U-THERE with wrong SPI or data", field="N(R-U-THERE)")
             self._send_informational(
                 sa, [NotifyPayload(NotifyType.R_U_THERE_ACK, ProtocolId.ISAKMP, sa.sa_id, n.data)], now
             )
-        elif n.notify_type == NotifyType.R_U_THERE_ACK:
-            pass  # any authenticated message already proves liveness (last_heard updated)
-        elif n.notify_type < 8192 and n.protocol == ProtocolId.ESP and len(n.spi) == 4:
+
+    def _on_error_notify(self: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
+        if n.protocol == ProtocolId.ESP and len(n.spi) == 4:
             # an error about one of our Quick Modes, named by the SPI we proposed
             spi = int.from_bytes(n.spi, "big")
             for ex in list(sa.exchanges.values()):
-                if ex.kind == "quick" and ex.state == "sent-1" and ex.data.get("spi_in") == spi:
-                    ex.state = "done"
-                    ex.retransmit_at = None
-                    name = str(ex.data.get("name", ""))
+                if ex.kind is ExchangeKind.QUICK and ex.state is ExState.SENT_1 and ex.quick.spi_in == spi:
+                    name = ex.quick.name
+                    self._exchange_done(sa, ex)
                     try:
                         notify_name = NotifyType(n.notify_type).name
                     except ValueError:
@@ -227,9 +144,15 @@ class ExchangesMixin:
                     self._events.append(ev.ChildSAFailed(sa.sa_id, reason, n.notify_type, name))
                     self._spis.discard(spi)
                     return
-            self._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
-        else:
-            self._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
+        self._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
+
+    def _on_status_notify(self: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
+        self._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
+
+    def _on_initial_contact(self: IkeEngine, sa: IkeSA, n: NotifyPayload | None, now: float) -> None:
+        """RFC 2407 section 4.6.3.3, from an Informational (the table holds it until GRANTED)."""
+        sa.initial_contact = True
+        self._initial_contact(sa, now)
 
     def _on_delete(self: IkeEngine, sa: IkeSA, d: DeletePayload, now: float) -> None:
         if d.protocol == ProtocolId.ISAKMP:
@@ -270,7 +193,7 @@ class ExchangesMixin:
         self._drop_sa(sa, reason, by_peer=False)
 
     def _drop_sa(self: IkeEngine, sa: IkeSA, reason: str, *, by_peer: bool) -> None:
-        if sa.state.value == "dead":
+        if sa.state is P1State.DEAD:
             return
         for child in list(sa.children.values()):
             self._events.append(ev.ChildSADeleted(sa.sa_id, child.spi_in, child.spi_out, by_peer))

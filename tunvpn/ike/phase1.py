@@ -608,15 +608,16 @@ class Phase1Mixin:
             isinstance(p.payload, NotifyPayload) and p.payload.notify_type == NotifyType.INITIAL_CONTACT
             for p in payloads
         )
-        if initial_contact:
-            self._initial_contact(sa, now)
+        # the login gate (states.ACCESS_TABLE); INITIAL-CONTACT waits for the access it needs
+        self._phase1_access(sa, initial_contact, now)
         if sa.role is Role.RESPONDER and sa.xauth_expected:
             self._start_xauth(sa, now)
 
     def _initial_contact(self: IkeEngine, sa: IkeSA, now: float) -> None:
-        """RFC 2407 section 4.6.3.3: the peer rebooted; its older SAs are gone."""
+        """RFC 2407 section 4.6.3.3: the peer rebooted; its older SAs are gone. Acted on only
+        once the sender's login is granted, and only for SAs of the same user."""
         for other in list(self._sas.values()):
-            if other is not sa and other.established and str(other.peer_id) == str(sa.peer_id):
+            if self._same_user(sa, other):
                 self._drop_sa(other, "replaced after INITIAL-CONTACT", by_peer=True)
 
     def _fail_phase1(

@@ -44,7 +44,7 @@ from .messages import (
     encode_attributes,
 )
 from .proposals import ChildProposal, ChildTransform, select_child_transform
-from .sa import ChildSA, Exchange, IkeSA, Role
+from .sa import ChildSA, Exchange, ExchangeKind, ExState, IkeSA, QuickModeData, Role
 
 if TYPE_CHECKING:
     from .engine import IkeEngine
@@ -75,7 +75,7 @@ class QuickModeMixin:
     ) -> int:
         """Initiate a Quick Mode for one pair of IPsec SAs; returns its message ID."""
         sa = self.get_sa(sa_id)
-        ex = self._new_exchange(sa, "quick")
+        ex = self._new_exchange(sa, ExchangeKind.QUICK)
         spi = self._new_spi()
         ni = self._random(NONCE_SIZE)
         transforms = proposal.transforms(self._encap_mode(sa), sa.tunvpn_peer)
@@ -86,17 +86,16 @@ class QuickModeMixin:
             dh = crypto.DiffieHellman(proposal.pfs_group)
             payloads.append(KEPayload(dh.public))
         payloads += [local_ts.to_id_payload(), remote_ts.to_id_payload()]
-        ex.state = "sent-1"
-        ex.data.update(
-            spi_in=spi,
+        ex.state = ExState.SENT_1
+        ex.quick = QuickModeData(
             ni=ni,
+            spi_in=spi,
+            name=name,
             dh=dh,
             proposal=proposal,
-            name=name,
+            transforms=tuple(transforms),
             local_ts=local_ts,
             remote_ts=remote_ts,
-            transforms=transforms,
-            spis=(spi,),
         )
         self._send_protected(sa, ex, ExchangeType.QUICK_MODE, payloads, now, expect_reply=True)
         return ex.message_id
@@ -136,7 +135,11 @@ class QuickModeMixin:
         return TrafficSelector.from_address(i_addr), TrafficSelector.from_address(r_addr)
 
     def _child_policies(self: IkeEngine, sa: IkeSA) -> tuple[ChildPolicy, ...]:
-        return sa.child_policies if sa.child_policies is not None else self.config.children
+        if sa.child_policies is not None:
+            return sa.child_policies
+        if sa.role is Role.RESPONDER and self.config.login_required:
+            return ()  # only the shell knows what this user may reach: no fallback to every policy
+        return self.config.children
 
     def set_child_policies(self: IkeEngine, sa_id: bytes, policies: tuple[ChildPolicy, ...]) -> None:
         """Gateway: the phase 2 policies this particular client may set up (per user/group)."""
@@ -176,7 +179,6 @@ class QuickModeMixin:
                     sa.sa_id, f"no policy for {ts_i} === {ts_r}", NotifyType.INVALID_ID_INFORMATION
                 )
             )
-            ex.state = "done"
             exc = RemoteProtocolError(
                 f"no policy allows {ts_i} === {ts_r}", NotifyType.INVALID_ID_INFORMATION, "ID"
             )
@@ -196,7 +198,6 @@ class QuickModeMixin:
             chosen = (policy, prop, transform, ct)
             break
         if chosen is None:
-            ex.state = "done"
             self._events.append(
                 ev.ChildSAFailed(sa.sa_id, "no acceptable ESP proposal", NotifyType.NO_PROPOSAL_CHOSEN)
             )
@@ -254,14 +255,12 @@ class QuickModeMixin:
                     encode_attributes(lifetime_attrs),
                 )
             )
-        ex.state = "sent-2"
-        ex.data.update(
-            spi_in=spi_in,
-            spi_out=spi_out,
+        ex.quick = QuickModeData(
             ni=ni,
             nr=nr,
+            spi_in=spi_in,
+            spi_out=spi_out,
             name=policy.name,
-            spis=(spi_in,),
             local_ts=ts_r,
             remote_ts=ts_i,
             lifetime_s=lifetime_s,
@@ -275,17 +274,17 @@ class QuickModeMixin:
     def _qm_r_third(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
         if not payloads or not hasattr(payloads[0].payload, "data"):
             raise RemoteProtocolError("HASH(3) missing", NotifyType.INVALID_HASH_INFORMATION, "HASH")
-        expected = sa.prf_a(b"\x00" + struct.pack("!I", ex.message_id) + ex.data["ni"] + ex.data["nr"])  # type: ignore[operator]
-        got = payloads[0].payload.data  # type: ignore[union-attr]
-        if not crypto.constant_time_equal(expected, got):
+        expected = sa.prf_a(b"\x00" + struct.pack("!I", ex.message_id) + ex.quick.ni + ex.quick.nr)
+        hash3 = payloads[0].payload
+        if not isinstance(hash3, HashPayload) or not crypto.constant_time_equal(expected, hash3.data):
             raise RemoteProtocolError("HASH(3) does not verify", NotifyType.INVALID_HASH_INFORMATION, "HASH")
-        ex.state = "done"
         ex.retransmit_at = None
 
     def _qm_i_second(
         self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float
     ) -> None:
-        ni: bytes = ex.data["ni"]  # type: ignore[assignment]
+        qm = ex.quick
+        ni = qm.ni
         rest = sa.check_hash(ex.message_id, payloads, extra=ni)
         parts = self._qm_parts(rest)
         sa_in: SAPayload = parts["sa"]  # type: ignore[assignment]
@@ -295,7 +294,7 @@ class QuickModeMixin:
                 "responder must choose one ESP transform", NotifyType.BAD_PROPOSAL_SYNTAX, "SA"
             )
         prop = sa_in.proposals[0]
-        offered: tuple[Transform, ...] = ex.data["transforms"]  # type: ignore[assignment]
+        offered: tuple[Transform, ...] = qm.transforms
         chosen = prop.transforms[0]
         ct = ChildTransform.from_transform(chosen)
         # the answer's lifetimes may differ from the offer (RFC 2407 4.5); suite and ESN may not
@@ -309,22 +308,21 @@ class QuickModeMixin:
             or (ct.suite, ct.esn) not in offered_choices
         ):
             raise NoProposalChosen("responder chose an ESP transform we did not offer")
-        proposal: ChildProposal = ex.data["proposal"]  # type: ignore[assignment]
+        proposal = qm.proposal
+        assert proposal is not None
         g_qm = None
-        dh = ex.data.get("dh")
+        dh = qm.dh
         if dh is not None:
             ke = parts.get("ke")
             if ke is None:
                 raise RemoteProtocolError(
                     "PFS requested but no KE in answer", NotifyType.INVALID_KEY_INFORMATION, "KE"
                 )
-            g_qm = dh.shared_secret(ke)  # type: ignore[attr-defined]
+            g_qm = dh.shared_secret(ke)  # type: ignore[arg-type]
         ids: list[IDPayload] = parts["ids"]  # type: ignore[assignment]
-        local_ts: TrafficSelector = ex.data["local_ts"]  # type: ignore[assignment]
-        remote_ts: TrafficSelector = ex.data["remote_ts"]  # type: ignore[assignment]
         if ids and (
-            TrafficSelector.from_id_payload(ids[0]) != local_ts
-            or TrafficSelector.from_id_payload(ids[1]) != remote_ts
+            TrafficSelector.from_id_payload(ids[0]) != qm.local_ts
+            or TrafficSelector.from_id_payload(ids[1]) != qm.remote_ts
         ):
             raise RemoteProtocolError(
                 "responder changed the traffic selectors", NotifyType.INVALID_ID_INFORMATION, "ID"
@@ -347,9 +345,8 @@ class QuickModeMixin:
         data = sa.build(ExchangeType.QUICK_MODE, ex.message_id, [HashPayload(hash3)], encrypt=True)
         ex.last_out = data
         ex.retransmit_at = None
-        ex.state = "done"
         self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
-        ex.data.update(spi_out=spi_out, nr=nr, lifetime_s=lifetime_s, lifetime_kb=lifetime_kb)
+        qm.spi_out, qm.nr, qm.lifetime_s, qm.lifetime_kb = spi_out, nr, lifetime_s, lifetime_kb
         self._child_established(sa, ex, ct, g_qm, "initiator")
 
     def _child_established(
@@ -360,18 +357,11 @@ class QuickModeMixin:
         g_qm: bytes | None,
         role: str,
     ) -> None:
-        """Derive both directions' keys (RFC 2409 5.5) from what ``ex.data`` recorded."""
+        """Derive both directions' keys (RFC 2409 5.5) from what ``ex.quick`` recorded."""
         assert sa.suite is not None and sa.keys is not None
-        d = ex.data
-        spi_in: int = d["spi_in"]  # type: ignore[assignment]
-        spi_out: int = d["spi_out"]  # type: ignore[assignment]
-        ni: bytes = d["ni"]  # type: ignore[assignment]
-        nr: bytes = d["nr"]  # type: ignore[assignment]
-        local_ts: TrafficSelector = d["local_ts"]  # type: ignore[assignment]
-        remote_ts: TrafficSelector = d["remote_ts"]  # type: ignore[assignment]
-        lifetime_s: int = d["lifetime_s"]  # type: ignore[assignment]
-        lifetime_kb: int = d["lifetime_kb"]  # type: ignore[assignment]
-        name = str(d.get("name", ""))
+        qm = ex.quick
+        spi_in, spi_out, ni, nr, name = qm.spi_in, qm.spi_out, qm.ni, qm.nr, qm.name
+        assert qm.local_ts is not None and qm.remote_ts is not None
         enc_len, auth_len = crypto.esp_key_lengths(ct.suite.transform, ct.suite.key_length, ct.suite.auth)
         total = enc_len + auth_len
 
@@ -403,17 +393,17 @@ class QuickModeMixin:
                 auth_in,
                 enc_out,
                 auth_out,
-                local_ts,
-                remote_ts,
-                lifetime_s,
-                lifetime_kb,
+                qm.local_ts,
+                qm.remote_ts,
+                qm.lifetime_s,
+                qm.lifetime_kb,
                 ct.encapsulation,
                 sa.local,
                 sa.remote,
                 int(ct.pfs_group) if ct.pfs_group else None,
                 role,
                 name,
-                tuple(d.get("inbound_local", ())),  # type: ignore[arg-type]
+                qm.inbound_local,
                 esn=ct.esn,
             )
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from . import crypto
 from .constants import HEADER_SIZE, NON_ESP_MARKER, AuthMethod, HeaderFlag, NotifyType, PayloadType
 from .errors import RemoteProtocolError
-from .identity import Identity
+from .identity import Identity, TrafficSelector
 from .messages import (
     HashPayload,
     Header,
@@ -24,7 +24,7 @@ from .messages import (
     encode_header,
     encode_payloads,
 )
-from .proposals import Phase1Suite
+from .proposals import ChildProposal, Phase1Suite
 
 Address = tuple[str, int]
 
@@ -64,19 +64,71 @@ class P1State(enum.Enum):
     DEAD = "dead"
 
 
+class ExchangeKind(enum.StrEnum):
+    """The kinds of exchange under an established ISAKMP SA (RFC 2408 section 4)."""
+
+    TRANSACTION = "transaction"  # XAUTH and Mode Config (draft-dukes-ike-mode-cfg-02)
+    QUICK = "quick"  # RFC 2409 section 5.5
+    INFORMATIONAL = "informational"  # RFC 2408 section 4.8
+    UNKNOWN = "?"  # a message ID seen (decrypted) before its exchange is known
+
+
+class ExState(enum.StrEnum):
+    """Progress of one exchange with a non-zero message ID (the legal moves: states.py)."""
+
+    NEW = "new"  # nothing exchanged yet
+    SENT_REQUEST = "sent-request"  # Transaction: our CFG_REQUEST is out
+    SENT_SET = "sent-set"  # Transaction: our CFG_SET is out
+    AWAIT_USER = "await-user"  # Transaction: an XAUTH request waits for the user's answer
+    AWAIT_CONFIG = "await-config"  # Transaction: a CFG_REQUEST waits for the shell's answer
+    SENT_1 = "sent-1"  # Quick Mode: message 1 is out
+    SENT_2 = "sent-2"  # Quick Mode: message 2 is out
+    DONE = "done"
+
+
+class Access(enum.IntEnum):
+    """What a peer may do on one ISAKMP SA (XAUTH is a second step after phase 1)."""
+
+    LOGIN_PENDING = 1  # phase 1 done, the login (XAUTH, extra protocols) is not
+    XAUTH_PASSED = 2  # XAUTH accepted: Mode Config may run, nothing is granted yet
+    GRANTED = 3  # login finished (or none required): Quick Mode, INITIAL-CONTACT, ...
+
+
+@dataclass
+class QuickModeData:
+    """What one Quick Mode remembers between its messages (RFC 2409 section 5.5)."""
+
+    ni: bytes = field(default=b"", repr=False)
+    nr: bytes = field(default=b"", repr=False)
+    spi_in: int = 0
+    spi_out: int = 0
+    name: str = ""
+    dh: crypto.DiffieHellman | None = field(default=None, repr=False)
+    proposal: ChildProposal | None = None
+    transforms: tuple = ()
+    local_ts: TrafficSelector | None = None
+    remote_ts: TrafficSelector | None = None
+    lifetime_s: int = 0
+    lifetime_kb: int = 0
+    inbound_local: tuple[TrafficSelector, ...] = ()
+
+
 @dataclass
 class Exchange:
     """One exchange with a non-zero message ID (Transaction, Quick Mode, Informational)."""
 
     message_id: int
-    kind: str
+    kind: ExchangeKind
     iv: bytes
-    state: str = "new"
+    state: ExState = ExState.NEW
     last_in: bytes = b""
     last_out: bytes = b""
     retransmit_at: float | None = None
     retransmits: int = 0
     data: dict[str, object] = field(default_factory=dict)
+    """Transaction exchanges: what the next message needs (purpose, identifier, ...)."""
+    quick: QuickModeData = field(default_factory=QuickModeData)
+    """Quick Mode exchanges: nonces, SPIs, selectors."""
 
 
 @dataclass
@@ -136,6 +188,12 @@ class IkeSA:
     children: dict[int, ChildSA] = field(default_factory=dict)
     assigned_address: str | None = None
     child_policies: tuple | None = None  # per-client override of the gateway's policies
+    # the login gate (responder): what the peer may do, and until when it may log in
+    access: Access = Access.LOGIN_PENDING
+    login_deadline: float | None = None
+    initial_contact: bool = False  # the peer sent INITIAL-CONTACT (acted on once GRANTED)
+    held: list = field(default_factory=list)  # (handler, payload) of Informationals held until GRANTED
+    completed: set[int] = field(default_factory=set)  # message IDs of finished exchanges (RFC 2408 3.1)
 
     @property
     def sa_id(self) -> bytes:
@@ -208,7 +266,7 @@ class IkeSA:
             return
         ex = self.exchanges.get(message_id)
         if ex is None:
-            ex = self.exchanges[message_id] = Exchange(message_id, "?", iv)
+            ex = self.exchanges[message_id] = Exchange(message_id, ExchangeKind.UNKNOWN, iv)
         ex.iv = iv
 
     # ------------------------------------------------------------------ HASH(n) of phase 2

@@ -14,7 +14,6 @@ from .constants import (
     CfgAttr,
     CfgType,
     ExchangeType,
-    NotifyType,
     XauthStatus,
     XauthType,
 )
@@ -26,7 +25,7 @@ from .messages import (
 )
 from .modecfg import ModeConfig
 from .policies import PolicyAttr
-from .sa import Exchange, IkeSA, Role
+from .sa import Exchange, ExchangeKind, ExState, IkeSA, Role
 
 if TYPE_CHECKING:
     from .engine import IkeEngine
@@ -63,6 +62,9 @@ class TransactionMixin:
     """XAUTH and Mode Config of the IKE engine."""
 
     # ------------------------------------------------------------------ Transaction: commands
+
+    def _pending_transactions(self: IkeEngine, sa: IkeSA, state: ExState) -> list[Exchange]:
+        return [e for e in sa.exchanges.values() if e.kind is ExchangeKind.TRANSACTION and e.state is state]
 
     def _start_xauth(self: IkeEngine, sa: IkeSA, now: float) -> None:
         if self.config.xauth_chap and sa.tunvpn_peer:
@@ -108,8 +110,8 @@ class TransactionMixin:
             attrs.append(DataAttribute(CfgAttr.XAUTH_MESSAGE, message.encode()))
         if challenge:
             attrs.append(DataAttribute(CfgAttr.XAUTH_CHALLENGE, challenge))
-        ex = self._new_exchange(sa, "transaction")
-        ex.state = "sent-request"
+        ex = self._new_exchange(sa, ExchangeKind.TRANSACTION)
+        ex.state = ExState.SENT_REQUEST
         ex.data.update(purpose="xauth", xauth_type=int(xauth_type), challenge=challenge)
         self._send_protected(
             sa,
@@ -133,7 +135,11 @@ class TransactionMixin:
     ) -> None:
         """Client: answer the pending XAUTH request."""
         sa = self.get_sa(sa_id)
-        pending = [e for e in sa.exchanges.values() if e.kind == "transaction" and e.state == "await-user"]
+        pending = [
+            e
+            for e in sa.exchanges.values()
+            if e.kind is ExchangeKind.TRANSACTION and e.state is ExState.AWAIT_USER
+        ]
         if not pending:
             raise LocalProtocolError("no XAUTH request is waiting for an answer")
         ex = pending[-1]
@@ -166,7 +172,7 @@ class TransactionMixin:
                 attrs.append(DataAttribute(attr_type, chap_password(identifier, value.encode(), challenge)))
                 continue
             attrs.append(DataAttribute(attr_type, value.encode()))
-        ex.state = "done"
+        self._exchange_done(sa, ex)
         sa.xauth_user = user_name
         self._send_protected(
             sa,
@@ -185,11 +191,13 @@ class TransactionMixin:
         attrs = [DataAttribute(CfgAttr.XAUTH_STATUS, int(XauthStatus.OK if ok else XauthStatus.FAIL))]
         if message:
             attrs.append(DataAttribute(CfgAttr.XAUTH_MESSAGE, message.encode()))
-        ex = self._new_exchange(sa, "transaction")
-        ex.state = "sent-set"
+        ex = self._new_exchange(sa, ExchangeKind.TRANSACTION)
+        ex.state = ExState.SENT_SET
         ex.data["purpose"] = "xauth-status"
         ex.data["ok"] = ok
         sa.xauth_done = ok
+        if ok and sa.role is Role.RESPONDER:
+            self._xauth_passed(sa, now)
         self._send_protected(
             sa,
             ex,
@@ -232,8 +240,8 @@ class TransactionMixin:
             attrs = [DataAttribute(t, b"") for t in (*types, *extra_types)]
         else:
             attrs = [*request.to_attributes(), *(DataAttribute(t, b"") for t in extra_types)]
-        ex = self._new_exchange(sa, "transaction")
-        ex.state = "sent-request"
+        ex = self._new_exchange(sa, ExchangeKind.TRANSACTION)
+        ex.state = ExState.SENT_REQUEST
         ex.data["purpose"] = "modecfg"
         identifier = int.from_bytes(self._random(2), "big")
         self._send_protected(
@@ -255,11 +263,15 @@ class TransactionMixin:
     ) -> None:
         """Gateway: answer the client's pending CFG_REQUEST with ``config`` (+ raw ``extra``)."""
         sa = self.get_sa(sa_id)
-        pending = [e for e in sa.exchanges.values() if e.kind == "transaction" and e.state == "await-config"]
+        pending = [
+            e
+            for e in sa.exchanges.values()
+            if e.kind is ExchangeKind.TRANSACTION and e.state is ExState.AWAIT_CONFIG
+        ]
         if not pending:
             raise LocalProtocolError("no Mode Config request is waiting for an answer")
         ex = pending[-1]
-        ex.state = "done"
+        self._exchange_done(sa, ex)
         if config.address is not None:
             sa.assigned_address = str(config.address)
         attrs = (*config.to_attributes(), *extra)
@@ -281,8 +293,8 @@ class TransactionMixin:
         sa = self.get_sa(sa_id)
         if config.address is not None:
             sa.assigned_address = str(config.address)
-        ex = self._new_exchange(sa, "transaction")
-        ex.state = "sent-set"
+        ex = self._new_exchange(sa, ExchangeKind.TRANSACTION)
+        ex.state = ExState.SENT_SET
         ex.data["purpose"] = "modecfg-push"
         identifier = int.from_bytes(self._random(2), "big")
         ex.data["identifier"] = identifier
@@ -308,102 +320,100 @@ class TransactionMixin:
             raise RemoteProtocolError("Transaction needs exactly one Attribute payload", field="ATTR")
         return attrs[0]
 
-    def _tx_request_or_set(
+    def _tx_xauth_request(
         self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float
     ) -> None:
+        """Client: the gateway asks for credentials (draft-beaulieu-ike-xauth-02 section 6.2)."""
         attr = self._attribute_payload(sa, ex, payloads)
         types = tuple(a.type for a in attr.attributes)
-        is_xauth = any(t in XAUTH_TYPES for t in types)
-        if attr.cfg_type == CfgType.REQUEST and is_xauth:
-            if sa.role is not Role.INITIATOR:
-                raise RemoteProtocolError("XAUTH request sent to the XAUTH server", field="ATTR")
-            values = {a.type: a for a in attr.attributes}
-            fields = tuple(
-                XAUTH_FIELDS[CfgAttr(t)] for t in types if t in XAUTH_TYPES and CfgAttr(t) in XAUTH_FIELDS
+        values = {a.type: a for a in attr.attributes}
+        fields = tuple(
+            XAUTH_FIELDS[CfgAttr(t)] for t in types if t in XAUTH_TYPES and CfgAttr(t) in XAUTH_FIELDS
+        )
+        message = _text(values[CfgAttr.XAUTH_MESSAGE]) if CfgAttr.XAUTH_MESSAGE in values else None
+        challenge_attr = values.get(CfgAttr.XAUTH_CHALLENGE)
+        challenge = (
+            challenge_attr.value
+            if challenge_attr is not None and isinstance(challenge_attr.value, bytes)
+            else None
+        )
+        xauth_type = values[CfgAttr.XAUTH_TYPE].as_int() if CfgAttr.XAUTH_TYPE in values else 0
+        ex.data.update(asked=types, identifier=attr.identifier, xauth_type=xauth_type, challenge=challenge)
+        self._events.append(ev.XauthRequested(sa.sa_id, fields, message, challenge, xauth_type))
+
+    def _tx_cfg_request(
+        self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float
+    ) -> None:
+        """Gateway (or a tunvpn client asked by its gateway): a CFG_REQUEST for the shell."""
+        attr = self._attribute_payload(sa, ex, payloads)
+        if sa.role is Role.INITIATOR and not sa.tunvpn_peer:
+            raise RemoteProtocolError("Mode Config request from the gateway side", field="ATTR")
+        types = tuple(a.type for a in attr.attributes)
+        request = ModeConfig.from_attributes(attr.attributes)
+        self._events.append(
+            ev.ModeConfigRequested(
+                sa.sa_id,
+                sa.remote,
+                sa.xauth_user,
+                str(sa.peer_id),
+                request,
+                types,
+                attr.identifier,
+                sa.tunvpn_peer,
             )
-            message = _text(values[CfgAttr.XAUTH_MESSAGE]) if CfgAttr.XAUTH_MESSAGE in values else None
-            challenge_attr = values.get(CfgAttr.XAUTH_CHALLENGE)
-            challenge = (
-                challenge_attr.value
-                if challenge_attr is not None and isinstance(challenge_attr.value, bytes)
-                else None
-            )
-            xauth_type = values[CfgAttr.XAUTH_TYPE].as_int() if CfgAttr.XAUTH_TYPE in values else 0
-            ex.state = "await-user"
-            ex.data.update(
-                asked=types, identifier=attr.identifier, xauth_type=xauth_type, challenge=challenge
-            )
-            self._events.append(ev.XauthRequested(sa.sa_id, fields, message, challenge, xauth_type))
-        elif attr.cfg_type == CfgType.REQUEST:
-            if sa.role is Role.INITIATOR and not sa.tunvpn_peer:
-                raise RemoteProtocolError("Mode Config request from the gateway side", field="ATTR")
-            if sa.xauth_expected and not sa.xauth_done:
-                raise RemoteProtocolError(
-                    "Mode Config request before XAUTH succeeded", NotifyType.AUTHENTICATION_FAILED, "ATTR"
-                )
-            ex.state = "await-config"
-            request = ModeConfig.from_attributes(attr.attributes)
-            self._events.append(
-                ev.ModeConfigRequested(
-                    sa.sa_id,
-                    sa.remote,
-                    sa.xauth_user,
-                    str(sa.peer_id),
-                    request,
-                    types,
-                    attr.identifier,
-                    sa.tunvpn_peer,
-                )
-            )
-        elif attr.cfg_type == CfgType.SET and CfgAttr.XAUTH_STATUS in types:
-            status = next(a for a in attr.attributes if a.type == CfgAttr.XAUTH_STATUS).as_int()
-            ok = status == XauthStatus.OK
-            message_attr = next((a for a in attr.attributes if a.type == CfgAttr.XAUTH_MESSAGE), None)
-            message = _text(message_attr) if message_attr is not None else None
-            ex.state = "done"
-            sa.xauth_done = ok
-            self._send_protected(
-                sa,
-                ex,
-                ExchangeType.TRANSACTION,
-                [
-                    AttributePayload(
-                        CfgType.ACK, attr.identifier, (DataAttribute(CfgAttr.XAUTH_STATUS, status),)
-                    )
-                ],
-                now,
-                expect_reply=False,
-            )
-            self._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user, message))
-            if not ok:
-                self._drop_sa(sa, "XAUTH failed", by_peer=True)
-        elif attr.cfg_type == CfgType.SET:
-            config = ModeConfig.from_attributes(attr.attributes)
-            ex.state = "done"
-            ack = tuple(DataAttribute(t, b"") for t in types if t not in XAUTH_TYPES)
-            self._send_protected(
-                sa,
-                ex,
-                ExchangeType.TRANSACTION,
-                [AttributePayload(CfgType.ACK, attr.identifier, ack)],
-                now,
-                expect_reply=False,
-            )
-            self._events.append(ev.ModeConfigReceived(sa.sa_id, config, True))
-        else:
-            raise RemoteProtocolError(
-                f"unexpected Mode Config message type {attr.cfg_type} to start an exchange", field="ATTR.type"
-            )
+        )
+
+    def _tx_xauth_status(
+        self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float
+    ) -> None:
+        """Client: the gateway's XAUTH-STATUS; we acknowledge it (section 6.3)."""
+        attr = self._attribute_payload(sa, ex, payloads)
+        status = next(a for a in attr.attributes if a.type == CfgAttr.XAUTH_STATUS).as_int()
+        ok = status == XauthStatus.OK
+        message_attr = next((a for a in attr.attributes if a.type == CfgAttr.XAUTH_MESSAGE), None)
+        message = _text(message_attr) if message_attr is not None else None
+        sa.xauth_done = ok
+        self._send_protected(
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.ACK, attr.identifier, (DataAttribute(CfgAttr.XAUTH_STATUS, status),))],
+            now,
+            expect_reply=False,
+        )
+        self._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user, message))
+        if not ok:
+            self._drop_sa(sa, "XAUTH failed", by_peer=True)
+
+    def _tx_cfg_set(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
+        """Client: the gateway pushes attributes (CFG_SET); we acknowledge them."""
+        attr = self._attribute_payload(sa, ex, payloads)
+        types = tuple(a.type for a in attr.attributes)
+        config = ModeConfig.from_attributes(attr.attributes)
+        ack = tuple(DataAttribute(t, b"") for t in types if t not in XAUTH_TYPES)
+        self._send_protected(
+            sa,
+            ex,
+            ExchangeType.TRANSACTION,
+            [AttributePayload(CfgType.ACK, attr.identifier, ack)],
+            now,
+            expect_reply=False,
+        )
+        self._events.append(ev.ModeConfigReceived(sa.sa_id, config, True))
 
     def _tx_reply(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
         attr = self._attribute_payload(sa, ex, payloads)
-        if attr.cfg_type != CfgType.REPLY:
-            raise RemoteProtocolError("expected CFG_REPLY", field="ATTR.type")
-        ex.state = "done"
         ex.retransmit_at = None
         if ex.data.get("purpose") == "xauth":
             values = {a.type: _text(a) for a in attr.attributes if isinstance(a.value, bytes)}
-            user = values.get(CfgAttr.XAUTH_USER_NAME, "")
+            fixed = sa.xauth_user
+            user = values.get(CfgAttr.XAUTH_USER_NAME, fixed or "")
+            if fixed is not None and user != fixed:
+                # the user is fixed by the first answer for the whole login, challenge rounds
+                # and extra protocols included: a password for one, a code for another is no login
+                log.warning("XAUTH: %s answered as %r after %r; login refused", sa.remote[0], user, fixed)
+                self.xauth_verdict(sa.sa_id, now, False, "the user name changed")
+                return
             sa.xauth_user = user
             password = values.get(CfgAttr.XAUTH_USER_PASSWORD)
             chap: tuple[int, bytes, bytes] | None = None
@@ -445,9 +455,6 @@ class TransactionMixin:
 
     def _tx_ack(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
         attr = self._attribute_payload(sa, ex, payloads)
-        if attr.cfg_type != CfgType.ACK:
-            raise RemoteProtocolError("expected CFG_ACK", field="ATTR.type")
-        ex.state = "done"
         ex.retransmit_at = None
         if ex.data.get("purpose") == "xauth-status":
             ok = bool(ex.data.get("ok"))
