@@ -5,6 +5,7 @@ limit. Real gateway and client over UDP on loopback, or the sans-I/O throttle wi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -213,12 +214,15 @@ def test_every_configuration_path_requires_xauth_with_a_login_source(tmp_path: P
     psk.chmod(0o600)
     base = ["gateway", "--listen", "192.0.2.1", "--psk-file", str(psk), "--ike-only"]
     for flags, required in (
+        (["--users", str(users), "--max-sessions-per-user", "1"], True),
         (["--users", str(users)], True),
         (["--users", str(users), "--no-require-xauth"], False),
         ([], False),
     ):
         args = build_parser().parse_args(base + flags)
-        assert Gateway(_gateway_options(args)).config.require_xauth is required, flags  # type: ignore[arg-type]
+        gateway = Gateway(_gateway_options(args))  # type: ignore[arg-type]
+        assert gateway.config.require_xauth is required, flags
+        assert gateway.options.max_sessions_per_user == (1 if "--max-sessions-per-user" in flags else 4)
 
 
 # --------------------------------------------------------------------------- throttle (sans-I/O)
@@ -340,3 +344,61 @@ def test_guessing_from_one_address_is_throttled_while_the_user_logs_in_from_anot
     assert "too many failed logins" in json.dumps(attacker_records)
     assert alice_code == 0
     assert gateway.throttle.admit("alice", OTHER_CLIENT, gateway.clock()) == Admission(wait=0.0)
+
+
+# --------------------------------------------------------------------------- sessions per user
+
+
+async def _stay_connected(cl: ClientOptions, local: str) -> tuple[Client, asyncio.Task[int]]:
+    """A client that keeps its SAs (until its task is cancelled)."""
+    client = Client(
+        dataclasses.replace(cl, exit_after_established=False), local, progress=Progress(out=io.StringIO())
+    )
+    task = asyncio.ensure_future(client.run(handle_signals=False))
+    for _ in range(500):
+        if client.established or task.done():
+            break
+        await asyncio.sleep(0.02)
+    assert client.established, client.message
+    return client, task
+
+
+@loopback
+def test_a_login_beyond_the_users_session_limit_is_refused_and_the_others_stay() -> None:
+    ike, natt = free_port_pair()
+
+    async def scenario() -> tuple[int, list[dict], list[bool], Gateway]:
+        gateway, server = await _serve(
+            gateway_options(ike, natt, plugin_objects=(PasswordBackend(),), max_sessions_per_user=2)
+        )
+        tasks = []
+        try:
+            for local in ("127.0.0.2", "127.0.0.3"):
+                tasks.append((await _stay_connected(client_options(ike, natt, "alice", "a-pass"), local))[1])
+            code, records = await _attempt(gateway, client_options(ike, natt, "alice", "a-pass"), "127.0.0.4")
+            alive = [not t.done() for t in tasks]
+            users = sorted(s.user or "" for s in gateway.sessions.values() if s.authenticated)
+            assert users == ["alice", "alice"]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            gateway.stop()
+            await asyncio.wait_for(server, 5)
+        return code, records, alive, gateway
+
+    code, records, alive, _gateway = asyncio.run(scenario())
+    assert code != 0
+    assert "already has 2 sessions" in json.dumps(records)
+    assert alive == [True, True]
+
+
+def test_session_limit_is_configurable_and_zero_means_none(tmp_path: Path) -> None:
+    assert _file_gateway(tmp_path, 'users_file = "users"').options.max_sessions_per_user == 4
+    gateway = _file_gateway(tmp_path, 'users_file = "users"\nmax_sessions_per_user = 0')
+    assert gateway.options.max_sessions_per_user == 0
+    from tunvpn.logins import session_limit_refusal
+
+    assert session_limit_refusal("alice", ["alice"] * 100, 0) is None
+    assert session_limit_refusal("alice", ["alice", "bob", "bob"], 2) is None
+    assert session_limit_refusal("bob", ["alice", "bob", "bob"], 2) is not None

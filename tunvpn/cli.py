@@ -222,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="every client must log in with XAUTH (default: yes with --users; "
         "--no-require-xauth lets clients skip the login, with a warning)",
     )
+    gw.add_argument(
+        "--max-sessions-per-user",
+        type=int,
+        default=4,
+        metavar="N",
+        help="logged-in sessions one user may hold at once; a login beyond is refused (0: no limit)",
+    )
     gw.add_argument("--pool", metavar="FIRST-LAST", help="client addresses, e.g. 10.79.0.10-10.79.0.20")
     gw.add_argument(
         "--dns",
@@ -443,6 +450,7 @@ def _gateway_options(args: argparse.Namespace) -> object:
         allow_aggressive_psk=args.allow_aggressive_psk,
         legacy=args.legacy,
         require_xauth=args.require_xauth,
+        max_sessions_per_user=args.max_sessions_per_user,
         banner=args.banner,
         local_id=args.local_id,
         force_encap=args.force_encap,

@@ -49,7 +49,14 @@ from tunvpn.ike.proposals import (
     EspSuite,
     Phase1Policy,
 )
-from tunvpn.logins import LoginThrottle, refusal_message, throttle_outcome, wait_turn, xauth_required
+from tunvpn.logins import (
+    LoginThrottle,
+    refusal_message,
+    session_limit_refusal,
+    throttle_outcome,
+    wait_turn,
+    xauth_required,
+)
 from tunvpn.plugins import Authorization, CredentialRequest, GatewayContext, PluginError, PluginHost, Verdict
 from tunvpn.shell.credentials import SecretFileError, UserTable
 from tunvpn.shell.udp import UdpDriver
@@ -203,6 +210,8 @@ class GatewayOptions:
     """``[plugin.NAME]`` tables of gateway.toml."""
     accounting_interval: int = 0
     """Seconds between ``tunvpn_accounting`` "interim" records of each session (0: none)."""
+    max_sessions_per_user: int = 4
+    """Logged-in sessions one user may hold at once; a login beyond is refused (0: no limit)."""
     plugin_objects: tuple[object, ...] = ()
     """Plugins given as objects (tests, ``tunvpn.testing``), asked before the named ones."""
     overrides: dict[str, object] = field(default_factory=dict)
@@ -389,6 +398,8 @@ class Session:
     suite: str = ""
     peer_id: str = ""
     established: float = 0.0
+    authenticated: bool = False
+    """``user`` passed the XAUTH login (it counts towards ``max_sessions_per_user``)."""
     tunvpn: bool = False
     user: str | None = None
     groups: frozenset[str] = frozenset()
@@ -808,9 +819,12 @@ class Gateway:
                 now = self.clock()
                 if denied is not None:
                     verdict = Verdict.reject(denied)
+                elif (refusal := self._session_limit(session, event.user_name)) is not None:
+                    verdict = Verdict.reject(refusal)
             if verdict.accepted:
                 log.info("XAUTH: user %r from %s accepted", event.user_name, event.peer[0])
                 session.user = event.user_name
+                session.authenticated = True
                 session.groups = groups | frozenset(authorization.groups if authorization else ())
                 session.plugin_address = verdict.address
                 session.routes = self._usable_routes(event.user_name, verdict.routes)
@@ -825,6 +839,11 @@ class Gateway:
             self.engine.xauth_verdict(event.sa_id, now, verdict.accepted, verdict.message)
         except LocalProtocolError as exc:
             log.warning("XAUTH verdict for %s not sent: %s", event.peer[0], exc)
+
+    def _session_limit(self, session: Session, user: str) -> str | None:
+        """Why ``user`` may not log in on ``session`` (``max_sessions_per_user`` reached), or None."""
+        others = [s.user for s in self.sessions.values() if s.authenticated and s is not session]
+        return session_limit_refusal(user, others, self.options.max_sessions_per_user)
 
     async def _authorize(
         self, user: str, groups: frozenset[str], peer: tuple[str, int]
@@ -1452,6 +1471,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         plugins=tuple(cfg.plugins),
         plugin_settings=dict(cfg.plugin_settings),
         accounting_interval=cfg.accounting_interval,
+        max_sessions_per_user=cfg.max_sessions_per_user,
         domains=tuple(cfg.domains),
         phase1=cfg.phase1,
         credential=cfg.credential,

@@ -674,6 +674,8 @@ class GatewayConfig:
     mtu: int = 1400
     accounting_interval: int = 0
     """Seconds between accounting "interim" records of each session (0: none)."""
+    max_sessions_per_user: int = 4
+    """Logged-in sessions one user may hold at once (0: no limit)."""
     keylog: str | None = None
     control_socket: str | None = None
 
@@ -699,7 +701,7 @@ _TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "pl
 _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
     "require_xauth", "allow_aggressive_psk", "legacy", "tun", "mtu", "keylog", "control_socket", "plugins",
-    "accounting_interval", "xauth_chap",
+    "accounting_interval", "xauth_chap", "max_sessions_per_user",
 )  # fmt: skip
 _CERT_KEYS = ("cert", "key", "ca")
 _PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
@@ -892,6 +894,7 @@ def parse_gateway_config(
         mtu=gw.number("mtu", 1400, 576, 65535),
         keylog=keylog,
         accounting_interval=gw.number("accounting_interval", 0, 0, 86400),
+        max_sessions_per_user=gw.number("max_sessions_per_user", 4, 0, 1_000_000),
         control_socket=control_socket,
     )
     warn.emit()

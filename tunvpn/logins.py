@@ -36,7 +36,7 @@ import asyncio
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -220,6 +220,19 @@ class LoginThrottle:
             self._pairs.drop((user, source))
 
 
+def session_limit_refusal(user: str, others: Iterable[str | None], limit: int) -> str | None:
+    """Why ``user`` may not log in once more, when the other logged-in sessions (``others``:
+    their users) already hold ``limit`` of theirs (0: no limit); else None. The new login is
+    refused, the running sessions are kept: a stolen password cannot kick the real user off,
+    and a user whose old sessions were lost waits for dead peer detection (about 2.5 min)."""
+    if limit <= 0:
+        return None
+    held = sum(1 for other in others if other == user)
+    if held < limit:
+        return None
+    return f"user {user} already has {held} sessions, the most this gateway allows; end one first"
+
+
 def throttle_outcome(verdict: Verdict, backend_failed: bool = False) -> str:
     """What a plugin's verdict means to the throttle: a rejection is a failed guess, unless the
     backend failed (a RADIUS outage must not count against its users)."""
@@ -249,6 +262,7 @@ __all__ = [
     "Tier",
     "login_sources",
     "refusal_message",
+    "session_limit_refusal",
     "throttle_outcome",
     "wait_turn",
     "xauth_required",
