@@ -28,6 +28,7 @@ from tunvpn.shell.credentials import (
     load_psks,
 )
 from tunvpn.shell.udp import BindError
+from tunvpn.untrusted import SafeFormatter, for_terminal
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +400,7 @@ def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from tunvpn.plugins import installed_plugins
+    from tunvpn.plugins import OWN_PLUGINS, installed_plugins
 
     enabled: tuple[str, ...] = ()
     if args.config:
@@ -415,15 +416,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(line.rstrip())
     missing = [name for name in enabled if name not in {p.name for p in installed}]
     for name in missing:
-        print(f"{name:<16} NOT INSTALLED (pip install tunvpn-{name}), needed by {args.config}")
+        hint = f"pip install {OWN_PLUGINS[name]}" if name in OWN_PLUGINS else "not a tunvpn plugin"
+        print(f"{for_terminal(name):<16} NOT INSTALLED ({hint}), needed by {args.config}")
     return 1 if missing else 0
 
 
 def _setup_logging(verbose: int, quiet: bool, default: int) -> None:
     level = logging.WARNING if quiet else max(logging.DEBUG, default - 10 * verbose)
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # SafeFormatter: a peer's text in a log argument (an XAUTH user name, a gateway's message)
+    # is escaped, so it cannot forge log lines or send escape sequences to the terminal
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     for noisy in ("pyroute2", "asyncio"):  # their debug output drowns ours
         logging.getLogger(noisy).setLevel(max(level, logging.INFO))
 
@@ -579,7 +583,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     client = Client(options, local_ip)
     code = asyncio.run(client.run())
     if code != 0:
-        print(f"tunvpn: {client.message}", file=sys.stderr)
+        print(f"tunvpn: {for_terminal(client.message)}", file=sys.stderr)
     return code
 
 

@@ -9,6 +9,7 @@ progress reports, so tests can drive it in memory; :meth:`Client.run` puts it on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import ipaddress
 import json
@@ -34,8 +35,16 @@ from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy, PolicyPush, decode_policies, diff_policies
 from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1Policy
-from tunvpn.plugins import ClientProtocol, ClientQuestion, ClientSession, PluginError, PluginHost
+from tunvpn.plugins import (
+    ClientProtocol,
+    ClientQuestion,
+    ClientSession,
+    PluginError,
+    PluginHost,
+    install_advice,
+)
 from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
+from tunvpn.untrusted import for_terminal, quoted
 
 if TYPE_CHECKING:
     from tunvpn.hostconfig import HostConfig
@@ -134,7 +143,12 @@ class ClientOptions:
 
 
 class Progress:
-    """Per-phase lines for humans (stdout), or JSON objects one per line with ``--json``."""
+    """Per-phase lines for humans (stdout), or JSON objects one per line with ``--json``.
+
+    Texts carry what the gateway chose (its banner, XAUTH messages, reject reasons, names):
+    human lines escape control characters (:func:`tunvpn.untrusted.for_terminal`); a
+    ``banner`` keeps its newlines and tabs, each further line indented under the first. JSON
+    escapes them by itself."""
 
     def __init__(self, *, json_lines: bool = False, out: TextIO | None = None) -> None:
         self.json_lines = json_lines
@@ -144,8 +158,11 @@ class Progress:
         if self.json_lines:
             record = {"event": step, "message": text, **{k: _jsonable(v) for k, v in fields.items()}}
             print(json.dumps(record, sort_keys=False), file=self.out, flush=True)
+        elif step == "banner":
+            lines = for_terminal(text, keep_lines=True).split("\n")
+            print(f"[{step}] " + ("\n" + " " * (len(step) + 3)).join(lines), file=self.out, flush=True)
         else:
-            print(f"[{step}] {text}", file=self.out, flush=True)
+            print(f"[{step}] {for_terminal(text)}", file=self.out, flush=True)
 
 
 def _jsonable(value: object) -> object:
@@ -276,7 +293,7 @@ class Client:
         if self.result is not None:
             return
         self.result = code
-        self.message = message
+        self.message = for_terminal(message)  # it may quote the gateway (a reject reason)
         if self._on_finish is not None:
             self._on_finish()
 
@@ -453,7 +470,9 @@ class Client:
             self.fail("xauth", f"the gateway asks for {what}: {hint}")
             return None
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, self.ask_password, prompt)
+            # the prompt may be the gateway's XAUTH message: no control characters to the terminal
+            safe_prompt = for_terminal(prompt)
+            return await asyncio.get_running_loop().run_in_executor(None, self.ask_password, safe_prompt)
         except (EOFError, OSError) as exc:
             self.fail("xauth", f"cannot read {what}: {exc or 'no terminal'}")
             return None
@@ -480,7 +499,7 @@ class Client:
         self.mode_config = config
         self.progress.report(
             "modecfg",
-            describe_mode_config(event.config),
+            describe_mode_config(dataclasses.replace(config, banner=None)),
             state="received",
             address=config.address,
             split_include=config.split_include,
@@ -488,6 +507,8 @@ class Client:
             dns=config.dns,
             pushed=event.pushed,
         )
+        if config.banner:
+            self.progress.report("banner", config.banner, state="received")
         if push is not None:
             self.policies = push.policies
             self.generation = push.generation
@@ -648,10 +669,11 @@ class Client:
                 return
             if handler is None:
                 loaded = f" (loaded: {', '.join(self.plugins.names)})" if self.plugins.names else ""
+                advice = install_advice(protocol.name, "the profile's plugins")  # no pip for unknown names
                 self.fail(
                     "protocols",
-                    f"the gateway requires {protocol.name!r}; no loaded plugin handles it: install "
-                    f"the tunvpn-{protocol.name} plugin and name it in the profile's plugins{loaded}",
+                    f"the gateway requires {quoted(protocol.name)}; no loaded plugin handles it: "
+                    f"{advice}{loaded}",
                 )
                 return
             self._handlers.append((protocol, handler))

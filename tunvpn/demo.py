@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import tunvpn
+from tunvpn.untrusted import for_terminal
 
 GATEWAY_ADDR = "10.77.0.1"
 CLIENT_ADDR = "10.77.0.2"
@@ -131,7 +132,7 @@ async def _relay(stream: asyncio.StreamReader, label: str, lines: list[str]) -> 
             return
         line = raw.decode(errors="replace").rstrip("\n")
         lines.append(line)
-        print(f"{label} | {line}", flush=True)
+        print(f"{label} | {for_terminal(line)}", flush=True)
 
 
 async def _start(ns: str, argv: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from tunvpn.untrusted import for_terminal
+
 Record = dict[str, Any]
 """One ``--json`` progress record of ``tunvpn connect``."""
 T = TypeVar("T")
@@ -192,7 +194,7 @@ class Daemon:
             else:
                 self.log.append(line)
                 if self.verbose:
-                    print(f"    {self.name} log | {line}", flush=True)
+                    print(f"    {self.name} log | {for_terminal(line)}", flush=True)
             self._changed.set()
         self._changed.set()
 

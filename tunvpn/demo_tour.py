@@ -49,6 +49,7 @@ from tunvpn.gwconfig import (
     parse_gateway_config,
 )
 from tunvpn.ike.constants import DHGroup
+from tunvpn.untrusted import for_terminal
 
 COMMAND = "demo"
 NAME_PREFIX = "tvm"
@@ -108,7 +109,8 @@ class Console:
         print(f"\n== {self.number}. {title} ==", flush=True)
 
     def say(self, text: str, indent: int = 1) -> None:
-        print("  " * indent + text, flush=True)
+        # texts quote the client's JSON records, i.e. what the gateway sent (banner, messages)
+        print("  " * indent + for_terminal(text), flush=True)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -596,7 +598,7 @@ async def _run_tour(tour: Tour) -> Outcome:
         loop.remove_signal_handler(signal.SIGTERM)
         if outcome.code == 1:
             for line in tour.log_tails():
-                print(line, file=sys.stderr, flush=True)
+                print(for_terminal(line), file=sys.stderr, flush=True)
         outcome.stopped = await asyncio.shield(tour.stop())
     return outcome
 
@@ -646,7 +648,7 @@ def run_tour(args: argparse.Namespace) -> int:
     if outcome.code == 0:
         print("\ndemo: every step passed", flush=True)
     else:
-        print(f"\ndemo: {outcome.message}", file=sys.stderr, flush=True)
+        print(f"\ndemo: {for_terminal(outcome.message)}", file=sys.stderr, flush=True)
     return outcome.code
 
 

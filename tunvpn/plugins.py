@@ -267,15 +267,37 @@ def installed_plugins() -> list[InstalledPlugin]:
     return sorted(found.values(), key=lambda p: p.name)
 
 
+OWN_PLUGINS: dict[str, str] = {"l2tp": "tunvpn-l2tp", "otp": "tunvpn-otp", "radius": "tunvpn-radius"}
+"""The tunvpn project's own plugins (entry point name -> distribution): the only names a message
+suggests a ``pip install`` for. Other names may come from a gateway (the protocols it
+announces): printing ``pip install tunvpn-NAME`` for them would let a gateway choose a package
+for the user to install."""
+
+
+def install_advice(name: str, where: str = "plugins") -> str:
+    """What to tell a user about a plugin ``name`` that is not loaded: ``pip install`` only for
+    :data:`OWN_PLUGINS`, the name escaped (it may be a gateway's choice)."""
+    from tunvpn.untrusted import quoted
+
+    distribution = OWN_PLUGINS.get(name)
+    if distribution is None:
+        return (
+            f"{quoted(name)} is not supported (not one of tunvpn's own plugins; the gateway's "
+            "administrator knows which plugin provides it)"
+        )
+    return f"install the {distribution} plugin (pip install {distribution}) and name it in {where}"
+
+
 def _entry_point(name: str) -> importlib.metadata.EntryPoint:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             return ep
+    from tunvpn.untrusted import quoted
+
     installed = ", ".join(p.name for p in installed_plugins()) or "none"
-    raise PluginError(
-        f"plugin {name!r} is not installed (pip install tunvpn-{name}, or the distribution that "
-        f"provides it); installed: {installed}"
-    )
+    known = OWN_PLUGINS.get(name)
+    hint = f"pip install {known}" if known else "install the distribution that provides it"
+    raise PluginError(f"plugin {quoted(name)} is not installed ({hint}); installed: {installed}")
 
 
 # --------------------------------------------------------------------------- the host
