@@ -1,25 +1,34 @@
-"""Two vpnc users of one group connected to our gateway at once (issue 12, "What must be shown").
+"""Two users of one gateway connected at once (issue 12, "What must be shown").
 
 Every vpnc user of a group sends the same phase 1 identity (``keyid:GROUP``) and an
-INITIAL-CONTACT notify. The gateway must take "same peer" to mean the same *user* (phase 1
-identity and XAUTH user, as strongSwan does), so bob joining never tears down alice's SAs.
+INITIAL-CONTACT notify; two tunvpn clients behind two home NATs with the same private address
+send the same default identity (that address). The gateway must take "same peer" to mean the
+same *user* (phase 1 identity and XAUTH user, as strongSwan does), so bob joining never tears
+down alice's SAs, and each keeps its own pool address.
 
 Topology (tests/interop/lan.py): our gateway in namespace g on a bridge (10.77.0.1), with the
-protected host 10.78.0.1 on its loopback; alice's vpnc in namespace c1 (10.77.0.2), bob's in c2
-(10.77.0.3); real UDP, real TUN devices, unmodified vpnc.
+protected host 10.78.0.1 on its loopback. Either alice and bob directly on the bridge
+(10.77.0.2, 10.77.0.3), or each at 192.168.1.10 behind its own masquerading router
+(10.77.0.11, 10.77.0.12). Real UDP, real TUN devices, unmodified vpnc or ``tunvpn connect``.
+
+The scenario, for each set-up: alice connects and pings through; bob connects and pings
+through; alice's tunnel still works; both ping at the same time; the gateway gave them two
+addresses and logged both logins; nothing was "replaced after INITIAL-CONTACT".
 """
 
 from __future__ import annotations
 
 import subprocess
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from . import configs
 from .lan import GatewayLan
-from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
+from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 from .vpnc import Vpnc
 from netns import run_in, stop_process, wait_for
 
@@ -27,40 +36,33 @@ pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
 LAN_HOST = "10.78.0.1"
 USERS = {"alice": "alice-pass-31415", "bob": "bob-pass-27182"}
+MAIN_MODE_PSK = "two-users-main-mode-psk-5c1d7e"
+PRIVATE = "192.168.1.10/24"  # both natted clients have this address
 
 
-def start_gateway(tmp: Path, lan: GatewayLan) -> tuple[subprocess.Popen[bytes], Path]:
-    """Our gateway as the vpnc interop tests run it: one group identity and PSK, a users file
-    of two users, Mode Config from a pool."""
-    psk = private_file(tmp / "gateway.psk", f"keyid:{configs.VPNC_GROUP} {configs.VPNC_GROUP_PSK}\n")
+def start_gateway(tmp: Path, lan: GatewayLan, *, for_vpnc: bool) -> tuple[subprocess.Popen[bytes], Path]:
+    """Our gateway as the interop tests run it, with a users file of two users and Mode Config
+    from a pool. For vpnc: one group identity and PSK, Aggressive Mode and ``--legacy``; for
+    tunvpn clients: one PSK for every peer, Main Mode, default algorithms."""
+    if for_vpnc:
+        psk = private_file(tmp / "gateway.psk", f"keyid:{configs.VPNC_GROUP} {configs.VPNC_GROUP_PSK}\n")
+        mode = ["--allow-aggressive-psk", "--legacy"]  # vpnc: Aggressive Mode, MODP-1024 only
+    else:
+        psk = private_file(tmp / "gateway.psk", MAIN_MODE_PSK + "\n")
+        mode = ["--split", "10.78.0.0/24", "--tun", "tvgw%d"]
     users = private_file(tmp / "users", "".join(f"{u}:{p}\n" for u, p in USERS.items()))
     log = tmp / "gateway.log"
-    proc = popen_tunvpn(
-        lan.g,
-        [
-            "gateway",
-            "--listen",
-            lan.addr_g,
-            "--psk-file",
-            str(psk),
-            "--users",
-            str(users),
-            "--pool",
-            configs.VPNC_POOL,
-            "--allow-aggressive-psk",  # vpnc: Aggressive Mode with the group PSK
-            "--legacy",  # vpnc: MODP-1024 only
-            "--require-xauth",
-            "--control",
-            "none",
-        ],
-        log,
-    )
+    argv = ["gateway", "--listen", lan.addr_g, "--psk-file", str(psk), "--users", str(users)]
+    argv += ["--pool", configs.VPNC_POOL, "--require-xauth", "--control", "none", *mode]
+    proc = popen_tunvpn(lan.g, argv, log)
     wait_for_line(log, "gateway ready", proc, 15, "our gateway to bind its sockets")
     return proc, log
 
 
-def user_vpnc(tmp: Path, ns: str, gateway: str, user: str) -> Vpnc:
-    return Vpnc(
+@contextmanager
+def vpnc_user(tmp: Path, ns: str, gateway: str, user: str) -> Iterator[str]:
+    """vpnc for ``user`` of the group in ``ns``; yields its Mode Config address once connected."""
+    client = Vpnc(
         tmp / f"vpnc-{user}",
         ns,
         gateway=gateway,
@@ -70,19 +72,37 @@ def user_vpnc(tmp: Path, ns: str, gateway: str, user: str) -> Vpnc:
         password=USERS[user],
         routes=(f"{LAN_HOST}/32",),
     )
+    with client:
+        try:
+            env = client.wait_connected(timeout=30)
+        except (TimeoutError, RuntimeError) as exc:
+            raise AssertionError(f"vpnc of {user}: {exc}") from None
+        yield env["INTERNAL_IP4_ADDRESS"]
+        client.stop(settle=0.5)  # vpnc sends its DELETEs
+
+
+@contextmanager
+def tunvpn_user(tmp: Path, ns: str, gateway: str, user: str) -> Iterator[str]:
+    """``tunvpn connect`` for ``user`` in ``ns``, default identity (its own address); yields its
+    Mode Config address once its SAs are up."""
+    psk = private_file(tmp / f"{user}.psk", MAIN_MODE_PSK + "\n")
+    password = private_file(tmp / f"{user}.pw", USERS[user] + "\n")
+    log = tmp / f"client-{user}.log"
+    argv = ["connect", gateway, "--psk-file", str(psk), "--user", user, "--password-file", str(password)]
+    argv += ["--tun", "tvcl%d", "--control", "none", "--dns-backend", "none", "--json"]
+    proc = popen_tunvpn(ns, argv, log)
+    try:
+        wait_for_line(log, "IPsec SA pair(s) up", proc, 30, f"{user}'s Quick Mode SAs")
+        [address] = [r["address"] for r in json_records(log) if r["event"] == "modecfg" and "address" in r]
+        yield str(address)
+    finally:
+        stop_process(proc)
 
 
 def sessions(log: Path) -> str:
     """The gateway's session lines (logins, addresses, SAs made and deleted), for failure messages."""
     keys = ("phase 1 established", "XAUTH:", "gets ", "established (responder)", "deleted", "returned")
     return "\n".join(line for line in read_text(log).splitlines() if any(k in line for k in keys))
-
-
-def connect(client: Vpnc, log: Path) -> dict[str, str]:
-    try:
-        return client.wait_connected(timeout=30)
-    except (TimeoutError, RuntimeError) as exc:
-        raise AssertionError(f"{exc}\n--- gateway log ---\n{read_text(log)[-4000:]}") from None
 
 
 def pings(ns: str, count: int = 1) -> subprocess.CompletedProcess[str]:
@@ -95,32 +115,35 @@ def wait_ping(ns: str, who: str, log: Path) -> None:
     try:
         wait_for(lambda: pings(ns).returncode == 0, 15, f"a ping through {who}'s tunnel")
     except TimeoutError:
-        raise AssertionError(f"no ping through {who}'s tunnel\n{read_text(log)[-4000:]}") from None
+        raise AssertionError(f"no ping through {who}'s tunnel\n--- gateway ---\n{sessions(log)}") from None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: bob's INITIAL-CONTACT (same keyid:GROUP) deletes alice's SAs, and bob then gets "
-    "alice's pool address (fails on main before the fix)",
-)
-def test_two_vpnc_users_of_one_group_at_once(tmp_path: Path) -> None:
-    with GatewayLan("10.77.0.1/24") as lan, ExitStack() as stack:
-        lan.add_addr(lan.g, f"{LAN_HOST}/24")
-        ns_alice = lan.add_client("c1", "10.77.0.2/24")
-        ns_bob = lan.add_client("c2", "10.77.0.3/24")
-        gateway, log = start_gateway(tmp_path, lan)
+@dataclass
+class Outcome:
+    addresses: dict[str, str]
+    """Mode Config address of each user."""
+    ping_codes: list[int]
+    ping_outputs: list[str]
+    log: str
+    """The gateway's whole log."""
+
+
+def alice_then_bob(tmp: Path, lan: GatewayLan, namespaces: dict[str, str], *, for_vpnc: bool) -> Outcome:
+    """The scenario of the module docstring; ``namespaces``: user -> client namespace."""
+    user_client = vpnc_user if for_vpnc else tunvpn_user
+    with ExitStack() as stack:
+        gateway, log = start_gateway(tmp, lan, for_vpnc=for_vpnc)
         stack.callback(stop_process, gateway)
+        addresses = {}
+        for user in ("alice", "bob"):
+            try:
+                addresses[user] = stack.enter_context(user_client(tmp, namespaces[user], lan.addr_g, user))
+            except (AssertionError, TimeoutError, RuntimeError) as exc:
+                raise AssertionError(f"{exc}\n--- gateway ---\n{sessions(log)}") from None
+            wait_ping(namespaces[user], user, log)
 
-        alice = stack.enter_context(user_vpnc(tmp_path, ns_alice, lan.addr_g, "alice"))
-        alice_env = connect(alice, log)
-        wait_ping(ns_alice, "alice", log)
-
-        bob = stack.enter_context(user_vpnc(tmp_path, ns_bob, lan.addr_g, "bob"))
-        bob_env = connect(bob, log)
-        wait_ping(ns_bob, "bob", log)
-
-        # Alice's tunnel still works after bob (same keyid:GROUP, INITIAL-CONTACT) joined.
-        alice_after = pings(ns_alice, count=3)
+        # Alice's tunnel still works after bob (same phase 1 identity, INITIAL-CONTACT) joined.
+        alice_after = pings(namespaces["alice"], count=3)
         assert alice_after.returncode == 0, (
             f"alice's tunnel died when bob joined\n{alice_after.stdout}\n--- gateway ---\n{sessions(log)}"
         )
@@ -128,33 +151,73 @@ def test_two_vpnc_users_of_one_group_at_once(tmp_path: Path) -> None:
         # Both at the same time.
         both = [
             subprocess.Popen(
-                ["ip", "netns", "exec", ns, "ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", LAN_HOST],
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    namespaces[user],
+                    "ping",
+                    "-n",
+                    "-c",
+                    "5",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "2",
+                    LAN_HOST,
+                ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-            for ns in (ns_alice, ns_bob)
+            for user in ("alice", "bob")
         ]
         outputs = [p.communicate(timeout=30)[0] for p in both]
         codes = [p.returncode for p in both]
+    # the clients are stopped (DELETEs sent), then the gateway
+    return Outcome(addresses, codes, outputs, read_text(log))
 
-        alice.stop(settle=0.5)
-        bob.stop(settle=0.5)
-        wait_for(lambda: read_text(log).count("deleted: deleted by peer") >= 2, 10, "both vpnc DELETEs")
-        stop_process(gateway)
-        text = read_text(log)
 
-    assert codes == [0, 0], "\n".join(outputs) + text[-4000:]
-    assert all(" 5 received" in out for out in outputs), outputs
+def check(outcome: Outcome, sources: dict[str, str], peer_id: str) -> None:
+    text = outcome.log
+    assert outcome.ping_codes == [0, 0], "\n".join(outcome.ping_outputs) + text[-4000:]
+    assert all(" 5 received" in out for out in outcome.ping_outputs), outcome.ping_outputs
     # Each user has its own address from the pool, and the gateway knows them apart.
-    addresses = {alice_env["INTERNAL_IP4_ADDRESS"], bob_env["INTERNAL_IP4_ADDRESS"]}
-    assert len(addresses) == 2, (alice_env, bob_env)
-    assert "XAUTH: user 'alice' from 10.77.0.2 accepted" in text, text[-3000:]
-    assert "XAUTH: user 'bob' from 10.77.0.3 accepted" in text, text[-3000:]
-    assert f"gets {alice_env['INTERNAL_IP4_ADDRESS']}" in text
-    assert f"gets {bob_env['INTERNAL_IP4_ADDRESS']}" in text
-    assert text.count(f"peer id keyid:{configs.VPNC_GROUP}") >= 2, text[-3000:]
+    assert len(set(outcome.addresses.values())) == 2, outcome.addresses
+    for user, source in sources.items():
+        assert f"XAUTH: user '{user}' from {source} accepted" in text, text[-3000:]
+        assert f"user '{user}') gets {outcome.addresses[user]}" in text, text[-3000:]
+    assert text.count(f"peer id {peer_id}") >= 2, text[-3000:]
     assert "replaced after INITIAL-CONTACT" not in text, text[-3000:]
-    for secret in (*USERS.values(), configs.VPNC_GROUP_PSK):
+    for secret in (*USERS.values(), configs.VPNC_GROUP_PSK, MAIN_MODE_PSK):
         assert secret not in text
     assert "Traceback" not in text
+
+
+def test_two_vpnc_users_of_one_group_at_once(tmp_path: Path) -> None:
+    with GatewayLan("10.77.0.1/24") as lan:
+        lan.add_addr(lan.g, f"{LAN_HOST}/24")
+        namespaces = {
+            "alice": lan.add_client("c1", "10.77.0.2/24"),
+            "bob": lan.add_client("c2", "10.77.0.3/24"),
+        }
+        outcome = alice_then_bob(tmp_path, lan, namespaces, for_vpnc=True)
+    check(outcome, {"alice": "10.77.0.2", "bob": "10.77.0.3"}, f"keyid:{configs.VPNC_GROUP}")
+
+
+def test_two_vpnc_users_behind_two_nats_with_one_private_address(tmp_path: Path) -> None:
+    with GatewayLan("10.77.0.1/24") as lan:
+        lan.add_addr(lan.g, f"{LAN_HOST}/24")
+        alice, _ = lan.add_natted_client("n1", "10.77.0.11/24", PRIVATE)
+        bob, _ = lan.add_natted_client("n2", "10.77.0.12/24", PRIVATE)
+        outcome = alice_then_bob(tmp_path, lan, {"alice": alice, "bob": bob}, for_vpnc=True)
+    check(outcome, {"alice": "10.77.0.11", "bob": "10.77.0.12"}, f"keyid:{configs.VPNC_GROUP}")
+
+
+def test_two_tunvpn_clients_behind_two_nats_with_one_private_address(tmp_path: Path) -> None:
+    with GatewayLan("10.77.0.1/24") as lan:
+        lan.add_addr(lan.g, f"{LAN_HOST}/24")
+        alice, _ = lan.add_natted_client("n1", "10.77.0.11/24", PRIVATE)
+        bob, _ = lan.add_natted_client("n2", "10.77.0.12/24", PRIVATE)
+        outcome = alice_then_bob(tmp_path, lan, {"alice": alice, "bob": bob}, for_vpnc=False)
+    check(outcome, {"alice": "10.77.0.11", "bob": "10.77.0.12"}, "192.168.1.10")
