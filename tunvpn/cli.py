@@ -191,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_cli.add_arguments(bench)  # its own -v/-q
 
+    pw = sub.add_parser(
+        "passwd",
+        help="print a users-file line with an scrypt hash of a password",
+        description="Print `USER:$scrypt$ln=15,r=8,p=1$SALT$HASH` for the gateway's users file: the "
+        "file then holds no password (such a user cannot log in with CHAP / xauth_chap).",
+    )
+    pw.add_argument("user", metavar="USER", help="the XAUTH user name")
+    pw.add_argument("--stdin", action="store_true", help="read the password from standard input (first line)")
+
     gw = sub.add_parser(
         "gateway",
         help="run a gateway (IKEv1 responder)",
@@ -501,6 +510,26 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_passwd(args: argparse.Namespace) -> int:
+    """``tunvpn passwd USER``: a users-file line holding an scrypt hash (tunvpn/passwords.py)."""
+    import getpass
+
+    from tunvpn.passwords import hash_password
+
+    if not args.user or ":" in args.user or args.user != args.user.strip() or "\n" in args.user:
+        raise CliError(f"user name {args.user!r}: no colon, no surrounding spaces")
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            raise CliError("the two passwords differ")
+    if not password:
+        raise CliError("empty password")
+    print(f"{args.user}:{hash_password(password)}")
+    return 0
+
+
 # --------------------------------------------------------------------------- client
 
 
@@ -599,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": control.run_status,
         "reload": control.run_reload,
         "plugins": cmd_plugins,
+        "passwd": cmd_passwd,
     }
     try:
         if args.command == "bench":

@@ -8,7 +8,9 @@ PSK file
     ``10.0.0.2``, ``@vpn.example``) or ``*`` for everybody. A secret may be written in
     double quotes (to keep spaces) or as ``0x`` followed by hex digits.
 Users file
-    lines of ``user:password`` (the password is everything after the first colon).
+    lines of ``user:password`` (the password is everything after the first colon), or
+    ``user:$scrypt$ln=15,r=8,p=1$SALT$HASH`` (a hash from ``tunvpn passwd``,
+    :mod:`tunvpn.passwords`; such a user cannot log in with CHAP).
 
 Both files must be private (``chmod 600``), owned by the user tunvpn runs as (or root) and
 named directly, not through a symbolic link: anything else is refused with a message naming the
@@ -24,6 +26,7 @@ from collections.abc import Mapping
 
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.crypto import chap_response
+from tunvpn.passwords import PasswordHash, PasswordHashError, is_hashed
 from tunvpn.secretfile import SecretFileError, read_secret_text
 
 PSK_ENV = "TUNVPN_PSK"
@@ -101,8 +104,12 @@ def load_psks(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None
 class UserTable:
     """XAUTH users and passwords; ``repr`` shows neither. Checks take the same time for unknown users."""
 
-    def __init__(self, users: Mapping[str, bytes]) -> None:
+    def __init__(self, users: Mapping[str, bytes | PasswordHash]) -> None:
         self._users = dict(users)
+
+    def hashed_users(self) -> list[str]:
+        """Users stored as scrypt hashes (they cannot answer CHAP)."""
+        return [user for user, entry in self._users.items() if isinstance(entry, PasswordHash)]
 
     def __repr__(self) -> str:
         return f"UserTable({len(self._users)} users)"
@@ -119,24 +126,31 @@ class UserTable:
         if expected is None:
             hmac.compare_digest(given, given)  # same work as a real comparison
             return False
+        if isinstance(expected, PasswordHash):  # scrypt, then a constant-time comparison
+            return expected.verify(given) and password is not None
         return hmac.compare_digest(expected, given) and password is not None
 
     def check_chap(self, user: str, identifier: int, challenge: bytes, response: bytes) -> bool:
         """A CHAP-MD5 answer (RFC 1994 section 4.1: MD5(identifier, secret, challenge)), in constant time."""
         expected = self._users.get(user)
+        if isinstance(expected, PasswordHash):  # CHAP needs the clear secret
+            return False
         digest = chap_response(identifier, expected or b"", challenge)
         return hmac.compare_digest(digest, response) and expected is not None
 
     @classmethod
     def parse(cls, text: str, source: str) -> UserTable:
-        users: dict[str, bytes] = {}
+        users: dict[str, bytes | PasswordHash] = {}
         for number, line in _content_lines(text):
             user, sep, password = line.partition(":")
             if not sep or not user:
                 raise SecretFileError(f"{source} line {number}: expected `user:password`")
             if user in users:
                 raise SecretFileError(f"{source} line {number}: user {user!r} listed twice")
-            users[user] = password.encode()
+            try:
+                users[user] = PasswordHash.parse(password) if is_hashed(password) else password.encode()
+            except PasswordHashError as exc:
+                raise SecretFileError(f"{source} line {number}: user {user!r}: {exc}") from None
         if not users:
             raise SecretFileError(f"{source}: no users in it")
         return cls(users)
