@@ -55,6 +55,7 @@ def gateway_config(**kw) -> EngineConfig:
             ChildPolicy("net-nopfs", PROTECTED, None, ChildProposal(pfs_group=None)),
         ),
         allow_aggressive_psk=True,
+        allow_base_mode=True,
     )
     base.update(kw)
     return EngineConfig(**base)
@@ -176,11 +177,15 @@ def test_phase1_certificates(pki, mode: str, kind: str, group: DHGroup) -> None:
         phase1=Phase1Policy(groups=(group,)),
     )
     gateway = EngineConfig(
-        credential=pki[f"gw-{kind}"], trusted_cas=(pki["ca"],), local_id=Identity.parse("@gw.example")
+        credential=pki[f"gw-{kind}"],
+        trusted_cas=(pki["ca"],),
+        local_id=Identity.parse("@gw.example"),
+        allow_base_mode=True,
     )
     pair = Pair(client, gateway)
     connect(pair, mode)
     c, g = established(pair)
+    assert c.exchange == g.exchange == mode
     assert c.peer_id == "@gw.example" or "gw.example" in c.peer_id
     assert "client.example" in g.peer_id
 

@@ -261,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept Aggressive Mode with a PSK (needed for vpnc; weak, see README)",
     )
+    gw.add_argument(
+        "--allow-base-mode",
+        action="store_true",
+        help="accept tunvpn's Base Mode (off by default; see docs/protocol.md)",
+    )
     gw.add_argument("--banner", help="text shown by clients after login (Cisco Unity banner)")
 
     cl = sub.add_parser(
@@ -461,6 +466,7 @@ def _gateway_options(args: argparse.Namespace) -> object:
         dns=dns,
         split=tuple(dict.fromkeys(args.split)),
         allow_aggressive_psk=args.allow_aggressive_psk,
+        allow_base_mode=args.allow_base_mode,
         legacy=args.legacy,
         require_xauth=args.require_xauth,
         max_sessions_per_user=args.max_sessions_per_user,

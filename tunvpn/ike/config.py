@@ -106,6 +106,9 @@ class EngineConfig:
     """Phase 2 policies a responder accepts (the gateway's configuration)."""
     allow_aggressive_psk: bool = False
     """Responder: accept Aggressive Mode with a pre-shared key (weak: offline dictionary attack)."""
+    allow_base_mode: bool = False
+    """Responder: accept tunvpn's Base Mode (docs/protocol.md). Off: a Base Mode first message
+    is answered UNSUPPORTED-EXCHANGE-TYPE, and a tunvpn client falls back to Main Mode."""
     require_xauth: bool = False
     """Responder: run XAUTH after phase 1 (and accept only XAUTH auth methods)."""
     xauth_available: bool = False

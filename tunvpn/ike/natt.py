@@ -24,12 +24,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BASE_MODE_V2_VID = bytes.fromhex("4037cfa7e4a81ece25ac81bd9bd84f6a")
+"""MD5("tunvpn base mode v2"): the sender speaks Base Mode as docs/protocol.md defines it
+(cookie round, both authentication payloads keyed with g^xy). Sent only in Base Mode."""
+
 VID_NAMES = {
     VendorId.XAUTH: "xauth",
     VendorId.CISCO_UNITY: "unity",
     VendorId.DPD: "dpd",
     VendorId.NATT_RFC3947: "nat-t",
     VendorId.TUNVPN: "tunvpn",
+    BASE_MODE_V2_VID: "base-v2",
     **{vid: "nat-t-draft" for vid in VendorId.NATT_DRAFTS},
 }
 
@@ -75,12 +80,15 @@ class NattMixin:
 
     # ------------------------------------------------------------------ NAT-T (RFC 3947)
 
-    def _natd_hash(self: IkeEngine, sa: IkeSA, addr: Address) -> bytes:
+    def _natd_hash(self: IkeEngine, sa: IkeSA, addr: Address, rcookie: bytes | None = None) -> bytes:
+        """HASH(CKY-I | CKY-R | IP | Port) (RFC 3947 section 3.2); ``rcookie`` overrides CKY-R
+        (Base Mode message 3 is sent before the responder's cookie exists: zeros)."""
         assert sa.suite is not None
         import ipaddress
 
         packed = ipaddress.ip_address(addr[0]).packed + struct.pack("!H", addr[1])
-        return crypto.hash_digest(sa.suite.hash, sa.icookie + sa.rcookie + packed)
+        cky_r = sa.rcookie if rcookie is None else rcookie
+        return crypto.hash_digest(sa.suite.hash, sa.icookie + cky_r + packed)
 
     def _natd_payloads(self: IkeEngine, sa: IkeSA) -> list[Payload]:
         if not sa.natt:
@@ -91,14 +99,16 @@ class NattMixin:
             local = self._random(len(local))  # pretend to sit behind a NAT (strongSwan encap=yes)
         return [NatDPayload(remote, sa.natt_draft), NatDPayload(local, sa.natt_draft)]
 
-    def _check_natd(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload]) -> None:
+    def _check_natd(
+        self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], *, rcookie: bytes | None = None
+    ) -> None:
         if not sa.natt:
             return
         natds = [p.payload.data for p in _find(payloads, NatDPayload)]  # type: ignore[union-attr]
         if len(natds) < 2:
             return  # the peer did not do NAT-D after all
-        sa.nat_local = not crypto.constant_time_equal(natds[0], self._natd_hash(sa, sa.local))
-        peer_hash = self._natd_hash(sa, sa.remote)
+        sa.nat_local = not crypto.constant_time_equal(natds[0], self._natd_hash(sa, sa.local, rcookie))
+        peer_hash = self._natd_hash(sa, sa.remote, rcookie)
         sa.nat_remote = not any(crypto.constant_time_equal(h, peer_hash) for h in natds[1:])
         if self.config.force_encap:
             sa.nat_local = True

@@ -32,6 +32,8 @@ from .sa import find_payloads as _find
 from .sa import one_payload as _one
 
 BM = ExchangeType.BASE
+BASE_MODE_AUTH_LABEL = b"tunvpn base mode v2 auth"
+"""Base Mode v2: SKEYID_auth = prf(SKEYID, g^xy | CKY-I | CKY-R | this label) keys HASH_I/R."""
 
 if TYPE_CHECKING:
     from .engine import IkeEngine
@@ -51,19 +53,14 @@ class PeerAuthMixin:
         assert sa.suite is not None
         my_side = (sa.role is Role.INITIATOR) == initiator
         id_body = sa.local_id_body if my_side else sa.peer_id_body
-        if sa.exchange == BM:
-            # Base Mode signs before g^xy exists: SKEYID without g^xy (documented extension)
-            if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
-                skeyid = crypto.prf(sa.suite.hash, sa.ni + sa.nr, sa.icookie + sa.rcookie)
-            else:
-                assert sa.psk is not None
-                skeyid = crypto.prf(sa.suite.hash, sa.psk, sa.ni + sa.nr)
-            if initiator:
-                data = sa.gxi + sa.icookie + sa.rcookie + sa.sa_body + id_body
-            else:
-                data = sa.gxr + sa.rcookie + sa.icookie + sa.sa_body + id_body
-            return crypto.prf(sa.suite.hash, skeyid, data)
         assert sa.keys is not None
+        skeyid = sa.keys.skeyid
+        if sa.exchange == BM:
+            # Base Mode v2 (docs/protocol.md): both hashes keyed with g^xy, whatever the
+            # method, so values on the wire give no dictionary target without the DH secret
+            skeyid = crypto.prf(
+                sa.suite.hash, skeyid, sa.g_xy + sa.icookie + sa.rcookie + BASE_MODE_AUTH_LABEL
+            )
         fn = crypto.hash_i if initiator else crypto.hash_r
         return fn(sa.suite.hash, sa.keys.skeyid, sa.gxi, sa.gxr, sa.icookie, sa.rcookie, sa.sa_body, id_body)
 

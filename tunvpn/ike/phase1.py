@@ -2,16 +2,18 @@
 
 Message layouts (RFC 2409 section 5, RFC 3947 for NAT-D; Base Mode in docs/protocol.md)::
 
-  Main Mode                          Aggressive Mode                  Base Mode (tunvpn)
-  1 I>R SA VID*                      1 I>R SA KE Ni IDii VID* [CR]    1 I>R SA Ni IDii VID* [CR]
-  2 R>I SA VID*                      2 R>I SA KE Nr IDir [CERT]       2 R>I SA Nr IDir VID* [CR]
-  3 I>R KE Ni [CR] NAT-D NAT-D             AUTH_R VID* NAT-D NAT-D    3 I>R KE [CERT] AUTH_I NAT-D NAT-D
-  4 R>I KE Nr [CR] NAT-D NAT-D       3 I>R* [CERT] AUTH_I NAT-D NAT-D 4 R>I KE [CERT] AUTH_R NAT-D NAT-D
-  5 I>R* IDii [CERT] AUTH_I [N(IC)]        [N(INITIAL-CONTACT)]
-  6 R>I* IDir [CERT] AUTH_R
+  Main Mode                          Aggressive Mode                  Base Mode (tunvpn, v2)
+  1 I>R SA VID*                      1 I>R SA KE Ni IDii VID* [CR]    1 I>R SA VID*
+  2 R>I SA VID*                      2 R>I SA KE Nr IDir [CERT]       2 R>I N(COOKIE) SA VID*  (stateless)
+  3 I>R KE Ni [CR] NAT-D NAT-D             AUTH_R VID* NAT-D NAT-D    3 I>R N(COOKIE) SA KE Ni IDii VID* [CR]
+  4 R>I KE Nr [CR] NAT-D NAT-D       3 I>R* [CERT] AUTH_I NAT-D NAT-D       NAT-D NAT-D
+  5 I>R* IDii [CERT] AUTH_I [N(IC)]        [N(INITIAL-CONTACT)]       4 R>I KE Nr IDir [CR] NAT-D NAT-D
+  6 R>I* IDir [CERT] AUTH_R                                           5 I>R* [CERT] AUTH_I [N(IC)]
+                                                                      6 R>I* [CERT] AUTH_R
 
-AUTH is HASH_x for pre-shared keys or SIG_x for signatures. The legal messages per state
-are in :data:`PHASE1_TABLE`; anything else is rejected in ``_receive_phase1`` alone.
+AUTH is HASH_x for pre-shared keys or SIG_x for signatures (Base Mode's are keyed with g^xy).
+The legal messages per state are in :data:`PHASE1_TABLE`; anything else is rejected in
+``_receive_phase1`` alone.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ from .messages import (
     Payload,
     RawPayload,
     SAPayload,
+    VendorIDPayload,
     encode_payload,
 )
+from .natt import BASE_MODE_V2_VID
 from .proposals import check_phase1_answer, phase1_sa_payload, select_phase1_proposal
 from .sa import Address, IkeSA, P1State, Role
 from .sa import find_payloads as _find
@@ -67,17 +71,31 @@ PHASE1_TABLE: dict[tuple[ExchangeType, Role, P1State], str] = {
     (MM, Role.RESPONDER, P1State.R_SENT_KE): "_mm_r_got_auth",
     (AM, Role.INITIATOR, P1State.I_SENT_SA): "_am_i_got_sa",
     (AM, Role.RESPONDER, P1State.R_SENT_KE): "_am_r_got_auth",
-    (BM, Role.INITIATOR, P1State.I_SENT_SA): "_bm_i_got_sa",
+    (BM, Role.INITIATOR, P1State.I_SENT_SA): "_bm_i_got_cookie",
     (BM, Role.INITIATOR, P1State.I_SENT_KE): "_bm_i_got_ke",
-    (BM, Role.RESPONDER, P1State.R_SENT_SA): "_bm_r_got_ke",
+    (BM, Role.INITIATOR, P1State.I_SENT_AUTH): "_bm_i_got_auth",
+    (BM, Role.RESPONDER, P1State.R_SENT_KE): "_bm_r_got_auth",
 }
+# Base Mode message 3 (the echoed cookie) starts the responder's state, as Main and
+# Aggressive Mode message 1 do: _start_responder, not this table.
+
+BASE_MODE_COOKIE = 32801
+"""Notify type (RFC 2408 section 3.14.1, private-use status 32768-40959) of the Base Mode
+cookie (docs/protocol.md); sent only in Base Mode, which only tunvpn peers speak."""
+BASE_COOKIE_WINDOW = 60.0
+"""Seconds per cookie secret epoch: a cookie is accepted in its epoch and the next one."""
 
 
 class Phase1Mixin:
     """Phase 1 of :class:`~tunvpn.ike.engine.IkeEngine`."""
 
-    _decoy_secret: bytes | None = None
-    """Random key of the decoy pre-shared keys (:meth:`_responder_psk`), drawn on first use."""
+    _secret: bytes | None = None
+    """Random key of the decoy pre-shared keys and the Base Mode cookies, drawn on first use."""
+
+    def _local_secret(self: IkeEngine) -> bytes:
+        if self._secret is None:
+            self._secret = self._random(32)
+        return self._secret
 
     # ------------------------------------------------------------------ commands
 
@@ -111,15 +129,9 @@ class Phase1Mixin:
             sa.offered = self.config.phase1.enumerate(methods, groups)
             sa_payload = phase1_sa_payload(sa.offered)
             sa.sa_body = encode_payload(sa_payload, 0)[4:]
-            payloads: list[Payload] = [sa_payload]
+            payloads: list[Payload] = [sa_payload, *self._vendor_ids(xauth=xauth)]
             if exchange == BM:
-                sa.ni = self._random(NONCE_SIZE)
-                id_payload = sa.local_id.to_payload()
-                sa.local_id_body = encode_payload(id_payload, 0)[4:]
-                payloads += [NoncePayload(sa.ni), id_payload]
-            payloads += self._vendor_ids(xauth=xauth)
-            if exchange == BM:
-                payloads += self._cert_requests()
+                payloads.append(VendorIDPayload(BASE_MODE_V2_VID))
             self._send_phase1(sa, payloads, now, encrypt=False)
         sa.state = P1State.I_SENT_SA
         return sa.sa_id
@@ -150,6 +162,8 @@ class Phase1Mixin:
     def _start_responder(
         self: IkeEngine, header: Header, data: bytes, remote: Address, local: Address, now: float
     ) -> None:
+        if header.exchange == BM and not self._bm_r_cookie_echoed(header, data, remote, local, now):
+            return  # answered (or dropped) without keeping anything
         sa = IkeSA(Role.RESPONDER, header.exchange, header.icookie, self._new_cookie(), local, remote, now)
         sa.last_heard = now
         if local[1] != self.ike_port:
@@ -164,7 +178,7 @@ class Phase1Mixin:
             elif header.exchange == AM:
                 self._am_r_got_sa(sa, payloads, now)
             else:
-                self._bm_r_got_sa(sa, payloads, now)
+                self._bm_r_got_ke(sa, payloads, now)
         except RemoteProtocolError as exc:
             self._on_remote_error(sa, header, remote, local, exc, now)
 
@@ -176,7 +190,9 @@ class Phase1Mixin:
             raise RemoteProtocolError(
                 f"unexpected phase 1 message in state {sa.state.value}", NotifyType.INVALID_EXCHANGE_TYPE
             )
-        if sa.role is Role.INITIATOR and sa.state is P1State.I_SENT_SA:
+        # the responder's cookie comes with its first answer; in Base Mode with message 4
+        first_answer = P1State.I_SENT_KE if sa.exchange == BM else P1State.I_SENT_SA
+        if sa.role is Role.INITIATOR and sa.state is first_answer:
             self._first_answer(sa, header)
         try:
             payloads = sa.open(header, data)
@@ -217,12 +233,19 @@ class Phase1Mixin:
             sa.rcookie = bytes(8)
             self._am_send_first(sa)
             return
-        if sa.exchange == BM and n.notify_type in (
-            NotifyType.INVALID_EXCHANGE_TYPE,
-            NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
-            NotifyType.INVALID_PAYLOAD_TYPE,
+        if (
+            sa.exchange == BM
+            and sa.state is P1State.I_SENT_SA
+            and n.notify_type
+            in (
+                NotifyType.INVALID_EXCHANGE_TYPE,
+                NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
+                NotifyType.INVALID_PAYLOAD_TYPE,
+                NotifyType.PAYLOAD_MALFORMED,  # a tunvpn gateway from before Base Mode v2
+            )
         ):
-            # not a tunvpn peer: Base Mode is ours alone, fall back to Main Mode (docs/protocol.md)
+            # not a tunvpn peer, or Base Mode is off there (allow_base_mode): fall back to
+            # Main Mode, which is at least as strong (docs/protocol.md)
             log.info("%s does not do Base Mode (%s); falling back to Main Mode", sa.remote[0], name)
             sa.exchange = MM
             sa.rcookie = bytes(8)
@@ -364,61 +387,153 @@ class Phase1Mixin:
         self._check_natd(sa, payloads)
         self._phase1_done(sa, payloads, now)
 
-    # ------------------------------------------------------------------ Base Mode (tunvpn)
+    # ------------------------------------------------------------------ Base Mode (tunvpn, v2)
 
-    def _bm_r_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        sa_raw = _one(payloads, SAPayload, "SA")
-        self._note_vendor_ids(sa, payloads)
-        self._take_peer_id(sa, payloads)
-        sa.ni = self._peer_nonce(payloads)
-        self._choose_suite(sa, sa_raw, None)
-        self._lookup_psk(sa)
-        sa.nr = self._random(NONCE_SIZE)
-        sa.local_id = self._default_local_id(sa.local)
-        id_payload = sa.local_id.to_payload()
-        sa.local_id_body = encode_payload(id_payload, 0)[4:]
-        out: list[Payload] = [self._chosen_sa(sa_raw, sa), NoncePayload(sa.nr), id_payload]
-        out += self._vendor_ids(xauth=sa.xauth_expected)
-        assert sa.suite is not None
-        if sa.suite.auth in SIGNATURE_METHODS:
-            out += self._cert_requests()
-        sa.state = P1State.R_SENT_SA
-        self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
+    def _bm_cookie(self: IkeEngine, icookie: bytes, remote: Address, epoch: int) -> bytes:
+        """The responder's stateless cookie: prf(secret, epoch | CKY-I | IP | port)[:16]."""
+        who = f"{epoch}|{remote[0]}|{remote[1]}".encode()
+        return crypto.prf(
+            HashAlgorithm.SHA2_256, self._local_secret(), b"tunvpn base cookie|" + icookie + who
+        )[:16]
 
-    def _bm_i_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    def _bm_r_cookie_echoed(
+        self: IkeEngine, header: Header, data: bytes, remote: Address, local: Address, now: float
+    ) -> bool:
+        """Base Mode messages 1 and 3 before any state exists (docs/protocol.md).
+
+        Message 1 is answered with the chosen transform and a cookie bound to the sender's
+        address, and nothing is kept. Only message 3 echoing a valid cookie (True) lets the
+        caller create the SA, after which the Diffie-Hellman work is done.
+        """
+        if not self.config.allow_base_mode:
+            raise RemoteProtocolError(
+                "Base Mode is disabled (allow_base_mode = false)",
+                NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
+                "header.exchange",
+                18,
+            )
+        probe = IkeSA(Role.RESPONDER, BM, header.icookie, bytes(8), local, remote, now)
+        probe.floated = local[1] != self.ike_port
+        payloads = probe.open(header, data)
+        if not any(
+            isinstance(v.payload, VendorIDPayload) and v.payload.data == BASE_MODE_V2_VID
+            for v in _find(payloads, VendorIDPayload)
+        ):
+            raise RemoteProtocolError(
+                "Base Mode without the Base Mode v2 vendor ID (the first Base Mode is not spoken)",
+                NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
+                "VID",
+            )
+        cookies = [
+            n.payload.data
+            for n in _find(payloads, NotifyPayload)
+            if n.payload.notify_type == BASE_MODE_COOKIE  # type: ignore[union-attr]
+        ]
+        epoch = int(now // BASE_COOKIE_WINDOW)
+        if not cookies:
+            sa_raw = _one(payloads, SAPayload, "SA")
+            self._choose_suite(probe, sa_raw, None)
+            cookie = NotifyPayload(
+                BASE_MODE_COOKIE, ProtocolId.ISAKMP, b"", self._bm_cookie(header.icookie, remote, epoch)
+            )
+            xauth = probe.suite is not None and probe.suite.auth in XAUTH_METHODS
+            out: list[Payload] = [cookie, self._chosen_sa(sa_raw, probe), *self._vendor_ids(xauth=xauth)]
+            out.append(VendorIDPayload(BASE_MODE_V2_VID))
+            answer = probe.build(BM, 0, out, encrypt=False)
+            self._out.append((probe.wrap(answer), remote, local[1]))
+            return False
+        if len(cookies) == 1 and any(
+            crypto.constant_time_equal(cookies[0], self._bm_cookie(header.icookie, remote, e))
+            for e in (epoch, epoch - 1)
+        ):
+            return True
+        self._protocol_error(
+            header.icookie + header.rcookie, remote, "Base Mode cookie does not verify; dropped", None
+        )
+        return False
+
+    def _bm_i_got_cookie(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        cookie = [
+            n.payload.data
+            for n in _find(payloads, NotifyPayload)
+            if n.payload.notify_type == BASE_MODE_COOKIE  # type: ignore[union-attr]
+        ]
+        if len(cookie) != 1 or not 8 <= len(cookie[0]) <= 64:
+            raise RemoteProtocolError("Base Mode message 2 without one cookie", field="N(COOKIE)")
         sa_raw = _one(payloads, SAPayload, "SA")
         assert isinstance(sa_raw.payload, SAPayload)
         sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
         self._note_vendor_ids(sa, payloads)
-        sa.nr = self._peer_nonce(payloads)
-        self._take_peer_id(sa, payloads)
-        self._lookup_psk(sa)
         sa.dh = crypto.DiffieHellman(sa.suite.group)
         sa.gxi = sa.dh.public
-        out: list[Payload] = [KEPayload(sa.gxi), *self._auth_payloads(sa, initiator=True)]
-        out += self._natd_payloads(sa)
+        sa.ni = self._random(NONCE_SIZE)
+        assert sa.local_id is not None
+        id_payload = sa.local_id.to_payload()
+        sa.local_id_body = encode_payload(id_payload, 0)[4:]
+        xauth = any(s.auth in XAUTH_METHODS for s in sa.offered)
+        out: list[Payload] = [
+            NotifyPayload(BASE_MODE_COOKIE, ProtocolId.ISAKMP, b"", cookie[0]),
+            phase1_sa_payload(sa.offered),  # message 1's SA again: the responder kept nothing
+            KEPayload(sa.gxi),
+            NoncePayload(sa.ni),
+            id_payload,
+            *self._vendor_ids(xauth=xauth),
+            VendorIDPayload(BASE_MODE_V2_VID),
+        ]
+        if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
+            out += self._cert_requests()
+        out += self._natd_payloads(sa)  # CKY-R is still zero here, as the responder computes it
         sa.state = P1State.I_SENT_KE
         self._send_phase1(sa, out, now, encrypt=False)
 
     def _bm_r_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        sa_raw = _one(payloads, SAPayload, "SA")
+        self._note_vendor_ids(sa, payloads)
+        self._take_peer_id(sa, payloads)
+        ke = _one(payloads, KEPayload, "KE").payload
+        assert isinstance(ke, KEPayload)
+        self._choose_suite(sa, sa_raw, len(ke.data))
         assert sa.suite is not None
         sa.gxi = self._peer_ke(sa, payloads)
+        sa.ni = self._peer_nonce(payloads)
+        self._check_natd(sa, payloads, rcookie=bytes(8))
         sa.dh = crypto.DiffieHellman(sa.suite.group)
         sa.gxr = sa.dh.public
-        self._verify_auth(sa, payloads, initiator=True, now=now)
-        self._check_natd(sa, payloads)
+        sa.nr = self._random(NONCE_SIZE)
+        self._lookup_psk(sa)  # by identity; a decoy for an unknown one (nothing here shows it)
         self._derive_keys(sa)
-        out: list[Payload] = [KEPayload(sa.gxr), *self._auth_payloads(sa, initiator=False)]
+        sa.local_id = self._default_local_id(sa.local)
+        id_payload = sa.local_id.to_payload()
+        sa.local_id_body = encode_payload(id_payload, 0)[4:]
+        out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
+        if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
+            out += self._cert_requests()
         out += self._natd_payloads(sa)
+        sa.state = P1State.R_SENT_KE
         self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
-        self._phase1_done(sa, payloads, now)
 
     def _bm_i_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        assert sa.suite is not None
         sa.gxr = self._peer_ke(sa, payloads)
-        self._verify_auth(sa, payloads, initiator=False, now=now)
+        sa.nr = self._peer_nonce(payloads)
+        self._take_peer_id(sa, payloads)
         self._check_natd(sa, payloads)
+        self._lookup_psk(sa)
         self._derive_keys(sa)
         self._maybe_float(sa)
+        out: list[Payload] = [*self._auth_payloads(sa, initiator=True)]
+        out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
+        sa.state = P1State.I_SENT_AUTH
+        self._send_phase1(sa, out, now, encrypt=True)
+
+    def _bm_r_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        self._verify_auth(sa, payloads, initiator=True, now=now)
+        out: list[Payload] = [*self._auth_payloads(sa, initiator=False)]
+        self._send_phase1(sa, out, now, encrypt=True, expect_reply=False)
+        self._phase1_done(sa, payloads, now)
+
+    def _bm_i_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+        self._verify_auth(sa, payloads, initiator=False, now=now)
         self._phase1_done(sa, payloads, now)
 
     # ------------------------------------------------------------------ pieces
@@ -505,10 +620,8 @@ class Phase1Mixin:
         one; the exchange then fails where a wrong key fails (docs/protocol.md, "Identity
         decoy"). The decoy is computed for every peer so both paths do the same work.
         """
-        if self._decoy_secret is None:
-            self._decoy_secret = self._random(32)
         who = (str(peer_id) if peer_id is not None else "").encode() + b"\x00" + peer_ip.encode()
-        decoy = crypto.prf(HashAlgorithm.SHA2_256, self._decoy_secret, b"tunvpn decoy psk\x00" + who)
+        decoy = crypto.prf(HashAlgorithm.SHA2_256, self._local_secret(), b"tunvpn decoy psk\x00" + who)
         psk = self.config.psks.lookup(peer_id, peer_ip)
         if psk is None:
             log.info("no pre-shared key for %s at %s: answering with a decoy key", peer_id, peer_ip)
