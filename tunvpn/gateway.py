@@ -24,6 +24,7 @@ from cryptography import x509
 
 from tunvpn.accounting import AccountingRecord
 from tunvpn.ike import events as ev
+from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
 from tunvpn.ike.constants import CfgAttr, DHGroup
@@ -59,6 +60,7 @@ from tunvpn.logins import (
 )
 from tunvpn.plugins import Authorization, CredentialRequest, GatewayContext, PluginError, PluginHost, Verdict
 from tunvpn.shell.credentials import SecretFileError, UserTable
+from tunvpn.shell.crls import keep_crls_fresh
 from tunvpn.shell.udp import UdpDriver
 
 if TYPE_CHECKING:
@@ -168,7 +170,6 @@ class GatewayOptions:
     dns: tuple[IPv4Address, ...] = ()
     split: tuple[IPv4Network, ...] = ()
     allow_aggressive_psk: bool = False
-    allow_base_mode: bool = False
     legacy: bool = False
     require_xauth: bool | None = None
     """Clients must log in with XAUTH. ``None``: whenever a login source is configured (the
@@ -200,6 +201,8 @@ class GatewayOptions:
     """Phase 1 algorithms accepted; None: every strong suite (plus legacy ones with ``legacy``)."""
     credential: Credential | None = None
     trusted_cas: tuple[x509.Certificate, ...] = ()
+    peer_certificates: PeerCertificatePolicy = field(default_factory=PeerCertificatePolicy)
+    """Clients' certificates: EKU, subject/SAN patterns, revocation mode and CRLs."""
     config_path: str | None = None
     """The TOML file the options came from (``tunvpn reload`` reads it again)."""
     control_socket: str | None = None
@@ -232,11 +235,6 @@ class GatewayOptions:
             )
         if self.require_xauth and self.users is None and not self.plugins and not self.plugin_objects:
             raise ConfigError("--require-xauth needs --users FILE (the XAUTH user database) or a plugin")
-        if self.xauth_chap and self.users is not None and self.users.hashed_users():
-            raise ConfigError(
-                "xauth_chap: RADIUS-CHAP needs the clear password, but the users file holds scrypt "
-                "hashes for " + ", ".join(self.users.hashed_users())
-            )
 
     def plugin_names(self) -> tuple[str, ...]:
         """The entry points to load: the built-in users-file first (asked last), then ``plugins``."""
@@ -382,10 +380,10 @@ def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None =
         psks=options.psks,
         credential=options.credential,
         trusted_cas=options.trusted_cas,
+        peer_certificates=options.peer_certificates,
         phase1=phase1,
         children=child_policies(options, phase1),
         allow_aggressive_psk=options.allow_aggressive_psk,
-        allow_base_mode=options.allow_base_mode,
         require_xauth=require_xauth,
         xauth_chap=options.xauth_chap,
         xauth_available=options.users is not None or bool(options.plugins or options.plugin_objects),
@@ -480,11 +478,6 @@ class Gateway:
             log.warning(
                 "Aggressive Mode with pre-shared keys enabled: the PSK hash can be attacked offline; "
                 "use long random group secrets"
-            )
-        if options.allow_base_mode:
-            log.warning(
-                "Base Mode enabled: identities travel in the clear and a rogue gateway can test "
-                "pre-shared key guesses offline, as in Main Mode (docs/protocol.md)"
             )
 
     # ------------------------------------------------------------------ policies
@@ -1246,6 +1239,7 @@ class Gateway:
         await self._start_control()
         self._services = self.plugins.serve(self.plugin_context())
         interim = loop.create_task(self._interim_accounting()) if self.options.accounting_interval else None
+        crls = loop.create_task(keep_crls_fresh(lambda: self.config), name="CRL distribution points")
         signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self.stop)
@@ -1267,6 +1261,7 @@ class Gateway:
         finally:
             if interim is not None:
                 interim.cancel()
+            crls.cancel()
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await self._stop_services()  # first: they may still tell their peers through the SAs
@@ -1469,7 +1464,6 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         pool=cfg.pool,
         dns=tuple(cfg.dns),
         allow_aggressive_psk=cfg.allow_aggressive_psk,
-        allow_base_mode=cfg.allow_base_mode,
         legacy=cfg.legacy,
         require_xauth=cfg.require_xauth,
         xauth_chap=cfg.xauth_chap,
@@ -1489,6 +1483,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         phase1=cfg.phase1,
         credential=cfg.credential,
         trusted_cas=tuple(cfg.trusted_cas),
+        peer_certificates=cfg.peer_certificates,
         config_path=None if cfg.source.startswith("<") else cfg.source,
         control_socket=cfg.control_socket,
     )

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tunvpn.client import parse_dh_group
 from tunvpn.gateway import AddressPool, ConfigError
+from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential, load_certificates
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.constants import DHGroup, EncryptionAlgorithm, HashAlgorithm
@@ -60,6 +61,7 @@ from tunvpn.ike.proposals import (
 )
 from tunvpn.secretfile import trusted_owners, user_name
 from tunvpn.shell.credentials import SecretFileError, UserTable, parse_psk_text, read_private_file
+from tunvpn.shell.crls import CrlError, peer_certificate_policy
 
 log = logging.getLogger(__name__)
 
@@ -462,6 +464,23 @@ def read_credential(
     return credential, tuple(cas)
 
 
+def read_peer_certificates(table: TableReader, base_dir: Path) -> PeerCertificatePolicy:
+    """``revocation``, ``crl_files``, ``peer_eku`` and ``peer_id_patterns`` of a certificate
+    table (:func:`tunvpn.shell.crls.peer_certificate_policy`)."""
+    try:
+        return peer_certificate_policy(
+            revocation=table.text("revocation"),
+            crl_files=[resolve_path(base_dir, p) for p in table.texts("crl_files") or ()],
+            peer_eku=table.texts("peer_eku"),
+            peer_id_patterns=table.texts("peer_id_patterns") or (),
+        )
+    except CrlError as exc:
+        raise table.error("crl_files", str(exc)) from None
+    except ValueError as exc:
+        key = str(exc).split(" ", 1)[0]
+        raise table.error(key if key in _CERT_KEYS else "", str(exc)) from None
+
+
 def _read_certificates(table: TableReader, name: str, path: Path) -> tuple[x509.Certificate, ...]:
     try:
         data = path.read_bytes()
@@ -645,6 +664,9 @@ class GatewayConfig:
     psks: PskTable = field(default_factory=PskTable)
     credential: Credential | None = None
     trusted_cas: tuple[x509.Certificate, ...] = ()
+    peer_certificates: PeerCertificatePolicy = field(default_factory=PeerCertificatePolicy)
+    """What clients' certificates must satisfy beyond chaining to ``trusted_cas`` (EKU,
+    subject/SAN patterns, revocation and the CRL files)."""
     users: UserTable | None = None
     groups: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     """Group name -> its members' user names."""
@@ -654,8 +676,6 @@ class GatewayConfig:
     xauth_chap: bool = False
     """Ask tunvpn clients for a RADIUS-CHAP answer instead of the login password."""
     allow_aggressive_psk: bool = False
-    allow_base_mode: bool = False
-    """Accept tunvpn's Base Mode (docs/protocol.md); off by default, warned."""
     legacy: bool = False
     phase1: Phase1Policy = field(default_factory=Phase1Policy)
     """The phase 1 algorithms the gateway accepts."""
@@ -702,11 +722,10 @@ class GatewayConfig:
 _TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "plugin")
 _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
-    "require_xauth", "allow_aggressive_psk", "allow_base_mode", "legacy", "tun", "mtu", "keylog",
-    "control_socket", "plugins",
-    "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout",
+    "require_xauth", "allow_aggressive_psk", "legacy", "tun", "mtu", "keylog", "control_socket", "plugins",
+    "accounting_interval", "xauth_chap", "max_sessions_per_user",
 )  # fmt: skip
-_CERT_KEYS = ("cert", "key", "ca")
+_CERT_KEYS = ("cert", "key", "ca", "revocation", "crl_files", "peer_eku", "peer_id_patterns")
 _PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
 _NETWORK_KEYS = ("pool", "dns", "domains", "banner")
 _POLICY_KEYS = ("name", "local", "remote", "esp", "pfs", "lifetime", "lifetime_kb", "groups", "users")
@@ -801,11 +820,13 @@ def parse_gateway_config(
     assert listen is not None
     legacy = gw.flag("legacy", False)
     allow_aggressive_psk = gw.flag("allow_aggressive_psk", False)
-    allow_base_mode = gw.flag("allow_base_mode", False)
 
     psks = read_psks(gw, base_dir, env, file_mode)
     cert_table = gw.table("certificate", "[gateway.certificate]", _CERT_KEYS)
     credential, cas = read_credential(cert_table, base_dir) if cert_table is not None else (None, ())
+    peer_certificates = (
+        read_peer_certificates(cert_table, base_dir) if cert_table is not None else PeerCertificatePolicy()
+    )
     if not psks and credential is None:
         raise gw.error("", "no way to authenticate: give psk_file, psk_env, psk or [gateway.certificate]")
 
@@ -831,12 +852,6 @@ def parse_gateway_config(
     if require_xauth and users is None and not plugins:
         raise gw.error("require_xauth", "XAUTH needs users_file (or an authentication plugin)")
     xauth_chap = gw.flag("xauth_chap", False)
-    if xauth_chap and users is not None and users.hashed_users():
-        raise gw.error(
-            "xauth_chap",
-            "RADIUS-CHAP needs each user's clear password, but users_file holds scrypt hashes for "
-            + ", ".join(users.hashed_users()),
-        )
     if xauth_chap and (require_xauth is False or (users is None and not plugins)):
         raise gw.error(
             "xauth_chap", "RADIUS-CHAP is a way to run XAUTH: it needs a login source and require_xauth"
@@ -868,12 +883,6 @@ def parse_gateway_config(
             "allow_aggressive_psk = true: Aggressive Mode exposes a hash of the pre-shared key to "
             "offline guessing; use long random group secrets"
         )
-    if allow_base_mode:
-        warn(
-            "allow_base_mode = true: tunvpn's Base Mode sends both identities in the clear and only "
-            "tunvpn clients speak it; a rogue gateway can test guesses of a pre-shared key offline, "
-            "as in Main Mode (docs/protocol.md)"
-        )
 
     phase1 = _phase1(top.table("phase1", "[phase1]", _PHASE1_KEYS), legacy)
     pool, dns, domains, banner = _network(top.table("network", "[network]", _NETWORK_KEYS))
@@ -891,12 +900,12 @@ def parse_gateway_config(
         psks=psks,
         credential=credential,
         trusted_cas=cas,
+        peer_certificates=peer_certificates,
         users=users,
         groups=MappingProxyType(groups),
         require_xauth=require_xauth,
         xauth_chap=xauth_chap,
         allow_aggressive_psk=allow_aggressive_psk,
-        allow_base_mode=allow_base_mode,
         legacy=legacy,
         phase1=phase1,
         pool=pool,

@@ -23,12 +23,17 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tunvpn.ike.revocation import CrlStore, crl_distribution_uris
+from tunvpn.ike.certpath import EKU_IPSEC_IKE, PeerCertificatePolicy
+from tunvpn.ike.certs import IdentityPattern
+from tunvpn.ike.config import EngineConfig
+from tunvpn.ike.errors import LocalProtocolError
+from tunvpn.ike.revocation import CrlStore, RevocationMode, crl_distribution_uris
 
 __all__ = [
     "FETCH_TIMEOUT",
@@ -36,8 +41,10 @@ __all__ = [
     "CrlError",
     "CrlFetcher",
     "fetch_crl",
+    "keep_crls_fresh",
     "load_crl_files",
     "parse_crl",
+    "peer_certificate_policy",
 ]
 
 log = logging.getLogger(__name__)
@@ -223,3 +230,84 @@ class CrlFetcher:
         while True:
             await self.refresh()
             await asyncio.sleep(interval)
+
+
+# --------------------------------------------------------------------------- configuration
+
+_EKU_NAMES = {
+    "serverauth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "clientauth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "ipsecike": EKU_IPSEC_IKE,
+    "any": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+    "anyextendedkeyusage": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+}
+
+
+def peer_certificate_policy(
+    *,
+    revocation: str | None = None,
+    crl_files: Iterable[str | os.PathLike[str]] = (),
+    peer_eku: Iterable[str] | None = None,
+    peer_id_patterns: Iterable[str] = (),
+) -> PeerCertificatePolicy:
+    """The peer certificate settings of gateway.toml / a profile as an engine policy, with a
+    CRL store holding the CRL files.
+
+    :param revocation: ``strict``, ``ifuri`` or ``relaxed`` (None: relaxed).
+    :param peer_eku: EKU names (``serverAuth``, ``clientAuth``, ``ipsecIKE``, ``any``) or
+        dotted OIDs one of which the peer's certificate must carry if it has an EKU
+        extension; None: the role's default (:data:`tunvpn.ike.certpath.INITIATOR_EKUS`
+        for clients, :data:`~tunvpn.ike.certpath.RESPONDER_EKUS` for gateways).
+    :param peer_id_patterns: :class:`~tunvpn.ike.certs.IdentityPattern` texts; the peer's
+        certificate subject or a subjectAltName must match one.
+    :raises ValueError: a bad value, with a message naming it (the caller adds the key).
+    :raises CrlError: a CRL file cannot be read.
+    """
+    try:
+        mode = RevocationMode(revocation or "relaxed")
+    except ValueError:
+        raise ValueError(f"revocation {revocation!r}: expected strict, ifuri or relaxed") from None
+    ekus = None
+    if peer_eku is not None:
+        found = set()
+        for name in peer_eku:
+            oid = _EKU_NAMES.get(name.strip().lower())
+            if oid is None:
+                try:
+                    oid = x509.ObjectIdentifier(name.strip())
+                except ValueError:
+                    raise ValueError(
+                        f"peer_eku {name!r}: expected serverAuth, clientAuth, ipsecIKE, any or a dotted OID"
+                    ) from None
+            found.add(oid)
+        if not found:
+            raise ValueError("peer_eku is empty: name at least one extended key usage")
+        ekus = frozenset(found)
+    patterns = []
+    for text in peer_id_patterns:
+        try:
+            patterns.append(IdentityPattern.parse(text))
+        except LocalProtocolError as exc:
+            raise ValueError(f"peer_id_patterns {text!r}: {exc}") from None
+    return PeerCertificatePolicy(
+        ekus=ekus,
+        identities=tuple(patterns),
+        revocation=mode,
+        crls=CrlStore(load_crl_files(crl_files)),
+    )
+
+
+async def keep_crls_fresh(config_of: Callable[[], EngineConfig], interval: float = 2.0) -> None:
+    """Keep the CRL store of the engine's current configuration filled until cancelled:
+    the distribution points of our own certificate, its chain and the CAs at once, then
+    those the engine asks for. Follows a reload (a new configuration brings a new store)."""
+    fetcher: CrlFetcher | None = None
+    while True:
+        config = config_of()
+        store = config.peer_certificates.crls
+        if fetcher is None or fetcher.store is not store:
+            fetcher = CrlFetcher(store)
+            own = (config.credential.certificate, *config.credential.chain) if config.credential else ()
+            fetcher.watch((*own, *config.trusted_cas))
+        await fetcher.refresh()
+        await asyncio.sleep(interval)
