@@ -84,6 +84,10 @@ def _identity(text: str) -> Identity:
         ) from None
 
 
+def _remote_id(text: str) -> Identity | str:
+    return "any" if text.strip().lower() == "any" else _identity(text)
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -300,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--local", type=_ip, metavar="ADDRESS", help="our address (default: the route's source)")
     cl.add_argument("--mode", choices=("main", "aggressive", "base"), default="main", help="phase 1 mode")
     cl.add_argument("--user", help="XAUTH user name (offers XAUTH authentication)")
+    cl.add_argument(
+        "--remote-id",
+        type=_remote_id,
+        metavar="IDENTITY|any",
+        help="who the gateway must be: a name or address in its certificate, or a pre-shared-key "
+        "gateway's identity (default: GATEWAY); `any`: any identity of a pre-shared-key gateway",
+    )
     cl.add_argument(
         "--password-file",
         metavar="FILE",
@@ -569,6 +580,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
         if args.mode == "main" and profile.mode != "main":
             args.mode = profile.mode
         args.local_id = args.local_id or profile.local_id
+        if args.remote_id is None:
+            args.remote_id = "any" if profile.remote_id_any else profile.remote_id
         credential, trusted_cas = profile.credential, tuple(profile.trusted_cas)
         plugins, plugin_settings = profile.plugins, dict(profile.plugin_settings)
     else:
@@ -610,6 +623,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
             control_socket=_control_path(args.control, "client"),
             credential=credential,
             trusted_cas=trusted_cas,
+            remote_id=None if args.remote_id == "any" else args.remote_id,
+            remote_id_any=args.remote_id == "any",
             plugins=plugins,
             plugin_settings=plugin_settings,
         )

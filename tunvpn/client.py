@@ -122,7 +122,14 @@ class ClientOptions:
     credential: Credential | None = None
     """Our certificate and key (signature authentication instead of a PSK)."""
     trusted_cas: tuple[x509.Certificate, ...] = ()
-    """CA certificates the gateway's certificate must chain to."""
+    """CA certificates the gateway's certificate must chain to. Without ``credential``: hybrid
+    authentication (the gateway signs, we log in with XAUTH only; no pre-shared key)."""
+    remote_id: Identity | None = None
+    """Who the gateway must be (its certificate names it, or its pre-shared-key phase 1
+    identity is it); None: ``gateway``, the address we connect to."""
+    remote_id_any: bool = False
+    """``remote_id = "any"``: a pre-shared-key gateway may use any phase 1 identity (warned).
+    A gateway that signs must still have a certificate naming ``remote_id``."""
     plugins: tuple[str, ...] = ()
     """Plugins to load by entry point name (``tunvpn_client_answer``: soft tokens and the like)."""
     plugin_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
@@ -140,6 +147,27 @@ class ClientOptions:
             ipaddress.ip_address(self.gateway)
         except ValueError:
             raise ValueError(f"gateway {self.gateway!r} is not an IP address") from None
+        if self.hybrid:
+            if self.psks:
+                raise ValueError(
+                    "a CA without a client certificate means hybrid authentication (the gateway "
+                    "proves itself by its certificate, the user by XAUTH), which uses no "
+                    "pre-shared key: drop the pre-shared key, or add a client certificate"
+                )
+            if self.user is None:
+                raise ValueError("hybrid authentication logs in with XAUTH only: give a user name")
+            if self.mode == "base":
+                raise ValueError("hybrid authentication runs in main or aggressive mode, not base")
+
+    @property
+    def hybrid(self) -> bool:
+        """Hybrid authentication: a CA to check the gateway, no certificate of our own."""
+        return self.credential is None and bool(self.trusted_cas)
+
+    @property
+    def expected_gateway(self) -> Identity:
+        """The identity the gateway must prove (``remote_id``, else the gateway's address)."""
+        return self.remote_id if self.remote_id is not None else Identity.parse(self.gateway)
 
 
 class Progress:
@@ -184,6 +212,9 @@ def build_engine_config(options: ClientOptions) -> EngineConfig:
         peer_natt_port=options.gateway_natt_port,
         # ESP runs in userspace over UDP 4500 (RFC 3948): with a data path, always encapsulate
         force_encap=options.force_encap or options.tun is not None,
+        remote_id=options.expected_gateway,
+        remote_id_psk_any=options.remote_id_any,
+        hybrid=options.hybrid,
     )
 
 
@@ -263,6 +294,11 @@ class Client:
 
     def start(self) -> bytes:
         now = self.clock()
+        if self.options.remote_id_any and not self.options.hybrid and self.options.credential is None:
+            log.warning(
+                "remote_id = any: the gateway's identity is not checked; anyone holding the "
+                "pre-shared key can pose as the gateway and read the XAUTH password"
+            )
         self.sa_id = self.engine.initiate(
             (self.options.gateway, self.options.gateway_port),
             (self.local_ip, self.options.ike_port),
@@ -366,7 +402,7 @@ class Client:
             nat_local=event.nat_local,
             nat_remote=event.nat_remote,
         )
-        if auth.startswith("xauth"):
+        if auth.startswith(("xauth", "hybrid")):
             self.stage = "XAUTH"
             self.progress.report("xauth", "waiting for the gateway's XAUTH request", state="waiting")
             return

@@ -41,8 +41,10 @@ from tunvpn.shell.credentials import SecretFileError, read_private_file
 MODES = ("main", "aggressive", "base")
 _PROFILE_KEYS = (
     "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "user", "password_file", "mode", "id",
-    "plugins", "plugin",
+    "remote_id", "plugins", "plugin",
 )  # fmt: skip
+REMOTE_ID_ANY = "any"
+"""``remote_id = "any"``: a pre-shared-key gateway may send any phase 1 identity (warned)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +65,11 @@ class ClientProfile:
     """Phase 1 exchange: ``main``, ``aggressive`` or ``base``."""
     local_id: Identity | None = None
     """Our phase 1 identity (``keyid:staff`` for a Cisco-style group); default: our address."""
+    remote_id: Identity | None = None
+    """Who the gateway must be: a name or address its certificate holds, or its pre-shared-key
+    phase 1 identity; ``None``: the ``gateway`` address."""
+    remote_id_any: bool = False
+    """``remote_id = "any"``: a pre-shared-key gateway may use any identity (not recommended)."""
     credential: Credential | None = None
     trusted_cas: tuple[x509.Certificate, ...] = ()
     plugins: tuple[str, ...] = ()
@@ -113,6 +120,17 @@ def parse_profile(
     assert mode is not None
     if mode not in MODES:
         raise table.error("mode", f"unknown mode {mode!r} (one of: {', '.join(MODES)})")
+    remote_id: Identity | None = None
+    remote_text = table.text("remote_id")
+    remote_id_any = remote_text is not None and remote_text.strip().lower() == REMOTE_ID_ANY
+    if remote_id_any and (credential is not None or cas):
+        raise table.error(
+            "remote_id",
+            '"any" is for pre-shared-key gateways; a gateway that signs must have a certificate '
+            "naming remote_id (a name or address in it, or its DN)",
+        )
+    if not remote_id_any:
+        remote_id = read_identity(table, "remote_id")
     plugins = table.texts("plugins") or ()
     settings_table = table.table("plugin", "[plugin.NAME]", None)
     plugin_settings: dict[str, Mapping[str, object]] = {}
@@ -130,6 +148,8 @@ def parse_profile(
         password_file=password_file,
         mode=mode,
         local_id=read_identity(table),
+        remote_id=remote_id,
+        remote_id_any=remote_id_any,
         credential=credential,
         trusted_cas=cas,
         plugins=tuple(plugins),

@@ -16,11 +16,16 @@ from .identity import Identity, TrafficSelector
 from .proposals import ChildProposal, Phase1Policy
 
 PSK_METHODS = (AuthMethod.PRE_SHARED_KEY, AuthMethod.XAUTH_INIT_PRESHARED)
+HYBRID_METHODS = frozenset({AuthMethod.HYBRID_INIT_RSA})
+"""Hybrid authentication (draft-ietf-ipsec-isakmp-hybrid-auth-05): the responder (gateway)
+signs, the initiator (client) sends only HASH_I and logs in with XAUTH afterwards. Only the
+client-initiates RSA variant is implemented (as strongSwan does)."""
 XAUTH_METHODS = frozenset(
     {
         AuthMethod.XAUTH_INIT_PRESHARED,
         AuthMethod.XAUTH_INIT_RSA,
         AuthMethod.XAUTH_INIT_DSS,
+        *HYBRID_METHODS,
     }
 )
 SIGNATURE_METHODS = frozenset(
@@ -30,8 +35,11 @@ SIGNATURE_METHODS = frozenset(
         AuthMethod.ECDSA_SHA384_P384,
         AuthMethod.ECDSA_SHA512_P521,
         AuthMethod.XAUTH_INIT_RSA,
+        *HYBRID_METHODS,
     }
 )
+"""Methods whose SKEYID is the signature one (RFC 2409 section 5: prf(Ni_b | Nr_b, g^xy)) and
+where at least one side signs; :func:`proof_method` tells which side proves itself how."""
 
 
 def base_auth_method(method: AuthMethod) -> AuthMethod:
@@ -41,6 +49,18 @@ def base_auth_method(method: AuthMethod) -> AuthMethod:
     if method == AuthMethod.XAUTH_INIT_RSA:
         return AuthMethod.RSA_SIGNATURES
     return method
+
+
+def proof_method(method: AuthMethod, *, initiator: bool) -> AuthMethod:
+    """How one side of a phase 1 with ``method`` proves itself: ``PRE_SHARED_KEY`` means a
+    HASH payload, anything else a signature with that method.
+
+    In hybrid mode (draft-ietf-ipsec-isakmp-hybrid-auth-05 section 4.2) the side XAUTH
+    authenticates later sends HASH_I keyed by the signature SKEYID, the other signs (RSA).
+    """
+    if method in HYBRID_METHODS:
+        return AuthMethod.PRE_SHARED_KEY if initiator else AuthMethod.RSA_SIGNATURES
+    return base_auth_method(method)
 
 
 class PskTable:
@@ -155,6 +175,20 @@ class EngineConfig:
     """Exchanges (Quick Mode, Transaction, the peer's Informationals) one ISAKMP SA may run;
     their message IDs are remembered for the SA's whole life (RFC 2408 section 3.1), so a
     replay is dropped. Reaching the cap deletes the SA (the peer starts a new phase 1)."""
+    remote_id: Identity | None = None
+    """Initiator: who the responder must be. A responder that authenticates with a
+    certificate must hold one naming ``remote_id`` (subjectAltName or DN,
+    :func:`~tunvpn.ike.certs.certificate_matches_identity`); one with a pre-shared key must
+    send exactly this phase 1 identity. Checked before phase 1 completes, so no XAUTH
+    password goes to another gateway. ``None``: not checked (responders, tests)."""
+    remote_id_psk_any: bool = False
+    """Initiator: a pre-shared-key responder may send any phase 1 identity (logged). Its
+    certificate, if it signs, must still name ``remote_id``."""
+    hybrid: bool = False
+    """Hybrid authentication (draft-ietf-ipsec-isakmp-hybrid-auth-05, HybridInitRSA).
+    Initiator: offer only it (XAUTH needed, ``trusted_cas`` check the responder's RSA
+    certificate; nothing else is offered, so a pre-shared key holder cannot downgrade it).
+    Responder: accept it from clients (needs an RSA ``credential`` and XAUTH)."""
 
     def __post_init__(self) -> None:
         if self.max_half_open < 1:
@@ -169,6 +203,13 @@ class EngineConfig:
     def auth_methods(self, *, xauth: bool, responder: bool) -> list[AuthMethod]:
         """Auth methods we can do, in preference order."""
         methods: list[AuthMethod] = []
+        if self.hybrid and not responder:
+            return [AuthMethod.HYBRID_INIT_RSA] if xauth and self.trusted_cas else []
+        rsa_credential = (
+            self.credential is not None and self.credential.auth_method == AuthMethod.RSA_SIGNATURES
+        )
+        if self.hybrid and xauth and rsa_credential:
+            methods.append(AuthMethod.HYBRID_INIT_RSA)
         if self.credential is not None:
             sig = self.credential.auth_method
             if xauth and sig == AuthMethod.RSA_SIGNATURES:

@@ -7,10 +7,11 @@ import datetime
 import logging
 from typing import TYPE_CHECKING
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from . import certpath, certs, crypto
-from .config import SIGNATURE_METHODS, base_auth_method
+from .config import SIGNATURE_METHODS, base_auth_method, proof_method
 from .constants import (
     CertEncoding,
     ExchangeType,
@@ -67,7 +68,7 @@ class PeerAuthMixin:
     def _auth_payloads(self: IkeEngine, sa: IkeSA, *, initiator: bool) -> list[Payload]:
         assert sa.suite is not None
         digest = self._auth_hash(sa, initiator=initiator)
-        method = base_auth_method(sa.suite.auth)
+        method = proof_method(sa.suite.auth, initiator=initiator)
         if method not in SIGNATURE_METHODS:
             return [HashPayload(digest)]
         cred = self.config.credential
@@ -83,7 +84,7 @@ class PeerAuthMixin:
     ) -> None:
         assert sa.suite is not None
         expected = self._auth_hash(sa, initiator=initiator)
-        method = base_auth_method(sa.suite.auth)
+        method = proof_method(sa.suite.auth, initiator=initiator)
         if method not in SIGNATURE_METHODS:
             got = _one(payloads, HashPayload, "HASH").payload
             assert isinstance(got, HashPayload)
@@ -94,6 +95,8 @@ class PeerAuthMixin:
                     else "HASH_R does not verify: wrong pre-shared key",
                     field="HASH",
                 )
+            if sa.role is Role.INITIATOR:
+                self._check_remote_id(sa, None)
             return
         cert_payloads = [p.payload for p in _find(payloads, CertPayload)]
         x509_certs = [c for c in cert_payloads if c.encoding == CertEncoding.X509_SIGNATURE]  # type: ignore[union-attr]
@@ -124,10 +127,47 @@ class PeerAuthMixin:
         sig = _one(payloads, SignaturePayload, "SIG").payload
         assert isinstance(sig, SignaturePayload)
         certs.verify(leaf.public_key(), method, expected, sig.data)
+        if sa.role is Role.INITIATOR:
+            self._check_remote_id(sa, leaf)
+
+    def _check_remote_id(self: IkeEngine, sa: IkeSA, leaf: x509.Certificate | None) -> None:
+        """The initiator's check that the responder is the gateway it meant (``remote_id``),
+        after its authentication verified and before phase 1 completes (so before XAUTH)."""
+        wanted = self.config.remote_id
+        assert sa.peer_id is not None
+        if wanted is None:
+            return
+        wanted_payload = wanted.to_payload()
+        if leaf is not None:
+            if certs.certificate_matches_identity(leaf, wanted_payload.id_type, wanted_payload.data):
+                return
+            raise AuthenticationError(
+                f"the gateway's certificate ({leaf.subject.rfc4514_string()}, identity {sa.peer_id}) "
+                f"does not name {wanted}, the expected gateway (remote_id): refusing it; if this "
+                f"is the right gateway, set remote_id to a name in its certificate",
+                NotifyType.INVALID_ID_INFORMATION,
+                "ID",
+            )
+        peer_payload = sa.peer_id.to_payload()
+        if (peer_payload.id_type, peer_payload.data) == (wanted_payload.id_type, wanted_payload.data):
+            return
+        if self.config.remote_id_psk_any:
+            log.warning(
+                "gateway identity %s accepted although %s was expected (remote_id = any)", sa.peer_id, wanted
+            )
+            return
+        raise AuthenticationError(
+            f"the gateway identifies as {sa.peer_id}, not {wanted} as expected (remote_id): refusing "
+            f'it; if {sa.peer_id} is the right gateway, set remote_id = "{sa.peer_id}" in the profile '
+            f'(--remote-id {sa.peer_id}), or remote_id = "any" to accept any identity from a '
+            "pre-shared-key gateway (anyone holding the key can then pose as it)",
+            NotifyType.INVALID_ID_INFORMATION,
+            "ID",
+        )
 
     def _cert_requests(self: IkeEngine) -> list[Payload]:
-        if self.config.credential is None:
-            return []
+        if self.config.credential is None and not self.config.hybrid:
+            return []  # a hybrid client has no certificate but asks for the gateway's
         return [
             CertRequestPayload(CertEncoding.X509_SIGNATURE, certs.ca_distinguished_name(ca))
             for ca in self.config.trusted_cas

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from . import crypto
 from . import events as ev
-from .config import SIGNATURE_METHODS, XAUTH_METHODS, base_auth_method
+from .config import HYBRID_METHODS, SIGNATURE_METHODS, XAUTH_METHODS, base_auth_method
 from .constants import (
     DHGroup,
     ExchangeType,
@@ -118,6 +118,10 @@ class Phase1Mixin:
         sa.last_heard = now
         sa.local_id = local_id or self._default_local_id(local)
         methods = self.config.auth_methods(xauth=xauth, responder=False)
+        if self.config.hybrid and exchange == BM:
+            raise ValueError("hybrid authentication runs in main or aggressive mode, not base")
+        if not methods and self.config.hybrid:
+            raise ValueError("hybrid authentication needs XAUTH (a user name) and a CA for the gateway")
         if not methods:
             raise ValueError("no credential: configure a pre-shared key or a certificate")
         self._sas[sa.icookie] = sa
@@ -543,6 +547,8 @@ class Phase1Mixin:
         sa.sa_body = sa_raw.body
         xauth = self.config.xauth_available or self.config.require_xauth
         methods = set(self.config.auth_methods(xauth=xauth, responder=True))
+        if sa.exchange == BM:
+            methods -= HYBRID_METHODS  # hybrid is specified for Main and Aggressive Mode only
         if sa.exchange == AM and not self.config.allow_aggressive_psk:
             psk_methods = {m for m in methods if base_auth_method(m) not in SIGNATURE_METHODS}
             methods -= psk_methods
