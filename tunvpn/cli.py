@@ -589,6 +589,9 @@ def cmd_connect(args: argparse.Namespace) -> int:
             raise CliError("give the GATEWAY address (and --psk-file, --user), or -c PROFILE")
         psks = load_psks(args.psk_file)
         plugins, plugin_settings = (), {}
+    from tunvpn.pskcheck import warn_weak_psks
+
+    warn_weak_psks(psks, "client")  # the offline-guessing warning, as the gateway gives it
     password = load_password(args.password_file) if args.user else None
     if args.password_file and not args.user:
         raise CliError("--password-file needs --user")

@@ -235,6 +235,11 @@ class GatewayOptions:
             )
         if self.require_xauth and self.users is None and not self.plugins and not self.plugin_objects:
             raise ConfigError("--require-xauth needs --users FILE (the XAUTH user database) or a plugin")
+        if self.xauth_chap and self.users is not None and self.users.hashed_users():
+            raise ConfigError(
+                "xauth_chap: RADIUS-CHAP needs the clear password, but the users file holds scrypt "
+                "hashes for " + ", ".join(self.users.hashed_users())
+            )
 
     def plugin_names(self) -> tuple[str, ...]:
         """The entry points to load: the built-in users-file first (asked last), then ``plugins``."""
@@ -468,6 +473,9 @@ class Gateway:
 
     @staticmethod
     def _warn_weak(options: GatewayOptions) -> None:
+        from tunvpn.pskcheck import warn_weak_psks
+
+        warn_weak_psks(options.psks, "gateway")
         if options.legacy:
             log.warning(
                 "legacy algorithms enabled (--legacy): %s; use them only for peers that "

@@ -852,6 +852,12 @@ def parse_gateway_config(
     if require_xauth and users is None and not plugins:
         raise gw.error("require_xauth", "XAUTH needs users_file (or an authentication plugin)")
     xauth_chap = gw.flag("xauth_chap", False)
+    if xauth_chap and users is not None and users.hashed_users():
+        raise gw.error(
+            "xauth_chap",
+            "RADIUS-CHAP needs each user's clear password, but users_file holds scrypt hashes for "
+            + ", ".join(users.hashed_users()),
+        )
     if xauth_chap and (require_xauth is False or (users is None and not plugins)):
         raise gw.error(
             "xauth_chap", "RADIUS-CHAP is a way to run XAUTH: it needs a login source and require_xauth"

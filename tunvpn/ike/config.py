@@ -79,6 +79,10 @@ class PskTable:
     def __bool__(self) -> bool:
         return bool(self._entries)
 
+    def entries(self) -> list[tuple[str, bytes]]:
+        """(identity, address or "*", secret) pairs, e.g. for the weak-secret warning."""
+        return list(self._entries.items())
+
     def lookup(self, peer_id: Identity | None, peer_ip: str) -> bytes | None:
         if peer_id is not None and str(peer_id) in self._entries:
             return self._entries[str(peer_id)]
