@@ -170,6 +170,7 @@ class GatewayOptions:
     dns: tuple[IPv4Address, ...] = ()
     split: tuple[IPv4Network, ...] = ()
     allow_aggressive_psk: bool = False
+    allow_base_mode: bool = False
     legacy: bool = False
     require_xauth: bool | None = None
     """Clients must log in with XAUTH. ``None``: whenever a login source is configured (the
@@ -389,6 +390,7 @@ def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None =
         phase1=phase1,
         children=child_policies(options, phase1),
         allow_aggressive_psk=options.allow_aggressive_psk,
+        allow_base_mode=options.allow_base_mode,
         require_xauth=require_xauth,
         xauth_chap=options.xauth_chap,
         xauth_available=options.users is not None or bool(options.plugins or options.plugin_objects),
@@ -486,6 +488,11 @@ class Gateway:
             log.warning(
                 "Aggressive Mode with pre-shared keys enabled: the PSK hash can be attacked offline; "
                 "use long random group secrets"
+            )
+        if options.allow_base_mode:
+            log.warning(
+                "Base Mode enabled: identities travel in the clear and a rogue gateway can test "
+                "pre-shared key guesses offline, as in Main Mode (docs/protocol.md)"
             )
 
     # ------------------------------------------------------------------ policies
@@ -1472,6 +1479,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         pool=cfg.pool,
         dns=tuple(cfg.dns),
         allow_aggressive_psk=cfg.allow_aggressive_psk,
+        allow_base_mode=cfg.allow_base_mode,
         legacy=cfg.legacy,
         require_xauth=cfg.require_xauth,
         xauth_chap=cfg.xauth_chap,

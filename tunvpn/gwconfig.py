@@ -676,6 +676,8 @@ class GatewayConfig:
     xauth_chap: bool = False
     """Ask tunvpn clients for a RADIUS-CHAP answer instead of the login password."""
     allow_aggressive_psk: bool = False
+    allow_base_mode: bool = False
+    """Accept tunvpn's Base Mode (docs/protocol.md); off by default, warned."""
     legacy: bool = False
     phase1: Phase1Policy = field(default_factory=Phase1Policy)
     """The phase 1 algorithms the gateway accepts."""
@@ -722,7 +724,8 @@ class GatewayConfig:
 _TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "plugin")
 _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
-    "require_xauth", "allow_aggressive_psk", "legacy", "tun", "mtu", "keylog", "control_socket", "plugins",
+    "require_xauth", "allow_aggressive_psk", "allow_base_mode", "legacy", "tun", "mtu", "keylog",
+    "control_socket", "plugins",
     "accounting_interval", "xauth_chap", "max_sessions_per_user",
 )  # fmt: skip
 _CERT_KEYS = ("cert", "key", "ca", "revocation", "crl_files", "peer_eku", "peer_id_patterns")
@@ -820,6 +823,7 @@ def parse_gateway_config(
     assert listen is not None
     legacy = gw.flag("legacy", False)
     allow_aggressive_psk = gw.flag("allow_aggressive_psk", False)
+    allow_base_mode = gw.flag("allow_base_mode", False)
 
     psks = read_psks(gw, base_dir, env, file_mode)
     cert_table = gw.table("certificate", "[gateway.certificate]", _CERT_KEYS)
@@ -889,6 +893,12 @@ def parse_gateway_config(
             "allow_aggressive_psk = true: Aggressive Mode exposes a hash of the pre-shared key to "
             "offline guessing; use long random group secrets"
         )
+    if allow_base_mode:
+        warn(
+            "allow_base_mode = true: tunvpn's Base Mode sends both identities in the clear and only "
+            "tunvpn clients speak it; a rogue gateway can test guesses of a pre-shared key offline, "
+            "as in Main Mode (docs/protocol.md)"
+        )
 
     phase1 = _phase1(top.table("phase1", "[phase1]", _PHASE1_KEYS), legacy)
     pool, dns, domains, banner = _network(top.table("network", "[network]", _NETWORK_KEYS))
@@ -912,6 +922,7 @@ def parse_gateway_config(
         require_xauth=require_xauth,
         xauth_chap=xauth_chap,
         allow_aggressive_psk=allow_aggressive_psk,
+        allow_base_mode=allow_base_mode,
         legacy=legacy,
         phase1=phase1,
         pool=pool,
