@@ -252,23 +252,35 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
         if moved and sa.state is not P1State.DEAD:
             self._events.append(ev.PeerAddressChanged(sa.sa_id, before[0], remote))
 
-    def _follow_peer(self, sa: IkeSA, remote: Address, local: Address) -> None:
-        """NAT-T (RFC 3947 section 4): after a hash-verified message with a new message ID,
-        follow the peer to its new address, if it is behind a NAT (or to the NAT-T port on
-        the first message that floated). Never on a retransmission, a replay or a forgery."""
+    def _follow_peer(
+        self, sa: IkeSA, remote: Address, local: Address
+    ) -> tuple[Address, Address, bool] | None:
+        """NAT-T (RFC 3947 section 4): follow the peer to a new address if it is behind a NAT
+        (or to the NAT-T port on the first message that floats). Called only for a message
+        with a new message ID; returns what to restore if the message then fails its HASH
+        (a forgery, or garbage with the right cookies, moves nothing)."""
         if remote == sa.remote:
-            return
+            return None
         first_float = sa.natt and not sa.floated and local[1] != self.ike_port and remote[0] == sa.remote[0]
         if not (sa.nat_remote or first_float):
             self.drops["address change of a peer not behind a NAT"] += 1
             log.info("%s moved to %s:%d, but it is not behind a NAT: ignored", sa.remote[0], *remote)
-            return
-        old = sa.remote
+            return None
+        before = (sa.remote, sa.local, sa.floated)
         sa.remote = remote
         if local[1] != self.ike_port:
             sa.floated = True
             sa.local = local
-        self._events.append(ev.PeerAddressChanged(sa.sa_id, old, remote))
+        return before
+
+    def _moved(self, sa: IkeSA, before: tuple[Address, Address, bool] | None, verified: bool) -> None:
+        """Confirm (an event) or undo a move of :meth:`_follow_peer`."""
+        if before is None:
+            return
+        if verified:
+            self._events.append(ev.PeerAddressChanged(sa.sa_id, before[0], sa.remote))
+        else:
+            sa.remote, sa.local, sa.floated = before
 
     # ------------------------------------------------------------------ exchanges (states.py)
 
@@ -313,7 +325,8 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
                 "header.exchange",
                 18,
             )
-        if ex is None and len(sa.completed) + len(sa.exchanges) >= self.config.max_exchanges:
+        running = sum(1 for e in sa.exchanges.values() if e.state is not ExState.DONE)
+        if ex is None and len(sa.completed) + running >= self.config.max_exchanges:
             log.warning("%s used %d exchanges on one ISAKMP SA", sa.remote[0], self.config.max_exchanges)
             self.delete_ike_sa(
                 sa.sa_id, now, reason=f"too many exchanges on one ISAKMP SA ({self.config.max_exchanges})"
@@ -330,7 +343,8 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
             sa.exchanges.pop(mid, None)
             rest = sa.check_hash(mid, payloads)
             sa.completed.add(mid)
-            self._heard(sa, remote, local, now)
+            self._heard(sa, now)
+            self._moved(sa, self._follow_peer(sa, remote, local), verified=True)
             self._informational(sa, rest, now)
             return
         ex = sa.exchanges[mid]
@@ -362,13 +376,20 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
                 )
                 exc.notify_spi = _quick_mode_spi(payloads) if kind is ExchangeKind.QUICK else None
                 raise exc
-            transition.handler(self, sa, ex, payloads, now)
+            # the answer goes where the message came from, if the handler verifies its HASH
+            before = self._follow_peer(sa, remote, local)
+            try:
+                transition.handler(self, sa, ex, payloads, now)
+            except RemoteProtocolError:
+                self._moved(sa, before, verified=False)
+                raise
+            self._moved(sa, before, verified=True)
         except RemoteProtocolError:
             if ex.state is ExState.NEW:
                 sa.exchanges.pop(mid, None)
             raise
         ex.last_in = data
-        self._heard(sa, remote, local, now)
+        self._heard(sa, now)
         if sa.state is P1State.DEAD:
             return
         if transition.next_state is ExState.DONE:
@@ -376,11 +397,10 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
         else:
             ex.state = transition.next_state
 
-    def _heard(self, sa: IkeSA, remote: Address, local: Address, now: float) -> None:
-        """A verified message with a new message ID arrived: the peer is alive, and there."""
+    def _heard(self, sa: IkeSA, now: float) -> None:
+        """A verified message arrived: the peer is alive (RFC 3706 section 5.3)."""
         sa.last_heard = now
         sa.dpd_sent_at = None
-        self._follow_peer(sa, remote, local)
 
     def _informational(self, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         for raw in payloads:
