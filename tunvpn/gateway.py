@@ -176,6 +176,9 @@ class GatewayOptions:
     """Clients must log in with XAUTH. ``None``: whenever a login source is configured (the
     users file, or a plugin implementing ``tunvpn_verify_credentials``); ``False`` is an
     explicit, warned opt-out (:func:`tunvpn.logins.xauth_required`)."""
+    login_timeout: float = 120.0
+    """Seconds a client has after phase 1 to finish its login (XAUTH and every extra
+    protocol); then its ISAKMP SA is deleted."""
     xauth_chap: bool = False
     """Ask tunvpn clients for the login password as a RADIUS-CHAP answer (the gateway never
     sees it; the users file and the radius plugin check it). Standard clients: Generic."""
@@ -392,6 +395,8 @@ def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None =
         allow_aggressive_psk=options.allow_aggressive_psk,
         allow_base_mode=options.allow_base_mode,
         require_xauth=require_xauth,
+        login_required=require_xauth,
+        login_timeout=options.login_timeout,
         xauth_chap=options.xauth_chap,
         xauth_available=options.users is not None or bool(options.plugins or options.plugin_objects),
         # ESP runs in userspace over UDP 4500 (RFC 3948): with a data path, always encapsulate
@@ -857,6 +862,8 @@ class Gateway:
                 )
             session.auth_state.clear()
             self.engine.xauth_verdict(event.sa_id, now, verdict.accepted, verdict.message)
+            if verdict.accepted and not self._run_protocols():
+                self._grant(session, now)  # no extra protocol to run: the login is finished
         except LocalProtocolError as exc:
             log.warning("XAUTH verdict for %s not sent: %s", event.peer[0], exc)
 
@@ -924,12 +931,19 @@ class Gateway:
             out.append(route)
         return tuple(out)
 
+    def _grant(self, session: Session, now: float) -> None:
+        """The whole login passed (XAUTH and every extra protocol): install the user's policies
+        and let the engine grant the ISAKMP SA (until then it refuses Quick Mode and holds
+        INITIAL-CONTACT; docs/engine-states.md)."""
+        self._install_policies(session, self._policies_of(session))
+        self.engine.grant(session.sa_id, now)
+
     def _protocols_passed(self, session: Session, now: float) -> None:
         """Every extra protocol passed: Quick Mode is allowed. Groups a protocol added may give
         the client more policies than phase 1a pushed: those follow as a CFG_SET."""
         before = session.policies
         policies = self._policies_of(session)
-        self._install_policies(session, policies)
+        self._grant(session, now)
         if policies == before or not session.tunvpn:
             return
         config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), policies)
@@ -1494,6 +1508,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         plugins=tuple(cfg.plugins),
         plugin_settings=dict(cfg.plugin_settings),
         accounting_interval=cfg.accounting_interval,
+        login_timeout=cfg.login_timeout,
         max_sessions_per_user=cfg.max_sessions_per_user,
         domains=tuple(cfg.domains),
         phase1=cfg.phase1,
