@@ -26,6 +26,7 @@ from tunvpn.ike.constants import NotifyType
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
 from tunvpn.ike.revocation import RevocationMode
+from tunvpn.profile import load_profile
 from tunvpn.shell.crls import peer_certificate_policy
 
 NOW = datetime.datetime.fromtimestamp(1_800_000_000.0, datetime.UTC)  # ike_pair.Pair's clock
@@ -266,3 +267,66 @@ def test_gateway_toml_certificate_limit_errors(
     with pytest.raises(ConfigFileError) as info:
         _load(_gateway_dir(tmp_path), CONFIG.replace(*change))
     assert info.value.key == key and reason in info.value.reason, str(info.value)
+
+
+# ----------------------------------------------------------------------------- the client's profile
+
+
+def test_profile_revocation_settings_and_a_revoked_gateway(tmp_path: Path) -> None:
+    """The client refuses a gateway whose certificate its CRL file lists (a stolen gateway
+    key, revoked by the CA, can no longer collect users' passwords)."""
+    _gateway_dir(tmp_path)
+    client = _credential("alice.staff.example")
+    (tmp_path / "me.crt").write_bytes(client.certificate.public_bytes(PEM))
+    key = tmp_path / "me.key"
+    key.write_bytes(
+        client.private_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key.chmod(0o600)
+    revoking = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(CA.subject)
+        .last_update(NOW - DAY)
+        .next_update(NOW + DAY)
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(GATEWAY.certificate.serial_number)
+            .revocation_date(NOW - DAY)
+            .build()
+        )
+        .sign(CA_KEY, hashes.SHA256())
+    )
+    (tmp_path / "revoked-gw.crl").write_bytes(revoking.public_bytes(PEM))
+    profile_path = tmp_path / "client.toml"
+    profile_path.write_text(
+        textwrap.dedent("""\
+        gateway = "198.51.100.1"
+        cert = "me.crt"
+        key = "me.key"
+        ca = "ca.crt"
+        revocation = "ifuri"
+        crl_files = "revoked-gw.crl"
+        """)
+    )
+    profile_path.chmod(0o600)
+    profile = load_profile(profile_path, env={})
+    assert profile.peer_certificates.revocation is RevocationMode.IFURI
+    pair = Pair(
+        EngineConfig(
+            credential=profile.credential,
+            trusted_cas=profile.trusted_cas,
+            local_id=Identity.parse("@alice.staff.example"),
+            peer_certificates=profile.peer_certificates,
+        ),
+        EngineConfig(credential=GATEWAY, trusted_cas=(CA,), local_id=Identity.parse("@gw.example")),
+    )
+    pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    pair.client.drain()
+    pair.run()
+    assert not pair.client.of(ev.Phase1Established)
+    errors = pair.client.of(ev.ProtocolError)
+    assert errors and "revoked" in str(errors[0])
+    with pytest.raises(ConfigFileError) as info:
+        profile_path.write_text(profile_path.read_text().replace('"ifuri"', '"never"'))
+        load_profile(profile_path, env={})
+    assert info.value.key == "revocation"

@@ -567,6 +567,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose, args.quiet, logging.WARNING)
     credential = None
     trusted_cas: tuple = ()
+    peer_certificates = None
     if args.profile:
         from tunvpn.profile import load_profile
 
@@ -583,6 +584,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         if args.remote_id is None:
             args.remote_id = "any" if profile.remote_id_any else profile.remote_id
         credential, trusted_cas = profile.credential, tuple(profile.trusted_cas)
+        peer_certificates = profile.peer_certificates
         plugins, plugin_settings = profile.plugins, dict(profile.plugin_settings)
     else:
         if args.gateway is None:
@@ -626,6 +628,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
             control_socket=_control_path(args.control, "client"),
             credential=credential,
             trusted_cas=trusted_cas,
+            peer_certificates=peer_certificates,
             remote_id=None if args.remote_id == "any" else args.remote_id,
             remote_id_any=args.remote_id == "any",
             plugins=plugins,

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, TextIO
 from cryptography import x509
 
 from tunvpn.ike import events as ev
+from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import EngineConfig, PskTable
 from tunvpn.ike.constants import DHGroup, XauthType
@@ -43,6 +44,7 @@ from tunvpn.plugins import (
     PluginHost,
     install_advice,
 )
+from tunvpn.shell.crls import keep_crls_fresh
 from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
 from tunvpn.untrusted import for_terminal, quoted
 
@@ -124,6 +126,9 @@ class ClientOptions:
     trusted_cas: tuple[x509.Certificate, ...] = ()
     """CA certificates the gateway's certificate must chain to. Without ``credential``: hybrid
     authentication (the gateway signs, we log in with XAUTH only; no pre-shared key)."""
+    peer_certificates: PeerCertificatePolicy | None = None
+    """Revocation mode and CRLs for the gateway's certificate (the profile's ``revocation``,
+    ``crl_files``); None: relaxed, no CRL files."""
     remote_id: Identity | None = None
     """Who the gateway must be (its certificate names it, or its pre-shared-key phase 1
     identity is it); None: ``gateway``, the address we connect to."""
@@ -207,6 +212,7 @@ def build_engine_config(options: ClientOptions) -> EngineConfig:
         psks=options.psks,
         credential=options.credential,
         trusted_cas=options.trusted_cas,
+        peer_certificates=options.peer_certificates or PeerCertificatePolicy(),
         phase1=Phase1Policy.with_legacy() if options.legacy else Phase1Policy(),
         natt_port=options.natt_port,
         peer_natt_port=options.gateway_natt_port,
@@ -985,6 +991,7 @@ class Client:
             self.tunnel.on_change = driver.flush
             self.tunnel.start(loop)
         control = await self._start_control()
+        crls = loop.create_task(keep_crls_fresh(lambda: self.engine.config), name="CRL distribution points")
 
         async def stop(signame: str) -> None:
             await self._stop_protocols()  # first: an L2TP StopCCN still goes through the SAs
@@ -1020,6 +1027,7 @@ class Client:
             if self.result is None:
                 await done.wait()
         finally:
+            crls.cancel()
             await self._stop_protocols()
             driver.flush()
             for sig in signals:

@@ -29,10 +29,12 @@ from tunvpn.gwconfig import (
     read_config_file,
     read_credential,
     read_identity,
+    read_peer_certificates,
     read_psks,
     resolve_path,
     resolve_plugin_paths,
 )
+from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.identity import Identity
@@ -40,7 +42,8 @@ from tunvpn.shell.credentials import SecretFileError, read_private_file
 
 MODES = ("main", "aggressive", "base")
 _PROFILE_KEYS = (
-    "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "user", "password_file", "mode", "id",
+    "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "revocation", "crl_files", "user",
+    "password_file", "mode", "id",
     "remote_id", "plugins", "plugin",
 )  # fmt: skip
 REMOTE_ID_ANY = "any"
@@ -72,6 +75,9 @@ class ClientProfile:
     """``remote_id = "any"``: a pre-shared-key gateway may use any identity (not recommended)."""
     credential: Credential | None = None
     trusted_cas: tuple[x509.Certificate, ...] = ()
+    peer_certificates: PeerCertificatePolicy = field(default_factory=PeerCertificatePolicy)
+    """How the gateway's certificate is checked beyond chaining to ``trusted_cas``
+    (``revocation``, ``crl_files``)."""
     plugins: tuple[str, ...] = ()
     """Client plugins to load (``tunvpn_client_answer``: a soft token, say)."""
     plugin_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
@@ -103,6 +109,7 @@ def parse_profile(
     assert gateway is not None
     psks = read_psks(table, base_dir, env, file_mode)
     credential, cas = read_credential(table, base_dir)
+    peer_certificates = read_peer_certificates(table, base_dir)
     if not psks and credential is None:
         raise src.error("", "no secret: give psk_file, psk_env or psk (or cert, key and ca)")
     user = table.text("user")
@@ -152,6 +159,7 @@ def parse_profile(
         remote_id_any=remote_id_any,
         credential=credential,
         trusted_cas=cas,
+        peer_certificates=peer_certificates,
         plugins=tuple(plugins),
         plugin_settings=plugin_settings,
     )
