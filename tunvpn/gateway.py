@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography import x509
 
+from tunvpn import audit
 from tunvpn.accounting import AccountingRecord
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
@@ -589,6 +590,9 @@ class Gateway:
 
     def handle_event(self, event: ev.Event) -> Coroutine[Any, Any, None] | None:
         now = self.clock()
+        audit.engine_event(
+            event, self.sessions.get(event.sa_id), self.children.get(getattr(event, "spi_in", -1))
+        )
         if isinstance(event, ev.Phase1Established):
             self.sessions[event.sa_id] = Session(
                 event.sa_id,
@@ -778,6 +782,9 @@ class Gateway:
                 event.user_name,
                 event.peer[0],
             )
+            audit.login(
+                session, event.user_name, "refused", reason="too many failed logins", protocol=protocol
+            )
             self.engine.xauth_verdict(event.sa_id, self.clock(), False, refusal_message(admission))
             return
         backend_failed = False
@@ -799,9 +806,8 @@ class Gateway:
             log.error("XAUTH: checking user %r from %s failed: %s", event.user_name, event.peer[0], exc)
             verdict = Verdict.reject("the gateway could not check the credentials")
             backend_failed = True
-        self.throttle.done(
-            event.user_name, event.peer[0], self.clock(), throttle_outcome(verdict, backend_failed)
-        )
+        outcome = throttle_outcome(verdict, backend_failed)
+        self.throttle.done(event.user_name, event.peer[0], self.clock(), outcome)
         if self.sessions.get(event.sa_id) is not session:
             return  # the client went away meanwhile
         now = self.clock()
@@ -817,6 +823,7 @@ class Gateway:
                         event.peer[0],
                         session.auth_round,
                     )
+                    audit.login(session, event.user_name, "challenge", protocol=protocol)
                     self.engine.xauth_request(
                         event.sa_id, now, fields=("user_name", *verdict.fields), message=verdict.message
                     )
@@ -825,6 +832,7 @@ class Gateway:
                 log.info(
                     "extra protocol %s: user %r from %s passed", protocol, event.user_name, event.peer[0]
                 )
+                audit.login(session, event.user_name, "ok", protocol=protocol)
                 session.groups |= frozenset(verdict.groups)
                 session.protocols_pending.pop(0)
                 session.auth_state.clear()
@@ -848,6 +856,7 @@ class Gateway:
                     verdict = Verdict.reject(refusal)
             if verdict.accepted:
                 log.info("XAUTH: user %r from %s accepted", event.user_name, event.peer[0])
+                audit.login(session, event.user_name, "ok", protocol=protocol)
                 session.user = event.user_name
                 session.authenticated = True
                 session.groups = groups | frozenset(authorization.groups if authorization else ())
@@ -860,6 +869,8 @@ class Gateway:
                 log.warning(
                     "XAUTH: user %r from %s rejected: %s", event.user_name, event.peer[0], verdict.message
                 )
+                result = "fail" if outcome == "rejected" else "refused"
+                audit.login(session, event.user_name, result, reason=verdict.message, protocol=protocol)
             session.auth_state.clear()
             self.engine.xauth_verdict(event.sa_id, now, verdict.accepted, verdict.message)
             if verdict.accepted and not self._run_protocols():
@@ -1154,6 +1165,13 @@ class Gateway:
                     session.user or session.peer[0],
                     len(policies),
                 )
+                audit.policy_change(
+                    "push",
+                    user=session.user,
+                    peer=f"{session.peer[0]}:{session.peer[1]}",
+                    generation=self.generation,
+                    policies=",".join(p.name for p in policies),
+                )
             else:
                 d = diff_policies(session_before, policies)
                 if d.removed or d.changed:
@@ -1165,6 +1183,8 @@ class Gateway:
         if kept:
             changes.append("needs a restart to change: " + ", ".join(kept))
         log.info("configuration reloaded: %s", "; ".join(changes) or "no change")
+        if changes:
+            audit.policy_change("reload", generation=self.generation, changes="; ".join(changes))
         return {"generation": self.generation, "changes": changes, "clients_updated": updated}
 
     def reload(self) -> dict[str, object]:
