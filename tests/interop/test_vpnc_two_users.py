@@ -14,6 +14,11 @@ protected host 10.78.0.1 on its loopback. Either alice and bob directly on the b
 The scenario, for each set-up: alice connects and pings through; bob connects and pings
 through; alice's tunnel still works; both ping at the same time; the gateway gave them two
 addresses and logged both logins; nothing was "replaced after INITIAL-CONTACT".
+
+Two more with vpnc: a user whose client died without a DELETE comes back and her
+INITIAL-CONTACT removes her own stale session only (the positive control: INITIAL-CONTACT
+still works for the same user); a group-PSK holder who names alice but lacks her password
+cannot kick her off (INITIAL-CONTACT waits for the login).
 """
 
 from __future__ import annotations
@@ -234,3 +239,81 @@ def test_two_tunvpn_clients_behind_two_nats_with_one_private_address(tmp_path: P
         bob, _ = lan.add_natted_client("n2", "10.77.0.12/24", PRIVATE)
         outcome = alice_then_bob(tmp_path, lan, {"alice": alice, "bob": bob}, for_vpnc=False)
     check(outcome, {"alice": "10.77.0.11", "bob": "10.77.0.12"}, "192.168.1.10")
+
+
+def test_a_user_who_reconnects_replaces_only_her_own_stale_session(tmp_path: Path) -> None:
+    """The positive control of the tests above: INITIAL-CONTACT still works for the *same*
+    user. Alice's vpnc dies without a DELETE (SIGKILL, as a crash or a lost laptop); her new
+    login's INITIAL-CONTACT removes her stale session on the gateway, bob's stays."""
+    with GatewayLan("10.77.0.1/24") as lan, ExitStack() as stack:
+        lan.add_addr(lan.g, f"{LAN_HOST}/24")
+        ns_alice, ns_bob = lan.add_client("c1", "10.77.0.2/24"), lan.add_client("c2", "10.77.0.3/24")
+        gateway, log = start_gateway(tmp_path, lan, for_vpnc=True)
+        stack.callback(stop_process, gateway)
+        stack.enter_context(vpnc_user(tmp_path, ns_bob, lan.addr_g, "bob"))
+        wait_ping(ns_bob, "bob", log)
+
+        crashed = Vpnc(
+            tmp_path / "vpnc-alice-crashed",
+            ns_alice,
+            gateway=lan.addr_g,
+            group=configs.VPNC_GROUP,
+            group_psk=configs.VPNC_GROUP_PSK,
+            user="alice",
+            password=USERS["alice"],
+            routes=(f"{LAN_HOST}/32",),
+        )
+        with crashed:
+            crashed.wait_connected(timeout=30)
+            wait_ping(ns_alice, "alice", log)
+            assert crashed.proc is not None
+            crashed.proc.kill()  # no DELETE: the gateway still holds alice's session
+            crashed.proc.wait(10)
+        assert "replaced after INITIAL-CONTACT" not in read_text(log), (
+            f"alice's login replaced bob's\n{sessions(log)}"
+        )
+
+        stack.enter_context(vpnc_user(tmp_path, ns_alice, lan.addr_g, "alice"))
+        wait_ping(ns_alice, "alice (again)", log)
+        bob_after = pings(ns_bob, count=3)
+        text = read_text(log)
+
+    assert bob_after.returncode == 0, f"bob's tunnel died when alice came back\n{sessions(log)}"
+    assert text.count("replaced after INITIAL-CONTACT") == 1, sessions(log)
+    assert "ISAKMP SA with 10.77.0.2:4500 deleted: replaced after INITIAL-CONTACT" in text, sessions(log)
+
+
+def test_a_group_psk_holder_naming_alice_cannot_kick_her_off(tmp_path: Path) -> None:
+    """Mallory holds the group PSK and sends INITIAL-CONTACT under alice's name, without her
+    password: the login fails, so the INITIAL-CONTACT is never acted on."""
+    with GatewayLan("10.77.0.1/24") as lan, ExitStack() as stack:
+        lan.add_addr(lan.g, f"{LAN_HOST}/24")
+        ns_alice, ns_mallory = lan.add_client("c1", "10.77.0.2/24"), lan.add_client("c2", "10.77.0.3/24")
+        gateway, log = start_gateway(tmp_path, lan, for_vpnc=True)
+        stack.callback(stop_process, gateway)
+        stack.enter_context(vpnc_user(tmp_path, ns_alice, lan.addr_g, "alice"))
+        wait_ping(ns_alice, "alice", log)
+
+        mallory = Vpnc(
+            tmp_path / "vpnc-mallory",
+            ns_mallory,
+            gateway=lan.addr_g,
+            group=configs.VPNC_GROUP,
+            group_psk=configs.VPNC_GROUP_PSK,
+            user="alice",
+            password="not-alices-password",
+        )
+        with mallory:
+            wait_for(lambda: "from 10.77.0.3 rejected" in read_text(log), 20, "the gateway to reject mallory")
+            wait_for(
+                lambda: mallory.proc is None or mallory.proc.poll() is not None,
+                20,
+                "mallory's vpnc to give up",
+            )
+        alice_after = pings(ns_alice, count=3)
+        text = read_text(log)
+
+    assert "XAUTH: user 'alice' from 10.77.0.3 rejected" in text, sessions(log)
+    assert not [e for e in mallory.events() if e.get("reason") == "connect"]
+    assert alice_after.returncode == 0, f"alice's tunnel died\n{alice_after.stdout}\n{sessions(log)}"
+    assert "replaced after INITIAL-CONTACT" not in text, sessions(log)
