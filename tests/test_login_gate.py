@@ -393,3 +393,43 @@ def test_insider_skipping_the_login_gets_no_sa_from_the_gateway() -> None:
     quick_mode(pair, alice, TrafficSelector.parse("10.20.0.0/16"), address=pair.client.ip)
     asyncio.run(run())
     assert [c.policy_name for c in gateway.children.values()] == ["eng"]
+
+
+def test_informational_initial_contact_is_held_until_granted_dpd_and_delete_are_not() -> None:
+    """Before the login: R-U-THERE is answered (RFC 3706), an INITIAL-CONTACT Informational
+    waits for the grant, and the peer may always delete its own ISAKMP SA."""
+    from tunvpn.ike.constants import ProtocolId
+    from tunvpn.ike.messages import NotifyPayload
+
+    pair = Pair(client_config(), login_gateway())
+    old = phase1(pair)
+    gw_old = xauth(pair, old, "alice")
+    pair.gateway.engine.grant(gw_old, pair.now)
+    another_client(pair, "192.0.2.12")
+    new = phase1(pair)
+    gw_new = gateway_sa(pair, new)
+    sa = pair.client.engine.get_sa(new)
+    dpd = NotifyPayload(NotifyType.R_U_THERE, ProtocolId.ISAKMP, sa.sa_id, b"\x00\x00\x00\x07")
+    pair.now += 5.0
+    pair.client.engine._send_informational(sa, [dpd], pair.now)
+    pair.run()
+    assert pair.client.engine.get_sa(new).last_heard == pair.now  # the R-U-THERE-ACK came back
+    initial_contact = NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.sa_id, b"")
+    pair.client.engine._send_informational(sa, [initial_contact], pair.now)
+    pair.run()
+    xauth(pair, new, "alice")
+    assert pair.gateway.engine.get_sa(gw_old).established  # held: not granted yet
+    pair.gateway.engine.grant(gw_new, pair.now)
+    pair.gateway.drain()
+    assert [e.reason for e in pair.gateway.of(ev.IkeSADeleted) if e.sa_id == gw_old] == [
+        "replaced after INITIAL-CONTACT"
+    ]
+    # an SA that never logs in may still delete itself
+    another_client(pair, "192.0.2.13")
+    quitter = phase1(pair)
+    gw_quitter = gateway_sa(pair, quitter)
+    pair.client.engine.delete_ike_sa(quitter, pair.now)
+    pair.run()
+    assert [e.reason for e in pair.gateway.of(ev.IkeSADeleted) if e.sa_id == gw_quitter] == [
+        "deleted by peer"
+    ]
