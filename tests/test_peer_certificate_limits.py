@@ -330,3 +330,20 @@ def test_profile_revocation_settings_and_a_revoked_gateway(tmp_path: Path) -> No
         profile_path.write_text(profile_path.read_text().replace('"ifuri"', '"never"'))
         load_profile(profile_path, env={})
     assert info.value.key == "revocation"
+
+
+def test_a_users_certificate_cannot_pose_as_the_gateway() -> None:
+    """Mallory holds a client certificate (clientAuth only) from the gateway's CA and plays
+    the gateway: the client refuses her in phase 1, before it would send its password."""
+    mallory = _credential("gw.example", ou="guests", eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    alice = _credential("alice.staff.example", eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    pair = Pair(
+        EngineConfig(credential=alice, trusted_cas=(CA,), local_id=Identity.parse("@alice.staff.example")),
+        EngineConfig(credential=mallory, trusted_cas=(CA,), local_id=Identity.parse("@gw.example")),
+    )
+    pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    pair.client.drain()
+    pair.run()
+    assert not pair.client.of(ev.Phase1Established)
+    errors = pair.client.of(ev.ProtocolError)
+    assert errors and "extendedKeyUsage" in str(errors[0])
