@@ -12,7 +12,22 @@ SecurID-style: the PIN followed by the tokencode (the last ``digits`` characters
   that follows the drifted one accepts; the record is then resynchronised.
 * New PIN: a user without a PIN (who then enters the tokencode alone) or flagged
   ``must_change_pin`` gets ``NEW_PIN`` after a good code; :func:`set_pin` stores the new PIN.
-* Lockout: ``lockout_after`` failures in a row lock the user for ``lockout_seconds``.
+* Lockout, so that a stranger cannot lock the real user out (issue 12; README "Lockout"):
+
+  - every failure counts against the **source address** it came from: ``lockout_after`` of
+    them lock that address out, for this user, for ``lockout_seconds``; other addresses go on;
+  - a failure **with the right PIN** (a wrong, replayed or not-next tokencode) also counts
+    against the **token**: whoever sent it knows the PIN, so ``lockout_after`` of them in a
+    row lock the user for ``lockout_seconds`` from everywhere. A wrong PIN never does; for a
+    user without a PIN (new-PIN mode) nothing counts against the token;
+  - failures from addresses the user never logged in from (the last ``familiar_max``
+    successes are remembered) are also summed over all addresses: past ``spread_after``
+    such failures, those addresses wait between attempts, 1 s doubling up to
+    ``spread_max_wait``, so a guesser with many addresses is slowed; attempts that come
+    too early are refused unchecked. Familiar addresses never wait for it. The sum is
+    forgotten after ``lockout_seconds`` without such a failure.
+
+  The time passed in (``now``) drives every expiry; nothing is ever locked for good.
 
 PINs are kept as scrypt hashes; every comparison goes through :func:`hmac.compare_digest`.
 """
@@ -56,6 +71,8 @@ class Reason(enum.Enum):
     REPLAYED = "this tokencode was used already"
     LOCKED = "too many failures"
     NOT_NEXT = "not the next tokencode"
+    SOURCE_LOCKED = "too many failures from this address"
+    HELD = "too many failures from unfamiliar addresses: wait before the next attempt"
 
 
 DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
@@ -73,10 +90,22 @@ class Policy:
     hotp_drift: int = 100
     pin_min: int = 4
     pin_max: int = 8
+    spread_after: int = 20
+    """Failures from unfamiliar addresses (all together) before they must wait."""
+    spread_max_wait: float = 60.0
+    """The longest wait between two attempts from unfamiliar addresses (seconds)."""
+    familiar_max: int = 8
+    """Addresses of the last successful logins that are remembered as familiar."""
+    max_sources: int = 64
+    """Per-address failure records kept per user (the least recent go first)."""
 
     def __post_init__(self) -> None:
         if self.lockout_after < 1 or self.lockout_seconds < 0:
             raise ValueError("lockout_after must be at least 1 and lockout_seconds not negative")
+        if self.spread_after < 1 or self.spread_max_wait < 0:
+            raise ValueError("spread_after must be at least 1 and spread_max_wait not negative")
+        if self.familiar_max < 0 or self.max_sources < 1:
+            raise ValueError("familiar_max must not be negative and max_sources at least 1")
         if not (0 <= self.totp_window <= self.totp_drift and 1 <= self.hotp_window <= self.hotp_drift):
             raise ValueError("the drift windows must contain the exact windows")
         if not 1 <= self.pin_min <= self.pin_max:
@@ -102,10 +131,27 @@ class Record:
     offset: int = 0
     """TOTP: steps the token runs ahead (+) or behind (-) our clock, learnt on resync."""
     failures: int = 0
+    """Failures in a row that had the right PIN (the token's count)."""
     locked_until: float = 0.0
+    """The token is locked (for every address) until then."""
+    sources: tuple[tuple[str, int, float, float], ...] = ()
+    """Per address: (address, failures, locked until, time of the last failure)."""
+    familiar: tuple[str, ...] = ()
+    """Addresses of the last successful logins, most recent first."""
+    spread_failures: int = 0
+    """Failures from unfamiliar addresses, all together (forgotten ``lockout_seconds`` after
+    ``spread_last``, the last of them)."""
+    spread_last: float = 0.0
+    held_until: float = 0.0
+    """Unfamiliar addresses wait until then before their next attempt is checked."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", Kind(self.kind))
+        # from JSON: lists -> tuples (records are values, compared and stored as such)
+        object.__setattr__(
+            self, "sources", tuple((str(a), int(n), float(u), float(t)) for a, n, u, t in self.sources)
+        )
+        object.__setattr__(self, "familiar", tuple(str(a) for a in self.familiar))
         if self.algorithm not in DIGESTS:
             raise ValueError(f"algorithm {self.algorithm!r}: one of {', '.join(DIGESTS)}")
         if not 6 <= self.digits <= 10 or self.period < 1:
@@ -212,7 +258,10 @@ def set_pin(record: Record, pin: str, policy: Policy) -> Record:
 
 
 def unlock(record: Record) -> Record:
-    return dataclasses.replace(record, failures=0, locked_until=0.0)
+    """The record with every count and lock cleared (``tunvpn otp unlock``)."""
+    return dataclasses.replace(
+        record, failures=0, locked_until=0.0, sources=(), spread_failures=0, spread_last=0.0, held_until=0.0
+    )
 
 
 # --------------------------------------------------------------------------- checking
@@ -238,40 +287,99 @@ def _nearest_first(centre: int, reach: int) -> list[int]:
     ]
 
 
-def _failed(record: Record, reason: Reason, now: float, policy: Policy) -> Result:
-    failures = record.failures + 1
-    if failures >= policy.lockout_after:
-        locked = dataclasses.replace(record, failures=0, locked_until=now + policy.lockout_seconds)
-        return Result(Outcome.LOCKED, locked, Reason.LOCKED)
-    return Result(Outcome.REJECT, dataclasses.replace(record, failures=failures), reason)
+def _source_entries(record: Record, now: float, policy: Policy) -> dict[str, tuple[int, float, float]]:
+    """The per-address records still in force: locked, or with a failure in the last
+    ``lockout_seconds`` (a quiet address starts again from zero)."""
+    return {
+        address: (failures, locked_until, last)
+        for address, failures, locked_until, last in record.sources
+        if locked_until > now or now - last < policy.lockout_seconds
+    }
 
 
-def _locked(record: Record, now: float) -> Result | None:
+def _with_sources(record: Record, entries: dict[str, tuple[int, float, float]], policy: Policy) -> Record:
+    kept = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)[: policy.max_sources]
+    return dataclasses.replace(record, sources=tuple(sorted((a, *v) for a, v in kept)))
+
+
+def _refused_unchecked(
+    record: Record, source: str, now: float, policy: Policy, *, spread: bool = True
+) -> Result | None:
+    """LOCKED before anything is checked: the token is locked, this address is, or (``spread``)
+    it is an unfamiliar address that must wait (the spread back-off). Nothing is counted."""
     if now < record.locked_until:
         return Result(Outcome.LOCKED, record, Reason.LOCKED)
+    entry = _source_entries(record, now, policy).get(source)
+    if entry is not None and now < entry[1]:
+        return Result(Outcome.LOCKED, record, Reason.SOURCE_LOCKED)
+    if spread and source not in record.familiar and now < record.held_until:
+        return Result(Outcome.LOCKED, record, Reason.HELD)
     return None
 
 
-def _good_code(record: Record, position: int, now: float) -> Result:
-    """A code at ``position`` was accepted: the record moves past it."""
+def _failed(
+    record: Record, reason: Reason, now: float, policy: Policy, source: str, *, pin_was_right: bool
+) -> Result:
+    """Count one failure: against ``source``; against the token only if the PIN was right
+    (and the user has one); towards the spread back-off if ``source`` is unfamiliar."""
+    entries = _source_entries(record, now, policy)
+    failures = entries.get(source, (0, 0.0, 0.0))[0] + 1
+    source_locked = failures >= policy.lockout_after
+    if source_locked:
+        entries[source] = (0, now + policy.lockout_seconds, now)
+    else:
+        entries[source] = (failures, 0.0, now)
+    record = _with_sources(record, entries, policy)
+
+    if source not in record.familiar:
+        spread = record.spread_failures + 1 if now - record.spread_last < policy.lockout_seconds else 1
+        held_until = record.held_until
+        if spread >= policy.spread_after:
+            exponent = min(spread - policy.spread_after, 62)  # 2**62 s: far past any cap
+            held_until = now + min(policy.spread_max_wait, 2.0**exponent)
+        record = dataclasses.replace(record, spread_failures=spread, spread_last=now, held_until=held_until)
+
+    if pin_was_right and record.pin_hash is not None:
+        token_failures = record.failures + 1
+        if token_failures >= policy.lockout_after:
+            locked = dataclasses.replace(record, failures=0, locked_until=now + policy.lockout_seconds)
+            return Result(Outcome.LOCKED, locked, Reason.LOCKED)
+        record = dataclasses.replace(record, failures=token_failures)
+    if source_locked:
+        return Result(Outcome.LOCKED, record, Reason.SOURCE_LOCKED)
+    return Result(Outcome.REJECT, record, reason)
+
+
+def _good_code(record: Record, position: int, now: float, policy: Policy, source: str) -> Result:
+    """A code at ``position`` was accepted: the record moves past it, the token's and this
+    address's counts are cleared, and the address becomes familiar."""
     if record.kind is Kind.TOTP:
         record = dataclasses.replace(record, last_step=position)
     else:
         record = dataclasses.replace(record, counter=position + 1)
-    record = dataclasses.replace(record, failures=0, locked_until=0.0)
+    entries = _source_entries(record, now, policy)
+    entries.pop(source, None)
+    record = _with_sources(record, entries, policy)
+    familiar = record.familiar
+    if source and policy.familiar_max:
+        familiar = (source, *(a for a in familiar if a != source))[: policy.familiar_max]
+    record = dataclasses.replace(record, failures=0, locked_until=0.0, familiar=familiar)
     if record.pin_hash is None or record.must_change_pin:
         return Result(Outcome.NEW_PIN, record)
     return Result(Outcome.ACCEPT, record)
 
 
-def check_passcode(record: Record, passcode: str, now: float, policy: Policy = Policy()) -> Result:
-    """The first round: ``passcode`` = PIN + tokencode (the tokencode alone if no PIN is set)."""
-    if (locked := _locked(record, now)) is not None:
-        return locked
+def check_passcode(
+    record: Record, passcode: str, now: float, policy: Policy = Policy(), *, source: str = ""
+) -> Result:
+    """The first round: ``passcode`` = PIN + tokencode (the tokencode alone if no PIN is set),
+    sent from the address ``source`` (what the lockout counts per address; "" if unknown)."""
+    if (refused := _refused_unchecked(record, source, now, policy)) is not None:
+        return refused
     code = passcode[-record.digits :]
     pin = passcode[: -record.digits]
     if len(passcode) < record.digits or not code.isascii() or not code.isdigit():
-        return _failed(record, Reason.BAD_FORMAT, now, policy)
+        return _failed(record, Reason.BAD_FORMAT, now, policy, source, pin_was_right=False)
     if record.pin_hash is None:
         pin_ok = hmac.compare_digest(pin.encode(), b"")  # new-PIN mode: the tokencode alone
     else:
@@ -291,29 +399,33 @@ def check_passcode(record: Record, passcode: str, now: float, policy: Policy = P
 
     position = _find(record, code, exact)
     if not pin_ok:
-        return _failed(record, Reason.WRONG, now, policy)
+        # the same answer as a wrong tokencode; counted for the address only, never the token
+        return _failed(record, Reason.WRONG, now, policy, source, pin_was_right=False)
     if position is not None:
         if position < oldest_new:
-            return _failed(record, Reason.REPLAYED, now, policy)
-        return _good_code(record, position, now)
+            return _failed(record, Reason.REPLAYED, now, policy, source, pin_was_right=True)
+        return _good_code(record, position, now, policy, source)
     position = _find(record, code, drift)
     if position is not None and position >= oldest_new:
         return Result(Outcome.NEXT_TOKENCODE, record, pending=position)
-    return _failed(record, Reason.REPLAYED if position is not None else Reason.WRONG, now, policy)
+    reason = Reason.REPLAYED if position is not None else Reason.WRONG
+    return _failed(record, reason, now, policy, source, pin_was_right=True)
 
 
 def check_next_tokencode(
-    record: Record, code: str, pending: int, now: float, policy: Policy = Policy()
+    record: Record, code: str, pending: int, now: float, policy: Policy = Policy(), *, source: str = ""
 ) -> Result:
     """The round after ``NEXT_TOKENCODE``: only the code after the drifted one accepts, and the
-    record is resynchronised to it (TOTP: the offset; HOTP: the counter)."""
-    if (locked := _locked(record, now)) is not None:
-        return locked
+    record is resynchronised to it (TOTP: the offset; HOTP: the counter). The first round had
+    the right PIN, so a failure here counts against the token too; this address, checked a
+    moment ago, is not held back again by the spread back-off."""
+    if (refused := _refused_unchecked(record, source, now, policy, spread=False)) is not None:
+        return refused
     if _find(record, code, [pending + 1]) is None:
-        return _failed(record, Reason.NOT_NEXT, now, policy)
+        return _failed(record, Reason.NOT_NEXT, now, policy, source, pin_was_right=True)
     if record.kind is Kind.TOTP:
         if pending + 1 <= record.last_step:
-            return _failed(record, Reason.REPLAYED, now, policy)
+            return _failed(record, Reason.REPLAYED, now, policy, source, pin_was_right=True)
         # the user waited for the token to change: it shows pending + 1 about now
         record = dataclasses.replace(record, offset=pending + 1 - int(now // record.period))
-    return _good_code(record, pending + 1, now)
+    return _good_code(record, pending + 1, now, policy, source)

@@ -7,8 +7,10 @@ plugins = ["otp"]
 
 [plugin.otp]
 store = "/etc/tunvpn/otp.json"   # mode 600; `tunvpn otp enroll USER --store FILE` fills it
-lockout_after = 5                 # failures in a row ...
-lockout_seconds = 300             # ... lock the user this long
+lockout_after = 5                 # failures from one address lock that address out ...
+lockout_seconds = 300             # ... this long; with the right PIN they lock the token
+spread_after = 20                 # failures from unfamiliar addresses before those wait ...
+spread_max_wait = 60              # ... 1 s doubling up to this long between attempts
 users = ["carol", "dave"]         # optional: only these users (default: whoever has a record)
 ```
 
@@ -49,11 +51,22 @@ MESSAGES = {
     core.Reason.REPLAYED: "this tokencode was used already; wait for the next one",
     core.Reason.LOCKED: "too many failed attempts; try again later or ask the administrator",
     core.Reason.NOT_NEXT: "that was not the next tokencode",
+    core.Reason.SOURCE_LOCKED: "too many failed attempts from this address; try again later",
+    core.Reason.HELD: "too many failed attempts for this user from elsewhere; try again in a minute",
 }
 
 
 def policy_from(settings: dict[str, Any]) -> core.Policy:
-    names = {"lockout_after", "lockout_seconds", "totp_window", "totp_drift", "hotp_window", "hotp_drift"}
+    names = {
+        "lockout_after",
+        "lockout_seconds",
+        "totp_window",
+        "totp_drift",
+        "hotp_window",
+        "hotp_drift",
+        "spread_after",
+        "spread_max_wait",
+    }
     return core.Policy(**{k: v for k, v in settings.items() if k in names})
 
 
@@ -80,10 +93,12 @@ def tunvpn_verify_credentials(request: CredentialRequest, context: GatewayContex
             return None
         if state is None or state.get("user") != request.user:
             passcode = request.passcode or request.password or ""
-            result = core.check_passcode(record, passcode, now, policy)
+            result = core.check_passcode(record, passcode, now, policy, source=request.peer[0])
         elif state["stage"] == "next":
             code = request.passcode or request.answer or request.password or ""
-            result = core.check_next_tokencode(record, code, state["pending"], now, policy)
+            result = core.check_next_tokencode(
+                record, code, state["pending"], now, policy, source=request.peer[0]
+            )
         else:
             return _new_pin(request, state, records, policy)
         records[request.user] = result.record
@@ -102,7 +117,8 @@ def _verdict(request: CredentialRequest, result: core.Result, policy: core.Polic
     if outcome is core.Outcome.NEW_PIN:
         request.state[NAME] = {"user": request.user, "stage": "new pin"}
         return Verdict.challenge(NEW_PIN.format(min=policy.pin_min, max=policy.pin_max), fields=("next_pin",))
-    log.warning("OTP: user %r refused: %s", request.user, result.reason.value)
+    log.warning("OTP: user %r from %s refused: %s", request.user, request.peer[0], result.reason.value)
+
     return Verdict.reject(MESSAGES.get(result.reason, MESSAGES[core.Reason.WRONG]))
 
 
