@@ -248,7 +248,7 @@ def test_distribution_point_fetched_then_checked(crl_server: _CrlServer) -> None
     revoked = _cert("revoked", LEAF_KEY, SUB.subject, SUB_KEY, cdp=uri)
     crl_server.files["/sub.crl"] = _crl(SUB, SUB_KEY, [revoked]).public_bytes(DER)
     store = CrlStore()
-    fetcher = CrlFetcher(store)
+    fetcher = CrlFetcher(store, retry_after=0)  # the test's clock jumps days in no time
     with pytest.raises(AuthenticationError):
         _check(leaf, RevocationMode.IFURI, store)
     assert asyncio.run(fetcher.refresh(NOW)) == 1
@@ -260,6 +260,11 @@ def test_distribution_point_fetched_then_checked(crl_server: _CrlServer) -> None
     assert asyncio.run(fetcher.refresh(NOW + DAY)) == 0
     assert asyncio.run(fetcher.refresh(NOW + 8 * DAY)) == 1
     assert crl_server.requests == ["/sub.crl", "/sub.crl"]
+    # The server still has only that CRL, now outdated: asked again only after retry_after.
+    patient = CrlFetcher(store)
+    assert asyncio.run(patient.refresh(NOW + 8 * DAY)) == 1
+    assert asyncio.run(patient.refresh(NOW + 8 * DAY)) == 0
+    assert len(crl_server.requests) == 3
 
 
 def test_watch_prefetches_our_own_distribution_points(crl_server: _CrlServer) -> None:

@@ -9,8 +9,9 @@ it is given and never fetches. This module fills that store:
   certificate, of the CAs, and those the core met in peers' certificates
   (:meth:`CrlStore.wanted <tunvpn.ike.revocation.CrlStore.wanted>`), fetched with a bounded
   size (:data:`MAX_CRL_BYTES`) and time (:data:`FETCH_TIMEOUT`), kept until their
-  nextUpdate and fetched again then. A failed URI is tried again after
-  :data:`RETRY_AFTER_FAILURE` seconds, not at every login.
+  nextUpdate and fetched again then. One URI is fetched at most once every
+  :data:`RETRY_AFTER_FAILURE` seconds (a failed one, or a server still serving an outdated
+  CRL, is not asked at every login).
 
 Only ``http://`` is fetched (a CRL is signed, TLS adds nothing; ``ldap://`` is not
 supported). No redirects are followed.
@@ -54,7 +55,8 @@ MAX_CRL_BYTES = 1 << 20
 FETCH_TIMEOUT = 10.0
 """Seconds one fetch may take, connection and whole body included."""
 RETRY_AFTER_FAILURE = 60.0
-"""Seconds before a URI whose fetch failed is tried again."""
+"""Seconds before a URI is fetched again after a failed fetch, or after a fetch whose CRL is
+already past its nextUpdate (or has none)."""
 _MAX_HEADER_BYTES = 16 * 1024
 
 
@@ -162,7 +164,7 @@ def _utcnow() -> datetime.datetime:
 
 class CrlFetcher:
     """Keeps a :class:`CrlStore` filled from distribution points: fetches the URIs the
-    store asks for (:meth:`CrlStore.uris_to_fetch`), with a back-off for failed ones.
+    store asks for (:meth:`CrlStore.uris_to_fetch`), each at most once per ``retry_after``.
 
     Run :meth:`run` as a task next to the IKE driver; :meth:`refresh` does one round
     (tests, and at start before the first login).
@@ -180,7 +182,7 @@ class CrlFetcher:
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.retry_after = retry_after
-        self._failed_at: dict[str, float] = {}
+        self._tried_at: dict[str, float] = {}
         self.fetched = 0
         """CRLs fetched so far."""
         self.failures = 0
@@ -200,18 +202,19 @@ class CrlFetcher:
         due = [
             uri
             for uri in self.store.uris_to_fetch(now)
-            if monotonic - self._failed_at.get(uri, -self.retry_after) >= self.retry_after
+            if uri not in self._tried_at or monotonic - self._tried_at[uri] >= self.retry_after
         ]
         added = 0
         for uri in due:
+            # Whatever the outcome, not again within retry_after: a server that keeps serving
+            # a CRL past its nextUpdate (or one without nextUpdate) is not asked every round.
+            self._tried_at[uri] = time.monotonic()
             try:
                 crl = await fetch_crl(uri, max_bytes=self.max_bytes, timeout=self.timeout)
             except CrlError as exc:
-                self._failed_at[uri] = time.monotonic()
                 self.failures += 1
                 log.warning("CRL fetch failed: %s (next try in %g s)", exc, self.retry_after)
                 continue
-            self._failed_at.pop(uri, None)
             self.store.add(crl, uri=uri)
             self.fetched += 1
             added += 1
