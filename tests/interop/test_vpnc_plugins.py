@@ -171,7 +171,7 @@ def test_vpnc_with_an_otp_passcode_connects_once(pair: NetnsPair, tmp_path: Path
     text = read_text(log)
 
     assert text.count("XAUTH: user 'tina' from 10.77.0.2 accepted") == 2, text[-3000:]
-    assert "OTP: user 'tina' refused: this tokencode was used already" in text, text[-3000:]
+    assert "OTP: user 'tina' from 10.77.0.2 refused: this tokencode was used already" in text, text[-3000:]
     record = store.get("tina")
     assert record is not None and record.counter == 2
     for passcode in (first, second):
