@@ -52,8 +52,9 @@ def test_a_symlink_planted_as_the_key_log_is_refused_and_its_target_untouched(tm
     victim = private(tmp_path / "victim-file", "precious\n", 0o644)
     link = tmp_path / "keys.esp_sa"
     link.symlink_to(victim)
-    with pytest.raises(SecretFileError, match=r"symbolic link.*refusing to follow"):
+    with pytest.raises(SecretFileError, match=rf"symbolic link.*refusing to follow.*Fix: rm {link} ") as info:
         KeyLog(tmp_path / "keys")
+    assert str(victim) not in str(info.value)  # no advice to write the keys where the link points
     assert victim.read_text() == "precious\n"
     assert stat.S_IMODE(victim.stat().st_mode) == 0o644  # not even chmod'ed
     # a dangling link (to where the keys would then be created) is refused as well

@@ -76,11 +76,11 @@ def check_owner(st: os.stat_result, path: str | os.PathLike[str], what: str) -> 
     )
 
 
-def _open_error(exc: OSError, p: str, what: str) -> SecretFileError:
+def _open_error(exc: OSError, p: str, what: str, symlink_fix: str) -> SecretFileError:
     if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link as the last component
         return SecretFileError(
             f"{what} {p} is a symbolic link; refusing to follow it (a link can be re-pointed at "
-            f"another file). Fix: name the file itself in the setting ({os.path.realpath(p)})"
+            f"another file). Fix: {symlink_fix}"
         )
     if isinstance(exc, FileNotFoundError):
         return SecretFileError(f"{what} {p}: no such file")
@@ -100,7 +100,8 @@ def read_secret_bytes(path: str | os.PathLike[str], what: str) -> bytes:
         # O_NONBLOCK: opening a FIFO planted in place of the file must not hang the daemon.
         fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _open_error(exc, p, what) from None
+        fix = f"if you made the link, name the file itself in the setting ({os.path.realpath(p)})"
+        raise _open_error(exc, p, what, fix) from None
     try:
         check_secret_stat(os.fstat(fd), p, what)
         with os.fdopen(fd, "rb", closefd=False) as f:
@@ -134,7 +135,7 @@ def open_private_append(path: str | os.PathLike[str], what: str) -> int:
     try:
         fd = os.open(p, flags, 0o600)
     except OSError as exc:
-        raise _open_error(exc, p, what) from None
+        raise _open_error(exc, p, what, f"rm {p} (it is created again, as a file)") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
