@@ -17,9 +17,11 @@ import logging
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
+from tunvpn import cli
 from tunvpn.client import Client, ClientOptions, Progress
 from tunvpn.gateway import AddressPool, Gateway, GatewayOptions, SimpleRule
 from tunvpn.ike.config import PskTable
@@ -175,6 +177,24 @@ def test_a_plugin_name_that_is_not_ours_gets_no_pip_advice_either() -> None:
             PluginHost(["radius-x"])
         finally:
             plugins.OWN_PLUGINS = original
+
+
+def test_the_plugins_command_suggests_no_pip_install_for_a_misspelt_plugin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`radus` (a typo of radius) could be a look-alike package: `tunvpn plugins -c` says it is
+    missing without telling anyone to pip install it."""
+    psk = tmp_path / "gw.psk"
+    psk.write_text("a-long-random-group-secret-0123456789\n")
+    psk.chmod(0o600)
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[gateway]\nlisten = "192.0.2.1"\npsk_file = "gw.psk"\nplugins = ["radus"]\n\n'
+        '[network]\npool = "10.79.0.10-10.79.0.20"\n\n[[policy]]\nname = "intranet"\nlocal = "10.78.0.0/24"\n'
+    )
+    assert cli.main(["plugins", "-c", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "radus" in out and "NOT INSTALLED (not one of tunvpn's own)" in out and "pip install" not in out
 
 
 # --------------------------------------------------------------------------- the escaping itself

@@ -441,7 +441,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(line.rstrip())
     missing = [name for name in enabled if name not in {p.name for p in installed}]
     for name in missing:
-        hint = f"pip install {OWN_PLUGINS[name]}" if name in OWN_PLUGINS else "not a tunvpn plugin"
+        hint = f"pip install {OWN_PLUGINS[name]}" if name in OWN_PLUGINS else "not one of tunvpn's own"
         print(f"{for_terminal(name):<16} NOT INSTALLED ({hint}), needed by {args.config}")
     return 1 if missing else 0
 
