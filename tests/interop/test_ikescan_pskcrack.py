@@ -8,9 +8,12 @@ without ``legacy``; XAUTH-initiator PSK, the method vpnc uses and the one a gate
 XAUTH accepts) and writes the responder's answer in psk-crack's format; psk-crack then runs a
 dictionary over HASH_R.
 
-* Positive control: for the real group name the answer is a dictionary target and psk-crack
-  finds the PSK (it is in the dictionary). This is what Aggressive Mode with a PSK gives away,
-  why it is off by default, and why the group PSK must be long and random.
+* The default: Aggressive Mode with a pre-shared key is off, and ike-scan gets no handshake
+  (nothing to crack) for the real group name or any other, and the same refusal for both.
+* Positive control (``allow_aggressive_psk`` on, as for vpnc): for the real group name the
+  answer is a dictionary target and psk-crack finds the PSK (it is in the dictionary). This is
+  what Aggressive Mode with a PSK gives away, why it is off by default, and why the group PSK
+  must be long and random.
 * No identity oracle: for a group name the gateway does not know, the answer must look exactly
   like the real one (same payloads in the same order, same lengths, same chosen transform,
   same vendor IDs, same identity), and psk-crack must find nothing in it even with the real
@@ -25,6 +28,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,23 +142,44 @@ def dissect_answers(pcap: Path) -> list[list[str]]:
     return [line.split("|") for line in result.stdout.splitlines() if line]
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[tuple[NetnsPair, Path]]:
-    """Our gateway with Aggressive Mode PSK enabled, one group and one user, default algorithms
-    (no ``legacy``): the attacker's namespace is b."""
+@contextmanager
+def running_gateway(tmp: Path, *extra: str) -> Iterator[tuple[NetnsPair, Path]]:
+    """Our gateway with one group and one user, default algorithms (no ``legacy``) and the
+    flags ``extra``; the attacker's namespace is b."""
     require_ike_scan()
     with NetnsPair(f"{GATEWAY}/24", f"{ATTACKER}/24") as pair:
-        psk = private_file(tmp_path / "gateway.psk", f"keyid:{configs.VPNC_GROUP} {configs.VPNC_GROUP_PSK}\n")
-        users = private_file(tmp_path / "users", f"{configs.VPNC_USER}:{configs.VPNC_PASSWORD}\n")
-        log = tmp_path / "gateway.log"
+        psk = private_file(tmp / "gateway.psk", f"keyid:{configs.VPNC_GROUP} {configs.VPNC_GROUP_PSK}\n")
+        users = private_file(tmp / "users", f"{configs.VPNC_USER}:{configs.VPNC_PASSWORD}\n")
+        log = tmp / "gateway.log"
         argv = ["gateway", "--listen", GATEWAY, "--psk-file", str(psk), "--users", str(users)]
-        argv += ["--pool", configs.VPNC_POOL, "--allow-aggressive-psk", "--ike-only", "--control", "none"]
+        argv += ["--pool", configs.VPNC_POOL, "--ike-only", "--control", "none", *extra]
         proc = popen_tunvpn(pair.a, argv, log)
         try:
             wait_for_line(log, "gateway ready", proc, 15, "our gateway to bind its sockets")
             yield pair, log
         finally:
             stop_process(proc)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[NetnsPair, Path]]:
+    """The gateway with Aggressive Mode PSK enabled (as for vpnc)."""
+    with running_gateway(tmp_path, "--allow-aggressive-psk") as running:
+        yield running
+
+
+def test_by_default_ike_scan_gets_no_handshake_for_any_name(tmp_path: Path) -> None:
+    """The default (no ``allow_aggressive_psk``): neither the real group name nor an unknown
+    one gets an Aggressive Mode answer, so there is no HASH_R to crack, and both get the same
+    refusal."""
+    with running_gateway(tmp_path) as (pair, _log):
+        known = probe(pair.b, tmp_path, configs.VPNC_GROUP, "known")
+        unknown = probe(pair.b, tmp_path, UNKNOWN_GROUP, "unknown")
+    for answer in (known, unknown):
+        assert not answer.handshake, answer.output
+        assert "Notify message 14 (NO-PROPOSAL-CHOSEN)" in answer.output, answer.output
+        assert not answer.pskcrack_file.exists() or not answer.pskcrack_file.read_text().strip()
+    assert known.decoded() == unknown.decoded()
 
 
 def test_pskcrack_recovers_the_psk_from_the_known_groups_answer(
