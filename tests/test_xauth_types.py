@@ -81,7 +81,7 @@ def test_a_reply_of_another_type_is_refused_with_a_message() -> None:
     sa_id = connect(pair, "main", xauth=True)
     # a client that answers a RADIUS-CHAP request as if it were Generic (type 0, the password)
     [ex] = [e for e in pair.client.engine.get_sa(sa_id).exchanges.values() if e.state == "await-user"]
-    ex.data["xauth_type"] = int(XauthType.GENERIC)
+    ex.tx.xauth_type = int(XauthType.GENERIC)
     pair.client.engine.xauth_reply(sa_id, pair.now, user_name="alice", password="s3cret")
     pair.run()
     assert not pair.gateway.of(ev.XauthCredentials)  # never reaches the plugins
@@ -114,6 +114,6 @@ def test_the_client_engine_will_not_answer_types_it_does_not_implement() -> None
     pair = Pair(client_config(), gateway_config(require_xauth=True))
     sa_id = connect(pair, "main", xauth=True)
     [ex] = [e for e in pair.client.engine.get_sa(sa_id).exchanges.values() if e.state == "await-user"]
-    ex.data["xauth_type"] = int(XauthType.SKEY)  # as if the request had said S/KEY
+    ex.tx.xauth_type = int(XauthType.SKEY)  # as if the request had said S/KEY
     with pytest.raises(LocalProtocolError, match="XAUTH-TYPE 3: not implemented"):
         pair.client.engine.xauth_reply(sa_id, pair.now, user_name="alice", password="pw")

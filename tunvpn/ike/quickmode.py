@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import crypto
@@ -32,7 +33,6 @@ from .messages import (
     HashPayload,
     IDPayload,
     KEPayload,
-    NatOAPayload,
     NoncePayload,
     NotifyPayload,
     Payload,
@@ -52,6 +52,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NONCE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class QuickModeParts:
+    """The payloads of Quick Mode message 1 or 2 after HASH (RFC 2409 section 5.5)."""
+
+    sa: SAPayload
+    nonce: bytes
+    ke: bytes | None
+    ids: list[IDPayload]
+    """Both client IDs (IDci, IDcr) or none."""
+    notifies: list[NotifyPayload]
 
 
 class QuickModeMixin:
@@ -100,29 +112,32 @@ class QuickModeMixin:
         self._send_protected(sa, ex, ExchangeType.QUICK_MODE, payloads, now, expect_reply=True)
         return ex.message_id
 
-    def _qm_parts(self: IkeEngine, rest: list[RawPayload]) -> dict[str, object]:
-        parts: dict[str, object] = {"ids": [], "notifies": []}
+    def _qm_parts(self: IkeEngine, rest: list[RawPayload]) -> QuickModeParts:
+        sa_payload: SAPayload | None = None
+        nonce: bytes | None = None
+        ke: bytes | None = None
+        ids: list[IDPayload] = []
+        notifies: list[NotifyPayload] = []
         for p in rest:
             x = p.payload
             if isinstance(x, SAPayload):
-                parts["sa"] = x
+                sa_payload = x
             elif isinstance(x, NoncePayload):
-                parts["nonce"] = x.data
+                nonce = x.data
             elif isinstance(x, KEPayload):
-                parts["ke"] = x.data
+                ke = x.data
             elif isinstance(x, IDPayload):
-                parts["ids"].append(x)  # type: ignore[union-attr]
+                ids.append(x)
             elif isinstance(x, NotifyPayload):
-                parts["notifies"].append(x)  # type: ignore[union-attr]
-            elif isinstance(x, NatOAPayload):
-                pass  # RFC 3947 5.1: only needed for transport mode checksums
-        if "sa" not in parts or "nonce" not in parts:
+                notifies.append(x)
+            # NAT-OA (RFC 3947 5.1) is only needed for transport mode checksums
+        if sa_payload is None or nonce is None:
             raise RemoteProtocolError("Quick Mode message lacks SA or Nonce", field="SA")
-        if len(parts["ids"]) not in (0, 2):  # type: ignore[arg-type]
+        if len(ids) not in (0, 2):
             raise RemoteProtocolError(
                 "Quick Mode needs both client IDs or none", NotifyType.INVALID_ID_INFORMATION, "ID"
             )
-        return parts
+        return QuickModeParts(sa_payload, nonce, ke, ids, notifies)
 
     def _peer_selectors(
         self: IkeEngine, sa: IkeSA, ids: list[IDPayload]
@@ -165,9 +180,7 @@ class QuickModeMixin:
     def _qm_r_first(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
         rest = sa.check_hash(ex.message_id, payloads)
         parts = self._qm_parts(rest)
-        sa_in: SAPayload = parts["sa"]  # type: ignore[assignment]
-        ni: bytes = parts["nonce"]  # type: ignore[assignment]
-        ids: list[IDPayload] = parts["ids"]  # type: ignore[assignment]
+        sa_in, ni, ids = parts.sa, parts.nonce, parts.ids
         ts_i, ts_r = self._peer_selectors(sa, ids)
         # RFC 2408 section 3.14: a notify about this negotiation names the proposal's SPI, so
         # the initiator can tell which of its Quick Modes failed
@@ -205,7 +218,7 @@ class QuickModeMixin:
             no_proposal.notify_spi = (ProtocolId.ESP, offered_spi)
             raise no_proposal
         policy, prop, transform, ct = chosen
-        ke_in: bytes | None = parts.get("ke")  # type: ignore[assignment]
+        ke_in = parts.ke
         dh = None
         g_qm = None
         if ct.pfs_group is not None:
@@ -287,8 +300,7 @@ class QuickModeMixin:
         ni = qm.ni
         rest = sa.check_hash(ex.message_id, payloads, extra=ni)
         parts = self._qm_parts(rest)
-        sa_in: SAPayload = parts["sa"]  # type: ignore[assignment]
-        nr: bytes = parts["nonce"]  # type: ignore[assignment]
+        sa_in, nr = parts.sa, parts.nonce
         if len(sa_in.proposals) != 1 or len(sa_in.proposals[0].transforms) != 1:
             raise RemoteProtocolError(
                 "responder must choose one ESP transform", NotifyType.BAD_PROPOSAL_SYNTAX, "SA"
@@ -313,13 +325,13 @@ class QuickModeMixin:
         g_qm = None
         dh = qm.dh
         if dh is not None:
-            ke = parts.get("ke")
+            ke = parts.ke
             if ke is None:
                 raise RemoteProtocolError(
                     "PFS requested but no KE in answer", NotifyType.INVALID_KEY_INFORMATION, "KE"
                 )
-            g_qm = dh.shared_secret(ke)  # type: ignore[arg-type]
-        ids: list[IDPayload] = parts["ids"]  # type: ignore[assignment]
+            g_qm = dh.shared_secret(ke)
+        ids = parts.ids
         if ids and (
             TrafficSelector.from_id_payload(ids[0]) != qm.local_ts
             or TrafficSelector.from_id_payload(ids[1]) != qm.remote_ts
@@ -329,7 +341,7 @@ class QuickModeMixin:
             )
         lifetime_s = ct.lifetime_seconds or proposal.lifetime_seconds
         lifetime_kb = ct.lifetime_kilobytes
-        for n in parts["notifies"]:  # type: ignore[attr-defined]
+        for n in parts.notifies:
             if n.notify_type == NotifyType.RESPONDER_LIFETIME:
                 life_type = None
                 for a in decode_attributes(n.data, field="RESPONDER-LIFETIME"):
@@ -359,7 +371,7 @@ class QuickModeMixin:
     ) -> None:
         """Derive both directions' keys (RFC 2409 5.5) from what ``ex.quick`` recorded."""
         assert sa.suite is not None and sa.keys is not None
-        qm = ex.quick
+        suite, keys, qm = sa.suite, sa.keys, ex.quick
         spi_in, spi_out, ni, nr, name = qm.spi_in, qm.spi_out, qm.ni, qm.nr, qm.name
         assert qm.local_ts is not None and qm.remote_ts is not None
         enc_len, auth_len = crypto.esp_key_lengths(ct.suite.transform, ct.suite.key_length, ct.suite.auth)
@@ -367,14 +379,7 @@ class QuickModeMixin:
 
         def material(spi: int) -> tuple[bytes, bytes]:
             km = crypto.keymat(
-                sa.suite.hash,
-                sa.keys.skeyid_d,
-                ProtocolId.ESP,
-                spi.to_bytes(4, "big"),
-                ni,
-                nr,  # type: ignore[union-attr]
-                total,
-                g_qm,
+                suite.hash, keys.skeyid_d, ProtocolId.ESP, spi.to_bytes(4, "big"), ni, nr, total, g_qm
             )
             return km[:enc_len], km[enc_len:total]
 

@@ -94,6 +94,33 @@ class Access(enum.IntEnum):
     GRANTED = 3  # login finished (or none required): Quick Mode, INITIAL-CONTACT, ...
 
 
+class TransactionPurpose(enum.StrEnum):
+    """Why we started a Transaction exchange (what its answer means)."""
+
+    PEER = ""  # the peer started it
+    XAUTH = "xauth"  # our XAUTH REQUEST (gateway)
+    XAUTH_STATUS = "xauth-status"  # our XAUTH-STATUS SET (gateway)
+    MODECFG = "modecfg"  # our CFG_REQUEST (client)
+    MODECFG_PUSH = "modecfg-push"  # our CFG_SET (gateway)
+
+
+@dataclass
+class TransactionData:
+    """What one Transaction exchange remembers between its messages."""
+
+    purpose: TransactionPurpose = TransactionPurpose.PEER
+    identifier: int = 0
+    """The Attribute payload's identifier (the answer repeats it)."""
+    asked: tuple[int, ...] = ()
+    """Client: the attribute types of the gateway's XAUTH request."""
+    xauth_type: int = 0
+    """XAUTH-TYPE of the request (draft-beaulieu-ike-xauth-02 section 6.2)."""
+    challenge: bytes | None = field(default=None, repr=False)
+    """XAUTH-CHALLENGE of the request."""
+    ok: bool = False
+    """Gateway: the XAUTH-STATUS we sent."""
+
+
 @dataclass
 class QuickModeData:
     """What one Quick Mode remembers between its messages (RFC 2409 section 5.5)."""
@@ -125,8 +152,8 @@ class Exchange:
     last_out: bytes = b""
     retransmit_at: float | None = None
     retransmits: int = 0
-    data: dict[str, object] = field(default_factory=dict)
-    """Transaction exchanges: what the next message needs (purpose, identifier, ...)."""
+    tx: TransactionData = field(default_factory=TransactionData)
+    """Transaction exchanges: what the next message needs."""
     quick: QuickModeData = field(default_factory=QuickModeData)
     """Quick Mode exchanges: nonces, SPIs, selectors."""
 

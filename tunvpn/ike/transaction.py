@@ -25,7 +25,7 @@ from .messages import (
 )
 from .modecfg import ModeConfig
 from .policies import PolicyAttr
-from .sa import Exchange, ExchangeKind, ExState, IkeSA, Role
+from .sa import Exchange, ExchangeKind, ExState, IkeSA, Role, TransactionData, TransactionPurpose
 
 if TYPE_CHECKING:
     from .engine import IkeEngine
@@ -112,7 +112,7 @@ class TransactionMixin:
             attrs.append(DataAttribute(CfgAttr.XAUTH_CHALLENGE, challenge))
         ex = self._new_exchange(sa, ExchangeKind.TRANSACTION)
         ex.state = ExState.SENT_REQUEST
-        ex.data.update(purpose="xauth", xauth_type=int(xauth_type), challenge=challenge)
+        ex.tx = TransactionData(TransactionPurpose.XAUTH, xauth_type=int(xauth_type), challenge=challenge)
         self._send_protected(
             sa,
             ex,
@@ -143,7 +143,7 @@ class TransactionMixin:
         if not pending:
             raise LocalProtocolError("no XAUTH request is waiting for an answer")
         ex = pending[-1]
-        asked: tuple[int, ...] = ex.data["asked"]  # type: ignore[assignment]
+        asked = ex.tx.asked
         values = {
             "user_name": user_name,
             "password": password,
@@ -151,8 +151,7 @@ class TransactionMixin:
             "answer": answer,
             "next_pin": next_pin,
         }
-        xauth_type = int(ex.data.get("xauth_type", 0))  # type: ignore[call-overload]
-        challenge = ex.data.get("challenge")
+        xauth_type, challenge = ex.tx.xauth_type, ex.tx.challenge
         if xauth_type not in (XauthType.GENERIC, XauthType.RADIUS_CHAP):
             raise LocalProtocolError(f"the gateway asks for XAUTH-TYPE {xauth_type}: not implemented")
         attrs = []
@@ -178,7 +177,7 @@ class TransactionMixin:
             sa,
             ex,
             ExchangeType.TRANSACTION,
-            [AttributePayload(CfgType.REPLY, int(ex.data["identifier"]), tuple(attrs))],  # type: ignore[arg-type]
+            [AttributePayload(CfgType.REPLY, ex.tx.identifier, tuple(attrs))],
             now,
             expect_reply=False,
         )
@@ -193,8 +192,7 @@ class TransactionMixin:
             attrs.append(DataAttribute(CfgAttr.XAUTH_MESSAGE, message.encode()))
         ex = self._new_exchange(sa, ExchangeKind.TRANSACTION)
         ex.state = ExState.SENT_SET
-        ex.data["purpose"] = "xauth-status"
-        ex.data["ok"] = ok
+        ex.tx = TransactionData(TransactionPurpose.XAUTH_STATUS, ok=ok)
         sa.xauth_done = ok
         if ok and sa.role is Role.RESPONDER:
             self._xauth_passed(sa, now)
@@ -242,7 +240,7 @@ class TransactionMixin:
             attrs = [*request.to_attributes(), *(DataAttribute(t, b"") for t in extra_types)]
         ex = self._new_exchange(sa, ExchangeKind.TRANSACTION)
         ex.state = ExState.SENT_REQUEST
-        ex.data["purpose"] = "modecfg"
+        ex.tx = TransactionData(TransactionPurpose.MODECFG)
         identifier = int.from_bytes(self._random(2), "big")
         self._send_protected(
             sa,
@@ -295,9 +293,8 @@ class TransactionMixin:
             sa.assigned_address = str(config.address)
         ex = self._new_exchange(sa, ExchangeKind.TRANSACTION)
         ex.state = ExState.SENT_SET
-        ex.data["purpose"] = "modecfg-push"
         identifier = int.from_bytes(self._random(2), "big")
-        ex.data["identifier"] = identifier
+        ex.tx = TransactionData(TransactionPurpose.MODECFG_PUSH, identifier)
         attrs = (*config.to_attributes(), *extra)
         self._send_protected(
             sa,
@@ -338,7 +335,9 @@ class TransactionMixin:
             else None
         )
         xauth_type = values[CfgAttr.XAUTH_TYPE].as_int() if CfgAttr.XAUTH_TYPE in values else 0
-        ex.data.update(asked=types, identifier=attr.identifier, xauth_type=xauth_type, challenge=challenge)
+        ex.tx = TransactionData(
+            identifier=attr.identifier, asked=types, xauth_type=xauth_type, challenge=challenge
+        )
         self._events.append(ev.XauthRequested(sa.sa_id, fields, message, challenge, xauth_type))
 
     def _tx_cfg_request(
@@ -404,7 +403,7 @@ class TransactionMixin:
     def _tx_reply(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
         attr = self._attribute_payload(sa, ex, payloads)
         ex.retransmit_at = None
-        if ex.data.get("purpose") == "xauth":
+        if ex.tx.purpose is TransactionPurpose.XAUTH:
             values = {a.type: _text(a) for a in attr.attributes if isinstance(a.value, bytes)}
             fixed = sa.xauth_user
             user = values.get(CfgAttr.XAUTH_USER_NAME, fixed or "")
@@ -417,7 +416,7 @@ class TransactionMixin:
             sa.xauth_user = user
             password = values.get(CfgAttr.XAUTH_USER_PASSWORD)
             chap: tuple[int, bytes, bytes] | None = None
-            asked_type = int(ex.data.get("xauth_type", 0))  # type: ignore[call-overload]
+            asked_type = ex.tx.xauth_type
             types = [a for a in attr.attributes if a.type == CfgAttr.XAUTH_TYPE]
             reply_type = types[0].as_int() if types else XauthType.GENERIC
             refusal = None
@@ -425,7 +424,7 @@ class TransactionMixin:
                 refusal = f"XAUTH-TYPE {reply_type} in the reply to a type {asked_type} request"
             elif asked_type == XauthType.RADIUS_CHAP:
                 raw = next((a.value for a in attr.attributes if a.type == CfgAttr.XAUTH_USER_PASSWORD), None)
-                challenge: bytes = ex.data["challenge"]  # type: ignore[assignment]  # xauth_request's
+                challenge = ex.tx.challenge or b""  # xauth_request's
                 if not isinstance(raw, bytes) or len(raw) != CHAP_PASSWORD_LEN:
                     refusal = f"a RADIUS-CHAP answer must be {CHAP_PASSWORD_LEN} octets"
                 else:
@@ -456,11 +455,11 @@ class TransactionMixin:
     def _tx_ack(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
         attr = self._attribute_payload(sa, ex, payloads)
         ex.retransmit_at = None
-        if ex.data.get("purpose") == "xauth-status":
-            ok = bool(ex.data.get("ok"))
+        if ex.tx.purpose is TransactionPurpose.XAUTH_STATUS:
+            ok = ex.tx.ok
             self._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user))
             if not ok:
                 self.delete_ike_sa(sa.sa_id, now, reason="XAUTH failed")
-        elif ex.data.get("purpose") == "modecfg-push":
+        elif ex.tx.purpose is TransactionPurpose.MODECFG_PUSH:
             types = tuple(a.type for a in attr.attributes)
             self._events.append(ev.ModeConfigAcknowledged(sa.sa_id, attr.identifier, types))
