@@ -19,7 +19,7 @@ from tunvpn.client import Client, ClientOptions, Progress
 from tunvpn.gateway import AddressPool, Gateway, GatewayOptions, options_from_config
 from tunvpn.gwconfig import parse_gateway_config
 from tunvpn.ike.config import PskTable
-from tunvpn.logins import Admission, LoginThrottle, ThrottleSettings
+from tunvpn.logins import Admission, LoginThrottle, ThrottleSettings, Tier
 from tunvpn.plugins import CredentialRequest, Verdict, hookimpl
 from tunvpn.shell.credentials import UserTable
 
@@ -402,3 +402,28 @@ def test_session_limit_is_configurable_and_zero_means_none(tmp_path: Path) -> No
     assert session_limit_refusal("alice", ["alice"] * 100, 0) is None
     assert session_limit_refusal("alice", ["alice", "bob", "bob"], 2) is None
     assert session_limit_refusal("bob", ["alice", "bob", "bob"], 2) is not None
+
+
+def test_ppp_logins_through_the_gateway_are_throttled_too(caplog: pytest.LogCaptureFixture) -> None:
+    """PAP/CHAP of an L2TP session (context.verify) checks the same passwords: same budgets."""
+    gateway = Gateway(gateway_options(500, 4500, plugin_objects=(PasswordBackend(),)))
+    fast = Tier(free=5, base=0.001, cap=300.0)  # the numbers are tested above; keep this quick
+    gateway.throttle = LoginThrottle(ThrottleSettings(per_user_source=fast, per_source=fast, max_wait=0.05))
+
+    async def scenario() -> tuple[list[str], Verdict, Verdict]:
+        def ppp(password: str, peer: str) -> CredentialRequest:
+            return CredentialRequest(user="alice", password=password, peer=(peer, 1701), via="ppp")
+
+        guesses = [(await gateway.verify_login(ppp(f"guess-{n}", "10.79.0.66"))).outcome for n in range(30)]
+        attacker = await gateway.verify_login(ppp("a-pass", "10.79.0.66"))
+        alice = await gateway.verify_login(ppp("a-pass", "10.79.0.10"))
+        return guesses, attacker, alice
+
+    with caplog.at_level(logging.INFO, logger="tunvpn.audit"):
+        guesses, attacker, alice = asyncio.run(scenario())
+    assert set(guesses) == {"reject"}
+    assert not attacker.accepted and "too many failed logins" in (attacker.message or "")
+    assert alice.accepted
+    lines = [r.getMessage() for r in caplog.records if r.name == "tunvpn.audit"]
+    assert "event=login result=refused user=alice via=ppp peer=10.79.0.66" in lines
+    assert lines[-1] == "event=login result=ok user=alice via=ppp peer=10.79.0.10"

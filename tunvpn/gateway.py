@@ -725,20 +725,35 @@ class Gateway:
     async def verify_login(self, request: CredentialRequest) -> Verdict:
         """A login through the plugins, for a plugin's own protocol (PPP PAP/CHAP in L2TP):
         the plugins of extra protocols are skipped, as for the XAUTH login; a plugin that
-        raises or takes longer than PLUGIN_TIMEOUT rejects the user."""
+        raises or takes longer than PLUGIN_TIMEOUT rejects the user. The login throttle and the
+        audit log cover it as they cover XAUTH."""
         skip = [p.name for p in self._run_protocols()]
+        source = request.peer[0]
+        admission = await wait_turn(self.throttle, request.user, source, self.clock)
+        if admission.refused:
+            audit.audit("login", result="refused", user=request.user, via=request.via, peer=source)
+            return Verdict.reject(refusal_message(admission))
+        backend_failed = False
         try:
-            return await asyncio.wait_for(
+            verdict = await asyncio.wait_for(
                 self.plugins.verify_credentials(request, self.plugin_context(), skip=skip), PLUGIN_TIMEOUT
             )
         except TimeoutError:
             log.warning(
                 "%s login of %r: no plugin decided within %d s", request.via, request.user, PLUGIN_TIMEOUT
             )
-            return Verdict.reject("the authentication service did not answer in time")
+            verdict, backend_failed = (
+                Verdict.reject("the authentication service did not answer in time"),
+                True,
+            )
         except Exception as exc:
             log.error("%s login of %r: a plugin failed: %s", request.via, request.user, exc)
-            return Verdict.reject("the authentication service failed")
+            verdict, backend_failed = Verdict.reject("the authentication service failed"), True
+        outcome = throttle_outcome(verdict, backend_failed)
+        self.throttle.done(request.user, source, self.clock(), outcome)
+        result = {"accepted": "ok", "rejected": "fail"}.get(outcome, verdict.outcome)
+        audit.audit("login", result=result, user=request.user, via=request.via, peer=source)
+        return verdict
 
     async def _check_user(self, event: ev.XauthCredentials, now: float) -> None:
         """Ask the plugins (``tunvpn_verify_credentials``); the verdict goes back to the client
