@@ -12,8 +12,9 @@ protected host 10.78.0.1 on its loopback. Either alice and bob directly on the b
 (10.77.0.11, 10.77.0.12). Real UDP, real TUN devices, unmodified vpnc or ``tunvpn connect``.
 
 The scenario, for each set-up: alice connects and pings through; bob connects and pings
-through; alice's tunnel still works; both ping at the same time; the gateway gave them two
-addresses and logged both logins; nothing was "replaced after INITIAL-CONTACT".
+through; alice's tunnel still works; both ping at the same time; bob logs out and alice's
+tunnel still works; the gateway gave them two addresses and logged both logins; nothing was
+"replaced after INITIAL-CONTACT".
 
 Two more with vpnc: a user whose client died without a DELETE comes back and her
 INITIAL-CONTACT removes her own stale session only (the positive control: INITIAL-CONTACT
@@ -152,9 +153,12 @@ def alice_then_bob(tmp: Path, lan: GatewayLan, namespaces: dict[str, str], *, fo
         gateway, log = start_gateway(tmp, lan, for_vpnc=for_vpnc)
         stack.callback(stop_process, gateway)
         addresses = {}
+        clients = {user: stack.enter_context(ExitStack()) for user in ("alice", "bob")}
         for user in ("alice", "bob"):
             try:
-                addresses[user] = stack.enter_context(user_client(tmp, namespaces[user], lan.addr_g, user))
+                addresses[user] = clients[user].enter_context(
+                    user_client(tmp, namespaces[user], lan.addr_g, user)
+                )
             except (AssertionError, TimeoutError, RuntimeError) as exc:
                 raise AssertionError(f"{exc}\n--- gateway ---\n{sessions(log)}") from None
             wait_ping(namespaces[user], user, log)
@@ -166,23 +170,10 @@ def alice_then_bob(tmp: Path, lan: GatewayLan, namespaces: dict[str, str], *, fo
         )
 
         # Both at the same time.
+        argv = ["ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", LAN_HOST]
         both = [
             subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    namespaces[user],
-                    "ping",
-                    "-n",
-                    "-c",
-                    "5",
-                    "-i",
-                    "0.2",
-                    "-W",
-                    "2",
-                    LAN_HOST,
-                ],
+                ["ip", "netns", "exec", namespaces[user], *argv],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -191,7 +182,16 @@ def alice_then_bob(tmp: Path, lan: GatewayLan, namespaces: dict[str, str], *, fo
         ]
         outputs = [p.communicate(timeout=30)[0] for p in both]
         codes = [p.returncode for p in both]
-    # the clients are stopped (DELETEs sent), then the gateway
+
+        # Bob logs out (his client sends DELETEs): alice goes on.
+        ends = read_text(log).count("deleted: deleted by peer")
+        clients["bob"].close()
+        wait_for(lambda: read_text(log).count("deleted: deleted by peer") > ends, 10, "bob's DELETE")
+        alice_alone = pings(namespaces["alice"], count=3)
+        assert alice_alone.returncode == 0, (
+            f"alice's tunnel died when bob left\n{alice_alone.stdout}\n--- gateway ---\n{sessions(log)}"
+        )
+    # alice is stopped (DELETEs sent), then the gateway
     return Outcome(addresses, codes, outputs, read_text(log))
 
 
