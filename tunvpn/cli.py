@@ -14,9 +14,13 @@ import socket
 import sys
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from cryptography import x509
 
 from tunvpn import control
 from tunvpn.gateway import ConfigError
+from tunvpn.ike.config import PskTable
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
 from tunvpn.shell.credentials import (
@@ -82,6 +86,20 @@ def _identity(text: str) -> Identity:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an identity ({exc}); examples: keyid:group, 10.0.0.1, @vpn.example"
         ) from None
+
+
+def _load_cas(paths: Sequence[str]) -> tuple[x509.Certificate, ...]:
+    from tunvpn.ike.certs import load_certificates
+
+    cas: list[x509.Certificate] = []
+    for path in paths:
+        try:
+            cas += load_certificates(Path(path).read_bytes())
+        except OSError as exc:
+            raise CliError(f"--ca {path}: {exc.strerror or exc}") from None
+        except LocalProtocolError as exc:
+            raise CliError(f"--ca {path}: {exc}") from None
+    return tuple(cas)
 
 
 def _remote_id(text: str) -> Identity | str:
@@ -304,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--local", type=_ip, metavar="ADDRESS", help="our address (default: the route's source)")
     cl.add_argument("--mode", choices=("main", "aggressive", "base"), default="main", help="phase 1 mode")
     cl.add_argument("--user", help="XAUTH user name (offers XAUTH authentication)")
+    cl.add_argument(
+        "--ca",
+        metavar="FILE",
+        action="append",
+        help="CA certificate(s) of the gateway, PEM (repeatable): hybrid authentication - the "
+        "gateway proves itself by its certificate, you by XAUTH (--user); no pre-shared key",
+    )
     cl.add_argument(
         "--remote-id",
         type=_remote_id,
@@ -589,7 +614,13 @@ def cmd_connect(args: argparse.Namespace) -> int:
     else:
         if args.gateway is None:
             raise CliError("give the GATEWAY address (and --psk-file, --user), or -c PROFILE")
-        psks = load_psks(args.psk_file)
+        if args.ca:
+            # hybrid authentication: the gateway's certificate, then XAUTH; no pre-shared key
+            if args.psk_file:
+                raise CliError("--ca (hybrid authentication) uses no pre-shared key: drop --psk-file")
+            psks, trusted_cas = PskTable(), _load_cas(args.ca)
+        else:
+            psks = load_psks(args.psk_file)
         plugins, plugin_settings = (), {}
     from tunvpn.pskcheck import warn_weak_psks
 

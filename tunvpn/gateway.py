@@ -28,7 +28,7 @@ from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
-from tunvpn.ike.constants import CfgAttr, DHGroup
+from tunvpn.ike.constants import AuthMethod, CfgAttr, DHGroup
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity, TrafficSelector
@@ -206,6 +206,10 @@ class GatewayOptions:
     """Phase 1 algorithms accepted; None: every strong suite (plus legacy ones with ``legacy``)."""
     credential: Credential | None = None
     trusted_cas: tuple[x509.Certificate, ...] = ()
+    hybrid: bool = False
+    """Accept hybrid authentication (draft-ietf-ipsec-isakmp-hybrid-auth-05): the gateway
+    signs with ``credential`` (RSA), the client has no certificate and logs in with XAUTH
+    only. Needs a login source; clients' phase 1 identities are then unauthenticated."""
     peer_certificates: PeerCertificatePolicy = field(default_factory=PeerCertificatePolicy)
     """Clients' certificates: EKU, subject/SAN patterns, revocation mode and CRLs."""
     config_path: str | None = None
@@ -245,6 +249,16 @@ class GatewayOptions:
                 "xauth_chap: RADIUS-CHAP needs the clear password, but the users file holds scrypt "
                 "hashes for " + ", ".join(self.users.hashed_users())
             )
+        if self.hybrid:
+            if self.credential is None or self.credential.auth_method != AuthMethod.RSA_SIGNATURES:
+                raise ConfigError("hybrid authentication needs the gateway's RSA certificate and key")
+            if self.require_xauth is False or (
+                self.users is None and not self.plugins and not self.plugin_objects
+            ):
+                raise ConfigError(
+                    "hybrid authentication logs clients in with XAUTH only: it needs a users file "
+                    "or an authentication plugin, and require_xauth"
+                )
 
     def plugin_names(self) -> tuple[str, ...]:
         """The entry points to load: the built-in users-file first (asked last), then ``plugins``."""
@@ -403,6 +417,7 @@ def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None =
         # ESP runs in userspace over UDP 4500 (RFC 3948): with a data path, always encapsulate
         force_encap=options.force_encap or options.tun is not None,
         natt_port=options.natt_port,
+        hybrid=options.hybrid,
     )
 
 
@@ -1549,6 +1564,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         phase1=cfg.phase1,
         credential=cfg.credential,
         trusted_cas=tuple(cfg.trusted_cas),
+        hybrid=cfg.hybrid,
         peer_certificates=cfg.peer_certificates,
         config_path=None if cfg.source.startswith("<") else cfg.source,
         control_socket=cfg.control_socket,

@@ -39,7 +39,7 @@ from tunvpn.gateway import AddressPool, ConfigError
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential, load_certificates
 from tunvpn.ike.config import PskTable
-from tunvpn.ike.constants import DHGroup, EncryptionAlgorithm, HashAlgorithm
+from tunvpn.ike.constants import AuthMethod, DHGroup, EncryptionAlgorithm, HashAlgorithm
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.policies import MAX_NAME, ExtraProtocol, Phase2Policy
@@ -675,6 +675,8 @@ class GatewayConfig:
     gateway loads them, required if one implements ``tunvpn_verify_credentials``."""
     xauth_chap: bool = False
     """Ask tunvpn clients for a RADIUS-CHAP answer instead of the login password."""
+    hybrid: bool = False
+    """Accept hybrid authentication: the gateway signs (RSA), clients log in with XAUTH only."""
     allow_aggressive_psk: bool = False
     allow_base_mode: bool = False
     """Accept tunvpn's Base Mode (docs/protocol.md); off by default, warned."""
@@ -728,7 +730,7 @@ _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
     "require_xauth", "allow_aggressive_psk", "allow_base_mode", "legacy", "tun", "mtu", "keylog",
     "control_socket", "plugins",
-    "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout",
+    "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout", "hybrid",
 )  # fmt: skip
 _CERT_KEYS = ("cert", "key", "ca", "revocation", "crl_files", "peer_eku", "peer_id_patterns")
 _PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
@@ -868,6 +870,13 @@ def parse_gateway_config(
         raise gw.error(
             "xauth_chap", "RADIUS-CHAP is a way to run XAUTH: it needs a login source and require_xauth"
         )
+    hybrid = gw.flag("hybrid", False)
+    if hybrid and (credential is None or credential.auth_method != AuthMethod.RSA_SIGNATURES):
+        raise gw.error("hybrid", "hybrid authentication needs an RSA certificate in [gateway.certificate]")
+    if hybrid and (require_xauth is False or (users is None and not plugins)):
+        raise gw.error(
+            "hybrid", "hybrid clients log in with XAUTH only: it needs a login source and require_xauth"
+        )
 
     tun: str | None = "tunvpn%d"
     if "tun" in gw:
@@ -923,6 +932,7 @@ def parse_gateway_config(
         groups=MappingProxyType(groups),
         require_xauth=require_xauth,
         xauth_chap=xauth_chap,
+        hybrid=hybrid,
         allow_aggressive_psk=allow_aggressive_psk,
         allow_base_mode=allow_base_mode,
         legacy=legacy,

@@ -35,8 +35,9 @@ from tunvpn.gwconfig import (
     resolve_plugin_paths,
 )
 from tunvpn.ike.certpath import PeerCertificatePolicy
-from tunvpn.ike.certs import Credential
+from tunvpn.ike.certs import Credential, load_certificates
 from tunvpn.ike.config import PskTable
+from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
 from tunvpn.shell.credentials import SecretFileError, read_private_file
 
@@ -75,6 +76,8 @@ class ClientProfile:
     """``remote_id = "any"``: a pre-shared-key gateway may use any identity (not recommended)."""
     credential: Credential | None = None
     trusted_cas: tuple[x509.Certificate, ...] = ()
+    """CAs the gateway's certificate must chain to; without ``credential``: hybrid
+    authentication (the gateway signs, the user logs in with XAUTH; no pre-shared key)."""
     peer_certificates: PeerCertificatePolicy = field(default_factory=PeerCertificatePolicy)
     """How the gateway's certificate is checked beyond chaining to ``trusted_cas``
     (``revocation``, ``crl_files``)."""
@@ -108,10 +111,22 @@ def parse_profile(
     gateway = parse_ip(table, "gateway", required=True)
     assert gateway is not None
     psks = read_psks(table, base_dir, env, file_mode)
-    credential, cas = read_credential(table, base_dir)
+    if "ca" in table and "cert" not in table and "key" not in table:
+        # hybrid authentication: the gateway proves itself by its certificate, we by XAUTH
+        credential, cas = None, _read_cas(table, base_dir)
+        if psks:
+            raise table.error(
+                "ca",
+                "ca without cert and key means hybrid authentication (the gateway's certificate, "
+                "then XAUTH), which uses no pre-shared key: drop the pre-shared key, or add cert and key",
+            )
+    else:
+        credential, cas = read_credential(table, base_dir)
     peer_certificates = read_peer_certificates(table, base_dir)
-    if not psks and credential is None:
-        raise src.error("", "no secret: give psk_file, psk_env or psk (or cert, key and ca)")
+    if not psks and credential is None and not cas:
+        raise src.error(
+            "", "no secret: give psk_file, psk_env or psk (or cert, key and ca; or ca alone: hybrid)"
+        )
     user = table.text("user")
     password_file: str | None = None
     if "password_file" in table:
@@ -163,6 +178,19 @@ def parse_profile(
         plugins=tuple(plugins),
         plugin_settings=plugin_settings,
     )
+
+
+def _read_cas(table: TableReader, base_dir: Path) -> tuple[x509.Certificate, ...]:
+    cas: list[x509.Certificate] = []
+    for name in table.texts("ca") or ():
+        path = resolve_path(base_dir, name)
+        try:
+            cas += load_certificates(path.read_bytes())
+        except OSError as exc:
+            raise table.error("ca", f"{path}: {exc.strerror or exc}") from None
+        except LocalProtocolError as exc:
+            raise table.error("ca", f"{path}: {exc}") from None
+    return tuple(cas)
 
 
 __all__ = ["MODES", "ClientProfile", "ConfigFileError", "load_profile", "parse_profile"]

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from . import certpath, certs, crypto
-from .config import SIGNATURE_METHODS, base_auth_method, proof_method
+from .config import SIGNATURE_METHODS, proof_method
 from .constants import (
     CertEncoding,
     ExchangeType,
