@@ -19,6 +19,7 @@ from tunvpn.client import Client, ClientOptions, Progress
 from tunvpn.gateway import AddressPool, Gateway, GatewayOptions, options_from_config
 from tunvpn.gwconfig import parse_gateway_config
 from tunvpn.ike.config import PskTable
+from tunvpn.ike.identity import Identity
 from tunvpn.logins import Admission, LoginThrottle, ThrottleSettings, Tier
 from tunvpn.plugins import CredentialRequest, Verdict, hookimpl
 from tunvpn.shell.credentials import UserTable
@@ -427,3 +428,41 @@ def test_ppp_logins_through_the_gateway_are_throttled_too(caplog: pytest.LogCapt
     lines = [r.getMessage() for r in caplog.records if r.name == "tunvpn.audit"]
     assert "event=login result=refused user=alice via=ppp peer=10.79.0.66" in lines
     assert lines[-1] == "event=login result=ok user=alice via=ppp peer=10.79.0.10"
+
+
+@loopback
+def test_a_reconnect_that_replaces_the_old_session_is_not_refused_by_the_limit() -> None:
+    """max_sessions_per_user = 1: alice's client crashes and reconnects from elsewhere with
+    the same group identity and INITIAL-CONTACT (our client always sends it): her old session
+    is replaced, not counted; a second client with its own identity is refused."""
+    ike, natt = free_port_pair()
+    staff = Identity.parse("keyid:staff")
+
+    async def scenario() -> tuple[bool, int, list[dict], list[str]]:
+        gateway, server = await _serve(
+            gateway_options(ike, natt, plugin_objects=(PasswordBackend(),), max_sessions_per_user=1)
+        )
+        tasks = []
+        try:
+            with_id = dataclasses.replace(client_options(ike, natt, "alice", "a-pass"), local_id=staff)
+            tasks.append((await _stay_connected(with_id, "127.0.0.2"))[1])
+            tasks.append((await _stay_connected(with_id, "127.0.0.3"))[1])
+            for _ in range(100):  # the engine drops the replaced session once the new one is granted
+                if len(gateway.sessions) == 1:
+                    break
+                await asyncio.sleep(0.02)
+            replaced = [s.peer[0] for s in gateway.sessions.values()] == ["127.0.0.3"]
+            code, records = await _attempt(gateway, client_options(ike, natt, "alice", "a-pass"), "127.0.0.4")
+            users = [s.peer[0] for s in gateway.sessions.values() if s.authenticated]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            gateway.stop()
+            await asyncio.wait_for(server, 5)
+        return replaced, code, records, users
+
+    replaced, code, records, users = asyncio.run(scenario())
+    assert replaced
+    assert code != 0 and "already has 1 session," in json.dumps(records)
+    assert users == ["127.0.0.3"]

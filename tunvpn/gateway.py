@@ -54,6 +54,7 @@ from tunvpn.ike.proposals import (
 from tunvpn.logins import (
     LoginThrottle,
     refusal_message,
+    replaced_by_initial_contact,
     session_limit_refusal,
     throttle_outcome,
     wait_turn,
@@ -909,8 +910,21 @@ class Gateway:
             log.warning("XAUTH verdict for %s not sent: %s", event.peer[0], exc)
 
     def _session_limit(self, session: Session, user: str) -> str | None:
-        """Why ``user`` may not log in on ``session`` (``max_sessions_per_user`` reached), or None."""
-        others = [s.user for s in self.sessions.values() if s.authenticated and s is not session]
+        """Why ``user`` may not log in on ``session`` (``max_sessions_per_user`` reached), or None.
+        Sessions its INITIAL-CONTACT will replace once it is granted do not count."""
+        try:
+            contact = bool(getattr(self.engine.get_sa(session.sa_id), "initial_contact", False))
+        except LocalProtocolError:
+            contact = False
+        others = [
+            s.user
+            for s in self.sessions.values()
+            if s.authenticated
+            and s is not session
+            and not (
+                contact and replaced_by_initial_contact(session.peer_id, session.peer, s.peer_id, s.peer)
+            )
+        ]
         return session_limit_refusal(user, others, self.options.max_sessions_per_user)
 
     async def _authorize(

@@ -33,6 +33,7 @@ second factor (the otp or radius plugins) where that matters.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 from collections import OrderedDict
@@ -230,7 +231,25 @@ def session_limit_refusal(user: str, others: Iterable[str | None], limit: int) -
     held = sum(1 for other in others if other == user)
     if held < limit:
         return None
-    return f"user {user} already has {held} sessions, the most this gateway allows; end one first"
+    sessions = "session" if held == 1 else "sessions"
+    return f"user {user} already has {held} {sessions}, the most this gateway allows; end one first"
+
+
+def replaced_by_initial_contact(
+    peer_id: str, peer: tuple[str, int], other_id: str, other_peer: tuple[str, int]
+) -> bool:
+    """Whether a new login of the same user that sent INITIAL-CONTACT (``peer_id`` from
+    ``peer``) will replace the other session (the engine's rule, RFC 2407 4.6.3.3): the same
+    phase 1 identity, and for an address identity (two home NATs hand out the same private
+    addresses) the same outer address. Such a session does not count towards the limit: a
+    client that crashed and reconnects is not refused."""
+    if peer_id != other_id:
+        return False
+    try:
+        ipaddress.ip_address(peer_id)
+    except ValueError:
+        return True
+    return peer[0] == other_peer[0]
 
 
 def throttle_outcome(verdict: Verdict, backend_failed: bool = False) -> str:
@@ -262,6 +281,7 @@ __all__ = [
     "Tier",
     "login_sources",
     "refusal_message",
+    "replaced_by_initial_contact",
     "session_limit_refusal",
     "throttle_outcome",
     "wait_turn",
