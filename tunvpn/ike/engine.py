@@ -494,9 +494,14 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
         sa_id = sa.sa_id if sa is not None else header.icookie + header.rcookie
         log.info("bad message from %s:%d: %s", remote[0], remote[1], exc)
         self._events.append(ev.ProtocolError(sa_id, remote, str(exc), int(exc.notify)))
+        if sa is not None and not sa.established:
+            # issue 12: whoever sees (or guesses) the cookies can send this, so it must not
+            # end a phase 1 in progress: dropped and counted, no Notify (a spoofed source
+            # would aim it at the real peer). A verified authentication failure is acted on
+            # where it is verified (phase1._receive_phase1); a first message in _start_responder.
+            self.drops["bad message during phase 1"] += 1
+            return
         self._send_error_notify(sa, header, remote, local, exc, now)
-        if sa is not None and not sa.established and header.message_id == 0:
-            self._fail_phase1(sa, str(exc), int(exc.notify), send_notify=False)
 
     def _protocol_error(self, sa_id: bytes, remote: Address, text: str, notify: int | None) -> None:
         log.info("bad message from %s:%d: %s", remote[0], remote[1], text)

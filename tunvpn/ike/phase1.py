@@ -18,6 +18,7 @@ The legal messages per state are in :data:`PHASE1_TABLE`; anything else is rejec
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import TYPE_CHECKING
 
@@ -86,11 +87,21 @@ BASE_COOKIE_WINDOW = 60.0
 """Seconds per cookie secret epoch: a cookie is accepted in its epoch and the next one."""
 
 
+class UnauthenticatedRefusal(AuthenticationError):
+    """An unprotected error Notify received after our encrypted authentication message: a
+    hint (usually: the keys differ) that anyone could have sent, believed only when no valid
+    answer follows within a grace period."""
+
+
 class Phase1Mixin:
     """Phase 1 of :class:`~tunvpn.ike.engine.IkeEngine`."""
 
     _secret: bytes | None = None
     """Random key of the decoy pre-shared keys and the Base Mode cookies, drawn on first use."""
+
+    _phase1_drops: dict[bytes, RemoteProtocolError] | None = None
+    """The last refused message of each phase 1 in progress (by our cookie), for the reason
+    given when it then times out."""
 
     def _local_secret(self: IkeEngine) -> bytes:
         if self._secret is None:
@@ -184,7 +195,10 @@ class Phase1Mixin:
             else:
                 self._bm_r_got_ke(sa, payloads, now)
         except RemoteProtocolError as exc:
-            self._on_remote_error(sa, header, remote, local, exc, now)
+            # the first message: no phase 1 in progress to protect, refuse it and forget it
+            self._protocol_error(sa.sa_id, remote, str(exc), int(exc.notify))
+            self._send_error_notify(sa, header, remote, local, exc, now)
+            self._fail_phase1(sa, str(exc), int(exc.notify), send_notify=False)
 
     def _receive_phase1(self: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
         if sa.state is P1State.ESTABLISHED:
@@ -194,29 +208,70 @@ class Phase1Mixin:
             raise RemoteProtocolError(
                 f"unexpected phase 1 message in state {sa.state.value}", NotifyType.INVALID_EXCHANGE_TYPE
             )
-        # the responder's cookie comes with its first answer; in Base Mode with message 4
-        first_answer = P1State.I_SENT_KE if sa.exchange == BM else P1State.I_SENT_SA
-        if sa.role is Role.INITIATOR and sa.state is first_answer:
-            self._first_answer(sa, header)
+        # Anyone who sees the cookies can send a message for this SA (issue 12): one that
+        # fails leaves the SA as it was, and ends the phase 1 only if it is a verified
+        # authentication failure (_phase1_failure_is_verified); else it is dropped and
+        # counted (engine._on_remote_error) and the real peer's messages carry on.
+        saved = {k: copy.copy(v) if isinstance(v, set | list | dict) else v for k, v in vars(sa).items()}
+        handling = False
         try:
-            payloads = sa.open(header, data)
+            # the responder's cookie comes with its first answer; in Base Mode with message 4
+            first_answer = P1State.I_SENT_KE if sa.exchange == BM else P1State.I_SENT_SA
+            if sa.role is Role.INITIATOR and sa.state is first_answer:
+                self._first_answer(sa, header)
+            try:
+                payloads = sa.open(header, data)
+            except RemoteProtocolError as exc:
+                if header.flags & HeaderFlag.ENCRYPTION and sa.psk is not None:
+                    raise AuthenticationError(
+                        f"cannot decrypt phase 1 message ({exc}); the pre-shared keys probably differ",
+                        field="encrypted payload",
+                    ) from exc
+                raise
+            notify = _find(payloads, NotifyPayload)
+            if notify and sa.role is Role.INITIATOR:
+                n = notify[0].payload
+                assert isinstance(n, NotifyPayload)
+                if n.notify_type < 8192:
+                    self._peer_refused(sa, n, now)
+                    return
+            sa.last_in = data
+            sa.retransmit_at = None
+            handling = True
+            getattr(self, handler)(sa, payloads, now)
+            if sa.established and self._phase1_drops:
+                self._phase1_drops.pop(sa.local_cookie, None)
         except RemoteProtocolError as exc:
-            if header.flags & HeaderFlag.ENCRYPTION and sa.psk is not None:
-                raise AuthenticationError(
-                    f"cannot decrypt phase 1 message ({exc}); the pre-shared keys probably differ",
-                    field="encrypted payload",
-                ) from exc
-            raise
-        notify = _find(payloads, NotifyPayload)
-        if notify and sa.role is Role.INITIATOR:
-            n = notify[0].payload
-            assert isinstance(n, NotifyPayload)
-            if n.notify_type < 8192:
-                self._peer_refused(sa, n, now)
+            if handling and self._phase1_failure_is_verified(sa, header, exc):
+                self._protocol_error(sa.sa_id, sa.remote, str(exc), int(exc.notify))
+                self._send_error_notify(sa, header, sa.remote, sa.local, exc, now)
+                self._fail_phase1(sa, str(exc), int(exc.notify), send_notify=False)
                 return
-        sa.last_in = data
-        sa.retransmit_at = None
-        getattr(self, handler)(sa, payloads, now)
+            vars(sa).update(saved)
+            drops = self._phase1_drops = self._phase1_drops or {}
+            if not isinstance(drops.get(sa.local_cookie), UnauthenticatedRefusal):
+                drops[sa.local_cookie] = exc
+            if sa.role is Role.RESPONDER and isinstance(exc, AuthenticationError):
+                # a hint for a peer whose key differs (what strongSwan sends too); it cannot
+                # end the real peer's phase 1 early: a tunvpn initiator waits (_peer_refused)
+                self._send_error_notify(sa, header, sa.remote, sa.local, exc, now)
+            raise
+
+    def _phase1_failure_is_verified(
+        self: IkeEngine, sa: IkeSA, header: Header, exc: RemoteProtocolError
+    ) -> bool:
+        """Whether a handler's error ends the phase 1: the peer's authentication (HASH, SIG,
+        certificate, identity) did not verify on a message only the peer can have sent.
+
+        The initiator believes the responder's answer as it believes its error Notifies
+        (before any key exists nothing can be authenticated, and an on-path attacker could
+        as well drop the answers). The responder, the one anyone can reach, believes only a
+        message that decrypted and parsed with this exchange's keys; an unencrypted one that
+        fails (an Aggressive Mode message 3 sent in the clear, say) is dropped.
+        """
+        if not isinstance(exc, AuthenticationError):
+            return False
+        return sa.role is Role.INITIATOR or bool(header.flags & HeaderFlag.ENCRYPTION)
 
     def _first_answer(self: IkeEngine, sa: IkeSA, header: Header) -> None:
         if header.rcookie == bytes(8) and header.exchange != ExchangeType.INFORMATIONAL:
@@ -231,6 +286,37 @@ class Phase1Mixin:
             if n.notify_type in NotifyType._value2member_map_
             else n.notify_type
         )
+        if sa.role is Role.RESPONDER:
+            # anyone can send an unprotected Notify with the cookies: it does not end our
+            # phase 1 (issue 12); if the peer really gave up, the half-open SA times out
+            self.drops["unprotected error Notify during phase 1"] += 1
+            log.info("%s sent %s during phase 1 (unauthenticated): ignored", sa.remote[0], name)
+            notify = NotifyType(n.notify_type) if n.notify_type in NotifyType._value2member_map_ else None
+            drops = self._phase1_drops = self._phase1_drops or {}
+            drops[sa.local_cookie] = UnauthenticatedRefusal(
+                f"peer answered {name}", notify or NotifyType.AUTHENTICATION_FAILED
+            )
+            return
+        if n.notify_type == NotifyType.INVALID_COOKIE:
+            # "no such SA": what a responder answers to garbage sent in our name (with our
+            # cookie) before it keeps state for us (issue 12); a lost exchange times out
+            self.drops["unprotected INVALID-COOKIE during phase 1"] += 1
+            log.info("%s answered INVALID-COOKIE during phase 1 (unauthenticated): ignored", sa.remote[0])
+            return
+        if sa.state is P1State.I_SENT_AUTH:
+            # our encrypted authentication is out: a refusal now usually means "the keys
+            # differ", but anyone can send it (issue 12). Resend once and give a valid
+            # answer one grace period (_retransmit_phase1) before believing it.
+            drops = self._phase1_drops = self._phase1_drops or {}
+            if not isinstance(drops.get(sa.local_cookie), UnauthenticatedRefusal):
+                notify = NotifyType(n.notify_type) if n.notify_type in NotifyType._value2member_map_ else None
+                drops[sa.local_cookie] = UnauthenticatedRefusal(
+                    f"peer answered {name}" + (" (the pre-shared keys probably differ)" if sa.psk else ""),
+                    notify or NotifyType.AUTHENTICATION_FAILED,
+                )
+                sa.retransmit_at = now + 2 * self.config.retransmit_base
+                self._out.append((sa.wrap(sa.last_out), sa.remote, sa.local[1]))
+            return
         if sa.exchange == AM and n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN and sa.aggressive_groups:
             # Aggressive Mode carries one group: try the next one (issue #2, seed FIG. 6)
             log.info("aggressive mode: %s refused group %s, trying the next", sa.remote[0], sa.dh.group.name)
@@ -418,7 +504,14 @@ class Phase1Mixin:
             )
         probe = IkeSA(Role.RESPONDER, BM, header.icookie, bytes(8), local, remote, now)
         probe.floated = local[1] != self.ike_port
-        payloads = probe.open(header, data)
+        try:
+            payloads = probe.open(header, data)
+        except RemoteProtocolError as exc:
+            # no answer to what does not even parse: the source may be spoofed, and an error
+            # Notify would reach the initiator whose cookie was copied (issue 12)
+            self._protocol_error(header.icookie + header.rcookie, remote, str(exc), int(exc.notify))
+            self.drops["malformed Base Mode first message"] += 1
+            return False
         if not any(
             isinstance(v.payload, VendorIDPayload) and v.payload.data == BASE_MODE_V2_VID
             for v in _find(payloads, VendorIDPayload)
@@ -683,6 +776,9 @@ class Phase1Mixin:
         self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
 
     def _retransmit_phase1(self: IkeEngine, sa: IkeSA, now: float) -> None:
+        if isinstance((self._phase1_drops or {}).get(sa.local_cookie), UnauthenticatedRefusal):
+            self._fail_phase1(sa, "no valid answer after the peer's refusal", None, send_notify=False)
+            return
         if sa.retransmits >= self.config.retransmit_tries:
             self._fail_phase1(
                 sa,
@@ -744,6 +840,12 @@ class Phase1Mixin:
     ) -> None:
         if sa.state is P1State.DEAD:
             return
+        dropped = self._phase1_drops.pop(sa.local_cookie, None) if self._phase1_drops else None
+        if dropped is not None and notify is None:
+            # timed out after refusing messages: say why (a wrong key looks like this now)
+            reason = f"{reason}; last message refused: {dropped}"
+            if isinstance(dropped, AuthenticationError):
+                notify = int(dropped.notify)
         log.info("phase 1 with %s failed: %s", sa.remote[0], reason)
         if send_notify and notify is not None:
             self._send_unprotected_notify(sa.icookie, sa.rcookie, sa.remote, sa.local, notify, sa.floated)
