@@ -139,3 +139,34 @@ def test_main_mode_without_a_key_for_the_address_fails_where_a_wrong_key_does() 
     assert [type(e).__name__ for e in no_key.gateway.events] == [
         type(e).__name__ for e in wrong_key.gateway.events
     ]
+
+
+def _base_mode(group: str, psk: bytes = PSK) -> Pair:
+    gw = EngineConfig(psks=PskTable({"keyid:staff": PSK}), allow_base_mode=True)
+    pair = Pair(EngineConfig(psks=PskTable({"*": psk})), gw)
+    pair.client.engine.initiate(
+        (GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now, mode="base", local_id=Identity.parse(f"keyid:{group}")
+    )
+    pair.client.drain()
+    pair.run()
+    pair.advance(2.5)  # the client's grace period after the gateway's unauthenticated refusal
+    pair.run()
+    return pair
+
+
+def test_base_mode_answers_an_unknown_group_as_a_known_one_with_a_wrong_key() -> None:
+    known = _base_mode("staff")
+    assert known.client.of(ev.Phase1Established) and known.gateway.of(ev.Phase1Established)
+    unknown, wrong_key = _base_mode("nosuchgroup"), _base_mode("staff", b"not the key")
+    answers = {
+        name: [
+            _shape(_payloads(d)) for who, d in pair.wire if who == "g>c" and not decode_header(d).flags & 1
+        ]
+        for name, pair in (("known", known), ("unknown", unknown), ("wrong", wrong_key))
+    }
+    assert answers["known"][:2] == answers["unknown"][:2] == answers["wrong"][:2]  # messages 2 and 4
+    for pair in (unknown, wrong_key):
+        assert not pair.gateway.of(ev.Phase1Established)
+        (failed,) = pair.client.of(ev.Phase1Failed)
+        assert failed.notify == NotifyType.AUTHENTICATION_FAILED
+    assert [len(d) for _, d in unknown.wire[3:]] == [len(d) for _, d in wrong_key.wire[3:]]  # after our ID
