@@ -608,6 +608,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
         args.local_id = args.local_id or profile.local_id
         if args.remote_id is None:
             args.remote_id = "any" if profile.remote_id_any else profile.remote_id
+        if args.ca:
+            raise CliError("--ca goes into the profile (ca = ...) when -c PROFILE is given")
         credential, trusted_cas = profile.credential, tuple(profile.trusted_cas)
         peer_certificates = profile.peer_certificates
         plugins, plugin_settings = profile.plugins, dict(profile.plugin_settings)

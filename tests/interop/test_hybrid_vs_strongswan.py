@@ -5,7 +5,9 @@ charon gateway (namespace a) configured for hybrid authentication
 (``remote { auth = xauth-generic }``: charon then selects HybridInitRSA, phase1.c
 calc_auth_method). Main Mode; charon sends its certificate because our client asks for it
 (CR; send_cert defaults to ifasked). Then a charon holding a certificate of the same CA for
-another name gets no password.
+another name gets no password. Last, the other way round: charon as a hybrid client
+(``local { auth = xauth }``, ``remote { auth = pubkey }``) against our gateway with
+``hybrid = true``.
 """
 
 from __future__ import annotations
@@ -138,3 +140,105 @@ def test_strongswan_with_a_same_ca_certificate_for_another_name_gets_no_password
         assert "does not name 10.77.0.1" in read_text(log), read_text(log)
         assert not any(r["event"] == "xauth" for r in json_records(log))
         assert "XAuth authentication" not in charon.log_text()
+
+
+# ------------------------------------------------------------------------------ strongSwan client
+
+PROTECTED = "10.78.0.0/24"
+
+
+def strongswan_hybrid_client(gateway: str) -> str:
+    """charon as a hybrid client: XAUTH for itself, a certificate for the gateway
+    (calc_auth_method: initiator xauth + responder pubkey = HybridInitRSA)."""
+    return f"""\
+connections {{
+  home {{
+    version = 1
+    remote_addrs = {gateway}
+    vips = 0.0.0.0
+    proposals = aes256-sha256-modp2048
+    local {{
+      auth = xauth
+      xauth_id = {USER}
+    }}
+    remote {{
+      auth = pubkey
+      id = {gateway}
+    }}
+    children {{
+      home {{
+        mode = tunnel
+        remote_ts = {PROTECTED}
+        esp_proposals = aes256gcm16-ecp256
+      }}
+    }}
+  }}
+}}
+secrets {{
+  xauth-{USER} {{
+    id = {USER}
+    secret = "{PASSWORD}"
+  }}
+}}
+"""
+
+
+def our_hybrid_gateway(tmp_path: Path, listen: str) -> Path:
+    """gateway.toml: the RSA certificate, hybrid = true, a users file; no pre-shared key."""
+    p = pki(listen)
+    (tmp_path / "gw.pem").write_bytes(p.gateway.certificate.public_bytes(Encoding.PEM))
+    key = p.gateway.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    private_file(tmp_path / "gw.key", key.decode())
+    (tmp_path / "ca.pem").write_bytes(p.ca.public_bytes(Encoding.PEM))
+    private_file(tmp_path / "users", f"{USER}:{PASSWORD}\n")
+    return private_file(
+        tmp_path / "gateway.toml",
+        f"""\
+[gateway]
+listen = "{listen}"
+id = "{listen}"
+users_file = "users"
+hybrid = true
+tun = false
+
+[gateway.certificate]
+cert = "gw.pem"
+key = "gw.key"
+ca = "ca.pem"
+
+[network]
+pool = "{configs.VPNC_POOL}"
+
+[[policy]]
+name = "intranet"
+local = "{PROTECTED}"
+""",
+    )
+
+
+def test_strongswan_hybrid_client_against_our_gateway(tmp_path: Path) -> None:
+    with NetnsPair(UNDERLAY_A, UNDERLAY_B) as pair, Charon(tmp_path / "client", pair.b) as charon:
+        config = our_hybrid_gateway(tmp_path, pair.addr_a)
+        log = tmp_path / "gateway.log"
+        gateway = popen_tunvpn(pair.a, ["gateway", "-c", str(config), "--control", "none", "-v"], log)
+        try:
+            wait_for_line(log, "gateway ready", gateway, 15, "our gateway to bind its sockets")
+            confdir = charon.swanctl_path.parent
+            (confdir / "x509ca").mkdir(parents=True, exist_ok=True)
+            (confdir / "x509ca" / "ca.pem").write_bytes(pki(pair.addr_a).ca.public_bytes(Encoding.PEM))
+            charon.load(strongswan_hybrid_client(pair.addr_a))
+            try:
+                out = charon.initiate("home", "home", timeout=20)
+            except RuntimeError as exc:
+                raise AssertionError(f"{exc}\n--- gateway log ---\n{read_text(log)[-4000:]}") from None
+            assert "CHILD_SA home{1} established" in out, out
+            list_sas = charon.list_sas()
+        finally:
+            stop_process(gateway)
+        charon_log = charon.log_text()
+        # charon checked our SIG_R against the CA, then logged in with XAUTH
+        assert f"authentication of '{pair.addr_a}' with RSA_EMSA_PKCS1_NULL successful" in charon_log
+        assert f"XAuth authentication of '{USER}' (myself) successful" in charon_log, charon_log[-4000:]
+        assert "ESTABLISHED, IKEv1" in list_sas and f"remote {PROTECTED}" in list_sas, list_sas
+        gw_log = read_text(log)
+        assert "hybrid_init_rsa" in gw_log, gw_log[-4000:]
