@@ -248,3 +248,40 @@ def test_gateway_file_option_enables_base_mode_with_a_warning(tmp_path, caplog) 
     with caplog.at_level(logging.WARNING, logger="tunvpn.gwconfig"):
         assert _load(tmp_path, text).allow_base_mode
     assert [r for r in caplog.records if "allow_base_mode" in r.getMessage()]
+
+
+# ------------------------------------------------------------------------------ over UDP
+
+
+@pytest.mark.parametrize("allowed", [True, False], ids=["allow_base_mode", "default"])
+def test_client_asking_for_base_mode_over_udp(allowed: bool) -> None:
+    """The shells: `tunvpn connect --mode base` against a gateway with and without
+    allow_base_mode (loopback UDP); without it the client ends up in Main Mode."""
+    import asyncio
+
+    from tests.test_shell_loopback import connect, free_port_pair
+    from tunvpn.client import ClientOptions
+    from tunvpn.gateway import GatewayOptions
+    from tunvpn.testing import GATEWAY, loopback_available
+
+    if not loopback_available():
+        pytest.skip("127.0.0.2 is not usable on this host")
+    ike, natt = free_port_pair()
+    gateway_options = GatewayOptions(
+        listen=GATEWAY, psks=PskTable({"*": PSK}), ike_port=ike, natt_port=natt, allow_base_mode=allowed
+    )
+    client_options = ClientOptions(
+        gateway=GATEWAY,
+        psks=PskTable({"*": PSK}),
+        mode="base",
+        gateway_port=ike,
+        gateway_natt_port=natt,
+        ike_port=ike,
+        natt_port=natt,
+        exit_after_established=True,
+        timeout=20,
+    )
+    client, _, records = asyncio.run(connect(gateway_options, client_options))
+    assert client.result == 0, (client.message, records)
+    (up,) = [r for r in records if r["event"] == "phase1" and r["state"] == "established"]
+    assert f"({'base' if allowed else 'main'} mode)" in up["message"], up
