@@ -93,16 +93,23 @@ def test_the_right_certificate_gateway_is_accepted(remote_id: str) -> None:
 
 
 def _psk_pair(*, gateway_id: str, remote_id: str, psk_any: bool = False) -> Pair:
-    gateway = EngineConfig(psks=PskTable({"*": PSK}), local_id=Identity.parse(gateway_id), require_xauth=True)
+    gateway = EngineConfig(
+        psks=PskTable({"*": PSK}),
+        local_id=Identity.parse(gateway_id),
+        require_xauth=True,
+        allow_aggressive_psk=True,
+        allow_base_mode=True,
+    )
     client = EngineConfig(
         psks=PskTable({"*": PSK}), remote_id=Identity.parse(remote_id), remote_id_psk_any=psk_any
     )
     return Pair(client, gateway)
 
 
-def test_psk_gateway_with_another_identity_is_refused_with_a_clear_message() -> None:
+@pytest.mark.parametrize("mode", ["main", "aggressive", "base"])
+def test_psk_gateway_with_another_identity_is_refused_with_a_clear_message(mode: str) -> None:
     pair = _psk_pair(gateway_id=PRIVATE_ID, remote_id=GATEWAY_IP)
-    _engine_connect(pair)
+    _engine_connect(pair, mode)
     _answer_xauth(pair)
 
     assert not pair.client.of(ev.XauthRequested) and not pair.gateway.of(ev.XauthCredentials)
