@@ -47,6 +47,9 @@ class PeerActivity:
     """Authenticated ESP arrived on these inbound SPIs since the last note."""
 
     spis: frozenset[int]
+    sources: tuple[tuple[int, Address], ...] = ()
+    """(inbound SPI, outer source address) of the last ESP that passed its ICV and replay
+    check on each SPI: a NAT that rebinds shows here first (RFC 3948 section 4)."""
 
 
 class DataPlane:
@@ -81,6 +84,7 @@ class DataPlane:
         self._thread: threading.Thread | None = None
         self._running = False
         self._active: set[int] = set()
+        self._sources: dict[int, Address] = {}  # inbound SPI -> source of its last authenticated ESP
         self._next_activity = 0.0
         self._pairs: dict[int, int] = {}  # inbound SPI -> outbound SPI
         self._pending_out: dict[int, tuple[int, object]] = {}  # new inbound SPI -> (old, outbound)
@@ -148,6 +152,11 @@ class DataPlane:
         """Remove a pair by its inbound SPI (thread-safe)."""
         self._command("remove", spi_in)
 
+    def set_peer(self, spi_in: int, peer: Address) -> None:
+        """Send the outbound SA paired with ``spi_in`` to ``peer`` from now on (the IKE engine
+        followed the peer behind its NAT; thread-safe)."""
+        self._command("peer", (spi_in, peer))
+
     def stats(self) -> dict[str, object]:
         drops = {reason.name.lower(): n for reason, n in self.sad.drop_counts().items() if n}
         out: dict[str, object] = dict(self.counters)
@@ -191,6 +200,12 @@ class DataPlane:
                     else:
                         self.sad.install(outbound)
                     self._pairs[new_in] = outbound.spi
+                elif kind == "peer":
+                    spi_in, peer = arg  # type: ignore[misc]
+                    spi_out = self._pairs.get(spi_in)
+                    for sa in self.sad.outbound_sas():
+                        if sa.spi == spi_out:
+                            sa.peer = peer
                 elif kind == "remove":
                     spi_in = int(arg)  # type: ignore[call-overload]
                     self.sad.remove_inbound(spi_in)
@@ -279,13 +294,15 @@ class DataPlane:
         inner: list[bytes] = []
         decrypt_buffer = self.sad.decrypt_buffer
         datagrams = 0
-        spi = b""
         for data, segment, addr in received:
             datagrams += -(-len(data) // segment) if segment else 1
             before = len(inner)
             rest = decrypt_buffer(data, segment, inner, now)
             if len(inner) > before:
-                spi = data[:4]  # authenticated ESP arrived on this SA
+                # authenticated ESP (ICV and replay window passed) arrived on this SA from addr
+                spi = int.from_bytes(data[:4], "big")
+                self._active.add(spi)
+                self._sources[spi] = addr
             if rest:
                 self._sort_out(rest, addr, inner, now)
         self.counters["udp datagrams in"] += datagrams
@@ -293,8 +310,6 @@ class DataPlane:
         if inner:
             self.tun.write_batch(inner)  # type: ignore[attr-defined]
             self.counters["tun packets out"] += len(inner)
-            if spi:
-                self._active.add(int.from_bytes(spi, "big"))
 
     def _sort_out(self, received: list[bytes], addr: Address, inner: list[bytes], now: float) -> None:
         """Datagrams the fast path left: IKE (non-ESP marker), NAT-T keepalives, ESP of
@@ -311,10 +326,16 @@ class DataPlane:
             esp.append(data)
         if esp:
             self.counters["esp in (careful path)"] += len(esp)
-            opened = self.sad.decrypt_batch(esp, now)
-            if opened:
-                inner += opened
-                self._active.add(int.from_bytes(esp[-1][:4], "big"))
+            # one at a time: what opened tells which SA's ESP authenticated from addr (a forged
+            # packet of another SA next to a good one must not move that SA's peer here)
+            decrypt_batch = self.sad.decrypt_batch
+            for packet in esp:
+                opened = decrypt_batch([packet], now)
+                if opened:
+                    inner += opened
+                    spi = int.from_bytes(packet[:4], "big")
+                    self._active.add(spi)
+                    self._sources[spi] = addr
 
     def _timers(self) -> None:
         now = self.clock()
@@ -325,8 +346,10 @@ class DataPlane:
             self._emit(event)
         if self._active and now >= self._next_activity:
             self._next_activity = now + ACTIVITY_EVERY
-            self._emit(PeerActivity(frozenset(self._active)))
+            sources = tuple(self._sources.items())
+            self._emit(PeerActivity(frozenset(self._active), sources))
             self._active.clear()
+            self._sources.clear()
 
     def _emit(self, event: SaLifetimeEvent | PeerActivity) -> None:
         if self.on_event is not None:

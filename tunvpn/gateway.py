@@ -630,6 +630,12 @@ class Gateway:
             self.child_started[event.spi_in] = now
             if self.tunnel is not None:
                 self.tunnel.child_established(event)
+        elif isinstance(event, ev.PeerAddressChanged):
+            moved = self.sessions.get(event.sa_id)
+            if moved is not None:
+                moved.peer = event.new
+            if self.tunnel is not None:
+                self.tunnel.peer_moved(event)  # ESP follows the client behind its NAT
         elif isinstance(event, ev.ChildSADeleted):
             self._retire_counters(event.spi_in)
             self.children.pop(event.spi_in, None)

@@ -137,6 +137,13 @@ class Tunnel:
         if new_routes:
             self._configure(routes=new_routes)
 
+    def peer_moved(self, event: ev.PeerAddressChanged) -> None:
+        """The IKE engine followed a peer behind a NAT to a new address (a verified IKE
+        message, or authenticated ESP): its outbound SAs go there too."""
+        for pair in self.pairs.values():
+            if pair.event.sa_id == event.sa_id:
+                self.dataplane.set_peer(pair.event.spi_in, event.new)
+
     def child_deleted(self, event: ev.ChildSADeleted) -> None:
         pair = self.pairs.pop(event.spi_in, None)
         self.dataplane.remove(event.spi_in)
@@ -186,6 +193,13 @@ class Tunnel:
                 pair = self.pairs.get(spi)
                 if pair is not None:
                     self.engine.note_peer_activity(pair.event.sa_id, _now())
+            moved = False
+            for spi, source in event.sources:
+                pair = self.pairs.get(spi)
+                if pair is not None:  # the engine decides whether the peer may move (NAT)
+                    moved = self.engine.esp_peer_seen(pair.event.sa_id, source, _now()) or moved
+            if moved:
+                self._changed()  # the shell drains the engine's PeerAddressChanged
             return
         if not isinstance(event, SaLifetimeEvent):
             return

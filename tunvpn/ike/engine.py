@@ -178,6 +178,26 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
             return
         sa.last_heard = max(sa.last_heard, now)
 
+    def esp_peer_seen(self, sa_id: bytes, remote: Address, now: float) -> bool:
+        """The data path saw ESP that passed its ICV and replay check arrive from ``remote``
+        on an IPsec SA of this ISAKMP SA: a peer behind a NAT whose mapping changed is
+        followed there (RFC 3948 section 4 / RFC 3947 section 4), with a
+        :class:`~tunvpn.ike.events.PeerAddressChanged` event for the shell to move the
+        outbound SAs too. A peer not behind a NAT is not moved. Returns whether it moved."""
+        try:
+            sa = self.get_sa(sa_id)
+        except LocalProtocolError:
+            return False
+        if remote == sa.remote or not sa.established:
+            return False
+        if not sa.nat_remote:
+            self.drops["address change of a peer not behind a NAT"] += 1
+            return False
+        old, sa.remote = sa.remote, remote
+        sa.last_heard = max(sa.last_heard, now)
+        self._events.append(ev.PeerAddressChanged(sa.sa_id, old, remote))
+        return True
+
     # ------------------------------------------------------------------ demultiplexing
 
     def _find_sa(self, header: Header, remote: Address) -> IkeSA | None:
