@@ -10,7 +10,7 @@ Its whole surface, as in aioquic's ``QuicConnection``:
 * ``next_event()`` — drain :mod:`tunvpn.ike.events`.
 * commands: ``initiate``, ``xauth_reply``, ``xauth_verdict``, ``grant``,
   ``request_mode_config``, ``mode_config_reply``, ``push_mode_config``, ``start_child``,
-  ``delete_child``, ``delete_ike_sa``, ``note_peer_activity``.
+  ``delete_child``, ``delete_ike_sa``, ``note_peer_activity``, ``esp_peer_seen``.
 
 It never touches a socket, a clock, a thread or a plugin. Bad input becomes a Notify plus
 a :class:`~tunvpn.ike.events.ProtocolError` event, never a traceback. Which message is legal
