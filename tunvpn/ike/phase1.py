@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import crypto
@@ -63,20 +64,7 @@ MM, AM, BM = ExchangeType.IDENTITY_PROTECTION, ExchangeType.AGGRESSIVE, Exchange
 MODE_NAMES = {MM: "main", AM: "aggressive", BM: "base"}
 MODES = {v: k for k, v in MODE_NAMES.items()}
 
-# (exchange, role, state) -> handler name: the one table of legal phase 1 transitions.
-PHASE1_TABLE: dict[tuple[ExchangeType, Role, P1State], str] = {
-    (MM, Role.INITIATOR, P1State.I_SENT_SA): "_mm_i_got_sa",
-    (MM, Role.INITIATOR, P1State.I_SENT_KE): "_mm_i_got_ke",
-    (MM, Role.INITIATOR, P1State.I_SENT_AUTH): "_mm_i_got_auth",
-    (MM, Role.RESPONDER, P1State.R_SENT_SA): "_mm_r_got_ke",
-    (MM, Role.RESPONDER, P1State.R_SENT_KE): "_mm_r_got_auth",
-    (AM, Role.INITIATOR, P1State.I_SENT_SA): "_am_i_got_sa",
-    (AM, Role.RESPONDER, P1State.R_SENT_KE): "_am_r_got_auth",
-    (BM, Role.INITIATOR, P1State.I_SENT_SA): "_bm_i_got_cookie",
-    (BM, Role.INITIATOR, P1State.I_SENT_KE): "_bm_i_got_ke",
-    (BM, Role.INITIATOR, P1State.I_SENT_AUTH): "_bm_i_got_auth",
-    (BM, Role.RESPONDER, P1State.R_SENT_KE): "_bm_r_got_auth",
-}
+# PHASE1_TABLE, the one table of legal phase 1 transitions, follows the class (its handlers).
 # Base Mode message 3 (the echoed cookie) starts the responder's state, as Main and
 # Aggressive Mode message 1 do: _start_responder, not this table.
 
@@ -238,7 +226,7 @@ class Phase1Mixin:
             sa.last_in = data
             sa.retransmit_at = None
             handling = True
-            getattr(self, handler)(sa, payloads, now)
+            handler(self, sa, payloads, now)
             if sa.established and self._phase1_drops:
                 self._phase1_drops.pop(sa.local_cookie, None)
         except RemoteProtocolError as exc:
@@ -895,3 +883,19 @@ class Phase1Mixin:
         self._send_unprotected_notify(
             header.icookie, rcookie, remote, local, exc.notify, local[1] != self.ike_port
         )
+
+
+# (exchange, role, state) -> the handler of the next message (a function of Phase1Mixin).
+PHASE1_TABLE: dict[tuple[ExchangeType, Role, P1State], Callable[..., None]] = {
+    (MM, Role.INITIATOR, P1State.I_SENT_SA): Phase1Mixin._mm_i_got_sa,
+    (MM, Role.INITIATOR, P1State.I_SENT_KE): Phase1Mixin._mm_i_got_ke,
+    (MM, Role.INITIATOR, P1State.I_SENT_AUTH): Phase1Mixin._mm_i_got_auth,
+    (MM, Role.RESPONDER, P1State.R_SENT_SA): Phase1Mixin._mm_r_got_ke,
+    (MM, Role.RESPONDER, P1State.R_SENT_KE): Phase1Mixin._mm_r_got_auth,
+    (AM, Role.INITIATOR, P1State.I_SENT_SA): Phase1Mixin._am_i_got_sa,
+    (AM, Role.RESPONDER, P1State.R_SENT_KE): Phase1Mixin._am_r_got_auth,
+    (BM, Role.INITIATOR, P1State.I_SENT_SA): Phase1Mixin._bm_i_got_cookie,
+    (BM, Role.INITIATOR, P1State.I_SENT_KE): Phase1Mixin._bm_i_got_ke,
+    (BM, Role.INITIATOR, P1State.I_SENT_AUTH): Phase1Mixin._bm_i_got_auth,
+    (BM, Role.RESPONDER, P1State.R_SENT_KE): Phase1Mixin._bm_r_got_auth,
+}

@@ -200,8 +200,7 @@ def render_markdown() -> str:
         "|---|---|---|---|",
     ]
     for (exchange, role, state), handler in PHASE1_TABLE.items():
-        name = handler if isinstance(handler, str) else handler.__name__
-        out.append(f"| {exchange.name} | {role.value} | {state.value} | `{name}` |")
+        out.append(f"| {exchange.name} | {role.value} | {state.value} | {_name(handler)} |")
     out += [
         "",
         "## Access of an ISAKMP SA (the login gate)",
