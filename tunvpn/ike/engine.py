@@ -53,10 +53,10 @@ Datagram = tuple[bytes, Address, int]
 """(payload, remote address, local port to send from)."""
 
 PHASE1_EXCHANGES = (ExchangeType.IDENTITY_PROTECTION, ExchangeType.AGGRESSIVE, ExchangeType.BASE)
-EXCHANGE_KINDS = {
-    ExchangeType.TRANSACTION: ExchangeKind.TRANSACTION,
-    ExchangeType.QUICK_MODE: ExchangeKind.QUICK,
-    ExchangeType.INFORMATIONAL: ExchangeKind.INFORMATIONAL,
+EXCHANGE_KINDS: dict[int, ExchangeKind] = {
+    int(ExchangeType.TRANSACTION): ExchangeKind.TRANSACTION,
+    int(ExchangeType.QUICK_MODE): ExchangeKind.QUICK,
+    int(ExchangeType.INFORMATIONAL): ExchangeKind.INFORMATIONAL,
 }
 MAX_HELD = 4
 """Informational payloads kept per ISAKMP SA until its login is granted."""
@@ -337,7 +337,7 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
             raise RemoteProtocolError(
                 "exchange under an ISAKMP SA must be encrypted", NotifyType.INVALID_FLAGS, "header.flags", 19
             )
-        kind = EXCHANGE_KINDS.get(header.exchange)  # type: ignore[call-overload]
+        kind = EXCHANGE_KINDS.get(header.exchange)
         if kind is None:
             raise RemoteProtocolError(
                 f"exchange type {header.exchange} not supported",
