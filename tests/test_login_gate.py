@@ -433,3 +433,16 @@ def test_informational_initial_contact_is_held_until_granted_dpd_and_delete_are_
     assert [e.reason for e in pair.gateway.of(ev.IkeSADeleted) if e.sa_id == gw_quitter] == [
         "deleted by peer"
     ]
+
+
+def test_gateway_file_sets_the_login_deadline_and_xauth_turns_the_gate_on(tmp_path) -> None:
+    """gateway.toml: ``login_timeout`` reaches the engine; a login source (users file) makes
+    XAUTH required and with it ``login_required``; a site gateway (no login source) grants at
+    phase 1."""
+    from tests.test_logins import _file_gateway
+
+    gateway = _file_gateway(tmp_path, 'users_file = "users"\nlogin_timeout = 30')
+    assert gateway.config.login_required and gateway.config.login_timeout == 30
+    default = _file_gateway(tmp_path, 'users_file = "users"')
+    assert default.config.login_required and default.config.login_timeout == 120
+    assert not _file_gateway(tmp_path, "").config.login_required
