@@ -284,7 +284,7 @@ class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, Transacti
         first_float = sa.natt and not sa.floated and local[1] != self.ike_port and remote[0] == sa.remote[0]
         if not (sa.nat_remote or first_float):
             self.drops["address change of a peer not behind a NAT"] += 1
-            log.info("%s moved to %s:%d, but it is not behind a NAT: ignored", sa.remote[0], *remote)
+            log.debug("%s moved to %s:%d, but it is not behind a NAT: ignored", sa.remote[0], *remote)
             return None
         before = (sa.remote, sa.local, sa.floated)
         sa.remote = remote
