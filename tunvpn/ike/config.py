@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from .certs import Credential
 from .certpath import PeerCertificatePolicy
+from .certs import Credential
 from .constants import AuthMethod
 from .errors import LocalProtocolError
 from .identity import Identity, TrafficSelector
