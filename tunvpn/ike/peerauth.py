@@ -63,7 +63,7 @@ class PeerAuthMixin:
                 sa.suite.hash, skeyid, sa.g_xy + sa.icookie + sa.rcookie + BASE_MODE_AUTH_LABEL
             )
         fn = crypto.hash_i if initiator else crypto.hash_r
-        return fn(sa.suite.hash, sa.keys.skeyid, sa.gxi, sa.gxr, sa.icookie, sa.rcookie, sa.sa_body, id_body)
+        return fn(sa.suite.hash, skeyid, sa.gxi, sa.gxr, sa.icookie, sa.rcookie, sa.sa_body, id_body)
 
     def _auth_payloads(self: IkeEngine, sa: IkeSA, *, initiator: bool) -> list[Payload]:
         assert sa.suite is not None
