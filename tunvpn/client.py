@@ -377,6 +377,9 @@ class Client:
             if self.tunnel is not None:
                 self.tunnel.child_established(event)
             self._child_established(event)
+        elif isinstance(event, ev.PeerAddressChanged):
+            if self.tunnel is not None:
+                self.tunnel.peer_moved(event)  # ESP follows a gateway behind a NAT that moved
         elif isinstance(event, ev.ChildSADeleted):
             self.child_started.pop(event.spi_in, None)
             for name, child in list(self.established.items()):
