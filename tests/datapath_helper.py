@@ -38,10 +38,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tunvpn.datapath import tun_linux
-from tunvpn.datapath.packets import l4_checksum
-from tunvpn.datapath.tun_linux import TunDevice
-from tunvpn.datapath.udp_linux import UdpSocket
+from tunvpn.dataplane import tun_linux
+from tunvpn.dataplane.packets import l4_checksum
+from tunvpn.dataplane.tun_linux import TunDevice
+from tunvpn.dataplane.udp_linux import UdpSocket
 
 PORT = 5001
 NETS = {

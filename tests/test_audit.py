@@ -1,4 +1,4 @@
-"""The audit log (tunvpn/audit.py): one key=value line per login, failed login, SA up/down
+"""The audit log (tunvpn/gateway/audit.py): one key=value line per login, failed login, SA up/down
 and policy change, on ``tunvpn.audit``, checked on a real gateway and client over UDP."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from test_logins import PasswordBackend, _attempt, _serve, client_options, gateway_options, loopback
 from test_shell_loopback import PSK, free_port_pair
 
-from tunvpn.audit import format_line
-from tunvpn.gateway import SimpleRule
+from tunvpn.gateway.audit import format_line
+from tunvpn.gateway.daemon import SimpleRule
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import Phase2Policy
 

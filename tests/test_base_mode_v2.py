@@ -245,7 +245,7 @@ def test_gateway_file_option_enables_base_mode_with_a_warning(tmp_path, caplog) 
     _private(tmp_path / "users", "alice:pw\n")
     assert not _load(tmp_path, MINIMAL).allow_base_mode
     text = MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nallow_base_mode = true')
-    with caplog.at_level(logging.WARNING, logger="tunvpn.gwconfig"):
+    with caplog.at_level(logging.WARNING, logger="tunvpn.config.gateway"):
         assert _load(tmp_path, text).allow_base_mode
     assert [r for r in caplog.records if "allow_base_mode" in r.getMessage()]
 
@@ -260,8 +260,8 @@ def test_client_asking_for_base_mode_over_udp(allowed: bool) -> None:
     import asyncio
 
     from tests.test_shell_loopback import connect, free_port_pair
-    from tunvpn.client import ClientOptions
-    from tunvpn.gateway import GatewayOptions
+    from tunvpn.client.daemon import ClientOptions
+    from tunvpn.gateway.daemon import GatewayOptions
     from tunvpn.testing import GATEWAY, loopback_available
 
     if not loopback_available():

@@ -10,13 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tunvpn import cli, demo
-from tunvpn.gateway import AddressPool, ConfigError, GatewayOptions, child_policies, legacy_algorithm_names
-from tunvpn.ike.config import PskTable
-from tunvpn.ike.constants import DHGroup
-from tunvpn.ike.identity import Identity, TrafficSelector
-from tunvpn.ike.proposals import Phase1Policy
-from tunvpn.shell.credentials import (
+from tunvpn import cli
+from tunvpn.config.credentials import (
     SecretFileError,
     UserTable,
     load_password,
@@ -24,6 +19,18 @@ from tunvpn.shell.credentials import (
     parse_psk_text,
     read_private_file,
 )
+from tunvpn.demo import ike as demo
+from tunvpn.gateway.daemon import (
+    AddressPool,
+    ConfigError,
+    GatewayOptions,
+    child_policies,
+    legacy_algorithm_names,
+)
+from tunvpn.ike.config import PskTable
+from tunvpn.ike.constants import DHGroup
+from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.proposals import Phase1Policy
 from tunvpn.shell.udp import BindError, bind_udp
 
 

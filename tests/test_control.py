@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tunvpn import cli, control
-from tunvpn.control import ControlError, ControlPermissionError, ControlServer
+from tunvpn import cli
+from tunvpn.control import server as control
+from tunvpn.control.server import ControlError, ControlPermissionError, ControlServer
 
 NOW = 1_700_000_000.0
 
@@ -196,9 +197,9 @@ def test_handler_exception_is_an_internal_error_and_the_server_goes_on(
             await ask(path, "boom")
         assert await ask(path, "echo", {"still": "here"}) == {"still": "here"}
 
-    with caplog.at_level(logging.ERROR, logger="tunvpn.control"):
+    with caplog.at_level(logging.ERROR, logger="tunvpn.control.server"):
         with_server(path, body)
-    logged = [r for r in caplog.records if r.exc_info and r.name == "tunvpn.control"]
+    logged = [r for r in caplog.records if r.exc_info and r.name == "tunvpn.control.server"]
     assert len(logged) == 1
     assert "boom" in logged[0].getMessage()
 
@@ -350,7 +351,7 @@ def test_foreign_uid_is_refused(
         with pytest.raises(ControlPermissionError, match="permission denied"):
             await ask(path, "status")
 
-    with caplog.at_level(logging.WARNING, logger="tunvpn.control"):
+    with caplog.at_level(logging.WARNING, logger="tunvpn.control.server"):
         with_server(path, body, spy)
     assert calls == []
     assert any(

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_datapath_packets import TCP_ACK, TCP_PSH, groups, tcp, tcp_segments
 
-from tunvpn.datapath.packets import gro_coalesce, gso_split
-from tunvpn.datapath.udp_linux import UdpSocket
+from tunvpn.dataplane.packets import gro_coalesce, gso_split
+from tunvpn.dataplane.udp_linux import UdpSocket
 from tunvpn.esp import DropReason, InboundSA, OutboundSA, SadTable
 from tunvpn.esp.policy import compile_inbound_ranges
 from tunvpn.ike.identity import TrafficSelector as TS

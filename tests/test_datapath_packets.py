@@ -1,7 +1,7 @@
 """Pure tests of the TUN data path's packet logic: checksums, virtio_net_hdr, GSO split, GRO coalesce.
 
 Every checksum is verified with ``reference_sum`` below, a word-by-word RFC 1071 loop that
-shares no code with tunvpn.datapath.checksum.
+shares no code with tunvpn.dataplane.checksum.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_no_io_in_cores import forbidden_imports
-from tunvpn.datapath import checksum as cks
-from tunvpn.datapath.packets import (
+from tunvpn.dataplane import checksum as cks
+from tunvpn.dataplane.packets import (
     TCP_ACK,
     TCP_FIN,
     TCP_PSH,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tunvpn.datapath.tun_linux import TunDevice, TunError
+from tunvpn.dataplane.tun_linux import TunDevice, TunError
 
 from netns import NetnsPair, Topology, wait_for
 
@@ -134,7 +134,7 @@ def uso_available(ns: str) -> bool:
 
 PROBE_USO = (
     f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
-    "from tunvpn.datapath.tun_linux import TunDevice\n"
+    "from tunvpn.dataplane.tun_linux import TunDevice\n"
     "t = TunDevice('tvioprobe'); print(t.uso); t.close()\n"
 )
 
@@ -236,7 +236,7 @@ def test_missing_cap_net_admin_is_explained(ns: str, tmp_path: Path) -> None:
     script = tmp_path / "open_tun.py"
     script.write_text(
         f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
-        "from tunvpn.datapath.tun_linux import TunDevice, TunError\n"
+        "from tunvpn.dataplane.tun_linux import TunDevice, TunError\n"
         "try:\n    TunDevice('tvionoperm')\nexcept TunError as e:\n    print('ERR', e.errno, e)\n"
     )
     result = subprocess.run(

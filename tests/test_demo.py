@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tunvpn import demo_traffic
-from tunvpn.demo_tour import ADDED, REMOVED, Files, changed_config
-from tunvpn.gwconfig import BUILT_IN, parse_gateway_config
+from tunvpn.config.gateway import BUILT_IN, parse_gateway_config
+from tunvpn.demo import traffic as demo_traffic
+from tunvpn.demo.tour import ADDED, REMOVED, Files, changed_config
 
 # --------------------------------------------------------------------------- without root
 

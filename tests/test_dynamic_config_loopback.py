@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 from test_shell_loopback import CLIENT, GATEWAY, PSK, connect, free_port_pair, loopback_available
 
-from tunvpn.client import Client, ClientOptions, Progress
-from tunvpn.control import request
-from tunvpn.gateway import AddressPool, Gateway, GatewayOptions, SimpleRule
+from tunvpn.client.daemon import Client, ClientOptions, Progress
+from tunvpn.config.credentials import UserTable
+from tunvpn.control.server import request
+from tunvpn.gateway.daemon import AddressPool, Gateway, GatewayOptions, SimpleRule
 from tunvpn.ike import events as ev
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.constants import DHGroup, EspTransform, ExchangeType
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import Phase2Policy
 from tunvpn.ike.proposals import DEFAULT_ESP, EspSuite
-from tunvpn.shell.credentials import UserTable
 
 pytestmark = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable on this host")
 

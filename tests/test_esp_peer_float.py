@@ -3,7 +3,7 @@ address follows an ESP packet only once it passed its ICV and replay check, and 
 peer behind a NAT. Written as the attack: a replayed ESP packet, and ESP with the right SPI
 but a forged ICV, sent from an attacker's address, move nothing; a client whose NAT
 rebinds is followed (positive control). The engines are the in-memory pair; the data path is
-the real :class:`~tunvpn.dataplane.DataPlane` and :class:`~tunvpn.tunnel.Tunnel` with a
+the real :class:`~tunvpn.dataplane.thread.DataPlane` and :class:`~tunvpn.dataplane.tunnel.Tunnel` with a
 stand-in TUN device and UDP socket (no packets leave the process)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 from tests.esp_helpers import ipv4
 from tests.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
 from tests.test_rfc2409_engine import PROTECTED, client_config, gateway_config
-from tunvpn.dataplane import PeerActivity
+from tunvpn.dataplane.thread import PeerActivity
+from tunvpn.dataplane.tunnel import Tunnel
 from tunvpn.esp import sa_pair_from_child
 from tunvpn.ike import events as ev
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.proposals import ChildProposal
-from tunvpn.tunnel import Tunnel
 
 ATTACKER = ("203.0.113.66", 4500)
 REBOUND = (CLIENT_IP, 41999)  # the client's NAT gave it a new port

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from tunvpn import cli
-from tunvpn.client import Client, ClientOptions, Progress
-from tunvpn.gateway import AddressPool, Gateway, GatewayOptions, SimpleRule
+from tunvpn.client.daemon import Client, ClientOptions, Progress
+from tunvpn.gateway.daemon import AddressPool, Gateway, GatewayOptions, SimpleRule
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.policies import ExtraProtocol
 from tunvpn.plugins import CredentialRequest, GatewayContext, PluginError, PluginHost, Verdict, hookimpl
@@ -169,7 +169,7 @@ def test_a_plugin_name_that_is_not_ours_gets_no_pip_advice_either() -> None:
     assert "pip install" not in text and "\x1b" not in text and "no-such-plugin\\x1b[2J" in text
     # one of ours, not installed under that name in this test: the real distribution is named
     with pytest.raises(PluginError, match=r"pip install tunvpn-radius"):
-        from tunvpn import plugins
+        from tunvpn.plugins import host as plugins
 
         original = plugins.OWN_PLUGINS
         plugins.OWN_PLUGINS = {**original, "radius-x": "tunvpn-radius"}
@@ -234,7 +234,7 @@ def test_the_command_line_logs_through_the_safe_formatter() -> None:
     """`tunvpn` sets its logging up this way (in a fresh interpreter: no test harness handlers)."""
     program = (
         "import logging; from tunvpn import cli; cli._setup_logging(0, False, logging.INFO); "
-        f"logging.getLogger('tunvpn.gateway').warning('XAUTH user %s refused', {('carol' + EVIL)!r})"
+        f"logging.getLogger('tunvpn.gateway.daemon').warning('XAUTH user %s refused', {('carol' + EVIL)!r})"
     )
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""The gateway's TOML configuration (tunvpn.gwconfig): layout, defaults, errors with file,
+"""The gateway's TOML configuration (tunvpn.config.gateway): layout, defaults, errors with file,
 line and key, private secret files, and who gets which phase 2 policy."""
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tunvpn.gateway import ConfigError
-from tunvpn.gwconfig import (
+from tunvpn.config.gateway import (
     BUILT_IN,
     DEFAULT_GATEWAY_TOML,
     ESP_SUITES,
@@ -29,6 +28,7 @@ from tunvpn.gwconfig import (
     load_gateway_config,
     parse_gateway_config,
 )
+from tunvpn.gateway.daemon import ConfigError
 from tunvpn.ike.constants import DHGroup, EncryptionAlgorithm, EspTransform, HashAlgorithm
 from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol
@@ -176,7 +176,7 @@ def test_phase1_restriction_and_legacy(gwdir: Path, caplog: pytest.LogCaptureFix
     assert "legacy = true" in err.reason
 
     legacy = weak.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nlegacy = true')
-    with caplog.at_level(logging.WARNING, logger="tunvpn.gwconfig"):
+    with caplog.at_level(logging.WARNING, logger="tunvpn.config.gateway"):
         config = _load(gwdir, legacy)
     assert DHGroup.MODP_1024 in config.phase1.groups and config.phase1.allow_legacy
     assert config.policies[0].esp == DEFAULT_ESP + LEGACY_ESP
@@ -191,7 +191,7 @@ def test_weak_choices_warn_once_each(gwdir: Path, caplog: pytest.LogCaptureFixtu
         'psk_file = "gw.psk"', 'psk_file = "gw.psk"\nallow_aggressive_psk = true\nlegacy = true'
     )
     text += '\n[[policy]]\nname = "old"\nlocal = "10.90.0.0/24"\nesp = ["3des-sha1", "aes128-sha1"]\n'
-    with caplog.at_level(logging.WARNING, logger="tunvpn.gwconfig"):
+    with caplog.at_level(logging.WARNING, logger="tunvpn.config.gateway"):
         config = _load(gwdir, text)
     assert config.allow_aggressive_psk and config.legacy
     assert str(config.policies[1].suite) == "3des-sha1"
@@ -621,7 +621,7 @@ def test_error_pickles_and_failed_loads_do_not_warn(gwdir: Path, caplog: pytest.
         str(err),
     )
     text = MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nlegacy = true\nmtu = 1')
-    with caplog.at_level(logging.WARNING, logger="tunvpn.gwconfig"):
+    with caplog.at_level(logging.WARNING, logger="tunvpn.config.gateway"):
         _error(gwdir, text)
     assert not caplog.records
 

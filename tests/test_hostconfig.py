@@ -1,4 +1,4 @@
-"""Client host configuration (tunvpn.hostconfig): DNS backends, state files, crash recovery.
+"""Client host configuration (tunvpn.client.hostconfig): DNS backends, state files, crash recovery.
 
 Fast, no root: every resolv.conf here is a temporary file (never the host's /etc/resolv.conf),
 every run directory a temporary directory, and commands (resolvectl, resolvconf, scutil, ip)
@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tunvpn import hostconfig
-from tunvpn.hostconfig import (
+from tunvpn.client import hostconfig
+from tunvpn.client.hostconfig import (
     HostConfig,
     HostConfigError,
     choose_dns_backend,
@@ -148,7 +148,7 @@ def test_restore_does_not_clobber_someone_elses_change(
     hc.apply_dns(SERVERS, ())
     theirs = "# written by NetworkManager\nnameserver 198.51.100.1\n"
     resolv.write_text(theirs)
-    with caplog.at_level(logging.WARNING, logger="tunvpn.hostconfig"):
+    with caplog.at_level(logging.WARNING, logger="tunvpn.client.hostconfig"):
         hc.restore()
     assert resolv.read_text() == theirs
     assert "changed by someone else" in caplog.text
@@ -278,7 +278,7 @@ def test_cleanup_stale_malformed_files(env: tuple[Path, Path], caplog: pytest.Lo
             }
         )
     )
-    with caplog.at_level(logging.WARNING, logger="tunvpn.hostconfig"):
+    with caplog.at_level(logging.WARNING, logger="tunvpn.client.hostconfig"):
         lines = cleanup_stale()
         assert cleanup_stale() == []  # moved aside: warned once only
     assert lines == []
@@ -319,7 +319,7 @@ def test_live_owner_of_same_interface_is_refused(env: tuple[Path, Path]) -> None
 CRASHER = textwrap.dedent(
     """
     import ipaddress, sys, time
-    from tunvpn.hostconfig import HostConfig
+    from tunvpn.client.hostconfig import HostConfig
     hc = HostConfig("tunvpn9", dns_backend="file")
     hc.apply_dns([ipaddress.ip_address("10.79.0.1")], ["corp.example"], split=True)
     print("applied", flush=True)
@@ -370,7 +370,7 @@ def test_crash_before_write_is_not_mistaken_for_a_foreign_change(
     state = state_of(run_dir)
     state["pid"] = dead_pid()
     (run_dir / "client-tunvpn0.json").write_text(json.dumps(state))
-    with caplog.at_level(logging.WARNING, logger="tunvpn.hostconfig"):
+    with caplog.at_level(logging.WARNING, logger="tunvpn.client.hostconfig"):
         assert cleanup_stale(run_dir) == [
             f"removed state of pid {state['pid']} (tunvpn0): nothing left to undo"
         ]

@@ -28,7 +28,7 @@ NS_ORIGINAL = "# test namespace resolv.conf\nnameserver 192.0.2.53\n"
 APPLY = textwrap.dedent(
     """
     import ipaddress, os
-    from tunvpn.hostconfig import HostConfig, _is_mount_point
+    from tunvpn.client.hostconfig import HostConfig, _is_mount_point
     from pathlib import Path
     assert _is_mount_point(Path("/etc/resolv.conf")), "expected a bind mount under ip netns exec"
     hc = HostConfig("tvdns0", dns_backend="file", resolv_conf="/etc/resolv.conf")
@@ -40,7 +40,7 @@ APPLY = textwrap.dedent(
 
 CLEANUP = textwrap.dedent(
     """
-    from tunvpn.hostconfig import cleanup_stale
+    from tunvpn.client.hostconfig import cleanup_stale
     for line in cleanup_stale():
         print(line)
     print(open("/etc/resolv.conf").read(), end="")

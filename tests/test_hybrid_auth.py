@@ -19,17 +19,17 @@ from test_shell_loopback import GATEWAY, PSK, connect, free_port_pair
 
 from tests.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
 from tunvpn.cli import build_parser
-from tunvpn.client import ClientOptions
-from tunvpn.gateway import AddressPool, ConfigError, GatewayOptions
-from tunvpn.gwconfig import ConfigFileError, parse_gateway_config
+from tunvpn.client.daemon import ClientOptions
+from tunvpn.config.credentials import UserTable
+from tunvpn.config.gateway import ConfigFileError, parse_gateway_config
+from tunvpn.config.profile import load_profile
+from tunvpn.gateway.daemon import AddressPool, ConfigError, GatewayOptions
 from tunvpn.ike import events as ev
 from tunvpn.ike.config import EngineConfig, PskTable
 from tunvpn.ike.constants import AuthMethod, HeaderFlag, NotifyType, Phase1Attr
 from tunvpn.ike.crypto import cbc_decrypt
 from tunvpn.ike.identity import Identity
 from tunvpn.ike.messages import HEADER_SIZE, decode_header, decode_message, decode_payloads
-from tunvpn.profile import load_profile
-from tunvpn.shell.credentials import UserTable
 from tunvpn.testing import loopback_available
 
 PASSWORD = "alice-secret-password"

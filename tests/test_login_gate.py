@@ -342,14 +342,14 @@ def test_a_user_switching_names_between_rounds_is_refused() -> None:
 
 
 def test_insider_skipping_the_login_gets_no_sa_from_the_gateway() -> None:
-    """The same attack against :class:`tunvpn.gateway.Gateway` (users file, a policy for group
+    """The same attack against :class:`tunvpn.gateway.daemon.Gateway` (users file, a policy for group
     "eng" only): the insider's Quick Mode for the eng network and for the intranet install
     nothing; alice, who logs in, gets her SA on the same gateway."""
     import asyncio
 
-    from tunvpn.gateway import Gateway, GatewayOptions, SimpleRule
+    from tunvpn.config.credentials import UserTable
+    from tunvpn.gateway.daemon import Gateway, GatewayOptions, SimpleRule
     from tunvpn.ike.policies import Phase2Policy
-    from tunvpn.shell.credentials import UserTable
 
     intranet = Phase2Policy("intranet", TrafficSelector.parse("10.78.0.0/24"))
     eng = Phase2Policy("eng", TrafficSelector.parse("10.20.0.0/16"))

@@ -1,4 +1,4 @@
-"""Login rules of the gateway (tunvpn/logins.py), each tested as the attack it stops:
+"""Login rules of the gateway (tunvpn/gateway/logins.py), each tested as the attack it stops:
 XAUTH required whenever a login source exists; the failed-login throttle; the per-user session
 limit. Real gateway and client over UDP on loopback, or the sans-I/O throttle with a clock."""
 
@@ -15,14 +15,14 @@ import pytest
 from test_shell_loopback import CLIENT, GATEWAY, PSK, free_port_pair, loopback_available
 
 from tunvpn.cli import build_parser
-from tunvpn.client import Client, ClientOptions, Progress
-from tunvpn.gateway import AddressPool, Gateway, GatewayOptions, options_from_config
-from tunvpn.gwconfig import parse_gateway_config
+from tunvpn.client.daemon import Client, ClientOptions, Progress
+from tunvpn.config.credentials import UserTable
+from tunvpn.config.gateway import parse_gateway_config
+from tunvpn.gateway.daemon import AddressPool, Gateway, GatewayOptions, options_from_config
+from tunvpn.gateway.logins import Admission, LoginThrottle, ThrottleSettings, Tier
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.identity import Identity
-from tunvpn.logins import Admission, LoginThrottle, ThrottleSettings, Tier
 from tunvpn.plugins import CredentialRequest, Verdict, hookimpl
-from tunvpn.shell.credentials import UserTable
 
 loopback = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable on this host")
 
@@ -150,7 +150,7 @@ def test_site_gateway_without_login_source_still_needs_no_xauth() -> None:
 
 @loopback
 def test_explicit_opt_out_is_warned_and_lets_the_client_skip_xauth(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="tunvpn.logins"):
+    with caplog.at_level(logging.WARNING, logger="tunvpn.gateway.logins"):
         code, _records, seen = no_xauth_client_against(
             lambda ike, natt: gateway_options(
                 ike, natt, plugin_objects=(PasswordBackend(),), require_xauth=False
@@ -398,7 +398,7 @@ def test_session_limit_is_configurable_and_zero_means_none(tmp_path: Path) -> No
     assert _file_gateway(tmp_path, 'users_file = "users"').options.max_sessions_per_user == 4
     gateway = _file_gateway(tmp_path, 'users_file = "users"\nmax_sessions_per_user = 0')
     assert gateway.options.max_sessions_per_user == 0
-    from tunvpn.logins import session_limit_refusal
+    from tunvpn.gateway.logins import session_limit_refusal
 
     assert session_limit_refusal("alice", ["alice"] * 100, 0) is None
     assert session_limit_refusal("alice", ["alice", "bob", "bob"], 2) is None

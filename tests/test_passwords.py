@@ -1,4 +1,4 @@
-"""scrypt hashes in the users file (tunvpn/passwords.py): the format, the known answer of
+"""scrypt hashes in the users file (tunvpn/config/passwords.py): the format, the known answer of
 RFC 7914, logins against a hashed users file over UDP, CHAP refused, ``tunvpn passwd``."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from test_logins import _attempt, _serve, client_options, gateway_options, loopb
 from test_shell_loopback import free_port_pair
 
 from tunvpn.cli import main
-from tunvpn.gateway import ConfigError, GatewayOptions
-from tunvpn.gwconfig import ConfigFileError, parse_gateway_config
+from tunvpn.config.credentials import SecretFileError, UserTable
+from tunvpn.config.gateway import ConfigFileError, parse_gateway_config
+from tunvpn.config.passwords import PasswordHash, PasswordHashError, hash_password
+from tunvpn.gateway.daemon import ConfigError, GatewayOptions
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.crypto import chap_response
-from tunvpn.passwords import PasswordHash, PasswordHashError, hash_password
-from tunvpn.shell.credentials import SecretFileError, UserTable
 
 # RFC 7914 section 12, third vector: scrypt(P="pleaseletmein", S="SodiumChloride", N=16384,
 # r=8, p=1, dkLen=64), written in the users-file format (salt and hash base64 without padding)

@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ike_pair import CLIENT_IP, GATEWAY_IP, Pair
 
-from tunvpn.gateway import build_engine_config, options_from_config
-from tunvpn.gwconfig import ConfigFileError, load_gateway_config
+from tunvpn.config.gateway import ConfigFileError, load_gateway_config
+from tunvpn.config.profile import load_profile
+from tunvpn.gateway.daemon import build_engine_config, options_from_config
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import EKU_IPSEC_IKE, PeerCertificatePolicy
 from tunvpn.ike.certs import Credential, IdentityPattern
@@ -26,7 +27,6 @@ from tunvpn.ike.constants import NotifyType
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
 from tunvpn.ike.revocation import RevocationMode
-from tunvpn.profile import load_profile
 from tunvpn.shell.crls import peer_certificate_policy
 
 NOW = datetime.datetime.fromtimestamp(1_800_000_000.0, datetime.UTC)  # ike_pair.Pair's clock

@@ -28,8 +28,8 @@ from tunvpn_otp.core import Kind, Record
 from tunvpn_otp.store import Store
 
 from tunvpn import cli
-from tunvpn.client import Client, Progress
-from tunvpn.gateway import Gateway
+from tunvpn.client.daemon import Client, Progress
+from tunvpn.gateway.daemon import Gateway
 from tunvpn.plugins import CredentialRequest, GatewayContext, PluginHost, Verdict, installed_plugins
 
 PIN = "4711"
@@ -288,8 +288,8 @@ def test_a_soft_token_on_the_client_answers_the_announced_otp_protocol(
 ) -> None:
     """Password at login (users file), then the gateway's announced "otp" protocol, answered
     by the otp plugin on the client from its token file and PIN: nobody types anything."""
+    from tunvpn.config.credentials import UserTable
     from tunvpn.ike.policies import ExtraProtocol
-    from tunvpn.shell.credentials import UserTable
 
     token = tmp_path / "token.uri"
     token.write_text(store.get("tina").uri("tina", "tunvpn-test") + "\n")  # type: ignore[union-attr]

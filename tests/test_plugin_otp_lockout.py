@@ -4,7 +4,7 @@ Before the fix the fifth locked carol's token: carol, at 127.0.0.2 with her righ
 tokencode, was refused for five minutes. Now only the attacker's address is locked out.
 
 One real gateway (``plugins = ["otp"]``) and real clients over loopback, as in
-tests/test_plugin_otp.py; the gateway's own login throttle (tunvpn/logins.py) is on too."""
+tests/test_plugin_otp.py; the gateway's own login throttle (tunvpn/gateway/logins.py) is on too."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from tunvpn_otp import core
 from tunvpn_otp.core import Kind, Record
 from tunvpn_otp.store import Store
 
-from tunvpn.client import Client, Progress
-from tunvpn.gateway import Gateway
+from tunvpn.client.daemon import Client, Progress
+from tunvpn.gateway.daemon import Gateway
 
 PIN = "4711"
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"

@@ -25,8 +25,8 @@ from radius_fixture import FreeRadius
 from test_dynamic_config_loopback import RULES, client_options, gateway_options
 from test_shell_loopback import CLIENT, free_port_pair, loopback_available
 
-from tunvpn.client import Client, Progress
-from tunvpn.gateway import Gateway
+from tunvpn.client.daemon import Client, Progress
+from tunvpn.gateway.daemon import Gateway
 from tunvpn.plugins import CredentialRequest, GatewayContext, PluginHost, Verdict, hookimpl
 
 freeradius_server = radius_fixture.freeradius_server  # the fixtures

@@ -13,7 +13,7 @@ import pytest
 from test_dynamic_config_loopback import RULES, gateway_options
 from test_shell_loopback import free_port_pair, loopback_available
 
-from tunvpn.gateway import Gateway
+from tunvpn.gateway.daemon import Gateway
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
 from tunvpn.plugins import Authorization, GatewayContext, Verdict, hookimpl
@@ -164,7 +164,7 @@ class Routed:
 def test_routes_behind_the_client_become_pushed_sas_and_bad_ones_are_ignored(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="tunvpn.gateway"):
+    with caplog.at_level(logging.WARNING, logger="tunvpn.gateway.daemon"):
         result = run_session(user="alice", password="a-pass", plugins=[Routed()])
     assert result.exit_code == 0, result.records
     base = DEFAULT_POLICIES[0].name

@@ -1,4 +1,4 @@
-"""The plugin host (tunvpn/hookspecs.py, tunvpn/plugins.py): hooks documented and rendered in
+"""The plugin host (tunvpn/plugins/hookspecs.py, tunvpn/plugins/host.py): hooks documented and rendered in
 docs/plugins.md, plugins found through their entry points (the built-in ``users-file`` too),
 a missing plugin is a startup error, and ``tunvpn_verify_credentials`` decides XAUTH over real
 UDP on loopback: a password-then-code plugin with a challenge round (draft-beaulieu-ike-xauth-02
@@ -20,8 +20,9 @@ from test_dynamic_config_loopback import RULES, client_options, gateway_options,
 from test_shell_loopback import CLIENT, free_port_pair, loopback_available
 
 from tunvpn import cli
-from tunvpn.client import Client, Progress
-from tunvpn.gateway import ConfigError, Gateway
+from tunvpn.client.daemon import Client, Progress
+from tunvpn.config.credentials import UserTable
+from tunvpn.gateway.daemon import ConfigError, Gateway
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
 from tunvpn.plugins import (
@@ -38,7 +39,6 @@ from tunvpn.plugins import (
     installed_plugins,
     undocumented,
 )
-from tunvpn.shell.credentials import UserTable
 from tunvpn.testing import run_session
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
@@ -53,7 +53,7 @@ def test_every_hook_is_documented_and_docs_plugins_md_is_current() -> None:
 
 def test_the_built_in_plugin_is_an_entry_point_like_any_other() -> None:
     [users_file] = [p for p in installed_plugins() if p.name == "users-file"]
-    assert (users_file.distribution, users_file.module) == ("tunvpn", "tunvpn.builtin_users")
+    assert (users_file.distribution, users_file.module) == ("tunvpn", "tunvpn.plugins.users_file")
     host = PluginHost(["users-file"])
     assert host.names == ["users-file"] and host.implements("tunvpn_verify_credentials")
 
@@ -371,7 +371,7 @@ class Hangs:
 
 @needs_loopback
 def test_a_plugin_that_never_answers_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tunvpn.gateway.PLUGIN_TIMEOUT", 0.5)
+    monkeypatch.setattr("tunvpn.gateway.daemon.PLUGIN_TIMEOUT", 0.5)
     code, records = connect([Hangs()], "bob", "b-pass", [])
     assert code == 1
     failed = [r for r in records if r["event"] == "xauth" and r["state"] == "failed"]
@@ -544,7 +544,7 @@ def test_a_client_without_the_plugin_is_told_the_protocol_is_not_supported() -> 
 def test_a_users_file_checks_chap_answers_in_constant_time() -> None:
     import hashlib
 
-    from tunvpn import builtin_users
+    from tunvpn.plugins import users_file as builtin_users
 
     users = UserTable({"alice": b"a-pass"})
     context = GatewayContext(users=users)

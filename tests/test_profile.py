@@ -1,4 +1,4 @@
-"""The client's profile file (tunvpn.profile): the gateway, the secret and the user."""
+"""The client's profile file (tunvpn.config.profile): the gateway, the secret and the user."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tunvpn.gwconfig import ConfigFileError
+from tunvpn.config.gateway import ConfigFileError
+from tunvpn.config.profile import ClientProfile, load_profile, parse_profile
 from tunvpn.ike.identity import Identity
-from tunvpn.profile import ClientProfile, load_profile, parse_profile
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "client.toml"
 SECRET = "group-secret-not-for-logs-42"

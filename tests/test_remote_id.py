@@ -20,16 +20,16 @@ from test_shell_loopback import GATEWAY, PSK, connect, free_port_pair
 
 from tests.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
 from tunvpn.cli import build_parser
-from tunvpn.client import ClientOptions
-from tunvpn.gateway import AddressPool, GatewayOptions
-from tunvpn.gwconfig import ConfigFileError
+from tunvpn.client.daemon import ClientOptions
+from tunvpn.config.credentials import UserTable
+from tunvpn.config.gateway import ConfigFileError
+from tunvpn.config.profile import ClientProfile, load_profile
+from tunvpn.gateway.daemon import AddressPool, GatewayOptions
 from tunvpn.ike import events as ev
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import EngineConfig, PskTable
 from tunvpn.ike.constants import NotifyType
 from tunvpn.ike.identity import Identity
-from tunvpn.profile import ClientProfile, load_profile
-from tunvpn.shell.credentials import UserTable
 from tunvpn.testing import loopback_available
 
 PASSWORD = "alice-secret-password"

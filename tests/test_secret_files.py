@@ -24,12 +24,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tunvpn.gwconfig import ConfigFileError, load_gateway_config
+from tunvpn.config.credentials import UserTable, load_password, load_psks
+from tunvpn.config.gateway import ConfigFileError, load_gateway_config
+from tunvpn.config.profile import load_profile
+from tunvpn.config.secretfile import SecretFileError, read_secret_bytes
 from tunvpn.ike.constants import EspTransform
 from tunvpn.keylog import KeyLog
-from tunvpn.profile import load_profile
-from tunvpn.secretfile import SecretFileError, read_secret_bytes
-from tunvpn.shell.credentials import UserTable, load_password, load_psks
 
 SECRET = "group-secret-not-for-logs-42"
 OTHER_UID = 4242  # no such user on the test machine: "somebody else"
@@ -179,7 +179,7 @@ def test_a_secret_file_others_may_read_or_write_is_refused(tmp_path: Path, reade
 
 
 def test_root_owned_secret_files_are_ours() -> None:
-    from tunvpn.secretfile import trusted_owners
+    from tunvpn.config.secretfile import trusted_owners
 
     assert trusted_owners() == {os.geteuid(), 0}
 

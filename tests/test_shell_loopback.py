@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from tunvpn import testing
-from tunvpn.client import Client, ClientOptions, Progress
-from tunvpn.gateway import AddressPool, Gateway, GatewayOptions
+from tunvpn.client.daemon import Client, ClientOptions, Progress
+from tunvpn.config.credentials import UserTable
+from tunvpn.gateway.daemon import AddressPool, Gateway, GatewayOptions
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.identity import Identity
 from tunvpn.keylog import ESP_TABLE, IKEV1_TABLE, read_table, table_path
-from tunvpn.shell.credentials import UserTable
 from tunvpn.testing import CLIENT, GATEWAY, loopback_available
 
 PSK = b"loopback-test-psk"

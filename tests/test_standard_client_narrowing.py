@@ -9,7 +9,7 @@ from tests.esp_helpers import ALL_SUITES, GCM128, ipv4, sa_pair, udp
 from tests.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
 from tests.test_rfc2409_engine import client_config, connect, gateway_config
 from tunvpn.esp import DropReason
-from tunvpn.gateway import STANDARD_CLIENT_POLICY, child_policies_for, standard_client_policy
+from tunvpn.gateway.daemon import STANDARD_CLIENT_POLICY, child_policies_for, standard_client_policy
 from tunvpn.ike import events as ev
 from tunvpn.ike.constants import DHGroup, NotifyType
 from tunvpn.ike.identity import TrafficSelector
@@ -138,7 +138,7 @@ def test_an_sa_without_narrowing_admits_every_destination_of_its_selector() -> N
 
 def _gateway_options(*policies: Phase2Policy):
     from tests.test_rfc2409_engine import PSK
-    from tunvpn.gateway import AddressPool, GatewayOptions, SimpleRule
+    from tunvpn.gateway.daemon import AddressPool, GatewayOptions, SimpleRule
     from tunvpn.ike.config import PskTable
 
     return GatewayOptions(
@@ -172,7 +172,7 @@ def _shuttle(client, gateway) -> None:
 def test_reload_that_removes_a_policy_deletes_the_narrowed_sa() -> None:
     """Its inbound check would still admit the removed network: the client must reconnect."""
     from tests.ike_pair import Peer
-    from tunvpn.gateway import Gateway
+    from tunvpn.gateway.daemon import Gateway
     from tunvpn.ike.engine import IkeEngine
 
     gateway = Gateway(_gateway_options(*POLICIES), clock=lambda: NOW)

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunvpn.datapath import PacketDevice, open_tun
-from tunvpn.datapath.packets import PacketError
-from tunvpn.datapath.utun_framing import (
+from tunvpn.dataplane import PacketDevice, open_tun
+from tunvpn.dataplane.packets import PacketError
+from tunvpn.dataplane.utun_framing import (
     DARWIN_AF_INET,
     DARWIN_AF_INET6,
     utun_frame,
@@ -68,7 +68,7 @@ def test_unframe_rejects(data: bytes) -> None:
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks the guard on other platforms")
 def test_utun_backend_refuses_off_darwin() -> None:
-    from tunvpn.datapath.utun_darwin import UtunDevice, UtunError, utun_unit
+    from tunvpn.dataplane.utun_darwin import UtunDevice, UtunError, utun_unit
 
     with pytest.raises(UtunError, match="macOS"):
         UtunDevice("utun3")
@@ -86,8 +86,8 @@ def test_open_tun_picks_the_backend() -> None:
 
 
 def test_backends_satisfy_the_protocol() -> None:
-    from tunvpn.datapath.tun_linux import TunDevice
-    from tunvpn.datapath.utun_darwin import UtunDevice
+    from tunvpn.dataplane.tun_linux import TunDevice
+    from tunvpn.dataplane.utun_darwin import UtunDevice
 
     for cls in (TunDevice, UtunDevice):
         for method in ("read_batch", "write_batch", "fileno", "close"):

@@ -15,11 +15,11 @@ import pytest
 
 from tests.ike_pair import Pair
 from tests.test_rfc2409_engine import client_config, connect, gateway_config
+from tunvpn.config.credentials import UserTable
 from tunvpn.ike import events as ev
 from tunvpn.ike.constants import XauthType
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.transaction import CHAP_CHALLENGE_LEN, CHAP_PASSWORD_LEN, chap_password
-from tunvpn.shell.credentials import UserTable
 
 
 def test_chap_password_layout_known_answer() -> None:

@@ -18,12 +18,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from tunvpn import control
-from tunvpn.gateway import ConfigError
-from tunvpn.ike.config import PskTable
-from tunvpn.ike.errors import LocalProtocolError
-from tunvpn.ike.identity import Identity
-from tunvpn.shell.credentials import (
+from tunvpn.config.credentials import (
     PASSWORD_ENV,
     PSK_ENV,
     SecretFileError,
@@ -31,6 +26,11 @@ from tunvpn.shell.credentials import (
     load_password,
     load_psks,
 )
+from tunvpn.control import server as control
+from tunvpn.gateway.daemon import ConfigError
+from tunvpn.ike.config import PskTable
+from tunvpn.ike.errors import LocalProtocolError
+from tunvpn.ike.identity import Identity
 from tunvpn.shell.udp import BindError
 from tunvpn.untrusted import SafeFormatter, for_terminal
 
@@ -117,7 +117,7 @@ def _seconds(text: str) -> float:
 
 
 def _dh_group(text: str) -> object:
-    from tunvpn.client import parse_dh_group
+    from tunvpn.client.daemon import parse_dh_group
 
     try:
         return parse_dh_group(text)
@@ -431,7 +431,7 @@ def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
 
     import pluggy
 
-    from tunvpn import hookspecs
+    from tunvpn.plugins import hookspecs
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -450,12 +450,12 @@ def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from tunvpn.plugins import OWN_PLUGINS, installed_plugins
+    from tunvpn.plugins.host import OWN_PLUGINS, installed_plugins
 
     enabled: tuple[str, ...] = ()
     if args.config:
-        from tunvpn.gateway import options_from_config
-        from tunvpn.gwconfig import load_gateway_config
+        from tunvpn.config.gateway import load_gateway_config
+        from tunvpn.gateway.daemon import options_from_config
 
         enabled = options_from_config(load_gateway_config(args.config)).plugin_names()
     installed = installed_plugins()
@@ -486,7 +486,7 @@ def _setup_logging(verbose: int, quiet: bool, default: int) -> None:
 
 
 def _gateway_options(args: argparse.Namespace) -> object:
-    from tunvpn.gateway import AddressPool, GatewayOptions
+    from tunvpn.gateway.daemon import AddressPool, GatewayOptions
 
     psks = load_psks(args.psk_file)
     users = UserTable.load(args.users) if args.users else None
@@ -521,17 +521,17 @@ def _control_path(value: str | None, role: str) -> str | None:
         return None if value == "none" else value
     if role == "client":
         return "auto"
-    from tunvpn.control import default_socket_path
+    from tunvpn.control.server import default_socket_path
 
     return str(default_socket_path(role))
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from tunvpn.gateway import Gateway, options_from_config
+    from tunvpn.gateway.daemon import Gateway, options_from_config
 
     _setup_logging(args.verbose, args.quiet, logging.INFO)
     if args.config:
-        from tunvpn.gwconfig import load_gateway_config
+        from tunvpn.config.gateway import load_gateway_config
 
         options = options_from_config(load_gateway_config(args.config))
         if args.ike_only:
@@ -553,10 +553,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
-    """``tunvpn passwd USER``: a users-file line holding an scrypt hash (tunvpn/passwords.py)."""
+    """``tunvpn passwd USER``: a users-file line holding an scrypt hash (tunvpn/config/passwords.py)."""
     import getpass
 
-    from tunvpn.passwords import hash_password
+    from tunvpn.config.passwords import hash_password
 
     if not args.user or ":" in args.user or args.user != args.user.strip() or "\n" in args.user:
         raise CliError(f"user name {args.user!r}: no colon, no surrounding spaces")
@@ -587,14 +587,14 @@ def route_source(gateway: str, port: int) -> str:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    from tunvpn.client import Client, ClientOptions
+    from tunvpn.client.daemon import Client, ClientOptions
 
     _setup_logging(args.verbose, args.quiet, logging.WARNING)
     credential = None
     trusted_cas: tuple = ()
     peer_certificates = None
     if args.profile:
-        from tunvpn.profile import load_profile
+        from tunvpn.config.profile import load_profile
 
         profile = load_profile(args.profile)
         if args.gateway is not None and args.gateway != profile.gateway:
@@ -624,7 +624,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         else:
             psks = load_psks(args.psk_file)
         plugins, plugin_settings = (), {}
-    from tunvpn.pskcheck import warn_weak_psks
+    from tunvpn.config.pskcheck import warn_weak_psks
 
     warn_weak_psks(psks, "client")  # the offline-guessing warning, as the gateway gives it
     password = load_password(args.password_file) if args.user else None
@@ -696,11 +696,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return bench_cli.run_from_args(args)
         if args.command == "demo":
-            from tunvpn.demo_tour import run_tour
+            from tunvpn.demo.tour import run_tour
 
             return run_tour(args)
         if args.command == "demo-ike":
-            from tunvpn.demo import run_demo
+            from tunvpn.demo.ike import run_demo
 
             return run_demo(args)
         if args.command in handlers:

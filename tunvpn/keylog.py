@@ -27,7 +27,7 @@ What to log:
 
 The files hold live session keys: they are created 0600 and exist only when a user asks for them.
 They are opened without following a symbolic link; a link, a hard-linked file, a file owned by
-another user or one others may write to is refused (:class:`tunvpn.secretfile.SecretFileError`),
+another user or one others may write to is refused (:class:`tunvpn.config.secretfile.SecretFileError`),
 so a link planted at the path in a shared directory cannot redirect the keys (or clobber a file).
 """
 
@@ -37,8 +37,8 @@ import ipaddress
 import os
 from pathlib import Path
 
+from tunvpn.config.secretfile import open_private_append
 from tunvpn.ike.constants import AuthAlgorithm, EspTransform
-from tunvpn.secretfile import open_private_append
 
 IKEV1_TABLE = "ikev1_decryption_table"
 ESP_TABLE = "esp_sa"
@@ -227,9 +227,9 @@ def _protocol(src: str, dst: str) -> str:
 
 
 def _append_private(path: Path, text: str, *, header: str = "") -> None:
-    """Append ``text`` to ``path``, creating it 0600 (:func:`tunvpn.secretfile.open_private_append`:
+    """Append ``text`` to ``path``, creating it 0600 (:func:`tunvpn.config.secretfile.open_private_append`:
     a symbolic link, a hard-linked, foreign-owned or group/other-writable file is refused with
-    :class:`~tunvpn.secretfile.SecretFileError`; one of ours others may read is tightened to 0600)."""
+    :class:`~tunvpn.config.secretfile.SecretFileError`; one of ours others may read is tightened to 0600)."""
     fd = open_private_append(path, "key log")
     try:
         if header and os.fstat(fd).st_size == 0:

@@ -21,12 +21,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunvpn.client import Client, ClientOptions, Progress
-from tunvpn.gateway import AddressPool, Gateway, GatewayOptions, SimpleRule
+from tunvpn.client.daemon import Client, ClientOptions, Progress
+from tunvpn.config.credentials import UserTable
+from tunvpn.gateway.daemon import AddressPool, Gateway, GatewayOptions, SimpleRule
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
-from tunvpn.shell.credentials import UserTable
 
 GATEWAY = "127.0.0.1"
 CLIENT = "127.0.0.2"

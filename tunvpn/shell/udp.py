@@ -42,7 +42,7 @@ EspSink = Callable[[bytes, Address, Address], None]
 
 
 class NattOwner(Protocol):
-    """The ESP data path, when it owns the NAT-T socket (:class:`tunvpn.dataplane.DataPlane`)."""
+    """The ESP data path, when it owns the NAT-T socket (:class:`tunvpn.dataplane.thread.DataPlane`)."""
 
     def attach(self, sock: socket.socket, deliver_ike: Callable[[bytes, Address], None]) -> None: ...
 

@@ -75,7 +75,7 @@ def test_the_announcement_and_the_accepted_policy() -> None:
 
 
 def test_a_broken_table_fails_the_gateway_start_with_its_message() -> None:
-    from tunvpn.gateway import ConfigError, Gateway, GatewayOptions
+    from tunvpn.gateway.daemon import ConfigError, Gateway, GatewayOptions
     from tunvpn.ike.config import PskTable
 
     options = GatewayOptions(

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
-from tunvpn.gateway import AddressPool
+from tunvpn.config.credentials import read_private_file
+from tunvpn.dataplane.tunnel import off_loop
+from tunvpn.gateway.daemon import AddressPool
 from tunvpn.plugins import CredentialRequest, GatewayContext
-from tunvpn.shell.credentials import read_private_file
-from tunvpn.tunnel import off_loop
 from tunvpn_l2tp import ppp as pppmod
 from tunvpn_l2tp.control import (
     SessionClosed,
@@ -336,7 +336,7 @@ def _unroute(tun: object, route: str) -> None:
 
 async def serve(settings: LnsSettings, context: GatewayContext) -> None:
     """Run the LNS until cancelled; tell every LAC (StopCCN) when it is."""
-    from tunvpn.datapath import open_tun
+    from tunvpn.dataplane import open_tun
 
     loop = asyncio.get_running_loop()
     try:

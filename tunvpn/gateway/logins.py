@@ -1,5 +1,5 @@
 """Who must log in, and how hard it is to guess a login: the gateway's login rules, kept out
-of :mod:`tunvpn.gateway` so they can be tested on their own.
+of :mod:`tunvpn.gateway.daemon` so they can be tested on their own.
 
 - :func:`xauth_required`: XAUTH is required whenever a login source is configured.
 - :class:`LoginThrottle`: a budget of failed XAUTH logins per (user, source address), per
@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tunvpn.gateway import GatewayOptions
-    from tunvpn.plugins import PluginHost, Verdict
+    from tunvpn.gateway.daemon import GatewayOptions
+    from tunvpn.plugins.host import PluginHost, Verdict
 
 log = logging.getLogger(__name__)
 

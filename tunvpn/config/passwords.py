@@ -5,7 +5,7 @@ An entry ``alice:$scrypt$ln=15,r=8,p=1$SALT$HASH`` holds the scrypt hash of alic
 with cost N = 2**ln, block size r and parallelism p; SALT (16 random octets) and HASH
 (32 octets) are base64 without padding. ``tunvpn passwd alice`` prints such a line. The
 defaults (N = 2**15, r = 8, p = 1: 32 MiB and about 0.1 s per check) follow RFC 7914 section 2's
-interactive-login advice; the login throttle (tunvpn/logins.py) bounds how often a check runs.
+interactive-login advice; the login throttle (tunvpn/gateway/logins.py) bounds how often a check runs.
 
 A hashed entry cannot answer CHAP (XAUTH RADIUS-CHAP, PPP CHAP in L2TP), which needs the
 clear secret: ``xauth_chap = true`` with a hashed user is a configuration error.

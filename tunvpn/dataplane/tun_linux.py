@@ -143,7 +143,7 @@ class TunDevice:
         """True if reads may return TSO/USO super-packets (split in Python by read_batch).
 
         Off by default: splitting in Python costs more per segment than the read() it saves
-        (``python -m tunvpn.datapath.bench_io`` and the reflector test show the numbers).
+        (``python -m tunvpn.dataplane.bench_io`` and the reflector test show the numbers).
         Writes accept GSO super-packets whatever the TUNSETOFFLOAD flags say (those only say
         what we can take on reads), so with ``read_offload=False`` the kernel segments in C
         before we read while our writes stay coalesced.

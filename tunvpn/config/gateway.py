@@ -12,7 +12,7 @@ the environment (``psk_env``), or inline (``psk``) only when the configuration f
 private. No secret ever appears in an error message or a ``repr``.
 
 :class:`TableReader`, :class:`SourceText` and the ``read_*`` helpers are shared with
-:mod:`tunvpn.profile` (the client's profile file).
+:mod:`tunvpn.config.profile` (the client's profile file).
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ from typing import Any, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tunvpn.client import parse_dh_group
-from tunvpn.gateway import AddressPool, ConfigError
+from tunvpn.client.daemon import parse_dh_group
+from tunvpn.config.credentials import SecretFileError, UserTable, parse_psk_text, read_private_file
+from tunvpn.config.secretfile import trusted_owners, user_name
+from tunvpn.gateway.daemon import AddressPool, ConfigError
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential, load_certificates
 from tunvpn.ike.config import PskTable
@@ -59,8 +61,6 @@ from tunvpn.ike.proposals import (
     EspSuite,
     Phase1Policy,
 )
-from tunvpn.secretfile import trusted_owners, user_name
-from tunvpn.shell.credentials import SecretFileError, UserTable, parse_psk_text, read_private_file
 from tunvpn.shell.crls import CrlError, peer_certificate_policy
 
 log = logging.getLogger(__name__)
@@ -1082,7 +1082,7 @@ def _protocols(top: TableReader) -> tuple[ExtraProtocol, ...]:
 # --------------------------------------------------------------------------- built-in configuration
 
 DEFAULT_GATEWAY_TOML = """\
-# tunvpn's built-in demo gateway (tunvpn.gwconfig.default_gateway_toml fills in the values).
+# tunvpn's built-in demo gateway (tunvpn.config.gateway.default_gateway_toml fills in the values).
 [gateway]
 listen = "{listen}"
 psk_file = "{psk_file}"

@@ -7,7 +7,7 @@ Nothing else: the gateway pushes everything else (addresses, DNS, networks, algo
     psk_file = "alice.psk"
     user = "alice"
 
-Errors are :class:`~tunvpn.gwconfig.ConfigFileError` (file, line, key, reason). An inline
+Errors are :class:`~tunvpn.config.gateway.ConfigFileError` (file, line, key, reason). An inline
 ``psk`` is accepted only when the profile file itself is private (``chmod 600``).
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from tunvpn.gwconfig import (
+from tunvpn.config.credentials import SecretFileError, read_private_file
+from tunvpn.config.gateway import (
     ConfigFileError,
     SourceText,
     TableReader,
@@ -39,7 +40,6 @@ from tunvpn.ike.certs import Credential, load_certificates
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
-from tunvpn.shell.credentials import SecretFileError, read_private_file
 
 MODES = ("main", "aggressive", "base")
 _PROFILE_KEYS = (
@@ -104,7 +104,7 @@ def parse_profile(
     env: Mapping[str, str] | None = None,
     file_mode: int | None = None,
 ) -> ClientProfile:
-    """Check a profile text; ``file_mode`` as for :func:`tunvpn.gwconfig.parse_gateway_config`."""
+    """Check a profile text; ``file_mode`` as for :func:`tunvpn.config.gateway.parse_gateway_config`."""
     env = os.environ if env is None else env
     src = SourceText(text, source)
     table = TableReader(src, parse_toml(src, text), "", "the profile", _PROFILE_KEYS)

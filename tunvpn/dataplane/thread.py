@@ -29,10 +29,10 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .esp import SadTable, sa_pair_from_child
-from .esp.events import SaLifetimeEvent
-from .esp.ratelimit import DropLog
-from .ike.events import ChildSAEstablished
+from tunvpn.esp import SadTable, sa_pair_from_child
+from tunvpn.esp.events import SaLifetimeEvent
+from tunvpn.esp.ratelimit import DropLog
+from tunvpn.ike.events import ChildSAEstablished
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class DataPlane:
     """Moves packets between a TUN device and the NAT-T UDP socket through the SAD.
 
     :param tun: an object with ``read_batch(n)``, ``write_batch(packets)``, ``fileno()``
-        and ``close()`` (:mod:`tunvpn.datapath`).
+        and ``close()`` (:mod:`tunvpn.dataplane`).
     :param on_event: called from the data thread with :class:`SaLifetimeEvent` and
         :class:`PeerActivity` objects; it must hand them to the control plane thread-safely.
     """
@@ -93,7 +93,7 @@ class DataPlane:
 
     def attach(self, sock: socket.socket, deliver_ike: Callable[[bytes, Address], None]) -> None:
         """Take over the bound NAT-T socket; IKE datagrams received go to ``deliver_ike``."""
-        from .datapath.udp_linux import UdpSocket
+        from tunvpn.dataplane.udp_linux import UdpSocket
 
         _grow_buffers(sock)
         self._udp = UdpSocket(sock)

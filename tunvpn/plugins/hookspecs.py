@@ -30,9 +30,9 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Awaitable
 
-    from tunvpn.accounting import AccountingRecord
     from tunvpn.ike.policies import ExtraProtocol
-    from tunvpn.plugins import (
+    from tunvpn.plugins.accounting import AccountingRecord
+    from tunvpn.plugins.host import (
         Authorization,
         ClientProtocol,
         ClientQuestion,
@@ -134,7 +134,7 @@ def tunvpn_accounting(record: AccountingRecord, context: GatewayContext) -> None
     client, dead peer, expired, gateway shutting down); each session that had a ``start`` gets
     exactly one ``stop``.
 
-    :param record: a :class:`tunvpn.accounting.AccountingRecord`: ``kind`` ("start",
+    :param record: a :class:`tunvpn.plugins.accounting.AccountingRecord`: ``kind`` ("start",
         "interim" or "stop"), ``session_id`` (the ``CredentialRequest.session_id`` of the
         session's XAUTH, so a plugin can match the two), ``user`` (``None`` without XAUTH),
         ``peer`` (the client's address and port), ``address`` (the address it was given, or

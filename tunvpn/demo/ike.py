@@ -7,7 +7,7 @@ output interleaved on the terminal, until the client reports its Quick Mode SAs 
 is removed afterwards, also on Ctrl-C.
 
 The README's main command, ``tunvpn demo`` (three namespaces, the built-in gateway
-configuration, a live policy change), is in :mod:`tunvpn.demo_tour`; it shares this module's
+configuration, a live policy change), is in :mod:`tunvpn.demo.tour`; it shares this module's
 requirement check, child environment and private files.
 """
 

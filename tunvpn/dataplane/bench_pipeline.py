@@ -1,4 +1,4 @@
-"""Offline benchmark of the whole per-packet data path: ``python -m tunvpn.datapath.bench_pipeline``.
+"""Offline benchmark of the whole per-packet data path: ``python -m tunvpn.dataplane.bench_pipeline``.
 
 Pushes synthetic TCP/IPv4 segments of one bulk flow (what iperf3 sends through the tunnel)
 through every stage the data thread runs, in one process and without the network, so a change

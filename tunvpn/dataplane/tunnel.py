@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .dataplane import DataPlane, PeerActivity
-from .esp.events import SaHardExpired, SaLifetimeEvent, SaSoftExpired
-from .ike import events as ev
-from .ike.engine import IkeEngine
-from .ike.errors import LocalProtocolError
-from .ike.proposals import ChildProposal
+from tunvpn.dataplane.thread import DataPlane, PeerActivity
+from tunvpn.esp.events import SaHardExpired, SaLifetimeEvent, SaSoftExpired
+from tunvpn.ike import events as ev
+from tunvpn.ike.engine import IkeEngine
+from tunvpn.ike.errors import LocalProtocolError
+from tunvpn.ike.proposals import ChildProposal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,7 +63,7 @@ class Tunnel:
         tun: object | None = None,
     ) -> None:
         if tun is None:
-            from .datapath import open_tun
+            from tunvpn.dataplane import open_tun
 
             tun = off_loop(open_tun, name, offload=offload, mtu=mtu)
         self.tun = tun

@@ -22,8 +22,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography import x509
 
-from tunvpn import audit
-from tunvpn.accounting import AccountingRecord
+from tunvpn.config.credentials import SecretFileError, UserTable
+from tunvpn.gateway import audit
+from tunvpn.gateway.logins import (
+    LoginThrottle,
+    refusal_message,
+    replaced_by_initial_contact,
+    session_limit_refusal,
+    throttle_outcome,
+    wait_turn,
+    xauth_required,
+)
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential
@@ -51,23 +60,21 @@ from tunvpn.ike.proposals import (
     EspSuite,
     Phase1Policy,
 )
-from tunvpn.logins import (
-    LoginThrottle,
-    refusal_message,
-    replaced_by_initial_contact,
-    session_limit_refusal,
-    throttle_outcome,
-    wait_turn,
-    xauth_required,
+from tunvpn.plugins.accounting import AccountingRecord
+from tunvpn.plugins.host import (
+    Authorization,
+    CredentialRequest,
+    GatewayContext,
+    PluginError,
+    PluginHost,
+    Verdict,
 )
-from tunvpn.plugins import Authorization, CredentialRequest, GatewayContext, PluginError, PluginHost, Verdict
-from tunvpn.shell.credentials import SecretFileError, UserTable
 from tunvpn.shell.crls import keep_crls_fresh
 from tunvpn.shell.udp import UdpDriver
 
 if TYPE_CHECKING:
-    from tunvpn.gwconfig import GatewayConfig
-    from tunvpn.tunnel import Tunnel
+    from tunvpn.config.gateway import GatewayConfig
+    from tunvpn.dataplane.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +86,7 @@ class ConfigError(ValueError):
 
 
 class Rule(Protocol):
-    """A phase 2 policy and who gets it (``tunvpn.gwconfig.PolicyRule``): everyone when
+    """A phase 2 policy and who gets it (``tunvpn.config.gateway.PolicyRule``): everyone when
     ``groups`` and ``users`` are both empty, else members of a listed group or listed users."""
 
     @property
@@ -177,7 +184,7 @@ class GatewayOptions:
     require_xauth: bool | None = None
     """Clients must log in with XAUTH. ``None``: whenever a login source is configured (the
     users file, or a plugin implementing ``tunvpn_verify_credentials``); ``False`` is an
-    explicit, warned opt-out (:func:`tunvpn.logins.xauth_required`)."""
+    explicit, warned opt-out (:func:`tunvpn.gateway.logins.xauth_required`)."""
     login_timeout: float = 120.0
     """Seconds a client has after phase 1 to finish its login (XAUTH and every extra
     protocol); then its ISAKMP SA is deleted."""
@@ -395,7 +402,7 @@ def phase1_policy(options: GatewayOptions) -> Phase1Policy:
 
 
 def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None = None) -> EngineConfig:
-    """``require_xauth``: as decided from the loaded plugins (:func:`tunvpn.logins.xauth_required`);
+    """``require_xauth``: as decided from the loaded plugins (:func:`tunvpn.gateway.logins.xauth_required`);
     ``None``: ``options.require_xauth`` (unset counts as not required)."""
     phase1 = phase1_policy(options)
     if require_xauth is None:
@@ -492,12 +499,12 @@ class Gateway:
         self.announcements = self._announce(options)
         """The extra protocols of phase 1a as announced, and the policies accepted for them."""
         self.throttle = LoginThrottle()
-        """Failed-login budgets per (user, source), source and user (tunvpn/logins.py)."""
+        """Failed-login budgets per (user, source), source and user (tunvpn/gateway/logins.py)."""
         self._warn_weak(options)
 
     @staticmethod
     def _warn_weak(options: GatewayOptions) -> None:
-        from tunvpn.pskcheck import warn_weak_psks
+        from tunvpn.config.pskcheck import warn_weak_psks
 
         warn_weak_psks(options.psks, "gateway")
         if options.legacy:
@@ -1242,7 +1249,7 @@ class Gateway:
         nothing: the error (file, line, key, reason) is logged and raised."""
         if self.options.config_path is None:
             raise ConfigError("the gateway was started without a configuration file (-c); nothing to reload")
-        from tunvpn.gwconfig import load_gateway_config
+        from tunvpn.config.gateway import load_gateway_config
 
         new = options_from_config(load_gateway_config(self.options.config_path))
         for name, value in self.options.overrides.items():
@@ -1253,7 +1260,7 @@ class Gateway:
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, object]:
-        """What ``tunvpn status`` shows (schema in tunvpn/control.py)."""
+        """What ``tunvpn status`` shows (schema in tunvpn/control/server.py)."""
         now = self.clock()
         counters = _sa_counters(self.tunnel)
         drops = _sa_drops(self.tunnel)
@@ -1308,7 +1315,7 @@ class Gateway:
                 "writing IKE and ESP keys to %s.* (for Wireshark; keep it private)", self.options.keylog
             )
         if self.options.tun is not None and self.tunnel is None:
-            from tunvpn.tunnel import Tunnel
+            from tunvpn.dataplane.tunnel import Tunnel
 
             # the gateway answers Quick Modes; its clients rekey them (proposal_for=None)
             self.tunnel = Tunnel(self.engine, name=self.options.tun, mtu=self.options.mtu)
@@ -1427,7 +1434,7 @@ class Gateway:
     async def _start_control(self) -> None:
         if self.options.control_socket is None:
             return
-        from tunvpn.control import ControlError, ControlServer
+        from tunvpn.control.server import ControlError, ControlServer
 
         self.control = ControlServer(self.options.control_socket, self._control)
         try:
@@ -1439,7 +1446,7 @@ class Gateway:
             log.info("control socket %s", self.options.control_socket)
 
     def _control(self, command: str, args: dict[str, object]) -> object:
-        from tunvpn.control import ControlError
+        from tunvpn.control.server import ControlError
 
         if command == "status":
             return self.status()

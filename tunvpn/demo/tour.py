@@ -3,7 +3,7 @@
     client (10.77.0.2) --veth-- gateway (10.77.0.1 | 10.78.0.1, 10.78.1.1, 10.78.2.1, 10.20.0.1)
                                         --veth-- server (10.78.0.10, 10.78.1.10, 10.78.2.10, 10.20.0.10)
 
-The gateway runs the built-in configuration (:data:`tunvpn.gwconfig.DEFAULT_GATEWAY_TOML`:
+The gateway runs the built-in configuration (:data:`tunvpn.config.gateway.DEFAULT_GATEWAY_TOML`:
 policies ``net-a``, ``net-b`` and, for the group ``eng``, ``eng``); the client gets a three-line
 profile (gateway, PSK file, user) and learns everything else through Mode Config. Each phase
 is printed from the client's ``--json`` records; then pings and a SHA-256-checked TCP
@@ -28,8 +28,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunvpn.demo import child_env, missing_requirements, private_file, report_missing
-from tunvpn.demo_netns import (
+from tunvpn.config.gateway import (
+    BUILT_IN,
+    ConfigFileError,
+    GatewayConfig,
+    default_gateway_toml,
+    parse_gateway_config,
+)
+from tunvpn.demo.ike import child_env, missing_requirements, private_file, report_missing
+from tunvpn.demo.netns import (
     Daemon,
     Record,
     StepFailed,
@@ -40,13 +47,6 @@ from tunvpn.demo_netns import (
     ping,
     run_in,
     tunvpn_argv,
-)
-from tunvpn.gwconfig import (
-    BUILT_IN,
-    ConfigFileError,
-    GatewayConfig,
-    default_gateway_toml,
-    parse_gateway_config,
 )
 from tunvpn.ike.constants import DHGroup
 from tunvpn.untrusted import for_terminal
@@ -297,7 +297,7 @@ class Tour:
         self.files, text = Files.write(self.workdir)
         config = check_config(text, self.workdir)
         c.say(
-            "built-in configuration (tunvpn.gwconfig.DEFAULT_GATEWAY_TOML) with a control socket, "
+            "built-in configuration (tunvpn.config.gateway.DEFAULT_GATEWAY_TOML) with a control socket, "
             "written to gateway.toml:"
         )
         c.say(f"pool {POOL}; XAUTH user {USER} (group eng); phase 1: every strong suite")
@@ -413,7 +413,7 @@ class Tour:
         target = BY_POLICY["net-a"].server_ip
         sink = await exec_in(
             self.server_ns,
-            [sys.executable, "-m", "tunvpn.demo_traffic", "sink", target, str(SINK_PORT)],
+            [sys.executable, "-m", "tunvpn.demo.traffic", "sink", target, str(SINK_PORT)],
             self.env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -428,7 +428,7 @@ class Tour:
                 raise StepFailed(f"the sink on the server did not start: {line.decode(errors='replace')}")
             code, out, err = await run_in(
                 self.client_ns,
-                [sys.executable, "-m", "tunvpn.demo_traffic", "send", target, str(SINK_PORT), str(size)],
+                [sys.executable, "-m", "tunvpn.demo.traffic", "send", target, str(SINK_PORT), str(size)],
                 self.env,
                 self.timeout + 60,
             )

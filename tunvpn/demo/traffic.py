@@ -1,5 +1,5 @@
 """The two ends of ``tunvpn demo``'s data transfer, run inside its namespaces
-(``python -m tunvpn.demo_traffic sink ADDRESS PORT`` / ``send ADDRESS PORT BYTES``).
+(``python -m tunvpn.demo.traffic sink ADDRESS PORT`` / ``send ADDRESS PORT BYTES``).
 
 The sender pushes random bytes over one TCP connection and closes its side; the sink answers
 with the byte count and the SHA-256 of what it received, and the sender prints one JSON line:
@@ -58,7 +58,7 @@ def send(address: str, port: int, size: int, timeout: float = 60.0) -> dict[str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tunvpn.demo_traffic")
+    parser = argparse.ArgumentParser(prog="python -m tunvpn.demo.traffic")
     sub = parser.add_subparsers(dest="role", required=True)
     sink_parser = sub.add_parser("sink")
     sink_parser.add_argument("address")

@@ -1,4 +1,4 @@
-"""Micro-benchmark of the batched I/O layer: ``python -m tunvpn.datapath.bench_io``.
+"""Micro-benchmark of the batched I/O layer: ``python -m tunvpn.dataplane.bench_io``.
 
 Prints four tables: Internet checksum throughput (the big-integer trick as shipped, the
 same without folding, numpy, and a word-by-word loop), GSO split and GRO coalesce rates, and

@@ -36,7 +36,7 @@ from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy, PolicyPush, decode_policies, diff_policies
 from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1Policy
-from tunvpn.plugins import (
+from tunvpn.plugins.host import (
     ClientProtocol,
     ClientQuestion,
     ClientSession,
@@ -49,8 +49,8 @@ from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
 from tunvpn.untrusted import for_terminal, quoted
 
 if TYPE_CHECKING:
-    from tunvpn.hostconfig import HostConfig
-    from tunvpn.tunnel import Tunnel
+    from tunvpn.client.hostconfig import HostConfig
+    from tunvpn.dataplane.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class ClientOptions:
     sa_lifetime: int = 3600
     """IPsec SA lifetime in seconds we offer (the gateway may lower it); rekeyed at 90 %."""
     dns_backend: str | None = "auto"
-    """How to apply the gateway's DNS servers (tunvpn.hostconfig); None: leave DNS alone."""
+    """How to apply the gateway's DNS servers (tunvpn.client.hostconfig); None: leave DNS alone."""
     control_socket: str | None = None
     """Path of the control socket (``tunvpn status``); "auto": client-IFACE.sock in the run directory."""
     credential: Credential | None = None
@@ -576,7 +576,7 @@ class Client:
         config = self.mode_config
         if self.tunnel is None or config is None or self.options.dns_backend is None:
             return
-        from tunvpn.hostconfig import HostConfig, HostConfigError
+        from tunvpn.client.hostconfig import HostConfig, HostConfigError
 
         domains = tuple(d for d in (config.default_domain, *config.split_dns) if d)
         full = any(p.gateway_ts == TrafficSelector.any() for p in self.policies or ()) or (
@@ -602,8 +602,8 @@ class Client:
         )
 
     def status(self) -> dict[str, object]:
-        """What ``tunvpn status`` shows (schema in tunvpn/control.py)."""
-        from tunvpn.gateway import _child_status, _sa_counters, _sa_drops
+        """What ``tunvpn status`` shows (schema in tunvpn/control/server.py)."""
+        from tunvpn.gateway.daemon import _child_status, _sa_counters, _sa_drops
 
         now = self.clock()
         counters = _sa_counters(self.tunnel)
@@ -645,7 +645,7 @@ class Client:
 
     def _cleanup_stale(self) -> None:
         """Undo what an earlier run that crashed left behind (DNS, routes)."""
-        from tunvpn.hostconfig import HostConfigError, cleanup_stale
+        from tunvpn.client.hostconfig import HostConfigError, cleanup_stale
 
         try:
             undone = cleanup_stale()
@@ -659,7 +659,7 @@ class Client:
         path = self.options.control_socket
         if path is None:
             return None
-        from tunvpn.control import ControlError, ControlServer, default_socket_path
+        from tunvpn.control.server import ControlError, ControlServer, default_socket_path
 
         if path == "auto":
             name = self.tunnel.name if self.tunnel is not None else None
@@ -673,7 +673,7 @@ class Client:
         return server
 
     def _control(self, command: str, args: dict[str, object]) -> object:
-        from tunvpn.control import ControlError
+        from tunvpn.control.server import ControlError
 
         if command == "status":
             return self.status()
@@ -963,7 +963,7 @@ class Client:
         if self.options.tun is not None and self.options.dns_backend is not None:
             self._cleanup_stale()
         if self.options.tun is not None and self.tunnel is None:
-            from tunvpn.tunnel import Tunnel
+            from tunvpn.dataplane.tunnel import Tunnel
 
             options = self.options
             self.tunnel = Tunnel(

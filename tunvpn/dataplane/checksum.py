@@ -10,7 +10,7 @@ CPython divides a big integer by a one-digit divisor one 30-bit digit at a time 
 division, which is the slow part on long buffers; :func:`_reduce` first folds the integer onto
 itself with shifts and additions (2**(16k) = 1 mod 0xFFFF too) and divides only what is left.
 For many equal-size segments of one buffer (GSO split), :func:`segment_sums` sums all rows in
-one numpy call when numpy is installed; ``python -m tunvpn.datapath.bench_io`` shows why.
+one numpy call when numpy is installed; ``python -m tunvpn.dataplane.bench_io`` shows why.
 
 Sums here are "partial sums": any non-negative integer congruent to the ones' complement sum
 modulo 0xFFFF. They may be added together as long as every part starts at an even offset of

@@ -1,5 +1,5 @@
 """What the gateway tells ``tunvpn_accounting`` plugins about a session (see
-:mod:`tunvpn.hookspecs`)."""
+:mod:`tunvpn.plugins.hookspecs`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Network namespaces and the processes in them, for ``tunvpn demo`` (:mod:`tunvpn.demo_tour`).
+"""Network namespaces and the processes in them, for ``tunvpn demo`` (:mod:`tunvpn.demo.tour`).
 
 :class:`Topology` makes namespaces and veth pairs with names unique to one run and removes
 them, killing what still runs inside, and says what it could not remove. :class:`Daemon` is

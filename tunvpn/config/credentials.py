@@ -10,11 +10,11 @@ PSK file
 Users file
     lines of ``user:password`` (the password is everything after the first colon), or
     ``user:$scrypt$ln=15,r=8,p=1$SALT$HASH`` (a hash from ``tunvpn passwd``,
-    :mod:`tunvpn.passwords`; such a user cannot log in with CHAP).
+    :mod:`tunvpn.config.passwords`; such a user cannot log in with CHAP).
 
 Both files must be private (``chmod 600``), owned by the user tunvpn runs as (or root) and
 named directly, not through a symbolic link: anything else is refused with a message naming the
-file and the fix (:mod:`tunvpn.secretfile`). ``TUNVPN_PSK`` in the environment replaces the
+file and the fix (:mod:`tunvpn.config.secretfile`). ``TUNVPN_PSK`` in the environment replaces the
 PSK file (a single secret for every peer).
 """
 
@@ -24,17 +24,17 @@ import hmac
 import os
 from collections.abc import Mapping
 
+from tunvpn.config.passwords import PasswordHash, PasswordHashError, is_hashed
+from tunvpn.config.secretfile import SecretFileError, read_secret_text
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.crypto import chap_response
-from tunvpn.passwords import PasswordHash, PasswordHashError, is_hashed
-from tunvpn.secretfile import SecretFileError, read_secret_text
 
 PSK_ENV = "TUNVPN_PSK"
 PASSWORD_ENV = "TUNVPN_PASSWORD"
 
 
 def read_private_file(path: str | os.PathLike[str], what: str) -> str:
-    """The text of ``path`` if it is private to us (:func:`tunvpn.secretfile.read_secret_text`:
+    """The text of ``path`` if it is private to us (:func:`tunvpn.config.secretfile.read_secret_text`:
     no symbolic link, owned by us or root, no group/other permissions)."""
     return read_secret_text(path, what)
 
