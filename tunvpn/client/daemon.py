@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from cryptography import x509
 
+from tunvpn.control.status import child_status, sa_counters, sa_drops
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential
@@ -603,13 +604,11 @@ class Client:
 
     def status(self) -> dict[str, object]:
         """What ``tunvpn status`` shows (schema in tunvpn/control/server.py)."""
-        from tunvpn.gateway.daemon import _child_status, _sa_counters, _sa_drops
-
         now = self.clock()
-        counters = _sa_counters(self.tunnel)
-        drops = _sa_drops(self.tunnel)
+        counters = sa_counters(self.tunnel)
+        drops = sa_drops(self.tunnel)
         sas = [
-            _child_status(child, counters, now - self.child_started.get(child.spi_in, now), drops)
+            child_status(child, counters, now - self.child_started.get(child.spi_in, now), drops)
             for child in self.established.values()
         ]
         p1 = self.phase1

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cryptography import x509
 
 from tunvpn.config.credentials import SecretFileError, UserTable
+from tunvpn.control.status import child_status, sa_counters, sa_drops
 from tunvpn.gateway import audit
 from tunvpn.gateway.logins import (
     LoginThrottle,
@@ -666,7 +667,7 @@ class Gateway:
         session = self.sessions.get(child.sa_id) if child is not None else None
         if child is None or session is None or self.tunnel is None:
             return
-        counters = _sa_counters(self.tunnel)
+        counters = sa_counters(self.tunnel)
         b_in, p_in = counters.get(child.spi_in, (0, 0))
         b_out, p_out = counters.get(child.spi_out, (0, 0))
         r = session.retired
@@ -675,7 +676,7 @@ class Gateway:
     def session_counters(self, session: Session) -> tuple[int, int, int, int]:
         """Bytes in, bytes out, packets in, packets out of a session: its live IPsec SAs plus
         the ones already deleted (rekeyed)."""
-        counters = _sa_counters(self.tunnel)
+        counters = sa_counters(self.tunnel)
         b_in, b_out, p_in, p_out = session.retired
         for child in self.children.values():
             if child.sa_id == session.sa_id:
@@ -1262,8 +1263,8 @@ class Gateway:
     def status(self) -> dict[str, object]:
         """What ``tunvpn status`` shows (schema in tunvpn/control/server.py)."""
         now = self.clock()
-        counters = _sa_counters(self.tunnel)
-        drops = _sa_drops(self.tunnel)
+        counters = sa_counters(self.tunnel)
+        drops = sa_drops(self.tunnel)
         tunnels = []
         for session in self.sessions.values():
             sas = []
@@ -1271,7 +1272,7 @@ class Gateway:
                 if child.sa_id != session.sa_id:
                     continue
                 age = now - self.child_started.get(child.spi_in, now)
-                sas.append(_child_status(child, counters, age, drops))
+                sas.append(child_status(child, counters, age, drops))
             tunnels.append(
                 {
                     "peer": f"{session.peer[0]}:{session.peer[1]}",
@@ -1477,68 +1478,6 @@ class Gateway:
             log.info("data path: %s", self.tunnel.dataplane.stats())
             self.tunnel.close()
             self.tunnel = None
-
-
-def _sa_counters(tunnel: Tunnel | None) -> dict[int, tuple[int, int]]:
-    """SPI -> (bytes, packets) of every installed SA (read from the data thread's table;
-    plain int reads, so a slightly stale value at worst)."""
-    if tunnel is None:
-        return {}
-    out: dict[int, tuple[int, int]] = {}
-    try:
-        sad = tunnel.dataplane.sad
-        for sa in sad.inbound_sas():
-            out[sa.spi] = (sa.bytes, sa.packets)
-        for sa in sad.outbound_sas():
-            out[sa.spi] = (sa.bytes, getattr(sa, "seq", 0))
-    except (AttributeError, RuntimeError):  # the table changed while we read it
-        pass
-    return out
-
-
-def _sa_drops(tunnel: Tunnel | None) -> dict[int, dict[str, int]]:
-    """Inbound SPI -> packets dropped after decryption, by reason (``policy``: an inner packet
-    outside the SA's selectors, e.g. a standard client reaching beyond its policies)."""
-    if tunnel is None:
-        return {}
-    out: dict[int, dict[str, int]] = {}
-    try:
-        for sa in tunnel.dataplane.sad.inbound_sas():
-            drops = {reason.name.lower(): n for reason, n in sa.drop_counts().items() if n}
-            if drops:
-                out[sa.spi] = drops
-    except (AttributeError, RuntimeError):  # the table changed while we read it
-        pass
-    return out
-
-
-def _child_status(
-    child: ev.ChildSAEstablished,
-    counters: dict[int, tuple[int, int]],
-    age: float,
-    drops: dict[int, dict[str, int]] | None = None,
-) -> dict[str, object]:
-    from tunvpn.shell.udp import esp_suite_name
-
-    bytes_in, packets_in = counters.get(child.spi_in, (0, 0))
-    bytes_out, packets_out = counters.get(child.spi_out, (0, 0))
-    return {
-        "name": child.policy_name,
-        "local_ts": str(child.local_ts),
-        "remote_ts": str(child.remote_ts),
-        "esp": esp_suite_name(child.transform, child.key_length, child.integrity),
-        "pfs": DHGroup(child.pfs_group).name if child.pfs_group else None,
-        "esn": child.esn,
-        "spi_in": f"0x{child.spi_in:08x}",
-        "spi_out": f"0x{child.spi_out:08x}",
-        "bytes_in": bytes_in,
-        "bytes_out": bytes_out,
-        "packets_in": packets_in,
-        "packets_out": packets_out,
-        "drops_in": (drops or {}).get(child.spi_in, {}),
-        "lifetime": child.lifetime_seconds,
-        "expires_in": max(0.0, child.lifetime_seconds - age) if child.lifetime_seconds else None,
-    }
 
 
 PLUGIN_TIMEOUT = 30
