@@ -294,9 +294,16 @@ identities = st.one_of(
     ),
     st.binary(min_size=1, max_size=20).map(lambda b: Identity(IdType.KEY_ID, b)),
     st.lists(
-        st.tuples(
-            st.sampled_from([NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME, NameOID.DOMAIN_COMPONENT]),
-            st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12),
+        st.one_of(
+            st.tuples(
+                st.sampled_from([NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME]),
+                st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12),
+            ),
+            # domainComponent is an IA5String (RFC 4519): ASCII only (cryptography >= 49 checks it)
+            st.tuples(
+                st.just(NameOID.DOMAIN_COMPONENT),
+                st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=12),
+            ),
         ),
         min_size=1,
         max_size=4,
