@@ -26,8 +26,8 @@ from tunvpn.config.credentials import (
     load_password,
     load_psks,
 )
+from tunvpn.config.errors import ConfigError
 from tunvpn.control import server as control
-from tunvpn.gateway.daemon import ConfigError
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
@@ -117,7 +117,7 @@ def _seconds(text: str) -> float:
 
 
 def _dh_group(text: str) -> object:
-    from tunvpn.client.daemon import parse_dh_group
+    from tunvpn.config.names import parse_dh_group
 
     try:
         return parse_dh_group(text)
@@ -486,7 +486,8 @@ def _setup_logging(verbose: int, quiet: bool, default: int) -> None:
 
 
 def _gateway_options(args: argparse.Namespace) -> object:
-    from tunvpn.gateway.daemon import AddressPool, GatewayOptions
+    from tunvpn.config.pool import AddressPool
+    from tunvpn.gateway.daemon import GatewayOptions
 
     psks = load_psks(args.psk_file)
     users = UserTable.load(args.users) if args.users else None

@@ -23,7 +23,8 @@ from typing import Any
 
 from tunvpn.client.daemon import Client, ClientOptions, Progress
 from tunvpn.config.credentials import UserTable
-from tunvpn.gateway.daemon import AddressPool, Gateway, GatewayOptions, SimpleRule
+from tunvpn.config.pool import AddressPool
+from tunvpn.gateway.daemon import Gateway, GatewayOptions, SimpleRule
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy

@@ -34,10 +34,11 @@ from typing import Any, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tunvpn.client.daemon import parse_dh_group
 from tunvpn.config.credentials import SecretFileError, UserTable, parse_psk_text, read_private_file
+from tunvpn.config.errors import ConfigError
+from tunvpn.config.names import parse_dh_group
+from tunvpn.config.pool import AddressPool
 from tunvpn.config.secretfile import trusted_owners, user_name
-from tunvpn.gateway.daemon import AddressPool, ConfigError
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential, load_certificates
 from tunvpn.ike.config import PskTable
