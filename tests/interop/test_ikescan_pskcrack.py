@@ -14,6 +14,8 @@ dictionary over HASH_R.
   answer is a dictionary target and psk-crack finds the PSK (it is in the dictionary). This is
   what Aggressive Mode with a PSK gives away, why it is off by default, and why the group PSK
   must be long and random.
+* XAUTH required by default: an offer of plain pre-shared-key authentication (no XAUTH) is
+  refused for any name, known or not.
 * No identity oracle: for a group name the gateway does not know, the answer must look exactly
   like the real one (same payloads in the same order, same lengths, same chosen transform,
   same vendor IDs, same identity), and psk-crack must find nothing in it even with the real
@@ -46,6 +48,7 @@ UNKNOWN_GROUP = "no-such-group"
 ID_KEY_ID = 11  # RFC 2407 section 4.6.2.1
 # enc 7 = AES-CBC/256 bits, hash 2 = SHA-1, auth 65001 = XAUTHInitPreShared, group 14 = MODP-2048
 TRANSFORM = "7/256,2,65001,14"
+NO_XAUTH_TRANSFORM = "7/256,2,1,14"  # the same with auth 1 = plain pre-shared key (no XAUTH)
 DH_GROUP = "14"
 DICTIONARY = ("password", "cisco", "letmein", configs.VPNC_GROUP, configs.VPNC_GROUP_PSK, "vpn-secret")
 
@@ -85,7 +88,7 @@ class Probe:
         return self.pskcrack_file.read_text().strip().split(":")
 
 
-def probe(ns: str, tmp: Path, group: str, label: str) -> Probe:
+def probe(ns: str, tmp: Path, group: str, label: str, transform: str = TRANSFORM) -> Probe:
     """ike-scan's Aggressive Mode probe for ``group`` (ID_KEY_ID), answer saved for psk-crack."""
     out = tmp / f"{label}.psk-params"
     argv = [
@@ -95,7 +98,7 @@ def probe(ns: str, tmp: Path, group: str, label: str) -> Probe:
         f"--id={group}",
         f"--idtype={ID_KEY_ID}",
         f"--dhgroup={DH_GROUP}",
-        f"--trans={TRANSFORM}",
+        f"--trans={transform}",
         f"--pskcrack={out}",
         "--retry=2",
         GATEWAY,
@@ -230,3 +233,19 @@ def test_unknown_group_gets_an_identical_answer_that_psk_crack_cannot_use(
     )
     assert f"keyid:{configs.VPNC_GROUP} at {ATTACKER}: answering with a decoy key" not in text, text
     assert configs.VPNC_GROUP_PSK not in text
+
+
+def test_an_offer_without_xauth_gets_no_handshake_for_any_name(
+    gateway: tuple[NetnsPair, Path], tmp_path: Path
+) -> None:
+    """Issue 12 item 2 with a real tool: the gateway has a users file and no ``--require-xauth``
+    flag, so XAUTH is required by default; an offer of plain pre-shared-key authentication
+    (which would skip the login) gets NO-PROPOSAL-CHOSEN, for the real group name and an
+    unknown one alike."""
+    pair, log = gateway
+    known = probe(pair.b, tmp_path, configs.VPNC_GROUP, "known-no-xauth", NO_XAUTH_TRANSFORM)
+    unknown = probe(pair.b, tmp_path, UNKNOWN_GROUP, "unknown-no-xauth", NO_XAUTH_TRANSFORM)
+    for answer in (known, unknown):
+        assert not answer.handshake, f"{answer.output}\n{read_text(log)[-3000:]}"
+        assert "Notify message 14 (NO-PROPOSAL-CHOSEN)" in answer.output, answer.output
+    assert known.decoded() == unknown.decoded()
