@@ -37,14 +37,8 @@ from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy, PolicyPush, decode_policies, diff_policies
 from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1Policy
-from tunvpn.plugins.host import (
-    ClientProtocol,
-    ClientQuestion,
-    ClientSession,
-    PluginError,
-    PluginHost,
-    install_advice,
-)
+from tunvpn.plugins.host import PluginError, PluginHost, install_advice
+from tunvpn.plugins.types import ClientProtocol, ClientQuestion, ClientSession
 from tunvpn.shell.crls import keep_crls_fresh
 from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
 from tunvpn.untrusted import for_terminal, quoted

@@ -64,14 +64,8 @@ from tunvpn.ike.proposals import (
     Phase1Policy,
 )
 from tunvpn.plugins.accounting import AccountingRecord
-from tunvpn.plugins.host import (
-    Authorization,
-    CredentialRequest,
-    GatewayContext,
-    PluginError,
-    PluginHost,
-    Verdict,
-)
+from tunvpn.plugins.host import PluginError, PluginHost
+from tunvpn.plugins.types import Authorization, CredentialRequest, GatewayContext, Verdict
 from tunvpn.shell.crls import keep_crls_fresh
 from tunvpn.shell.udp import UdpDriver
 

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tunvpn.gateway.daemon import GatewayOptions
-    from tunvpn.plugins.host import PluginHost, Verdict
+    from tunvpn.plugins.host import PluginHost
+    from tunvpn.plugins.types import Verdict
 
 log = logging.getLogger(__name__)
 

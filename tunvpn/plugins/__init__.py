@@ -9,6 +9,16 @@ hooks receive and return.
 from tunvpn.plugins.host import (
     ENTRY_POINT_GROUP,
     OWN_PLUGINS,
+    InstalledPlugin,
+    PluginError,
+    PluginHost,
+    hook_reference,
+    hookimpl,
+    install_advice,
+    installed_plugins,
+    undocumented,
+)
+from tunvpn.plugins.types import (
     XAUTH_FIELDS,
     Authorization,
     ClientProtocol,
@@ -16,16 +26,8 @@ from tunvpn.plugins.host import (
     ClientSession,
     CredentialRequest,
     GatewayContext,
-    InstalledPlugin,
-    PluginError,
-    PluginHost,
     ProtocolAnnouncement,
     Verdict,
-    hook_reference,
-    hookimpl,
-    install_advice,
-    installed_plugins,
-    undocumented,
 )
 
 __all__ = [

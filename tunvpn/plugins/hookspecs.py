@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from tunvpn.ike.policies import ExtraProtocol
     from tunvpn.plugins.accounting import AccountingRecord
-    from tunvpn.plugins.host import (
+    from tunvpn.plugins.types import (
         Authorization,
         ClientProtocol,
         ClientQuestion,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from tunvpn.plugins.host import CredentialRequest, GatewayContext, Verdict, hookimpl
+from tunvpn.plugins import CredentialRequest, GatewayContext, Verdict, hookimpl
 
 log = logging.getLogger(__name__)
 
