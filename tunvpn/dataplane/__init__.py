@@ -1,10 +1,13 @@
-"""The I/O layer of the data path: TUN devices and UDP sockets, read and written in batches.
+"""The data path: TUN devices and UDP sockets read and written in batches, the data thread, the tunnel.
 
 * :func:`open_tun` gives a :class:`PacketDevice`: on Linux a ``tun_linux.TunDevice`` (virtio-net
   header, TSO/USO offloads, GSO split on read and GRO coalesce on write, with a plain
   per-packet fallback), on macOS a ``utun_darwin.UtunDevice``.
 * ``udp_linux.UdpSocket`` sends with UDP GSO and receives with UDP GRO.
 * ``packets``, ``checksum``, ``virtio`` and ``utun_framing`` are the pure packet logic (no I/O).
+* :func:`off_loop` runs a blocking netlink call (pyroute2) from a coroutine.
+* ``thread`` is the data thread (TUN <-> ESP <-> UDP 4500), ``tunnel`` joins it to the IKE
+  engine (SAs in, routes, rekeying).
 
 This module imports no platform code until :func:`open_tun` is called, so importing the pure
 modules stays cheap and I/O-free.
@@ -12,11 +15,15 @@ modules stays cheap and I/O-free.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import sys
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
 
-__all__ = ["PacketDevice", "open_tun"]
+T = TypeVar("T")
+
+__all__ = ["PacketDevice", "off_loop", "open_tun"]
 
 
 @runtime_checkable
@@ -88,3 +95,17 @@ def open_tun(
             up=up,
         )
     raise OSError(f"no TUN backend for platform {platform!r} (Linux and macOS are supported)")
+
+
+def off_loop(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Run ``fn`` in a helper thread and wait for it.
+
+    pyroute2 runs its own asyncio loop internally, which fails inside a running loop; netlink
+    calls are short, so blocking the control loop for them is fine.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args, **kwargs)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn, *args, **kwargs).result()

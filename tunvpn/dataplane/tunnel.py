@@ -12,13 +12,12 @@ a few seconds later so packets in flight are not lost).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
+from tunvpn.dataplane import off_loop
 from tunvpn.dataplane.thread import DataPlane, PeerActivity
 from tunvpn.esp.events import SaHardExpired, SaLifetimeEvent, SaSoftExpired
 from tunvpn.ike import events as ev
@@ -27,7 +26,6 @@ from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.proposals import ChildProposal
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 DEFAULT_MTU = 1400
 """Inner MTU: 1500 minus outer IPv4 (20) + UDP (8) + ESP (8 + IV 8 + ICV 16 + pad/trailer)."""
@@ -285,20 +283,6 @@ class Tunnel:
                     ipr.route("del", dst=route, oif=int(found[0]))
                 except Exception as exc:
                     log.debug("removing route %s: %s", route, exc)
-
-
-def off_loop(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-    """Run ``fn`` in a helper thread and wait for it.
-
-    pyroute2 runs its own asyncio loop internally, which fails inside a running loop; netlink
-    calls are short, so blocking the control loop for them is fine.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return fn(*args, **kwargs)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(fn, *args, **kwargs).result()
 
 
 def _networks(ts: object) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -9,9 +9,14 @@ import pytest
 from tunvpn_l2tp import plugin
 from tunvpn_l2tp.plugin import L2tpConfigError, l2tp_policy, lns_settings, parse_announcement
 
-from tunvpn.ike.identity import TrafficSelector
-from tunvpn.ike.policies import ExtraProtocol
-from tunvpn.plugins import ClientProtocol, GatewayContext, PluginHost, ProtocolAnnouncement
+from tunvpn.plugins import (
+    ClientProtocol,
+    ExtraProtocol,
+    GatewayContext,
+    PluginHost,
+    ProtocolAnnouncement,
+    TrafficSelector,
+)
 
 GOOD = {
     "server": "10.78.9.1",

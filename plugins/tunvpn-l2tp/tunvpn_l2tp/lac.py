@@ -20,8 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunvpn.config.credentials import read_private_file
-from tunvpn.plugins import ClientSession
+from tunvpn.plugins import ClientSession, read_private_file
 from tunvpn_l2tp import ppp as pppmod
 from tunvpn_l2tp.control import (
     Output,
@@ -170,8 +169,7 @@ class Lac:
             self._fail(f"PPP went down: {event.reason}")
 
     def _ip_up(self, event: pppmod.IpUp) -> None:
-        from tunvpn.dataplane import open_tun
-        from tunvpn.dataplane.tunnel import off_loop  # pyroute2 cannot run on a running event loop
+        from tunvpn.plugins import off_loop, open_tun  # off_loop: pyroute2 cannot run on a running event loop
 
         networks = [str(n) for n in self.announced.networks]
         try:

@@ -20,10 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
-from tunvpn.config.credentials import read_private_file
-from tunvpn.dataplane.tunnel import off_loop
-from tunvpn.gateway.daemon import AddressPool
-from tunvpn.plugins import CredentialRequest, GatewayContext
+from tunvpn.plugins import AddressPool, CredentialRequest, GatewayContext, off_loop, read_private_file
 from tunvpn_l2tp import ppp as pppmod
 from tunvpn_l2tp.control import (
     SessionClosed,
@@ -336,7 +333,7 @@ def _unroute(tun: object, route: str) -> None:
 
 async def serve(settings: LnsSettings, context: GatewayContext) -> None:
     """Run the LNS until cancelled; tell every LAC (StopCCN) when it is."""
-    from tunvpn.dataplane import open_tun
+    from tunvpn.plugins import open_tun
 
     loop = asyncio.get_running_loop()
     try:

@@ -34,10 +34,17 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from tunvpn.ike.constants import DHGroup
-from tunvpn.ike.identity import TrafficSelector
-from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
-from tunvpn.plugins import ClientProtocol, ClientSession, GatewayContext, ProtocolAnnouncement, hookimpl
+from tunvpn.plugins import (
+    ClientProtocol,
+    ClientSession,
+    DHGroup,
+    ExtraProtocol,
+    GatewayContext,
+    Phase2Policy,
+    ProtocolAnnouncement,
+    TrafficSelector,
+    hookimpl,
+)
 
 NAME = "l2tp"
 L2TP_PORT = 1701

@@ -169,7 +169,7 @@ def tunvpn_client_answer(question: ClientQuestion) -> str | None:
 
     import pyotp
 
-    from tunvpn.config.credentials import read_private_file
+    from tunvpn.plugins import read_private_file
 
     uri = read_private_file(Path(str(settings["token_file"])).expanduser(), "OTP token file").strip()
     otp = pyotp.parse_uri(uri)

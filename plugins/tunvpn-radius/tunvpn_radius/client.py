@@ -410,7 +410,7 @@ class RadiusClient:
 
 def load_secret(path: str | os.PathLike[str]) -> bytes:
     """A shared secret from a file only its owner may read (``chmod 600``), else ValueError."""
-    from tunvpn.config.credentials import SecretFileError, parse_secret, read_private_file
+    from tunvpn.plugins import SecretFileError, parse_secret, read_private_file
 
     try:
         text = read_private_file(path, "RADIUS secret_file")
