@@ -40,8 +40,6 @@ from .constants import (
 from .errors import LocalProtocolError, RemoteProtocolError
 from .exchanges import ExchangesMixin
 from .messages import Header, RawPayload, SAPayload, decode_header
-from .natt import NattMixin
-from .peerauth import PeerAuthMixin
 from .phase1 import Phase1Mixin
 from .quickmode import QuickModeMixin
 from .sa import Access, Address, ExchangeKind, ExState, IkeSA, P1State, Role
@@ -62,7 +60,7 @@ MAX_HELD = 4
 """Informational payloads kept per ISAKMP SA until its login is granted."""
 
 
-class IkeEngine(Phase1Mixin, PeerAuthMixin, NattMixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
+class IkeEngine(Phase1Mixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
     """All ISAKMP SAs of one local endpoint."""
 
     def __init__(

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import crypto
+from . import crypto, natt, peerauth
 from . import events as ev
 from .config import HYBRID_METHODS, SIGNATURE_METHODS, XAUTH_METHODS, base_auth_method
 from .constants import (
@@ -115,7 +115,7 @@ class Phase1Mixin:
             raise ValueError(f"unknown phase 1 mode {mode!r} (main, aggressive or base)")
         sa = IkeSA(Role.INITIATOR, exchange, self._new_cookie(), bytes(8), local, remote, now)
         sa.last_heard = now
-        sa.local_id = local_id or self._default_local_id(local)
+        sa.local_id = local_id or peerauth.default_local_id(self.config, local)
         methods = self.config.auth_methods(xauth=xauth, responder=False)
         if self.config.hybrid and exchange == BM:
             raise ValueError("hybrid authentication runs in main or aggressive mode, not base")
@@ -132,7 +132,7 @@ class Phase1Mixin:
             sa.offered = self.config.phase1.enumerate(methods, groups)
             sa_payload = phase1_sa_payload(sa.offered)
             sa.sa_body = encode_payload(sa_payload, 0)[4:]
-            payloads: list[Payload] = [sa_payload, *self._vendor_ids(xauth=xauth)]
+            payloads: list[Payload] = [sa_payload, *natt.vendor_ids(self.config, xauth=xauth)]
             if exchange == BM:
                 payloads.append(VendorIDPayload(BASE_MODE_V2_VID))
             self._send_phase1(sa, payloads, now, encrypt=False)
@@ -155,8 +155,8 @@ class Phase1Mixin:
         sa.local_id_body = encode_payload(id_payload, 0)[4:]
         xauth = any(m in XAUTH_METHODS for m in methods)
         payloads: list[Payload] = [sa_payload, KEPayload(sa.gxi), NoncePayload(sa.ni), id_payload]
-        payloads += self._vendor_ids(xauth=xauth)
-        payloads += self._cert_requests()
+        payloads += natt.vendor_ids(self.config, xauth=xauth)
+        payloads += peerauth.cert_requests(self.config)
         sa.retransmits = 0
         self._send_phase1(sa, payloads, sa.created, encrypt=False)
 
@@ -331,7 +331,9 @@ class Phase1Mixin:
             sa_payload = phase1_sa_payload(sa.offered)
             sa.sa_body = encode_payload(sa_payload, 0)[4:]
             xauth = any(s.auth in XAUTH_METHODS for s in sa.offered)
-            self._send_phase1(sa, [sa_payload, *self._vendor_ids(xauth=xauth)], now, encrypt=False)
+            self._send_phase1(
+                sa, [sa_payload, *natt.vendor_ids(self.config, xauth=xauth)], now, encrypt=False
+            )
             return
         self._fail_phase1(sa, f"peer answered {name}", n.notify_type, send_notify=False)
 
@@ -341,23 +343,23 @@ class Phase1Mixin:
         sa_raw = _one(payloads, SAPayload, "SA")
         assert isinstance(sa_raw.payload, SAPayload)
         sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
-        self._note_vendor_ids(sa, payloads)
+        natt.note_vendor_ids(self.config, sa, payloads)
         sa.dh = crypto.DiffieHellman(sa.suite.group)
         sa.gxi = sa.dh.public
         sa.ni = self._random(NONCE_SIZE)
         out: list[Payload] = [KEPayload(sa.gxi), NoncePayload(sa.ni)]
         if sa.suite.auth in SIGNATURE_METHODS:
-            out += self._cert_requests()
-        out += self._natd_payloads(sa)
+            out += peerauth.cert_requests(self.config)
+        out += natt.natd_payloads(self.config, sa, self._random)
         sa.state = P1State.I_SENT_KE
         self._send_phase1(sa, out, now, encrypt=False)
 
     def _mm_r_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         sa_raw = _one(payloads, SAPayload, "SA")
-        self._note_vendor_ids(sa, payloads)
+        natt.note_vendor_ids(self.config, sa, payloads)
         self._choose_suite(sa, sa_raw, None)
         out: list[Payload] = [self._chosen_sa(sa_raw, sa)]
-        out += self._vendor_ids(xauth=sa.xauth_expected)
+        out += natt.vendor_ids(self.config, xauth=sa.xauth_expected)
         sa.state = P1State.R_SENT_SA
         self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
 
@@ -368,15 +370,15 @@ class Phase1Mixin:
         sa.dh = crypto.DiffieHellman(sa.suite.group)
         sa.gxr = sa.dh.public
         sa.nr = self._random(NONCE_SIZE)
-        self._check_natd(sa, payloads)
+        natt.check_natd(self.config, sa, payloads)
         if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
             # by address: the ID comes encrypted in message 5 (RFC 2409 section 5.4)
             sa.psk = self._responder_psk(None, sa.remote[0])
         self._derive_keys(sa)
         out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr)]
         if sa.suite.auth in SIGNATURE_METHODS:
-            out += self._cert_requests()
-        out += self._natd_payloads(sa)
+            out += peerauth.cert_requests(self.config)
+        out += natt.natd_payloads(self.config, sa, self._random)
         sa.state = P1State.R_SENT_KE
         self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
 
@@ -384,41 +386,41 @@ class Phase1Mixin:
         assert sa.suite is not None
         sa.gxr = self._peer_ke(sa, payloads)
         sa.nr = self._peer_nonce(payloads)
-        self._check_natd(sa, payloads)
+        natt.check_natd(self.config, sa, payloads)
         if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
             sa.psk = self.config.psks.lookup(None, sa.remote[0])
             if sa.psk is None:
                 raise AuthenticationError(f"no pre-shared key for {sa.remote[0]}")
         self._derive_keys(sa)
-        self._maybe_float(sa)
+        natt.maybe_float(self.config, sa)
         assert sa.local_id is not None
         id_payload = sa.local_id.to_payload()
         sa.local_id_body = encode_payload(id_payload, 0)[4:]
-        out: list[Payload] = [id_payload, *self._auth_payloads(sa, initiator=True)]
+        out: list[Payload] = [id_payload, *peerauth.auth_payloads(self.config, sa, initiator=True)]
         out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
         sa.state = P1State.I_SENT_AUTH
         self._send_phase1(sa, out, now, encrypt=True)
 
     def _mm_r_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         self._take_peer_id(sa, payloads)
-        self._verify_auth(sa, payloads, initiator=True, now=now)
-        sa.local_id = self._default_local_id(sa.local)
+        peerauth.verify_auth(self.config, sa, payloads, initiator=True, now=now)
+        sa.local_id = peerauth.default_local_id(self.config, sa.local)
         id_payload = sa.local_id.to_payload()
         sa.local_id_body = encode_payload(id_payload, 0)[4:]
-        out: list[Payload] = [id_payload, *self._auth_payloads(sa, initiator=False)]
+        out: list[Payload] = [id_payload, *peerauth.auth_payloads(self.config, sa, initiator=False)]
         self._send_phase1(sa, out, now, encrypt=True, expect_reply=False)
         self._phase1_done(sa, payloads, now)
 
     def _mm_i_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         self._take_peer_id(sa, payloads)
-        self._verify_auth(sa, payloads, initiator=False, now=now)
+        peerauth.verify_auth(self.config, sa, payloads, initiator=False, now=now)
         self._phase1_done(sa, payloads, now)
 
     # ------------------------------------------------------------------ Aggressive Mode
 
     def _am_r_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         sa_raw = _one(payloads, SAPayload, "SA")
-        self._note_vendor_ids(sa, payloads)
+        natt.note_vendor_ids(self.config, sa, payloads)
         self._take_peer_id(sa, payloads)
         ke = _one(payloads, KEPayload, "KE").payload
         assert isinstance(ke, KEPayload)
@@ -431,13 +433,13 @@ class Phase1Mixin:
         sa.nr = self._random(NONCE_SIZE)
         self._lookup_psk(sa)
         self._derive_keys(sa)
-        sa.local_id = self._default_local_id(sa.local)
+        sa.local_id = peerauth.default_local_id(self.config, sa.local)
         id_payload = sa.local_id.to_payload()
         sa.local_id_body = encode_payload(id_payload, 0)[4:]
         out: list[Payload] = [self._chosen_sa(sa_raw, sa), KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
-        out += self._auth_payloads(sa, initiator=False)
-        out += self._vendor_ids(xauth=sa.xauth_expected)
-        out += self._natd_payloads(sa)
+        out += peerauth.auth_payloads(self.config, sa, initiator=False)
+        out += natt.vendor_ids(self.config, xauth=sa.xauth_expected)
+        out += natt.natd_payloads(self.config, sa, self._random)
         sa.state = P1State.R_SENT_KE
         self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
 
@@ -445,24 +447,27 @@ class Phase1Mixin:
         sa_raw = _one(payloads, SAPayload, "SA")
         assert isinstance(sa_raw.payload, SAPayload)
         sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
-        self._note_vendor_ids(sa, payloads)
+        natt.note_vendor_ids(self.config, sa, payloads)
         sa.gxr = self._peer_ke(sa, payloads)
         sa.nr = self._peer_nonce(payloads)
         self._take_peer_id(sa, payloads)
         self._lookup_psk(sa)
         self._derive_keys(sa)
-        self._verify_auth(sa, payloads, initiator=False, now=now)
-        self._check_natd(sa, payloads)
-        self._maybe_float(sa)
-        out: list[Payload] = [*self._auth_payloads(sa, initiator=True), *self._natd_payloads(sa)]
+        peerauth.verify_auth(self.config, sa, payloads, initiator=False, now=now)
+        natt.check_natd(self.config, sa, payloads)
+        natt.maybe_float(self.config, sa)
+        out: list[Payload] = [
+            *peerauth.auth_payloads(self.config, sa, initiator=True),
+            *natt.natd_payloads(self.config, sa, self._random),
+        ]
         out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
         # the third message is encrypted, as vpnc, Cisco and Libreswan send it
         self._send_phase1(sa, out, now, encrypt=True, expect_reply=False)
         self._phase1_done(sa, payloads, now)
 
     def _am_r_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        self._verify_auth(sa, payloads, initiator=True, now=now)
-        self._check_natd(sa, payloads)
+        peerauth.verify_auth(self.config, sa, payloads, initiator=True, now=now)
+        natt.check_natd(self.config, sa, payloads)
         self._phase1_done(sa, payloads, now)
 
     # ------------------------------------------------------------------ Base Mode (tunvpn, v2)
@@ -522,7 +527,11 @@ class Phase1Mixin:
                 BASE_MODE_COOKIE, ProtocolId.ISAKMP, b"", self._bm_cookie(header.icookie, remote, epoch)
             )
             xauth = probe.suite is not None and probe.suite.auth in XAUTH_METHODS
-            out: list[Payload] = [cookie, self._chosen_sa(sa_raw, probe), *self._vendor_ids(xauth=xauth)]
+            out: list[Payload] = [
+                cookie,
+                self._chosen_sa(sa_raw, probe),
+                *natt.vendor_ids(self.config, xauth=xauth),
+            ]
             out.append(VendorIDPayload(BASE_MODE_V2_VID))
             answer = probe.build(BM, 0, out, encrypt=False)
             self._out.append((probe.wrap(answer), remote, local[1]))
@@ -548,7 +557,7 @@ class Phase1Mixin:
         sa_raw = _one(payloads, SAPayload, "SA")
         assert isinstance(sa_raw.payload, SAPayload)
         sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
-        self._note_vendor_ids(sa, payloads)
+        natt.note_vendor_ids(self.config, sa, payloads)
         sa.dh = crypto.DiffieHellman(sa.suite.group)
         sa.gxi = sa.dh.public
         sa.ni = self._random(NONCE_SIZE)
@@ -562,18 +571,20 @@ class Phase1Mixin:
             KEPayload(sa.gxi),
             NoncePayload(sa.ni),
             id_payload,
-            *self._vendor_ids(xauth=xauth),
+            *natt.vendor_ids(self.config, xauth=xauth),
             VendorIDPayload(BASE_MODE_V2_VID),
         ]
         if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
-            out += self._cert_requests()
-        out += self._natd_payloads(sa)  # CKY-R is still zero here, as the responder computes it
+            out += peerauth.cert_requests(self.config)
+        out += natt.natd_payloads(
+            self.config, sa, self._random
+        )  # CKY-R is still zero here, as the responder computes it
         sa.state = P1State.I_SENT_KE
         self._send_phase1(sa, out, now, encrypt=False)
 
     def _bm_r_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         sa_raw = _one(payloads, SAPayload, "SA")
-        self._note_vendor_ids(sa, payloads)
+        natt.note_vendor_ids(self.config, sa, payloads)
         self._take_peer_id(sa, payloads)
         ke = _one(payloads, KEPayload, "KE").payload
         assert isinstance(ke, KEPayload)
@@ -581,19 +592,19 @@ class Phase1Mixin:
         assert sa.suite is not None
         sa.gxi = self._peer_ke(sa, payloads)
         sa.ni = self._peer_nonce(payloads)
-        self._check_natd(sa, payloads, rcookie=bytes(8))
+        natt.check_natd(self.config, sa, payloads, rcookie=bytes(8))
         sa.dh = crypto.DiffieHellman(sa.suite.group)
         sa.gxr = sa.dh.public
         sa.nr = self._random(NONCE_SIZE)
         self._lookup_psk(sa)  # by identity; a decoy for an unknown one (nothing here shows it)
         self._derive_keys(sa)
-        sa.local_id = self._default_local_id(sa.local)
+        sa.local_id = peerauth.default_local_id(self.config, sa.local)
         id_payload = sa.local_id.to_payload()
         sa.local_id_body = encode_payload(id_payload, 0)[4:]
         out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
         if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
-            out += self._cert_requests()
-        out += self._natd_payloads(sa)
+            out += peerauth.cert_requests(self.config)
+        out += natt.natd_payloads(self.config, sa, self._random)
         sa.state = P1State.R_SENT_KE
         self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
 
@@ -602,23 +613,23 @@ class Phase1Mixin:
         sa.gxr = self._peer_ke(sa, payloads)
         sa.nr = self._peer_nonce(payloads)
         self._take_peer_id(sa, payloads)
-        self._check_natd(sa, payloads)
+        natt.check_natd(self.config, sa, payloads)
         self._lookup_psk(sa)
         self._derive_keys(sa)
-        self._maybe_float(sa)
-        out: list[Payload] = [*self._auth_payloads(sa, initiator=True)]
+        natt.maybe_float(self.config, sa)
+        out: list[Payload] = [*peerauth.auth_payloads(self.config, sa, initiator=True)]
         out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
         sa.state = P1State.I_SENT_AUTH
         self._send_phase1(sa, out, now, encrypt=True)
 
     def _bm_r_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        self._verify_auth(sa, payloads, initiator=True, now=now)
-        out: list[Payload] = [*self._auth_payloads(sa, initiator=False)]
+        peerauth.verify_auth(self.config, sa, payloads, initiator=True, now=now)
+        out: list[Payload] = [*peerauth.auth_payloads(self.config, sa, initiator=False)]
         self._send_phase1(sa, out, now, encrypt=True, expect_reply=False)
         self._phase1_done(sa, payloads, now)
 
     def _bm_i_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        self._verify_auth(sa, payloads, initiator=False, now=now)
+        peerauth.verify_auth(self.config, sa, payloads, initiator=False, now=now)
         self._phase1_done(sa, payloads, now)
 
     # ------------------------------------------------------------------ pieces
