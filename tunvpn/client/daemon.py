@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, TextIO
@@ -45,6 +45,7 @@ from tunvpn.untrusted import for_terminal, quoted
 
 if TYPE_CHECKING:
     from tunvpn.client.hostconfig import HostConfig
+    from tunvpn.control.server import ControlServer
     from tunvpn.dataplane.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
@@ -224,9 +225,10 @@ class Client:
         ask_password: Callable[[str], str] | None = None,
     ) -> None:
         self.options = options
-        if (local_ip or options.local_ip) is None:
+        own_ip = local_ip or options.local_ip
+        if own_ip is None:
             raise ValueError("the client needs its own address (local_ip)")
-        self.local_ip: str = local_ip or options.local_ip  # type: ignore[assignment]
+        self.local_ip: str = own_ip
         self.progress = progress or Progress(json_lines=options.json)
         self.clock = clock
         self.ask_password = ask_password or getpass.getpass
@@ -320,13 +322,14 @@ class Client:
 
     # ------------------------------------------------------------------ events
 
-    def handle_event(self, event: ev.Event) -> asyncio.Future[None] | None:
+    def handle_event(self, event: ev.Event) -> Awaitable[None] | None:
         if not self._ours(event):
             return None
         if event.sa_id[8:] != bytes(8):
             self.sa_id = event.sa_id  # the responder cookie is known from the second message on
         if isinstance(event, ev.Phase1Established):
-            return self._phase1_established(event)
+            self._phase1_established(event)
+            return None
         if isinstance(event, ev.Phase1Failed):
             notify = f" (notify {event.notify})" if event.notify is not None else ""
             self.fail("phase1", f"phase 1 with {event.peer[0]} failed: {event.reason}{notify}")
@@ -367,6 +370,10 @@ class Client:
             self.progress.report("closed", f"ISAKMP SA deleted: {event.reason}", state="closed")
             self._finish(EXIT_FAILED if event.by_peer else EXIT_OK, f"ISAKMP SA deleted: {event.reason}")
         return None
+
+    def _plugin_settings(self) -> dict[str, dict[str, object]]:
+        """A copy of the profile's ``[plugin.NAME]`` tables, for a plugin to read."""
+        return {name: dict(table) for name, table in self.options.plugin_settings.items()}
 
     def _ours(self, event: ev.Event) -> bool:
         """Events of our ISAKMP SA (matched by our initiator cookie)."""
@@ -475,7 +482,7 @@ class Client:
             user=self.options.user,
             gateway=self.options.gateway,
             round=self._stage_rounds,
-            plugin_settings={k: dict(v) for k, v in self.options.plugin_settings.items()},
+            plugin_settings=self._plugin_settings(),
         )
         try:
             answer = await self.plugins.client_answer(question)
@@ -627,7 +634,7 @@ class Client:
         for line in undone:
             self.progress.report("cleanup", line, state="restored")
 
-    async def _start_control(self) -> object | None:
+    async def _start_control(self) -> ControlServer | None:
         path = self.options.control_socket
         if path is None:
             return None
@@ -680,7 +687,7 @@ class Client:
         """Ask the client plugins who handles each protocol that is not an XAUTH round."""
         for protocol in protocols:
             try:
-                handler = await self.plugins.client_protocol(protocol, dict(self.options.plugin_settings))
+                handler = await self.plugins.client_protocol(protocol, self._plugin_settings())
             except Exception as exc:
                 self.fail("protocols", f"the plugin for {protocol.name!r} failed: {exc}")
                 return
@@ -727,7 +734,7 @@ class Client:
                 address=address,
                 user=self.options.user,
                 password=self.options.password,
-                plugin_settings=dict(self.options.plugin_settings),
+                plugin_settings=self._plugin_settings(),
                 report=self._protocol_reporter(protocol.name),
                 prompt=self._prompt,
             )
@@ -937,11 +944,10 @@ class Client:
         if self.options.tun is not None and self.tunnel is None:
             from tunvpn.dataplane.tunnel import Tunnel
 
-            options = self.options
             self.tunnel = Tunnel(
                 self.engine,
-                name=options.tun,
-                mtu=options.mtu,
+                name=self.options.tun,
+                mtu=self.options.mtu,
                 proposal_for=self.proposal_for,
             )
             self.progress.report("tunnel", f"TUN device {self.tunnel.name} ready", state="ready")

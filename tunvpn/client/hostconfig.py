@@ -582,7 +582,12 @@ def _backend_from_record(record: Any, run_dir: Path, ifname: str) -> DnsBackend:
     if backend == "none":
         return NoneDns(ifname)
     if backend in ("systemd-resolved", "resolvconf", "scutil"):
-        cls = {"systemd-resolved": ResolvedDns, "resolvconf": ResolvconfDns, "scutil": ScutilDns}[backend]
+        backends: dict[str, Callable[[str], DnsBackend]] = {
+            "systemd-resolved": ResolvedDns,
+            "resolvconf": ResolvconfDns,
+            "scutil": ScutilDns,
+        }
+        cls = backends[backend]
         if record.get("ifname") != ifname:
             raise ValueError("dns.ifname does not match the state file")
         return cls(ifname)

@@ -417,17 +417,18 @@ def read_psks(table: TableReader, base_dir: Path, env: Mapping[str, str], file_m
     if "psk" in table:
         secret = table.required_text("psk")
         if file_mode is None or file_mode & (0o077 | FOREIGN_OWNER):
-            path = table.source.path
+            source_path = table.source.path
             if file_mode is None:
                 state = "text that was not read from a file"
             elif file_mode & FOREIGN_OWNER:
-                state = f"{path}, which another user owns"
+                state = f"{source_path}, which another user owns"
             else:
-                state = f"{path}, which has mode {file_mode:04o}"
+                state = f"{source_path}, which has mode {file_mode:04o}"
             raise table.error(
                 "psk",
                 f"an inline secret is allowed only in a file of ours nobody else can read, not in "
-                f"{state}. Fix: chown {user_name(os.geteuid())} {path} && chmod 600 {path}, or use "
+                f"{state}. Fix: chown {user_name(os.geteuid())} {source_path} "
+                f"&& chmod 600 {source_path}, or use "
                 "psk_file / psk_env",
             )
         return PskTable({"*": secret.encode()})

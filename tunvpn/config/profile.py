@@ -156,12 +156,15 @@ def parse_profile(
     plugins = table.texts("plugins") or ()
     settings_table = table.table("plugin", "[plugin.NAME]", None)
     plugin_settings: dict[str, Mapping[str, object]] = {}
-    for name, value in settings_table.data.items() if settings_table is not None else ():
-        if name not in plugins:
-            raise settings_table.error(name, f"[plugin.{name}] is for a plugin that plugins does not name")  # type: ignore[union-attr]
-        if not isinstance(value, dict):
-            raise settings_table.error(name, f"expected a table ([plugin.{name}])")  # type: ignore[union-attr]
-        plugin_settings[name] = resolve_plugin_paths(dict(value), base_dir)
+    if settings_table is not None:
+        for name, value in settings_table.data.items():
+            if name not in plugins:
+                raise settings_table.error(
+                    name, f"[plugin.{name}] is for a plugin that plugins does not name"
+                )
+            if not isinstance(value, dict):
+                raise settings_table.error(name, f"expected a table ([plugin.{name}])")
+            plugin_settings[name] = resolve_plugin_paths(dict(value), base_dir)
     return ClientProfile(
         source=source,
         gateway=gateway,

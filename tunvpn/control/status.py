@@ -21,10 +21,10 @@ def sa_counters(tunnel: Tunnel | None) -> dict[int, tuple[int, int]]:
     out: dict[int, tuple[int, int]] = {}
     try:
         sad = tunnel.dataplane.sad
-        for sa in sad.inbound_sas():
-            out[sa.spi] = (sa.bytes, sa.packets)
-        for sa in sad.outbound_sas():
-            out[sa.spi] = (sa.bytes, getattr(sa, "seq", 0))
+        for inbound in sad.inbound_sas():
+            out[inbound.spi] = (inbound.bytes, inbound.packets)
+        for outbound in sad.outbound_sas():
+            out[outbound.spi] = (outbound.bytes, outbound.seq)
     except (AttributeError, RuntimeError):  # the table changed while we read it
         pass
     return out

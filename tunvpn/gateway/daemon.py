@@ -595,6 +595,7 @@ class Gateway:
                 reason = getattr(event, "reason", "") or type(event).__name__
                 self._account(gone, "stop", reason=reason, by_peer=bool(getattr(event, "by_peer", False)))
             self._release(event.sa_id)
+        return None
 
     # ------------------------------------------------------------------ accounting
 
@@ -1284,7 +1285,7 @@ class Gateway:
         self._services = self.plugins.serve(self.plugin_context())
         interim = loop.create_task(self._interim_accounting()) if self.options.accounting_interval else None
         crls = loop.create_task(keep_crls_fresh(lambda: self.config), name="CRL distribution points")
-        signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+        signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, self.stop)
         if handle_signals:

@@ -3,6 +3,7 @@ dataclasses, documented field by field (plugins import them from :mod:`tunvpn.pl
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -204,7 +205,10 @@ class ClientQuestion:
     user: str | None = None
     gateway: str = ""
     round: int = 1
-    plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+    # dataclasses.field: the name ``field`` is this class's first field
+    plugin_settings: dict[str, dict[str, Any]] = dataclasses.field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def settings(self, name: str) -> dict[str, Any]:
         """The profile's ``[plugin.NAME]`` table (empty if there is none)."""
