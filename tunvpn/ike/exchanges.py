@@ -48,7 +48,7 @@ class ExchangesMixin:
         (RFC 2408 section 3.1), its secrets are forgotten, and only the last few finished
         exchanges keep their messages."""
         ex.state = ExState.DONE
-        ex.retransmit_at = None
+        ex.sent.stop()
         ex.quick = QuickModeData(spi_in=ex.quick.spi_in, name=ex.quick.name)
         sa.completed.add(ex.message_id)
         done = [m for m, e in sa.exchanges.items() if e.state is ExState.DONE]
@@ -80,13 +80,10 @@ class ExchangesMixin:
         _, following = encode_payloads(payloads)
         hashed = [sa.hash_payload(ex.message_id, following, extra), *payloads]
         data = sa.build(exchange, ex.message_id, hashed, encrypt=True)
-        ex.last_out = data
-        ex.retransmits = 0
-        ex.retransmit_at = now + self.config.retransmit_base if expect_reply else None
-        self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
+        self._send(sa, ex.sent, data, now, expect_reply=expect_reply)
 
     def _retransmit_exchange(self: IkeEngine, sa: IkeSA, ex: Exchange, now: float) -> None:
-        if ex.retransmits >= self.config.retransmit_tries:
+        if not self._send_again(sa, ex.sent, now):
             reason = f"no answer to {ex.kind} exchange {ex.message_id:#x}"
             log.info("%s from %s", reason, sa.remote[0])
             name = ex.quick.name
@@ -95,10 +92,6 @@ class ExchangesMixin:
                 self._events.append(ev.ChildSAFailed(sa.sa_id, reason, None, name))
             else:
                 self._events.append(ev.ProtocolError(sa.sa_id, sa.remote, reason, None))
-            return
-        ex.retransmits += 1
-        ex.retransmit_at = now + self.config.retransmit_base * (2**ex.retransmits)
-        self._out.append((sa.wrap(ex.last_out), sa.remote, sa.local[1]))
 
     # ------------------------------------------------------------------ Informational
 

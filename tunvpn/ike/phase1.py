@@ -50,6 +50,7 @@ from .messages import (
 )
 from .natt import BASE_MODE_V2_VID
 from .proposals import check_phase1_answer, phase1_sa_payload, select_phase1_proposal
+from .retransmit import Retransmission
 from .sa import Address, IkeSA, P1State, Role
 from .sa import find_payloads as _find
 from .sa import one_payload as _one
@@ -157,7 +158,6 @@ class Phase1Mixin:
         payloads: list[Payload] = [sa_payload, KEPayload(sa.gxi), NoncePayload(sa.ni), id_payload]
         payloads += natt.vendor_ids(self.config, xauth=xauth)
         payloads += peerauth.cert_requests(self.config)
-        sa.retransmits = 0
         self._send_phase1(sa, payloads, sa.created, encrypt=False)
 
     # ------------------------------------------------------------------ receive
@@ -200,7 +200,10 @@ class Phase1Mixin:
         # fails leaves the SA as it was, and ends the phase 1 only if it is a verified
         # authentication failure (_phase1_failure_is_verified); else it is dropped and
         # counted (engine._on_remote_error) and the real peer's messages carry on.
-        saved = {k: copy.copy(v) if isinstance(v, set | list | dict) else v for k, v in vars(sa).items()}
+        saved = {
+            k: copy.copy(v) if isinstance(v, set | list | dict | Retransmission) else v
+            for k, v in vars(sa).items()
+        }
         handling = False
         try:
             # the responder's cookie comes with its first answer; in Base Mode with message 4
@@ -224,7 +227,7 @@ class Phase1Mixin:
                     self._peer_refused(sa, n, now)
                     return
             sa.last_in = data
-            sa.retransmit_at = None
+            sa.sent.stop()
             handling = True
             handler(self, sa, payloads, now)
             if sa.established and self._phase1_drops:
@@ -302,8 +305,8 @@ class Phase1Mixin:
                     f"peer answered {name}" + (" (the pre-shared keys probably differ)" if sa.psk else ""),
                     notify or NotifyType.AUTHENTICATION_FAILED,
                 )
-                sa.retransmit_at = now + 2 * self.config.retransmit_base
-                self._out.append((sa.wrap(sa.last_out), sa.remote, sa.local[1]))
+                sa.sent.at = now + 2 * self.config.retransmit_base
+                self._out.append((sa.wrap(sa.sent.message), sa.remote, sa.local[1]))
             return
         if sa.exchange == AM and n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN and sa.aggressive_groups:
             # Aggressive Mode carries one group: try the next one (issue #2, seed FIG. 6)
@@ -769,31 +772,24 @@ class Phase1Mixin:
         expect_reply: bool = True,
     ) -> None:
         data = sa.build(sa.exchange, 0, payloads, encrypt=encrypt)
-        sa.last_out = data
-        sa.retransmits = 0
-        sa.retransmit_at = now + self.config.retransmit_base if expect_reply else None
-        self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
+        self._send(sa, sa.sent, data, now, expect_reply=expect_reply)
 
     def _retransmit_phase1(self: IkeEngine, sa: IkeSA, now: float) -> None:
         if isinstance((self._phase1_drops or {}).get(sa.local_cookie), UnauthenticatedRefusal):
             self._fail_phase1(sa, "no valid answer after the peer's refusal", None, send_notify=False)
             return
-        if sa.retransmits >= self.config.retransmit_tries:
+        if not self._send_again(sa, sa.sent, now):
             self._fail_phase1(
                 sa,
-                f"no answer from {sa.remote[0]} after {sa.retransmits} retransmissions",
+                f"no answer from {sa.remote[0]} after {sa.sent.count} retransmissions",
                 None,
                 send_notify=False,
             )
-            return
-        sa.retransmits += 1
-        sa.retransmit_at = now + self.config.retransmit_base * (2**sa.retransmits)
-        self._out.append((sa.wrap(sa.last_out), sa.remote, sa.local[1]))
 
     def _phase1_done(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         assert sa.suite is not None
         sa.state = P1State.ESTABLISHED
-        sa.retransmit_at = None
+        sa.sent.stop()
         sa.last_heard = now
         sa.expires = now + sa.suite.lifetime if sa.suite.lifetime else None
         for key, cookie in list(self._half_open.items()):

@@ -291,7 +291,7 @@ class QuickModeMixin:
         hash3 = payloads[0].payload
         if not isinstance(hash3, HashPayload) or not crypto.constant_time_equal(expected, hash3.data):
             raise RemoteProtocolError("HASH(3) does not verify", NotifyType.INVALID_HASH_INFORMATION, "HASH")
-        ex.retransmit_at = None
+        ex.sent.stop()
 
     def _qm_i_second(
         self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float
@@ -355,9 +355,7 @@ class QuickModeMixin:
         hash3 = sa.prf_a(b"\x00" + struct.pack("!I", ex.message_id) + ni + nr)
 
         data = sa.build(ExchangeType.QUICK_MODE, ex.message_id, [HashPayload(hash3)], encrypt=True)
-        ex.last_out = data
-        ex.retransmit_at = None
-        self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
+        self._send(sa, ex.sent, data, now, expect_reply=False)
         qm.spi_out, qm.nr, qm.lifetime_s, qm.lifetime_kb = spi_out, nr, lifetime_s, lifetime_kb
         self._child_established(sa, ex, ct, g_qm, "initiator")
 

@@ -25,6 +25,7 @@ from .messages import (
     encode_payloads,
 )
 from .proposals import ChildProposal, Phase1Suite
+from .retransmit import Retransmission
 
 Address = tuple[str, int]
 
@@ -149,9 +150,8 @@ class Exchange:
     iv: bytes
     state: ExState = ExState.NEW
     last_in: bytes = b""
-    last_out: bytes = b""
-    retransmit_at: float | None = None
-    retransmits: int = 0
+    sent: Retransmission = field(default_factory=Retransmission)
+    """Our last message and its retransmission (retransmit.py)."""
     tx: TransactionData = field(default_factory=TransactionData)
     """Transaction exchanges: what the next message needs."""
     quick: QuickModeData = field(default_factory=QuickModeData)
@@ -199,11 +199,9 @@ class IkeSA:
     modecfg_done: bool = False
     tunvpn_peer: bool = False
     exchanges: dict[int, Exchange] = field(default_factory=dict)
-    # phase 1 retransmission / duplicate detection
+    # phase 1 duplicate detection and retransmission (retransmit.py)
     last_in: bytes = b""
-    last_out: bytes = b""
-    retransmit_at: float | None = None
-    retransmits: int = 0
+    sent: Retransmission = field(default_factory=Retransmission)
     # liveness
     last_heard: float = 0.0
     dpd_seq: int = 0

@@ -402,7 +402,7 @@ class TransactionMixin:
 
     def _tx_reply(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
         attr = self._attribute_payload(sa, ex, payloads)
-        ex.retransmit_at = None
+        ex.sent.stop()
         if ex.tx.purpose is TransactionPurpose.XAUTH:
             values = {a.type: _text(a) for a in attr.attributes if isinstance(a.value, bytes)}
             fixed = sa.xauth_user
@@ -454,7 +454,7 @@ class TransactionMixin:
 
     def _tx_ack(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
         attr = self._attribute_payload(sa, ex, payloads)
-        ex.retransmit_at = None
+        ex.sent.stop()
         if ex.tx.purpose is TransactionPurpose.XAUTH_STATUS:
             ok = ex.tx.ok
             self._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user))
