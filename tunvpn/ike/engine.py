@@ -42,6 +42,7 @@ from .exchanges import ExchangesMixin
 from .messages import Header, RawPayload, SAPayload, decode_header
 from .phase1 import Phase1Mixin
 from .quickmode import QuickModeMixin
+from .retransmit import Retransmission
 from .sa import Access, Address, ExchangeKind, ExState, IkeSA, P1State, Role
 from .transaction import TransactionMixin
 
@@ -129,14 +130,14 @@ class IkeEngine(Phase1Mixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
     def get_timer(self) -> float | None:
         times: list[float] = []
         for sa in self._sas.values():
-            for t in (sa.retransmit_at, sa.next_keepalive, sa.expires, sa.login_deadline):
+            for t in (sa.sent.at, sa.next_keepalive, sa.expires, sa.login_deadline):
                 if t is not None:
                     times.append(t)
             if sa.established and self.config.dpd_interval > 0 and "dpd" in sa.peer_vendor_ids:
                 times.append(self._dpd_due(sa))
             if not sa.established:
                 times.append(sa.created + self.config.half_open_timeout)
-            times.extend(ex.retransmit_at for ex in sa.exchanges.values() if ex.retransmit_at is not None)
+            times.extend(ex.sent.at for ex in sa.exchanges.values() if ex.sent.at is not None)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -155,10 +156,10 @@ class IkeEngine(Phase1Mixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
                     sa.sa_id, now, reason=f"login not finished within {self.config.login_timeout:.0f} s"
                 )
                 continue
-            if sa.retransmit_at is not None and now >= sa.retransmit_at:
+            if sa.sent.due(now):
                 self._retransmit_phase1(sa, now)
             for ex in list(sa.exchanges.values()):
-                if ex.retransmit_at is not None and now >= ex.retransmit_at:
+                if ex.sent.due(now):
                     self._retransmit_exchange(sa, ex, now)
             if sa.state is P1State.DEAD:
                 continue
@@ -240,9 +241,9 @@ class IkeEngine(Phase1Mixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
                     "header.exchange",
                     18,
                 )
-            if data == sa.last_in and sa.last_out:
+            if data == sa.last_in and sa.sent.message:
                 # RFC 2408 section 5 / RFC 2409: a retransmitted request gets our last answer
-                self._out.append((sa.wrap(sa.last_out), sa.remote, sa.local[1]))
+                self._out.append((sa.wrap(sa.sent.message), sa.remote, sa.local[1]))
                 return
             if sa.established:
                 return  # a late duplicate of a message we already answered differently
@@ -312,8 +313,8 @@ class IkeEngine(Phase1Mixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
         if ex is not None and data == ex.last_in:
             # a retransmitted request: answer again, or stay quiet while the user or the shell
             # has not answered yet (its IV has already moved on, it must not be decrypted again)
-            if ex.last_out:
-                self._out.append((sa.wrap(ex.last_out), sa.remote, sa.local[1]))
+            if ex.sent.message:
+                self._out.append((sa.wrap(ex.sent.message), sa.remote, sa.local[1]))
             return
         if mid in sa.completed:
             # RFC 2408 section 3.1: a message ID is used once per ISAKMP SA; a finished
@@ -414,6 +415,23 @@ class IkeEngine(Phase1Mixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
             self._exchange_done(sa, ex)
         else:
             ex.state = transition.next_state
+
+    # ------------------------------------------------------------------ sending (retransmit.py)
+
+    def _send(self, sa: IkeSA, sent: Retransmission, data: bytes, now: float, *, expect_reply: bool) -> None:
+        """Send one message of phase 1 or of an exchange, kept in ``sent`` to be sent again
+        until its answer comes (if ``expect_reply``) and to answer a retransmitted request."""
+        sent.sent(data, now, self.config.retransmit_base, expect_reply=expect_reply)
+        self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
+
+    def _send_again(self, sa: IkeSA, sent: Retransmission, now: float) -> bool:
+        """The one retransmission path of phase 1 and the exchanges: send the kept message
+        again with the delay doubled; False once ``retransmit_tries`` are used up."""
+        data = sent.again(now, self.config.retransmit_base, self.config.retransmit_tries)
+        if data is None:
+            return False
+        self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
+        return True
 
     def _heard(self, sa: IkeSA, now: float) -> None:
         """A verified message arrived: the peer is alive (RFC 3706 section 5.3)."""
