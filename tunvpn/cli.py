@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -33,6 +34,9 @@ from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
 from tunvpn.shell.udp import BindError
 from tunvpn.untrusted import SafeFormatter, for_terminal
+
+if TYPE_CHECKING:
+    from tunvpn.gateway.daemon import GatewayOptions
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+def add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``tunvpn_add_commands`` of every installed plugin; a broken one is logged and skipped."""
     import importlib.metadata
 
@@ -485,7 +489,7 @@ def _setup_logging(verbose: int, quiet: bool, default: int) -> None:
 # --------------------------------------------------------------------------- gateway
 
 
-def _gateway_options(args: argparse.Namespace) -> object:
+def _gateway_options(args: argparse.Namespace) -> GatewayOptions:
     from tunvpn.config.pool import AddressPool
     from tunvpn.gateway.daemon import GatewayOptions
 
@@ -547,8 +551,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         if args.listen is None:
             raise CliError("give -c gateway.toml, or --listen ADDRESS with the other flags")
         options = _gateway_options(args)
-        options.control_socket = _control_path(args.control, "gateway")  # type: ignore[attr-defined]
-    gateway = Gateway(options)  # type: ignore[arg-type]
+        options.control_socket = _control_path(args.control, "gateway")
+    gateway = Gateway(options)
     asyncio.run(gateway.run())
     return 0
 
@@ -592,7 +596,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose, args.quiet, logging.WARNING)
     credential = None
-    trusted_cas: tuple = ()
+    trusted_cas: tuple[x509.Certificate, ...] = ()
     peer_certificates = None
     if args.profile:
         from tunvpn.config.profile import load_profile

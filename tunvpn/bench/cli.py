@@ -14,7 +14,7 @@ import argparse
 import logging
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from tunvpn.bench.providers import DEFAULT_PATHS, PROVIDERS, ProviderFactory
@@ -43,7 +43,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _count(minimum: int) -> object:
+def _count(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import base64
 import datetime
+import functools
 import json
 import logging
 import os
@@ -136,6 +137,11 @@ class TunnelProvider(abc.ABC):
 
     def ip(self, *args: str) -> None:
         self.tracker.run(["ip", *args], check=True)
+
+
+def _exists_or_exited(path: Path, proc: subprocess.Popen[bytes]) -> bool:
+    """Whether a daemon made its socket ``path`` yet, or died trying."""
+    return path.exists() or proc.poll() is not None
 
 
 def _tail(text: str, n: int = 240) -> str:
@@ -325,7 +331,7 @@ class WireGuardProvider(TunnelProvider):
         for side in ("a", "b"):
             sock = WG_RUN_DIR / f"{devs[side]}.sock"
             proc = self._procs[f"wireguard-go-{side}"]
-            wait_until(lambda s=sock, p=proc: s.exists() or p.poll() is not None, 10)  # type: ignore[misc]
+            wait_until(functools.partial(_exists_or_exited, sock, proc), 10)
             if not sock.exists():
                 raise NotAvailable(
                     f"wireguard-go made no {sock}: {_tail(self.log_of(f'wireguard-go-{side}'))}"
@@ -535,7 +541,7 @@ class StrongSwanProvider(TunnelProvider):
                 ],
                 env={"STRONGSWAN_CONF": str(d / "strongswan.conf")},
             )  # fmt: skip
-            wait_until(lambda v=vici, p=proc: v.exists() or p.poll() is not None, 15)  # type: ignore[misc]
+            wait_until(functools.partial(_exists_or_exited, vici, proc), 15)
             if not vici.exists():
                 raise NotAvailable(
                     f"{label} opened no vici socket: {_tail(self.log_of(label))} "

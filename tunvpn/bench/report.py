@@ -244,12 +244,16 @@ class BenchReport:
                 out.append(Goal(goal_text, f"tunvpn / {p.name} = {note}", value >= minimum))
         if self.path("openvpn") is not None:
             text = "added ping RTT (over plain veth) no worse than OpenVPN's"
-            ours, theirs = self.added_rtt(TUNVPN), self.added_rtt("openvpn")
-            if ours is None or theirs is None:
+            our_rtt, their_rtt = self.added_rtt(TUNVPN), self.added_rtt("openvpn")
+            if our_rtt is None or their_rtt is None:
                 out.append(Goal(text, f"n/a ({self._why_missing(TUNVPN, 'openvpn', VETH)})", None))
             else:
                 out.append(
-                    Goal(text, f"tunvpn +{ours:.3f} ms, openvpn +{theirs:.3f} ms", ours <= theirs + 1e-9)
+                    Goal(
+                        text,
+                        f"tunvpn +{our_rtt:.3f} ms, openvpn +{their_rtt:.3f} ms",
+                        our_rtt <= their_rtt + 1e-9,
+                    )
                 )
         return out
 

@@ -124,7 +124,7 @@ def resolve_paths(names: Sequence[str], providers: Mapping[str, ProviderFactory]
 
 
 def _host_info() -> dict[str, Any]:
-    load = ""
+    load: list[str] = []
     with contextlib.suppress(OSError):
         load = Path("/proc/loadavg").read_text().split(" ")[0:3]
     return {

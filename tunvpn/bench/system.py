@@ -177,7 +177,7 @@ class Tracker:
             out.close()
         self.daemons.append(Daemon(label, proc, log_path, proc_starttime(proc.pid)))
         self.save()
-        log.debug("started %s (pid %d): %s", label, proc.pid, " ".join(map(os.fspath, argv)))
+        log.debug("started %s (pid %d): %s", label, proc.pid, " ".join(os.fspath(a) for a in argv))
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
@@ -225,11 +225,11 @@ class Tracker:
             )
         except subprocess.TimeoutExpired as exc:
             raise CommandError(
-                f"`{' '.join(map(os.fspath, argv))}` took longer than {timeout:.0f} s"
+                f"`{' '.join(os.fspath(a) for a in argv)}` took longer than {timeout:.0f} s"
             ) from exc
         if check and result.returncode != 0:
             raise CommandError(
-                f"`{' '.join(map(os.fspath, argv))}` exited {result.returncode}: "
+                f"`{' '.join(os.fspath(a) for a in argv)}` exited {result.returncode}: "
                 f"{(result.stderr or result.stdout).strip()[-500:]}"
             )
         return result
