@@ -33,6 +33,7 @@ from tunvpn.esp import SadTable, sa_pair_from_child
 from tunvpn.esp.events import SaLifetimeEvent
 from tunvpn.esp.ratelimit import DropLog
 from tunvpn.ike.events import ChildSAEstablished
+from tunvpn.ike.udpencap import DatagramKind, classify_datagram
 
 log = logging.getLogger(__name__)
 
@@ -316,14 +317,16 @@ class DataPlane:
         other SAs or needing the careful path."""
         esp: list[bytes] = []
         for data in received:
-            if data[:4] == b"\x00\x00\x00\x00":
+            kind = classify_datagram(data)  # RFC 3948 section 2
+            if kind is DatagramKind.ESP:
+                esp.append(data)
+            elif kind is DatagramKind.IKE:
                 if self._deliver_ike is not None:
                     self._deliver_ike(data, addr)
-                continue
-            if data == b"\xff":
+            elif kind is DatagramKind.KEEPALIVE:
                 self.counters["nat-t keepalive"] += 1
-                continue
-            esp.append(data)
+            else:
+                self.counters["invalid on nat-t port"] += 1
         if esp:
             self.counters["esp in (careful path)"] += len(esp)
             # one at a time: what opened tells which SA's ESP authenticated from addr (a forged

@@ -16,7 +16,6 @@ from .constants import (
     DEFAULT_REPLAY_WINDOW,
     SEQ32_MAX,
     SEQ64_MAX,
-    DatagramKind,
     Direction,
     DropReason,
     LifetimeTrigger,
@@ -39,6 +38,7 @@ from .transforms import AeadEngine, CbcEngine, EspSuite, esp_trailer, strip_trai
 from .udpencap import (
     NAT_KEEPALIVE,
     NON_ESP_MARKER,
+    DatagramKind,
     classify_datagram,
     nat_keepalive,
     split_datagrams,

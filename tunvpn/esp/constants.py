@@ -68,16 +68,3 @@ class LifetimeTrigger(Enum):
     BYTES = "bytes"
     PACKETS = "packets"
     SEQUENCE = "sequence numbers"  # RFC 4303 section 3.3.3: the counter must not cycle
-
-
-class DatagramKind(IntEnum):
-    """What arrived on UDP port 4500 (RFC 3948 section 2)."""
-
-    ESP = 0
-    """An ESP packet: the first four octets are a non-zero SPI."""
-    IKE = 1
-    """An IKE message behind the four-octet non-ESP marker (RFC 3948 section 2.2)."""
-    KEEPALIVE = 2
-    """A NAT-keepalive: the single octet 0xFF (RFC 3948 section 2.3)."""
-    INVALID = 3
-    """Anything else: too short for ESP, a marker with no IKE header behind it."""

@@ -2,32 +2,20 @@
 
 Port 4500 carries three things: ESP packets (the first four octets are the non-zero SPI),
 IKE messages behind a four-octet zero non-ESP marker, and NAT-keepalives (one 0xFF octet).
+The one classifier of the port, :func:`classify_datagram`, lives in :mod:`tunvpn.ike.udpencap`
+(the IKE core needs it too and imports nothing outside ``ike/``); this module re-exports it
+with the helpers of the ESP side.
 """
 
 from __future__ import annotations
 
-from .constants import DatagramKind
-
-NON_ESP_MARKER = b"\x00\x00\x00\x00"
-"""RFC 3948 section 2.2: precedes IKE messages on the NAT-T port."""
-NAT_KEEPALIVE = b"\xff"
-"""RFC 3948 section 2.3: the whole payload of a NAT-keepalive."""
-ISAKMP_HEADER_LEN = 28
-"""RFC 2408 section 3.1: an IKE message is at least its fixed header."""
-ESP_MIN_LEN = 8
-"""SPI and sequence number: anything shorter cannot be ESP."""
-
-
-def classify_datagram(data: bytes | bytearray | memoryview) -> DatagramKind:
-    """What a UDP payload received on port 4500 is (RFC 3948 section 2)."""
-    n = len(data)
-    if n >= ESP_MIN_LEN and data[:4] != NON_ESP_MARKER:
-        return DatagramKind.ESP
-    if n == 1 and data[0] == 0xFF:
-        return DatagramKind.KEEPALIVE
-    if n >= 4 + ISAKMP_HEADER_LEN and data[:4] == NON_ESP_MARKER:
-        return DatagramKind.IKE
-    return DatagramKind.INVALID
+from tunvpn.ike.udpencap import (
+    ESP_MIN_LEN,
+    NAT_KEEPALIVE,
+    NON_ESP_MARKER,
+    DatagramKind,
+    classify_datagram,
+)
 
 
 def split_datagrams(
@@ -40,13 +28,11 @@ def split_datagrams(
     esp: list[bytes] = []
     ike: list[bytes] = []
     keepalives = invalid = 0
-    marker = NON_ESP_MARKER
     for data in datagrams:
-        if len(data) >= ESP_MIN_LEN and data[:4] != marker:
-            esp.append(data)
-            continue
         kind = classify_datagram(data)
-        if kind is DatagramKind.IKE:
+        if kind is DatagramKind.ESP:
+            esp.append(data)
+        elif kind is DatagramKind.IKE:
             ike.append(bytes(data[4:]))
         elif kind is DatagramKind.KEEPALIVE:
             keepalives += 1
@@ -70,3 +56,16 @@ def strip_non_esp_marker(data: bytes) -> bytes | None:
     if classify_datagram(data) is not DatagramKind.IKE:
         return None
     return bytes(data[4:])
+
+
+__all__ = [
+    "ESP_MIN_LEN",
+    "NAT_KEEPALIVE",
+    "NON_ESP_MARKER",
+    "DatagramKind",
+    "classify_datagram",
+    "nat_keepalive",
+    "split_datagrams",
+    "strip_non_esp_marker",
+    "with_non_esp_marker",
+]

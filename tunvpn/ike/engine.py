@@ -45,6 +45,7 @@ from .quickmode import QuickModeMixin
 from .retransmit import Retransmission
 from .sa import Access, Address, ExchangeKind, ExState, IkeSA, P1State, Role
 from .transaction import TransactionMixin
+from .udpencap import DatagramKind, classify_datagram
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,15 @@ class IkeEngine(Phase1Mixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
     def receive_datagram(self, data: bytes, remote: Address, local: Address, now: float) -> None:
         """Process one UDP payload received on an IKE port."""
         if local[1] != self.ike_port or data[:4] == NON_ESP_MARKER:
-            # RFC 3948 section 2.2: on the NAT-T port IKE carries a 4-byte zero marker
-            if data == NAT_KEEPALIVE:
+            # RFC 3948 section 2: on the NAT-T port IKE carries a 4-byte zero marker
+            kind = classify_datagram(data)
+            if kind is DatagramKind.KEEPALIVE:
                 return
-            if data[:4] != NON_ESP_MARKER:
+            if kind is DatagramKind.ESP:
                 self._protocol_error(b"", remote, "ESP packet handed to the IKE engine", None)
+                return
+            if kind is DatagramKind.INVALID:
+                self._protocol_error(b"", remote, "not IKE, ESP or a NAT-keepalive (NAT-T port)", None)
                 return
             data = data[4:]
         try:

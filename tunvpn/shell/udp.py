@@ -5,8 +5,10 @@ its ``now`` meets the clock (aioquic's ``asyncio/protocol.py`` plays the same pa
 
 * one socket on ``(local_ip, ike_port)`` and one on ``(local_ip, natt_port)``; every IKE
   payload goes to ``engine.receive_datagram(data, remote, (local_ip, port), time.time())``.
-  On the NAT-T port the 4-byte non-ESP marker stays on (the engine strips it); a payload
-  that does not start with it is ESP (RFC 3948 section 2.2) and goes to ``esp_sink``.
+  On the NAT-T port the 4-byte non-ESP marker stays on (the engine strips it). What else
+  arrives there (:func:`tunvpn.ike.udpencap.classify_datagram`, RFC 3948 section 2) is
+  counted and dropped: NAT-keepalives, and ESP when no data path owns the socket (with a
+  data path, :class:`NattOwner` receives on 4500 and hands over only the IKE messages).
 * after every input the driver sends ``engine.datagrams_to_send()``, drains
   ``engine.next_event()``, logs each event once, hands it to the handler and re-arms the one
   timer from ``engine.get_timer()``.
@@ -30,15 +32,15 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from tunvpn.ike import events as ev
-from tunvpn.ike.constants import NAT_KEEPALIVE, NON_ESP_MARKER, AuthAlgorithm, EspTransform
+from tunvpn.ike.constants import AuthAlgorithm, EspTransform
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.proposals import EspSuite
+from tunvpn.ike.udpencap import DatagramKind, classify_datagram
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 EventHandler = Callable[[ev.Event], Awaitable[None] | None]
-EspSink = Callable[[bytes, Address, Address], None]
 
 
 class NattOwner(Protocol):
@@ -176,7 +178,6 @@ class UdpDriver:
         ike_port: int = 500,
         natt_port: int = 4500,
         handler: EventHandler | None = None,
-        esp_sink: EspSink | None = None,
         natt_owner: NattOwner | None = None,
         keylog: object | None = None,
         clock: Callable[[], float] = time.time,
@@ -190,7 +191,6 @@ class UdpDriver:
         self.ike_port = ike_port
         self.natt_port = natt_port
         self.handler = handler
-        self.esp_sink = esp_sink
         self.natt_owner = natt_owner
         """When set, the data path owns the NAT-T socket (ESP and IKE share UDP 4500)."""
         self.keylog = keylog
@@ -264,14 +264,9 @@ class UdpDriver:
         if self._closed:
             return
         if port == self.natt_port:
-            if data == NAT_KEEPALIVE:
-                self.counters["nat-t keepalive"] += 1
-                return
-            if len(data) < 4:
-                self.counters["runt on nat-t port"] += 1
-                return
-            if data[:4] != NON_ESP_MARKER:
-                self._esp_received(data, remote, port)
+            kind = classify_datagram(data)
+            if kind is not DatagramKind.IKE:
+                self._not_ike(kind, remote)
                 return
         try:
             self.engine.receive_datagram(data, remote, (self.local_ip, port), self.now())
@@ -280,18 +275,16 @@ class UdpDriver:
             self.counters["engine exception"] += 1
         self.flush()
 
-    def _esp_received(self, data: bytes, remote: Address, port: int) -> None:
-        if self.esp_sink is None:
+    def _not_ike(self, kind: DatagramKind, remote: Address) -> None:
+        """Count what the NAT-T port received that is not for the engine."""
+        if kind is DatagramKind.KEEPALIVE:
+            self.counters["nat-t keepalive"] += 1
+        elif kind is DatagramKind.ESP:
             if not self.counters["esp without data path"]:
                 log.debug("ESP-in-UDP from %s:%d dropped: no ESP data path attached", *remote)
             self.counters["esp without data path"] += 1
-            return
-        self.counters["esp"] += 1
-        try:
-            self.esp_sink(data, remote, (self.local_ip, port))
-        except Exception:
-            log.exception("ESP sink raised")
-            self.counters["esp sink exception"] += 1
+        else:
+            self.counters["invalid on nat-t port"] += 1
 
     def _on_timer(self) -> None:
         self._fired_at = self._timer_at
