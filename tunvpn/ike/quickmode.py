@@ -178,13 +178,50 @@ class QuickModeMixin:
         return matches
 
     def _qm_r_first(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
+        """Quick Mode message 1 on the responder: which policy, which proposal, which
+        lifetimes, then message 2, and the IPsec SAs installed."""
         rest = sa.check_hash(ex.message_id, payloads)
         parts = self._qm_parts(rest)
-        sa_in, ni, ids = parts.sa, parts.nonce, parts.ids
-        ts_i, ts_r = self._peer_selectors(sa, ids)
+        ts_i, ts_r = self._peer_selectors(sa, parts.ids)
         # RFC 2408 section 3.14: a notify about this negotiation names the proposal's SPI, so
         # the initiator can tell which of its Quick Modes failed
-        offered_spi = sa_in.proposals[0].spi if sa_in.proposals else b""
+        offered_spi = parts.sa.proposals[0].spi if parts.sa.proposals else b""
+        policies = self._qm_r_policies(sa, ts_i, ts_r, offered_spi)
+        policy, prop, transform, ct = self._qm_r_proposal(sa, parts.sa, policies, offered_spi)
+        dh, g_qm = _responder_pfs(ct, parts.ke)
+        lifetime_s, lifetime_kb = _responder_lifetimes(ct, policy.proposal)
+        spi_in = self._new_spi()
+        nr = self._random(NONCE_SIZE)
+        ex.quick = QuickModeData(
+            ni=parts.nonce,
+            nr=nr,
+            spi_in=spi_in,
+            spi_out=int.from_bytes(prop.spi, "big"),
+            name=policy.name,
+            local_ts=ts_r,
+            remote_ts=ts_i,
+            lifetime_s=lifetime_s,
+            lifetime_kb=lifetime_kb,
+            inbound_local=policy.inbound_local,
+        )
+        out: list[Payload] = [
+            SAPayload((Proposal(prop.number, ProtocolId.ESP, spi_in.to_bytes(4, "big"), (transform,)),)),
+            NoncePayload(nr),
+        ]
+        if dh is not None:
+            out.append(KEPayload(dh.public))
+        out += parts.ids
+        lifetime_notify = _responder_lifetime_notify(ct, lifetime_s, lifetime_kb, spi_in)
+        if lifetime_notify is not None:
+            out.append(lifetime_notify)
+        self._send_protected(sa, ex, ExchangeType.QUICK_MODE, out, now, expect_reply=True, extra=parts.nonce)
+        # install now: peers such as vpnc send ESP before our third message arrives
+        self._child_established(sa, ex, ct, g_qm, "responder")
+
+    def _qm_r_policies(
+        self: IkeEngine, sa: IkeSA, ts_i: TrafficSelector, ts_r: TrafficSelector, offered_spi: bytes
+    ) -> list[ChildPolicy]:
+        """The policies that allow the initiator's selectors, or INVALID-ID-INFORMATION."""
         policies = self._match_policy(sa, ts_i, ts_r)
         if not policies:
             self._events.append(
@@ -197,10 +234,16 @@ class QuickModeMixin:
             )
             exc.notify_spi = (ProtocolId.ESP, offered_spi)
             raise exc
+        return policies
+
+    def _qm_r_proposal(
+        self: IkeEngine, sa: IkeSA, sa_in: SAPayload, policies: list[ChildPolicy], offered_spi: bytes
+    ) -> tuple[ChildPolicy, Proposal, Transform, ChildTransform]:
+        """The first matching policy that accepts one of the offered ESP transforms (with an
+        encapsulation that fits the NAT situation), or NO-PROPOSAL-CHOSEN."""
         encaps = {int(EncapsulationMode.TUNNEL), self._encap_mode(sa)}
         if sa.natt:
             encaps |= {int(EncapsulationMode.UDP_TUNNEL), int(EncapsulationMode.UDP_TUNNEL_DRAFT)}
-        chosen = None
         for policy in policies:
             try:
                 prop, transform, ct = select_child_transform(
@@ -208,81 +251,13 @@ class QuickModeMixin:
                 )
             except NoProposalChosen:
                 continue
-            chosen = (policy, prop, transform, ct)
-            break
-        if chosen is None:
-            self._events.append(
-                ev.ChildSAFailed(sa.sa_id, "no acceptable ESP proposal", NotifyType.NO_PROPOSAL_CHOSEN)
-            )
-            no_proposal = NoProposalChosen("no offered ESP transform is allowed by the matching policies")
-            no_proposal.notify_spi = (ProtocolId.ESP, offered_spi)
-            raise no_proposal
-        policy, prop, transform, ct = chosen
-        ke_in = parts.ke
-        dh = None
-        g_qm = None
-        if ct.pfs_group is not None:
-            if ke_in is None:
-                raise RemoteProtocolError(
-                    "PFS group offered without KE", NotifyType.INVALID_KEY_INFORMATION, "KE"
-                )
-            dh = crypto.DiffieHellman(DHGroup(ct.pfs_group))
-            g_qm = dh.shared_secret(ke_in)
-        spi_out = int.from_bytes(prop.spi, "big")
-        spi_in = self._new_spi()
-        nr = self._random(NONCE_SIZE)
-        lifetime_s = min(
-            ct.lifetime_seconds or policy.proposal.lifetime_seconds, policy.proposal.lifetime_seconds
+            return policy, prop, transform, ct
+        self._events.append(
+            ev.ChildSAFailed(sa.sa_id, "no acceptable ESP proposal", NotifyType.NO_PROPOSAL_CHOSEN)
         )
-        lifetime_kb = ct.lifetime_kilobytes
-        if policy.proposal.lifetime_kilobytes:
-            lifetime_kb = min(
-                lifetime_kb or policy.proposal.lifetime_kilobytes, policy.proposal.lifetime_kilobytes
-            )
-        out: list[Payload] = [
-            SAPayload((Proposal(prop.number, ProtocolId.ESP, spi_in.to_bytes(4, "big"), (transform,)),)),
-            NoncePayload(nr),
-        ]
-        if dh is not None:
-            out.append(KEPayload(dh.public))
-        if ids:
-            out += ids
-        lifetime_attrs = []
-        if lifetime_s != ct.lifetime_seconds:
-            lifetime_attrs += [
-                DataAttribute(IPsecAttr.SA_LIFE_TYPE, int(LifeType.SECONDS)),
-                DataAttribute.auto(IPsecAttr.SA_LIFE_DURATION, lifetime_s),
-            ]
-        if lifetime_kb != ct.lifetime_kilobytes:
-            lifetime_attrs += [
-                DataAttribute(IPsecAttr.SA_LIFE_TYPE, int(LifeType.KILOBYTES)),
-                DataAttribute.auto(IPsecAttr.SA_LIFE_DURATION, lifetime_kb),
-            ]
-        if lifetime_attrs:
-            # RFC 2407 section 4.6.3.1: tell the initiator we lowered the lifetime
-            out.append(
-                NotifyPayload(
-                    NotifyType.RESPONDER_LIFETIME,
-                    ProtocolId.ESP,
-                    spi_in.to_bytes(4, "big"),
-                    encode_attributes(lifetime_attrs),
-                )
-            )
-        ex.quick = QuickModeData(
-            ni=ni,
-            nr=nr,
-            spi_in=spi_in,
-            spi_out=spi_out,
-            name=policy.name,
-            local_ts=ts_r,
-            remote_ts=ts_i,
-            lifetime_s=lifetime_s,
-            lifetime_kb=lifetime_kb,
-            inbound_local=policy.inbound_local,
-        )
-        self._send_protected(sa, ex, ExchangeType.QUICK_MODE, out, now, expect_reply=True, extra=ni)
-        # install now: peers such as vpnc send ESP before our third message arrives
-        self._child_established(sa, ex, ct, g_qm, "responder")
+        no_proposal = NoProposalChosen("no offered ESP transform is allowed by the matching policies")
+        no_proposal.notify_spi = (ProtocolId.ESP, offered_spi)
+        raise no_proposal
 
     def _qm_r_third(self: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
         if not payloads or not hasattr(payloads[0].payload, "data"):
@@ -410,3 +385,46 @@ class QuickModeMixin:
                 esn=ct.esn,
             )
         )
+
+
+def _responder_pfs(
+    ct: ChildTransform, ke_in: bytes | None
+) -> tuple[crypto.DiffieHellman | None, bytes | None]:
+    """Our DH pair and g^xy of Quick Mode PFS when the chosen transform has a group."""
+    if ct.pfs_group is None:
+        return None, None
+    if ke_in is None:
+        raise RemoteProtocolError("PFS group offered without KE", NotifyType.INVALID_KEY_INFORMATION, "KE")
+    dh = crypto.DiffieHellman(DHGroup(ct.pfs_group))
+    return dh, dh.shared_secret(ke_in)
+
+
+def _responder_lifetimes(ct: ChildTransform, proposal: ChildProposal) -> tuple[int, int]:
+    """(seconds, kilobytes): the offer's lifetimes, lowered to our policy's where it has one."""
+    lifetime_s = min(ct.lifetime_seconds or proposal.lifetime_seconds, proposal.lifetime_seconds)
+    lifetime_kb = ct.lifetime_kilobytes
+    if proposal.lifetime_kilobytes:
+        lifetime_kb = min(lifetime_kb or proposal.lifetime_kilobytes, proposal.lifetime_kilobytes)
+    return lifetime_s, lifetime_kb
+
+
+def _responder_lifetime_notify(
+    ct: ChildTransform, lifetime_s: int, lifetime_kb: int, spi_in: int
+) -> NotifyPayload | None:
+    """RFC 2407 section 4.6.3.1: RESPONDER-LIFETIME tells the initiator we lowered a lifetime."""
+    attrs = []
+    if lifetime_s != ct.lifetime_seconds:
+        attrs += [
+            DataAttribute(IPsecAttr.SA_LIFE_TYPE, int(LifeType.SECONDS)),
+            DataAttribute.auto(IPsecAttr.SA_LIFE_DURATION, lifetime_s),
+        ]
+    if lifetime_kb != ct.lifetime_kilobytes:
+        attrs += [
+            DataAttribute(IPsecAttr.SA_LIFE_TYPE, int(LifeType.KILOBYTES)),
+            DataAttribute.auto(IPsecAttr.SA_LIFE_DURATION, lifetime_kb),
+        ]
+    if not attrs:
+        return None
+    return NotifyPayload(
+        NotifyType.RESPONDER_LIFETIME, ProtocolId.ESP, spi_in.to_bytes(4, "big"), encode_attributes(attrs)
+    )
