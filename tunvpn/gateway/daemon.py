@@ -724,8 +724,9 @@ class Gateway:
         return verdict
 
     async def _check_user(self, event: ev.XauthCredentials, now: float) -> None:
-        """Ask the plugins (``tunvpn_verify_credentials``); the verdict goes back to the client
-        as XAUTH-STATUS, or as a new XAUTH request for a challenge."""
+        """One round of the XAUTH login: the throttle, the plugins
+        (``tunvpn_verify_credentials``), then a challenge (a new XAUTH request), the next
+        extra protocol, or authorization and the verdict (XAUTH-STATUS)."""
         session = self.sessions.get(event.sa_id)
         if session is None:  # pragma: no cover - phase 1 always comes first
             return
@@ -754,11 +755,43 @@ class Gateway:
             state=session.auth_state,
             protocol=protocol,
         )
+        if not await self._login_admitted(session, event, protocol):
+            return
+        verdict, outcome = await self._ask_plugins(request, event, protocol)
+        if self.sessions.get(event.sa_id) is not session:
+            return  # the client went away meanwhile
+        now = self.clock()
+        try:
+            if verdict.outcome == "challenge":
+                if session.auth_round < MAX_AUTH_ROUNDS:
+                    self._challenge(session, event, protocol, verdict, now)
+                    return
+                log.warning("XAUTH: user %r from %s: too many rounds", event.user_name, event.peer[0])
+                verdict = Verdict.reject("too many authentication rounds")
+            if verdict.accepted and protocol is not None:
+                self._extra_protocol_passed(session, event, protocol, verdict, now)
+                return
+            groups = self.groups_of(event.user_name) | frozenset(verdict.groups)
+            authorization: Authorization | None = None
+            if verdict.accepted:
+                authorized = await self._authorize_login(session, event, verdict, groups)
+                if authorized is None:
+                    return  # the client went away meanwhile
+                verdict, authorization, now = authorized
+            self._xauth_verdict(session, event, protocol, verdict, outcome, groups, authorization, now)
+        except LocalProtocolError as exc:
+            log.warning("XAUTH verdict for %s not sent: %s", event.peer[0], exc)
+
+    async def _login_admitted(
+        self, session: Session, event: ev.XauthCredentials, protocol: str | None
+    ) -> bool:
+        """The login throttle (issue 12): wait for this user's and address's turn; a refusal
+        is answered at once, unchecked. False if the login goes no further."""
         admission = await wait_turn(self.throttle, event.user_name, event.peer[0], self.clock)
         if self.sessions.get(event.sa_id) is not session:  # the client went away meanwhile
             if not admission.refused:
                 self.throttle.done(event.user_name, event.peer[0], self.clock(), "abandoned")
-            return
+            return False
         if admission.refused:
             log.warning(
                 "XAUTH: user %r from %s refused unchecked: too many failed logins",
@@ -769,7 +802,14 @@ class Gateway:
                 session, event.user_name, "refused", reason="too many failed logins", protocol=protocol
             )
             self.engine.xauth_verdict(event.sa_id, self.clock(), False, refusal_message(admission))
-            return
+            return False
+        return True
+
+    async def _ask_plugins(
+        self, request: CredentialRequest, event: ev.XauthCredentials, protocol: str | None
+    ) -> tuple[Verdict, str]:
+        """The plugins' verdict (a plugin that raises or takes longer than PLUGIN_TIMEOUT
+        rejects the user) and its outcome, told to the throttle."""
         backend_failed = False
         try:
             skip = () if protocol is not None else [p.name for p in self._run_protocols()]
@@ -791,75 +831,87 @@ class Gateway:
             backend_failed = True
         outcome = throttle_outcome(verdict, backend_failed)
         self.throttle.done(event.user_name, event.peer[0], self.clock(), outcome)
+        return verdict, outcome
+
+    def _challenge(
+        self, session: Session, event: ev.XauthCredentials, protocol: str | None, verdict: Verdict, now: float
+    ) -> None:
+        """A plugin asks for more (a next PIN, an OTP): a new XAUTH request with its fields."""
+        log.info(
+            "XAUTH: user %r from %s challenged (round %d)",
+            event.user_name,
+            event.peer[0],
+            session.auth_round,
+        )
+        audit.login(session, event.user_name, "challenge", protocol=protocol)
+        self.engine.xauth_request(
+            event.sa_id, now, fields=("user_name", *verdict.fields), message=verdict.message
+        )
+
+    def _extra_protocol_passed(
+        self, session: Session, event: ev.XauthCredentials, protocol: str, verdict: Verdict, now: float
+    ) -> None:
+        """An extra protocol's round accepted: start the next one, or open Quick Mode."""
+        log.info("extra protocol %s: user %r from %s passed", protocol, event.user_name, event.peer[0])
+        audit.login(session, event.user_name, "ok", protocol=protocol)
+        session.groups |= frozenset(verdict.groups)
+        session.protocols_pending.pop(0)
+        session.auth_state.clear()
+        self.engine.xauth_verdict(event.sa_id, now, True, None)
+        if session.protocols_pending:
+            self._start_protocol(session, now)
+        else:
+            session.protocols_passed = True
+            self._protocols_passed(session, now)
+
+    async def _authorize_login(
+        self, session: Session, event: ev.XauthCredentials, verdict: Verdict, groups: frozenset[str]
+    ) -> tuple[Verdict, Authorization | None, float] | None:
+        """Accepted credentials: ``tunvpn_authorize`` and the per-user session limit may still
+        refuse. (verdict, authorization, now), or None if the client went away meanwhile."""
+        authorization, denied = await self._authorize(event.user_name, groups, event.peer)
         if self.sessions.get(event.sa_id) is not session:
-            return  # the client went away meanwhile
-        now = self.clock()
-        try:
-            if verdict.outcome == "challenge":
-                if session.auth_round >= MAX_AUTH_ROUNDS:
-                    log.warning("XAUTH: user %r from %s: too many rounds", event.user_name, event.peer[0])
-                    verdict = Verdict.reject("too many authentication rounds")
-                else:
-                    log.info(
-                        "XAUTH: user %r from %s challenged (round %d)",
-                        event.user_name,
-                        event.peer[0],
-                        session.auth_round,
-                    )
-                    audit.login(session, event.user_name, "challenge", protocol=protocol)
-                    self.engine.xauth_request(
-                        event.sa_id, now, fields=("user_name", *verdict.fields), message=verdict.message
-                    )
-                    return
-            if verdict.accepted and protocol is not None:
-                log.info(
-                    "extra protocol %s: user %r from %s passed", protocol, event.user_name, event.peer[0]
-                )
-                audit.login(session, event.user_name, "ok", protocol=protocol)
-                session.groups |= frozenset(verdict.groups)
-                session.protocols_pending.pop(0)
-                session.auth_state.clear()
-                self.engine.xauth_verdict(event.sa_id, now, True, None)
-                if session.protocols_pending:
-                    self._start_protocol(session, now)
-                else:
-                    session.protocols_passed = True
-                    self._protocols_passed(session, now)
-                return
-            authorization: Authorization | None = None
-            groups = self.groups_of(event.user_name) | frozenset(verdict.groups)
-            if verdict.accepted:
-                authorization, denied = await self._authorize(event.user_name, groups, event.peer)
-                if self.sessions.get(event.sa_id) is not session:
-                    return
-                now = self.clock()
-                if denied is not None:
-                    verdict = Verdict.reject(denied)
-                elif (refusal := self._session_limit(session, event.user_name)) is not None:
-                    verdict = Verdict.reject(refusal)
-            if verdict.accepted:
-                log.info("XAUTH: user %r from %s accepted", event.user_name, event.peer[0])
-                audit.login(session, event.user_name, "ok", protocol=protocol)
-                session.user = event.user_name
-                session.authenticated = True
-                session.groups = groups | frozenset(authorization.groups if authorization else ())
-                session.plugin_address = verdict.address
-                session.routes = self._usable_routes(event.user_name, verdict.routes)
-                if authorization is not None:
-                    session.plugin_address = authorization.address or verdict.address
-                    session.user_policies = authorization.policies
-            else:
-                log.warning(
-                    "XAUTH: user %r from %s rejected: %s", event.user_name, event.peer[0], verdict.message
-                )
-                result = "fail" if outcome == "rejected" else "refused"
-                audit.login(session, event.user_name, result, reason=verdict.message, protocol=protocol)
-            session.auth_state.clear()
-            self.engine.xauth_verdict(event.sa_id, now, verdict.accepted, verdict.message)
-            if verdict.accepted and not self._run_protocols():
-                self._grant(session, now)  # no extra protocol to run: the login is finished
-        except LocalProtocolError as exc:
-            log.warning("XAUTH verdict for %s not sent: %s", event.peer[0], exc)
+            return None
+        if denied is not None:
+            verdict = Verdict.reject(denied)
+        elif (refusal := self._session_limit(session, event.user_name)) is not None:
+            verdict = Verdict.reject(refusal)
+        return verdict, authorization, self.clock()
+
+    def _xauth_verdict(
+        self,
+        session: Session,
+        event: ev.XauthCredentials,
+        protocol: str | None,
+        verdict: Verdict,
+        outcome: str,
+        groups: frozenset[str],
+        authorization: Authorization | None,
+        now: float,
+    ) -> None:
+        """The end of the XAUTH login: the session takes the user (or the refusal is logged),
+        XAUTH-STATUS goes out, and without extra protocols the login is granted."""
+        if verdict.accepted:
+            log.info("XAUTH: user %r from %s accepted", event.user_name, event.peer[0])
+            audit.login(session, event.user_name, "ok", protocol=protocol)
+            session.user = event.user_name
+            session.authenticated = True
+            session.groups = groups | frozenset(authorization.groups if authorization else ())
+            session.plugin_address = verdict.address
+            session.routes = self._usable_routes(event.user_name, verdict.routes)
+            if authorization is not None:
+                session.plugin_address = authorization.address or verdict.address
+                session.user_policies = authorization.policies
+        else:
+            log.warning(
+                "XAUTH: user %r from %s rejected: %s", event.user_name, event.peer[0], verdict.message
+            )
+            result = "fail" if outcome == "rejected" else "refused"
+            audit.login(session, event.user_name, result, reason=verdict.message, protocol=protocol)
+        session.auth_state.clear()
+        self.engine.xauth_verdict(event.sa_id, now, verdict.accepted, verdict.message)
+        if verdict.accepted and not self._run_protocols():
+            self._grant(session, now)  # no extra protocol to run: the login is finished
 
     def _session_limit(self, session: Session, user: str) -> str | None:
         """Why ``user`` may not log in on ``session`` (``max_sessions_per_user`` reached), or None.
@@ -1074,45 +1126,36 @@ class Gateway:
         and reported. Returns a summary for ``tunvpn reload``."""
         now = self.clock()
         old = self.options
-        kept = [
-            name
-            for name in (
-                "listen",
-                "ike_port",
-                "natt_port",
-                "tun",
-                "mtu",
-                "keylog",
-                "control_socket",
-                "plugins",
-                "plugin_objects",
-                "accounting_interval",
-            )
-            if getattr(old, name) != getattr(new, name)
-        ]
-        for name in kept:
-            setattr(new, name, getattr(old, name))
+        kept = _keep_restart_settings(old, new)
         announcements = self._announce(new)  # a plugin refusing the new config changes nothing
-        if (
-            new.pool is not None
-            and old.pool is not None
-            and (new.pool.first, new.pool.last)
-            == (
-                old.pool.first,
-                old.pool.last,
-            )
-        ):
-            new.pool = old.pool  # keep the leases
-        elif new.pool is not None and old.pool is not None:
-            for owner, address in old.pool.leased().items():
-                if address in new.pool:
-                    new.pool._leases[owner] = address
+        _carry_leases(old, new)
         self.options = new
         old_announcements, self.announcements = self.announcements, announcements
         self.phase1 = phase1_policy(new)
         self.config = build_engine_config(new, require_xauth=xauth_required(new, self.plugins))
         self.engine.config = self.config
         self._warn_weak(new)
+        changes = self._reload_changes(old, new, old_announcements)
+        if changes:
+            self.generation = self.generation % 0xFFFF + 1
+        updated = sum(self._update_session(session, now) for session in list(self.sessions.values()))
+        if self.driver is not None:
+            self.driver.flush()
+        if kept:
+            changes.append("needs a restart to change: " + ", ".join(kept))
+        log.info("configuration reloaded: %s", "; ".join(changes) or "no change")
+        if changes:
+            audit.policy_change("reload", generation=self.generation, changes="; ".join(changes))
+        return {"generation": self.generation, "changes": changes, "clients_updated": updated}
+
+    def _reload_changes(
+        self,
+        old: GatewayOptions,
+        new: GatewayOptions,
+        old_announcements: tuple[tuple[ExtraProtocol, tuple[Phase2Policy, ...]], ...],
+    ) -> list[str]:
+        """What a reload changed, for its summary; plugin services restart if their settings
+        or the extra protocols changed."""
         changes: list[str] = []
         before = [r.policy for r in effective_rules(old, phase1_policy(old))]
         after = [r.policy for r in effective_rules(new, self.phase1)]
@@ -1129,59 +1172,52 @@ class Gateway:
             self._restart_services()
         if (old.dns, old.domains, old.banner) != (new.dns, new.domains, new.banner):
             changes.append("DNS/banner changed")
-        if changes:
-            self.generation = self.generation % 0xFFFF + 1
-        updated = 0
-        for session in list(self.sessions.values()):
-            if session.address is None and not session.policies:
-                continue  # not through Mode Config yet: it will get the new policies
-            policies = self._policies_of(session)
-            if policies == session.policies and session.generation == self.generation:
-                continue
-            if policies == session.policies and not session.tunvpn:
-                continue
-            session_before = session.policies
-            removed = [p.name for p in diff_policies(session_before, policies).removed]
-            self._install_policies(session, policies)
-            if session.tunvpn:
-                config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), policies)
-                try:
-                    identifier = self.engine.push_mode_config(
-                        session.sa_id, now, config, encode_policies(self._push(session))
-                    )
-                except LocalProtocolError as exc:
-                    log.warning("cannot push policies to %s: %s", session.peer[0], exc)
-                    continue
-                session.pending[identifier] = tuple(removed)
-                session.generation = self.generation
-                updated += 1
-                log.info(
-                    "pushed policy generation %d to %s (%d policies)",
-                    self.generation,
-                    session.user or session.peer[0],
-                    len(policies),
-                )
-                audit.policy_change(
-                    "push",
-                    user=session.user,
-                    peer=f"{session.peer[0]}:{session.peer[1]}",
-                    generation=self.generation,
-                    policies=",".join(p.name for p in policies),
-                )
-            else:
-                d = diff_policies(session_before, policies)
-                if d.removed or d.changed:
-                    # its inbound check still admits the old networks: the client must reconnect
-                    removed.append(STANDARD_CLIENT_POLICY)
-                self._delete_children_named(session, removed, now)
-        if self.driver is not None:
-            self.driver.flush()
-        if kept:
-            changes.append("needs a restart to change: " + ", ".join(kept))
-        log.info("configuration reloaded: %s", "; ".join(changes) or "no change")
-        if changes:
-            audit.policy_change("reload", generation=self.generation, changes="; ".join(changes))
-        return {"generation": self.generation, "changes": changes, "clients_updated": updated}
+        return changes
+
+    def _update_session(self, session: Session, now: float) -> int:
+        """After a reload: a tunvpn client gets its new policies pushed (CFG_SET); a standard
+        client loses the child SAs of policies removed or changed. 1 if a push went out."""
+        if session.address is None and not session.policies:
+            return 0  # not through Mode Config yet: it will get the new policies
+        policies = self._policies_of(session)
+        if policies == session.policies and session.generation == self.generation:
+            return 0
+        if policies == session.policies and not session.tunvpn:
+            return 0
+        session_before = session.policies
+        removed = [p.name for p in diff_policies(session_before, policies).removed]
+        self._install_policies(session, policies)
+        if not session.tunvpn:
+            d = diff_policies(session_before, policies)
+            if d.removed or d.changed:
+                # its inbound check still admits the old networks: the client must reconnect
+                removed.append(STANDARD_CLIENT_POLICY)
+            self._delete_children_named(session, removed, now)
+            return 0
+        config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), policies)
+        try:
+            identifier = self.engine.push_mode_config(
+                session.sa_id, now, config, encode_policies(self._push(session))
+            )
+        except LocalProtocolError as exc:
+            log.warning("cannot push policies to %s: %s", session.peer[0], exc)
+            return 0
+        session.pending[identifier] = tuple(removed)
+        session.generation = self.generation
+        log.info(
+            "pushed policy generation %d to %s (%d policies)",
+            self.generation,
+            session.user or session.peer[0],
+            len(policies),
+        )
+        audit.policy_change(
+            "push",
+            user=session.user,
+            peer=f"{session.peer[0]}:{session.peer[1]}",
+            generation=self.generation,
+            policies=",".join(p.name for p in policies),
+        )
+        return 1
 
     def reload(self) -> dict[str, object]:
         """Read the configuration file again (``tunvpn reload``, SIGHUP). A bad file changes
@@ -1424,6 +1460,43 @@ Announced = tuple[ExtraProtocol, tuple[Phase2Policy, ...]]
 """An extra protocol as announced in phase 1a, and the phase 2 policies accepted for it."""
 """Seconds a plugin may take to decide one XAUTH round (a RADIUS server with retries and
 fail-over fits); then the user is rejected, and the client's XAUTH does not hang."""
+
+RESTART_SETTINGS = (
+    "listen",
+    "ike_port",
+    "natt_port",
+    "tun",
+    "mtu",
+    "keylog",
+    "control_socket",
+    "plugins",
+    "plugin_objects",
+    "accounting_interval",
+)
+"""Options a reload cannot change: the new value waits for a restart (and is reported)."""
+
+
+def _keep_restart_settings(old: GatewayOptions, new: GatewayOptions) -> list[str]:
+    """Put the running values of RESTART_SETTINGS back into ``new``; the names that differed."""
+    kept = [name for name in RESTART_SETTINGS if getattr(old, name) != getattr(new, name)]
+    for name in kept:
+        setattr(new, name, getattr(old, name))
+    return kept
+
+
+def _carry_leases(old: GatewayOptions, new: GatewayOptions) -> None:
+    """Connected clients keep their addresses over a reload: the same pool is kept as it is;
+    a changed one takes over the leases that still fall inside it."""
+    if new.pool is None or old.pool is None:
+        return
+    if (new.pool.first, new.pool.last) == (old.pool.first, old.pool.last):
+        new.pool = old.pool  # keep the leases
+        return
+    for owner, address in old.pool.leased().items():
+        if address in new.pool:
+            new.pool._leases[owner] = address
+
+
 MAX_AUTH_ROUNDS = 8
 """XAUTH rounds (challenges, next PIN) one client may take before it is rejected."""
 
