@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from cryptography import x509
 
@@ -148,66 +148,82 @@ def _pfs(text: str) -> object:
 # --------------------------------------------------------------------------- the parser
 
 
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+"""What ``add_subparsers`` returns: each command adds its parser to it."""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tunvpn`` command line: one function per command adds its parser."""
     parser = argparse.ArgumentParser(
         prog="tunvpn",
         description="Userspace IKEv1/IPsec VPN: the gateway pushes the client's configuration.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for add in (_add_bench, _add_passwd, _add_gateway, _add_connect, _add_demo, _add_demo_ike, _add_plugins):
+        add(sub)
+    control.add_status_parser(sub)
+    control.add_reload_parser(sub)
+    add_plugin_commands(sub)
+    return parser
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-        p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-        p.add_argument("--ike-port", type=_port, default=500, help="local IKE port (default 500)")
-        p.add_argument("--natt-port", type=_port, default=4500, help="local NAT-T port (default 4500)")
-        p.add_argument(
-            "--psk-file",
-            metavar="FILE",
-            help=f"pre-shared keys (mode 600): one secret, or `ID SECRET` lines; else ${PSK_ENV}",
-        )
-        p.add_argument(
-            "--id",
-            dest="local_id",
-            type=_identity,
-            metavar="IDENTITY",
-            help="our phase 1 identity (default: our address), e.g. keyid:group",
-        )
-        p.add_argument(
-            "--legacy",
-            action="store_true",
-            help="also allow weak algorithms (3DES, MD5, MODP-1024/1536, ESP HMAC-SHA1): vpnc needs them",
-        )
-        p.add_argument(
-            "--force-encap",
-            action="store_true",
-            help="pretend to be behind a NAT so ESP goes in UDP/4500 (strongSwan's encap=yes)",
-        )
-        p.add_argument(
-            "--keylog",
-            metavar="FILE",
-            help="append IKE and ESP keys to FILE.* for Wireshark (live secrets: debugging only)",
-        )
-        p.add_argument(
-            "--tun",
-            metavar="NAME",
-            default="tunvpn%d",
-            help="TUN device of the ESP data path (default tunvpn%%d: the next free number)",
-        )
-        p.add_argument("--mtu", type=int, default=1400, help="inner MTU of the TUN device (default 1400)")
-        p.add_argument(
-            "--sa-lifetime",
-            type=int,
-            default=3600,
-            metavar="SECONDS",
-            help="IPsec SA lifetime (default 3600); SAs are rekeyed make-before-break at 90%%",
-        )
-        p.add_argument(
-            "--ike-only",
-            action="store_true",
-            help="negotiate IKE only: no TUN device, no ESP (needs no CAP_NET_ADMIN for TUN)",
-        )
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """The options ``gateway`` and ``connect`` share: logging, ports, secrets, data path."""
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--ike-port", type=_port, default=500, help="local IKE port (default 500)")
+    p.add_argument("--natt-port", type=_port, default=4500, help="local NAT-T port (default 4500)")
+    p.add_argument(
+        "--psk-file",
+        metavar="FILE",
+        help=f"pre-shared keys (mode 600): one secret, or `ID SECRET` lines; else ${PSK_ENV}",
+    )
+    p.add_argument(
+        "--id",
+        dest="local_id",
+        type=_identity,
+        metavar="IDENTITY",
+        help="our phase 1 identity (default: our address), e.g. keyid:group",
+    )
+    p.add_argument(
+        "--legacy",
+        action="store_true",
+        help="also allow weak algorithms (3DES, MD5, MODP-1024/1536, ESP HMAC-SHA1): vpnc needs them",
+    )
+    p.add_argument(
+        "--force-encap",
+        action="store_true",
+        help="pretend to be behind a NAT so ESP goes in UDP/4500 (strongSwan's encap=yes)",
+    )
+    p.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append IKE and ESP keys to FILE.* for Wireshark (live secrets: debugging only)",
+    )
+    p.add_argument(
+        "--tun",
+        metavar="NAME",
+        default="tunvpn%d",
+        help="TUN device of the ESP data path (default tunvpn%%d: the next free number)",
+    )
+    p.add_argument("--mtu", type=int, default=1400, help="inner MTU of the TUN device (default 1400)")
+    p.add_argument(
+        "--sa-lifetime",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="IPsec SA lifetime (default 3600); SAs are rekeyed make-before-break at 90%%",
+    )
+    p.add_argument(
+        "--ike-only",
+        action="store_true",
+        help="negotiate IKE only: no TUN device, no ESP (needs no CAP_NET_ADMIN for TUN)",
+    )
+
+
+def _add_bench(sub: Subparsers) -> None:
+    """``tunvpn bench``: its arguments are in tunvpn.bench.cli."""
     from tunvpn.bench import cli as bench_cli
 
     bench = sub.add_parser(
@@ -217,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_cli.add_arguments(bench)  # its own -v/-q
 
+
+def _add_passwd(sub: Subparsers) -> None:
+    """``tunvpn passwd``: a users-file line with an scrypt hash."""
     pw = sub.add_parser(
         "passwd",
         help="print a users-file line with an scrypt hash of a password",
@@ -226,12 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("user", metavar="USER", help="the XAUTH user name")
     pw.add_argument("--stdin", action="store_true", help="read the password from standard input (first line)")
 
+
+def _add_gateway(sub: Subparsers) -> None:
+    """``tunvpn gateway``: run a gateway."""
     gw = sub.add_parser(
         "gateway",
         help="run a gateway (IKEv1 responder)",
         description="Run a gateway: PSK (+XAUTH) phase 1, Mode Config from a pool, Quick Mode.",
     )
-    common(gw)
+    _add_common(gw)
     gw.add_argument(
         "-c",
         "--config",
@@ -294,12 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gw.add_argument("--banner", help="text shown by clients after login (Cisco Unity banner)")
 
+
+def _add_connect(sub: Subparsers) -> None:
+    """``tunvpn connect``: connect to a gateway."""
     cl = sub.add_parser(
         "connect",
         help="connect to a gateway (IKEv1 initiator)",
         description="Connect to a gateway; exits 1 with a message if a phase fails.",
     )
-    common(cl)
+    _add_common(cl)
     cl.add_argument("gateway", type=_ip, nargs="?", metavar="GATEWAY", help="the gateway's IP address")
     cl.add_argument(
         "-c",
@@ -381,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cl.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
 
+
+def _add_demo(sub: Subparsers) -> None:
+    """``tunvpn demo``: the three-namespace tour."""
     tour = sub.add_parser(
         "demo",
         help="as root: client, gateway and protected server in three network namespaces",
@@ -403,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="MiB sent through the tunnel and checked (8)",
     )
 
+
+def _add_demo_ike(sub: Subparsers) -> None:
+    """``tunvpn demo-ike``: gateway and client in two namespaces."""
     demo = sub.add_parser(
         "demo-ike",
         help="as root: gateway and client in two network namespaces",
@@ -414,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS", help="give up after (60)")
     demo.add_argument("--mode", choices=("main", "aggressive"), default="main", help="client phase 1 mode")
 
+
+def _add_plugins(sub: Subparsers) -> None:
+    """``tunvpn plugins``: the installed plugins."""
     plugins = sub.add_parser(
         "plugins",
         help="list the installed plugins (and those a gateway.toml enables)",
@@ -423,13 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("-c", "--config", metavar="FILE", help="gateway.toml to check")
 
-    control.add_status_parser(sub)
-    control.add_reload_parser(sub)
-    add_plugin_commands(sub)
-    return parser
 
-
-def add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_plugin_commands(sub: Subparsers) -> None:
     """``tunvpn_add_commands`` of every installed plugin; a broken one is logged and skipped."""
     import importlib.metadata
 
