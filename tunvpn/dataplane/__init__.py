@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
@@ -44,6 +44,17 @@ class PacketDevice(Protocol):
 
     def fileno(self) -> int:
         """The non-blocking descriptor to wait on for readability."""
+        ...
+
+    def configure(
+        self,
+        *,
+        mtu: int | None = None,
+        addresses: Iterable[str] = (),
+        routes: Iterable[str] = (),
+        up: bool = True,
+    ) -> None:
+        """Set the MTU, add addresses (CIDR), bring the link up, add routes; idempotent."""
         ...
 
     def close(self) -> None: ...

@@ -18,9 +18,16 @@ import socket
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from tunvpn.plugins import AddressPool, CredentialRequest, GatewayContext, off_loop, read_private_file
+from tunvpn.plugins import (
+    AddressPool,
+    CredentialRequest,
+    GatewayContext,
+    PacketDevice,
+    off_loop,
+    read_private_file,
+)
 from tunvpn_l2tp import ppp as pppmod
 from tunvpn_l2tp.control import (
     SessionClosed,
@@ -76,7 +83,7 @@ class LnsStats:
 
 
 class LnsServer(asyncio.DatagramProtocol):
-    def __init__(self, settings: LnsSettings, context: GatewayContext, tun: object) -> None:
+    def __init__(self, settings: LnsSettings, context: GatewayContext, tun: PacketDevice) -> None:
         self.settings = settings
         self.context = context
         self.tun = tun
@@ -100,7 +107,9 @@ class LnsServer(asyncio.DatagramProtocol):
     # -- I/O plumbing
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # create_datagram_endpoint's transport: DatagramTransport's methods, though the selector
+        # loop's class does not derive from it (so no isinstance check)
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def error_received(self, exc: Exception) -> None:
         self.stats.socket_errors += 1
@@ -114,7 +123,7 @@ class LnsServer(asyncio.DatagramProtocol):
             self._lns_event(wrapped.peer, wrapped.local_tunnel_id, wrapped.event)
         self._wake.set()
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         now = time.monotonic()
         peer = (addr[0], addr[1])
         if is_control(data):
@@ -143,12 +152,12 @@ class LnsServer(asyncio.DatagramProtocol):
                     )
                 return
             session.packets_in += 1
-            self.tun.write_batch([packet])  # type: ignore[attr-defined]
+            self.tun.write_batch([packet])
             return
         self._ppp_output(session, session.ppp.receive(frame, now))
 
     def tun_readable(self) -> None:
-        for packet in self.tun.read_batch(64):  # type: ignore[attr-defined]
+        for packet in self.tun.read_batch(64):
             if len(packet) < 20 or packet[0] >> 4 != 4:
                 continue
             session = self.by_address.get(IPv4Address(packet[16:20]))
@@ -215,7 +224,7 @@ class LnsServer(asyncio.DatagramProtocol):
             session.address = event.peer
             self.by_address[session.address] = session
             try:
-                off_loop(self.tun.configure, routes=[f"{session.address}/32"], up=True)  # type: ignore[attr-defined]
+                off_loop(self.tun.configure, routes=[f"{session.address}/32"], up=True)
             except Exception as exc:  # OSError, or pyroute2's NetlinkError
                 log.error("L2TP: cannot route %s into %s: %s", session.address, self.settings.tun, exc)
             log.info(
@@ -233,7 +242,8 @@ class LnsServer(asyncio.DatagramProtocol):
     async def _authenticate(self, session: PppSession, event: pppmod.AuthRequest) -> None:
         verify = self.context.verify
         chap = None
-        if event.method == "chap":
+        if event.method == "chap":  # a CHAP AuthRequest carries all three
+            assert event.chap_id is not None and event.challenge is not None and event.response is not None
             chap = (event.chap_id, event.challenge, event.response)
         request = CredentialRequest(
             user=event.user,
@@ -322,11 +332,11 @@ class LnsServer(asyncio.DatagramProtocol):
         self._send(self.lns.close_all(now))
 
 
-def _unroute(tun: object, route: str) -> None:
+def _unroute(tun: PacketDevice, route: str) -> None:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=tun.name)  # type: ignore[attr-defined]
+        found = ipr.link_lookup(ifname=tun.name)
         if found:
             ipr.route("del", dst=route, oif=int(found[0]))
 
@@ -372,4 +382,4 @@ async def serve(settings: LnsSettings, context: GatewayContext) -> None:
             await asyncio.sleep(0.05)  # let the StopCCNs leave
             transport.close()
     finally:
-        tun.close()  # type: ignore[attr-defined]
+        tun.close()

@@ -707,6 +707,16 @@ class _Ipcp(_Automaton):
 class Ppp:
     """One PPP link over one L2TP session."""
 
+    # the authentication phase's state, set by _reset_auth()
+    _auth_deadline: float | None
+    _auth_tries: int
+    _auth_identifier: int
+    _challenge: bytes
+    _auth_pending: bool  # server: AuthRequest out, no auth_result yet
+    _auth_answer: tuple[Protocol, int, bytes] | None  # server: for repeats
+    _auth_retransmit: Packet | None  # client: Authenticate-Request or Response
+    _auth_done: bool
+
     def __init__(
         self,
         role: Role,
@@ -813,12 +823,12 @@ class Ppp:
         if peer_address is not None:
             self.peer_address = peer_address
         if self.our_auth is AuthMethod.PAP:
-            code = PapCode.AUTHENTICATE_ACK if accepted else PapCode.AUTHENTICATE_NAK
+            pap = PapCode.AUTHENTICATE_ACK if accepted else PapCode.AUTHENTICATE_NAK
             encoded = message.encode()[:255]
-            self._auth_answer = (Protocol.PAP, code, bytes((len(encoded),)) + encoded)
+            self._auth_answer = (Protocol.PAP, pap, bytes((len(encoded),)) + encoded)
         else:
-            code = ChapCode.SUCCESS if accepted else ChapCode.FAILURE
-            self._auth_answer = (Protocol.CHAP, code, message.encode())
+            chap = ChapCode.SUCCESS if accepted else ChapCode.FAILURE
+            self._auth_answer = (Protocol.CHAP, chap, message.encode())
         self._send_auth_answer(self._auth_identifier)
         if accepted:
             self._events.append(AuthSucceeded(message))
@@ -971,13 +981,13 @@ class Ppp:
     # -- authentication
 
     def _reset_auth(self) -> None:
-        self._auth_deadline: float | None = None
+        self._auth_deadline = None
         self._auth_tries = 0
         self._auth_identifier = 0
         self._challenge = b""
-        self._auth_pending = False  # server: AuthRequest out, no auth_result yet
-        self._auth_answer: tuple[Protocol, int, bytes] | None = None  # server: for repeats
-        self._auth_retransmit: Packet | None = None  # client: Authenticate-Request or Response
+        self._auth_pending = False
+        self._auth_answer = None
+        self._auth_retransmit = None
         self._auth_done = False
 
     def _send_challenge(self, now: float) -> None:
