@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from . import crypto, natt, peerauth
 from . import events as ev
-from .config import HYBRID_METHODS, SIGNATURE_METHODS, XAUTH_METHODS, base_auth_method
+from .config import HYBRID_METHODS, SIGNATURE_METHODS, XAUTH_METHODS, EngineConfig, base_auth_method
 from .constants import (
     DHGroup,
     ExchangeType,
@@ -209,7 +209,7 @@ class Phase1Mixin:
             # the responder's cookie comes with its first answer; in Base Mode with message 4
             first_answer = P1State.I_SENT_KE if sa.exchange == BM else P1State.I_SENT_SA
             if sa.role is Role.INITIATOR and sa.state is first_answer:
-                self._first_answer(sa, header)
+                _first_answer(sa, header)
             try:
                 payloads = sa.open(header, data)
             except RemoteProtocolError as exc:
@@ -233,7 +233,7 @@ class Phase1Mixin:
             if sa.established and self._phase1_drops:
                 self._phase1_drops.pop(sa.local_cookie, None)
         except RemoteProtocolError as exc:
-            if handling and self._phase1_failure_is_verified(sa, header, exc):
+            if handling and _phase1_failure_is_verified(sa, header, exc):
                 self._protocol_error(sa.sa_id, sa.remote, str(exc), int(exc.notify))
                 self._send_error_notify(sa, header, sa.remote, sa.local, exc, now)
                 self._fail_phase1(sa, str(exc), int(exc.notify), send_notify=False)
@@ -247,29 +247,6 @@ class Phase1Mixin:
                 # end the real peer's phase 1 early: a tunvpn initiator waits (_peer_refused)
                 self._send_error_notify(sa, header, sa.remote, sa.local, exc, now)
             raise
-
-    def _phase1_failure_is_verified(
-        self: IkeEngine, sa: IkeSA, header: Header, exc: RemoteProtocolError
-    ) -> bool:
-        """Whether a handler's error ends the phase 1: the peer's authentication (HASH, SIG,
-        certificate, identity) did not verify on a message only the peer can have sent.
-
-        The initiator believes the responder's answer as it believes its error Notifies
-        (before any key exists nothing can be authenticated, and an on-path attacker could
-        as well drop the answers). The responder, the one anyone can reach, believes only a
-        message that decrypted and parsed with this exchange's keys; an unencrypted one that
-        fails (an Aggressive Mode message 3 sent in the clear, say) is dropped.
-        """
-        if not isinstance(exc, AuthenticationError):
-            return False
-        return sa.role is Role.INITIATOR or bool(header.flags & HeaderFlag.ENCRYPTION)
-
-    def _first_answer(self: IkeEngine, sa: IkeSA, header: Header) -> None:
-        if header.rcookie == bytes(8) and header.exchange != ExchangeType.INFORMATIONAL:
-            raise RemoteProtocolError(
-                "responder cookie is zero", NotifyType.INVALID_COOKIE, "header.rcookie", 8
-            )
-        sa.rcookie = header.rcookie
 
     def _peer_refused(self: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
         name = (
@@ -360,16 +337,16 @@ class Phase1Mixin:
     def _mm_r_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         sa_raw = _one(payloads, SAPayload, "SA")
         natt.note_vendor_ids(self.config, sa, payloads)
-        self._choose_suite(sa, sa_raw, None)
-        out: list[Payload] = [self._chosen_sa(sa_raw, sa)]
+        _choose_suite(self.config, sa, sa_raw, None)
+        out: list[Payload] = [_chosen_sa(sa_raw, sa)]
         out += natt.vendor_ids(self.config, xauth=sa.xauth_expected)
         sa.state = P1State.R_SENT_SA
         self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
 
     def _mm_r_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         assert sa.suite is not None
-        sa.gxi = self._peer_ke(sa, payloads)
-        sa.ni = self._peer_nonce(payloads)
+        sa.gxi = _peer_ke(sa, payloads)
+        sa.ni = _peer_nonce(payloads)
         sa.dh = crypto.DiffieHellman(sa.suite.group)
         sa.gxr = sa.dh.public
         sa.nr = self._random(NONCE_SIZE)
@@ -377,7 +354,7 @@ class Phase1Mixin:
         if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
             # by address: the ID comes encrypted in message 5 (RFC 2409 section 5.4)
             sa.psk = self._responder_psk(None, sa.remote[0])
-        self._derive_keys(sa)
+        _derive_keys(sa)
         out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr)]
         if sa.suite.auth in SIGNATURE_METHODS:
             out += peerauth.cert_requests(self.config)
@@ -387,14 +364,14 @@ class Phase1Mixin:
 
     def _mm_i_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         assert sa.suite is not None
-        sa.gxr = self._peer_ke(sa, payloads)
-        sa.nr = self._peer_nonce(payloads)
+        sa.gxr = _peer_ke(sa, payloads)
+        sa.nr = _peer_nonce(payloads)
         natt.check_natd(self.config, sa, payloads)
         if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
             sa.psk = self.config.psks.lookup(None, sa.remote[0])
             if sa.psk is None:
                 raise AuthenticationError(f"no pre-shared key for {sa.remote[0]}")
-        self._derive_keys(sa)
+        _derive_keys(sa)
         natt.maybe_float(self.config, sa)
         assert sa.local_id is not None
         id_payload = sa.local_id.to_payload()
@@ -405,7 +382,7 @@ class Phase1Mixin:
         self._send_phase1(sa, out, now, encrypt=True)
 
     def _mm_r_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        self._take_peer_id(sa, payloads)
+        _take_peer_id(sa, payloads)
         peerauth.verify_auth(self.config, sa, payloads, initiator=True, now=now)
         sa.local_id = peerauth.default_local_id(self.config, sa.local)
         id_payload = sa.local_id.to_payload()
@@ -415,7 +392,7 @@ class Phase1Mixin:
         self._phase1_done(sa, payloads, now)
 
     def _mm_i_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        self._take_peer_id(sa, payloads)
+        _take_peer_id(sa, payloads)
         peerauth.verify_auth(self.config, sa, payloads, initiator=False, now=now)
         self._phase1_done(sa, payloads, now)
 
@@ -424,22 +401,22 @@ class Phase1Mixin:
     def _am_r_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         sa_raw = _one(payloads, SAPayload, "SA")
         natt.note_vendor_ids(self.config, sa, payloads)
-        self._take_peer_id(sa, payloads)
+        _take_peer_id(sa, payloads)
         ke = _one(payloads, KEPayload, "KE").payload
         assert isinstance(ke, KEPayload)
-        self._choose_suite(sa, sa_raw, len(ke.data))
+        _choose_suite(self.config, sa, sa_raw, len(ke.data))
         assert sa.suite is not None
-        sa.gxi = self._peer_ke(sa, payloads)
-        sa.ni = self._peer_nonce(payloads)
+        sa.gxi = _peer_ke(sa, payloads)
+        sa.ni = _peer_nonce(payloads)
         sa.dh = crypto.DiffieHellman(sa.suite.group)
         sa.gxr = sa.dh.public
         sa.nr = self._random(NONCE_SIZE)
         self._lookup_psk(sa)
-        self._derive_keys(sa)
+        _derive_keys(sa)
         sa.local_id = peerauth.default_local_id(self.config, sa.local)
         id_payload = sa.local_id.to_payload()
         sa.local_id_body = encode_payload(id_payload, 0)[4:]
-        out: list[Payload] = [self._chosen_sa(sa_raw, sa), KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
+        out: list[Payload] = [_chosen_sa(sa_raw, sa), KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
         out += peerauth.auth_payloads(self.config, sa, initiator=False)
         out += natt.vendor_ids(self.config, xauth=sa.xauth_expected)
         out += natt.natd_payloads(self.config, sa, self._random)
@@ -451,11 +428,11 @@ class Phase1Mixin:
         assert isinstance(sa_raw.payload, SAPayload)
         sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
         natt.note_vendor_ids(self.config, sa, payloads)
-        sa.gxr = self._peer_ke(sa, payloads)
-        sa.nr = self._peer_nonce(payloads)
-        self._take_peer_id(sa, payloads)
+        sa.gxr = _peer_ke(sa, payloads)
+        sa.nr = _peer_nonce(payloads)
+        _take_peer_id(sa, payloads)
         self._lookup_psk(sa)
-        self._derive_keys(sa)
+        _derive_keys(sa)
         peerauth.verify_auth(self.config, sa, payloads, initiator=False, now=now)
         natt.check_natd(self.config, sa, payloads)
         natt.maybe_float(self.config, sa)
@@ -525,14 +502,14 @@ class Phase1Mixin:
         epoch = int(now // BASE_COOKIE_WINDOW)
         if not cookies:
             sa_raw = _one(payloads, SAPayload, "SA")
-            self._choose_suite(probe, sa_raw, None)
+            _choose_suite(self.config, probe, sa_raw, None)
             cookie = NotifyPayload(
                 BASE_MODE_COOKIE, ProtocolId.ISAKMP, b"", self._bm_cookie(header.icookie, remote, epoch)
             )
             xauth = probe.suite is not None and probe.suite.auth in XAUTH_METHODS
             out: list[Payload] = [
                 cookie,
-                self._chosen_sa(sa_raw, probe),
+                _chosen_sa(sa_raw, probe),
                 *natt.vendor_ids(self.config, xauth=xauth),
             ]
             out.append(VendorIDPayload(BASE_MODE_V2_VID))
@@ -588,19 +565,19 @@ class Phase1Mixin:
     def _bm_r_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         sa_raw = _one(payloads, SAPayload, "SA")
         natt.note_vendor_ids(self.config, sa, payloads)
-        self._take_peer_id(sa, payloads)
+        _take_peer_id(sa, payloads)
         ke = _one(payloads, KEPayload, "KE").payload
         assert isinstance(ke, KEPayload)
-        self._choose_suite(sa, sa_raw, len(ke.data))
+        _choose_suite(self.config, sa, sa_raw, len(ke.data))
         assert sa.suite is not None
-        sa.gxi = self._peer_ke(sa, payloads)
-        sa.ni = self._peer_nonce(payloads)
+        sa.gxi = _peer_ke(sa, payloads)
+        sa.ni = _peer_nonce(payloads)
         natt.check_natd(self.config, sa, payloads, rcookie=bytes(8))
         sa.dh = crypto.DiffieHellman(sa.suite.group)
         sa.gxr = sa.dh.public
         sa.nr = self._random(NONCE_SIZE)
         self._lookup_psk(sa)  # by identity; a decoy for an unknown one (nothing here shows it)
-        self._derive_keys(sa)
+        _derive_keys(sa)
         sa.local_id = peerauth.default_local_id(self.config, sa.local)
         id_payload = sa.local_id.to_payload()
         sa.local_id_body = encode_payload(id_payload, 0)[4:]
@@ -613,12 +590,12 @@ class Phase1Mixin:
 
     def _bm_i_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
         assert sa.suite is not None
-        sa.gxr = self._peer_ke(sa, payloads)
-        sa.nr = self._peer_nonce(payloads)
-        self._take_peer_id(sa, payloads)
+        sa.gxr = _peer_ke(sa, payloads)
+        sa.nr = _peer_nonce(payloads)
+        _take_peer_id(sa, payloads)
         natt.check_natd(self.config, sa, payloads)
         self._lookup_psk(sa)
-        self._derive_keys(sa)
+        _derive_keys(sa)
         natt.maybe_float(self.config, sa)
         out: list[Payload] = [*peerauth.auth_payloads(self.config, sa, initiator=True)]
         out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
@@ -636,70 +613,6 @@ class Phase1Mixin:
         self._phase1_done(sa, payloads, now)
 
     # ------------------------------------------------------------------ pieces
-
-    def _choose_suite(self: IkeEngine, sa: IkeSA, sa_raw: RawPayload, ke_length: int | None) -> None:
-        assert isinstance(sa_raw.payload, SAPayload)
-        sa.sa_body = sa_raw.body
-        xauth = self.config.xauth_available or self.config.require_xauth
-        methods = set(self.config.auth_methods(xauth=xauth, responder=True))
-        if sa.exchange == BM:
-            methods -= HYBRID_METHODS  # hybrid is specified for Main and Aggressive Mode only
-        if sa.exchange == AM and not self.config.allow_aggressive_psk:
-            psk_methods = {m for m in methods if base_auth_method(m) not in SIGNATURE_METHODS}
-            methods -= psk_methods
-            if not methods:
-                raise NoProposalChosen(
-                    "Aggressive Mode with a pre-shared key is disabled (allow_aggressive_psk = false)"
-                )
-        suite, _, _ = select_phase1_proposal(sa_raw.payload, self.config.phase1, methods)
-        if ke_length is not None and ke_length != crypto.dh_public_length(suite.group):
-            # Aggressive Mode: the KE must match the chosen group's size
-            raise RemoteProtocolError(
-                f"KE length {ke_length} does not fit group {suite.group.name}",
-                NotifyType.INVALID_KEY_INFORMATION,
-                "KE",
-            )
-        sa.suite = suite
-        sa.auth_method = suite.auth
-        sa.xauth_expected = suite.auth in XAUTH_METHODS
-
-    def _chosen_sa(self: IkeEngine, sa_raw: RawPayload, sa: IkeSA) -> SAPayload:
-        assert isinstance(sa_raw.payload, SAPayload) and sa.suite is not None
-        prop = sa_raw.payload.proposals[0]
-        return SAPayload((prop.__class__(prop.number, prop.protocol, prop.spi, (sa.suite.to_transform(1),)),))
-
-    def _peer_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload]) -> bytes:
-        assert sa.suite is not None
-        ke = _one(payloads, KEPayload, "KE").payload
-        assert isinstance(ke, KEPayload)
-        if len(ke.data) != crypto.dh_public_length(sa.suite.group):
-            raise RemoteProtocolError(
-                f"KE is {len(ke.data)} octets, group {sa.suite.group.name} needs "
-                f"{crypto.dh_public_length(sa.suite.group)}",
-                NotifyType.INVALID_KEY_INFORMATION,
-                "KE",
-            )
-        return ke.data
-
-    def _peer_nonce(self: IkeEngine, payloads: list[RawPayload]) -> bytes:
-        nonce = _one(payloads, NoncePayload, "NONCE").payload
-        assert isinstance(nonce, NoncePayload)
-        if not 8 <= len(nonce.data) <= 256:  # RFC 2409 section 5: 8 to 256 octets
-            raise RemoteProtocolError(f"nonce of {len(nonce.data)} octets", field="NONCE")
-        return nonce.data
-
-    def _take_peer_id(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload]) -> None:
-        raw = _one(payloads, IDPayload, "ID")
-        assert isinstance(raw.payload, IDPayload)
-        p = raw.payload
-        if p.protocol not in (0, 17) or p.port not in (0, 500, 4500):
-            raise RemoteProtocolError(
-                "phase 1 ID must have protocol 0 or UDP and port 0 or 500",
-                NotifyType.INVALID_ID_INFORMATION,
-                "ID",
-            )
-        sa.peer_id = Identity.from_payload(p)
-        sa.peer_id_body = raw.body
 
     def _lookup_psk(self: IkeEngine, sa: IkeSA) -> None:
         assert sa.suite is not None
@@ -728,37 +641,6 @@ class Phase1Mixin:
             log.info("no pre-shared key for %s at %s: answering with a decoy key", peer_id, peer_ip)
             return decoy
         return psk
-
-    def _derive_keys(self: IkeEngine, sa: IkeSA) -> None:
-        assert sa.suite is not None and sa.dh is not None
-        peer = sa.gxr if sa.role is Role.INITIATOR else sa.gxi
-        sa.g_xy = sa.dh.shared_secret(peer)
-        skeyid = self._skeyid(sa)
-        sa.keys = crypto.derive_phase1_keys(
-            prf_alg=sa.suite.hash,
-            hash_alg=sa.suite.hash,
-            enc_alg=sa.suite.encryption,
-            key_length_bits=sa.suite.key_length,
-            skeyid=skeyid,
-            g_xy=sa.g_xy,
-            icookie=sa.icookie,
-            rcookie=sa.rcookie,
-            gxi=sa.gxi,
-            gxr=sa.gxr,
-        )
-        sa.p1_iv = sa.keys.iv
-        sa.p1_last_block = sa.keys.iv
-
-    def _skeyid(self: IkeEngine, sa: IkeSA) -> bytes:
-        assert sa.suite is not None
-        return crypto.derive_skeyid(
-            prf_alg=sa.suite.hash,
-            auth=base_auth_method(sa.suite.auth),
-            ni=sa.ni,
-            nr=sa.nr,
-            g_xy=sa.g_xy,
-            psk=sa.psk,
-        )
 
     # ------------------------------------------------------------------ sending and ending
 
@@ -890,6 +772,129 @@ class Phase1Mixin:
         self._send_unprotected_notify(
             header.icookie, rcookie, remote, local, exc.notify, local[1] != self.ike_port
         )
+
+
+def _phase1_failure_is_verified(sa: IkeSA, header: Header, exc: RemoteProtocolError) -> bool:
+    """Whether a handler's error ends the phase 1: the peer's authentication (HASH, SIG,
+    certificate, identity) did not verify on a message only the peer can have sent.
+
+    The initiator believes the responder's answer as it believes its error Notifies
+    (before any key exists nothing can be authenticated, and an on-path attacker could
+    as well drop the answers). The responder, the one anyone can reach, believes only a
+    message that decrypted and parsed with this exchange's keys; an unencrypted one that
+    fails (an Aggressive Mode message 3 sent in the clear, say) is dropped.
+    """
+    if not isinstance(exc, AuthenticationError):
+        return False
+    return sa.role is Role.INITIATOR or bool(header.flags & HeaderFlag.ENCRYPTION)
+
+
+def _first_answer(sa: IkeSA, header: Header) -> None:
+    if header.rcookie == bytes(8) and header.exchange != ExchangeType.INFORMATIONAL:
+        raise RemoteProtocolError("responder cookie is zero", NotifyType.INVALID_COOKIE, "header.rcookie", 8)
+    sa.rcookie = header.rcookie
+
+
+def _choose_suite(config: EngineConfig, sa: IkeSA, sa_raw: RawPayload, ke_length: int | None) -> None:
+    assert isinstance(sa_raw.payload, SAPayload)
+    sa.sa_body = sa_raw.body
+    xauth = config.xauth_available or config.require_xauth
+    methods = set(config.auth_methods(xauth=xauth, responder=True))
+    if sa.exchange == BM:
+        methods -= HYBRID_METHODS  # hybrid is specified for Main and Aggressive Mode only
+    if sa.exchange == AM and not config.allow_aggressive_psk:
+        psk_methods = {m for m in methods if base_auth_method(m) not in SIGNATURE_METHODS}
+        methods -= psk_methods
+        if not methods:
+            raise NoProposalChosen(
+                "Aggressive Mode with a pre-shared key is disabled (allow_aggressive_psk = false)"
+            )
+    suite, _, _ = select_phase1_proposal(sa_raw.payload, config.phase1, methods)
+    if ke_length is not None and ke_length != crypto.dh_public_length(suite.group):
+        # Aggressive Mode: the KE must match the chosen group's size
+        raise RemoteProtocolError(
+            f"KE length {ke_length} does not fit group {suite.group.name}",
+            NotifyType.INVALID_KEY_INFORMATION,
+            "KE",
+        )
+    sa.suite = suite
+    sa.auth_method = suite.auth
+    sa.xauth_expected = suite.auth in XAUTH_METHODS
+
+
+def _chosen_sa(sa_raw: RawPayload, sa: IkeSA) -> SAPayload:
+    assert isinstance(sa_raw.payload, SAPayload) and sa.suite is not None
+    prop = sa_raw.payload.proposals[0]
+    return SAPayload((prop.__class__(prop.number, prop.protocol, prop.spi, (sa.suite.to_transform(1),)),))
+
+
+def _peer_ke(sa: IkeSA, payloads: list[RawPayload]) -> bytes:
+    assert sa.suite is not None
+    ke = _one(payloads, KEPayload, "KE").payload
+    assert isinstance(ke, KEPayload)
+    if len(ke.data) != crypto.dh_public_length(sa.suite.group):
+        raise RemoteProtocolError(
+            f"KE is {len(ke.data)} octets, group {sa.suite.group.name} needs "
+            f"{crypto.dh_public_length(sa.suite.group)}",
+            NotifyType.INVALID_KEY_INFORMATION,
+            "KE",
+        )
+    return ke.data
+
+
+def _peer_nonce(payloads: list[RawPayload]) -> bytes:
+    nonce = _one(payloads, NoncePayload, "NONCE").payload
+    assert isinstance(nonce, NoncePayload)
+    if not 8 <= len(nonce.data) <= 256:  # RFC 2409 section 5: 8 to 256 octets
+        raise RemoteProtocolError(f"nonce of {len(nonce.data)} octets", field="NONCE")
+    return nonce.data
+
+
+def _take_peer_id(sa: IkeSA, payloads: list[RawPayload]) -> None:
+    raw = _one(payloads, IDPayload, "ID")
+    assert isinstance(raw.payload, IDPayload)
+    p = raw.payload
+    if p.protocol not in (0, 17) or p.port not in (0, 500, 4500):
+        raise RemoteProtocolError(
+            "phase 1 ID must have protocol 0 or UDP and port 0 or 500",
+            NotifyType.INVALID_ID_INFORMATION,
+            "ID",
+        )
+    sa.peer_id = Identity.from_payload(p)
+    sa.peer_id_body = raw.body
+
+
+def _derive_keys(sa: IkeSA) -> None:
+    assert sa.suite is not None and sa.dh is not None
+    peer = sa.gxr if sa.role is Role.INITIATOR else sa.gxi
+    sa.g_xy = sa.dh.shared_secret(peer)
+    skeyid = _skeyid(sa)
+    sa.keys = crypto.derive_phase1_keys(
+        prf_alg=sa.suite.hash,
+        hash_alg=sa.suite.hash,
+        enc_alg=sa.suite.encryption,
+        key_length_bits=sa.suite.key_length,
+        skeyid=skeyid,
+        g_xy=sa.g_xy,
+        icookie=sa.icookie,
+        rcookie=sa.rcookie,
+        gxi=sa.gxi,
+        gxr=sa.gxr,
+    )
+    sa.p1_iv = sa.keys.iv
+    sa.p1_last_block = sa.keys.iv
+
+
+def _skeyid(sa: IkeSA) -> bytes:
+    assert sa.suite is not None
+    return crypto.derive_skeyid(
+        prf_alg=sa.suite.hash,
+        auth=base_auth_method(sa.suite.auth),
+        ni=sa.ni,
+        nr=sa.nr,
+        g_xy=sa.g_xy,
+        psk=sa.psk,
+    )
 
 
 # (exchange, role, state) -> the handler of the next message (a function of Phase1Mixin).

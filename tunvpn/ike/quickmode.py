@@ -71,11 +71,6 @@ class QuickModeMixin:
 
     # ------------------------------------------------------------------ Quick Mode
 
-    def _encap_mode(self: IkeEngine, sa: IkeSA) -> int:
-        if sa.natt and (sa.nat_local or sa.nat_remote):
-            return int(EncapsulationMode.UDP_TUNNEL_DRAFT if sa.natt_draft else EncapsulationMode.UDP_TUNNEL)
-        return int(EncapsulationMode.TUNNEL)
-
     def start_child(
         self: IkeEngine,
         sa_id: bytes,
@@ -90,7 +85,7 @@ class QuickModeMixin:
         ex = self._new_exchange(sa, ExchangeKind.QUICK)
         spi = self._new_spi()
         ni = self._random(NONCE_SIZE)
-        transforms = proposal.transforms(self._encap_mode(sa), sa.tunvpn_peer)
+        transforms = proposal.transforms(_encap_mode(sa), sa.tunvpn_peer)
         sa_payload = SAPayload((Proposal(1, ProtocolId.ESP, spi.to_bytes(4, "big"), transforms),))
         payloads: list[Payload] = [sa_payload, NoncePayload(ni)]
         dh = None
@@ -111,43 +106,6 @@ class QuickModeMixin:
         )
         self._send_protected(sa, ex, ExchangeType.QUICK_MODE, payloads, now, expect_reply=True)
         return ex.message_id
-
-    def _qm_parts(self: IkeEngine, rest: list[RawPayload]) -> QuickModeParts:
-        sa_payload: SAPayload | None = None
-        nonce: bytes | None = None
-        ke: bytes | None = None
-        ids: list[IDPayload] = []
-        notifies: list[NotifyPayload] = []
-        for p in rest:
-            x = p.payload
-            if isinstance(x, SAPayload):
-                sa_payload = x
-            elif isinstance(x, NoncePayload):
-                nonce = x.data
-            elif isinstance(x, KEPayload):
-                ke = x.data
-            elif isinstance(x, IDPayload):
-                ids.append(x)
-            elif isinstance(x, NotifyPayload):
-                notifies.append(x)
-            # NAT-OA (RFC 3947 5.1) is only needed for transport mode checksums
-        if sa_payload is None or nonce is None:
-            raise RemoteProtocolError("Quick Mode message lacks SA or Nonce", field="SA")
-        if len(ids) not in (0, 2):
-            raise RemoteProtocolError(
-                "Quick Mode needs both client IDs or none", NotifyType.INVALID_ID_INFORMATION, "ID"
-            )
-        return QuickModeParts(sa_payload, nonce, ke, ids, notifies)
-
-    def _peer_selectors(
-        self: IkeEngine, sa: IkeSA, ids: list[IDPayload]
-    ) -> tuple[TrafficSelector, TrafficSelector]:
-        """(initiator's selector, responder's selector); without IDs, the phase 1 addresses."""
-        if ids:
-            return TrafficSelector.from_id_payload(ids[0]), TrafficSelector.from_id_payload(ids[1])
-        i_addr = sa.remote[0] if sa.role is Role.RESPONDER else sa.local[0]
-        r_addr = sa.local[0] if sa.role is Role.RESPONDER else sa.remote[0]
-        return TrafficSelector.from_address(i_addr), TrafficSelector.from_address(r_addr)
 
     def _child_policies(self: IkeEngine, sa: IkeSA) -> tuple[ChildPolicy, ...]:
         if sa.child_policies is not None:
@@ -181,8 +139,8 @@ class QuickModeMixin:
         """Quick Mode message 1 on the responder: which policy, which proposal, which
         lifetimes, then message 2, and the IPsec SAs installed."""
         rest = sa.check_hash(ex.message_id, payloads)
-        parts = self._qm_parts(rest)
-        ts_i, ts_r = self._peer_selectors(sa, parts.ids)
+        parts = _qm_parts(rest)
+        ts_i, ts_r = _peer_selectors(sa, parts.ids)
         # RFC 2408 section 3.14: a notify about this negotiation names the proposal's SPI, so
         # the initiator can tell which of its Quick Modes failed
         offered_spi = parts.sa.proposals[0].spi if parts.sa.proposals else b""
@@ -241,7 +199,7 @@ class QuickModeMixin:
     ) -> tuple[ChildPolicy, Proposal, Transform, ChildTransform]:
         """The first matching policy that accepts one of the offered ESP transforms (with an
         encapsulation that fits the NAT situation), or NO-PROPOSAL-CHOSEN."""
-        encaps = {int(EncapsulationMode.TUNNEL), self._encap_mode(sa)}
+        encaps = {int(EncapsulationMode.TUNNEL), _encap_mode(sa)}
         if sa.natt:
             encaps |= {int(EncapsulationMode.UDP_TUNNEL), int(EncapsulationMode.UDP_TUNNEL_DRAFT)}
         for policy in policies:
@@ -274,7 +232,7 @@ class QuickModeMixin:
         qm = ex.quick
         ni = qm.ni
         rest = sa.check_hash(ex.message_id, payloads, extra=ni)
-        parts = self._qm_parts(rest)
+        parts = _qm_parts(rest)
         sa_in, nr = parts.sa, parts.nonce
         if len(sa_in.proposals) != 1 or len(sa_in.proposals[0].transforms) != 1:
             raise RemoteProtocolError(
@@ -428,3 +386,46 @@ def _responder_lifetime_notify(
     return NotifyPayload(
         NotifyType.RESPONDER_LIFETIME, ProtocolId.ESP, spi_in.to_bytes(4, "big"), encode_attributes(attrs)
     )
+
+
+def _encap_mode(sa: IkeSA) -> int:
+    if sa.natt and (sa.nat_local or sa.nat_remote):
+        return int(EncapsulationMode.UDP_TUNNEL_DRAFT if sa.natt_draft else EncapsulationMode.UDP_TUNNEL)
+    return int(EncapsulationMode.TUNNEL)
+
+
+def _qm_parts(rest: list[RawPayload]) -> QuickModeParts:
+    sa_payload: SAPayload | None = None
+    nonce: bytes | None = None
+    ke: bytes | None = None
+    ids: list[IDPayload] = []
+    notifies: list[NotifyPayload] = []
+    for p in rest:
+        x = p.payload
+        if isinstance(x, SAPayload):
+            sa_payload = x
+        elif isinstance(x, NoncePayload):
+            nonce = x.data
+        elif isinstance(x, KEPayload):
+            ke = x.data
+        elif isinstance(x, IDPayload):
+            ids.append(x)
+        elif isinstance(x, NotifyPayload):
+            notifies.append(x)
+        # NAT-OA (RFC 3947 5.1) is only needed for transport mode checksums
+    if sa_payload is None or nonce is None:
+        raise RemoteProtocolError("Quick Mode message lacks SA or Nonce", field="SA")
+    if len(ids) not in (0, 2):
+        raise RemoteProtocolError(
+            "Quick Mode needs both client IDs or none", NotifyType.INVALID_ID_INFORMATION, "ID"
+        )
+    return QuickModeParts(sa_payload, nonce, ke, ids, notifies)
+
+
+def _peer_selectors(sa: IkeSA, ids: list[IDPayload]) -> tuple[TrafficSelector, TrafficSelector]:
+    """(initiator's selector, responder's selector); without IDs, the phase 1 addresses."""
+    if ids:
+        return TrafficSelector.from_id_payload(ids[0]), TrafficSelector.from_id_payload(ids[1])
+    i_addr = sa.remote[0] if sa.role is Role.RESPONDER else sa.local[0]
+    r_addr = sa.local[0] if sa.role is Role.RESPONDER else sa.remote[0]
+    return TrafficSelector.from_address(i_addr), TrafficSelector.from_address(r_addr)
