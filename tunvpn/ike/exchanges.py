@@ -1,5 +1,6 @@
-"""Exchanges under an established ISAKMP SA: protection (HASH + encryption), retransmission,
-the message IDs of finished exchanges, Informational (notifies, Delete) and DPD (RFC 3706).
+"""Exchanges under an established ISAKMP SA: protection (HASH + encryption), the message IDs
+of finished exchanges, Informational (notifies, Delete) and DPD (RFC 3706). Retransmission,
+the same for phase 1 and these exchanges, is retransmit.py's (``IkeEngine._send_again``).
 
 Transaction lives in transaction.py and Quick Mode in quickmode.py; the legal
 (kind, state, message) combinations of all of them are in ``states.EXCHANGE_TABLE``.
