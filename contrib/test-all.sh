@@ -97,7 +97,7 @@ fi
 log "pip install -e .[test]"
 "$PY" -m pip install --quiet -e '.[test]' || die "pip install"
 # the plugin distributions under plugins/ (each its own package with a tunvpn entry point)
-# docs/plugins.md's example plugin, which tests/test_docs_example_plugin.py loads by its entry point
+# docs/plugins.md's example plugin, which tests/unit/plugins/test_docs_example_plugin.py loads by its entry point
 log "pip install -e tests/example-plugin"
 "$PY" -m pip install --quiet -e tests/example-plugin || die "pip install tests/example-plugin"
 for plugin in plugins/*/pyproject.toml; do

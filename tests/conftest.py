@@ -1,57 +1,23 @@
-"""Shared fixtures and skip helpers.
+"""Shared fixtures and the markers' skips (tests/README.md says where a test goes).
 
 Markers (registered in pyproject.toml):
-  netns    - needs root, `ip netns` and /dev/net/tun
-  interop  - needs real peers (strongSwan charon + swanctl, vpnc, tshark/dumpcap)
+  netns    - needs root, `ip netns` and /dev/net/tun (everything under tests/netns/)
+  interop  - needs real peers (strongSwan charon + swanctl, vpnc, tshark/dumpcap;
+             everything under tests/interop/)
 
 Tests with these markers skip, with the reason, only where the machine truly lacks what they
-need. contrib/test-all.sh (what CI runs) installs everything and sets TUNVPN_REQUIRE_ALL=1,
-which turns such a skip into a failure: a missing binary must not pass CI silently.
+need (tests/helpers/requires.py); under TUNVPN_REQUIRE_ALL=1 (contrib/test-all.sh, CI) such a
+skip is a failure.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from netns import NetnsPair, netns_unavailable_reason
-
-CHARON = "/usr/lib/ipsec/charon"
-INTEROP_TOOLS = ("swanctl", "vpnc", "tshark", "dumpcap")
-
-
-def interop_unavailable_reason() -> str | None:
-    """Why real-peer tests cannot run here, or None if they can."""
-    missing = [tool for tool in INTEROP_TOOLS if shutil.which(tool) is None]
-    if not os.access(CHARON, os.X_OK):
-        missing.append(CHARON)
-    if missing:
-        return "missing " + ", ".join(missing) + " (bash contrib/test-all.sh installs them)"
-    return None
-
-
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("TUNVPN_REQUIRE_ALL") == "1":
-        pytest.fail(f"TUNVPN_REQUIRE_ALL=1 but this test cannot run: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def require_root_netns() -> None:
-    """Skip the calling test unless it can create namespaces, veth pairs and TUN devices."""
-    reason = netns_unavailable_reason()
-    if reason:
-        _skip_or_fail(reason)
-
-
-def require_interop() -> None:
-    """Skip the calling test unless charon, swanctl, vpnc and tshark are installed."""
-    require_root_netns()
-    reason = interop_unavailable_reason()
-    if reason:
-        _skip_or_fail(reason)
+from tests.helpers.netns import NetnsPair
+from tests.helpers.requires import require_interop, require_root_netns
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -21,7 +21,7 @@ import ipaddress
 import shutil
 import subprocess
 
-from netns import Topology, run_in
+from tests.helpers.netns import Topology, run_in
 
 
 def _ip(*args: str) -> None:

@@ -1,8 +1,8 @@
-"""Regenerate tests/data/captures.py and the two pcaps beside it from live peers.
+"""Regenerate tests/vectors/captures.py and the two pcaps beside it from live peers.
 
 Run as root on a machine with the interop packages (bash contrib/test-all.sh installs them)::
 
-    python3 tests/interop/make_captures.py            # rewrites tests/data/{captures.py,*.pcap}
+    python3 tests/interop/make_captures.py            # rewrites tests/vectors/{captures.py,*.pcap}
     python3 tests/interop/make_captures.py --out DIR  # writes there instead
 
 It runs the two set-ups of tests/interop/scenarios.py with charon at log level 4 for ike/chd
@@ -192,7 +192,7 @@ marker stripped (messages on port 4500).
 All keys below come from throw-away test daemons whose PSKs are in tests/interop/configs.py;
 charon printed them at log level 4 (`ike = 4`, `chd = 4`). They let tests recompute the
 RFC 2409 key derivation (SKEYID from PSK, Ni, Nr; SKEYID_d/a/e from g^xy and the cookies) and
-decrypt the encrypted messages; `tests/test_keylog.py` proves them with tshark.
+decrypt the encrypted messages; `tests/unit/test_keylog.py` proves them with tshark.
 
 Set-ups (tests/interop/scenarios.py, configs.py); charon loads only:
 {plugins}
@@ -240,7 +240,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=TESTS / "data")
+    parser.add_argument("--out", type=Path, default=TESTS / "vectors")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 

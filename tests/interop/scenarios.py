@@ -8,7 +8,7 @@
 
 Both capture the IKE and ESP traffic on a's veth with dumpcap, send a few pings through the
 tunnel, then stop the peers inside the capture so that the DELETE notifications are in it too.
-Used by the self-check test and by ``make_captures.py`` (which regenerates tests/data/).
+Used by the self-check test and by ``make_captures.py`` (which regenerates tests/vectors/).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers.netns import NetnsPair, capture, run_in
+
 from . import configs
 from .strongswan import DEFAULT_LOG_LEVELS, KEY_LOG_LEVELS, Charon
 from .vpnc import Vpnc
-from netns import NetnsPair, capture, run_in
 
 UNDERLAY_A = "10.77.0.1/24"
 UNDERLAY_B = "10.77.0.2/24"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from netns import popen_in, stop_process, wait_for
+from tests.helpers.netns import popen_in, stop_process, wait_for
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.netns import NetnsPair, stop_process, wait_for
+
 from . import configs
 from .strongswan import Charon
 from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, run_tunvpn, wait_for_line
-from netns import NetnsPair, stop_process, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

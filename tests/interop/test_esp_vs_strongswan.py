@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.netns import NetnsPair, run_in, stop_process, wait_for
+
 from .strongswan import Charon
 from .test_client_vs_strongswan import IKE_PSK, INNER_A, UNDERLAY_A, UNDERLAY_B, main_mode_gateway
 from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
-from netns import NetnsPair, run_in, stop_process, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

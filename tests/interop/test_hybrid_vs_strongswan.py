@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from gateway_pki import pki
+
+from tests.helpers.gateway_pki import pki
+from tests.helpers.netns import NetnsPair, stop_process, wait_for
 
 from . import configs
 from .strongswan import Charon
 from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
-from netns import NetnsPair, stop_process, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

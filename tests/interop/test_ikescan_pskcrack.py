@@ -36,9 +36,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.netns import NetnsPair, capture, run_in, stop_process
+
 from . import configs
 from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
-from netns import NetnsPair, capture, run_in, stop_process
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

@@ -1,7 +1,7 @@
 """Live proof of tunvpn.keylog: charon <-> charon with ESP AES-CBC + HMAC-SHA2-256-128, keys taken
 from charon's level-4 log, written with KeyLog, and tshark decrypts IKE and ESP from the capture.
 
-(The stored captures in tests/data cover AES-GCM-16 and AES-CBC + HMAC-SHA1-96; this adds SHA-256
+(The stored captures in tests/vectors cover AES-GCM-16 and AES-CBC + HMAC-SHA1-96; this adds SHA-256
 and checks the whole chain against daemons running now, not against frozen bytes.)
 """
 

@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from radius_fixture import FreeRadius, require_freeradius, start_freeradius, stop_freeradius
+
+from tests.helpers.netns import NetnsPair, run_in, stop_process, wait_for
+from tests.helpers.radius_fixture import FreeRadius, require_freeradius, start_freeradius, stop_freeradius
 
 from . import configs
 from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 from .vpnc import Vpnc
-from netns import NetnsPair, run_in, stop_process, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

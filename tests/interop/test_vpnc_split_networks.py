@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.netns import Topology, run_in, stop_process, wait_for
+
 from . import configs
 from .tunvpn_proc import popen_tunvpn, private_file, read_text, run_tunvpn, wait_for_line
 from .vpnc import Vpnc
-from netns import Topology, run_in, stop_process, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

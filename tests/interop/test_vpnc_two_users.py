@@ -35,11 +35,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.netns import run_in, stop_process, wait_for
+
 from . import configs
 from .lan import GatewayLan
 from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 from .vpnc import Vpnc
-from netns import run_in, stop_process, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.netns import NetnsPair, run_in, stop_process, wait_for
+
 from . import configs
 from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 from .vpnc import Vpnc
-from netns import NetnsPair, run_in, stop_process, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 

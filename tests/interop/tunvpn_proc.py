@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from netns import popen_in, run_in, wait_for
+from tests.helpers.netns import popen_in, run_in, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from netns import popen_in, stop_process, wait_for
+from tests.helpers.netns import popen_in, stop_process, wait_for
 
 VPNC = "vpnc"
 

@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------- MODP primes
-# Transcribed from the RFC texts; tests/test_dh_groups.py checks each against a SHA-256 of
+# Transcribed from the RFC texts; tests/unit/ike/test_dh_groups.py checks each against a SHA-256 of
 # this hex, a Miller-Rabin test and the "p = 2^n - 2^(n-64) - 1 + 2^64 * (floor(2^(n-130) pi) + k)"
 # construction the RFCs give.
 

@@ -2,7 +2,7 @@
 delivery layer and the LAC state machines without a peer, and random input on the receive path.
 
 The XL2TPD_* constants are datagrams xl2tpd 1.3.18 (Debian 12) sent to us during
-`python3 -m pytest -s tests/test_plugin_l2tp.py` (the test prints every datagram it received,
+`python3 -m pytest -s tests/loopback/test_l2tp_xl2tpd.py` (the test prints every datagram it received,
 in hex), with our Tunnel(local_tunnel_id=4711, host_name="tunvpn-lac") and session 77.
 """
 

@@ -1,1 +1,1 @@
-"""The example plugin of docs/plugins.md, copied from it (tests/test_docs_example_plugin.py)."""
+"""The example plugin of docs/plugins.md, copied from it (tests/unit/plugins/test_docs_example_plugin.py)."""

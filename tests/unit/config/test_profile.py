@@ -1,0 +1,147 @@
+"""The client's profile file (tunvpn.config.profile): the gateway, the secret and the user."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tunvpn.config.gateway import ConfigFileError
+from tunvpn.config.profile import ClientProfile, load_profile, parse_profile
+from tunvpn.ike.identity import Identity
+
+CONTRIB = Path(__file__).resolve().parents[3] / "contrib" / "client.toml"
+SECRET = "group-secret-not-for-logs-42"
+PASSWORD = "alice-password-not-for-logs"
+
+
+def _write(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def secrets_dir(tmp_path: Path) -> Path:
+    _write(tmp_path / "alice.psk", SECRET + "\n")
+    _write(tmp_path / "alice.password", PASSWORD + "\n")
+    return tmp_path
+
+
+THREE_LINES = 'gateway = "192.0.2.1"\npsk_file = "alice.psk"\nuser = "alice"\n'
+
+
+def _load(directory: Path, text: str, mode: int = 0o644, env: dict[str, str] | None = None) -> ClientProfile:
+    return load_profile(_write(directory / "work.toml", text, mode), env={} if env is None else env)
+
+
+def _error(
+    directory: Path, text: str, mode: int = 0o644, env: dict[str, str] | None = None
+) -> ConfigFileError:
+    with pytest.raises(ConfigFileError) as info:
+        _load(directory, text, mode, env)
+    return info.value
+
+
+def test_three_line_profile(secrets_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir("/")  # paths are relative to the profile, not to the working directory
+    profile = _load(secrets_dir, THREE_LINES)
+    assert profile.gateway == "192.0.2.1" and profile.user == "alice"
+    assert profile.psks.lookup(None, "192.0.2.1") == SECRET.encode()
+    assert (profile.mode, profile.local_id, profile.password_file) == ("main", None, None)
+    assert profile.credential is None and profile.trusted_cas == ()
+    assert profile.source == str(secrets_dir / "work.toml")
+    assert SECRET not in repr(profile)
+
+
+def test_contrib_example_loads(secrets_dir: Path) -> None:
+    shutil.copy(CONTRIB, secrets_dir / "client.toml")
+    profile = load_profile(secrets_dir / "client.toml", env={})
+    assert profile.gateway == "192.0.2.1" and profile.user == "alice"
+    assert profile.psks.lookup(None, "192.0.2.1") == SECRET.encode()
+
+
+def test_optional_keys(secrets_dir: Path) -> None:
+    text = THREE_LINES + 'password_file = "alice.password"\nmode = "aggressive"\nid = "keyid:staff"\n'
+    profile = _load(secrets_dir, text)
+    assert profile.password_file == str(secrets_dir / "alice.password")
+    assert profile.mode == "aggressive" and profile.local_id == Identity.parse("keyid:staff")
+    assert PASSWORD not in repr(profile)
+
+
+def test_inline_psk_only_in_a_private_profile(tmp_path: Path) -> None:
+    text = f'gateway = "192.0.2.1"\npsk = "{SECRET}"\n'
+    err = _error(tmp_path, text, mode=0o644)
+    path = tmp_path / "work.toml"
+    assert err.key == "psk" and err.line == 2
+    assert f"chmod 600 {path}" in err.reason and "0644" in err.reason
+    assert SECRET not in str(err) and SECRET not in repr(err)
+    profile = _load(tmp_path, text, mode=0o600)
+    assert profile.psks.lookup(None, "192.0.2.1") == SECRET.encode()
+    assert SECRET not in repr(profile)
+    with pytest.raises(ConfigFileError, match="psk"):
+        parse_profile(text, "text", base_dir=tmp_path)
+
+
+def test_psk_env(tmp_path: Path) -> None:
+    text = 'gateway = "192.0.2.1"\npsk_env = "WORK_PSK"\n'
+    err = _error(tmp_path, text)
+    assert err.key == "psk_env" and err.line == 2 and "WORK_PSK is not set" in err.reason
+    profile = _load(tmp_path, text, env={"WORK_PSK": SECRET})
+    assert profile.psks.lookup(None, "192.0.2.1") == SECRET.encode() and profile.user is None
+
+
+def test_open_psk_file_refused(secrets_dir: Path) -> None:
+    (secrets_dir / "alice.psk").chmod(0o604)
+    err = _error(secrets_dir, THREE_LINES)
+    assert err.key == "psk_file" and err.line == 2 and "chmod 600" in err.reason
+    assert SECRET not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "reason"),
+    [
+        (THREE_LINES.replace("user", "usr"), "usr", 3, "did you mean 'user'?"),
+        (THREE_LINES + 'mode = "quick"\n', "mode", 4, "one of: main, aggressive, base"),
+        (THREE_LINES.replace("192.0.2.1", "vpn.example"), "gateway", 1, "address"),
+        (THREE_LINES.replace('gateway = "192.0.2.1"\n', ""), "gateway", None, "required"),
+        ('gateway = "192.0.2.1"\nuser = "alice"\n', "", None, "no secret"),
+        (
+            THREE_LINES.replace('user = "alice"', 'password_file = "alice.password"'),
+            "password_file",
+            3,
+            "user",
+        ),
+        (THREE_LINES + 'password_file = "nope"\n', "password_file", 4, "no such file"),
+        (THREE_LINES + 'cert = "alice.crt"\n', "cert", 4, "key is missing"),
+        (THREE_LINES + 'id = "dn:garbage"\n', "id", 4, "identity"),
+        ('gateway = "192.0.2.1"\npsk_file = "alice.psk"\nuser = \n', "", 3, "syntax"),
+    ],
+)
+def test_errors(secrets_dir: Path, text: str, key: str, line: int | None, reason: str) -> None:
+    err = _error(secrets_dir, text)
+    assert (err.key, err.line) == (key, line), str(err)
+    assert reason in err.reason
+    assert SECRET not in str(err) and PASSWORD not in str(err)
+
+
+def test_open_password_file_refused(secrets_dir: Path) -> None:
+    (secrets_dir / "alice.password").chmod(0o644)
+    err = _error(secrets_dir, THREE_LINES + 'password_file = "alice.password"\n')
+    assert err.key == "password_file" and "chmod 600" in err.reason and PASSWORD not in str(err)
+
+
+def test_missing_profile() -> None:
+    with pytest.raises(ConfigFileError, match="no such file"):
+        load_profile("/nonexistent/tunvpn/profile.toml", env={})
+
+
+def test_client_plugins_and_their_tables(secrets_dir: Path) -> None:
+    text = THREE_LINES + 'plugins = ["soft-token"]\n\n[plugin.soft-token]\nseed_file = "token.seed"\n'
+    profile = _load(secrets_dir, text)
+    assert profile.plugins == ("soft-token",)
+    # *_file paths are relative to the profile, like psk_file
+    assert profile.plugin_settings == {"soft-token": {"seed_file": str(secrets_dir / "token.seed")}}
+    error = _error(secrets_dir, THREE_LINES + "\n[plugin.other]\nx = 1\n")
+    assert error.key == "plugin.other" and "plugins does not name" in str(error)

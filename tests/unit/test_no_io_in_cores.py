@@ -1,0 +1,58 @@
+"""The protocol cores stay sans-I/O (STYLE.md section 1): no module under tunvpn/ike/ or
+tunvpn/esp/ imports socket, asyncio, threading, select, selectors, subprocess or time.
+
+Checked on the source with ast, so an import inside a function or under `if TYPE_CHECKING`
+counts too; time must come in as `now`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "tunvpn"
+CORES = ("ike", "esp")
+FORBIDDEN = frozenset({"socket", "asyncio", "threading", "select", "selectors", "subprocess", "time"})
+
+
+def core_sources() -> list[Path]:
+    return sorted(p for core in CORES if (PACKAGE / core).is_dir() for p in (PACKAGE / core).rglob("*.py"))
+
+
+def forbidden_imports(source: str, filename: str) -> list[str]:
+    """``"line N: import X"`` for each import of a forbidden top-level module."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found += [f"line {node.lineno}: {name}" for name in names if name.split(".")[0] in FORBIDDEN]
+    return found
+
+
+def test_detector_catches_the_forms() -> None:
+    src = (
+        "import os, socket\nfrom asyncio import sleep\nimport time as t\ndef f():\n    import select.epoll\n"
+    )
+    assert forbidden_imports(src, "x.py") == [
+        "line 1: socket",
+        "line 2: asyncio",
+        "line 3: time",
+        "line 5: select.epoll",
+    ]
+    assert forbidden_imports("from . import time\nimport timeit\nimport datetime\n", "x.py") == []
+
+
+def test_there_is_a_core_to_check() -> None:
+    assert core_sources(), f"no modules under {PACKAGE}/ike or /esp: has the layout changed?"
+
+
+@pytest.mark.parametrize("path", core_sources(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_core_module_has_no_io_imports(path: Path) -> None:
+    bad = forbidden_imports(path.read_text(), str(path))
+    assert not bad, f"{path.relative_to(PACKAGE.parent)} imports I/O modules: {', '.join(bad)}"
