@@ -8,8 +8,8 @@
 #    plugin's tests start their own instance on loopback) ...; /usr/sbin/policy-rc.d
 #    answers 101 meanwhile so no package starts a service.
 # 2. /dev/net/tun exists (modprobe tun, else mknod c 10 200).
-# 3. pip install -e '.[test]'  (tunvpn + pytest, hypothesis, ruff), then each plugins/*/
-# 4. ruff check .
+# 3. pip install -e '.[test]'  (tunvpn + pytest, hypothesis, ruff, mypy), then each plugins/*/
+# 4. ruff check ., then mypy (type check of tunvpn/ and plugins/*/, configured in pyproject.toml)
 # 5. pytest: ALL tests, including the netns and interop ones. TUNVPN_REQUIRE_ALL=1 turns their
 #    "missing root/binary" skips into failures, since this script has just installed everything.
 # This is the command CI runs (.ci/run).
@@ -108,6 +108,9 @@ done
 
 log "ruff check ."
 "$PY" -m ruff check . || die "ruff check"
+# the files and per-module strictness are [tool.mypy] in pyproject.toml (tunvpn/ and the plugins' packages)
+log "mypy"
+"$PY" -m mypy || die "mypy"
 
 # ------------------------------------------------------------------ tests
 log "pytest (all tests, netns + interop included)"
