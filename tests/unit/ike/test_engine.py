@@ -599,7 +599,7 @@ def test_mode_config_push_set_and_ack() -> None:
     got = pair.client.of(ev.ModeConfigReceived)
     assert got and got[0].pushed and str(got[0].config.address) == "10.99.0.9"
     assert not pair.gateway.of(ev.ProtocolError) and not pair.client.of(ev.ProtocolError)
-    assert not any(ex.retransmit_at for sa in pair.gateway.engine.ike_sas() for ex in sa.exchanges.values())
+    assert not any(ex.sent.at for sa in pair.gateway.engine.ike_sas() for ex in sa.exchanges.values())
 
 
 # ------------------------------------------------------------- RFC 4304 extended sequence numbers
