@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from cryptography import x509
 
-from tunvpn.control.status import child_status, sa_counters, sa_drops
+from tunvpn.control.status import child_status, counter_registry, sa_counters, sa_drops
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential
@@ -262,6 +262,8 @@ class Client:
         self.child_started: dict[int, float] = {}
         self.hostconfig: HostConfig | None = None
         self.driver: UdpDriver | None = None
+        self.counters = counter_registry(self)
+        """Everything counted (tunvpn/dataplane/counters.py), read by ``status``."""
         self.tunnel: Tunnel | None = None
         """The ESP data path (TUN device + data thread) when ``options.tun`` is set."""
         self.result: int | None = None
@@ -585,8 +587,9 @@ class Client:
     def status(self) -> dict[str, object]:
         """What ``tunvpn status`` shows (schema in tunvpn/control/server.py)."""
         now = self.clock()
-        counters = sa_counters(self.tunnel)
-        drops = sa_drops(self.tunnel)
+        snapshot = self.counters.snapshot()
+        counters = sa_counters(snapshot)
+        drops = sa_drops(snapshot)
         sas = [
             child_status(child, counters, now - self.child_started.get(child.spi_in, now), drops)
             for child in self.established.values()

@@ -3,47 +3,58 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from tunvpn.dataplane.counters import CounterRegistry, CounterSnapshot
 from tunvpn.ike import events as ev
 from tunvpn.ike.constants import DHGroup
 from tunvpn.shell.udp import esp_suite_name
 
 if TYPE_CHECKING:
     from tunvpn.dataplane.tunnel import Tunnel
+    from tunvpn.ike.engine import IkeEngine
+    from tunvpn.shell.udp import UdpDriver
 
 
-def sa_counters(tunnel: Tunnel | None) -> dict[int, tuple[int, int]]:
-    """SPI -> (bytes, packets) of every installed SA (read from the data thread's table;
-    plain int reads, so a slightly stale value at worst)."""
-    if tunnel is None:
-        return {}
-    out: dict[int, tuple[int, int]] = {}
-    try:
-        sad = tunnel.dataplane.sad
-        for inbound in sad.inbound_sas():
-            out[inbound.spi] = (inbound.bytes, inbound.packets)
-        for outbound in sad.outbound_sas():
-            out[outbound.spi] = (outbound.bytes, outbound.seq)
-    except (AttributeError, RuntimeError):  # the table changed while we read it
-        pass
-    return out
+class Daemon(Protocol):
+    """What a gateway or client daemon holds that counts things."""
+
+    engine: IkeEngine
+    driver: UdpDriver | None
+    tunnel: Tunnel | None
 
 
-def sa_drops(tunnel: Tunnel | None) -> dict[int, dict[str, int]]:
+def counter_registry(daemon: Daemon) -> CounterRegistry:
+    """The counter sources of a daemon (:mod:`tunvpn.dataplane.counters`): the data thread's counts and
+    SAs (copied on the data thread), the IKE engine's drops (group ``ike``) and the IKE
+    driver's (group ``ike driver``). The sources look the parts up on every read, so a data
+    path or driver started later, or gone, is seen as it is."""
+    registry = CounterRegistry()
+
+    def dataplane() -> CounterSnapshot:
+        tunnel = daemon.tunnel
+        return tunnel.dataplane.counter_snapshot() if tunnel is not None else CounterSnapshot()
+
+    def driver() -> CounterSnapshot:
+        udp = daemon.driver
+        return CounterSnapshot.of("ike driver", udp.counters) if udp is not None else CounterSnapshot()
+
+    registry.register("dataplane", dataplane)
+    registry.register("ike", lambda: CounterSnapshot.of("ike", daemon.engine.drops))
+    registry.register("ike driver", driver)
+    return registry
+
+
+def sa_counters(snapshot: CounterSnapshot) -> dict[int, tuple[int, int]]:
+    """SPI -> (bytes, packets) of every installed SA, from a counter snapshot (the data thread
+    copied them: :meth:`tunvpn.dataplane.thread.DataPlane.counter_snapshot`)."""
+    return {spi: (sa.bytes, sa.packets) for spi, sa in snapshot.sas.items()}
+
+
+def sa_drops(snapshot: CounterSnapshot) -> dict[int, dict[str, int]]:
     """Inbound SPI -> packets dropped after decryption, by reason (``policy``: an inner packet
     outside the SA's selectors, e.g. a standard client reaching beyond its policies)."""
-    if tunnel is None:
-        return {}
-    out: dict[int, dict[str, int]] = {}
-    try:
-        for sa in tunnel.dataplane.sad.inbound_sas():
-            drops = {reason.name.lower(): n for reason, n in sa.drop_counts().items() if n}
-            if drops:
-                out[sa.spi] = drops
-    except (AttributeError, RuntimeError):  # the table changed while we read it
-        pass
-    return out
+    return {spi: dict(sa.drops) for spi, sa in snapshot.sas.items() if sa.drops}
 
 
 def child_status(

@@ -1,14 +1,18 @@
 """The running ESP data path: TUN <-> ESP (tunvpn.esp) <-> UDP 4500, in its own thread.
 
 The IKE control plane (asyncio, main thread) and the data path meet through a narrow
-interface: :meth:`DataPlane.install` (a negotiated child SA), :meth:`DataPlane.remove`
-(by inbound SPI) and :meth:`DataPlane.replace` (make-before-break rekeying); lifetime
-events and "the peer is alive" notes come back through callbacks that the shell marshals
-into its event loop.
+interface. Into the data thread go *commands*, small frozen dataclasses queued in order and
+applied by the data thread before the packets of its next poll (:class:`InstallSA`,
+:class:`ReplaceSA`, :class:`SwitchOutbound`, :class:`RemoveSA`, :class:`SetPeer`,
+:class:`TakeSnapshot`); :class:`DataPlane` has one method for each. Out of it come
+:class:`~tunvpn.esp.events.SaLifetimeEvent` and :class:`PeerActivity` events through a
+callback that the shell marshals into its event loop, IKE messages received on port 4500,
+and counter snapshots (:class:`~tunvpn.dataplane.counters.CounterSnapshot`) copied by the data thread
+itself, so the loop never reads the SA table while the data thread changes it.
 
 The data thread owns the NAT-T socket (RFC 3948: ESP and IKE share UDP 4500): IKE messages
 (non-ESP marker) it receives are handed to the control plane, and the control plane sends its
-own IKE messages on port 4500 through :meth:`send_ike` (``sendto`` is thread-safe).
+own IKE messages on port 4500 through :meth:`DataPlane.send_ike` (``sendto`` is thread-safe).
 
 One thread does both directions: the GIL allows no more, and it keeps every SA owned by a
 single thread as the ESP core requires. The loop works on batches: one TUN read returns a
@@ -26,12 +30,16 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, cast
 
-from tunvpn.esp import SadTable, sa_pair_from_child
+from tunvpn.dataplane import PacketDevice
+from tunvpn.dataplane.counters import CounterSnapshot, SaCounts
+from tunvpn.esp import InboundSA, OutboundSA, SadTable, sa_pair_from_child
 from tunvpn.esp.events import SaLifetimeEvent
 from tunvpn.esp.ratelimit import DropLog
+from tunvpn.esp.transforms import Packet
 from tunvpn.ike.events import ChildSAEstablished
 from tunvpn.ike.udpencap import DatagramKind, classify_datagram
 
@@ -41,6 +49,30 @@ Address = tuple[str, int]
 BATCH = 128
 ACTIVITY_EVERY = 1.0
 """Seconds between "peer alive" notes to the control plane (DPD, RFC 3706 section 5.3)."""
+SNAPSHOT_WAIT = 0.5
+"""Seconds the loop waits for the data thread to copy its counters before it falls back to
+the last copy (the data thread may be stuck waiting for room in a full socket buffer)."""
+
+
+class DatagramDevice(Protocol):
+    """What the data thread needs of the NAT-T socket (``udp_linux.UdpSocket``)."""
+
+    def send(self, datagram: bytes | bytearray | memoryview, addr: Address) -> bool:
+        """Send one datagram (an IKE message, thread-safe); errors are counted, not raised."""
+        ...
+
+    def send_batch(self, datagrams: Sequence[bytes | bytearray | memoryview], addr: Address) -> int:
+        """Send datagrams to one peer (GSO where possible); returns how many left."""
+        ...
+
+    def recv_buffers(self, max_datagrams: int = BATCH) -> list[tuple[bytes, int, Address]]:
+        """``(buffer, GRO segment size or 0, source)`` ready now, without blocking."""
+        ...
+
+    def fileno(self) -> int: ...
+
+
+# ---------------------------------------------------------------------- what goes between threads
 
 
 @dataclass(frozen=True)
@@ -53,20 +85,104 @@ class PeerActivity:
     check on each SPI: a NAT that rebinds shows here first (RFC 3948 section 4)."""
 
 
+DataEvent = SaLifetimeEvent | PeerActivity
+"""What the data thread tells the control plane (through ``on_event``)."""
+
+
+@dataclass(frozen=True)
+class InstallSA:
+    """Install the pair of a finished Quick Mode."""
+
+    name: ClassVar[str] = "install"
+    inbound: InboundSA
+    """The SA the peer sends on; it belongs to the data thread from now on."""
+    outbound: OutboundSA
+    """The SA we send on."""
+
+
+@dataclass(frozen=True)
+class ReplaceSA:
+    """Make-before-break: accept the new inbound SA at once; move outbound traffic from the
+    pair of ``old_spi_in`` to ``outbound`` now, or at a later :class:`SwitchOutbound`."""
+
+    name: ClassVar[str] = "replace"
+    old_spi_in: int
+    """Inbound SPI of the pair being replaced (it stays until :class:`RemoveSA`)."""
+    inbound: InboundSA
+    """The new inbound SA."""
+    outbound: OutboundSA | None
+    """The new outbound SA, or None when it waits for :class:`SwitchOutbound`."""
+
+
+@dataclass(frozen=True)
+class SwitchOutbound:
+    """Move outbound traffic of the pair of ``old_spi_in`` to ``outbound`` (a Quick Mode
+    responder waited until the initiator surely holds the keys)."""
+
+    name: ClassVar[str] = "switch"
+    new_spi_in: int
+    """Inbound SPI of the new pair (installed by :class:`ReplaceSA`)."""
+    old_spi_in: int
+    """Inbound SPI of the pair whose outbound SA is replaced."""
+    outbound: OutboundSA
+    """The new outbound SA."""
+
+
+@dataclass(frozen=True)
+class RemoveSA:
+    """Remove a pair by its inbound SPI."""
+
+    name: ClassVar[str] = "remove"
+    spi_in: int
+    """Inbound SPI of the pair."""
+
+
+@dataclass(frozen=True)
+class SetPeer:
+    """Send the outbound SA paired with ``spi_in`` to ``peer`` (the IKE engine followed the
+    peer behind its NAT)."""
+
+    name: ClassVar[str] = "peer"
+    spi_in: int
+    """Inbound SPI of the pair."""
+    peer: Address
+    """The peer's new outer address."""
+
+
+@dataclass(frozen=True)
+class TakeSnapshot:
+    """Copy the counters on the data thread and hand the copy to the waiting ``reply``."""
+
+    name: ClassVar[str] = "snapshot"
+    reply: SnapshotReply
+    """Where the copy goes."""
+
+
+@dataclass(eq=False)
+class SnapshotReply:
+    """One answer to :class:`TakeSnapshot`: set once by the data thread, read by the asker."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    snapshot: CounterSnapshot | None = None
+
+
+Command = InstallSA | ReplaceSA | SwitchOutbound | RemoveSA | SetPeer | TakeSnapshot
+"""What the control plane asks of the data thread; applied in the order given."""
+
+
 class DataPlane:
     """Moves packets between a TUN device and the NAT-T UDP socket through the SAD.
 
-    :param tun: an object with ``read_batch(n)``, ``write_batch(packets)``, ``fileno()``
-        and ``close()`` (:mod:`tunvpn.dataplane`).
+    :param tun: the TUN device (:class:`~tunvpn.dataplane.PacketDevice`).
     :param on_event: called from the data thread with :class:`SaLifetimeEvent` and
         :class:`PeerActivity` objects; it must hand them to the control plane thread-safely.
     """
 
     def __init__(
         self,
-        tun: object,
+        tun: PacketDevice,
         *,
-        on_event: Callable[[object], None] | None = None,
+        on_event: Callable[[DataEvent], None] | None = None,
         replay_window: int = 4096,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -75,10 +191,12 @@ class DataPlane:
         self.replay_window = replay_window
         self.clock = clock
         self.sad = SadTable(drop_log=DropLog(rate=5.0, burst=20.0))
+        """The SA table; only the data thread touches it once the thread runs."""
         self.counters: Counter[str] = Counter()
-        self._udp: object | None = None
+        """The data thread's own counts (read them through :meth:`counter_snapshot`)."""
+        self._udp: DatagramDevice | None = None
         self._deliver_ike: Callable[[bytes, Address], None] | None = None
-        self._commands: deque[tuple[str, object]] = deque()
+        self._commands: deque[Command] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -88,7 +206,8 @@ class DataPlane:
         self._sources: dict[int, Address] = {}  # inbound SPI -> source of its last authenticated ESP
         self._next_activity = 0.0
         self._pairs: dict[int, int] = {}  # inbound SPI -> outbound SPI
-        self._pending_out: dict[int, tuple[int, object]] = {}  # new inbound SPI -> (old, outbound)
+        self._pending_out: dict[int, tuple[int, OutboundSA]] = {}  # new inbound SPI -> (old, outbound)
+        self._last_snapshot = CounterSnapshot()
 
     # ------------------------------------------------------------------ wiring
 
@@ -97,14 +216,18 @@ class DataPlane:
         from tunvpn.dataplane.udp_linux import UdpSocket
 
         _grow_buffers(sock)
-        self._udp = UdpSocket(sock)
+        self.attach_device(UdpSocket(sock), deliver_ike)
+
+    def attach_device(self, udp: DatagramDevice, deliver_ike: Callable[[bytes, Address], None]) -> None:
+        """Use ``udp`` as the NAT-T socket (:meth:`attach` wraps a bound socket; tests give a fake)."""
+        self._udp = udp
         self._deliver_ike = deliver_ike
 
     def send_ike(self, data: bytes, remote: Address) -> None:
         """Send an IKE message (with its non-ESP marker) from the NAT-T socket."""
         if self._udp is None:
             raise RuntimeError("no NAT-T socket attached")
-        self._udp.send(data, remote)  # type: ignore[attr-defined]
+        self._udp.send(data, remote)
 
     def start(self) -> None:
         if self._udp is None:
@@ -131,7 +254,7 @@ class DataPlane:
     def install(self, child: ChildSAEstablished) -> None:
         """Install the inbound and outbound SA of a finished Quick Mode (thread-safe)."""
         inbound, outbound = sa_pair_from_child(child, self.clock(), replay_window=self.replay_window)
-        self._command("install", (inbound, outbound))
+        self.submit(InstallSA(inbound, outbound))
 
     def replace(self, old_spi_in: int, child: ChildSAEstablished, *, switch_outbound: bool = True) -> None:
         """Make-before-break: the new inbound SA is accepted at once; outbound traffic moves to
@@ -139,7 +262,7 @@ class DataPlane:
         initiator surely holds the keys); the old inbound SA stays valid until :meth:`remove`
         is called for it (thread-safe)."""
         inbound, outbound = sa_pair_from_child(child, self.clock(), replay_window=self.replay_window)
-        self._command("replace", (old_spi_in, inbound, outbound if switch_outbound else None))
+        self.submit(ReplaceSA(old_spi_in, inbound, outbound if switch_outbound else None))
         if not switch_outbound:
             self._pending_out[inbound.spi] = (old_spi_in, outbound)
 
@@ -147,27 +270,39 @@ class DataPlane:
         """Move outbound traffic to the SA installed by ``replace(..., switch_outbound=False)``."""
         pending = self._pending_out.pop(new_spi_in, None)
         if pending is not None:
-            self._command("switch", (new_spi_in, *pending))
+            self.submit(SwitchOutbound(new_spi_in, *pending))
 
     def remove(self, spi_in: int) -> None:
         """Remove a pair by its inbound SPI (thread-safe)."""
-        self._command("remove", spi_in)
+        self.submit(RemoveSA(spi_in))
 
     def set_peer(self, spi_in: int, peer: Address) -> None:
         """Send the outbound SA paired with ``spi_in`` to ``peer`` from now on (the IKE engine
         followed the peer behind its NAT; thread-safe)."""
-        self._command("peer", (spi_in, peer))
+        self.submit(SetPeer(spi_in, peer))
+
+    def counter_snapshot(self) -> CounterSnapshot:
+        """The data thread's counts and every SA's bytes, packets and drops, copied by the data
+        thread after the commands given before (a :data:`tunvpn.dataplane.counters.Source`). If the
+        thread does not answer within :data:`SNAPSHOT_WAIT`, the last copy it made."""
+        reply = SnapshotReply()
+        self.submit(TakeSnapshot(reply))
+        if reply.done.wait(SNAPSHOT_WAIT) and reply.snapshot is not None:
+            return reply.snapshot
+        return self._last_snapshot
 
     def stats(self) -> dict[str, object]:
-        drops = {reason.name.lower(): n for reason, n in self.sad.drop_counts().items() if n}
-        out: dict[str, object] = dict(self.counters)
-        out["drops"] = drops
-        out["sas"] = len(self.sad)
+        """The data thread's counts, its ESP drops by reason and the number of SAs (logged at exit)."""
+        snap = self.counter_snapshot()
+        out: dict[str, object] = dict(snap.group("dataplane"))
+        out["drops"] = dict(snap.group("esp drops"))
+        out["sas"] = snap.get("dataplane sad", "sas")
         return out
 
-    def _command(self, kind: str, arg: object) -> None:
-        self._commands.append((kind, arg))
-        if self._thread is None:  # not started yet (tests, or before the socket exists)
+    def submit(self, command: Command) -> None:
+        """Queue a command for the data thread (applied at once if the thread does not run)."""
+        self._commands.append(command)
+        if self._thread is None:  # not started yet (tests, or before the socket exists), or stopped
             self._apply_commands()
         else:
             self._wake()
@@ -178,44 +313,67 @@ class DataPlane:
         except (BlockingIOError, OSError):
             pass
 
+    # ------------------------------------------------------------------ commands (data thread)
+
     def _apply_commands(self) -> None:
         while self._commands:
-            kind, arg = self._commands.popleft()
+            command = self._commands.popleft()
             try:
-                if kind == "install":
-                    inbound, outbound = arg  # type: ignore[misc]
-                    self.sad.install_pair(inbound, outbound)
-                    self._pairs[inbound.spi] = outbound.spi
-                elif kind == "replace" or kind == "switch":
-                    if kind == "replace":
-                        old_in, inbound, outbound = arg  # type: ignore[misc]
-                        self.sad.install(inbound)
-                        if outbound is None:
-                            continue
-                        new_in = inbound.spi
-                    else:
-                        new_in, old_in, outbound = arg  # type: ignore[misc]
-                    old_out = self._pairs.get(old_in)
-                    if old_out is not None and self.sad_has_outbound(old_out):
-                        self.sad.replace(old_out, outbound)
-                    else:
-                        self.sad.install(outbound)
-                    self._pairs[new_in] = outbound.spi
-                elif kind == "peer":
-                    spi_in, peer = arg  # type: ignore[misc]
-                    spi_out = self._pairs.get(spi_in)
-                    for sa in self.sad.outbound_sas():
-                        if sa.spi == spi_out:
-                            sa.peer = peer
-                elif kind == "remove":
-                    spi_in = int(arg)  # type: ignore[call-overload]
-                    self.sad.remove_inbound(spi_in)
-                    old_out = self._pairs.pop(spi_in, None)
-                    if old_out is not None and self.sad_has_outbound(old_out):
-                        self.sad.remove_outbound(old_out)
+                self._apply(command)
             except (KeyError, ValueError) as exc:
-                log.warning("data path: %s of an SA failed: %s", kind, exc)
-                self.counters[f"{kind} failed"] += 1
+                log.warning("data path: %s of an SA failed: %s", command.name, exc)
+                self.counters[f"{command.name} failed"] += 1
+
+    def _apply(self, command: Command) -> None:
+        match command:
+            case InstallSA(inbound=inbound, outbound=outbound):
+                self.sad.install_pair(inbound, outbound)
+                self._pairs[inbound.spi] = outbound.spi
+            case ReplaceSA(old_spi_in=old_in, inbound=inbound, outbound=outbound):
+                self.sad.install(inbound)
+                if outbound is not None:
+                    self._switch(inbound.spi, old_in, outbound)
+            case SwitchOutbound(new_spi_in=new_in, old_spi_in=old_in, outbound=outbound):
+                self._switch(new_in, old_in, outbound)
+            case SetPeer(spi_in=spi_in, peer=peer):
+                spi_out = self._pairs.get(spi_in)
+                for sa in self.sad.outbound_sas():
+                    if sa.spi == spi_out:
+                        sa.peer = peer
+            case RemoveSA(spi_in=spi_in):
+                self.sad.remove_inbound(spi_in)
+                old_out = self._pairs.pop(spi_in, None)
+                if old_out is not None and self.sad_has_outbound(old_out):
+                    self.sad.remove_outbound(old_out)
+            case TakeSnapshot(reply=reply):
+                reply.snapshot = self._last_snapshot = self._take_snapshot()
+                reply.done.set()
+
+    def _switch(self, new_in: int, old_in: int, outbound: OutboundSA) -> None:
+        old_out = self._pairs.get(old_in)
+        if old_out is not None and self.sad_has_outbound(old_out):
+            self.sad.replace(old_out, outbound)
+        else:
+            self.sad.install(outbound)
+        self._pairs[new_in] = outbound.spi
+
+    def _take_snapshot(self) -> CounterSnapshot:
+        """Copy every count (on the data thread, or before it runs / after it stopped)."""
+        sas: dict[int, SaCounts] = {}
+        for sa in self.sad.inbound_sas():
+            drops = {reason.name.lower(): n for reason, n in sa.drop_counts().items() if n}
+            sas[sa.spi] = SaCounts(sa.bytes, sa.packets, drops)
+        for out in self.sad.outbound_sas():
+            sas[out.spi] = SaCounts(out.bytes, out.seq)
+        drops = {reason.name.lower(): n for reason, n in self.sad.drop_counts().items() if n}
+        return CounterSnapshot(
+            groups={
+                "dataplane": dict(self.counters),
+                "esp drops": drops,
+                "dataplane sad": {"sas": len(self.sad)},
+            },
+            sas=sas,
+        )
 
     def sad_has_outbound(self, spi: int) -> bool:
         return any(sa.spi == spi for sa in self.sad.outbound_sas())
@@ -224,8 +382,11 @@ class DataPlane:
 
     def _run(self) -> None:
         poller = select.poll()
-        tun_fd = self.tun.fileno()  # type: ignore[attr-defined]
-        udp_fd = self._udp.fileno()  # type: ignore[attr-defined]
+        udp = self._udp
+        if udp is None:
+            return
+        tun_fd = self.tun.fileno()
+        udp_fd = udp.fileno()
         poller.register(tun_fd, select.POLLIN)
         poller.register(udp_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -266,29 +427,36 @@ class DataPlane:
         self._apply_commands()
 
     def _from_tun(self) -> None:
-        packets = self.tun.read_batch(BATCH)  # type: ignore[attr-defined]
+        packets = self.tun.read_batch(BATCH)
         if not packets:
             return
         self.counters["tun packets in"] += len(packets)
         self.counters["tun batches"] += 1
-        for sa, datagrams in self.sad.encrypt_batch(packets):
+        for sa, datagrams in self.sad.encrypt_batch(cast("list[Packet]", packets)):
+            if sa.peer is None:  # an SA from a Quick Mode always has one
+                self.counters["esp dropped: no peer"] += len(datagrams)
+                continue
             self._send_all(datagrams, sa.peer)
             self.counters["esp out"] += len(datagrams)
 
     def _send_all(self, datagrams: list[bytes], peer: Address) -> None:
         """Send every datagram; when the socket buffer is full, wait briefly for room."""
         udp = self._udp
+        if udp is None:
+            return
         for _ in range(50):
-            sent = udp.send_batch(datagrams, peer)  # type: ignore[attr-defined]
+            sent = udp.send_batch(datagrams, peer)
             if sent >= len(datagrams):
                 return
             datagrams = datagrams[sent:]
-            select.select([], [udp], [], 0.01)  # type: ignore[list-item]
+            select.select([], [udp.fileno()], [], 0.01)
         self.counters["esp dropped: send buffer full"] += len(datagrams)
 
     def _from_udp(self) -> None:
         udp = self._udp
-        received = udp.recv_buffers(BATCH)  # type: ignore[attr-defined]
+        if udp is None:
+            return
+        received = udp.recv_buffers(BATCH)
         if not received:
             return
         now = self.clock()
@@ -309,7 +477,7 @@ class DataPlane:
         self.counters["udp datagrams in"] += datagrams
         self.counters["udp batches"] += 1
         if inner:
-            self.tun.write_batch(inner)  # type: ignore[attr-defined]
+            self.tun.write_batch(inner)
             self.counters["tun packets out"] += len(inner)
 
     def _sort_out(self, received: list[bytes], addr: Address, inner: list[bytes], now: float) -> None:
@@ -354,7 +522,7 @@ class DataPlane:
             self._active.clear()
             self._sources.clear()
 
-    def _emit(self, event: SaLifetimeEvent | PeerActivity) -> None:
+    def _emit(self, event: DataEvent) -> None:
         if self.on_event is not None:
             try:
                 self.on_event(event)
@@ -397,4 +565,17 @@ def _grow_buffers(sock: socket.socket) -> None:
             pass
 
 
-__all__ = ["DataPlane", "PeerActivity"]
+__all__ = [
+    "Command",
+    "DataEvent",
+    "DataPlane",
+    "DatagramDevice",
+    "InstallSA",
+    "PeerActivity",
+    "RemoveSA",
+    "ReplaceSA",
+    "SetPeer",
+    "SnapshotReply",
+    "SwitchOutbound",
+    "TakeSnapshot",
+]

@@ -17,8 +17,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tunvpn.dataplane import off_loop
-from tunvpn.dataplane.thread import DataPlane, PeerActivity
+from tunvpn.dataplane import PacketDevice, off_loop
+from tunvpn.dataplane.thread import DataEvent, DataPlane, PeerActivity
 from tunvpn.esp.events import SaHardExpired, SaLifetimeEvent, SaSoftExpired
 from tunvpn.ike import events as ev
 from tunvpn.ike.engine import IkeEngine
@@ -58,13 +58,13 @@ class Tunnel:
         mtu: int = DEFAULT_MTU,
         offload: bool = True,
         proposal_for: Callable[[str], ChildProposal | None] | None = None,
-        tun: object | None = None,
+        tun: PacketDevice | None = None,
     ) -> None:
         if tun is None:
             from tunvpn.dataplane import open_tun
 
             tun = off_loop(open_tun, name, offload=offload, mtu=mtu)
-        self.tun = tun
+        self.tun: PacketDevice = tun
         self.engine = engine
         self.proposal_for = proposal_for
         self.dataplane = DataPlane(tun, on_event=self._from_data_thread)
@@ -77,7 +77,7 @@ class Tunnel:
 
     @property
     def name(self) -> str:
-        return str(getattr(self.tun, "name", "tun"))
+        return self.tun.name
 
     # ------------------------------------------------------------------ life cycle
 
@@ -87,9 +87,7 @@ class Tunnel:
 
     def close(self) -> None:
         self.dataplane.stop()
-        close = getattr(self.tun, "close", None)
-        if close is not None:
-            close()  # the kernel removes the device, its addresses and its routes
+        self.tun.close()  # the kernel removes the device, its addresses and its routes
 
     def set_address(self, address: str, prefixlen: int = 32) -> None:
         """Give the TUN device its (Mode Config) address; a pushed configuration that repeats
@@ -181,11 +179,11 @@ class Tunnel:
 
     # ------------------------------------------------------------------ data path events
 
-    def _from_data_thread(self, event: object) -> None:
+    def _from_data_thread(self, event: DataEvent) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._data_event, event)
 
-    def _data_event(self, event: object) -> None:
+    def _data_event(self, event: DataEvent) -> None:
         if isinstance(event, PeerActivity):
             for spi in event.spis:
                 pair = self.pairs.get(spi)

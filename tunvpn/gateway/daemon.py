@@ -25,7 +25,7 @@ from cryptography import x509
 from tunvpn.config.credentials import SecretFileError, UserTable
 from tunvpn.config.errors import ConfigError
 from tunvpn.config.pool import AddressPool
-from tunvpn.control.status import child_status, sa_counters, sa_drops
+from tunvpn.control.status import child_status, counter_registry, sa_counters, sa_drops
 from tunvpn.gateway import audit
 from tunvpn.gateway.logins import (
     LoginThrottle,
@@ -430,6 +430,8 @@ class Gateway:
         self.tunnel: Tunnel | None = None
         """The ESP data path (TUN device + data thread) when ``options.tun`` is set."""
         self.driver: UdpDriver | None = None
+        self.counters = counter_registry(self)
+        """Everything counted (tunvpn/dataplane/counters.py), read by ``status`` and accounting."""
         self.control: Any = None
         self._stop: asyncio.Event | None = None
         self._accounting_tasks: set[asyncio.Task[None]] = set()
@@ -605,7 +607,7 @@ class Gateway:
         session = self.sessions.get(child.sa_id) if child is not None else None
         if child is None or session is None or self.tunnel is None:
             return
-        counters = sa_counters(self.tunnel)
+        counters = sa_counters(self.counters.snapshot())
         b_in, p_in = counters.get(child.spi_in, (0, 0))
         b_out, p_out = counters.get(child.spi_out, (0, 0))
         r = session.retired
@@ -614,7 +616,7 @@ class Gateway:
     def session_counters(self, session: Session) -> tuple[int, int, int, int]:
         """Bytes in, bytes out, packets in, packets out of a session: its live IPsec SAs plus
         the ones already deleted (rekeyed)."""
-        counters = sa_counters(self.tunnel)
+        counters = sa_counters(self.counters.snapshot())
         b_in, b_out, p_in, p_out = session.retired
         for child in self.children.values():
             if child.sa_id == session.sa_id:
@@ -1237,8 +1239,9 @@ class Gateway:
     def status(self) -> dict[str, object]:
         """What ``tunvpn status`` shows (schema in tunvpn/control/server.py)."""
         now = self.clock()
-        counters = sa_counters(self.tunnel)
-        drops = sa_drops(self.tunnel)
+        snapshot = self.counters.snapshot()
+        counters = sa_counters(snapshot)
+        drops = sa_drops(snapshot)
         tunnels = []
         for session in self.sessions.values():
             sas = []
