@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..ike.identity import TrafficSelector
+from .transforms import Packet
 
-PacketTest = Callable[[bytes], bool]
+PacketTest = Callable[[Packet], bool]
 
 # Where the addresses are in the fixed IPv4 (RFC 791) and IPv6 (RFC 8200) headers.
 _SRC = {4: (12, 16), 6: (8, 24)}
@@ -35,7 +36,7 @@ def next_header_versions(*selectors: TrafficSelector | None) -> tuple[int, ...]:
     return NH_VERSION_ANY
 
 
-def _ports(packet: bytes) -> tuple[int, int, int]:
+def _ports(packet: Packet) -> tuple[int, int, int]:
     """``(protocol, source port, destination port)`` of an IPv4/IPv6 packet; ports are 0
     for protocols without them. IPv6 extension headers are not walked."""
     if packet[0] >> 4 == 4:
@@ -69,7 +70,7 @@ def _port_test(ts: TrafficSelector, source: bool) -> PacketTest | None:
         return None
     protocol, port = ts.protocol, ts.port
 
-    def test(packet: bytes) -> bool:
+    def test(packet: Packet) -> bool:
         got_protocol, src_port, dst_port = _ports(packet)
         if protocol and got_protocol != protocol:
             return False
@@ -118,12 +119,12 @@ def compile_inbound_policy_any(
     source = compile_inbound_policy(remote_ts, None)
     choices: list[tuple[int, PacketTest]] = []
     for ts in local_choices:
-        test = compile_inbound_policy(None, ts)
-        if test is None:
+        dest_test = compile_inbound_policy(None, ts)
+        if dest_test is None:
             return source  # one choice admits every destination of its family
-        choices.append((ts.version, test))
+        choices.append((ts.version, dest_test))
 
-    def test(packet: bytes) -> bool:
+    def test(packet: Packet) -> bool:
         if source is not None and not source(packet):
             return False
         version = packet[0] >> 4
@@ -142,7 +143,7 @@ def compile_inbound_ranges(
     None when a selector is IPv6 or restricts protocol or ports: the fast loop then calls the
     test of :func:`compile_inbound_policy` instead.
     """
-    ranges = []
+    ranges: list[int] = []
     for ts in (remote_ts, local_ts):
         if ts is None:
             ranges += (0, _FULL[4])

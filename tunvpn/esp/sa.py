@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,7 @@ from .policy import (
     next_header_versions,
 )
 from .replay import ReplayWindow
-from .transforms import PAD_SUFFIXES, AeadEngine, Engine, EspSuite, Packet, trailer_table
+from .transforms import PAD_SUFFIXES, AeadEngine, Engine, EspSuite, Packet, TrailerTable, trailer_table
 
 if TYPE_CHECKING:
     from ..ike.events import ChildSAEstablished
@@ -64,10 +65,10 @@ _UDP_ENCAPSULATION = frozenset(
         EncapsulationMode.UDP_TRANSPORT_DRAFT,
     }
 )
-_TRAILERS: dict[int, list] = {}  # align -> trailer_table(align), shared by every SA
+_TRAILERS: dict[int, TrailerTable] = {}  # align -> trailer_table(align), shared by every SA
 
 
-def _trailers(align: int) -> list:
+def _trailers(align: int) -> TrailerTable:
     table = _TRAILERS.get(align)
     if table is None:
         table = _TRAILERS[align] = trailer_table(align)
@@ -357,7 +358,7 @@ class OutboundSA(_SecurityAssociation):
             self._check_counts(seq)
         return data
 
-    def encrypt_batch(self, packets: list[Packet]) -> list[bytes]:
+    def encrypt_batch(self, packets: Sequence[Packet]) -> list[bytes]:
         """ESP packets for a batch of inner packets, in order; drops are only counted."""
         out: list[bytes] = []
         if self.hard_expired:
@@ -375,7 +376,7 @@ class OutboundSA(_SecurityAssociation):
         for packet in packets:  # a lifetime mark falls inside this batch: one by one
             result = self.encrypt(packet)
             if result.__class__ is bytes:
-                out.append(result)  # type: ignore[arg-type]
+                out.append(result)
         return out
 
 
@@ -548,7 +549,7 @@ class InboundSA(_SecurityAssociation):
 
     def _open_fast(
         self,
-        packets: list[Packet] | None,
+        packets: Sequence[Packet] | None,
         buffer: bytes | None,
         segment: int,
         out: list[bytes],
@@ -626,7 +627,7 @@ class InboundSA(_SecurityAssociation):
                     if plaintext[end:] != trailers[pad] or end < 20 or plaintext[0] & 0xF0 != 0x40:
                         inner = self._inner(plaintext, log, now)
                         if inner.__class__ is bytes:
-                            append(inner)  # type: ignore[arg-type]
+                            append(inner)
                         continue
                     src, dst = unpack(plaintext, 12)
                     if src < src_lo or src > src_hi or dst < dst_lo or dst > dst_hi:
@@ -668,7 +669,7 @@ class InboundSA(_SecurityAssociation):
                 if plaintext[end:] != trailers[pad] or end < 20 or plaintext[0] & 0xF0 != 0x40:
                     inner = self._inner(plaintext, log, now)
                     if inner.__class__ is bytes:
-                        append(inner)  # type: ignore[arg-type]
+                        append(inner)
                         accepted += 1
                         accepted_bytes += len(inner)
                     continue
@@ -686,7 +687,7 @@ class InboundSA(_SecurityAssociation):
 
     def decrypt_batch(
         self,
-        packets: list[Packet],
+        packets: Sequence[Packet],
         out: list[bytes] | None = None,
         log: DropLog | None = None,
         now: float = 0.0,
@@ -707,7 +708,7 @@ class InboundSA(_SecurityAssociation):
             for packet in packets:  # a lifetime mark may fall inside this batch: one by one
                 result = self.decrypt(packet, log, now)
                 if result.__class__ is bytes:
-                    out.append(result)  # type: ignore[arg-type]
+                    out.append(result)
             return out
         engine = self.engine
         open_packet = engine.opener
@@ -838,13 +839,13 @@ def sa_pair_from_child(
     return inbound, outbound
 
 
-def encrypt_batch(sa: OutboundSA, packets: list[Packet]) -> list[bytes]:
+def encrypt_batch(sa: OutboundSA, packets: Sequence[Packet]) -> list[bytes]:
     """``sa.encrypt_batch(packets)``: ESP packets for a batch of inner packets."""
     return sa.encrypt_batch(packets)
 
 
 def decrypt_batch(
-    sa: InboundSA, packets: list[Packet], log: DropLog | None = None, now: float = 0.0
+    sa: InboundSA, packets: Sequence[Packet], log: DropLog | None = None, now: float = 0.0
 ) -> list[bytes]:
     """``sa.decrypt_batch(packets)``: the inner packets of a batch of ESP packets."""
     return sa.decrypt_batch(packets, None, log, now)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..ike.identity import TrafficSelector
 from .constants import DROP_REASON_COUNT, DropReason
@@ -39,7 +41,7 @@ _ADDRESS_BITS = {4: 32, 6: 128}
 _ROUTE_CACHE_SIZE = 16384
 
 
-class _Choices(tuple):
+class _Choices(tuple[tuple[PacketTest | None, OutboundSA], ...]):
     """Routes of one block when the destination alone does not decide: ``(test, sa)``
     pairs, newest first, ending at the first SA without a test. ``uses_ports``: some test
     looks at protocol or ports (not only at the source address)."""
@@ -87,16 +89,17 @@ class _RouteIndex:
     def _publish(self, length: int, key: int) -> None:
         """Point the lookup structure at the newest route(s) of one block."""
         stack = self.stacks.get((length, key))
+        table: dict[Any, OutboundSA | _Choices] | None
         if length == self.bits:
-            table: dict = self.hosts
-            lookup_key: object = key.to_bytes(self.bits // 8, "big")
+            table = self.hosts
+            lookup_key: Any = key.to_bytes(self.bits // 8, "big")  # bytes for hosts, int for prefixes
         else:
-            table = self._table(length, create=bool(stack))  # type: ignore[assignment]
+            table = self._table(length, create=bool(stack))
             lookup_key = key
-            if table is None:
-                return
+        if table is None:
+            return
         old = table.get(lookup_key)
-        if old.__class__ is _Choices and old.uses_ports:  # type: ignore[union-attr]
+        if isinstance(old, _Choices) and old.uses_ports:
             self.choices -= 1
         if not stack:
             table.pop(lookup_key, None)
@@ -159,7 +162,7 @@ class _RouteIndex:
         if route is not None:
             if route.__class__ is not _Choices:
                 return route  # type: ignore[return-value]
-            sa = route.pick(packet)  # type: ignore[union-attr]
+            sa = route.pick(packet)
             if sa is not None:
                 return sa
         prefixes = self.prefixes
@@ -171,7 +174,7 @@ class _RouteIndex:
             if route is not None:
                 if route.__class__ is not _Choices:
                     return route  # type: ignore[return-value]
-                sa = route.pick(packet)  # type: ignore[union-attr]
+                sa = route.pick(packet)
                 if sa is not None:
                     return sa
         return None
@@ -284,7 +287,7 @@ class SadTable:
                 raise ValueError(f"inbound SA {sa.spi:#010x} is not installed")
             del self._inbound[sa._spi_bytes]
         else:
-            version, blocks = self._outbound.get(sa, (None, None))  # type: ignore[arg-type]
+            version, blocks = self._outbound.get(sa, (None, None))
             if blocks is None:
                 raise ValueError(f"outbound SA {sa.spi:#010x} is not installed")
             if version:
@@ -370,7 +373,7 @@ class SadTable:
             return reason
         return sa.decrypt(datagram, self.drop_log, now)
 
-    def decrypt_batch(self, datagrams: list[Packet], now: float = 0.0) -> list[bytes]:
+    def decrypt_batch(self, datagrams: Sequence[Packet], now: float = 0.0) -> list[bytes]:
         """The inner packets of a batch of ESP packets, in order; drops are counted and
         logged at a rate limit. Runs of one SPI go to that SA's batch call together."""
         out: list[bytes] = []
@@ -423,11 +426,11 @@ class SadTable:
             self._drops[DropReason.NO_ROUTE] += 1
             return DropReason.NO_ROUTE
         result = sa.encrypt(packet)
-        if result.__class__ is DropReason:
-            return result  # type: ignore[return-value]
-        return sa, result  # type: ignore[return-value]
+        if isinstance(result, DropReason):
+            return result
+        return sa, result
 
-    def encrypt_batch(self, packets: list[Packet]) -> list[tuple[OutboundSA, list[bytes]]]:
+    def encrypt_batch(self, packets: Sequence[Packet]) -> list[tuple[OutboundSA, list[bytes]]]:
         """Route and seal a batch of inner packets.
 
         Returns one ``(sa, esp_packets)`` per SA used, packets in their original order
@@ -435,6 +438,9 @@ class SadTable:
         """
         groups: dict[OutboundSA, list[Packet]] = {}
         cache = self._route_cache
+        # looked up by whatever slice the packet gives: None or an unhashable one is a miss
+        cached: Mapping[Any, OutboundSA] = cache
+        sa: OutboundSA | None
         last_sa: OutboundSA | None = None
         last_group: list[Packet] = []
         no_route = 0
@@ -442,7 +448,7 @@ class SadTable:
             # The source and destination addresses (IPv4 or IPv6) looked up in the route cache first.
             try:
                 version = packet[0] >> 4
-                sa = cache[packet[12:20] if version == 4 else packet[8:40] if version == 6 else None]
+                sa = cached[packet[12:20] if version == 4 else packet[8:40] if version == 6 else None]
             except (KeyError, IndexError, TypeError):
                 sa = self._route(packet, cache)
                 if sa is None:

@@ -34,9 +34,9 @@ from __future__ import annotations
 import hmac
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -199,19 +199,27 @@ def esp_trailer(payload_len: int, next_header: int, align: int) -> bytes:
     return PAD_BYTES[:pad] + bytes((pad, next_header))
 
 
-def trailer_table(align: int) -> list[tuple[bytes, ...] | None]:
+TrailerTable: TypeAlias = list[tuple[bytes, ...] | None]
+"""``table[version][payload_len % align]``: see :func:`trailer_table`."""
+
+HotTrailers: TypeAlias = list[Any]
+"""A :data:`TrailerTable` as the hot loops see it: they index it inside ``try`` and let the
+None rows (and a memoryview packet, which has no ``+``) raise into the slow path."""
+
+
+def trailer_table(align: int) -> TrailerTable:
     """Precomputed trailers for the hot loop: ``table[version][payload_len % align]``.
 
     Indexed by the IP version nibble of the inner packet (4 or 6; other entries are None),
     so the Next Header byte (4 or 41) comes out of the same lookup.
     """
-    table: list[tuple[bytes, ...] | None] = [None] * 16
+    table: TrailerTable = [None] * 16
     for version, next_header in ((4, 4), (6, 41)):
         table[version] = tuple(esp_trailer(n, next_header, align) for n in range(align))
     return table
 
 
-def _pad_slowly(packet: Packet, trailers: list, mask: int) -> bytes | None:
+def _pad_slowly(packet: Packet, trailers: TrailerTable, mask: int) -> bytes | None:
     """The hot loop's fallback: a memoryview packet (no ``+``), or None for an empty packet
     or one that is neither IPv4 nor IPv6."""
     if not len(packet):
@@ -302,7 +310,7 @@ class AeadEngine:
         return self.opener(packet, seq)
 
     def seal_batch(
-        self, spi: bytes, seq: int, packets: list[Packet], out: list[bytes], trailers: list
+        self, spi: bytes, seq: int, packets: Sequence[Packet], out: list[bytes], trailers: HotTrailers
     ) -> tuple[int, int, int]:
         """Seal IP packets in order, numbering them from ``seq + 1``; append to ``out``.
 
@@ -431,7 +439,7 @@ class CbcEngine:
         return self._dec_update(packet[8:])[16:]
 
     def seal_batch(
-        self, spi: bytes, seq: int, packets: list[Packet], out: list[bytes], trailers: list
+        self, spi: bytes, seq: int, packets: Sequence[Packet], out: list[bytes], trailers: HotTrailers
     ) -> tuple[int, int, int]:
         """As :meth:`AeadEngine.seal_batch`; one ``os.urandom`` call serves the whole batch."""
         enc_update = self._enc_update
