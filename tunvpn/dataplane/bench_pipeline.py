@@ -143,6 +143,7 @@ def run(batch: int, batches: int, repeat: int, suite: EspSuite) -> dict[str, flo
         def decrypt_buffers() -> None:
             _, table = make_sas(suite)
             sa = table.lookup(SPI)
+            assert sa is not None
             for buf in gro_buffers:
                 sa.decrypt_buffer(buf, seg, [])
 

@@ -21,7 +21,9 @@ the 16-bit ones' complement sum, and ``fold(x) ^ 0xFFFF`` is the checksum to sto
 from __future__ import annotations
 
 import sys
+from types import ModuleType
 
+_np: ModuleType | None
 try:  # optional: vectorized per-segment sums
     import numpy as _np
 except ImportError:  # pragma: no cover - exercised where numpy is missing

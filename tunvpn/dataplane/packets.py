@@ -399,7 +399,7 @@ def gro_coalesce(
                 open_flows.pop(key, None)  # keeps the flow's order: nothing later joins an earlier packet
                 add((single, packet))
                 continue
-            signature = (ack, frag_ttl, tos, offset, packet[40:hl] if hl > 40 else b"")
+            signature: tuple[object, ...] = (ack, frag_ttl, tos, offset, packet[40:hl] if hl > 40 else b"")
             flow = get_flow(key)
             if (
                 flow is not None

@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
-from cryptography.x509.oid import ExtensionOID
 
 from .constants import AuthMethod, IdType, NotifyType
 from .errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
@@ -418,7 +417,7 @@ def certificate_matches_identity(cert: x509.Certificate, id_type: IdType, id_dat
         except (ValueError, UnicodeDecodeError):
             return False
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return False
     try:
@@ -542,7 +541,7 @@ class IdentityPattern:
         if self._value_matches(IdType.DER_ASN1_DN, cert.subject):
             return True
         try:
-            san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except (x509.ExtensionNotFound, ValueError):
             return False
         return (

@@ -166,7 +166,7 @@ class IkeEngine(Phase1Mixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
             for ex in list(sa.exchanges.values()):
                 if ex.sent.due(now):
                     self._retransmit_exchange(sa, ex, now)
-            if sa.state is P1State.DEAD:
+            if sa.dead:  # the retransmissions above may have given up on it
                 continue
             if sa.established:
                 self._dpd_tick(sa, now)

@@ -295,10 +295,10 @@ def _set_from(number: int, values: dict[int, DataAttribute]) -> Phase2Policy:
             raise _bad(PolicyAttr.PFS_GROUP, f"unknown group in set {number}") from None
     seconds = _tv(need(PolicyAttr.LIFE_SECONDS))
     kilobytes = _tv(values[PolicyAttr.LIFE_KILOBYTES]) if PolicyAttr.LIFE_KILOBYTES in values else 0
-    gateway_ts = decode_selector(PolicyAttr.GATEWAY_TS, bytes(need(PolicyAttr.GATEWAY_TS).value))  # type: ignore[arg-type]
+    gateway_ts = decode_selector(PolicyAttr.GATEWAY_TS, bytes(need(PolicyAttr.GATEWAY_TS).value))
     client_ts = None
     if PolicyAttr.CLIENT_TS in values:
-        client_ts = decode_selector(PolicyAttr.CLIENT_TS, bytes(values[PolicyAttr.CLIENT_TS].value))  # type: ignore[arg-type]
+        client_ts = decode_selector(PolicyAttr.CLIENT_TS, bytes(values[PolicyAttr.CLIENT_TS].value))
     try:
         return Phase2Policy(
             name, gateway_ts, client_ts, (EspSuite(transform, key_length, auth),), pfs, seconds, kilobytes

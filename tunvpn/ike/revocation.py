@@ -54,7 +54,7 @@ def crl_distribution_uris(cert: x509.Certificate) -> tuple[str, ...]:
     """The http:// URIs of the certificate's CRL distribution points (RFC 5280 4.2.1.13);
     other schemes (ldap://, https://) are ignored."""
     try:
-        points = cert.extensions.get_extension_for_oid(ExtensionOID.CRL_DISTRIBUTION_POINTS).value
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     except (x509.ExtensionNotFound, ValueError):
         return ()
     uris: list[str] = []
@@ -139,7 +139,7 @@ def _describe(cert: x509.Certificate) -> str:
 
 def _issuer_may_sign_crls(issuer: x509.Certificate) -> bool:
     try:
-        usage = issuer.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
+        usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return True
     return bool(usage.crl_sign)
@@ -162,7 +162,7 @@ def _covers(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool
     if not isinstance(point, x509.IssuingDistributionPoint):
         return True
     try:
-        constraints = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         is_ca = bool(constraints.ca)
     except x509.ExtensionNotFound:
         is_ca = False

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import crypto
-from .constants import HEADER_SIZE, NON_ESP_MARKER, AuthMethod, HeaderFlag, NotifyType, PayloadType
+from .constants import HEADER_SIZE, NON_ESP_MARKER, AuthMethod, DHGroup, HeaderFlag, NotifyType, PayloadType
 from .errors import RemoteProtocolError
 from .identity import Identity, TrafficSelector
 from .messages import (
@@ -20,12 +22,16 @@ from .messages import (
     Header,
     Payload,
     RawPayload,
+    Transform,
     decode_payloads,
     encode_header,
     encode_payloads,
 )
 from .proposals import ChildProposal, Phase1Suite
 from .retransmit import Retransmission
+
+if TYPE_CHECKING:
+    from .config import ChildPolicy
 
 Address = tuple[str, int]
 
@@ -133,7 +139,7 @@ class QuickModeData:
     name: str = ""
     dh: crypto.DiffieHellman | None = field(default=None, repr=False)
     proposal: ChildProposal | None = None
-    transforms: tuple = ()
+    transforms: tuple[Transform, ...] = ()
     local_ts: TrafficSelector | None = None
     remote_ts: TrafficSelector | None = None
     lifetime_s: int = 0
@@ -208,16 +214,18 @@ class IkeSA:
     dpd_sent_at: float | None = None
     next_keepalive: float | None = None
     expires: float | None = None
-    aggressive_groups: list = field(default_factory=list)  # remaining AM groups to try
+    aggressive_groups: list[DHGroup] = field(default_factory=list)  # remaining AM groups to try
     auth_method: AuthMethod | None = None
     children: dict[int, ChildSA] = field(default_factory=dict)
     assigned_address: str | None = None
-    child_policies: tuple | None = None  # per-client override of the gateway's policies
+    child_policies: tuple[ChildPolicy, ...] | None = None  # per-client override of the gateway's policies
     # the login gate (responder): what the peer may do, and until when it may log in
     access: Access = Access.LOGIN_PENDING
     login_deadline: float | None = None
     initial_contact: bool = False  # the peer sent INITIAL-CONTACT (acted on once GRANTED)
-    held: list = field(default_factory=list)  # (handler, payload) of Informationals held until GRANTED
+    held: list[tuple[Callable[..., None], Payload]] = field(
+        default_factory=list
+    )  # (handler, payload) of Informationals held until GRANTED
     completed: set[int] = field(default_factory=set)  # message IDs of finished exchanges (RFC 2408 3.1)
 
     @property
@@ -231,6 +239,11 @@ class IkeSA:
     @property
     def established(self) -> bool:
         return self.state is P1State.ESTABLISHED
+
+    @property
+    def dead(self) -> bool:
+        """Deleted (a handler or a retransmission may end the SA while the engine holds it)."""
+        return self.state is P1State.DEAD
 
     # ------------------------------------------------------------------ wire helpers
 

@@ -218,11 +218,11 @@ def render_markdown() -> str:
         "| exchange | state | incoming message | our role | peer needs | handler | next state |",
         "|---|---|---|---|---|---|---|",
     ]
-    for (kind, state, message), t in EXCHANGE_TABLE.items():
+    for (kind, ex_state, message), t in EXCHANGE_TABLE.items():
         roles = "any" if t.roles == BOTH_ROLES else ", ".join(sorted(r.value for r in t.roles))
         access = t.access.name if t.access is not None else "-"
         out.append(
-            f"| {kind.value} | {state.value} | {message.value} | {roles} | {access} | "
+            f"| {kind.value} | {ex_state.value} | {message.value} | {roles} | {access} | "
             f"{_name(t.handler)} | {t.next_state.value} |"
         )
     out += [
