@@ -26,6 +26,7 @@ plain ``Counter`` objects of the IKE side, which may not import it (docs/archite
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -83,20 +84,38 @@ class CounterRegistry:
 
     Sources are registered by name: registering a name again replaces the source (a data
     path restarted on reload), :meth:`unregister` drops it.
+
+    Inside a running event loop, one snapshot serves every read of the same loop callback
+    (the gateway's interim accounting reads once per session: one copy by the data thread
+    per round, not one per session); the next callback takes a new one.
     """
 
     def __init__(self) -> None:
         self._sources: dict[str, Source] = {}
+        self._current: CounterSnapshot | None = None
 
     def register(self, name: str, source: Source) -> None:
         self._sources[name] = source
+        self._current = None
 
     def unregister(self, name: str) -> None:
         self._sources.pop(name, None)
+        self._current = None
 
     def snapshot(self) -> CounterSnapshot:
         """Every source's snapshot merged, in the order they were registered."""
+        if self._current is not None:
+            return self._current
         out = CounterSnapshot()
         for source in list(self._sources.values()):
             out = out.merged(source())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (tests, tools): every read is fresh
+            return out
+        self._current = out
+        loop.call_soon(self._forget)
         return out
+
+    def _forget(self) -> None:
+        self._current = None

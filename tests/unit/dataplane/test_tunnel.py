@@ -8,6 +8,7 @@ old pair is retired, its route stays); a deleted pair leaves the data path.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -84,3 +85,28 @@ def test_status_reads_the_sas_through_the_counter_registry(tunnel: Tunnel) -> No
     assert snapshot.group("ike") == {}
     daemon.tunnel = None  # type: ignore[attr-defined]
     assert sa_counters(registry.snapshot()) == {}
+
+
+def test_one_copy_serves_a_loop_callback(tunnel: Tunnel) -> None:
+    """The gateway's accounting reads the counters once per session: in one loop callback the
+    data thread copies them once, the next callback sees new counts."""
+    child, _ = children()
+    tunnel.child_established(child)
+
+    class Daemon:
+        engine = tunnel.engine
+        driver = None
+
+    daemon = Daemon()
+    daemon.tunnel = tunnel  # type: ignore[attr-defined]
+    registry = counter_registry(daemon)  # type: ignore[arg-type]
+
+    async def reads() -> None:
+        first = registry.snapshot()
+        assert registry.snapshot() is first
+        tunnel.child_deleted(ev.ChildSADeleted(child.sa_id, child.spi_in, child.spi_out, True))
+        assert child.spi_in in sa_counters(registry.snapshot())  # the copy of this callback
+        await asyncio.sleep(0)
+        assert sa_counters(registry.snapshot()) == {}
+
+    asyncio.run(reads())
