@@ -76,8 +76,12 @@ class UtunDevice:
 
     offload = False
     uso = False
+    # declared here: on any other platform a type checker sees the rest of __init__ as unreachable
+    sock: socket.socket
+    name: str
+    stats: UtunStats
 
-    def __init__(self, name: str = "utun"):
+    def __init__(self, name: str = "utun") -> None:
         if sys.platform != "darwin":
             raise UtunError(errno.ENOSYS, f"utun needs macOS; this is {sys.platform}")
         unit = utun_unit(name)

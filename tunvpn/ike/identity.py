@@ -111,7 +111,7 @@ def der_to_name(der: bytes) -> x509.Name:
         tag, spos, pos = _der_tlv(der, pos)
         if tag != 0x31 or spos == pos:
             raise ValueError("an RDN is a non-empty SET")
-        attrs: list[x509.NameAttribute] = []
+        attrs: list[x509.NameAttribute[str]] = []
         while spos < pos:
             tag, apos, spos = _der_tlv(der, spos)
             if tag != 0x30:
@@ -191,9 +191,19 @@ def _decode_address_id(id_type: IdType, data: bytes) -> IPAddress | IPNetwork | 
             raise _bad_id(f"non-contiguous netmask {second}")
         # Host bits set below the mask are cleared, as racoon and strongSwan do.
         return ipaddress.ip_network((first, prefix), strict=False)
-    if first > second:  # type: ignore[operator]
+    rng = _ordered_range(first, second)
+    if rng is None:
         raise _bad_id(f"range start {first} > end {second}")
-    return (first, second)  # type: ignore[return-value]
+    return rng
+
+
+def _ordered_range(start: IPAddress, end: IPAddress) -> AddressRange | None:
+    """``(start, end)`` when both are of one family and ``start <= end``, else None."""
+    if isinstance(start, IPv4Address) and isinstance(end, IPv4Address):
+        return (start, end) if start <= end else None
+    if isinstance(start, IPv6Address) and isinstance(end, IPv6Address):
+        return (start, end) if start <= end else None
+    return None
 
 
 def _encode_address_id(value: IPAddress | IPNetwork | AddressRange) -> tuple[IdType, bytes]:
@@ -250,7 +260,12 @@ class Identity:
         if kind in (IdType.IPV4_ADDR_RANGE, IdType.IPV6_ADDR_RANGE):
             family = IPv4Address if kind == IdType.IPV4_ADDR_RANGE else IPv6Address
             rng = self.value
-            if len(rng) != 2 or not all(isinstance(a, family) for a in rng) or rng[0] > rng[1]:  # type: ignore[arg-type, operator]
+            if not (
+                isinstance(rng, tuple)
+                and len(rng) == 2
+                and all(isinstance(a, family) for a in rng)
+                and _ordered_range(rng[0], rng[1]) is not None
+            ):
                 raise LocalProtocolError(f"bad {kind.name} value {rng!r}")
 
     def to_payload(self, protocol: int = 0, port: int = 0) -> IDPayload:
@@ -328,9 +343,13 @@ class Identity:
         (the ASN.1 string types ignored), FQDN and USER_FQDN case-insensitively (RFC 4343)."""
         if self.id_type != other.id_type:
             return False
-        if self.id_type == IdType.DER_ASN1_DN:
+        if (
+            self.id_type == IdType.DER_ASN1_DN
+            and isinstance(self.value, bytes)
+            and isinstance(other.value, bytes)
+        ):
             try:
-                return der_to_name(self.value) == der_to_name(other.value)  # type: ignore[arg-type]
+                return der_to_name(self.value) == der_to_name(other.value)
             except ValueError:
                 return self.value == other.value
         if isinstance(self.value, str) and isinstance(other.value, str):
@@ -339,16 +358,14 @@ class Identity:
 
     def __str__(self) -> str:
         kind, value = self.id_type, self.value
-        if kind == IdType.FQDN:
-            return f"@{value}"
-        if kind == IdType.USER_FQDN:
-            return str(value)
-        if kind == IdType.KEY_ID:
-            return f"keyid:{_show_bytes(value)}"  # type: ignore[arg-type]
-        if kind == IdType.DER_ASN1_DN:
-            return dn_to_text(value)  # type: ignore[arg-type]
-        if kind == IdType.DER_ASN1_GN:
-            return f"gn:#{value.hex()}"  # type: ignore[union-attr]
+        if isinstance(value, str):  # FQDN, USER_FQDN
+            return f"@{value}" if kind == IdType.FQDN else value
+        if isinstance(value, bytes):  # KEY_ID, DER_ASN1_DN, DER_ASN1_GN
+            if kind == IdType.KEY_ID:
+                return f"keyid:{_show_bytes(value)}"
+            if kind == IdType.DER_ASN1_DN:
+                return dn_to_text(value)
+            return f"gn:#{value.hex()}"
         if isinstance(value, tuple):
             return f"{value[0]}-{value[1]}"
         return str(value)
@@ -379,9 +396,10 @@ def _parse_address_text(text: str) -> IPAddress | IPNetwork | AddressRange | Non
         if "-" in text:
             start_s, end_s = text.split("-", 1)
             start, end = ipaddress.ip_address(start_s.strip()), ipaddress.ip_address(end_s.strip())
-            if start.version != end.version or start > end:  # type: ignore[operator]
+            rng = _ordered_range(start, end)
+            if rng is None:
                 raise LocalProtocolError(f"bad address range {text!r}")
-            return (start, end)  # type: ignore[return-value]
+            return rng
         return ipaddress.ip_address(text)
     except ValueError:
         return None
@@ -417,7 +435,7 @@ class TrafficSelector:
     def __post_init__(self) -> None:
         if self.start.version != self.end.version:
             raise LocalProtocolError(f"mixed address families {self.start} - {self.end}")
-        if self.start > self.end:  # type: ignore[operator]
+        if _ordered_range(self.start, self.end) is None:
             raise LocalProtocolError(f"range start {self.start} > end {self.end}")
         if not 0 <= self.protocol <= 0xFF or not 0 <= self.port <= 0xFFFF:
             raise LocalProtocolError(f"bad protocol/port {self.protocol}/{self.port}")
@@ -484,12 +502,23 @@ class TrafficSelector:
     @property
     def network(self) -> IPNetwork | None:
         """The CIDR block equal to this range, or None when it is not one."""
-        nets = list(ipaddress.summarize_address_range(self.start, self.end))  # type: ignore[arg-type]
+        nets = self.networks()
         return nets[0] if len(nets) == 1 else None
 
     def networks(self) -> list[IPNetwork]:
         """The smallest list of CIDR blocks covering exactly this range (for routes)."""
-        return list(ipaddress.summarize_address_range(self.start, self.end))  # type: ignore[arg-type]
+        start, end = self.start, self.end
+        if isinstance(start, IPv4Address) and isinstance(end, IPv4Address):
+            return list(ipaddress.summarize_address_range(start, end))
+        assert isinstance(start, IPv6Address) and isinstance(end, IPv6Address)  # __post_init__ checked
+        return list(ipaddress.summarize_address_range(start, end))
+
+    @property
+    def address_range(self) -> AddressRange:
+        """``(start, end)``, typed as one family."""
+        rng = _ordered_range(self.start, self.end)
+        assert rng is not None  # __post_init__ refused anything else
+        return rng
 
     def to_id_payload(self) -> IDPayload:
         """IPV4_ADDR for one host, *_SUBNET for a CIDR block, *_RANGE otherwise."""
@@ -500,18 +529,19 @@ class TrafficSelector:
         elif net is not None:
             value = net
         else:
-            value = (self.start, self.end)  # type: ignore[assignment]
+            value = self.address_range
         kind, data = _encode_address_id(value)
         return IDPayload(kind, data, self.protocol, self.port)
 
     @classmethod
     def from_id_payload(cls, p: IDPayload) -> TrafficSelector:
         """Decode IDci/IDcr; non-address IDs and bad contents raise INVALID_ID_INFORMATION."""
+        kind: IdType | None
         try:
             kind = IdType(p.id_type)
         except ValueError:
-            kind = None  # type: ignore[assignment]
-        if kind not in _ADDR_LEN:
+            kind = None
+        if kind is None or kind not in _ADDR_LEN:
             raise _bad_id(f"ID type {p.id_type} is not an address", "ID.id_type")
         value = _decode_address_id(kind, p.data)
         if isinstance(value, tuple):
@@ -537,8 +567,8 @@ class TrafficSelector:
         """True when every packet matching ``other`` matches this selector."""
         return (
             self.version == other.version
-            and self.start <= other.start  # type: ignore[operator]
-            and other.end <= self.end  # type: ignore[operator]
+            and int(self.start) <= int(other.start)
+            and int(other.end) <= int(self.end)
             and self.protocol in (0, other.protocol)
             and self.port in (0, other.port)
         )
@@ -551,9 +581,9 @@ class TrafficSelector:
             return None
         if self.port and other.port and self.port != other.port:
             return None
-        start = max(self.start, other.start)  # type: ignore[type-var]
-        end = min(self.end, other.end)  # type: ignore[type-var]
-        if start > end:
+        start = max(self.start, other.start, key=int)  # one family: checked above
+        end = min(self.end, other.end, key=int)
+        if int(start) > int(end):
             return None
         return TrafficSelector(start, end, self.protocol or other.protocol, self.port or other.port)
 
