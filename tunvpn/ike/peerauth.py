@@ -98,7 +98,9 @@ def verify_auth(
             check_remote_id(config, sa, None)
         return
     cert_payloads = [p.payload for p in _find(payloads, CertPayload)]
-    x509_certs = [c for c in cert_payloads if c.encoding == CertEncoding.X509_SIGNATURE]  # type: ignore[union-attr]
+    x509_certs = [
+        c for c in cert_payloads if isinstance(c, CertPayload) and c.encoding == CertEncoding.X509_SIGNATURE
+    ]
     if not x509_certs:
         raise AuthenticationError(
             "peer sent no X.509 certificate", NotifyType.CERTIFICATE_UNAVAILABLE, "CERT"
@@ -108,16 +110,16 @@ def verify_auth(
             "no CA configured to check peer certificates", NotifyType.INVALID_CERT_AUTHORITY
         )
     leaf = certpath.verify_peer_certificate(
-        x509_certs[0].data,  # type: ignore[union-attr]
+        x509_certs[0].data,
         config.trusted_cas,
         _utc(now),
-        intermediates=[c.data for c in x509_certs[1:]],  # type: ignore[union-attr]
+        intermediates=[c.data for c in x509_certs[1:]],
         policy=config.peer_certificates,
         peer_is_initiator=initiator,
     )
     assert sa.peer_id is not None
     id_payload = sa.peer_id.to_payload()
-    if not certs.certificate_matches_identity(leaf, id_payload.id_type, id_payload.data):
+    if not certs.certificate_matches_identity(leaf, sa.peer_id.id_type, id_payload.data):
         raise AuthenticationError(
             f"peer identity {sa.peer_id} is not in its certificate",
             NotifyType.INVALID_ID_INFORMATION,
@@ -139,7 +141,7 @@ def check_remote_id(config: EngineConfig, sa: IkeSA, leaf: x509.Certificate | No
         return
     wanted_payload = wanted.to_payload()
     if leaf is not None:
-        if certs.certificate_matches_identity(leaf, wanted_payload.id_type, wanted_payload.data):
+        if certs.certificate_matches_identity(leaf, wanted.id_type, wanted_payload.data):
             return
         raise AuthenticationError(
             f"the gateway's certificate ({leaf.subject.rfc4514_string()}, identity {sa.peer_id}) "

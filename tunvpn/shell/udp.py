@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import inspect
 import logging
 import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from tunvpn.ike import events as ev
 from tunvpn.ike.constants import AuthAlgorithm, EspTransform
@@ -40,6 +41,25 @@ from tunvpn.ike.udpencap import DatagramKind, classify_datagram
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+
+
+class KeyLogger(Protocol):
+    """What the driver needs of a key log (:class:`tunvpn.keylog.KeyLog`, which the daemons pass)."""
+
+    def log_ike_sa(self, icookie: bytes, enc_key: bytes) -> None: ...
+
+    def log_esp_sa(
+        self,
+        src: str,
+        dst: str,
+        spi: int,
+        transform: EspTransform,
+        enc_key: bytes,
+        auth: AuthAlgorithm | None,
+        auth_key: bytes,
+    ) -> None: ...
+
+
 EventHandler = Callable[[ev.Event], Awaitable[None] | None]
 
 
@@ -151,9 +171,11 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # create_datagram_endpoint's transport: DatagramTransport's methods, though the selector
+        # loop's class does not derive from it (so no isinstance check)
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.driver._datagram_received(data, (addr[0], addr[1]), self.port)
 
     def error_received(self, exc: Exception) -> None:
@@ -179,7 +201,7 @@ class UdpDriver:
         natt_port: int = 4500,
         handler: EventHandler | None = None,
         natt_owner: NattOwner | None = None,
-        keylog: object | None = None,
+        keylog: KeyLogger | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if engine.ike_port != ike_port:
@@ -202,7 +224,7 @@ class UdpDriver:
         self._timer_at: float | None = None
         self._fired_at: float | None = None  # the deadline handle_timer last ran for
         self._pumping = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._closed = False
         self._error_window_start = 0.0
         self._errors_in_window = 0
@@ -227,7 +249,7 @@ class UdpDriver:
                 log.info("listening on %s:%d/udp (NAT-T, owned by the ESP data path)", self.local_ip, port)
                 continue
             _, protocol = await loop.create_datagram_endpoint(
-                lambda port=port: _Endpoint(self, port), sock=sock
+                functools.partial(_Endpoint, self, port), sock=sock
             )
             self._endpoints[port] = protocol
             actual = sock.getsockname()[1]
@@ -393,19 +415,21 @@ class UdpDriver:
 
     def _log_keys(self, event: ev.Event) -> None:
         keylog = self.keylog
+        if keylog is None:
+            return
         try:
             if isinstance(event, ev.Phase1Established):
                 sa = self.engine.get_sa(event.sa_id)
                 if sa.keys is not None:
-                    keylog.log_ike_sa(sa.icookie, sa.keys.enc_key)  # type: ignore[attr-defined]
+                    keylog.log_ike_sa(sa.icookie, sa.keys.enc_key)
             elif isinstance(event, ev.ChildSAEstablished):
                 transform = EspTransform(event.transform)
                 auth = AuthAlgorithm(event.integrity) if event.integrity is not None else None
                 local, remote = event.local[0], event.remote[0]
-                keylog.log_esp_sa(  # type: ignore[attr-defined]
+                keylog.log_esp_sa(
                     remote, local, event.spi_in, transform, event.enc_key_in, auth, event.auth_key_in
                 )
-                keylog.log_esp_sa(  # type: ignore[attr-defined]
+                keylog.log_esp_sa(
                     local, remote, event.spi_out, transform, event.enc_key_out, auth, event.auth_key_out
                 )
         except Exception as exc:  # a key log is a debugging aid: never let it break the daemon
@@ -425,7 +449,7 @@ class UdpDriver:
             task.add_done_callback(self._handler_done)
 
     def _handler_done(self, task: asyncio.Future[None]) -> None:
-        self._tasks.discard(task)  # type: ignore[arg-type]
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("event handler failed", exc_info=task.exception())
         self.flush()
