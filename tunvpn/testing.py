@@ -17,7 +17,7 @@ import dataclasses
 import io
 import json
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +105,57 @@ def free_port_pair() -> tuple[int, int]:
     raise RuntimeError("no two consecutive free UDP ports on loopback")
 
 
+async def serve(options: GatewayOptions) -> tuple[Gateway, asyncio.Future[None]]:
+    """Start a gateway in the running loop; return it once it listens, with the task that runs
+    it (give both to :func:`stop`)."""
+    gateway = Gateway(options)
+    ready = asyncio.Event()
+    server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
+    await asyncio.wait_for(ready.wait(), 5)
+    return gateway, server
+
+
+async def stop(gateway: Gateway, server: asyncio.Future[None], timeout: float = 20.0) -> None:
+    """Stop a gateway started by :func:`serve` and wait until it has ended."""
+    gateway.stop()
+    await asyncio.wait_for(server, timeout)
+
+
+async def run_client(
+    options: ClientOptions,
+    local: str = CLIENT,
+    *,
+    ask_password: Callable[[str], str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[Client, list[dict[str, Any]]]:
+    """Run one client from the address ``local`` until it ends; return it with its progress
+    records (``tunvpn connect --json``). ``client.result`` is its exit status."""
+    out = io.StringIO()
+    client = Client(options, local, progress=Progress(json_lines=True, out=out), ask_password=ask_password)
+    await asyncio.wait_for(client.run(handle_signals=False), timeout)
+    return client, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+async def connect(
+    gateway_options: GatewayOptions,
+    client_options: ClientOptions,
+    *,
+    on_ready: Callable[[Gateway], None] | None = None,
+    ask_password: Callable[[str], str] | None = None,
+    client_timeout: float = 30.0,
+) -> tuple[Client, Gateway, list[dict[str, Any]]]:
+    """Run a gateway and one client (from :data:`CLIENT`) until the client ends, then stop the
+    gateway. ``on_ready`` sees the gateway once it listens, before the client starts."""
+    gateway, server = await serve(gateway_options)
+    if on_ready is not None:
+        on_ready(gateway)
+    try:
+        client, records = await run_client(client_options, ask_password=ask_password, timeout=client_timeout)
+    finally:
+        await stop(gateway, server)
+    return client, gateway, records
+
+
 def run_session(
     *,
     user: str,
@@ -146,27 +197,21 @@ def run_session(
 
     async def scenario() -> tuple[int, list[dict[str, Any]], Gateway]:
         ike, natt = free_port_pair()
-        gateway = Gateway(
-            GatewayOptions(
-                listen=GATEWAY,
-                psks=PskTable({"*": PSK}),
-                ike_port=ike,
-                natt_port=natt,
-                users=UserTable({u: p.encode() for u, p in users.items()}) if users else None,
-                require_xauth=True,
-                pool=AddressPool.parse("10.79.0.10-10.79.0.50"),
-                rules=rules,
-                groups={g: frozenset(m) for g, m in (groups or {}).items()},
-                protocols=tuple(protocols),
-                plugins=tuple(plugin_names),
-                plugin_settings=dict(plugin_settings or {}),
-                plugin_objects=tuple(plugins),
-            )
+        gateway_options = GatewayOptions(
+            listen=GATEWAY,
+            psks=PskTable({"*": PSK}),
+            ike_port=ike,
+            natt_port=natt,
+            users=UserTable({u: p.encode() for u, p in users.items()}) if users else None,
+            require_xauth=True,
+            pool=AddressPool.parse("10.79.0.10-10.79.0.50"),
+            rules=rules,
+            groups={g: frozenset(m) for g, m in (groups or {}).items()},
+            protocols=tuple(protocols),
+            plugins=tuple(plugin_names),
+            plugin_settings=dict(plugin_settings or {}),
+            plugin_objects=tuple(plugins),
         )
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
-        out = io.StringIO()
         options = ClientOptions(
             gateway=GATEWAY,
             psks=PskTable({"*": PSK}),
@@ -180,13 +225,11 @@ def run_session(
             exit_after_established=True,
         )
         options = dataclasses.replace(options, password_prompt=True, plugin_objects=tuple(client_plugins))
-        client = Client(options, CLIENT, progress=Progress(json_lines=True, out=out), ask_password=ask)
-        try:
-            code = await asyncio.wait_for(client.run(handle_signals=False), timeout + 5)
-        finally:
-            gateway.stop()
-            await asyncio.wait_for(server, 20)
-        return code, [json.loads(line) for line in out.getvalue().splitlines()], gateway
+        client, gateway, records = await connect(
+            gateway_options, options, ask_password=ask, client_timeout=timeout + 5
+        )
+        assert client.result is not None
+        return client.result, records, gateway
 
     code, records, gateway = asyncio.run(scenario())
     return SessionResult(code, records, prompts, gateway)

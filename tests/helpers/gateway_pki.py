@@ -1,16 +1,19 @@
 """A small PKI for tests of who the gateway is (remote_id, hybrid authentication): one CA,
 RSA gateway certificates it issued for the real gateway and for another name, a client
-certificate, and a second CA an impostor controls."""
+certificate, and a second CA an impostor controls; :func:`write_pem` writes them beside a
+client profile."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
 from functools import cache
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import NameOID
 
 from tunvpn.ike.certs import Credential
@@ -119,3 +122,15 @@ class Pki:
 def pki(*gateway_ips: str) -> Pki:
     """One PKI per set of gateway addresses (RSA keys are slow to make)."""
     return Pki(gateway_ips)
+
+
+def write_pem(tmp_path: Path, credential: Credential | None, ca: x509.Certificate) -> str:
+    """The profile lines of a client certificate (or none: hybrid) and the CA."""
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(Encoding.PEM))
+    if credential is None:
+        return 'ca = "ca.pem"\n'
+    (tmp_path / "me.pem").write_bytes(credential.certificate.public_bytes(Encoding.PEM))
+    key = credential.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    (tmp_path / "me.key").write_bytes(key)
+    (tmp_path / "me.key").chmod(0o600)
+    return 'cert = "me.pem"\nkey = "me.key"\nca = "ca.pem"\n'

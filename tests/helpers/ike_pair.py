@@ -1,12 +1,19 @@
-"""Two in-memory IKE engines wired back to back (aioquic's test_connection style)."""
+"""Two in-memory IKE engines wired back to back (aioquic's test_connection style), the engine
+configurations most tests give them (:func:`gateway_config`, :func:`client_config`), a phase 1
+(:func:`connect`) and a whole tunnel with XAUTH and Mode Config (:func:`full_tunnel`)."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from tunvpn.ike import events as ev
-from tunvpn.ike.config import EngineConfig
+from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
+from tunvpn.ike.constants import DHGroup
 from tunvpn.ike.engine import IkeEngine
+from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.modecfg import ModeConfig
+from tunvpn.ike.proposals import ChildProposal
 
 CLIENT_IP = "192.0.2.10"
 GATEWAY_IP = "198.51.100.1"
@@ -81,3 +88,84 @@ class Pair:
             if timer is not None and timer <= self.now:
                 peer.engine.handle_timer(self.now)
             peer.drain()
+
+
+# ------------------------------------------------- the engine configurations most tests use
+
+PSK = b"correct horse battery staple"
+PROTECTED = TrafficSelector.from_network("10.20.0.0/16")
+CLIENT_VIP = "10.99.0.7"
+
+
+def gateway_config(**kw) -> EngineConfig:
+    base = dict(
+        psks=PskTable({"*": PSK}),
+        children=(
+            ChildPolicy("net", PROTECTED, None, ChildProposal()),
+            ChildPolicy("net-nopfs", PROTECTED, None, ChildProposal(pfs_group=None)),
+        ),
+        allow_aggressive_psk=True,
+        allow_base_mode=True,
+    )
+    base.update(kw)
+    return EngineConfig(**base)
+
+
+def client_config(**kw) -> EngineConfig:
+    base = dict(psks=PskTable({"*": PSK}))
+    base.update(kw)
+    return EngineConfig(**base)
+
+
+def connect(pair: Pair, mode: str = "main", **kw) -> bytes:
+    sa_id = pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now, mode=mode, **kw)
+    pair.client.drain()
+    pair.run()
+    return sa_id
+
+
+# ------------------------------------------------- XAUTH, Mode Config, Quick Mode in one go
+
+
+def full_tunnel(
+    pair: Pair, *, mode: str = "aggressive", pfs: DHGroup | None = DHGroup.ECP_256
+) -> list[ev.ChildSAEstablished]:
+    sa_id = connect(pair, mode, xauth=True, local_id=Identity.parse("keyid:staff"))
+    asked = pair.client.of(ev.XauthRequested)
+    assert asked and asked[0].fields == ("user_name", "password")
+    pair.client.engine.xauth_reply(sa_id, pair.now, user_name="alice", password="s3cret")
+    pair.run()
+    creds = pair.gateway.of(ev.XauthCredentials)
+    assert creds and creds[0].user_name == "alice" and creds[0].password == "s3cret"
+    assert "s3cret" not in repr(creds[0])
+    gw_sa = pair.gateway.of(ev.Phase1Established)[0].sa_id
+    pair.gateway.engine.xauth_verdict(gw_sa, pair.now, True)
+    pair.run()
+    assert pair.client.of(ev.XauthCompleted)[0].success
+    assert pair.gateway.of(ev.XauthCompleted)[0].success
+    pair.client.engine.request_mode_config(sa_id, pair.now)
+    pair.run()
+    req = pair.gateway.of(ev.ModeConfigRequested)[0]
+    assert req.user_name == "alice"
+    config = ModeConfig(
+        address=ipaddress.IPv4Address(CLIENT_VIP),
+        netmask=ipaddress.IPv4Address("255.255.255.255"),
+        dns=(ipaddress.IPv4Address("10.20.0.53"),),
+        split_include=(ipaddress.IPv4Network("10.20.0.0/16"),),
+        banner="welcome",
+    )
+    pair.gateway.engine.mode_config_reply(gw_sa, pair.now, req.identifier, config)
+    pair.run()
+    got = pair.client.of(ev.ModeConfigReceived)[0].config
+    assert str(got.address) == CLIENT_VIP and got.banner == "welcome"
+    assert [str(n) for n in got.split_include] == ["10.20.0.0/16"]
+    pair.client.engine.start_child(
+        sa_id,
+        pair.now,
+        TrafficSelector.from_address(CLIENT_VIP),
+        PROTECTED,
+        ChildProposal(pfs_group=pfs),
+        "net",
+    )
+    pair.run()
+    return pair.client.of(ev.ChildSAEstablished) + pair.gateway.of(ev.ChildSAEstablished)

@@ -12,63 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.helpers.netns import NetnsPair, stop_process, wait_for
 
 from . import configs
+from .configs import IKE_PSK, INNER_A, POOL_FIRST, SPLIT, UNDERLAY_A, UNDERLAY_B, main_mode_gateway
 from .strongswan import Charon
 from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, run_tunvpn, wait_for_line
-
-pytestmark = [pytest.mark.interop, pytest.mark.netns]
-
-UNDERLAY_A = "10.77.0.1/24"
-UNDERLAY_B = "10.77.0.2/24"
-POOL_FIRST = "10.79.0.10"
-SPLIT = "10.78.0.0/24"
-INNER_A = "10.78.0.1/32"
-IKE_PSK = "tv-main-mode-psk-0123"
-
-
-def main_mode_gateway(local: str, remote: str) -> str:
-    return f"""\
-connections {{
-  mm {{
-    version = 1
-    local_addrs = {local}
-    remote_addrs = {remote}
-    pools = mmpool
-    proposals = aes256-sha256-modp2048
-    local {{
-      auth = psk
-      id = {local}
-    }}
-    remote {{
-      auth = psk
-      id = {remote}
-    }}
-    children {{
-      mm {{
-        mode = tunnel
-        local_ts = {SPLIT}
-        esp_proposals = aes256gcm16-ecp256
-      }}
-    }}
-  }}
-}}
-pools {{
-  mmpool {{
-    addrs = {configs.VPNC_POOL}
-  }}
-}}
-secrets {{
-  ike-mm {{
-    id-1 = {local}
-    id-2 = {remote}
-    secret = "{IKE_PSK}"
-  }}
-}}
-"""
 
 
 def aggressive_xauth_gateway(local: str) -> str:

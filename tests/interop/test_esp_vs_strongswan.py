@@ -24,11 +24,9 @@ import pytest
 
 from tests.helpers.netns import NetnsPair, run_in, stop_process, wait_for
 
+from .configs import IKE_PSK, INNER_A, UNDERLAY_A, UNDERLAY_B, main_mode_gateway
 from .strongswan import Charon
-from .test_client_vs_strongswan import IKE_PSK, INNER_A, UNDERLAY_A, UNDERLAY_B, main_mode_gateway
 from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
-
-pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
 PROTECTED = INNER_A.split("/")[0]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from tests.helpers.gateway_pki import pki
@@ -23,8 +22,6 @@ from tests.helpers.netns import NetnsPair, stop_process, wait_for
 from . import configs
 from .strongswan import Charon
 from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
-
-pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
 UNDERLAY_A = "10.77.0.1/24"
 UNDERLAY_B = "10.77.0.2/24"

@@ -41,8 +41,6 @@ from tests.helpers.netns import NetnsPair, capture, run_in, stop_process
 from . import configs
 from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 
-pytestmark = [pytest.mark.interop, pytest.mark.netns]
-
 GATEWAY = "10.77.0.1"
 ATTACKER = "10.77.0.2"
 UNKNOWN_GROUP = "no-such-group"

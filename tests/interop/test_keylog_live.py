@@ -10,15 +10,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tunvpn.ike.constants import AuthAlgorithm, EspTransform
 from tunvpn.keylog import KeyLog, tshark_args
 
 from .scenarios import PINGS, run_charon_main_mode
 from .strongswan import CharonKeys
-
-pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
 
 def test_tshark_decrypts_live_charon_traffic_with_keylog(tmp_path: Path) -> None:

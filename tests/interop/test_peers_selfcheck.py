@@ -8,12 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from .pcap import read_udp
 from .scenarios import INNER_A, PINGS, run_charon_main_mode, run_vpnc_vs_charon
-
-pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
 
 def test_vpnc_aggressive_xauth_modecfg_against_charon(tmp_path: Path) -> None:

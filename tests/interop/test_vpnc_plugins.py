@@ -22,8 +22,6 @@ from . import configs
 from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 from .vpnc import Vpnc
 
-pytestmark = [pytest.mark.interop, pytest.mark.netns]
-
 LAN_HOST = "10.78.0.1"
 
 GATEWAY_TOML = """\

@@ -18,15 +18,11 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.helpers.netns import Topology, run_in, stop_process, wait_for
 
 from . import configs
 from .tunvpn_proc import popen_tunvpn, private_file, read_text, run_tunvpn, wait_for_line
 from .vpnc import Vpnc
-
-pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
 GATEWAY = "10.77.0.1"
 CLIENT = "10.77.0.2"

@@ -42,8 +42,6 @@ from .lan import GatewayLan
 from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 from .vpnc import Vpnc
 
-pytestmark = [pytest.mark.interop, pytest.mark.netns]
-
 LAN_HOST = "10.78.0.1"
 USERS = {"alice": "alice-pass-31415", "bob": "bob-pass-27182"}
 MAIN_MODE_PSK = "two-users-main-mode-psk-5c1d7e"

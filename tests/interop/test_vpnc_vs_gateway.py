@@ -9,15 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.helpers.netns import NetnsPair, run_in, stop_process, wait_for
 
 from . import configs
 from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 from .vpnc import Vpnc
-
-pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
 POOL_FIRST = "10.79.0.10"
 

@@ -9,15 +9,8 @@ import re
 
 import pytest
 
-from tests.loopback.test_logins import (
-    PasswordBackend,
-    _attempt,
-    _serve,
-    client_options,
-    gateway_options,
-    loopback,
-)
-from tests.loopback.test_shell import PSK, free_port_pair
+from tests.helpers.logins import PasswordBackend, attempt, client_options, gateway_options, serve
+from tests.helpers.loopback import PSK, free_port_pair, needs_loopback
 from tunvpn.gateway.audit import format_line
 from tunvpn.gateway.daemon import SimpleRule
 from tunvpn.ike.identity import TrafficSelector
@@ -43,7 +36,7 @@ def _fields(line: str) -> dict[str, str]:
     return {k: v.strip('"') for k, v in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)}
 
 
-@loopback
+@needs_loopback
 def test_audit_lines_for_a_failed_login_a_login_its_sas_and_a_policy_change(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -53,10 +46,10 @@ def test_audit_lines_for_a_failed_login_a_login_its_sas_and_a_policy_change(
         options = gateway_options(
             ike, natt, plugin_objects=(PasswordBackend(),), rules=(SimpleRule(INTRANET),)
         )
-        gateway, server = await _serve(options)
+        gateway, server = await serve(options)
         try:
-            assert (await _attempt(gateway, client_options(ike, natt, "alice", "wrong-guess")))[0] == 1
-            assert (await _attempt(gateway, client_options(ike, natt, "alice", "a-pass")))[0] == 0
+            assert (await attempt(gateway, client_options(ike, natt, "alice", "wrong-guess")))[0] == 1
+            assert (await attempt(gateway, client_options(ike, natt, "alice", "a-pass")))[0] == 0
             new = gateway_options(
                 ike, natt, plugin_objects=(PasswordBackend(),), rules=(SimpleRule(INTRANET), SimpleRule(MAIL))
             )

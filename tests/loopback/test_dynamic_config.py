@@ -13,90 +13,39 @@ from pathlib import Path
 
 import pytest
 
-from tests.loopback.test_shell import CLIENT, GATEWAY, PSK, connect, free_port_pair, loopback_available
+from tests.helpers.loopback import (
+    CLIENT,
+    ENG,
+    GATEWAY,
+    PSK,
+    RULES,
+    client_options,
+    connect,
+    free_port_pair,
+    gateway_options,
+    needs_loopback,
+    policy,
+    wait_until,
+)
 from tunvpn.client.daemon import Client, ClientOptions, Progress
-from tunvpn.config.credentials import UserTable
 from tunvpn.control.server import request
 from tunvpn.gateway.daemon import AddressPool, Gateway, GatewayOptions, SimpleRule
 from tunvpn.ike import events as ev
 from tunvpn.ike.config import PskTable
-from tunvpn.ike.constants import DHGroup, EspTransform, ExchangeType
-from tunvpn.ike.identity import TrafficSelector
-from tunvpn.ike.policies import Phase2Policy
-from tunvpn.ike.proposals import DEFAULT_ESP, EspSuite
+from tunvpn.ike.constants import DHGroup, ExchangeType
+from tunvpn.ike.proposals import DEFAULT_ESP
 
-pytestmark = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable on this host")
-
-GCM128 = EspSuite(EspTransform.AES_GCM_16, 128, None)
-
-
-def policy(name: str, net: str, **kw: object) -> Phase2Policy:
-    return Phase2Policy(name, TrafficSelector.parse(net), **kw)  # type: ignore[arg-type]
-
-
-INTRANET = policy("intranet", "10.78.0.0/24")
-MAIL = policy("mail", "10.78.5.0/24[tcp/993]", esp=(GCM128,), pfs_group=None, lifetime_seconds=1200)
-ENG = policy("eng", "10.20.0.0/16", pfs_group=DHGroup.ECP_384)
-
-
-def gateway_options(ike: int, natt: int, rules: tuple[SimpleRule, ...], **kw: object) -> GatewayOptions:
-    return GatewayOptions(
-        listen=GATEWAY,
-        psks=PskTable({"*": PSK}),
-        ike_port=ike,
-        natt_port=natt,
-        users=UserTable({"alice": b"a-pass", "bob": b"b-pass"}),
-        require_xauth=True,
-        pool=AddressPool.parse("10.79.0.10-10.79.0.20"),
-        rules=rules,
-        groups={"eng": frozenset({"alice"})},
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def client_options(ike: int, natt: int, user: str, password: str, **kw: object) -> ClientOptions:
-    """What a minimal profile holds: the gateway, the secret, the user."""
-    return ClientOptions(
-        gateway=GATEWAY,
-        psks=PskTable({"*": PSK}),
-        gateway_port=ike,
-        gateway_natt_port=natt,
-        ike_port=ike,
-        natt_port=natt,
-        user=user,
-        password=password,
-        password_prompt=False,
-        timeout=20,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-RULES = (SimpleRule(INTRANET), SimpleRule(MAIL), SimpleRule(ENG, groups=("eng",)))
+pytestmark = needs_loopback
 
 
 def established(records: list[dict]) -> dict[str, dict]:
     return {r["name"]: r for r in records if r["event"] == "quick" and r["state"] == "established"}
 
 
-async def session(gw: GatewayOptions, cl: ClientOptions) -> tuple[Client, Gateway, list[dict]]:
-    gateway = Gateway(gw)
-    ready = asyncio.Event()
-    server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-    await asyncio.wait_for(ready.wait(), 5)
-    out = io.StringIO()
-    client = Client(cl, CLIENT, progress=Progress(json_lines=True, out=out))
-    try:
-        await asyncio.wait_for(client.run(handle_signals=False), 30)
-    finally:
-        gateway.stop()
-        await asyncio.wait_for(server, 5)
-    return client, gateway, [json.loads(line) for line in out.getvalue().splitlines()]
-
-
 def test_group_member_gets_every_policy_with_the_pushed_parameters() -> None:
     ike, natt = free_port_pair()
     client, _, records = asyncio.run(
-        session(
+        connect(
             gateway_options(ike, natt, RULES),
             client_options(ike, natt, "alice", "a-pass", exit_after_established=True, pfs=DHGroup.MODP_2048),
         )
@@ -122,7 +71,7 @@ def test_group_member_gets_every_policy_with_the_pushed_parameters() -> None:
 def test_non_member_does_not_get_the_group_policy() -> None:
     ike, natt = free_port_pair()
     client, _, records = asyncio.run(
-        session(
+        connect(
             gateway_options(ike, natt, RULES),
             client_options(ike, natt, "bob", "b-pass", exit_after_established=True),
         )
@@ -281,20 +230,11 @@ def test_default_policies_without_a_config_still_push_sets() -> None:
         exit_after_established=True,
         timeout=20,
     )
-    client, _, records = asyncio.run(session(gw, cl))
+    client, _, records = asyncio.run(connect(gw, cl))
     assert client.result == 0, records
     up = established(records)
     assert set(up) == {"10.78.0.0/24", "10.78.1.0/24"}
     assert {r["esp"] for r in up.values()} == {str(DEFAULT_ESP[0])}
-
-
-async def wait_until(predicate: object, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 def test_a_quick_mode_answer_leaves_only_after_its_sa_was_handed_on() -> None:

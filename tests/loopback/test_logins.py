@@ -13,28 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.loopback.test_shell import CLIENT, GATEWAY, PSK, free_port_pair, loopback_available
+from tests.helpers.logins import (
+    PasswordBackend,
+    attempt,
+    client_options,
+    file_gateway,
+    gateway_options,
+    serve,
+)
+from tests.helpers.loopback import free_port_pair, needs_loopback
 from tunvpn.cli import build_parser
 from tunvpn.client.daemon import Client, ClientOptions, Progress
 from tunvpn.config.credentials import UserTable
-from tunvpn.config.gateway import parse_gateway_config
-from tunvpn.gateway.daemon import AddressPool, Gateway, GatewayOptions, options_from_config
+from tunvpn.gateway.daemon import Gateway
 from tunvpn.gateway.logins import Admission, LoginThrottle, ThrottleSettings, Tier
-from tunvpn.ike.config import PskTable
 from tunvpn.ike.identity import Identity
 from tunvpn.plugins import CredentialRequest, Verdict, hookimpl
-
-loopback = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable on this host")
-
-
-class PasswordBackend:
-    """A login plugin (a RADIUS or OTP server would do the same): alice / a-pass."""
-
-    @hookimpl
-    def tunvpn_verify_credentials(self, request: CredentialRequest) -> Verdict | None:
-        return (
-            Verdict.accept() if (request.user, request.password) == ("alice", "a-pass") else Verdict.reject()
-        )
 
 
 class Accounting:
@@ -45,57 +39,13 @@ class Accounting:
         return None
 
 
-def gateway_options(ike: int, natt: int, **kw: object) -> GatewayOptions:
-    return GatewayOptions(
-        listen=GATEWAY,
-        psks=PskTable({"*": PSK}),
-        ike_port=ike,
-        natt_port=natt,
-        pool=AddressPool.parse("10.79.0.10-10.79.0.20"),
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def client_options(
-    ike: int, natt: int, user: str | None = None, password: str | None = None
-) -> ClientOptions:
-    return ClientOptions(
-        gateway=GATEWAY,
-        psks=PskTable({"*": PSK}),
-        gateway_port=ike,
-        gateway_natt_port=natt,
-        ike_port=ike,
-        natt_port=natt,
-        user=user,
-        password=password,
-        password_prompt=False,
-        timeout=10,
-        exit_after_established=True,
-    )
-
-
-async def _attempt(gateway: Gateway, cl: ClientOptions, local: str = CLIENT) -> tuple[int, list[dict]]:
-    out = io.StringIO()
-    client = Client(cl, local, progress=Progress(json_lines=True, out=out))
-    code = await asyncio.wait_for(client.run(handle_signals=False), 30)
-    return code, [json.loads(line) for line in out.getvalue().splitlines()]
-
-
-async def _serve(options: GatewayOptions) -> tuple[Gateway, asyncio.Future[None]]:
-    gateway = Gateway(options)
-    ready = asyncio.Event()
-    server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-    await asyncio.wait_for(ready.wait(), 5)
-    return gateway, server
-
-
 def no_xauth_client_against(options_for: object) -> tuple[int, list[dict], list[str]]:
     """A client holding the group PSK that offers no XAUTH (main mode, plain PSK) connects;
     returns its exit code, its records and the gateway's SA names seen."""
     ike, natt = free_port_pair()
 
     async def scenario() -> tuple[int, list[dict], list[str]]:
-        gateway, server = await _serve(options_for(ike, natt))  # type: ignore[operator]
+        gateway, server = await serve(options_for(ike, natt))  # type: ignore[operator]
         seen: list[str] = []
         handle = gateway.handle_event
 
@@ -106,7 +56,7 @@ def no_xauth_client_against(options_for: object) -> tuple[int, list[dict], list[
         gateway.handle_event = spy  # type: ignore[method-assign]
         gateway.driver.handler = spy  # type: ignore[union-attr]
         try:
-            code, records = await _attempt(gateway, client_options(ike, natt))
+            code, records = await attempt(gateway, client_options(ike, natt))
         finally:
             gateway.stop()
             await asyncio.wait_for(server, 5)
@@ -118,7 +68,7 @@ def no_xauth_client_against(options_for: object) -> tuple[int, list[dict], list[
 # --------------------------------------------------------------------------- XAUTH required
 
 
-@loopback
+@needs_loopback
 def test_plugin_only_gateway_gives_no_sa_to_a_client_that_skips_xauth() -> None:
     """The attack of issue 12 item 2: RADIUS/OTP-only gateway (no users file, no
     --require-xauth); a group-PSK holder offers plain PSK authentication and never logs in."""
@@ -130,7 +80,7 @@ def test_plugin_only_gateway_gives_no_sa_to_a_client_that_skips_xauth() -> None:
     assert not [r for r in records if r["event"] == "quick" and r["state"] == "established"]
 
 
-@loopback
+@needs_loopback
 def test_users_file_without_require_xauth_flag_gives_no_sa_to_a_client_that_skips_xauth() -> None:
     code, _records, seen = no_xauth_client_against(
         lambda ike, natt: gateway_options(ike, natt, users=UserTable({"alice": b"a-pass"}))
@@ -138,7 +88,7 @@ def test_users_file_without_require_xauth_flag_gives_no_sa_to_a_client_that_skip
     assert code != 0 and "Phase1Established" not in seen
 
 
-@loopback
+@needs_loopback
 def test_site_gateway_without_login_source_still_needs_no_xauth() -> None:
     """No users file and no login plugin (an observing plugin does not count): site peers."""
     code, records, seen = no_xauth_client_against(
@@ -148,7 +98,7 @@ def test_site_gateway_without_login_source_still_needs_no_xauth() -> None:
     assert "ChildSAEstablished" in seen
 
 
-@loopback
+@needs_loopback
 def test_explicit_opt_out_is_warned_and_lets_the_client_skip_xauth(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="tunvpn.gateway.logins"):
         code, _records, seen = no_xauth_client_against(
@@ -160,14 +110,14 @@ def test_explicit_opt_out_is_warned_and_lets_the_client_skip_xauth(caplog: pytes
     assert any("XAUTH is not required" in r.getMessage() for r in caplog.records)
 
 
-@loopback
+@needs_loopback
 def test_plugin_only_gateway_lets_the_user_in_with_xauth() -> None:
     ike, natt = free_port_pair()
 
     async def scenario() -> int:
-        gateway, server = await _serve(gateway_options(ike, natt, plugin_objects=(PasswordBackend(),)))
+        gateway, server = await serve(gateway_options(ike, natt, plugin_objects=(PasswordBackend(),)))
         try:
-            code, _ = await _attempt(gateway, client_options(ike, natt, "alice", "a-pass"))
+            code, _ = await attempt(gateway, client_options(ike, natt, "alice", "a-pass"))
         finally:
             gateway.stop()
             await asyncio.wait_for(server, 5)
@@ -176,36 +126,12 @@ def test_plugin_only_gateway_lets_the_user_in_with_xauth() -> None:
     assert asyncio.run(scenario()) == 0
 
 
-GW_FILE = """
-[gateway]
-listen = "192.0.2.1"
-psk = "a-long-random-group-secret-for-tests-0123456789"
-{extra}
-
-[network]
-pool = "10.79.0.10-10.79.0.20"
-
-[[policy]]
-name = "intranet"
-local = "10.78.0.0/24"
-"""
-
-
-def _file_gateway(tmp_path: Path, extra: str) -> Gateway:
-    text = GW_FILE.format(extra=extra)
-    (tmp_path / "users").write_text("alice:a-pass\n")
-    (tmp_path / "users").chmod(0o600)
-    return Gateway(
-        options_from_config(parse_gateway_config(text, "gw.toml", base_dir=tmp_path, file_mode=0o600))
-    )
-
-
 def test_every_configuration_path_requires_xauth_with_a_login_source(tmp_path: Path) -> None:
     # -c file: users file; a login plugin by entry point (otp: tunvpn_verify_credentials)
-    assert _file_gateway(tmp_path, 'users_file = "users"').config.require_xauth
-    assert _file_gateway(tmp_path, 'plugins = ["otp"]').config.require_xauth
-    assert not _file_gateway(tmp_path, "").config.require_xauth
-    assert not _file_gateway(tmp_path, 'users_file = "users"\nrequire_xauth = false').config.require_xauth
+    assert file_gateway(tmp_path, 'users_file = "users"').config.require_xauth
+    assert file_gateway(tmp_path, 'plugins = ["otp"]').config.require_xauth
+    assert not file_gateway(tmp_path, "").config.require_xauth
+    assert not file_gateway(tmp_path, 'users_file = "users"\nrequire_xauth = false').config.require_xauth
     # flags: --users without --require-xauth; --no-require-xauth turns it off
     from tunvpn.cli import _gateway_options
 
@@ -314,7 +240,7 @@ def test_memory_stays_bounded_with_100000_sources() -> None:
 OTHER_CLIENT = "127.0.0.3"
 
 
-@loopback
+@needs_loopback
 def test_guessing_from_one_address_is_throttled_while_the_user_logs_in_from_another() -> None:
     """A group-PSK holder at 127.0.0.2 guesses alice's password 20 times (a phase 1 and an
     XAUTH login each): its next login is refused unchecked, even with the right password,
@@ -322,18 +248,16 @@ def test_guessing_from_one_address_is_throttled_while_the_user_logs_in_from_anot
     ike, natt = free_port_pair()
 
     async def scenario() -> tuple[list[int], int, list[dict], int, Gateway]:
-        gateway, server = await _serve(gateway_options(ike, natt, plugin_objects=(PasswordBackend(),)))
+        gateway, server = await serve(gateway_options(ike, natt, plugin_objects=(PasswordBackend(),)))
         try:
             guesses = [
-                (await _attempt(gateway, client_options(ike, natt, "alice", f"guess-{n}")))[0]
+                (await attempt(gateway, client_options(ike, natt, "alice", f"guess-{n}")))[0]
                 for n in range(20)
             ]
-            attacker_code, attacker_records = await _attempt(
+            attacker_code, attacker_records = await attempt(
                 gateway, client_options(ike, natt, "alice", "a-pass")
             )
-            alice_code, _ = await _attempt(
-                gateway, client_options(ike, natt, "alice", "a-pass"), OTHER_CLIENT
-            )
+            alice_code, _ = await attempt(gateway, client_options(ike, natt, "alice", "a-pass"), OTHER_CLIENT)
         finally:
             gateway.stop()
             await asyncio.wait_for(server, 5)
@@ -364,19 +288,19 @@ async def _stay_connected(cl: ClientOptions, local: str) -> tuple[Client, asynci
     return client, task
 
 
-@loopback
+@needs_loopback
 def test_a_login_beyond_the_users_session_limit_is_refused_and_the_others_stay() -> None:
     ike, natt = free_port_pair()
 
     async def scenario() -> tuple[int, list[dict], list[bool], Gateway]:
-        gateway, server = await _serve(
+        gateway, server = await serve(
             gateway_options(ike, natt, plugin_objects=(PasswordBackend(),), max_sessions_per_user=2)
         )
         tasks = []
         try:
             for local in ("127.0.0.2", "127.0.0.3"):
                 tasks.append((await _stay_connected(client_options(ike, natt, "alice", "a-pass"), local))[1])
-            code, records = await _attempt(gateway, client_options(ike, natt, "alice", "a-pass"), "127.0.0.4")
+            code, records = await attempt(gateway, client_options(ike, natt, "alice", "a-pass"), "127.0.0.4")
             alive = [not t.done() for t in tasks]
             users = sorted(s.user or "" for s in gateway.sessions.values() if s.authenticated)
             assert users == ["alice", "alice"]
@@ -395,8 +319,8 @@ def test_a_login_beyond_the_users_session_limit_is_refused_and_the_others_stay()
 
 
 def test_session_limit_is_configurable_and_zero_means_none(tmp_path: Path) -> None:
-    assert _file_gateway(tmp_path, 'users_file = "users"').options.max_sessions_per_user == 4
-    gateway = _file_gateway(tmp_path, 'users_file = "users"\nmax_sessions_per_user = 0')
+    assert file_gateway(tmp_path, 'users_file = "users"').options.max_sessions_per_user == 4
+    gateway = file_gateway(tmp_path, 'users_file = "users"\nmax_sessions_per_user = 0')
     assert gateway.options.max_sessions_per_user == 0
     from tunvpn.gateway.logins import session_limit_refusal
 
@@ -430,7 +354,7 @@ def test_ppp_logins_through_the_gateway_are_throttled_too(caplog: pytest.LogCapt
     assert lines[-1] == "event=login result=ok user=alice via=ppp peer=10.79.0.10"
 
 
-@loopback
+@needs_loopback
 def test_a_reconnect_that_replaces_the_old_session_is_not_refused_by_the_limit() -> None:
     """max_sessions_per_user = 1: alice's client crashes and reconnects from elsewhere with
     the same group identity and INITIAL-CONTACT (our client always sends it): her old session
@@ -439,7 +363,7 @@ def test_a_reconnect_that_replaces_the_old_session_is_not_refused_by_the_limit()
     staff = Identity.parse("keyid:staff")
 
     async def scenario() -> tuple[bool, int, list[dict], list[str]]:
-        gateway, server = await _serve(
+        gateway, server = await serve(
             gateway_options(ike, natt, plugin_objects=(PasswordBackend(),), max_sessions_per_user=1)
         )
         tasks = []
@@ -452,7 +376,7 @@ def test_a_reconnect_that_replaces_the_old_session_is_not_refused_by_the_limit()
                     break
                 await asyncio.sleep(0.02)
             replaced = [s.peer[0] for s in gateway.sessions.values()] == ["127.0.0.3"]
-            code, records = await _attempt(gateway, client_options(ike, natt, "alice", "a-pass"), "127.0.0.4")
+            code, records = await attempt(gateway, client_options(ike, natt, "alice", "a-pass"), "127.0.0.4")
             users = [s.peer[0] for s in gateway.sessions.values() if s.authenticated]
         finally:
             for task in tasks:

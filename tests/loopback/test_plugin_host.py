@@ -17,8 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.loopback.test_dynamic_config import RULES, client_options, gateway_options, wait_until
-from tests.loopback.test_shell import CLIENT, free_port_pair, loopback_available
+from tests.helpers.loopback import (
+    CLIENT,
+    RULES,
+    client_options,
+    free_port_pair,
+    gateway_options,
+    loopback_available,
+    wait_until,
+)
 from tunvpn import cli
 from tunvpn.client.daemon import Client, Progress
 from tunvpn.config.credentials import UserTable

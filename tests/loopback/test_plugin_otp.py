@@ -19,8 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.loopback.test_dynamic_config import RULES, client_options, gateway_options
-from tests.loopback.test_shell import CLIENT, free_port_pair, loopback_available
+from tests.helpers.loopback import (
+    CLIENT,
+    RULES,
+    client_options,
+    free_port_pair,
+    gateway_options,
+    loopback_available,
+)
 
 pytest.importorskip("tunvpn_otp", reason="pip install -e plugins/tunvpn-otp")
 

@@ -22,9 +22,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import radius_fixture
+from tests.helpers.loopback import (
+    CLIENT,
+    RULES,
+    client_options,
+    free_port_pair,
+    gateway_options,
+    loopback_available,
+)
 from tests.helpers.radius_fixture import FreeRadius
-from tests.loopback.test_dynamic_config import RULES, client_options, gateway_options
-from tests.loopback.test_shell import CLIENT, free_port_pair, loopback_available
 from tunvpn.client.daemon import Client, Progress
 from tunvpn.gateway.daemon import Gateway
 from tunvpn.plugins import CredentialRequest, GatewayContext, PluginHost, Verdict, hookimpl
@@ -305,7 +311,7 @@ def test_interim_updates_reach_the_server_while_the_client_is_connected(
     radius: FreeRadius, tmp_path: Path
 ) -> None:
     """accounting_interval = 1: Accounting-Request Interim-Update for the session in the detail file."""
-    from tests.loopback.test_dynamic_config import wait_until
+    from tests.helpers.loopback import wait_until
 
     radius_settings = settings(radius, tmp_path)
 

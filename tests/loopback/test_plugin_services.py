@@ -11,8 +11,7 @@ import logging
 
 import pytest
 
-from tests.loopback.test_dynamic_config import RULES, gateway_options
-from tests.loopback.test_shell import free_port_pair, loopback_available
+from tests.helpers.loopback import RULES, free_port_pair, gateway_options, loopback_available
 from tunvpn.gateway.daemon import Gateway
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy

@@ -13,12 +13,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from tests.helpers.gateway_pki import pki
+from tests.helpers.gateway_pki import pki, write_pem
 from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
-from tests.loopback.test_shell import GATEWAY, PSK, connect, free_port_pair
+from tests.helpers.loopback import GATEWAY, PSK, connect, free_port_pair
 from tunvpn.cli import build_parser
 from tunvpn.client.daemon import ClientOptions
 from tunvpn.config.credentials import UserTable
@@ -26,7 +24,6 @@ from tunvpn.config.gateway import ConfigFileError
 from tunvpn.config.profile import ClientProfile, load_profile
 from tunvpn.gateway.daemon import AddressPool, GatewayOptions
 from tunvpn.ike import events as ev
-from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import EngineConfig, PskTable
 from tunvpn.ike.constants import NotifyType
 from tunvpn.ike.identity import Identity
@@ -233,18 +230,6 @@ def _profile(tmp_path: Path, extra: str) -> ClientProfile:
 def test_profile_remote_id(tmp_path: Path, line: str, remote_id: Identity | None, any_: bool) -> None:
     profile = _profile(tmp_path, line)
     assert (profile.remote_id, profile.remote_id_any) == (remote_id, any_)
-
-
-def write_pem(tmp_path: Path, credential: Credential | None, ca: x509.Certificate) -> str:
-    """The profile lines of a client certificate (or none: hybrid) and the CA."""
-    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(Encoding.PEM))
-    if credential is None:
-        return 'ca = "ca.pem"\n'
-    (tmp_path / "me.pem").write_bytes(credential.certificate.public_bytes(Encoding.PEM))
-    key = credential.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    (tmp_path / "me.key").write_bytes(key)
-    (tmp_path / "me.key").chmod(0o600)
-    return 'cert = "me.pem"\nkey = "me.key"\nca = "ca.pem"\n'
 
 
 def test_profile_any_is_not_for_certificate_gateways(tmp_path: Path) -> None:

@@ -7,59 +7,18 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import json
-from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-import pytest
-
-from tunvpn import testing
-from tunvpn.client.daemon import Client, ClientOptions, Progress
+from tests.helpers.loopback import GATEWAY, PSK, connect, free_port_pair, needs_loopback
+from tunvpn.client.daemon import ClientOptions
 from tunvpn.config.credentials import UserTable
-from tunvpn.gateway.daemon import AddressPool, Gateway, GatewayOptions
+from tunvpn.gateway.daemon import AddressPool, GatewayOptions
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.identity import Identity
 from tunvpn.keylog import ESP_TABLE, IKEV1_TABLE, read_table, table_path
-from tunvpn.testing import CLIENT, GATEWAY, loopback_available
 
-PSK = b"loopback-test-psk"
-
-
-def free_port_pair() -> tuple[int, int]:
-    """Two consecutive UDP ports free on both loopback addresses (tunvpn.testing's)."""
-    try:
-        return testing.free_port_pair()
-    except RuntimeError:
-        pytest.skip("no free UDP port pair on loopback")
-
-
-pytestmark = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable on this host")
-
-
-async def connect(
-    gateway_options: GatewayOptions,
-    client_options: ClientOptions,
-    on_ready: Callable[[Gateway], None] | None = None,
-) -> tuple[Client, Gateway, list]:
-    """Run a gateway and one client until the client ends; ``on_ready`` sees the gateway once
-    it listens, before the client starts."""
-    gateway = Gateway(gateway_options)
-    ready = asyncio.Event()
-    server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-    await asyncio.wait_for(ready.wait(), 5)
-    if on_ready is not None:
-        on_ready(gateway)
-    out = io.StringIO()
-    client = Client(client_options, CLIENT, progress=Progress(json_lines=True, out=out))
-    try:
-        await asyncio.wait_for(client.run(handle_signals=False), 30)
-    finally:
-        gateway.stop()
-        await asyncio.wait_for(server, 5)
-    records = [json.loads(line) for line in out.getvalue().splitlines()]
-    return client, gateway, records
+pytestmark = needs_loopback
 
 
 def test_main_mode_xauth_mode_config_split_networks_nat_t(tmp_path: Path) -> None:

@@ -54,7 +54,6 @@ def assert_transfer_intact(out: dict[str, Any], size: int) -> None:
 # --------------------------------------------------------------------------- TCP through the TUN
 
 
-@pytest.mark.netns
 @pytest.mark.parametrize("family", [4, 6])
 def test_tcp_transfer_with_tso_super_packets(ns: str, family: int) -> None:
     size = 16_000_000
@@ -72,7 +71,6 @@ def test_tcp_transfer_with_tso_super_packets(ns: str, family: int) -> None:
     assert tun["writes"] < tun["packets_written"]
 
 
-@pytest.mark.netns
 @pytest.mark.parametrize("family", [4, 6])
 def test_tcp_transfer_with_coalesced_writes_only(ns: str, family: int) -> None:
     # The default: plain reads (the kernel segments in C), coalesced writes.
@@ -87,7 +85,6 @@ def test_tcp_transfer_with_coalesced_writes_only(ns: str, family: int) -> None:
     assert tun["writes"] < tun["packets_written"]
 
 
-@pytest.mark.netns
 def test_tcp_transfer_plain_mode(ns: str) -> None:
     size = 4_000_000
     out = helper(ns, "tcp-over-tun", "--no-offload", "--bytes", str(size))
@@ -99,7 +96,6 @@ def test_tcp_transfer_plain_mode(ns: str) -> None:
     assert tun["writes"] == tun["packets_written"]
 
 
-@pytest.mark.netns
 def test_refused_offload_falls_back_to_plain(ns: str) -> None:
     size = 2_000_000
     out = helper(ns, "tcp-over-tun", "--refuse", "offload", "--bytes", str(size))
@@ -109,7 +105,6 @@ def test_refused_offload_falls_back_to_plain(ns: str) -> None:
     assert out["tun"]["largest_read"] <= MTU
 
 
-@pytest.mark.netns
 def test_refused_uso_keeps_tso(ns: str) -> None:
     size = 2_000_000
     out = helper(ns, "tcp-over-tun", "--refuse", "uso", "--bytes", str(size))
@@ -138,7 +133,6 @@ PROBE_USO = (
 )
 
 
-@pytest.mark.netns
 @pytest.mark.parametrize("family", [4, 6])
 def test_udp_through_tun_with_uso(ns: str, family: int) -> None:
     if not uso_available(ns):
@@ -154,7 +148,6 @@ def test_udp_through_tun_with_uso(ns: str, family: int) -> None:
     assert out["receiver"]["recvmsg_calls"] < count  # UDP GRO on the receiving socket
 
 
-@pytest.mark.netns
 def test_udp_coalesced_writes_only(ns: str) -> None:
     if not uso_available(ns):
         pytest.skip("this kernel refuses TUN_F_USO4|TUN_F_USO6 (Linux < 6.2)")
@@ -166,7 +159,6 @@ def test_udp_coalesced_writes_only(ns: str) -> None:
     assert out["tun"]["coalesced_writes"] > 0 and out["tun"]["coalesce_refused"] == 0
 
 
-@pytest.mark.netns
 def test_udp_through_plain_tun(ns: str) -> None:
     count = 256
     out = helper(ns, "udp-over-tun", "--no-offload", "--count", str(count))
@@ -177,7 +169,6 @@ def test_udp_through_plain_tun(ns: str) -> None:
 # --------------------------------------------------------------------------- UDP GSO / GRO sockets
 
 
-@pytest.mark.netns
 def test_udp_gso_gro_on_loopback(ns: str) -> None:
     count = 256
     out = helper(ns, "udp-loop", "--count", str(count), "--size", "1200")
@@ -190,7 +181,6 @@ def test_udp_gso_gro_on_loopback(ns: str) -> None:
     assert out["receiver"]["gro_receives"] > 0
 
 
-@pytest.mark.netns
 def test_udp_without_offloads_sends_one_by_one(ns: str) -> None:
     count = 100
     out = helper(ns, "udp-loop", "--count", str(count), "--no-gso", "--no-gro")
@@ -200,7 +190,6 @@ def test_udp_without_offloads_sends_one_by_one(ns: str) -> None:
     assert out["receiver"]["recvmsg_calls"] == count
 
 
-@pytest.mark.netns
 def test_udp_gso_gro_across_veth(netns_pair: NetnsPair, tmp_path: Path) -> None:
     count = 300
     ready = tmp_path / "ready"
@@ -228,7 +217,6 @@ def test_missing_dev_net_tun_is_explained(tmp_path: Path) -> None:
     assert "does not exist" in str(info.value) and "modprobe tun" in str(info.value)
 
 
-@pytest.mark.netns
 def test_missing_cap_net_admin_is_explained(ns: str, tmp_path: Path) -> None:
     if shutil.which("capsh") is None:
         pytest.skip("capsh (libcap2-bin) is needed to drop CAP_NET_ADMIN")

@@ -35,8 +35,6 @@ from tests.interop.tunvpn_proc import (
     wait_for_line,
 )
 
-pytestmark = [pytest.mark.netns]
-
 GATEWAY = "10.77.0.1"
 CLIENT = "10.77.0.2"
 SERVER_NETS = {"a": "10.78.0", "b": "10.78.1", "c": "10.78.2"}

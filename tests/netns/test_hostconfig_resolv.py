@@ -15,11 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from tests.helpers.netns import Topology, run_in
-
-pytestmark = [pytest.mark.netns]
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_RESOLV = Path("/etc/resolv.conf")

@@ -35,8 +35,6 @@ from tests.interop.tunvpn_proc import (
 
 pytest.importorskip("tunvpn_l2tp.lac", reason="pip install -e plugins/tunvpn-l2tp")
 
-pytestmark = [pytest.mark.netns]
-
 GATEWAY = "10.77.0.1"
 CLIENT = "10.77.0.2"
 LNS = "10.78.9.1"

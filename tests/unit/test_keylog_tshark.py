@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.ike_pair import Pair
-from tests.unit.ike.test_engine import client_config, full_tunnel, gateway_config
+from tests.helpers.ike_pair import Pair, client_config, full_tunnel, gateway_config
 from tunvpn.ike import events as ev
 from tunvpn.keylog import KeyLog, tshark_args
 

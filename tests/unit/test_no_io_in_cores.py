@@ -7,32 +7,18 @@ counts too; time must come in as `now`.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.source import forbidden_imports
+
 PACKAGE = Path(__file__).resolve().parents[2] / "tunvpn"
 CORES = ("ike", "esp")
-FORBIDDEN = frozenset({"socket", "asyncio", "threading", "select", "selectors", "subprocess", "time"})
 
 
 def core_sources() -> list[Path]:
     return sorted(p for core in CORES if (PACKAGE / core).is_dir() for p in (PACKAGE / core).rglob("*.py"))
-
-
-def forbidden_imports(source: str, filename: str) -> list[str]:
-    """``"line N: import X"`` for each import of a forbidden top-level module."""
-    found = []
-    for node in ast.walk(ast.parse(source, filename)):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        found += [f"line {node.lineno}: {name}" for name in names if name.split(".")[0] in FORBIDDEN]
-    return found
 
 
 def test_detector_catches_the_forms() -> None:

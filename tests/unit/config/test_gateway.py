@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.helpers.gwconfig import MINIMAL, load_config, private_file
 from tunvpn.config.gateway import (
     BUILT_IN,
     DEFAULT_GATEWAY_TOML,
     ESP_SUITES,
     ConfigFileError,
-    GatewayConfig,
     SourceText,
     default_gateway_toml,
     load_gateway_config,
@@ -39,43 +39,17 @@ GROUP_SECRET = "correct-horse-battery-staple-group"
 USER_PASSWORD = "alice-password-xyzzy"
 
 
-def _private(path: Path, text: str, mode: int = 0o600) -> Path:
-    path.write_text(text)
-    path.chmod(mode)
-    return path
-
-
 @pytest.fixture
 def gwdir(tmp_path: Path) -> Path:
     """A directory with a private PSK file and users file, as the configs below expect."""
-    _private(tmp_path / "gw.psk", f"{GROUP_SECRET}\n")
-    _private(tmp_path / "users", f"alice:{USER_PASSWORD}\nbob:b0b\ncarol:c4rol\ndave:d4ve\n")
+    private_file(tmp_path / "gw.psk", f"{GROUP_SECRET}\n")
+    private_file(tmp_path / "users", f"alice:{USER_PASSWORD}\nbob:b0b\ncarol:c4rol\ndave:d4ve\n")
     return tmp_path
-
-
-MINIMAL = """\
-[gateway]
-listen = "192.0.2.1"
-psk_file = "gw.psk"
-
-[network]
-pool = "10.79.0.10-10.79.0.20"
-
-[[policy]]
-name = "intranet"
-local = "10.78.0.0/24"
-"""
-
-
-def _load(directory: Path, text: str, env: dict[str, str] | None = None) -> GatewayConfig:
-    path = directory / "gateway.toml"
-    path.write_text(textwrap.dedent(text))
-    return load_gateway_config(path, env={} if env is None else env)
 
 
 def _error(directory: Path, text: str, env: dict[str, str] | None = None) -> ConfigFileError:
     with pytest.raises(ConfigFileError) as info:
-        _load(directory, text, env)
+        load_config(directory, text, env)
     return info.value
 
 
@@ -116,7 +90,7 @@ def test_contrib_example_loads(gwdir: Path) -> None:
 
 
 def test_minimal_file_gets_the_documented_defaults(gwdir: Path) -> None:
-    config = _load(gwdir, MINIMAL)
+    config = load_config(gwdir, MINIMAL)
     assert (config.ike_port, config.natt_port, config.tun, config.mtu) == (500, 4500, "tunvpn%d", 1400)
     assert config.local_id is None and config.users is None and not config.require_xauth
     assert config.phase1 == Phase1Policy()
@@ -134,7 +108,7 @@ def test_minimal_file_gets_the_documented_defaults(gwdir: Path) -> None:
 def test_relative_paths_are_relative_to_the_file(gwdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir("/")
     text = MINIMAL.replace('listen = "192.0.2.1"', 'listen = "192.0.2.1"\nkeylog = "keys/k"')
-    config = _load(gwdir, text)
+    config = load_config(gwdir, text)
     assert config.psks and config.keylog == str(gwdir / "keys" / "k")
 
 
@@ -164,7 +138,7 @@ def test_phase1_restriction_and_legacy(gwdir: Path, caplog: pytest.LogCaptureFix
         groups = ["modp2048", "ecp256"]
         lifetime = "2h"
         """)
-    phase1 = _load(gwdir, text).phase1
+    phase1 = load_config(gwdir, text).phase1
     assert phase1.encryption == ((EncryptionAlgorithm.AES_CBC, 128),)
     assert phase1.hashes == (HashAlgorithm.SHA2_256,)
     assert phase1.groups == (DHGroup.MODP_2048, DHGroup.ECP_256)
@@ -177,13 +151,13 @@ def test_phase1_restriction_and_legacy(gwdir: Path, caplog: pytest.LogCaptureFix
 
     legacy = weak.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nlegacy = true')
     with caplog.at_level(logging.WARNING, logger="tunvpn.config.gateway"):
-        config = _load(gwdir, legacy)
+        config = load_config(gwdir, legacy)
     assert DHGroup.MODP_1024 in config.phase1.groups and config.phase1.allow_legacy
     assert config.policies[0].esp == DEFAULT_ESP + LEGACY_ESP
     assert sum("legacy = true" in r.getMessage() for r in caplog.records) == 1
 
     default_legacy = MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nlegacy = true')
-    assert _load(gwdir, default_legacy).phase1 == Phase1Policy.with_legacy()
+    assert load_config(gwdir, default_legacy).phase1 == Phase1Policy.with_legacy()
 
 
 def test_weak_choices_warn_once_each(gwdir: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -192,7 +166,7 @@ def test_weak_choices_warn_once_each(gwdir: Path, caplog: pytest.LogCaptureFixtu
     )
     text += '\n[[policy]]\nname = "old"\nlocal = "10.90.0.0/24"\nesp = ["3des-sha1", "aes128-sha1"]\n'
     with caplog.at_level(logging.WARNING, logger="tunvpn.config.gateway"):
-        config = _load(gwdir, text)
+        config = load_config(gwdir, text)
     assert config.allow_aggressive_psk and config.legacy
     assert str(config.policies[1].suite) == "3des-sha1"
     messages = [r.getMessage() for r in caplog.records]
@@ -217,7 +191,7 @@ def test_policy_details(gwdir: Path) -> None:
         remote = "2001:db8:1::/64"
         lifetime = "1h30m"
         """)
-    _, site, v6 = _load(gwdir, text).policies
+    _, site, v6 = load_config(gwdir, text).policies
     assert site.gateway_ts == TrafficSelector.parse("10.1.0.0/16[udp/53]")
     assert site.client_ts == TrafficSelector.parse("172.16.0.0/12")
     assert site.esp == (ESP_SUITES["aes128-sha256"],) and site.pfs_group is None
@@ -262,7 +236,7 @@ def test_network_groups_protocols_plugins(gwdir: Path) -> None:
         [[protocol]]
         name = "otp"
         """)
-    config = _load(gwdir, text)
+    config = load_config(gwdir, text)
     assert config.pool is not None and (config.pool.first, config.pool.last) == (
         IPv4Address("10.79.0.1"),
         IPv4Address("10.79.0.254"),
@@ -320,7 +294,7 @@ users = ["carol"]
 
 
 def test_policies_for_groups_and_users(gwdir: Path) -> None:
-    config = _load(gwdir, RULES)
+    config = load_config(gwdir, RULES)
     assert config.require_xauth  # users_file given: XAUTH is required unless said otherwise
 
     def names(user: str | None, extra: tuple[str, ...] = ()) -> list[str]:
@@ -411,7 +385,7 @@ def test_psk_env(gwdir: Path) -> None:
     text = MINIMAL.replace('psk_file = "gw.psk"', 'psk_env = "GW_SECRET"')
     err = _error(gwdir, text, env={})
     assert err.key == "gateway.psk_env" and err.line == 3 and "GW_SECRET is not set" in err.reason
-    config = _load(gwdir, text, env={"GW_SECRET": GROUP_SECRET})
+    config = load_config(gwdir, text, env={"GW_SECRET": GROUP_SECRET})
     assert config.psks.lookup(None, "203.0.113.9") == GROUP_SECRET.encode()
     assert GROUP_SECRET not in repr(config)
 
@@ -419,7 +393,7 @@ def test_psk_env(gwdir: Path) -> None:
 def test_inline_psk_needs_a_private_config(gwdir: Path) -> None:
     text = MINIMAL.replace('psk_file = "gw.psk"', f'psk = "{GROUP_SECRET}"')
     path = gwdir / "gateway.toml"
-    _private(path, text, 0o644)
+    private_file(path, text, 0o644)
     with pytest.raises(ConfigFileError) as info:
         load_gateway_config(path, env={})
     assert info.value.key == "gateway.psk" and info.value.line == 3
@@ -439,7 +413,7 @@ def test_only_one_psk_source(gwdir: Path) -> None:
 
 
 def test_no_secret_in_repr_or_errors(gwdir: Path) -> None:
-    config = _load(gwdir, RULES)
+    config = load_config(gwdir, RULES)
     for text in (repr(config), str(config), repr(config.rules), repr(config.psks), repr(config.users)):
         assert GROUP_SECRET not in text and USER_PASSWORD not in text
     # a secret typed into the wrong key is not echoed either
@@ -466,7 +440,7 @@ def test_pool_overlapping_a_protected_network(gwdir: Path) -> None:
     assert "overlaps 10.79.0.0/24" in err.reason and "'x'" in err.reason
     # a full tunnel (0.0.0.0/0) is fine
     full = MINIMAL + '\n[[policy]]\nname = "all"\nlocal = "0.0.0.0/0"\n'
-    assert _load(gwdir, full).policies[1].gateway_ts.is_any
+    assert load_config(gwdir, full).policies[1].gateway_ts.is_any
 
 
 def test_assigned_remote_needs_a_pool(gwdir: Path) -> None:
@@ -553,14 +527,14 @@ def test_certificate(gwdir: Path) -> None:
     ).decode()
     (gwdir / "gw.crt").write_text(pem)
     (gwdir / "ca.crt").write_text(pem)
-    _private(gwdir / "gw.key", key_pem)
+    private_file(gwdir / "gw.key", key_pem)
     text = MINIMAL.replace('psk_file = "gw.psk"\n', "") + textwrap.dedent("""\
         [gateway.certificate]
         cert = "gw.crt"
         key = "gw.key"
         ca = "ca.crt"
         """)
-    config = _load(gwdir, text)
+    config = load_config(gwdir, text)
     assert config.credential is not None and config.credential.certificate == cert
     assert config.trusted_cas == (cert,) and not config.psks
     key_body = key_pem.splitlines()[1]
@@ -628,7 +602,7 @@ def test_error_pickles_and_failed_loads_do_not_warn(gwdir: Path, caplog: pytest.
 
 def test_plugin_tables_are_kept_for_named_plugins_only(gwdir: Path) -> None:
     named = MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nplugins = ["radius"]')
-    cfg = _load(gwdir, named + '\n[plugin.radius]\nserver = "127.0.0.1"\nretries = 3\n')
+    cfg = load_config(gwdir, named + '\n[plugin.radius]\nserver = "127.0.0.1"\nretries = 3\n')
     assert cfg.plugins == ("radius",)
     assert dict(cfg.plugin_settings["radius"]) == {"server": "127.0.0.1", "retries": 3}
     text = MINIMAL + "\n[plugin.otp]\nwindow = 1\n"

@@ -1,16 +1,14 @@
 """scrypt hashes in the users file (tunvpn/config/passwords.py): the format, the known answer of
-RFC 7914, logins against a hashed users file over UDP, CHAP refused, ``tunvpn passwd``."""
+RFC 7914, CHAP refused, ``tunvpn passwd`` (logins against a hashed users file over UDP:
+tests/loopback/test_passwords.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 from pathlib import Path
 
 import pytest
 
-from tests.loopback.test_logins import _attempt, _serve, client_options, gateway_options, loopback
-from tests.loopback.test_shell import free_port_pair
 from tunvpn.cli import main
 from tunvpn.config.credentials import SecretFileError, UserTable
 from tunvpn.config.gateway import ConfigFileError, parse_gateway_config
@@ -87,24 +85,6 @@ def test_xauth_chap_with_a_hashed_user_is_a_configuration_error(tmp_path: Path) 
         GatewayOptions(
             listen="192.0.2.1", psks=PskTable({"*": b"x"}), users=UserTable.load(users), xauth_chap=True
         )
-
-
-@loopback
-def test_login_against_a_hashed_users_file() -> None:
-    ike, natt = free_port_pair()
-    users = UserTable.parse(f"alice:{hash_password('a-pass')}\n", "users")
-
-    async def scenario() -> tuple[int, int]:
-        gateway, server = await _serve(gateway_options(ike, natt, users=users))
-        try:
-            wrong, _ = await _attempt(gateway, client_options(ike, natt, "alice", "not-it"))
-            right, _ = await _attempt(gateway, client_options(ike, natt, "alice", "a-pass"), "127.0.0.3")
-        finally:
-            gateway.stop()
-            await asyncio.wait_for(server, 5)
-        return wrong, right
-
-    assert asyncio.run(scenario()) == (1, 0)
 
 
 def test_tunvpn_passwd_prints_a_users_file_line(

@@ -1,7 +1,7 @@
 """The data path's fast paths agree with its careful paths: the inbound loop over a UDP GRO
 buffer (replay window, AEAD open, trailer and IPv4 policy inlined), the outbound route cache,
-the batched seal, the equal-size GSO send, the GRO buffers handed over whole, and the
-run-of-segments shortcut in gro_coalesce."""
+the batched seal, and the run-of-segments shortcut in gro_coalesce (the equal-size GSO send
+and the GRO buffers handed over whole, over a real socket: tests/loopback/test_dataplane_udp.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.esp_helpers import ALL_SUITES, GCM128, ipv4, make_keys, sa_pair, udp
-from tests.unit.dataplane.test_packets import TCP_ACK, TCP_PSH, groups, tcp, tcp_segments
-from tunvpn.dataplane.packets import gro_coalesce, gso_split
-from tunvpn.dataplane.udp_linux import UdpSocket
+from tests.helpers.packets import groups, tcp, tcp_segments
+from tunvpn.dataplane.packets import TCP_ACK, TCP_PSH, gro_coalesce, gso_split
 from tunvpn.esp import DropReason, InboundSA, OutboundSA, SadTable
 from tunvpn.esp.policy import compile_inbound_ranges
 from tunvpn.ike.identity import TrafficSelector as TS
@@ -231,47 +230,6 @@ def test_seal_batch_near_the_end_of_the_sequence_space() -> None:
     out = []
     assert engine.seal_batch(spi, 7, [b"", b"\x10" * 30, *inner], out, trailers) == (11, 400, 2)
     assert len(out) == 4
-
-
-# --------------------------------------------------------------------------- UDP
-
-
-def _pair_sockets() -> tuple[UdpSocket, UdpSocket]:
-    receiver = UdpSocket(bind=("127.0.0.1", 0), rcvbuf=4 << 20)
-    sender = UdpSocket(bind=("127.0.0.1", 0), sndbuf=4 << 20)
-    return sender, receiver
-
-
-def _drain(receiver: UdpSocket) -> list[bytes]:
-    import select
-
-    got: list[bytes] = []
-    for _ in range(50):
-        select.select([receiver.sock], [], [], 0.2)
-        runs = receiver.recv_buffers(1000)
-        if not runs:
-            break
-        for data, segment, addr in runs:
-            assert addr[0] == "127.0.0.1"
-            got += [data[i : i + segment] for i in range(0, len(data), segment)]
-    return got
-
-
-def test_equal_size_batches_and_whole_gro_buffers() -> None:
-    sender, receiver = _pair_sockets()
-    try:
-        same = [bytes([i]) * 1200 for i in range(150)]
-        assert sender.send_batch(same, receiver.getsockname()) == 150
-        if sender.gso:
-            assert sender.stats.gso_sends >= 3
-            assert sender.stats.sendmsg_calls <= 5
-        mixed = [b"a" * 1000, b"b" * 1000, b"c" * 500, b"d" * 1000, b"e" * 10]
-        assert sender.send_batch(mixed, receiver.getsockname()) == 5
-        assert _drain(receiver) == same + mixed
-        assert receiver.stats.datagrams_received == 155
-    finally:
-        sender.close()
-        receiver.close()
 
 
 # --------------------------------------------------------------------------- gro_coalesce runs

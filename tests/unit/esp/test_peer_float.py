@@ -9,8 +9,7 @@ stand-in TUN device and UDP socket (no packets leave the process)."""
 from __future__ import annotations
 
 from tests.helpers.esp_helpers import ipv4
-from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
-from tests.unit.ike.test_engine import PROTECTED, client_config, gateway_config
+from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, PROTECTED, Pair, client_config, gateway_config
 from tunvpn.dataplane.thread import PeerActivity
 from tunvpn.dataplane.tunnel import Tunnel
 from tunvpn.esp import sa_pair_from_child

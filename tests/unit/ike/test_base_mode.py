@@ -239,49 +239,12 @@ def test_the_first_base_mode_is_not_answered() -> None:
 
 
 def test_gateway_file_option_enables_base_mode_with_a_warning(tmp_path, caplog) -> None:
-    from tests.unit.config.test_gateway import MINIMAL, _load, _private
+    from tests.helpers.gwconfig import MINIMAL, load_config, private_file
 
-    _private(tmp_path / "gw.psk", "a-long-random-group-secret-for-the-test\n")
-    _private(tmp_path / "users", "alice:pw\n")
-    assert not _load(tmp_path, MINIMAL).allow_base_mode
+    private_file(tmp_path / "gw.psk", "a-long-random-group-secret-for-the-test\n")
+    private_file(tmp_path / "users", "alice:pw\n")
+    assert not load_config(tmp_path, MINIMAL).allow_base_mode
     text = MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nallow_base_mode = true')
     with caplog.at_level(logging.WARNING, logger="tunvpn.config.gateway"):
-        assert _load(tmp_path, text).allow_base_mode
+        assert load_config(tmp_path, text).allow_base_mode
     assert [r for r in caplog.records if "allow_base_mode" in r.getMessage()]
-
-
-# ------------------------------------------------------------------------------ over UDP
-
-
-@pytest.mark.parametrize("allowed", [True, False], ids=["allow_base_mode", "default"])
-def test_client_asking_for_base_mode_over_udp(allowed: bool) -> None:
-    """The shells: `tunvpn connect --mode base` against a gateway with and without
-    allow_base_mode (loopback UDP); without it the client ends up in Main Mode."""
-    import asyncio
-
-    from tests.loopback.test_shell import connect, free_port_pair
-    from tunvpn.client.daemon import ClientOptions
-    from tunvpn.gateway.daemon import GatewayOptions
-    from tunvpn.testing import GATEWAY, loopback_available
-
-    if not loopback_available():
-        pytest.skip("127.0.0.2 is not usable on this host")
-    ike, natt = free_port_pair()
-    gateway_options = GatewayOptions(
-        listen=GATEWAY, psks=PskTable({"*": PSK}), ike_port=ike, natt_port=natt, allow_base_mode=allowed
-    )
-    client_options = ClientOptions(
-        gateway=GATEWAY,
-        psks=PskTable({"*": PSK}),
-        mode="base",
-        gateway_port=ike,
-        gateway_natt_port=natt,
-        ike_port=ike,
-        natt_port=natt,
-        exit_after_established=True,
-        timeout=20,
-    )
-    client, _, records = asyncio.run(connect(gateway_options, client_options))
-    assert client.result == 0, (client.message, records)
-    (up,) = [r for r in records if r["event"] == "phase1" and r["state"] == "established"]
-    assert f"({'base' if allowed else 'main'} mode)" in up["message"], up

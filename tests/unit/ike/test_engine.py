@@ -14,7 +14,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from tests.helpers.esp_helpers import ipv4
-from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
+from tests.helpers.ike_pair import (
+    CLIENT_IP,
+    CLIENT_VIP,
+    GATEWAY_IP,
+    PROTECTED,
+    Pair,
+    client_config,
+    connect,
+    full_tunnel,
+    gateway_config,
+)
 from tunvpn.esp import SEQ32_MAX, DropReason, sa_pair_from_child
 from tunvpn.ike import events as ev
 from tunvpn.ike import quickmode
@@ -41,37 +51,6 @@ from tunvpn.ike.proposals import (
     ChildTransform,
     Phase1Policy,
 )
-
-PSK = b"correct horse battery staple"
-PROTECTED = TrafficSelector.from_network("10.20.0.0/16")
-CLIENT_VIP = "10.99.0.7"
-
-
-def gateway_config(**kw) -> EngineConfig:
-    base = dict(
-        psks=PskTable({"*": PSK}),
-        children=(
-            ChildPolicy("net", PROTECTED, None, ChildProposal()),
-            ChildPolicy("net-nopfs", PROTECTED, None, ChildProposal(pfs_group=None)),
-        ),
-        allow_aggressive_psk=True,
-        allow_base_mode=True,
-    )
-    base.update(kw)
-    return EngineConfig(**base)
-
-
-def client_config(**kw) -> EngineConfig:
-    base = dict(psks=PskTable({"*": PSK}))
-    base.update(kw)
-    return EngineConfig(**base)
-
-
-def connect(pair: Pair, mode: str = "main", **kw) -> bytes:
-    sa_id = pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now, mode=mode, **kw)
-    pair.client.drain()
-    pair.run()
-    return sa_id
 
 
 def established(pair: Pair) -> tuple[ev.Phase1Established, ev.Phase1Established]:
@@ -340,50 +319,6 @@ def test_half_open_bound() -> None:
 
 
 # ------------------------------------------------------------- XAUTH, Mode Config, Quick Mode
-
-
-def full_tunnel(
-    pair: Pair, *, mode: str = "aggressive", pfs: DHGroup | None = DHGroup.ECP_256
-) -> list[ev.ChildSAEstablished]:
-    sa_id = connect(pair, mode, xauth=True, local_id=Identity.parse("keyid:staff"))
-    asked = pair.client.of(ev.XauthRequested)
-    assert asked and asked[0].fields == ("user_name", "password")
-    pair.client.engine.xauth_reply(sa_id, pair.now, user_name="alice", password="s3cret")
-    pair.run()
-    creds = pair.gateway.of(ev.XauthCredentials)
-    assert creds and creds[0].user_name == "alice" and creds[0].password == "s3cret"
-    assert "s3cret" not in repr(creds[0])
-    gw_sa = pair.gateway.of(ev.Phase1Established)[0].sa_id
-    pair.gateway.engine.xauth_verdict(gw_sa, pair.now, True)
-    pair.run()
-    assert pair.client.of(ev.XauthCompleted)[0].success
-    assert pair.gateway.of(ev.XauthCompleted)[0].success
-    pair.client.engine.request_mode_config(sa_id, pair.now)
-    pair.run()
-    req = pair.gateway.of(ev.ModeConfigRequested)[0]
-    assert req.user_name == "alice"
-    config = ModeConfig(
-        address=ipaddress.IPv4Address(CLIENT_VIP),
-        netmask=ipaddress.IPv4Address("255.255.255.255"),
-        dns=(ipaddress.IPv4Address("10.20.0.53"),),
-        split_include=(ipaddress.IPv4Network("10.20.0.0/16"),),
-        banner="welcome",
-    )
-    pair.gateway.engine.mode_config_reply(gw_sa, pair.now, req.identifier, config)
-    pair.run()
-    got = pair.client.of(ev.ModeConfigReceived)[0].config
-    assert str(got.address) == CLIENT_VIP and got.banner == "welcome"
-    assert [str(n) for n in got.split_include] == ["10.20.0.0/16"]
-    pair.client.engine.start_child(
-        sa_id,
-        pair.now,
-        TrafficSelector.from_address(CLIENT_VIP),
-        PROTECTED,
-        ChildProposal(pfs_group=pfs),
-        "net",
-    )
-    pair.run()
-    return pair.client.of(ev.ChildSAEstablished) + pair.gateway.of(ev.ChildSAEstablished)
 
 
 @pytest.mark.parametrize("mode", ["main", "aggressive", "base"])

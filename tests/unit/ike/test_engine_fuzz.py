@@ -6,8 +6,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
-from tests.unit.ike.test_engine import client_config, connect, gateway_config
+from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair, client_config, connect, gateway_config
 from tunvpn.ike import events as ev
 from tunvpn.ike.engine import IkeEngine
 

@@ -3,34 +3,31 @@ gateway signs with its RSA certificate, the client sends only HASH_I (keyed by t
 SKEYID) and logs in with XAUTH. A member of the group, who holds the group PSK but not the
 gateway's key, can then no longer pose as the gateway and collect passwords.
 
-In-memory engines first (message contents, the impersonation attempts), then the real client
-and gateway over UDP on loopback, then the profile, flag and gateway.toml keys.
+In-memory engines (message contents, the impersonation attempts), then the profile, flag and
+gateway.toml keys; the real client and gateway over UDP are in tests/loopback/test_hybrid_auth.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.gateway_pki import pki
+from tests.helpers.gateway_pki import pki, write_pem
 from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
-from tests.loopback.test_remote_id import write_pem
-from tests.loopback.test_shell import GATEWAY, PSK, connect, free_port_pair
+from tests.helpers.loopback import GATEWAY, PSK
 from tunvpn.cli import build_parser
 from tunvpn.client.daemon import ClientOptions
 from tunvpn.config.credentials import UserTable
 from tunvpn.config.gateway import ConfigFileError, parse_gateway_config
 from tunvpn.config.profile import load_profile
-from tunvpn.gateway.daemon import AddressPool, ConfigError, GatewayOptions
+from tunvpn.gateway.daemon import ConfigError, GatewayOptions
 from tunvpn.ike import events as ev
 from tunvpn.ike.config import EngineConfig, PskTable
 from tunvpn.ike.constants import AuthMethod, HeaderFlag, NotifyType, Phase1Attr
 from tunvpn.ike.crypto import cbc_decrypt
 from tunvpn.ike.identity import Identity
 from tunvpn.ike.messages import HEADER_SIZE, decode_header, decode_message, decode_payloads
-from tunvpn.testing import loopback_available
 
 PASSWORD = "alice-secret-password"
 
@@ -196,71 +193,6 @@ def test_gateway_without_the_option_refuses_hybrid() -> None:
     pair = Pair(hybrid_client(), gateway(pki(GATEWAY_IP).gateway))
     start(pair)
     assert pair.client.of(ev.Phase1Failed)[0].notify == NotifyType.NO_PROPOSAL_CHOSEN
-
-
-# ------------------------------------------------------------------------------ client and gateway
-
-loopback = pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable on this host")
-
-
-def gateway_options(ike: int, natt: int, credential, **kw: object) -> GatewayOptions:
-    return GatewayOptions(
-        listen=GATEWAY,
-        psks=PskTable({"*": PSK}),
-        ike_port=ike,
-        natt_port=natt,
-        users=UserTable({"alice": PASSWORD.encode()}),
-        require_xauth=True,
-        pool=AddressPool.parse("10.79.0.10-10.79.0.20"),
-        credential=credential,
-        trusted_cas=(pki(GATEWAY).ca,),
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def client_options(ike: int, natt: int) -> ClientOptions:
-    """A profile with ``ca`` and no ``cert``/``key``: hybrid."""
-    return ClientOptions(
-        gateway=GATEWAY,
-        psks=PskTable(),
-        trusted_cas=(pki(GATEWAY).ca,),
-        gateway_port=ike,
-        gateway_natt_port=natt,
-        ike_port=ike,
-        natt_port=natt,
-        user="alice",
-        password=PASSWORD,
-        password_prompt=False,
-        exit_after_established=True,
-        timeout=20,
-    )
-
-
-def password_sent(records: list[dict]) -> bool:
-    return any(r["event"] == "xauth" and r["state"] in ("sent", "ok") for r in records)
-
-
-@loopback
-def test_client_and_gateway_over_udp() -> None:
-    ike, natt = free_port_pair()
-    gw = gateway_options(ike, natt, pki(GATEWAY).gateway, hybrid=True)
-    client, _, records = asyncio.run(connect(gw, client_options(ike, natt)))
-    assert client.result == 0, client.message
-    phase1 = next(r for r in records if r["event"] == "phase1" and r["state"] == "established")
-    assert phase1["suite"].endswith("/hybrid_init_rsa")
-    assert password_sent(records) and any(
-        r["event"] == "quick" and r["state"] == "established" for r in records
-    )
-
-
-@loopback
-def test_client_refuses_a_group_member_gateway_over_udp() -> None:
-    """A group member runs our gateway with the group PSK and users file: nothing to steal."""
-    ike, natt = free_port_pair()
-    gw = gateway_options(ike, natt, None)
-    client, _, records = asyncio.run(connect(gw, client_options(ike, natt)))
-    assert client.result == 1 and not password_sent(records), records
-    assert "NO_PROPOSAL_CHOSEN" in client.message or "14" in client.message, client.message
 
 
 # ------------------------------------------------------------------------------ configuration

@@ -6,8 +6,16 @@ from __future__ import annotations
 
 import ipaddress
 
-from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair, Peer
-from tests.unit.ike.test_engine import PROTECTED, PSK, client_config, gateway_config
+from tests.helpers.ike_pair import (
+    CLIENT_IP,
+    GATEWAY_IP,
+    PROTECTED,
+    PSK,
+    Pair,
+    Peer,
+    client_config,
+    gateway_config,
+)
 from tunvpn.ike import events as ev
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
 from tunvpn.ike.constants import HEADER_SIZE, ExchangeType, HeaderFlag, NotifyType
@@ -439,10 +447,10 @@ def test_gateway_file_sets_the_login_deadline_and_xauth_turns_the_gate_on(tmp_pa
     """gateway.toml: ``login_timeout`` reaches the engine; a login source (users file) makes
     XAUTH required and with it ``login_required``; a site gateway (no login source) grants at
     phase 1."""
-    from tests.loopback.test_logins import _file_gateway
+    from tests.helpers.logins import file_gateway
 
-    gateway = _file_gateway(tmp_path, 'users_file = "users"\nlogin_timeout = 30')
+    gateway = file_gateway(tmp_path, 'users_file = "users"\nlogin_timeout = 30')
     assert gateway.config.login_required and gateway.config.login_timeout == 30
-    default = _file_gateway(tmp_path, 'users_file = "users"')
+    default = file_gateway(tmp_path, 'users_file = "users"')
     assert default.config.login_required and default.config.login_timeout == 120
-    assert not _file_gateway(tmp_path, "").config.login_required
+    assert not file_gateway(tmp_path, "").config.login_required

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair, Peer
-from tests.unit.ike.test_engine import client_config, gateway_config
+from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair, Peer, client_config, gateway_config
 from tunvpn.ike import events as ev
 from tunvpn.ike.constants import HEADER_SIZE, ExchangeType, HeaderFlag, NotifyType, ProtocolId
 from tunvpn.ike.identity import Identity

@@ -6,8 +6,7 @@ SA lets in to the networks of the client's policies; everything else is dropped 
 from __future__ import annotations
 
 from tests.helpers.esp_helpers import ALL_SUITES, GCM128, ipv4, sa_pair, udp
-from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
-from tests.unit.ike.test_engine import client_config, connect, gateway_config
+from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair, client_config, connect, gateway_config
 from tunvpn.esp import DropReason
 from tunvpn.gateway.daemon import STANDARD_CLIENT_POLICY, child_policies_for, standard_client_policy
 from tunvpn.ike import events as ev
@@ -137,7 +136,7 @@ def test_an_sa_without_narrowing_admits_every_destination_of_its_selector() -> N
 
 
 def _gateway_options(*policies: Phase2Policy):
-    from tests.unit.ike.test_engine import PSK
+    from tests.helpers.ike_pair import PSK
     from tunvpn.gateway.daemon import AddressPool, GatewayOptions, SimpleRule
     from tunvpn.ike.config import PskTable
 

@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers.ike_pair import Pair
-from tests.unit.ike.test_engine import PSK, client_config, connect, gateway_config
+from tests.helpers.ike_pair import PSK, Pair, client_config, connect, gateway_config
 from tunvpn.ike import events as ev
 from tunvpn.ike import states
 from tunvpn.ike.config import EngineConfig, PskTable

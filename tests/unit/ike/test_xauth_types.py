@@ -13,8 +13,7 @@ import hashlib
 
 import pytest
 
-from tests.helpers.ike_pair import Pair
-from tests.unit.ike.test_engine import client_config, connect, gateway_config
+from tests.helpers.ike_pair import Pair, client_config, connect, gateway_config
 from tunvpn.config.credentials import UserTable
 from tunvpn.ike import events as ev
 from tunvpn.ike.constants import XauthType

@@ -1,6 +1,6 @@
 """docs/plugins.md's example plugin is a real distribution (tests/example-plugin, installed by
 contrib/test-all.sh) whose files are the page's code blocks, word for word; it loads through
-its entry point and passes the page's own test (tests/unit/plugins/test_my_otp.py, also a code block)."""
+its entry point and passes the page's own test (tests/loopback/test_my_otp.py, also a code block)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_the_page_and_the_example_distribution_are_the_same_files() -> None:
     example = ROOT / "tests" / "example-plugin"
     assert block("# my_otp/plugin.py", "python") == (example / "my_otp" / "plugin.py").read_text()
     assert block("# pyproject.toml, beside", "toml") == (example / "pyproject.toml").read_text()
-    assert block("# test_my_otp.py", "python") == Path(__file__).with_name("test_my_otp.py").read_text()
+    assert block("# test_my_otp.py", "python") == (ROOT / "tests" / "loopback" / "test_my_otp.py").read_text()
 
 
 def test_the_example_is_installed_under_its_entry_point() -> None:
