@@ -136,11 +136,15 @@ def measure_table(suite: EspSuite, size: int, seconds: float, peers: int) -> dic
     for index, (host, _) in enumerate(targets):
         peer = OutboundSA(0x1000 + index, suite, key, auth)
         sealed += peer.encrypt_batch([ipv4_packet(size, src=host, dst="10.1.0.2")] * BATCH)
-    used = [table.lookup(0x1000 + index) for index in range(len(targets))]
+    used: list[InboundSA] = []
+    for index in range(len(targets)):
+        inbound = table.lookup(0x1000 + index)
+        assert inbound is not None  # installed above
+        used.append(inbound)
 
     def decrypt() -> None:
         for sa in used:  # forget the previous round's sequence numbers
-            sa.replay = None  # type: ignore[union-attr]
+            sa.replay = None
         for start in range(0, len(sealed), BATCH):
             table.decrypt_batch(sealed[start : start + BATCH])
 

@@ -426,10 +426,11 @@ class CbcEngine:
     def open(self, packet: Packet, seq: int) -> bytes | None:
         """The decrypted ``payload | padding | pad length | next header``, or None when the
         ICV does not verify. The caller has checked that the ciphertext is whole blocks."""
-        icv_len = self.icv_len
-        if icv_len:
+        base_mac = self._mac
+        if base_mac is not None:  # an integrity algorithm: icv_len > 0
+            icv_len = self.icv_len
             end = len(packet) - icv_len
-            mac = self._mac.copy()  # type: ignore[union-attr]
+            mac = base_mac.copy()
             mac.update(packet[:end])
             if self.esn:
                 mac.update(_pack_seq32(seq >> 32))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -84,7 +84,10 @@ def _eku_name(oid: x509.ObjectIdentifier) -> str:
     return "ipsecIKE" if oid == EKU_IPSEC_IKE else getattr(oid, "_name", "") or oid.dotted_string
 
 
-def _ee_eku_validator(accepted: frozenset[x509.ObjectIdentifier]):  # type: ignore[no-untyped-def]
+EkuValidator = Callable[[object, x509.Certificate, x509.ExtendedKeyUsage | None], None]
+
+
+def _ee_eku_validator(accepted: frozenset[x509.ObjectIdentifier]) -> EkuValidator:
     """RFC 4945 section 5.1.3.12 for the end-entity certificate: no EKU extension, or one
     naming a purpose in ``accepted``."""
 

@@ -470,7 +470,13 @@ def _name_matches(pattern: x509.Name, name: x509.Name) -> bool:
 def _address_in(pattern: object, address: object) -> bool:
     if isinstance(pattern, tuple):
         start, end = pattern
-        return type(address) is type(start) and start <= address <= end  # type: ignore[operator]
+        v4 = ipaddress.IPv4Address
+        if isinstance(start, v4) and isinstance(end, v4) and isinstance(address, v4):
+            return start <= address <= end
+        v6 = ipaddress.IPv6Address
+        if isinstance(start, v6) and isinstance(end, v6) and isinstance(address, v6):
+            return start <= address <= end
+        return False
     if isinstance(pattern, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)) and address in pattern
     return pattern == address
@@ -514,9 +520,11 @@ class IdentityPattern:
         if kind is IdType.DER_ASN1_DN:
             if id_type is not IdType.DER_ASN1_DN:
                 return False
+            if not isinstance(pattern.value, bytes) or not isinstance(value, (x509.Name, bytes)):
+                return False
             try:
-                name = value if isinstance(value, x509.Name) else der_to_name(value)  # type: ignore[arg-type]
-                return _name_matches(der_to_name(pattern.value), name)  # type: ignore[arg-type]
+                name = value if isinstance(value, x509.Name) else der_to_name(value)
+                return _name_matches(der_to_name(pattern.value), name)
             except (ValueError, UnicodeDecodeError):
                 return False
         if kind in (IdType.FQDN, IdType.USER_FQDN):
@@ -525,7 +533,8 @@ class IdentityPattern:
             return (
                 id_type is kind
                 and isinstance(value, bytes)
-                and _glob(pattern.value.decode("latin-1"), value.decode("latin-1"))  # type: ignore[union-attr]
+                and isinstance(pattern.value, bytes)
+                and _glob(pattern.value.decode("latin-1"), value.decode("latin-1"))
             )
         if id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
             return _address_in(pattern.value, value)

@@ -108,7 +108,7 @@ def check_natd(
     """Compare the peer's NAT-D hashes with ours: who is behind a NAT (RFC 3947 section 3.2)."""
     if not sa.natt:
         return
-    natds = [p.payload.data for p in _find(payloads, NatDPayload)]  # type: ignore[union-attr]
+    natds = [p.payload.data for p in _find(payloads, NatDPayload) if isinstance(p.payload, NatDPayload)]
     if len(natds) < 2:
         return  # the peer did not do NAT-D after all
     sa.nat_local = not crypto.constant_time_equal(natds[0], natd_hash(sa, sa.local, rcookie))

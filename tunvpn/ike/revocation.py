@@ -29,6 +29,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import x448, x25519
 from cryptography.x509.oid import ExtensionOID
 
 from .constants import NotifyType
@@ -177,8 +178,11 @@ def _usable(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bo
     """Issued and signed by ``issuer`` (RFC 5280 6.3.3 (f), (g)), who may sign CRLs."""
     if crl.issuer != issuer.subject or not _issuer_may_sign_crls(issuer):
         return False
+    key = issuer.public_key()
+    if isinstance(key, (x25519.X25519PublicKey, x448.X448PublicKey)):
+        return False  # key agreement only: signs nothing
     try:
-        return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+        return crl.is_signature_valid(key)
     except (TypeError, ValueError):
         return False
 
