@@ -563,9 +563,10 @@ class InboundSA(_SecurityAssociation):
         (padding, Next Header, a non-IPv4 inner packet) goes through :meth:`_inner`.
         The buffer walk and the list walk below repeat each other on purpose: one loop per
         input shape keeps a per-packet branch out of the hottest code of the data path."""
-        engine = self.engine
-        decrypt = engine._decrypt  # type: ignore[union-attr]
-        salt = engine._salt  # type: ignore[union-attr]
+        engine, ranges = self.engine, self._ranges
+        assert isinstance(engine, AeadEngine) and ranges is not None  # as _fast checked (once a batch)
+        decrypt = engine._decrypt
+        salt = engine._salt
         window = self._window()
         bits = window._bits
         if bits is None:
@@ -574,7 +575,7 @@ class InboundSA(_SecurityAssociation):
         base = window._base
         span = window._span
         size = window.size
-        src_lo, src_hi, dst_lo, dst_hi = self._ranges  # type: ignore[misc]
+        src_lo, src_hi, dst_lo, dst_hi = ranges
         unpack = _unpack_two
         trailers = _IPV4_TRAILERS
         append = out.append
@@ -582,17 +583,18 @@ class InboundSA(_SecurityAssociation):
         accepted = accepted_bytes = 0
         try:
             if buffer is not None:
+                assert rest is not None  # decrypt_buffer passes its list with the buffer
                 spi = self.spi
                 view = memoryview(buffer)
                 total = len(buffer)
                 full = total - total % segment if segment >= 34 else 0
                 if full < total:  # a shorter last datagram (or runts): the careful path takes them
-                    rest += [buffer[start : start + segment] for start in range(full, total, segment)]  # type: ignore[operator]
+                    rest += [buffer[start : start + segment] for start in range(full, total, segment)]
                 before = len(out)
                 for start in range(0, full, segment):
                     packet_spi, seq = unpack(buffer, start)
                     if packet_spi != spi:
-                        rest.append(buffer[start : start + segment])  # type: ignore[union-attr]
+                        rest.append(buffer[start : start + segment])
                         continue
                     if seq <= top:  # ahead of the window is new; else look the number up
                         if seq == 0 or top - seq >= size:
@@ -637,7 +639,8 @@ class InboundSA(_SecurityAssociation):
                 accepted = len(out) - before
                 accepted_bytes = sum(map(len, out[before:])) if accepted else 0
                 return
-            for packet in packets:  # type: ignore[union-attr]
+            assert packets is not None  # decrypt_batch passes its packets without a buffer
+            for packet in packets:
                 if len(packet) < 34:
                     drop(DropReason.MALFORMED, log, now)
                     continue

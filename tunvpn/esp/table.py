@@ -27,7 +27,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, final
 
 from ..ike.identity import TrafficSelector
 from .constants import DROP_REASON_COUNT, DropReason
@@ -41,6 +41,7 @@ _ADDRESS_BITS = {4: 32, 6: 128}
 _ROUTE_CACHE_SIZE = 16384
 
 
+@final
 class _Choices(tuple[tuple[PacketTest | None, OutboundSA], ...]):
     """Routes of one block when the destination alone does not decide: ``(test, sa)``
     pairs, newest first, ending at the first SA without a test. ``uses_ports``: some test
@@ -160,8 +161,8 @@ class _RouteIndex:
         """Longest prefix first; a block whose protocol/port routes all miss falls through."""
         route = self.hosts.get(address)
         if route is not None:
-            if route.__class__ is not _Choices:
-                return route  # type: ignore[return-value]
+            if type(route) is not _Choices:  # final: so route is an OutboundSA
+                return route
             sa = route.pick(packet)
             if sa is not None:
                 return sa
@@ -172,8 +173,8 @@ class _RouteIndex:
         for shift, table in prefixes:
             route = table.get(value >> shift)
             if route is not None:
-                if route.__class__ is not _Choices:
-                    return route  # type: ignore[return-value]
+                if type(route) is not _Choices:
+                    return route
                 sa = route.pick(packet)
                 if sa is not None:
                     return sa
@@ -378,18 +379,18 @@ class SadTable:
         logged at a rate limit. Runs of one SPI go to that SA's batch call together."""
         out: list[bytes] = []
         run: list[Packet] = []
-        run_spi: Packet | None = None
+        run_spi: Packet = b""  # matching it only adds to the empty run, as a new run would
         for datagram in datagrams:
             spi = datagram[:4]
             if spi == run_spi:
                 run.append(datagram)
                 continue
             if run:
-                self._decrypt_run(run_spi, run, out, now)  # type: ignore[arg-type]
+                self._decrypt_run(run_spi, run, out, now)
             run = [datagram]
             run_spi = spi
         if run:
-            self._decrypt_run(run_spi, run, out, now)  # type: ignore[arg-type]
+            self._decrypt_run(run_spi, run, out, now)
         return out
 
     def decrypt_buffer(
