@@ -419,25 +419,39 @@ class XauthRequest:
 
     @classmethod
     def from_attributes(cls, attrs: Iterable[DataAttribute]) -> XauthRequest:
-        values: dict[str, object] = {}
+        xauth_type: int | None = None
+        asked: set[CfgAttr] = set()
+        message: str | None = None
+        challenge: bytes | None = None
+        domain: str | None = None
         unknown: list[DataAttribute] = []
-        flags = {CfgAttr.XAUTH_USER_NAME: "user_name", CfgAttr.XAUTH_USER_PASSWORD: "password",
-                 CfgAttr.XAUTH_PASSCODE: "passcode", CfgAttr.XAUTH_NEXT_PIN: "next_pin",
-                 CfgAttr.XAUTH_ANSWER: "answer"}  # fmt: skip
+        flags = (CfgAttr.XAUTH_USER_NAME, CfgAttr.XAUTH_USER_PASSWORD, CfgAttr.XAUTH_PASSCODE,
+                 CfgAttr.XAUTH_NEXT_PIN, CfgAttr.XAUTH_ANSWER)  # fmt: skip
         for a in attrs:
             if a.type == CfgAttr.XAUTH_TYPE:
-                values["xauth_type"] = decode_int(a) if not _is_empty(a) else 0
+                xauth_type = decode_int(a) if not _is_empty(a) else 0
             elif a.type in flags:
-                values[flags[CfgAttr(a.type)]] = True
+                asked.add(CfgAttr(a.type))
             elif a.type == CfgAttr.XAUTH_MESSAGE:
-                values["message"] = _opt_str(a)
+                message = _opt_str(a)
             elif a.type == CfgAttr.XAUTH_CHALLENGE:
-                values["challenge"] = _value_bytes(a)
+                challenge = _value_bytes(a)
             elif a.type == CfgAttr.XAUTH_DOMAIN:
-                values["domain"] = _opt_str(a)
+                domain = _opt_str(a)
             else:
                 unknown.append(a)
-        return cls(**values, unknown=tuple(unknown))  # type: ignore[arg-type]
+        return cls(
+            xauth_type=xauth_type,
+            user_name=CfgAttr.XAUTH_USER_NAME in asked,
+            password=CfgAttr.XAUTH_USER_PASSWORD in asked,
+            passcode=CfgAttr.XAUTH_PASSCODE in asked,
+            message=message,
+            challenge=challenge,
+            domain=domain,
+            next_pin=CfgAttr.XAUTH_NEXT_PIN in asked,
+            answer=CfgAttr.XAUTH_ANSWER in asked,
+            unknown=tuple(unknown),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,19 +500,31 @@ class XauthReply:
 
     @classmethod
     def from_attributes(cls, attrs: Iterable[DataAttribute]) -> XauthReply:
-        names = {kind: name for name, kind in cls._STRINGS}
-        values: dict[str, object] = {}
+        kinds = {kind for _, kind in cls._STRINGS}
+        xauth_type: int | None = None
+        status: int | None = None
+        strings: dict[CfgAttr, str] = {}
         unknown: list[DataAttribute] = []
         for a in attrs:
             if a.type == CfgAttr.XAUTH_TYPE:
-                values["xauth_type"] = decode_int(a)
+                xauth_type = decode_int(a)
             elif a.type == CfgAttr.XAUTH_STATUS:
-                values["status"] = decode_int(a)
-            elif a.type in names:
-                values[names[CfgAttr(a.type)]] = _opt_str(a)
+                status = decode_int(a)
+            elif a.type in kinds:
+                strings[CfgAttr(a.type)] = _opt_str(a)
             else:
                 unknown.append(a)
-        return cls(**values, unknown=tuple(unknown))  # type: ignore[arg-type]
+        return cls(
+            xauth_type=xauth_type,
+            user_name=strings.get(CfgAttr.XAUTH_USER_NAME),
+            password=strings.get(CfgAttr.XAUTH_USER_PASSWORD),
+            passcode=strings.get(CfgAttr.XAUTH_PASSCODE),
+            domain=strings.get(CfgAttr.XAUTH_DOMAIN),
+            next_pin=strings.get(CfgAttr.XAUTH_NEXT_PIN),
+            answer=strings.get(CfgAttr.XAUTH_ANSWER),
+            status=status,
+            unknown=tuple(unknown),
+        )
 
 
 @dataclass(frozen=True, slots=True)
