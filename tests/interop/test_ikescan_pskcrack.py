@@ -25,7 +25,6 @@ dictionary over HASH_R.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -37,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.netns import NetnsPair, capture, run_in, stop_process
+from tests.helpers.requires import skip_or_fail
 
 from . import configs
 from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
@@ -56,9 +56,7 @@ def require_ike_scan() -> None:
     missing = [tool for tool in ("ike-scan", "psk-crack") if shutil.which(tool) is None]
     if missing:
         reason = f"missing {', '.join(missing)} (apt-get install ike-scan; contrib/test-all.sh installs it)"
-        if os.environ.get("TUNVPN_REQUIRE_ALL") == "1":
-            pytest.fail(f"TUNVPN_REQUIRE_ALL=1 but this test cannot run: {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 @dataclass

@@ -24,7 +24,6 @@ cannot kick her off (INITIAL-CONTACT waits for the login).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -33,9 +32,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.helpers.netns import run_in, stop_process, wait_for
+from tests.helpers.requires import skip_or_fail
 
 from . import configs
 from .lan import GatewayLan
@@ -130,9 +128,7 @@ def require_nft() -> None:
     """The NAT routers need nftables (contrib/test-all.sh installs it)."""
     if shutil.which("nft") is None:
         reason = "missing nft (apt-get install nftables; contrib/test-all.sh installs it)"
-        if os.environ.get("TUNVPN_REQUIRE_ALL") == "1":
-            pytest.fail(f"TUNVPN_REQUIRE_ALL=1 but this test cannot run: {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 @dataclass
