@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, final
 
 from .checksum import (
     HAVE_NUMPY,
@@ -326,6 +326,7 @@ def _run_mask(hl: int) -> int:
     return mask
 
 
+@final
 class _Flow:
     """Segments gathered for one super-packet (internal to gro_coalesce)."""
 
@@ -534,8 +535,7 @@ def gro_coalesce(
             flow = _Flow(packet, IPPROTO_UDP, hl, size, 0, ip_fields)
             add(flow)
             open_flows[key] = flow
-    flow_class = _Flow
-    return [_build(item) if item.__class__ is flow_class else item for item in order]  # type: ignore[misc]
+    return [_build(item) if type(item) is _Flow else item for item in order]  # _Flow is final: narrows
 
 
 def _build(flow: _Flow) -> tuple[VirtioNetHdr, bytes | bytearray | memoryview]:
