@@ -27,6 +27,7 @@ from . import crypto, natt, peerauth
 from . import events as ev
 from .config import HYBRID_METHODS, SIGNATURE_METHODS, XAUTH_METHODS, EngineConfig, base_auth_method
 from .constants import (
+    AuthMethod,
     DHGroup,
     ExchangeType,
     HashAlgorithm,
@@ -140,7 +141,7 @@ class Phase1Mixin:
         sa.state = P1State.I_SENT_SA
         return sa.sa_id
 
-    def _am_send_first(self: IkeEngine, sa: IkeSA, methods: list | None = None) -> None:
+    def _am_send_first(self: IkeEngine, sa: IkeSA, methods: list[AuthMethod] | None = None) -> None:
         if methods is None:
             methods = [s.auth for s in sa.offered]
             methods = list(dict.fromkeys(methods))
@@ -287,7 +288,8 @@ class Phase1Mixin:
             return
         if sa.exchange == AM and n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN and sa.aggressive_groups:
             # Aggressive Mode carries one group: try the next one (issue #2, seed FIG. 6)
-            log.info("aggressive mode: %s refused group %s, trying the next", sa.remote[0], sa.dh.group.name)
+            refused = sa.dh.group.name if sa.dh is not None else "?"
+            log.info("aggressive mode: %s refused group %s, trying the next", sa.remote[0], refused)
             sa.rcookie = bytes(8)
             self._am_send_first(sa)
             return
@@ -497,7 +499,7 @@ class Phase1Mixin:
         cookies = [
             n.payload.data
             for n in _find(payloads, NotifyPayload)
-            if n.payload.notify_type == BASE_MODE_COOKIE  # type: ignore[union-attr]
+            if isinstance(n.payload, NotifyPayload) and n.payload.notify_type == BASE_MODE_COOKIE
         ]
         epoch = int(now // BASE_COOKIE_WINDOW)
         if not cookies:
@@ -530,7 +532,7 @@ class Phase1Mixin:
         cookie = [
             n.payload.data
             for n in _find(payloads, NotifyPayload)
-            if n.payload.notify_type == BASE_MODE_COOKIE  # type: ignore[union-attr]
+            if isinstance(n.payload, NotifyPayload) and n.payload.notify_type == BASE_MODE_COOKIE
         ]
         if len(cookie) != 1 or not 8 <= len(cookie[0]) <= 64:
             raise RemoteProtocolError("Base Mode message 2 without one cookie", field="N(COOKIE)")

@@ -215,7 +215,7 @@ class TransactionMixin:
         """Client: send a CFG_REQUEST for the standard attributes (and ``extra_types``)."""
         sa = self.get_sa(sa_id)
         if request is None:
-            types = [
+            types: list[int] = [
                 CfgAttr.INTERNAL_IP4_ADDRESS,
                 CfgAttr.INTERNAL_IP4_NETMASK,
                 CfgAttr.INTERNAL_IP4_DNS,
