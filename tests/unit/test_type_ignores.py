@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CEILING = 1
+CEILING = 0
 """The count when this test last changed (98 when mypy came into CI)."""
 
 IGNORE = re.compile(r"#\s*type:\s*ignore\b")

@@ -28,10 +28,13 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from typing import TypeVar
 
 from .constants import CfgAttr, NotifyType, XauthStatus
 from .errors import RemoteProtocolError
 from .messages import DataAttribute
+
+_T = TypeVar("_T")
 
 # Attributes sent in the TV (basic) format when they carry a value (see module docstring).
 TV_ATTRIBUTES = frozenset(
@@ -316,59 +319,97 @@ class ModeConfig:
     def from_attributes(cls, attrs: Iterable[DataAttribute]) -> ModeConfig:
         """Read a CFG_REPLY / CFG_SET.  Empty values (which a reply MUST NOT carry,
         draft-dukes section 3.4) are ignored; unknown types are kept in ``unknown``."""
-        single: dict[str, object] = {}
-        lists: dict[str, list[object]] = {}
         unknown: list[DataAttribute] = []
 
-        def set_once(name: str, a: DataAttribute, value: object) -> None:
-            if name in single:
-                unknown.append(a)
-            else:
-                single[name] = value
+        def once(a: DataAttribute, old: _T | None, new: _T) -> _T:
+            """A value attribute counts the first time; a repeat is kept in ``unknown``."""
+            if old is None:
+                return new
+            unknown.append(a)
+            return old
 
+        address: IPv4Address | None = None
+        netmask: IPv4Address | None = None
+        address_expiry: int | None = None
+        application_version: str | None = None
+        ip6_address: IPv6Interface | None = None
+        banner: str | None = None
+        save_password: bool | None = None
+        default_domain: str | None = None
+        natt_port: int | None = None
+        unity_pfs: int | None = None
+        dns: list[IPv4Address] = []
+        nbns: list[IPv4Address] = []
+        ip6_dns: list[IPv6Address] = []
+        subnets: list[IPv4Network] = []
+        supported_attributes: list[int] = []
+        ip6_subnets: list[IPv6Network] = []
+        split_dns: list[str] = []
+        split_include: list[IPv4Network] = []
+        local_lan: list[IPv4Network] = []
         for a in attrs:
             if _is_empty(a):
                 continue
             t = a.type
             if t == CfgAttr.INTERNAL_IP4_ADDRESS:
-                set_once("address", a, decode_ip4(a))
+                address = once(a, address, decode_ip4(a))
             elif t == CfgAttr.INTERNAL_IP4_NETMASK:
-                set_once("netmask", a, decode_ip4(a))
+                netmask = once(a, netmask, decode_ip4(a))
             elif t in (CfgAttr.INTERNAL_IP4_DNS, CfgAttr.INTERNAL_IP4_NBNS):
-                lists.setdefault("dns" if t == CfgAttr.INTERNAL_IP4_DNS else "nbns", []).append(decode_ip4(a))
+                (dns if t == CfgAttr.INTERNAL_IP4_DNS else nbns).append(decode_ip4(a))
             elif t == CfgAttr.INTERNAL_ADDRESS_EXPIRY:
-                set_once("address_expiry", a, decode_int(a))
+                address_expiry = once(a, address_expiry, decode_int(a))
             elif t == CfgAttr.APPLICATION_VERSION:
-                set_once("application_version", a, decode_string(a))
+                application_version = once(a, application_version, decode_string(a))
             elif t == CfgAttr.INTERNAL_IP6_ADDRESS:
-                set_once("ip6_address", a, decode_ip6_address(a))
+                ip6_address = once(a, ip6_address, decode_ip6_address(a))
             elif t == CfgAttr.INTERNAL_IP6_DNS:
-                lists.setdefault("ip6_dns", []).append(decode_ip6(a))
+                ip6_dns.append(decode_ip6(a))
             elif t == CfgAttr.INTERNAL_IP4_SUBNET:
-                lists.setdefault("subnets", []).append(decode_ip4_subnet(a))
+                subnets.append(decode_ip4_subnet(a))
             elif t == CfgAttr.SUPPORTED_ATTRIBUTES:
-                lists.setdefault("supported_attributes", []).extend(decode_supported(a))
+                supported_attributes.extend(decode_supported(a))
             elif t == CfgAttr.INTERNAL_IP6_SUBNET:
-                lists.setdefault("ip6_subnets", []).append(decode_ip6_subnet(a))
+                ip6_subnets.append(decode_ip6_subnet(a))
             elif t == CfgAttr.UNITY_BANNER:
-                set_once("banner", a, decode_string(a))
+                banner = once(a, banner, decode_string(a))
             elif t == CfgAttr.UNITY_SAVE_PASSWD:
-                set_once("save_password", a, bool(decode_int(a)))
+                save_password = once(a, save_password, bool(decode_int(a)))
             elif t == CfgAttr.UNITY_DEF_DOMAIN:
-                set_once("default_domain", a, decode_string(a))
+                default_domain = once(a, default_domain, decode_string(a))
             elif t == CfgAttr.UNITY_SPLITDNS_NAME:
-                lists.setdefault("split_dns", []).extend(decode_split_dns(a))
+                split_dns.extend(decode_split_dns(a))
             elif t in (CfgAttr.UNITY_SPLIT_INCLUDE, CfgAttr.UNITY_LOCAL_LAN):
-                name = "split_include" if t == CfgAttr.UNITY_SPLIT_INCLUDE else "local_lan"
-                lists.setdefault(name, []).extend(e.network for e in decode_unity_split(a))
+                networks = split_include if t == CfgAttr.UNITY_SPLIT_INCLUDE else local_lan
+                networks.extend(e.network for e in decode_unity_split(a))
             elif t == CfgAttr.UNITY_NATT_PORT:
-                set_once("natt_port", a, decode_int(a))
+                natt_port = once(a, natt_port, decode_int(a))
             elif t == CfgAttr.UNITY_PFS:
-                set_once("unity_pfs", a, decode_int(a))
+                unity_pfs = once(a, unity_pfs, decode_int(a))
             else:
                 unknown.append(a)
-        fields = {**single, **{k: tuple(v) for k, v in lists.items()}}
-        return cls(**fields, unknown=tuple(unknown))  # type: ignore[arg-type]
+        return cls(
+            address=address,
+            netmask=netmask,
+            dns=tuple(dns),
+            nbns=tuple(nbns),
+            address_expiry=address_expiry,
+            ip6_address=ip6_address,
+            ip6_dns=tuple(ip6_dns),
+            subnets=tuple(subnets),
+            ip6_subnets=tuple(ip6_subnets),
+            banner=banner,
+            default_domain=default_domain,
+            split_include=tuple(split_include),
+            split_dns=tuple(split_dns),
+            local_lan=tuple(local_lan),
+            unity_pfs=unity_pfs,
+            save_password=save_password,
+            application_version=application_version,
+            natt_port=natt_port,
+            supported_attributes=tuple(supported_attributes),
+            unknown=tuple(unknown),
+        )
 
 
 # --------------------------------------------------------------------------- XAUTH
