@@ -25,6 +25,7 @@ from tests.helpers.loopback import (
     gateway_options,
     needs_loopback,
     policy,
+    serve,
     wait_until,
 )
 from tunvpn.client.daemon import Client, ClientOptions, Progress
@@ -85,10 +86,7 @@ def test_a_client_asking_for_a_policy_it_was_not_given_is_refused() -> None:
 
     async def scenario() -> str:
         ike, natt = free_port_pair()
-        gateway = Gateway(gateway_options(ike, natt, RULES))
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
+        gateway, server = await serve(gateway_options(ike, natt, RULES))
         client = Client(
             client_options(ike, natt, "bob", "b-pass"), CLIENT, progress=Progress(out=io.StringIO())
         )
@@ -120,10 +118,7 @@ def test_live_reload_reaches_the_connected_client(tmp_path: Path, monkeypatch: p
 
     async def scenario() -> tuple[Client, Gateway, list[dict], dict, dict]:
         ike, natt = free_port_pair()
-        gateway = Gateway(gateway_options(ike, natt, RULES, control_socket=str(sock)))
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
+        gateway, server = await serve(gateway_options(ike, natt, RULES, control_socket=str(sock)))
         out = io.StringIO()
         client = Client(
             client_options(ike, natt, "alice", "a-pass"), CLIENT, progress=Progress(json_lines=True, out=out)
@@ -184,10 +179,7 @@ def test_live_reload_reaches_the_connected_client(tmp_path: Path, monkeypatch: p
 def test_reload_without_a_change_pushes_nothing() -> None:
     async def scenario() -> dict:
         ike, natt = free_port_pair()
-        gateway = Gateway(gateway_options(ike, natt, RULES))
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
+        gateway, server = await serve(gateway_options(ike, natt, RULES))
         client = Client(
             client_options(ike, natt, "bob", "b-pass"), CLIENT, progress=Progress(out=io.StringIO())
         )

@@ -24,6 +24,7 @@ from tests.helpers.loopback import (
     free_port_pair,
     gateway_options,
     loopback_available,
+    serve,
     wait_until,
 )
 from tunvpn import cli
@@ -152,10 +153,7 @@ def connect(plugins: list[object], user: str, password: str, answers: list[str])
 
     async def scenario() -> tuple[int, list[dict]]:
         ike, natt = free_port_pair()
-        gateway = Gateway(gateway_options(ike, natt, RULES, plugin_objects=tuple(plugins)))
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
+        gateway, server = await serve(gateway_options(ike, natt, RULES, plugin_objects=tuple(plugins)))
         out = io.StringIO()
         options = dataclasses.replace(
             client_options(ike, natt, user, password), password_prompt=True, exit_after_established=True
@@ -344,10 +342,7 @@ def test_interim_accounting_records_follow_the_interval() -> None:
     async def scenario() -> None:
         ike, natt = free_port_pair()
         options = gateway_options(ike, natt, RULES, plugin_objects=(recorder,), accounting_interval=1)
-        gateway = Gateway(options)
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
+        gateway, server = await serve(options)
         client = Client(
             client_options(ike, natt, "bob", "b-pass"), CLIENT, progress=Progress(out=io.StringIO())
         )

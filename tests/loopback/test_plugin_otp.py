@@ -26,6 +26,7 @@ from tests.helpers.loopback import (
     free_port_pair,
     gateway_options,
     loopback_available,
+    serve,
 )
 
 pytest.importorskip("tunvpn_otp", reason="pip install -e plugins/tunvpn-otp")
@@ -36,7 +37,6 @@ from tunvpn_otp.store import Store
 
 from tunvpn import cli
 from tunvpn.client.daemon import Client, Progress
-from tunvpn.gateway.daemon import Gateway
 from tunvpn.plugins import CredentialRequest, GatewayContext, PluginHost, Verdict, installed_plugins
 
 PIN = "4711"
@@ -215,10 +215,7 @@ def connect(store: Store, user: str, answers: list[str]) -> tuple[int, list[dict
         options = gateway_options(
             ike, natt, RULES, plugins=("otp",), plugin_settings={"otp": {"store": str(store.path)}}
         )
-        gateway = Gateway(options)
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
+        gateway, server = await serve(options)
         out = io.StringIO()
         client_opts = dataclasses.replace(
             client_options(ike, natt, user, None),  # type: ignore[arg-type]  # asked at the prompt
@@ -313,10 +310,7 @@ def test_a_soft_token_on_the_client_answers_the_announced_otp_protocol(
             users=UserTable({"tina": b"t-pass"}),
             protocols=(ExtraProtocol("otp"),),
         )
-        gateway = Gateway(options)
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
+        gateway, server = await serve(options)
         out = io.StringIO()
         client_opts = dataclasses.replace(
             client_options(ike, natt, "tina", "t-pass"),

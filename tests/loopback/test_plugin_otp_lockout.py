@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.loopback import RULES, client_options, free_port_pair, gateway_options, loopback_available
+from tests.helpers.loopback import (
+    RULES,
+    client_options,
+    free_port_pair,
+    gateway_options,
+    loopback_available,
+    serve,
+)
 
 pytest.importorskip("tunvpn_otp", reason="pip install -e plugins/tunvpn-otp")
 
@@ -25,7 +32,6 @@ from tunvpn_otp.core import Kind, Record
 from tunvpn_otp.store import Store
 
 from tunvpn.client.daemon import Client, Progress
-from tunvpn.gateway.daemon import Gateway
 
 PIN = "4711"
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
@@ -60,10 +66,7 @@ def test_wrong_passcodes_for_carol_from_a_psk_holder_do_not_lock_carol_out(tmp_p
         options = gateway_options(
             ike, natt, RULES, plugins=("otp",), plugin_settings={"otp": {"store": str(store.path)}}
         )
-        gateway = Gateway(options)
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
+        gateway, server = await serve(options)
         try:
             attacker = [await login(ike, natt, ATTACKER_AT, "0000" + f"{n:06d}") for n in range(6)]
             carol = await login(ike, natt, CAROL_AT, PIN + code(0))

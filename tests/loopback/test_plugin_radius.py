@@ -29,6 +29,7 @@ from tests.helpers.loopback import (
     free_port_pair,
     gateway_options,
     loopback_available,
+    serve,
 )
 from tests.helpers.radius_fixture import FreeRadius
 from tunvpn.client.daemon import Client, Progress
@@ -221,10 +222,7 @@ def connect_once(
 
     async def scenario() -> tuple[int, list[dict]]:
         ike, natt = free_port_pair()
-        gateway = Gateway(gateway_options(ike, natt, RULES, **gateway_kw))
-        ready = asyncio.Event()
-        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
-        await asyncio.wait_for(ready.wait(), 5)
+        gateway, server = await serve(gateway_options(ike, natt, RULES, **gateway_kw))
         out = io.StringIO()
         options = dataclasses.replace(
             client_options(ike, natt, user, password),
