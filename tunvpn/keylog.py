@@ -38,7 +38,7 @@ import os
 from pathlib import Path
 
 from tunvpn.config.secretfile import open_private_append
-from tunvpn.ike.constants import AuthAlgorithm, EspTransform
+from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
 
 IKEV1_TABLE = "ikev1_decryption_table"
 ESP_TABLE = "esp_sa"

@@ -7,7 +7,7 @@ import struct
 
 from tunvpn.esp import EspSuite, InboundSA, Lifetime, OutboundSA
 from tunvpn.esp.sa import NO_LIMITS
-from tunvpn.ike.constants import AuthAlgorithm, EspTransform
+from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
 
 ALL_SUITES = [
     EspSuite(EspTransform.AES_GCM_16, 128),

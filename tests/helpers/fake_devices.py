@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from tunvpn.ike import events as ev
-from tunvpn.ike.constants import EspTransform
 from tunvpn.ike.identity import TrafficSelector
+from tunvpn.ipsec.algorithms import EspTransform
 
 Address = tuple[str, int]
 CLIENT = ("192.0.2.10", 4500)

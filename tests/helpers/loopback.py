@@ -19,10 +19,11 @@ from tunvpn.config.credentials import UserTable
 from tunvpn.config.pool import AddressPool
 from tunvpn.gateway.daemon import GatewayOptions, SimpleRule
 from tunvpn.ike.config import PskTable
-from tunvpn.ike.constants import DHGroup, EspTransform
+from tunvpn.ike.constants import DHGroup
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import Phase2Policy
 from tunvpn.ike.proposals import EspSuite
+from tunvpn.ipsec.algorithms import EspTransform
 from tunvpn.testing import CLIENT, GATEWAY, connect, loopback_available, run_client, serve, stop
 
 PSK = b"loopback-test-psk"

@@ -122,7 +122,7 @@ def keylog_for(
     result: ScenarioResult, keys: CharonKeys, first: UdpDatagram, base: Path, local: str, remote: str
 ) -> None:
     """KeyLog for charon in namespace a (address ``local``)."""
-    from tunvpn.ike.constants import AuthAlgorithm, EspTransform
+    from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
 
     log = KeyLog(base)
     log.log_ike_sa(first.ike[:8], keys.first("encryption key Ka"))

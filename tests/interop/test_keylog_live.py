@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tunvpn.ike.constants import AuthAlgorithm, EspTransform
+from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
 from tunvpn.keylog import KeyLog, tshark_args
 
 from .scenarios import PINGS, run_charon_main_mode

@@ -24,13 +24,14 @@ PACKAGE = ROOT / "tunvpn"
 # What each part of tunvpn may import (besides itself). A part is a subpackage (tunvpn.ike) or a
 # top-level module (tunvpn.cli). Keep in step with docs/architecture.md.
 MAY_IMPORT: dict[str, frozenset[str]] = {
-    "tunvpn.ike": frozenset(),
-    "tunvpn.esp": frozenset({"tunvpn.ike"}),
+    "tunvpn.ipsec": frozenset(),
+    "tunvpn.ike": frozenset({"tunvpn.ipsec"}),
+    "tunvpn.esp": frozenset({"tunvpn.ike", "tunvpn.ipsec"}),
     "tunvpn.untrusted": frozenset(),
-    "tunvpn.shell": frozenset({"tunvpn.ike"}),
-    "tunvpn.dataplane": frozenset({"tunvpn.esp", "tunvpn.ike"}),
+    "tunvpn.shell": frozenset({"tunvpn.ike", "tunvpn.ipsec"}),
+    "tunvpn.dataplane": frozenset({"tunvpn.esp", "tunvpn.ike", "tunvpn.ipsec"}),
     "tunvpn.config": frozenset({"tunvpn.ike", "tunvpn.shell"}),
-    "tunvpn.keylog": frozenset({"tunvpn.config", "tunvpn.ike"}),
+    "tunvpn.keylog": frozenset({"tunvpn.config", "tunvpn.ike", "tunvpn.ipsec"}),
     "tunvpn.control": frozenset({"tunvpn.dataplane", "tunvpn.ike", "tunvpn.shell"}),
     "tunvpn.plugins": frozenset({"tunvpn.config", "tunvpn.dataplane", "tunvpn.ike", "tunvpn.untrusted"}),
     "tunvpn.gateway": frozenset(

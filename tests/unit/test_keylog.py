@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.vectors import captures as cap
-from tunvpn.ike.constants import AuthAlgorithm, EspTransform
+from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
 from tunvpn.keylog import (
     ESP_AUTH_LABELS,
     ESP_ENCRYPTION_LABELS,

@@ -41,7 +41,7 @@ from tunvpn.esp.events import SaLifetimeEvent
 from tunvpn.esp.ratelimit import DropLog
 from tunvpn.esp.transforms import Packet
 from tunvpn.ike.events import ChildSAEstablished
-from tunvpn.ike.udpencap import DatagramKind, classify_datagram
+from tunvpn.ipsec.udpencap import DatagramKind, classify_datagram
 
 log = logging.getLogger(__name__)
 

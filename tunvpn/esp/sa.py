@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 
-from ..ike.constants import AuthAlgorithm, EncapsulationMode, EspTransform
+from ..ipsec.algorithms import AuthAlgorithm, EncapsulationMode, EspTransform
 from .constants import (
     DEFAULT_REPLAY_WINDOW,
     DEFAULT_SOFT_FRACTION,

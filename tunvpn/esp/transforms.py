@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from ..ike.constants import AuthAlgorithm, EspTransform
+from ..ipsec.algorithms import AuthAlgorithm, EspTransform
 
 Packet: TypeAlias = bytes | bytearray | memoryview
 

@@ -2,20 +2,14 @@
 
 Port 4500 carries three things: ESP packets (the first four octets are the non-zero SPI),
 IKE messages behind a four-octet zero non-ESP marker, and NAT-keepalives (one 0xFF octet).
-The one classifier of the port, :func:`classify_datagram`, lives in :mod:`tunvpn.ike.udpencap`
-(the IKE core needs it too and imports nothing outside ``ike/``); this module re-exports it
+The one classifier of the port, :func:`classify_datagram`, lives in :mod:`tunvpn.ipsec.udpencap`
+(the IKE core needs it too; both cores import :mod:`tunvpn.ipsec`); this module re-exports it
 with the helpers of the ESP side.
 """
 
 from __future__ import annotations
 
-from tunvpn.ike.udpencap import (
-    ESP_MIN_LEN,
-    NAT_KEEPALIVE,
-    NON_ESP_MARKER,
-    DatagramKind,
-    classify_datagram,
-)
+from tunvpn.ipsec.udpencap import ESP_MIN_LEN, NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 
 
 def split_datagrams(

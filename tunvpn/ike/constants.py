@@ -10,9 +10,8 @@ from __future__ import annotations
 from enum import IntEnum, IntFlag
 
 ISAKMP_VERSION = 0x10  # major 1, minor 0 (RFC 2408 section 3.1)
-HEADER_SIZE = 28
-NON_ESP_MARKER = b"\x00\x00\x00\x00"  # RFC 3948 section 2.2
-NAT_KEEPALIVE = b"\xff"  # RFC 3948 section 2.3
+HEADER_SIZE = 28  # RFC 2408 section 3.1 (also tunvpn.ipsec.udpencap.IKE_HEADER_SIZE)
+# NON_ESP_MARKER and NAT_KEEPALIVE (RFC 3948) are in tunvpn.ipsec.udpencap.
 IKE_PORT = 500
 NATT_PORT = 4500
 
@@ -273,49 +272,9 @@ class IPsecAttr(IntEnum):
     EXTENDED_SEQUENCE_NUMBER = 11
 
 
-class EncapsulationMode(IntEnum):
-    """RFC 2407 section 4.5, RFC 3947 section 5.2; draft values used by older peers."""
-
-    TUNNEL = 1
-    TRANSPORT = 2
-    UDP_TUNNEL = 3
-    UDP_TRANSPORT = 4
-    UDP_TUNNEL_DRAFT = 61443
-    UDP_TRANSPORT_DRAFT = 61444
-
-
-class AuthAlgorithm(IntEnum):
-    """RFC 2407 section 4.5; SHA2 from RFC 4868 section 2.4."""
-
-    HMAC_MD5 = 1
-    HMAC_SHA1 = 2
-    DES_MAC = 3
-    KPDK = 4
-    HMAC_SHA2_256 = 5
-    HMAC_SHA2_384 = 6
-    HMAC_SHA2_512 = 7
-    HMAC_RIPEMD = 8
-    AES_XCBC_MAC = 9
-
-
-class EspTransform(IntEnum):
-    """RFC 2407 section 4.4.4 and IANA "IPsec ESP Transform Identifiers"."""
-
-    DES = 2
-    DES3 = 3
-    NULL = 11
-    AES_CBC = 12
-    AES_CTR = 13
-    AES_CCM_8 = 14
-    AES_CCM_12 = 15
-    AES_CCM_16 = 16
-    AES_GCM_8 = 18
-    AES_GCM_12 = 19
-    AES_GCM_16 = 20
-    NULL_AUTH_AES_GMAC = 23
-    # Private use (249-255). Used between tunvpn peers only, announced by the
-    # tunvpn vendor ID; see docs/protocol.md.
-    CHACHA20_POLY1305_PRIVATE = 250
+# The values of ENCAPSULATION_MODE, AUTHENTICATION_ALGORITHM and the ESP transform IDs
+# (EncapsulationMode, AuthAlgorithm, EspTransform) are in tunvpn.ipsec.algorithms: the ESP
+# core needs them too.
 
 
 # --------------------------------------------------------------- Mode Config / XAUTH

@@ -24,15 +24,8 @@ from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit_algorith
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .constants import (
-    AuthAlgorithm,
-    AuthMethod,
-    DHGroup,
-    EncryptionAlgorithm,
-    EspTransform,
-    HashAlgorithm,
-    NotifyType,
-)
+from ..ipsec.algorithms import AuthAlgorithm, EspTransform
+from .constants import AuthMethod, DHGroup, EncryptionAlgorithm, HashAlgorithm, NotifyType
 from .errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from .constants import AuthAlgorithm, DHGroup, EspTransform, IdType
+from ..ipsec.algorithms import AuthAlgorithm, EspTransform
+from .constants import DHGroup, IdType
 from .errors import RemoteProtocolError
 from .identity import TrafficSelector
 from .messages import DataAttribute, IDPayload

@@ -32,14 +32,12 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..ipsec.algorithms import AuthAlgorithm, EncapsulationMode, EspTransform
 from .constants import (
     KEY_IKE,
-    AuthAlgorithm,
     AuthMethod,
     DHGroup,
-    EncapsulationMode,
     EncryptionAlgorithm,
-    EspTransform,
     HashAlgorithm,
     IPsecAttr,
     LifeType,

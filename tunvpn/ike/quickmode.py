@@ -14,18 +14,11 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..ipsec.algorithms import EncapsulationMode
 from . import crypto
 from . import events as ev
 from .config import ChildPolicy
-from .constants import (
-    DHGroup,
-    EncapsulationMode,
-    ExchangeType,
-    IPsecAttr,
-    LifeType,
-    NotifyType,
-    ProtocolId,
-)
+from .constants import DHGroup, ExchangeType, IPsecAttr, LifeType, NotifyType, ProtocolId
 from .errors import NoProposalChosen, RemoteProtocolError
 from .identity import TrafficSelector
 from .messages import (

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..ipsec.udpencap import NON_ESP_MARKER
 from . import crypto
-from .constants import HEADER_SIZE, NON_ESP_MARKER, AuthMethod, DHGroup, HeaderFlag, NotifyType, PayloadType
+from .constants import HEADER_SIZE, AuthMethod, DHGroup, HeaderFlag, NotifyType, PayloadType
 from .errors import RemoteProtocolError
 from .identity import Identity, TrafficSelector
 from .messages import (

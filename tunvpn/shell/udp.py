@@ -6,7 +6,7 @@ its ``now`` meets the clock (aioquic's ``asyncio/protocol.py`` plays the same pa
 * one socket on ``(local_ip, ike_port)`` and one on ``(local_ip, natt_port)``; every IKE
   payload goes to ``engine.receive_datagram(data, remote, (local_ip, port), time.time())``.
   On the NAT-T port the 4-byte non-ESP marker stays on (the engine strips it). What else
-  arrives there (:func:`tunvpn.ike.udpencap.classify_datagram`, RFC 3948 section 2) is
+  arrives there (:func:`tunvpn.ipsec.udpencap.classify_datagram`, RFC 3948 section 2) is
   counted and dropped: NAT-keepalives, and ESP when no data path owns the socket (with a
   data path, :class:`NattOwner` receives on 4500 and hands over only the IKE messages).
 * after every input the driver sends ``engine.datagrams_to_send()``, drains
@@ -33,10 +33,10 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
 from tunvpn.ike import events as ev
-from tunvpn.ike.constants import AuthAlgorithm, EspTransform
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.proposals import EspSuite
-from tunvpn.ike.udpencap import DatagramKind, classify_datagram
+from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
+from tunvpn.ipsec.udpencap import DatagramKind, classify_datagram
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,11 @@ from tunvpn.config.gateway import (
     parse_gateway_config,
 )
 from tunvpn.gateway.daemon import ConfigError
-from tunvpn.ike.constants import DHGroup, EncryptionAlgorithm, EspTransform, HashAlgorithm
+from tunvpn.ike.constants import DHGroup, EncryptionAlgorithm, HashAlgorithm
 from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol
 from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, Phase1Policy
+from tunvpn.ipsec.algorithms import EspTransform
 
 CONTRIB = Path(__file__).resolve().parents[3] / "contrib" / "gateway.toml"
 GROUP_SECRET = "correct-horse-battery-staple-group"

@@ -21,7 +21,7 @@ import pytest
 
 from tests.helpers.secret_files import CONTENT, READERS, SECRET, private, refused
 from tunvpn.config.secretfile import SecretFileError, read_secret_bytes
-from tunvpn.ike.constants import EspTransform
+from tunvpn.ipsec.algorithms import EspTransform
 from tunvpn.keylog import KeyLog
 
 # --------------------------------------------------------------------------- the key log

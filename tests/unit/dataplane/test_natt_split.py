@@ -1,5 +1,5 @@
 """Port 4500 is split one way everywhere (RFC 3948 section 2): ESP, IKE behind the non-ESP
-marker, a NAT-keepalive, or invalid, as :func:`tunvpn.ike.udpencap.classify_datagram` says.
+marker, a NAT-keepalive, or invalid, as :func:`tunvpn.ipsec.udpencap.classify_datagram` says.
 
 The same datagrams go through the data thread (which owns the socket when there is a data
 path) and through the IKE driver (which owns it with ``--ike-only``); both must count and hand
@@ -12,7 +12,7 @@ from tests.helpers.fake_devices import CLIENT, FakeTun, FakeUdp
 from tunvpn.dataplane.thread import DataPlane
 from tunvpn.ike.config import EngineConfig, PskTable
 from tunvpn.ike.engine import IkeEngine
-from tunvpn.ike.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
+from tunvpn.ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 from tunvpn.shell.udp import UdpDriver
 
 IKE = NON_ESP_MARKER + bytes(8) + bytes(8) + bytes([1, 0x10, 2, 0]) + bytes(4) + (28).to_bytes(4, "big")

@@ -28,7 +28,7 @@ from tunvpn.dataplane.thread import (
 )
 from tunvpn.esp import sa_pair_from_child
 from tunvpn.ike.identity import TrafficSelector
-from tunvpn.ike.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER
+from tunvpn.ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER
 
 Address = tuple[str, int]
 SERVER = "10.20.0.1"

@@ -17,8 +17,8 @@ import pytest
 
 from tests.helpers.esp_helpers import ipv4, sa_pair
 from tunvpn.esp import DropReason, EspSuite, InboundSA, OutboundSA, esp_trailer, strip_trailer
-from tunvpn.ike.constants import EspTransform
 from tunvpn.ike.identity import TrafficSelector
+from tunvpn.ipsec.algorithms import EspTransform
 
 
 def h(text: str) -> bytes:

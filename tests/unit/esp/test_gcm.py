@@ -24,7 +24,7 @@ import pytest
 from tests.helpers.esp_helpers import ipv4, sa_pair
 from tunvpn.esp import DropReason, EspSuite, InboundSA, OutboundSA, ReplayWindow, esp_trailer, strip_trailer
 from tunvpn.esp.transforms import Engine
-from tunvpn.ike.constants import EspTransform
+from tunvpn.ipsec.algorithms import EspTransform
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ from tunvpn.esp import (
     strip_trailer,
 )
 from tunvpn.esp.constants import SEQ32_MAX, Direction
-from tunvpn.ike.constants import AuthAlgorithm, EncapsulationMode, EspTransform
 from tunvpn.ike.events import ChildSAEstablished
 from tunvpn.ike.identity import TrafficSelector
+from tunvpn.ipsec.algorithms import AuthAlgorithm, EncapsulationMode, EspTransform
 
 
 def h(text: str) -> bytes:

@@ -11,15 +11,7 @@ import hmac
 
 import pytest
 
-from tunvpn.ike.constants import (
-    AuthAlgorithm,
-    AuthMethod,
-    EncryptionAlgorithm,
-    EspTransform,
-    HashAlgorithm,
-    NotifyType,
-    ProtocolId,
-)
+from tunvpn.ike.constants import AuthMethod, EncryptionAlgorithm, HashAlgorithm, NotifyType, ProtocolId
 from tunvpn.ike.crypto import (
     Phase1Keys,
     cbc_decrypt,
@@ -40,6 +32,7 @@ from tunvpn.ike.crypto import (
     prf,
 )
 from tunvpn.ike.errors import LocalProtocolError, RemoteProtocolError
+from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
 
 # ----------------------------------------------------------------------------- RFC 4231 HMAC-SHA2
 # (key, data, HMAC-SHA-256, HMAC-SHA-384, HMAC-SHA-512) from RFC 4231 sections 4.2 and 4.3.

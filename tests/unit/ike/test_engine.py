@@ -30,14 +30,7 @@ from tunvpn.ike import events as ev
 from tunvpn.ike import quickmode
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
-from tunvpn.ike.constants import (
-    DHGroup,
-    EncapsulationMode,
-    EspTransform,
-    HashAlgorithm,
-    IPsecAttr,
-    NotifyType,
-)
+from tunvpn.ike.constants import DHGroup, HashAlgorithm, IPsecAttr, NotifyType
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity, TrafficSelector
 from tunvpn.ike.messages import DataAttribute, SAPayload, Transform, encode_attributes, encode_payload
@@ -51,6 +44,7 @@ from tunvpn.ike.proposals import (
     ChildTransform,
     Phase1Policy,
 )
+from tunvpn.ipsec.algorithms import EncapsulationMode, EspTransform
 
 
 def established(pair: Pair) -> tuple[ev.Phase1Established, ev.Phase1Established]:

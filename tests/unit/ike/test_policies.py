@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunvpn.ike.constants import AuthAlgorithm, CfgAttr, DHGroup, EspTransform
+from tunvpn.ike.constants import CfgAttr, DHGroup
 from tunvpn.ike.errors import RemoteProtocolError
 from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.messages import AttributePayload, DataAttribute, decode_attributes, encode_attributes
@@ -24,6 +24,7 @@ from tunvpn.ike.policies import (
     encode_selector,
 )
 from tunvpn.ike.proposals import EspSuite
+from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
 
 GCM256 = EspSuite(EspTransform.AES_GCM_16, 256, None)
 CBC_SHA256 = EspSuite(EspTransform.AES_CBC, 128, AuthAlgorithm.HMAC_SHA2_256)

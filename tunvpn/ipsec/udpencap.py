@@ -5,17 +5,21 @@ section 2.1), IKE messages behind a four-octet zero non-ESP marker (section 2.2)
 NAT-keepalives (the single octet 0xFF, section 2.3). Every place that splits port-4500
 traffic asks :func:`classify_datagram`: the data thread (:mod:`tunvpn.dataplane.thread`),
 the IKE driver when it owns the socket itself (:mod:`tunvpn.shell.udp`) and the IKE engine
-(:meth:`tunvpn.ike.engine.IkeEngine.receive_datagram`). It lives here, in the lowest layer,
-because the IKE core needs it and may import nothing else; :mod:`tunvpn.esp.udpencap`
-re-exports it with the ESP side's batch helpers.
+(:meth:`tunvpn.ike.engine.IkeEngine.receive_datagram`). It lives in :mod:`tunvpn.ipsec`,
+which both cores import and which imports neither; :mod:`tunvpn.esp.udpencap` re-exports it
+with the ESP side's batch helpers.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
 
-from .constants import HEADER_SIZE, NAT_KEEPALIVE, NON_ESP_MARKER
-
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+"""Four zero octets in front of an IKE message on port 4500 (RFC 3948 section 2.2)."""
+NAT_KEEPALIVE = b"\xff"
+"""The payload of a NAT-keepalive (RFC 3948 section 2.3)."""
+IKE_HEADER_SIZE = 28
+"""The ISAKMP header (RFC 2408 section 3.1): anything shorter behind the marker is not IKE."""
 ESP_MIN_LEN = 8
 """SPI and sequence number (RFC 4303 section 2): anything shorter cannot be ESP."""
 
@@ -40,9 +44,16 @@ def classify_datagram(data: bytes | bytearray | memoryview) -> DatagramKind:
         return DatagramKind.ESP
     if n == 1 and data[0] == NAT_KEEPALIVE[0]:
         return DatagramKind.KEEPALIVE
-    if n >= len(NON_ESP_MARKER) + HEADER_SIZE and data[:4] == NON_ESP_MARKER:
+    if n >= len(NON_ESP_MARKER) + IKE_HEADER_SIZE and data[:4] == NON_ESP_MARKER:
         return DatagramKind.IKE
     return DatagramKind.INVALID
 
 
-__all__ = ["ESP_MIN_LEN", "NAT_KEEPALIVE", "NON_ESP_MARKER", "DatagramKind", "classify_datagram"]
+__all__ = [
+    "ESP_MIN_LEN",
+    "IKE_HEADER_SIZE",
+    "NAT_KEEPALIVE",
+    "NON_ESP_MARKER",
+    "DatagramKind",
+    "classify_datagram",
+]
