@@ -24,19 +24,29 @@ import os
 from collections import Counter, deque
 from collections.abc import Callable
 
-from ..ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 from . import events as ev
-from . import states
+from . import states, transaction
 from .config import XAUTH_METHODS, EngineConfig
-from .constants import HEADER_SIZE, ExchangeType, HeaderFlag, IdType, NotifyType, ProtocolId
+from .constants import (
+    HEADER_SIZE,
+    NAT_KEEPALIVE,
+    NON_ESP_MARKER,
+    ExchangeType,
+    HeaderFlag,
+    IdType,
+    NotifyType,
+    ProtocolId,
+    XauthType,
+)
 from .errors import LocalProtocolError, RemoteProtocolError
 from .exchanges import ExchangesMixin
-from .messages import Header, RawPayload, SAPayload, decode_header
+from .messages import DataAttribute, Header, RawPayload, SAPayload, decode_header
+from .modecfg import ModeConfig
 from .phase1 import Phase1Mixin
 from .quickmode import QuickModeMixin
 from .retransmit import Retransmission
 from .sa import Access, Address, ExchangeKind, ExState, IkeSA, P1State, Role
-from .transaction import TransactionMixin
+from .udpencap import DatagramKind, classify_datagram
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +63,7 @@ MAX_HELD = 4
 """Informational payloads kept per ISAKMP SA until its login is granted."""
 
 
-class IkeEngine(Phase1Mixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
+class IkeEngine(Phase1Mixin, ExchangesMixin, QuickModeMixin):
     """All ISAKMP SAs of one local endpoint."""
 
     def __init__(
@@ -192,6 +202,75 @@ class IkeEngine(Phase1Mixin, ExchangesMixin, TransactionMixin, QuickModeMixin):
         sa.last_heard = max(sa.last_heard, now)
         self._events.append(ev.PeerAddressChanged(sa.sa_id, old, remote))
         return True
+
+    # ------------------------------------------------------------------ commands: XAUTH, Mode Config
+
+    def xauth_request(
+        self,
+        sa_id: bytes,
+        now: float,
+        fields: tuple[str, ...] = ("user_name", "password"),
+        message: str | None = None,
+        challenge: bytes | None = None,
+        xauth_type: XauthType = XauthType.GENERIC,
+    ) -> None:
+        """Gateway: ask the client for credentials (:func:`.transaction.xauth_request`)."""
+        transaction.xauth_request(self, sa_id, now, fields, message, challenge, xauth_type)
+
+    def xauth_reply(
+        self,
+        sa_id: bytes,
+        now: float,
+        *,
+        user_name: str,
+        password: str | None = None,
+        passcode: str | None = None,
+        answer: str | None = None,
+        next_pin: str | None = None,
+    ) -> None:
+        """Client: answer the pending XAUTH request."""
+        transaction.xauth_reply(
+            self,
+            sa_id,
+            now,
+            user_name=user_name,
+            password=password,
+            passcode=passcode,
+            answer=answer,
+            next_pin=next_pin,
+        )
+
+    def xauth_verdict(self, sa_id: bytes, now: float, ok: bool, message: str | None = None) -> None:
+        """Gateway: tell the client whether its credentials were accepted (XAUTH-STATUS)."""
+        transaction.xauth_verdict(self, sa_id, now, ok, message)
+
+    def request_mode_config(
+        self,
+        sa_id: bytes,
+        now: float,
+        request: ModeConfig | None = None,
+        extra_types: tuple[int, ...] = (),
+    ) -> None:
+        """Client: send a CFG_REQUEST for the standard attributes (and ``extra_types``)."""
+        transaction.request_mode_config(self, sa_id, now, request, extra_types)
+
+    def mode_config_reply(
+        self,
+        sa_id: bytes,
+        now: float,
+        identifier: int,
+        config: ModeConfig,
+        extra: tuple[DataAttribute, ...] = (),
+    ) -> None:
+        """Gateway: answer the client's pending CFG_REQUEST with ``config`` (+ raw ``extra``)."""
+        transaction.mode_config_reply(self, sa_id, now, identifier, config, extra)
+
+    def push_mode_config(
+        self, sa_id: bytes, now: float, config: ModeConfig, extra: tuple[DataAttribute, ...] = ()
+    ) -> int:
+        """Gateway: push attributes with CFG_SET; the client answers CFG_ACK
+        (:class:`~tunvpn.ike.events.ModeConfigAcknowledged`). Returns the identifier."""
+        return transaction.push_mode_config(self, sa_id, now, config, extra)
 
     # ------------------------------------------------------------------ demultiplexing
 

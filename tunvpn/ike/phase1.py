@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import crypto, natt, peerauth
+from . import crypto, natt, peerauth, transaction
 from . import events as ev
 from .config import HYBRID_METHODS, SIGNATURE_METHODS, XAUTH_METHODS, EngineConfig, base_auth_method
 from .constants import (
@@ -705,7 +705,7 @@ class Phase1Mixin:
         # the login gate (states.ACCESS_TABLE); INITIAL-CONTACT waits for the access it needs
         self._phase1_access(sa, initial_contact, now)
         if sa.role is Role.RESPONDER and sa.xauth_expected:
-            self._start_xauth(sa, now)
+            transaction.start_xauth(self, sa, now)
 
     def _initial_contact(self: IkeEngine, sa: IkeSA, now: float) -> None:
         """RFC 2407 section 4.6.3.3: the peer rebooted; its older SAs are gone. Acted on only

@@ -30,7 +30,15 @@ from .exchanges import ExchangesMixin
 from .messages import AttributePayload, DeletePayload, HashPayload, NotifyPayload, RawPayload
 from .quickmode import QuickModeMixin
 from .sa import Access, ExchangeKind, ExState, Role
-from .transaction import XAUTH_TYPES, TransactionMixin
+from .transaction import (
+    XAUTH_TYPES,
+    on_cfg_ack,
+    on_cfg_reply,
+    on_cfg_request,
+    on_cfg_set,
+    on_xauth_request,
+    on_xauth_status,
+)
 
 
 class Message(enum.Enum):
@@ -91,21 +99,15 @@ I_ONLY, R_ONLY = frozenset({Role.INITIATOR}), frozenset({Role.RESPONDER})
 
 EXCHANGE_TABLE: dict[tuple[ExchangeKind, ExState, Message], Transition] = {
     # Transaction started by the peer: XAUTH towards the client, Mode Config towards the gateway
-    (T, ExState.NEW, M.XAUTH_REQUEST): Transition(
-        TransactionMixin._tx_xauth_request, ExState.AWAIT_USER, roles=I_ONLY
-    ),
+    (T, ExState.NEW, M.XAUTH_REQUEST): Transition(on_xauth_request, ExState.AWAIT_USER, roles=I_ONLY),
     (T, ExState.NEW, M.CFG_REQUEST): Transition(
-        TransactionMixin._tx_cfg_request, ExState.AWAIT_CONFIG, access=Access.XAUTH_PASSED
+        on_cfg_request, ExState.AWAIT_CONFIG, access=Access.XAUTH_PASSED
     ),
-    (T, ExState.NEW, M.XAUTH_STATUS): Transition(
-        TransactionMixin._tx_xauth_status, ExState.DONE, roles=I_ONLY
-    ),
-    (T, ExState.NEW, M.CFG_SET): Transition(
-        TransactionMixin._tx_cfg_set, ExState.DONE, access=Access.GRANTED
-    ),
+    (T, ExState.NEW, M.XAUTH_STATUS): Transition(on_xauth_status, ExState.DONE, roles=I_ONLY),
+    (T, ExState.NEW, M.CFG_SET): Transition(on_cfg_set, ExState.DONE, access=Access.GRANTED),
     # Transaction we started
-    (T, ExState.SENT_REQUEST, M.CFG_REPLY): Transition(TransactionMixin._tx_reply, ExState.DONE),
-    (T, ExState.SENT_SET, M.CFG_ACK): Transition(TransactionMixin._tx_ack, ExState.DONE),
+    (T, ExState.SENT_REQUEST, M.CFG_REPLY): Transition(on_cfg_reply, ExState.DONE),
+    (T, ExState.SENT_SET, M.CFG_ACK): Transition(on_cfg_ack, ExState.DONE),
     # Quick Mode: the peer's message 1 makes IPsec SAs, so it needs the whole login
     (Q, ExState.NEW, M.QM_1): Transition(QuickModeMixin._qm_r_first, ExState.SENT_2, access=Access.GRANTED),
     (Q, ExState.SENT_1, M.QM_2): Transition(QuickModeMixin._qm_i_second, ExState.DONE),
@@ -178,7 +180,7 @@ def classify_informational(payload: object) -> Message | None:
 
 
 def _name(handler: Callable[..., object]) -> str:
-    return f"`{handler.__qualname__}`"
+    return f"`{handler.__module__.rsplit('.', 1)[-1]}.{handler.__qualname__}`"
 
 
 def render_markdown() -> str:
