@@ -24,20 +24,11 @@ import os
 from collections import Counter, deque
 from collections.abc import Callable
 
+from ..ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 from . import events as ev
 from . import states, transaction
 from .config import XAUTH_METHODS, EngineConfig
-from .constants import (
-    HEADER_SIZE,
-    NAT_KEEPALIVE,
-    NON_ESP_MARKER,
-    ExchangeType,
-    HeaderFlag,
-    IdType,
-    NotifyType,
-    ProtocolId,
-    XauthType,
-)
+from .constants import HEADER_SIZE, ExchangeType, HeaderFlag, IdType, NotifyType, ProtocolId, XauthType
 from .errors import LocalProtocolError, RemoteProtocolError
 from .exchanges import ExchangesMixin
 from .messages import DataAttribute, Header, RawPayload, SAPayload, decode_header
@@ -46,7 +37,6 @@ from .phase1 import Phase1Mixin
 from .quickmode import QuickModeMixin
 from .retransmit import Retransmission
 from .sa import Access, Address, ExchangeKind, ExState, IkeSA, P1State, Role
-from .udpencap import DatagramKind, classify_datagram
 
 log = logging.getLogger(__name__)
 
