@@ -25,10 +25,10 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(TESTS), str(TESTS.parent)]
 
+from tests.helpers.pcap import UdpDatagram, read_udp  # noqa: E402
 from tunvpn.keylog import KeyLog, tshark_args  # noqa: E402
 
 from interop import configs  # noqa: E402
-from interop.pcap import UdpDatagram, read_udp  # noqa: E402
 from interop.scenarios import (  # noqa: E402
     INNER_A,
     INNER_B,

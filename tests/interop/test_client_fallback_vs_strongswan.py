@@ -19,11 +19,11 @@ import subprocess
 from pathlib import Path
 
 from tests.helpers.netns import Topology, run_in, stop_process, wait_for
+from tests.helpers.tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 from tunvpn.ike.constants import VendorId
 
 from . import configs
 from .strongswan import Charon
-from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 
 GATEWAY = "10.77.0.1"
 CLIENT = "10.77.0.2"

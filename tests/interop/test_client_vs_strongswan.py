@@ -13,11 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers.netns import NetnsPair, stop_process, wait_for
+from tests.helpers.tunvpn_proc import (
+    json_records,
+    popen_tunvpn,
+    private_file,
+    read_text,
+    run_tunvpn,
+    wait_for_line,
+)
 
 from . import configs
 from .configs import IKE_PSK, INNER_A, POOL_FIRST, SPLIT, UNDERLAY_A, UNDERLAY_B, main_mode_gateway
 from .strongswan import Charon
-from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, run_tunvpn, wait_for_line
 
 
 def aggressive_xauth_gateway(local: str) -> str:

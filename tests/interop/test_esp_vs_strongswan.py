@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.netns import NetnsPair, run_in, stop_process, wait_for
+from tests.helpers.tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 
 from .configs import IKE_PSK, INNER_A, UNDERLAY_A, UNDERLAY_B, main_mode_gateway
 from .strongswan import Charon
-from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 
 PROTECTED = INNER_A.split("/")[0]
 

@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from tests.helpers.gateway_pki import pki
 from tests.helpers.netns import NetnsPair, stop_process, wait_for
+from tests.helpers.tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 
 from . import configs
 from .strongswan import Charon
-from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 
 UNDERLAY_A = "10.77.0.1/24"
 UNDERLAY_B = "10.77.0.2/24"

@@ -37,9 +37,9 @@ import pytest
 
 from tests.helpers.netns import NetnsPair, capture, run_in, stop_process
 from tests.helpers.requires import skip_or_fail
+from tests.helpers.tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 
 from . import configs
-from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 
 GATEWAY = "10.77.0.1"
 ATTACKER = "10.77.0.2"

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .pcap import read_udp
+from tests.helpers.pcap import read_udp
+
 from .scenarios import INNER_A, PINGS, run_charon_main_mode, run_vpnc_vs_charon
 
 

@@ -17,9 +17,9 @@ import pytest
 
 from tests.helpers.netns import NetnsPair, run_in, stop_process, wait_for
 from tests.helpers.radius_fixture import FreeRadius, require_freeradius, start_freeradius, stop_freeradius
+from tests.helpers.tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 
 from . import configs
-from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 from .vpnc import Vpnc
 
 LAN_HOST = "10.78.0.1"

@@ -19,9 +19,9 @@ import subprocess
 from pathlib import Path
 
 from tests.helpers.netns import Topology, run_in, stop_process, wait_for
+from tests.helpers.tunvpn_proc import popen_tunvpn, private_file, read_text, run_tunvpn, wait_for_line
 
 from . import configs
-from .tunvpn_proc import popen_tunvpn, private_file, read_text, run_tunvpn, wait_for_line
 from .vpnc import Vpnc
 
 GATEWAY = "10.77.0.1"

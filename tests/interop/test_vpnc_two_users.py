@@ -34,10 +34,10 @@ from pathlib import Path
 
 from tests.helpers.netns import run_in, stop_process, wait_for
 from tests.helpers.requires import skip_or_fail
+from tests.helpers.tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 
 from . import configs
 from .lan import GatewayLan
-from .tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 from .vpnc import Vpnc
 
 LAN_HOST = "10.78.0.1"

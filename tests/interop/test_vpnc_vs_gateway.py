@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers.netns import NetnsPair, run_in, stop_process, wait_for
+from tests.helpers.tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 
 from . import configs
-from .tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 from .vpnc import Vpnc
 
 POOL_FIRST = "10.79.0.10"

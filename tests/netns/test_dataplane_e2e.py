@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.netns import NetnsPair, run_in, stop_process
-from tests.interop.pcap import read_udp
-from tests.interop.tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
+from tests.helpers.pcap import read_udp
+from tests.helpers.tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 
 PROTECTED = "10.78.0.1"
 POOL = "10.79.0.10-10.79.0.20"

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.netns import Topology, run_in, stop_process, wait_for
-from tests.interop.tunvpn_proc import (
+from tests.helpers.tunvpn_proc import (
     json_records,
     popen_tunvpn,
     private_file,

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tests.interop.pcap import read_udp
+from tests.helpers.pcap import read_udp
 from tests.vectors import captures as cap
 
 DATA = Path(__file__).resolve().parents[1] / "vectors"
