@@ -26,15 +26,16 @@ from collections.abc import Callable
 
 from ..ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 from . import events as ev
-from . import states, transaction
-from .config import XAUTH_METHODS, EngineConfig
+from . import quickmode, states, transaction
+from .config import XAUTH_METHODS, ChildPolicy, EngineConfig
 from .constants import HEADER_SIZE, ExchangeType, HeaderFlag, IdType, NotifyType, ProtocolId, XauthType
 from .errors import LocalProtocolError, RemoteProtocolError
 from .exchanges import ExchangesMixin
+from .identity import TrafficSelector
 from .messages import DataAttribute, Header, RawPayload, SAPayload, decode_header
 from .modecfg import ModeConfig
 from .phase1 import Phase1Mixin
-from .quickmode import QuickModeMixin
+from .proposals import ChildProposal
 from .retransmit import Retransmission
 from .sa import Access, Address, ExchangeKind, ExState, IkeSA, P1State, Role
 
@@ -53,7 +54,7 @@ MAX_HELD = 4
 """Informational payloads kept per ISAKMP SA until its login is granted."""
 
 
-class IkeEngine(Phase1Mixin, ExchangesMixin, QuickModeMixin):
+class IkeEngine(Phase1Mixin, ExchangesMixin):
     """All ISAKMP SAs of one local endpoint."""
 
     def __init__(
@@ -261,6 +262,24 @@ class IkeEngine(Phase1Mixin, ExchangesMixin, QuickModeMixin):
         """Gateway: push attributes with CFG_SET; the client answers CFG_ACK
         (:class:`~tunvpn.ike.events.ModeConfigAcknowledged`). Returns the identifier."""
         return transaction.push_mode_config(self, sa_id, now, config, extra)
+
+    # ------------------------------------------------------------------ commands: Quick Mode
+
+    def start_child(
+        self,
+        sa_id: bytes,
+        now: float,
+        local_ts: TrafficSelector,
+        remote_ts: TrafficSelector,
+        proposal: ChildProposal,
+        name: str = "",
+    ) -> int:
+        """Initiate a Quick Mode for one pair of IPsec SAs; returns its message ID."""
+        return quickmode.start_child(self, sa_id, now, local_ts, remote_ts, proposal, name)
+
+    def set_child_policies(self, sa_id: bytes, policies: tuple[ChildPolicy, ...]) -> None:
+        """Gateway: the phase 2 policies this particular client may set up (per user/group)."""
+        self.get_sa(sa_id).child_policies = tuple(policies)
 
     # ------------------------------------------------------------------ demultiplexing
 

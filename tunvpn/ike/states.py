@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from .constants import CfgAttr, CfgType, NotifyType
 from .exchanges import ExchangesMixin
 from .messages import AttributePayload, DeletePayload, HashPayload, NotifyPayload, RawPayload
-from .quickmode import QuickModeMixin
+from .quickmode import on_qm_1, on_qm_2, on_qm_3
 from .sa import Access, ExchangeKind, ExState, Role
 from .transaction import (
     XAUTH_TYPES,
@@ -109,9 +109,9 @@ EXCHANGE_TABLE: dict[tuple[ExchangeKind, ExState, Message], Transition] = {
     (T, ExState.SENT_REQUEST, M.CFG_REPLY): Transition(on_cfg_reply, ExState.DONE),
     (T, ExState.SENT_SET, M.CFG_ACK): Transition(on_cfg_ack, ExState.DONE),
     # Quick Mode: the peer's message 1 makes IPsec SAs, so it needs the whole login
-    (Q, ExState.NEW, M.QM_1): Transition(QuickModeMixin._qm_r_first, ExState.SENT_2, access=Access.GRANTED),
-    (Q, ExState.SENT_1, M.QM_2): Transition(QuickModeMixin._qm_i_second, ExState.DONE),
-    (Q, ExState.SENT_2, M.QM_3): Transition(QuickModeMixin._qm_r_third, ExState.DONE),
+    (Q, ExState.NEW, M.QM_1): Transition(on_qm_1, ExState.SENT_2, access=Access.GRANTED),
+    (Q, ExState.SENT_1, M.QM_2): Transition(on_qm_2, ExState.DONE),
+    (Q, ExState.SENT_2, M.QM_3): Transition(on_qm_3, ExState.DONE),
 }
 
 INFORMATIONAL_TABLE: dict[Message, InformationalRule] = {

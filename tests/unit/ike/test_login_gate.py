@@ -17,6 +17,7 @@ from tests.helpers.ike_pair import (
     gateway_config,
 )
 from tunvpn.ike import events as ev
+from tunvpn.ike import quickmode
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
 from tunvpn.ike.constants import HEADER_SIZE, ExchangeType, HeaderFlag, NotifyType
 from tunvpn.ike.engine import IkeEngine
@@ -129,7 +130,7 @@ def test_mode_config_waits_for_xauth_and_quick_mode_for_grant() -> None:
     quick_mode(pair, sa_id)  # XAUTH passed, but the shell has not granted (extra protocols)
     assert not gateway_children(pair, gw)
     # until granted, the gateway's configured children are no fallback
-    assert pair.gateway.engine._child_policies(pair.gateway.engine.get_sa(gw)) == ()
+    assert quickmode.child_policies(pair.gateway.engine, pair.gateway.engine.get_sa(gw)) == ()
     pair.gateway.engine.set_child_policies(gw, pair.gateway.engine.config.children[:1])
     pair.gateway.engine.grant(gw, pair.now)
     pair.gateway.drain()
