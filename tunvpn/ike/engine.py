@@ -26,11 +26,10 @@ from collections.abc import Callable
 
 from ..ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 from . import events as ev
-from . import quickmode, states, transaction
+from . import exchanges, quickmode, states, transaction
 from .config import XAUTH_METHODS, ChildPolicy, EngineConfig
 from .constants import HEADER_SIZE, ExchangeType, HeaderFlag, IdType, NotifyType, ProtocolId, XauthType
 from .errors import LocalProtocolError, RemoteProtocolError
-from .exchanges import ExchangesMixin
 from .identity import TrafficSelector
 from .messages import DataAttribute, Header, RawPayload, SAPayload, decode_header
 from .modecfg import ModeConfig
@@ -54,7 +53,7 @@ MAX_HELD = 4
 """Informational payloads kept per ISAKMP SA until its login is granted."""
 
 
-class IkeEngine(Phase1Mixin, ExchangesMixin):
+class IkeEngine(Phase1Mixin):
     """All ISAKMP SAs of one local endpoint."""
 
     def __init__(
@@ -131,7 +130,7 @@ class IkeEngine(Phase1Mixin, ExchangesMixin):
                 if t is not None:
                     times.append(t)
             if sa.established and self.config.dpd_interval > 0 and "dpd" in sa.peer_vendor_ids:
-                times.append(self._dpd_due(sa))
+                times.append(exchanges.dpd_due(self, sa))
             if not sa.established:
                 times.append(sa.created + self.config.half_open_timeout)
             times.extend(ex.sent.at for ex in sa.exchanges.values() if ex.sent.at is not None)
@@ -157,11 +156,11 @@ class IkeEngine(Phase1Mixin, ExchangesMixin):
                 self._retransmit_phase1(sa, now)
             for ex in list(sa.exchanges.values()):
                 if ex.sent.due(now):
-                    self._retransmit_exchange(sa, ex, now)
+                    exchanges.retransmit_exchange(self, sa, ex, now)
             if sa.dead:  # the retransmissions above may have given up on it
                 continue
             if sa.established:
-                self._dpd_tick(sa, now)
+                exchanges.dpd_tick(self, sa, now)
             if sa.next_keepalive is not None and now >= sa.next_keepalive:
                 self._out.append((NAT_KEEPALIVE, sa.remote, sa.local[1]))
                 sa.next_keepalive = now + self.config.keepalive_interval
@@ -280,6 +279,16 @@ class IkeEngine(Phase1Mixin, ExchangesMixin):
     def set_child_policies(self, sa_id: bytes, policies: tuple[ChildPolicy, ...]) -> None:
         """Gateway: the phase 2 policies this particular client may set up (per user/group)."""
         self.get_sa(sa_id).child_policies = tuple(policies)
+
+    # ------------------------------------------------------------------ commands: delete
+
+    def delete_child(self, sa_id: bytes, spi_in: int, now: float) -> None:
+        """Delete one pair of IPsec SAs (we name our inbound SPI, RFC 2408 section 3.15)."""
+        exchanges.delete_child(self, sa_id, spi_in, now)
+
+    def delete_ike_sa(self, sa_id: bytes, now: float, reason: str = "closed") -> None:
+        """Delete every child SA, then the ISAKMP SA itself, telling the peer."""
+        exchanges.delete_ike_sa(self, sa_id, now, reason)
 
     # ------------------------------------------------------------------ demultiplexing
 
@@ -407,7 +416,7 @@ class IkeEngine(Phase1Mixin, ExchangesMixin):
             log.debug("dropped a message for finished exchange %#x from %s", mid, remote[0])
             return
         if header.exchange == ExchangeType.INFORMATIONAL and not header.flags & HeaderFlag.ENCRYPTION:
-            self._unprotected_informational(sa, header, data, now)
+            exchanges.unprotected_informational(self, sa, header, data, now)
             return
         if not sa.established:
             raise RemoteProtocolError(
@@ -496,7 +505,7 @@ class IkeEngine(Phase1Mixin, ExchangesMixin):
         if sa.state is P1State.DEAD:
             return
         if transition.next_state is ExState.DONE:
-            self._exchange_done(sa, ex)
+            exchanges.exchange_done(self, sa, ex)
         else:
             ex.state = transition.next_state
 

@@ -4,6 +4,11 @@ the same for phase 1 and these exchanges, is retransmit.py's (``IkeEngine._send_
 
 Transaction lives in transaction.py and Quick Mode in quickmode.py; the legal
 (kind, state, message) combinations of all of them are in ``states.EXCHANGE_TABLE``.
+
+Plain functions of the engine (``engine: IkeEngine`` first): the commands behind
+``IkeEngine.delete_child`` and ``delete_ike_sa``, what the other exchange modules share
+(``new_exchange``, ``send_protected``, ``exchange_done``, ``send_informational``, ``drop_sa``),
+and the ``on_*`` handlers of ``states.INFORMATIONAL_TABLE`` (``handler(engine, sa, payload, now)``).
 """
 
 from __future__ import annotations
@@ -40,184 +45,195 @@ COMPLETED_CACHED = 16
 the message IDs of all the others are only remembered (``IkeSA.completed``)."""
 
 
-class ExchangesMixin:
-    """Transaction, Quick Mode and Informational exchanges of the IKE engine (their dispatch,
-    by the table of states.py, is ``IkeEngine._receive_exchange``)."""
+def exchange_done(engine: IkeEngine, sa: IkeSA, ex: Exchange) -> None:
+    """An exchange finished: its message ID is remembered for the ISAKMP SA's whole life
+    (RFC 2408 section 3.1), its secrets are forgotten, and only the last few finished
+    exchanges keep their messages."""
+    ex.state = ExState.DONE
+    ex.sent.stop()
+    ex.quick = QuickModeData(spi_in=ex.quick.spi_in, name=ex.quick.name)
+    sa.completed.add(ex.message_id)
+    done = [m for m, e in sa.exchanges.items() if e.state is ExState.DONE]
+    for m in done[:-COMPLETED_CACHED]:
+        del sa.exchanges[m]
 
-    def _exchange_done(self: IkeEngine, sa: IkeSA, ex: Exchange) -> None:
-        """An exchange finished: its message ID is remembered for the ISAKMP SA's whole life
-        (RFC 2408 section 3.1), its secrets are forgotten, and only the last few finished
-        exchanges keep their messages."""
-        ex.state = ExState.DONE
-        ex.sent.stop()
-        ex.quick = QuickModeData(spi_in=ex.quick.spi_in, name=ex.quick.name)
-        sa.completed.add(ex.message_id)
-        done = [m for m, e in sa.exchanges.items() if e.state is ExState.DONE]
-        for m in done[:-COMPLETED_CACHED]:
-            del sa.exchanges[m]
 
-    def _new_exchange(self: IkeEngine, sa: IkeSA, kind: ExchangeKind) -> Exchange:
-        if not sa.established:
-            raise LocalProtocolError("the ISAKMP SA is not established")
-        mid = self._new_message_id(sa)
-        assert sa.suite is not None
-        iv = crypto.phase2_iv(
-            sa.suite.hash, sa.p1_last_block, mid, crypto.cipher_block_size(sa.suite.encryption)
-        )
-        ex = sa.exchanges[mid] = Exchange(mid, kind, iv)
-        return ex
+def new_exchange(engine: IkeEngine, sa: IkeSA, kind: ExchangeKind) -> Exchange:
+    if not sa.established:
+        raise LocalProtocolError("the ISAKMP SA is not established")
+    mid = engine._new_message_id(sa)
+    assert sa.suite is not None
+    iv = crypto.phase2_iv(sa.suite.hash, sa.p1_last_block, mid, crypto.cipher_block_size(sa.suite.encryption))
+    ex = sa.exchanges[mid] = Exchange(mid, kind, iv)
+    return ex
 
-    def _send_protected(
-        self: IkeEngine,
-        sa: IkeSA,
-        ex: Exchange,
-        exchange: int,
-        payloads: list[Payload],
-        now: float,
-        *,
-        expect_reply: bool,
-        extra: bytes = b"",
-    ) -> None:
-        _, following = encode_payloads(payloads)
-        hashed = [sa.hash_payload(ex.message_id, following, extra), *payloads]
-        data = sa.build(exchange, ex.message_id, hashed, encrypt=True)
-        self._send(sa, ex.sent, data, now, expect_reply=expect_reply)
 
-    def _retransmit_exchange(self: IkeEngine, sa: IkeSA, ex: Exchange, now: float) -> None:
-        if not self._send_again(sa, ex.sent, now):
-            reason = f"no answer to {ex.kind} exchange {ex.message_id:#x}"
-            log.info("%s from %s", reason, sa.remote[0])
-            name = ex.quick.name
-            self._exchange_done(sa, ex)
-            if ex.kind is ExchangeKind.QUICK:
-                self._events.append(ev.ChildSAFailed(sa.sa_id, reason, None, name))
-            else:
-                self._events.append(ev.ProtocolError(sa.sa_id, sa.remote, reason, None))
+def send_protected(
+    engine: IkeEngine,
+    sa: IkeSA,
+    ex: Exchange,
+    exchange: int,
+    payloads: list[Payload],
+    now: float,
+    *,
+    expect_reply: bool,
+    extra: bytes = b"",
+) -> None:
+    _, following = encode_payloads(payloads)
+    hashed = [sa.hash_payload(ex.message_id, following, extra), *payloads]
+    data = sa.build(exchange, ex.message_id, hashed, encrypt=True)
+    engine._send(sa, ex.sent, data, now, expect_reply=expect_reply)
 
-    # ------------------------------------------------------------------ Informational
 
-    def _send_informational(self: IkeEngine, sa: IkeSA, payloads: list[Payload], now: float) -> None:
-        ex = self._new_exchange(sa, ExchangeKind.INFORMATIONAL)
-        self._send_protected(sa, ex, ExchangeType.INFORMATIONAL, payloads, now, expect_reply=False)
-        sa.exchanges.pop(ex.message_id, None)
-
-    def _unprotected_informational(
-        self: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float
-    ) -> None:
-        """A plain Notify (before keys exist): only errors during phase 1 are believed."""
-        payloads = sa.open(header, data)
-        for raw in payloads:
-            n = raw.payload
-            if isinstance(n, NotifyPayload) and not sa.established and n.notify_type < 8192:
-                self._peer_refused(sa, n, now)
-                return
-        log.info("ignoring unprotected Informational from %s", sa.remote[0])
-
-    def _on_dpd(self: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
-        """RFC 3706: answer R-U-THERE; an ACK needs nothing (the message proved liveness)."""
-        if n.notify_type == NotifyType.R_U_THERE:
-            if n.spi != sa.sa_id or len(n.data) != 4:
-                raise RemoteProtocolError("R-U-THERE with wrong SPI or data", field="N(R-U-THERE)")
-            self._send_informational(
-                sa, [NotifyPayload(NotifyType.R_U_THERE_ACK, ProtocolId.ISAKMP, sa.sa_id, n.data)], now
-            )
-
-    def _on_error_notify(self: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
-        if n.protocol == ProtocolId.ESP and len(n.spi) == 4:
-            # an error about one of our Quick Modes, named by the SPI we proposed
-            spi = int.from_bytes(n.spi, "big")
-            for ex in list(sa.exchanges.values()):
-                if ex.kind is ExchangeKind.QUICK and ex.state is ExState.SENT_1 and ex.quick.spi_in == spi:
-                    name = ex.quick.name
-                    self._exchange_done(sa, ex)
-                    try:
-                        notify_name = NotifyType(n.notify_type).name
-                    except ValueError:
-                        notify_name = str(n.notify_type)
-                    reason = f"refused by the peer ({notify_name})"
-                    self._events.append(ev.ChildSAFailed(sa.sa_id, reason, n.notify_type, name))
-                    self._spis.discard(spi)
-                    return
-        self._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
-
-    def _on_status_notify(self: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
-        self._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
-
-    def _on_initial_contact(self: IkeEngine, sa: IkeSA, n: NotifyPayload | None, now: float) -> None:
-        """RFC 2407 section 4.6.3.3, from an Informational (the table holds it until GRANTED)."""
-        sa.initial_contact = True
-        self._initial_contact(sa, now)
-
-    def _on_delete(self: IkeEngine, sa: IkeSA, d: DeletePayload, now: float) -> None:
-        if d.protocol == ProtocolId.ISAKMP:
-            if any(spi == sa.sa_id for spi in d.spis):
-                self._drop_sa(sa, "deleted by peer", by_peer=True)
-            return
-        if d.protocol != ProtocolId.ESP:
-            return
-        for spi_bytes in d.spis:
-            spi = int.from_bytes(spi_bytes, "big")
-            for child in list(sa.children.values()):
-                # RFC 2408 3.15 names the SA as its receiver knows it (our spi_out); charon
-                # sometimes names ours (spi_in) after a failed install, so accept both
-                if spi in (child.spi_out, child.spi_in):
-                    del sa.children[child.spi_in]
-                    self._spis.discard(child.spi_in)
-                    self._events.append(ev.ChildSADeleted(sa.sa_id, child.spi_in, child.spi_out, True))
-
-    # ------------------------------------------------------------------ commands: delete
-
-    def delete_child(self: IkeEngine, sa_id: bytes, spi_in: int, now: float) -> None:
-        """Delete one pair of IPsec SAs (we name our inbound SPI, RFC 2408 section 3.15)."""
-        sa = self.get_sa(sa_id)
-        child = sa.children.pop(spi_in, None)
-        if child is None:
-            raise LocalProtocolError(f"no child SA with inbound SPI {spi_in:#x}")
-        self._spis.discard(spi_in)
-        self._send_informational(sa, [DeletePayload(ProtocolId.ESP, (spi_in.to_bytes(4, "big"),))], now)
-        self._events.append(ev.ChildSADeleted(sa.sa_id, child.spi_in, child.spi_out, False))
-
-    def delete_ike_sa(self: IkeEngine, sa_id: bytes, now: float, reason: str = "closed") -> None:
-        """Delete every child SA, then the ISAKMP SA itself, telling the peer."""
-        sa = self.get_sa(sa_id)
-        if sa.established:
-            for spi_in in list(sa.children):
-                self.delete_child(sa_id, spi_in, now)
-            self._send_informational(sa, [DeletePayload(ProtocolId.ISAKMP, (sa.sa_id,))], now)
-        self._drop_sa(sa, reason, by_peer=False)
-
-    def _drop_sa(self: IkeEngine, sa: IkeSA, reason: str, *, by_peer: bool) -> None:
-        if sa.state is P1State.DEAD:
-            return
-        for child in list(sa.children.values()):
-            self._events.append(ev.ChildSADeleted(sa.sa_id, child.spi_in, child.spi_out, by_peer))
-        sa.children.clear()
-        self._remove_sa(sa)
-        self._events.append(ev.IkeSADeleted(sa.sa_id, sa.remote, reason, by_peer))
-
-    # ------------------------------------------------------------------ DPD (RFC 3706)
-
-    def _dpd_due(self: IkeEngine, sa: IkeSA) -> float:
-        if sa.dpd_sent_at is not None:
-            return min(sa.dpd_sent_at + DPD_RETRY, sa.last_heard + self.config.dpd_timeout)
-        return sa.last_heard + self.config.dpd_interval
-
-    def _dpd_tick(self: IkeEngine, sa: IkeSA, now: float) -> None:
-        if self.config.dpd_interval <= 0 or "dpd" not in sa.peer_vendor_ids:
-            return
-        if now - sa.last_heard >= self.config.dpd_timeout:
-            log.info("peer %s is dead (no answer to DPD for %.0f s)", sa.remote[0], now - sa.last_heard)
-            self._drop_sa(sa, "dead peer", by_peer=False)
-            return
-        if now < self._dpd_due(sa):
-            return
-        if sa.dpd_seq == 0:
-            sa.dpd_seq = int.from_bytes(self._random(4), "big") & 0x7FFFFFFF or 1
+def retransmit_exchange(engine: IkeEngine, sa: IkeSA, ex: Exchange, now: float) -> None:
+    if not engine._send_again(sa, ex.sent, now):
+        reason = f"no answer to {ex.kind} exchange {ex.message_id:#x}"
+        log.info("%s from %s", reason, sa.remote[0])
+        name = ex.quick.name
+        exchange_done(engine, sa, ex)
+        if ex.kind is ExchangeKind.QUICK:
+            engine._events.append(ev.ChildSAFailed(sa.sa_id, reason, None, name))
         else:
-            sa.dpd_seq = (sa.dpd_seq + 1) & 0xFFFFFFFF
-        sa.dpd_sent_at = now
-        self._send_informational(
-            sa,
-            [NotifyPayload(NotifyType.R_U_THERE, ProtocolId.ISAKMP, sa.sa_id, struct.pack("!I", sa.dpd_seq))],
-            now,
+            engine._events.append(ev.ProtocolError(sa.sa_id, sa.remote, reason, None))
+
+
+# ------------------------------------------------------------------ Informational
+
+
+def send_informational(engine: IkeEngine, sa: IkeSA, payloads: list[Payload], now: float) -> None:
+    ex = new_exchange(engine, sa, ExchangeKind.INFORMATIONAL)
+    send_protected(engine, sa, ex, ExchangeType.INFORMATIONAL, payloads, now, expect_reply=False)
+    sa.exchanges.pop(ex.message_id, None)
+
+
+def unprotected_informational(engine: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
+    """A plain Notify (before keys exist): only errors during phase 1 are believed."""
+    payloads = sa.open(header, data)
+    for raw in payloads:
+        n = raw.payload
+        if isinstance(n, NotifyPayload) and not sa.established and n.notify_type < 8192:
+            engine._peer_refused(sa, n, now)
+            return
+    log.info("ignoring unprotected Informational from %s", sa.remote[0])
+
+
+def on_dpd(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
+    """RFC 3706: answer R-U-THERE; an ACK needs nothing (the message proved liveness)."""
+    if n.notify_type == NotifyType.R_U_THERE:
+        if n.spi != sa.sa_id or len(n.data) != 4:
+            raise RemoteProtocolError("R-U-THERE with wrong SPI or data", field="N(R-U-THERE)")
+        send_informational(
+            engine, sa, [NotifyPayload(NotifyType.R_U_THERE_ACK, ProtocolId.ISAKMP, sa.sa_id, n.data)], now
         )
+
+
+def on_error_notify(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
+    if n.protocol == ProtocolId.ESP and len(n.spi) == 4:
+        # an error about one of our Quick Modes, named by the SPI we proposed
+        spi = int.from_bytes(n.spi, "big")
+        for ex in list(sa.exchanges.values()):
+            if ex.kind is ExchangeKind.QUICK and ex.state is ExState.SENT_1 and ex.quick.spi_in == spi:
+                name = ex.quick.name
+                exchange_done(engine, sa, ex)
+                try:
+                    notify_name = NotifyType(n.notify_type).name
+                except ValueError:
+                    notify_name = str(n.notify_type)
+                reason = f"refused by the peer ({notify_name})"
+                engine._events.append(ev.ChildSAFailed(sa.sa_id, reason, n.notify_type, name))
+                engine._spis.discard(spi)
+                return
+    engine._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
+
+
+def on_status_notify(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
+    engine._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
+
+
+def on_initial_contact(engine: IkeEngine, sa: IkeSA, n: NotifyPayload | None, now: float) -> None:
+    """RFC 2407 section 4.6.3.3, from an Informational (the table holds it until GRANTED)."""
+    sa.initial_contact = True
+    engine._initial_contact(sa, now)
+
+
+def on_delete(engine: IkeEngine, sa: IkeSA, d: DeletePayload, now: float) -> None:
+    if d.protocol == ProtocolId.ISAKMP:
+        if any(spi == sa.sa_id for spi in d.spis):
+            drop_sa(engine, sa, "deleted by peer", by_peer=True)
+        return
+    if d.protocol != ProtocolId.ESP:
+        return
+    for spi_bytes in d.spis:
+        spi = int.from_bytes(spi_bytes, "big")
+        for child in list(sa.children.values()):
+            # RFC 2408 3.15 names the SA as its receiver knows it (our spi_out); charon
+            # sometimes names ours (spi_in) after a failed install, so accept both
+            if spi in (child.spi_out, child.spi_in):
+                del sa.children[child.spi_in]
+                engine._spis.discard(child.spi_in)
+                engine._events.append(ev.ChildSADeleted(sa.sa_id, child.spi_in, child.spi_out, True))
+
+
+# ------------------------------------------------------------------ commands: delete
+
+
+def delete_child(engine: IkeEngine, sa_id: bytes, spi_in: int, now: float) -> None:
+    """Delete one pair of IPsec SAs (we name our inbound SPI, RFC 2408 section 3.15)."""
+    sa = engine.get_sa(sa_id)
+    child = sa.children.pop(spi_in, None)
+    if child is None:
+        raise LocalProtocolError(f"no child SA with inbound SPI {spi_in:#x}")
+    engine._spis.discard(spi_in)
+    send_informational(engine, sa, [DeletePayload(ProtocolId.ESP, (spi_in.to_bytes(4, "big"),))], now)
+    engine._events.append(ev.ChildSADeleted(sa.sa_id, child.spi_in, child.spi_out, False))
+
+
+def delete_ike_sa(engine: IkeEngine, sa_id: bytes, now: float, reason: str = "closed") -> None:
+    """Delete every child SA, then the ISAKMP SA itself, telling the peer."""
+    sa = engine.get_sa(sa_id)
+    if sa.established:
+        for spi_in in list(sa.children):
+            engine.delete_child(sa_id, spi_in, now)
+        send_informational(engine, sa, [DeletePayload(ProtocolId.ISAKMP, (sa.sa_id,))], now)
+    drop_sa(engine, sa, reason, by_peer=False)
+
+
+def drop_sa(engine: IkeEngine, sa: IkeSA, reason: str, *, by_peer: bool) -> None:
+    if sa.state is P1State.DEAD:
+        return
+    for child in list(sa.children.values()):
+        engine._events.append(ev.ChildSADeleted(sa.sa_id, child.spi_in, child.spi_out, by_peer))
+    sa.children.clear()
+    engine._remove_sa(sa)
+    engine._events.append(ev.IkeSADeleted(sa.sa_id, sa.remote, reason, by_peer))
+
+
+# ------------------------------------------------------------------ DPD (RFC 3706)
+
+
+def dpd_due(engine: IkeEngine, sa: IkeSA) -> float:
+    if sa.dpd_sent_at is not None:
+        return min(sa.dpd_sent_at + DPD_RETRY, sa.last_heard + engine.config.dpd_timeout)
+    return sa.last_heard + engine.config.dpd_interval
+
+
+def dpd_tick(engine: IkeEngine, sa: IkeSA, now: float) -> None:
+    if engine.config.dpd_interval <= 0 or "dpd" not in sa.peer_vendor_ids:
+        return
+    if now - sa.last_heard >= engine.config.dpd_timeout:
+        log.info("peer %s is dead (no answer to DPD for %.0f s)", sa.remote[0], now - sa.last_heard)
+        drop_sa(engine, sa, "dead peer", by_peer=False)
+        return
+    if now < dpd_due(engine, sa):
+        return
+    if sa.dpd_seq == 0:
+        sa.dpd_seq = int.from_bytes(engine._random(4), "big") & 0x7FFFFFFF or 1
+    else:
+        sa.dpd_seq = (sa.dpd_seq + 1) & 0xFFFFFFFF
+    sa.dpd_sent_at = now
+    send_informational(
+        engine,
+        sa,
+        [NotifyPayload(NotifyType.R_U_THERE, ProtocolId.ISAKMP, sa.sa_id, struct.pack("!I", sa.dpd_seq))],
+        now,
+    )

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import crypto, natt, peerauth, transaction
+from . import crypto, exchanges, natt, peerauth, transaction
 from . import events as ev
 from .config import HYBRID_METHODS, SIGNATURE_METHODS, XAUTH_METHODS, EngineConfig, base_auth_method
 from .constants import (
@@ -712,7 +712,7 @@ class Phase1Mixin:
         once the sender's login is granted, and only for SAs of the same user."""
         for other in list(self._sas.values()):
             if self._same_user(sa, other):
-                self._drop_sa(other, "replaced after INITIAL-CONTACT", by_peer=True)
+                exchanges.drop_sa(self, other, "replaced after INITIAL-CONTACT", by_peer=True)
 
     def _fail_phase1(
         self: IkeEngine, sa: IkeSA, reason: str, notify: int | None, *, send_notify: bool
@@ -768,7 +768,7 @@ class Phase1Mixin:
             return  # never answer a notify with a notify
         if sa is not None and sa.established:
             protocol, spi = exc.notify_spi or (ProtocolId.ISAKMP, sa.sa_id)
-            self._send_informational(sa, [NotifyPayload(exc.notify, protocol, spi)], now)
+            exchanges.send_informational(self, sa, [NotifyPayload(exc.notify, protocol, spi)], now)
             return
         rcookie = sa.rcookie if sa is not None else header.rcookie
         self._send_unprotected_notify(

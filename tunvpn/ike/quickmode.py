@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..ipsec.algorithms import EncapsulationMode
-from . import crypto
+from . import crypto, exchanges
 from . import events as ev
 from .config import ChildPolicy
 from .constants import DHGroup, ExchangeType, IPsecAttr, LifeType, NotifyType, ProtocolId
@@ -74,7 +74,7 @@ def start_child(
 ) -> int:
     """Initiate a Quick Mode for one pair of IPsec SAs; returns its message ID."""
     sa = engine.get_sa(sa_id)
-    ex = engine._new_exchange(sa, ExchangeKind.QUICK)
+    ex = exchanges.new_exchange(engine, sa, ExchangeKind.QUICK)
     spi = engine._new_spi()
     ni = engine._random(NONCE_SIZE)
     transforms = proposal.transforms(_encap_mode(sa), sa.tunvpn_peer)
@@ -96,7 +96,7 @@ def start_child(
         local_ts=local_ts,
         remote_ts=remote_ts,
     )
-    engine._send_protected(sa, ex, ExchangeType.QUICK_MODE, payloads, now, expect_reply=True)
+    exchanges.send_protected(engine, sa, ex, ExchangeType.QUICK_MODE, payloads, now, expect_reply=True)
     return ex.message_id
 
 
@@ -164,7 +164,9 @@ def on_qm_1(engine: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayloa
     lifetime_notify = _responder_lifetime_notify(ct, lifetime_s, lifetime_kb, spi_in)
     if lifetime_notify is not None:
         out.append(lifetime_notify)
-    engine._send_protected(sa, ex, ExchangeType.QUICK_MODE, out, now, expect_reply=True, extra=parts.nonce)
+    exchanges.send_protected(
+        engine, sa, ex, ExchangeType.QUICK_MODE, out, now, expect_reply=True, extra=parts.nonce
+    )
     # install now: peers such as vpnc send ESP before our third message arrives
     _child_established(engine, sa, ex, ct, g_qm, "responder")
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .constants import CfgAttr, CfgType, NotifyType
-from .exchanges import ExchangesMixin
+from .exchanges import on_delete, on_dpd, on_error_notify, on_initial_contact, on_status_notify
 from .messages import AttributePayload, DeletePayload, HashPayload, NotifyPayload, RawPayload
 from .quickmode import on_qm_1, on_qm_2, on_qm_3
 from .sa import Access, ExchangeKind, ExState, Role
@@ -115,11 +115,11 @@ EXCHANGE_TABLE: dict[tuple[ExchangeKind, ExState, Message], Transition] = {
 }
 
 INFORMATIONAL_TABLE: dict[Message, InformationalRule] = {
-    M.DPD: InformationalRule(ExchangesMixin._on_dpd),
-    M.DELETE: InformationalRule(ExchangesMixin._on_delete),
-    M.ERROR_NOTIFY: InformationalRule(ExchangesMixin._on_error_notify),
-    M.STATUS_NOTIFY: InformationalRule(ExchangesMixin._on_status_notify),
-    M.INITIAL_CONTACT: InformationalRule(ExchangesMixin._on_initial_contact, Access.GRANTED, held=True),
+    M.DPD: InformationalRule(on_dpd),
+    M.DELETE: InformationalRule(on_delete),
+    M.ERROR_NOTIFY: InformationalRule(on_error_notify),
+    M.STATUS_NOTIFY: InformationalRule(on_status_notify),
+    M.INITIAL_CONTACT: InformationalRule(on_initial_contact, Access.GRANTED, held=True),
 }
 
 ACCESS_TABLE: tuple[tuple[str, Access, str], ...] = (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from . import crypto
+from . import crypto, exchanges
 from . import events as ev
 from .constants import (
     CfgAttr,
@@ -112,10 +112,11 @@ def xauth_request(
         attrs.append(DataAttribute(CfgAttr.XAUTH_MESSAGE, message.encode()))
     if challenge:
         attrs.append(DataAttribute(CfgAttr.XAUTH_CHALLENGE, challenge))
-    ex = engine._new_exchange(sa, ExchangeKind.TRANSACTION)
+    ex = exchanges.new_exchange(engine, sa, ExchangeKind.TRANSACTION)
     ex.state = ExState.SENT_REQUEST
     ex.tx = TransactionData(TransactionPurpose.XAUTH, xauth_type=int(xauth_type), challenge=challenge)
-    engine._send_protected(
+    exchanges.send_protected(
+        engine,
         sa,
         ex,
         ExchangeType.TRANSACTION,
@@ -174,9 +175,10 @@ def xauth_reply(
             attrs.append(DataAttribute(attr_type, chap_password(identifier, value.encode(), challenge)))
             continue
         attrs.append(DataAttribute(attr_type, value.encode()))
-    engine._exchange_done(sa, ex)
+    exchanges.exchange_done(engine, sa, ex)
     sa.xauth_user = user_name
-    engine._send_protected(
+    exchanges.send_protected(
+        engine,
         sa,
         ex,
         ExchangeType.TRANSACTION,
@@ -192,13 +194,14 @@ def xauth_verdict(engine: IkeEngine, sa_id: bytes, now: float, ok: bool, message
     attrs = [DataAttribute(CfgAttr.XAUTH_STATUS, int(XauthStatus.OK if ok else XauthStatus.FAIL))]
     if message:
         attrs.append(DataAttribute(CfgAttr.XAUTH_MESSAGE, message.encode()))
-    ex = engine._new_exchange(sa, ExchangeKind.TRANSACTION)
+    ex = exchanges.new_exchange(engine, sa, ExchangeKind.TRANSACTION)
     ex.state = ExState.SENT_SET
     ex.tx = TransactionData(TransactionPurpose.XAUTH_STATUS, ok=ok)
     sa.xauth_done = ok
     if ok and sa.role is Role.RESPONDER:
         engine._xauth_passed(sa, now)
-    engine._send_protected(
+    exchanges.send_protected(
+        engine,
         sa,
         ex,
         ExchangeType.TRANSACTION,
@@ -241,11 +244,12 @@ def request_mode_config(
         attrs = [DataAttribute(t, b"") for t in (*types, *extra_types)]
     else:
         attrs = [*request.to_attributes(), *(DataAttribute(t, b"") for t in extra_types)]
-    ex = engine._new_exchange(sa, ExchangeKind.TRANSACTION)
+    ex = exchanges.new_exchange(engine, sa, ExchangeKind.TRANSACTION)
     ex.state = ExState.SENT_REQUEST
     ex.tx = TransactionData(TransactionPurpose.MODECFG)
     identifier = int.from_bytes(engine._random(2), "big")
-    engine._send_protected(
+    exchanges.send_protected(
+        engine,
         sa,
         ex,
         ExchangeType.TRANSACTION,
@@ -273,11 +277,12 @@ def mode_config_reply(
     if not pending:
         raise LocalProtocolError("no Mode Config request is waiting for an answer")
     ex = pending[-1]
-    engine._exchange_done(sa, ex)
+    exchanges.exchange_done(engine, sa, ex)
     if config.address is not None:
         sa.assigned_address = str(config.address)
     attrs = (*config.to_attributes(), *extra)
-    engine._send_protected(
+    exchanges.send_protected(
+        engine,
         sa,
         ex,
         ExchangeType.TRANSACTION,
@@ -296,12 +301,13 @@ def push_mode_config(
     sa = engine.get_sa(sa_id)
     if config.address is not None:
         sa.assigned_address = str(config.address)
-    ex = engine._new_exchange(sa, ExchangeKind.TRANSACTION)
+    ex = exchanges.new_exchange(engine, sa, ExchangeKind.TRANSACTION)
     ex.state = ExState.SENT_SET
     identifier = int.from_bytes(engine._random(2), "big")
     ex.tx = TransactionData(TransactionPurpose.MODECFG_PUSH, identifier)
     attrs = (*config.to_attributes(), *extra)
-    engine._send_protected(
+    exchanges.send_protected(
+        engine,
         sa,
         ex,
         ExchangeType.TRANSACTION,
@@ -378,7 +384,8 @@ def on_xauth_status(
     message_attr = next((a for a in attr.attributes if a.type == CfgAttr.XAUTH_MESSAGE), None)
     message = _text(message_attr) if message_attr is not None else None
     sa.xauth_done = ok
-    engine._send_protected(
+    exchanges.send_protected(
+        engine,
         sa,
         ex,
         ExchangeType.TRANSACTION,
@@ -388,7 +395,7 @@ def on_xauth_status(
     )
     engine._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user, message))
     if not ok:
-        engine._drop_sa(sa, "XAUTH failed", by_peer=True)
+        exchanges.drop_sa(engine, sa, "XAUTH failed", by_peer=True)
 
 
 def on_cfg_set(engine: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:
@@ -397,7 +404,8 @@ def on_cfg_set(engine: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPay
     types = tuple(a.type for a in attr.attributes)
     config = ModeConfig.from_attributes(attr.attributes)
     ack = tuple(DataAttribute(t, b"") for t in types if t not in XAUTH_TYPES)
-    engine._send_protected(
+    exchanges.send_protected(
+        engine,
         sa,
         ex,
         ExchangeType.TRANSACTION,

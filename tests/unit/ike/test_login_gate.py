@@ -17,7 +17,7 @@ from tests.helpers.ike_pair import (
     gateway_config,
 )
 from tunvpn.ike import events as ev
-from tunvpn.ike import quickmode
+from tunvpn.ike import exchanges, quickmode
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
 from tunvpn.ike.constants import HEADER_SIZE, ExchangeType, HeaderFlag, NotifyType
 from tunvpn.ike.engine import IkeEngine
@@ -420,11 +420,11 @@ def test_informational_initial_contact_is_held_until_granted_dpd_and_delete_are_
     sa = pair.client.engine.get_sa(new)
     dpd = NotifyPayload(NotifyType.R_U_THERE, ProtocolId.ISAKMP, sa.sa_id, b"\x00\x00\x00\x07")
     pair.now += 5.0
-    pair.client.engine._send_informational(sa, [dpd], pair.now)
+    exchanges.send_informational(pair.client.engine, sa, [dpd], pair.now)
     pair.run()
     assert pair.client.engine.get_sa(new).last_heard == pair.now  # the R-U-THERE-ACK came back
     initial_contact = NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.sa_id, b"")
-    pair.client.engine._send_informational(sa, [initial_contact], pair.now)
+    exchanges.send_informational(pair.client.engine, sa, [initial_contact], pair.now)
     pair.run()
     xauth(pair, new, "alice")
     assert pair.gateway.engine.get_sa(gw_old).established  # held: not granted yet

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.helpers.ike_pair import PSK, Pair, client_config, connect, gateway_config
 from tunvpn.ike import events as ev
-from tunvpn.ike import states
+from tunvpn.ike import exchanges, states
 from tunvpn.ike.config import EngineConfig, PskTable
 from tunvpn.ike.constants import CfgType, ExchangeType, NotifyType
 from tunvpn.ike.messages import AttributePayload
@@ -41,10 +41,10 @@ def test_message_outside_the_table_is_refused_before_any_handler() -> None:
     pair = Pair(client_config(), gateway_config())
     sa_id = connect(pair)
     sa = pair.client.engine.get_sa(sa_id)
-    ex = pair.client.engine._new_exchange(sa, ExchangeKind.TRANSACTION)
+    ex = exchanges.new_exchange(pair.client.engine, sa, ExchangeKind.TRANSACTION)
     reply = AttributePayload(CfgType.REPLY, 7, ())
-    pair.client.engine._send_protected(
-        sa, ex, ExchangeType.TRANSACTION, [reply], pair.now, expect_reply=False
+    exchanges.send_protected(
+        pair.client.engine, sa, ex, ExchangeType.TRANSACTION, [reply], pair.now, expect_reply=False
     )
     pair.run()
     errors = pair.gateway.of(ev.ProtocolError)
