@@ -26,8 +26,8 @@ from tunvpn.config.credentials import UserTable
 from tunvpn.config.pool import AddressPool
 from tunvpn.gateway.daemon import Gateway, GatewayOptions, SimpleRule
 from tunvpn.ike.config import PskTable
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
+from tunvpn.ipsec.selectors import TrafficSelector
 
 GATEWAY = "127.0.0.1"
 CLIENT = "127.0.0.2"

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from tunvpn.ike import events as ev
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ipsec.algorithms import EspTransform
+from tunvpn.ipsec.selectors import TrafficSelector
 
 Address = tuple[str, int]
 CLIENT = ("192.0.2.10", 4500)

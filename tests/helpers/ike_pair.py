@@ -11,9 +11,10 @@ from tunvpn.ike import events as ev
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
 from tunvpn.ike.constants import DHGroup
 from tunvpn.ike.engine import IkeEngine
-from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.identity import Identity
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.proposals import ChildProposal
+from tunvpn.ipsec.selectors import TrafficSelector
 
 CLIENT_IP = "192.0.2.10"
 GATEWAY_IP = "198.51.100.1"

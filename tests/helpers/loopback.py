@@ -20,10 +20,10 @@ from tunvpn.config.pool import AddressPool
 from tunvpn.gateway.daemon import GatewayOptions, SimpleRule
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.constants import DHGroup
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import Phase2Policy
 from tunvpn.ike.proposals import EspSuite
 from tunvpn.ipsec.algorithms import EspTransform
+from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.testing import CLIENT, GATEWAY, connect, loopback_available, run_client, serve, stop
 
 PSK = b"loopback-test-psk"

@@ -13,8 +13,8 @@ from tests.helpers.logins import PasswordBackend, attempt, client_options, gatew
 from tests.helpers.loopback import PSK, free_port_pair, needs_loopback
 from tunvpn.gateway.audit import format_line
 from tunvpn.gateway.daemon import SimpleRule
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import Phase2Policy
+from tunvpn.ipsec.selectors import TrafficSelector
 
 INTRANET = Phase2Policy("intranet", TrafficSelector.parse("10.78.0.0/24"))
 MAIL = Phase2Policy("mail", TrafficSelector.parse("10.78.5.0/24"))

@@ -31,8 +31,8 @@ from tunvpn import cli
 from tunvpn.client.daemon import Client, Progress
 from tunvpn.config.credentials import UserTable
 from tunvpn.gateway.daemon import ConfigError, Gateway
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
+from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.plugins import (
     ClientProtocol,
     ClientSession,

@@ -13,8 +13,8 @@ import pytest
 
 from tests.helpers.loopback import RULES, free_port_pair, gateway_options, loopback_available
 from tunvpn.gateway.daemon import Gateway
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
+from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.plugins import Authorization, GatewayContext, Verdict, hookimpl
 from tunvpn.testing import DEFAULT_POLICIES, run_session
 

@@ -28,8 +28,9 @@ from tunvpn.gateway.daemon import (
 )
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.constants import DHGroup
-from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.identity import Identity
 from tunvpn.ike.proposals import Phase1Policy
+from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.shell.udp import BindError, bind_udp
 
 

@@ -26,20 +26,23 @@ PACKAGE = ROOT / "tunvpn"
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "tunvpn.ipsec": frozenset(),
     "tunvpn.ike": frozenset({"tunvpn.ipsec"}),
-    "tunvpn.esp": frozenset({"tunvpn.ike", "tunvpn.ipsec"}),
+    "tunvpn.esp": frozenset({"tunvpn.ipsec"}),
     "tunvpn.untrusted": frozenset(),
     "tunvpn.shell": frozenset({"tunvpn.ike", "tunvpn.ipsec"}),
     "tunvpn.dataplane": frozenset({"tunvpn.esp", "tunvpn.ike", "tunvpn.ipsec"}),
-    "tunvpn.config": frozenset({"tunvpn.ike", "tunvpn.shell"}),
+    "tunvpn.config": frozenset({"tunvpn.ike", "tunvpn.ipsec", "tunvpn.shell"}),
     "tunvpn.keylog": frozenset({"tunvpn.config", "tunvpn.ike", "tunvpn.ipsec"}),
     "tunvpn.control": frozenset({"tunvpn.dataplane", "tunvpn.ike", "tunvpn.shell"}),
-    "tunvpn.plugins": frozenset({"tunvpn.config", "tunvpn.dataplane", "tunvpn.ike", "tunvpn.untrusted"}),
+    "tunvpn.plugins": frozenset(
+        {"tunvpn.config", "tunvpn.dataplane", "tunvpn.ike", "tunvpn.ipsec", "tunvpn.untrusted"}
+    ),
     "tunvpn.gateway": frozenset(
         {
             "tunvpn.config",
             "tunvpn.control",
             "tunvpn.dataplane",
             "tunvpn.ike",
+            "tunvpn.ipsec",
             "tunvpn.keylog",
             "tunvpn.plugins",
             "tunvpn.shell",
@@ -52,13 +55,16 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
             "tunvpn.control",
             "tunvpn.dataplane",
             "tunvpn.ike",
+            "tunvpn.ipsec",
             "tunvpn.keylog",
             "tunvpn.plugins",
             "tunvpn.shell",
             "tunvpn.untrusted",
         }
     ),
-    "tunvpn.testing": frozenset({"tunvpn.client", "tunvpn.config", "tunvpn.gateway", "tunvpn.ike"}),
+    "tunvpn.testing": frozenset(
+        {"tunvpn.client", "tunvpn.config", "tunvpn.gateway", "tunvpn.ike", "tunvpn.ipsec"}
+    ),
     "tunvpn.demo": frozenset({"tunvpn.config", "tunvpn.ike", "tunvpn.untrusted"}),
     "tunvpn.bench": frozenset(),
     "tunvpn.cli": frozenset(

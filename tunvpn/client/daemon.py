@@ -33,10 +33,11 @@ from tunvpn.ike.config import EngineConfig, PskTable
 from tunvpn.ike.constants import DHGroup, XauthType
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.errors import LocalProtocolError, RemoteProtocolError
-from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.identity import Identity
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy, PolicyPush, decode_policies, diff_policies
 from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1Policy
+from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.plugins.host import PluginError, PluginHost, install_advice
 from tunvpn.plugins.types import ClientProtocol, ClientQuestion, ClientSession
 from tunvpn.shell.crls import keep_crls_fresh

@@ -44,7 +44,7 @@ from tunvpn.ike.certs import Credential, load_certificates
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.constants import AuthMethod, DHGroup, EncryptionAlgorithm, HashAlgorithm
 from tunvpn.ike.errors import LocalProtocolError
-from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.identity import Identity
 from tunvpn.ike.policies import MAX_NAME, ExtraProtocol, Phase2Policy
 from tunvpn.ike.proposals import (
     DEFAULT_ENCRYPTION,
@@ -62,6 +62,7 @@ from tunvpn.ike.proposals import (
     EspSuite,
     Phase1Policy,
 )
+from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.shell.crls import CrlError, peer_certificate_policy
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from ..esp.sa import InboundSA, OutboundSA
 from ..esp.table import SadTable
 from ..esp.transforms import EspSuite
-from ..ike.identity import TrafficSelector
 from ..ipsec.algorithms import EspTransform
+from ..ipsec.selectors import TrafficSelector
 from .packets import gro_coalesce
 from .tun_linux import TunDevice, TunStats
 from .udp_linux import UdpSocket

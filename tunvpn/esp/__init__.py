@@ -27,6 +27,7 @@ from .replay import IntReplayWindow, ReplayWindow
 from .sa import (
     InboundSA,
     Lifetime,
+    NegotiatedChild,
     OutboundSA,
     decrypt_batch,
     encrypt_batch,
@@ -64,6 +65,7 @@ __all__ = [
     "ReplayWindow",
     "InboundSA",
     "Lifetime",
+    "NegotiatedChild",
     "OutboundSA",
     "decrypt_batch",
     "encrypt_batch",

@@ -19,8 +19,8 @@ import sys
 import timeit
 from collections.abc import Callable
 
-from ..ike.identity import TrafficSelector
 from ..ipsec.algorithms import AuthAlgorithm, EspTransform
+from ..ipsec.selectors import TrafficSelector
 from .replay import IntReplayWindow, ReplayWindow
 from .sa import InboundSA, OutboundSA
 from .table import SadTable

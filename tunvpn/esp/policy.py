@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..ike.identity import TrafficSelector
+from ..ipsec.selectors import TrafficSelector
 from .transforms import Packet
 
 PacketTest = Callable[[Packet], bool]

@@ -21,7 +21,7 @@ import struct
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.exceptions import InvalidTag
 
@@ -47,8 +47,7 @@ from .replay import ReplayWindow
 from .transforms import PAD_SUFFIXES, AeadEngine, Engine, EspSuite, Packet, TrailerTable, trailer_table
 
 if TYPE_CHECKING:
-    from ..ike.events import ChildSAEstablished
-    from ..ike.identity import TrafficSelector
+    from ..ipsec.selectors import TrafficSelector
     from .ratelimit import DropLog
 
 _unpack_seq = struct.Struct(">I").unpack_from
@@ -775,6 +774,50 @@ class InboundSA(_SecurityAssociation):
 # ---------------------------------------------------------------------------- from IKE
 
 
+class NegotiatedChild(Protocol):
+    """What a negotiated child SA gives ESP: the fields :func:`sa_pair_from_child` reads.
+
+    The IKE core's ``tunvpn.ike.events.ChildSAEstablished`` has them (mypy checks that it fits
+    where the data path passes one); ESP names them here so that it imports nothing of
+    ``tunvpn.ike``. Read-only, as the event is frozen.
+    """
+
+    @property
+    def spi_in(self) -> int: ...
+    @property
+    def spi_out(self) -> int: ...
+    @property
+    def transform(self) -> int: ...
+    @property
+    def key_length(self) -> int | None: ...
+    @property
+    def integrity(self) -> int | None: ...
+    @property
+    def enc_key_in(self) -> bytes: ...
+    @property
+    def auth_key_in(self) -> bytes: ...
+    @property
+    def enc_key_out(self) -> bytes: ...
+    @property
+    def auth_key_out(self) -> bytes: ...
+    @property
+    def local_ts(self) -> TrafficSelector: ...
+    @property
+    def remote_ts(self) -> TrafficSelector: ...
+    @property
+    def inbound_local_ts(self) -> tuple[TrafficSelector, ...]: ...
+    @property
+    def lifetime_seconds(self) -> int: ...
+    @property
+    def lifetime_kilobytes(self) -> int: ...
+    @property
+    def encapsulation(self) -> int: ...
+    @property
+    def remote(self) -> tuple[str, int]: ...
+    @property
+    def esn(self) -> bool: ...
+
+
 def suite_from_child(transform: int, key_length: int | None, integrity: int | None) -> EspSuite:
     """The :class:`EspSuite` of a Quick Mode result (``ChildSAEstablished`` fields)."""
     transform = EspTransform(transform)
@@ -784,7 +827,7 @@ def suite_from_child(transform: int, key_length: int | None, integrity: int | No
 
 
 def sa_pair_from_child(
-    event: ChildSAEstablished,
+    event: NegotiatedChild,
     now: float,
     *,
     esn: bool | None = None,
@@ -792,7 +835,9 @@ def sa_pair_from_child(
     soft_fraction: float = DEFAULT_SOFT_FRACTION,
     packets: int | None = None,
 ) -> tuple[InboundSA, OutboundSA]:
-    """The inbound and outbound SA of a negotiated child SA, ready for ``SadTable.install``.
+    """The inbound and outbound SA of a negotiated child SA (a ``ChildSAEstablished`` of
+    the IKE core, or anything with its fields: :class:`NegotiatedChild`), ready for
+    ``SadTable.install``.
 
     :param esn: override the event's ``esn`` (what Quick Mode negotiated, RFC 4304); ``None``
         takes it from the event. An ESN SA opens packets on the careful path, not the

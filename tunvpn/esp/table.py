@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, final
 
-from ..ike.identity import TrafficSelector
+from ..ipsec.selectors import TrafficSelector
 from .constants import DROP_REASON_COUNT, DropReason
 from .events import SaLifetimeEvent
 from .policy import PacketTest, compile_outbound_test

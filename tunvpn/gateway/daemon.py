@@ -43,7 +43,7 @@ from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
 from tunvpn.ike.constants import AuthMethod, CfgAttr, DHGroup
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.errors import LocalProtocolError
-from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.identity import Identity
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.policies import (
     ExtraProtocol,
@@ -63,6 +63,7 @@ from tunvpn.ike.proposals import (
     EspSuite,
     Phase1Policy,
 )
+from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.plugins.accounting import AccountingRecord
 from tunvpn.plugins.host import PluginError, PluginHost
 from tunvpn.plugins.types import Authorization, CredentialRequest, GatewayContext, Verdict

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from ..ipsec.selectors import TrafficSelector
 from .certpath import PeerCertificatePolicy
 from .certs import Credential
 from .constants import AuthMethod
 from .errors import LocalProtocolError
-from .identity import Identity, TrafficSelector
+from .identity import Identity
 from .proposals import ChildProposal, Phase1Policy
 
 PSK_METHODS = (AuthMethod.PRE_SHARED_KEY, AuthMethod.XAUTH_INIT_PRESHARED)

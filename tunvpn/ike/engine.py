@@ -24,13 +24,13 @@ import os
 from collections import Counter, deque
 from collections.abc import Callable
 
+from ..ipsec.selectors import TrafficSelector
 from ..ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 from . import events as ev
 from . import exchanges, quickmode, states, transaction
 from .config import XAUTH_METHODS, ChildPolicy, EngineConfig
 from .constants import HEADER_SIZE, ExchangeType, HeaderFlag, IdType, NotifyType, ProtocolId, XauthType
 from .errors import LocalProtocolError, RemoteProtocolError
-from .identity import TrafficSelector
 from .messages import DataAttribute, Header, RawPayload, SAPayload, decode_header
 from .modecfg import ModeConfig
 from .phase1 import Phase1Mixin

@@ -9,15 +9,14 @@ at its single receive entry point, never into a traceback.
 
 from __future__ import annotations
 
+from ..ipsec.errors import LocalProtocolError, ProtocolError
 from .constants import NotifyType
 
+IkeError = ProtocolError
+"""Base class of every error raised by :mod:`tunvpn.ike` (and :mod:`tunvpn.ipsec`)."""
 
-class IkeError(Exception):
-    """Base class of every error raised by :mod:`tunvpn.ike`."""
-
-
-class LocalProtocolError(IkeError):
-    """Our side asked for something impossible (bad argument, wrong state, bad config)."""
+# LocalProtocolError lives in tunvpn.ipsec.errors (traffic selectors raise it too); it is
+# imported from here by most of tunvpn, so this module exports it.
 
 
 class RemoteProtocolError(IkeError):
@@ -62,3 +61,6 @@ class NoProposalChosen(RemoteProtocolError):
 
     def __init__(self, message: str, field: str = "SA") -> None:
         super().__init__(message, NotifyType.NO_PROPOSAL_CHOSEN, field)
+
+
+__all__ = ["AuthenticationError", "IkeError", "LocalProtocolError", "NoProposalChosen", "RemoteProtocolError"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .identity import TrafficSelector
+from ..ipsec.selectors import TrafficSelector
 from .modecfg import ModeConfig
 
 Address = tuple[str, int]

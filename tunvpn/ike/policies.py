@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from ..ipsec.algorithms import AuthAlgorithm, EspTransform
+from ..ipsec.selectors import TrafficSelector
 from .constants import DHGroup, IdType
 from .errors import RemoteProtocolError
-from .identity import TrafficSelector
+from .identity import selector_from_id_payload, selector_to_id_payload
 from .messages import DataAttribute, IDPayload
 from .proposals import DEFAULT_ESP, ChildProposal, EspSuite
 
@@ -200,7 +201,7 @@ def _bad(attr: int, message: str) -> RemoteProtocolError:
 
 def encode_selector(ts: TrafficSelector) -> bytes:
     """ID type (1), protocol (1), port (2), then the ID data, as in an RFC 2407 4.6.2 ID payload."""
-    p = ts.to_id_payload()
+    p = selector_to_id_payload(ts)
     return struct.pack("!BBH", p.id_type, p.protocol, p.port) + p.data
 
 
@@ -218,7 +219,7 @@ def decode_selector(attr: int, data: bytes) -> TrafficSelector:
     ):
         raise _bad(attr, f"ID type {id_type} is not an address type")
     try:
-        return TrafficSelector.from_id_payload(IDPayload(id_type, data[4:], protocol, port))
+        return selector_from_id_payload(IDPayload(id_type, data[4:], protocol, port))
     except (RemoteProtocolError, ValueError) as exc:
         raise _bad(attr, str(exc)) from None
 

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..ipsec.algorithms import EncapsulationMode
+from ..ipsec.selectors import TrafficSelector
 from . import crypto, exchanges
 from . import events as ev
 from .config import ChildPolicy
 from .constants import DHGroup, ExchangeType, IPsecAttr, LifeType, NotifyType, ProtocolId
 from .errors import NoProposalChosen, RemoteProtocolError
-from .identity import TrafficSelector
+from .identity import selector_from_id_payload, selector_to_id_payload
 from .messages import (
     DataAttribute,
     HashPayload,
@@ -84,7 +85,7 @@ def start_child(
     if proposal.pfs_group is not None:
         dh = crypto.DiffieHellman(proposal.pfs_group)
         payloads.append(KEPayload(dh.public))
-    payloads += [local_ts.to_id_payload(), remote_ts.to_id_payload()]
+    payloads += [selector_to_id_payload(local_ts), selector_to_id_payload(remote_ts)]
     ex.state = ExState.SENT_1
     ex.quick = QuickModeData(
         ni=ni,
@@ -258,8 +259,7 @@ def on_qm_2(engine: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayloa
         g_qm = dh.shared_secret(ke)
     ids = parts.ids
     if ids and (
-        TrafficSelector.from_id_payload(ids[0]) != qm.local_ts
-        or TrafficSelector.from_id_payload(ids[1]) != qm.remote_ts
+        selector_from_id_payload(ids[0]) != qm.local_ts or selector_from_id_payload(ids[1]) != qm.remote_ts
     ):
         raise RemoteProtocolError(
             "responder changed the traffic selectors", NotifyType.INVALID_ID_INFORMATION, "ID"
@@ -418,7 +418,7 @@ def _qm_parts(rest: list[RawPayload]) -> QuickModeParts:
 def _peer_selectors(sa: IkeSA, ids: list[IDPayload]) -> tuple[TrafficSelector, TrafficSelector]:
     """(initiator's selector, responder's selector); without IDs, the phase 1 addresses."""
     if ids:
-        return TrafficSelector.from_id_payload(ids[0]), TrafficSelector.from_id_payload(ids[1])
+        return selector_from_id_payload(ids[0]), selector_from_id_payload(ids[1])
     i_addr = sa.remote[0] if sa.role is Role.RESPONDER else sa.local[0]
     r_addr = sa.local[0] if sa.role is Role.RESPONDER else sa.remote[0]
     return TrafficSelector.from_address(i_addr), TrafficSelector.from_address(r_addr)

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..ipsec.selectors import TrafficSelector
 from ..ipsec.udpencap import NON_ESP_MARKER
 from . import crypto
 from .constants import HEADER_SIZE, AuthMethod, DHGroup, HeaderFlag, NotifyType, PayloadType
 from .errors import RemoteProtocolError
-from .identity import Identity, TrafficSelector
+from .identity import Identity
 from .messages import (
     HashPayload,
     Header,

@@ -5,7 +5,9 @@
 * :mod:`~tunvpn.ipsec.selectors`: traffic selectors, the addresses, protocol and port an SA
   carries;
 * :mod:`~tunvpn.ipsec.udpencap`: the one classifier of what arrives on UDP port 4500
-  (RFC 3948).
+  (RFC 3948);
+* :mod:`~tunvpn.ipsec.errors`: ``LocalProtocolError``, raised by both for our own side's
+  mistakes (``tunvpn.ike.errors`` adds the peer's).
 
 Both cores import this package; it imports neither of them, so ``tunvpn.esp`` does not
 depend on ``tunvpn.ike``.

@@ -24,8 +24,8 @@ from tunvpn.config.credentials import SecretFileError, parse_secret, read_privat
 from tunvpn.config.pool import AddressPool
 from tunvpn.dataplane import PacketDevice, off_loop, open_tun
 from tunvpn.ike.constants import DHGroup
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
+from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.plugins.accounting import AccountingRecord
 from tunvpn.plugins.host import (
     ENTRY_POINT_GROUP,

@@ -30,10 +30,11 @@ from tunvpn.config.gateway import (
 )
 from tunvpn.gateway.daemon import ConfigError
 from tunvpn.ike.constants import DHGroup, EncryptionAlgorithm, HashAlgorithm
-from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.identity import Identity
 from tunvpn.ike.policies import ExtraProtocol
 from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, Phase1Policy
 from tunvpn.ipsec.algorithms import EspTransform
+from tunvpn.ipsec.selectors import TrafficSelector
 
 CONTRIB = Path(__file__).resolve().parents[3] / "contrib" / "gateway.toml"
 GROUP_SECRET = "correct-horse-battery-staple-group"

@@ -17,7 +17,7 @@ from tests.helpers.packets import groups, tcp, tcp_segments
 from tunvpn.dataplane.packets import TCP_ACK, TCP_PSH, gro_coalesce, gso_split
 from tunvpn.esp import DropReason, InboundSA, OutboundSA, SadTable
 from tunvpn.esp.policy import compile_inbound_ranges
-from tunvpn.ike.identity import TrafficSelector as TS
+from tunvpn.ipsec.selectors import TrafficSelector as TS
 
 CLIENT = TS.parse("10.1.0.2")
 PROTECTED = TS.parse("10.2.0.0/24")

@@ -27,7 +27,7 @@ from tunvpn.dataplane.thread import (
     SetPeer,
 )
 from tunvpn.esp import sa_pair_from_child
-from tunvpn.ike.identity import TrafficSelector
+from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER
 
 Address = tuple[str, int]

@@ -17,8 +17,8 @@ import pytest
 
 from tests.helpers.esp_helpers import ipv4, sa_pair
 from tunvpn.esp import DropReason, EspSuite, InboundSA, OutboundSA, esp_trailer, strip_trailer
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ipsec.algorithms import EspTransform
+from tunvpn.ipsec.selectors import TrafficSelector
 
 
 def h(text: str) -> bytes:

@@ -14,8 +14,8 @@ from tunvpn.dataplane.thread import PeerActivity
 from tunvpn.dataplane.tunnel import Tunnel
 from tunvpn.esp import sa_pair_from_child
 from tunvpn.ike import events as ev
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.proposals import ChildProposal
+from tunvpn.ipsec.selectors import TrafficSelector
 
 ATTACKER = ("203.0.113.66", 4500)
 REBOUND = (CLIENT_IP, 41999)  # the client's NAT gave it a new port

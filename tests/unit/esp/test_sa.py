@@ -35,8 +35,8 @@ from tunvpn.esp import (
 )
 from tunvpn.esp.constants import SEQ32_MAX, Direction
 from tunvpn.ike.events import ChildSAEstablished
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ipsec.algorithms import AuthAlgorithm, EncapsulationMode, EspTransform
+from tunvpn.ipsec.selectors import TrafficSelector
 
 
 def h(text: str) -> bytes:

@@ -21,7 +21,7 @@ from tunvpn.esp import (
     SaSoftExpired,
 )
 from tunvpn.esp.constants import Direction
-from tunvpn.ike.identity import TrafficSelector as TS
+from tunvpn.ipsec.selectors import TrafficSelector as TS
 
 KEY, _ = make_keys(GCM128)
 

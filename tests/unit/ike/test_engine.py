@@ -32,7 +32,7 @@ from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
 from tunvpn.ike.constants import DHGroup, HashAlgorithm, IPsecAttr, NotifyType
 from tunvpn.ike.errors import LocalProtocolError
-from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.identity import Identity
 from tunvpn.ike.messages import DataAttribute, SAPayload, Transform, encode_attributes, encode_payload
 from tunvpn.ike.messages import Proposal as WireProposal
 from tunvpn.ike.modecfg import ModeConfig
@@ -45,6 +45,7 @@ from tunvpn.ike.proposals import (
     Phase1Policy,
 )
 from tunvpn.ipsec.algorithms import EncapsulationMode, EspTransform
+from tunvpn.ipsec.selectors import TrafficSelector
 
 
 def established(pair: Pair) -> tuple[ev.Phase1Established, ev.Phase1Established]:

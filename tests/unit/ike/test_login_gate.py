@@ -21,11 +21,12 @@ from tunvpn.ike import exchanges, quickmode
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
 from tunvpn.ike.constants import HEADER_SIZE, ExchangeType, HeaderFlag, NotifyType
 from tunvpn.ike.engine import IkeEngine
-from tunvpn.ike.identity import Identity, TrafficSelector
+from tunvpn.ike.identity import Identity
 from tunvpn.ike.messages import Header, decode_header, encode_header
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.proposals import ChildProposal
 from tunvpn.ike.sa import Access
+from tunvpn.ipsec.selectors import TrafficSelector
 
 STAFF = Identity.parse("keyid:staff")
 ADMIN_NET = TrafficSelector.from_network("10.30.0.0/16")  # a policy for a group

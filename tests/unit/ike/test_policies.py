@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from tunvpn.ike.constants import CfgAttr, DHGroup
 from tunvpn.ike.errors import RemoteProtocolError
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.messages import AttributePayload, DataAttribute, decode_attributes, encode_attributes
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.policies import (
@@ -25,6 +24,7 @@ from tunvpn.ike.policies import (
 )
 from tunvpn.ike.proposals import EspSuite
 from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
+from tunvpn.ipsec.selectors import TrafficSelector
 
 GCM256 = EspSuite(EspTransform.AES_GCM_16, 256, None)
 CBC_SHA256 = EspSuite(EspTransform.AES_CBC, 128, AuthAlgorithm.HMAC_SHA2_256)

@@ -9,9 +9,9 @@ import itertools
 from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair
 from tunvpn.ike import events as ev
 from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.proposals import ChildProposal
 from tunvpn.ike.retransmit import Retransmission
+from tunvpn.ipsec.selectors import TrafficSelector
 
 PSK = PskTable({"*": b"correct horse battery staple"})
 PROTECTED = TrafficSelector.from_network("10.20.0.0/16")

@@ -11,9 +11,9 @@ from tunvpn.esp import DropReason
 from tunvpn.gateway.daemon import STANDARD_CLIENT_POLICY, child_policies_for, standard_client_policy
 from tunvpn.ike import events as ev
 from tunvpn.ike.constants import DHGroup, NotifyType
-from tunvpn.ike.identity import TrafficSelector
 from tunvpn.ike.policies import Phase2Policy
 from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1Policy
+from tunvpn.ipsec.selectors import TrafficSelector
 
 NET_A = TrafficSelector.from_network("10.78.0.0/24")
 NET_B = TrafficSelector.from_network("10.78.1.0/24")
