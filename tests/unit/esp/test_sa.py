@@ -14,6 +14,7 @@ Known-answer sources, each checked byte for byte:
 from __future__ import annotations
 
 import logging
+from dataclasses import make_dataclass
 
 import pytest
 
@@ -24,6 +25,7 @@ from tunvpn.esp import (
     InboundSA,
     Lifetime,
     LifetimeTrigger,
+    NegotiatedChild,
     OutboundSA,
     SaHardExpired,
     SaSoftExpired,
@@ -356,6 +358,25 @@ def test_sa_pair_from_a_quick_mode_result() -> None:
     assert inbound.decrypt(twin.encrypt(packet)) == packet  # type: ignore[arg-type]
     wrong_dst = ipv4(src="8.8.8.8", dst="10.99.0.8")
     assert inbound.decrypt(twin.encrypt(wrong_dst)) is DropReason.POLICY  # type: ignore[arg-type]
+
+
+def test_sa_pair_from_a_value_with_only_the_fields_esp_names() -> None:
+    """esp/ imports nothing of ike/: it reads a child SA through esp.NegotiatedChild, so a value
+    with only those fields (no sa_id, role, pfs_group, ...) builds the same pair as the event.
+    Fails if sa_pair_from_child reads a field the Protocol does not name."""
+    names = [name for name, attr in vars(NegotiatedChild).items() if isinstance(attr, property)]
+    event = child_event()
+    value = make_dataclass("Child", names, frozen=True)(**{name: getattr(event, name) for name in names})
+    assert not hasattr(value, "sa_id") and not hasattr(value, "role")
+    pairs = [sa_pair_from_child(child, now=50.0) for child in (event, value)]
+    (a_in, a_out), (b_in, b_out) = pairs
+    for a, b in ((a_in, b_in), (a_out, b_out)):
+        assert (b.spi, b.suite, b.peer, b.esn, b.lifetime) == (a.spi, a.suite, a.peer, a.esn, a.lifetime)
+    assert b_out.udp_encap == a_out.udp_encap
+    twin = OutboundSA(b_in.spi, b_in.suite, bytes(range(32)), bytes(range(32, 64)))
+    packet = ipv4(src="8.8.8.8", dst="10.99.0.7", payload=udp(53, 4000, b"answer"))
+    assert b_in.decrypt(twin.encrypt(packet)) == packet  # type: ignore[arg-type]
+    assert b_in.decrypt(twin.encrypt(ipv4(src="8.8.8.8", dst="10.99.0.8"))) is DropReason.POLICY  # type: ignore[arg-type]
 
 
 def test_sa_pair_from_child_with_chacha_and_gcm() -> None:
