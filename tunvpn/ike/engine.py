@@ -27,13 +27,22 @@ from collections.abc import Callable
 from ..ipsec.selectors import TrafficSelector
 from ..ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 from . import events as ev
-from . import exchanges, quickmode, states, transaction
+from . import exchanges, phase1, quickmode, states, transaction
 from .config import XAUTH_METHODS, ChildPolicy, EngineConfig
-from .constants import HEADER_SIZE, ExchangeType, HeaderFlag, IdType, NotifyType, ProtocolId, XauthType
+from .constants import (
+    HEADER_SIZE,
+    DHGroup,
+    ExchangeType,
+    HeaderFlag,
+    IdType,
+    NotifyType,
+    ProtocolId,
+    XauthType,
+)
 from .errors import LocalProtocolError, RemoteProtocolError
+from .identity import Identity
 from .messages import DataAttribute, Header, RawPayload, SAPayload, decode_header
 from .modecfg import ModeConfig
-from .phase1 import Phase1Mixin
 from .proposals import ChildProposal
 from .retransmit import Retransmission
 from .sa import Access, Address, ExchangeKind, ExState, IkeSA, P1State, Role
@@ -53,7 +62,7 @@ MAX_HELD = 4
 """Informational payloads kept per ISAKMP SA until its login is granted."""
 
 
-class IkeEngine(Phase1Mixin):
+class IkeEngine:
     """All ISAKMP SAs of one local endpoint."""
 
     def __init__(
@@ -73,6 +82,11 @@ class IkeEngine(Phase1Mixin):
         self._spis: set[int] = set()
         self.drops: Counter[str] = Counter()
         """Messages dropped without an answer, by reason (replayed message IDs, ...)."""
+        self._secret: bytes | None = None
+        """Random key of the decoy pre-shared keys and the Base Mode cookies, drawn on first use."""
+        self._phase1_drops: dict[bytes, RemoteProtocolError] | None = None
+        """The last refused message of each phase 1 in progress (by our cookie), for the reason
+        given when it then times out."""
 
     # ------------------------------------------------------------------ public surface
 
@@ -141,7 +155,7 @@ class IkeEngine(Phase1Mixin):
             if sa.state is P1State.DEAD:
                 continue
             if not sa.established and now >= sa.created + self.config.half_open_timeout:
-                self._fail_phase1(sa, "phase 1 timed out", None, send_notify=False)
+                phase1.fail_phase1(self, sa, "phase 1 timed out", None, send_notify=False)
                 continue
             if sa.expires is not None and now >= sa.expires:
                 self.delete_ike_sa(sa.sa_id, now, reason="expired")
@@ -153,7 +167,7 @@ class IkeEngine(Phase1Mixin):
                 )
                 continue
             if sa.sent.due(now):
-                self._retransmit_phase1(sa, now)
+                phase1.retransmit_phase1(self, sa, now)
             for ex in list(sa.exchanges.values()):
                 if ex.sent.due(now):
                     exchanges.retransmit_exchange(self, sa, ex, now)
@@ -192,6 +206,24 @@ class IkeEngine(Phase1Mixin):
         sa.last_heard = max(sa.last_heard, now)
         self._events.append(ev.PeerAddressChanged(sa.sa_id, old, remote))
         return True
+
+    # ------------------------------------------------------------------ commands: phase 1
+
+    def initiate(
+        self,
+        remote: Address,
+        local: Address,
+        now: float,
+        *,
+        mode: str = "main",
+        local_id: Identity | None = None,
+        xauth: bool = False,
+        groups: list[DHGroup] | None = None,
+    ) -> bytes:
+        """Start phase 1 towards ``remote``; returns the SA id. ``xauth`` offers XAUTH methods."""
+        return phase1.initiate(
+            self, remote, local, now, mode=mode, local_id=local_id, xauth=xauth, groups=groups
+        )
 
     # ------------------------------------------------------------------ commands: XAUTH, Mode Config
 
@@ -319,7 +351,7 @@ class IkeEngine(Phase1Mixin):
         if half_open >= self.config.max_half_open:
             self._protocol_error(b"", remote, "too many half-open phase 1 SAs; request dropped", None)
             return
-        self._start_responder(header, data, remote, local, now)
+        phase1.start_responder(self, header, data, remote, local, now)
 
     def _receive_for(
         self, sa: IkeSA, header: Header, data: bytes, remote: Address, local: Address, now: float
@@ -356,7 +388,7 @@ class IkeEngine(Phase1Mixin):
             if local[1] != self.ike_port:
                 sa.floated, sa.local = True, local
         try:
-            self._receive_phase1(sa, header, data, now)
+            phase1.receive_phase1(self, sa, header, data, now)
         except RemoteProtocolError:
             if moved:
                 sa.remote, sa.local, sa.floated = before
@@ -416,7 +448,7 @@ class IkeEngine(Phase1Mixin):
             log.debug("dropped a message for finished exchange %#x from %s", mid, remote[0])
             return
         if header.exchange == ExchangeType.INFORMATIONAL and not header.flags & HeaderFlag.ENCRYPTION:
-            exchanges.unprotected_informational(self, sa, header, data, now)
+            phase1.unprotected_informational(self, sa, header, data, now)
             return
         if not sa.established:
             raise RemoteProtocolError(
@@ -586,7 +618,7 @@ class IkeEngine(Phase1Mixin):
         self._events.append(ev.AccessGranted(sa.sa_id, sa.xauth_user))
         held, sa.held = sa.held, []
         if sa.initial_contact:
-            self._initial_contact(sa, now)
+            exchanges.initial_contact(self, sa, now)
         for handler, payload in held:
             if sa.state is P1State.DEAD:
                 return
@@ -627,10 +659,10 @@ class IkeEngine(Phase1Mixin):
             # issue 12: whoever sees (or guesses) the cookies can send this, so it must not
             # end a phase 1 in progress: dropped and counted, no Notify (a spoofed source
             # would aim it at the real peer). A verified authentication failure is acted on
-            # where it is verified (phase1._receive_phase1); a first message in _start_responder.
+            # where it is verified (phase1.receive_phase1); a first message in phase1.start_responder.
             self.drops["bad message during phase 1"] += 1
             return
-        self._send_error_notify(sa, header, remote, local, exc, now)
+        phase1.send_error_notify(self, sa, header, remote, local, exc, now)
 
     def _protocol_error(self, sa_id: bytes, remote: Address, text: str, notify: int | None) -> None:
         log.info("bad message from %s:%d: %s", remote[0], remote[1], text)

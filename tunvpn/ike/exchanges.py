@@ -27,7 +27,6 @@ from .constants import (
 from .errors import LocalProtocolError, RemoteProtocolError
 from .messages import (
     DeletePayload,
-    Header,
     NotifyPayload,
     Payload,
     encode_payloads,
@@ -106,17 +105,6 @@ def send_informational(engine: IkeEngine, sa: IkeSA, payloads: list[Payload], no
     sa.exchanges.pop(ex.message_id, None)
 
 
-def unprotected_informational(engine: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
-    """A plain Notify (before keys exist): only errors during phase 1 are believed."""
-    payloads = sa.open(header, data)
-    for raw in payloads:
-        n = raw.payload
-        if isinstance(n, NotifyPayload) and not sa.established and n.notify_type < 8192:
-            engine._peer_refused(sa, n, now)
-            return
-    log.info("ignoring unprotected Informational from %s", sa.remote[0])
-
-
 def on_dpd(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
     """RFC 3706: answer R-U-THERE; an ACK needs nothing (the message proved liveness)."""
     if n.notify_type == NotifyType.R_U_THERE:
@@ -153,7 +141,15 @@ def on_status_notify(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float)
 def on_initial_contact(engine: IkeEngine, sa: IkeSA, n: NotifyPayload | None, now: float) -> None:
     """RFC 2407 section 4.6.3.3, from an Informational (the table holds it until GRANTED)."""
     sa.initial_contact = True
-    engine._initial_contact(sa, now)
+    initial_contact(engine, sa, now)
+
+
+def initial_contact(engine: IkeEngine, sa: IkeSA, now: float) -> None:
+    """RFC 2407 section 4.6.3.3: the peer rebooted; its older SAs are gone. Acted on only
+    once the sender's login is granted, and only for SAs of the same user."""
+    for other in list(engine._sas.values()):
+        if engine._same_user(sa, other):
+            drop_sa(engine, other, "replaced after INITIAL-CONTACT", by_peer=True)
 
 
 def on_delete(engine: IkeEngine, sa: IkeSA, d: DeletePayload, now: float) -> None:

@@ -13,7 +13,12 @@ Message layouts (RFC 2409 section 5, RFC 3947 for NAT-D; Base Mode in docs/proto
 
 AUTH is HASH_x for pre-shared keys or SIG_x for signatures (Base Mode's are keyed with g^xy).
 The legal messages per state are in :data:`PHASE1_TABLE`; anything else is rejected in
-``_receive_phase1`` alone.
+``receive_phase1`` alone.
+
+Plain functions of the engine (``engine: IkeEngine`` first): ``initiate`` (behind
+``IkeEngine.initiate``), ``start_responder`` and ``receive_phase1`` (the engine's demultiplexer
+calls them), the handlers of the table, and the ends of a phase 1 (``fail_phase1``,
+``send_error_notify``) and ``unprotected_informational`` (a plain Notify before the keys).
 """
 
 from __future__ import annotations
@@ -66,9 +71,9 @@ MM, AM, BM = ExchangeType.IDENTITY_PROTECTION, ExchangeType.AGGRESSIVE, Exchange
 MODE_NAMES = {MM: "main", AM: "aggressive", BM: "base"}
 MODES = {v: k for k, v in MODE_NAMES.items()}
 
-# PHASE1_TABLE, the one table of legal phase 1 transitions, follows the class (its handlers).
+# PHASE1_TABLE, the one table of legal phase 1 transitions, follows its handlers.
 # Base Mode message 3 (the echoed cookie) starts the responder's state, as Main and
-# Aggressive Mode message 1 do: _start_responder, not this table.
+# Aggressive Mode message 1 do: start_responder, not this table.
 
 BASE_MODE_COOKIE = 32801
 """Notify type (RFC 2408 section 3.14.1, private-use status 32768-40959) of the Base Mode
@@ -83,697 +88,722 @@ class UnauthenticatedRefusal(AuthenticationError):
     answer follows within a grace period."""
 
 
-class Phase1Mixin:
-    """Phase 1 of :class:`~tunvpn.ike.engine.IkeEngine`."""
+def _local_secret(engine: IkeEngine) -> bytes:
+    if engine._secret is None:
+        engine._secret = engine._random(32)
+    return engine._secret
 
-    _secret: bytes | None = None
-    """Random key of the decoy pre-shared keys and the Base Mode cookies, drawn on first use."""
 
-    _phase1_drops: dict[bytes, RemoteProtocolError] | None = None
-    """The last refused message of each phase 1 in progress (by our cookie), for the reason
-    given when it then times out."""
+# ------------------------------------------------------------------ commands
 
-    def _local_secret(self: IkeEngine) -> bytes:
-        if self._secret is None:
-            self._secret = self._random(32)
-        return self._secret
 
-    # ------------------------------------------------------------------ commands
-
-    def initiate(
-        self: IkeEngine,
-        remote: Address,
-        local: Address,
-        now: float,
-        *,
-        mode: str = "main",
-        local_id: Identity | None = None,
-        xauth: bool = False,
-        groups: list[DHGroup] | None = None,
-    ) -> bytes:
-        """Start phase 1 towards ``remote``; returns the SA id. ``xauth`` offers XAUTH methods."""
-        exchange = MODES.get(mode)
-        if exchange is None:
-            raise ValueError(f"unknown phase 1 mode {mode!r} (main, aggressive or base)")
-        sa = IkeSA(Role.INITIATOR, exchange, self._new_cookie(), bytes(8), local, remote, now)
-        sa.last_heard = now
-        sa.local_id = local_id or peerauth.default_local_id(self.config, local)
-        methods = self.config.auth_methods(xauth=xauth, responder=False)
-        if self.config.hybrid and exchange == BM:
-            raise ValueError("hybrid authentication runs in main or aggressive mode, not base")
-        if not methods and self.config.hybrid:
-            raise ValueError("hybrid authentication needs XAUTH (a user name) and a CA for the gateway")
-        if not methods:
-            raise ValueError("no credential: configure a pre-shared key or a certificate")
-        self._sas[sa.icookie] = sa
-        if exchange == AM:
-            order = groups or self.config.phase1.groups_by_strength()
-            sa.aggressive_groups = list(order)
-            self._am_send_first(sa, methods)
-        else:
-            sa.offered = self.config.phase1.enumerate(methods, groups)
-            sa_payload = phase1_sa_payload(sa.offered)
-            sa.sa_body = encode_payload(sa_payload, 0)[4:]
-            payloads: list[Payload] = [sa_payload, *natt.vendor_ids(self.config, xauth=xauth)]
-            if exchange == BM:
-                payloads.append(VendorIDPayload(BASE_MODE_V2_VID))
-            self._send_phase1(sa, payloads, now, encrypt=False)
-        sa.state = P1State.I_SENT_SA
-        return sa.sa_id
-
-    def _am_send_first(self: IkeEngine, sa: IkeSA, methods: list[AuthMethod] | None = None) -> None:
-        if methods is None:
-            methods = [s.auth for s in sa.offered]
-            methods = list(dict.fromkeys(methods))
-        group = sa.aggressive_groups.pop(0)
-        sa.offered = self.config.phase1.enumerate(methods, [group])
+def initiate(
+    engine: IkeEngine,
+    remote: Address,
+    local: Address,
+    now: float,
+    *,
+    mode: str = "main",
+    local_id: Identity | None = None,
+    xauth: bool = False,
+    groups: list[DHGroup] | None = None,
+) -> bytes:
+    """Start phase 1 towards ``remote``; returns the SA id. ``xauth`` offers XAUTH methods."""
+    exchange = MODES.get(mode)
+    if exchange is None:
+        raise ValueError(f"unknown phase 1 mode {mode!r} (main, aggressive or base)")
+    sa = IkeSA(Role.INITIATOR, exchange, engine._new_cookie(), bytes(8), local, remote, now)
+    sa.last_heard = now
+    sa.local_id = local_id or peerauth.default_local_id(engine.config, local)
+    methods = engine.config.auth_methods(xauth=xauth, responder=False)
+    if engine.config.hybrid and exchange == BM:
+        raise ValueError("hybrid authentication runs in main or aggressive mode, not base")
+    if not methods and engine.config.hybrid:
+        raise ValueError("hybrid authentication needs XAUTH (a user name) and a CA for the gateway")
+    if not methods:
+        raise ValueError("no credential: configure a pre-shared key or a certificate")
+    engine._sas[sa.icookie] = sa
+    if exchange == AM:
+        order = groups or engine.config.phase1.groups_by_strength()
+        sa.aggressive_groups = list(order)
+        _am_send_first(engine, sa, methods)
+    else:
+        sa.offered = engine.config.phase1.enumerate(methods, groups)
         sa_payload = phase1_sa_payload(sa.offered)
         sa.sa_body = encode_payload(sa_payload, 0)[4:]
-        sa.dh = crypto.DiffieHellman(group)
-        sa.gxi = sa.dh.public
-        sa.ni = self._random(NONCE_SIZE)
-        assert sa.local_id is not None
-        id_payload = sa.local_id.to_payload()
-        sa.local_id_body = encode_payload(id_payload, 0)[4:]
-        xauth = any(m in XAUTH_METHODS for m in methods)
-        payloads: list[Payload] = [sa_payload, KEPayload(sa.gxi), NoncePayload(sa.ni), id_payload]
-        payloads += natt.vendor_ids(self.config, xauth=xauth)
-        payloads += peerauth.cert_requests(self.config)
-        self._send_phase1(sa, payloads, sa.created, encrypt=False)
+        payloads: list[Payload] = [sa_payload, *natt.vendor_ids(engine.config, xauth=xauth)]
+        if exchange == BM:
+            payloads.append(VendorIDPayload(BASE_MODE_V2_VID))
+        _send_phase1(engine, sa, payloads, now, encrypt=False)
+    sa.state = P1State.I_SENT_SA
+    return sa.sa_id
 
-    # ------------------------------------------------------------------ receive
 
-    def _start_responder(
-        self: IkeEngine, header: Header, data: bytes, remote: Address, local: Address, now: float
-    ) -> None:
-        if header.exchange == BM and not self._bm_r_cookie_echoed(header, data, remote, local, now):
-            return  # answered (or dropped) without keeping anything
-        sa = IkeSA(Role.RESPONDER, header.exchange, header.icookie, self._new_cookie(), local, remote, now)
-        sa.last_heard = now
-        if local[1] != self.ike_port:
-            sa.floated = True
-        payloads = sa.open(header, data)
-        sa.last_in = data
-        self._sas[sa.rcookie] = sa
-        self._half_open[(header.icookie, remote)] = sa.rcookie
+def _am_send_first(engine: IkeEngine, sa: IkeSA, methods: list[AuthMethod] | None = None) -> None:
+    if methods is None:
+        methods = [s.auth for s in sa.offered]
+        methods = list(dict.fromkeys(methods))
+    group = sa.aggressive_groups.pop(0)
+    sa.offered = engine.config.phase1.enumerate(methods, [group])
+    sa_payload = phase1_sa_payload(sa.offered)
+    sa.sa_body = encode_payload(sa_payload, 0)[4:]
+    sa.dh = crypto.DiffieHellman(group)
+    sa.gxi = sa.dh.public
+    sa.ni = engine._random(NONCE_SIZE)
+    assert sa.local_id is not None
+    id_payload = sa.local_id.to_payload()
+    sa.local_id_body = encode_payload(id_payload, 0)[4:]
+    xauth = any(m in XAUTH_METHODS for m in methods)
+    payloads: list[Payload] = [sa_payload, KEPayload(sa.gxi), NoncePayload(sa.ni), id_payload]
+    payloads += natt.vendor_ids(engine.config, xauth=xauth)
+    payloads += peerauth.cert_requests(engine.config)
+    _send_phase1(engine, sa, payloads, sa.created, encrypt=False)
+
+
+# ------------------------------------------------------------------ receive
+
+
+def start_responder(
+    engine: IkeEngine, header: Header, data: bytes, remote: Address, local: Address, now: float
+) -> None:
+    if header.exchange == BM and not _bm_r_cookie_echoed(engine, header, data, remote, local, now):
+        return  # answered (or dropped) without keeping anything
+    sa = IkeSA(Role.RESPONDER, header.exchange, header.icookie, engine._new_cookie(), local, remote, now)
+    sa.last_heard = now
+    if local[1] != engine.ike_port:
+        sa.floated = True
+    payloads = sa.open(header, data)
+    sa.last_in = data
+    engine._sas[sa.rcookie] = sa
+    engine._half_open[(header.icookie, remote)] = sa.rcookie
+    try:
+        if header.exchange == MM:
+            _mm_r_got_sa(engine, sa, payloads, now)
+        elif header.exchange == AM:
+            _am_r_got_sa(engine, sa, payloads, now)
+        else:
+            _bm_r_got_ke(engine, sa, payloads, now)
+    except RemoteProtocolError as exc:
+        # the first message: no phase 1 in progress to protect, refuse it and forget it
+        engine._protocol_error(sa.sa_id, remote, str(exc), int(exc.notify))
+        send_error_notify(engine, sa, header, remote, local, exc, now)
+        fail_phase1(engine, sa, str(exc), int(exc.notify), send_notify=False)
+
+
+def receive_phase1(engine: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
+    if sa.state is P1State.ESTABLISHED:
+        return  # a late duplicate of a message we already answered differently
+    handler = PHASE1_TABLE.get((ExchangeType(sa.exchange), sa.role, sa.state))
+    if handler is None:
+        raise RemoteProtocolError(
+            f"unexpected phase 1 message in state {sa.state.value}", NotifyType.INVALID_EXCHANGE_TYPE
+        )
+    # Anyone who sees the cookies can send a message for this SA (issue 12): one that
+    # fails leaves the SA as it was, and ends the phase 1 only if it is a verified
+    # authentication failure (_phase1_failure_is_verified); else it is dropped and
+    # counted (engine._on_remote_error) and the real peer's messages carry on.
+    saved = {
+        k: copy.copy(v) if isinstance(v, set | list | dict | Retransmission) else v
+        for k, v in vars(sa).items()
+    }
+    handling = False
+    try:
+        # the responder's cookie comes with its first answer; in Base Mode with message 4
+        first_answer = P1State.I_SENT_KE if sa.exchange == BM else P1State.I_SENT_SA
+        if sa.role is Role.INITIATOR and sa.state is first_answer:
+            _first_answer(sa, header)
         try:
-            if header.exchange == MM:
-                self._mm_r_got_sa(sa, payloads, now)
-            elif header.exchange == AM:
-                self._am_r_got_sa(sa, payloads, now)
-            else:
-                self._bm_r_got_ke(sa, payloads, now)
+            payloads = sa.open(header, data)
         except RemoteProtocolError as exc:
-            # the first message: no phase 1 in progress to protect, refuse it and forget it
-            self._protocol_error(sa.sa_id, remote, str(exc), int(exc.notify))
-            self._send_error_notify(sa, header, remote, local, exc, now)
-            self._fail_phase1(sa, str(exc), int(exc.notify), send_notify=False)
-
-    def _receive_phase1(self: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
-        if sa.state is P1State.ESTABLISHED:
-            return  # a late duplicate of a message we already answered differently
-        handler = PHASE1_TABLE.get((ExchangeType(sa.exchange), sa.role, sa.state))
-        if handler is None:
-            raise RemoteProtocolError(
-                f"unexpected phase 1 message in state {sa.state.value}", NotifyType.INVALID_EXCHANGE_TYPE
-            )
-        # Anyone who sees the cookies can send a message for this SA (issue 12): one that
-        # fails leaves the SA as it was, and ends the phase 1 only if it is a verified
-        # authentication failure (_phase1_failure_is_verified); else it is dropped and
-        # counted (engine._on_remote_error) and the real peer's messages carry on.
-        saved = {
-            k: copy.copy(v) if isinstance(v, set | list | dict | Retransmission) else v
-            for k, v in vars(sa).items()
-        }
-        handling = False
-        try:
-            # the responder's cookie comes with its first answer; in Base Mode with message 4
-            first_answer = P1State.I_SENT_KE if sa.exchange == BM else P1State.I_SENT_SA
-            if sa.role is Role.INITIATOR and sa.state is first_answer:
-                _first_answer(sa, header)
-            try:
-                payloads = sa.open(header, data)
-            except RemoteProtocolError as exc:
-                if header.flags & HeaderFlag.ENCRYPTION and sa.psk is not None:
-                    raise AuthenticationError(
-                        f"cannot decrypt phase 1 message ({exc}); the pre-shared keys probably differ",
-                        field="encrypted payload",
-                    ) from exc
-                raise
-            notify = _find(payloads, NotifyPayload)
-            if notify and sa.role is Role.INITIATOR:
-                n = notify[0].payload
-                assert isinstance(n, NotifyPayload)
-                if n.notify_type < 8192:
-                    self._peer_refused(sa, n, now)
-                    return
-            sa.last_in = data
-            sa.sent.stop()
-            handling = True
-            handler(self, sa, payloads, now)
-            if sa.established and self._phase1_drops:
-                self._phase1_drops.pop(sa.local_cookie, None)
-        except RemoteProtocolError as exc:
-            if handling and _phase1_failure_is_verified(sa, header, exc):
-                self._protocol_error(sa.sa_id, sa.remote, str(exc), int(exc.notify))
-                self._send_error_notify(sa, header, sa.remote, sa.local, exc, now)
-                self._fail_phase1(sa, str(exc), int(exc.notify), send_notify=False)
-                return
-            vars(sa).update(saved)
-            drops = self._phase1_drops = self._phase1_drops or {}
-            if not isinstance(drops.get(sa.local_cookie), UnauthenticatedRefusal):
-                drops[sa.local_cookie] = exc
-            if sa.role is Role.RESPONDER and isinstance(exc, AuthenticationError):
-                # a hint for a peer whose key differs (what strongSwan sends too); it cannot
-                # end the real peer's phase 1 early: a tunvpn initiator waits (_peer_refused)
-                self._send_error_notify(sa, header, sa.remote, sa.local, exc, now)
+            if header.flags & HeaderFlag.ENCRYPTION and sa.psk is not None:
+                raise AuthenticationError(
+                    f"cannot decrypt phase 1 message ({exc}); the pre-shared keys probably differ",
+                    field="encrypted payload",
+                ) from exc
             raise
-
-    def _peer_refused(self: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
-        name = (
-            NotifyType(n.notify_type).name
-            if n.notify_type in NotifyType._value2member_map_
-            else n.notify_type
-        )
-        if sa.role is Role.RESPONDER:
-            # anyone can send an unprotected Notify with the cookies: it does not end our
-            # phase 1 (issue 12); if the peer really gave up, the half-open SA times out
-            self.drops["unprotected error Notify during phase 1"] += 1
-            log.info("%s sent %s during phase 1 (unauthenticated): ignored", sa.remote[0], name)
-            notify = NotifyType(n.notify_type) if n.notify_type in NotifyType._value2member_map_ else None
-            drops = self._phase1_drops = self._phase1_drops or {}
-            drops[sa.local_cookie] = UnauthenticatedRefusal(
-                f"peer answered {name}", notify or NotifyType.AUTHENTICATION_FAILED
-            )
-            return
-        if n.notify_type == NotifyType.INVALID_COOKIE:
-            # "no such SA": what a responder answers to garbage sent in our name (with our
-            # cookie) before it keeps state for us (issue 12); a lost exchange times out
-            self.drops["unprotected INVALID-COOKIE during phase 1"] += 1
-            log.info("%s answered INVALID-COOKIE during phase 1 (unauthenticated): ignored", sa.remote[0])
-            return
-        if sa.state is P1State.I_SENT_AUTH:
-            # our encrypted authentication is out: a refusal now usually means "the keys
-            # differ", but anyone can send it (issue 12). Resend once and give a valid
-            # answer one grace period (_retransmit_phase1) before believing it.
-            drops = self._phase1_drops = self._phase1_drops or {}
-            if not isinstance(drops.get(sa.local_cookie), UnauthenticatedRefusal):
-                notify = NotifyType(n.notify_type) if n.notify_type in NotifyType._value2member_map_ else None
-                drops[sa.local_cookie] = UnauthenticatedRefusal(
-                    f"peer answered {name}" + (" (the pre-shared keys probably differ)" if sa.psk else ""),
-                    notify or NotifyType.AUTHENTICATION_FAILED,
-                )
-                sa.sent.at = now + 2 * self.config.retransmit_base
-                self._out.append((sa.wrap(sa.sent.message), sa.remote, sa.local[1]))
-            return
-        if sa.exchange == AM and n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN and sa.aggressive_groups:
-            # Aggressive Mode carries one group: try the next one (issue #2, seed FIG. 6)
-            refused = sa.dh.group.name if sa.dh is not None else "?"
-            log.info("aggressive mode: %s refused group %s, trying the next", sa.remote[0], refused)
-            sa.rcookie = bytes(8)
-            self._am_send_first(sa)
-            return
-        if (
-            sa.exchange == BM
-            and sa.state is P1State.I_SENT_SA
-            and n.notify_type
-            in (
-                NotifyType.INVALID_EXCHANGE_TYPE,
-                NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
-                NotifyType.INVALID_PAYLOAD_TYPE,
-                NotifyType.PAYLOAD_MALFORMED,  # a tunvpn gateway from before Base Mode v2
-            )
-        ):
-            # not a tunvpn peer, or Base Mode is off there (allow_base_mode): fall back to
-            # Main Mode, which is at least as strong (docs/protocol.md)
-            log.info("%s does not do Base Mode (%s); falling back to Main Mode", sa.remote[0], name)
-            sa.exchange = MM
-            sa.rcookie = bytes(8)
-            sa.ni = b""
-            sa_payload = phase1_sa_payload(sa.offered)
-            sa.sa_body = encode_payload(sa_payload, 0)[4:]
-            xauth = any(s.auth in XAUTH_METHODS for s in sa.offered)
-            self._send_phase1(
-                sa, [sa_payload, *natt.vendor_ids(self.config, xauth=xauth)], now, encrypt=False
-            )
-            return
-        self._fail_phase1(sa, f"peer answered {name}", n.notify_type, send_notify=False)
-
-    # ------------------------------------------------------------------ Main Mode
-
-    def _mm_i_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        sa_raw = _one(payloads, SAPayload, "SA")
-        assert isinstance(sa_raw.payload, SAPayload)
-        sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
-        natt.note_vendor_ids(self.config, sa, payloads)
-        sa.dh = crypto.DiffieHellman(sa.suite.group)
-        sa.gxi = sa.dh.public
-        sa.ni = self._random(NONCE_SIZE)
-        out: list[Payload] = [KEPayload(sa.gxi), NoncePayload(sa.ni)]
-        if sa.suite.auth in SIGNATURE_METHODS:
-            out += peerauth.cert_requests(self.config)
-        out += natt.natd_payloads(self.config, sa, self._random)
-        sa.state = P1State.I_SENT_KE
-        self._send_phase1(sa, out, now, encrypt=False)
-
-    def _mm_r_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        sa_raw = _one(payloads, SAPayload, "SA")
-        natt.note_vendor_ids(self.config, sa, payloads)
-        _choose_suite(self.config, sa, sa_raw, None)
-        out: list[Payload] = [_chosen_sa(sa_raw, sa)]
-        out += natt.vendor_ids(self.config, xauth=sa.xauth_expected)
-        sa.state = P1State.R_SENT_SA
-        self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
-
-    def _mm_r_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        assert sa.suite is not None
-        sa.gxi = _peer_ke(sa, payloads)
-        sa.ni = _peer_nonce(payloads)
-        sa.dh = crypto.DiffieHellman(sa.suite.group)
-        sa.gxr = sa.dh.public
-        sa.nr = self._random(NONCE_SIZE)
-        natt.check_natd(self.config, sa, payloads)
-        if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
-            # by address: the ID comes encrypted in message 5 (RFC 2409 section 5.4)
-            sa.psk = self._responder_psk(None, sa.remote[0])
-        _derive_keys(sa)
-        out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr)]
-        if sa.suite.auth in SIGNATURE_METHODS:
-            out += peerauth.cert_requests(self.config)
-        out += natt.natd_payloads(self.config, sa, self._random)
-        sa.state = P1State.R_SENT_KE
-        self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
-
-    def _mm_i_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        assert sa.suite is not None
-        sa.gxr = _peer_ke(sa, payloads)
-        sa.nr = _peer_nonce(payloads)
-        natt.check_natd(self.config, sa, payloads)
-        if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
-            sa.psk = self.config.psks.lookup(None, sa.remote[0])
-            if sa.psk is None:
-                raise AuthenticationError(f"no pre-shared key for {sa.remote[0]}")
-        _derive_keys(sa)
-        natt.maybe_float(self.config, sa)
-        assert sa.local_id is not None
-        id_payload = sa.local_id.to_payload()
-        sa.local_id_body = encode_payload(id_payload, 0)[4:]
-        out: list[Payload] = [id_payload, *peerauth.auth_payloads(self.config, sa, initiator=True)]
-        out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
-        sa.state = P1State.I_SENT_AUTH
-        self._send_phase1(sa, out, now, encrypt=True)
-
-    def _mm_r_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        _take_peer_id(sa, payloads)
-        peerauth.verify_auth(self.config, sa, payloads, initiator=True, now=now)
-        sa.local_id = peerauth.default_local_id(self.config, sa.local)
-        id_payload = sa.local_id.to_payload()
-        sa.local_id_body = encode_payload(id_payload, 0)[4:]
-        out: list[Payload] = [id_payload, *peerauth.auth_payloads(self.config, sa, initiator=False)]
-        self._send_phase1(sa, out, now, encrypt=True, expect_reply=False)
-        self._phase1_done(sa, payloads, now)
-
-    def _mm_i_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        _take_peer_id(sa, payloads)
-        peerauth.verify_auth(self.config, sa, payloads, initiator=False, now=now)
-        self._phase1_done(sa, payloads, now)
-
-    # ------------------------------------------------------------------ Aggressive Mode
-
-    def _am_r_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        sa_raw = _one(payloads, SAPayload, "SA")
-        natt.note_vendor_ids(self.config, sa, payloads)
-        _take_peer_id(sa, payloads)
-        ke = _one(payloads, KEPayload, "KE").payload
-        assert isinstance(ke, KEPayload)
-        _choose_suite(self.config, sa, sa_raw, len(ke.data))
-        assert sa.suite is not None
-        sa.gxi = _peer_ke(sa, payloads)
-        sa.ni = _peer_nonce(payloads)
-        sa.dh = crypto.DiffieHellman(sa.suite.group)
-        sa.gxr = sa.dh.public
-        sa.nr = self._random(NONCE_SIZE)
-        self._lookup_psk(sa)
-        _derive_keys(sa)
-        sa.local_id = peerauth.default_local_id(self.config, sa.local)
-        id_payload = sa.local_id.to_payload()
-        sa.local_id_body = encode_payload(id_payload, 0)[4:]
-        out: list[Payload] = [_chosen_sa(sa_raw, sa), KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
-        out += peerauth.auth_payloads(self.config, sa, initiator=False)
-        out += natt.vendor_ids(self.config, xauth=sa.xauth_expected)
-        out += natt.natd_payloads(self.config, sa, self._random)
-        sa.state = P1State.R_SENT_KE
-        self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
-
-    def _am_i_got_sa(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        sa_raw = _one(payloads, SAPayload, "SA")
-        assert isinstance(sa_raw.payload, SAPayload)
-        sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
-        natt.note_vendor_ids(self.config, sa, payloads)
-        sa.gxr = _peer_ke(sa, payloads)
-        sa.nr = _peer_nonce(payloads)
-        _take_peer_id(sa, payloads)
-        self._lookup_psk(sa)
-        _derive_keys(sa)
-        peerauth.verify_auth(self.config, sa, payloads, initiator=False, now=now)
-        natt.check_natd(self.config, sa, payloads)
-        natt.maybe_float(self.config, sa)
-        out: list[Payload] = [
-            *peerauth.auth_payloads(self.config, sa, initiator=True),
-            *natt.natd_payloads(self.config, sa, self._random),
-        ]
-        out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
-        # the third message is encrypted, as vpnc, Cisco and Libreswan send it
-        self._send_phase1(sa, out, now, encrypt=True, expect_reply=False)
-        self._phase1_done(sa, payloads, now)
-
-    def _am_r_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        peerauth.verify_auth(self.config, sa, payloads, initiator=True, now=now)
-        natt.check_natd(self.config, sa, payloads)
-        self._phase1_done(sa, payloads, now)
-
-    # ------------------------------------------------------------------ Base Mode (tunvpn, v2)
-
-    def _bm_cookie(self: IkeEngine, icookie: bytes, remote: Address, epoch: int) -> bytes:
-        """The responder's stateless cookie: prf(secret, epoch | CKY-I | IP | port)[:16]."""
-        who = f"{epoch}|{remote[0]}|{remote[1]}".encode()
-        return crypto.prf(
-            HashAlgorithm.SHA2_256, self._local_secret(), b"tunvpn base cookie|" + icookie + who
-        )[:16]
-
-    def _bm_r_cookie_echoed(
-        self: IkeEngine, header: Header, data: bytes, remote: Address, local: Address, now: float
-    ) -> bool:
-        """Base Mode messages 1 and 3 before any state exists (docs/protocol.md).
-
-        Message 1 is answered with the chosen transform and a cookie bound to the sender's
-        address, and nothing is kept. Only message 3 echoing a valid cookie (True) lets the
-        caller create the SA, after which the Diffie-Hellman work is done.
-        """
-        if not self.config.allow_base_mode:
-            raise RemoteProtocolError(
-                "Base Mode is disabled (allow_base_mode = false)",
-                NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
-                "header.exchange",
-                18,
-            )
-        probe = IkeSA(Role.RESPONDER, BM, header.icookie, bytes(8), local, remote, now)
-        probe.floated = local[1] != self.ike_port
-        try:
-            payloads = probe.open(header, data)
-        except RemoteProtocolError as exc:
-            # no answer to what does not even parse: the source may be spoofed, and an error
-            # Notify would reach the initiator whose cookie was copied (issue 12)
-            self._protocol_error(header.icookie + header.rcookie, remote, str(exc), int(exc.notify))
-            self.drops["malformed Base Mode first message"] += 1
-            return False
-        if not any(
-            isinstance(v.payload, VendorIDPayload) and v.payload.data == BASE_MODE_V2_VID
-            for v in _find(payloads, VendorIDPayload)
-        ):
-            raise RemoteProtocolError(
-                "Base Mode without the Base Mode v2 vendor ID (the first Base Mode is not spoken)",
-                NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
-                "VID",
-            )
-        cookies = [
-            n.payload.data
-            for n in _find(payloads, NotifyPayload)
-            if isinstance(n.payload, NotifyPayload) and n.payload.notify_type == BASE_MODE_COOKIE
-        ]
-        epoch = int(now // BASE_COOKIE_WINDOW)
-        if not cookies:
-            sa_raw = _one(payloads, SAPayload, "SA")
-            _choose_suite(self.config, probe, sa_raw, None)
-            cookie = NotifyPayload(
-                BASE_MODE_COOKIE, ProtocolId.ISAKMP, b"", self._bm_cookie(header.icookie, remote, epoch)
-            )
-            xauth = probe.suite is not None and probe.suite.auth in XAUTH_METHODS
-            out: list[Payload] = [
-                cookie,
-                _chosen_sa(sa_raw, probe),
-                *natt.vendor_ids(self.config, xauth=xauth),
-            ]
-            out.append(VendorIDPayload(BASE_MODE_V2_VID))
-            answer = probe.build(BM, 0, out, encrypt=False)
-            self._out.append((probe.wrap(answer), remote, local[1]))
-            return False
-        if len(cookies) == 1 and any(
-            crypto.constant_time_equal(cookies[0], self._bm_cookie(header.icookie, remote, e))
-            for e in (epoch, epoch - 1)
-        ):
-            return True
-        self._protocol_error(
-            header.icookie + header.rcookie, remote, "Base Mode cookie does not verify; dropped", None
-        )
-        return False
-
-    def _bm_i_got_cookie(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        cookie = [
-            n.payload.data
-            for n in _find(payloads, NotifyPayload)
-            if isinstance(n.payload, NotifyPayload) and n.payload.notify_type == BASE_MODE_COOKIE
-        ]
-        if len(cookie) != 1 or not 8 <= len(cookie[0]) <= 64:
-            raise RemoteProtocolError("Base Mode message 2 without one cookie", field="N(COOKIE)")
-        sa_raw = _one(payloads, SAPayload, "SA")
-        assert isinstance(sa_raw.payload, SAPayload)
-        sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
-        natt.note_vendor_ids(self.config, sa, payloads)
-        sa.dh = crypto.DiffieHellman(sa.suite.group)
-        sa.gxi = sa.dh.public
-        sa.ni = self._random(NONCE_SIZE)
-        assert sa.local_id is not None
-        id_payload = sa.local_id.to_payload()
-        sa.local_id_body = encode_payload(id_payload, 0)[4:]
-        xauth = any(s.auth in XAUTH_METHODS for s in sa.offered)
-        out: list[Payload] = [
-            NotifyPayload(BASE_MODE_COOKIE, ProtocolId.ISAKMP, b"", cookie[0]),
-            phase1_sa_payload(sa.offered),  # message 1's SA again: the responder kept nothing
-            KEPayload(sa.gxi),
-            NoncePayload(sa.ni),
-            id_payload,
-            *natt.vendor_ids(self.config, xauth=xauth),
-            VendorIDPayload(BASE_MODE_V2_VID),
-        ]
-        if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
-            out += peerauth.cert_requests(self.config)
-        out += natt.natd_payloads(
-            self.config, sa, self._random
-        )  # CKY-R is still zero here, as the responder computes it
-        sa.state = P1State.I_SENT_KE
-        self._send_phase1(sa, out, now, encrypt=False)
-
-    def _bm_r_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        sa_raw = _one(payloads, SAPayload, "SA")
-        natt.note_vendor_ids(self.config, sa, payloads)
-        _take_peer_id(sa, payloads)
-        ke = _one(payloads, KEPayload, "KE").payload
-        assert isinstance(ke, KEPayload)
-        _choose_suite(self.config, sa, sa_raw, len(ke.data))
-        assert sa.suite is not None
-        sa.gxi = _peer_ke(sa, payloads)
-        sa.ni = _peer_nonce(payloads)
-        natt.check_natd(self.config, sa, payloads, rcookie=bytes(8))
-        sa.dh = crypto.DiffieHellman(sa.suite.group)
-        sa.gxr = sa.dh.public
-        sa.nr = self._random(NONCE_SIZE)
-        self._lookup_psk(sa)  # by identity; a decoy for an unknown one (nothing here shows it)
-        _derive_keys(sa)
-        sa.local_id = peerauth.default_local_id(self.config, sa.local)
-        id_payload = sa.local_id.to_payload()
-        sa.local_id_body = encode_payload(id_payload, 0)[4:]
-        out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
-        if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
-            out += peerauth.cert_requests(self.config)
-        out += natt.natd_payloads(self.config, sa, self._random)
-        sa.state = P1State.R_SENT_KE
-        self._send_phase1(sa, out, now, encrypt=False, expect_reply=False)
-
-    def _bm_i_got_ke(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        assert sa.suite is not None
-        sa.gxr = _peer_ke(sa, payloads)
-        sa.nr = _peer_nonce(payloads)
-        _take_peer_id(sa, payloads)
-        natt.check_natd(self.config, sa, payloads)
-        self._lookup_psk(sa)
-        _derive_keys(sa)
-        natt.maybe_float(self.config, sa)
-        out: list[Payload] = [*peerauth.auth_payloads(self.config, sa, initiator=True)]
-        out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
-        sa.state = P1State.I_SENT_AUTH
-        self._send_phase1(sa, out, now, encrypt=True)
-
-    def _bm_r_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        peerauth.verify_auth(self.config, sa, payloads, initiator=True, now=now)
-        out: list[Payload] = [*peerauth.auth_payloads(self.config, sa, initiator=False)]
-        self._send_phase1(sa, out, now, encrypt=True, expect_reply=False)
-        self._phase1_done(sa, payloads, now)
-
-    def _bm_i_got_auth(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        peerauth.verify_auth(self.config, sa, payloads, initiator=False, now=now)
-        self._phase1_done(sa, payloads, now)
-
-    # ------------------------------------------------------------------ pieces
-
-    def _lookup_psk(self: IkeEngine, sa: IkeSA) -> None:
-        assert sa.suite is not None
-        if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
-            return
-        if sa.role is Role.RESPONDER:
-            sa.psk = self._responder_psk(sa.peer_id, sa.remote[0])
-            return
-        sa.psk = self.config.psks.lookup(sa.peer_id, sa.remote[0])
-        if sa.psk is None:
-            raise AuthenticationError(f"no pre-shared key for peer {sa.peer_id} at {sa.remote[0]}")
-
-    def _responder_psk(self: IkeEngine, peer_id: Identity | None, peer_ip: str) -> bytes:
-        """The pre-shared key for a peer, or a decoy for one we do not know (no identity oracle).
-
-        A responder that refused unknown identities at once (AUTHENTICATION-FAILED, as
-        strongSwan does) would tell anyone which group names exist. Instead an unknown peer
-        gets a key derived from a random per-engine secret and the same answer as a known
-        one; the exchange then fails where a wrong key fails (docs/protocol.md, "Identity
-        decoy"). The decoy is computed for every peer so both paths do the same work.
-        """
-        who = (str(peer_id) if peer_id is not None else "").encode() + b"\x00" + peer_ip.encode()
-        decoy = crypto.prf(HashAlgorithm.SHA2_256, self._local_secret(), b"tunvpn decoy psk\x00" + who)
-        psk = self.config.psks.lookup(peer_id, peer_ip)
-        if psk is None:
-            log.info("no pre-shared key for %s at %s: answering with a decoy key", peer_id, peer_ip)
-            return decoy
-        return psk
-
-    # ------------------------------------------------------------------ sending and ending
-
-    def _send_phase1(
-        self: IkeEngine,
-        sa: IkeSA,
-        payloads: list[Payload],
-        now: float,
-        *,
-        encrypt: bool,
-        expect_reply: bool = True,
-    ) -> None:
-        data = sa.build(sa.exchange, 0, payloads, encrypt=encrypt)
-        self._send(sa, sa.sent, data, now, expect_reply=expect_reply)
-
-    def _retransmit_phase1(self: IkeEngine, sa: IkeSA, now: float) -> None:
-        if isinstance((self._phase1_drops or {}).get(sa.local_cookie), UnauthenticatedRefusal):
-            self._fail_phase1(sa, "no valid answer after the peer's refusal", None, send_notify=False)
-            return
-        if not self._send_again(sa, sa.sent, now):
-            self._fail_phase1(
-                sa,
-                f"no answer from {sa.remote[0]} after {sa.sent.count} retransmissions",
-                None,
-                send_notify=False,
-            )
-
-    def _phase1_done(self: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
-        assert sa.suite is not None
-        sa.state = P1State.ESTABLISHED
+        notify = _find(payloads, NotifyPayload)
+        if notify and sa.role is Role.INITIATOR:
+            n = notify[0].payload
+            assert isinstance(n, NotifyPayload)
+            if n.notify_type < 8192:
+                _peer_refused(engine, sa, n, now)
+                return
+        sa.last_in = data
         sa.sent.stop()
-        sa.last_heard = now
-        sa.expires = now + sa.suite.lifetime if sa.suite.lifetime else None
-        for key, cookie in list(self._half_open.items()):
-            if cookie == sa.local_cookie:
-                del self._half_open[key]
-        if sa.nat_local and sa.natt:
-            sa.next_keepalive = now + self.config.keepalive_interval
-        sa.xauth_expected = sa.suite.auth in XAUTH_METHODS
-        self._events.append(
-            ev.Phase1Established(
-                sa.sa_id,
-                sa.remote,
-                sa.role.value,
-                MODE_NAMES[ExchangeType(sa.exchange)],
-                str(sa.suite),
-                str(sa.local_id),
-                str(sa.peer_id),
-                sa.nat_local,
-                sa.nat_remote,
-                tuple(sorted(sa.peer_vendor_ids)),
-                sa.local,
-                sa.keys.enc_key if sa.keys is not None else b"",
+        handling = True
+        handler(engine, sa, payloads, now)
+        if sa.established and engine._phase1_drops:
+            engine._phase1_drops.pop(sa.local_cookie, None)
+    except RemoteProtocolError as exc:
+        if handling and _phase1_failure_is_verified(sa, header, exc):
+            engine._protocol_error(sa.sa_id, sa.remote, str(exc), int(exc.notify))
+            send_error_notify(engine, sa, header, sa.remote, sa.local, exc, now)
+            fail_phase1(engine, sa, str(exc), int(exc.notify), send_notify=False)
+            return
+        vars(sa).update(saved)
+        drops = engine._phase1_drops = engine._phase1_drops or {}
+        if not isinstance(drops.get(sa.local_cookie), UnauthenticatedRefusal):
+            drops[sa.local_cookie] = exc
+        if sa.role is Role.RESPONDER and isinstance(exc, AuthenticationError):
+            # a hint for a peer whose key differs (what strongSwan sends too); it cannot
+            # end the real peer's phase 1 early: a tunvpn initiator waits (_peer_refused)
+            send_error_notify(engine, sa, header, sa.remote, sa.local, exc, now)
+        raise
+
+
+def unprotected_informational(engine: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
+    """A plain Notify (before keys exist): only errors during phase 1 are believed."""
+    payloads = sa.open(header, data)
+    for raw in payloads:
+        n = raw.payload
+        if isinstance(n, NotifyPayload) and not sa.established and n.notify_type < 8192:
+            _peer_refused(engine, sa, n, now)
+            return
+    log.info("ignoring unprotected Informational from %s", sa.remote[0])
+
+
+def _peer_refused(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
+    name = NotifyType(n.notify_type).name if n.notify_type in NotifyType._value2member_map_ else n.notify_type
+    if sa.role is Role.RESPONDER:
+        # anyone can send an unprotected Notify with the cookies: it does not end our
+        # phase 1 (issue 12); if the peer really gave up, the half-open SA times out
+        engine.drops["unprotected error Notify during phase 1"] += 1
+        log.info("%s sent %s during phase 1 (unauthenticated): ignored", sa.remote[0], name)
+        notify = NotifyType(n.notify_type) if n.notify_type in NotifyType._value2member_map_ else None
+        drops = engine._phase1_drops = engine._phase1_drops or {}
+        drops[sa.local_cookie] = UnauthenticatedRefusal(
+            f"peer answered {name}", notify or NotifyType.AUTHENTICATION_FAILED
+        )
+        return
+    if n.notify_type == NotifyType.INVALID_COOKIE:
+        # "no such SA": what a responder answers to garbage sent in our name (with our
+        # cookie) before it keeps state for us (issue 12); a lost exchange times out
+        engine.drops["unprotected INVALID-COOKIE during phase 1"] += 1
+        log.info("%s answered INVALID-COOKIE during phase 1 (unauthenticated): ignored", sa.remote[0])
+        return
+    if sa.state is P1State.I_SENT_AUTH:
+        # our encrypted authentication is out: a refusal now usually means "the keys
+        # differ", but anyone can send it (issue 12). Resend once and give a valid
+        # answer one grace period (retransmit_phase1) before believing it.
+        drops = engine._phase1_drops = engine._phase1_drops or {}
+        if not isinstance(drops.get(sa.local_cookie), UnauthenticatedRefusal):
+            notify = NotifyType(n.notify_type) if n.notify_type in NotifyType._value2member_map_ else None
+            drops[sa.local_cookie] = UnauthenticatedRefusal(
+                f"peer answered {name}" + (" (the pre-shared keys probably differ)" if sa.psk else ""),
+                notify or NotifyType.AUTHENTICATION_FAILED,
             )
+            sa.sent.at = now + 2 * engine.config.retransmit_base
+            engine._out.append((sa.wrap(sa.sent.message), sa.remote, sa.local[1]))
+        return
+    if sa.exchange == AM and n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN and sa.aggressive_groups:
+        # Aggressive Mode carries one group: try the next one (issue #2, seed FIG. 6)
+        refused = sa.dh.group.name if sa.dh is not None else "?"
+        log.info("aggressive mode: %s refused group %s, trying the next", sa.remote[0], refused)
+        sa.rcookie = bytes(8)
+        _am_send_first(engine, sa)
+        return
+    if (
+        sa.exchange == BM
+        and sa.state is P1State.I_SENT_SA
+        and n.notify_type
+        in (
+            NotifyType.INVALID_EXCHANGE_TYPE,
+            NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
+            NotifyType.INVALID_PAYLOAD_TYPE,
+            NotifyType.PAYLOAD_MALFORMED,  # a tunvpn gateway from before Base Mode v2
         )
-        initial_contact = any(
-            isinstance(p.payload, NotifyPayload) and p.payload.notify_type == NotifyType.INITIAL_CONTACT
-            for p in payloads
+    ):
+        # not a tunvpn peer, or Base Mode is off there (allow_base_mode): fall back to
+        # Main Mode, which is at least as strong (docs/protocol.md)
+        log.info("%s does not do Base Mode (%s); falling back to Main Mode", sa.remote[0], name)
+        sa.exchange = MM
+        sa.rcookie = bytes(8)
+        sa.ni = b""
+        sa_payload = phase1_sa_payload(sa.offered)
+        sa.sa_body = encode_payload(sa_payload, 0)[4:]
+        xauth = any(s.auth in XAUTH_METHODS for s in sa.offered)
+        _send_phase1(
+            engine, sa, [sa_payload, *natt.vendor_ids(engine.config, xauth=xauth)], now, encrypt=False
         )
-        # the login gate (states.ACCESS_TABLE); INITIAL-CONTACT waits for the access it needs
-        self._phase1_access(sa, initial_contact, now)
-        if sa.role is Role.RESPONDER and sa.xauth_expected:
-            transaction.start_xauth(self, sa, now)
+        return
+    fail_phase1(engine, sa, f"peer answered {name}", n.notify_type, send_notify=False)
 
-    def _initial_contact(self: IkeEngine, sa: IkeSA, now: float) -> None:
-        """RFC 2407 section 4.6.3.3: the peer rebooted; its older SAs are gone. Acted on only
-        once the sender's login is granted, and only for SAs of the same user."""
-        for other in list(self._sas.values()):
-            if self._same_user(sa, other):
-                exchanges.drop_sa(self, other, "replaced after INITIAL-CONTACT", by_peer=True)
 
-    def _fail_phase1(
-        self: IkeEngine, sa: IkeSA, reason: str, notify: int | None, *, send_notify: bool
-    ) -> None:
-        if sa.state is P1State.DEAD:
-            return
-        dropped = self._phase1_drops.pop(sa.local_cookie, None) if self._phase1_drops else None
-        if dropped is not None and notify is None:
-            # timed out after refusing messages: say why (a wrong key looks like this now)
-            reason = f"{reason}; last message refused: {dropped}"
-            if isinstance(dropped, AuthenticationError):
-                notify = int(dropped.notify)
-        log.info("phase 1 with %s failed: %s", sa.remote[0], reason)
-        if send_notify and notify is not None:
-            self._send_unprotected_notify(sa.icookie, sa.rcookie, sa.remote, sa.local, notify, sa.floated)
-        self._remove_sa(sa)
-        self._events.append(ev.Phase1Failed(sa.sa_id, sa.remote, reason, notify))
+# ------------------------------------------------------------------ Main Mode
 
-    def _send_unprotected_notify(
-        self: IkeEngine,
-        icookie: bytes,
-        rcookie: bytes,
-        remote: Address,
-        local: Address,
-        notify: int,
-        floated: bool,
-    ) -> None:
-        from .messages import Message, encode_message
 
-        msg = Message(
-            icookie,
-            rcookie,
-            ExchangeType.INFORMATIONAL,
-            0,
-            0,
-            (NotifyPayload(notify, ProtocolId.ISAKMP, icookie + rcookie),),
+def _mm_i_got_sa(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    sa_raw = _one(payloads, SAPayload, "SA")
+    assert isinstance(sa_raw.payload, SAPayload)
+    sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
+    natt.note_vendor_ids(engine.config, sa, payloads)
+    sa.dh = crypto.DiffieHellman(sa.suite.group)
+    sa.gxi = sa.dh.public
+    sa.ni = engine._random(NONCE_SIZE)
+    out: list[Payload] = [KEPayload(sa.gxi), NoncePayload(sa.ni)]
+    if sa.suite.auth in SIGNATURE_METHODS:
+        out += peerauth.cert_requests(engine.config)
+    out += natt.natd_payloads(engine.config, sa, engine._random)
+    sa.state = P1State.I_SENT_KE
+    _send_phase1(engine, sa, out, now, encrypt=False)
+
+
+def _mm_r_got_sa(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    sa_raw = _one(payloads, SAPayload, "SA")
+    natt.note_vendor_ids(engine.config, sa, payloads)
+    _choose_suite(engine.config, sa, sa_raw, None)
+    out: list[Payload] = [_chosen_sa(sa_raw, sa)]
+    out += natt.vendor_ids(engine.config, xauth=sa.xauth_expected)
+    sa.state = P1State.R_SENT_SA
+    _send_phase1(engine, sa, out, now, encrypt=False, expect_reply=False)
+
+
+def _mm_r_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    assert sa.suite is not None
+    sa.gxi = _peer_ke(sa, payloads)
+    sa.ni = _peer_nonce(payloads)
+    sa.dh = crypto.DiffieHellman(sa.suite.group)
+    sa.gxr = sa.dh.public
+    sa.nr = engine._random(NONCE_SIZE)
+    natt.check_natd(engine.config, sa, payloads)
+    if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
+        # by address: the ID comes encrypted in message 5 (RFC 2409 section 5.4)
+        sa.psk = _responder_psk(engine, None, sa.remote[0])
+    _derive_keys(sa)
+    out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr)]
+    if sa.suite.auth in SIGNATURE_METHODS:
+        out += peerauth.cert_requests(engine.config)
+    out += natt.natd_payloads(engine.config, sa, engine._random)
+    sa.state = P1State.R_SENT_KE
+    _send_phase1(engine, sa, out, now, encrypt=False, expect_reply=False)
+
+
+def _mm_i_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    assert sa.suite is not None
+    sa.gxr = _peer_ke(sa, payloads)
+    sa.nr = _peer_nonce(payloads)
+    natt.check_natd(engine.config, sa, payloads)
+    if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
+        sa.psk = engine.config.psks.lookup(None, sa.remote[0])
+        if sa.psk is None:
+            raise AuthenticationError(f"no pre-shared key for {sa.remote[0]}")
+    _derive_keys(sa)
+    natt.maybe_float(engine.config, sa)
+    assert sa.local_id is not None
+    id_payload = sa.local_id.to_payload()
+    sa.local_id_body = encode_payload(id_payload, 0)[4:]
+    out: list[Payload] = [id_payload, *peerauth.auth_payloads(engine.config, sa, initiator=True)]
+    out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
+    sa.state = P1State.I_SENT_AUTH
+    _send_phase1(engine, sa, out, now, encrypt=True)
+
+
+def _mm_r_got_auth(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    _take_peer_id(sa, payloads)
+    peerauth.verify_auth(engine.config, sa, payloads, initiator=True, now=now)
+    sa.local_id = peerauth.default_local_id(engine.config, sa.local)
+    id_payload = sa.local_id.to_payload()
+    sa.local_id_body = encode_payload(id_payload, 0)[4:]
+    out: list[Payload] = [id_payload, *peerauth.auth_payloads(engine.config, sa, initiator=False)]
+    _send_phase1(engine, sa, out, now, encrypt=True, expect_reply=False)
+    _phase1_done(engine, sa, payloads, now)
+
+
+def _mm_i_got_auth(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    _take_peer_id(sa, payloads)
+    peerauth.verify_auth(engine.config, sa, payloads, initiator=False, now=now)
+    _phase1_done(engine, sa, payloads, now)
+
+
+# ------------------------------------------------------------------ Aggressive Mode
+
+
+def _am_r_got_sa(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    sa_raw = _one(payloads, SAPayload, "SA")
+    natt.note_vendor_ids(engine.config, sa, payloads)
+    _take_peer_id(sa, payloads)
+    ke = _one(payloads, KEPayload, "KE").payload
+    assert isinstance(ke, KEPayload)
+    _choose_suite(engine.config, sa, sa_raw, len(ke.data))
+    assert sa.suite is not None
+    sa.gxi = _peer_ke(sa, payloads)
+    sa.ni = _peer_nonce(payloads)
+    sa.dh = crypto.DiffieHellman(sa.suite.group)
+    sa.gxr = sa.dh.public
+    sa.nr = engine._random(NONCE_SIZE)
+    _lookup_psk(engine, sa)
+    _derive_keys(sa)
+    sa.local_id = peerauth.default_local_id(engine.config, sa.local)
+    id_payload = sa.local_id.to_payload()
+    sa.local_id_body = encode_payload(id_payload, 0)[4:]
+    out: list[Payload] = [_chosen_sa(sa_raw, sa), KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
+    out += peerauth.auth_payloads(engine.config, sa, initiator=False)
+    out += natt.vendor_ids(engine.config, xauth=sa.xauth_expected)
+    out += natt.natd_payloads(engine.config, sa, engine._random)
+    sa.state = P1State.R_SENT_KE
+    _send_phase1(engine, sa, out, now, encrypt=False, expect_reply=False)
+
+
+def _am_i_got_sa(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    sa_raw = _one(payloads, SAPayload, "SA")
+    assert isinstance(sa_raw.payload, SAPayload)
+    sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
+    natt.note_vendor_ids(engine.config, sa, payloads)
+    sa.gxr = _peer_ke(sa, payloads)
+    sa.nr = _peer_nonce(payloads)
+    _take_peer_id(sa, payloads)
+    _lookup_psk(engine, sa)
+    _derive_keys(sa)
+    peerauth.verify_auth(engine.config, sa, payloads, initiator=False, now=now)
+    natt.check_natd(engine.config, sa, payloads)
+    natt.maybe_float(engine.config, sa)
+    out: list[Payload] = [
+        *peerauth.auth_payloads(engine.config, sa, initiator=True),
+        *natt.natd_payloads(engine.config, sa, engine._random),
+    ]
+    out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
+    # the third message is encrypted, as vpnc, Cisco and Libreswan send it
+    _send_phase1(engine, sa, out, now, encrypt=True, expect_reply=False)
+    _phase1_done(engine, sa, payloads, now)
+
+
+def _am_r_got_auth(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    peerauth.verify_auth(engine.config, sa, payloads, initiator=True, now=now)
+    natt.check_natd(engine.config, sa, payloads)
+    _phase1_done(engine, sa, payloads, now)
+
+
+# ------------------------------------------------------------------ Base Mode (tunvpn, v2)
+
+
+def _bm_cookie(engine: IkeEngine, icookie: bytes, remote: Address, epoch: int) -> bytes:
+    """The responder's stateless cookie: prf(secret, epoch | CKY-I | IP | port)[:16]."""
+    who = f"{epoch}|{remote[0]}|{remote[1]}".encode()
+    return crypto.prf(HashAlgorithm.SHA2_256, _local_secret(engine), b"tunvpn base cookie|" + icookie + who)[
+        :16
+    ]
+
+
+def _bm_r_cookie_echoed(
+    engine: IkeEngine, header: Header, data: bytes, remote: Address, local: Address, now: float
+) -> bool:
+    """Base Mode messages 1 and 3 before any state exists (docs/protocol.md).
+
+    Message 1 is answered with the chosen transform and a cookie bound to the sender's
+    address, and nothing is kept. Only message 3 echoing a valid cookie (True) lets the
+    caller create the SA, after which the Diffie-Hellman work is done.
+    """
+    if not engine.config.allow_base_mode:
+        raise RemoteProtocolError(
+            "Base Mode is disabled (allow_base_mode = false)",
+            NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
+            "header.exchange",
+            18,
         )
-        data = encode_message(msg)
-        if floated:
-            data = b"\x00\x00\x00\x00" + data
-        self._out.append((data, remote, local[1]))
-
-    def _send_error_notify(
-        self: IkeEngine,
-        sa: IkeSA | None,
-        header: Header,
-        remote: Address,
-        local: Address,
-        exc: RemoteProtocolError,
-        now: float,
-    ) -> None:
-        if header.exchange == ExchangeType.INFORMATIONAL:
-            return  # never answer a notify with a notify
-        if sa is not None and sa.established:
-            protocol, spi = exc.notify_spi or (ProtocolId.ISAKMP, sa.sa_id)
-            exchanges.send_informational(self, sa, [NotifyPayload(exc.notify, protocol, spi)], now)
-            return
-        rcookie = sa.rcookie if sa is not None else header.rcookie
-        self._send_unprotected_notify(
-            header.icookie, rcookie, remote, local, exc.notify, local[1] != self.ike_port
+    probe = IkeSA(Role.RESPONDER, BM, header.icookie, bytes(8), local, remote, now)
+    probe.floated = local[1] != engine.ike_port
+    try:
+        payloads = probe.open(header, data)
+    except RemoteProtocolError as exc:
+        # no answer to what does not even parse: the source may be spoofed, and an error
+        # Notify would reach the initiator whose cookie was copied (issue 12)
+        engine._protocol_error(header.icookie + header.rcookie, remote, str(exc), int(exc.notify))
+        engine.drops["malformed Base Mode first message"] += 1
+        return False
+    if not any(
+        isinstance(v.payload, VendorIDPayload) and v.payload.data == BASE_MODE_V2_VID
+        for v in _find(payloads, VendorIDPayload)
+    ):
+        raise RemoteProtocolError(
+            "Base Mode without the Base Mode v2 vendor ID (the first Base Mode is not spoken)",
+            NotifyType.UNSUPPORTED_EXCHANGE_TYPE,
+            "VID",
         )
+    cookies = [
+        n.payload.data
+        for n in _find(payloads, NotifyPayload)
+        if isinstance(n.payload, NotifyPayload) and n.payload.notify_type == BASE_MODE_COOKIE
+    ]
+    epoch = int(now // BASE_COOKIE_WINDOW)
+    if not cookies:
+        sa_raw = _one(payloads, SAPayload, "SA")
+        _choose_suite(engine.config, probe, sa_raw, None)
+        cookie = NotifyPayload(
+            BASE_MODE_COOKIE, ProtocolId.ISAKMP, b"", _bm_cookie(engine, header.icookie, remote, epoch)
+        )
+        xauth = probe.suite is not None and probe.suite.auth in XAUTH_METHODS
+        out: list[Payload] = [
+            cookie,
+            _chosen_sa(sa_raw, probe),
+            *natt.vendor_ids(engine.config, xauth=xauth),
+        ]
+        out.append(VendorIDPayload(BASE_MODE_V2_VID))
+        answer = probe.build(BM, 0, out, encrypt=False)
+        engine._out.append((probe.wrap(answer), remote, local[1]))
+        return False
+    if len(cookies) == 1 and any(
+        crypto.constant_time_equal(cookies[0], _bm_cookie(engine, header.icookie, remote, e))
+        for e in (epoch, epoch - 1)
+    ):
+        return True
+    engine._protocol_error(
+        header.icookie + header.rcookie, remote, "Base Mode cookie does not verify; dropped", None
+    )
+    return False
+
+
+def _bm_i_got_cookie(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    cookie = [
+        n.payload.data
+        for n in _find(payloads, NotifyPayload)
+        if isinstance(n.payload, NotifyPayload) and n.payload.notify_type == BASE_MODE_COOKIE
+    ]
+    if len(cookie) != 1 or not 8 <= len(cookie[0]) <= 64:
+        raise RemoteProtocolError("Base Mode message 2 without one cookie", field="N(COOKIE)")
+    sa_raw = _one(payloads, SAPayload, "SA")
+    assert isinstance(sa_raw.payload, SAPayload)
+    sa.suite = check_phase1_answer(sa.offered, sa_raw.payload)
+    natt.note_vendor_ids(engine.config, sa, payloads)
+    sa.dh = crypto.DiffieHellman(sa.suite.group)
+    sa.gxi = sa.dh.public
+    sa.ni = engine._random(NONCE_SIZE)
+    assert sa.local_id is not None
+    id_payload = sa.local_id.to_payload()
+    sa.local_id_body = encode_payload(id_payload, 0)[4:]
+    xauth = any(s.auth in XAUTH_METHODS for s in sa.offered)
+    out: list[Payload] = [
+        NotifyPayload(BASE_MODE_COOKIE, ProtocolId.ISAKMP, b"", cookie[0]),
+        phase1_sa_payload(sa.offered),  # message 1's SA again: the responder kept nothing
+        KEPayload(sa.gxi),
+        NoncePayload(sa.ni),
+        id_payload,
+        *natt.vendor_ids(engine.config, xauth=xauth),
+        VendorIDPayload(BASE_MODE_V2_VID),
+    ]
+    if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
+        out += peerauth.cert_requests(engine.config)
+    out += natt.natd_payloads(
+        engine.config, sa, engine._random
+    )  # CKY-R is still zero here, as the responder computes it
+    sa.state = P1State.I_SENT_KE
+    _send_phase1(engine, sa, out, now, encrypt=False)
+
+
+def _bm_r_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    sa_raw = _one(payloads, SAPayload, "SA")
+    natt.note_vendor_ids(engine.config, sa, payloads)
+    _take_peer_id(sa, payloads)
+    ke = _one(payloads, KEPayload, "KE").payload
+    assert isinstance(ke, KEPayload)
+    _choose_suite(engine.config, sa, sa_raw, len(ke.data))
+    assert sa.suite is not None
+    sa.gxi = _peer_ke(sa, payloads)
+    sa.ni = _peer_nonce(payloads)
+    natt.check_natd(engine.config, sa, payloads, rcookie=bytes(8))
+    sa.dh = crypto.DiffieHellman(sa.suite.group)
+    sa.gxr = sa.dh.public
+    sa.nr = engine._random(NONCE_SIZE)
+    _lookup_psk(engine, sa)  # by identity; a decoy for an unknown one (nothing here shows it)
+    _derive_keys(sa)
+    sa.local_id = peerauth.default_local_id(engine.config, sa.local)
+    id_payload = sa.local_id.to_payload()
+    sa.local_id_body = encode_payload(id_payload, 0)[4:]
+    out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
+    if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
+        out += peerauth.cert_requests(engine.config)
+    out += natt.natd_payloads(engine.config, sa, engine._random)
+    sa.state = P1State.R_SENT_KE
+    _send_phase1(engine, sa, out, now, encrypt=False, expect_reply=False)
+
+
+def _bm_i_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    assert sa.suite is not None
+    sa.gxr = _peer_ke(sa, payloads)
+    sa.nr = _peer_nonce(payloads)
+    _take_peer_id(sa, payloads)
+    natt.check_natd(engine.config, sa, payloads)
+    _lookup_psk(engine, sa)
+    _derive_keys(sa)
+    natt.maybe_float(engine.config, sa)
+    out: list[Payload] = [*peerauth.auth_payloads(engine.config, sa, initiator=True)]
+    out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
+    sa.state = P1State.I_SENT_AUTH
+    _send_phase1(engine, sa, out, now, encrypt=True)
+
+
+def _bm_r_got_auth(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    peerauth.verify_auth(engine.config, sa, payloads, initiator=True, now=now)
+    out: list[Payload] = [*peerauth.auth_payloads(engine.config, sa, initiator=False)]
+    _send_phase1(engine, sa, out, now, encrypt=True, expect_reply=False)
+    _phase1_done(engine, sa, payloads, now)
+
+
+def _bm_i_got_auth(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    peerauth.verify_auth(engine.config, sa, payloads, initiator=False, now=now)
+    _phase1_done(engine, sa, payloads, now)
+
+
+# ------------------------------------------------------------------ pieces
+
+
+def _lookup_psk(engine: IkeEngine, sa: IkeSA) -> None:
+    assert sa.suite is not None
+    if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
+        return
+    if sa.role is Role.RESPONDER:
+        sa.psk = _responder_psk(engine, sa.peer_id, sa.remote[0])
+        return
+    sa.psk = engine.config.psks.lookup(sa.peer_id, sa.remote[0])
+    if sa.psk is None:
+        raise AuthenticationError(f"no pre-shared key for peer {sa.peer_id} at {sa.remote[0]}")
+
+
+def _responder_psk(engine: IkeEngine, peer_id: Identity | None, peer_ip: str) -> bytes:
+    """The pre-shared key for a peer, or a decoy for one we do not know (no identity oracle).
+
+    A responder that refused unknown identities at once (AUTHENTICATION-FAILED, as
+    strongSwan does) would tell anyone which group names exist. Instead an unknown peer
+    gets a key derived from a random per-engine secret and the same answer as a known
+    one; the exchange then fails where a wrong key fails (docs/protocol.md, "Identity
+    decoy"). The decoy is computed for every peer so both paths do the same work.
+    """
+    who = (str(peer_id) if peer_id is not None else "").encode() + b"\x00" + peer_ip.encode()
+    decoy = crypto.prf(HashAlgorithm.SHA2_256, _local_secret(engine), b"tunvpn decoy psk\x00" + who)
+    psk = engine.config.psks.lookup(peer_id, peer_ip)
+    if psk is None:
+        log.info("no pre-shared key for %s at %s: answering with a decoy key", peer_id, peer_ip)
+        return decoy
+    return psk
+
+
+# ------------------------------------------------------------------ sending and ending
+
+
+def _send_phase1(
+    engine: IkeEngine,
+    sa: IkeSA,
+    payloads: list[Payload],
+    now: float,
+    *,
+    encrypt: bool,
+    expect_reply: bool = True,
+) -> None:
+    data = sa.build(sa.exchange, 0, payloads, encrypt=encrypt)
+    engine._send(sa, sa.sent, data, now, expect_reply=expect_reply)
+
+
+def retransmit_phase1(engine: IkeEngine, sa: IkeSA, now: float) -> None:
+    if isinstance((engine._phase1_drops or {}).get(sa.local_cookie), UnauthenticatedRefusal):
+        fail_phase1(engine, sa, "no valid answer after the peer's refusal", None, send_notify=False)
+        return
+    if not engine._send_again(sa, sa.sent, now):
+        fail_phase1(
+            engine,
+            sa,
+            f"no answer from {sa.remote[0]} after {sa.sent.count} retransmissions",
+            None,
+            send_notify=False,
+        )
+
+
+def _phase1_done(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
+    assert sa.suite is not None
+    sa.state = P1State.ESTABLISHED
+    sa.sent.stop()
+    sa.last_heard = now
+    sa.expires = now + sa.suite.lifetime if sa.suite.lifetime else None
+    for key, cookie in list(engine._half_open.items()):
+        if cookie == sa.local_cookie:
+            del engine._half_open[key]
+    if sa.nat_local and sa.natt:
+        sa.next_keepalive = now + engine.config.keepalive_interval
+    sa.xauth_expected = sa.suite.auth in XAUTH_METHODS
+    engine._events.append(
+        ev.Phase1Established(
+            sa.sa_id,
+            sa.remote,
+            sa.role.value,
+            MODE_NAMES[ExchangeType(sa.exchange)],
+            str(sa.suite),
+            str(sa.local_id),
+            str(sa.peer_id),
+            sa.nat_local,
+            sa.nat_remote,
+            tuple(sorted(sa.peer_vendor_ids)),
+            sa.local,
+            sa.keys.enc_key if sa.keys is not None else b"",
+        )
+    )
+    initial_contact = any(
+        isinstance(p.payload, NotifyPayload) and p.payload.notify_type == NotifyType.INITIAL_CONTACT
+        for p in payloads
+    )
+    # the login gate (states.ACCESS_TABLE); INITIAL-CONTACT waits for the access it needs
+    engine._phase1_access(sa, initial_contact, now)
+    if sa.role is Role.RESPONDER and sa.xauth_expected:
+        transaction.start_xauth(engine, sa, now)
+
+
+def fail_phase1(engine: IkeEngine, sa: IkeSA, reason: str, notify: int | None, *, send_notify: bool) -> None:
+    if sa.state is P1State.DEAD:
+        return
+    dropped = engine._phase1_drops.pop(sa.local_cookie, None) if engine._phase1_drops else None
+    if dropped is not None and notify is None:
+        # timed out after refusing messages: say why (a wrong key looks like this now)
+        reason = f"{reason}; last message refused: {dropped}"
+        if isinstance(dropped, AuthenticationError):
+            notify = int(dropped.notify)
+    log.info("phase 1 with %s failed: %s", sa.remote[0], reason)
+    if send_notify and notify is not None:
+        _send_unprotected_notify(engine, sa.icookie, sa.rcookie, sa.remote, sa.local, notify, sa.floated)
+    engine._remove_sa(sa)
+    engine._events.append(ev.Phase1Failed(sa.sa_id, sa.remote, reason, notify))
+
+
+def _send_unprotected_notify(
+    engine: IkeEngine,
+    icookie: bytes,
+    rcookie: bytes,
+    remote: Address,
+    local: Address,
+    notify: int,
+    floated: bool,
+) -> None:
+    from .messages import Message, encode_message
+
+    msg = Message(
+        icookie,
+        rcookie,
+        ExchangeType.INFORMATIONAL,
+        0,
+        0,
+        (NotifyPayload(notify, ProtocolId.ISAKMP, icookie + rcookie),),
+    )
+    data = encode_message(msg)
+    if floated:
+        data = b"\x00\x00\x00\x00" + data
+    engine._out.append((data, remote, local[1]))
+
+
+def send_error_notify(
+    engine: IkeEngine,
+    sa: IkeSA | None,
+    header: Header,
+    remote: Address,
+    local: Address,
+    exc: RemoteProtocolError,
+    now: float,
+) -> None:
+    if header.exchange == ExchangeType.INFORMATIONAL:
+        return  # never answer a notify with a notify
+    if sa is not None and sa.established:
+        protocol, spi = exc.notify_spi or (ProtocolId.ISAKMP, sa.sa_id)
+        exchanges.send_informational(engine, sa, [NotifyPayload(exc.notify, protocol, spi)], now)
+        return
+    rcookie = sa.rcookie if sa is not None else header.rcookie
+    _send_unprotected_notify(
+        engine, header.icookie, rcookie, remote, local, exc.notify, local[1] != engine.ike_port
+    )
 
 
 def _phase1_failure_is_verified(sa: IkeSA, header: Header, exc: RemoteProtocolError) -> bool:
@@ -899,17 +929,17 @@ def _skeyid(sa: IkeSA) -> bytes:
     )
 
 
-# (exchange, role, state) -> the handler of the next message (a function of Phase1Mixin).
+# (exchange, role, state) -> the handler of the next message, called as handler(engine, sa, payloads, now).
 PHASE1_TABLE: dict[tuple[ExchangeType, Role, P1State], Callable[..., None]] = {
-    (MM, Role.INITIATOR, P1State.I_SENT_SA): Phase1Mixin._mm_i_got_sa,
-    (MM, Role.INITIATOR, P1State.I_SENT_KE): Phase1Mixin._mm_i_got_ke,
-    (MM, Role.INITIATOR, P1State.I_SENT_AUTH): Phase1Mixin._mm_i_got_auth,
-    (MM, Role.RESPONDER, P1State.R_SENT_SA): Phase1Mixin._mm_r_got_ke,
-    (MM, Role.RESPONDER, P1State.R_SENT_KE): Phase1Mixin._mm_r_got_auth,
-    (AM, Role.INITIATOR, P1State.I_SENT_SA): Phase1Mixin._am_i_got_sa,
-    (AM, Role.RESPONDER, P1State.R_SENT_KE): Phase1Mixin._am_r_got_auth,
-    (BM, Role.INITIATOR, P1State.I_SENT_SA): Phase1Mixin._bm_i_got_cookie,
-    (BM, Role.INITIATOR, P1State.I_SENT_KE): Phase1Mixin._bm_i_got_ke,
-    (BM, Role.INITIATOR, P1State.I_SENT_AUTH): Phase1Mixin._bm_i_got_auth,
-    (BM, Role.RESPONDER, P1State.R_SENT_KE): Phase1Mixin._bm_r_got_auth,
+    (MM, Role.INITIATOR, P1State.I_SENT_SA): _mm_i_got_sa,
+    (MM, Role.INITIATOR, P1State.I_SENT_KE): _mm_i_got_ke,
+    (MM, Role.INITIATOR, P1State.I_SENT_AUTH): _mm_i_got_auth,
+    (MM, Role.RESPONDER, P1State.R_SENT_SA): _mm_r_got_ke,
+    (MM, Role.RESPONDER, P1State.R_SENT_KE): _mm_r_got_auth,
+    (AM, Role.INITIATOR, P1State.I_SENT_SA): _am_i_got_sa,
+    (AM, Role.RESPONDER, P1State.R_SENT_KE): _am_r_got_auth,
+    (BM, Role.INITIATOR, P1State.I_SENT_SA): _bm_i_got_cookie,
+    (BM, Role.INITIATOR, P1State.I_SENT_KE): _bm_i_got_ke,
+    (BM, Role.INITIATOR, P1State.I_SENT_AUTH): _bm_i_got_auth,
+    (BM, Role.RESPONDER, P1State.R_SENT_KE): _bm_r_got_auth,
 }
