@@ -20,12 +20,15 @@ the 16-bit ones' complement sum, and ``fold(x) ^ 0xFFFF`` is the checksum to sto
 
 from __future__ import annotations
 
+import importlib
 import sys
 from types import ModuleType
 
+# optional: vectorized per-segment sums (imported by name so the type is the same with or
+# without numpy installed, for mypy too)
 _np: ModuleType | None
-try:  # optional: vectorized per-segment sums
-    import numpy as _np
+try:
+    _np = importlib.import_module("numpy")
 except ImportError:  # pragma: no cover - exercised where numpy is missing
     _np = None
 

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import x448, x25519
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID
 
 from .constants import NotifyType
@@ -38,6 +38,15 @@ from .errors import AuthenticationError, LocalProtocolError
 __all__ = ["CrlStore", "RevocationMode", "check_chain", "crl_distribution_uris"]
 
 logger = logging.getLogger(__name__)
+
+CRL_SIGNING_KEYS = (
+    rsa.RSAPublicKey,
+    ec.EllipticCurvePublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+    dsa.DSAPublicKey,
+)
+"""Issuer keys that can sign a CRL (anything else, e.g. X25519 or ML-KEM, cannot)."""
 
 
 class RevocationMode(enum.StrEnum):
@@ -179,8 +188,8 @@ def _usable(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bo
     if crl.issuer != issuer.subject or not _issuer_may_sign_crls(issuer):
         return False
     key = issuer.public_key()
-    if isinstance(key, (x25519.X25519PublicKey, x448.X448PublicKey)):
-        return False  # key agreement only: signs nothing
+    if not isinstance(key, CRL_SIGNING_KEYS):
+        return False  # key agreement (X25519, X448, ML-KEM) signs nothing
     try:
         return crl.is_signature_valid(key)
     except (TypeError, ValueError):
