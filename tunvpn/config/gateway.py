@@ -705,6 +705,8 @@ class GatewayConfig:
     """Seconds between accounting "interim" records of each session (0: none)."""
     max_sessions_per_user: int = 4
     """Logged-in sessions one user may hold at once (0: no limit)."""
+    plugin_workers: int = 8
+    """Threads blocking plugin hooks run in (RADIUS calls); a call beyond is refused as busy."""
     login_timeout: int = 120
     """Seconds a client has after phase 1 to finish its login; then its ISAKMP SA is deleted."""
     keylog: str | None = None
@@ -734,6 +736,7 @@ _GATEWAY_KEYS = (
     "require_xauth", "allow_aggressive_psk", "allow_base_mode", "legacy", "tun", "mtu", "keylog",
     "control_socket", "plugins",
     "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout", "hybrid",
+    "plugin_workers",
 )  # fmt: skip
 _CERT_KEYS = ("cert", "key", "ca", "revocation", "crl_files", "peer_eku", "peer_id_patterns")
 _PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
@@ -954,6 +957,7 @@ def parse_gateway_config(
         accounting_interval=gw.number("accounting_interval", 0, 0, 86400),
         max_sessions_per_user=gw.number("max_sessions_per_user", 4, 0, 1_000_000),
         login_timeout=gw.number("login_timeout", 120, 10, 3600),
+        plugin_workers=gw.number("plugin_workers", 8, 1, 256),
         control_socket=control_socket,
     )
     warn.emit()

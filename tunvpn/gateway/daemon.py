@@ -65,7 +65,7 @@ from tunvpn.ike.proposals import (
 )
 from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.plugins.accounting import AccountingRecord
-from tunvpn.plugins.host import PluginError, PluginHost
+from tunvpn.plugins.host import DEFAULT_WORKERS, PluginBusy, PluginError, PluginHost
 from tunvpn.plugins.types import Authorization, CredentialRequest, GatewayContext, Verdict
 from tunvpn.shell.crls import keep_crls_fresh
 from tunvpn.shell.udp import UdpDriver
@@ -174,6 +174,9 @@ class GatewayOptions:
     """Logged-in sessions one user may hold at once; a login beyond is refused (0: no limit)."""
     plugin_objects: tuple[object, ...] = ()
     """Plugins given as objects (tests, ``tunvpn.testing``), asked before the named ones."""
+    plugin_workers: int = DEFAULT_WORKERS
+    """Threads blocking plugin hooks run in (tunvpn/plugins/host.py ``WorkerPool``); a call
+    that finds them all busy is refused at once (the login: "busy")."""
     overrides: dict[str, object] = field(default_factory=dict)
     """Options set on the command line over the file's (``--control``, ``--keylog``,
     ``--ike-only``): a reload applies them again instead of reporting them as changes."""
@@ -717,6 +720,9 @@ class Gateway:
                 Verdict.reject("the authentication service did not answer in time"),
                 True,
             )
+        except PluginBusy as exc:
+            log.warning("%s login of %r refused: %s", request.via, request.user, exc)
+            verdict, backend_failed = Verdict.reject(BUSY_MESSAGE), True
         except Exception as exc:
             log.error("%s login of %r: a plugin failed: %s", request.via, request.user, exc)
             verdict, backend_failed = Verdict.reject("the authentication service failed"), True
@@ -828,6 +834,9 @@ class Gateway:
             )
             verdict = Verdict.reject("the gateway could not check the credentials in time")
             backend_failed = True
+        except PluginBusy as exc:
+            log.warning("XAUTH: user %r from %s refused: %s", event.user_name, event.peer[0], exc)
+            verdict, backend_failed = Verdict.reject(BUSY_MESSAGE), True
         except Exception as exc:  # a broken plugin or backend rejects this user, nothing more
             log.error("XAUTH: checking user %r from %s failed: %s", event.user_name, event.peer[0], exc)
             verdict = Verdict.reject("the gateway could not check the credentials")
@@ -1354,6 +1363,7 @@ class Gateway:
                 self._account(session, "stop", reason="gateway shutting down")
             self.shutdown()
             await self._finish_accounting()
+            self.plugins.close()  # after the accounting "stop"s: they run on it too
 
     def _restart_services(self) -> None:
         """A reload changed what the plugins' services run on: stop them, start them anew (their
@@ -1460,6 +1470,9 @@ class Gateway:
 
 PLUGIN_TIMEOUT = 30
 
+BUSY_MESSAGE = "the gateway is busy checking other logins; try again later"
+"""The XAUTH message of a login refused because every plugin worker was busy."""
+
 Announced = tuple[ExtraProtocol, tuple[Phase2Policy, ...]]
 """An extra protocol as announced in phase 1a, and the phase 2 policies accepted for it."""
 """Seconds a plugin may take to decide one XAUTH round (a RADIUS server with retries and
@@ -1476,6 +1489,7 @@ RESTART_SETTINGS = (
     "plugins",
     "plugin_objects",
     "accounting_interval",
+    "plugin_workers",
 )
 """Options a reload cannot change: the new value waits for a restart (and is reported)."""
 
@@ -1508,7 +1522,7 @@ MAX_AUTH_ROUNDS = 8
 def load_plugins(options: GatewayOptions) -> PluginHost:
     """The gateway's plugins; a named plugin that is missing or broken is a startup error."""
     try:
-        return PluginHost(options.plugin_names(), options.plugin_objects)
+        return PluginHost(options.plugin_names(), options.plugin_objects, workers=options.plugin_workers)
     except PluginError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -1541,6 +1555,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         accounting_interval=cfg.accounting_interval,
         login_timeout=cfg.login_timeout,
         max_sessions_per_user=cfg.max_sessions_per_user,
+        plugin_workers=cfg.plugin_workers,
         domains=tuple(cfg.domains),
         phase1=cfg.phase1,
         credential=cfg.credential,

@@ -12,8 +12,10 @@ import asyncio
 import importlib.metadata
 import inspect
 import logging
+import queue
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,107 @@ hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
 
 class PluginError(Exception):
     """A plugin cannot be loaded (not installed, broken entry point, unknown hook)."""
+
+
+class PluginBusy(PluginError):
+    """A blocking hook could not start: every worker of the plugin pool is busy."""
+
+
+DEFAULT_WORKERS = 8
+"""Worker threads of the plugin pool when the configuration says nothing (``plugin_workers``)."""
+
+WORKER_PREFIX = "tunvpn-plugin"
+"""The name of every plugin worker thread starts with this (``threading.enumerate()``)."""
+
+
+class WorkerPool:
+    """The threads one plugin's blocking (plain function) hooks run in: at most ``size``
+    daemon threads, started when needed (each plugin has its own pool, so a plugin stuck on
+    a dead server cannot starve the others, the users file say). A call that finds every
+    worker busy is refused at once (:class:`PluginBusy`) instead of queueing; a call whose
+    caller stopped waiting (the gateway's ``PLUGIN_TIMEOUT``) keeps its worker until the
+    function returns, so a plugin's own timeout (RADIUS: ``timeout`` x ``(1 + retries)`` per
+    server) bounds how long. The threads are daemons: a blocked call does not hold up the
+    process's exit."""
+
+    def __init__(self, size: int = DEFAULT_WORKERS, name: str = "") -> None:
+        if size < 1:
+            raise ValueError(f"plugin pool size {size}: at least 1")
+        self.size = size
+        self.name = name
+        self.refused = 0
+        """Calls refused because every worker was busy."""
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., object], dict[str, object], Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def busy(self) -> int:
+        """Calls running now (each holds one worker)."""
+        return self._busy
+
+    def run(self, function: Callable[..., object], kwargs: dict[str, object]) -> asyncio.Future[object]:
+        """Start ``function(**kwargs)`` on a worker; its result as a future of the running loop.
+        Raises :class:`PluginBusy` when every worker is busy (or the pool is closed)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._closed or self._busy >= self.size:
+                self.refused += 1
+                raise PluginBusy(
+                    f"all {self.size} workers of plugin {self.name!r} are busy"
+                    if not self._closed
+                    else "the plugin pool is closed"
+                )
+            self._busy += 1
+            if len(self._threads) < self._busy:
+                thread = threading.Thread(
+                    target=self._work,
+                    name=f"{WORKER_PREFIX}-{self.name}-{len(self._threads) + 1}",
+                    daemon=True,
+                )
+                self._threads.append(thread)
+                thread.start()
+        future: asyncio.Future[object] = loop.create_future()
+        self._jobs.put((function, kwargs, (loop, future)))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            function, kwargs, (loop, future) = job
+            outcome: tuple[object, BaseException | None]
+            try:
+                outcome = (function(**kwargs), None)
+            except BaseException as exc:  # handed to the caller, whatever it is
+                outcome = (None, exc)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    def close(self) -> None:
+        """Refuse new calls and let idle workers end (busy ones end when their call returns)."""
+        with self._lock:
+            self._closed = True
+            threads = len(self._threads)
+        for _ in range(threads):
+            self._jobs.put(None)
+
+
+def _settle(future: asyncio.Future[object], outcome: tuple[object, BaseException | None]) -> None:
+    if future.done():  # the caller stopped waiting (timeout, shutdown)
+        return
+    result, exc = outcome
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -114,9 +217,16 @@ class PluginHost:
 
     :param names: entry point names to load, in order (later ones are asked first).
     :param objects: already imported plugins (modules or objects), e.g. in tests.
+    :param workers: the size of each plugin's pool its blocking hooks run in
+        (:class:`WorkerPool`).
     """
 
-    def __init__(self, names: Sequence[str] = (), objects: Sequence[object] = ()) -> None:
+    def __init__(
+        self, names: Sequence[str] = (), objects: Sequence[object] = (), *, workers: int = DEFAULT_WORKERS
+    ) -> None:
+        self.workers = workers
+        self.pools: dict[str, WorkerPool] = {}
+        """Plugin name -> the pool its blocking hooks run in (made at the first call)."""
         self._pm = pluggy.PluginManager(hookspecs.PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self.names: list[str] = []
@@ -143,6 +253,18 @@ class PluginHost:
     def __repr__(self) -> str:
         return f"PluginHost({self.names})"
 
+    def pool(self, name: str) -> WorkerPool:
+        """The worker pool of plugin ``name``."""
+        pool = self.pools.get(name)
+        if pool is None:
+            pool = self.pools[name] = WorkerPool(self.workers, name)
+        return pool
+
+    def close(self) -> None:
+        """Refuse further blocking calls; idle workers end (busy ones when their call returns)."""
+        for pool in self.pools.values():
+            pool.close()
+
     def implements(self, hook: str) -> bool:
         return bool(getattr(self._pm.hook, hook).get_hookimpls())
 
@@ -157,14 +279,27 @@ class PluginHost:
     ) -> Verdict:
         """Ask the plugins in turn (a plugin returning None passes); none: rejected. For an
         extra protocol (``request.protocol``) only the plugin of that name is asked; ``skip``
-        names plugins not to ask for the login (those that run as extra protocols)."""
+        names plugins not to ask for the login (those that run as extra protocols).
+
+        A blocking plugin that cannot start because every worker is busy is passed over for
+        this login (logged): the plugins after it still decide their users (the users file);
+        if none decides, :class:`PluginBusy` is raised (the gateway refuses the login as
+        "busy", not as a wrong password)."""
         skipped = set(skip)
+        busy: PluginBusy | None = None
         for impl in reversed(self._pm.hook.tunvpn_verify_credentials.get_hookimpls()):
             if request.protocol is not None and impl.plugin_name != request.protocol:
                 continue
             if request.protocol is None and impl.plugin_name in skipped:
                 continue
-            result = await _call(impl, request=request, context=context)
+            try:
+                result = await _call(impl, self.pool(impl.plugin_name), request=request, context=context)
+            except PluginBusy as exc:
+                logging.getLogger("tunvpn.plugins").warning(
+                    "plugin %r not asked about %r: %s", impl.plugin_name, request.user, exc
+                )
+                busy = exc
+                continue
             if result is None:
                 continue
             if not isinstance(result, Verdict):
@@ -173,12 +308,14 @@ class PluginHost:
                     "tunvpn_verify_credentials (expected a Verdict or None)"
                 )
             return result
+        if busy is not None:
+            raise busy
         return Verdict.reject()
 
     async def client_answer(self, question: ClientQuestion) -> str | None:
         """Ask the plugins in turn for an answer; ``None``: none had one (prompt the user)."""
         for impl in reversed(self._pm.hook.tunvpn_client_answer.get_hookimpls()):
-            result = await _call(impl, question=question)
+            result = await _call(impl, self.pool(impl.plugin_name), question=question)
             if result is None:
                 continue
             if not isinstance(result, str):
@@ -225,7 +362,9 @@ class PluginHost:
     ) -> Authorization | None:
         """The first plugin's ``tunvpn_authorize`` answer, or ``None``."""
         for impl in reversed(self._pm.hook.tunvpn_authorize.get_hookimpls()):
-            result = await _call(impl, user=user, groups=groups, peer=peer, context=context)
+            result = await _call(
+                impl, self.pool(impl.plugin_name), user=user, groups=groups, peer=peer, context=context
+            )
             if result is None:
                 continue
             if not isinstance(result, Authorization):
@@ -241,7 +380,7 @@ class PluginHost:
     ) -> ClientProtocol | None:
         """The plugin that handles an announced protocol on the client, or ``None``."""
         for impl in reversed(self._pm.hook.tunvpn_client_protocol.get_hookimpls()):
-            result = await _call(impl, protocol=protocol, settings=settings)
+            result = await _call(impl, self.pool(impl.plugin_name), protocol=protocol, settings=settings)
             if result is None:
                 continue
             if not isinstance(result, ClientProtocol):
@@ -264,7 +403,7 @@ class PluginHost:
         async def run() -> None:
             for impl in impls:
                 try:
-                    await _call(impl, **kwargs)
+                    await _call(impl, self.pool(impl.plugin_name), **kwargs)
                 except Exception as exc:  # one plugin's failure is not the gateway's
                     logging.getLogger("tunvpn.plugins").error(
                         "plugin %r: %s failed: %s", impl.plugin_name, hook, exc
@@ -284,13 +423,14 @@ def _service_done(name: str) -> Callable[[asyncio.Task[None]], None]:
     return done
 
 
-async def _call(impl: pluggy.HookImpl, **kwargs: object) -> object:
-    """One hook implementation: a coroutine function on the loop, anything else in a thread."""
+async def _call(impl: pluggy.HookImpl, pool: WorkerPool, **kwargs: object) -> object:
+    """One hook implementation: a coroutine function on the loop, anything else on a worker of
+    ``pool`` (:class:`PluginBusy` when none is free)."""
     wanted = {name: kwargs[name] for name in impl.argnames if name in kwargs}
     function = impl.function
     if inspect.iscoroutinefunction(function):
         return await function(**wanted)
-    result = await asyncio.to_thread(function, **wanted)
+    result = await pool.run(function, wanted)
     if inspect.isawaitable(result):
         result = await result
     return result

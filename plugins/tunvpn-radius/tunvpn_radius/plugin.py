@@ -64,6 +64,11 @@ _lock = threading.Lock()
 
 _clients: dict[tuple[Any, ...], RadiusClient] = {}
 
+GATEWAY_WAIT = 30.0
+"""Seconds the gateway waits for a plugin's decision (its PLUGIN_TIMEOUT). A blocking call it
+stopped waiting for keeps its worker thread until it returns, so the client's own timeouts
+(``timeout`` x ``(1 + retries)`` per server) should end a login sooner."""
+
 
 def client_from_settings(settings: dict[str, Any]) -> tuple[RadiusClient, str]:
     """The RadiusClient and the auth method (pap/chap) that ``[plugin.radius]`` describes.
@@ -101,6 +106,18 @@ def client_from_settings(settings: dict[str, Any]) -> tuple[RadiusClient, str]:
             )
             _clients.clear()  # settings changed (reload): forget the old client
             _clients[key] = client
+            worst = len(servers) * (1 + client.retries) * client.timeout
+            if worst >= GATEWAY_WAIT:
+                log.warning(
+                    "RADIUS: %d server(s) x %d tries x %g s = %g s, longer than the gateway waits "
+                    "(%g s): a dead server holds a plugin worker after the login was refused; "
+                    "lower timeout or retries",
+                    len(servers),
+                    1 + client.retries,
+                    client.timeout,
+                    worst,
+                    GATEWAY_WAIT,
+                )
     return client, auth
 
 
