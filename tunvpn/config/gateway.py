@@ -709,6 +709,10 @@ class GatewayConfig:
     """Threads blocking plugin hooks run in (RADIUS calls); a call beyond is refused as busy."""
     login_timeout: int = 120
     """Seconds a client has after phase 1 to finish its login; then its ISAKMP SA is deleted."""
+    max_half_open: int = 1000
+    """Phase 1 exchanges in progress (responder) the gateway keeps state for, in all."""
+    max_half_open_per_source: int = 5
+    """Phase 1 exchanges in progress from one source address (strongSwan's ``block_threshold``)."""
     keylog: str | None = None
     control_socket: str | None = None
 
@@ -736,7 +740,7 @@ _GATEWAY_KEYS = (
     "require_xauth", "allow_aggressive_psk", "allow_base_mode", "legacy", "tun", "mtu", "keylog",
     "control_socket", "plugins",
     "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout", "hybrid",
-    "plugin_workers",
+    "plugin_workers", "max_half_open", "max_half_open_per_source",
 )  # fmt: skip
 _CERT_KEYS = ("cert", "key", "ca", "revocation", "crl_files", "peer_eku", "peer_id_patterns")
 _PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
@@ -957,6 +961,8 @@ def parse_gateway_config(
         accounting_interval=gw.number("accounting_interval", 0, 0, 86400),
         max_sessions_per_user=gw.number("max_sessions_per_user", 4, 0, 1_000_000),
         login_timeout=gw.number("login_timeout", 120, 10, 3600),
+        max_half_open=gw.number("max_half_open", 1000, 1, 1_000_000),
+        max_half_open_per_source=gw.number("max_half_open_per_source", 5, 1, 1_000_000),
         plugin_workers=gw.number("plugin_workers", 8, 1, 256),
         control_socket=control_socket,
     )

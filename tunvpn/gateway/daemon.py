@@ -127,6 +127,10 @@ class GatewayOptions:
     login_timeout: float = 120.0
     """Seconds a client has after phase 1 to finish its login (XAUTH and every extra
     protocol); then its ISAKMP SA is deleted."""
+    max_half_open: int = 1000
+    """Phase 1 exchanges in progress kept in all (``EngineConfig.max_half_open``)."""
+    max_half_open_per_source: int = 5
+    """Phase 1 exchanges in progress kept per source address (strongSwan's ``block_threshold``)."""
     xauth_chap: bool = False
     """Ask tunvpn clients for the login password as a RADIUS-CHAP answer (the gateway never
     sees it; the users file and the radius plugin check it). Standard clients: Generic."""
@@ -362,6 +366,8 @@ def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None =
         require_xauth=require_xauth,
         login_required=require_xauth,
         login_timeout=options.login_timeout,
+        max_half_open=options.max_half_open,
+        max_half_open_per_source=options.max_half_open_per_source,
         xauth_chap=options.xauth_chap,
         xauth_available=options.users is not None or bool(options.plugins or options.plugin_objects),
         # ESP runs in userspace over UDP 4500 (RFC 3948): with a data path, always encapsulate
@@ -1554,6 +1560,8 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         plugin_settings=dict(cfg.plugin_settings),
         accounting_interval=cfg.accounting_interval,
         login_timeout=cfg.login_timeout,
+        max_half_open=cfg.max_half_open,
+        max_half_open_per_source=cfg.max_half_open_per_source,
         max_sessions_per_user=cfg.max_sessions_per_user,
         plugin_workers=cfg.plugin_workers,
         domains=tuple(cfg.domains),

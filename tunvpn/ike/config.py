@@ -163,6 +163,9 @@ class EngineConfig:
     """Retransmissions before an exchange is given up."""
     max_half_open: int = 1000
     """Bound on phase 1 SAs that are not established yet (responder)."""
+    max_half_open_per_source: int = 5
+    """Bound on half-open phase 1 SAs of one source address (strongSwan's
+    ``block_threshold``); first messages beyond it are dropped and counted."""
     half_open_timeout: float = 30.0
     """Seconds a half-open phase 1 SA may live."""
     unity: bool = True
@@ -198,6 +201,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_half_open < 1:
             raise LocalProtocolError("max_half_open must be at least 1")
+        if self.max_half_open_per_source < 1:
+            raise LocalProtocolError("max_half_open_per_source must be at least 1")
         if self.retransmit_tries < 0 or self.retransmit_base <= 0:
             raise LocalProtocolError("retransmission settings must be positive")
         if self.login_timeout <= 0:

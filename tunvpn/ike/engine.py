@@ -77,6 +77,9 @@ class IkeEngine:
         self._random = random_bytes
         self._sas: dict[bytes, IkeSA] = {}  # keyed by our own cookie
         self._half_open: dict[tuple[bytes, Address], bytes] = {}  # (peer cookie, peer) -> our cookie
+        self._half_open_keys: dict[bytes, tuple[bytes, Address]] = {}  # our cookie -> its key above
+        self._half_open_by_source: dict[str, dict[bytes, None]] = {}
+        """Source address -> our cookies of its half-open phase 1 SAs, oldest first."""
         self._out: list[Datagram] = []
         self._events: deque[ev.Event] = deque()
         self._spis: set[int] = set()
@@ -347,11 +350,67 @@ class IkeEngine:
             raise RemoteProtocolError(
                 "message for an unknown ISAKMP SA", NotifyType.INVALID_COOKIE, "header.cookies", 0
             )
-        half_open = sum(1 for s in self._sas.values() if s.role is Role.RESPONDER and not s.established)
-        if half_open >= self.config.max_half_open:
-            self._protocol_error(b"", remote, "too many half-open phase 1 SAs; request dropped", None)
+        if not self._admit_half_open(remote):
             return
         phase1.start_responder(self, header, data, remote, local, now)
+
+    # ------------------------------------------------------------------ half-open phase 1 SAs
+
+    def half_open_count(self) -> int:
+        """Responder phase 1 SAs not established yet (bounded by ``max_half_open``)."""
+        return len(self._half_open_keys)
+
+    def _admit_half_open(self, remote: Address) -> bool:
+        """Whether a new first message from ``remote`` may start a phase 1 (issue 14).
+
+        Each source address may hold ``max_half_open_per_source`` half-open SAs (strongSwan's
+        ``block_threshold``), all sources together ``max_half_open``. When the global limit is
+        reached, a source holding fewer than the busiest one still gets in: the oldest
+        half-open SA of the busiest source that has heard only its first message (a spoofed
+        sender never answers) is dropped for it. An SA whose peer answered our reply (it
+        receives at its address) is never evicted. So a storm from spoofed addresses keeps
+        the state bounded and cannot lock out a user whose address is not in it."""
+        source = self._half_open_by_source.get(remote[0])
+        held = len(source) if source else 0
+        if held >= self.config.max_half_open_per_source:
+            self.drops["half-open limit per source"] += 1
+            return False
+        if len(self._half_open_keys) < self.config.max_half_open:
+            return True
+        for busiest in sorted(self._half_open_by_source.values(), key=len, reverse=True):
+            if len(busiest) <= held:
+                break
+            for cookie in busiest:
+                sa = self._sas.get(cookie)
+                if sa is None or _heard_only_first_message(sa):
+                    self.drops["half-open SA evicted for another source"] += 1
+                    if sa is not None:
+                        if self._phase1_drops:
+                            self._phase1_drops.pop(cookie, None)
+                        self._remove_sa(sa)
+                    else:
+                        self._end_half_open(cookie)
+                    return True
+        self.drops["half-open limit"] += 1
+        return False
+
+    def _start_half_open(self, sa: IkeSA, key: tuple[bytes, Address]) -> None:
+        """Record a new responder SA as half-open (phase1.start_responder)."""
+        self._half_open[key] = sa.local_cookie
+        self._half_open_keys[sa.local_cookie] = key
+        self._half_open_by_source.setdefault(key[1][0], {})[sa.local_cookie] = None
+
+    def _end_half_open(self, cookie: bytes) -> None:
+        """The SA of our ``cookie`` is established or gone: no longer half-open."""
+        key = self._half_open_keys.pop(cookie, None)
+        if key is None:
+            return
+        self._half_open.pop(key, None)
+        source = self._half_open_by_source.get(key[1][0])
+        if source is not None:
+            source.pop(cookie, None)
+            if not source:
+                del self._half_open_by_source[key[1][0]]
 
     def _receive_for(
         self, sa: IkeSA, header: Header, data: bytes, remote: Address, local: Address, now: float
@@ -690,12 +749,19 @@ class IkeEngine:
     def _remove_sa(self, sa: IkeSA) -> None:
         sa.state = P1State.DEAD
         self._sas.pop(sa.local_cookie, None)
-        for key, cookie in list(self._half_open.items()):
-            if cookie == sa.local_cookie:
-                del self._half_open[key]
+        self._end_half_open(sa.local_cookie)
         for ex in sa.exchanges.values():
             if ex.kind is ExchangeKind.QUICK and ex.quick.spi_in:
                 self._spis.discard(ex.quick.spi_in)
+
+
+def _heard_only_first_message(sa: IkeSA) -> bool:
+    """A responder phase 1 SA whose peer has sent nothing since its first message: Main Mode
+    after message 2, Aggressive Mode after message 2 (Base Mode SAs exist only once message 3
+    echoed our cookie)."""
+    if sa.state is P1State.R_SENT_SA:
+        return sa.exchange == ExchangeType.IDENTITY_PROTECTION
+    return sa.state is P1State.R_SENT_KE and sa.exchange == ExchangeType.AGGRESSIVE
 
 
 def _quick_mode_spi(payloads: list[RawPayload]) -> tuple[int, bytes] | None:

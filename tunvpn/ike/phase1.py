@@ -175,7 +175,7 @@ def start_responder(
     payloads = sa.open(header, data)
     sa.last_in = data
     engine._sas[sa.rcookie] = sa
-    engine._half_open[(header.icookie, remote)] = sa.rcookie
+    engine._start_half_open(sa, (header.icookie, remote))
     try:
         if header.exchange == MM:
             _mm_r_got_sa(engine, sa, payloads, now)
@@ -712,9 +712,7 @@ def _phase1_done(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     sa.sent.stop()
     sa.last_heard = now
     sa.expires = now + sa.suite.lifetime if sa.suite.lifetime else None
-    for key, cookie in list(engine._half_open.items()):
-        if cookie == sa.local_cookie:
-            del engine._half_open[key]
+    engine._end_half_open(sa.local_cookie)
     if sa.nat_local and sa.natt:
         sa.next_keepalive = now + engine.config.keepalive_interval
     sa.xauth_expected = sa.suite.auth in XAUTH_METHODS

@@ -610,3 +610,20 @@ def test_plugin_tables_are_kept_for_named_plugins_only(gwdir: Path) -> None:
     text = MINIMAL + "\n[plugin.otp]\nwindow = 1\n"
     error = _error(gwdir, text)
     assert error.key == "plugin.otp" and "gateway.plugins does not name" in str(error)
+
+
+def test_half_open_limits_reach_the_engine(gwdir: Path) -> None:
+    """Issue 14: both half-open limits are set in [gateway] and reach the IKE engine."""
+    from tunvpn.gateway.daemon import build_engine_config, options_from_config
+
+    default = build_engine_config(options_from_config(load_config(gwdir, MINIMAL)))
+    assert (default.max_half_open, default.max_half_open_per_source) == (1000, 5)
+    text = MINIMAL.replace(
+        'psk_file = "gw.psk"', 'psk_file = "gw.psk"\nmax_half_open = 300\nmax_half_open_per_source = 2'
+    )
+    engine = build_engine_config(options_from_config(load_config(gwdir, text)))
+    assert (engine.max_half_open, engine.max_half_open_per_source) == (300, 2)
+    error = _error(
+        gwdir, MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nmax_half_open_per_source = 0')
+    )
+    assert "max_half_open_per_source" in str(error)

@@ -1,0 +1,94 @@
+"""Issue 14: spoofed first messages cannot fill the responder's half-open phase 1 SAs and lock
+real users out. Each test is the attack: a storm of well-formed Main Mode first messages (a
+real client's message 1 with a fresh initiator cookie each time) from spoofed addresses, fed
+to the gateway engine; then a real client from another address must complete phase 1 at once
+(no clock advances: the 30 s half-open timeout never helps)."""
+
+from __future__ import annotations
+
+import random
+
+from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair, client_config, connect, gateway_config
+from tunvpn.ike import events as ev
+from tunvpn.ike.constants import DHGroup, EncryptionAlgorithm, HashAlgorithm
+from tunvpn.ike.engine import IkeEngine
+from tunvpn.ike.proposals import Phase1Policy
+
+
+def first_message(pair: Pair) -> bytes:
+    """A real Main Mode message 1 (as a client sends it), taken off a throw-away initiator
+    offering one transform (a storm needs no more, and the test stays quick)."""
+    one = Phase1Policy(((EncryptionAlgorithm.AES_CBC, 256),), (HashAlgorithm.SHA2_256,), (DHGroup.ECP_256,))
+    spare = IkeEngine(client_config(phase1=one))
+    spare.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    [(data, _, _)] = spare.datagrams_to_send()
+    return data
+
+
+def storm(pair: Pair, sources: list[str], per_source: int, seed: int = 14) -> int:
+    """``per_source`` first messages from each spoofed source, interleaved; returns the most
+    half-open SAs the gateway held at any time."""
+    rng = random.Random(seed)
+    template = first_message(pair)
+    gateway = pair.gateway.engine
+    most = 0
+    for _ in range(per_source):
+        for source in sources:
+            data = rng.randbytes(8) + template[8:]
+            gateway.receive_datagram(data, (source, 500), (GATEWAY_IP, 500), pair.now)
+            gateway.datagrams_to_send()  # the answers go to the spoofed addresses: lost
+            while gateway.next_event() is not None:
+                pass
+        most = max(most, half_open(gateway))  # after each round of the storm
+    return most
+
+
+def half_open(gateway: IkeEngine) -> int:
+    return sum(1 for sa in gateway.ike_sas() if not sa.established)
+
+
+def real_client_connects(pair: Pair) -> bool:
+    connect(pair)
+    return bool(pair.client.of(ev.Phase1Established)) and bool(pair.gateway.of(ev.Phase1Established))
+
+
+def test_thousand_first_messages_from_one_address_do_not_lock_out_others() -> None:
+    pair = Pair(client_config(), gateway_config())
+    storm(pair, ["203.0.113.66"], 1000)
+    gateway = pair.gateway.engine
+    assert real_client_connects(pair)
+    assert half_open(gateway) == 5  # max_half_open_per_source (strongSwan's block_threshold)
+    assert gateway.drops["half-open limit per source"] == 995
+
+
+def test_per_source_limit_is_configurable() -> None:
+    pair = Pair(client_config(), gateway_config(max_half_open_per_source=2))
+    storm(pair, ["203.0.113.66"], 10)
+    assert half_open(pair.gateway.engine) == 2
+
+
+def test_twenty_thousand_first_messages_from_two_thousand_addresses() -> None:
+    pair = Pair(client_config(), gateway_config())
+    sources = [f"10.{i // 250}.{i % 250}.1" for i in range(2000)]
+    most = storm(pair, sources, 10)
+    gateway = pair.gateway.engine
+    assert real_client_connects(pair)
+    # memory stays bounded by the global limit, however many sources there are
+    assert most <= 1000 and half_open(gateway) <= 1000
+    assert len(gateway.ike_sas()) <= 1000
+    assert gateway.drops["half-open SA evicted for another source"] > 0
+
+
+def test_a_real_client_that_answered_is_not_evicted_by_the_storm() -> None:
+    """The client's message 3 (echoing our cookie) arrived before the storm: its SA has proved
+    its address and survives a storm that evicts every other half-open SA."""
+    pair = Pair(client_config(), gateway_config(max_half_open=50))
+    sa_id = pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    pair.client.drain()
+    for _ in range(2):  # message 1 ->, <- message 2, message 3 ->
+        pair.transfer(pair.client)
+        pair.transfer(pair.gateway)
+    storm(pair, [f"10.0.{i // 250}.{i % 250}" for i in range(500)], 2)
+    assert half_open(pair.gateway.engine) <= 50
+    pair.run()
+    assert [e.sa_id[:8] for e in pair.client.of(ev.Phase1Established)] == [sa_id[:8]]
