@@ -444,6 +444,8 @@ class Gateway:
         """Everything counted (tunvpn/dataplane/counters.py), read by ``status`` and accounting."""
         self.control: Any = None
         self._stop: asyncio.Event | None = None
+        self._signalled: tuple[str, float] | None = None
+        """The stop signal received and when (time.monotonic), for the last log line."""
         self._accounting_tasks: set[asyncio.Task[None]] = set()
         self._services: list[asyncio.Task[None]] = []
         self.announcements = self._announce(options)
@@ -1340,9 +1342,8 @@ class Gateway:
         self._services = self.plugins.serve(self.plugin_context())
         interim = loop.create_task(self._interim_accounting()) if self.options.accounting_interval else None
         crls = loop.create_task(keep_crls_fresh(lambda: self.config), name="CRL distribution points")
-        signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
-        for sig in signals:
-            loop.add_signal_handler(sig, self.stop)
+        stop_signals = self._catch_stop_signals(loop) if handle_signals else {}
+        signals: tuple[signal.Signals, ...] = ()
         if handle_signals:
             loop.add_signal_handler(signal.SIGHUP, self._sighup)
             signals += (signal.SIGHUP,)
@@ -1364,12 +1365,18 @@ class Gateway:
             crls.cancel()
             for sig in signals:
                 loop.remove_signal_handler(sig)
-            await self._stop_services()  # first: they may still tell their peers through the SAs
+            # first: the services may still tell their peers through the SAs (L2TP's StopCCN)
+            await self._stop_services(STOP_GRACE)
             for session in list(self.sessions.values()):  # counters still readable: before shutdown
                 self._account(session, "stop", reason="gateway shutting down")
-            self.shutdown()
-            await self._finish_accounting()
+            self.shutdown()  # Deletes out, sockets closed, logins waiting on plugins cancelled
+            await self._finish_accounting(STOP_GRACE)
             self.plugins.close()  # after the accounting "stop"s: they run on it too
+            for signum, previous in stop_signals.items():
+                signal.signal(signum, previous)
+            if self._signalled is not None:
+                name, at = self._signalled
+                log.info("stopped %.2f s after %s", time.monotonic() - at, name)
 
     def _restart_services(self) -> None:
         """A reload changed what the plugins' services run on: stop them, start them anew (their
@@ -1389,15 +1396,15 @@ class Gateway:
         self._accounting_tasks.add(task)
         task.add_done_callback(self._accounting_tasks.discard)
 
-    async def _stop_services(self) -> None:
+    async def _stop_services(self, timeout: float = 3.0) -> None:
         """Cancel the plugins' ``tunvpn_serve`` tasks and give them a moment to clean up."""
         services, self._services = self._services, []
         for task in services:
             task.cancel()
         if services:
-            _done, pending = await asyncio.wait(services, timeout=3)
+            _done, pending = await asyncio.wait(services, timeout=timeout)
             for task in pending:
-                log.warning("%s did not stop within 3 s", task.get_name())
+                log.warning("%s did not stop within %g s", task.get_name(), timeout)
 
     def _policies_summary(self) -> str:
         """For the "gateway ready" line: the phase 2 policies and the networks they protect."""
@@ -1419,6 +1426,24 @@ class Gateway:
     def stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
+
+    def _catch_stop_signals(self, loop: asyncio.AbstractEventLoop) -> dict[int, Any]:
+        """SIGINT and SIGTERM stop the gateway; a second one ends the process at once. Plain
+        Python handlers (as ``asyncio.Runner`` has for SIGINT), not the loop's: they run at the
+        main thread's next bytecode, whatever the loop is busy with, and only schedule the
+        stop. The previous handlers, to put back."""
+        asked = False
+
+        def on_signal(signum: int, _frame: object) -> None:
+            nonlocal asked
+            if asked:
+                os.write(2, f"tunvpn gateway: second {signal.Signals(signum).name}: exiting now\n".encode())
+                os._exit(1)
+            asked = True
+            self._signalled = (signal.Signals(signum).name, time.monotonic())
+            loop.call_soon_threadsafe(self.stop)
+
+        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _sighup(self) -> None:
         try:
@@ -1475,6 +1500,10 @@ class Gateway:
 
 
 PLUGIN_TIMEOUT = 30
+
+STOP_GRACE = 1.0
+"""Seconds each step of stopping may wait: the plugins' services, then the accounting "stop"s
+(together well under the 2 s a SIGTERM may take, however busy the gateway is)."""
 
 BUSY_MESSAGE = "the gateway is busy checking other logins; try again later"
 """The XAUTH message of a login refused because every plugin worker was busy."""
