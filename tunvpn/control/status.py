@@ -26,8 +26,9 @@ class Daemon(Protocol):
 
 def counter_registry(daemon: Daemon) -> CounterRegistry:
     """The counter sources of a daemon (:mod:`tunvpn.dataplane.counters`): the data thread's counts and
-    SAs (copied on the data thread), the IKE engine's drops (group ``ike``) and the IKE
-    driver's (group ``ike driver``). The sources look the parts up on every read, so a data
+    SAs (copied on the data thread), the IKE engine's drops by reason (group ``ike``), its
+    half-open phase 1 SAs now (group ``ike state``) and the IKE driver's (group ``ike
+    driver``). The sources look the parts up on every read, so a data
     path or driver started later, or gone, is seen as it is."""
     registry = CounterRegistry()
 
@@ -41,6 +42,9 @@ def counter_registry(daemon: Daemon) -> CounterRegistry:
 
     registry.register("dataplane", dataplane)
     registry.register("ike", lambda: CounterSnapshot.of("ike", daemon.engine.drops))
+    registry.register(
+        "ike state", lambda: CounterSnapshot.of("ike state", {"half-open": daemon.engine.half_open_count()})
+    )
     registry.register("ike driver", driver)
     return registry
 

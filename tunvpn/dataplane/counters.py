@@ -16,7 +16,8 @@ registers its sources with one :class:`CounterRegistry`; ``tunvpn status`` reads
 
 Group names: ``"dataplane"`` (the data thread's own counts), ``"esp drops"`` (drops of the
 ESP core by reason, lower case), ``"dataplane sad"`` (``sas``: how many SAs are installed),
-``"ike"`` (the engine's drops), ``"ike driver"`` (the driver's). Per-SA counts are in
+``"ike"`` (the engine's drops by reason), ``"ike state"`` (``half-open``: phase 1 SAs in
+progress now), ``"ike driver"`` (the driver's). Per-SA counts are in
 :attr:`CounterSnapshot.sas`, by SPI.
 
 This module imports nothing: it lives in ``dataplane/``, whose counts are the most and the

@@ -60,6 +60,8 @@ EXCHANGE_KINDS: dict[int, ExchangeKind] = {
 }
 MAX_HELD = 4
 """Informational payloads kept per ISAKMP SA until its login is granted."""
+BAD_INPUT_SUMMARY_INTERVAL = 10.0
+"""Seconds over which bad unauthenticated input is summed up in one log line (issue 14)."""
 
 
 class IkeEngine:
@@ -87,6 +89,9 @@ class IkeEngine:
         """Messages dropped without an answer, by reason (replayed message IDs, ...)."""
         self._secret: bytes | None = None
         """Random key of the decoy pre-shared keys and the Base Mode cookies, drawn on first use."""
+        self._unreported: Counter[str] = Counter()
+        """Bad input since the last summary line, by reason (:meth:`_bad_input`)."""
+        self._unreported_since: float | None = None
         self._phase1_drops: dict[bytes, RemoteProtocolError] | None = None
         """The last refused message of each phase 1 in progress (by our cookie), for the reason
         given when it then times out."""
@@ -113,23 +118,33 @@ class IkeEngine:
 
     def receive_datagram(self, data: bytes, remote: Address, local: Address, now: float) -> None:
         """Process one UDP payload received on an IKE port."""
+        try:
+            self._receive(data, remote, local, now)
+        finally:
+            self._report_bad_input(now)
+
+    def _receive(self, data: bytes, remote: Address, local: Address, now: float) -> None:
         if local[1] != self.ike_port or data[:4] == NON_ESP_MARKER:
             # RFC 3948 section 2: on the NAT-T port IKE carries a 4-byte zero marker
             kind = classify_datagram(data)
             if kind is DatagramKind.KEEPALIVE:
                 return
             if kind is DatagramKind.ESP:
-                self._protocol_error(b"", remote, "ESP packet handed to the IKE engine", None)
+                self._protocol_error(
+                    b"", remote, "ESP packet handed to the IKE engine", None, "ESP on the IKE path"
+                )
                 return
             if kind is DatagramKind.INVALID:
-                self._protocol_error(b"", remote, "not IKE, ESP or a NAT-keepalive (NAT-T port)", None)
+                self._protocol_error(
+                    b"", remote, "not IKE, ESP or a NAT-keepalive (NAT-T port)", None, "not IKE (NAT-T port)"
+                )
                 return
             data = data[4:]
         try:
             header = decode_header(data)
         except RemoteProtocolError as exc:
             # no usable cookies: nothing to answer (RFC 2408 section 5.2), just record it
-            self._protocol_error(b"", remote, str(exc), None)
+            self._protocol_error(b"", remote, str(exc), None, "malformed ISAKMP header")
             return
         sa = self._find_sa(header, remote)
         try:
@@ -151,14 +166,27 @@ class IkeEngine:
             if not sa.established:
                 times.append(sa.created + self.config.half_open_timeout)
             times.extend(ex.sent.at for ex in sa.exchanges.values() if ex.sent.at is not None)
+        if self._unreported_since is not None:
+            times.append(self._unreported_since + BAD_INPUT_SUMMARY_INTERVAL)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
+        try:
+            self._handle_timer(now)
+        finally:
+            self._report_bad_input(now)
+
+    def _handle_timer(self, now: float) -> None:
         for sa in list(self._sas.values()):
             if sa.state is P1State.DEAD:
                 continue
             if not sa.established and now >= sa.created + self.config.half_open_timeout:
-                phase1.fail_phase1(self, sa, "phase 1 timed out", None, send_notify=False)
+                # a responder SA that heard nothing after a first message (spoofed, or a
+                # scan) is counted, not logged: a storm would make a line each (issue 14)
+                quiet = _heard_only_first_message(sa) and sa.local_cookie not in (self._phase1_drops or {})
+                if quiet:
+                    self._bad_input("half-open SA timed out after the first message")
+                phase1.fail_phase1(self, sa, "phase 1 timed out", None, send_notify=False, quiet=quiet)
                 continue
             if sa.expires is not None and now >= sa.expires:
                 self.delete_ike_sa(sa.sa_id, now, reason="expired")
@@ -346,6 +374,7 @@ class IkeEngine:
             if header.exchange == ExchangeType.INFORMATIONAL and not header.flags & HeaderFlag.ENCRYPTION:
                 # an unprotected notify for an SA we do not know (e.g. an answer to our
                 # INITIAL-CONTACT after a restart): nothing to do, RFC 2408 section 5.1
+                self._bad_input("unprotected Informational for an unknown ISAKMP SA")
                 return
             raise RemoteProtocolError(
                 "message for an unknown ISAKMP SA", NotifyType.INVALID_COOKIE, "header.cookies", 0
@@ -373,7 +402,7 @@ class IkeEngine:
         source = self._half_open_by_source.get(remote[0])
         held = len(source) if source else 0
         if held >= self.config.max_half_open_per_source:
-            self.drops["half-open limit per source"] += 1
+            self._bad_input("half-open limit per source")
             return False
         if len(self._half_open_keys) < self.config.max_half_open:
             return True
@@ -383,7 +412,7 @@ class IkeEngine:
             for cookie in busiest:
                 sa = self._sas.get(cookie)
                 if sa is None or _heard_only_first_message(sa):
-                    self.drops["half-open SA evicted for another source"] += 1
+                    self._bad_input("half-open SA evicted for another source")
                     if sa is not None:
                         if self._phase1_drops:
                             self._phase1_drops.pop(cookie, None)
@@ -391,7 +420,7 @@ class IkeEngine:
                     else:
                         self._end_half_open(cookie)
                     return True
-        self.drops["half-open limit"] += 1
+        self._bad_input("half-open limit")
         return False
 
     def _start_half_open(self, sa: IkeSA, key: tuple[bytes, Address]) -> None:
@@ -712,20 +741,54 @@ class IkeEngine:
         now: float,
     ) -> None:
         sa_id = sa.sa_id if sa is not None else header.icookie + header.rcookie
-        log.info("bad message from %s:%d: %s", remote[0], remote[1], exc)
+        if sa is not None and sa.established:
+            log.info("bad message from %s:%d: %s", remote[0], remote[1], exc)
+        else:  # unauthenticated: counted and summed up, never a line each (issue 14)
+            where = "no ISAKMP SA" if sa is None else "bad message during phase 1"
+            self._bad_input(f"{where}: {exc.notify.name}")
         self._events.append(ev.ProtocolError(sa_id, remote, str(exc), int(exc.notify)))
         if sa is not None and not sa.established:
             # issue 12: whoever sees (or guesses) the cookies can send this, so it must not
             # end a phase 1 in progress: dropped and counted, no Notify (a spoofed source
             # would aim it at the real peer). A verified authentication failure is acted on
             # where it is verified (phase1.receive_phase1); a first message in phase1.start_responder.
-            self.drops["bad message during phase 1"] += 1
             return
         phase1.send_error_notify(self, sa, header, remote, local, exc, now)
 
-    def _protocol_error(self, sa_id: bytes, remote: Address, text: str, notify: int | None) -> None:
-        log.info("bad message from %s:%d: %s", remote[0], remote[1], text)
+    def _protocol_error(
+        self, sa_id: bytes, remote: Address, text: str, notify: int | None, reason: str | None = None
+    ) -> None:
+        """A ProtocolError event; the input is counted by ``reason`` (a short, fixed text)
+        and summed up in one line per interval, not logged each time (issue 14)."""
+        if reason is None:
+            reason = f"refused: {NotifyType(notify).name}" if notify is not None else text
+        self._bad_input(reason)
         self._events.append(ev.ProtocolError(sa_id, remote, text, notify))
+
+    def _bad_input(self, reason: str) -> None:
+        """Count one bad message by ``reason`` in :attr:`drops` and for the next summary line."""
+        self.drops[reason] += 1
+        self._unreported[reason] += 1
+
+    def _report_bad_input(self, now: float) -> None:
+        """At most one log line per ``BAD_INPUT_SUMMARY_INTERVAL``: how much bad input was
+        dropped since the first one not yet reported, by reason (``now`` only: no clock)."""
+        if not self._unreported:
+            return
+        if self._unreported_since is None:
+            self._unreported_since = now
+            return
+        if now < self._unreported_since + BAD_INPUT_SUMMARY_INTERVAL:
+            return
+        reasons = ", ".join(f"{reason} x {count}" for reason, count in self._unreported.most_common())
+        log.warning(
+            "dropped %d bad messages in the last %.0f s: %s",
+            self._unreported.total(),
+            now - self._unreported_since,
+            reasons,
+        )
+        self._unreported.clear()
+        self._unreported_since = None
 
     def _new_cookie(self) -> bytes:
         while True:

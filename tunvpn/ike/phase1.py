@@ -185,9 +185,12 @@ def start_responder(
             _bm_r_got_ke(engine, sa, payloads, now)
     except RemoteProtocolError as exc:
         # the first message: no phase 1 in progress to protect, refuse it and forget it
-        engine._protocol_error(sa.sa_id, remote, str(exc), int(exc.notify))
+        engine._protocol_error(
+            sa.sa_id, remote, str(exc), int(exc.notify), f"first message refused: {exc.notify.name}"
+        )
         send_error_notify(engine, sa, header, remote, local, exc, now)
-        fail_phase1(engine, sa, str(exc), int(exc.notify), send_notify=False)
+        # unauthenticated (maybe spoofed): counted above and summed up, no log line each
+        fail_phase1(engine, sa, str(exc), int(exc.notify), send_notify=False, quiet=True)
 
 
 def receive_phase1(engine: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
@@ -507,8 +510,13 @@ def _bm_r_cookie_echoed(
     except RemoteProtocolError as exc:
         # no answer to what does not even parse: the source may be spoofed, and an error
         # Notify would reach the initiator whose cookie was copied (issue 12)
-        engine._protocol_error(header.icookie + header.rcookie, remote, str(exc), int(exc.notify))
-        engine.drops["malformed Base Mode first message"] += 1
+        engine._protocol_error(
+            header.icookie + header.rcookie,
+            remote,
+            str(exc),
+            int(exc.notify),
+            "malformed Base Mode first message",
+        )
         return False
     if not any(
         isinstance(v.payload, VendorIDPayload) and v.payload.data == BASE_MODE_V2_VID
@@ -742,7 +750,11 @@ def _phase1_done(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
         transaction.start_xauth(engine, sa, now)
 
 
-def fail_phase1(engine: IkeEngine, sa: IkeSA, reason: str, notify: int | None, *, send_notify: bool) -> None:
+def fail_phase1(
+    engine: IkeEngine, sa: IkeSA, reason: str, notify: int | None, *, send_notify: bool, quiet: bool = False
+) -> None:
+    """End a phase 1 (a Phase1Failed event); ``quiet``: a refused first message, counted by
+    the caller instead of logged (issue 14)."""
     if sa.state is P1State.DEAD:
         return
     dropped = engine._phase1_drops.pop(sa.local_cookie, None) if engine._phase1_drops else None
@@ -751,7 +763,7 @@ def fail_phase1(engine: IkeEngine, sa: IkeSA, reason: str, notify: int | None, *
         reason = f"{reason}; last message refused: {dropped}"
         if isinstance(dropped, AuthenticationError):
             notify = int(dropped.notify)
-    log.info("phase 1 with %s failed: %s", sa.remote[0], reason)
+    log.log(logging.DEBUG if quiet else logging.INFO, "phase 1 with %s failed: %s", sa.remote[0], reason)
     if send_notify and notify is not None:
         _send_unprotected_notify(engine, sa.icookie, sa.rcookie, sa.remote, sa.local, notify, sa.floated)
     engine._remove_sa(sa)

@@ -71,9 +71,6 @@ class NattOwner(Protocol):
     def send_ike(self, data: bytes, remote: Address) -> None: ...
 
 
-PROTOCOL_ERROR_BURST = 10
-"""ProtocolError warnings allowed per ``PROTOCOL_ERROR_WINDOW`` before they are only counted."""
-PROTOCOL_ERROR_WINDOW = 10.0
 TIMER_RETRY = 0.05
 """Seconds before handle_timer runs again when the engine did not move a past deadline."""
 
@@ -226,9 +223,6 @@ class UdpDriver:
         self._pumping = False
         self._tasks: set[asyncio.Future[None]] = set()
         self._closed = False
-        self._error_window_start = 0.0
-        self._errors_in_window = 0
-        self._errors_suppressed = 0
 
     # ------------------------------------------------------------------ life cycle
 
@@ -398,20 +392,11 @@ class UdpDriver:
             self._log_keys(event)
 
     def _log_protocol_error(self, event: ev.ProtocolError) -> None:
-        now = time.monotonic()
-        if now - self._error_window_start > PROTOCOL_ERROR_WINDOW:
-            if self._errors_suppressed:
-                log.warning("%d more protocol errors were not logged", self._errors_suppressed)
-            self._error_window_start = now
-            self._errors_in_window = 0
-            self._errors_suppressed = 0
+        """Counted, and logged only at DEBUG: the engine counts bad input by reason and sums it
+        up in one line per interval (issue 14: a line per bad message floods the log)."""
         self.counters["protocol error"] += 1
-        self._errors_in_window += 1
-        if self._errors_in_window > PROTOCOL_ERROR_BURST:
-            self._errors_suppressed += 1
-            return
         notify = f", answered with notify {event.notify}" if event.notify is not None else ""
-        log.warning("protocol error from %s:%d: %s%s", event.peer[0], event.peer[1], event.error, notify)
+        log.debug("protocol error from %s:%d: %s%s", event.peer[0], event.peer[1], event.error, notify)
 
     def _log_keys(self, event: ev.Event) -> None:
         keylog = self.keylog

@@ -8,6 +8,8 @@ on the same things, and only what the classifier calls IKE may reach the IKE eng
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.helpers.fake_devices import CLIENT, FakeTun, FakeUdp
 from tunvpn.dataplane.thread import DataPlane
 from tunvpn.ike.config import EngineConfig, PskTable
@@ -58,12 +60,19 @@ def test_the_data_thread_splits_port_4500_as_the_classifier_says() -> None:
 
 
 def test_the_ike_driver_splits_port_4500_the_same_way() -> None:
-    engine = IkeEngine(EngineConfig(psks=PskTable({"*": b"k" * 16})))
-    driver = UdpDriver(engine, "127.0.0.1", ike_port=500, natt_port=4500)
-    for data in SAMPLES.values():
-        driver._datagram_received(data, CLIENT, 4500)
+    async def feed() -> UdpDriver:
+        # in a running loop: the engine's bad input arms the driver's timer (the summary line)
+        engine = IkeEngine(EngineConfig(psks=PskTable({"*": b"k" * 16})))
+        driver = UdpDriver(engine, "127.0.0.1", ike_port=500, natt_port=4500)
+        for data in SAMPLES.values():
+            driver._datagram_received(data, CLIENT, 4500)
+        driver.close()
+        return driver
+
+    driver = asyncio.run(feed())
     assert driver.counters["nat-t keepalive"] == 1
     assert driver.counters["esp without data path"] == 1
     assert driver.counters["invalid on nat-t port"] == 3
     # only the IKE sample reached the engine (its all-zero cookies make it a protocol error)
     assert driver.counters["protocol error"] == 1
+    assert sum(driver.engine.drops.values()) == 1  # and the engine counted it by reason

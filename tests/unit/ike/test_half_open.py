@@ -6,6 +6,7 @@ to the gateway engine; then a real client from another address must complete pha
 
 from __future__ import annotations
 
+import logging
 import random
 
 from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair, client_config, connect, gateway_config
@@ -92,3 +93,18 @@ def test_a_real_client_that_answered_is_not_evicted_by_the_storm() -> None:
     assert half_open(pair.gateway.engine) <= 50
     pair.run()
     assert [e.sa_id[:8] for e in pair.client.of(ev.Phase1Established)] == [sa_id[:8]]
+
+
+def test_half_open_sas_of_a_storm_time_out_without_a_log_line_each(caplog) -> None:
+    """Issue 14: the half-open SAs a spoofed storm leaves time out counted, not one line each."""
+    caplog.set_level(logging.INFO, logger="tunvpn")
+    pair = Pair(client_config(), gateway_config())
+    storm(pair, [f"10.1.{i // 250}.{i % 250}" for i in range(200)], 5)
+    assert half_open(pair.gateway.engine) == 1000
+    caplog.clear()
+    pair.advance(31)
+    pair.advance(10)
+    gateway = pair.gateway.engine
+    assert half_open(gateway) == 0
+    assert gateway.drops["half-open SA timed out after the first message"] == 1000
+    assert len(caplog.records) <= 2, [r.getMessage() for r in caplog.records]
