@@ -38,7 +38,7 @@ def counter_registry(daemon: Daemon) -> CounterRegistry:
 
     def driver() -> CounterSnapshot:
         udp = daemon.driver
-        return CounterSnapshot.of("ike driver", udp.counters) if udp is not None else CounterSnapshot()
+        return CounterSnapshot.of("ike driver", udp.counts()) if udp is not None else CounterSnapshot()
 
     registry.register("dataplane", dataplane)
     registry.register("ike", lambda: CounterSnapshot.of("ike", daemon.engine.drops))

@@ -385,6 +385,11 @@ class IkeEngine:
 
     # ------------------------------------------------------------------ half-open phase 1 SAs
 
+    def knows_cookie(self, cookie: bytes) -> bool:
+        """Whether ``cookie`` is our cookie of an ISAKMP SA (a dict lookup, safe to call from
+        the data thread to put messages of known SAs first: shell.udp.IkeInbox)."""
+        return cookie in self._sas
+
     def half_open_count(self) -> int:
         """Responder phase 1 SAs not established yet (bounded by ``max_half_open``)."""
         return len(self._half_open_keys)

@@ -27,8 +27,9 @@ import functools
 import inspect
 import logging
 import socket
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
@@ -71,6 +72,8 @@ class NattOwner(Protocol):
     def send_ike(self, data: bytes, remote: Address) -> None: ...
 
 
+IKE_QUEUE_SIZE = 1024
+"""IKE datagrams the data thread may hand to the loop before it drops (issue 14)."""
 TIMER_RETRY = 0.05
 """Seconds before handle_timer runs again when the engine did not move a past deadline."""
 
@@ -159,6 +162,60 @@ def describe_mode_config(config: object) -> str:
     return "; ".join(parts) if parts else "no attributes"
 
 
+class IkeInbox:
+    """The bounded hand-over of IKE datagrams from the data thread (which owns the NAT-T
+    socket) to the event loop (issue 14: it was one unbounded ``call_soon_threadsafe`` per
+    datagram, so a storm grew memory and a backlog real users waited behind).
+
+    :meth:`put` (data thread) never blocks: when ``limit`` datagrams wait, a new one is
+    dropped and counted (``ike queue full``). Messages whose responder cookie names an
+    ISAKMP SA the engine knows (``known``) wait in their own queue, served first, and may
+    push out the oldest waiting new first message. The loop is woken once per batch, not
+    once per datagram. :meth:`take` (loop) returns everything waiting, known SAs first.
+    """
+
+    def __init__(self, limit: int, known: Callable[[bytes], bool]) -> None:
+        if limit < 1:
+            raise ValueError("the IKE queue needs room for at least one datagram")
+        self.limit = limit
+        self._known = known
+        self._lock = threading.Lock()
+        self._for_sas: deque[tuple[bytes, Address]] = deque()
+        self._new: deque[tuple[bytes, Address]] = deque()
+        self._woken = False
+        self.dropped = 0
+        """Datagrams dropped because the queue was full."""
+
+    def put(self, data: bytes, remote: Address) -> bool:
+        """Queue one datagram (with its non-ESP marker); True if the loop must be woken."""
+        # after the 4-byte marker: the initiator's cookie, then the responder's (ours on a
+        # gateway, the peer's on a client, whose own cookie is the initiator's)
+        icookie, rcookie = data[4:12], data[12:20]
+        for_sa = len(rcookie) == 8 and rcookie != bytes(8) and (self._known(rcookie) or self._known(icookie))
+        with self._lock:
+            if len(self._for_sas) + len(self._new) >= self.limit:
+                if not (for_sa and self._new):
+                    self.dropped += 1
+                    return False
+                self._new.popleft()  # real users first: an unauthenticated first message goes
+                self.dropped += 1
+            (self._for_sas if for_sa else self._new).append((data, remote))
+            wake, self._woken = not self._woken, True
+        return wake
+
+    def take(self) -> list[tuple[bytes, Address]]:
+        with self._lock:
+            items = [*self._for_sas, *self._new]
+            self._for_sas.clear()
+            self._new.clear()
+            self._woken = False
+        return items
+
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._for_sas) + len(self._new)
+
+
 class _Endpoint(asyncio.DatagramProtocol):
     """One bound UDP socket; everything it receives goes back to the driver."""
 
@@ -200,6 +257,7 @@ class UdpDriver:
         natt_owner: NattOwner | None = None,
         keylog: KeyLogger | None = None,
         clock: Callable[[], float] = time.time,
+        ike_queue_size: int = IKE_QUEUE_SIZE,
     ) -> None:
         if engine.ike_port != ike_port:
             raise ValueError(f"engine expects IKE on port {engine.ike_port}, driver binds {ike_port}")
@@ -216,6 +274,8 @@ class UdpDriver:
         self.clock = clock
         self.counters: Counter[str] = Counter()
         """What the driver dropped or handed on, by reason (never raised into the loop)."""
+        self.inbox = IkeInbox(ike_queue_size, engine.knows_cookie)
+        """IKE datagrams from the data thread waiting for the loop (NAT-T port)."""
         self._endpoints: dict[int, _Endpoint] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -232,12 +292,10 @@ class UdpDriver:
         for port in (self.ike_port, self.natt_port):
             sock = bind_udp(self.local_ip, port)
             if port == self.natt_port and self.natt_owner is not None:
-                natt_port = port
 
-                def deliver(data: bytes, remote: Address, natt_port: int = natt_port) -> None:
-                    loop.call_soon_threadsafe(
-                        self._datagram_received, data, (remote[0], remote[1]), natt_port
-                    )
+                def deliver(data: bytes, remote: Address) -> None:
+                    if self.inbox.put(data, (remote[0], remote[1])):
+                        loop.call_soon_threadsafe(self._drain_inbox)
 
                 self.natt_owner.attach(sock, deliver)
                 log.info("listening on %s:%d/udp (NAT-T, owned by the ESP data path)", self.local_ip, port)
@@ -290,6 +348,19 @@ class UdpDriver:
             log.exception("IKE engine raised on a %d-byte datagram from %s:%d", len(data), *remote)
             self.counters["engine exception"] += 1
         self.flush()
+
+    def _drain_inbox(self) -> None:
+        """The IKE datagrams the data thread queued (:class:`IkeInbox`), known SAs first."""
+        for data, remote in self.inbox.take():
+            self._datagram_received(data, remote, self.natt_port)
+
+    def counts(self) -> dict[str, int]:
+        """The driver's counters with the IKE queue's depth and drops (read on the loop)."""
+        counts = dict(self.counters)
+        counts["ike queue depth"] = self.inbox.depth()
+        if self.inbox.dropped:
+            counts["ike queue full"] = self.inbox.dropped
+        return counts
 
     def _not_ike(self, kind: DatagramKind, remote: Address) -> None:
         """Count what the NAT-T port received that is not for the engine."""

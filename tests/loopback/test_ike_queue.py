@@ -1,0 +1,107 @@
+"""Issue 14: the hand-over of IKE datagrams from the data thread (which owns UDP 4500) to the
+event loop is bounded. A storm the data thread delivers faster than the loop runs (here: while
+the loop is held busy) is queued up to ``ike_queue_size`` and the rest dropped and counted
+(``ike queue full``); the data thread never blocks; a message for an ISAKMP SA the engine
+knows is kept (it pushes out a waiting first message) and handled first. Real UdpDriver on
+127.0.0.1; a stand-in for the data thread delivers from its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+
+from tests.helpers.ike_pair import Pair, Peer, client_config, gateway_config
+from tunvpn.control.status import counter_registry
+from tunvpn.ike import events as ev
+from tunvpn.ike.engine import IkeEngine
+from tunvpn.ipsec.udpencap import NON_ESP_MARKER
+from tunvpn.shell.udp import UdpDriver
+
+GATEWAY, CLIENT = "127.0.0.1", "127.0.0.2"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((GATEWAY, 0))
+        return int(s.getsockname()[1])
+
+
+class DataThreadStandIn:
+    """What UdpDriver needs of the data path that owns the NAT-T socket."""
+
+    def __init__(self) -> None:
+        self.deliver = None
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def attach(self, sock: socket.socket, deliver) -> None:
+        sock.close()
+        self.deliver = deliver
+
+    def send_ike(self, data: bytes, remote: tuple[str, int]) -> None:
+        self.sent.append((data, remote))
+
+
+def test_a_storm_through_the_data_thread_is_bounded_and_known_sas_go_first() -> None:
+    ike_port, natt_port = free_port(), free_port()
+    pair = Pair(client_config(), gateway_config())
+    pair.client = Peer(IkeEngine(client_config()), CLIENT)
+    pair.gateway = Peer(IkeEngine(gateway_config(), ike_port=ike_port), GATEWAY)
+    client_sa = pair.client.engine.initiate((GATEWAY, ike_port), (CLIENT, 500), pair.now)
+    pair.run()
+    [established] = pair.gateway.of(ev.Phase1Established)
+    gateway = pair.gateway.engine
+
+    spare = IkeEngine(client_config())
+    spare.initiate((GATEWAY, ike_port), (CLIENT, 500), pair.now)
+    [(first, _, _)] = spare.datagrams_to_send()
+    rng = random.Random(14)
+    storm = [NON_ESP_MARKER + rng.randbytes(8) + first[8:] for _ in range(5000)]
+    pair.client.engine.delete_ike_sa(client_sa, pair.now)
+    [(delete, _, _)] = pair.client.engine.datagrams_to_send()
+
+    seen: list[ev.Event] = []
+    owner = DataThreadStandIn()
+
+    async def run() -> tuple[int, int, dict[str, int]]:
+        driver = UdpDriver(
+            gateway, GATEWAY, ike_port=ike_port, natt_port=natt_port, natt_owner=owner,
+            handler=seen.append, ike_queue_size=64,
+        )  # fmt: skip
+        await driver.start()
+
+        def data_thread() -> None:
+            assert owner.deliver is not None
+            for i, data in enumerate(storm):
+                owner.deliver(data, (f"127.0.{i % 200}.{1 + i % 250}", 4500))
+            owner.deliver(NON_ESP_MARKER + delete, (CLIENT, 4500))
+
+        # the loop is busy (this callback holds it) while the data thread delivers everything
+        thread = threading.Thread(target=data_thread)
+        thread.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive()  # the data thread never waited for the loop
+        depth, dropped = driver.inbox.depth(), driver.inbox.dropped
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if driver.inbox.depth() == 0 and any(isinstance(e, ev.IkeSADeleted) for e in seen):
+                break
+
+        class Daemon:
+            engine = gateway
+            tunnel = None
+
+        Daemon.driver = driver  # type: ignore[attr-defined]
+        counts = dict(counter_registry(Daemon()).snapshot().group("ike driver"))  # type: ignore[arg-type]
+        driver.close()
+        return depth, dropped, counts
+
+    depth, dropped, counts = asyncio.run(run())
+    assert depth == 64  # bounded, however fast the storm came
+    assert dropped == 5001 - 64
+    assert counts["ike queue full"] == 5001 - 64 and counts["ike queue depth"] == 0
+    # the Delete of the known ISAKMP SA was kept and handled, though it came last to a full queue
+    deleted = [e for e in seen if isinstance(e, ev.IkeSADeleted)]
+    assert [e.sa_id for e in deleted] == [established.sa_id]
+    assert gateway.half_open_count() <= 63
