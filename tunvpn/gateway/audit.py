@@ -97,7 +97,7 @@ def engine_event(event: ev.Event, session: Any = None, child: ev.ChildSAEstablis
             exchange=event.exchange,
             suite=event.suite,
         )
-    elif isinstance(event, ev.Phase1Failed):
+    elif isinstance(event, ev.Phase1Failed) and not event.unauthenticated:
         audit("ike_sa", state="failed", peer=_peer(event.peer), sa=_sa(event.sa_id), reason=event.reason)
     elif isinstance(event, ev.IkeSADeleted):
         audit(

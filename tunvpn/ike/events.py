@@ -56,6 +56,10 @@ class Phase1Failed(Event):
     """What went wrong, for the log."""
     notify: int | None
     """The Notify type that was sent or received, if any."""
+    unauthenticated: bool = False
+    """True for a responder phase 1 that heard only a first message (refused, or timed out
+    waiting for the next): anyone can send one from any address, so it is counted in
+    ``IkeEngine.drops`` and summed up, not logged or audited one by one (issue 14)."""
 
 
 @dataclass(frozen=True)

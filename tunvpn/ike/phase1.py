@@ -767,7 +767,7 @@ def fail_phase1(
     if send_notify and notify is not None:
         _send_unprotected_notify(engine, sa.icookie, sa.rcookie, sa.remote, sa.local, notify, sa.floated)
     engine._remove_sa(sa)
-    engine._events.append(ev.Phase1Failed(sa.sa_id, sa.remote, reason, notify))
+    engine._events.append(ev.Phase1Failed(sa.sa_id, sa.remote, reason, notify, unauthenticated=quiet))
 
 
 def _send_unprotected_notify(

@@ -455,6 +455,9 @@ class UdpDriver:
         line = describe_event(event)
         if line is None:
             return
+        if isinstance(event, ev.Phase1Failed) and event.unauthenticated:
+            log.debug("%s", line)  # the engine counts these and sums them up (issue 14)
+            return
         failed = isinstance(event, (ev.Phase1Failed, ev.ChildSAFailed)) or (
             isinstance(event, ev.XauthCompleted) and not event.success
         )
