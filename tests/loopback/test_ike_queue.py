@@ -105,3 +105,42 @@ def test_a_storm_through_the_data_thread_is_bounded_and_known_sas_go_first() -> 
     deleted = [e for e in seen if isinstance(e, ev.IkeSADeleted)]
     assert [e.sa_id for e in deleted] == [established.sa_id]
     assert gateway.half_open_count() <= 63
+
+
+def test_tunvpn_status_shows_the_ike_side_under_attack() -> None:
+    """A real gateway gets garbage and spoofed-looking first messages on its IKE port (from
+    127.0.0.2): `tunvpn status` shows the half-open SAs, the queue and the drops by reason."""
+    from tests.helpers.loopback import SimpleRule, free_port_pair, gateway_options, policy
+    from tunvpn.control.server import format_status
+    from tunvpn.testing import serve, stop
+
+    ike, natt = free_port_pair()
+    spare = IkeEngine(client_config())
+    spare.initiate((GATEWAY, ike), (CLIENT, ike), 0.0, xauth=True)
+    [(first, _, _)] = spare.datagrams_to_send()
+
+    async def run() -> dict[str, object]:
+        gateway, server = await serve(
+            gateway_options(ike, natt, (SimpleRule(policy("intra", "10.1.0.0/16")),), tun=None)
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((CLIENT, 0))
+            for i in range(8):  # one source: 5 half-open kept, 3 dropped
+                sock.sendto(bytes([i + 1]) * 8 + first[8:], (GATEWAY, ike))
+            sock.sendto(b"garbage", (GATEWAY, ike))
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if sum(gateway.engine.drops.values()) >= 4:
+                    break
+        status = gateway.status()
+        await stop(gateway, server)
+        return status
+
+    status = asyncio.run(run())
+    ike_status = status["ike"]
+    assert isinstance(ike_status, dict)
+    assert ike_status["half_open"] == 5 and ike_status["queue_depth"] == 0, ike_status
+    assert ike_status["dropped"] == {"half-open limit per source": 3, "malformed ISAKMP header": 1}
+    assert "ike  half-open 5  queue 0  dropped half-open limit per source 3, malformed ISAKMP header 1" in (
+        format_status(status).splitlines()
+    )

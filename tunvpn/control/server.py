@@ -650,6 +650,23 @@ def _format_tunnel(tunnel: dict[str, object]) -> list[str]:
     return lines
 
 
+def _format_ike(ike: dict[str, object]) -> str:
+    """The IKE side under load (issue 14): half-open phase 1 SAs, the queue from the data
+    thread, and what was dropped, by reason (the most first)."""
+    parts = ["ike"]
+    for key, label in (("half_open", "half-open"), ("queue_depth", "queue")):
+        value = _number(ike.get(key))
+        if value is not None:
+            parts.append(f"{label} {int(value)}")
+    dropped = ike.get("dropped")
+    if isinstance(dropped, dict):
+        counts = [(n, _clean(reason)) for reason, n in dropped.items() if _number(n)]
+        counts.sort(key=lambda item: (-int(item[0]), item[1]))
+        if counts:
+            parts.append("dropped " + ", ".join(f"{reason} {int(n)}" for n, reason in counts))
+    return "  ".join(parts)
+
+
 def format_status(result: dict[str, object], now: float | None = None) -> str:
     """The ``status`` result for humans: a header line, then per tunnel a line and one indented
     line per IPsec SA. Missing or malformed keys are shown as absent, never an error."""
@@ -671,6 +688,8 @@ def format_status(result: dict[str, object], now: float | None = None) -> str:
     if listen := _text(result, "listen"):
         header.append(f"listen {listen}")
     lines = ["  ".join(header)]
+    if isinstance(ike := result.get("ike"), dict):
+        lines.append(_format_ike(ike))
     tunnels = result.get("tunnels")
     tunnel_list = [t for t in tunnels if isinstance(t, dict)] if isinstance(tunnels, list) else []
     if not tunnel_list:

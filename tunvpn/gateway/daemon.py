@@ -1287,6 +1287,7 @@ class Gateway:
                     "sas": sas,
                 }
             )
+        driver_counts = snapshot.group("ike driver")
         return {
             "role": "gateway",
             "pid": os.getpid(),
@@ -1294,6 +1295,14 @@ class Gateway:
             "config": self.options.config_path,
             "generation": self.generation,
             "listen": self.options.listen,
+            "ike": {  # issue 14: the IKE side under load
+                "half_open": snapshot.get("ike state", "half-open"),
+                "queue_depth": driver_counts.get("ike queue depth", 0),
+                "dropped": {
+                    **snapshot.group("ike"),
+                    **{k: v for k, v in driver_counts.items() if k == "ike queue full"},
+                },
+            },
             "policies": [r.policy.describe() for r in effective_rules(self.options, self.phase1)],
             "tunnels": tunnels,
         }

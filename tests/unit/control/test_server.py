@@ -610,3 +610,16 @@ def test_format_status_marks_esn_sas() -> None:
     sa = {"name": "lan", "esp": "aes256gcm16", "pfs": "ECP_256", "esn": True}
     status = {"role": "gateway", "tunnels": [{"peer": "10.77.0.2:4500", "sas": [sa]}]}
     assert "lan  esp aes256gcm16  pfs ECP_256  esn" in control.format_status(status, now=NOW)
+
+
+def test_format_status_ike_line() -> None:
+    """Issue 14: the IKE side under load, drops by reason the most first; junk is left out."""
+    status: dict[str, object] = {
+        "role": "gateway",
+        "ike": {"half_open": 12, "queue_depth": 3, "dropped": {"a \x1b[31m": 2, "b": 7, "c": 0, "d": "x"}},
+    }
+    assert (
+        control.format_status(status).splitlines()[1]
+        == "ike  half-open 12  queue 3  dropped b 7, a \\x1b[31m 2"
+    )
+    assert control.format_status({"ike": {"half_open": "x", "dropped": []}}).splitlines()[1] == "ike"
