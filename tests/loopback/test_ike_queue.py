@@ -8,6 +8,7 @@ knows is kept (it pushes out a waiting first message) and handled first. Real Ud
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import socket
 import threading
@@ -120,9 +121,9 @@ def test_tunvpn_status_shows_the_ike_side_under_attack() -> None:
     [(first, _, _)] = spare.datagrams_to_send()
 
     async def run() -> dict[str, object]:
-        gateway, server = await serve(
-            gateway_options(ike, natt, (SimpleRule(policy("intra", "10.1.0.0/16")),), tun=None)
-        )
+        options = gateway_options(ike, natt, (SimpleRule(policy("intra", "10.1.0.0/16")),), tun=None)
+        gateway, server = await serve(dataclasses.replace(options, ike_queue_size=48))
+        assert gateway.driver is not None and gateway.driver.inbox.limit == 48  # the option reaches it
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind((CLIENT, 0))
             for i in range(8):  # one source: 5 half-open kept, 3 dropped

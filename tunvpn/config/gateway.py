@@ -713,6 +713,8 @@ class GatewayConfig:
     """Phase 1 exchanges in progress (responder) the gateway keeps state for, in all."""
     max_half_open_per_source: int = 5
     """Phase 1 exchanges in progress from one source address (strongSwan's ``block_threshold``)."""
+    ike_queue_size: int = 1024
+    """IKE datagrams waiting for the event loop; beyond, new ones are dropped and counted."""
     keylog: str | None = None
     control_socket: str | None = None
 
@@ -740,7 +742,7 @@ _GATEWAY_KEYS = (
     "require_xauth", "allow_aggressive_psk", "allow_base_mode", "legacy", "tun", "mtu", "keylog",
     "control_socket", "plugins",
     "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout", "hybrid",
-    "plugin_workers", "max_half_open", "max_half_open_per_source",
+    "plugin_workers", "max_half_open", "max_half_open_per_source", "ike_queue_size",
 )  # fmt: skip
 _CERT_KEYS = ("cert", "key", "ca", "revocation", "crl_files", "peer_eku", "peer_id_patterns")
 _PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
@@ -963,6 +965,7 @@ def parse_gateway_config(
         login_timeout=gw.number("login_timeout", 120, 10, 3600),
         max_half_open=gw.number("max_half_open", 1000, 1, 1_000_000),
         max_half_open_per_source=gw.number("max_half_open_per_source", 5, 1, 1_000_000),
+        ike_queue_size=gw.number("ike_queue_size", 1024, 16, 1_000_000),
         plugin_workers=gw.number("plugin_workers", 8, 1, 256),
         control_socket=control_socket,
     )

@@ -68,7 +68,7 @@ from tunvpn.plugins.accounting import AccountingRecord
 from tunvpn.plugins.host import DEFAULT_WORKERS, PluginBusy, PluginError, PluginHost
 from tunvpn.plugins.types import Authorization, CredentialRequest, GatewayContext, Verdict
 from tunvpn.shell.crls import keep_crls_fresh
-from tunvpn.shell.udp import UdpDriver
+from tunvpn.shell.udp import IKE_QUEUE_SIZE, UdpDriver
 
 if TYPE_CHECKING:
     from tunvpn.config.gateway import GatewayConfig
@@ -131,6 +131,9 @@ class GatewayOptions:
     """Phase 1 exchanges in progress kept in all (``EngineConfig.max_half_open``)."""
     max_half_open_per_source: int = 5
     """Phase 1 exchanges in progress kept per source address (strongSwan's ``block_threshold``)."""
+    ike_queue_size: int = IKE_QUEUE_SIZE
+    """IKE datagrams waiting for the event loop (``UdpDriver``); beyond, new ones are dropped
+    and counted (``ike queue full``), messages of established SAs first."""
     xauth_chap: bool = False
     """Ask tunvpn clients for the login password as a RADIUS-CHAP answer (the gateway never
     sees it; the users file and the radius plugin check it). Standard clients: Generic."""
@@ -1334,6 +1337,7 @@ class Gateway:
             natt_owner=self.tunnel.dataplane if self.tunnel is not None else None,
             keylog=keylog,
             clock=self.clock,
+            ike_queue_size=self.options.ike_queue_size,
         )
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -1534,6 +1538,7 @@ RESTART_SETTINGS = (
     "plugin_objects",
     "accounting_interval",
     "plugin_workers",
+    "ike_queue_size",
 )
 """Options a reload cannot change: the new value waits for a restart (and is reported)."""
 
@@ -1600,6 +1605,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         login_timeout=cfg.login_timeout,
         max_half_open=cfg.max_half_open,
         max_half_open_per_source=cfg.max_half_open_per_source,
+        ike_queue_size=cfg.ike_queue_size,
         max_sessions_per_user=cfg.max_sessions_per_user,
         plugin_workers=cfg.plugin_workers,
         domains=tuple(cfg.domains),

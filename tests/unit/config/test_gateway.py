@@ -627,3 +627,16 @@ def test_half_open_limits_reach_the_engine(gwdir: Path) -> None:
         gwdir, MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nmax_half_open_per_source = 0')
     )
     assert "max_half_open_per_source" in str(error)
+
+
+def test_ike_queue_size_reaches_the_gateway_options(gwdir: Path) -> None:
+    """Issue 14: the bound of the data thread -> loop IKE queue is set in [gateway] (restart)."""
+    from tunvpn.gateway.daemon import RESTART_SETTINGS, options_from_config
+    from tunvpn.shell.udp import IKE_QUEUE_SIZE
+
+    assert options_from_config(load_config(gwdir, MINIMAL)).ike_queue_size == IKE_QUEUE_SIZE
+    text = MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nike_queue_size = 64')
+    assert options_from_config(load_config(gwdir, text)).ike_queue_size == 64
+    assert "ike_queue_size" in RESTART_SETTINGS
+    error = _error(gwdir, MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nike_queue_size = 3'))
+    assert "ike_queue_size" in str(error)
