@@ -1,10 +1,13 @@
 """IKEv1 cryptography: Diffie-Hellman groups, PRF/hash, CBC ciphers and key derivation.
 
 Everything here is pure computation over bytes (sans-I/O); the heavy lifting is done by the
-``cryptography`` package and the standard library (:mod:`hashlib`, :mod:`hmac`).
+``cryptography`` package, gmpy2 (GMP) for the MODP groups, and the standard library
+(:mod:`hashlib`, :mod:`hmac`).
 
-* Diffie-Hellman: MODP groups of RFC 2409 section 6 and RFC 3526, ECP groups of RFC 5903,
-  Curve25519 (RFC 7748, group 31 as in RFC 8031 / strongSwan / Libreswan).
+* Diffie-Hellman: MODP groups of RFC 2409 section 6 and RFC 3526 (g^x mod p by GMP's
+  constant-time ``mpz_powm_sec``, not cryptography's deprecated FFDH API), ECP groups of
+  RFC 5903 and Curve25519 (RFC 7748, group 31 as in RFC 8031 / strongSwan / Libreswan) by
+  ``cryptography``.
 * PRF: HMAC of the negotiated hash (RFC 2409 section 4: "the PRF ... is the HMAC version of
   the negotiated hash function" when no PRF attribute is negotiated).
 * Phase 1 key derivation (RFC 2409 section 5 and appendix B), HASH_I / HASH_R, phase 1 and
@@ -17,11 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass, field
 from functools import cache
 
+import gmpy2
 from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit_algorithms
-from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..ipsec.algorithms import AuthAlgorithm, EspTransform
@@ -233,9 +238,46 @@ def _modp_prime_cached(group: DHGroup) -> int:
     return int(_MODP_PRIMES_HEX[group], 16)
 
 
-@cache
-def _modp_parameters(group: DHGroup) -> dh.DHParameters:
-    return dh.DHParameterNumbers(modp_prime(group), MODP_GENERATOR).parameters()
+# Length in bits of a random private exponent for the RFC 3526 groups: the short exponents
+# OpenSSL 3 picks for these named groups (twice the group's security strength, RFC 3526
+# section 8, NIST SP 800-56A rev. 3 section 5.6.1.1.1), which tunvpn used while it computed
+# MODP through cryptography. Groups 1 and 2 (no such table) draw x from the full range 2..p-2.
+_MODP_EXPONENT_BITS: dict[DHGroup, int] = {
+    DHGroup.MODP_1536: 200,
+    DHGroup.MODP_2048: 225,
+    DHGroup.MODP_3072: 275,
+    DHGroup.MODP_4096: 325,
+    DHGroup.MODP_6144: 375,
+    DHGroup.MODP_8192: 400,
+}
+
+
+def _random_modp_exponent(group: DHGroup, p: int) -> int:
+    """A fresh private exponent 1 < x < p - 1 from the operating system's CSPRNG."""
+    bits = _MODP_EXPONENT_BITS.get(group)
+    while True:
+        x = secrets.randbits(bits) if bits is not None else secrets.randbelow(p - 3) + 2
+        if 1 < x < p - 1:
+            return x
+
+
+class _ModpPrivate:
+    """A MODP private exponent; computations go through GMP's ``mpz_powm_sec``, whose sequence
+    of operations and memory accesses does not depend on the exponent's bits (only its limb
+    count). Never shown in a ``repr``."""
+
+    __slots__ = ("_p", "_x")
+
+    def __init__(self, x: int, p: int) -> None:
+        self._x = gmpy2.mpz(x)
+        self._p = gmpy2.mpz(p)
+
+    def power(self, base: int) -> int:
+        """base^x mod p."""
+        return int(gmpy2.powmod_sec(gmpy2.mpz(base), self._x, self._p))
+
+    def __repr__(self) -> str:
+        return "_ModpPrivate(<hidden>)"
 
 
 def dh_public_length(group: DHGroup) -> int:
@@ -282,13 +324,14 @@ class DiffieHellman:
 
     group: DHGroup
     public: bytes
-    _private: dh.DHPrivateKey | ec.EllipticCurvePrivateKey | x25519.X25519PrivateKey
+    _private: _ModpPrivate | ec.EllipticCurvePrivateKey | x25519.X25519PrivateKey
 
     def __init__(self, group: DHGroup, private_key: bytes | None = None) -> None:
         self.group = _check_group(group)
         if self.group in _MODP_PRIMES_HEX:
-            self._private = self._modp_private(private_key)
-            y = self._private.public_key().public_numbers().y
+            modp = self._modp_private(private_key)
+            self._private = modp
+            y = modp.power(MODP_GENERATOR)
             self.public = y.to_bytes(dh_public_length(self.group), "big")
         elif self.group in _ECP_CURVES:
             curve_type, size = _ECP_CURVES[self.group]
@@ -310,18 +353,14 @@ class DiffieHellman:
                 self._private = x25519.X25519PrivateKey.from_private_bytes(private_key)
             self.public = self._private.public_key().public_bytes_raw()
 
-    def _modp_private(self, private_key: bytes | None) -> dh.DHPrivateKey:
-        parameters = _modp_parameters(self.group)
-        if private_key is None:
-            # OpenSSL knows the RFC 3526 groups and picks a short exponent of the group's
-            # strength (RFC 3526 section 8); for groups 1 and 2 a full-size one.
-            return parameters.generate_private_key()
+    def _modp_private(self, private_key: bytes | None) -> _ModpPrivate:
         p = modp_prime(self.group)
+        if private_key is None:
+            return _ModpPrivate(_random_modp_exponent(self.group, p), p)
         x = int.from_bytes(private_key, "big")
         if not 1 < x < p - 1:
             raise LocalProtocolError("MODP private exponent out of range")
-        public_numbers = dh.DHPublicNumbers(pow(MODP_GENERATOR, x, p), parameters.parameter_numbers())
-        return dh.DHPrivateNumbers(x, public_numbers).private_key()
+        return _ModpPrivate(x, p)
 
     def __repr__(self) -> str:
         return f"DiffieHellman(group={self.group.name}, public={self.public[:8].hex()}...)"
@@ -338,7 +377,7 @@ class DiffieHellman:
         expected = dh_public_length(self.group)
         if len(peer_public) != expected:
             raise _bad_ke(f"{self.group.name} public value is {len(peer_public)} bytes, expected {expected}")
-        if isinstance(self._private, dh.DHPrivateKey):
+        if isinstance(self._private, _ModpPrivate):
             return self._modp_shared(self._private, peer_public)
         if isinstance(self._private, ec.EllipticCurvePrivateKey):
             try:
@@ -357,18 +396,18 @@ class DiffieHellman:
             raise _bad_ke("X25519 exchange gave the all-zero value (low-order point)")
         return secret
 
-    def _modp_shared(self, private: dh.DHPrivateKey, peer_public: bytes) -> bytes:
+    def _modp_shared(self, private: _ModpPrivate, peer_public: bytes) -> bytes:
         p = modp_prime(self.group)
         y = int.from_bytes(peer_public, "big")
         if not 1 < y < p - 1:
             raise _bad_ke(f"{self.group.name} public value is 0, 1, p-1 or not below p")
-        try:
-            peer = dh.DHPublicNumbers(y, _modp_parameters(self.group).parameter_numbers()).public_key()
-            secret = private.exchange(peer)
-        except ValueError:
-            raise _bad_ke(f"{self.group.name} public value rejected") from None
-        # cryptography strips leading zero bytes; IKEv1 uses g^xy padded to the prime length.
-        return secret.rjust(dh_public_length(self.group), b"\x00")
+        secret = private.power(y)
+        # As OpenSSL's DH_compute_key did: a degenerate g^xy (1 or p-1, only when x is a multiple
+        # of the order of y) is refused rather than fed into SKEYID.
+        if secret <= 1 or secret == p - 1:
+            raise _bad_ke(f"{self.group.name} public value rejected")
+        # IKEv1 uses g^xy padded with leading zeros to the prime length (RFC 2409 section 5).
+        return secret.to_bytes(dh_public_length(self.group), "big")
 
 
 # --------------------------------------------------------------------------- hash and PRF
