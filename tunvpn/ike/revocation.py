@@ -29,7 +29,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID
 
 from .constants import NotifyType
@@ -44,9 +44,9 @@ CRL_SIGNING_KEYS = (
     ec.EllipticCurvePublicKey,
     ed25519.Ed25519PublicKey,
     ed448.Ed448PublicKey,
-    dsa.DSAPublicKey,
 )
-"""Issuer keys that can sign a CRL (anything else, e.g. X25519 or ML-KEM, cannot)."""
+"""Issuer keys whose CRL signatures we check. Anything else is refused: X25519, X448 and ML-KEM
+sign nothing, and DSA is deprecated (cryptography warns on its use; path validation refuses it)."""
 
 
 class RevocationMode(enum.StrEnum):
