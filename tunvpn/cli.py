@@ -36,6 +36,7 @@ from tunvpn.shell.udp import BindError
 from tunvpn.untrusted import SafeFormatter, for_terminal
 
 if TYPE_CHECKING:
+    from tunvpn.client.daemon import ClientOptions
     from tunvpn.gateway.daemon import GatewayOptions
 
 log = logging.getLogger(__name__)
@@ -152,12 +153,34 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What ``add_subparsers`` returns: each command adds its parser to it."""
 
 
+def version() -> str:
+    """The installed distribution's version, else ``tunvpn.__version__``, else "unknown"."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("tunvpn")
+    except importlib.metadata.PackageNotFoundError:
+        import tunvpn
+
+        return str(getattr(tunvpn, "__version__", "unknown"))
+
+
+def _add_check(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help=f"load {what} (and its secret files) and print what would be done, then exit: 0 if "
+        "usable, 2 with the error; binds no socket, creates no TUN device",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tunvpn`` command line: one function per command adds its parser."""
     parser = argparse.ArgumentParser(
         prog="tunvpn",
         description="Userspace IKEv1/IPsec VPN: the gateway pushes the client's configuration.",
     )
+    parser.add_argument("--version", action="version", version=f"tunvpn {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_bench, _add_passwd, _add_gateway, _add_connect, _add_demo, _add_demo_ike, _add_plugins):
@@ -315,6 +338,7 @@ def _add_gateway(sub: Subparsers) -> None:
         help="accept tunvpn's Base Mode (off by default; see docs/protocol.md)",
     )
     gw.add_argument("--banner", help="text shown by clients after login (Cisco Unity banner)")
+    _add_check(gw, "the configuration, its plugins and certificates")
 
 
 def _add_connect(sub: Subparsers) -> None:
@@ -405,6 +429,7 @@ def _add_connect(sub: Subparsers) -> None:
         help="give up if the tunnel is not up by then (default 60; 0: never)",
     )
     cl.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+    _add_check(cl, "the profile")
 
 
 def _add_demo(sub: Subparsers) -> None:
@@ -581,6 +606,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             raise CliError("give -c gateway.toml, or --listen ADDRESS with the other flags")
         options = _gateway_options(args)
         options.control_socket = _control_path(args.control, "gateway")
+    if args.check:
+        return check_gateway(options, args.config)
     gateway = Gateway(options)
     asyncio.run(gateway.run())
     return 0
@@ -603,6 +630,128 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     if not password:
         raise CliError("empty password")
     print(f"{args.user}:{hash_password(password)}")
+    return 0
+
+
+def _suites(items: Sequence[object]) -> str:
+    return ", ".join(str(getattr(i, "name", i)).lower() for i in items) or "none"
+
+
+def _identity_text(identity: object) -> str:
+    return for_terminal(str(identity))
+
+
+def check_gateway(options: GatewayOptions, source: str | None) -> int:
+    """``tunvpn gateway --check``: build the gateway as it would start (plugins loaded, engine
+    configuration, certificates and CRLs), print its effective settings and return 0. No socket,
+    no TUN device, no plugin service (those start in ``Gateway.run``)."""
+    from tunvpn.gateway.daemon import Gateway, effective_rules
+    from tunvpn.gateway.logins import login_sources
+
+    gateway = Gateway(options)  # ConfigError (exit 2) for what only the gateway can check
+    try:
+        sources = login_sources(options, gateway.plugins)
+        required = gateway.config.require_xauth
+        phase1 = gateway.phase1
+        lines = [f"{source or 'command line'}: OK"]
+        lines.append(f"listen:          {options.listen} (IKE {options.ike_port}, NAT-T {options.natt_port})")
+        lines.append(f"identity:        {_identity_text(options.local_id or options.listen)}")
+        auth = []
+        if options.psks:
+            ids = [for_terminal(i) for i, _ in options.psks.entries()]
+            auth.append(f"pre-shared keys for {', '.join(ids)}")
+        if options.credential is not None:
+            subject = options.credential.certificate.subject.rfc4514_string()
+            auth.append(f"certificate {for_terminal(subject)}")
+        if options.hybrid:
+            auth.append("hybrid (clients log in with XAUTH only)")
+        lines.append(f"authentication:  {'; '.join(auth) or 'none'}")
+        if options.trusted_cas:
+            cas = ", ".join(for_terminal(c.subject.rfc4514_string()) for c in options.trusted_cas)
+            lines.append(f"trusted CAs:     {cas}")
+        encryption = ", ".join(
+            f"{enc.name.lower()}{'-' + str(bits) if bits else ''}" for enc, bits in phase1.encryption
+        )
+        lines.append(
+            f"phase 1:         encryption {encryption}; hash {_suites(phase1.hashes)}; "
+            f"groups {_suites(phase1.groups)}; lifetime {phase1.lifetime} s"
+        )
+        modes = ["main"]
+        modes += ["aggressive (PSK)"] if options.allow_aggressive_psk else []
+        modes += ["base"] if options.allow_base_mode else []
+        lines.append(
+            f"modes:           {', '.join(modes)}{'; legacy algorithms ON' if options.legacy else ''}"
+        )
+        if required:
+            xauth = f"required (the default with a login source: {', '.join(sources)})"
+        elif sources:
+            xauth = (
+                f"NOT required (require_xauth = false although {', '.join(sources)} can check "
+                "logins: a holder of the group secret may skip the login)"
+            )
+        else:
+            xauth = "NOT required (no login source: no users_file, no login plugin)"
+        lines.append(f"xauth:           {xauth}")
+        lines.append(f"login sources:   {', '.join(sources) or 'none'}")
+        lines.append(f"plugins:         {', '.join(gateway.plugins.names) or 'none'}")
+        pool = f"{options.pool.first}-{options.pool.last}" if options.pool else "none"
+        lines.append(f"pool:            {pool}")
+        lines.append(f"dns:             {', '.join(map(str, options.dns)) or 'none'}")
+        if options.domains:
+            lines.append(f"domains:         {', '.join(for_terminal(d) for d in options.domains)}")
+        tun = f"{options.tun} (mtu {options.mtu})" if options.tun is not None else "none (IKE only)"
+        lines.append(f"tun:             {for_terminal(tun)}")
+        lines.append(f"control socket:  {for_terminal(str(options.control_socket or 'none'))}")
+        rules = effective_rules(options, phase1)
+        lines.append(f"phase 2 policies ({len(rules)}):")
+        for rule in rules:
+            policy = rule.policy
+            who = ", ".join([*(f"group {g}" for g in rule.groups), *(f"user {u}" for u in rule.users)])
+            remote = str(policy.client_ts) if policy.client_ts is not None else "assigned address"
+            pfs = policy.pfs_group.name.lower() if policy.pfs_group is not None else "none"
+            lines.append(f"  {for_terminal(policy.name)}: local {policy.gateway_ts} <-> remote {remote}")
+            lines.append(f"    for:  {for_terminal(who) if who else 'everyone'}")
+            lines.append(
+                f"    esp:  {', '.join(str(s) for s in policy.esp)}; pfs {pfs}; "
+                f"lifetime {policy.lifetime_seconds} s"
+                + (f" / {policy.lifetime_kilobytes} KiB" if policy.lifetime_kilobytes else "")
+            )
+        print("\n".join(lines))
+    finally:
+        gateway.plugins.close()
+    return 0
+
+
+def check_client(options: ClientOptions, source: str | None) -> int:
+    """``tunvpn connect --check``: the profile loaded (secret files read), what the client would do."""
+    if options.credential is not None and options.psks:
+        auth = "certificate (or pre-shared key)"
+    elif options.credential is not None:
+        auth = "certificate"
+    elif options.trusted_cas and not options.psks:
+        auth = "hybrid (the gateway's certificate, then XAUTH)"
+    else:
+        auth = "pre-shared key"
+    if options.remote_id_any:
+        remote = "any (pre-shared-key gateway)"
+    else:
+        remote = _identity_text(options.remote_id or options.gateway)
+    lines = [
+        f"{source or 'command line'}: OK",
+        f"gateway:         {options.gateway} (IKE {options.gateway_port}, NAT-T {options.gateway_natt_port})",
+        f"local address:   {options.local_ip}",
+        f"remote id:       {remote}",
+        f"local id:        {_identity_text(options.local_id or options.local_ip)}",
+        f"mode:            {options.mode}",
+        f"authentication:  {auth}",
+        f"user:            {for_terminal(options.user) if options.user else 'none (no XAUTH)'}",
+    ]
+    if options.trusted_cas:
+        cas = ", ".join(for_terminal(c.subject.rfc4514_string()) for c in options.trusted_cas)
+        lines.append(f"trusted CAs:     {cas}")
+    if options.plugins:
+        lines.append(f"plugins:         {', '.join(options.plugins)}")
+    print("\n".join(lines))
     return 0
 
 
@@ -703,6 +852,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    if args.check:
+        return check_client(options, args.profile)
     client = Client(options, local_ip)
     code = asyncio.run(client.run())
     if code != 0:
