@@ -9,6 +9,7 @@ Without FreeRADIUS installed the tests skip, unless ``TUNVPN_REQUIRE_ALL=1`` (th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -202,3 +203,37 @@ def radius(freeradius_server: FreeRadius) -> Iterator[FreeRadius]:
     yield freeradius_server
     print("---- FreeRADIUS log during this test ----")
     print("".join(freeradius_server.lines[start:]))
+
+
+@contextlib.contextmanager
+def black_hole_radius(host: str = "127.0.0.3") -> Iterator[tuple[int, list[bytes]]]:
+    """A RADIUS "server" on ``host`` that reads every request and answers none (a real UDP
+    socket: the plugin's own timeouts run as against a dead server). Yields (port, requests
+    seen); skips the test where ``host`` cannot be bound."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, 0))
+    except OSError:
+        sock.close()
+        pytest.skip(f"{host} is not usable on this host")
+    sock.settimeout(0.2)
+    seen: list[bytes] = []
+    done = threading.Event()
+
+    def swallow() -> None:
+        while not done.is_set():
+            try:
+                seen.append(sock.recv(4096))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=swallow, name="black-hole RADIUS", daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1], seen
+    finally:
+        done.set()
+        thread.join(2)
+        sock.close()

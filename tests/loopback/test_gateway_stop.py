@@ -15,7 +15,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.loopback import CLIENT, PSK, client_options, free_port_pair, needs_loopback
+from tests.helpers.radius_fixture import black_hole_radius
 from tests.vectors.captures import CHARON_MM1
 from tunvpn.client.daemon import Client, Progress
 
@@ -37,33 +37,8 @@ pytestmark = needs_loopback
 @pytest.fixture
 def black_hole() -> Iterator[tuple[int, list[bytes]]]:
     """A RADIUS "server" on 127.0.0.3 that reads every request and answers none."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind(("127.0.0.3", 0))
-    except OSError:
-        sock.close()
-        pytest.skip("127.0.0.3 is not usable on this host")
-    sock.settimeout(0.2)
-    seen: list[bytes] = []
-    done = threading.Event()
-
-    def swallow() -> None:
-        while not done.is_set():
-            try:
-                seen.append(sock.recv(4096))
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=swallow, name="black-hole RADIUS", daemon=True)
-    thread.start()
-    try:
-        yield sock.getsockname()[1], seen
-    finally:
-        done.set()
-        thread.join(2)
-        sock.close()
+    with black_hole_radius() as hole:
+        yield hole
 
 
 FLOOD = """

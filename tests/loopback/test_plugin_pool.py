@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.helpers.loopback import (
     serve,
     stop,
 )
+from tests.helpers.radius_fixture import black_hole_radius
 from tunvpn.gateway.daemon import BUSY_MESSAGE
 from tunvpn.plugins.host import WORKER_PREFIX
 
@@ -40,33 +40,8 @@ RADIUS_TIMEOUT = 6  # seconds, one try: below the gateway's PLUGIN_TIMEOUT (30)
 @pytest.fixture
 def black_hole() -> Iterator[tuple[int, list[bytes]]]:
     """A RADIUS "server" on 127.0.0.3 that reads every request and answers none."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind(("127.0.0.3", 0))
-    except OSError:
-        sock.close()
-        pytest.skip("127.0.0.3 is not usable on this host")
-    sock.settimeout(0.2)
-    seen: list[bytes] = []
-    done = threading.Event()
-
-    def swallow() -> None:
-        while not done.is_set():
-            try:
-                seen.append(sock.recv(4096))
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=swallow, name="black-hole RADIUS", daemon=True)
-    thread.start()
-    try:
-        yield sock.getsockname()[1], seen
-    finally:
-        done.set()
-        thread.join(2)
-        sock.close()
+    with black_hole_radius() as hole:
+        yield hole
 
 
 def plugin_threads() -> int:

@@ -373,13 +373,20 @@ def _mm_r_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
         # by address: the ID comes encrypted in message 5 (RFC 2409 section 5.4)
         sa.psk = _responder_psk(engine, None, sa.remote[0])
     _derive_keys(sa)
-    out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr)]
+    _send_responder_ke(engine, sa, [KEPayload(sa.gxr), NoncePayload(sa.nr)], now)
+
+
+
+def _send_responder_ke(engine: IkeEngine, sa: IkeSA, out: list[Payload], now: float) -> None:
+    """The responder's KE message (Main Mode 4, Base Mode 4): ``out`` plus a certificate
+    request when a signature method was chosen (XAUTH_INIT_RSA and hybrid included) and the
+    NAT-D payloads."""
+    assert sa.suite is not None
     if sa.suite.auth in SIGNATURE_METHODS:
-        out += peerauth.cert_requests(engine.config)
-    out += natt.natd_payloads(engine.config, sa, engine._random)
+        out = [*out, *peerauth.cert_requests(engine.config)]
+    out = [*out, *natt.natd_payloads(engine.config, sa, engine._random)]
     sa.state = P1State.R_SENT_KE
     _send_phase1(engine, sa, out, now, encrypt=False, expect_reply=False)
-
 
 def _mm_i_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
     assert sa.suite is not None
@@ -616,12 +623,7 @@ def _bm_r_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     sa.local_id = peerauth.default_local_id(engine.config, sa.local)
     id_payload = sa.local_id.to_payload()
     sa.local_id_body = encode_payload(id_payload, 0)[4:]
-    out: list[Payload] = [KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
-    if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
-        out += peerauth.cert_requests(engine.config)
-    out += natt.natd_payloads(engine.config, sa, engine._random)
-    sa.state = P1State.R_SENT_KE
-    _send_phase1(engine, sa, out, now, encrypt=False, expect_reply=False)
+    _send_responder_ke(engine, sa, [KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload], now)
 
 
 def _bm_i_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
