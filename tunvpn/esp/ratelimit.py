@@ -9,34 +9,12 @@ from __future__ import annotations
 
 import logging
 
+from ..ipsec.budget import TokenBucket
 from .constants import DROP_REASON_COUNT, DropReason
 
 logger = logging.getLogger(__name__)
 
-
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up; :meth:`allow` spends one."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float = 0.0) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError(f"token bucket needs rate > 0 and burst >= 1, not {rate}/{burst}")
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.stamp = now
-
-    def allow(self, now: float, cost: float = 1.0) -> bool:
-        """Spend ``cost`` tokens if there are enough at ``now``; True when spent."""
-        elapsed = now - self.stamp
-        if elapsed > 0:
-            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-            self.stamp = now
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return True
-        return False
+__all__ = ["DropLog", "TokenBucket"]
 
 
 class DropLog:
