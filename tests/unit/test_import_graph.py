@@ -66,7 +66,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
         {"tunvpn.client", "tunvpn.config", "tunvpn.gateway", "tunvpn.ike", "tunvpn.ipsec"}
     ),
     "tunvpn.demo": frozenset({"tunvpn.config", "tunvpn.ike", "tunvpn.untrusted"}),
-    "tunvpn.bench": frozenset(),
+    "tunvpn.bench": frozenset({"tunvpn.client", "tunvpn.config", "tunvpn.ike"}),
     "tunvpn.cli": frozenset(
         {
             "tunvpn.bench",

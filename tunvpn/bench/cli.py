@@ -123,6 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more progress output")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output, only the table")
+    # `tunvpn bench logins ...`: the login capacity of a gateway (tunvpn/bench/logins.py)
+    from tunvpn.bench import logins
+
+    sub = parser.add_subparsers(dest="bench_command", metavar="{logins}")
+    logins_parser = sub.add_parser("logins", help="logins/s and memory per client of a gateway")
+    logins_parser.description = logins.DESCRIPTION
+    logins.add_arguments(logins_parser)
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
@@ -171,6 +178,12 @@ def run_from_args(
     """Run the benchmark for parsed ``args``; print the table; exit status (0 ok, 1 harness error,
     2 usage, 130 interrupted). A path that is not available does not make the status non-zero."""
     _setup_logging(args.verbose, args.quiet)
+    if getattr(args, "bench_command", None) == "logins":
+        from tunvpn.bench import logins
+
+        if argv is None:
+            argv = sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]
+        return logins.run_from_args(args, argv, prog)
     try:
         resolve_paths(args.paths.split(","), providers)
     except ValueError as exc:
