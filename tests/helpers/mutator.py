@@ -24,6 +24,7 @@ differ between runs; which message is picked and which field gets which lie do n
 from __future__ import annotations
 
 import functools
+import os
 import random
 import struct
 from collections.abc import Iterator, Sequence
@@ -33,8 +34,34 @@ HEADER_SIZE = 28
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 SA, PROPOSAL, TRANSFORM, ATTRIBUTE = 1, 2, 3, 14
 E_FLAG = 0x01
+TREE_OPS = frozenset(
+    (
+        "payload length",
+        "payload next",
+        "remove",
+        "duplicate",
+        "reserved",
+        "body",
+        "count",
+        "spi size",
+        "attribute",
+    )
+)
 KNOWN_PAYLOADS = (1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 20, 21, 130, 131, 132)
 EXCHANGES = (0, 1, 2, 3, 4, 5, 6, 32, 33, 34, 35, 127, 128, 255)
+
+
+def fuzz_iterations(default: int) -> int:
+    """How many inputs a fuzz test feeds: ``default`` (a CI run of a few seconds), or
+    ``TUNVPN_FUZZ_ITERATIONS`` for a long run."""
+    value = os.environ.get("TUNVPN_FUZZ_ITERATIONS")
+    return int(value) if value else default
+
+
+def fuzz_seed(default: int) -> int:
+    """The seed of a fuzz test: ``default``, or ``TUNVPN_FUZZ_SEED`` to explore others."""
+    value = os.environ.get("TUNVPN_FUZZ_SEED")
+    return int(value) if value else default
 
 
 # ------------------------------------------------------------------ the generic field mutator
@@ -142,8 +169,30 @@ class Node:
     np: int | None = None  # a lie in the next-payload field
     count: int | None = None  # proposal: a lie in the number of transforms
     reserved: int = 0
+    raw: bytes | None = None  # the encoded body as parsed, while nothing in it changed
+
+    def copy(self) -> Node:
+        """A copy to change: its own lists (and attributes); the nodes nested in it are
+        still shared (the mutator copies the path down to what it changes)."""
+        return Node(
+            self.ptype,
+            self.fixed,
+            list(self.children),
+            None if self.attrs is None else [Attr(a.type, a.value, a.length) for a in self.attrs],
+            self.tail,
+            self.length,
+            self.np,
+            self.count,
+            self.reserved,
+        )
 
     def encode(self, next_type: int) -> bytes:
+        body = self.raw if self.raw is not None else self._body()
+        n = len(body) + 4 if self.length is None else self.length
+        np = next_type if self.np is None else self.np
+        return struct.pack("!BBH", np & 0xFF, self.reserved, n & 0xFFFF) + body
+
+    def _body(self) -> bytes:
         body = bytearray(self.fixed)
         if self.ptype == PROPOSAL and len(body) >= 4:
             body[3] = (len(self.children) if self.count is None else self.count) & 0xFF
@@ -151,9 +200,7 @@ class Node:
         if self.attrs is not None:
             body += b"".join(a.encode() for a in self.attrs)
         body += self.tail
-        n = len(body) + 4 if self.length is None else self.length
-        np = next_type if self.np is None else self.np
-        return struct.pack("!BBH", np & 0xFF, self.reserved, n & 0xFFFF) + bytes(body)
+        return bytes(body)
 
 
 def encode_chain(nodes: Sequence[Node]) -> bytes:
@@ -162,6 +209,10 @@ def encode_chain(nodes: Sequence[Node]) -> bytes:
         nxt = nodes[i + 1].ptype if i + 1 < len(nodes) else 0
         out += node.encode(nxt)
     return out
+
+
+Site = tuple[Node, list[Node], tuple[Node, ...]]
+"""A node, the list it is in, and the nodes it is nested in."""
 
 
 @dataclass
@@ -180,10 +231,54 @@ class Message:
     body: bytes = b""
     length: int | None = None  # a lie in the header length
     np_lie: bool = False  # keep ``np`` even when the payload chain says otherwise
+    cut: int | None = None  # truncate the encoded message here
+    shared: bool = False  # ``payloads`` is the parsed original (``body`` its bytes)
+
+    def copy(self) -> Message:
+        """A copy sharing the parsed payload chain until :meth:`tree` is asked for."""
+        return Message(
+            self.icookie,
+            self.rcookie,
+            self.np,
+            self.version,
+            self.exchange,
+            self.flags,
+            self.message_id,
+            self.payloads,
+            self.body,
+            shared=self.payloads is not None,
+        )
+
+    def tree(self) -> list[Node]:
+        """The payload chain, a list of its own (the nodes in it may still be shared: see
+        :meth:`own`)."""
+        assert self.payloads is not None
+        if self.shared:
+            self.payloads = list(self.payloads)
+            self.shared = False
+        return self.payloads
+
+    def own(self, site: Site) -> Site:
+        """``site`` with the node and every node it is nested in copied (copy on write)."""
+        node, _, parents = site
+        container = self.tree()
+        copies: list[Node] = []
+        for original in (*parents, node):
+            i = next(k for k, x in enumerate(container) if x is original)
+            container[i] = mine = original.copy()
+            copies.append(mine)
+            if original is not node:
+                container = mine.children
+        return copies[-1], container, tuple(copies[:-1])
 
     def encode(self) -> bytes:
-        if self.payloads is None:
-            body, np = self.body, self.np
+        if self.payloads is None or self.shared:
+            body = self.body
+            np = (
+                self.np
+                if self.payloads is None or self.np_lie
+                else (self.payloads[0].ptype if self.payloads else 0)
+            )
         else:
             body = encode_chain(self.payloads)
             np = self.payloads[0].ptype if self.payloads else 0
@@ -236,7 +331,9 @@ def _parse_chain(data: bytes, first: int, inner: int | None = None) -> list[Node
         if n < 4 or i + n > len(data):
             raise ValueError("bad payload length")
         body = data[i + 4 : i + n]
-        nodes.append(_parse_body(ptype, body, reserved))
+        node = _parse_body(ptype, body, reserved)
+        node.raw = body
+        nodes.append(node)
         i += n
         ptype = np
         if inner is not None and ptype not in (0, inner):
@@ -274,16 +371,24 @@ def parse(data: bytes) -> Message:
     if not flags & E_FLAG:
         try:
             msg.payloads = _parse_chain(data[HEADER_SIZE:], np)
-            msg.body = b""
         except ValueError:
             pass
     return msg
 
 
-def _walk(nodes: list[Node], out: list[tuple[Node, list[Node]]]) -> list[tuple[Node, list[Node]]]:
+def _targets(op: str, sites: list[Site]) -> list[Site]:
+    """The sites a tree mutation ``op`` can change."""
+    if op in ("count", "spi size"):
+        return [s for s in sites if s[0].ptype == PROPOSAL]
+    if op == "attribute":
+        return [s for s in sites if s[0].attrs]
+    return sites
+
+
+def _walk(nodes: list[Node], out: list[Site], parents: tuple[Node, ...] = ()) -> list[Site]:
     for node in nodes:
-        out.append((node, nodes))
-        _walk(node.children, out)
+        out.append((node, nodes, parents))
+        _walk(node.children, out, (*parents, node))
     return out
 
 
@@ -348,6 +453,7 @@ class IsakmpMutator:
         self.clear = [m for m in self.corpus if len(m) >= HEADER_SIZE and not m[19] & E_FLAG]
         """Clear-text messages: their payloads are what the mutations reach, so they are
         drawn more often than the encrypted ones."""
+        self._models: dict[bytes, tuple[Message, list[str]]] = {}
         self.last: str = ""
         """The name of the last mutation (for a failure message)."""
 
@@ -359,13 +465,16 @@ class IsakmpMutator:
             self.last = "well-formed, fresh cookies"
             rcookie = bytes(8) if data[8:16] == bytes(8) or r.random() < 0.7 else r.randbytes(8)
             return r.randbytes(8) + rcookie + data[16:]
-        msg = parse(data)
+        model, ops = self._model(data)
+        msg = model.copy()
         if r.random() < 0.5:  # most storms come under fresh initiator cookies
             msg.icookie = r.randbytes(8)
         names = []
         for _ in range(r.choice((1, 1, 1, 2, 2, 3))):
-            names.append(self._mutate_model(msg))
+            names.append(self._mutate_model(msg, ops))
         out = msg.encode()
+        if msg.cut is not None:
+            out = out[: msg.cut]
         if r.random() < 0.15:
             names.append("bytes")
             out = out[:HEADER_SIZE] + self.fields.mutate_bytes(out[HEADER_SIZE:])
@@ -374,9 +483,12 @@ class IsakmpMutator:
 
     # one field of the model ---------------------------------------------------------
 
-    def _mutate_model(self, msg: Message) -> str:
-        r = self.rng
-        f = self.fields
+    def _model(self, data: bytes) -> tuple[Message, list[str]]:
+        """The parsed ``data`` and the mutations that apply to it (cached)."""
+        cached = self._models.get(data)
+        if cached is not None:
+            return cached
+        msg = parse(data)
         nodes = _walk(msg.payloads, []) if msg.payloads else []
         ops = [
             "header length",
@@ -391,11 +503,22 @@ class IsakmpMutator:
         ]
         if nodes:
             ops += ["payload length"] * 4 + ["payload next"] * 2 + ["remove", "duplicate", "reserved", "body"]
-            if any(n.ptype == PROPOSAL for n, _ in nodes):
+            if any(n.ptype == PROPOSAL for n, _, _ in nodes):
                 ops += ["count", "spi size"]
-            if any(n.attrs for n, _ in nodes):
+            if any(n.attrs for n, _, _ in nodes):
                 ops += ["attribute"] * 3
+        self._models[data] = msg, ops
+        return msg, ops
+
+    def _mutate_model(self, msg: Message, ops: list[str]) -> str:
+        r = self.rng
+        f = self.fields
         op = r.choice(ops)
+        if msg.payloads is None and op in TREE_OPS:  # an earlier mutation made the body opaque
+            op = "append"
+        targets = _targets(op, _walk(msg.tree(), [])) if op in TREE_OPS else []
+        if op in TREE_OPS and not targets:  # earlier mutations removed its target
+            op = "append"
         if op == "header length":
             msg.length = f.length(len(msg.encode()), 4)
         elif op == "exchange":
@@ -427,41 +550,35 @@ class IsakmpMutator:
         elif op == "version":
             msg.version = r.choice((0x00, 0x11, 0x20, 0x12, r.randrange(256)))
         elif op == "truncate":
-            data = msg.encode()
-            cut = (
-                r.randint(0, len(data) - 1)
-                if r.random() < 0.5
-                else r.randint(HEADER_SIZE, max(len(data) - 1, HEADER_SIZE))
+            size = len(msg.encode())
+            msg.cut = (
+                r.randint(0, size - 1)
+                if r.random() < 0.2
+                else r.randint(min(HEADER_SIZE, size - 1), size - 1)
             )
-            msg.payloads, msg.body, msg.length = (
-                None,
-                data[HEADER_SIZE:cut] if cut > HEADER_SIZE else b"",
-                None,
-            )
-            if cut < HEADER_SIZE:  # cut into the header itself: keep it as a lie in the length
-                msg.body = b""
-                msg.length = f.length(HEADER_SIZE, 4)
         elif op == "append":
             extra = f.garbage()
             if msg.payloads is None:
                 msg.body += extra
             elif r.random() < 0.5:
-                msg.payloads.append(Node(r.choice((*KNOWN_PAYLOADS, r.randrange(256))), tail=extra))
-            else:
-                msg.payloads[-1].tail += extra
+                msg.tree().append(Node(r.choice((*KNOWN_PAYLOADS, r.randrange(256))), tail=extra))
+            elif msg.tree():
+                last = msg.tree()[-1]
+                node, _, _ = msg.own((last, msg.tree(), ()))
+                node.tail += extra
         else:
-            node, siblings = r.choice(nodes)
+            node, siblings, _ = msg.own(r.choice(targets))
             if op == "payload length":
                 node.length = f.length(len(node.encode(0)))
             elif op == "payload next":
                 node.np = self._payload_type(node.np or 0, own=node.ptype)
             elif op == "remove":
-                siblings.remove(node)
+                del siblings[next(k for k, x in enumerate(siblings) if x is node)]
             elif op == "duplicate":
-                siblings.insert(siblings.index(node), node)
+                siblings.insert(siblings.index(node), node.copy())
                 if r.random() < 0.2:
                     for _ in range(r.randint(2, 40)):
-                        siblings.insert(0, node)
+                        siblings.insert(0, node.copy())
             elif op == "reserved":
                 node.reserved = r.randrange(1, 256)
             elif op == "body":
@@ -472,16 +589,14 @@ class IsakmpMutator:
                 else:
                     node.tail = f.garbage()
             elif op == "count":
-                proposals = [n for n, _ in nodes if n.ptype == PROPOSAL]
-                r.choice(proposals).count = r.choice((0, 255, 1, 2, 64, r.randrange(256)))
+                node.count = r.choice((0, 255, 1, 2, 64, r.randrange(256)))
             elif op == "spi size":
-                prop = r.choice([n for n, _ in nodes if n.ptype == PROPOSAL])
-                if len(prop.fixed) >= 4:
-                    fixed = bytearray(prop.fixed)
-                    fixed[2] = r.choice((0, 1, 4, 8, 16, 255, fixed[2] + 1, max(fixed[2] - 1, 0)))
-                    prop.fixed = bytes(fixed)
+                if len(node.fixed) >= 4:
+                    fixed = bytearray(node.fixed)
+                    fixed[2] = r.choice((0, 1, 4, 8, 16, 255, (fixed[2] + 1) & 0xFF, max(fixed[2] - 1, 0)))
+                    node.fixed = bytes(fixed)
             elif op == "attribute":
-                holder = r.choice([n for n, _ in nodes if n.attrs])
+                holder = node
                 assert holder.attrs is not None
                 attr = r.choice(holder.attrs)
                 choice = r.randrange(5)
