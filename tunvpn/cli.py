@@ -333,6 +333,11 @@ def _add_gateway(sub: Subparsers) -> None:
         help="accept Aggressive Mode with a PSK (needed for vpnc; weak, see README)",
     )
     gw.add_argument(
+        "--allow-aggressive-signatures",
+        action="store_true",
+        help="accept Aggressive Mode with RSA signatures or hybrid (off: costly for spoofed senders)",
+    )
+    gw.add_argument(
         "--allow-base-mode",
         action="store_true",
         help="accept tunvpn's Base Mode (off by default; see docs/protocol.md)",
@@ -561,6 +566,7 @@ def _gateway_options(args: argparse.Namespace) -> GatewayOptions:
         dns=dns,
         split=tuple(dict.fromkeys(args.split)),
         allow_aggressive_psk=args.allow_aggressive_psk,
+        allow_aggressive_signatures=args.allow_aggressive_signatures,
         allow_base_mode=args.allow_base_mode,
         legacy=args.legacy,
         require_xauth=args.require_xauth,
@@ -678,6 +684,7 @@ def check_gateway(options: GatewayOptions, source: str | None) -> int:
         )
         modes = ["main"]
         modes += ["aggressive (PSK)"] if options.allow_aggressive_psk else []
+        modes += ["aggressive (signatures)"] if options.allow_aggressive_signatures else []
         modes += ["base"] if options.allow_base_mode else []
         lines.append(
             f"modes:           {', '.join(modes)}{'; legacy algorithms ON' if options.legacy else ''}"

@@ -106,6 +106,7 @@ def gateway_config(**kw) -> EngineConfig:
             ChildPolicy("net-nopfs", PROTECTED, None, ChildProposal(pfs_group=None)),
         ),
         allow_aggressive_psk=True,
+        allow_aggressive_signatures=True,
         allow_base_mode=True,
     )
     base.update(kw)

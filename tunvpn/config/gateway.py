@@ -681,6 +681,8 @@ class GatewayConfig:
     hybrid: bool = False
     """Accept hybrid authentication: the gateway signs (RSA), clients log in with XAUTH only."""
     allow_aggressive_psk: bool = False
+    allow_aggressive_signatures: bool = False
+    """Accept Aggressive Mode with RSA signatures or hybrid; off by default, warned."""
     allow_base_mode: bool = False
     """Accept tunvpn's Base Mode (docs/protocol.md); off by default, warned."""
     legacy: bool = False
@@ -739,7 +741,8 @@ class GatewayConfig:
 _TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "plugin")
 _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
-    "require_xauth", "allow_aggressive_psk", "allow_base_mode", "legacy", "tun", "mtu", "keylog",
+    "require_xauth", "allow_aggressive_psk", "allow_aggressive_signatures", "allow_base_mode", "legacy",
+    "tun", "mtu", "keylog",
     "control_socket", "plugins",
     "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout", "hybrid",
     "plugin_workers", "max_half_open", "max_half_open_per_source", "ike_queue_size",
@@ -849,6 +852,7 @@ def parse_gateway_config(
     )
     if not psks and credential is None:
         raise gw.error("", "no way to authenticate: give psk_file, psk_env, psk or [gateway.certificate]")
+    allow_aggressive_signatures = gw.flag("allow_aggressive_signatures", False)
 
     users: UserTable | None = None
     if "users_file" in gw:
@@ -926,6 +930,12 @@ def parse_gateway_config(
     phase1 = _phase1(top.table("phase1", "[phase1]", _PHASE1_KEYS), legacy)
     pool, dns, domains, banner = _network(top.table("network", "[network]", _NETWORK_KEYS))
     groups = _groups(top.table("groups", "[groups]", None))
+    if allow_aggressive_signatures:
+        warn(
+            "allow_aggressive_signatures = true: every Aggressive Mode first message costs a "
+            "Diffie-Hellman and a signature before its sender is verified (budgeted per source "
+            "and in total); Main Mode does the same login"
+        )
     rules = _rules(top, legacy, groups, pool)
     protocols = _protocols(top)
     plugin_settings = _plugin_settings(top, plugins, base_dir)
@@ -956,6 +966,7 @@ def parse_gateway_config(
         rules=rules,
         protocols=protocols,
         plugins=plugins,
+        allow_aggressive_signatures=allow_aggressive_signatures,
         plugin_settings=MappingProxyType(plugin_settings),
         tun=tun,
         mtu=gw.number("mtu", 1400, 576, 65535),

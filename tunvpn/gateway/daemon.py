@@ -118,6 +118,9 @@ class GatewayOptions:
     dns: tuple[IPv4Address, ...] = ()
     split: tuple[IPv4Network, ...] = ()
     allow_aggressive_psk: bool = False
+    allow_aggressive_signatures: bool = False
+    """Accept Aggressive Mode with signatures (RSA, hybrid); off: each spoofed first message
+    would cost a DH and a signature (issue 14)."""
     allow_base_mode: bool = False
     legacy: bool = False
     require_xauth: bool | None = None
@@ -372,6 +375,7 @@ def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None =
         max_half_open=options.max_half_open,
         max_half_open_per_source=options.max_half_open_per_source,
         xauth_chap=options.xauth_chap,
+        allow_aggressive_signatures=options.allow_aggressive_signatures,
         xauth_available=options.users is not None or bool(options.plugins or options.plugin_objects),
         # ESP runs in userspace over UDP 4500 (RFC 3948): with a data path, always encapsulate
         force_encap=options.force_encap or options.tun is not None,
@@ -480,6 +484,11 @@ class Gateway:
             )
 
     # ------------------------------------------------------------------ policies
+        if options.allow_aggressive_signatures:
+            log.warning(
+                "Aggressive Mode with signatures enabled: every first message costs a Diffie-Hellman "
+                "and a signature before the sender is verified, and identities travel in the clear"
+            )
 
     def groups_of(self, user: str | None) -> frozenset[str]:
         if user is None:
@@ -1604,6 +1613,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         accounting_interval=cfg.accounting_interval,
         login_timeout=cfg.login_timeout,
         max_half_open=cfg.max_half_open,
+        allow_aggressive_signatures=cfg.allow_aggressive_signatures,
         max_half_open_per_source=cfg.max_half_open_per_source,
         ike_queue_size=cfg.ike_queue_size,
         max_sessions_per_user=cfg.max_sessions_per_user,

@@ -131,6 +131,10 @@ class EngineConfig:
     """Phase 2 policies a responder accepts (the gateway's configuration)."""
     allow_aggressive_psk: bool = False
     """Responder: accept Aggressive Mode with a pre-shared key (weak: offline dictionary attack)."""
+    allow_aggressive_signatures: bool = False
+    """Responder: accept Aggressive Mode with signatures (RSA certificates, hybrid). Off: its
+    first message costs a Diffie-Hellman and a signature for an address nobody verified, and
+    its answer is several times its size (issue 14); Main Mode does the same login."""
     allow_base_mode: bool = False
     """Responder: accept tunvpn's Base Mode (docs/protocol.md). Off: a Base Mode first message
     is answered UNSUPPORTED-EXCHANGE-TYPE, and a tunvpn client falls back to Main Mode."""

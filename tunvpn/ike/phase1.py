@@ -163,9 +163,29 @@ def _am_send_first(engine: IkeEngine, sa: IkeSA, methods: list[AuthMethod] | Non
 # ------------------------------------------------------------------ receive
 
 
+_AGGRESSIVE_OFF = (
+    "Aggressive Mode is disabled for the offered authentication methods "
+    "(allow_aggressive_psk, allow_aggressive_signatures)"
+)
+
+
 def start_responder(
     engine: IkeEngine, header: Header, data: bytes, remote: Address, local: Address, now: float
 ) -> None:
+    config = engine.config
+    if header.exchange == AM and not (config.allow_aggressive_psk or config.allow_aggressive_signatures):
+        # refused before anything is parsed or kept: the same answer an offer of only
+        # disabled methods gets, at the cost of a header (issue 14)
+        engine._protocol_error(
+            header.icookie + header.rcookie,
+            remote,
+            _AGGRESSIVE_OFF,
+            int(NotifyType.NO_PROPOSAL_CHOSEN),
+            "first message refused: NO_PROPOSAL_CHOSEN",
+        )
+        exc = NoProposalChosen(_AGGRESSIVE_OFF)
+        send_error_notify(engine, None, header, remote, local, exc, now)
+        return
     if header.exchange == BM and not _bm_r_cookie_echoed(engine, header, data, remote, local, now):
         return  # answered (or dropped) without keeping anything
     sa = IkeSA(Role.RESPONDER, header.exchange, header.icookie, engine._new_cookie(), local, remote, now)
@@ -846,13 +866,13 @@ def _choose_suite(config: EngineConfig, sa: IkeSA, sa_raw: RawPayload, ke_length
     methods = set(config.auth_methods(xauth=xauth, responder=True))
     if sa.exchange == BM:
         methods -= HYBRID_METHODS  # hybrid is specified for Main and Aggressive Mode only
-    if sa.exchange == AM and not config.allow_aggressive_psk:
-        psk_methods = {m for m in methods if base_auth_method(m) not in SIGNATURE_METHODS}
-        methods -= psk_methods
+    if sa.exchange == AM:
+        if not config.allow_aggressive_psk:
+            methods -= {m for m in methods if base_auth_method(m) not in SIGNATURE_METHODS}
+        if not config.allow_aggressive_signatures:
+            methods -= {m for m in methods if base_auth_method(m) in SIGNATURE_METHODS}
         if not methods:
-            raise NoProposalChosen(
-                "Aggressive Mode with a pre-shared key is disabled (allow_aggressive_psk = false)"
-            )
+            raise NoProposalChosen(_AGGRESSIVE_OFF)
     suite, _, _ = select_phase1_proposal(sa_raw.payload, config.phase1, methods)
     if ke_length is not None and ke_length != crypto.dh_public_length(suite.group):
         # Aggressive Mode: the KE must match the chosen group's size

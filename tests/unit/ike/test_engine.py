@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import itertools
+from dataclasses import replace
 
 import pytest
 from cryptography import x509
@@ -155,6 +156,7 @@ def test_phase1_certificates(pki, mode: str, kind: str, group: DHGroup) -> None:
         trusted_cas=(pki["ca"],),
         local_id=Identity.parse("@gw.example"),
         allow_base_mode=True,
+        allow_aggressive_signatures=True,
     )
     pair = Pair(client, gateway)
     connect(pair, mode)
@@ -198,6 +200,27 @@ def test_aggressive_mode_retries_next_group() -> None:
     assert "modp_2048" in c.suite
     refused = [e for e in pair.gateway.events if isinstance(e, ev.ProtocolError)]
     assert refused and all(e.notify == NotifyType.NO_PROPOSAL_CHOSEN for e in refused)
+
+
+def test_aggressive_signatures_are_off_by_default(pki) -> None:
+    """Issue 14: an Aggressive Mode first message with signatures would cost the gateway a DH
+    and a signature for an unverified sender; by default it is refused before anything is
+    parsed, with the answer an offer of disabled methods gets."""
+    client = EngineConfig(
+        credential=pki["client-rsa"], trusted_cas=(pki["ca"],), local_id=Identity.parse("@client.example")
+    )
+    gateway = EngineConfig(
+        credential=pki["gw-rsa"], trusted_cas=(pki["ca"],), local_id=Identity.parse("@gw.example")
+    )
+    pair = Pair(client, gateway)
+    connect(pair, "aggressive")
+    failed = pair.client.of(ev.Phase1Failed)
+    assert failed and failed[0].notify == NotifyType.NO_PROPOSAL_CHOSEN
+    assert not pair.gateway.of(ev.Phase1Established)
+    assert not pair.gateway.engine.ike_sas()  # nothing kept
+    pair = Pair(client, replace(gateway, allow_aggressive_signatures=True))
+    connect(pair, "aggressive")
+    established(pair)
 
 
 def test_aggressive_psk_is_off_by_default() -> None:

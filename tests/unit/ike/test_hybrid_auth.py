@@ -50,6 +50,7 @@ def gateway(credential=None, **kw: object) -> EngineConfig:
         require_xauth=True,
         xauth_available=True,
         allow_aggressive_psk=True,
+        allow_aggressive_signatures=True,  # hybrid is tested in both modes
     )
     base.update(kw)
     return EngineConfig(**base)  # type: ignore[arg-type]
