@@ -173,6 +173,12 @@ class Session:
     peer_id: int = 0
 
 
+MAX_QUEUED = 64
+"""Our control messages waiting for room in the peer's receive window. A peer that sends
+requests faster than it acknowledges our answers gets its next message ignored (not
+acknowledged, so it retransmits it) until the queue drains (issue 14: bounded state)."""
+
+
 @dataclass
 class _Pending:
     msg: ControlMessage  # Ns set; Nr re-stamped at each (re)transmission
@@ -191,6 +197,7 @@ class Stats:
     unexpected: int = 0
     hellos_sent: int = 0
     auth_failures: int = 0
+    queue_full: int = 0  # in-sequence messages not taken while MAX_QUEUED of ours wait
 
 
 _LIVE_STATES = (
@@ -379,7 +386,9 @@ class Tunnel:
         events: list[Event] = list(self._process_nr(msg.nr))
         datagrams: list[bytes] = []
         if not msg.is_zlb:
-            if msg.ns == self.nr:
+            if msg.ns == self.nr and len(self._queued) >= MAX_QUEUED:
+                self.stats.queue_full += 1  # taken later: the peer retransmits it
+            elif msg.ns == self.nr:
                 self.nr = (self.nr + 1) & 0xFFFF
                 self._ack_owed = True
                 try:
