@@ -460,6 +460,34 @@ def test_a_peer_that_never_acknowledges_cannot_grow_our_send_queue() -> None:
     assert tunnel.stats.queue_full > 0
 
 
+def test_a_peer_opening_and_closing_tunnels_fast_cannot_fill_the_table() -> None:
+    """Found with the fuzz's reconnecting peer: a closed tunnel lingers 31 s (to re-ACK a
+    retransmitted StopCCN) and the per-peer limit counted only live ones, so a LAC that
+    opens and closes tunnels in a loop piled up lingering entries (3,000 in 30 s from one
+    address; at 2,000 a second the 65,535 tunnel IDs run out and every LAC is refused).
+    Now a peer keeps at most ``max_tunnels_per_peer`` lingering tunnels, all peers together
+    ``max_tunnels``: the oldest lingering one is forgotten first."""
+    lns = Lns(secret=None, random_bytes=random.Random(4).randbytes, max_tunnels=64)
+    now = 0.0
+    for i in range(fuzz_iterations(20_000) // 10):
+        pair = L2tpPair(lns, lac_id=i % 0xFFFF + 1)
+        pair.lac.secret = None
+        pair.now = now
+        pair.shuttle(pair.lac.start(now).datagrams)
+        assert pair.lac.state is TunnelState.ESTABLISHED
+        pair.shuttle(pair.lac.close(now).datagrams)
+        assert len(lns._entries) <= 2 * lns.max_tunnels_per_peer, f"{len(lns._entries)} tunnel entries"
+        if i % 100 == 0:
+            now += 1.0
+            lns.poll(now)
+    # another LAC still gets its tunnel
+    other = L2tpPair(lns, lac_id=7)
+    other.lac.secret = None
+    other.now = now
+    other.shuttle(other.lac.start(now).datagrams)
+    assert other.lac.state is TunnelState.ESTABLISHED
+
+
 def test_l2tp_codecs_raise_only_their_errors() -> None:
     mutator = L2tpMutator(l2tp_corpus(), fuzz_seed(4))
     tunnel = Tunnel(local_tunnel_id=5, secret=SECRET)

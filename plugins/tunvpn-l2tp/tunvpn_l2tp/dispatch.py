@@ -92,7 +92,9 @@ class Lns:
     SCCRQ goes to the tunnel it made. Everything else is routed by our Tunnel ID and must come
     from that tunnel's peer. A closed tunnel lingers ``linger`` seconds to re-ACK
     retransmissions, then it is forgotten. Over ``max_tunnels`` (live tunnels in total) or
-    ``max_tunnels_per_peer`` (per peer IP address) an SCCRQ is dropped unanswered.
+    ``max_tunnels_per_peer`` (per peer IP address) an SCCRQ is dropped unanswered. Lingering
+    tunnels are bounded the same way: a new tunnel makes the oldest one of its peer (or of
+    all) be forgotten early.
 
     Data messages are not handled here: use :func:`is_control` / :func:`decode_data` on the
     fast path, and :meth:`data_message` to send.
@@ -232,6 +234,7 @@ class Lns:
             self.stats.duplicate_sccrq += 1  # our SCCRP or its ACK got lost: the tunnel re-ACKs
             entry = self._entries[known]
             return self._wrap(entry, entry.tunnel.receive_message(msg, now), now)
+        self._forget_lingering(peer[0])
         live = [e for e in self._entries.values() if e.closed_at is None]
         if len(live) >= self.max_tunnels:
             self.stats.refused_total_limit += 1
@@ -262,6 +265,24 @@ class Lns:
         self._by_peer_tunnel[(peer, peer_tunnel_id)] = local_id
         self.stats.tunnels_created += 1
         return self._wrap(entry, out, now)
+
+    def _forget_lingering(self, peer_ip: str) -> None:
+        """Make room before a new tunnel: a peer keeps at most ``max_tunnels_per_peer`` closed
+        tunnels lingering, all peers together ``max_tunnels``; the oldest goes first (a LAC
+        opening and closing tunnels in a loop must not fill the table, issue 14)."""
+        lingering = sorted(
+            (
+                (e.closed_at, local_id, e.peer[0])
+                for local_id, e in self._entries.items()
+                if e.closed_at is not None
+            ),
+        )
+        mine = [item for item in lingering if item[2] == peer_ip]
+        for _, local_id, _ in mine[: max(0, len(mine) - self.max_tunnels_per_peer + 1)]:
+            self._forget(local_id)
+        lingering = [item for item in lingering if item[1] in self._entries]
+        for _, local_id, _ in lingering[: max(0, len(lingering) - self.max_tunnels + 1)]:
+            self._forget(local_id)
 
     def _new_tunnel_id(self) -> int | None:
         for _ in range(16):
