@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.netns import Topology, popen_in, run_in, stop_process
+from tests.helpers.netns import Topology, popen_in, run_in, stop_process, wait_for
 
 # --------------------------------------------------------------------------- the addresses
 
@@ -75,6 +75,7 @@ def spoofed_sources(count: int, net: ipaddress.IPv4Network = SPOOFED_NET) -> lis
 # --------------------------------------------------------------------------- what is sent
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
+MAX_UDP_PAYLOAD = 65535 - 20 - 8
 Datagrams = Iterator[tuple[bytes, int]]  # (UDP payload, destination port 500/4500)
 
 
@@ -197,6 +198,7 @@ class StormStats:
     sources: int = 0
     source: str = ""
     pregenerated: int = 0
+    truncated: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -209,6 +211,7 @@ class StormStats:
             "sources": self.sources,
             "source": self.source,
             "pregenerated": self.pregenerated,
+            "truncated_to_65507": self.truncated,
         }
 
 
@@ -238,6 +241,7 @@ def send_storm(
     pool: int = 20000,
     stop: threading.Event | None = None,
     raw: bool = True,
+    on_start: Callable[[], None] | None = None,
 ) -> StormStats:
     """Send ``datagrams`` to ``target`` at ``rate`` per second (0: as fast as possible) until
     ``seconds`` pass, ``count`` are sent, the iterator ends or ``stop`` is set.
@@ -247,7 +251,8 @@ def send_storm(
     under fresh initiator cookies); each
     goes from a source address picked at random (seeded) from ``sources``, from its
     destination port (an IKE peer's) or, one time in eight, a random high port. ``raw=False``
-    sends from an ordinary UDP socket (one source: the sender's own address) instead."""
+    sends from an ordinary UDP socket (one source: the sender's own address) instead.
+    ``on_start`` is called when the first datagram is about to go."""
     rng = random.Random(seed ^ 0x5707)
     stop = stop or threading.Event()
     want = count if count is not None else pool
@@ -260,6 +265,8 @@ def send_storm(
     else:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    if on_start is not None:
+        on_start()
     start = time.monotonic()
     batch = 64
     try:
@@ -275,6 +282,9 @@ def send_storm(
                     if ahead > 0:
                         time.sleep(ahead)
             payload, dport = made[n % len(made)]
+            if len(payload) > MAX_UDP_PAYLOAD:  # what no UDP socket could send either
+                payload = payload[:MAX_UDP_PAYLOAD]
+                stats.truncated += 1
             if n >= len(made):  # a later round through the pool: fresh initiator cookies
                 payload = _fresh_cookie(payload, dport, rng)
             sport = dport if rng.random() >= 0.125 else rng.randrange(1024, 65536)
@@ -337,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         pool=args.pool,
         stop=stop,
         raw=not args.no_raw,
+        on_start=lambda: print(json.dumps({"event": "sending"}), flush=True),
     )
     stats.source = source
     print(json.dumps({"event": "done", **stats.as_dict()}), flush=True)
@@ -407,6 +418,15 @@ def storm_env() -> dict[str, str]:
 def start_storm(net: StormNet, log: Path, *args: str, target: str = GATEWAY) -> subprocess.Popen[bytes]:
     """Start the sender in the attacker namespace; it writes its JSON lines to ``log``."""
     return popen_in(net.x, [*STORM_ARGV, "--target", target, *args], log, env=storm_env())
+
+
+def wait_sending(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    """Wait until the sender has made its datagrams and starts sending."""
+    wait_for(
+        lambda: '"sending"' in log.read_text(errors="replace") or proc.poll() is not None,
+        timeout,
+        "the storm sender to start sending",
+    )
 
 
 def finish_storm(proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> dict[str, Any]:

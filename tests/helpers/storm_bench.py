@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from tests.helpers.storm import (
     proc_status,
     run_storm,
     start_storm,
+    wait_sending,
 )
 from tests.helpers.tunvpn_proc import popen_tunvpn, private_file, read_text, run_tunvpn, wait_for_line
 
@@ -149,6 +151,14 @@ class Gateway:
         raise NotImplementedError
 
     def log_lines(self) -> int:
+        return len(self.log_text())
+
+    def log_text(self) -> list[str]:
+        raise NotImplementedError
+
+    @staticmethod
+    def log_source(line: str) -> str:
+        """Who wrote a log line: tunvpn's logger name, charon's subsystem."""
         raise NotImplementedError
 
     def counters(self) -> dict[str, Any]:
@@ -175,8 +185,13 @@ class Tunvpn(Gateway):
         )
         wait_for_line(self.log, "gateway ready", self.proc, 30, "the tunvpn gateway")
 
-    def log_lines(self) -> int:
-        return len(read_text(self.log).splitlines())
+    def log_text(self) -> list[str]:
+        return read_text(self.log).splitlines()
+
+    @staticmethod
+    def log_source(line: str) -> str:
+        words = line.split()  # 2026-12-06 04:12:00,650 INFO tunvpn.esp.ratelimit: ...
+        return words[3].rstrip(":") if len(words) > 3 else "?"
 
     def counters(self) -> dict[str, Any]:
         out = run_tunvpn(self.net.g, ["status", "--socket", str(self.tmp / "gw.sock"), "--json"], timeout=30)
@@ -201,8 +216,13 @@ class Strongswan(Gateway):
         self.charon.load(SWANCTL_CONF)
         self.proc = self.charon.proc
 
-    def log_lines(self) -> int:
-        return len(self.charon.log_text().splitlines()) + len(read_text(self.charon.stdout_path).splitlines())
+    def log_text(self) -> list[str]:
+        return self.charon.log_text().splitlines() + read_text(self.charon.stdout_path).splitlines()
+
+    @staticmethod
+    def log_source(line: str) -> str:
+        words = line.split()  # 04:12:00 07[NET] ...
+        return words[1][2:] if len(words) > 1 and words[1][:2].isdigit() else "?"
 
     def counters(self) -> dict[str, Any]:
         out = self.charon.swanctl("stats", check=False, timeout=30)
@@ -213,10 +233,14 @@ TARGETS: dict[str, type[Gateway]] = {"tunvpn": Tunvpn, "strongswan": Strongswan}
 
 
 def _git_head() -> str:
-    out = subprocess.run(
+    """The commit, and whether tunvpn/ had uncommitted changes (the code that really ran)."""
+    head = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    return out.stdout.strip() or "?"
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "tunvpn"], capture_output=True, text=True
+    ).stdout.strip()
+    return (head or "?") + (" + uncommitted changes in tunvpn/" if dirty else "")
 
 
 def _logins(results: list[Connect]) -> dict[str, Any]:
@@ -315,6 +339,8 @@ def run_target(
             storm_args += ["--seed", str(args.seed), "--pool", str(args.pool)]
             with RssSampler(gw.pid) as rss:
                 storm = start_storm(net, storm_log, *storm_args)
+                wait_sending(storm, storm_log)
+                before = proc_status(gw.pid)
                 storm_start = time.monotonic()
                 during: list[Connect] = []
                 time.sleep(1.0)
@@ -339,7 +365,9 @@ def run_target(
             result["rss_samples"] = len(rss.samples)
             result["cpu_seconds_storm"] = round((end["cpu_ticks"] - before["cpu_ticks"]) / TICK, 2)
             result["cpu_pct_of_one_core"] = round(100 * result["cpu_seconds_storm"] / storm_seconds, 1)
-            result["log_lines_storm"] = gw.log_lines() - lines_before
+            storm_lines = gw.log_text()[lines_before:]
+            result["log_lines_storm"] = len(storm_lines)
+            result["log_lines_by_source"] = dict(Counter(map(gw.log_source, storm_lines)).most_common())
             udp = net.udp_counters(net.g)
             result["udp"] = {k: udp[k] - udp_before.get(k, 0) for k in udp}
             answers = net.answers_to_attacker()
@@ -419,12 +447,15 @@ def _mb(kb: int | None) -> str:
 def _t(login: dict[str, Any] | None) -> str:
     if not login:
         return "-"
+    text = ", ".join(f"{t:g}" for t in login["seconds"]) + " s" if login["seconds"] else ""
+    if len(login["seconds"]) > 6:
+        slow = sum(t > 1 for t in login["seconds"])
+        text = f"median {login['median']} s, max {login['max']} s, {slow} over 1 s ({login['tries']} logins)"
     if login["ok"] < login["tries"]:
-        failed = f"{login['tries'] - login['ok']} of {login['tries']} FAILED"
-        return failed if login["median"] is None else f"{failed}; ok: median {login['median']} s"
-    if login["tries"] == 1:
-        return f"{login['median']} s"
-    return f"median {login['median']} s, max {login['max']} s ({login['tries']} logins)"
+        text = f"{login['tries'] - login['ok']} of {login['tries']} FAILED" + (
+            f"; ok: {text}" if text else ""
+        )
+    return text
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -455,7 +486,10 @@ def table(results: list[dict[str, Any]]) -> str:
             "CPU during the storm",
             lambda r: f"{r['cpu_seconds_storm']} s ({r['cpu_pct_of_one_core']} % of a core)",
         ),
-        ("log lines during the storm", lambda r: str(r["log_lines_storm"])),
+        (
+            "log lines during the storm (most frequent sources)",
+            lambda r: f"{r['log_lines_storm']} ({_top(r['log_lines_by_source'])})",
+        ),
         (
             "answers to the spoofed sources",
             lambda r: (
@@ -485,6 +519,10 @@ def table(results: list[dict[str, Any]]) -> str:
                 cells.append("-")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _top(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in list(counts.items())[:3])
 
 
 def _counters(counters: dict[str, Any] | None) -> str:
