@@ -717,6 +717,14 @@ class GatewayConfig:
     """Phase 1 exchanges in progress from one source address (strongSwan's ``block_threshold``)."""
     ike_queue_size: int = 1024
     """IKE datagrams waiting for the event loop; beyond, new ones are dropped and counted."""
+    new_exchanges_per_source: int = 5
+    """New phase 1 exchanges a second one source address may start (0: no limit per source)."""
+    new_exchanges_per_source_burst: int = 20
+    """New phase 1 exchanges one source address may start at once."""
+    new_exchanges_total: int = 200
+    """New phase 1 exchanges a second all sources together may start (0: no total limit)."""
+    new_exchanges_total_burst: int = 400
+    """New phase 1 exchanges all sources together may start at once."""
     keylog: str | None = None
     control_socket: str | None = None
 
@@ -746,6 +754,8 @@ _GATEWAY_KEYS = (
     "control_socket", "plugins",
     "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout", "hybrid",
     "plugin_workers", "max_half_open", "max_half_open_per_source", "ike_queue_size",
+    "new_exchanges_per_source", "new_exchanges_per_source_burst", "new_exchanges_total",
+    "new_exchanges_total_burst",
 )  # fmt: skip
 _CERT_KEYS = ("cert", "key", "ca", "revocation", "crl_files", "peer_eku", "peer_id_patterns")
 _PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
@@ -977,6 +987,10 @@ def parse_gateway_config(
         max_half_open=gw.number("max_half_open", 1000, 1, 1_000_000),
         max_half_open_per_source=gw.number("max_half_open_per_source", 5, 1, 1_000_000),
         ike_queue_size=gw.number("ike_queue_size", 1024, 16, 1_000_000),
+        new_exchanges_per_source=gw.number("new_exchanges_per_source", 5, 0, 1_000_000),
+        new_exchanges_per_source_burst=gw.number("new_exchanges_per_source_burst", 20, 1, 1_000_000),
+        new_exchanges_total=gw.number("new_exchanges_total", 200, 0, 1_000_000),
+        new_exchanges_total_burst=gw.number("new_exchanges_total_burst", 400, 1, 1_000_000),
         plugin_workers=gw.number("plugin_workers", 8, 1, 256),
         control_socket=control_socket,
     )

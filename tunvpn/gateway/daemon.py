@@ -68,7 +68,7 @@ from tunvpn.plugins.accounting import AccountingRecord
 from tunvpn.plugins.host import DEFAULT_WORKERS, PluginBusy, PluginError, PluginHost
 from tunvpn.plugins.types import Authorization, CredentialRequest, GatewayContext, Verdict
 from tunvpn.shell.crls import keep_crls_fresh
-from tunvpn.shell.udp import IKE_QUEUE_SIZE, UdpDriver
+from tunvpn.shell.udp import DROP_COUNTERS, IKE_QUEUE_SIZE, NewExchangeLimit, UdpDriver
 
 if TYPE_CHECKING:
     from tunvpn.config.gateway import GatewayConfig
@@ -137,6 +137,13 @@ class GatewayOptions:
     ike_queue_size: int = IKE_QUEUE_SIZE
     """IKE datagrams waiting for the event loop (``UdpDriver``); beyond, new ones are dropped
     and counted (``ike queue full``), messages of established SAs first."""
+    new_exchanges_per_source: int = 5
+    """New phase 1 exchanges a second one source address may start, before the engine parses
+    them (``NewExchangeLimit``; 0: no limit per source)."""
+    new_exchanges_per_source_burst: int = 20
+    new_exchanges_total: int = 200
+    """New phase 1 exchanges a second all sources together may start (0: no total limit)."""
+    new_exchanges_total_burst: int = 400
     xauth_chap: bool = False
     """Ask tunvpn clients for the login password as a RADIUS-CHAP answer (the gateway never
     sees it; the users file and the radius plugin check it). Standard clients: Generic."""
@@ -1312,7 +1319,7 @@ class Gateway:
                 "queue_depth": driver_counts.get("ike queue depth", 0),
                 "dropped": {
                     **snapshot.group("ike"),
-                    **{k: v for k, v in driver_counts.items() if k == "ike queue full"},
+                    **{k: v for k, v in driver_counts.items() if k in DROP_COUNTERS},
                 },
             },
             "policies": [r.policy.describe() for r in effective_rules(self.options, self.phase1)],
@@ -1347,6 +1354,12 @@ class Gateway:
             keylog=keylog,
             clock=self.clock,
             ike_queue_size=self.options.ike_queue_size,
+            limit_new=NewExchangeLimit.of(
+                self.options.new_exchanges_per_source,
+                self.options.new_exchanges_per_source_burst,
+                self.options.new_exchanges_total,
+                self.options.new_exchanges_total_burst,
+            ),
         )
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -1548,6 +1561,10 @@ RESTART_SETTINGS = (
     "accounting_interval",
     "plugin_workers",
     "ike_queue_size",
+    "new_exchanges_per_source",
+    "new_exchanges_per_source_burst",
+    "new_exchanges_total",
+    "new_exchanges_total_burst",
 )
 """Options a reload cannot change: the new value waits for a restart (and is reported)."""
 
@@ -1616,6 +1633,10 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         allow_aggressive_signatures=cfg.allow_aggressive_signatures,
         max_half_open_per_source=cfg.max_half_open_per_source,
         ike_queue_size=cfg.ike_queue_size,
+        new_exchanges_per_source=cfg.new_exchanges_per_source,
+        new_exchanges_per_source_burst=cfg.new_exchanges_per_source_burst,
+        new_exchanges_total=cfg.new_exchanges_total,
+        new_exchanges_total_burst=cfg.new_exchanges_total_burst,
         max_sessions_per_user=cfg.max_sessions_per_user,
         plugin_workers=cfg.plugin_workers,
         domains=tuple(cfg.domains),

@@ -9,6 +9,11 @@ its ``now`` meets the clock (aioquic's ``asyncio/protocol.py`` plays the same pa
   arrives there (:func:`tunvpn.ipsec.udpencap.classify_datagram`, RFC 3948 section 2) is
   counted and dropped: NAT-keepalives, and ESP when no data path owns the socket (with a
   data path, :class:`NattOwner` receives on 4500 and hands over only the IKE messages).
+* the IKE datagrams of both ports pass :class:`IkeInbox` on their way to the engine: a
+  first look at the header (:func:`tunvpn.ike.firstlook.first_look`) drops garbage and
+  messages for unknown ISAKMP SAs, counted by reason; on a gateway new exchanges are
+  budgeted per source and in total (:class:`NewExchangeLimit`); the queue is bounded, and
+  messages of known ISAKMP SAs are served first (issue 14).
 * after every input the driver sends ``engine.datagrams_to_send()``, drains
   ``engine.next_event()``, logs each event once, hands it to the handler and re-arms the one
   timer from ``engine.get_timer()``.
@@ -31,13 +36,16 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 from tunvpn.ike import events as ev
 from tunvpn.ike.engine import IkeEngine
+from tunvpn.ike.firstlook import ALL_DROPS, Verdict, first_look
 from tunvpn.ike.proposals import EspSuite
 from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
-from tunvpn.ipsec.udpencap import DatagramKind, classify_datagram
+from tunvpn.ipsec.budget import Budget
+from tunvpn.ipsec.udpencap import NON_ESP_MARKER, DatagramKind, classify_datagram
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,12 @@ class NattOwner(Protocol):
 
 IKE_QUEUE_SIZE = 1024
 """IKE datagrams the data thread may hand to the loop before it drops (issue 14)."""
+QUEUE_FULL = "ike queue full"
+"""The counter of datagrams dropped because the IKE queue was full."""
+RATE_LIMITED = "new exchange rate limit"
+"""The counter of first messages dropped by the :class:`NewExchangeLimit` budget."""
+DROP_COUNTERS = frozenset({QUEUE_FULL, RATE_LIMITED, *(look.reason for look in ALL_DROPS)})
+"""The names of :meth:`UdpDriver.counts` that count dropped IKE datagrams (``tunvpn status``)."""
 TIMER_RETRY = 0.05
 """Seconds before handle_timer runs again when the engine did not move a past deadline."""
 
@@ -162,36 +176,113 @@ def describe_mode_config(config: object) -> str:
     return "; ".join(parts) if parts else "no attributes"
 
 
-class IkeInbox:
-    """The bounded hand-over of IKE datagrams from the data thread (which owns the NAT-T
-    socket) to the event loop (issue 14: it was one unbounded ``call_soon_threadsafe`` per
-    datagram, so a storm grew memory and a backlog real users waited behind).
+_UNLIMITED = 1e12
+"""A rate and burst no sender reaches: a budget of this size never refuses."""
 
-    :meth:`put` (data thread) never blocks: when ``limit`` datagrams wait, a new one is
-    dropped and counted (``ike queue full``). Messages whose responder cookie names an
-    ISAKMP SA the engine knows (``known``) wait in their own queue, served first, and may
-    push out the oldest waiting new first message. The loop is woken once per batch, not
-    once per datagram. :meth:`take` (loop) returns everything waiting, known SAs first.
+
+@dataclass(frozen=True, slots=True)
+class NewExchangeLimit:
+    """How many new phase 1 exchanges (first messages) a gateway starts, per source address
+    and in all, before the engine parses them (issue 14: parsing one costs milliseconds).
+
+    A token bucket per source and one for all sources (:class:`tunvpn.ipsec.budget.Budget`):
+    ``*_rate`` first messages a second, up to ``*_burst`` at once. A retransmission of a first
+    message the engine holds half-open (same initiator cookie and source) is not charged: the
+    engine answers it from its stored reply."""
+
+    per_source_rate: float = 5.0
+    """First messages a second from one source address."""
+    per_source_burst: float = 20.0
+    """First messages one source address may send at once (many users behind one NAT)."""
+    total_rate: float = 200.0
+    """First messages a second from all sources together."""
+    total_burst: float = 400.0
+    """First messages all sources may send at once (every client reconnecting after a restart)."""
+    max_sources: int = 4096
+    """Source addresses remembered (least recently used forgotten: :class:`Budget`)."""
+
+    @classmethod
+    def of(
+        cls, per_source: float, per_source_burst: float, total: float, total_burst: float
+    ) -> NewExchangeLimit | None:
+        """The limit of the gateway's settings, where a rate of 0 means no limit of that
+        kind (``None``: no limit at all)."""
+        if per_source <= 0 and total <= 0:
+            return None
+        return cls(
+            per_source if per_source > 0 else _UNLIMITED,
+            per_source_burst if per_source > 0 else _UNLIMITED,
+            total if total > 0 else _UNLIMITED,
+            total_burst if total > 0 else _UNLIMITED,
+        )
+
+    def budget(self, now: float) -> Budget:
+        return Budget(
+            self.per_source_rate,
+            self.per_source_burst,
+            self.total_rate,
+            self.total_burst,
+            max_keys=self.max_sources,
+            now=now,
+        )
+
+
+class IkeInbox:
+    """The bounded hand-over of IKE datagrams from where they are received (the data thread,
+    which owns the NAT-T socket, and the event loop's socket on the IKE port) to the engine
+    on the event loop (issue 14: it was one unbounded ``call_soon_threadsafe`` per datagram,
+    so a storm grew memory and a backlog real users waited behind).
+
+    :meth:`put` (any thread) never blocks. It first looks at the header
+    (:func:`~tunvpn.ike.firstlook.first_look`): garbage and messages for ISAKMP SAs the engine
+    does not know (``known``) are dropped and counted by reason in :attr:`drops`. With a
+    ``limit_new`` budget, a new exchange's first message is charged to its source (not a
+    retransmission the engine holds half-open: ``held``) and dropped when over budget. When
+    ``limit`` datagrams wait, a new one is dropped and counted (``ike queue full``). Messages
+    of known ISAKMP SAs wait in their own queue, served first, and may push out the oldest
+    waiting new first message. The loop is woken once per batch, not once per datagram.
+    :meth:`take` (loop) returns everything waiting, known SAs first, each with the port it
+    came in on.
     """
 
-    def __init__(self, limit: int, known: Callable[[bytes], bool]) -> None:
+    def __init__(
+        self,
+        limit: int,
+        known: Callable[[bytes], bool],
+        *,
+        ike_port: int = 500,
+        held: Callable[[bytes, Address], bool] | None = None,
+        limit_new: NewExchangeLimit | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if limit < 1:
             raise ValueError("the IKE queue needs room for at least one datagram")
         self.limit = limit
         self._known = known
+        self._ike_port = ike_port
+        self._held = held
+        self._clock = clock
+        self._budget = limit_new.budget(clock()) if limit_new is not None else None
         self._lock = threading.Lock()
-        self._for_sas: deque[tuple[bytes, Address]] = deque()
-        self._new: deque[tuple[bytes, Address]] = deque()
+        self._for_sas: deque[tuple[bytes, Address, int]] = deque()
+        self._new: deque[tuple[bytes, Address, int]] = deque()
         self._woken = False
         self.dropped = 0
         """Datagrams dropped because the queue was full."""
+        self.drops: Counter[str] = Counter()
+        """Datagrams the first look or the new exchange budget dropped, by reason (read with
+        :meth:`counts`: the data thread writes it)."""
 
-    def put(self, data: bytes, remote: Address) -> bool:
-        """Queue one datagram (with its non-ESP marker); True if the loop must be woken."""
-        # after the 4-byte marker: the initiator's cookie, then the responder's (ours on a
-        # gateway, the peer's on a client, whose own cookie is the initiator's)
-        icookie, rcookie = data[4:12], data[12:20]
-        for_sa = len(rcookie) == 8 and rcookie != bytes(8) and (self._known(rcookie) or self._known(icookie))
+    def put(self, data: bytes, remote: Address, port: int) -> bool:
+        """Look at one datagram received on ``port`` (on the NAT-T port with its non-ESP
+        marker, which the engine strips) and queue it; True if the loop must be woken."""
+        offset = 4 if port != self._ike_port or data[:4] == NON_ESP_MARKER else 0  # as the engine
+        look = first_look(data, self._known, offset=offset)
+        if look.verdict is Verdict.DROP:
+            with self._lock:
+                self.drops[look.reason] += 1
+            return False
+        for_sa = look.verdict is Verdict.FOR_KNOWN_SA
         with self._lock:
             if len(self._for_sas) + len(self._new) >= self.limit:
                 if not (for_sa and self._new):
@@ -199,11 +290,23 @@ class IkeInbox:
                     return False
                 self._new.popleft()  # real users first: an unauthenticated first message goes
                 self.dropped += 1
-            (self._for_sas if for_sa else self._new).append((data, remote))
+            if not (for_sa or self._admitted(data, offset, remote)):
+                self.drops[RATE_LIMITED] += 1
+                return False
+            (self._for_sas if for_sa else self._new).append((data, remote, port))
             wake, self._woken = not self._woken, True
         return wake
 
-    def take(self) -> list[tuple[bytes, Address]]:
+    def _admitted(self, data: bytes, offset: int, remote: Address) -> bool:
+        """Whether a new exchange's first message is within the budget (under the lock). A
+        retransmission of one the engine holds half-open is not charged."""
+        if self._budget is None:
+            return True
+        if self._held is not None and self._held(data[offset : offset + 8], remote):
+            return True
+        return self._budget.allow(remote[0], self._clock())
+
+    def take(self) -> list[tuple[bytes, Address, int]]:
         with self._lock:
             items = [*self._for_sas, *self._new]
             self._for_sas.clear()
@@ -214,6 +317,15 @@ class IkeInbox:
     def depth(self) -> int:
         with self._lock:
             return len(self._for_sas) + len(self._new)
+
+    def counts(self) -> dict[str, int]:
+        """What was dropped, by reason (``ike queue full`` included), and the depth now."""
+        with self._lock:
+            counts = dict(self.drops)
+            if self.dropped:
+                counts[QUEUE_FULL] = self.dropped
+            counts["ike queue depth"] = len(self._for_sas) + len(self._new)
+        return counts
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -230,7 +342,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.driver._datagram_received(data, (addr[0], addr[1]), self.port)
+        self.driver._received(data, (addr[0], addr[1]), self.port)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and friends: the peer is not there (yet); retransmission copes.
@@ -258,6 +370,7 @@ class UdpDriver:
         keylog: KeyLogger | None = None,
         clock: Callable[[], float] = time.time,
         ike_queue_size: int = IKE_QUEUE_SIZE,
+        limit_new: NewExchangeLimit | None = None,
     ) -> None:
         if engine.ike_port != ike_port:
             raise ValueError(f"engine expects IKE on port {engine.ike_port}, driver binds {ike_port}")
@@ -274,8 +387,17 @@ class UdpDriver:
         self.clock = clock
         self.counters: Counter[str] = Counter()
         """What the driver dropped or handed on, by reason (never raised into the loop)."""
-        self.inbox = IkeInbox(ike_queue_size, engine.knows_cookie)
-        """IKE datagrams from the data thread waiting for the loop (NAT-T port)."""
+        self.inbox = IkeInbox(
+            ike_queue_size,
+            engine.knows_cookie,
+            ike_port=ike_port,
+            held=functools.partial(_holds_half_open, engine),
+            limit_new=limit_new,
+            clock=clock,
+        )
+        """IKE datagrams of both ports waiting for the loop, after a first look (a gateway
+        passes ``limit_new``: its budget of new exchanges; a client talks to its gateway only)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._endpoints: dict[int, _Endpoint] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -288,13 +410,13 @@ class UdpDriver:
 
     async def start(self) -> None:
         """Bind both sockets (raises :class:`BindError` with a readable message)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for port in (self.ike_port, self.natt_port):
             sock = bind_udp(self.local_ip, port)
             if port == self.natt_port and self.natt_owner is not None:
 
                 def deliver(data: bytes, remote: Address) -> None:
-                    if self.inbox.put(data, (remote[0], remote[1])):
+                    if self.inbox.put(data, (remote[0], remote[1]), self.natt_port):
                         loop.call_soon_threadsafe(self._drain_inbox)
 
                 self.natt_owner.attach(sock, deliver)
@@ -334,7 +456,21 @@ class UdpDriver:
 
     # ------------------------------------------------------------------ input
 
+    def _received(self, data: bytes, remote: Address, port: int) -> None:
+        """A datagram from one of the driver's own sockets (on the loop): what is not IKE on
+        the NAT-T port is counted; IKE goes through the inbox like the data thread's."""
+        if self._closed:
+            return
+        if port == self.natt_port:
+            kind = classify_datagram(data)
+            if kind is not DatagramKind.IKE:
+                self._not_ike(kind, remote)
+                return
+        if self.inbox.put(data, remote, port) and self._loop is not None:
+            self._loop.call_soon(self._drain_inbox)
+
     def _datagram_received(self, data: bytes, remote: Address, port: int) -> None:
+        """Hand one datagram to the engine (after the inbox) and flush what it did."""
         if self._closed:
             return
         if port == self.natt_port:
@@ -350,17 +486,14 @@ class UdpDriver:
         self.flush()
 
     def _drain_inbox(self) -> None:
-        """The IKE datagrams the data thread queued (:class:`IkeInbox`), known SAs first."""
-        for data, remote in self.inbox.take():
-            self._datagram_received(data, remote, self.natt_port)
+        """The IKE datagrams queued in the :class:`IkeInbox`, known SAs first."""
+        for data, remote, port in self.inbox.take():
+            self._datagram_received(data, remote, port)
 
     def counts(self) -> dict[str, int]:
-        """The driver's counters with the IKE queue's depth and drops (read on the loop)."""
-        counts = dict(self.counters)
-        counts["ike queue depth"] = self.inbox.depth()
-        if self.inbox.dropped:
-            counts["ike queue full"] = self.inbox.dropped
-        return counts
+        """The driver's counters with the IKE queue's depth and its drops by reason (the
+        names in :data:`DROP_COUNTERS`; read on the loop)."""
+        return {**self.counters, **self.inbox.counts()}
 
     def _not_ike(self, kind: DatagramKind, remote: Address) -> None:
         """Count what the NAT-T port received that is not for the engine."""
@@ -514,6 +647,13 @@ class UdpDriver:
         self.flush()
 
 
+def _holds_half_open(engine: IkeEngine, icookie: bytes, remote: Address) -> bool:
+    """Whether ``engine`` holds a half-open phase 1 for the initiator cookie ``icookie`` from
+    ``remote``: a first message that repeats it is a retransmission, answered from the stored
+    reply, not a new exchange (a dict lookup, safe from the data thread as ``knows_cookie``)."""
+    return (icookie, remote) in engine._half_open
+
+
 def bind_udp(local_ip: str, port: int) -> socket.socket:
     """A non-blocking UDP socket bound to ``(local_ip, port)``, with errors a user can act on."""
     family = socket.AF_INET6 if ":" in local_ip else socket.AF_INET
@@ -540,4 +680,13 @@ def bind_udp(local_ip: str, port: int) -> socket.socket:
     return sock
 
 
-__all__ = ["BindError", "UdpDriver", "bind_udp", "describe_event", "esp_suite_name"]
+__all__ = [
+    "DROP_COUNTERS",
+    "BindError",
+    "IkeInbox",
+    "NewExchangeLimit",
+    "UdpDriver",
+    "bind_udp",
+    "describe_event",
+    "esp_suite_name",
+]

@@ -279,3 +279,12 @@ def test_any_bytes_get_a_look_and_never_an_exception() -> None:
                 data[rng.randrange(len(data))] = rng.randrange(256)
         look = first_look(bytes(data), lambda cookie: rng.random() < 0.1, offset=rng.choice((0, 0, 4)))
         assert look is FOR_KNOWN_SA or look is NEW_EXCHANGE or look in fl.ALL_DROPS
+
+
+def test_the_cost_script_runs() -> None:
+    """tests/helpers/first_look_cost.py (its figures are in docs/architecture.md): it runs,
+    and what it measures after the change is dropped without reaching the engine."""
+    from tests.helpers.first_look_cost import main
+
+    rows = main(["--count", "3"])
+    assert len(rows) == 4
