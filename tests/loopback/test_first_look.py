@@ -168,8 +168,8 @@ class DataThreadStandIn:
 
 def test_the_data_thread_looks_first_and_budgets_new_exchanges_per_source_and_in_total() -> None:
     """The NAT-T path: the data thread drops garbage and first messages over budget before
-    they are queued (a frozen clock: the budget is exact), and the Delete of a connected
-    client still reaches the engine."""
+    they are queued (a frozen clock: the budget is exact); only an exact retransmission of a
+    held first message goes free; the Delete of a connected client still reaches the engine."""
     ike_port, natt_port = free_port_pair()
     pair = Pair(client_config(), gateway_config())
     pair.client = Peer(IkeEngine(client_config()), "127.0.0.2")
@@ -200,7 +200,7 @@ def test_the_data_thread_looks_first_and_budgets_new_exchanges_per_source_and_in
     async def run() -> dict[str, int]:
         driver = UdpDriver(
             gateway, GATEWAY, ike_port=ike_port, natt_port=natt_port, natt_owner=owner,
-            handler=seen.append, clock=lambda: pair.now, limit_new=limit,
+            handler=seen.append, clock=lambda: pair.now, monotonic=lambda: 0.0, limit_new=limit,
         )  # fmt: skip
         await driver.start()
         one = ("127.0.5.1", 4500)
@@ -213,8 +213,18 @@ def test_the_data_thread_looks_first_and_budgets_new_exchanges_per_source_and_in
             (NON_ESP_MARKER + with_header(first[4:], version=0x20), one),
             (NON_ESP_MARKER + with_header(first[4:], rcookie=rng.randbytes(8)), one),
         ]
+        # a different message under a held cookie would be parsed: charged like a new one
+        variant = firsts[0][:-1] + bytes([firsts[0][-1] ^ 1])
         # the total has 7 left: 7 of the 20 sources get in; a retransmission is not charged
-        deliver_all([*many, *garbage, (firsts[0], one), (NON_ESP_MARKER + delete, ("127.0.0.2", 4500))])
+        deliver_all(
+            [
+                *many,
+                *garbage,
+                (variant, one),
+                (firsts[0], one),
+                (NON_ESP_MARKER + delete, ("127.0.0.2", 4500)),
+            ]
+        )
         await wait_until(lambda: any(isinstance(e, ev.IkeSADeleted) for e in seen))
         await wait_until(lambda: driver.inbox.depth() == 0)
         assert len(owner.sent) == answered + 7 + 1  # 7 new exchanges answered, and the retransmission
@@ -223,7 +233,7 @@ def test_the_data_thread_looks_first_and_budgets_new_exchanges_per_source_and_in
         return counts
 
     counts = asyncio.run(run())
-    assert counts[RATE_LIMITED] == 7 + 13
+    assert counts[RATE_LIMITED] == 7 + 13 + 1
     assert counts["not ISAKMP version 1"] == 1 and counts["message for an unknown ISAKMP SA"] == 1
     assert gateway.half_open_count() == 3 + 7
     assert [e.sa_id for e in seen if isinstance(e, ev.IkeSADeleted)] == [established.sa_id]

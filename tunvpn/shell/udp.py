@@ -187,16 +187,16 @@ class NewExchangeLimit:
 
     A token bucket per source and one for all sources (:class:`tunvpn.ipsec.budget.Budget`):
     ``*_rate`` first messages a second, up to ``*_burst`` at once. A retransmission of a first
-    message the engine holds half-open (same initiator cookie and source) is not charged: the
-    engine answers it from its stored reply."""
+    message the engine holds half-open (the same bytes from the same source) is not charged:
+    the engine answers it from its stored reply."""
 
     per_source_rate: float = 5.0
     """First messages a second from one source address."""
     per_source_burst: float = 20.0
     """First messages one source address may send at once (many users behind one NAT)."""
-    total_rate: float = 200.0
-    """First messages a second from all sources together."""
-    total_burst: float = 400.0
+    total_rate: float = 500.0
+    """First messages a second from all sources together (above the goal of 300 logins/s)."""
+    total_burst: float = 1000.0
     """First messages all sources may send at once (every client reconnecting after a restart)."""
     max_sources: int = 4096
     """Source addresses remembered (least recently used forgotten: :class:`Budget`)."""
@@ -237,7 +237,8 @@ class IkeInbox:
     (:func:`~tunvpn.ike.firstlook.first_look`): garbage and messages for ISAKMP SAs the engine
     does not know (``known``) are dropped and counted by reason in :attr:`drops`. With a
     ``limit_new`` budget, a new exchange's first message is charged to its source (not a
-    retransmission the engine holds half-open: ``held``) and dropped when over budget. When
+    repeat of a first message the engine holds half-open: ``held``) and dropped when over
+    budget (``clock``: monotonic seconds). When
     ``limit`` datagrams wait, a new one is dropped and counted (``ike queue full``). Messages
     of known ISAKMP SAs wait in their own queue, served first, and may push out the oldest
     waiting new first message. The loop is woken once per batch, not once per datagram.
@@ -251,7 +252,7 @@ class IkeInbox:
         known: Callable[[bytes], bool],
         *,
         ike_port: int = 500,
-        held: Callable[[bytes, Address], bool] | None = None,
+        held: Callable[[memoryview, Address], bool] | None = None,
         limit_new: NewExchangeLimit | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -302,7 +303,7 @@ class IkeInbox:
         retransmission of one the engine holds half-open is not charged."""
         if self._budget is None:
             return True
-        if self._held is not None and self._held(data[offset : offset + 8], remote):
+        if self._held is not None and self._held(memoryview(data)[offset:], remote):
             return True
         return self._budget.allow(remote[0], self._clock())
 
@@ -371,6 +372,7 @@ class UdpDriver:
         clock: Callable[[], float] = time.time,
         ike_queue_size: int = IKE_QUEUE_SIZE,
         limit_new: NewExchangeLimit | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if engine.ike_port != ike_port:
             raise ValueError(f"engine expects IKE on port {engine.ike_port}, driver binds {ike_port}")
@@ -391,12 +393,13 @@ class UdpDriver:
             ike_queue_size,
             engine.knows_cookie,
             ike_port=ike_port,
-            held=functools.partial(_holds_half_open, engine),
+            held=functools.partial(_repeats_half_open, engine),
             limit_new=limit_new,
-            clock=clock,
+            clock=monotonic,
         )
         """IKE datagrams of both ports waiting for the loop, after a first look (a gateway
-        passes ``limit_new``: its budget of new exchanges; a client talks to its gateway only)."""
+        passes ``limit_new``: its budget of new exchanges, on the ``monotonic`` clock so a
+        step of the wall clock cannot stop refills; a client talks to its gateway only)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._endpoints: dict[int, _Endpoint] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -647,11 +650,15 @@ class UdpDriver:
         self.flush()
 
 
-def _holds_half_open(engine: IkeEngine, icookie: bytes, remote: Address) -> bool:
-    """Whether ``engine`` holds a half-open phase 1 for the initiator cookie ``icookie`` from
-    ``remote``: a first message that repeats it is a retransmission, answered from the stored
-    reply, not a new exchange (a dict lookup, safe from the data thread as ``knows_cookie``)."""
-    return (icookie, remote) in engine._half_open
+def _repeats_half_open(engine: IkeEngine, message: memoryview, remote: Address) -> bool:
+    """Whether ``message`` (without marker) repeats, byte for byte, the first message of a
+    phase 1 that ``engine`` holds half-open for ``remote``: a retransmission, answered from
+    the stored reply, not a new exchange. Only an exact repeat: a different message under a
+    held cookie would be parsed, so it is charged like any new one. Dict lookups and one
+    comparison, safe from the data thread as ``knows_cookie`` is."""
+    cookie = engine._half_open.get((bytes(message[:8]), remote))
+    sa = engine._sas.get(cookie) if cookie is not None else None
+    return sa is not None and sa.last_in == message
 
 
 def bind_udp(local_ip: str, port: int) -> socket.socket:
