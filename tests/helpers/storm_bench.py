@@ -35,6 +35,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -587,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         for target in targets:
             results.append(run_target(target, args, Path(workdir), lambda s: print(s, flush=True)))
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    command = "python3 -m tests.helpers.storm_bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python3 -m tests.helpers.storm_bench " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = "\n".join(
         [
             f"# Storm (issue 14): {started:%Y-%m-%d %H:%M} UTC",
