@@ -652,18 +652,20 @@ def _format_tunnel(tunnel: dict[str, object]) -> list[str]:
 
 def _format_ike(ike: dict[str, object]) -> str:
     """The IKE side under load (issue 14): half-open phase 1 SAs, the queue from the data
-    thread, and what was dropped, by reason (the most first)."""
+    thread, what was dropped and which answers to unverified senders were not sent, by
+    reason (the most first)."""
     parts = ["ike"]
     for key, label in (("half_open", "half-open"), ("queue_depth", "queue")):
         value = _number(ike.get(key))
         if value is not None:
             parts.append(f"{label} {int(value)}")
-    dropped = ike.get("dropped")
-    if isinstance(dropped, dict):
-        counts = [(n, _clean(reason)) for reason, n in dropped.items() if _number(n)]
-        counts.sort(key=lambda item: (-int(item[0]), item[1]))
-        if counts:
-            parts.append("dropped " + ", ".join(f"{reason} {int(n)}" for n, reason in counts))
+    for key, label in (("dropped", "dropped"), ("withheld", "not answered")):
+        counted = ike.get(key)
+        if isinstance(counted, dict):
+            counts = [(n, _clean(reason)) for reason, n in counted.items() if _number(n)]
+            counts.sort(key=lambda item: (-int(item[0]), item[1]))
+            if counts:
+                parts.append(f"{label} " + ", ".join(f"{reason} {int(n)}" for n, reason in counts))
     return "  ".join(parts)
 
 

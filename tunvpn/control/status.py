@@ -27,7 +27,8 @@ class Daemon(Protocol):
 def counter_registry(daemon: Daemon) -> CounterRegistry:
     """The counter sources of a daemon (:mod:`tunvpn.dataplane.counters`): the data thread's counts and
     SAs (copied on the data thread), the IKE engine's drops by reason (group ``ike``), its
-    half-open phase 1 SAs now (group ``ike state``) and the IKE driver's (group ``ike
+    half-open phase 1 SAs now (group ``ike state``), the answers it did not send to unverified
+    senders (group ``ike withheld``: notify budget, size) and the IKE driver's (group ``ike
     driver``). The sources look the parts up on every read, so a data
     path or driver started later, or gone, is seen as it is."""
     registry = CounterRegistry()
@@ -42,6 +43,7 @@ def counter_registry(daemon: Daemon) -> CounterRegistry:
 
     registry.register("dataplane", dataplane)
     registry.register("ike", lambda: CounterSnapshot.of("ike", daemon.engine.drops))
+    registry.register("ike withheld", lambda: CounterSnapshot.of("ike withheld", daemon.engine.withheld))
     registry.register(
         "ike state", lambda: CounterSnapshot.of("ike state", {"half-open": daemon.engine.half_open_count()})
     )

@@ -1321,6 +1321,7 @@ class Gateway:
                     **snapshot.group("ike"),
                     **{k: v for k, v in driver_counts.items() if k in DROP_COUNTERS},
                 },
+                "withheld": snapshot.group("ike withheld"),
             },
             "policies": [r.policy.describe() for r in effective_rules(self.options, self.phase1)],
             "tunnels": tunnels,

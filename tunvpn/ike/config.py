@@ -171,6 +171,15 @@ class EngineConfig:
     """Bound on half-open phase 1 SAs of one source address (strongSwan's
     ``block_threshold``); first messages beyond it are dropped and counted."""
     half_open_timeout: float = 30.0
+    aggressive_budget: tuple[float, float, float, float] = (2.0, 5.0, 50.0, 100.0)
+    """Responder, issue 14: Aggressive Mode first messages whose Diffie-Hellman (and, with
+    signatures, signature) the gateway computes for a sender nobody verified, as
+    (per source a second, per source burst, in total a second, total burst). Beyond it a
+    first message is dropped and counted; its sender retransmits."""
+    notify_budget: tuple[float, float, float, float] = (2.0, 10.0, 50.0, 100.0)
+    """Unprotected error Notifies sent to unauthenticated senders (which may be spoofed:
+    reflection), as (per destination a second, burst, in total a second, burst). Beyond
+    it, or when the Notify would be larger than the message it answers, none is sent."""
     """Seconds a half-open phase 1 SA may live."""
     unity: bool = True
     """Send the Cisco Unity vendor ID (vpnc and Cisco peers expect it)."""
@@ -207,6 +216,10 @@ class EngineConfig:
             raise LocalProtocolError("max_half_open must be at least 1")
         if self.max_half_open_per_source < 1:
             raise LocalProtocolError("max_half_open_per_source must be at least 1")
+        for name in ("aggressive_budget", "notify_budget"):
+            rate, burst, total_rate, total_burst = getattr(self, name)
+            if min(rate, total_rate) <= 0 or min(burst, total_burst) < 1:
+                raise LocalProtocolError(f"{name}: rates must be positive and bursts at least 1")
         if self.retransmit_tries < 0 or self.retransmit_base <= 0:
             raise LocalProtocolError("retransmission settings must be positive")
         if self.login_timeout <= 0:

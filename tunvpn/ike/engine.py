@@ -24,6 +24,7 @@ import os
 from collections import Counter, deque
 from collections.abc import Callable
 
+from ..ipsec.budget import Budget
 from ..ipsec.selectors import TrafficSelector
 from ..ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 from . import events as ev
@@ -95,6 +96,10 @@ class IkeEngine:
         self._phase1_drops: dict[bytes, RemoteProtocolError] | None = None
         """The last refused message of each phase 1 in progress (by our cookie), for the reason
         given when it then times out."""
+        self.withheld: Counter[str] = Counter()
+        """Answers not sent to unverified senders, by reason (notify budget, size; issue 14)."""
+        self._budgets: dict[str, Budget] = {}
+        """What unverified senders may cost (:meth:`spend`), made on first use."""
 
     # ------------------------------------------------------------------ public surface
 
@@ -153,7 +158,7 @@ class IkeEngine:
             else:
                 self._receive_for(sa, header, data, remote, local, now)
         except RemoteProtocolError as exc:
-            self._on_remote_error(sa, header, remote, local, exc, now)
+            self._on_remote_error(sa, header, remote, local, exc, now, len(data))
 
     def get_timer(self) -> float | None:
         times: list[float] = []
@@ -384,6 +389,16 @@ class IkeEngine:
         phase1.start_responder(self, header, data, remote, local, now)
 
     # ------------------------------------------------------------------ half-open phase 1 SAs
+
+    def spend(self, budget: str, source: str, now: float) -> bool:
+        """Whether ``source`` may have one more unit of ``budget`` (a field of the config:
+        ``aggressive_budget``, ``notify_budget``) at ``now``: per source and in total
+        (tunvpn.ipsec.budget, issue 14). The caller counts a refusal."""
+        spent = self._budgets.get(budget)
+        if spent is None:
+            rate, burst, total_rate, total_burst = getattr(self.config, budget)
+            spent = self._budgets[budget] = Budget(rate, burst, total_rate, total_burst, now=now)
+        return spent.allow(source, now)
 
     def knows_cookie(self, cookie: bytes) -> bool:
         """Whether ``cookie`` is our cookie of an ISAKMP SA (a dict lookup, safe to call from
@@ -744,6 +759,7 @@ class IkeEngine:
         local: Address,
         exc: RemoteProtocolError,
         now: float,
+        request_size: int,
     ) -> None:
         sa_id = sa.sa_id if sa is not None else header.icookie + header.rcookie
         if sa is not None and sa.established:
@@ -758,7 +774,7 @@ class IkeEngine:
             # would aim it at the real peer). A verified authentication failure is acted on
             # where it is verified (phase1.receive_phase1); a first message in phase1.start_responder.
             return
-        phase1.send_error_notify(self, sa, header, remote, local, exc, now)
+        phase1.send_error_notify(self, sa, header, remote, local, exc, now, request_size)
 
     def _protocol_error(
         self, sa_id: bytes, remote: Address, text: str, notify: int | None, reason: str | None = None

@@ -163,6 +163,10 @@ def _am_send_first(engine: IkeEngine, sa: IkeSA, methods: list[AuthMethod] | Non
 # ------------------------------------------------------------------ receive
 
 
+class _OverBudget(Exception):
+    """An Aggressive Mode first message whose DH and signature are over ``aggressive_budget``."""
+
+
 _AGGRESSIVE_OFF = (
     "Aggressive Mode is disabled for the offered authentication methods "
     "(allow_aggressive_psk, allow_aggressive_signatures)"
@@ -184,7 +188,7 @@ def start_responder(
             "first message refused: NO_PROPOSAL_CHOSEN",
         )
         exc = NoProposalChosen(_AGGRESSIVE_OFF)
-        send_error_notify(engine, None, header, remote, local, exc, now)
+        send_error_notify(engine, None, header, remote, local, exc, now, len(data))
         return
     if header.exchange == BM and not _bm_r_cookie_echoed(engine, header, data, remote, local, now):
         return  # answered (or dropped) without keeping anything
@@ -203,12 +207,17 @@ def start_responder(
             _am_r_got_sa(engine, sa, payloads, now)
         else:
             _bm_r_got_ke(engine, sa, payloads, now)
+    except _OverBudget:
+        # its DH (and signature) is over budget: dropped, counted, forgotten; a real peer
+        # retransmits (issue 14)
+        engine._bad_input("Aggressive Mode first message over budget")
+        fail_phase1(engine, sa, "over budget", None, send_notify=False, quiet=True)
     except RemoteProtocolError as exc:
         # the first message: no phase 1 in progress to protect, refuse it and forget it
         engine._protocol_error(
             sa.sa_id, remote, str(exc), int(exc.notify), f"first message refused: {exc.notify.name}"
         )
-        send_error_notify(engine, sa, header, remote, local, exc, now)
+        send_error_notify(engine, sa, header, remote, local, exc, now, len(data))
         # unauthenticated (maybe spoofed): counted above and summed up, no log line each
         fail_phase1(engine, sa, str(exc), int(exc.notify), send_notify=False, quiet=True)
 
@@ -260,7 +269,7 @@ def receive_phase1(engine: IkeEngine, sa: IkeSA, header: Header, data: bytes, no
     except RemoteProtocolError as exc:
         if handling and _phase1_failure_is_verified(sa, header, exc):
             engine._protocol_error(sa.sa_id, sa.remote, str(exc), int(exc.notify))
-            send_error_notify(engine, sa, header, sa.remote, sa.local, exc, now)
+            send_error_notify(engine, sa, header, sa.remote, sa.local, exc, now, len(data))
             fail_phase1(engine, sa, str(exc), int(exc.notify), send_notify=False)
             return
         vars(sa).update(saved)
@@ -270,7 +279,7 @@ def receive_phase1(engine: IkeEngine, sa: IkeSA, header: Header, data: bytes, no
         if sa.role is Role.RESPONDER and isinstance(exc, AuthenticationError):
             # a hint for a peer whose key differs (what strongSwan sends too); it cannot
             # end the real peer's phase 1 early: a tunvpn initiator waits (_peer_refused)
-            send_error_notify(engine, sa, header, sa.remote, sa.local, exc, now)
+            send_error_notify(engine, sa, header, sa.remote, sa.local, exc, now, len(data))
         raise
 
 
@@ -396,7 +405,6 @@ def _mm_r_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     _send_responder_ke(engine, sa, [KEPayload(sa.gxr), NoncePayload(sa.nr)], now)
 
 
-
 def _send_responder_ke(engine: IkeEngine, sa: IkeSA, out: list[Payload], now: float) -> None:
     """The responder's KE message (Main Mode 4, Base Mode 4): ``out`` plus a certificate
     request when a signature method was chosen (XAUTH_INIT_RSA and hybrid included) and the
@@ -407,6 +415,7 @@ def _send_responder_ke(engine: IkeEngine, sa: IkeSA, out: list[Payload], now: fl
     out = [*out, *natt.natd_payloads(engine.config, sa, engine._random)]
     sa.state = P1State.R_SENT_KE
     _send_phase1(engine, sa, out, now, encrypt=False, expect_reply=False)
+
 
 def _mm_i_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
     assert sa.suite is not None
@@ -456,6 +465,8 @@ def _am_r_got_sa(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     assert isinstance(ke, KEPayload)
     _choose_suite(engine.config, sa, sa_raw, len(ke.data))
     assert sa.suite is not None
+    if not engine.spend("aggressive_budget", sa.remote[0], now):
+        raise _OverBudget
     sa.gxi = _peer_ke(sa, payloads)
     sa.ni = _peer_nonce(payloads)
     sa.dh = crypto.DiffieHellman(sa.suite.group)
@@ -792,6 +803,10 @@ def fail_phase1(
     engine._events.append(ev.Phase1Failed(sa.sa_id, sa.remote, reason, notify, unauthenticated=quiet))
 
 
+UNPROTECTED_NOTIFY_SIZE = 28 + 12 + 16
+"""Bytes of an unprotected Notify about an ISAKMP SA: header, notify header, both cookies."""
+
+
 def _send_unprotected_notify(
     engine: IkeEngine,
     icookie: bytes,
@@ -825,17 +840,27 @@ def send_error_notify(
     local: Address,
     exc: RemoteProtocolError,
     now: float,
+    request_size: int,
 ) -> None:
+    """Answer a refused message with an error Notify: protected under an established ISAKMP
+    SA; else in the clear, to a sender nobody verified (maybe a spoofed victim), so only
+    within ``notify_budget`` and never larger than the message it answers (issue 14:
+    the gateway must not reflect or amplify traffic)."""
     if header.exchange == ExchangeType.INFORMATIONAL:
         return  # never answer a notify with a notify
     if sa is not None and sa.established:
         protocol, spi = exc.notify_spi or (ProtocolId.ISAKMP, sa.sa_id)
         exchanges.send_informational(engine, sa, [NotifyPayload(exc.notify, protocol, spi)], now)
         return
+    floated = local[1] != engine.ike_port
+    if UNPROTECTED_NOTIFY_SIZE > request_size:  # both with or both without the 4-byte marker
+        engine.withheld["notify larger than the message it answers"] += 1
+        return
+    if not engine.spend("notify_budget", remote[0], now):
+        engine.withheld["notify over budget"] += 1
+        return
     rcookie = sa.rcookie if sa is not None else header.rcookie
-    _send_unprotected_notify(
-        engine, header.icookie, rcookie, remote, local, exc.notify, local[1] != engine.ike_port
-    )
+    _send_unprotected_notify(engine, header.icookie, rcookie, remote, local, exc.notify, floated)
 
 
 def _phase1_failure_is_verified(sa: IkeSA, header: Header, exc: RemoteProtocolError) -> bool:

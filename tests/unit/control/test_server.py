@@ -623,3 +623,8 @@ def test_format_status_ike_line() -> None:
         == "ike  half-open 12  queue 3  dropped b 7, a \\x1b[31m 2"
     )
     assert control.format_status({"ike": {"half_open": "x", "dropped": []}}).splitlines()[1] == "ike"
+    withheld = {"ike": {"half_open": 0, "withheld": {"notify over budget": 990, "notify larger": 1}}}
+    assert (
+        control.format_status(withheld).splitlines()[1]
+        == "ike  half-open 0  not answered notify over budget 990, notify larger 1"
+    )

@@ -1,0 +1,116 @@
+"""Issue 14: what an unverified sender may cost the gateway, and what the gateway may send to
+an address nobody verified. Each test is the attack, fed to a gateway engine in memory:
+
+* spoofed Aggressive Mode first messages, each of which would cost a Diffie-Hellman (and a
+  signature) and get an answer several times its size: at most ``aggressive_budget`` of them
+  are answered, per source and in total; a real client then still connects;
+* messages that draw an unprotected error Notify, sent "from" a victim's address: the gateway
+  sends the victim at most ``notify_budget`` Notifies, and never one larger than the message
+  it answers (no reflection, no amplification).
+"""
+
+from __future__ import annotations
+
+import random
+
+from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair, client_config, connect, gateway_config
+from tunvpn.ike import events as ev
+from tunvpn.ike.constants import DHGroup, EncryptionAlgorithm, ExchangeType, HashAlgorithm
+from tunvpn.ike.engine import IkeEngine
+from tunvpn.ike.messages import decode_header
+from tunvpn.ike.proposals import Phase1Policy
+
+ONE = Phase1Policy(((EncryptionAlgorithm.AES_CBC, 256),), (HashAlgorithm.SHA2_256,), (DHGroup.ECP_256,))
+VICTIM = "192.0.2.77"
+
+
+def aggressive_first_message(now: float) -> bytes:
+    """A real Aggressive Mode message 1 of a PSK client (one transform, ECP-256)."""
+    spare = IkeEngine(client_config(phase1=ONE))
+    spare.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), now, mode="aggressive")
+    [(data, _, _)] = spare.datagrams_to_send()
+    return data
+
+
+def feed(gateway: IkeEngine, data: bytes, source: str, now: float) -> list[bytes]:
+    """One datagram from ``source``; returns what the gateway sent back to ``source``."""
+    gateway.receive_datagram(data, (source, 500), (GATEWAY_IP, 500), now)
+    while gateway.next_event() is not None:
+        pass
+    return [out for out, remote, _ in gateway.datagrams_to_send() if remote[0] == source]
+
+
+def answered_aggressive(answers: list[bytes]) -> int:
+    return sum(1 for a in answers if decode_header(a).exchange == ExchangeType.AGGRESSIVE)
+
+
+def test_spoofed_aggressive_first_messages_cost_at_most_the_budget() -> None:
+    pair = Pair(client_config(), gateway_config(max_half_open_per_source=10_000, max_half_open=100_000))
+    gateway = pair.gateway.engine
+    _, per_source_burst, total, total_burst = gateway.config.aggressive_budget
+    rng = random.Random(14)
+    template = aggressive_first_message(pair.now)
+
+    one_source = [
+        feed(gateway, rng.randbytes(8) + template[8:], "203.0.113.66", pair.now) for _ in range(1000)
+    ]
+    assert sum(answered_aggressive(a) for a in one_source) == per_source_burst
+    assert gateway.drops["Aggressive Mode first message over budget"] == 1000 - per_source_burst
+
+    many = [
+        feed(gateway, rng.randbytes(8) + template[8:], f"10.{i >> 8 & 255}.{i & 255}.9", pair.now)
+        for i in range(2000)
+        for _ in range(10)
+    ]
+    # the total ran out long before 2,000 sources x their own burst
+    assert sum(answered_aggressive(a) for a in many) <= total_burst - per_source_burst
+    # a second later the budget has grown by its rate only
+    pair.advance(1.0)
+    later = [feed(gateway, rng.randbytes(8) + template[8:], f"172.16.{i}.1", pair.now) for i in range(200)]
+    assert sum(answered_aggressive(a) for a in later) <= total + 1
+
+    # a real user (Main Mode, as every tunvpn client by default) still gets in at once
+    connect(pair)
+    assert pair.client.of(ev.Phase1Established) and pair.gateway.of(ev.Phase1Established)
+
+
+def test_a_real_aggressive_client_gets_in_after_a_storm_from_other_sources() -> None:
+    pair = Pair(client_config(), gateway_config())
+    gateway = pair.gateway.engine
+    rng = random.Random(7)
+    template = aggressive_first_message(pair.now)
+    for i in range(5000):
+        feed(gateway, rng.randbytes(8) + template[8:], f"10.9.{i % 250}.{i // 250 + 1}", pair.now)
+    pair.advance(gateway.config.aggressive_budget[3] / gateway.config.aggressive_budget[2])  # refilled
+    connect(pair, "aggressive")
+    assert pair.client.of(ev.Phase1Established) and pair.gateway.of(ev.Phase1Established)
+
+
+def test_a_victim_gets_few_notifies_and_none_larger_than_the_message() -> None:
+    pair = Pair(client_config(), gateway_config())
+    gateway = pair.gateway.engine
+    _, burst, _, total_burst = gateway.config.notify_budget
+    rng = random.Random(3)
+    template = aggressive_first_message(pair.now)
+    # messages for ISAKMP SAs the gateway never had (INVALID-COOKIE), "from" the victim
+    unknown = [rng.randbytes(16) + template[16:] for _ in range(1000)]
+    answers = [a for data in unknown for a in feed(gateway, data, VICTIM, pair.now)]
+    assert len(answers) == burst
+    assert all(len(a) <= len(unknown[0]) for a in answers)
+    assert gateway.withheld["notify over budget"] == 1000 - burst
+
+    # a tiny message that would draw a Notify bigger than itself draws nothing
+    tiny = bytearray(template[:28])
+    tiny[8:16] = rng.randbytes(8)  # an unknown responder cookie
+    tiny[24:28] = (28).to_bytes(4, "big")
+    pair.advance(60)
+    assert feed(gateway, bytes(tiny), "198.51.100.99", pair.now) == []
+    assert gateway.withheld["notify larger than the message it answers"] == 1
+
+    # many victims: the total bounds what the gateway sends in all
+    pair.advance(60)
+    sent = sum(
+        len(feed(gateway, rng.randbytes(16) + template[16:], f"10.{i >> 8}.{i & 255}.5", pair.now))
+        for i in range(3000)
+    )
+    assert sent == total_burst
