@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 import socket
 import struct
@@ -237,3 +238,40 @@ def test_the_data_thread_looks_first_and_budgets_new_exchanges_per_source_and_in
     assert counts["not ISAKMP version 1"] == 1 and counts["message for an unknown ISAKMP SA"] == 1
     assert gateway.half_open_count() == 3 + 7
     assert [e.sa_id for e in seen if isinstance(e, ev.IkeSADeleted)] == [established.sa_id]
+
+
+def test_the_drops_are_summed_up_in_one_line_per_interval(caplog) -> None:
+    """Issue 14: a storm must not write a log line per datagram. What the inbox drops is
+    counted and written as one summary line per interval (shortened here), none when quiet."""
+    ike_port, natt_port = free_port_pair()
+    first = first_message(ike_port)
+
+    async def run() -> list[str]:
+        driver = UdpDriver(
+            IkeEngine(gateway_config(), ike_port=ike_port), GATEWAY, ike_port=ike_port, natt_port=natt_port
+        )
+        driver.summary_interval = 0.5
+        await driver.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((ATTACKER, 0))
+            for i in range(50):
+                sock.sendto(b"garbage", (GATEWAY, ike_port))
+                if i % 10 == 9:
+                    await asyncio.sleep(0.01)
+            for _ in range(5):
+                sock.sendto(NON_ESP_MARKER + with_header(first, version=0x20), (GATEWAY, natt_port))
+        await wait_until(lambda: sum(driver.inbox.drops.values()) == 55)
+        await asyncio.sleep(1.6)  # the line, then quiet intervals
+        driver.close()
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        return [line for line in lines if not line.startswith("listening on")]
+
+    with caplog.at_level(logging.DEBUG):
+        lines = asyncio.run(run())
+    print(lines)
+    # nothing else at INFO or above, from any logger; the datagrams may straddle an interval's end
+    assert 1 <= len(lines) <= 2 and all(line.startswith("dropped ") for line in lines), lines
+    total = sum(int(line.split()[1]) for line in lines)
+    assert total == 55
+    assert any("shorter than an ISAKMP header x" in line for line in lines)
+    assert any("not ISAKMP version 1 x 5" in line for line in lines)

@@ -90,6 +90,8 @@ DROP_COUNTERS = frozenset({QUEUE_FULL, RATE_LIMITED, *(look.reason for look in A
 """The names of :meth:`UdpDriver.counts` that count dropped IKE datagrams (``tunvpn status``)."""
 TIMER_RETRY = 0.05
 """Seconds before handle_timer runs again when the engine did not move a past deadline."""
+DROP_SUMMARY_INTERVAL = 10.0
+"""Seconds between the summary lines of what the inbox dropped (as the engine's bad input)."""
 
 
 class BindError(OSError):
@@ -408,6 +410,10 @@ class UdpDriver:
         self._pumping = False
         self._tasks: set[asyncio.Future[None]] = set()
         self._closed = False
+        self.summary_interval = DROP_SUMMARY_INTERVAL
+        """Seconds between the summary lines of the inbox's drops (one line, never one each)."""
+        self._summary: asyncio.TimerHandle | None = None
+        self._reported: dict[str, int] = {}
 
     # ------------------------------------------------------------------ life cycle
 
@@ -437,6 +443,7 @@ class UdpDriver:
                 "IKE" if port == self.ike_port else "NAT-T",
             )
         self._arm_timer()
+        self._summary = loop.call_later(self.summary_interval, self._summarize_drops)
 
     def close(self) -> None:
         """Close the sockets and the timer (the engine's SAs are left as they are)."""
@@ -447,6 +454,9 @@ class UdpDriver:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._summary is not None:
+            self._summary.cancel()
+            self._summary = None
         for task in list(self._tasks):
             task.cancel()
         for endpoint in self._endpoints.values():
@@ -497,6 +507,29 @@ class UdpDriver:
         """The driver's counters with the IKE queue's depth and its drops by reason (the
         names in :data:`DROP_COUNTERS`; read on the loop)."""
         return {**self.counters, **self.inbox.counts()}
+
+    def _summarize_drops(self) -> None:
+        """One WARNING line per interval with what the inbox dropped since the last one, by
+        reason (issue 14: a storm must not write a line per datagram); nothing when quiet."""
+        if self._closed or self._loop is None:
+            return
+        counts = self.inbox.counts()
+        new = Counter(
+            {
+                reason: counts[reason] - self._reported.get(reason, 0)
+                for reason in DROP_COUNTERS & counts.keys()
+                if counts[reason] > self._reported.get(reason, 0)
+            }
+        )
+        if new:
+            log.warning(
+                "dropped %d IKE datagrams before the engine in the last %g s: %s",
+                new.total(),
+                self.summary_interval,
+                ", ".join(f"{reason} x {n}" for reason, n in new.most_common()),
+            )
+            self._reported = {reason: counts[reason] for reason in DROP_COUNTERS & counts.keys()}
+        self._summary = self._loop.call_later(self.summary_interval, self._summarize_drops)
 
     def _not_ike(self, kind: DatagramKind, remote: Address) -> None:
         """Count what the NAT-T port received that is not for the engine."""
