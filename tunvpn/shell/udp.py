@@ -240,12 +240,11 @@ class IkeInbox:
     does not know (``known``) are dropped and counted by reason in :attr:`drops`. With a
     ``limit_new`` budget, a new exchange's first message is charged to its source (not a
     repeat of a first message the engine holds half-open: ``held``) and dropped when over
-    budget (``clock``: monotonic seconds). When
-    ``limit`` datagrams wait, a new one is dropped and counted (``ike queue full``). Messages
-    of known ISAKMP SAs wait in their own queue, served first, and may push out the oldest
-    waiting new first message. The loop is woken once per batch, not once per datagram.
-    :meth:`take` (loop) returns everything waiting, known SAs first, each with the port it
-    came in on.
+    budget (``clock``: monotonic seconds). When ``limit`` datagrams wait, a new one is
+    dropped and counted (``ike queue full``). Messages of known ISAKMP SAs wait in their own
+    queue, served first, and may push out the oldest waiting new first message. The loop is
+    woken once per batch, not once per datagram. :meth:`take` (loop) returns everything
+    waiting, known SAs first, each with the port it came in on.
     """
 
     def __init__(
