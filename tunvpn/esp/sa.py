@@ -587,8 +587,6 @@ class InboundSA(_SecurityAssociation):
                 view = memoryview(buffer)
                 total = len(buffer)
                 full = total - total % segment if segment >= 34 else 0
-                if full < total:  # a shorter last datagram (or runts): the careful path takes them
-                    rest += [buffer[start : start + segment] for start in range(full, total, segment)]
                 before = len(out)
                 for start in range(0, full, segment):
                     packet_spi, seq = unpack(buffer, start)
@@ -635,6 +633,10 @@ class InboundSA(_SecurityAssociation):
                         drop(DropReason.POLICY, log, now)
                         continue
                     append(plaintext[:end])
+                if full < total:
+                    # a shorter last datagram (or runts) for the careful path, after the
+                    # other SAs' datagrams before it: the order of an SA's packets is kept
+                    rest += [buffer[start : start + segment] for start in range(full, total, segment)]
                 accepted = len(out) - before
                 accepted_bytes = sum(map(len, out[before:])) if accepted else 0
                 return
