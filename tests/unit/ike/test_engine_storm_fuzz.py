@@ -61,6 +61,8 @@ class Storm:
     most_half_open: int = 0
     largest_ratio: float = 0.0
     """The largest answer to a storm datagram over its size."""
+    notifies_to: Counter[str] = field(default_factory=Counter)
+    """Unprotected Notifies sent to each storm source."""
     other_events: list[ev.Event] = field(default_factory=list)
 
     @property
@@ -150,11 +152,16 @@ class Storm:
             assert remote == source, f"answered {remote}, the datagram came from {source}"
             self.bytes_out += len(reply)
             self.largest_ratio = max(self.largest_ratio, len(reply) / len(data))
-            if reply[4 * (reply[:4] == NON_ESP_MARKER) + 18] == INFORMATIONAL:
+            exchange = reply[4 * (reply[:4] == NON_ESP_MARKER) + 18]
+            if exchange == INFORMATIONAL:
                 self.answers["notify"] += 1
-                assert len(reply) <= NOTIFY_SIZE, f"a {len(reply)}-byte notify to an unknown source"
+                self.notifies_to[source[0]] += 1
+                assert len(reply) <= min(NOTIFY_SIZE, len(data)), (
+                    f"a {len(reply)}-byte notify for {len(data)}"
+                )
             else:  # a phase 1 answer: with a new half-open SA, or stateless (Base Mode cookie)
                 self.answers["phase 1 answer" if started else "stateless phase 1 answer"] += 1
+                self.answers["aggressive mode answer"] += exchange == ExchangeType.AGGRESSIVE
                 assert len(reply) <= FIRST_REPLY_MAX
         if not stormed and not started and gateway.drops.total() == before:
             self.answers["silently ignored"] += 1
@@ -167,9 +174,11 @@ def _user_pair() -> tuple[Pair, bytes]:
     return pair, pair.gateway.of(ev.Phase1Established)[0].sa_id
 
 
-def run_storm(seed: int, count: int, hijack: float = 0.03) -> Storm:
-    """``count`` storm datagrams from ``SOURCES``; a share ``hijack`` of the ISAKMP ones
-    carry the live user's cookies."""
+def run_storm(
+    seed: int, count: int, sources: list[str] = SOURCES, step: float = STEP, hijack: float = 0.03
+) -> Storm:
+    """``count`` storm datagrams from ``sources``, ``step`` seconds apart; a share ``hijack``
+    of the ISAKMP ones carry the live user's cookies."""
     pair, user_sa = _user_pair()
     storm = Storm(pair, user_sa)
     rng = random.Random(seed)
@@ -177,9 +186,9 @@ def run_storm(seed: int, count: int, hijack: float = 0.03) -> Storm:
         offset = 4 if data[:4] == NON_ESP_MARKER else 0
         if len(data) >= offset + 16 and rng.random() < hijack:
             data = data[:offset] + user_sa + data[offset + 16 :]
-        source = (rng.choice(SOURCES), rng.choice((500, 4500, rng.randrange(1024, 65536))))
+        source = (rng.choice(sources), rng.choice((500, 4500, rng.randrange(1024, 65536))))
         storm.feed(data, port, source)
-        pair.now += STEP
+        pair.now += step
         if i % 16 == 0:  # get_timer walks every SA: not after each datagram, to keep CI fast
             storm.tick()
             storm.check_bounds()
@@ -194,6 +203,13 @@ def test_storm_of_mutated_messages_leaves_the_gateway_bounded_and_the_user_serve
     pair = storm.pair
 
     assert storm.other_events == [], storm.other_events[:5]
+    # answers to sources nobody verified stay within their budgets (per source, in total)
+    elapsed = count * STEP
+    per_rate, per_burst, all_rate, all_burst = gateway.config.notify_budget
+    assert storm.answers["notify"] <= all_burst + all_rate * elapsed
+    assert max(storm.notifies_to.values(), default=0) <= per_burst + per_rate * elapsed
+    _, _, am_rate, am_burst = gateway.config.aggressive_budget
+    assert storm.answers["aggressive mode answer"] <= am_burst + am_rate * elapsed
     # bad input is counted: nearly every datagram is a drop (the rest were well-formed)
     assert gateway.drops.total() >= count // 2, gateway.drops.most_common()
     # the user's SA is alive and DPD kept running over it during the storm
@@ -228,3 +244,22 @@ def test_storm_is_deterministic_for_a_seed() -> None:
     first = list(storm_datagrams(7, 300))
     assert list(storm_datagrams(7, 300)) == first
     assert list(storm_datagrams(8, 300)) != first
+
+
+def test_storm_from_one_address_gets_answers_within_its_budget() -> None:
+    """5,000 mutated datagrams a second from one address (the issue's "1,000 spoofed first
+    messages from one address", with every kind of lie): what that address gets back is
+    bounded by its budgets (Notifies, Aggressive Mode answers) and its half-open SAs by the
+    per-source limit, and the user's session is untouched."""
+    count = fuzz_iterations(20_000) // 4
+    step = 0.0002
+    storm = run_storm(fuzz_seed(15), count, sources=SOURCES[:1], step=step)
+    config = storm.gateway.config
+    elapsed = count * step
+    per_rate, per_burst, _, _ = config.notify_budget
+    assert storm.notifies_to[SOURCES[0]] <= per_burst + per_rate * elapsed
+    am_rate, am_burst, _, _ = config.aggressive_budget
+    assert storm.answers["aggressive mode answer"] <= am_burst + am_rate * elapsed
+    assert storm.most_half_open <= config.max_half_open_per_source
+    assert storm.other_events == []
+    print(f"storm of {count} from one address: answers {dict(storm.answers)}")
