@@ -25,7 +25,7 @@ from tests.helpers.ike_pair import client_config, gateway_config
 from tests.vectors.captures import CHARON_MM1, CHARON_MM5_ENCRYPTED
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.proposals import Phase1Policy
-from tunvpn.shell.udp import IkeInbox, NewExchangeLimit
+from tunvpn.shell.udp import NewExchangeLimit, UdpDriver
 
 GATEWAY = ("10.77.0.1", 500)
 Datagram = tuple[bytes, tuple[str, int]]
@@ -77,12 +77,12 @@ def before(datagrams: Sequence[Datagram]) -> float:
 
 
 def after(datagrams: Sequence[Datagram]) -> float:
-    """Seconds per datagram in ``IkeInbox.put`` of a gateway whose new-exchange budget is
-    spent (a frozen clock: nothing refills), as the data thread or the port 500 socket calls it."""
+    """Seconds per datagram in ``IkeInbox.put`` of a gateway's driver whose new-exchange
+    budget is spent (a frozen clock: nothing refills), as the data thread or the port 500
+    socket calls it (the check for a retransmission of a held exchange included)."""
     engine = IkeEngine(gateway_config())
-    inbox = IkeInbox(
-        1024, engine.knows_cookie, limit_new=NewExchangeLimit(total_burst=1, total_rate=1), clock=lambda: 0.0
-    )
+    limit = NewExchangeLimit(total_burst=1, total_rate=1)
+    inbox = UdpDriver(engine, GATEWAY[0], limit_new=limit, monotonic=lambda: 0.0).inbox
     inbox.put(CHARON_MM1, ("10.66.0.1", 500), 500)  # spends the total burst
     started = time.perf_counter()
     for data, source in datagrams:
