@@ -18,6 +18,10 @@ class AddressPool:
         self.first = first
         self.last = last
         self._leases: dict[bytes, IPv4Address] = {}
+        self._used: set[int] = set()
+        """The leased addresses as integers (kept with ``_leases``)."""
+        self._low = int(first)
+        """Every address below this one is leased: where the search for a free one starts."""
 
     def __repr__(self) -> str:
         return f"AddressPool({self.first}-{self.last}, {len(self._leases)} leased)"
@@ -47,16 +51,29 @@ class AddressPool:
         """The address of ``owner`` (an ISAKMP SA id): the same one again if it asks twice."""
         if owner in self._leases:
             return self._leases[owner]
-        used = set(self._leases.values())
-        for n in range(int(self.first), int(self.last) + 1):
-            address = IPv4Address(n)
-            if address not in used:
-                self._leases[owner] = address
-                return address
-        return None
+        if len(self._used) != len(self._leases):  # leases written in from outside (a reload)
+            self._used = {int(a) for a in self._leases.values()}
+            self._low = int(self.first)
+        # from the lowest address that may be free, not from the start: with 1,000 clients
+        # a scan from the start cost each login ~1 ms (issue 14, tunvpn bench logins)
+        n, last = self._low, int(self.last)
+        while n <= last and n in self._used:
+            n += 1
+        if n > last:
+            self._low = n
+            return None
+        address = IPv4Address(n)
+        self._leases[owner] = address
+        self._used.add(n)
+        self._low = n + 1
+        return address
 
     def release(self, owner: bytes) -> IPv4Address | None:
-        return self._leases.pop(owner, None)
+        address = self._leases.pop(owner, None)
+        if address is not None:
+            self._used.discard(int(address))
+            self._low = min(self._low, int(address))
+        return address
 
     def leased(self) -> dict[bytes, IPv4Address]:
         return dict(self._leases)
