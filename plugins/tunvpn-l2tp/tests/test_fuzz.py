@@ -313,7 +313,7 @@ def _window(tunnel: Tunnel) -> tuple[int, int]:
 def _bounds(lns: Lns) -> None:
     live = lns.live_tunnels()
     assert len(live) <= lns.max_tunnels
-    per_peer = Counter(lns.peer_of(t.local_tunnel_id)[0] for t in live)  # type: ignore[index]
+    per_peer = Counter(e.peer[0] for e in lns._entries.values() if e.closed_at is None)
     assert max(per_peer.values(), default=0) <= lns.max_tunnels_per_peer
     # closed tunnels linger; they too must not pile up
     assert len(lns._entries) <= 2 * lns.max_tunnels
@@ -514,28 +514,23 @@ IP_PACKET = bytes.fromhex("4500001800000000401100000a0000020a000001") + b"ping"
 SERVER_IP, CLIENT_IP = IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")
 
 
-def _server(**kw: object) -> Ppp:
-    options: dict[str, object] = {
-        "local_address": SERVER_IP,
-        "peer_address": CLIENT_IP,
-        "dns": (IPv4Address("10.0.0.53"),),
-        "magic": 0x01020304,
-        "random": random.Random(2).randbytes,
-        "keepalive": 10.0,
-    }
-    options.update(kw)
-    return Ppp(Role.SERVER, **options)  # type: ignore[arg-type]
+def _server(auth: tuple[str, ...] = ("chap", "pap")) -> Ppp:
+    return Ppp(
+        Role.SERVER,
+        auth=auth,
+        local_address=SERVER_IP,
+        peer_address=CLIENT_IP,
+        dns=(IPv4Address("10.0.0.53"),),
+        magic=0x01020304,
+        random=random.Random(2).randbytes,
+        keepalive=10.0,
+    )
 
 
-def _client(**kw: object) -> Ppp:
-    options: dict[str, object] = {
-        "user": "alice",
-        "password": "secret",
-        "magic": 0x0A0B0C0D,
-        "random": random.Random(1).randbytes,
-    }
-    options.update(kw)
-    return Ppp(Role.CLIENT, **options)  # type: ignore[arg-type]
+def _client() -> Ppp:
+    return Ppp(
+        Role.CLIENT, user="alice", password="secret", magic=0x0A0B0C0D, random=random.Random(1).randbytes
+    )
 
 
 class PppLink:
@@ -590,12 +585,19 @@ def ppp_corpus() -> list[bytes]:
 
 
 @dataclass
+class PppOption:
+    kind: int
+    value: bytes
+    length: int = -1  # a lie in the option's length (-1: the honest one)
+
+
+@dataclass
 class PppFrame:
     address: bytes  # b"\xff\x03" or b"" (compressed)
     protocol: bytes  # 1 or 2 octets
     code: int | None  # None: ``info`` is opaque (IP, unknown)
     identifier: int = 0
-    options: list[list[int | bytes]] | None = None  # [kind, value, length lie or -1]
+    options: list[PppOption] | None = None
     data: bytes = b""
     length: int | None = None
     info: bytes = b""
@@ -606,8 +608,8 @@ class PppFrame:
             return self.address + self.protocol + self.info
         if self.options is not None:
             body = b""
-            for kind, value, lie in self.options:
-                assert isinstance(kind, int) and isinstance(value, bytes) and isinstance(lie, int)
+            for option in self.options:
+                kind, value, lie = option.kind, option.value, option.length
                 body += bytes((kind & 0xFF, (2 + len(value) if lie < 0 else lie) & 0xFF)) + value
         else:
             body = self.data
@@ -652,7 +654,7 @@ def parse_ppp(frame: bytes) -> PppFrame | None:
     pad = info[4 + len(packet.data) :]
     if protocol in CONFIGURE_PROTOCOLS and 1 <= packet.code <= 4:
         try:
-            options: list[list[int | bytes]] = [[k, v, -1] for k, v in decode_options(packet.data)]
+            options = [PppOption(k, v) for k, v in decode_options(packet.data)]
             return PppFrame(address, proto, packet.code, packet.identifier, options, pad=pad)
         except PppError:
             pass
@@ -718,24 +720,18 @@ class PppMutator:
             k = r.randrange(len(opts)) if opts else 0
             choice = r.randrange(6)
             if not opts or choice == 0:
-                opts.insert(
-                    k,
-                    [
-                        r.choice((0, 1, 2, 3, 4, 5, 7, 8, 13, 17, 129, 130, 131, 255, r.randrange(256))),
-                        f.garbage(8),
-                        -1,
-                    ],
-                )
+                kind = r.choice((0, 1, 2, 3, 4, 5, 7, 8, 13, 17, 129, 130, 131, 255, r.randrange(256)))
+                opts.insert(k, PppOption(kind, f.garbage(8)))
             elif choice == 1:
-                opts[k][2] = r.choice((0, 1, 2, 3, 255, f.length(2 + len(opts[k][1]), 1)))  # type: ignore[arg-type]
+                opts[k].length = r.choice((0, 1, 2, 3, 255, f.length(2 + len(opts[k].value), 1)))
             elif choice == 2:
-                opts[k][1] = f.mutate_bytes(opts[k][1]) if opts[k][1] else f.garbage(6)  # type: ignore[arg-type]
+                opts[k].value = f.mutate_bytes(opts[k].value) if opts[k].value else f.garbage(6)
             elif choice == 3:
-                opts.insert(k, list(opts[k]))
+                opts.insert(k, PppOption(opts[k].kind, opts[k].value, opts[k].length))
             elif choice == 4:
                 del opts[k]
             else:
-                opts[k][0] = f.integer(opts[k][0], 1)  # type: ignore[arg-type]
+                opts[k].kind = f.integer(opts[k].kind, 1)
 
 
 @dataclass
@@ -754,7 +750,7 @@ class HostileLink(PppLink):
     server's answers are checked frame by frame."""
 
     def __init__(self, mutator: PppMutator, watch: PppWatch, *, accept: bool, now: float) -> None:
-        super().__init__(_client(), _server(keepalive=10.0))
+        super().__init__(_client(), _server())
         self.mutator = mutator
         self.watch = watch
         self.accept = accept
