@@ -636,11 +636,20 @@ class IsakmpMutator:
 # ------------------------------------------------------------------ the storm
 
 
+MAX_UDP_PAYLOAD = 65535 - 20 - 8
+"""The largest UDP payload over IPv4: longer mutations (many duplicated payloads) are cut."""
+
+
 def storm_datagrams(seed: int, count: int) -> Iterator[tuple[bytes, int]]:
     """``count`` (UDP payload, destination port) pairs for a storm, deterministic for
     ``seed``: mutated ISAKMP on port 500 (about 60 %), behind the non-ESP marker on port
     4500 (about 25 %), and port 4500 without the marker (ESP-looking packets with random
-    SPIs, keepalives, a bare marker, short garbage)."""
+    SPIs, keepalives, a bare marker, short garbage). Each payload fits in one UDP datagram."""
+    for data, port in _storm(seed, count):
+        yield data[:MAX_UDP_PAYLOAD], port
+
+
+def _storm(seed: int, count: int) -> Iterator[tuple[bytes, int]]:
     rng = random.Random(seed ^ 0x5EED)
     mutator = IsakmpMutator(isakmp_corpus(), seed)
     for _ in range(count):
