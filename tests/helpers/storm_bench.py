@@ -20,7 +20,8 @@ Per target, in fresh namespaces (tests/helpers/storm.py, StormNet):
    log lines, UDP answers towards the spoofed addresses and the kernel's receive-buffer drops
    are counted;
 5. the spoofed-first-message cases: 1,000 real first messages from one address, then a login;
-   20,000 from 2,000 addresses, then a login;
+   20,000 from 2,000 addresses, a login while they come (if they last a second or more) and
+   one after; the kernel's receive-buffer drops meanwhile;
 6. SIGTERM: how long until the process is gone.
 
 The text table and the raw JSON go to docs/bench/storm-<UTC date and time>.txt (``--out``).
@@ -31,6 +32,7 @@ The figures depend on the machine and on what else runs on it; the report says w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -59,7 +61,6 @@ from tests.helpers.storm import (
     connect_user,
     finish_storm,
     proc_status,
-    run_storm,
     start_storm,
     wait_sending,
 )
@@ -385,9 +386,11 @@ def run_target(
                 ("first_1000_from_1", 1000, 1, args.seed + 1),
                 ("first_20000_from_2000", 20000, 2000, args.seed + 2),
             ):
-                sent = run_storm(
+                log = tmp / f"{key}.log"
+                udp_before = net.udp_counters(net.g)
+                flood = start_storm(
                     net,
-                    tmp / f"{key}.log",
+                    log,
                     "--kind",
                     "first",
                     "--count",
@@ -401,11 +404,23 @@ def run_target(
                     "--pool",
                     str(min(count, args.pool)),
                 )
+                wait_sending(flood, log)
+                during = []
+                # a login that starts while the flood runs (20,000 at 5,000/s: 4 s)
+                if count / max(args.rate, 1) >= 1:
+                    time.sleep(0.3)
+                    during.append(login())
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    flood.wait(count / max(args.rate, 1) + 120)
+                sent = finish_storm(flood, log)
                 after = login()
+                udp = net.udp_counters(net.g)
                 result[key] = {
                     "sent": sent["sent"],
                     "rate": sent["rate"],
+                    "login_during": _logins(during) if during else None,
                     "login": _logins([after]),
+                    "kernel_drops": udp["RcvbufErrors"] - udp_before["RcvbufErrors"],
                     "counters": gw.counters(),
                     "alive": gw.alive(),
                 }
@@ -539,8 +554,10 @@ def _counters(counters: dict[str, Any] | None) -> str:
 def _first(case: dict[str, Any] | None) -> str:
     if not case:
         return "-"
+    during = f"login during {_t(case['login_during'])}, " if case.get("login_during") else ""
     return (
-        f"sent {case['sent']} at {case['rate']}/s; login {_t(case['login'])}; {_counters(case['counters'])}"
+        f"sent {case['sent']} at {case['rate']}/s; {during}login after {_t(case['login'])}; "
+        f"{case.get('kernel_drops', '-')} dropped by the kernel; {_counters(case['counters'])}"
     )
 
 
