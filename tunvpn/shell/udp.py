@@ -29,12 +29,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import hashlib
+import hmac
 import inspect
 import logging
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -180,6 +182,9 @@ def describe_mode_config(config: object) -> str:
 
 _UNLIMITED = 1e12
 """A rate and burst no sender reaches: a budget of this size never refuses."""
+FIRSTS_REMEMBERED = 16384
+"""Admitted first messages whose digest the inbox keeps (least recently admitted forgotten),
+to know an exact retransmission of one (about 100 bytes each)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +258,7 @@ class IkeInbox:
         known: Callable[[bytes], bool],
         *,
         ike_port: int = 500,
-        held: Callable[[memoryview, Address], bool] | None = None,
+        held: Callable[[bytes, Address], bool] | None = None,
         limit_new: NewExchangeLimit | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -265,6 +270,7 @@ class IkeInbox:
         self._held = held
         self._clock = clock
         self._budget = limit_new.budget(clock()) if limit_new is not None else None
+        self._firsts: OrderedDict[tuple[bytes, Address], bytes] = OrderedDict()
         self._lock = threading.Lock()
         self._for_sas: deque[tuple[bytes, Address, int]] = deque()
         self._new: deque[tuple[bytes, Address, int]] = deque()
@@ -300,13 +306,27 @@ class IkeInbox:
         return wake
 
     def _admitted(self, data: bytes, offset: int, remote: Address) -> bool:
-        """Whether a new exchange's first message is within the budget (under the lock). A
-        retransmission of one the engine holds half-open is not charged."""
+        """Whether a new exchange's first message is within the budget (under the lock).
+
+        An exact retransmission (the same bytes, from the same address and port) of a first
+        message admitted before, whose exchange the engine still holds half-open (``held``),
+        is not charged: the engine answers it from its stored reply. Any other message under
+        that cookie would be parsed, so it is charged like a new one."""
         if self._budget is None:
             return True
-        if self._held is not None and self._held(memoryview(data)[offset:], remote):
+        message = memoryview(data)[offset:]
+        key = (bytes(message[:8]), remote)
+        seen = self._firsts.get(key)
+        held = seen is not None and self._held is not None and self._held(key[0], remote)
+        if held and seen is not None and hmac.compare_digest(seen, _digest(message)):
             return True
-        return self._budget.allow(remote[0], self._clock())
+        if not self._budget.allow(remote[0], self._clock()):
+            return False
+        self._firsts[key] = _digest(message)
+        self._firsts.move_to_end(key)
+        while len(self._firsts) > FIRSTS_REMEMBERED:
+            self._firsts.popitem(last=False)
+        return True
 
     def take(self) -> list[tuple[bytes, Address, int]]:
         with self._lock:
@@ -394,7 +414,7 @@ class UdpDriver:
             ike_queue_size,
             engine.knows_cookie,
             ike_port=ike_port,
-            held=functools.partial(_repeats_half_open, engine),
+            held=functools.partial(_holds_half_open, engine),
             limit_new=limit_new,
             clock=monotonic,
         )
@@ -682,15 +702,14 @@ class UdpDriver:
         self.flush()
 
 
-def _repeats_half_open(engine: IkeEngine, message: memoryview, remote: Address) -> bool:
-    """Whether ``message`` (without marker) repeats, byte for byte, the first message of a
-    phase 1 that ``engine`` holds half-open for ``remote``: a retransmission, answered from
-    the stored reply, not a new exchange. Only an exact repeat: a different message under a
-    held cookie would be parsed, so it is charged like any new one. Dict lookups and one
-    comparison, safe from the data thread as ``knows_cookie`` is."""
-    cookie = engine._half_open.get((bytes(message[:8]), remote))
-    sa = engine._sas.get(cookie) if cookie is not None else None
-    return sa is not None and sa.last_in == message
+def _digest(message: memoryview) -> bytes:
+    return hashlib.blake2b(message, digest_size=16).digest()
+
+
+def _holds_half_open(engine: IkeEngine, icookie: bytes, remote: Address) -> bool:
+    """Whether ``engine`` holds a half-open phase 1 for the initiator cookie ``icookie`` from
+    ``remote`` (a dict lookup, safe from the data thread as ``knows_cookie`` is)."""
+    return (icookie, remote) in engine._half_open
 
 
 def bind_udp(local_ip: str, port: int) -> socket.socket:
