@@ -23,6 +23,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pytest
+
 from tests.helpers.ike_pair import (
     CLIENT_IP,
     GATEWAY_IP,
@@ -167,19 +169,31 @@ class Storm:
             self.answers["silently ignored"] += 1
 
 
-def _user_pair() -> tuple[Pair, bytes]:
-    pair = Pair(client_config(dpd_interval=10.0), gateway_config(dpd_interval=10.0))
+GATEWAYS = {
+    "everything on": {},  # tests/helpers/ike_pair: Aggressive Mode with a PSK and Base Mode accepted
+    "defaults": {"allow_aggressive_psk": False, "allow_base_mode": False},
+}
+"""What the stormed gateway accepts: the most an attacker can reach, and the shipped defaults."""
+
+
+def _user_pair(gateway: dict[str, object] | None = None) -> tuple[Pair, bytes]:
+    pair = Pair(client_config(dpd_interval=10.0), gateway_config(dpd_interval=10.0, **(gateway or {})))
     connect(pair, "main")
     assert pair.client.of(ev.Phase1Established) and pair.gateway.of(ev.Phase1Established)
     return pair, pair.gateway.of(ev.Phase1Established)[0].sa_id
 
 
 def run_storm(
-    seed: int, count: int, sources: list[str] = SOURCES, step: float = STEP, hijack: float = 0.03
+    seed: int,
+    count: int,
+    sources: list[str] = SOURCES,
+    step: float = STEP,
+    hijack: float = 0.03,
+    gateway: dict[str, object] | None = None,
 ) -> Storm:
     """``count`` storm datagrams from ``sources``, ``step`` seconds apart; a share ``hijack``
     of the ISAKMP ones carry the live user's cookies."""
-    pair, user_sa = _user_pair()
+    pair, user_sa = _user_pair(gateway)
     storm = Storm(pair, user_sa)
     rng = random.Random(seed)
     for i, (data, port) in enumerate(storm_datagrams(seed, count)):
@@ -196,9 +210,10 @@ def run_storm(
     return storm
 
 
-def test_storm_of_mutated_messages_leaves_the_gateway_bounded_and_the_user_served() -> None:
-    count = fuzz_iterations(20_000)
-    storm = run_storm(fuzz_seed(14), count)
+@pytest.mark.parametrize("gateway", list(GATEWAYS))
+def test_storm_of_mutated_messages_leaves_the_gateway_bounded_and_the_user_served(gateway: str) -> None:
+    count = fuzz_iterations(20_000) // (1 if gateway == "everything on" else 2)
+    storm = run_storm(fuzz_seed(14), count, gateway=GATEWAYS[gateway])
     gateway = storm.gateway
     pair = storm.pair
 
