@@ -46,7 +46,7 @@ from .messages import DataAttribute, Header, RawPayload, SAPayload, decode_heade
 from .modecfg import ModeConfig
 from .proposals import ChildProposal
 from .retransmit import Retransmission
-from .sa import Access, Address, ExchangeKind, ExState, IkeSA, P1State, Role
+from .sa import Access, Address, ExchangeKind, ExState, IkeSA, P1State, Role, message_digest
 
 log = logging.getLogger(__name__)
 
@@ -381,6 +381,13 @@ class IkeEngine:
                 # INITIAL-CONTACT after a restart): nothing to do, RFC 2408 section 5.1
                 self._bad_input("unprotected Informational for an unknown ISAKMP SA")
                 return
+            if header.rcookie != bytes(8) and not phase1.is_our_cookie(
+                self, header.icookie, header.rcookie, remote[0], now
+            ):
+                # a responder cookie we never gave this address (RFC 2408 2.5.3): forged or
+                # guessed; no INVALID-COOKIE goes back to whoever's address it carries
+                self._bad_input("responder cookie that is not ours")
+                return
             raise RemoteProtocolError(
                 "message for an unknown ISAKMP SA", NotifyType.INVALID_COOKIE, "header.cookies", 0
             )
@@ -474,7 +481,7 @@ class IkeEngine:
                     "header.exchange",
                     18,
                 )
-            if data == sa.last_in and sa.sent.message:
+            if sa.sent.message and message_digest(data) == sa.last_in:
                 # RFC 2408 section 5 / RFC 2409: a retransmitted request gets our last answer
                 self._out.append((sa.wrap(sa.sent.message), sa.remote, sa.local[1]))
                 return

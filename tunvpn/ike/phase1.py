@@ -24,6 +24,7 @@ calls them), the handlers of the table, and the ends of a phase 1 (``fail_phase1
 from __future__ import annotations
 
 import copy
+import hmac
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -57,7 +58,7 @@ from .messages import (
 from .natt import BASE_MODE_V2_VID
 from .proposals import check_phase1_answer, phase1_sa_payload, select_phase1_proposal
 from .retransmit import Retransmission
-from .sa import Address, IkeSA, P1State, Role
+from .sa import Address, IkeSA, P1State, Role, message_digest
 from .sa import find_payloads as _find
 from .sa import one_payload as _one
 
@@ -92,6 +93,36 @@ def _local_secret(engine: IkeEngine) -> bytes:
     if engine._secret is None:
         engine._secret = engine._random(32)
     return engine._secret
+
+
+COOKIE_EPOCH = 3600.0
+"""Seconds one secret-and-time input of the responder cookies lasts (two are accepted)."""
+
+
+def _responder_cookie(engine: IkeEngine, icookie: bytes, ip: str, epoch: int) -> bytes:
+    who = f"|{epoch}|{ip}".encode()
+    return crypto.prf(HashAlgorithm.SHA2_256, _local_secret(engine), b"tunvpn cookie|" + icookie + who)[:8]
+
+
+def new_responder_cookie(engine: IkeEngine, icookie: bytes, remote: Address, now: float) -> bytes:
+    """Our cookie for a new responder SA, RFC 2408 section 2.5.3: a keyed hash of the peer's
+    cookie and address, a local secret and the time, so a later message can be recognised as
+    carrying a cookie we gave (:func:`is_our_cookie`) without keeping anything. Unique among
+    our SAs (a collision, or a second exchange of the same cookie and address in this epoch,
+    gets a random one)."""
+    cookie = _responder_cookie(engine, icookie, remote[0], int(now // COOKIE_EPOCH))
+    if cookie == bytes(8) or cookie in engine._sas:
+        return engine._new_cookie()
+    return cookie
+
+
+def is_our_cookie(engine: IkeEngine, icookie: bytes, rcookie: bytes, ip: str, now: float) -> bool:
+    """Whether ``rcookie`` is a responder cookie we gave ``ip`` for ``icookie`` in this
+    epoch or the one before (constant time)."""
+    epoch = int(now // COOKIE_EPOCH)
+    return any(
+        hmac.compare_digest(_responder_cookie(engine, icookie, ip, e), rcookie) for e in (epoch, epoch - 1)
+    )
 
 
 # ------------------------------------------------------------------ commands
@@ -192,12 +223,13 @@ def start_responder(
         return
     if header.exchange == BM and not _bm_r_cookie_echoed(engine, header, data, remote, local, now):
         return  # answered (or dropped) without keeping anything
-    sa = IkeSA(Role.RESPONDER, header.exchange, header.icookie, engine._new_cookie(), local, remote, now)
+    rcookie = new_responder_cookie(engine, header.icookie, remote, now)
+    sa = IkeSA(Role.RESPONDER, header.exchange, header.icookie, rcookie, local, remote, now)
     sa.last_heard = now
     if local[1] != engine.ike_port:
         sa.floated = True
     payloads = sa.open(header, data)
-    sa.last_in = data
+    sa.last_in = message_digest(data)
     engine._sas[sa.rcookie] = sa
     engine._start_half_open(sa, (header.icookie, remote))
     try:
@@ -260,7 +292,7 @@ def receive_phase1(engine: IkeEngine, sa: IkeSA, header: Header, data: bytes, no
             if n.notify_type < 8192:
                 _peer_refused(engine, sa, n, now)
                 return
-        sa.last_in = data
+        sa.last_in = message_digest(data)
         sa.sent.stop()
         handling = True
         handler(engine, sa, payloads, now)

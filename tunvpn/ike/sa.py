@@ -8,6 +8,7 @@ then chains on its own.
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
     from .config import ChildPolicy
 
 Address = tuple[str, int]
+
+
+def message_digest(data: bytes) -> bytes:
+    """What a phase 1 SA keeps of the last message it took, to know a retransmission."""
+    return hashlib.sha256(data).digest()
 
 
 def find_payloads(payloads: list[RawPayload], kind: type) -> list[RawPayload]:
@@ -209,6 +215,8 @@ class IkeSA:
     exchanges: dict[int, Exchange] = field(default_factory=dict)
     # phase 1 duplicate detection and retransmission (retransmit.py)
     last_in: bytes = b""
+    """:func:`message_digest` of the last phase 1 message taken (not the message: a half-open
+    SA keeps only what it needs, issue 14)."""
     sent: Retransmission = field(default_factory=Retransmission)
     # liveness
     last_heard: float = 0.0

@@ -32,15 +32,16 @@ def test_half_open_and_drops_are_in_the_registry() -> None:
 
 
 def test_answers_withheld_from_unverified_senders_are_in_the_registry() -> None:
-    """Messages for unknown ISAKMP SAs "from" one victim: beyond the notify budget the
-    gateway sends nothing, and `status` says how many answers it kept back."""
+    """Aggressive Mode first messages (refused: it is off) "from" one victim: beyond the
+    notify budget the gateway sends nothing, and `status` says how many answers it kept back."""
     spare = IkeEngine(client_config())
-    spare.initiate((GATEWAY_IP, 500), ("192.0.2.10", 500), 1000.0)
+    spare.initiate((GATEWAY_IP, 500), ("192.0.2.10", 500), 1000.0, mode="aggressive")
     [(first, _, _)] = spare.datagrams_to_send()
-    gateway = IkeEngine(gateway_config())
+    gateway = IkeEngine(gateway_config(allow_aggressive_psk=False, allow_aggressive_signatures=False))
     for i in range(50):
-        unknown = bytes([i + 1]) * 8 + bytes([0xEE]) * 8 + first[16:]
-        gateway.receive_datagram(unknown, ("192.0.2.77", 500), (GATEWAY_IP, 500), 1000.0)
+        gateway.receive_datagram(
+            bytes([i + 1]) * 8 + first[8:], ("192.0.2.77", 500), (GATEWAY_IP, 500), 1000.0
+        )
     sent = gateway.datagrams_to_send()
     snapshot = counter_registry(Daemon(gateway)).snapshot()  # type: ignore[arg-type]
     burst = int(gateway.config.notify_budget[1])

@@ -15,7 +15,7 @@ import random
 
 from tests.helpers.ike_pair import CLIENT_IP, GATEWAY_IP, Pair, client_config, connect, gateway_config
 from tunvpn.ike import events as ev
-from tunvpn.ike.constants import DHGroup, EncryptionAlgorithm, ExchangeType, HashAlgorithm
+from tunvpn.ike.constants import DHGroup, EncryptionAlgorithm, ExchangeType, HashAlgorithm, NotifyType
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.messages import decode_header
 from tunvpn.ike.proposals import Phase1Policy
@@ -86,22 +86,57 @@ def test_a_real_aggressive_client_gets_in_after_a_storm_from_other_sources() -> 
     assert pair.client.of(ev.Phase1Established) and pair.gateway.of(ev.Phase1Established)
 
 
-def test_a_victim_gets_few_notifies_and_none_larger_than_the_message() -> None:
+def test_forged_responder_cookies_draw_nothing() -> None:
+    """Messages "from" a victim naming ISAKMP SAs the gateway never had: the responder cookie
+    is not one the gateway derived (RFC 2408 2.5.3), so nothing goes to the victim."""
     pair = Pair(client_config(), gateway_config())
+    gateway = pair.gateway.engine
+    rng = random.Random(3)
+    template = aggressive_first_message(pair.now)
+    forged = [rng.randbytes(16) + template[16:] for _ in range(1000)]
+    assert [a for data in forged for a in feed(gateway, data, VICTIM, pair.now)] == []
+    assert gateway.drops["responder cookie that is not ours"] == 1000
+
+
+def test_a_peer_whose_exchange_we_forgot_is_told_with_its_real_cookie() -> None:
+    """Positive control of the cookie check: a real initiator whose half-open exchange timed
+    out on the gateway gets INVALID-COOKIE for its next message, which carries our cookie."""
+    pair = Pair(client_config(), gateway_config())
+    pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    [(mm1, _, _)] = pair.client.engine.datagrams_to_send()
+    [mm2] = feed(pair.gateway.engine, mm1, CLIENT_IP, pair.now)
+    pair.client.engine.receive_datagram(mm2, (GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    [(mm3, _, _)] = pair.client.engine.datagrams_to_send()
+    later = pair.now + 31  # the gateway forgets the half-open exchange before MM3 arrives
+    pair.gateway.engine.handle_timer(later)
+    assert not pair.gateway.engine.ike_sas()
+    [notify] = feed(pair.gateway.engine, mm3, CLIENT_IP, later)
+    assert decode_header(notify).exchange == ExchangeType.INFORMATIONAL
+    assert NotifyType.INVALID_COOKIE.to_bytes(2, "big") in notify
+
+
+def test_a_victim_gets_few_notifies_and_none_larger_than_the_message() -> None:
+    """First messages "from" a victim that each draw an error Notify (Aggressive Mode is off):
+    the victim gets the per-destination burst, all sources together the total burst."""
+    pair = Pair(
+        client_config(), gateway_config(allow_aggressive_psk=False, allow_aggressive_signatures=False)
+    )
     gateway = pair.gateway.engine
     _, burst, _, total_burst = gateway.config.notify_budget
     rng = random.Random(3)
     template = aggressive_first_message(pair.now)
-    # messages for ISAKMP SAs the gateway never had (INVALID-COOKIE), "from" the victim
-    unknown = [rng.randbytes(16) + template[16:] for _ in range(1000)]
-    answers = [a for data in unknown for a in feed(gateway, data, VICTIM, pair.now)]
+    refused = [rng.randbytes(8) + template[8:] for _ in range(1000)]
+    answers = [a for data in refused for a in feed(gateway, data, VICTIM, pair.now)]
     assert len(answers) == burst
-    assert all(len(a) <= len(unknown[0]) for a in answers)
+    assert all(len(a) <= len(template) for a in answers)
+    assert all(NotifyType.NO_PROPOSAL_CHOSEN.to_bytes(2, "big") in a for a in answers)
     assert gateway.withheld["notify over budget"] == 1000 - burst
 
     # a tiny message that would draw a Notify bigger than itself draws nothing
     tiny = bytearray(template[:28])
-    tiny[8:16] = rng.randbytes(8)  # an unknown responder cookie
+    tiny[0:8] = rng.randbytes(8)
+    tiny[16] = 0  # no payloads: a Main Mode message 1 without its SA payload
+    tiny[18] = ExchangeType.IDENTITY_PROTECTION
     tiny[24:28] = (28).to_bytes(4, "big")
     pair.advance(60)
     assert feed(gateway, bytes(tiny), "198.51.100.99", pair.now) == []
@@ -110,7 +145,7 @@ def test_a_victim_gets_few_notifies_and_none_larger_than_the_message() -> None:
     # many victims: the total bounds what the gateway sends in all
     pair.advance(60)
     sent = sum(
-        len(feed(gateway, rng.randbytes(16) + template[16:], f"10.{i >> 8}.{i & 255}.5", pair.now))
+        len(feed(gateway, rng.randbytes(8) + template[8:], f"10.{i >> 8}.{i & 255}.5", pair.now))
         for i in range(3000)
     )
     assert sent == total_burst

@@ -119,3 +119,34 @@ def test_half_open_sas_of_a_storm_time_out_without_a_log_line_each(caplog) -> No
     assert half_open(gateway) == 0
     assert gateway.drops["half-open SA timed out after the first message"] == 1000
     assert len(caplog.records) <= 2, [r.getMessage() for r in caplog.records]
+
+
+def test_a_half_open_exchange_keeps_little_more_than_the_offer() -> None:
+    """What a spoofed Main Mode message 1 leaves behind until it times out: the initiator's SA
+    payload (needed for HASH_I later, RFC 2409 5.4) and the SA record, not a copy of the
+    message. Measured with tracemalloc over 200 of our own client's full first message
+    (every suite and XAUTH variant, about 6 KB): the gateway's memory is bounded by
+    max_half_open x (first message + a few KB); the first look bounds the message (16 KB)."""
+    import tracemalloc
+
+    spare = IkeEngine(client_config())
+    spare.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), 1000.0, xauth=True)
+    [(first, _, _)] = spare.datagrams_to_send()
+    gateway = IkeEngine(gateway_config())
+    rng = random.Random(5)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            source = f"10.1.{i // 5 // 250}.{i // 5 % 250 + 1}"
+            gateway.receive_datagram(rng.randbytes(8) + first[8:], (source, 500), (GATEWAY_IP, 500), 1000.0)
+            gateway.datagrams_to_send()
+            while gateway.next_event() is not None:
+                pass
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert gateway.half_open_count() == 200
+    per_exchange = grown / 200
+    print(f"{per_exchange:.0f} bytes per half-open exchange for a {len(first)}-byte first message")
+    assert per_exchange < len(first) + 6000
