@@ -852,6 +852,7 @@ def parse_gateway_config(
     assert listen is not None
     legacy = gw.flag("legacy", False)
     allow_aggressive_psk = gw.flag("allow_aggressive_psk", False)
+    allow_aggressive_signatures = gw.flag("allow_aggressive_signatures", False)
     allow_base_mode = gw.flag("allow_base_mode", False)
 
     psks = read_psks(gw, base_dir, env, file_mode)
@@ -862,7 +863,6 @@ def parse_gateway_config(
     )
     if not psks and credential is None:
         raise gw.error("", "no way to authenticate: give psk_file, psk_env, psk or [gateway.certificate]")
-    allow_aggressive_signatures = gw.flag("allow_aggressive_signatures", False)
 
     users: UserTable | None = None
     if "users_file" in gw:
@@ -930,6 +930,12 @@ def parse_gateway_config(
             "allow_aggressive_psk = true: Aggressive Mode exposes a hash of the pre-shared key to "
             "offline guessing; use long random group secrets"
         )
+    if allow_aggressive_signatures:
+        warn(
+            "allow_aggressive_signatures = true: every Aggressive Mode first message costs a "
+            "Diffie-Hellman and a signature before its sender is verified (budgeted per source "
+            "and in total); Main Mode does the same login"
+        )
     if allow_base_mode:
         warn(
             "allow_base_mode = true: tunvpn's Base Mode sends both identities in the clear and only "
@@ -940,12 +946,6 @@ def parse_gateway_config(
     phase1 = _phase1(top.table("phase1", "[phase1]", _PHASE1_KEYS), legacy)
     pool, dns, domains, banner = _network(top.table("network", "[network]", _NETWORK_KEYS))
     groups = _groups(top.table("groups", "[groups]", None))
-    if allow_aggressive_signatures:
-        warn(
-            "allow_aggressive_signatures = true: every Aggressive Mode first message costs a "
-            "Diffie-Hellman and a signature before its sender is verified (budgeted per source "
-            "and in total); Main Mode does the same login"
-        )
     rules = _rules(top, legacy, groups, pool)
     protocols = _protocols(top)
     plugin_settings = _plugin_settings(top, plugins, base_dir)
@@ -966,6 +966,7 @@ def parse_gateway_config(
         xauth_chap=xauth_chap,
         hybrid=hybrid,
         allow_aggressive_psk=allow_aggressive_psk,
+        allow_aggressive_signatures=allow_aggressive_signatures,
         allow_base_mode=allow_base_mode,
         legacy=legacy,
         phase1=phase1,
@@ -976,7 +977,6 @@ def parse_gateway_config(
         rules=rules,
         protocols=protocols,
         plugins=plugins,
-        allow_aggressive_signatures=allow_aggressive_signatures,
         plugin_settings=MappingProxyType(plugin_settings),
         tun=tun,
         mtu=gw.number("mtu", 1400, 576, 65535),

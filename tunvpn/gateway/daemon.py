@@ -375,6 +375,7 @@ def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None =
         phase1=phase1,
         children=child_policies(options, phase1),
         allow_aggressive_psk=options.allow_aggressive_psk,
+        allow_aggressive_signatures=options.allow_aggressive_signatures,
         allow_base_mode=options.allow_base_mode,
         require_xauth=require_xauth,
         login_required=require_xauth,
@@ -382,7 +383,6 @@ def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None =
         max_half_open=options.max_half_open,
         max_half_open_per_source=options.max_half_open_per_source,
         xauth_chap=options.xauth_chap,
-        allow_aggressive_signatures=options.allow_aggressive_signatures,
         xauth_available=options.users is not None or bool(options.plugins or options.plugin_objects),
         # ESP runs in userspace over UDP 4500 (RFC 3948): with a data path, always encapsulate
         force_encap=options.force_encap or options.tun is not None,
@@ -484,6 +484,11 @@ class Gateway:
                 "Aggressive Mode with pre-shared keys enabled: the PSK hash can be attacked offline; "
                 "use long random group secrets"
             )
+        if options.allow_aggressive_signatures:
+            log.warning(
+                "Aggressive Mode with signatures enabled: every first message costs a Diffie-Hellman "
+                "and a signature before the sender is verified, and identities travel in the clear"
+            )
         if options.allow_base_mode:
             log.warning(
                 "Base Mode enabled: identities travel in the clear and a rogue gateway can test "
@@ -491,11 +496,6 @@ class Gateway:
             )
 
     # ------------------------------------------------------------------ policies
-        if options.allow_aggressive_signatures:
-            log.warning(
-                "Aggressive Mode with signatures enabled: every first message costs a Diffie-Hellman "
-                "and a signature before the sender is verified, and identities travel in the clear"
-            )
 
     def groups_of(self, user: str | None) -> frozenset[str]:
         if user is None:
@@ -1614,6 +1614,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         pool=cfg.pool,
         dns=tuple(cfg.dns),
         allow_aggressive_psk=cfg.allow_aggressive_psk,
+        allow_aggressive_signatures=cfg.allow_aggressive_signatures,
         allow_base_mode=cfg.allow_base_mode,
         legacy=cfg.legacy,
         require_xauth=cfg.require_xauth,
@@ -1631,7 +1632,6 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         accounting_interval=cfg.accounting_interval,
         login_timeout=cfg.login_timeout,
         max_half_open=cfg.max_half_open,
-        allow_aggressive_signatures=cfg.allow_aggressive_signatures,
         max_half_open_per_source=cfg.max_half_open_per_source,
         ike_queue_size=cfg.ike_queue_size,
         new_exchanges_per_source=cfg.new_exchanges_per_source,
