@@ -419,6 +419,41 @@ def test_control_fuzz_from_the_tunnel_peer_stays_bounded() -> None:
     print(f"L2TP peer fuzz of {count}: at most {dict(most)}, {lns.stats}")
 
 
+def test_lac_under_a_hostile_lns_stays_bounded() -> None:
+    """Our LAC's tunnel (the client side) fed mutated messages aimed at its ID and window by
+    a hostile LNS: never raises, answers each with a few bounded datagrams, queues bounded."""
+    mutator_target: list[Tunnel] = []
+    mutator = L2tpMutator(
+        l2tp_corpus(),
+        fuzz_seed(1702),
+        tunnel_ids=lambda: [t.local_tunnel_id for t in mutator_target],
+        window=lambda tid: _window(mutator_target[0]) if mutator_target else None,
+    )
+    now = 0.0
+    seen = Counter[str]()
+    for i in range(fuzz_iterations(20_000)):
+        if not mutator_target or mutator_target[0].state is TunnelState.CLOSED:
+            seen["tunnels"] += 1
+            pair = L2tpPair(
+                Lns(secret=SECRET, random_bytes=random.Random(i).randbytes), lac_id=1 + i % 0xFFFF
+            )
+            pair.now = now
+            pair.shuttle(pair.lac.start(now).datagrams)
+            pair.shuttle(pair.lac.open_session(now, 77).datagrams)
+            mutator_target[:] = [pair.lac]
+        lac = mutator_target[0]
+        out = lac.receive(mutator.next(), now)
+        seen.update(type(e).__name__ for e in out.events)
+        assert len(out.datagrams) <= 4 and all(len(d) <= 512 for d in out.datagrams)
+        assert len(lac._queued) <= MAX_QUEUED and len(lac._unacked) <= lac.peer_window
+        assert len(lac.sessions) <= 1
+        if i % 20 == 0:
+            now += 1.0
+            lac.poll(now)
+    assert seen["Received"] > 0  # the lies reached the state machine, not only the codec
+    print(f"LAC under a hostile LNS: {dict(seen)}")
+
+
 def test_a_peer_that_never_acknowledges_cannot_grow_our_send_queue() -> None:
     """Found by the fuzz's stingy peer: each OCRQ is answered with a CDN, and a LAC that keeps
     sending OCRQs in sequence while acknowledging only one of our messages every few seconds
@@ -749,17 +784,20 @@ class HostileLink(PppLink):
     frames are mutated on the way and mutated corpus frames are slipped in between; the
     server's answers are checked frame by frame."""
 
-    def __init__(self, mutator: PppMutator, watch: PppWatch, *, accept: bool, now: float) -> None:
+    def __init__(
+        self, mutator: PppMutator, watch: PppWatch, *, accept: bool, now: float, victim: Role = Role.SERVER
+    ) -> None:
         super().__init__(_client(), _server())
         self.mutator = mutator
         self.watch = watch
         self.accept = accept
         self.now = now
-        self.server_events: list[object] = []
+        self.victim = self.server if victim is Role.SERVER else self.client
+        self.server_events: list[object] = []  # the victim's
         watch.links += 1
 
     def deliver(self, side: Ppp, out: Output) -> None:
-        if side is self.server:
+        if side is self.victim:
             assert len(out.frames) <= 4, f"{len(out.frames)} frames at once"
             for reply in out.frames:
                 protocol, _ = decode_frame(reply)
@@ -768,7 +806,7 @@ class HostileLink(PppLink):
                 assert len(reply) <= 4 + 1500, len(reply)  # within the peer's MRU (default)
         self.wire.extend((self.client if side is self.server else self.server, f) for f in out.frames)
         for event in out.events:
-            if side is self.server:
+            if side is self.victim:
                 self.server_events.append(event)
                 self.watch.events[type(event).__name__] += 1
             if isinstance(event, AuthRequest):
@@ -786,26 +824,26 @@ class HostileLink(PppLink):
     def step(self) -> None:
         r = self.mutator.rng
         if not self.wire or r.random() < 0.2:
-            self.wire.insert(0, (self.server, self.mutator.next()))
+            self.wire.insert(0, (self.victim, self.mutator.next()))
         target, frame = self.wire.pop(0)
-        if target is self.server and r.random() < 0.3:
+        if target is self.victim and r.random() < 0.3:
             frame = self.mutator.mutate(frame)
         packet = target.receive_ip(frame)
         if packet is not None:
-            if target is self.server:
+            if target is self.victim:
                 self.server_events.append(IpPacket(packet))
             return
         self.deliver(target, target.receive(frame, self.now))
 
 
-def _ppp_fuzz(accept: bool, seed: int) -> tuple[PppWatch, list[object]]:
+def _ppp_fuzz(accept: bool, seed: int, victim: Role = Role.SERVER) -> tuple[PppWatch, list[object]]:
     mutator = PppMutator(ppp_corpus(), seed)
     watch = PppWatch()
     count = fuzz_iterations(20_000)
-    link = HostileLink(mutator, watch, accept=accept, now=0.0).start()
+    link = HostileLink(mutator, watch, accept=accept, now=0.0, victim=victim).start()
     seen: list[object] = []
     for i in range(count):
-        ip_open = link.server.ip_up
+        ip_open = link.victim.ip_up
         link.step()
         for event in link.server_events:
             if isinstance(event, IpPacket):
@@ -814,14 +852,16 @@ def _ppp_fuzz(accept: bool, seed: int) -> tuple[PppWatch, list[object]]:
                 assert not isinstance(event, IpPacket | IpUp | AuthSucceeded), event
         seen += link.server_events
         link.server_events = []
-        if not accept:
+        if not accept and victim is Role.SERVER:
             assert not link.server.ip_up and link.server.phase is not Phase.NETWORK
         if i % 10 == 0:
             link.now += 1.0
             for side in (link.client, link.server):
                 link.deliver(side, side.poll(link.now))
-        if (link.server.phase is Phase.DEAD and not link.wire) or i % 400 == 399:
-            link = HostileLink(mutator, watch, accept=accept, now=link.now).start()  # the next call
+        if (link.victim.phase is Phase.DEAD and not link.wire) or i % 400 == 399:
+            link = HostileLink(
+                mutator, watch, accept=accept, now=link.now, victim=victim
+            ).start()  # next call
     return watch, seen
 
 
@@ -838,6 +878,14 @@ def test_ppp_server_fuzz_with_logins_accepted_stays_bounded() -> None:
     watch, _ = _ppp_fuzz(accept=True, seed=fuzz_seed(1994))
     assert watch.events["IpUp"] > 0  # the fuzz reached the network phase
     print(f"PPP fuzz, logins accepted: {watch}")
+
+
+def test_ppp_client_under_a_hostile_server_stays_bounded() -> None:
+    """Our client (the LAC side) fed a server's frames with lies in them: never raises,
+    answers each frame with a few bounded frames, takes IP only while IPCP is Opened."""
+    watch, _ = _ppp_fuzz(accept=True, seed=fuzz_seed(1334), victim=Role.CLIENT)
+    assert watch.events["IpUp"] > 0
+    print(f"PPP fuzz of the client: {watch}")
 
 
 def test_ppp_codecs_raise_only_their_errors() -> None:
