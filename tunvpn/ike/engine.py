@@ -412,6 +412,11 @@ class IkeEngine:
         the data thread to put messages of known SAs first: shell.udp.IkeInbox)."""
         return cookie in self._sas
 
+    def holds_half_open(self, icookie: bytes, remote: Address) -> bool:
+        """Whether a phase 1 that ``remote`` started under ``icookie`` is held half-open (a
+        dict lookup: the shell's first look lets an exact retransmission through uncharged)."""
+        return (icookie, remote) in self._half_open
+
     def half_open_count(self) -> int:
         """Responder phase 1 SAs not established yet (bounded by ``max_half_open``)."""
         return len(self._half_open_keys)

@@ -414,7 +414,7 @@ class UdpDriver:
             ike_queue_size,
             engine.knows_cookie,
             ike_port=ike_port,
-            held=functools.partial(_holds_half_open, engine),
+            held=engine.holds_half_open,
             limit_new=limit_new,
             clock=monotonic,
         )
@@ -704,12 +704,6 @@ class UdpDriver:
 
 def _digest(message: memoryview) -> bytes:
     return hashlib.blake2b(message, digest_size=16).digest()
-
-
-def _holds_half_open(engine: IkeEngine, icookie: bytes, remote: Address) -> bool:
-    """Whether ``engine`` holds a half-open phase 1 for the initiator cookie ``icookie`` from
-    ``remote`` (a dict lookup, safe from the data thread as ``knows_cookie`` is)."""
-    return (icookie, remote) in engine._half_open
 
 
 def bind_udp(local_ip: str, port: int) -> socket.socket:
