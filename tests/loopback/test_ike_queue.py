@@ -147,3 +147,43 @@ def test_tunvpn_status_shows_the_ike_side_under_attack() -> None:
         "ike  half-open 5  queue 0  dropped half-open limit per source 3, shorter than an ISAKMP header 1"
         in (format_status(status).splitlines())
     )
+
+
+def test_a_burst_on_the_ike_port_does_not_crowd_out_a_real_first_message() -> None:
+    """The kernel's receive buffer of the IKE socket holds a burst: 3,000 spoofed first
+    messages arrive while the gateway is not reading (busy), then a real user's first message;
+    with the default buffer (about 208 KB, some 150 datagrams) the kernel dropped the user's
+    message with the burst's tail, and the user waited a retransmission interval."""
+    import os
+    from pathlib import Path
+
+    import pytest
+
+    from tests.vectors.captures import CHARON_MM1
+    from tunvpn.shell.udp import IKE_RECEIVE_BUFFER, bind_udp
+
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    if os.geteuid() != 0 and rmem_max < IKE_RECEIVE_BUFFER:
+        pytest.skip(f"not root, and net.core.rmem_max ({rmem_max}) caps the receive buffer")
+    gateway = bind_udp(GATEWAY, 0)
+    port = gateway.getsockname()[1]
+    rng = random.Random(14)
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as user,
+    ):
+        attacker.bind((GATEWAY, 0))
+        user.bind((CLIENT, 0))
+        for _ in range(3000):
+            attacker.sendto(rng.randbytes(8) + CHARON_MM1[8:], (GATEWAY, port))
+        user.sendto(b"the user's" + CHARON_MM1[10:], (GATEWAY, port))
+        received: list[tuple[bytes, tuple[str, int]]] = []
+        try:
+            while True:
+                received.append(gateway.recvfrom(65535))
+        except BlockingIOError:
+            pass
+        finally:
+            gateway.close()
+    assert received[-1][1][0] == CLIENT, f"{len(received)} of 3001 datagrams kept; the user's lost"
+    assert len(received) == 3001

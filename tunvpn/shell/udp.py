@@ -706,10 +706,30 @@ def _digest(message: memoryview) -> bytes:
     return hashlib.blake2b(message, digest_size=16).digest()
 
 
+IKE_RECEIVE_BUFFER = 4 << 20
+"""Receive buffer of the IKE sockets (issue 14). The default (about 208 KB) holds only some
+150 small datagrams: a burst of spoofed first messages filled it and the kernel dropped
+a real user's first message with the rest, which then waited a whole retransmission
+interval. 4 MB holds a few thousand, which the first look clears in milliseconds."""
+
+SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>: root may exceed net.core.rmem_max
+
+
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, IKE_RECEIVE_BUFFER)
+            return
+        except OSError:  # not root (FORCE), or not Linux: the plain option, capped by the system
+            continue
+
+
 def bind_udp(local_ip: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket bound to ``(local_ip, port)``, with errors a user can act on."""
+    """A non-blocking UDP socket bound to ``(local_ip, port)``, with errors a user can act on,
+    and a receive buffer for bursts (:data:`IKE_RECEIVE_BUFFER`)."""
     family = socket.AF_INET6 if ":" in local_ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    _grow_receive_buffer(sock)
     try:
         sock.setblocking(False)
         sock.bind((local_ip, port))
