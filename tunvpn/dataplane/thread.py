@@ -190,7 +190,10 @@ class DataPlane:
         self.on_event = on_event
         self.replay_window = replay_window
         self.clock = clock
-        self.sad = SadTable(drop_log=DropLog(rate=5.0, burst=20.0))
+        # dropped ESP: the first few logged, then one line per ESP_DROP_LOG_INTERVAL with the
+        # counts held back, as the IKE side sums up its bad input (issue 14: garbage on the
+        # NAT-T port made five lines a second)
+        self.sad = SadTable(drop_log=DropLog(rate=1.0 / ESP_DROP_LOG_INTERVAL, burst=3.0))
         """The SA table; only the data thread touches it once the thread runs."""
         self.counters: Counter[str] = Counter()
         """The data thread's own counts (read them through :meth:`counter_snapshot`)."""
@@ -539,6 +542,9 @@ class DataPlane:
                 except OSError:
                     pass
 
+
+ESP_DROP_LOG_INTERVAL = 10.0
+"""Seconds between two log lines about dropped ESP packets once the first few were logged."""
 
 SOCKET_BUFFER = 8 << 20
 """UDP socket buffers: TCP through the tunnel sends bursts of 64 GSO segments; a default

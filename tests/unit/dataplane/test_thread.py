@@ -9,6 +9,7 @@ as ESP in UDP (RFC 4303, RFC 3948) and comes out of the other's TUN device.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -216,3 +217,19 @@ def test_the_snapshot_is_copied_on_the_data_thread(pair: tuple[Side, Side]) -> N
     # and a removed pair is gone from the next copy (commands and copies keep their order)
     gateway.dataplane.remove(0x2000)
     assert gateway.dataplane.counter_snapshot().sas == {}
+
+
+def test_dropped_esp_makes_a_few_log_lines_then_one_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 14: garbage ESP on the NAT-T port (a storm) is counted per packet but logged as
+    the IKE side's bad input is: the first few drops, then one line per 10 s with the counts
+    held back (the data plane logged five lines a second before)."""
+    from tunvpn.dataplane.thread import ESP_DROP_LOG_INTERVAL
+    from tunvpn.esp import DropReason
+
+    dataplane = DataPlane(FakeTun())
+    with caplog.at_level(logging.INFO, logger="tunvpn.esp"):
+        for i in range(6000):  # 100 a second for 60 s
+            dataplane.sad.drop_log.record(DropReason.UNKNOWN_SPI, 0x1000 + i, 1000.0 + i / 100)
+    lines = [r for r in caplog.records if "ESP drop" in r.getMessage()]
+    assert len(lines) <= 3 + 60 / ESP_DROP_LOG_INTERVAL + 1, len(lines)
+    assert "not logged" in lines[-1].getMessage()
