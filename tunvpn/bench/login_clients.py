@@ -110,14 +110,19 @@ class Generator:
             pass
         return Outcome(False, None, watch.failure or client.message or "ended")
 
-    async def release(self) -> None:
-        """Held clients delete their SAs (the gateway is told) and close."""
-        for client, _task in self.held:
-            client.close("bench done")
-        for _client, task in self.held:
-            task.cancel()
-        await asyncio.gather(*(t for _c, t in self.held), return_exceptions=True)
-        self.held.clear()
+    async def release(self, batch: int = 20) -> None:
+        """Held clients delete their SAs (the gateway is told) and close, ``batch`` at a time: a
+        thousand Deletes at once overflow the gateway's socket buffer on loopback, and the SAs
+        whose Delete was lost would stay until dead peer detection (150 s)."""
+        held, self.held = self.held, []
+        for start in range(0, len(held), batch):
+            chunk = held[start : start + batch]
+            for client, _task in chunk:
+                client.close("bench done")
+            for _client, task in chunk:
+                task.cancel()
+            await asyncio.gather(*(t for _c, t in chunk), return_exceptions=True)
+            await asyncio.sleep(0.01)
 
     async def run_many(
         self, concurrency: int, count: int | None, duration: float | None, hold: bool = False

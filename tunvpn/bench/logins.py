@@ -443,6 +443,20 @@ def _latency_ms(outcomes: Sequence[Outcome]) -> dict[str, float | None]:
     }
 
 
+async def _drained(gateway: GatewayProcess, timeout: float = 20.0) -> int | None:
+    """Wait until the gateway holds no session (its clients' Deletes arrived); how many it still
+    holds then (None: it did not answer ``tunvpn status``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await asyncio.to_thread(gateway.status)
+        if status is None:
+            return None
+        left = len(status.get("tunnels") or [])
+        if left == 0 or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(0.5)
+
+
 def _busy(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
     """Busy % of a core between two :func:`core_ticks` samples."""
     if before is None or after is None or after[1] <= before[1]:
@@ -497,8 +511,8 @@ async def _measure(options: LoginBenchOptions, gateway: GatewayProcess, report: 
             report.memory["gateway_ipsec_sas"] = sum(len(t.get("sas") or []) for t in tunnels)
         if not options.hold_during:
             log.info("releasing the held clients")
-            await gen.release()
-            await asyncio.sleep(1.0)
+            await gen.release(options.concurrency)
+            report.memory["gateway_sessions_after_release"] = await _drained(gateway)
             report.memory["rss_after_release_kib"] = gateway.rss_kib()
 
     # 3. throughput
@@ -520,7 +534,8 @@ async def _measure(options: LoginBenchOptions, gateway: GatewayProcess, report: 
     gw_core_after = core_ticks(options.gateway_core)
     if gen.held:
         report.logins["clients_held_during"] = len(gen.held)
-        await gen.release()
+        await gen.release(options.concurrency)
+    report.logins["gateway_sessions_after"] = await _drained(gateway)
     counts = _counts(outcomes)
     completed = counts["completed"]
     report.logins = {
