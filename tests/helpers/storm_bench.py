@@ -20,8 +20,9 @@ Per target, in fresh namespaces (tests/helpers/storm.py, StormNet):
    log lines, UDP answers towards the spoofed addresses and the kernel's receive-buffer drops
    are counted;
 5. the spoofed-first-message cases: 1,000 real first messages from one address, then a login;
-   20,000 from 2,000 addresses, a login while they come (if they last a second or more) and
-   one after; the kernel's receive-buffer drops meanwhile;
+   20,000 from 2,000 addresses; a sustained flood (``--flood-seconds`` at ``--flood-rate``
+   from ``--flood-sources`` addresses, default 20 s at 1,000/s from 500); each with logins
+   while it lasts (if a second or more) and one after, and the kernel's receive-buffer drops;
 6. SIGTERM: how long until the process is gone.
 
 The text table and the raw JSON go to docs/bench/storm-<UTC date and time>.txt (``--out``).
@@ -382,10 +383,16 @@ def run_target(
             )
 
             # the spoofed-first-message cases
-            for key, count, sources, seed in (
-                ("first_1000_from_1", 1000, 1, args.seed + 1),
-                ("first_20000_from_2000", 20000, 2000, args.seed + 2),
-            ):
+            cases = [
+                ("first_1000_from_1", ["--count", "1000"], args.rate, 1, 1000 / args.rate),
+                ("first_20000_from_2000", ["--count", "20000"], args.rate, 2000, 20000 / args.rate),
+            ]
+            if args.flood_seconds > 0:
+                flood_args = ["--seconds", str(args.flood_seconds)]
+                cases.append(
+                    ("first_flood", flood_args, args.flood_rate, args.flood_sources, args.flood_seconds)
+                )
+            for n, (key, limit, rate, sources, lasts) in enumerate(cases, start=1):
                 log = tmp / f"{key}.log"
                 udp_before = net.udp_counters(net.g)
                 flood = start_storm(
@@ -393,31 +400,35 @@ def run_target(
                     log,
                     "--kind",
                     "first",
-                    "--count",
-                    str(count),
+                    *limit,
                     "--rate",
-                    str(args.rate),
+                    str(rate),
                     "--sources",
                     str(sources),
                     "--seed",
-                    str(seed),
+                    str(args.seed + n),
                     "--pool",
-                    str(min(count, args.pool)),
+                    "20000",
                 )
                 wait_sending(flood, log)
                 during = []
-                # a login that starts while the flood runs (20,000 at 5,000/s: 4 s)
-                if count / max(args.rate, 1) >= 1:
+                # logins that start while the flood runs (if it lasts a second or more)
+                if lasts >= 1:
                     time.sleep(0.3)
-                    during.append(login())
+                    while flood.poll() is None:
+                        one = login()
+                        if flood.poll() is None or not during:
+                            during.append(one)
+                        time.sleep(1)
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    flood.wait(count / max(args.rate, 1) + 120)
+                    flood.wait(lasts + 120)
                 sent = finish_storm(flood, log)
                 after = login()
                 udp = net.udp_counters(net.g)
                 result[key] = {
                     "sent": sent["sent"],
                     "rate": sent["rate"],
+                    "sources": sources,
                     "login_during": _logins(during) if during else None,
                     "login": _logins([after]),
                     "kernel_drops": udp["RcvbufErrors"] - udp_before["RcvbufErrors"],
@@ -521,6 +532,10 @@ def table(results: list[dict[str, Any]]) -> str:
             lambda r: _first(r.get("first_20000_from_2000")),
         ),
         (
+            "first messages for --flood-seconds at --flood-rate from --flood-sources addresses",
+            lambda r: _first(r.get("first_flood")),
+        ),
+        (
             "SIGTERM at the end",
             lambda r: f"exit {r.get('sigterm_exit_code')} after {r.get('sigterm_exit_seconds')} s",
         ),
@@ -556,7 +571,8 @@ def _first(case: dict[str, Any] | None) -> str:
         return "-"
     during = f"login during {_t(case['login_during'])}, " if case.get("login_during") else ""
     return (
-        f"sent {case['sent']} at {case['rate']}/s; {during}login after {_t(case['login'])}; "
+        f"sent {case['sent']} at {case['rate']}/s from {case.get('sources', '?')} addresses; "
+        f"{during}login after {_t(case['login'])}; "
         f"{case.get('kernel_drops', '-')} dropped by the kernel; {_counters(case['counters'])}"
     )
 
@@ -580,6 +596,11 @@ def main(argv: list[str] | None = None) -> int:
         "--login-every", type=float, default=3.0, help="pause between logins during the storm"
     )
     parser.add_argument("--login-timeout", type=float, default=30)
+    parser.add_argument(
+        "--flood-seconds", type=float, default=20, help="a sustained first-message flood (0: none)"
+    )
+    parser.add_argument("--flood-rate", type=float, default=1000)
+    parser.add_argument("--flood-sources", type=int, default=500)
     parser.add_argument(
         "--out", type=Path, default=None, help="report file (default docs/bench/storm-DATE.txt)"
     )
