@@ -162,7 +162,12 @@ class IkeEngine:
 
     def get_timer(self) -> float | None:
         times: list[float] = []
-        for sa in self._sas.values():
+        half_open = self._half_open_keys
+        for cookie, sa in self._sas.items():
+            if self._waits_only_for_half_open_timeout(cookie, sa):
+                # only its half-open timeout, the oldest of which is added below (issue 14:
+                # a storm holds a thousand of them, and this runs after each batch)
+                continue
             for t in (sa.sent.at, sa.next_keepalive, sa.expires, sa.login_deadline):
                 if t is not None:
                     times.append(t)
@@ -171,6 +176,11 @@ class IkeEngine:
             if not sa.established:
                 times.append(sa.created + self.config.half_open_timeout)
             times.extend(ex.sent.at for ex in sa.exchanges.values() if ex.sent.at is not None)
+        for cookie in half_open:  # insertion order is creation order: the first is the oldest
+            oldest = self._sas.get(cookie)
+            if oldest is not None:
+                times.append(oldest.created + self.config.half_open_timeout)
+            break
         if self._unreported_since is not None:
             times.append(self._unreported_since + BAD_INPUT_SUMMARY_INTERVAL)
         return min(times) if times else None
@@ -181,17 +191,35 @@ class IkeEngine:
         finally:
             self._report_bad_input(now)
 
+    def _waits_only_for_half_open_timeout(self, cookie: bytes, sa: IkeSA) -> bool:
+        """A responder phase 1 that answered a first message and waits for nothing but its
+        half-open timeout (what a storm of spoofed first messages leaves: issue 14)."""
+        return (
+            cookie in self._half_open_keys
+            and sa.sent.at is None
+            and not sa.exchanges
+            and sa.next_keepalive is None
+            and sa.expires is None
+            and sa.login_deadline is None
+            and not sa.established
+        )
+
     def _handle_timer(self, now: float) -> None:
-        for sa in list(self._sas.values()):
-            if sa.state is P1State.DEAD:
+        timeout = self.config.half_open_timeout
+        for cookie in list(self._half_open_keys):  # oldest first: stop at the first not due
+            sa = self._sas.get(cookie)
+            if sa is None or sa.established:
                 continue
-            if not sa.established and now >= sa.created + self.config.half_open_timeout:
+            if now < sa.created + timeout:
+                break
+            self._half_open_timed_out(sa, now)
+        for cookie, sa in list(self._sas.items()):
+            if sa.state is P1State.DEAD or self._waits_only_for_half_open_timeout(cookie, sa):
+                continue
+            if not sa.established and now >= sa.created + timeout:
                 # a responder SA that heard nothing after a first message (spoofed, or a
                 # scan) is counted, not logged: a storm would make a line each (issue 14)
-                quiet = _heard_only_first_message(sa) and sa.local_cookie not in (self._phase1_drops or {})
-                if quiet:
-                    self._bad_input("half-open SA timed out after the first message")
-                phase1.fail_phase1(self, sa, "phase 1 timed out", None, send_notify=False, quiet=quiet)
+                self._half_open_timed_out(sa, now)
                 continue
             if sa.expires is not None and now >= sa.expires:
                 self.delete_ike_sa(sa.sa_id, now, reason="expired")
@@ -214,6 +242,14 @@ class IkeEngine:
             if sa.next_keepalive is not None and now >= sa.next_keepalive:
                 self._out.append((NAT_KEEPALIVE, sa.remote, sa.local[1]))
                 sa.next_keepalive = now + self.config.keepalive_interval
+
+    def _half_open_timed_out(self, sa: IkeSA, now: float) -> None:
+        # a responder SA that heard nothing after a first message (spoofed, or a scan) is
+        # counted, not logged: a storm would make a line each (issue 14)
+        quiet = _heard_only_first_message(sa) and sa.local_cookie not in (self._phase1_drops or {})
+        if quiet:
+            self._bad_input("half-open SA timed out after the first message")
+        phase1.fail_phase1(self, sa, "phase 1 timed out", None, send_notify=False, quiet=quiet)
 
     def note_peer_activity(self, sa_id: bytes, now: float) -> None:
         """The data path saw authenticated ESP from this peer: no DPD needed (RFC 3706 5.3)."""
@@ -491,7 +527,10 @@ class IkeEngine:
                 self._out.append((sa.wrap(sa.sent.message), sa.remote, sa.local[1]))
                 return
             if sa.established:
-                return  # a late duplicate of a message we already answered differently
+                # a late duplicate of a message we already answered differently, or a forgery
+                # under known cookies: counted, nothing else (no answer, no log line)
+                self.drops["phase 1 message for an established ISAKMP SA"] += 1
+                return
             self._receive_phase1_from(sa, header, data, remote, local, now)
         else:
             self._receive_exchange(sa, header, data, remote, local, now)
@@ -775,7 +814,10 @@ class IkeEngine:
     ) -> None:
         sa_id = sa.sa_id if sa is not None else header.icookie + header.rcookie
         if sa is not None and sa.established:
-            log.info("bad message from %s:%d: %s", remote[0], remote[1], exc)
+            # whoever holds the cookies (or an authenticated peer) could send one a datagram:
+            # summed up like unauthenticated bad input, the text only at debug level
+            log.debug("bad message from %s:%d: %s", remote[0], remote[1], exc)
+            self._bad_input(f"bad message for an established ISAKMP SA: {exc.notify.name}")
         else:  # unauthenticated: counted and summed up, never a line each (issue 14)
             where = "no ISAKMP SA" if sa is None else "bad message during phase 1"
             self._bad_input(f"{where}: {exc.notify.name}")

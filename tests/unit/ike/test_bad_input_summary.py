@@ -81,3 +81,37 @@ def test_summary_waits_for_the_interval() -> None:
     gateway.receive_datagram(b"\x01" * 10, (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
     assert gateway.drops["malformed ISAKMP header"] == 1
     assert gateway.get_timer() == pair.now + BAD_INPUT_SUMMARY_INTERVAL
+
+
+def test_garbage_under_a_users_cookies_makes_a_handful_of_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """Whoever sees a user's cookies (or the user) can send datagrams under them: protected
+    messages that do not decrypt or verify, and clear phase 1 messages. Each was a log line
+    (INFO) before; now they are counted and summed up too, and the user's SA carries on."""
+    pair = Pair(client_config(), gateway_config(require_xauth=False))
+    connect(pair)
+    [established] = pair.gateway.of(ev.Phase1Established)
+    cookies = established.sa_id
+    gateway = pair.gateway.engine
+    caplog.set_level(logging.DEBUG, logger="tunvpn")
+    caplog.clear()
+    rng = random.Random(7)
+    start = pair.now
+    for i in range(2000):
+        body = rng.randbytes(rng.randrange(16, 120) // 16 * 16)
+        if i % 2:  # a protected Informational that will not decrypt into a valid message
+            head = cookies + bytes([8, 0x10, 5, 1]) + rng.randbytes(4)
+        else:  # a clear Main Mode message under the established SA's cookies
+            head = cookies + bytes([1, 0x10, 2, 0]) + bytes(4)
+        gateway.receive_datagram(
+            head + struct.pack("!I", 28 + len(body)) + body, (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now
+        )
+        gateway.datagrams_to_send()
+        while gateway.next_event() is not None:
+            pass
+        pair.now += 0.01
+    pair.now += BAD_INPUT_SUMMARY_INTERVAL
+    gateway.handle_timer(pair.now)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) <= (pair.now - start) / BAD_INPUT_SUMMARY_INTERVAL + 1, lines
+    assert gateway.drops["phase 1 message for an established ISAKMP SA"] == 1000
+    assert any(sa.sa_id == cookies and sa.established for sa in gateway.ike_sas())
