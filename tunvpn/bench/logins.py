@@ -638,7 +638,15 @@ def run_logins(options: LoginBenchOptions, command: str = "") -> LoginReport:
         if gateway.pin_note:
             report.notes.append(gateway.pin_note)
         log.info("gateway pid %d on 127.0.0.1:%d, work dir %s", gateway.pid, ike, workdir)
-        asyncio.run(_measure(options, gateway, report))
+        # the clients' own log lines (a warning per refused login) would drown the table:
+        # failures are counted in the report instead
+        quiet = logging.getLogger("tunvpn")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            asyncio.run(_measure(options, gateway, report))
+        finally:
+            quiet.setLevel(level)
     finally:
         code = gateway.stop()
         if code not in (0, None):
