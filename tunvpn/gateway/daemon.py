@@ -1280,11 +1280,12 @@ class Gateway:
         counters = sa_counters(snapshot)
         drops = sa_drops(snapshot)
         tunnels = []
+        children: dict[bytes, list[ev.ChildSAEstablished]] = {}  # one pass, not one per session
+        for child in self.children.values():
+            children.setdefault(child.sa_id, []).append(child)
         for session in self.sessions.values():
             sas = []
-            for child in self.children.values():
-                if child.sa_id != session.sa_id:
-                    continue
+            for child in children.get(session.sa_id, ()):
                 age = now - self.child_started.get(child.spi_in, now)
                 sas.append(child_status(child, counters, age, drops))
             tunnels.append(
