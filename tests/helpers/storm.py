@@ -11,8 +11,7 @@ What is sent (``--kind``):
 
 - ``mutated``: the structure-aware mutator of ``tests/helpers/mutator.py`` (malformed and
   well-formed first messages, lies in every length field, random cookies, port 4500 with and
-  without the non-ESP marker). Until that module exists, real captured messages
-  (tests/vectors/captures.py) under random cookies stand in (:func:`fallback_datagrams`).
+  without the non-ESP marker).
 - ``first``: a real first message of tunvpn's client (Main Mode, XAUTH offered: what a real
   user sends) under a fresh random initiator cookie each time: the spoofed-first-message cases.
 
@@ -31,7 +30,6 @@ from __future__ import annotations
 import argparse
 import array
 import contextlib
-import importlib
 import ipaddress
 import itertools
 import json
@@ -99,44 +97,11 @@ def first_messages(seed: int) -> Datagrams:
         yield rng.randbytes(8) + message[8:], 500
 
 
-def fallback_datagrams(seed: int) -> Datagrams:
-    """Captured strongSwan and vpnc messages (tests/vectors/captures.py) under random cookies,
-    a third of them to port 4500 (half of those with the non-ESP marker): the stand-in while
-    tests/helpers/mutator.py is missing."""
-    from tests.vectors import captures
-
-    corpus = [c.data for c in (*captures.S2S_FLOW, *captures.VPNC_FLOW)] + [first_message()]
-    rng = random.Random(seed)
-    while True:
-        data = rng.choice(corpus)
-        roll = rng.random()
-        if roll < 0.5:  # a new initiator: random initiator cookie, no responder cookie
-            data = rng.randbytes(8) + bytes(8) + data[16:]
-        else:  # anything else: both cookies random
-            data = rng.randbytes(16) + data[16:]
-        kind = rng.random()
-        if kind < 2 / 3:
-            yield data, 500
-        elif kind < 5 / 6:
-            yield NON_ESP_MARKER + data, 4500
-        else:
-            yield data, 4500
-
-
-def mutator_module() -> Any | None:
-    """tests/helpers/mutator.py if it is there (another engineer's module), else None."""
-    try:
-        return importlib.import_module("tests.helpers.mutator")
-    except ImportError:
-        return None
-
-
 def mutated_datagrams(seed: int, count: int) -> tuple[Datagrams, str]:
-    """The mutator's storm (``storm_datagrams(seed, count)``), and which source it is."""
-    module = mutator_module()
-    if module is not None and hasattr(module, "storm_datagrams"):
-        return iter(module.storm_datagrams(seed, count)), "tests/helpers/mutator.py storm_datagrams"
-    return itertools.islice(fallback_datagrams(seed), count), "captured messages, random cookies (fallback)"
+    """The mutator's storm (tests/helpers/mutator.py ``storm_datagrams``), and its name."""
+    from tests.helpers.mutator import storm_datagrams
+
+    return iter(storm_datagrams(seed, count)), "tests/helpers/mutator.py storm_datagrams"
 
 
 # --------------------------------------------------------------------------- raw IPv4/UDP

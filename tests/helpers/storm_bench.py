@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -176,9 +177,13 @@ class Tunvpn(Gateway):
     name = "tunvpn"
 
     def start(self) -> None:
-        from tunvpn.cli import version
+        try:
+            from tunvpn.cli import version
 
-        self.program = f"tunvpn {version()} (git {_git_head()})"
+            release = version()
+        except ImportError:  # a tunvpn older than `tunvpn --version`
+            release = "(no version)"
+        self.program = f"tunvpn {release} (git {_git_head()})"
         (self.tmp / "gateway.toml").write_text(TUNVPN_TOML)
         self.log = self.tmp / "gateway.log"
         self.proc = popen_tunvpn(
@@ -200,7 +205,7 @@ class Tunvpn(Gateway):
         out = run_tunvpn(self.net.g, ["status", "--socket", str(self.tmp / "gw.sock"), "--json"], timeout=30)
         if out.returncode != 0:
             return {"error": (out.stdout + out.stderr)[-500:]}
-        ike: dict[str, Any] = json.loads(out.stdout)["ike"]
+        ike: dict[str, Any] = json.loads(out.stdout).get("ike", {"error": "tunvpn status has no 'ike'"})
         return ike
 
 
@@ -438,6 +443,9 @@ def run_target(
                 say(f"[{target}] {key}: {result[key]}")
             result["rss_kb_end"] = proc_status(gw.pid)["VmRSS"]
             result["log_lines_total"] = gw.log_lines()
+        except Exception:  # keep what was measured; the report says where it stopped
+            result["error"] = traceback.format_exc(limit=3)
+            say(f"[{target}] stopped by an error:\n{result['error']}")
         finally:
             stop_process(alice)
             if gw.proc is not None and gw.proc.poll() is None:
@@ -540,6 +548,9 @@ def table(results: list[dict[str, Any]]) -> str:
             lambda r: f"exit {r.get('sigterm_exit_code')} after {r.get('sigterm_exit_seconds')} s",
         ),
     ]
+    rows.append(
+        ("stopped by an error", lambda r: r["error"].strip().splitlines()[-1] if r.get("error") else "no")
+    )
     lines = ["| | " + " | ".join(r["target"] for r in results) + " |", "|---" * (len(results) + 1) + "|"]
     for label, cell in rows:
         cells = []
