@@ -721,9 +721,9 @@ class GatewayConfig:
     """New phase 1 exchanges a second one source address may start (0: no limit per source)."""
     new_exchanges_per_source_burst: int = 20
     """New phase 1 exchanges one source address may start at once."""
-    new_exchanges_total: int = 500
+    new_exchanges_total: int = 3000
     """New phase 1 exchanges a second all sources together may start (0: no total limit)."""
-    new_exchanges_total_burst: int = 1000
+    new_exchanges_total_burst: int = 6000
     """New phase 1 exchanges all sources together may start at once."""
     keylog: str | None = None
     control_socket: str | None = None
@@ -989,8 +989,8 @@ def parse_gateway_config(
         ike_queue_size=gw.number("ike_queue_size", 1024, 16, 1_000_000),
         new_exchanges_per_source=gw.number("new_exchanges_per_source", 5, 0, 1_000_000),
         new_exchanges_per_source_burst=gw.number("new_exchanges_per_source_burst", 20, 1, 1_000_000),
-        new_exchanges_total=gw.number("new_exchanges_total", 500, 0, 1_000_000),
-        new_exchanges_total_burst=gw.number("new_exchanges_total_burst", 1000, 1, 1_000_000),
+        new_exchanges_total=gw.number("new_exchanges_total", 3000, 0, 1_000_000),
+        new_exchanges_total_burst=gw.number("new_exchanges_total_burst", 6000, 1, 1_000_000),
         plugin_workers=gw.number("plugin_workers", 8, 1, 256),
         control_socket=control_socket,
     )

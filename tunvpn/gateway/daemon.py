@@ -141,9 +141,9 @@ class GatewayOptions:
     """New phase 1 exchanges a second one source address may start, before the engine parses
     them (``NewExchangeLimit``; 0: no limit per source)."""
     new_exchanges_per_source_burst: int = 20
-    new_exchanges_total: int = 500
+    new_exchanges_total: int = 3000
     """New phase 1 exchanges a second all sources together may start (0: no total limit)."""
-    new_exchanges_total_burst: int = 1000
+    new_exchanges_total_burst: int = 6000
     xauth_chap: bool = False
     """Ask tunvpn clients for the login password as a RADIUS-CHAP answer (the gateway never
     sees it; the users file and the radius plugin check it). Standard clients: Generic."""

@@ -176,6 +176,12 @@ class EngineConfig:
     signatures, signature) the gateway computes for a sender nobody verified, as
     (per source a second, per source burst, in total a second, total burst). Beyond it a
     first message is dropped and counted; its sender retransmits."""
+    offer_budget: tuple[float, float, float, float] = (5.0, 20.0, 200.0, 400.0)
+    """Responder, issue 14: first messages whose SA payload (the offer) must be parsed because
+    it is not one seen recently or one of a peer that completed a phase 1
+    (:func:`~tunvpn.ike.messages.sa_body_known`): parsing a large offer costs a millisecond
+    or more, a known one microseconds. As (per source a second, burst, in total a second,
+    burst); beyond it the first message is dropped and counted."""
     notify_budget: tuple[float, float, float, float] = (2.0, 10.0, 50.0, 100.0)
     """Unprotected error Notifies sent to unauthenticated senders (which may be spoofed:
     reflection), as (per destination a second, burst, in total a second, burst). Beyond
@@ -216,7 +222,7 @@ class EngineConfig:
             raise LocalProtocolError("max_half_open must be at least 1")
         if self.max_half_open_per_source < 1:
             raise LocalProtocolError("max_half_open_per_source must be at least 1")
-        for name in ("aggressive_budget", "notify_budget"):
+        for name in ("aggressive_budget", "offer_budget", "notify_budget"):
             rate, burst, total_rate, total_burst = getattr(self, name)
             if min(rate, total_rate) <= 0 or min(burst, total_burst) < 1:
                 raise LocalProtocolError(f"{name}: rates must be positive and bursts at least 1")

@@ -551,7 +551,57 @@ def _decode_proposal(body: bytes, off: int, field: str) -> Proposal:
     return Proposal(number, protocol, bytes(body[4 : 4 + spi_size]), tuple(transforms))
 
 
+SA_CACHE_SIZE = 64
+"""SA payload bodies whose decoding is remembered (:func:`_decode_sa`), besides the pinned."""
+SA_PINNED_SIZE = 32
+"""SA payload bodies of peers that completed a phase 1 (:func:`pin_sa_body`), kept apart so a
+storm of new offers cannot push them out."""
+
+_sa_cache: dict[bytes, SAPayload] = {}
+_sa_pinned: dict[bytes, SAPayload] = {}
+
+
+def _remember(cache: dict[bytes, SAPayload], size: int, key: bytes, value: SAPayload) -> None:
+    try:
+        while len(cache) >= size:
+            del cache[next(iter(cache))]  # the oldest first
+    except (KeyError, RuntimeError, StopIteration):  # another thread's engine evicted it first
+        pass
+    cache[key] = value
+
+
+def sa_body_known(body: bytes) -> bool:
+    """Whether the SA payload body ``body`` (after its generic header) decodes from memory:
+    the offer of a recent first message, or of a peer that completed a phase 1. Parsing a new
+    offer is the expensive part of a first message (issue 14: a budget of its own)."""
+    return body in _sa_pinned or body in _sa_cache
+
+
+def pin_sa_body(body: bytes) -> None:
+    """Keep the decoding of ``body``, the offer of a peer whose phase 1 completed, among the
+    pinned (so other clients of its kind are cheap to parse whatever a storm offers)."""
+    decoded = _sa_pinned.get(body) or _sa_cache.get(body)
+    if decoded is not None and body not in _sa_pinned:
+        _remember(_sa_pinned, SA_PINNED_SIZE, body, decoded)
+
+
 def _decode_sa(body: bytes, off: int) -> SAPayload:
+    """An SA payload, decoded once per distinct body: every client of one kind sends the same
+    offer (ours: 168 transforms, the bulk of parsing a first message), and so does a storm
+    replaying a real first message under fresh cookies (issue 14). The decoded payload is
+    immutable and does not depend on ``off``; errors are not remembered. At most
+    :data:`SA_CACHE_SIZE` + :data:`SA_PINNED_SIZE` bodies (about 1.5 MB at the first look's
+    16 KB bound), the oldest forgotten first."""
+    key = bytes(body)
+    cached = _sa_pinned.get(key) or _sa_cache.get(key)
+    if cached is not None:
+        return cached
+    decoded = _decode_sa_body(key, off)
+    _remember(_sa_cache, SA_CACHE_SIZE, key, decoded)
+    return decoded
+
+
+def _decode_sa_body(body: bytes, off: int) -> SAPayload:
     _need(len(body) >= 8, f"SA body is {len(body)} bytes, needs at least 8", "SA", off)
     doi, situation = struct.unpack_from("!II", body)
     _need(doi == DOI_IPSEC, f"SA DOI {doi} is not IPsec (1)", "SA.doi", off, NotifyType.DOI_NOT_SUPPORTED)

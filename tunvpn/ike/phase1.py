@@ -33,12 +33,14 @@ from . import crypto, exchanges, natt, peerauth, transaction
 from . import events as ev
 from .config import HYBRID_METHODS, SIGNATURE_METHODS, XAUTH_METHODS, EngineConfig, base_auth_method
 from .constants import (
+    HEADER_SIZE,
     AuthMethod,
     DHGroup,
     ExchangeType,
     HashAlgorithm,
     HeaderFlag,
     NotifyType,
+    PayloadType,
     ProtocolId,
 )
 from .errors import AuthenticationError, NoProposalChosen, RemoteProtocolError
@@ -54,6 +56,8 @@ from .messages import (
     SAPayload,
     VendorIDPayload,
     encode_payload,
+    pin_sa_body,
+    sa_body_known,
 )
 from .natt import BASE_MODE_V2_VID
 from .proposals import check_phase1_answer, phase1_sa_payload, select_phase1_proposal
@@ -221,6 +225,8 @@ def start_responder(
         exc = NoProposalChosen(_AGGRESSIVE_OFF)
         send_error_notify(engine, None, header, remote, local, exc, now, len(data))
         return
+    if not _offer_is_affordable(engine, header, data, remote, now):
+        return  # dropped and counted
     if header.exchange == BM and not _bm_r_cookie_echoed(engine, header, data, remote, local, now):
         return  # answered (or dropped) without keeping anything
     rcookie = new_responder_cookie(engine, header.icookie, remote, now)
@@ -252,6 +258,24 @@ def start_responder(
         send_error_notify(engine, sa, header, remote, local, exc, now, len(data))
         # unauthenticated (maybe spoofed): counted above and summed up, no log line each
         fail_phase1(engine, sa, str(exc), int(exc.notify), send_notify=False, quiet=True)
+
+
+def _offer_is_affordable(engine: IkeEngine, header: Header, data: bytes, remote: Address, now: float) -> bool:
+    """Whether the offer (the SA payload, first in every first message we take) of a first
+    message may be parsed: free when it is one we know (:func:`messages.sa_body_known`), else
+    spent from ``offer_budget`` (issue 14). Only the generic header is read here; a first
+    message that does not start with a well-formed SA payload is left to the parser."""
+    if header.next_payload != PayloadType.SA or len(data) < HEADER_SIZE + 4:
+        return True
+    length = int.from_bytes(data[HEADER_SIZE + 2 : HEADER_SIZE + 4], "big")
+    if length < 4 or HEADER_SIZE + length > len(data):
+        return True
+    if sa_body_known(data[HEADER_SIZE + 4 : HEADER_SIZE + length]):
+        return True
+    if engine.spend("offer_budget", remote[0], now):
+        return True
+    engine._bad_input("first message with a new offer over budget")
+    return False
 
 
 def receive_phase1(engine: IkeEngine, sa: IkeSA, header: Header, data: bytes, now: float) -> None:
@@ -786,6 +810,8 @@ def _phase1_done(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     sa.last_heard = now
     sa.expires = now + sa.suite.lifetime if sa.suite.lifetime else None
     engine._end_half_open(sa.local_cookie)
+    if sa.role is Role.RESPONDER and sa.sa_body:
+        pin_sa_body(sa.sa_body)  # the next client of its kind is cheap to parse (issue 14)
     if sa.nat_local and sa.natt:
         sa.next_keepalive = now + engine.config.keepalive_interval
     sa.xauth_expected = sa.suite.auth in XAUTH_METHODS

@@ -201,9 +201,12 @@ class NewExchangeLimit:
     """First messages a second from one source address."""
     per_source_burst: float = 20.0
     """First messages one source address may send at once (many users behind one NAT)."""
-    total_rate: float = 500.0
-    """First messages a second from all sources together (above the goal of 300 logins/s)."""
-    total_burst: float = 1000.0
+    total_rate: float = 3000.0
+    """First messages a second from all sources together. A first message whose offer the
+    engine knows costs it about 0.1-0.15 ms (a new offer is budgeted by the engine itself,
+    ``EngineConfig.offer_budget``), so this is about half a core: high enough that a storm
+    of a few thousand spoofed first messages a second rarely crowds out a real user's."""
+    total_burst: float = 6000.0
     """First messages all sources may send at once (every client reconnecting after a restart)."""
     max_sources: int = 4096
     """Source addresses remembered (least recently used forgotten: :class:`Budget`)."""

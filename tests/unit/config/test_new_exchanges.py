@@ -35,7 +35,7 @@ def _with(lines: str) -> str:
 
 def test_the_defaults_and_the_file_values_reach_the_gateway_options(gwdir: Path) -> None:
     options = options_from_config(load_config(gwdir, MINIMAL))
-    assert [getattr(options, key) for key in KEYS] == [5, 20, 500, 1000]
+    assert [getattr(options, key) for key in KEYS] == [5, 20, 3000, 6000]
     text = _with(
         "new_exchanges_per_source = 50\nnew_exchanges_per_source_burst = 100\n"
         "new_exchanges_total = 1000\nnew_exchanges_total_burst = 3000"

@@ -149,3 +149,31 @@ def test_a_victim_gets_few_notifies_and_none_larger_than_the_message() -> None:
         for i in range(3000)
     )
     assert sent == total_burst
+
+
+def test_new_offers_are_parsed_within_their_budget_and_known_ones_always() -> None:
+    """A storm of first messages each carrying an offer never seen (here: our client's full
+    offer with another lifetime each time, 168 transforms to parse) from 600 addresses: only
+    ``offer_budget`` of them are parsed, the rest dropped before parsing. The offer of a client
+    that completed phase 1 stays known, so another client of its kind gets in during the storm."""
+    pair = Pair(client_config(), gateway_config(max_half_open_per_source=10_000, max_half_open=100_000))
+    connect(pair)  # a real client logs in: its offer is remembered
+    assert pair.gateway.of(ev.Phase1Established)
+    gateway = pair.gateway.engine
+    _, _, _, total_burst = gateway.config.offer_budget
+    rng = random.Random(11)
+    answered = 0
+    for i in range(600):
+        spare = IkeEngine(client_config(phase1=Phase1Policy(lifetime=7200 + i)))
+        spare.initiate((GATEWAY_IP, 500), (f"10.5.{i >> 8}.{i & 255}", 500), pair.now, xauth=True)
+        [(offer, _, _)] = spare.datagrams_to_send()
+        answered += len(feed(gateway, offer, f"10.5.{i >> 8}.{i & 255}", pair.now))
+    assert answered == total_burst
+    assert gateway.drops["first message with a new offer over budget"] == 600 - total_burst
+
+    # the same kind of client as the one that logged in: its offer is known, it is answered
+    spare = IkeEngine(client_config())
+    spare.initiate((GATEWAY_IP, 500), ("192.0.2.200", 500), pair.now)
+    [(first, _, _)] = spare.datagrams_to_send()
+    [mm2] = feed(gateway, rng.randbytes(8) + first[8:], "192.0.2.200", pair.now)
+    assert decode_header(mm2).exchange == ExchangeType.IDENTITY_PROTECTION
