@@ -11,9 +11,10 @@ Asserted (nothing depends on speed; times are measured and printed, never assert
 the gateway stays up; the ping through the live tunnel loses nothing; a new user (bob, from
 another address) logs in while the storm runs and after it; ``tunvpn status`` shows the storm
 was counted and that half-open SAs and the IKE queue stayed within their configured limits;
-the storm costs fewer than 100 log lines; SIGTERM ends the gateway (exit 0). And the two
-spoofed-first-message cases in small: 200 first messages from one address, 2,000 from 200
-addresses, then a real user logs in.
+the storm costs fewer than 100 log lines; the gateway sends fewer packets and bytes back to
+the spoofed sources than they sent (no reflection); SIGTERM ends the gateway (exit 0). And
+the two spoofed-first-message cases in small: 200 first messages from one address, 2,000
+from 200 addresses, then a real user logs in.
 """
 
 from __future__ import annotations
@@ -210,6 +211,7 @@ def test_a_mutated_storm_leaves_the_tunnel_and_new_logins_alone(site: Site) -> N
         stderr=subprocess.STDOUT,
         text=True,
     )
+    answers_before = net.answers_to_attacker()
     storm_log = tmp / "storm.log"
     storm = start_storm(
         net,
@@ -235,8 +237,12 @@ def test_a_mutated_storm_leaves_the_tunnel_and_new_logins_alone(site: Site) -> N
         sent = finish_storm(storm, storm_log)
         if ping.poll() is None:
             ping.kill()
+    answers = {k: v - answers_before[k] for k, v in net.answers_to_attacker().items()}
     print(f"storm: {sent}")
+    print(f"the gateway's answers to the spoofed sources: {answers}")
     assert sent["sent"] > 0 and not sent["errors"], sent
+    # no reflection: what goes back to the spoofed sources is less than what they sent
+    assert answers["tx_packets"] < sent["sent"] and answers["tx_bytes"] < sent["bytes"], (answers, sent)
     assert during.ok, f"bob could not log in during the storm:\n{during.log[-3000:]}"
     transmitted, received = map(
         int, re.search(r"(\d+) packets transmitted, (\d+) received", ping_out).groups()
