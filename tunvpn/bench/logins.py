@@ -563,9 +563,11 @@ async def _measure(options: LoginBenchOptions, gateway: GatewayProcess, report: 
         "core_busy_percent": core_busy,
     }
     # the generator limits the figure when it is busy itself, or when its core is full (of
-    # other work too) while the gateway still had time to spare
+    # other work too) while the gateway's core still had time to spare
+    gw_core_busy = report.gateway_cpu["core_busy_percent"]
     me_busy = me_pct is not None and me_pct > SATURATED_PCT
-    starved = core_busy is not None and core_busy > SATURATED_PCT and (gw_pct or 0) < SATURATED_PCT
+    gw_spare = (gw_pct or 0) < SATURATED_PCT and (gw_core_busy is None or gw_core_busy < SATURATED_PCT)
+    starved = core_busy is not None and core_busy > SATURATED_PCT and gw_spare
     report.lower_bound = me_busy or starved
     if report.lower_bound:
         report.notes.append(
@@ -574,10 +576,10 @@ async def _measure(options: LoginBenchOptions, gateway: GatewayProcess, report: 
         )
     elif core_busy is not None and core_busy > SATURATED_PCT:
         report.notes.append(
-            f"the generator's core was {core_busy} % busy (other work), but the gateway was the "
-            f"bottleneck ({gw_pct} % of a core): not a lower bound"
+            f"the generator's core was {core_busy} % busy (other work), but the gateway's core was "
+            f"full too ({gw_core_busy} % busy, {gw_pct} % of it the gateway): not a lower bound "
+            "because of the generator"
         )
-    gw_core_busy = report.gateway_cpu["core_busy_percent"]
     if gw_core_busy is not None and gw_pct is not None and gw_core_busy - gw_pct > 10:
         report.notes.append(
             f"the gateway's core was {gw_core_busy} % busy, {gw_core_busy - gw_pct:.0f} points of it "
