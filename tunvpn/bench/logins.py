@@ -443,6 +443,44 @@ def _latency_ms(outcomes: Sequence[Outcome]) -> dict[str, float | None]:
     }
 
 
+def judge(
+    generator_pct: float | None,
+    generator_core_busy: float | None,
+    gateway_pct: float | None,
+    gateway_core_busy: float | None,
+) -> tuple[bool, list[str]]:
+    """Whether the measured rate is only a lower bound because of the generator, and the notes
+    that go with it. The generator limits the figure when its process is busy (> 90 % of a core),
+    or when its core is full (of other work too) while the gateway's core still had time to
+    spare (the gateway under 90 % of a core and its core under 90 % busy)."""
+    notes: list[str] = []
+    busy = generator_pct is not None and generator_pct > SATURATED_PCT
+    spare = (gateway_pct or 0) < SATURATED_PCT and (
+        gateway_core_busy is None or gateway_core_busy < SATURATED_PCT
+    )
+    starved = generator_core_busy is not None and generator_core_busy > SATURATED_PCT and spare
+    lower = busy or starved
+    if lower:
+        notes.append(
+            f"{LOWER_BOUND} (its process {generator_pct} % of a core, its core {generator_core_busy} % "
+            f"busy, the gateway {gateway_pct} % of a core): the gateway may take more logins per "
+            "second than measured"
+        )
+    elif generator_core_busy is not None and generator_core_busy > SATURATED_PCT:
+        notes.append(
+            f"the generator's core was {generator_core_busy} % busy (other work), but the gateway's "
+            f"core was full too ({gateway_core_busy} % busy, {gateway_pct} % of a core the gateway): "
+            "not a lower bound because of the generator"
+        )
+    if gateway_core_busy is not None and gateway_pct is not None and gateway_core_busy - gateway_pct > 10:
+        notes.append(
+            f"the gateway's core was {gateway_core_busy} % busy, {gateway_core_busy - gateway_pct:.0f} "
+            "points of it not the gateway: on a shared machine 'logins per gateway CPU-second' is the "
+            "figure to read"
+        )
+    return lower, notes
+
+
 async def _drained(gateway: GatewayProcess, timeout: float = 20.0) -> int | None:
     """Wait until the gateway holds no session (its clients' Deletes arrived); how many it still
     holds then (None: it did not answer ``tunvpn status``)."""
@@ -562,29 +600,8 @@ async def _measure(options: LoginBenchOptions, gateway: GatewayProcess, report: 
         "core": options.generator_core,
         "core_busy_percent": core_busy,
     }
-    # the generator limits the figure when it is busy itself, or when its core is full (of
-    # other work too) while the gateway's core still had time to spare
-    gw_core_busy = report.gateway_cpu["core_busy_percent"]
-    me_busy = me_pct is not None and me_pct > SATURATED_PCT
-    gw_spare = (gw_pct or 0) < SATURATED_PCT and (gw_core_busy is None or gw_core_busy < SATURATED_PCT)
-    starved = core_busy is not None and core_busy > SATURATED_PCT and gw_spare
-    report.lower_bound = me_busy or starved
-    if report.lower_bound:
-        report.notes.append(
-            f"{LOWER_BOUND} (its process {me_pct} % of a core, its core {core_busy} % busy, the "
-            f"gateway {gw_pct} % of a core): the gateway may take more logins per second than measured"
-        )
-    elif core_busy is not None and core_busy > SATURATED_PCT:
-        report.notes.append(
-            f"the generator's core was {core_busy} % busy (other work), but the gateway's core was "
-            f"full too ({gw_core_busy} % busy, {gw_pct} % of it the gateway): not a lower bound "
-            "because of the generator"
-        )
-    if gw_core_busy is not None and gw_pct is not None and gw_core_busy - gw_pct > 10:
-        report.notes.append(
-            f"the gateway's core was {gw_core_busy} % busy, {gw_core_busy - gw_pct:.0f} points of it "
-            "not the gateway: on a shared machine 'logins per gateway CPU-second' is the figure to read"
-        )
+    report.lower_bound, notes = judge(me_pct, core_busy, gw_pct, report.gateway_cpu["core_busy_percent"])
+    report.notes.extend(notes)
 
 
 def run_logins(options: LoginBenchOptions, command: str = "") -> LoginReport:
@@ -852,6 +869,7 @@ __all__ = [
     "LoginReport",
     "Outcome",
     "format_report",
+    "judge",
     "percentile",
     "run_logins",
 ]
