@@ -71,7 +71,7 @@ def test_many_clients_lease_in_linear_time(monkeypatch: pytest.MonkeyPatch) -> N
         def __init__(self, address: object) -> None:
             nonlocal built
             built += 1
-            super().__init__(address)  # type: ignore[arg-type]
+            super().__init__(address)
 
     monkeypatch.setattr(pool_module, "IPv4Address", CountingAddress)
     pool = AddressPool.parse("10.80.0.0/16")
