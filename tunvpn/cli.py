@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -32,12 +33,14 @@ from tunvpn.control import server as control
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
+from tunvpn.shell.privileges import PrivilegeError
 from tunvpn.shell.udp import BindError
 from tunvpn.untrusted import SafeFormatter, for_terminal
 
 if TYPE_CHECKING:
     from tunvpn.client.daemon import ClientOptions
     from tunvpn.gateway.daemon import GatewayOptions
+    from tunvpn.shell.privileges import ServiceUser
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +297,13 @@ def _add_gateway(sub: Subparsers) -> None:
         "--control",
         metavar="PATH",
         help="control socket for tunvpn status/reload (default /run/tunvpn/gateway.sock); `none` for none",
+    )
+    gw.add_argument(
+        "--user",
+        metavar="NAME",
+        help="started as root: become NAME, keeping only CAP_NET_ADMIN and CAP_NET_BIND_SERVICE, once "
+        "the TUN device is open and the ports are bound (default: tunvpn if that account exists; "
+        "`root` to stay root; docs/service.md)",
     )
     gw.add_argument("--users", metavar="FILE", help="XAUTH users, `user:password` lines (mode 600)")
     gw.add_argument(
@@ -595,6 +605,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from tunvpn.gateway.daemon import Gateway, options_from_config
 
     _setup_logging(args.verbose, args.quiet, logging.INFO)
+    run_as = _service_user(args.user)
     if args.config:
         from tunvpn.config.gateway import load_gateway_config
 
@@ -615,8 +626,31 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if args.check:
         return check_gateway(options, args.config)
     gateway = Gateway(options)
+    gateway.run_as = run_as
     asyncio.run(gateway.run())
     return 0
+
+
+def _service_user(name: str | None) -> ServiceUser | None:
+    """Whom a daemon started as root becomes (tunvpn/shell/privileges.py); the secret files of
+    that user's group (root:GROUP, 0640) are then trusted, as they stay readable after the drop."""
+    from tunvpn.config.secretfile import trust_group
+    from tunvpn.shell.privileges import DEFAULT_USER, choose_user
+
+    try:
+        user = choose_user(name)
+    except PrivilegeError as exc:
+        raise CliError(str(exc)) from None
+    if user is not None:
+        trust_group(user.gid)
+    elif os.geteuid() == 0 and name != "root":
+        log.warning(
+            "running as root: no user %r to drop to (useradd --system %s, or --user NAME; "
+            "--user root to keep root on purpose); the IKE parser and the plugins run as root",
+            DEFAULT_USER,
+            DEFAULT_USER,
+        )
+    return user
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
@@ -898,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in handlers:
             return handlers[args.command](args)
         return int(args.handler(args))  # a plugin's command (tunvpn_add_commands)
-    except (CliError, SecretFileError, BindError, ConfigError) as exc:
+    except (CliError, SecretFileError, BindError, ConfigError, PrivilegeError) as exc:
         text = exc.args[-1] if isinstance(exc, BindError) else str(exc)
         print(f"tunvpn: error: {text}", file=sys.stderr)
         return EXIT_USAGE

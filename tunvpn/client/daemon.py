@@ -40,6 +40,7 @@ from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1P
 from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.plugins.host import PluginError, PluginHost, install_advice
 from tunvpn.plugins.types import ClientProtocol, ClientQuestion, ClientSession
+from tunvpn.shell import sdnotify
 from tunvpn.shell.crls import keep_crls_fresh
 from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
 from tunvpn.untrusted import for_terminal, quoted
@@ -918,6 +919,7 @@ class Client:
             )
             if self._on_up is not None:
                 self._on_up()
+            sdnotify.ready(f"tunnel up: {len(self.established)} IPsec SA pair(s)")
             self._run_protocols()
             if self.options.exit_after_established:
                 self.close("client done (--exit-after-established)")
@@ -990,6 +992,7 @@ class Client:
 
         def on_signal(signame: str) -> None:
             if self.result is None and not stopping:
+                sdnotify.stopping(f"{signame}: deleting the SAs")
                 stopping.append(loop.create_task(stop(signame)))
 
         signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()

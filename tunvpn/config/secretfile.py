@@ -10,7 +10,11 @@ cannot be swapped between the check and the use. A secret file is used only if
 * it is owned by the user the process runs as (its effective uid) or by root, who can change
   any file anyway (as OpenSSH's ``StrictModes``); a file another user owns can be rewritten by
   that user, so the secret is not ours alone;
-* nobody else may read or write it: no group or other permission bits (``chmod 600``).
+* nobody else may read or write it: no group or other permission bits (``chmod 600``), with
+  one exception for a service account: a file owned by root and readable (not writable) by the
+  service's own group (``chown root:tunvpn``, ``chmod 640``) is accepted by a process running in
+  that group, or by root that will drop to it (:func:`trust_group`). The daemon can then read it
+  again on a reload after dropping root (docs/service.md), but never change it.
 
 A refusal is a :class:`SecretFileError` whose message names the file, what is wrong and the
 command that fixes it; it never contains the file's contents.
@@ -46,6 +50,23 @@ def trusted_owners() -> frozenset[int]:
     return frozenset({os.geteuid(), 0})
 
 
+_service_groups: set[int] = set()
+
+
+def trust_group(gid: int) -> None:
+    """Accept root-owned ``0640`` files of group ``gid``: called by a daemon started as root
+    before it reads its configuration, when it will drop to a user of that group."""
+    if gid != 0:
+        _service_groups.add(gid)
+
+
+def trusted_groups() -> frozenset[int]:
+    """Groups that may read a root-owned secret file (``0640``): our own group when it is not
+    root's, and those given to :func:`trust_group`."""
+    egid = os.getegid()
+    return frozenset(_service_groups | ({egid} if egid != 0 else set()))
+
+
 def check_secret_stat(st: os.stat_result, path: str | os.PathLike[str], what: str) -> None:
     """Refuse a file that is not a regular file owned by us (or root) and private (``0600``).
 
@@ -56,7 +77,8 @@ def check_secret_stat(st: os.stat_result, path: str | os.PathLike[str], what: st
     if not stat.S_ISREG(st.st_mode):
         raise SecretFileError(f"{what} {p}: not a regular file")
     check_owner(st, p, what)
-    if st.st_mode & 0o077:
+    service_readable = st.st_mode & 0o077 == 0o040 and st.st_uid == 0 and st.st_gid in trusted_groups()
+    if st.st_mode & 0o077 and not service_readable:
         raise SecretFileError(
             f"{what} {p} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"refusing to use it. Fix: chmod 600 {p}"
@@ -168,6 +190,8 @@ __all__ = [
     "open_private_append",
     "read_secret_bytes",
     "read_secret_text",
+    "trust_group",
+    "trusted_groups",
     "trusted_owners",
     "user_name",
 ]

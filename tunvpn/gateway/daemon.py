@@ -67,7 +67,9 @@ from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.plugins.accounting import AccountingRecord
 from tunvpn.plugins.host import DEFAULT_WORKERS, PluginBusy, PluginError, PluginHost
 from tunvpn.plugins.types import Authorization, CredentialRequest, GatewayContext, Verdict
+from tunvpn.shell import sdnotify
 from tunvpn.shell.crls import keep_crls_fresh
+from tunvpn.shell.privileges import ServiceUser, drop_privileges
 from tunvpn.shell.udp import DROP_COUNTERS, IKE_QUEUE_SIZE, NewExchangeLimit, UdpDriver
 
 if TYPE_CHECKING:
@@ -466,6 +468,9 @@ class Gateway:
         """The extra protocols of phase 1a as announced, and the policies accepted for them."""
         self.throttle = LoginThrottle()
         """Failed-login budgets per (user, source), source and user (tunvpn/gateway/logins.py)."""
+        self.run_as: ServiceUser | None = None
+        """Started as root: the user to become once the TUN device is open and the ports bound
+        (tunvpn/shell/privileges.py), before any thread starts."""
         self._warn_weak(options)
 
     @staticmethod
@@ -1372,10 +1377,12 @@ class Gateway:
                 self.tunnel.close()
                 self.tunnel = None
             raise
+        await self._start_control()  # still root: the socket goes in root's /run/tunvpn
+        if self.run_as is not None:  # before the data path thread and the plugin workers
+            drop_privileges(self.run_as)
         if self.tunnel is not None:
             self.tunnel.on_change = self.driver.flush
             self.tunnel.start(loop)
-        await self._start_control()
         self._services = self.plugins.serve(self.plugin_context())
         interim = loop.create_task(self._interim_accounting()) if self.options.accounting_interval else None
         crls = loop.create_task(keep_crls_fresh(lambda: self.config), name="CRL distribution points")
@@ -1394,9 +1401,11 @@ class Gateway:
         )
         if ready is not None:
             ready()
+        sdnotify.ready(f"serving on {self.options.listen}, generation {self.generation}")
         try:
             await self._stop.wait()
         finally:
+            sdnotify.stopping()
             if interim is not None:
                 interim.cancel()
             crls.cancel()
@@ -1483,10 +1492,14 @@ class Gateway:
         return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _sighup(self) -> None:
+        sdnotify.reloading()
         try:
             self.reload()
         except (ConfigError, ValueError, OSError, SecretFileError) as exc:
             log.error("reload (SIGHUP) refused, the running configuration is kept: %s", exc)
+            sdnotify.ready(f"reload refused, generation {self.generation} kept: {exc}")
+        else:
+            sdnotify.ready(f"serving on {self.options.listen}, generation {self.generation}")
 
     async def _start_control(self) -> None:
         if self.options.control_socket is None:
