@@ -198,6 +198,17 @@ class EngineConfig:
     completes, or when XAUTH passes if the peer chose an XAUTH method (docs/engine-states.md)."""
     login_timeout: float = 120.0
     """Seconds after phase 1 within which a login must be granted; then the SA is deleted."""
+    phase1_rekey: bool = True
+    """Initiator: make a new ISAKMP SA before the old one expires and hand the IPsec SAs over
+    to it (tunvpn.ike.rekey); False: the SA expires with its IPsec SAs."""
+    rekey_margin: float = 540.0
+    """Initiator: seconds before expiry the rekey starts (strongSwan's ``margintime``, 9 min),
+    at most a tenth of the lifetime, less a random part of ``rekey_fuzz`` times it."""
+    rekey_fuzz: float = 1.0
+    """Initiator: fraction of ``rekey_margin`` drawn at random and taken off (``rand_time``)."""
+    reauth_interval: float = 0.0
+    """Responder: seconds after a user's XAUTH after which a bound rekey asks the user again
+    (Cisco's re-authentication interval); 0: a bound rekey never asks again."""
     max_exchanges: int = 10000
     """Exchanges (Quick Mode, Transaction, the peer's Informationals) one ISAKMP SA may run;
     their message IDs are remembered for the SA's whole life (RFC 2408 section 3.1), so a
@@ -230,6 +241,8 @@ class EngineConfig:
             raise LocalProtocolError("retransmission settings must be positive")
         if self.login_timeout <= 0:
             raise LocalProtocolError("login_timeout must be positive")
+        if self.rekey_margin < 0 or not 0 <= self.rekey_fuzz <= 1 or self.reauth_interval < 0:
+            raise LocalProtocolError("rekey_margin and reauth_interval >= 0, rekey_fuzz in [0, 1]")
         if self.max_exchanges < 2:
             raise LocalProtocolError("max_exchanges must be at least 2")
 

@@ -28,7 +28,7 @@ from ..ipsec.budget import Budget
 from ..ipsec.selectors import TrafficSelector
 from ..ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 from . import events as ev
-from . import exchanges, phase1, quickmode, states, transaction
+from . import exchanges, phase1, quickmode, rekey, states, transaction
 from .config import XAUTH_METHODS, ChildPolicy, EngineConfig
 from .constants import (
     HEADER_SIZE,
@@ -171,6 +171,8 @@ class IkeEngine:
             for t in (sa.sent.at, sa.next_keepalive, sa.expires, sa.login_deadline):
                 if t is not None:
                     times.append(t)
+            if sa.rekey_at is not None and sa.rekeying is None:
+                times.append(sa.rekey_at)
             if sa.established and self.config.dpd_interval > 0 and "dpd" in sa.peer_vendor_ids:
                 times.append(exchanges.dpd_due(self, sa))
             if not sa.established:
@@ -224,6 +226,10 @@ class IkeEngine:
             if sa.expires is not None and now >= sa.expires:
                 self.delete_ike_sa(sa.sa_id, now, reason="expired")
                 continue
+            if sa.rekeying is not None and sa.rekeying not in self._sas:
+                rekey.failed(self, sa, now)  # the new phase 1 failed: tried again later
+            if rekey.due(sa, now):
+                rekey.start(self, sa, now)
             if sa.login_deadline is not None and now >= sa.login_deadline:
                 log.info("login of %s not finished within %.0f s", sa.remote[0], self.config.login_timeout)
                 self.delete_ike_sa(
@@ -235,6 +241,8 @@ class IkeEngine:
             for ex in list(sa.exchanges.values()):
                 if ex.sent.due(now):
                     exchanges.retransmit_exchange(self, sa, ex, now)
+            if sa.moved_to is not None:
+                rekey.retire(self, sa, now)  # a Quick Mode that held it may have given up
             if sa.dead:  # the retransmissions above may have given up on it
                 continue
             if sa.established:
@@ -697,6 +705,8 @@ class IkeEngine:
             return
         if transition.next_state is ExState.DONE:
             exchanges.exchange_done(self, sa, ex)
+            if sa.moved_to is not None:
+                rekey.retire(self, sa, now)  # rekeyed: it waited for this Quick Mode
         else:
             ex.state = transition.next_state
 
@@ -743,6 +753,8 @@ class IkeEngine:
         """Phase 1 is done: the first rows of ``states.ACCESS_TABLE``."""
         sa.initial_contact = initial_contact
         xauth = sa.suite is not None and sa.suite.auth in XAUTH_METHODS
+        if sa.role is Role.RESPONDER and rekey.continue_login(self, sa, now):
+            return  # a rekey bound to a logged-in session: its login counts (rekey.py)
         if sa.role is Role.INITIATOR or not (self.config.login_required or xauth):
             self._grant(sa, now)
         else:
@@ -774,7 +786,10 @@ class IkeEngine:
             return
         sa.access = Access.GRANTED
         sa.login_deadline = None
+        sa.login_at = sa.login_at or now
         self._events.append(ev.AccessGranted(sa.sa_id, sa.xauth_user))
+        if sa.role is Role.RESPONDER and sa.rekey_of is not None:
+            rekey.take_over(self, sa, now)  # the IPsec SAs of the session it continues
         held, sa.held = sa.held, []
         if sa.initial_contact:
             exchanges.initial_contact(self, sa, now)

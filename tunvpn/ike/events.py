@@ -63,6 +63,27 @@ class Phase1Failed(Event):
 
 
 @dataclass(frozen=True)
+class Phase1RekeyStarted(Event):
+    """Initiator: a new phase 1 replacing this ISAKMP SA started (its events carry
+    ``new_sa_id``; the old SA keeps working until :class:`Phase1Rekeyed`)."""
+
+    new_sa_id: bytes
+    """The new ISAKMP SA's id (responder cookie still zero)."""
+
+
+@dataclass(frozen=True)
+class Phase1Rekeyed(Event):
+    """This (old) ISAKMP SA's IPsec SAs now belong to ``new_sa_id`` (same SPIs); later Quick
+    Modes and Deletes of them go under the new SA. The initiator deletes the old ISAKMP SA
+    next (an :class:`IkeSADeleted` without any :class:`ChildSADeleted`)."""
+
+    new_sa_id: bytes
+    """The ISAKMP SA that took over."""
+    reauthenticated: bool
+    """The user logged in again (XAUTH) on the new SA; False: the old login counts."""
+
+
+@dataclass(frozen=True)
 class XauthRequested(Event):
     """Client side: the gateway asks for user credentials (draft-beaulieu-ike-xauth-02)."""
 

@@ -162,15 +162,18 @@ def on_delete(engine: IkeEngine, sa: IkeSA, d: DeletePayload, now: float) -> Non
         return
     if d.protocol != ProtocolId.ESP:
         return
+    from .rekey import successor
+
+    owner = successor(engine, sa)  # a rekeyed ISAKMP SA's IPsec SAs belong to the new one
     for spi_bytes in d.spis:
         spi = int.from_bytes(spi_bytes, "big")
-        for child in list(sa.children.values()):
+        for child in list(owner.children.values()):
             # RFC 2408 3.15 names the SA as its receiver knows it (our spi_out); charon
             # sometimes names ours (spi_in) after a failed install, so accept both
             if spi in (child.spi_out, child.spi_in):
-                del sa.children[child.spi_in]
+                del owner.children[child.spi_in]
                 engine._spis.discard(child.spi_in)
-                engine._events.append(ev.ChildSADeleted(sa.sa_id, child.spi_in, child.spi_out, True))
+                engine._events.append(ev.ChildSADeleted(owner.sa_id, child.spi_in, child.spi_out, True))
 
 
 # ------------------------------------------------------------------ commands: delete

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import crypto, exchanges, natt, peerauth, transaction
+from . import crypto, exchanges, natt, peerauth, rekey, transaction
 from . import events as ev
 from .config import HYBRID_METHODS, SIGNATURE_METHODS, XAUTH_METHODS, EngineConfig, base_auth_method
 from .constants import (
@@ -62,7 +62,7 @@ from .messages import (
 from .natt import BASE_MODE_V2_VID
 from .proposals import check_phase1_answer, phase1_sa_payload, select_phase1_proposal
 from .retransmit import Retransmission
-from .sa import Address, IkeSA, P1State, Role, message_digest
+from .sa import Access, Address, IkeSA, P1State, Role, message_digest
 from .sa import find_payloads as _find
 from .sa import one_payload as _one
 
@@ -142,13 +142,20 @@ def initiate(
     local_id: Identity | None = None,
     xauth: bool = False,
     groups: list[DHGroup] | None = None,
+    icookie: bytes | None = None,
+    rekey_of: bytes | None = None,
+    floated: bool = False,
 ) -> bytes:
-    """Start phase 1 towards ``remote``; returns the SA id. ``xauth`` offers XAUTH methods."""
+    """Start phase 1 towards ``remote``; returns the SA id. ``xauth`` offers XAUTH methods.
+    A rekey (rekey.start) gives its announced ``icookie``, the old SA's id as ``rekey_of``
+    and starts on the NAT-T port (``floated``) if the old SA had moved there."""
     exchange = MODES.get(mode)
     if exchange is None:
         raise ValueError(f"unknown phase 1 mode {mode!r} (main, aggressive or base)")
-    sa = IkeSA(Role.INITIATOR, exchange, engine._new_cookie(), bytes(8), local, remote, now)
+    sa = IkeSA(Role.INITIATOR, exchange, icookie or engine._new_cookie(), bytes(8), local, remote, now)
     sa.last_heard = now
+    sa.rekey_of = rekey_of
+    sa.floated = floated
     sa.local_id = local_id or peerauth.default_local_id(engine.config, local)
     methods = engine.config.auth_methods(xauth=xauth, responder=False)
     if engine.config.hybrid and exchange == BM:
@@ -488,7 +495,7 @@ def _mm_i_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     id_payload = sa.local_id.to_payload()
     sa.local_id_body = encode_payload(id_payload, 0)[4:]
     out: list[Payload] = [id_payload, *peerauth.auth_payloads(engine.config, sa, initiator=True)]
-    out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
+    out.extend(rekey.auth_notifies(engine, sa))  # INITIAL-CONTACT, or a rekey's proof
     sa.state = P1State.I_SENT_AUTH
     _send_phase1(engine, sa, out, now, encrypt=True)
 
@@ -558,7 +565,7 @@ def _am_i_got_sa(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
         *peerauth.auth_payloads(engine.config, sa, initiator=True),
         *natt.natd_payloads(engine.config, sa, engine._random),
     ]
-    out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
+    out.extend(rekey.auth_notifies(engine, sa))  # INITIAL-CONTACT, or a rekey's proof
     # the third message is encrypted, as vpnc, Cisco and Libreswan send it
     _send_phase1(engine, sa, out, now, encrypt=True, expect_reply=False)
     _phase1_done(engine, sa, payloads, now)
@@ -723,7 +730,7 @@ def _bm_i_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     _derive_keys(sa)
     natt.maybe_float(engine.config, sa)
     out: list[Payload] = [*peerauth.auth_payloads(engine.config, sa, initiator=True)]
-    out.append(NotifyPayload(NotifyType.INITIAL_CONTACT, ProtocolId.ISAKMP, sa.icookie + sa.rcookie))
+    out.extend(rekey.auth_notifies(engine, sa))  # INITIAL-CONTACT, or a rekey's proof
     sa.state = P1State.I_SENT_AUTH
     _send_phase1(engine, sa, out, now, encrypt=True)
 
@@ -815,6 +822,12 @@ def _phase1_done(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     if sa.nat_local and sa.natt:
         sa.next_keepalive = now + engine.config.keepalive_interval
     sa.xauth_expected = sa.suite.auth in XAUTH_METHODS
+    if sa.role is Role.RESPONDER:
+        for p in payloads:
+            if isinstance(p.payload, NotifyPayload) and p.payload.notify_type == rekey.REKEY_PROOF:
+                rekey.bind(engine, sa, p.payload, now)
+                break
+    rekey.schedule(engine, sa, now)
     engine._events.append(
         ev.Phase1Established(
             sa.sa_id,
@@ -837,8 +850,9 @@ def _phase1_done(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     )
     # the login gate (states.ACCESS_TABLE); INITIAL-CONTACT waits for the access it needs
     engine._phase1_access(sa, initial_contact, now)
-    if sa.role is Role.RESPONDER and sa.xauth_expected:
+    if sa.role is Role.RESPONDER and sa.xauth_expected and sa.access is not Access.GRANTED:
         transaction.start_xauth(engine, sa, now)
+    rekey.initiator_logged_in(engine, sa, now)
 
 
 def fail_phase1(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..ipsec.algorithms import EncapsulationMode
 from ..ipsec.selectors import TrafficSelector
-from . import crypto, exchanges
+from . import crypto, exchanges, rekey
 from . import events as ev
 from .config import ChildPolicy
 from .constants import DHGroup, ExchangeType, IPsecAttr, LifeType, NotifyType, ProtocolId
@@ -309,10 +309,12 @@ def _child_established(
 
     enc_in, auth_in = material(spi_in)
     enc_out, auth_out = material(spi_out)
-    sa.children[spi_in] = ChildSA(spi_in, spi_out, name, ex.message_id)
+    # a Quick Mode that finishes on a rekeyed ISAKMP SA gives its IPsec SAs to the new one
+    owner = rekey.successor(engine, sa)
+    owner.children[spi_in] = ChildSA(spi_in, spi_out, name, ex.message_id)
     engine._events.append(
         ev.ChildSAEstablished(
-            sa.sa_id,
+            owner.sa_id,
             spi_in,
             spi_out,
             int(ct.suite.transform),

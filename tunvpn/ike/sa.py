@@ -237,6 +237,22 @@ class IkeSA:
         default_factory=list
     )  # (handler, payload) of Informationals held until GRANTED
     completed: set[int] = field(default_factory=set)  # message IDs of finished exchanges (RFC 2408 3.1)
+    # phase 1 rekeying (rekey.py)
+    rekey_at: float | None = None
+    """Initiator: when to start the new phase 1 (None: never, or already started)."""
+    rekey_of: bytes | None = None
+    """A new SA: the id of the SA it rekeys (initiator: from the start; responder: once bound)."""
+    rekeying: bytes | None = None
+    """An old SA (initiator): our cookie of the new phase 1 in progress."""
+    moved_to: bytes | None = None
+    """An old SA: our cookie of the SA its IPsec SAs were handed to."""
+    reauth: bool = False
+    """A bound new SA (responder): its user must log in again (``reauth_interval``)."""
+    announced: bytes | None = field(default=None, repr=False)
+    """Responder: the initiator cookie announced for this SA's rekey, usable until ``announced_until``."""
+    announced_until: float = 0.0
+    login_at: float = 0.0
+    """When this session's user last logged in (kept across rekeys without XAUTH)."""
 
     @property
     def sa_id(self) -> bytes:

@@ -29,6 +29,7 @@ from .constants import CfgAttr, CfgType, NotifyType
 from .exchanges import on_delete, on_dpd, on_error_notify, on_initial_contact, on_status_notify
 from .messages import AttributePayload, DeletePayload, HashPayload, NotifyPayload, RawPayload
 from .quickmode import on_qm_1, on_qm_2, on_qm_3
+from .rekey import REKEY_ANNOUNCE, SESSION_CONTINUED, on_announce, on_continued
 from .sa import Access, ExchangeKind, ExState, Role
 from .transaction import (
     XAUTH_TYPES,
@@ -60,6 +61,8 @@ class Message(enum.Enum):
     INITIAL_CONTACT = "N(INITIAL-CONTACT)"
     ERROR_NOTIFY = "N(error type < 8192)"
     STATUS_NOTIFY = "N(other status)"
+    REKEY_ANNOUNCE = "N(REKEY-ANNOUNCE) (tunvpn, the next phase 1's cookie)"
+    SESSION_CONTINUED = "N(SESSION-CONTINUED) (tunvpn, a rekey took over)"
 
 
 BOTH_ROLES = frozenset(Role)
@@ -120,6 +123,9 @@ INFORMATIONAL_TABLE: dict[Message, InformationalRule] = {
     M.ERROR_NOTIFY: InformationalRule(on_error_notify),
     M.STATUS_NOTIFY: InformationalRule(on_status_notify),
     M.INITIAL_CONTACT: InformationalRule(on_initial_contact, Access.GRANTED, held=True),
+    # phase 1 rekeying between tunvpn peers (rekey.py): only a logged-in session announces
+    M.REKEY_ANNOUNCE: InformationalRule(on_announce, Access.GRANTED),
+    M.SESSION_CONTINUED: InformationalRule(on_continued),
 }
 
 ACCESS_TABLE: tuple[tuple[str, Access, str], ...] = (
@@ -172,6 +178,10 @@ def classify_informational(payload: object) -> Message | None:
             return M.DPD
         if payload.notify_type == NotifyType.INITIAL_CONTACT:
             return M.INITIAL_CONTACT
+        if payload.notify_type == REKEY_ANNOUNCE:
+            return M.REKEY_ANNOUNCE
+        if payload.notify_type == SESSION_CONTINUED:
+            return M.SESSION_CONTINUED
         return M.ERROR_NOTIFY if payload.notify_type < 8192 else M.STATUS_NOTIFY
     return None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from . import crypto, exchanges
+from . import crypto, exchanges, rekey
 from . import events as ev
 from .constants import (
     CfgAttr,
@@ -396,6 +396,8 @@ def on_xauth_status(
     engine._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user, message))
     if not ok:
         exchanges.drop_sa(engine, sa, "XAUTH failed", by_peer=True)
+    else:
+        rekey.initiator_logged_in(engine, sa, now, xauth_passed=True)
 
 
 def on_cfg_set(engine: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayload], now: float) -> None:

@@ -1,0 +1,340 @@
+"""Phase 1 rekeying (issue 15): a new ISAKMP SA before the old one expires, the IPsec SAs handed
+over with the same SPIs, the old ISAKMP SA deleted without them; between tunvpn peers the new
+SA skips XAUTH only when bound to the old, logged-in session (tunvpn/ike/rekey.py)."""
+
+from __future__ import annotations
+
+from tests.helpers.ike_pair import (
+    CLIENT_IP,
+    GATEWAY_IP,
+    PSK,
+    Pair,
+    Peer,
+    client_config,
+    full_tunnel,
+    gateway_config,
+)
+from tunvpn.ike import events as ev
+from tunvpn.ike.config import PskTable
+from tunvpn.ike.engine import IkeEngine
+from tunvpn.ike.identity import Identity
+from tunvpn.ike.proposals import Phase1Policy
+from tunvpn.ike.sa import Access, Role
+
+LIFETIME = 60
+
+
+def _pair(*, gateway: dict | None = None, client: dict | None = None) -> Pair:
+    gw = dict(
+        require_xauth=True,
+        xauth_available=True,
+        phase1=Phase1Policy(lifetime=LIFETIME),
+        dpd_interval=0,
+    )
+    gw.update(gateway or {})
+    cl = dict(phase1=Phase1Policy(lifetime=LIFETIME), dpd_interval=0)
+    cl.update(client or {})
+    return Pair(client_config(**cl), gateway_config(**gw))
+
+
+def _grant_first_login(pair: Pair) -> list[ev.ChildSAEstablished]:
+    children = full_tunnel(pair, mode="main")
+    gw_sa = pair.gateway.of(ev.Phase1Established)[0].sa_id
+    pair.gateway.engine.grant(gw_sa, pair.now)
+    pair.run()
+    return children
+
+
+def _run_until_rekeyed(pair: Pair, limit: float = LIFETIME) -> None:
+    """Advance the clock a second at a time until the client hands its IPsec SAs over."""
+    before = len(pair.client.of(ev.Phase1Rekeyed))
+    waited = 0.0
+    while len(pair.client.of(ev.Phase1Rekeyed)) == before:
+        assert waited < limit, "no phase 1 rekey"
+        pair.advance(1.0)
+        pair.run()
+        waited += 1.0
+
+
+def _live(peer: Peer) -> list:
+    return [sa for sa in peer.engine.ike_sas() if sa.established]
+
+
+def test_several_rekeys_keep_the_ipsec_sas_and_ask_no_second_xauth() -> None:
+    pair = _pair()
+    children = _grant_first_login(pair)
+    spis = {(c.spi_in, c.spi_out) for c in children}
+    for n in range(1, 4):
+        _run_until_rekeyed(pair)
+        assert len(pair.client.of(ev.Phase1Rekeyed)) == n
+        assert len(pair.gateway.of(ev.Phase1Rekeyed)) == n
+        assert len(pair.client.of(ev.XauthRequested)) == 1, "XAUTH asked again"
+        assert not pair.client.of(ev.ChildSADeleted) and not pair.gateway.of(ev.ChildSADeleted)
+        # one ISAKMP SA left on each side, holding the same IPsec SAs
+        (client_sa,) = _live(pair.client)
+        (gw_sa,) = _live(pair.gateway)
+        assert client_sa.sa_id == pair.client.of(ev.Phase1Rekeyed)[-1].new_sa_id
+        assert gw_sa.sa_id == client_sa.sa_id
+        got = {(c.spi_in, c.spi_out) for c in client_sa.children.values()}
+        got |= {(c.spi_in, c.spi_out) for c in gw_sa.children.values()}
+        assert got == spis
+        assert gw_sa.access is Access.GRANTED and gw_sa.xauth_user == "alice"
+    deleted = pair.client.of(ev.IkeSADeleted)
+    assert [d.reason for d in deleted] == ["rekeyed"] * 3
+    assert all(d.by_peer for d in pair.gateway.of(ev.IkeSADeleted))
+    # the IPsec SAs are rekeyed under the newest ISAKMP SA
+    (client_sa,) = _live(pair.client)
+    child = children[0]
+    pair.client.engine.start_child(
+        client_sa.sa_id, pair.now, child.local_ts, child.remote_ts, _proposal(), "net"
+    )
+    pair.run()
+    assert pair.gateway.of(ev.ChildSAEstablished)[-1].sa_id == client_sa.sa_id
+
+
+def _proposal():
+    from tunvpn.ike.proposals import ChildProposal
+
+    return ChildProposal()
+
+
+def test_a_delete_of_the_old_isakmp_sa_deletes_no_ipsec_sa_and_later_deletes_work() -> None:
+    pair = _pair()
+    children = _grant_first_login(pair)
+    _run_until_rekeyed(pair)
+    assert not pair.gateway.of(ev.ChildSADeleted)
+    (client_sa,) = _live(pair.client)
+    spi = next(c.spi_in for c in children if c.role == "initiator")
+    pair.client.engine.delete_child(client_sa.sa_id, spi, pair.now)
+    pair.run()
+    gone = pair.gateway.of(ev.ChildSADeleted)
+    assert len(gone) == 1 and gone[0].by_peer and gone[0].sa_id == client_sa.sa_id
+
+
+def test_the_session_survives_the_old_sas_lifetime() -> None:
+    pair = _pair()
+    _grant_first_login(pair)
+    pair.advance(0)
+    for _ in range(3 * LIFETIME):
+        pair.advance(1.0)
+        pair.run()
+    assert not pair.client.of(ev.ChildSADeleted) and not pair.gateway.of(ev.ChildSADeleted)
+    assert len(_live(pair.client)) == 1 and len(_live(pair.gateway)) == 1
+    assert len(pair.client.of(ev.XauthRequested)) == 1
+
+
+def test_reauth_interval_asks_the_user_again() -> None:
+    pair = _pair(gateway=dict(reauth_interval=LIFETIME / 2))
+    _grant_first_login(pair)
+    before = len(pair.client.of(ev.Phase1Rekeyed))
+    for _ in range(LIFETIME):
+        pair.advance(1.0)
+        pair.run()
+        asked = pair.client.of(ev.XauthRequested)
+        if len(asked) == 2:
+            break
+    assert len(asked) == 2, "the user was not asked again"
+    new_id = asked[-1].sa_id
+    assert new_id[:8] == pair.client.of(ev.Phase1RekeyStarted)[-1].new_sa_id[:8]
+    pair.client.engine.xauth_reply(new_id, pair.now, user_name="alice", password="s3cret")
+    pair.run()
+    creds = pair.gateway.of(ev.XauthCredentials)[-1]
+    pair.gateway.engine.xauth_verdict(creds.sa_id, pair.now, True)
+    pair.gateway.engine.grant(creds.sa_id, pair.now)
+    pair.run()
+    assert len(pair.client.of(ev.Phase1Rekeyed)) == before + 1
+    rekeyed = pair.gateway.of(ev.Phase1Rekeyed)[-1]
+    assert rekeyed.reauthenticated and rekeyed.new_sa_id == creds.sa_id
+    assert not pair.client.of(ev.ChildSADeleted) and not pair.gateway.of(ev.ChildSADeleted)
+
+
+def test_a_standard_gateway_is_asked_again_by_a_full_login() -> None:
+    pair = _pair(gateway=dict(tunvpn_extensions=False))
+    _grant_first_login(pair)
+    started = len(pair.client.of(ev.Phase1RekeyStarted))
+    for _ in range(LIFETIME):
+        pair.advance(1.0)
+        pair.run()
+        if len(pair.client.of(ev.XauthRequested)) == 2:
+            break
+    assert len(pair.client.of(ev.Phase1RekeyStarted)) == started + 1
+    asked = pair.client.of(ev.XauthRequested)[-1]
+    pair.client.engine.xauth_reply(asked.sa_id, pair.now, user_name="alice", password="s3cret")
+    pair.run()
+    creds = pair.gateway.of(ev.XauthCredentials)[-1]
+    pair.gateway.engine.xauth_verdict(creds.sa_id, pair.now, True)
+    pair.run()
+    # the client hands over after XAUTH-STATUS OK; a gateway without our extensions is not
+    # told anything: the old ISAKMP SA's Delete comes (it may drop what it holds under it)
+    assert pair.client.of(ev.Phase1Rekeyed)[-1].new_sa_id == asked.sa_id
+    assert not pair.client.of(ev.ChildSADeleted)
+
+
+# ------------------------------------------------------------------ attacks on the binding
+
+
+def _attacker(pair: Pair, ip: str = CLIENT_IP, local_id: str = "keyid:staff", psk: bytes = PSK) -> Peer:
+    """Another holder of the group's pre-shared key, with its own engine."""
+    engine = IkeEngine(client_config(psks=PskTable({"*": psk}), phase1=Phase1Policy(lifetime=LIFETIME)))
+    peer = Peer(engine, ip)
+    peer.local_id = Identity.parse(local_id)  # type: ignore[attr-defined]
+    return peer
+
+
+def _shuttle(pair: Pair, peer: Peer, rounds: int = 30) -> None:
+    """Deliver datagrams between ``peer`` and the gateway until both are quiet."""
+    gw = pair.gateway.engine
+    for _ in range(rounds):
+        moved = 0
+        for data, remote, port in peer.engine.datagrams_to_send():
+            assert remote[0] == GATEWAY_IP
+            gw.receive_datagram(data, (peer.ip, port), (GATEWAY_IP, remote[1]), pair.now)
+            moved += 1
+        for data, remote, port in gw.datagrams_to_send():
+            if remote[0] == peer.ip and remote[1] in (500, 4500):
+                peer.engine.receive_datagram(data, (GATEWAY_IP, port), remote, pair.now)
+                moved += 1
+        peer.drain()
+        pair.gateway.drain()
+        if not moved:
+            return
+
+
+def _attack(pair: Pair, peer: Peer, icookie: bytes | None = None) -> bytes:
+    """``peer`` starts a phase 1 with XAUTH offered (optionally under ``icookie``)."""
+    from tunvpn.ike import phase1
+
+    sa_id = phase1.initiate(
+        peer.engine,
+        (GATEWAY_IP, 500),
+        (peer.ip, 500),
+        pair.now,
+        local_id=peer.local_id,  # type: ignore[attr-defined]
+        xauth=True,
+        icookie=icookie,
+    )
+    _shuttle(pair, peer)
+    return sa_id
+
+
+def test_same_address_and_identity_without_announcement_is_asked_for_xauth() -> None:
+    pair = _pair()
+    _grant_first_login(pair)
+    mallory = _attacker(pair)  # the same address, the same group ID, the group's key
+    _attack(pair, mallory)
+    assert mallory.of(ev.Phase1Established), "phase 1 should succeed: she has the group key"
+    assert mallory.of(ev.XauthRequested), "no XAUTH request: the login was skipped"
+    assert not pair.gateway.of(ev.Phase1Rekeyed)
+    gw_sa = next(
+        sa for sa in _live(pair.gateway) if sa.sa_id[:8] == mallory.of(ev.Phase1Established)[0].sa_id[:8]
+    )
+    assert gw_sa.access is Access.LOGIN_PENDING
+
+
+def test_an_announced_cookie_reused_by_another_client_is_asked_for_xauth(monkeypatch) -> None:
+    """Mallory (same group key, same address) sees alice's rekey begin and races a phase 1
+    under the announced cookie (it travels in clear in message 1) with a proof notify naming
+    alice's old SA (its cookies travel in clear too): without the old SA's keys she cannot
+    make the proof, so she is asked to log in."""
+    from tunvpn.ike import rekey
+    from tunvpn.ike.constants import ProtocolId
+    from tunvpn.ike.messages import NotifyPayload
+
+    pair = _pair()
+    _grant_first_login(pair)
+    # let alice's engine start the rekey but hold its datagrams back (only the announcement
+    # and the first message are out), then deliver the announcement alone
+    for _ in range(LIFETIME):
+        pair.advance(1.0)
+        if pair.client.of(ev.Phase1RekeyStarted):
+            break
+    out = pair.client.engine.datagrams_to_send()
+    announcement, first = out[0], out[1]
+    pair.gateway.engine.receive_datagram(announcement[0], (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
+    icookie = first[0][:8]
+    mallory = _attacker(pair)
+    alices_old = pair.client.of(ev.Phase1RekeyStarted)[-1].sa_id
+    real = rekey.auth_notifies
+
+    def forged(engine, sa):  # Mallory's code: a proof she cannot compute, guessed
+        if engine is not mallory.engine:
+            return real(engine, sa)
+        return [NotifyPayload(rekey.REKEY_PROOF, ProtocolId.ISAKMP, sa.sa_id, alices_old + bytes(32))]
+
+    monkeypatch.setattr(rekey, "auth_notifies", forged)
+    _attack(pair, mallory, icookie=icookie)
+    assert mallory.of(ev.Phase1Established)
+    assert mallory.of(ev.XauthRequested), "the announced cookie let her skip XAUTH"
+    assert not pair.gateway.of(ev.Phase1Rekeyed)
+    assert pair.gateway.engine.drops["rekey not bound: proof does not verify"] == 1
+
+
+def test_an_announcement_does_not_survive_another_phase_1_identity() -> None:
+    pair = _pair(gateway=dict(psks=PskTable({"*": PSK})))
+    _grant_first_login(pair)
+    # alice's client announces and proves the old session, but the new phase 1 comes with
+    # another group ID (the same pre-shared key): the binding needs the same credentials
+    (old,) = [sa for sa in pair.client.engine.ike_sas() if sa.established]
+    old.local_id = Identity.parse("keyid:guests")
+    _run_rekey_attempt(pair)
+    assert pair.client.of(ev.XauthRequested)[-1].sa_id[:8] != pair.client.of(ev.XauthRequested)[0].sa_id[:8]
+    assert not pair.gateway.of(ev.Phase1Rekeyed)
+    assert pair.gateway.engine.drops["rekey not bound: other phase 1 credentials"] == 1
+
+
+def test_an_expired_announcement_is_not_honoured() -> None:
+    pair = _pair(
+        client=dict(phase1=Phase1Policy(lifetime=600)), gateway=dict(phase1=Phase1Policy(lifetime=600))
+    )
+    _grant_first_login(pair)
+    for _ in range(600):
+        pair.advance(1.0)
+        if pair.client.of(ev.Phase1RekeyStarted):
+            break
+    out = pair.client.engine.datagrams_to_send()
+    announcement = out[0]
+    pair.gateway.engine.receive_datagram(announcement[0], (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
+    pair.now += 61  # the first message was lost; the client retransmits after the announcement expired
+    for data, remote, port in out[1:]:
+        pair.gateway.engine.receive_datagram(data, (CLIENT_IP, port), (GATEWAY_IP, remote[1]), pair.now)
+    pair.gateway.drain()
+    pair.run()
+    assert pair.client.of(ev.XauthRequested)[-1].sa_id[:8] == out[1][0][:8]
+    assert not pair.gateway.of(ev.Phase1Rekeyed)
+    assert pair.gateway.engine.drops["rekey not bound: announcement expired"] == 1
+
+
+def _run_rekey_attempt(pair: Pair) -> None:
+    for _ in range(LIFETIME):
+        pair.advance(1.0)
+        pair.run()
+        if len(pair.client.of(ev.XauthRequested)) >= 2:
+            return
+    raise AssertionError("no second XAUTH request")
+
+
+def test_roles() -> None:
+    pair = _pair()
+    _grant_first_login(pair)
+    (gw_sa,) = _live(pair.gateway)
+    assert gw_sa.role is Role.RESPONDER and gw_sa.rekey_at is None
+    (client_sa,) = _live(pair.client)
+    assert client_sa.rekey_at is not None and client_sa.rekey_at < client_sa.expires
+
+
+def test_a_rekey_whose_announcement_was_lost_logs_in_again() -> None:
+    """The binding needs the announcement too: without it the gateway asks for XAUTH."""
+    pair = _pair()
+    _grant_first_login(pair)
+    for _ in range(LIFETIME):
+        pair.advance(1.0)
+        if pair.client.of(ev.Phase1RekeyStarted):
+            break
+    out = pair.client.engine.datagrams_to_send()
+    for data, remote, port in out[1:]:  # out[0], the announcement, is lost
+        pair.gateway.engine.receive_datagram(data, (CLIENT_IP, port), (GATEWAY_IP, remote[1]), pair.now)
+    pair.gateway.drain()
+    pair.run()
+    assert pair.client.of(ev.XauthRequested)[-1].sa_id[:8] == out[1][0][:8]
+    assert not pair.gateway.of(ev.Phase1Rekeyed)
+    assert pair.gateway.engine.drops["rekey not bound: cookie not announced under the old ISAKMP SA"] == 1
