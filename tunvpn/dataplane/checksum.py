@@ -21,12 +21,18 @@ the 16-bit ones' complement sum, and ``fold(x) ^ 0xFFFF`` is the checksum to sto
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from types import ModuleType
 
 # optional: vectorized per-segment sums (imported by name so the type is the same with or
 # without numpy installed, for mypy too)
 _np: ModuleType | None
+# numpy's OpenBLAS starts a pool of worker threads when imported; the sums here use none of
+# it, and a thread started before a daemon drops root would keep root's bounding set
+# (tunvpn/shell/privileges.py refuses to drop then). One BLAS thread: no pool.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 try:
     _np = importlib.import_module("numpy")
 except ImportError:  # pragma: no cover - exercised where numpy is missing

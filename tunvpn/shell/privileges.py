@@ -176,6 +176,7 @@ def drop_privileges(user: ServiceUser, keep: tuple[int, ...] = KEEP) -> None:
         what was asked (the caller must exit: carrying on as root would be silent).
     """
     others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    others += [f"{n} (not a Python thread)" for n in _task_names() if n is not None][len(others) :]
     if others:
         raise PrivilegeError(
             f"cannot drop privileges: threads already run ({', '.join(others)}), which would keep root's"
@@ -204,6 +205,23 @@ def drop_privileges(user: ServiceUser, keep: tuple[int, ...] = KEEP) -> None:
         user.uid,
         ", ".join(capability_names(sum(1 << c for c in keep))),
     )
+
+
+def _task_names() -> list[str | None]:
+    """The names of this process's other threads as the kernel sees them (C libraries start
+    threads Python does not list); empty where /proc is not there."""
+    try:
+        tasks = [t for t in os.listdir("/proc/self/task") if int(t) != threading.get_native_id()]
+    except OSError:
+        return []
+    names: list[str | None] = []
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                names.append(f"{f.read().strip()}/{task}")
+        except OSError:  # it ended meanwhile
+            names.append(None)
+    return names
 
 
 def _check(user: ServiceUser, keep: tuple[int, ...]) -> None:
