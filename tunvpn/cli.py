@@ -364,7 +364,9 @@ def _add_connect(sub: Subparsers) -> None:
         description="Connect to a gateway; exits 1 with a message if a phase fails.",
     )
     _add_common(cl)
-    cl.add_argument("gateway", type=_ip, nargs="?", metavar="GATEWAY", help="the gateway's IP address")
+    cl.add_argument(
+        "gateway", type=_gateway, nargs="?", metavar="GATEWAY", help="the gateway's IP address or host name"
+    )
     cl.add_argument(
         "-c",
         "--profile",
@@ -434,7 +436,15 @@ def _add_connect(sub: Subparsers) -> None:
         "--once",
         dest="exit_after",
         action="store_true",
-        help="delete the SAs and exit 0 once every Quick Mode is up",
+        help="delete the SAs and exit 0 once every Quick Mode is up (no reconnecting)",
+    )
+    cl.add_argument(
+        "--no-reconnect",
+        dest="reconnect",
+        action="store_false",
+        default=None,
+        help="exit when the connection ends or fails instead of reconnecting with back-off "
+        "(default: reconnect, failing over between the profile's gateways; profile: reconnect = false)",
     )
     cl.add_argument(
         "--timeout",
@@ -810,6 +820,38 @@ def route_source(gateway: str, port: int) -> str:
         return str(probe.getsockname()[0])
 
 
+def _client_source(gateways: Sequence[str], port: int) -> str:
+    """Our address towards the first gateway that resolves and has a route (issue 15: names)."""
+    from tunvpn.config.hosts import is_address
+
+    errors = []
+    for gateway in gateways:
+        try:
+            if is_address(gateway):
+                addresses = [gateway]
+            else:
+                infos = socket.getaddrinfo(gateway, port, socket.AF_INET, socket.SOCK_DGRAM)
+                addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+            for address in addresses:
+                try:
+                    return route_source(address, port)
+                except CliError as exc:
+                    errors.append(str(exc))
+        except OSError as exc:
+            errors.append(f"cannot resolve {gateway}: {exc.strerror or exc}")
+    raise CliError("; ".join(errors) or "no gateway")
+
+
+def _gateway(text: str) -> str:
+    """argparse type: an IP address or a host name."""
+    from tunvpn.config.hosts import check_gateway
+
+    try:
+        return check_gateway(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_connect(args: argparse.Namespace) -> int:
     from tunvpn.client.daemon import Client, ClientOptions
 
@@ -821,9 +863,12 @@ def cmd_connect(args: argparse.Namespace) -> int:
         from tunvpn.config.profile import load_profile
 
         profile = load_profile(args.profile)
-        if args.gateway is not None and args.gateway != profile.gateway:
-            raise CliError(f"GATEWAY {args.gateway} differs from the profile's {profile.gateway}")
-        args.gateway = profile.gateway
+        if args.gateway is not None and args.gateway not in profile.gateways:
+            raise CliError(f"GATEWAY {args.gateway} is not among the profile's {', '.join(profile.gateways)}")
+        gateways = profile.gateways if args.gateway is None else (args.gateway,)
+        args.gateway = gateways[0]
+        if args.reconnect is None:
+            args.reconnect = profile.reconnect
         psks = profile.psks
         args.user = args.user or profile.user
         args.password_file = args.password_file or profile.password_file
@@ -840,6 +885,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     else:
         if args.gateway is None:
             raise CliError("give the GATEWAY address (and --psk-file, --user), or -c PROFILE")
+        gateways = (args.gateway,)
         if args.ca:
             # hybrid authentication: the gateway's certificate, then XAUTH; no pre-shared key
             if args.psk_file:
@@ -854,10 +900,12 @@ def cmd_connect(args: argparse.Namespace) -> int:
     password = load_password(args.password_file) if args.user else None
     if args.password_file and not args.user:
         raise CliError("--password-file needs --user")
-    local_ip = args.local or route_source(args.gateway, args.gateway_port)
+    local_ip = args.local or _client_source(gateways, args.gateway_port)
     try:
         options = ClientOptions(
             gateway=args.gateway,
+            gateways=gateways,
+            reconnect=args.reconnect is not False and not args.exit_after,
             psks=psks,
             local_ip=local_ip,
             gateway_port=args.gateway_port,

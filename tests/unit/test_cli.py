@@ -58,7 +58,7 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["connect", "vpn.example"], "'vpn.example' is not an IP address"),
+        (["connect", "vpn_1.example"], "'vpn_1.example' is neither an IP address nor a host name"),
         (["connect", "10.0.0.1", "--pfs", "modp999"], "unknown DH group 'modp999'"),
         (["connect", "10.0.0.1", "--mode", "quick"], "invalid choice: 'quick'"),
         (["connect", "10.0.0.1", "--ike-port", "70000"], "port 70000 is outside 1-65535"),

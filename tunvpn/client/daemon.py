@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from cryptography import x509
 
+from tunvpn.client import p1rekey
 from tunvpn.control.status import child_status, counter_registry, sa_counters, sa_drops
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
@@ -235,6 +236,8 @@ class Client:
         self.clock = clock
         self.ask_password = ask_password or getpass.getpass
         self._xauth_rounds = 0
+        self._rekeying: bytes | None = None
+        """Our cookie of the new ISAKMP SA while a phase 1 rekey runs (client.p1rekey)."""
         self._stage_rounds = 0
         """XAUTH requests of the login, or of the extra protocol now running."""
         try:
@@ -327,7 +330,12 @@ class Client:
     # ------------------------------------------------------------------ events
 
     def handle_event(self, event: ev.Event) -> Awaitable[None] | None:
+        if self._rekeying is not None and event.sa_id[:8] == self._rekeying:
+            return p1rekey.new_sa_event(self, event)  # the new ISAKMP SA of a phase 1 rekey
         if not self._ours(event):
+            return None
+        if isinstance(event, (ev.Phase1RekeyStarted, ev.Phase1Rekeyed)):
+            p1rekey.rekey_event(self, event)  # from now on, maybe, we follow another SA
             return None
         if event.sa_id[8:] != bytes(8):
             self.sa_id = event.sa_id  # the responder cookie is known from the second message on
@@ -428,6 +436,8 @@ class Client:
         # the stored password answers the first round only: a later round (next tokencode,
         # a RADIUS challenge) asks for something new, which only the user knows
         secret = self.options.password if self._xauth_rounds == 1 and not self._protocols_waiting else None
+        if self._rekeying is not None and "passcode" in event.fields:
+            secret = None  # asked again: a one-time passcode is not the one stored (issue 15)
         first = self._xauth_rounds == 1 and not self._protocols_waiting
         if secret_fields and secret is None:
             label = (
@@ -468,7 +478,7 @@ class Client:
                 return
             kwargs[name] = answer
         try:
-            self.engine.xauth_reply(self.sa_id, self.clock(), user_name=self.options.user, **kwargs)
+            self.engine.xauth_reply(event.sa_id, self.clock(), user_name=self.options.user, **kwargs)
         except LocalProtocolError as exc:
             self.fail("xauth", f"cannot answer XAUTH: {exc}")
             return

@@ -25,7 +25,6 @@ from tunvpn.config.gateway import (
     ConfigFileError,
     SourceText,
     TableReader,
-    parse_ip,
     parse_toml,
     read_config_file,
     read_credential,
@@ -35,6 +34,7 @@ from tunvpn.config.gateway import (
     resolve_path,
     resolve_plugin_paths,
 )
+from tunvpn.config.hosts import check_gateway
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential, load_certificates
 from tunvpn.ike.config import PskTable
@@ -45,7 +45,7 @@ MODES = ("main", "aggressive", "base")
 _PROFILE_KEYS = (
     "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "revocation", "crl_files", "user",
     "password_file", "mode", "id",
-    "remote_id", "plugins", "plugin",
+    "remote_id", "plugins", "plugin", "reconnect",
 )  # fmt: skip
 REMOTE_ID_ANY = "any"
 """``remote_id = "any"``: a pre-shared-key gateway may send any phase 1 identity (warned)."""
@@ -58,7 +58,13 @@ class ClientProfile:
     source: str
     """The file it was read from."""
     gateway: str
-    """The gateway's IP address."""
+    """The first gateway: an IP address or a host name."""
+    gateways: tuple[str, ...] = ()
+    """Every gateway, in the order they are tried (``gateway = ["vpn1...", "vpn2..."]``);
+    default: ``(gateway,)``."""
+    reconnect: bool = True
+    """Stay connected (reconnect with back-off, fail over); ``false``: exit when the
+    connection ends, as ``tunvpn connect --once`` does after it came up."""
     psks: PskTable = field(default_factory=PskTable)
     """The group secret (``*``) or per-identity secrets; empty with certificate authentication."""
     user: str | None = None
@@ -108,8 +114,7 @@ def parse_profile(
     env = os.environ if env is None else env
     src = SourceText(text, source)
     table = TableReader(src, parse_toml(src, text), "", "the profile", _PROFILE_KEYS)
-    gateway = parse_ip(table, "gateway", required=True)
-    assert gateway is not None
+    gateways = _read_gateways(table)
     psks = read_psks(table, base_dir, env, file_mode)
     if "ca" in table and "cert" not in table and "key" not in table:
         # hybrid authentication: the gateway proves itself by its certificate, we by XAUTH
@@ -167,7 +172,9 @@ def parse_profile(
             plugin_settings[name] = resolve_plugin_paths(dict(value), base_dir)
     return ClientProfile(
         source=source,
-        gateway=gateway,
+        gateway=gateways[0],
+        gateways=gateways,
+        reconnect=table.flag("reconnect", True),
         psks=psks,
         user=user.strip() if user is not None else None,
         password_file=password_file,
@@ -181,6 +188,26 @@ def parse_profile(
         plugins=tuple(plugins),
         plugin_settings=plugin_settings,
     )
+
+
+def _read_gateways(table: TableReader) -> tuple[str, ...]:
+    """``gateway``: an address or host name, or an array of them (tried in order)."""
+    if "gateway" not in table:
+        raise table.error("gateway", "gateway is required in the profile")
+    entries = table.texts("gateway")
+    assert entries is not None
+    if not entries:
+        raise table.error("gateway", "an empty list: give at least one gateway (address or name)")
+    out: list[str] = []
+    for entry in entries:
+        try:
+            name = check_gateway(entry)
+        except ValueError as exc:
+            raise table.error("gateway", str(exc)) from None
+        if name in out:
+            raise table.error("gateway", f"{name} is listed twice")
+        out.append(name)
+    return tuple(out)
 
 
 def _read_cas(table: TableReader, base_dir: Path) -> tuple[x509.Certificate, ...]:

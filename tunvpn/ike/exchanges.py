@@ -219,6 +219,15 @@ def dpd_due(engine: IkeEngine, sa: IkeSA) -> float:
     return sa.last_heard + engine.config.dpd_interval
 
 
+def dpd_probe(engine: IkeEngine, sa: IkeSA, now: float) -> None:
+    """Ask R-U-THERE now rather than after the idle interval (an unverifiable hint that the
+    peer lost our SA); the peer is declared dead only if this and the next probes go
+    unanswered for ``dpd_timeout - dpd_interval``. Nothing while a probe is outstanding."""
+    if sa.established and sa.dpd_sent_at is None and engine.config.dpd_interval > 0:
+        sa.last_heard = min(sa.last_heard, now - engine.config.dpd_interval)
+        dpd_tick(engine, sa, now)
+
+
 def dpd_tick(engine: IkeEngine, sa: IkeSA, now: float) -> None:
     if engine.config.dpd_interval <= 0 or "dpd" not in sa.peer_vendor_ids:
         return

@@ -354,6 +354,14 @@ def unprotected_informational(engine: IkeEngine, sa: IkeSA, header: Header, data
         if isinstance(n, NotifyPayload) and not sa.established and n.notify_type < 8192:
             _peer_refused(engine, sa, n, now)
             return
+        if isinstance(n, NotifyPayload) and n.notify_type in (
+            NotifyType.INVALID_SPI,
+            NotifyType.INVALID_COOKIE,
+        ):
+            # the peer may have lost our SAs (a restart), or anyone says so: a DPD probe now,
+            # never a teardown by itself (issue 15)
+            exchanges.dpd_probe(engine, sa, now)
+            return
     log.info("ignoring unprotected Informational from %s", sa.remote[0])
 
 

@@ -104,7 +104,12 @@ def test_open_psk_file_refused(secrets_dir: Path) -> None:
     [
         (THREE_LINES.replace("user", "usr"), "usr", 3, "did you mean 'user'?"),
         (THREE_LINES + 'mode = "quick"\n', "mode", 4, "one of: main, aggressive, base"),
-        (THREE_LINES.replace("192.0.2.1", "vpn.example"), "gateway", 1, "address"),
+        (THREE_LINES.replace("192.0.2.1", "vpn_1.example"), "gateway", 1, "nor a host name"),
+        (THREE_LINES.replace('"192.0.2.1"', "[]"), "gateway", 1, "at least one gateway"),
+        (THREE_LINES.replace('"192.0.2.1"', '["a.example", "A.example"]'), "gateway", 1, "twice"),
+        (THREE_LINES.replace('"192.0.2.1"', '["a.example", 7]'), "gateway", 1, "array of strings"),
+        (THREE_LINES.replace("192.0.2.1", "0.0.0.0"), "gateway", 1, "wildcard"),
+        (THREE_LINES + 'reconnect = "yes"\n', "reconnect", 4, "true or false"),
         (THREE_LINES.replace('gateway = "192.0.2.1"\n', ""), "gateway", None, "required"),
         ('gateway = "192.0.2.1"\nuser = "alice"\n', "", None, "no secret"),
         (
@@ -145,3 +150,14 @@ def test_client_plugins_and_their_tables(secrets_dir: Path) -> None:
     assert profile.plugin_settings == {"soft-token": {"seed_file": str(secrets_dir / "token.seed")}}
     error = _error(secrets_dir, THREE_LINES + "\n[plugin.other]\nx = 1\n")
     assert error.key == "plugin.other" and "plugins does not name" in str(error)
+
+
+def test_gateway_names_and_lists(secrets_dir: Path) -> None:
+    """Issue 15: a host name, or a list of gateways tried in order; reconnecting by default."""
+    one = _load(secrets_dir, THREE_LINES.replace("192.0.2.1", "VPN.Example.com."))
+    assert (one.gateway, one.gateways, one.reconnect) == ("vpn.example.com", ("vpn.example.com",), True)
+    text = THREE_LINES.replace('"192.0.2.1"', '["vpn1.example.com", "192.0.2.7"]') + "reconnect = false\n"
+    many = _load(secrets_dir, text)
+    assert many.gateway == "vpn1.example.com"
+    assert many.gateways == ("vpn1.example.com", "192.0.2.7")
+    assert many.reconnect is False

@@ -1,0 +1,236 @@
+"""The client stays connected (issue 15): real processes in namespaces.
+
+Namespace a: the gateway (10.77.0.1; a second one at 10.77.0.3 for failover), with a
+protected address 10.78.0.1 behind it. Namespace b: the client (10.77.0.2), whose default
+route points at the gateway's underlay address, as a laptop's points at its router: a packet
+for the tunnel's network that is not in the tunnel would leave in clear on the underlay.
+
+* The gateway is killed with SIGKILL and started again: the client finds it dead (DPD),
+  reconnects, and pings again; meanwhile a capture on the client's underlay sees no packet
+  for the tunnel's network in clear.
+* Failover: the first gateway of the list is dead, the client connects to the second; a name
+  (in the namespace's hosts file) resolving to a dead and a live address works the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.netns import NetnsPair, capture, run_in, stop_process, wait_for
+from tests.helpers.tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
+
+PROTECTED = "10.78.0.1"
+PROTECTED_NET = "10.78.0.0/24"
+POOL = "10.79.0.10-10.79.0.20"
+PSK = "reconnect-test-psk-0123456789"
+SECOND = "10.77.0.3"
+DEAD = "10.77.0.9"  # on the link, nobody answers
+
+
+def _gateway(
+    pair: NetnsPair, tmp: Path, listen: str, log: Path, tun: str = "tvgw%d"
+) -> subprocess.Popen[bytes]:
+    psk = private_file(tmp / "psk", PSK + "\n")
+    users = private_file(tmp / "users", "alice:wonderland\n")
+    proc = popen_tunvpn(
+        pair.a,
+        [
+            "gateway",
+            "--listen",
+            listen,
+            "--psk-file",
+            str(psk),
+            "--users",
+            str(users),
+            "--require-xauth",
+            "--pool",
+            POOL,
+            "--split",
+            PROTECTED_NET,
+            "--tun",
+            tun,
+            "--control",
+            "none",
+        ],
+        log,
+    )
+    wait_for_line(log, "gateway ready", proc, 30, f"the gateway on {listen}")
+    return proc
+
+
+def _profile(tmp: Path, gateway: str, extra: str = "") -> Path:
+    private_file(tmp / "psk", PSK + "\n")
+    private_file(tmp / "pw", "wonderland\n")
+    return private_file(
+        tmp / "client.toml",
+        f'gateway = {gateway}\npsk_file = "psk"\nuser = "alice"\npassword_file = "pw"\n{extra}',
+    )
+
+
+def _client(pair: NetnsPair, profile: Path, log: Path) -> subprocess.Popen[bytes]:
+    return popen_tunvpn(
+        pair.b,
+        ["connect", "-c", str(profile), "--tun", "tvcl%d", "--json", "--control", "none", "-v"],
+        log,
+    )
+
+
+def _ping_once(pair: NetnsPair) -> bool:
+    out = run_in(pair.b, ["ping", "-c", "1", "-W", "1", PROTECTED], check=False, timeout=10)
+    return out.returncode == 0
+
+
+def _pcap_frames(path: Path) -> int:
+    """Frames in a classic pcap file (dumpcap -P)."""
+    data = path.read_bytes() if path.exists() else b""
+    if len(data) < 24:
+        return 0
+    endian = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+    offset, count = 24, 0
+    while offset + 16 <= len(data):
+        (incl,) = struct.unpack_from(endian + "I", data, offset + 8)
+        offset += 16 + incl
+        count += 1
+    return count
+
+
+@pytest.fixture
+def pair() -> Iterator[NetnsPair]:
+    if shutil.which("dumpcap") is None:
+        pytest.skip("needs dumpcap (wireshark-common) for the leak capture")
+    with NetnsPair() as net:
+        net.add_addr(net.a, f"{PROTECTED}/24")
+        # the client's default route: where a leaked packet would go, in clear
+        run_in(net.b, ["ip", "route", "add", "default", "via", net.addr_a], check=True)
+        yield net
+
+
+def test_gateway_killed_and_restarted_client_comes_back_without_leaking(
+    pair: NetnsPair, tmp_path: Path
+) -> None:
+    gw_log, cl_log = tmp_path / "gateway.log", tmp_path / "client.log"
+    gw = _gateway(pair, tmp_path, pair.addr_a, gw_log)
+    cl = _client(pair, _profile(tmp_path, f'"{pair.addr_a}"'), cl_log)
+    pinger: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 30, "the client's SAs")
+        assert _ping_once(pair), read_text(cl_log)[-3000:]
+        leak = tmp_path / "leak.pcap"
+        # anything for the tunnel's network on the underlay in clear (ESP rides in UDP 4500 to
+        # the gateway's underlay address, so it never matches)
+        with capture(pair.b, pair.if_b, leak, bpf=f"dst net {PROTECTED_NET}"):
+            pinger = subprocess.Popen(
+                ["ip", "netns", "exec", pair.b, "ping", "-i", "0.2", "-W", "1", PROTECTED],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            killed = time.monotonic()
+            gw.kill()  # SIGKILL: no Delete, no goodbye
+            gw.wait(5)
+            wait_for(
+                lambda: (
+                    any(r.get("event") == "reconnect" for r in json_records(cl_log)) or cl.poll() is not None
+                ),
+                60,
+                "the client to find the gateway dead",
+            )
+            assert cl.poll() is None, f"the client exited {cl.returncode}:\n{read_text(cl_log)[-3000:]}"
+            noticed = time.monotonic() - killed
+            routes = run_in(pair.b, ["ip", "route"], check=True).stdout
+            assert re.search(r"10\.78\.0\.0/24 dev tvcl\d", routes), f"route left the TUN device:\n{routes}"
+            time.sleep(3)  # a few unanswered attempts while the gateway is down
+            gw = _gateway(pair, tmp_path, pair.addr_a, gw_log)
+            back = time.monotonic()
+            wait_for(lambda: _ping_once(pair) or cl.poll() is not None, 60, "a ping after the restart")
+            assert cl.poll() is None, read_text(cl_log)[-3000:]
+            took = time.monotonic() - back
+            pinger.terminate()
+            pinger.wait(5)
+        print(
+            f"gateway SIGKILLed: client noticed after {noticed:.1f} s (DPD), pinging again "
+            f"{took:.1f} s after the restarted gateway was ready (goal 5 s)"
+        )
+        assert took < 30, read_text(cl_log)[-3000:]
+        assert _pcap_frames(leak) == 0, "packets for the tunnel's network left the underlay in clear"
+        states = [r.get("state") for r in json_records(cl_log) if r.get("event") == "reconnect"]
+        assert "lost" in states, states
+        assert sum(1 for r in json_records(cl_log) if r.get("event") == "established") >= 2
+    finally:
+        if pinger is not None and pinger.poll() is None:
+            pinger.kill()
+        stop_process(cl)
+        stop_process(gw)
+    assert cl.returncode == 0, read_text(cl_log)[-3000:]
+
+
+def test_failover_to_the_second_gateway_of_the_list(pair: NetnsPair, tmp_path: Path) -> None:
+    run_in(pair.a, ["ip", "addr", "add", f"{SECOND}/24", "dev", pair.if_a], check=True)
+    gw_log, cl_log = tmp_path / "gateway.log", tmp_path / "client.log"
+    gw = _gateway(pair, tmp_path, SECOND, gw_log)
+    # the profile names a dead gateway first; remote_id defaults to each entry as written
+    cl = _client(pair, _profile(tmp_path, f'["{DEAD}", "{SECOND}"]'), cl_log)
+    try:
+        wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 60, "the client's SAs through the second gateway")
+        assert _ping_once(pair)
+        failed = [
+            r for r in json_records(cl_log) if r.get("event") == "reconnect" and r.get("state") == "failed"
+        ]
+        assert failed and DEAD in failed[0]["message"], read_text(cl_log)[-3000:]
+        established = [
+            r for r in json_records(cl_log) if r.get("event") == "phase1" and r.get("state") == "established"
+        ]
+        assert SECOND in established[-1]["message"]
+    finally:
+        stop_process(cl)
+        stop_process(gw)
+
+
+@contextlib.contextmanager
+def _hosts_file(ns: str, text: str) -> Iterator[None]:
+    """/etc/netns/NS/hosts: `ip netns exec NS` bind-mounts it over /etc/hosts (ip-netns(8))."""
+    directory = Path("/etc/netns") / ns
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hosts").write_text(text)
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_name_with_two_addresses_the_first_dead(pair: NetnsPair, tmp_path: Path) -> None:
+    run_in(pair.a, ["ip", "addr", "add", f"{SECOND}/24", "dev", pair.if_a], check=True)
+    gw_log, cl_log = tmp_path / "gateway.log", tmp_path / "client.log"
+    with _hosts_file(pair.b, f"127.0.0.1 localhost\n{DEAD} vpn.example.test\n{SECOND} vpn.example.test\n"):
+        resolved = run_in(pair.b, ["getent", "ahostsv4", "vpn.example.test"], check=True).stdout
+        assert DEAD in resolved and SECOND in resolved, resolved
+        gw = _gateway(pair, tmp_path, SECOND, gw_log)
+        # a pre-shared-key gateway identifies by its address: remote_id says which one we accept
+        profile = _profile(tmp_path, '"vpn.example.test"', f'remote_id = "{SECOND}"\n')
+        cl = _client(pair, profile, cl_log)
+        try:
+            wait_for_line(
+                cl_log, "IPsec SA pair(s) up", cl, 60, "the client's SAs through the name's second address"
+            )
+            assert _ping_once(pair)
+            failed = [
+                r
+                for r in json_records(cl_log)
+                if r.get("event") == "reconnect" and r.get("state") == "failed"
+            ]
+            assert failed and "vpn.example.test" in failed[0]["message"], read_text(cl_log)[-3000:]
+            started = [
+                r for r in json_records(cl_log) if r.get("event") == "phase1" and r.get("state") == "started"
+            ]
+            assert [r["gateway"] for r in started][:2] == [DEAD, SECOND], started
+        finally:
+            stop_process(cl)
+            stop_process(gw)

@@ -1,0 +1,87 @@
+"""Staying connected (issue 15): the back-off between rounds of attempts, the gateways a
+client accepts, and the remote identity each of them must prove."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tunvpn.client.daemon import DPD_INTERVAL, DPD_TIMEOUT, ClientOptions, build_engine_config
+from tunvpn.client.reconnect import RECONNECT_MAX_DELAY, GatewayResolver, backoff_delay
+from tunvpn.config.hosts import check_gateway
+from tunvpn.ike.config import PskTable
+from tunvpn.ike.identity import Identity
+
+
+def test_backoff_doubles_from_one_second_up_to_the_cap() -> None:
+    no_jitter = [backoff_delay(n, rand=lambda: 0.0) for n in range(1, 9)]
+    assert no_jitter == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert backoff_delay(10_000, rand=lambda: 0.0) == RECONNECT_MAX_DELAY  # no overflow
+
+
+def test_backoff_jitter_only_shortens() -> None:
+    assert backoff_delay(3, rand=lambda: 0.999999) == pytest.approx(4.0 * 0.8, rel=1e-5)
+    for n in range(1, 12):
+        assert 0.8 * min(30.0, 2.0 ** (n - 1)) <= backoff_delay(n) <= min(30.0, 2.0 ** (n - 1))
+
+
+def test_backoff_needs_a_failure() -> None:
+    with pytest.raises(ValueError):
+        backoff_delay(0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("192.0.2.1", "192.0.2.1"), ("VPN1.Example.COM", "vpn1.example.com"), ("gw.", "gw"), ("::1", "::1")],
+)
+def test_gateways_are_addresses_or_names(text: str, expected: str) -> None:
+    assert check_gateway(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "0.0.0.0", "vpn_1.example", "-a.example", "a..b", "10.0.0.300", "x" * 64]
+)
+def test_other_gateways_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        check_gateway(text)
+
+
+def test_client_options_take_a_list_and_dpd_is_on() -> None:
+    options = ClientOptions(
+        gateway="vpn1.example.com", gateways=("vpn1.example.com", "192.0.2.9"), psks=PskTable()
+    )
+    assert options.gateways == ("vpn1.example.com", "192.0.2.9")
+    # remote_id defaults to each entry as the user wrote it: the name, or the address
+    assert options.expected_for("vpn1.example.com") == Identity.parse("vpn1.example.com")
+    assert options.expected_for("192.0.2.9") == Identity.parse("192.0.2.9")
+    pinned = ClientOptions(gateway="vpn1.example.com", psks=PskTable(), remote_id=Identity.parse("@gw"))
+    assert pinned.expected_for("vpn1.example.com") == Identity.parse("@gw")
+    config = build_engine_config(options)
+    assert (config.dpd_interval, config.dpd_timeout) == (DPD_INTERVAL, DPD_TIMEOUT)
+    assert 10 <= DPD_INTERVAL <= 15 and DPD_TIMEOUT >= DPD_INTERVAL + 3 * 5  # three probes unanswered
+    with pytest.raises(ValueError, match="neither an IP address nor a host name"):
+        ClientOptions(gateway="bad name", psks=PskTable())
+
+
+def test_resolver_returns_literals_as_they_are_and_keeps_names_it_found() -> None:
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        resolver = GatewayResolver(timeout=5)
+        literal = await resolver.addresses("192.0.2.1", 500)
+        found = await resolver.addresses("localhost", 500)
+        resolver.cache["vpn.invalid"] = ["192.0.2.44"]  # what an earlier lookup found
+        cached = await resolver.addresses("vpn.invalid", 500, cached_only=True)
+        return literal, found, cached
+
+    literal, found, cached = asyncio.run(scenario())
+    assert literal == ["192.0.2.1"]
+    assert "127.0.0.1" in found
+    assert cached == ["192.0.2.44"]
+
+
+def test_resolver_names_the_gateway_it_cannot_resolve() -> None:
+    async def scenario() -> None:
+        await GatewayResolver(timeout=5).addresses("no-such-gateway.invalid", 500)
+
+    with pytest.raises(OSError, match=r"cannot resolve no-such-gateway\.invalid"):
+        asyncio.run(scenario())

@@ -1,0 +1,101 @@
+"""Staying connected (issue 15): the gateways a client may use, how their names are resolved,
+and how long it waits between rounds of attempts.
+
+The pure piece (:func:`backoff_delay`) are tested alone
+(tests/unit/client/test_reconnect.py); :class:`GatewayResolver` runs ``getaddrinfo`` in the
+event loop's executor and keeps what it found for the times the tunnel's own DNS is all the
+host has (a full tunnel whose gateway is gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Callable
+
+from tunvpn.config.hosts import check_gateway, is_address
+
+log = logging.getLogger(__name__)
+
+RECONNECT_FIRST_DELAY = 1.0
+"""Seconds before the second round of attempts (the first starts at once)."""
+RECONNECT_MAX_DELAY = 30.0
+"""The back-off doubles up to this many seconds between rounds."""
+RECONNECT_JITTER = 0.2
+"""Each delay is shortened by up to this fraction at random, so that the clients of a
+restarted gateway do not all come back in the same second."""
+NO_ANSWER_AFTER = 5.0
+"""An attempt whose first message got no answer at all for this long is given up (the next
+address or gateway is tried): phase 1 retransmits at 1 and 3 s before that."""
+RESOLVE_TIMEOUT = 5.0
+"""Seconds a name lookup may take before the cached addresses (if any) are used."""
+
+
+def backoff_delay(
+    failures: int,
+    *,
+    first: float = RECONNECT_FIRST_DELAY,
+    cap: float = RECONNECT_MAX_DELAY,
+    jitter: float = RECONNECT_JITTER,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait after ``failures`` failed rounds in a row (``failures`` >= 1): ``first``
+    doubled each time, at most ``cap``, shortened by up to ``jitter`` of itself at random
+    (``rand`` returns a number in [0, 1))."""
+    if failures < 1:
+        raise ValueError("backoff_delay is for one failed round or more")
+    base = min(cap, first * 2 ** min(failures - 1, 32))
+    return base * (1.0 - jitter * rand())
+
+
+class GatewayResolver:
+    """Resolves gateway names at each attempt (every IPv4 address returned, in order) and
+    remembers the last answer per name."""
+
+    def __init__(self, *, timeout: float = RESOLVE_TIMEOUT) -> None:
+        self.timeout = timeout
+        self.cache: dict[str, list[str]] = {}
+
+    async def addresses(self, name: str, port: int, *, cached_only: bool = False) -> list[str]:
+        """The addresses to try for ``name``. ``cached_only``: the host's resolver now points
+        into a tunnel that is down (a full tunnel's DNS), so the last answer is used instead
+        of asking it; a name never resolved is still looked up.
+
+        :raises OSError: the name does not resolve (and nothing is cached), with the reason.
+        """
+        if is_address(name):
+            return [name]
+        if cached_only and self.cache.get(name):
+            return list(self.cache[name])
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(name, port, family=socket.AF_INET, type=socket.SOCK_DGRAM),
+                self.timeout,
+            )
+        except OSError as exc:  # TimeoutError is one
+            cached = self.cache.get(name)
+            why = "lookup timed out" if isinstance(exc, TimeoutError) else str(exc)
+            if cached:
+                log.warning("%s: %s; using the addresses found before: %s", name, why, ", ".join(cached))
+                return list(cached)
+            raise OSError(f"cannot resolve {name}: {why}") from None
+        found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not found:
+            raise OSError(f"cannot resolve {name}: no IPv4 address")
+        self.cache[name] = found
+        return list(found)
+
+
+__all__ = [
+    "NO_ANSWER_AFTER",
+    "RECONNECT_FIRST_DELAY",
+    "RECONNECT_JITTER",
+    "RECONNECT_MAX_DELAY",
+    "GatewayResolver",
+    "backoff_delay",
+    "check_gateway",
+    "is_address",
+]
