@@ -186,7 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tunvpn {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_bench, _add_passwd, _add_gateway, _add_connect, _add_demo, _add_demo_ike, _add_plugins):
+    for add in (
+        _add_bench,
+        _add_passwd,
+        _add_gateway,
+        _add_connect,
+        _add_updown,
+        _add_demo,
+        _add_demo_ike,
+        _add_plugins,
+    ):
         add(sub)
     control.add_status_parser(sub)
     control.add_reload_parser(sub)
@@ -258,6 +267,49 @@ def _add_bench(sub: Subparsers) -> None:
         description=bench_cli.DESCRIPTION,
     )
     bench_cli.add_arguments(bench)  # its own -v/-q
+
+
+def _add_updown(sub: Subparsers) -> None:
+    """``tunvpn up NAME`` / ``tunvpn down NAME``: a named profile in the background (docs/service.md)."""
+    up = sub.add_parser(
+        "up",
+        help="connect in the background with profile NAME (~/.config/tunvpn/ or /etc/tunvpn/NAME.toml)",
+        description="Start `tunvpn connect -c PROFILE` in the background and return once the tunnel is up "
+        "(exit 1 with the reason if it does not come up). Pid, log and control socket: /run/tunvpn/NAME.*.",
+    )
+    up.add_argument("name", metavar="NAME", help="profile name (or a path to a profile .toml)")
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the tunnel (default 60)")
+    up.add_argument("-v", "--verbose", action="count", default=0, help="more log output in the log file")
+    down = sub.add_parser(
+        "down",
+        help="disconnect a profile started with tunvpn up",
+        description="Stop the client `tunvpn up NAME` started; return once it has deleted its SAs and "
+        "restored DNS.",
+    )
+    down.add_argument("name", metavar="NAME", help="profile name")
+    down.add_argument("--timeout", type=float, default=15.0, help="seconds to wait (default 15)")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from tunvpn.client.updown import UpDownError, up
+
+    try:
+        print(up(args.name, timeout=args.timeout, verbose=args.verbose))
+    except UpDownError as exc:
+        print(f"tunvpn: {for_terminal(str(exc))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from tunvpn.client.updown import UpDownError, down
+
+    try:
+        print(down(args.name, timeout=args.timeout))
+    except UpDownError as exc:
+        print(f"tunvpn: {for_terminal(str(exc))}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _add_passwd(sub: Subparsers) -> None:
@@ -963,6 +1015,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reload": control.run_reload,
         "plugins": cmd_plugins,
         "passwd": cmd_passwd,
+        "up": cmd_up,
+        "down": cmd_down,
     }
     try:
         if args.command == "bench":
