@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import getpass
-import ipaddress
 import json
 import logging
 import os
@@ -26,12 +25,14 @@ from typing import TYPE_CHECKING, TextIO
 from cryptography import x509
 
 from tunvpn.client import p1rekey
+from tunvpn.client.reconnect import NO_ANSWER_AFTER, GatewayResolver, backoff_delay
+from tunvpn.config.hosts import check_gateway, is_address
 from tunvpn.control.status import child_status, counter_registry, sa_counters, sa_drops
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential
 from tunvpn.ike.config import EngineConfig, PskTable
-from tunvpn.ike.constants import DHGroup, XauthType
+from tunvpn.ike.constants import DHGroup, NotifyType, XauthType
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.errors import LocalProtocolError, RemoteProtocolError
 from tunvpn.ike.identity import Identity
@@ -47,6 +48,7 @@ from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
 from tunvpn.untrusted import for_terminal, quoted
 
 if TYPE_CHECKING:
+    from tunvpn.client.holdtunnel import HoldingTunnel
     from tunvpn.client.hostconfig import HostConfig
     from tunvpn.control.server import ControlServer
     from tunvpn.dataplane.tunnel import Tunnel
@@ -58,6 +60,27 @@ CHALLENGE_FIELDS = {"answer": "the answer to the challenge", "next_pin": "a new 
 """XAUTH fields of a gateway's later rounds (draft-beaulieu-ike-xauth-02 section 6.2)."""
 EXIT_OK = 0
 EXIT_FAILED = 1
+DPD_INTERVAL = 10.0
+"""Client default: seconds without hearing the gateway before a DPD R-U-THERE (RFC 3706)."""
+DPD_TIMEOUT = 25.0
+"""Client default: seconds without hearing the gateway after which it is dead (the probes at
+10, 15 and 20 s went unanswered: the engine repeats an R-U-THERE every 5 s)."""
+REFUSALS = frozenset(
+    {
+        NotifyType.AUTHENTICATION_FAILED,
+        NotifyType.INVALID_ID_INFORMATION,
+        NotifyType.INVALID_HASH_INFORMATION,
+        NotifyType.INVALID_SIGNATURE,
+        NotifyType.INVALID_CERTIFICATE,
+        NotifyType.NO_PROPOSAL_CHOSEN,
+    }
+)
+"""Phase 1 failures that mean "this configuration cannot work" (a wrong secret, the wrong
+gateway identity, no common algorithm). A client that never got connected in this run and
+meets only these in a whole round of attempts exits (exit 1, as before) instead of retrying."""
+NO_RETRY_STEPS = frozenset({"xauth", "protocols"})
+"""Failures a reconnecting client does not retry: the gateway refused the stored password,
+or a login step needs an answer nobody can give (retrying would lock the account)."""
 
 
 @dataclass
@@ -65,7 +88,17 @@ class ClientOptions:
     """What the command line (or a test) configures."""
 
     gateway: str
+    """The gateway: an IP address or a host name (the first of ``gateways``)."""
     psks: PskTable
+    gateways: tuple[str, ...] = ()
+    """Every gateway to try, in order (addresses or names); default: ``(gateway,)``."""
+    reconnect: bool = False
+    """Stay connected: a lost or failed connection is retried with back-off, failing over
+    between ``gateways`` (the command line turns this on unless ``--once``)."""
+    dpd_interval: float = DPD_INTERVAL
+    """Seconds of silence from the gateway before a DPD R-U-THERE (0: no DPD)."""
+    dpd_timeout: float = DPD_TIMEOUT
+    """Seconds of silence after which the gateway is declared dead."""
     local_ip: str | None = None
     """Our address; None: the address the kernel would use towards the gateway."""
     gateway_port: int = 500
@@ -126,10 +159,10 @@ class ClientOptions:
     def __post_init__(self) -> None:
         if self.mode not in ("main", "aggressive", "base"):
             raise ValueError(f"mode {self.mode!r}: one of main, aggressive, base")
-        try:
-            ipaddress.ip_address(self.gateway)
-        except ValueError:
-            raise ValueError(f"gateway {self.gateway!r} is not an IP address") from None
+        if not self.gateways:
+            self.gateways = (self.gateway,)
+        self.gateways = tuple(check_gateway(g) for g in self.gateways)
+        self.gateway = check_gateway(self.gateway)
         if self.hybrid:
             if self.psks:
                 raise ValueError(
@@ -150,7 +183,12 @@ class ClientOptions:
     @property
     def expected_gateway(self) -> Identity:
         """The identity the gateway must prove (``remote_id``, else the gateway's address)."""
-        return self.remote_id if self.remote_id is not None else Identity.parse(self.gateway)
+        return self.expected_for(self.gateway)
+
+    def expected_for(self, gateway: str) -> Identity:
+        """The identity ``gateway`` (an entry of ``gateways``) must prove: ``remote_id``,
+        else the entry as written (its address, or the name: an FQDN identity)."""
+        return self.remote_id if self.remote_id is not None else Identity.parse(gateway)
 
 
 class Progress:
@@ -199,6 +237,8 @@ def build_engine_config(options: ClientOptions) -> EngineConfig:
         remote_id=options.expected_gateway,
         remote_id_psk_any=options.remote_id_any,
         hybrid=options.hybrid,
+        dpd_interval=options.dpd_interval,
+        dpd_timeout=options.dpd_timeout,
     )
 
 
@@ -278,6 +318,21 @@ class Client:
         """Where the negotiation is, for the timeout message."""
         self._on_finish: Callable[[], None] | None = None
         self._on_up: Callable[[], None] | None = None
+        self.gateway_entry = options.gateway
+        """The gateway tried now, as the user wrote it (an address or a name)."""
+        self.gateway_ip = options.gateway if is_address(options.gateway) else ""
+        """Its address tried now (a name resolves at each attempt)."""
+        self.resolver = GatewayResolver()
+        self._lost: asyncio.Event | None = None
+        """Set (reconnect mode) when the connection is over and another attempt should follow."""
+        self._lost_reason: str | None = None
+        self._refused = False
+        """This attempt's phase 1 failed with one of ``REFUSALS``."""
+        self._ever_up = False
+        """Some attempt of this run came up (then no failure ends the reconnecting)."""
+        self._dns_applied: tuple[object, ...] | None = None
+        """The DNS settings in effect (servers, domains, split): a reconnect that gets the
+        same ones leaves the resolver alone."""
 
     # ------------------------------------------------------------------ commands
 
@@ -288,8 +343,10 @@ class Client:
                 "remote_id = any: the gateway's identity is not checked; anyone holding the "
                 "pre-shared key can pose as the gateway and read the XAUTH password"
             )
+        if not self.gateway_ip:
+            raise ValueError(f"{self.gateway_entry}: a name must be resolved first (Client.run does)")
         self.sa_id = self.engine.initiate(
-            (self.options.gateway, self.options.gateway_port),
+            (self.gateway_ip, self.options.gateway_port),
             (self.local_ip, self.options.ike_port),
             now,
             mode=self.options.mode,
@@ -297,11 +354,15 @@ class Client:
             xauth=self.options.user is not None,
             groups=list(self.options.ike_groups) if self.options.ike_groups else None,
         )
+        shown = self.gateway_ip
+        if self.gateway_entry != self.gateway_ip:
+            shown = f"{self.gateway_entry} ({self.gateway_ip})"
         self.progress.report(
             "phase1",
-            f"{self.options.mode} mode to {self.options.gateway} from {self.local_ip}",
+            f"{self.options.mode} mode to {shown} from {self.local_ip}",
             state="started",
-            gateway=self.options.gateway,
+            gateway=self.gateway_ip,
+            name=self.gateway_entry,
         )
         return self.sa_id
 
@@ -325,7 +386,25 @@ class Client:
     def fail(self, step: str, message: str) -> None:
         self.progress.report(step, message, state="failed")
         self.close("client giving up")
+        if self._may_retry(step):
+            self._connection_lost(message)
+            return
         self._finish(EXIT_FAILED, message)
+
+    def _may_retry(self, step: str) -> bool:
+        """Reconnect mode: whether a failure at ``step`` ends this attempt only (another one
+        follows) rather than the client."""
+        return (
+            self.options.reconnect and self.result is None and self._lost is not None
+            and step not in NO_RETRY_STEPS
+        )  # fmt: skip
+
+    def _connection_lost(self, reason: str) -> None:
+        """This connection (or attempt) is over; the reconnect loop tries again."""
+        if self._lost_reason is None:
+            self._lost_reason = reason
+        if self._lost is not None:
+            self._lost.set()
 
     # ------------------------------------------------------------------ events
 
@@ -343,6 +422,7 @@ class Client:
             self._phase1_established(event)
             return None
         if isinstance(event, ev.Phase1Failed):
+            self._refused = event.notify in REFUSALS
             notify = f" (notify {event.notify})" if event.notify is not None else ""
             self.fail("phase1", f"phase 1 with {event.peer[0]} failed: {event.reason}{notify}")
         elif isinstance(event, ev.XauthRequested):
@@ -375,11 +455,14 @@ class Client:
                 if child.spi_in == event.spi_in:
                     del self.established[name]
             if self.tunnel is not None:
-                self.tunnel.child_deleted(event)
+                self._tunnel_child_deleted(event)
         elif isinstance(event, ev.ChildSAFailed):
             self._child_failed(event)
         elif isinstance(event, ev.IkeSADeleted) and self.result is None:
             self.progress.report("closed", f"ISAKMP SA deleted: {event.reason}", state="closed")
+            if self._may_retry("closed"):
+                self._connection_lost(f"ISAKMP SA deleted: {event.reason}")
+                return None
             self._finish(EXIT_FAILED if event.by_peer else EXIT_OK, f"ISAKMP SA deleted: {event.reason}")
         return None
 
@@ -440,9 +523,7 @@ class Client:
             secret = None  # asked again: a one-time passcode is not the one stored (issue 15)
         first = self._xauth_rounds == 1 and not self._protocols_waiting
         if secret_fields and secret is None:
-            label = (
-                event.message or f"XAUTH {secret_fields[0]} for {self.options.user}@{self.options.gateway}"
-            )
+            label = event.message or f"XAUTH {secret_fields[0]} for {self.options.user}@{self.gateway_entry}"
             prompt = f"{label}: " if first or not event.message else f"{label} [{secret_fields[0]}]: "
             what = "a password" if first else f"a new {secret_fields[0]}"
             hint = (
@@ -494,7 +575,7 @@ class Client:
             message=event.message,
             protocol=self._protocols_waiting[0] if self._protocols_waiting else None,
             user=self.options.user,
-            gateway=self.options.gateway,
+            gateway=self.gateway_entry,
             round=self._stage_rounds,
             plugin_settings=self._plugin_settings(),
         )
@@ -579,10 +660,14 @@ class Client:
         )
         if not config.dns:
             return
+        wanted = (tuple(config.dns), domains, not full)
+        if wanted == self._dns_applied and self.hostconfig is not None:
+            return  # a reconnect that got the same settings: the resolver stays as it is
         try:
             if self.hostconfig is None:
                 self.hostconfig = HostConfig(self.tunnel.name, dns_backend=self.options.dns_backend)
             backend = self.hostconfig.apply_dns(config.dns, domains, split=not full)
+            self._dns_applied = wanted
         except (HostConfigError, OSError) as exc:
             self.progress.report("dns", f"DNS not configured: {exc}", state="failed")
             return
@@ -609,7 +694,8 @@ class Client:
         p1 = self.phase1
         config = self.mode_config
         tunnel = {
-            "peer": f"{self.options.gateway}:{p1.peer[1] if p1 else self.options.gateway_port}",
+            "peer": f"{self.gateway_ip or self.gateway_entry}:"
+            f"{p1.peer[1] if p1 else self.options.gateway_port}",
             "peer_id": p1.peer_id if p1 else None,
             "user": self.options.user,
             "groups": [],
@@ -745,7 +831,7 @@ class Client:
             self._protocol_status[protocol.name] = {"state": "starting", "message": ""}
             session = ClientSession(
                 protocol=protocol,
-                gateway=self.options.gateway,
+                gateway=self.gateway_ip,
                 address=address,
                 user=self.options.user,
                 password=self.options.password,
@@ -958,9 +1044,9 @@ class Client:
         if self.options.tun is not None and self.options.dns_backend is not None:
             self._cleanup_stale()
         if self.options.tun is not None and self.tunnel is None:
-            from tunvpn.dataplane.tunnel import Tunnel
+            from tunvpn.client.holdtunnel import HoldingTunnel
 
-            self.tunnel = Tunnel(
+            self.tunnel = HoldingTunnel(
                 self.engine,
                 name=self.options.tun,
                 mtu=self.options.mtu,
@@ -1009,6 +1095,18 @@ class Client:
         for sig in signals:
             loop.add_signal_handler(sig, on_signal, sig.name)
         try:
+            if self.options.reconnect:
+                self._lost = asyncio.Event()
+                await self._stay_connected(up, done)
+                return self._result_after_run()
+            if not self.gateway_ip:
+                try:
+                    self.gateway_ip = (
+                        await self.resolver.addresses(self.gateway_entry, self.options.gateway_port)
+                    )[0]
+                except OSError as exc:
+                    self.fail("phase1", str(exc))
+                    return self._result_after_run()
             self.start()
             driver.flush()
             up_waiter = asyncio.ensure_future(up.wait())
@@ -1041,8 +1139,196 @@ class Client:
                 self.hostconfig = None
             if self.tunnel is not None:
                 self.tunnel.close()
+        return self._result_after_run()
+
+    def _result_after_run(self) -> int:
         assert self.result is not None
         return self.result
+
+    # ------------------------------------------------------------------ staying connected
+
+    async def _stay_connected(self, up: asyncio.Event, done: asyncio.Event) -> None:
+        """Reconnect mode: rounds of attempts over every gateway and every address its name
+        has (in order) until one is up; hold it until it is lost (DPD found the gateway dead,
+        it deleted our ISAKMP SA, the SA expired), then start over at once. A round in which
+        every gateway failed is followed by a back-off (``backoff_delay``). Ends when the
+        client is stopped or a failure that a retry cannot mend (``NO_RETRY_STEPS``)."""
+        assert self._lost is not None
+        failures = 0
+        while self.result is None:
+            errors: list[str] = []
+            connected = False
+            refusals = attempts = 0
+            for entry in self.options.gateways:
+                try:
+                    addresses = await self.resolver.addresses(
+                        entry, self.options.gateway_port, cached_only=self._dns_into_tunnel()
+                    )
+                except OSError as exc:
+                    errors.append(str(exc))
+                    self.progress.report("reconnect", str(exc), state="failed", name=entry)
+                    continue
+                for address in addresses:
+                    reason = await self._attempt(entry, address, up, done)
+                    attempts += 1
+                    refusals += self._refused
+                    if self.result is not None:
+                        return
+                    if reason is None:
+                        connected = True
+                        break
+                    where = address if entry == address else f"{entry} ({address})"
+                    errors.append(f"{where}: {reason}")
+                if connected:
+                    break
+            if self.result is not None:
+                return
+            if connected:
+                failures = 0
+                self._ever_up = True
+                await _first_set((self._lost, done))
+                if self.result is not None:
+                    return
+                self.progress.report(
+                    "reconnect",
+                    f"connection to {self.gateway_entry} lost ({self._lost_reason}); reconnecting, "
+                    "the tunnel's routes stay on the TUN device meanwhile",
+                    state="lost",
+                    name=self.gateway_entry,
+                    reason=self._lost_reason,
+                )
+                continue
+            if attempts and refusals == attempts and not self._ever_up:
+                # every gateway refused this configuration: say so and exit, as before
+                self._finish(EXIT_FAILED, "; ".join(errors))
+                return
+            failures += 1
+            delay = backoff_delay(failures)
+            self.progress.report(
+                "reconnect",
+                f"no gateway reachable ({'; '.join(errors)}); next round in {delay:.1f} s",
+                state="waiting",
+                delay=round(delay, 3),
+                errors=errors,
+            )
+            await _first_set((done,), timeout=delay)
+
+    async def _attempt(self, entry: str, address: str, up: asyncio.Event, done: asyncio.Event) -> str | None:
+        """One login to ``address`` (of gateway ``entry``): None when every SA is up, else why
+        it failed (its SAs are deleted by then)."""
+        assert self._lost is not None and self.driver is not None
+        await self._end_attempt()
+        self._reset_connection(entry, address)
+        up.clear()
+        self.start()
+        self.driver.flush()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            if self.result is not None:
+                return "stopped"
+            if up.is_set():
+                if isinstance(self.tunnel, _holding_tunnel_type()):
+                    stale = self.tunnel.release_held()
+                    if stale:
+                        self.progress.report(
+                            "reconnect",
+                            f"routes no longer pushed removed: {', '.join(stale)}",
+                            state="routes",
+                        )
+                return None
+            if self._lost.is_set():
+                return self._lost_reason or "failed"
+            elapsed = loop.time() - started
+            unanswered = self.sa_id is None or self.sa_id[8:] == bytes(8)
+            if unanswered and elapsed >= NO_ANSWER_AFTER:
+                self._give_up_attempt(f"no answer within {NO_ANSWER_AFTER:.0f} s")
+            elif self.options.timeout and elapsed >= self.options.timeout:
+                self._give_up_attempt(f"no tunnel after {self.options.timeout:.0f} s (stuck in {self.stage})")
+            else:
+                await _first_set((up, self._lost, done), timeout=0.25)
+
+    def _give_up_attempt(self, reason: str) -> None:
+        self.progress.report(
+            "reconnect", f"{self.gateway_entry}: {reason}", state="failed", name=self.gateway_entry
+        )
+        self.close(reason)
+        if self.driver is not None:
+            self.driver.flush()
+        self._connection_lost(reason)
+
+    async def _end_attempt(self) -> None:
+        """Before the next attempt: the plugins' protocols stopped, the old ISAKMP SA gone."""
+        await self._stop_protocols()
+        if self.sa_id is not None and self._sa_alive(self.sa_id):
+            self.close("reconnecting")
+        if self.driver is not None:
+            self.driver.flush()
+
+    def _reset_connection(self, entry: str, address: str) -> None:
+        """Forget the last connection's state (not the TUN device, its routes or DNS)."""
+        self.gateway_entry, self.gateway_ip = entry, address
+        expected = self.options.expected_for(entry)
+        if self.engine.config.remote_id != expected:  # remote_id defaults to the entry as written
+            self.engine.config = dataclasses.replace(self.engine.config, remote_id=expected)
+        self.sa_id = None
+        self.phase1 = None
+        self.mode_config = None
+        self.policies = None
+        self.generation = 0
+        self.pending.clear()
+        self.established.clear()
+        self.child_started.clear()
+        self._quick_modes_started = False
+        self._xauth_rounds = self._stage_rounds = 0
+        self._protocols_waiting = []
+        self._handlers = []
+        self._resolving = False
+        self._protocol_status = {}
+        self.stage = "phase 1"
+        self._lost_reason = None
+        self._refused = False
+        if self._lost is not None:
+            self._lost.clear()
+
+    def _sa_alive(self, sa_id: bytes) -> bool:
+        try:
+            self.engine.get_sa(sa_id)
+        except LocalProtocolError:
+            return False
+        return True
+
+    def _tunnel_child_deleted(self, event: ev.ChildSADeleted) -> None:
+        """An SA pair is gone. When its whole ISAKMP SA went (the gateway is dead or deleted
+        it) and the client reconnects, its routes stay on the TUN device: the tunnel's traffic
+        is dropped there instead of leaving on the plain network (no leak while down)."""
+        assert self.tunnel is not None
+        hold = self.options.reconnect and self.result is None and not self._sa_alive(event.sa_id)
+        if isinstance(self.tunnel, _holding_tunnel_type()):
+            self.tunnel.child_deleted(event, hold=hold)
+        else:
+            self.tunnel.child_deleted(event)
+
+    def _dns_into_tunnel(self) -> bool:
+        """Whether the host's resolver now asks the tunnel's DNS servers for every name (a full
+        tunnel): a gateway's name then comes from the cache while the tunnel is down."""
+        return self._dns_applied is not None and self._dns_applied[2] is False
+
+
+def _holding_tunnel_type() -> type[HoldingTunnel]:
+    from tunvpn.client.holdtunnel import HoldingTunnel
+
+    return HoldingTunnel
+
+
+async def _first_set(events: tuple[asyncio.Event, ...], timeout: float | None = None) -> None:
+    """Wait until one of ``events`` is set (or ``timeout`` seconds passed)."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 __all__ = [
