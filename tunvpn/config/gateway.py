@@ -541,6 +541,13 @@ def parse_duration(table: TableReader, name: str, default: int) -> int:
     return seconds
 
 
+def _reauth_interval(gw: TableReader) -> int:
+    """``reauth_interval``: a duration, or 0 (the default) for never."""
+    if gw.data.get("reauth_interval") in (0, "0"):
+        return 0
+    return parse_duration(gw, "reauth_interval", 0)
+
+
 # --------------------------------------------------------------------------- algorithm names
 
 PHASE1_ENCRYPTION: Mapping[str, tuple[EncryptionAlgorithm, int | None]] = MappingProxyType(
@@ -711,6 +718,8 @@ class GatewayConfig:
     """Threads blocking plugin hooks run in (RADIUS calls); a call beyond is refused as busy."""
     login_timeout: int = 120
     """Seconds a client has after phase 1 to finish its login; then its ISAKMP SA is deleted."""
+    reauth_interval: int = 0
+    """Seconds after a user's XAUTH after which a phase 1 rekey asks the user again (0: never)."""
     max_half_open: int = 1000
     """Phase 1 exchanges in progress (responder) the gateway keeps state for, in all."""
     max_half_open_per_source: int = 5
@@ -753,6 +762,7 @@ _GATEWAY_KEYS = (
     "tun", "mtu", "keylog",
     "control_socket", "plugins",
     "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout", "hybrid",
+    "reauth_interval",
     "plugin_workers", "max_half_open", "max_half_open_per_source", "ike_queue_size",
     "new_exchanges_per_source", "new_exchanges_per_source_burst", "new_exchanges_total",
     "new_exchanges_total_burst",
@@ -984,6 +994,7 @@ def parse_gateway_config(
         accounting_interval=gw.number("accounting_interval", 0, 0, 86400),
         max_sessions_per_user=gw.number("max_sessions_per_user", 4, 0, 1_000_000),
         login_timeout=gw.number("login_timeout", 120, 10, 3600),
+        reauth_interval=_reauth_interval(gw),
         max_half_open=gw.number("max_half_open", 1000, 1, 1_000_000),
         max_half_open_per_source=gw.number("max_half_open_per_source", 5, 1, 1_000_000),
         ike_queue_size=gw.number("ike_queue_size", 1024, 16, 1_000_000),

@@ -75,5 +75,11 @@ class AddressPool:
             self._low = min(self._low, int(address))
         return address
 
+    def move(self, owner: bytes, new_owner: bytes) -> None:
+        """The lease of ``owner`` now belongs to ``new_owner`` (a rekeyed ISAKMP SA)."""
+        address = self._leases.pop(owner, None)
+        if address is not None:
+            self._leases[new_owner] = address
+
     def leased(self) -> dict[bytes, IPv4Address]:
         return dict(self._leases)

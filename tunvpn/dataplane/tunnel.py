@@ -12,6 +12,7 @@ a few seconds later so packets in flight are not lost).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -139,6 +140,13 @@ class Tunnel:
         for pair in self.pairs.values():
             if pair.event.sa_id == event.sa_id:
                 self.dataplane.set_peer(pair.event.spi_in, event.new)
+
+    def sa_rekeyed(self, event: ev.Phase1Rekeyed) -> None:
+        """Phase 1 was rekeyed: the pairs of the old ISAKMP SA (same SPIs, same keys) now
+        belong to the new one, under which their Quick Mode rekeys and Deletes go."""
+        for pair in self.pairs.values():
+            if pair.event.sa_id == event.sa_id:
+                pair.event = dataclasses.replace(pair.event, sa_id=event.new_sa_id)
 
     def child_deleted(self, event: ev.ChildSADeleted) -> None:
         pair = self.pairs.pop(event.spi_in, None)

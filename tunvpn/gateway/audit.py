@@ -99,6 +99,15 @@ def engine_event(event: ev.Event, session: Any = None, child: ev.ChildSAEstablis
         )
     elif isinstance(event, ev.Phase1Failed) and not event.unauthenticated:
         audit("ike_sa", state="failed", peer=_peer(event.peer), sa=_sa(event.sa_id), reason=event.reason)
+    elif isinstance(event, ev.Phase1Rekeyed):
+        audit(
+            "ike_sa",
+            state="rekeyed",
+            user=user,
+            sa=_sa(event.sa_id),
+            new_sa=_sa(event.new_sa_id),
+            xauth="again" if event.reauthenticated else "skipped (bound to the session)",
+        )
     elif isinstance(event, ev.IkeSADeleted):
         audit(
             "ike_sa",

@@ -132,6 +132,8 @@ class GatewayOptions:
     login_timeout: float = 120.0
     """Seconds a client has after phase 1 to finish its login (XAUTH and every extra
     protocol); then its ISAKMP SA is deleted."""
+    reauth_interval: float = 0.0
+    """Seconds after a user's XAUTH after which a phase 1 rekey asks the user again (0: never)."""
     max_half_open: int = 1000
     """Phase 1 exchanges in progress kept in all (``EngineConfig.max_half_open``)."""
     max_half_open_per_source: int = 5
@@ -382,6 +384,7 @@ def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None =
         require_xauth=require_xauth,
         login_required=require_xauth,
         login_timeout=options.login_timeout,
+        reauth_interval=options.reauth_interval,
         max_half_open=options.max_half_open,
         max_half_open_per_source=options.max_half_open_per_source,
         xauth_chap=options.xauth_chap,
@@ -613,6 +616,8 @@ class Gateway:
             self.child_started[event.spi_in] = now
             if self.tunnel is not None:
                 self.tunnel.child_established(event)
+        elif isinstance(event, ev.Phase1Rekeyed):
+            self._phase1_rekeyed(event)
         elif isinstance(event, ev.PeerAddressChanged):
             moved = self.sessions.get(event.sa_id)
             if moved is not None:
@@ -634,6 +639,34 @@ class Gateway:
                 self._account(gone, "stop", reason=reason, by_peer=bool(getattr(event, "by_peer", False)))
             self._release(event.sa_id)
         return None
+
+    def _phase1_rekeyed(self, event: ev.Phase1Rekeyed) -> None:
+        """The client rekeyed phase 1 (issue 15): its session (user, address, policies,
+        accounting) and IPsec SAs continue under the new ISAKMP SA; the old one's Delete
+        that follows ends nothing."""
+        old = self.sessions.pop(event.sa_id, None)
+        if old is None:
+            return
+        new = self.sessions.get(event.new_sa_id)
+        moved = dataclasses.replace(old, sa_id=event.new_sa_id)
+        if new is not None:
+            moved.peer, moved.exchange, moved.suite = new.peer, new.exchange, new.suite
+            if event.reauthenticated:  # logged in again: what this login found counts
+                moved.groups, moved.policies = new.groups, new.policies
+        self.sessions[event.new_sa_id] = moved
+        if self.options.pool is not None:
+            self.options.pool.move(event.sa_id, event.new_sa_id)
+        for spi, child in list(self.children.items()):
+            if child.sa_id == event.sa_id:
+                self.children[spi] = dataclasses.replace(child, sa_id=event.new_sa_id)
+        if self.tunnel is not None:
+            self.tunnel.sa_rekeyed(event)
+        log.info(
+            "%s (%s) rekeyed phase 1%s",
+            moved.peer[0],
+            moved.user,
+            ", logged in again" if event.reauthenticated else "",
+        )
 
     # ------------------------------------------------------------------ accounting
 
@@ -964,11 +997,16 @@ class Gateway:
             contact = bool(getattr(self.engine.get_sa(session.sa_id), "initial_contact", False))
         except LocalProtocolError:
             contact = False
+        try:  # a rekey that logs in again continues its session: that one does not count
+            continues = self.engine.get_sa(session.sa_id).rekey_of
+        except LocalProtocolError:
+            continues = None
         others = [
             s.user
             for s in self.sessions.values()
             if s.authenticated
             and s is not session
+            and s.sa_id != continues
             and not (
                 contact and replaced_by_initial_contact(session.peer_id, session.peer, s.peer_id, s.peer)
             )
@@ -1645,6 +1683,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         plugin_settings=dict(cfg.plugin_settings),
         accounting_interval=cfg.accounting_interval,
         login_timeout=cfg.login_timeout,
+        reauth_interval=cfg.reauth_interval,
         max_half_open=cfg.max_half_open,
         max_half_open_per_source=cfg.max_half_open_per_source,
         ike_queue_size=cfg.ike_queue_size,

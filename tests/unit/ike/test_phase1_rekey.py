@@ -173,12 +173,10 @@ def test_a_standard_gateway_is_asked_again_by_a_full_login() -> None:
 # ------------------------------------------------------------------ attacks on the binding
 
 
-def _attacker(pair: Pair, ip: str = CLIENT_IP, local_id: str = "keyid:staff", psk: bytes = PSK) -> Peer:
+def _attacker(pair: Pair, ip: str = CLIENT_IP, psk: bytes = PSK) -> Peer:
     """Another holder of the group's pre-shared key, with its own engine."""
     engine = IkeEngine(client_config(psks=PskTable({"*": psk}), phase1=Phase1Policy(lifetime=LIFETIME)))
-    peer = Peer(engine, ip)
-    peer.local_id = Identity.parse(local_id)  # type: ignore[attr-defined]
-    return peer
+    return Peer(engine, ip)
 
 
 def _shuttle(pair: Pair, peer: Peer, rounds: int = 30) -> None:
@@ -209,7 +207,7 @@ def _attack(pair: Pair, peer: Peer, icookie: bytes | None = None) -> bytes:
         (GATEWAY_IP, 500),
         (peer.ip, 500),
         pair.now,
-        local_id=peer.local_id,  # type: ignore[attr-defined]
+        local_id=Identity.parse("keyid:staff"),  # the group's identity
         xauth=True,
         icookie=icookie,
     )
