@@ -12,9 +12,11 @@ CAP_NET_BIND_SERVICE, and NoNewPrivs 1; it added the route to the client's addre
 device after the drop; a SIGHUP reload (reading the config and both secret files again as
 ``nobody``) pushes a new policy that the client brings up and pings through.
 
-Then the same steps are shown as systemd runs the unit (contrib/systemd/tunvpn-gateway.service):
-``setpriv`` starts the gateway as ``nobody`` with the unit's ambient capabilities and bounding
-set, and it serves the client.
+Then both ends run as systemd runs the units (contrib/systemd/tunvpn-gateway.service,
+tunvpn@.service): ``setpriv`` starts the gateway and the client as ``nobody`` with the units'
+ambient capabilities, bounding set and no-new-privs; the client (its own secret files
+``root:nogroup 0640``) connects and pings through, both with their control sockets in their
+RuntimeDirectory.
 """
 
 from __future__ import annotations
@@ -205,39 +207,25 @@ def test_gateway_started_by_root_drops_before_any_thread_and_still_serves(net: N
     assert client_route(net) == ""
 
 
-def test_gateway_as_the_systemd_unit_runs_it_under_setpriv(net: Net) -> None:
-    """contrib/systemd/tunvpn-gateway.service's User=, AmbientCapabilities=,
-    CapabilityBoundingSet= and NoNewPrivileges=, applied by setpriv instead of systemd."""
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) missing")
+def as_service(
+    net: Net, ns: str, tunvpn_args: list[str], run_dir: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """``python -m tunvpn ARGS`` in ``ns`` as a unit with ``User=nobody``,
+    ``AmbientCapabilities=``/``CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE``,
+    ``NoNewPrivileges=yes`` and ``RuntimeDirectory=`` starts it: applied by setpriv."""
     nobody = pwd.getpwnam("nobody")
-    group = grp.getgrgid(nobody.pw_gid).gr_name
     caps = "+net_admin,+net_bind_service"
-    setpriv = ["setpriv", "--reuid", "nobody", "--regid", group, "--init-groups"]
-    setpriv += [
-        "--inh-caps",
-        caps,
-        "--ambient-caps",
-        caps,
-        "--bounding-set",
-        f"-all,{caps}",
-        "--no-new-privs",
-    ]
-    run_dir = net.dir / "run"  # the unit's RuntimeDirectory=, owned by the service user
-    run_dir.mkdir(mode=0o700)
-    os.chown(run_dir, nobody.pw_uid, nobody.pw_gid)
-    gw_log = net.dir / "gateway-setpriv.log"
+    argv = ["setpriv", "--reuid", "nobody", "--regid", grp.getgrgid(nobody.pw_gid).gr_name, "--init-groups"]
+    argv += ["--inh-caps", caps, "--ambient-caps", caps, "--bounding-set", f"-all,{caps}", "--no-new-privs"]
+    argv += [sys.executable, "-m", "tunvpn", *tunvpn_args]
     # This Python may live where the service user cannot reach it (pyenv under /root, 0700).
     # In a mount namespace of its own, that directory is covered by a tmpfs holding only the
     # Python, bind-mounted at its own path (what contrib/install.sh's /opt/tunvpn gives a real
     # service user).
     prefix = Path(sys.base_prefix).resolve()
     closed = next((d for d in reversed(prefix.parents) if not os.stat(d).st_mode & 0o001), None)
-    gateway = [sys.executable, "-m", "tunvpn", "gateway", "-c", str(net.dir / "gateway.toml"), "-v"]
-    argv = [*setpriv, *gateway]
     if closed is not None:
-        saved = net.dir / "closed"
-        saved.mkdir(mode=0o700)
+        saved = Path(tempfile.mkdtemp(dir=net.dir))
         shell = (
             'mount --bind "$1" "$2" && mount -t tmpfs -o mode=755 tmpfs "$1" && mkdir -p "$3" '
             '&& mount --bind "$2/$4" "$3" && shift 4 && exec "$@"'
@@ -245,20 +233,49 @@ def test_gateway_as_the_systemd_unit_runs_it_under_setpriv(net: Net) -> None:
         mounts = [str(closed), str(saved), str(prefix), str(prefix.relative_to(closed))]
         argv = ["unshare", "-m", "sh", "-c", shell, "sh", *mounts, *argv]
     env = {**os.environ, **tunvpn_env(), "TUNVPN_RUN_DIR": str(run_dir)}
-    with open(gw_log, "wb") as out:
-        gw = subprocess.Popen(
-            ["ip", "netns", "exec", net.gateway, *argv], stdout=out, stderr=subprocess.STDOUT, env=env
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv], stdout=out, stderr=subprocess.STDOUT, env=env
         )
+
+
+def test_gateway_and_client_as_the_systemd_units_run_them_under_setpriv(net: Net) -> None:
+    """contrib/systemd/tunvpn-gateway.service and tunvpn@.service: the service user with two
+    capabilities is enough for both ends (TUN devices, UDP 500/4500, routes, control sockets in
+    the RuntimeDirectory), and the client reads its own secret files as root:nogroup 0640."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) missing")
+    nobody = pwd.getpwnam("nobody")
+    runs = {}
+    for side in ("gateway", "client"):  # each unit's RuntimeDirectory=, owned by the service user
+        runs[side] = net.dir / f"run-{side}"
+        runs[side].mkdir(mode=0o700)
+        os.chown(runs[side], nobody.pw_uid, nobody.pw_gid)
+    for name in ("client.psk", "alice.pw"):
+        os.chown(net.dir / name, 0, nobody.pw_gid)
+        os.chmod(net.dir / name, 0o640)
+    profile = net.dir / "alice.toml"
+    profile.write_text(
+        f'gateway = "{GATEWAY}"\npsk_file = "{net.dir}/client.psk"\nuser = "alice"\n'
+        f'password_file = "{net.dir}/alice.pw"\n'
+    )
+    gw_log, cl_log = net.dir / "gateway-setpriv.log", net.dir / "client-setpriv.log"
+    gw = as_service(
+        net, net.gateway, ["gateway", "-c", str(net.dir / "gateway.toml"), "-v"], runs["gateway"], gw_log
+    )
     cl = None
     try:
         wait_for_line(gw_log, "gateway ready", gw, 20, "the gateway under setpriv")
         assert "running as root" not in read_text(gw_log)  # not root: nothing to drop, no warning
-        cl, cl_log = start_client(net)
-        wait_for_line(cl_log, '"state": "up"', cl, 40, "alice's SAs")
+        client = ["connect", "-c", str(profile), "--json", "--tun", "tvprc%d", "--dns-backend", "none", "-v"]
+        cl = as_service(net, net.client, client, runs["client"], cl_log)
+        wait_for_line(cl_log, '"state": "up"', cl, 40, "alice's SAs (client under setpriv)")
         result = ping(net, "10.72.0.10")
         assert result.returncode == 0, result.stdout + result.stderr + read_text(gw_log)[-3000:]
         assert_dropped(gw.pid, nobody.pw_uid)
-        assert (run_dir / "gateway.sock").exists()  # the control socket in the RuntimeDirectory
+        assert_dropped(cl.pid, nobody.pw_uid)
+        assert (runs["gateway"] / "gateway.sock").exists()  # the control sockets in the RuntimeDirectory
+        assert list(runs["client"].glob("client-*.sock"))
     finally:
         if cl is not None:
             stop_process(cl)
