@@ -330,6 +330,8 @@ class Client:
         """This attempt's phase 1 failed with one of ``REFUSALS``."""
         self._ever_up = False
         """Some attempt of this run came up (then no failure ends the reconnecting)."""
+        self._typed_password: str | None = None
+        """The XAUTH password typed at the first login (no password file), for reconnecting."""
         self._dns_applied: tuple[object, ...] | None = None
         """The DNS settings in effect (servers, domains, split): a reconnect that gets the
         same ones leaves the resolver alone."""
@@ -522,6 +524,7 @@ class Client:
         if self._rekeying is not None and "passcode" in event.fields:
             secret = None  # asked again: a one-time passcode is not the one stored (issue 15)
         first = self._xauth_rounds == 1 and not self._protocols_waiting
+        secret = self._reconnect_secret(event, first, secret)
         if secret_fields and secret is None:
             label = event.message or f"XAUTH {secret_fields[0]} for {self.options.user}@{self.gateway_entry}"
             prompt = f"{label}: " if first or not event.message else f"{label} [{secret_fields[0]}]: "
@@ -531,9 +534,16 @@ class Client:
                 if first
                 else f"({event.message or 'another round'}): run interactively"
             )
+            if self._ever_up and "passcode" in event.fields:
+                what, hint = (
+                    "a new one-time passcode to reconnect",
+                    "run interactively, or use a soft-token plugin",
+                )
             secret = await self._answer(event, secret_fields[0], prompt, what, hint)
             if secret is None:
                 return
+            if first and secret_fields[0] == "password":
+                self._typed_password = secret  # kept in memory: a reconnect logs in by itself
         unsupported = [
             f
             for f in event.fields
@@ -1248,6 +1258,15 @@ class Client:
             else:
                 await _first_set((up, self._lost, done), timeout=0.25)
 
+    def _reconnect_secret(self, event: ev.XauthRequested, first: bool, secret: str | None) -> str | None:
+        """The first round's secret when reconnecting: a password typed at the first login is
+        given again; a one-time passcode is never replayed (asked again: plugin or user)."""
+        if self._ever_up and "passcode" in event.fields:
+            return None
+        if first and secret is None and "password" in event.fields:
+            return self._typed_password
+        return secret
+
     def _give_up_attempt(self, reason: str) -> None:
         self.progress.report(
             "reconnect", f"{self.gateway_entry}: {reason}", state="failed", name=self.gateway_entry
@@ -1286,6 +1305,7 @@ class Client:
         self._resolving = False
         self._protocol_status = {}
         self.stage = "phase 1"
+        self._rekeying = None  # a phase 1 rekey of the lost connection is over too
         self._lost_reason = None
         self._refused = False
         if self._lost is not None:
