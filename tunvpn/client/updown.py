@@ -140,7 +140,14 @@ def up(name: str, *, timeout: float = UP_TIMEOUT, verbose: int = 0) -> str:
     """
     name, profile = find_profile(name)
     paths = Paths.of(name)
-    paths.pid.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        paths.pid.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise UpDownError(
+            f"cannot write {paths.log}: {exc.strerror or exc} (run as root, or set TUNVPN_RUN_DIR)"
+        ) from None
+    os.close(log_fd)
     pid = running(paths)
     if pid is not None:
         raise UpDownError(f"{name} is already up (pid {pid}); tunvpn down {name} first")
