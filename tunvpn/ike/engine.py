@@ -228,6 +228,9 @@ class IkeEngine:
                 continue
             if sa.rekeying is not None and sa.rekeying not in self._sas:
                 rekey.failed(self, sa, now)  # the new phase 1 failed: tried again later
+            if rekey.orphaned(self, sa):
+                self.delete_ike_sa(sa.sa_id, now, reason="the ISAKMP SA it rekeyed is gone")
+                continue
             if rekey.due(sa, now):
                 rekey.start(self, sa, now)
             if sa.login_deadline is not None and now >= sa.login_deadline:
@@ -605,7 +608,7 @@ class IkeEngine:
         if ex is not None and data == ex.last_in:
             # a retransmitted request: answer again, or stay quiet while the user or the shell
             # has not answered yet (its IV has already moved on, it must not be decrypted again)
-            if ex.sent.message:
+            if ex.sent.message and ex.answered:
                 self._out.append((sa.wrap(ex.sent.message), sa.remote, sa.local[1]))
             return
         if mid in sa.completed:
@@ -689,10 +692,12 @@ class IkeEngine:
                 raise exc
             # the answer goes where the message came from, if the handler verifies its HASH
             before = self._follow_peer(sa, remote, local)
+            answered, ex.answered = ex.answered, False  # until something answers this message
             try:
                 transition.handler(self, sa, ex, payloads, now)
             except RemoteProtocolError:
                 self._moved(sa, before, verified=False)
+                ex.answered = answered  # refused: the last message taken is still answered
                 raise
             self._moved(sa, before, verified=True)
         except RemoteProtocolError:

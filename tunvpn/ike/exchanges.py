@@ -82,6 +82,7 @@ def send_protected(
     hashed = [sa.hash_payload(ex.message_id, following, extra), *payloads]
     data = sa.build(exchange, ex.message_id, hashed, encrypt=True)
     engine._send(sa, ex.sent, data, now, expect_reply=expect_reply)
+    ex.answered = True
 
 
 def retransmit_exchange(engine: IkeEngine, sa: IkeSA, ex: Exchange, now: float) -> None:

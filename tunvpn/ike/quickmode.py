@@ -281,6 +281,7 @@ def on_qm_2(engine: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawPayloa
 
     data = sa.build(ExchangeType.QUICK_MODE, ex.message_id, [HashPayload(hash3)], encrypt=True)
     engine._send(sa, ex.sent, data, now, expect_reply=False)
+    ex.answered = True
     qm.spi_out, qm.nr, qm.lifetime_s, qm.lifetime_kb = spi_out, nr, lifetime_s, lifetime_kb
     _child_established(engine, sa, ex, ct, g_qm, "initiator")
 

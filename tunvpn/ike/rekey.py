@@ -230,6 +230,7 @@ def take_over(engine: IkeEngine, new: IkeSA, now: float) -> None:
     if not new.login_at:
         new.login_at = old.login_at
     engine._events.append(ev.Phase1Rekeyed(old.sa_id, new.sa_id, new.reauth))
+    new.rekey_of = None  # done: from now on an SA like any other
     if new.role is Role.RESPONDER:
         if new.tunvpn_peer:
             done = NotifyPayload(SESSION_CONTINUED, ProtocolId.ISAKMP, new.sa_id, old.sa_id)
@@ -268,6 +269,12 @@ def retire(engine: IkeEngine, old: IkeSA, now: float) -> None:
         return
     exchanges.send_informational(engine, old, [DeletePayload(ProtocolId.ISAKMP, (old.sa_id,))], now)
     exchanges.drop_sa(engine, old, "rekeyed", by_peer=False)
+
+
+def orphaned(engine: IkeEngine, sa: IkeSA) -> bool:
+    """Initiator: a rekeying SA whose old SA went away (expired, deleted by the peer, dead)
+    before the hand-over: nothing left to continue (the shell starts over if it wants)."""
+    return sa.rekey_of is not None and sa.role is Role.INITIATOR and old_sa(engine, sa) is None
 
 
 def successor(engine: IkeEngine, sa: IkeSA) -> IkeSA:

@@ -166,6 +166,10 @@ class Exchange:
     last_in: bytes = b""
     sent: Retransmission = field(default_factory=Retransmission)
     """Our last message and its retransmission (retransmit.py)."""
+    answered: bool = False
+    """Whether ``sent`` answers ``last_in`` (a copy of ``last_in`` is answered with it). Not
+    after the peer's last message (Quick Mode 3, CFG_ACK, ...): answering a copy of that
+    with our earlier message made both sides answer each other's copies for ever."""
     tx: TransactionData = field(default_factory=TransactionData)
     """Transaction exchanges: what the next message needs."""
     quick: QuickModeData = field(default_factory=QuickModeData)

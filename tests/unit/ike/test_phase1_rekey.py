@@ -336,3 +336,66 @@ def test_a_rekey_whose_announcement_was_lost_logs_in_again() -> None:
     assert pair.client.of(ev.XauthRequested)[-1].sa_id[:8] == out[1][0][:8]
     assert not pair.gateway.of(ev.Phase1Rekeyed)
     assert pair.gateway.engine.drops["rekey not bound: cookie not announced under the old ISAKMP SA"] == 1
+
+
+def _start_rekey(pair: Pair) -> None:
+    for _ in range(LIFETIME):
+        pair.advance(1.0)
+        if pair.client.of(ev.Phase1RekeyStarted):
+            return
+    raise AssertionError("no rekey started")
+
+
+def test_a_quick_mode_in_flight_during_the_hand_over_ends_under_the_new_sa() -> None:
+    pair = _pair()
+    children = _grant_first_login(pair)
+    (old,) = _live(pair.client)
+    child = next(c for c in children if c.role == "initiator")
+    _start_rekey(pair)
+    # a Quick Mode starts on the old SA while the new phase 1 runs; the gateway's answers to
+    # it are lost until the client has handed its IPsec SAs over
+    mid = pair.client.engine.start_child(
+        old.sa_id, pair.now, child.local_ts, child.remote_ts, _proposal(), "net"
+    ).to_bytes(4, "big")
+    for _ in range(20):
+        for data, remote, port in pair.client.engine.datagrams_to_send():
+            pair.gateway.engine.receive_datagram(data, (CLIENT_IP, port), (GATEWAY_IP, remote[1]), pair.now)
+        for data, remote, port in pair.gateway.engine.datagrams_to_send():
+            if mid in data[:32]:
+                continue  # Quick Mode message 2, lost
+            pair.client.engine.receive_datagram(data, (GATEWAY_IP, port), (CLIENT_IP, remote[1]), pair.now)
+        pair.client.drain()
+        pair.gateway.drain()
+        if pair.client.of(ev.Phase1Rekeyed):
+            break
+    assert pair.client.of(ev.Phase1Rekeyed)
+    assert not old.dead, "the old ISAKMP SA went while its Quick Mode was running"
+    # the client sends Quick Mode message 1 again: the answer now arrives
+    pair.advance(2.0)
+    pair.run()
+    new_id = pair.client.of(ev.Phase1Rekeyed)[-1].new_sa_id
+    assert old.dead and pair.client.of(ev.IkeSADeleted)[-1].reason == "rekeyed"
+    made = [e for e in pair.client.of(ev.ChildSAEstablished) if e.spi_in not in {c.spi_in for c in children}]
+    gw_made = [e for e in pair.gateway.of(ev.ChildSAEstablished) if e.spi_out == made[0].spi_in]
+    # the client's pair is made once the hand-over is done: under the new SA; the gateway
+    # made its pair at message 1, under the old SA, and handed it over with the others
+    assert made[0].sa_id == new_id and gw_made
+    (client_sa,) = _live(pair.client)
+    (gw_sa,) = _live(pair.gateway)
+    assert made[0].spi_in in client_sa.children and gw_made[0].spi_in in gw_sa.children
+    assert not pair.client.of(ev.ChildSADeleted) and not pair.gateway.of(ev.ChildSADeleted)
+
+
+def test_a_rekey_whose_old_sa_is_deleted_meanwhile_is_abandoned() -> None:
+    pair = _pair()
+    _grant_first_login(pair)
+    _start_rekey(pair)
+    new_id = pair.client.of(ev.Phase1RekeyStarted)[-1].new_sa_id
+    pair.client.engine.datagrams_to_send()  # lost
+    (gw_old,) = _live(pair.gateway)
+    pair.gateway.engine.delete_ike_sa(gw_old.sa_id, pair.now, reason="administrator")
+    pair.run()
+    pair.advance(1.0)
+    pair.run()
+    assert not [sa for sa in pair.client.engine.ike_sas() if sa.icookie == new_id[:8]]
+    assert not pair.client.of(ev.Phase1Rekeyed)

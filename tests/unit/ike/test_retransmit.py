@@ -71,3 +71,25 @@ def test_quick_mode_is_resent_as_phase_1_is_then_given_up() -> None:
     failed = pair.client.of(ev.ChildSAFailed)
     assert len(failed) == 1 and "no answer to quick exchange" in failed[0].reason
     assert pair.client.engine.get_sa(sa_id).established  # the ISAKMP SA stays
+
+
+def test_a_copy_of_the_last_message_of_an_exchange_is_not_answered() -> None:
+    """Quick Mode message 3 ends the exchange; a copy of it (a duplicating network, or an
+    attacker replaying it) got the responder's message 2 again, which the initiator answered
+    with message 3 again: both sides bounced the pair for ever (seen in issue 15's tests)."""
+    pair = Pair(EngineConfig(psks=PSK, dpd_interval=0), GATEWAY)
+    sa_id = pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    pair.run()
+    pair.client.engine.start_child(
+        sa_id, pair.now, TrafficSelector.from_address(CLIENT_IP), PROTECTED, ChildProposal(), "net"
+    )
+    pair.run()
+    assert len(pair.gateway.of(ev.ChildSAEstablished)) == 1
+    quick = [(way, data) for way, data in pair.wire if data[18] == 32]  # exchange type
+    qm2 = next(data for way, data in quick if way == "g>c")
+    qm3 = [data for way, data in quick if way == "c>g"][-1]
+    pair.gateway.engine.receive_datagram(qm3, (CLIENT_IP, 500), (GATEWAY_IP, 500), pair.now)
+    assert pair.gateway.engine.datagrams_to_send() == []
+    # a copy of message 2 still gets message 3 again (the responder may have missed it)
+    pair.client.engine.receive_datagram(qm2, (GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now)
+    assert [data for data, _, _ in pair.client.engine.datagrams_to_send()] == [qm3]
