@@ -166,7 +166,7 @@ def test_gateway_started_by_root_drops_before_any_thread_and_still_serves(net: N
     nobody = pwd.getpwnam("nobody")
     gw_log = net.dir / "gateway.log"
     argv = ["gateway", "-c", str(net.dir / "gateway.toml"), "--user", "nobody"]
-    argv += ["--control", str(net.dir / "gw.sock"), "-v"]
+    argv += ["--control", str(net.dir / "gw.sock"), "--keylog", str(net.dir / "keys"), "-v"]
     gw = popen_tunvpn(net.gateway, argv, gw_log)
     cl = None
     try:
@@ -181,6 +181,8 @@ def test_gateway_started_by_root_drops_before_any_thread_and_still_serves(net: N
         assert result.returncode == 0, result.stdout + result.stderr + read_text(gw_log)[-3000:]
         assert "tvpr" in client_route(net)  # added by the dropped gateway (CAP_NET_ADMIN)
         tasks = assert_dropped(gw.pid, nobody.pw_uid)
+        keys = "".join(read_text(path) for path in net.dir.glob("keys*"))
+        assert keys.count("\n") > 4, keys  # the key log, made by root, written to after the drop
         assert len(tasks) >= 3, list(tasks)  # main, data path, a plugin worker (the login): all dropped
 
         # SIGHUP: the config and both 0640 secret files read again, as nobody

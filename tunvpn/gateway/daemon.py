@@ -1417,6 +1417,9 @@ class Gateway:
             raise
         await self._start_control()  # still root: the socket goes in root's /run/tunvpn
         if self.run_as is not None:  # before the data path thread and the plugin workers
+            if keylog is not None:  # made by root above, appended to after the drop
+                for path in (keylog.ike_path, keylog.esp_path):
+                    os.chown(path, self.run_as.uid, self.run_as.gid)
             drop_privileges(self.run_as)
         if self.tunnel is not None:
             self.tunnel.on_change = self.driver.flush
