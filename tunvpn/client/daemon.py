@@ -332,6 +332,8 @@ class Client:
         """Some attempt of this run came up (then no failure ends the reconnecting)."""
         self._typed_password: str | None = None
         """The XAUTH password typed at the first login (no password file), for reconnecting."""
+        self._replayed = False
+        """This attempt's XAUTH answer is a secret of an earlier login, given again."""
         self._dns_applied: tuple[object, ...] | None = None
         """The DNS settings in effect (servers, domains, split): a reconnect that gets the
         same ones leaves the resolver alone."""
@@ -437,7 +439,7 @@ class Client:
                 self._request_mode_config()
             else:
                 said = f": {event.message}" if event.message else ""
-                self.fail("xauth", f"the gateway rejected user {event.user_name!r}{said}")
+                self._xauth_rejected(f"the gateway rejected user {event.user_name!r}{said}")
         elif isinstance(event, ev.ModeConfigReceived):
             if self.tunnel is not None and isinstance(event.config.address, IPv4Address):
                 self.tunnel.set_address(str(event.config.address))
@@ -1264,8 +1266,33 @@ class Client:
         if self._ever_up and "passcode" in event.fields:
             return None
         if first and secret is None and "password" in event.fields:
-            return self._typed_password
+            secret = self._typed_password
+        self._replayed = self._ever_up and first and secret is not None
         return secret
+
+    def _xauth_rejected(self, message: str) -> None:
+        """The gateway refused our XAUTH answer. Not retried (the account would lock), except
+        once when reconnecting gave the first login's typed password again (a PIN and
+        tokencode cannot be used twice): the next attempt asks the user."""
+        if self._replayed and self._typed_password is not None and self.options.password_prompt:
+            self._typed_password = None
+            self.fail(
+                "reconnect", f"{message} (the first login's password, given again): asking for a new one"
+            )
+            return
+        if self._replayed:
+            message += (
+                " (the password of the first login, given again to reconnect: a one-time code "
+                "cannot be used twice; run interactively, or use a soft-token plugin)"
+            )
+        self.fail("xauth", message)
+
+    def stop(self, reason: str = "stopped") -> None:
+        """End the client and its reconnecting: delete the SAs; :meth:`run` returns 0."""
+        self._finish(EXIT_OK, reason)  # first: the Delete then starts no reconnect
+        self.close(reason)
+        if self.driver is not None:
+            self.driver.flush()
 
     def _give_up_attempt(self, reason: str) -> None:
         self.progress.report(
@@ -1306,6 +1333,7 @@ class Client:
         self._protocol_status = {}
         self.stage = "phase 1"
         self._rekeying = None  # a phase 1 rekey of the lost connection is over too
+        self._replayed = False
         self._lost_reason = None
         self._refused = False
         if self._lost is not None:
