@@ -694,9 +694,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def _service_user(name: str | None) -> ServiceUser | None:
-    """Whom a daemon started as root becomes (tunvpn/shell/privileges.py); the secret files of
-    that user's group (root:GROUP, 0640) are then trusted, as they stay readable after the drop."""
-    from tunvpn.config.secretfile import trust_group
+    """Whom a daemon started as root becomes (tunvpn/shell/privileges.py); the files it would
+    trust as that user are then trusted (its own, and root:GROUP 0640 ones): they stay usable
+    after the drop."""
+    from tunvpn.config.secretfile import trust_service_user
     from tunvpn.shell.privileges import DEFAULT_USER, choose_user
 
     try:
@@ -704,7 +705,7 @@ def _service_user(name: str | None) -> ServiceUser | None:
     except PrivilegeError as exc:
         raise CliError(str(exc)) from None
     if user is not None:
-        trust_group(user.gid)
+        trust_service_user(user.uid, user.gid)
     elif os.geteuid() == 0 and name != "root":
         log.warning(
             "running as root: no user %r to drop to (useradd --system %s, or --user NAME; "
@@ -841,7 +842,9 @@ def check_client(options: ClientOptions, source: str | None) -> int:
         remote = _identity_text(options.remote_id or options.gateway)
     lines = [
         f"{source or 'command line'}: OK",
-        f"gateway:         {options.gateway} (IKE {options.gateway_port}, NAT-T {options.gateway_natt_port})",
+        f"gateway:         {', '.join(options.gateways)} (IKE {options.gateway_port}, "
+        f"NAT-T {options.gateway_natt_port})",
+        f"reconnect:       {'yes (DPD, back-off, in order)' if options.reconnect else 'no'}",
         f"local address:   {options.local_ip}",
         f"remote id:       {remote}",
         f"local id:        {_identity_text(options.local_id or options.local_ip)}",

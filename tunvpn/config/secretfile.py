@@ -13,7 +13,7 @@ cannot be swapped between the check and the use. A secret file is used only if
 * nobody else may read or write it: no group or other permission bits (``chmod 600``), with
   one exception for a service account: a file owned by root and readable (not writable) by the
   service's own group (``chown root:tunvpn``, ``chmod 640``) is accepted by a process running in
-  that group, or by root that will drop to it (:func:`trust_group`). The daemon can then read it
+  that group, or by root that will drop to it (:func:`trust_service_user`). The daemon can then read it
   again on a reload after dropping root (docs/service.md), but never change it.
 
 A refusal is a :class:`SecretFileError` whose message names the file, what is wrong and the
@@ -46,23 +46,29 @@ def user_name(uid: int) -> str:
 
 
 def trusted_owners() -> frozenset[int]:
-    """Who may own our secret files: the effective user, and root."""
-    return frozenset({os.geteuid(), 0})
+    """Who may own our secret files: the effective user, root, and the service user a daemon
+    started as root will become (:func:`trust_service_user`)."""
+    return frozenset({os.geteuid(), 0, *_service_users})
 
 
+_service_users: set[int] = set()
 _service_groups: set[int] = set()
 
 
-def trust_group(gid: int) -> None:
-    """Accept root-owned ``0640`` files of group ``gid``: called by a daemon started as root
-    before it reads its configuration, when it will drop to a user of that group."""
+def trust_service_user(uid: int, gid: int) -> None:
+    """A daemon started as root that will drop to ``uid``:``gid`` (tunvpn/shell/privileges.py)
+    trusts what it would trust running as that user, as under systemd's ``User=``: files the
+    user owns (``0600``; e.g. a plugin's state it rewrites), and root-owned ``0640`` files of
+    group ``gid``. Called before the configuration is read."""
+    if uid != 0:
+        _service_users.add(uid)
     if gid != 0:
         _service_groups.add(gid)
 
 
 def trusted_groups() -> frozenset[int]:
     """Groups that may read a root-owned secret file (``0640``): our own group when it is not
-    root's, and those given to :func:`trust_group`."""
+    root's, and those given to :func:`trust_service_user`."""
     egid = os.getegid()
     return frozenset(_service_groups | ({egid} if egid != 0 else set()))
 
@@ -190,7 +196,7 @@ __all__ = [
     "open_private_append",
     "read_secret_bytes",
     "read_secret_text",
-    "trust_group",
+    "trust_service_user",
     "trusted_groups",
     "trusted_owners",
     "user_name",

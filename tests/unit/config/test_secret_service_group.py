@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from tunvpn.config import secretfile
-from tunvpn.config.secretfile import SecretFileError, check_secret_stat, trust_group
+from tunvpn.config.secretfile import SecretFileError, check_owner, check_secret_stat, trust_service_user
 
+SERVICE_UID = 4241
 SERVICE_GID = 4242
 OTHER_GID = 4343
 
@@ -25,6 +26,7 @@ def fake_stat(mode: int, uid: int, gid: int) -> os.stat_result:
 @pytest.fixture(autouse=True)
 def clean_groups(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(secretfile, "_service_groups", set())  # each test starts with none trusted
+    monkeypatch.setattr(secretfile, "_service_users", set())
     yield
 
 
@@ -33,7 +35,7 @@ def test_root_owned_0640_of_the_service_group_is_accepted_once_trusted() -> None
     if SERVICE_GID not in secretfile.trusted_groups():
         with pytest.raises(SecretFileError, match="accessible by group/others"):
             check_secret_stat(st, "/etc/tunvpn/gw.psk", "PSK file")
-    trust_group(SERVICE_GID)
+    trust_service_user(SERVICE_UID, SERVICE_GID)
     check_secret_stat(st, "/etc/tunvpn/gw.psk", "PSK file")
 
 
@@ -47,14 +49,27 @@ def test_root_owned_0640_of_the_service_group_is_accepted_once_trusted() -> None
     ],
 )
 def test_anything_looser_is_still_refused(mode: int, uid: int, gid: int) -> None:
-    trust_group(SERVICE_GID)
+    trust_service_user(SERVICE_UID, SERVICE_GID)
     with pytest.raises(SecretFileError, match="accessible by group/others"):
         check_secret_stat(fake_stat(mode, uid, gid), "/etc/tunvpn/gw.psk", "PSK file")
 
 
 def test_root_group_is_never_a_service_group() -> None:
-    trust_group(0)
+    trust_service_user(0, 0)
     assert 0 not in secretfile.trusted_groups() or os.getegid() != 0
     if os.getegid() == 0:  # a root process: root:root 0640 stays refused
         with pytest.raises(SecretFileError):
             check_secret_stat(fake_stat(0o640, 0, 0), "/etc/tunvpn/gw.psk", "PSK file")
+
+
+def test_the_service_users_own_files_are_trusted_by_root_that_will_become_it() -> None:
+    """As under systemd's User=, where the service user is the effective user: its own 0600
+    files (a plugin's state it rewrites, e.g. the OTP store) are its."""
+    st = fake_stat(0o600, SERVICE_UID, SERVICE_GID)
+    if SERVICE_UID != os.geteuid():
+        with pytest.raises(SecretFileError, match="is owned by"):
+            check_owner(st, "/var/lib/tunvpn/otp.json", "OTP store")
+    trust_service_user(SERVICE_UID, SERVICE_GID)
+    check_secret_stat(st, "/var/lib/tunvpn/otp.json", "OTP store")
+    with pytest.raises(SecretFileError, match="accessible by group/others"):  # still private
+        check_secret_stat(fake_stat(0o640, SERVICE_UID, SERVICE_GID), "/var/lib/tunvpn/otp.json", "OTP store")
