@@ -1216,6 +1216,7 @@ class Client:
                 return
             failures += 1
             delay = backoff_delay(failures)
+            self.stage = f"reconnecting: no gateway reachable, next round in {delay:.0f} s"
             self.progress.report(
                 "reconnect",
                 f"no gateway reachable ({'; '.join(errors)}); next round in {delay:.1f} s",

@@ -4,9 +4,11 @@ client accepts, and the remote identity each of them must prove."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from tunvpn import cli
 from tunvpn.client.daemon import DPD_INTERVAL, DPD_TIMEOUT, ClientOptions, build_engine_config
 from tunvpn.client.reconnect import RECONNECT_MAX_DELAY, GatewayResolver, backoff_delay
 from tunvpn.config.hosts import check_gateway
@@ -85,3 +87,24 @@ def test_resolver_names_the_gateway_it_cannot_resolve() -> None:
 
     with pytest.raises(OSError, match=r"cannot resolve no-such-gateway\.invalid"):
         asyncio.run(scenario())
+
+
+def test_connect_check_shows_every_gateway_and_the_reconnecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A profile naming a dead first gateway (127.0.0.9, never answers) and localhost: the
+    command line takes the list, resolves the name, and says it will reconnect."""
+    psk = tmp_path / "alice.psk"
+    psk.write_text("a-long-enough-group-secret-for-the-check-0123\n")
+    psk.chmod(0o600)
+    profile = tmp_path / "work.toml"
+    profile.write_text('gateway = ["127.0.0.9", "localhost"]\npsk_file = "alice.psk"\n')
+    assert cli.main(["connect", "--check", "-c", str(profile)]) == 0
+    out = capsys.readouterr().out
+    assert "gateway:         127.0.0.9, localhost (IKE 500, NAT-T 4500)" in out
+    assert "reconnect:       yes" in out
+    assert cli.main(["connect", "--check", "-c", str(profile), "--once"]) == 0
+    assert "reconnect:       no" in capsys.readouterr().out
+    profile.write_text('gateway = "127.0.0.9"\npsk_file = "alice.psk"\nreconnect = false\n')
+    assert cli.main(["connect", "--check", "-c", str(profile)]) == 0
+    assert "reconnect:       no" in capsys.readouterr().out
