@@ -229,7 +229,9 @@ def take_over(engine: IkeEngine, new: IkeSA, now: float) -> None:
         new.child_policies = old.child_policies
     if not new.login_at:
         new.login_at = old.login_at
-    engine._events.append(ev.Phase1Rekeyed(old.sa_id, new.sa_id, new.reauth))
+    # the initiator knows the user logged in again by the XAUTH it answered on the new SA
+    again = new.reauth or (new.role is Role.INITIATOR and new.xauth_user is not None)
+    engine._events.append(ev.Phase1Rekeyed(old.sa_id, new.sa_id, again))
     new.rekey_of = None  # done: from now on an SA like any other
     if new.role is Role.RESPONDER:
         if new.tunvpn_peer:

@@ -79,6 +79,9 @@ def test_several_rekeys_keep_the_ipsec_sas_and_ask_no_second_xauth() -> None:
         got |= {(c.spi_in, c.spi_out) for c in gw_sa.children.values()}
         assert got == spis
         assert gw_sa.access is Access.GRANTED and gw_sa.xauth_user == "alice"
+    assert not any(
+        e.reauthenticated for e in pair.client.of(ev.Phase1Rekeyed) + pair.gateway.of(ev.Phase1Rekeyed)
+    )
     deleted = pair.client.of(ev.IkeSADeleted)
     assert [d.reason for d in deleted] == ["rekeyed"] * 3
     assert all(d.by_peer for d in pair.gateway.of(ev.IkeSADeleted))
@@ -145,6 +148,7 @@ def test_reauth_interval_asks_the_user_again() -> None:
     assert len(pair.client.of(ev.Phase1Rekeyed)) == before + 1
     rekeyed = pair.gateway.of(ev.Phase1Rekeyed)[-1]
     assert rekeyed.reauthenticated and rekeyed.new_sa_id == creds.sa_id
+    assert pair.client.of(ev.Phase1Rekeyed)[-1].reauthenticated
     assert not pair.client.of(ev.ChildSADeleted) and not pair.gateway.of(ev.ChildSADeleted)
 
 
