@@ -126,3 +126,20 @@ def test_launchd_plists_parse(name: str) -> None:
     assert plist["Label"] == name.removesuffix(".plist") or plist["Label"].startswith("com.tunvpn.client.")
     assert plist["ProgramArguments"][0].endswith("/tunvpn")
     assert plist["KeepAlive"]["SuccessfulExit"] is False
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers missing")
+def test_sysusers_file_makes_the_tunvpn_account(tmp_path: Path) -> None:
+    """contrib/systemd/tunvpn.sysusers, applied to an empty root directory (never this machine's)."""
+    (tmp_path / "etc").mkdir()
+    out = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(SYSTEMD / "tunvpn.sysusers")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    [user] = [line.split(":") for line in (tmp_path / "etc" / "passwd").read_text().splitlines()]
+    [group] = [line.split(":") for line in (tmp_path / "etc" / "group").read_text().splitlines()]
+    assert user[0] == group[0] == "tunvpn" and user[3] == group[2]  # its own group
+    assert 0 < int(user[2]) < 1000 and user[6] == "/usr/sbin/nologin"  # a system account, no login
