@@ -234,3 +234,42 @@ def test_a_name_with_two_addresses_the_first_dead(pair: NetnsPair, tmp_path: Pat
         finally:
             stop_process(cl)
             stop_process(gw)
+
+
+def test_gateway_stopped_gracefully_deletes_child_sas_first_and_nothing_leaks(
+    pair: NetnsPair, tmp_path: Path
+) -> None:
+    """A gateway that stops (SIGTERM) deletes each IPsec SA, then the ISAKMP SA, in separate
+    messages: between them the client must not drop the routes onto the plain network."""
+    gw_log, cl_log = tmp_path / "gateway.log", tmp_path / "client.log"
+    gw = _gateway(pair, tmp_path, pair.addr_a, gw_log)
+    cl = _client(pair, _profile(tmp_path, f'"{pair.addr_a}"'), cl_log)
+    pinger: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 30, "the client's SAs")
+        leak = tmp_path / "leak.pcap"
+        with capture(pair.b, pair.if_b, leak, bpf=f"dst net {PROTECTED_NET}"):
+            pinger = subprocess.Popen(
+                ["ip", "netns", "exec", pair.b, "ping", "-i", "0.05", "-W", "1", PROTECTED],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1)
+            stop_process(gw)  # SIGTERM: Deletes for the IPsec SAs, then for the ISAKMP SA
+            wait_for(
+                lambda: any(r.get("state") == "lost" for r in json_records(cl_log)) or cl.poll() is not None,
+                30,
+                "the client to see the gateway go",
+            )
+            time.sleep(2)
+            gw = _gateway(pair, tmp_path, pair.addr_a, gw_log)
+            wait_for(lambda: _ping_once(pair) or cl.poll() is not None, 60, "a ping after the restart")
+            assert cl.poll() is None, read_text(cl_log)[-3000:]
+            pinger.terminate()
+            pinger.wait(5)
+        assert _pcap_frames(leak) == 0, "packets for the tunnel's network left the underlay in clear"
+    finally:
+        if pinger is not None and pinger.poll() is None:
+            pinger.kill()
+        stop_process(cl)
+        stop_process(gw)

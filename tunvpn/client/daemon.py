@@ -334,6 +334,8 @@ class Client:
         """The XAUTH password typed at the first login (no password file), for reconnecting."""
         self._replayed = False
         """This attempt's XAUTH answer is a secret of an earlier login, given again."""
+        self._removing: set[int] = set()
+        """Inbound SPIs of SA pairs we delete because the gateway's push removed their policy."""
         self._dns_applied: tuple[object, ...] | None = None
         """The DNS settings in effect (servers, domains, split): a reconnect that gets the
         same ones leaves the resolver alone."""
@@ -925,6 +927,7 @@ class Client:
             self.pending.pop(policy.name, None)
             if child is None:
                 continue
+            self._removing.add(child.spi_in)  # its route goes with it (no hold)
             try:
                 self.engine.delete_child(self.sa_id, child.spi_in, self.clock())
             except LocalProtocolError:
@@ -1348,11 +1351,17 @@ class Client:
         return True
 
     def _tunnel_child_deleted(self, event: ev.ChildSADeleted) -> None:
-        """An SA pair is gone. When its whole ISAKMP SA went (the gateway is dead or deleted
-        it) and the client reconnects, its routes stay on the TUN device: the tunnel's traffic
-        is dropped there instead of leaving on the plain network (no leak while down)."""
+        """An SA pair is gone. A reconnecting client keeps its routes on the TUN device (the
+        gateway is dead, going away, or the SA ended without a rekey): the tunnel's traffic is
+        dropped there instead of leaving on the plain network (no leak while down). The next
+        connection that is up removes those it does not use; a policy the gateway's push
+        removed loses its route at once."""
         assert self.tunnel is not None
-        hold = self.options.reconnect and self.result is None and not self._sa_alive(event.sa_id)
+        # a gateway going away deletes each IPsec SA, then the ISAKMP SA, in separate messages:
+        # every deletion holds its routes, except the ones a pushed policy change removed
+        removed = event.spi_in in self._removing
+        self._removing.discard(event.spi_in)
+        hold = self.options.reconnect and self.result is None and not removed
         if isinstance(self.tunnel, _holding_tunnel_type()):
             self.tunnel.child_deleted(event, hold=hold)
         else:
