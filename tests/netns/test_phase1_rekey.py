@@ -10,6 +10,7 @@ and the user asked for XAUTH once (the rekeys are bound to the logged-in session
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,7 +22,14 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.netns import NetnsPair, run_in, stop_process
-from tests.helpers.tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
+from tests.helpers.tunvpn_proc import (
+    json_records,
+    popen_tunvpn,
+    private_file,
+    read_text,
+    run_tunvpn,
+    wait_for_line,
+)
 
 PROTECTED = "10.78.0.1"
 LIFETIME = 8
@@ -89,6 +97,7 @@ class Running:
     pair: NetnsPair
     gw_log: Path
     cl_log: Path
+    control: Path
 
 
 @pytest.fixture
@@ -103,7 +112,9 @@ def tunnel(tmp_path: Path) -> Iterator[Running]:
         profile = tmp_path / "alice.toml"
         profile.write_text(f'gateway = "{pair.addr_a}"\npsk_file = "gw.psk"\nuser = "alice"\n')
         gw_log = tmp_path / "gateway.log"
-        gw = popen_tunvpn(pair.a, ["gateway", "-c", str(tmp_path / "gateway.toml"), "-v"], gw_log)
+        control = tmp_path / "gw.sock"
+        argv = ["gateway", "-c", str(tmp_path / "gateway.toml"), "--control", str(control), "-v"]
+        gw = popen_tunvpn(pair.a, argv, gw_log)
         wait_for_line(gw_log, "gateway ready", gw, 20, "the gateway")
         cl_log = tmp_path / "client.log"
         cl = popen_tunvpn(
@@ -127,7 +138,7 @@ def tunnel(tmp_path: Path) -> Iterator[Running]:
         )
         try:
             wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 30, "the client's IPsec SAs")
-            yield Running(pair, gw_log, cl_log)
+            yield Running(pair, gw_log, cl_log, control)
             assert cl.poll() is None, f"the client exited; log:\n{read_text(cl_log)[-4000:]}"
             assert gw.poll() is None, f"the gateway exited; log:\n{read_text(gw_log)[-4000:]}"
         finally:
@@ -135,8 +146,15 @@ def tunnel(tmp_path: Path) -> Iterator[Running]:
             stop_process(gw)
 
 
+def _status(tunnel: Running) -> dict:
+    out = run_tunvpn(tunnel.pair.a, ["status", "--socket", str(tunnel.control), "--json"])
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 def test_phase1_rekeys_under_ping_and_tcp_lose_nothing_and_ask_once(tunnel: Running) -> None:
     pair = tunnel.pair
+    (before,) = _status(tunnel)["tunnels"]
     sink = subprocess.Popen(
         ["ip", "netns", "exec", pair.a, sys.executable, "-c", SINK, PROTECTED],
         stdout=subprocess.PIPE,
@@ -180,3 +198,8 @@ def test_phase1_rekeys_under_ping_and_tcp_lose_nothing_and_ask_once(tunnel: Runn
     assert gw_text.count("state=rekeyed") >= 3, gw_text[-4000:]
     assert gw_text.count("event=login result=ok") == 1, gw_text[-4000:]
     assert "event=child_sa state=down" not in gw_text, "an IPsec SA went down with its ISAKMP SA"
+    # tunvpn status: one session, its address and IPsec SAs kept, under the newest ISAKMP SA
+    (after,) = _status(tunnel)["tunnels"]
+    assert (after["user"], after["address"]) == ("alice", before["address"])
+    assert [sa["spi_in"] for sa in after["sas"]] == [sa["spi_in"] for sa in before["sas"]]
+    assert after["phase1"]["established"] > before["phase1"]["established"]

@@ -651,6 +651,7 @@ class Gateway:
         moved = dataclasses.replace(old, sa_id=event.new_sa_id)
         if new is not None:
             moved.peer, moved.exchange, moved.suite = new.peer, new.exchange, new.suite
+            moved.established = new.established  # tunvpn status shows the current ISAKMP SA
             if event.reauthenticated:  # logged in again: what this login found counts
                 moved.groups, moved.policies = new.groups, new.policies
         self.sessions[event.new_sa_id] = moved
