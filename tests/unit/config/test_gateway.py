@@ -640,3 +640,18 @@ def test_ike_queue_size_reaches_the_gateway_options(gwdir: Path) -> None:
     assert "ike_queue_size" in RESTART_SETTINGS
     error = _error(gwdir, MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nike_queue_size = 3'))
     assert "ike_queue_size" in str(error)
+
+
+def test_reauth_interval_is_a_duration_or_zero(gwdir: Path) -> None:
+    """Issue 15: how long a bound phase 1 rekey goes without asking the user again."""
+    from tunvpn.gateway.daemon import build_engine_config, options_from_config
+
+    assert load_config(gwdir, MINIMAL).reauth_interval == 0
+    text = MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nreauth_interval = "{}"')
+    assert load_config(gwdir, text.format("8h")).reauth_interval == 8 * 3600
+    assert load_config(gwdir, text.format("0")).reauth_interval == 0
+    config = load_config(
+        gwdir, MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nreauth_interval = 900')
+    )
+    assert build_engine_config(options_from_config(config)).reauth_interval == 900
+    assert "reauth_interval" in str(_error(gwdir, text.format("soon")))
