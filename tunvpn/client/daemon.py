@@ -1236,7 +1236,11 @@ class Client:
         await self._end_attempt()
         self._reset_connection(entry, address)
         up.clear()
-        self.start()
+        try:
+            self.start()
+        except (LocalProtocolError, ValueError) as exc:  # e.g. an address of the other family
+            self.progress.report("reconnect", f"{entry} ({address}): {exc}", state="failed", name=entry)
+            return str(exc)
         self.driver.flush()
         loop = asyncio.get_running_loop()
         started = loop.time()
