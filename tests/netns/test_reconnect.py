@@ -37,7 +37,7 @@ DEAD = "10.77.0.9"  # on the link, nobody answers
 
 
 def _gateway(
-    pair: NetnsPair, tmp: Path, listen: str, log: Path, tun: str = "tvgw%d"
+    pair: NetnsPair, tmp: Path, listen: str, log: Path, tun: str = "tvgw%d", extra: tuple[str, ...] = ()
 ) -> subprocess.Popen[bytes]:
     psk = private_file(tmp / "psk", PSK + "\n")
     users = private_file(tmp / "users", "alice:wonderland\n")
@@ -60,6 +60,7 @@ def _gateway(
             tun,
             "--control",
             "none",
+            *extra,
         ],
         log,
     )
@@ -273,3 +274,34 @@ def test_gateway_stopped_gracefully_deletes_child_sas_first_and_nothing_leaks(
             pinger.kill()
         stop_process(cl)
         stop_process(gw)
+
+
+def test_remote_id_is_checked_per_gateway_by_the_name_written(pair: NetnsPair, tmp_path: Path) -> None:
+    """No remote_id in the profile: each gateway must prove the name it is listed under. The
+    first one (vpn1) identifies as another name: refused before XAUTH, and the client fails
+    over to vpn2, which identifies as vpn2.example.test."""
+    run_in(pair.a, ["ip", "addr", "add", f"{SECOND}/24", "dev", pair.if_a], check=True)
+    log1, log2, cl_log = tmp_path / "gateway1.log", tmp_path / "gateway2.log", tmp_path / "client.log"
+    hosts = f"127.0.0.1 localhost\n{pair.addr_a} vpn1.example.test\n{SECOND} vpn2.example.test\n"
+    with _hosts_file(pair.b, hosts):
+        gw1 = _gateway(pair, tmp_path, pair.addr_a, log1, extra=("--id", "other.example.test"))
+        gw2 = _gateway(pair, tmp_path, SECOND, log2, extra=("--id", "vpn2.example.test"))
+        cl = _client(pair, _profile(tmp_path, '["vpn1.example.test", "vpn2.example.test"]'), cl_log)
+        try:
+            wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 60, "the client's SAs through vpn2")
+            assert _ping_once(pair)
+            records = json_records(cl_log)
+            refused = [r for r in records if r.get("event") == "phase1" and r.get("state") == "failed"]
+            assert refused and "other.example.test" in refused[0]["message"], read_text(cl_log)[-3000:]
+            assert f"phase 1 with vpn1.example.test ({pair.addr_a}) failed" in refused[0]["message"], refused[
+                0
+            ]
+            established = [
+                r for r in records if r.get("event") == "phase1" and r.get("state") == "established"
+            ]
+            assert SECOND in established[-1]["message"], established
+            assert "alice" not in read_text(log1), "the refused gateway saw the XAUTH login"
+        finally:
+            stop_process(cl)
+            stop_process(gw1)
+            stop_process(gw2)

@@ -430,7 +430,12 @@ class Client:
         if isinstance(event, ev.Phase1Failed):
             self._refused = event.notify in REFUSALS
             notify = f" (notify {event.notify})" if event.notify is not None else ""
-            self.fail("phase1", f"phase 1 with {event.peer[0]} failed: {event.reason}{notify}")
+            peer = (
+                event.peer[0]
+                if self.gateway_entry == event.peer[0]
+                else f"{self.gateway_entry} ({event.peer[0]})"
+            )
+            self.fail("phase1", f"phase 1 with {peer} failed: {event.reason}{notify}")
         elif isinstance(event, ev.XauthRequested):
             return self._xauth_requested(event)
         elif isinstance(event, ev.XauthCompleted):
