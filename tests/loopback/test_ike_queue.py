@@ -187,3 +187,55 @@ def test_a_burst_on_the_ike_port_does_not_crowd_out_a_real_first_message() -> No
             gateway.close()
     assert received[-1][1][0] == CLIENT, f"{len(received)} of 3001 datagrams kept; the user's lost"
     assert len(received) == 3001
+
+
+def test_on_the_ike_port_a_known_sa_is_served_before_a_burst_of_first_messages() -> None:
+    """Port 500, read by the loop: 200 spoofed first messages, then a Delete of a connected
+    client's ISAKMP SA, all queued in the kernel while the loop is busy. The socket is read in
+    bursts through the inbox, so the Delete (a known SA) is handled before the first messages
+    read with it; read one datagram per loop iteration (asyncio's transport) it came last."""
+    ike_port, natt_port = free_port(), free_port()
+    pair = Pair(client_config(), gateway_config())
+    pair.client = Peer(IkeEngine(client_config()), CLIENT)
+    pair.gateway = Peer(IkeEngine(gateway_config(max_half_open_per_source=1000), ike_port=ike_port), GATEWAY)
+    client_sa = pair.client.engine.initiate((GATEWAY, ike_port), (CLIENT, 500), pair.now)
+    pair.run()
+    [established] = pair.gateway.of(ev.Phase1Established)
+    gateway = pair.gateway.engine
+    spare = IkeEngine(client_config())
+    spare.initiate((GATEWAY, ike_port), (CLIENT, 500), pair.now)
+    [(first, _, _)] = spare.datagrams_to_send()
+    rng = random.Random(15)
+    pair.client.engine.delete_ike_sa(client_sa, pair.now)
+    [(delete, _, _)] = pair.client.engine.datagrams_to_send()
+
+    order: list[str] = []
+    receive = gateway.receive_datagram
+
+    def recording(data: bytes, remote: tuple[str, int], local: tuple[str, int], now: float) -> None:
+        order.append("known" if data[8:16] == established.sa_id[8:] else "new")
+        receive(data, remote, local, now)
+
+    gateway.receive_datagram = recording  # type: ignore[method-assign]
+
+    async def run() -> None:
+        driver = UdpDriver(gateway, GATEWAY, ike_port=ike_port, natt_port=natt_port, handler=lambda e: None)
+        await driver.start()
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+        ):
+            attacker.bind(("127.0.0.3", 0))
+            client.bind((CLIENT, 0))
+            for _ in range(200):  # the loop is busy: all of it waits in the kernel
+                attacker.sendto(rng.randbytes(8) + first[8:], (GATEWAY, ike_port))
+            client.sendto(delete, (GATEWAY, ike_port))
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if len(order) >= 201:
+                    break
+        driver.close()
+
+    asyncio.run(run())
+    assert len(order) == 201 and order.count("known") == 1
+    assert order.index("known") == 0, order.index("known")  # one burst (READ_BURST 256): it goes first
