@@ -173,6 +173,8 @@ class IkeEngine:
                     times.append(t)
             if sa.rekey_at is not None and sa.rekeying is None:
                 times.append(sa.rekey_at)
+            if sa.handover_at is not None:
+                times.append(sa.handover_at)
             if sa.established and self.config.dpd_interval > 0 and "dpd" in sa.peer_vendor_ids:
                 times.append(exchanges.dpd_due(self, sa))
             if not sa.established:
@@ -233,6 +235,9 @@ class IkeEngine:
                 continue
             if rekey.due(sa, now):
                 rekey.start(self, sa, now)
+            if sa.handover_at is not None and now >= sa.handover_at:
+                sa.handover_at = None
+                rekey.take_over(self, sa, now)  # no N(SESSION-CONTINUED) after our new login
             if sa.login_deadline is not None and now >= sa.login_deadline:
                 log.info("login of %s not finished within %.0f s", sa.remote[0], self.config.login_timeout)
                 self.delete_ike_sa(

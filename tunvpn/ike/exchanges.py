@@ -157,13 +157,15 @@ def initial_contact(engine: IkeEngine, sa: IkeSA, now: float) -> None:
 
 
 def on_delete(engine: IkeEngine, sa: IkeSA, d: DeletePayload, now: float) -> None:
+    from .rekey import adopt, successor
+
     if d.protocol == ProtocolId.ISAKMP:
         if any(spi == sa.sa_id for spi in d.spis):
+            adopt(engine, sa, now)  # a peer that logged in again keeps its IPsec SAs
             drop_sa(engine, sa, "deleted by peer", by_peer=True)
         return
     if d.protocol != ProtocolId.ESP:
         return
-    from .rekey import successor
 
     owner = successor(engine, sa)  # a rekeyed ISAKMP SA's IPsec SAs belong to the new one
     for spi_bytes in d.spis:

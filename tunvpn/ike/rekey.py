@@ -58,6 +58,10 @@ ANNOUNCE_LIFETIME = 60.0
 RETRY_AFTER = 30.0
 """Seconds before a failed rekey is tried again (if the old SA lives that long)."""
 PROOF_LABEL = b"tunvpn phase 1 rekey"
+CONTINUE_WAIT = 5.0
+"""Seconds a tunvpn initiator that logged in again waits for N(SESSION-CONTINUED) (the
+gateway grants once its login is finished) before it hands over anyway: a rekey the gateway
+could not bind (a lost announcement) is adopted when the old ISAKMP SA's Delete comes."""
 
 
 def schedule(engine: IkeEngine, sa: IkeSA, now: float) -> None:
@@ -233,12 +237,47 @@ def take_over(engine: IkeEngine, new: IkeSA, now: float) -> None:
     again = new.reauth or (new.role is Role.INITIATOR and new.xauth_user is not None)
     engine._events.append(ev.Phase1Rekeyed(old.sa_id, new.sa_id, again))
     new.rekey_of = None  # done: from now on an SA like any other
+    new.handover_at = None
     if new.role is Role.RESPONDER:
         if new.tunvpn_peer:
             done = NotifyPayload(SESSION_CONTINUED, ProtocolId.ISAKMP, new.sa_id, old.sa_id)
             exchanges.send_informational(engine, new, [done], now)
         return
     retire(engine, old, now)
+
+
+def adopt(engine: IkeEngine, old: IkeSA, now: float) -> None:
+    """Responder, the peer deletes an ISAKMP SA that still holds IPsec SAs: if the same user
+    logged in again on a newer SA (a full login: XAUTH, GRANTED; the same phase 1 identity,
+    the same address), that SA takes them over, as strongSwan adopts the CHILD_SAs of an
+    IKEv1 reauthentication without INITIAL-CONTACT. A peer without our extensions rekeys so,
+    and so does ours when its rekey could not be bound (the announcement was lost)."""
+    if old.role is not Role.RESPONDER or not old.children or old.moved_to is not None:
+        return
+    if old.access is not Access.GRANTED:
+        return
+    newest: IkeSA | None = None
+    for sa in engine._sas.values():
+        if (
+            sa is not old
+            and sa.role is Role.RESPONDER
+            and sa.established
+            and sa.access is Access.GRANTED
+            and sa.created >= old.created
+            and sa.moved_to is None
+            and (sa.rekey_of is None or sa.rekey_of == old.sa_id)
+            and sa.xauth_user == old.xauth_user
+            and str(sa.peer_id) == str(old.peer_id)
+            and sa.remote[0] == old.remote[0]
+            and (newest is None or sa.created > newest.created)
+        ):
+            newest = sa
+    if newest is None:
+        return
+    log.info("%s logged in again before deleting its ISAKMP SA: its IPsec SAs carry on", old.remote[0])
+    newest.rekey_of = old.sa_id
+    newest.reauth = True
+    take_over(engine, newest, now)
 
 
 def on_continued(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
@@ -260,6 +299,8 @@ def initiator_logged_in(engine: IkeEngine, sa: IkeSA, now: float, *, xauth_passe
     xauth = sa.suite.auth in XAUTH_METHODS or sa.suite.auth in HYBRID_METHODS
     if not xauth or (xauth_passed and not sa.tunvpn_peer):
         take_over(engine, sa, now)
+    elif xauth_passed:
+        sa.handover_at = now + CONTINUE_WAIT  # unless N(SESSION-CONTINUED) comes first
 
 
 def retire(engine: IkeEngine, old: IkeSA, now: float) -> None:

@@ -252,6 +252,9 @@ class IkeSA:
     """An old SA: our cookie of the SA its IPsec SAs were handed to."""
     reauth: bool = False
     """A bound new SA (responder): its user must log in again (``reauth_interval``)."""
+    handover_at: float | None = None
+    """A new SA (initiator, tunvpn peer) that logged in again: when to hand over even if
+    N(SESSION-CONTINUED) does not come (the peer then adopts on our Delete)."""
     announced: bytes | None = field(default=None, repr=False)
     """Responder: the initiator cookie announced for this SA's rekey, usable until ``announced_until``."""
     announced_until: float = 0.0

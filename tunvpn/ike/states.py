@@ -135,6 +135,12 @@ ACCESS_TABLE: tuple[tuple[str, Access, str], ...] = (
         Access.GRANTED,
         "a site peer: its phase 1 credential is the whole login",
     ),
+    (
+        "phase 1 done, responder, a rekey bound to a logged-in session (rekey.py), "
+        "reauth_interval not passed",
+        Access.GRANTED,
+        "the old SA's login counts; its IPsec SAs are handed over",
+    ),
     ("phase 1 done, responder, otherwise", Access.LOGIN_PENDING, "deadline: login_timeout"),
     ("xauth_verdict(ok) on LOGIN_PENDING, login_required true", Access.XAUTH_PASSED, "Mode Config may run"),
     ("xauth_verdict(ok) on LOGIN_PENDING, login_required false", Access.GRANTED, "XAUTH was the whole login"),

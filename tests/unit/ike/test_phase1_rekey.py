@@ -337,9 +337,60 @@ def test_a_rekey_whose_announcement_was_lost_logs_in_again() -> None:
         pair.gateway.engine.receive_datagram(data, (CLIENT_IP, port), (GATEWAY_IP, remote[1]), pair.now)
     pair.gateway.drain()
     pair.run()
-    assert pair.client.of(ev.XauthRequested)[-1].sa_id[:8] == out[1][0][:8]
+    asked = pair.client.of(ev.XauthRequested)[-1]
+    assert asked.sa_id[:8] == out[1][0][:8]
     assert not pair.gateway.of(ev.Phase1Rekeyed)
     assert pair.gateway.engine.drops["rekey not bound: cookie not announced under the old ISAKMP SA"] == 1
+    # the user logs in again: a full login, after which the session still carries on (the
+    # client hands over without N(SESSION-CONTINUED), the gateway adopts on the Delete)
+    _log_in_again(pair, asked)
+    pair.advance(6.0)
+    pair.run()
+    _one_session_kept(pair)
+
+
+def _log_in_again(pair: Pair, asked: ev.XauthRequested) -> None:
+    pair.client.engine.xauth_reply(asked.sa_id, pair.now, user_name="alice", password="s3cret")
+    pair.run()
+    creds = pair.gateway.of(ev.XauthCredentials)[-1]
+    pair.gateway.engine.xauth_verdict(creds.sa_id, pair.now, True)
+    pair.gateway.engine.grant(creds.sa_id, pair.now)
+    pair.run()
+
+
+def _one_session_kept(pair: Pair) -> None:
+    (client_sa,) = _live(pair.client)
+    (gw_sa,) = _live(pair.gateway)
+    assert client_sa.sa_id == gw_sa.sa_id == pair.client.of(ev.Phase1Rekeyed)[-1].new_sa_id
+    assert len(client_sa.children) == len(gw_sa.children) == 1
+    assert not pair.client.of(ev.ChildSADeleted) and not pair.gateway.of(ev.ChildSADeleted)
+    assert pair.gateway.of(ev.Phase1Rekeyed)[-1].reauthenticated
+
+
+def test_a_client_without_our_extensions_that_logs_in_again_keeps_its_ipsec_sas() -> None:
+    """A standard client (no tunvpn vendor ID) rekeys phase 1 as strongSwan does in IKEv1: a
+    full new login without INITIAL-CONTACT, then a Delete of the old ISAKMP SA alone. The
+    gateway hands the IPsec SAs to the new, fully logged-in SA of the same user and address."""
+    pair = _pair(client=dict(tunvpn_extensions=False))
+    _grant_first_login(pair)
+    _run_rekey_attempt(pair)
+    _log_in_again(pair, pair.client.of(ev.XauthRequested)[-1])
+    _one_session_kept(pair)
+
+
+def test_another_users_login_does_not_adopt_the_ipsec_sas() -> None:
+    pair = _pair(client=dict(tunvpn_extensions=False))
+    _grant_first_login(pair)
+    _run_rekey_attempt(pair)
+    asked = pair.client.of(ev.XauthRequested)[-1]
+    pair.client.engine.xauth_reply(asked.sa_id, pair.now, user_name="bob", password="b0b")
+    pair.run()
+    creds = pair.gateway.of(ev.XauthCredentials)[-1]
+    pair.gateway.engine.xauth_verdict(creds.sa_id, pair.now, True)
+    pair.gateway.engine.grant(creds.sa_id, pair.now)
+    pair.run()
+    assert not pair.gateway.of(ev.Phase1Rekeyed)
+    assert pair.gateway.of(ev.ChildSADeleted), "bob's login took alice's IPsec SAs"
 
 
 def _start_rekey(pair: Pair) -> None:
