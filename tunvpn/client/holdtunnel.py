@@ -12,6 +12,7 @@ not use once it is up (:meth:`release_held`).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from tunvpn.dataplane.tunnel import Tunnel
 from tunvpn.ike import events as ev
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 class HoldingTunnel(Tunnel):
     """A :class:`Tunnel` whose routes can outlive their SAs."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # Tunnel's own arguments
+        super().__init__(*args, **kwargs)
         self.held: set[str] = set()
         """Routes kept on the TUN device although no SA carries them now."""
         self._holding = False
