@@ -4,6 +4,8 @@ SA skips XAUTH only when bound to the old, logged-in session (tunvpn/ike/rekey.p
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers.ike_pair import (
     CLIENT_IP,
     GATEWAY_IP,
@@ -37,8 +39,8 @@ def _pair(*, gateway: dict | None = None, client: dict | None = None) -> Pair:
     return Pair(client_config(**cl), gateway_config(**gw))
 
 
-def _grant_first_login(pair: Pair) -> list[ev.ChildSAEstablished]:
-    children = full_tunnel(pair, mode="main")
+def _grant_first_login(pair: Pair, mode: str = "main") -> list[ev.ChildSAEstablished]:
+    children = full_tunnel(pair, mode=mode)
     gw_sa = pair.gateway.of(ev.Phase1Established)[0].sa_id
     pair.gateway.engine.grant(gw_sa, pair.now)
     pair.run()
@@ -60,9 +62,10 @@ def _live(peer: Peer) -> list:
     return [sa for sa in peer.engine.ike_sas() if sa.established]
 
 
-def test_several_rekeys_keep_the_ipsec_sas_and_ask_no_second_xauth() -> None:
+@pytest.mark.parametrize("mode", ["main", "aggressive", "base"])
+def test_several_rekeys_keep_the_ipsec_sas_and_ask_no_second_xauth(mode: str) -> None:
     pair = _pair()
-    children = _grant_first_login(pair)
+    children = _grant_first_login(pair, mode)
     spis = {(c.spi_in, c.spi_out) for c in children}
     for n in range(1, 4):
         _run_until_rekeyed(pair)
