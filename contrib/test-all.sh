@@ -29,6 +29,7 @@ APT_PACKAGES=(
   vpnc tshark iperf3 iproute2 iputils-ping util-linux procps openssl
   openvpn wireguard-go wireguard-tools
   freeradius freeradius-utils xl2tpd
+  postgresql freeradius-postgresql
   ike-scan nftables
 )
 

@@ -750,6 +750,18 @@ class Gateway:
             if pending:
                 log.warning("%d accounting call(s) still running at shutdown; not waiting", len(pending))
 
+    async def _accounting_onoff(self, kind: str, timeout: float) -> None:
+        """``tunvpn_accounting_onoff`` (RADIUS Accounting-On/-Off), waited for at most
+        ``timeout`` seconds."""
+        if not self.plugins.implements("tunvpn_accounting_onoff"):
+            return
+        task = self.plugins.broadcast("tunvpn_accounting_onoff", kind=kind, context=self.plugin_context())
+        if task is None:
+            return
+        _done, pending = await asyncio.wait({task}, timeout=timeout)
+        if pending:
+            log.warning("accounting %s: the plugins did not finish within %g s; going on", kind, timeout)
+
     def plugin_context(self) -> GatewayContext:
         return self._context_for(self.options)
 
@@ -1426,6 +1438,7 @@ class Gateway:
             self.tunnel.on_change = self.driver.flush
             self.tunnel.start(loop)
         self._services = self.plugins.serve(self.plugin_context())
+        await self._accounting_onoff("on", ONOFF_WAIT)  # before any login: "on" clears this NAS
         interim = loop.create_task(self._interim_accounting()) if self.options.accounting_interval else None
         crls = loop.create_task(keep_crls_fresh(lambda: self.config), name="CRL distribution points")
         stop_signals = self._catch_stop_signals(loop) if handle_signals else {}
@@ -1459,6 +1472,7 @@ class Gateway:
                 self._account(session, "stop", reason="gateway shutting down")
             self.shutdown()  # Deletes out, sockets closed, logins waiting on plugins cancelled
             await self._finish_accounting(STOP_GRACE)
+            await self._accounting_onoff("off", STOP_GRACE)  # after the sessions' "stop"s
             self.plugins.close()  # after the accounting "stop"s: they run on it too
             for signum, previous in stop_signals.items():
                 signal.signal(signum, previous)
@@ -1596,6 +1610,8 @@ PLUGIN_TIMEOUT = 30
 STOP_GRACE = 1.0
 """Seconds each step of stopping may wait: the plugins' services, then the accounting "stop"s
 (together well under the 2 s a SIGTERM may take, however busy the gateway is)."""
+ONOFF_WAIT = 10.0
+"""Seconds a starting gateway waits for its ``tunvpn_accounting_onoff`` "on" calls."""
 
 BUSY_MESSAGE = "the gateway is busy checking other logins; try again later"
 """The XAUTH message of a login refused because every plugin worker was busy."""

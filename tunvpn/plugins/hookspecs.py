@@ -149,6 +149,29 @@ def tunvpn_accounting(record: AccountingRecord, context: GatewayContext) -> None
     """
 
 
+@hookspec
+def tunvpn_accounting_onoff(kind: str, context: GatewayContext) -> None:
+    """Gateway: the gateway as a whole starts or stops serving (every plugin is called).
+
+    RADIUS Accounting-On and Accounting-Off (RFC 2866 Acct-Status-Type 7 and 8): ``on`` once
+    the gateway is about to serve, after a start of any kind (also after a crash, which sent
+    no ``stop`` for the sessions it had), so a server closes the sessions it still holds open
+    for this gateway and frees their addresses (FreeRADIUS's ``sql`` and ``sqlippool``
+    modules do). The gateway waits for the ``on`` calls (at most 10 s) before it reports
+    ready; a login of the new run needs a phase 1 exchange first, so its RADIUS request comes
+    after the ``on`` (a server that clears leases by NAS would otherwise clear the new one
+    too). ``off`` on a clean stop, after the
+    ``stop`` record of every session was given to ``tunvpn_accounting``; the gateway waits
+    for it too (within its stop grace time). A reload calls neither. A plain function runs in
+    a worker thread; what it raises is logged and ignored.
+
+    :param kind: ``"on"`` (starting) or ``"off"`` (stopping cleanly).
+    :param context: the :class:`tunvpn.plugins.GatewayContext` (``settings(name)`` for the
+        plugin's own table).
+    :return: nothing (results are ignored).
+    """
+
+
 @hookspec(firstresult=True)
 def tunvpn_client_answer(question: ClientQuestion) -> str | Awaitable[str | None] | None:
     """Client: answer what the gateway asks in an XAUTH round before the user is prompted

@@ -287,10 +287,34 @@ class RadiusClient:
     timeout: float = 3.0
     retries: int = 2
     nas_identifier: str = "tunvpn"
+    nas_ip_address: str | None = None
+    """NAS-IP-Address of every request; None: the address this host sends from towards the
+    first IPv4 server (what the server sees as the packet's source, unless NATed)."""
 
     def __post_init__(self) -> None:
         if not self.servers:
             raise ValueError("no RADIUS servers configured")
+        if self.nas_ip_address is not None:
+            self.nas_ip_address = str(IPv4Address(self.nas_ip_address))
+        self._source_address: str | None = None
+
+    def nas_address(self) -> str | None:
+        """The NAS-IP-Address this client sends: configured, or the local address of the route
+        to the first IPv4 server (None without one)."""
+        if self.nas_ip_address is not None:
+            return self.nas_ip_address
+        if self._source_address is None:
+            for server in self.servers:
+                if ":" in server.host:
+                    continue
+                try:
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                        sock.connect((server.host, server.port))  # no packet: only the route
+                        self._source_address = sock.getsockname()[0]
+                except OSError:
+                    continue
+                break
+        return self._source_address
 
     # ---------------------------------------------------------------- requests
 
@@ -303,13 +327,17 @@ class RadiusClient:
         state: bytes | None = None,
         calling_station: str | None = None,
         chap: tuple[int, bytes, bytes] | None = None,
+        session_id: str | None = None,
     ) -> Reply:
         """An Access-Request (PAP or CHAP) for ``user``; the verified Access-Accept, -Reject or
         -Challenge of the first server that answers. Raises RadiusError if none does.
 
         ``chap``: a CHAP answer the client computed itself (identifier, challenge, response;
         e.g. PPP CHAP in L2TP), passed on as CHAP-Password and CHAP-Challenge (RFC 2865 5.3);
-        ``password`` and ``auth`` are then not used."""
+        ``password`` and ``auth`` are then not used. ``session_id``: sent as Acct-Session-Id
+        (RFC 2865 5.44 allows it in an Access-Request), the key an address pool on the server
+        can lease by (FreeRADIUS sqlippool ``pool_key``), the same as in the session's
+        accounting."""
         if auth not in ("pap", "chap"):
             raise ValueError(f"auth {auth!r}: pap or chap")
         if chap is not None and (len(chap[2]) != 16 or not 0 <= chap[0] <= 255 or not chap[1]):
@@ -331,6 +359,8 @@ class RadiusClient:
                     ("CHAP-Challenge", challenge),
                 ]
             attrs += self._nas_attributes(calling_station)
+            if session_id:
+                attrs.append(("Acct-Session-Id", session_id))
             if state is not None:
                 attrs.append(("State", state))
             return encode_request(ACCESS_REQUEST, ident, server.secret, attrs, authenticator)
@@ -351,6 +381,7 @@ class RadiusClient:
         attrs: list[tuple[str, Any]] = [
             ("NAS-Identifier", self.nas_identifier),
             ("NAS-Port-Type", "Virtual"),
+            *([("NAS-IP-Address", nas_ip)] if (nas_ip := self.nas_address()) else []),
             ("Service-Type", "Framed-User"),
         ]
         if calling_station:

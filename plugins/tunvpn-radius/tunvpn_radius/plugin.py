@@ -7,6 +7,7 @@ Settings (``[plugin.radius]`` of gateway.toml, see this distribution's README.md
     retries = 2          # tries after the first, per server
     auth = "pap"         # or "chap"
     nas_identifier = "tunvpn"
+    nas_ip_address = "192.0.2.1"   # default: this host's address towards the first server
 
 - Access-Accept: accepted; Class attributes become the user's groups, Framed-IP-Address the
   client's address, Framed-Route lines the networks behind the client (the gateway adds an SA
@@ -16,6 +17,10 @@ Settings (``[plugin.radius]`` of gateway.toml, see this distribution's README.md
   to the server with the answer.
 - No server answers: rejected, "no RADIUS server answered", and an error in the log.
 - ``tunvpn_accounting``: Accounting-Request Start, Interim-Update, Stop.
+- ``tunvpn_accounting_onoff``: Accounting-On when the gateway starts, Accounting-Off when it
+  stops cleanly (the server closes this gateway's open sessions and frees their addresses).
+- Every request carries NAS-Identifier and NAS-IP-Address (which gateway of a fleet), every
+  Access-Request the session's Acct-Session-Id (a server-side pool's lease key).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -84,6 +90,7 @@ def client_from_settings(settings: dict[str, Any]) -> tuple[RadiusClient, str]:
         settings.get("timeout"),
         settings.get("retries"),
         settings.get("nas_identifier"),
+        settings.get("nas_ip_address"),
     ]
     servers = []
     for entry in servers_cfg:
@@ -103,6 +110,7 @@ def client_from_settings(settings: dict[str, Any]) -> tuple[RadiusClient, str]:
                 timeout=float(settings.get("timeout", 3.0)),
                 retries=int(settings.get("retries", 2)),
                 nas_identifier=str(settings.get("nas_identifier", "tunvpn")),
+                nas_ip_address=(str(settings["nas_ip_address"]) if settings.get("nas_ip_address") else None),
             )
             _clients.clear()  # settings changed (reload): forget the old client
             _clients[key] = client
@@ -156,6 +164,7 @@ def tunvpn_verify_credentials(request: CredentialRequest, context: GatewayContex
             state=state,
             calling_station=request.peer[0] or None,
             chap=chap,
+            session_id=request.session_id or None,
         )
     except RadiusError as exc:
         log.error("RADIUS: user %r: %s", request.user, exc)
@@ -227,6 +236,7 @@ def tunvpn_accounting(record: Any, context: GatewayContext) -> None:
         ("Acct-Session-Id", record.session_id),
         ("Acct-Authentic", "RADIUS"),
         ("User-Name", record.user or (session.user if session else "")),
+        ("Event-Timestamp", int(time.time())),
     ]
     address = record.address or (session.address if session else None)
     if address is not None:
@@ -249,3 +259,30 @@ def tunvpn_accounting(record: Any, context: GatewayContext) -> None:
         client.account(attrs, calling_station=record.peer[0] if record.peer else None)
     except RadiusError as exc:
         log.error("RADIUS accounting %s for session %s: %s", record.kind, record.session_id, exc)
+
+
+ONOFF = {"on": "Accounting-On", "off": "Accounting-Off"}
+
+
+@hookimpl
+def tunvpn_accounting_onoff(kind: str, context: GatewayContext) -> None:
+    """Accounting-On (the gateway starts) or Accounting-Off (it stops cleanly), RFC 2866: the
+    server ends every session it still has open for this NAS (NAS-IP-Address) and frees their
+    addresses; after a crash, those the gateway could not send a Stop for."""
+    try:
+        client, _ = client_from_settings(context.settings(NAME))
+    except ValueError as exc:
+        log.error("RADIUS accounting: %s", exc)
+        return
+    now = int(time.time())
+    attrs: list[tuple[str, Any]] = [
+        ("Acct-Status-Type", ONOFF[kind]),
+        ("Acct-Session-Id", f"{kind}-{now:x}"),  # RFC 2866 5.5: every Accounting-Request has one
+        ("Event-Timestamp", now),
+    ]
+    try:
+        client.account(attrs)
+    except RadiusError as exc:
+        log.error("RADIUS %s: %s", ONOFF[kind], exc)
+        return
+    log.info("RADIUS %s sent (NAS %s, %s)", ONOFF[kind], client.nas_identifier, client.nas_address())
