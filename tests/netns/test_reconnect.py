@@ -305,3 +305,46 @@ def test_remote_id_is_checked_per_gateway_by_the_name_written(pair: NetnsPair, t
             stop_process(cl)
             stop_process(gw1)
             stop_process(gw2)
+
+
+def test_gateway_restarted_at_once_is_found_by_the_traffic_it_no_longer_answers(
+    pair: NetnsPair, tmp_path: Path
+) -> None:
+    """The usual restart: SIGKILL and started again at once, while the user's traffic flows.
+    The restarted gateway answers nothing for our old SAs; the client worries (ESP out,
+    nothing in for 2 s), probes, and reconnects without waiting for the idle DPD timeout."""
+    gw_log, cl_log = tmp_path / "gateway.log", tmp_path / "client.log"
+    gw = _gateway(pair, tmp_path, pair.addr_a, gw_log)
+    cl = _client(pair, _profile(tmp_path, f'"{pair.addr_a}"'), cl_log)
+    pinger: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 30, "the client's SAs")
+        leak = tmp_path / "leak.pcap"
+        with capture(pair.b, pair.if_b, leak, bpf=f"dst net {PROTECTED_NET}"):
+            pinger = subprocess.Popen(
+                ["ip", "netns", "exec", pair.b, "ping", "-i", "0.2", "-W", "1", PROTECTED],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1)
+            gw.kill()
+            gw.wait(5)
+            gw = _gateway(pair, tmp_path, pair.addr_a, gw_log)
+            back = time.monotonic()
+            wait_for(lambda: _ping_once(pair) or cl.poll() is not None, 60, "a ping after the restart")
+            assert cl.poll() is None, read_text(cl_log)[-3000:]
+            took = time.monotonic() - back
+            pinger.terminate()
+            pinger.wait(5)
+        print(
+            f"gateway SIGKILLed and restarted at once: pinging again {took:.1f} s after it was ready "
+            "(goal 5 s)"
+        )
+        assert took < 30, read_text(cl_log)[-3000:]
+        assert _pcap_frames(leak) == 0, "packets for the tunnel's network left the underlay in clear"
+        assert "gets no answer: DPD probe now" in read_text(cl_log), read_text(cl_log)[-3000:]
+    finally:
+        if pinger is not None and pinger.poll() is None:
+            pinger.kill()
+        stop_process(cl)
+        stop_process(gw)

@@ -78,6 +78,12 @@ REFUSALS = frozenset(
 """Phase 1 failures that mean "this configuration cannot work" (a wrong secret, the wrong
 gateway identity, no common algorithm). A client that never got connected in this run and
 meets only these in a whole round of attempts exits (exit 1, as before) instead of retrying."""
+WORRY_AFTER = 2
+"""Seconds (ticks of one second) of ESP sent with nothing received before a DPD probe goes
+out at once (RFC 3706 section 5.5: worry when traffic gets no answer)."""
+WORRY_WITHIN = 3.0
+"""Seconds that probe waits for any answer before the gateway counts as dead: with traffic
+flowing, a gateway that restarted is found within about 5 s instead of 25."""
 NO_RETRY_STEPS = frozenset({"xauth", "protocols"})
 """Failures a reconnecting client does not retry: the gateway refused the stored password,
 or a login step needs an answer nobody can give (retrying would lock the account)."""
@@ -1173,6 +1179,41 @@ class Client:
         it deleted our ISAKMP SA, the SA expired), then start over at once. A round in which
         every gateway failed is followed by a back-off (``backoff_delay``). Ends when the
         client is stopped or a failure that a retry cannot mend (``NO_RETRY_STEPS``)."""
+        assert self._lost is not None
+        watcher = asyncio.get_running_loop().create_task(self._watch_traffic(), name="traffic watch")
+        try:
+            await self._reconnect_rounds(up, done)
+        finally:
+            watcher.cancel()
+
+    async def _watch_traffic(self) -> None:
+        """Once a second: if ESP went out and nothing came in for ``WORRY_AFTER`` seconds, ask
+        R-U-THERE now and give the gateway ``WORRY_WITHIN`` seconds to answer (anything heard
+        counts: IKE or authenticated ESP). An idle tunnel keeps the slower DPD defaults."""
+        last: tuple[int, int] | None = None
+        silent = 0
+        while True:
+            await asyncio.sleep(1.0)
+            tunnel, sa_id = self.tunnel, self.sa_id
+            if tunnel is None or sa_id is None or not self.established or self.pending:
+                last, silent = None, 0
+                continue
+            counters = sa_counters(await asyncio.to_thread(tunnel.dataplane.counter_snapshot))
+            sent = sum(counters.get(c.spi_out, (0, 0))[1] for c in self.established.values())
+            received = sum(counters.get(c.spi_in, (0, 0))[1] for c in self.established.values())
+            if last is not None and sent > last[0] and received == last[1]:
+                silent += 1
+            else:
+                silent = 0
+            last = (sent, received)
+            if silent >= WORRY_AFTER and self.sa_id == sa_id:
+                silent = 0
+                log.info("traffic to %s gets no answer: DPD probe now", self.gateway_entry)
+                self.engine.probe_peer(sa_id, self.clock(), WORRY_WITHIN)
+                if self.driver is not None:
+                    self.driver.flush()
+
+    async def _reconnect_rounds(self, up: asyncio.Event, done: asyncio.Event) -> None:
         assert self._lost is not None
         failures = 0
         while self.result is None:

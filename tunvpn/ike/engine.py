@@ -267,6 +267,14 @@ class IkeEngine:
             self._bad_input("half-open SA timed out after the first message")
         phase1.fail_phase1(self, sa, "phase 1 timed out", None, send_notify=False, quiet=quiet)
 
+    def probe_peer(self, sa_id: bytes, now: float, within: float) -> None:
+        """Send a DPD R-U-THERE now (the shell sent traffic and heard nothing back: RFC 3706
+        section 5.5); the peer is dead unless something is heard within ``within`` seconds."""
+        try:
+            exchanges.dpd_probe(self, self.get_sa(sa_id), now, within)
+        except LocalProtocolError:
+            return
+
     def note_peer_activity(self, sa_id: bytes, now: float) -> None:
         """The data path saw authenticated ESP from this peer: no DPD needed (RFC 3706 5.3)."""
         try:

@@ -222,12 +222,14 @@ def dpd_due(engine: IkeEngine, sa: IkeSA) -> float:
     return sa.last_heard + engine.config.dpd_interval
 
 
-def dpd_probe(engine: IkeEngine, sa: IkeSA, now: float) -> None:
+def dpd_probe(engine: IkeEngine, sa: IkeSA, now: float, within: float | None = None) -> None:
     """Ask R-U-THERE now rather than after the idle interval (an unverifiable hint that the
-    peer lost our SA); the peer is declared dead only if this and the next probes go
-    unanswered for ``dpd_timeout - dpd_interval``. Nothing while a probe is outstanding."""
+    peer lost our SA, or traffic sent and nothing heard); the peer is declared dead only if
+    this and the next probes go unanswered for ``within`` seconds (default
+    ``dpd_timeout - dpd_interval``). Nothing while a probe is outstanding."""
     if sa.established and sa.dpd_sent_at is None and engine.config.dpd_interval > 0:
-        sa.last_heard = min(sa.last_heard, now - engine.config.dpd_interval)
+        wait = engine.config.dpd_timeout - engine.config.dpd_interval if within is None else within
+        sa.last_heard = min(sa.last_heard, now - engine.config.dpd_timeout + wait)
         dpd_tick(engine, sa, now)
 
 

@@ -79,3 +79,32 @@ def test_a_probe_after_an_invalid_spi_that_nobody_answers_declares_the_gateway_d
         pair.client.engine.datagrams_to_send()
     deleted = pair.client.of(ev.IkeSADeleted)
     assert deleted and deleted[0].reason == "dead peer", deleted
+
+
+def test_a_shell_that_sent_traffic_without_answer_probes_now_and_waits_only_within() -> None:
+    """RFC 3706 section 5.5 (the client's traffic watch): ``probe_peer`` sends R-U-THERE at
+    once; a live gateway answers and stays; a dead one is declared so ``within`` seconds
+    later, not after the idle timeout."""
+    pair = Pair(client_config(dpd_interval=10, dpd_timeout=25), gateway_config(dpd_interval=0))
+    connect(pair)
+    sa_id = pair.client.of(ev.Phase1Established)[0].sa_id
+    pair.advance(1)
+    pair.client.engine.probe_peer(sa_id, pair.now, 3.0)
+    assert pair.client.engine.datagrams_to_send(), "no R-U-THERE at once"
+    pair.advance(1)
+    pair.client.engine.probe_peer(sa_id, pair.now, 3.0)  # one outstanding: nothing more
+    assert not pair.client.engine.datagrams_to_send()
+    pair.advance(2.5)
+    deleted = pair.client.of(ev.IkeSADeleted)
+    assert deleted and deleted[0].reason == "dead peer", "not dead 3 s after an unanswered probe"
+
+    alive = Pair(client_config(dpd_interval=10, dpd_timeout=25), gateway_config(dpd_interval=0))
+    connect(alive)
+    alive_id = alive.client.of(ev.Phase1Established)[0].sa_id
+    alive.advance(1)
+    alive.client.engine.probe_peer(alive_id, alive.now, 3.0)
+    alive.run()  # the gateway answers R-U-THERE-ACK
+    for _ in range(4):
+        alive.advance(1)
+        alive.run()
+    assert not alive.client.of(ev.IkeSADeleted)
