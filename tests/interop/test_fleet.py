@@ -244,6 +244,8 @@ def test_two_gateways_share_one_pool_fail_over_and_clean_up_after_a_crash(fleet:
         leases = fleet.held_leases()
         assert sorted(lease[0] for lease in leases) == sorted(addresses.values()), leases
         assert {lease[1] for lease in leases} == {GW["a"], GW["b"]}
+        # the pool key: the session's Acct-Session-Id, sent in its Access-Request already
+        assert {lease[2] for lease in leases} == {sid for sid, *_ in sessions}, (leases, sessions)
         started = fleet.db_now()
 
         # ---- Interim-Updates keep the 10 s leases alive
