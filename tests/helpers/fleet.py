@@ -91,14 +91,9 @@ class Postgres:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def _as_postgres(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+def _as_postgres(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["runuser", "-u", "postgres", "--", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        **kw,  # type: ignore[arg-type]
+        ["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, timeout=60, check=True
     )
 
 

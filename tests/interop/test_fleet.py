@@ -231,8 +231,9 @@ def test_two_gateways_share_one_pool_fail_over_and_clean_up_after_a_crash(fleet:
             wait_for(c.ping, 15, f"a ping through client {c.index}'s tunnel")
 
         # ---- one pool across both gateways: six different addresses, as the database says
-        addresses = {c.user: c.address() for c in clients}
-        assert None not in addresses.values(), _logs(clients)
+        got = {c.user: c.address() for c in clients}
+        assert None not in got.values(), _logs(clients)
+        addresses = {user: str(address) for user, address in got.items()}
         assert len(set(addresses.values())) == CLIENTS, addresses
         sql_pool = {str(IPv4Address(POOL_FIRST) + i) for i in range(POOL_SIZE)}
         assert set(addresses.values()) <= sql_pool, addresses  # from FreeRADIUS, not a gateway's pool
