@@ -19,6 +19,7 @@ when is decided by the tables of :mod:`tunvpn.ike.states`, in ``_receive_exchang
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 from collections import Counter, deque
@@ -61,6 +62,8 @@ EXCHANGE_KINDS: dict[int, ExchangeKind] = {
 }
 MAX_HELD = 4
 """Informational payloads kept per ISAKMP SA until its login is granted."""
+FULL_PASS_INTERVAL = 1.0
+"""Seconds between two timer passes over every ISAKMP SA (between them only the due ones)."""
 BAD_INPUT_SUMMARY_INTERVAL = 10.0
 """Seconds over which bad unauthenticated input is summed up in one log line (issue 14)."""
 
@@ -99,6 +102,11 @@ class IkeEngine:
         self.withheld: Counter[str] = Counter()
         """Answers not sent to unverified senders, by reason (notify budget, size; issue 14)."""
         self._budgets: dict[str, Budget] = {}
+        self._deadline_heap: list[tuple[float, bytes]] = []
+        """(deadline, our cookie) of the ISAKMP SAs, stale entries skipped (:meth:`get_timer`)."""
+        self._deadline_of: dict[bytes, float] = {}
+        self._dirty: set[bytes] = set()
+        self._next_full_pass: float | None = None
         """What unverified senders may cost (:meth:`spend`), made on first use."""
 
     # ------------------------------------------------------------------ public surface
@@ -118,6 +126,7 @@ class IkeEngine:
             sa = self._sas.get(cookie)
             # the initiator learns the responder cookie later: its first id ends in zeros
             if sa is not None and (sa.sa_id == sa_id or (sa_id[8:] == bytes(8) and sa.icookie == sa_id[:8])):
+                self._touch(cookie)  # a command for it: its deadlines may change
                 return sa
         raise LocalProtocolError(f"no ISAKMP SA {sa_id.hex()}")
 
@@ -159,35 +168,68 @@ class IkeEngine:
                 self._receive_for(sa, header, data, remote, local, now)
         except RemoteProtocolError as exc:
             self._on_remote_error(sa, header, remote, local, exc, now, len(data))
+        finally:
+            if sa is not None:
+                self._touch(sa.local_cookie)
 
     def get_timer(self) -> float | None:
-        times: list[float] = []
-        half_open = self._half_open_keys
-        for cookie, sa in self._sas.items():
-            if self._waits_only_for_half_open_timeout(cookie, sa):
-                # only its half-open timeout, the oldest of which is added below (issue 14:
-                # a storm holds a thousand of them, and this runs after each batch)
-                continue
-            for t in (sa.sent.at, sa.next_keepalive, sa.expires, sa.login_deadline):
-                if t is not None:
-                    times.append(t)
-            if sa.rekey_at is not None and sa.rekeying is None:
-                times.append(sa.rekey_at)
-            if sa.handover_at is not None:
-                times.append(sa.handover_at)
-            if sa.established and self.config.dpd_interval > 0 and "dpd" in sa.peer_vendor_ids:
-                times.append(exchanges.dpd_due(self, sa))
-            if not sa.established:
-                times.append(sa.created + self.config.half_open_timeout)
-            times.extend(ex.sent.at for ex in sa.exchanges.values() if ex.sent.at is not None)
-        for cookie in half_open:  # insertion order is creation order: the first is the oldest
+        """When :meth:`handle_timer` must run next. Each ISAKMP SA's next deadline is kept
+        in a heap and recomputed only for the SAs an input, a command or a timer touched
+        (issue 14: with a thousand clients connected this ran over every SA after every
+        datagram); a full pass over all SAs at least every :data:`FULL_PASS_INTERVAL`
+        catches what one SA's handling changes in another."""
+        self._refresh_deadlines()
+        heap, deadline_of = self._deadline_heap, self._deadline_of
+        while heap and deadline_of.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # an SA gone, or its deadline moved since
+        times = [heap[0][0]] if heap else []
+        for cookie in self._half_open_keys:  # insertion order is creation order: the first is the oldest
             oldest = self._sas.get(cookie)
             if oldest is not None:
                 times.append(oldest.created + self.config.half_open_timeout)
             break
+        if self._sas and self._next_full_pass is not None:
+            times.append(self._next_full_pass)
         if self._unreported_since is not None:
             times.append(self._unreported_since + BAD_INPUT_SUMMARY_INTERVAL)
         return min(times) if times else None
+
+    def _sa_deadline(self, cookie: bytes, sa: IkeSA) -> float | None:
+        """The next time ``sa`` needs :meth:`_tick_sa` (None: nothing but, for a quiet
+        half-open SA, its timeout, which :meth:`get_timer` takes oldest first)."""
+        if sa.state is P1State.DEAD or self._waits_only_for_half_open_timeout(cookie, sa):
+            return None
+        times = [t for t in (sa.sent.at, sa.next_keepalive, sa.expires, sa.login_deadline) if t is not None]
+        if sa.rekey_at is not None and sa.rekeying is None:
+            times.append(sa.rekey_at)
+        if sa.handover_at is not None:
+            times.append(sa.handover_at)
+        if sa.established and self.config.dpd_interval > 0 and "dpd" in sa.peer_vendor_ids:
+            times.append(exchanges.dpd_due(self, sa))
+        if not sa.established:
+            times.append(sa.created + self.config.half_open_timeout)
+        times.extend(ex.sent.at for ex in sa.exchanges.values() if ex.sent.at is not None)
+        return min(times) if times else None
+
+    def _touch(self, cookie: bytes) -> None:
+        """``cookie``'s SA may have a new deadline: recomputed at the next :meth:`get_timer`."""
+        self._dirty.add(cookie)
+
+    def _refresh_deadlines(self) -> None:
+        if len(self._dirty) > len(self._sas):  # cheaper to look at every SA
+            self._dirty = set(self._sas)
+        for cookie in self._dirty:
+            sa = self._sas.get(cookie)
+            deadline = self._sa_deadline(cookie, sa) if sa is not None else None
+            if deadline is None:
+                self._deadline_of.pop(cookie, None)
+            elif self._deadline_of.get(cookie) != deadline:
+                self._deadline_of[cookie] = deadline
+                heapq.heappush(self._deadline_heap, (deadline, cookie))
+        self._dirty.clear()
+        if len(self._deadline_heap) > 4 * len(self._deadline_of) + 64:  # mostly stale entries
+            self._deadline_heap = [(d, c) for c, d in self._deadline_of.items()]
+            heapq.heapify(self._deadline_heap)
 
     def handle_timer(self, now: float) -> None:
         try:
@@ -217,47 +259,70 @@ class IkeEngine:
             if now < sa.created + timeout:
                 break
             self._half_open_timed_out(sa, now)
-        for cookie, sa in list(self._sas.items()):
-            if sa.state is P1State.DEAD or self._waits_only_for_half_open_timeout(cookie, sa):
-                continue
-            if not sa.established and now >= sa.created + timeout:
-                # a responder SA that heard nothing after a first message (spoofed, or a
-                # scan) is counted, not logged: a storm would make a line each (issue 14)
-                self._half_open_timed_out(sa, now)
-                continue
-            if sa.expires is not None and now >= sa.expires:
-                self.delete_ike_sa(sa.sa_id, now, reason="expired")
-                continue
-            if sa.rekeying is not None and sa.rekeying not in self._sas:
-                rekey.failed(self, sa, now)  # the new phase 1 failed: tried again later
-            if rekey.orphaned(self, sa):
-                self.delete_ike_sa(sa.sa_id, now, reason="the ISAKMP SA it rekeyed is gone")
-                continue
-            if rekey.due(sa, now):
-                rekey.start(self, sa, now)
-            if sa.handover_at is not None and now >= sa.handover_at:
-                sa.handover_at = None
-                rekey.take_over(self, sa, now)  # no N(SESSION-CONTINUED) after our new login
-            if sa.login_deadline is not None and now >= sa.login_deadline:
-                log.info("login of %s not finished within %.0f s", sa.remote[0], self.config.login_timeout)
-                self.delete_ike_sa(
-                    sa.sa_id, now, reason=f"login not finished within {self.config.login_timeout:.0f} s"
-                )
-                continue
-            if sa.sent.due(now):
-                phase1.retransmit_phase1(self, sa, now)
-            for ex in list(sa.exchanges.values()):
-                if ex.sent.due(now):
-                    exchanges.retransmit_exchange(self, sa, ex, now)
-            if sa.moved_to is not None:
-                rekey.retire(self, sa, now)  # a Quick Mode that held it may have given up
-            if sa.dead:  # the retransmissions above may have given up on it
-                continue
-            if sa.established:
-                exchanges.dpd_tick(self, sa, now)
-            if sa.next_keepalive is not None and now >= sa.next_keepalive:
-                self._out.append((NAT_KEEPALIVE, sa.remote, sa.local[1]))
-                sa.next_keepalive = now + self.config.keepalive_interval
+        self._refresh_deadlines()
+        if self._next_full_pass is None or now >= self._next_full_pass:
+            due = list(self._sas)  # every SA: what one SA's handling changed in another
+            self._next_full_pass = now + FULL_PASS_INTERVAL
+        else:
+            due = []
+            heap, deadline_of = self._deadline_heap, self._deadline_of
+            while heap and heap[0][0] <= now:
+                deadline, cookie = heapq.heappop(heap)
+                if deadline_of.get(cookie) == deadline:
+                    del deadline_of[cookie]
+                    due.append(cookie)
+        for cookie in due:
+            sa = self._sas.get(cookie)
+            if (
+                sa is not None
+                and sa.state is not P1State.DEAD
+                and not self._waits_only_for_half_open_timeout(cookie, sa)
+            ):
+                self._tick_sa(sa, now)
+            self._touch(cookie)
+
+    def _tick_sa(self, sa: IkeSA, now: float) -> None:
+        """What time does to one ISAKMP SA: timeouts, expiry, rekeying, retransmissions, DPD,
+        NAT keepalives."""
+        timeout = self.config.half_open_timeout
+        if not sa.established and now >= sa.created + timeout:
+            # a responder SA that heard nothing after a first message (spoofed, or a
+            # scan) is counted, not logged: a storm would make a line each (issue 14)
+            self._half_open_timed_out(sa, now)
+            return
+        if sa.expires is not None and now >= sa.expires:
+            self.delete_ike_sa(sa.sa_id, now, reason="expired")
+            return
+        if sa.rekeying is not None and sa.rekeying not in self._sas:
+            rekey.failed(self, sa, now)  # the new phase 1 failed: tried again later
+        if rekey.orphaned(self, sa):
+            self.delete_ike_sa(sa.sa_id, now, reason="the ISAKMP SA it rekeyed is gone")
+            return
+        if rekey.due(sa, now):
+            rekey.start(self, sa, now)
+        if sa.handover_at is not None and now >= sa.handover_at:
+            sa.handover_at = None
+            rekey.take_over(self, sa, now)  # no N(SESSION-CONTINUED) after our new login
+        if sa.login_deadline is not None and now >= sa.login_deadline:
+            log.info("login of %s not finished within %.0f s", sa.remote[0], self.config.login_timeout)
+            self.delete_ike_sa(
+                sa.sa_id, now, reason=f"login not finished within {self.config.login_timeout:.0f} s"
+            )
+            return
+        if sa.sent.due(now):
+            phase1.retransmit_phase1(self, sa, now)
+        for ex in list(sa.exchanges.values()):
+            if ex.sent.due(now):
+                exchanges.retransmit_exchange(self, sa, ex, now)
+        if sa.moved_to is not None:
+            rekey.retire(self, sa, now)  # a Quick Mode that held it may have given up
+        if sa.dead:  # the retransmissions above may have given up on it
+            return
+        if sa.established:
+            exchanges.dpd_tick(self, sa, now)
+        if sa.next_keepalive is not None and now >= sa.next_keepalive:
+            self._out.append((NAT_KEEPALIVE, sa.remote, sa.local[1]))
+            sa.next_keepalive = now + self.config.keepalive_interval
 
     def _half_open_timed_out(self, sa: IkeSA, now: float) -> None:
         # a responder SA that heard nothing after a first message (spoofed, or a scan) is
@@ -920,6 +985,7 @@ class IkeEngine:
     def _remove_sa(self, sa: IkeSA) -> None:
         sa.state = P1State.DEAD
         self._sas.pop(sa.local_cookie, None)
+        self._deadline_of.pop(sa.local_cookie, None)
         self._end_half_open(sa.local_cookie)
         for ex in sa.exchanges.values():
             if ex.kind is ExchangeKind.QUICK and ex.quick.spi_in:

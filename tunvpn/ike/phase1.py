@@ -165,6 +165,7 @@ def initiate(
     if not methods:
         raise ValueError("no credential: configure a pre-shared key or a certificate")
     engine._sas[sa.icookie] = sa
+    engine._touch(sa.icookie)
     if exchange == AM:
         order = groups or engine.config.phase1.groups_by_strength()
         sa.aggressive_groups = list(order)
@@ -244,6 +245,7 @@ def start_responder(
     payloads = sa.open(header, data)
     sa.last_in = message_digest(data)
     engine._sas[sa.rcookie] = sa
+    engine._touch(sa.rcookie)
     engine._start_half_open(sa, (header.icookie, remote))
     try:
         if header.exchange == MM:
