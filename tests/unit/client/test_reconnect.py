@@ -108,3 +108,25 @@ def test_connect_check_shows_every_gateway_and_the_reconnecting(
     profile.write_text('gateway = "127.0.0.9"\npsk_file = "alice.psk"\nreconnect = false\n')
     assert cli.main(["connect", "--check", "-c", str(profile)]) == 0
     assert "reconnect:       no" in capsys.readouterr().out
+
+
+def test_a_full_tunnels_dns_is_not_asked_for_the_gateway_while_it_is_down() -> None:
+    """With the tunnel's DNS servers answering every name (a full tunnel), the next round takes
+    the gateway's addresses from the last answer instead of asking the dead tunnel's DNS."""
+    from ipaddress import IPv4Address
+
+    from tunvpn.client.daemon import Client
+
+    options = ClientOptions(gateway="vpn.invalid", psks=PskTable(), reconnect=True)
+    client = Client(options, "127.0.0.1")
+    assert not client._dns_into_tunnel()  # nothing applied yet: names are looked up
+    client._dns_applied = ((IPv4Address("10.0.0.53"),), (), True)  # split DNS: still looked up
+    assert not client._dns_into_tunnel()
+    client._dns_applied = ((IPv4Address("10.0.0.53"),), (), False)  # full tunnel
+    assert client._dns_into_tunnel()
+    client.resolver.cache["vpn.invalid"] = ["192.0.2.44"]  # the first round's answer
+
+    async def scenario() -> list[str]:
+        return await client.resolver.addresses("vpn.invalid", 500, cached_only=client._dns_into_tunnel())
+
+    assert asyncio.run(scenario()) == ["192.0.2.44"]
