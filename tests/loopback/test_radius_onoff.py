@@ -26,6 +26,7 @@ from tests.helpers.loopback import (
 from tests.helpers.radius_fixture import FreeRadius
 from tunvpn.client.daemon import Client, Progress
 from tunvpn.gateway.daemon import Gateway
+from tunvpn.ike.proposals import Phase1Policy
 
 freeradius_server = radius_fixture.freeradius_server  # the fixtures
 radius = radius_fixture.radius
@@ -100,3 +101,70 @@ def test_accounting_on_before_ready_and_off_after_the_stops(radius: FreeRadius, 
         assert "NAS-IP-Address = 127.0.0.1" in record, record  # the source towards the server
     start = records[1]
     assert "Framed-IP-Address = 10.99.0.42" in start and 'User-Name = "bob"' in start, start
+
+
+LIFETIME = 4  # phase 1 lifetime: the client rekeys it every few seconds
+
+
+@pytest.mark.skipif(not loopback_available(), reason="127.0.0.2 is not usable on this host")
+def test_a_phase1_rekey_keeps_the_accounting_session(radius: FreeRadius, tmp_path: Path) -> None:
+    """RFC 2866 5.5: one Acct-Session-Id from Start to Stop. A phase 1 rekey moves the session
+    to a new ISAKMP SA; its Interim-Updates and Stop still name the session the Start named (a
+    server-side pool keyed on it, sqlippool, would otherwise let the lease lapse)."""
+    secret = str(radius.secret_file(tmp_path))
+    radius_settings = {
+        "servers": [
+            {
+                "host": "127.0.0.1",
+                "port": radius.auth_port,
+                "acct_port": radius.acct_port,
+                "secret_file": secret,
+            }
+        ],
+        "timeout": 1,
+        "retries": 1,
+    }
+    before = len(_records(radius.detail_text()))
+    rekeys: list[bytes] = []
+
+    async def scenario() -> None:
+        ike, natt = free_port_pair()
+        options = gateway_options(
+            ike,
+            natt,
+            RULES,
+            plugins=("radius",),
+            plugin_settings={"radius": radius_settings},
+            accounting_interval=1,
+            phase1=Phase1Policy(lifetime=LIFETIME),
+        )
+        gateway = Gateway(options)
+        ready = asyncio.Event()
+        server = asyncio.ensure_future(gateway.run(ready=ready.set, handle_signals=False))
+        await asyncio.wait_for(ready.wait(), 15)
+        client = Client(
+            client_options(ike, natt, "bob", "b-pass-2718"), CLIENT, progress=Progress(out=io.StringIO())
+        )
+        run = asyncio.ensure_future(client.run(handle_signals=False))
+        try:
+            await wait_until(lambda: client.established, 15)
+            first = client.sa_id
+            assert first is not None
+            await wait_until(lambda: client.sa_id not in (None, first), 3 * LIFETIME)
+            rekeys.append(first)
+            await asyncio.sleep(2)  # Interim-Updates after the rekey
+        finally:
+            client.stop("test over")
+            await asyncio.wait_for(run, 10)
+            gateway.stop()
+            await asyncio.wait_for(server, 20)
+
+    asyncio.run(scenario())
+    radius.wait_for_detail("Acct-Status-Type = Accounting-Off")
+    records = [r for r in _records(radius.detail_text())[before:] if "Accounting-O" not in r]
+    statuses = [_status(r) for r in records]
+    assert rekeys and statuses[0] == "Start" and statuses[-1] == "Stop", statuses
+    assert statuses.count("Start") == 1 and statuses.count("Stop") == 1, statuses
+    assert "Interim-Update" in statuses
+    ids = {m.group(1) for r in records if (m := re.search(r'Acct-Session-Id = "([^"]+)"', r))}
+    assert ids == {rekeys[0].hex()}, (ids, statuses)

@@ -433,6 +433,9 @@ class Session:
     """Every announced protocol passed (they run once per ISAKMP SA)."""
     accounting_started: float | None = None
     """When ``tunvpn_accounting`` got this session's "start" (None: not, or already stopped)."""
+    accounting_id: str | None = None
+    """The ``session_id`` of its accounting: the ISAKMP SA's at the "start", kept when a phase 1
+    rekey moves the session to a new SA (RFC 2866: one Acct-Session-Id from Start to Stop)."""
     retired: tuple[int, int, int, int] = (0, 0, 0, 0)
     """Bytes in, bytes out, packets in, packets out of the session's IPsec SAs already deleted."""
 
@@ -702,6 +705,7 @@ class Gateway:
             if session.accounting_started is not None:
                 return
             session.accounting_started = self.clock()
+            session.accounting_id = session.accounting_id or session.sa_id.hex()
         elif session.accounting_started is None:
             return
         started = session.accounting_started
@@ -712,7 +716,7 @@ class Gateway:
         b_in, b_out, p_in, p_out = self.session_counters(session)
         record = AccountingRecord(
             kind,
-            session.sa_id.hex(),
+            session.accounting_id or session.sa_id.hex(),
             user=session.user,
             peer=session.peer,
             address=session.address,
