@@ -168,3 +168,47 @@ def test_a_phase1_rekey_keeps_the_accounting_session(radius: FreeRadius, tmp_pat
     assert "Interim-Update" in statuses
     ids = {m.group(1) for r in records if (m := re.search(r'Acct-Session-Id = "([^"]+)"', r))}
     assert ids == {rekeys[0].hex()}, (ids, statuses)
+
+
+def test_accounting_keeps_the_calling_station_of_the_login(radius: FreeRadius, tmp_path: Path) -> None:
+    """A client that roams (NAT-T float to a new outer address) is still the session that logged
+    in: its Accounting-Requests carry the Calling-Station-Id of the Access-Request, which
+    sqlippool's alive_update and stop_clear match the lease on (docs/scale-out.md)."""
+    from tunvpn.plugins import CredentialRequest, GatewayContext, PluginHost
+    from tunvpn.plugins.accounting import AccountingRecord
+
+    secret = str(radius.secret_file(tmp_path))
+    context = GatewayContext(
+        plugin_settings={
+            "radius": {
+                "servers": [
+                    {
+                        "host": "127.0.0.1",
+                        "port": radius.auth_port,
+                        "acct_port": radius.acct_port,
+                        "secret_file": secret,
+                    }
+                ],
+                "timeout": 1,
+                "retries": 1,
+            }
+        }
+    )
+    host = PluginHost(["radius"])
+    request = CredentialRequest("bob", "b-pass-2718", peer=("198.51.100.7", 500), session_id="roam-1")
+    assert asyncio.run(host.verify_credentials(request, context)).accepted
+    before = len(_records(radius.detail_text()))
+
+    async def account() -> None:
+        for kind in ("start", "interim", "stop"):
+            record = AccountingRecord(kind, "roam-1", user="bob", peer=("203.0.113.9", 4500))  # roamed
+            task = host.broadcast("tunvpn_accounting", record=record, context=context)
+            assert task is not None
+            await task
+
+    asyncio.run(account())
+    host.close()
+    records = _records(radius.wait_for_detail('Acct-Session-Id = "roam-1"'))[before:]
+    assert [_status(r) for r in records] == ["Start", "Interim-Update", "Stop"], records
+    for record in records:
+        assert 'Calling-Station-Id = "198.51.100.7"' in record, record

@@ -61,6 +61,10 @@ class RadiusSession:
     gateway in the Verdict."""
     classes: tuple[bytes, ...] = field(default=(), repr=False)
     """Class attributes, sent back in every Accounting-Request (RFC 2865 5.25)."""
+    calling_station: str | None = None
+    """Calling-Station-Id of the Access-Request (the client's outer address at login), sent in
+    the session's every Accounting-Request: a client that roams keeps its session, and a
+    server-side lease matched on it (sqlippool's alive_update, stop_clear) keeps matching."""
 
 
 SESSIONS: dict[str, RadiusSession] = {}
@@ -173,7 +177,11 @@ def tunvpn_verify_credentials(request: CredentialRequest, context: GatewayContex
     if reply.code == ACCESS_ACCEPT:
         with _lock:
             SESSIONS[request.session_id] = RadiusSession(
-                request.user, reply.framed_ip_address, reply.framed_routes, reply.classes
+                request.user,
+                reply.framed_ip_address,
+                reply.framed_routes,
+                reply.classes,
+                calling_station=request.peer[0] or None,
             )
         log.info("RADIUS %s accepted user %r", reply.server, request.user)
         return Verdict.accept(
@@ -256,7 +264,8 @@ def tunvpn_accounting(record: Any, context: GatewayContext) -> None:
     if record.kind == "stop":
         attrs.append(("Acct-Terminate-Cause", "User-Request" if record.by_peer else "NAS-Request"))
     try:
-        client.account(attrs, calling_station=record.peer[0] if record.peer else None)
+        calling = session.calling_station if session else (record.peer[0] if record.peer else None)
+        client.account(attrs, calling_station=calling)
     except RadiusError as exc:
         log.error("RADIUS accounting %s for session %s: %s", record.kind, record.session_id, exc)
 
