@@ -1,8 +1,10 @@
 """Accounting-On and -Off (RFC 2866 Acct-Status-Type 7 and 8) from a real gateway with the
 RADIUS plugin to a real FreeRADIUS on loopback (contrib/freeradius, its detail file): On before
 the gateway reports ready, a session's Start and Stop, then Off on a clean stop; every request
-names the gateway (NAS-Identifier, NAS-IP-Address). The fleet test
-(tests/interop/test_fleet.py) shows what FreeRADIUS's sql and sqlippool make of them."""
+names the gateway (NAS-Identifier, NAS-IP-Address). And what a server-side pool keyed on the
+session needs from every request of it: one Acct-Session-Id through phase 1 rekeys, the
+Calling-Station-Id of the login after a roam. The fleet test (tests/interop/test_fleet.py)
+shows what FreeRADIUS's sql and sqlippool make of them."""
 
 from __future__ import annotations
 
