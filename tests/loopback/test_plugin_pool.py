@@ -120,3 +120,37 @@ def test_black_holed_radius_holds_at_most_the_pool_and_users_file_logins_go_on(
         assert len(seen) >= WORKERS  # the pool's calls really reached the black hole
 
     asyncio.run(scenario())
+
+
+def test_a_burst_of_logins_waits_for_the_users_file_instead_of_being_refused() -> None:
+    """Ten users log in at once against scrypt lines of the users file (tens of ms each) with
+    two workers: the logins the workers cannot take at once wait their turn (the users file is
+    the last login source asked) and all succeed. Before, every login beyond the workers was
+    refused at once as "busy"."""
+    from tunvpn.config.credentials import UserTable
+    from tunvpn.config.passwords import PasswordHash, hash_password
+
+    users = UserTable({f"u{i}": PasswordHash.parse(hash_password(f"p{i}")) for i in range(10)})
+
+    async def scenario() -> list[int]:
+        ike, natt = free_port_pair()
+        options = dataclasses.replace(gateway_options(ike, natt, RULES, plugin_workers=2), users=users)
+        gateway, server = await serve(options)
+        try:
+            results = await asyncio.gather(
+                *(
+                    run_client(
+                        dataclasses.replace(
+                            client_options(ike, natt, f"u{i}", f"p{i}"), exit_after_established=True
+                        ),
+                        f"127.0.3.{i + 1}",
+                        timeout=40,
+                    )
+                    for i in range(10)
+                )
+            )
+        finally:
+            await stop(gateway, server)
+        return [client.result for client, _ in results]
+
+    assert asyncio.run(scenario()) == [0] * 10

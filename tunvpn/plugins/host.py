@@ -52,6 +52,9 @@ class PluginBusy(PluginError):
 DEFAULT_WORKERS = 8
 """Worker threads of the plugin pool when the configuration says nothing (``plugin_workers``)."""
 
+BACKLOG_PER_WORKER = 8
+"""Calls that may wait for a worker, per worker of a plugin's pool (:class:`WorkerPool`)."""
+
 WORKER_PREFIX = "tunvpn-plugin"
 """The name of every plugin worker thread starts with this (``threading.enumerate()``)."""
 
@@ -60,16 +63,20 @@ class WorkerPool:
     """The threads one plugin's blocking (plain function) hooks run in: at most ``size``
     daemon threads, started when needed (each plugin has its own pool, so a plugin stuck on
     a dead server cannot starve the others, the users file say). A call that finds every
-    worker busy is refused at once (:class:`PluginBusy`) instead of queueing; a call whose
-    caller stopped waiting (the gateway's ``PLUGIN_TIMEOUT``) keeps its worker until the
-    function returns, so a plugin's own timeout (RADIUS: ``timeout`` x ``(1 + retries)`` per
-    server) bounds how long. The threads are daemons: a blocked call does not hold up the
-    process's exit."""
+    worker busy waits its turn, but only ``backlog`` calls may wait: beyond, a call is refused
+    at once (:class:`PluginBusy`), so a plugin stuck on a dead server cannot pile up logins
+    (a burst of logins checked against scrypt lines, ~90 ms each, waits instead of being
+    refused: issue 14). A waiting call whose caller stopped waiting is skipped; a running
+    one keeps its worker until the function returns, so a plugin's own timeout (RADIUS:
+    ``timeout`` x ``(1 + retries)`` per server) bounds how long. The threads are daemons: a
+    blocked call does not hold up the process's exit."""
 
-    def __init__(self, size: int = DEFAULT_WORKERS, name: str = "") -> None:
+    def __init__(self, size: int = DEFAULT_WORKERS, name: str = "", backlog: int | None = None) -> None:
         if size < 1:
             raise ValueError(f"plugin pool size {size}: at least 1")
         self.size = size
+        self.backlog = BACKLOG_PER_WORKER * size if backlog is None else backlog
+        """Calls that may wait for a worker (beyond: refused)."""
         self.name = name
         self.refused = 0
         """Calls refused because every worker was busy."""
@@ -84,22 +91,30 @@ class WorkerPool:
     @property
     def busy(self) -> int:
         """Calls running now (each holds one worker)."""
-        return self._busy
+        return min(self._busy, self.size)
 
-    def run(self, function: Callable[..., object], kwargs: dict[str, object]) -> asyncio.Future[object]:
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a worker."""
+        return max(0, self._busy - self.size)
+
+    def run(
+        self, function: Callable[..., object], kwargs: dict[str, object], *, wait: bool = True
+    ) -> asyncio.Future[object]:
         """Start ``function(**kwargs)`` on a worker; its result as a future of the running loop.
-        Raises :class:`PluginBusy` when every worker is busy (or the pool is closed)."""
+        Raises :class:`PluginBusy` when every worker is busy and the call may not wait
+        (``wait`` false, or ``backlog`` calls wait already), or the pool is closed."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            if self._closed or self._busy >= self.size:
+            if self._closed or self._busy >= self.size + (self.backlog if wait else 0):
                 self.refused += 1
                 raise PluginBusy(
                     f"all {self.size} workers of plugin {self.name!r} are busy"
                     if not self._closed
                     else "the plugin pool is closed"
                 )
-            self._busy += 1
-            if len(self._threads) < self._busy:
+            self._busy += 1  # running or waiting
+            if len(self._threads) < min(self._busy, self.size):
                 thread = threading.Thread(
                     target=self._work,
                     name=f"{WORKER_PREFIX}-{self.name}-{len(self._threads) + 1}",
@@ -115,6 +130,10 @@ class WorkerPool:
         while (job := self._jobs.get()) is not None:
             function, kwargs, (loop, future) = job
             outcome: tuple[object, BaseException | None]
+            if future.done():  # its caller stopped waiting while it queued: not run at all
+                with self._lock:
+                    self._busy -= 1
+                continue
             try:
                 outcome = (function(**kwargs), None)
             except BaseException as exc:  # handed to the caller, whatever it is
@@ -287,13 +306,19 @@ class PluginHost:
         "busy", not as a wrong password)."""
         skipped = set(skip)
         busy: PluginBusy | None = None
-        for impl in reversed(self._pm.hook.tunvpn_verify_credentials.get_hookimpls()):
-            if request.protocol is not None and impl.plugin_name != request.protocol:
-                continue
-            if request.protocol is None and impl.plugin_name in skipped:
-                continue
+        asked = [
+            impl
+            for impl in reversed(self._pm.hook.tunvpn_verify_credentials.get_hookimpls())
+            if impl.plugin_name == request.protocol
+            or (request.protocol is None and impl.plugin_name not in skipped)
+        ]
+        for n, impl in enumerate(asked):
+            # a busy plugin with others after it is passed over at once (they may decide);
+            # the last one asked waits its turn, within its pool's backlog (issue 14)
             try:
-                result = await _call(impl, self.pool(impl.plugin_name), request=request, context=context)
+                result = await _call(
+                    impl, self.pool(impl.plugin_name), n == len(asked) - 1, request=request, context=context
+                )
             except PluginBusy as exc:
                 logging.getLogger("tunvpn.plugins").warning(
                     "plugin %r not asked about %r: %s", impl.plugin_name, request.user, exc
@@ -423,14 +448,14 @@ def _service_done(name: str) -> Callable[[asyncio.Task[None]], None]:
     return done
 
 
-async def _call(impl: pluggy.HookImpl, pool: WorkerPool, **kwargs: object) -> object:
+async def _call(impl: pluggy.HookImpl, pool: WorkerPool, wait: bool = True, /, **kwargs: object) -> object:
     """One hook implementation: a coroutine function on the loop, anything else on a worker of
-    ``pool`` (:class:`PluginBusy` when none is free)."""
+    ``pool`` (:class:`PluginBusy` when none is free and the call may not wait: ``wait``)."""
     wanted = {name: kwargs[name] for name in impl.argnames if name in kwargs}
     function = impl.function
     if inspect.iscoroutinefunction(function):
         return await function(**wanted)
-    result = await pool.run(function, wanted)
+    result = await pool.run(function, wanted, wait=wait)
     if inspect.isawaitable(result):
         result = await result
     return result
