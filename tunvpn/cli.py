@@ -993,6 +993,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
             remote_id_any=args.remote_id == "any",
             plugins=plugins,
             plugin_settings=plugin_settings,
+            roaming=not args.local,  # a pinned --local address is not followed
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None

@@ -26,6 +26,7 @@ from cryptography import x509
 
 from tunvpn.client import p1rekey
 from tunvpn.client.reconnect import NO_ANSWER_AFTER, GatewayResolver, backoff_delay
+from tunvpn.client.roaming import AddressWatcher, route_source
 from tunvpn.config.hosts import check_gateway, is_address
 from tunvpn.control.status import child_status, counter_registry, sa_counters, sa_drops
 from tunvpn.ike import events as ev
@@ -87,6 +88,9 @@ flowing, a gateway that restarted is found within about 5 s instead of 25."""
 NO_RETRY_STEPS = frozenset({"xauth", "protocols"})
 """Failures a reconnecting client does not retry: the gateway refused the stored password,
 or a login step needs an answer nobody can give (retrying would lock the account)."""
+ROAM_WITHIN = 1.5
+"""Seconds the gateway has to answer the DPD probe sent from our new address after a roam;
+unanswered, the gateway counts as dead and (reconnect mode) a new login follows."""
 
 
 @dataclass
@@ -158,6 +162,10 @@ class ClientOptions:
     """The profile's ``[plugin.NAME]`` tables."""
     plugin_objects: tuple[object, ...] = ()
     """Plugins given as objects (tests)."""
+    roaming: bool = False
+    """Follow our outer address (Linux netlink): when the way to the gateway leaves from
+    another address, move the sockets there and the SAs with them (the command line turns
+    this on unless ``--local`` pins the address)."""
 
     def __repr__(self) -> str:  # the password stays out of logs and tracebacks
         return f"ClientOptions(gateway={self.gateway!r}, mode={self.mode!r}, user={self.user!r})"
@@ -1067,7 +1075,7 @@ class Client:
         up = asyncio.Event()
         self._on_finish = done.set
         self._on_up = up.set
-        if self.options.tun is not None and self.options.dns_backend is not None:
+        if self.options.tun is not None:  # DNS and the gateway's pinned route (issue 15)
             self._cleanup_stale()
         if self.options.tun is not None and self.tunnel is None:
             from tunvpn.client.holdtunnel import HoldingTunnel
@@ -1078,6 +1086,7 @@ class Client:
                 mtu=self.options.mtu,
                 proposal_for=self.proposal_for,
             )
+            self.tunnel.before_routes = self._pin_gateway
             self.progress.report("tunnel", f"TUN device {self.tunnel.name} ready", state="ready")
         driver = UdpDriver(
             self.engine,
@@ -1099,6 +1108,9 @@ class Client:
         if self.tunnel is not None:
             self.tunnel.on_change = driver.flush
             self.tunnel.start(loop)
+        watcher = AddressWatcher(self._address_changed) if self.options.roaming else None
+        if watcher is not None:
+            watcher.start(loop)
         control = await self._start_control()
         crls = loop.create_task(keep_crls_fresh(lambda: self.engine.config), name="CRL distribution points")
 
@@ -1150,6 +1162,8 @@ class Client:
                 await done.wait()
         finally:
             crls.cancel()
+            if watcher is not None:
+                watcher.close()
             await self._stop_protocols()
             driver.flush()
             for sig in signals:
@@ -1281,6 +1295,8 @@ class Client:
         assert self._lost is not None and self.driver is not None
         await self._end_attempt()
         self._reset_connection(entry, address)
+        if self.tunnel is not None:  # held routes may cover this gateway: the pin follows it
+            self._pin_gateway(self.tunnel.routed())
         up.clear()
         try:
             self.start()
@@ -1393,6 +1409,39 @@ class Client:
         if self._lost is not None:
             self._lost.clear()
 
+    def _address_changed(self) -> None:
+        """Addresses or routes changed (tunvpn.client.roaming): if the way to the gateway now
+        leaves from another address of ours, move both sockets there and, with SAs up, send a
+        DPD R-U-THERE at once. The gateway sees us behind a NAT (a data path forces UDP
+        encapsulation) and follows an authenticated message to a new address (issue 12), ESP
+        with it; our next ESP packet leaves from the new address too. No answer within
+        ``ROAM_WITHIN``: the gateway counts as dead and the reconnect loop logs in again."""
+        if self.driver is None or self.result is not None or not self.gateway_ip:
+            return
+        new = route_source(self.gateway_ip, self.options.gateway_port)
+        old = self.local_ip
+        if new is None or new == old:
+            return
+        try:
+            self.driver.rebind(new)
+        except OSError as exc:
+            self.progress.report("roam", f"cannot move from {old} to {new}: {exc}", state="failed")
+            return
+        self.local_ip = new
+        sa_id = self.sa_id
+        probe = sa_id is not None and bool(self.established) and self._sa_alive(sa_id)
+        self.progress.report(
+            "roam",
+            f"our address changed from {old} to {new}"
+            + (": DPD R-U-THERE from the new address moves the SAs" if probe else ""),
+            state="moved",
+            old=old,
+            new=new,
+        )
+        if probe and sa_id is not None:
+            self.engine.probe_peer(sa_id, self.clock(), ROAM_WITHIN)
+        self.driver.flush()
+
     def _sa_alive(self, sa_id: bytes) -> bool:
         try:
             self.engine.get_sa(sa_id)
@@ -1416,6 +1465,26 @@ class Client:
             self.tunnel.child_deleted(event, hold=hold)
         else:
             self.tunnel.child_deleted(event)
+
+    def _pin_gateway(self, networks: list[str]) -> None:
+        """Before ``networks`` are routed into the TUN device (or at a new attempt, while they
+        are): if one covers the gateway's own address (a full tunnel), a host route keeps IKE
+        and ESP to it on the underlay, else they would loop into the tunnel (issue 15)."""
+        from tunvpn.client.hostconfig import HostConfig, HostConfigError, routes_cover
+
+        if self.tunnel is None or not routes_cover(networks, self.gateway_ip):
+            return
+        try:
+            if self.hostconfig is None:
+                self.hostconfig = HostConfig(self.tunnel.name, dns_backend=self.options.dns_backend or "none")
+            pinned = self.hostconfig.pin_host(self.gateway_ip, avoid_dev=self.tunnel.name)
+        except (HostConfigError, OSError) as exc:
+            self.progress.report(
+                "routes", f"cannot keep {self.gateway_ip} outside the tunnel: {exc}", state="failed"
+            )
+            return
+        if pinned is not None:
+            self.progress.report("routes", f"{pinned}: the gateway stays outside the tunnel", state="pinned")
 
     def _dns_into_tunnel(self) -> bool:
         """Whether the host's resolver now asks the tunnel's DNS servers for every name (a full

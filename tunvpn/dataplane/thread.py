@@ -226,6 +226,21 @@ class DataPlane:
         self._udp = udp
         self._deliver_ike = deliver_ike
 
+    def replace_socket(self, sock: socket.socket) -> None:
+        """Use the bound ``sock`` as the NAT-T socket from now on (the client roamed to another
+        address: tunvpn.client.roaming). The data thread polls the new one at its next wake-up
+        and closes the old one; sends from now on leave from the new one."""
+        from tunvpn.dataplane.udp_linux import UdpSocket
+
+        _grow_buffers(sock)
+        old, self._udp = self._udp, UdpSocket(sock)
+        if self._thread is None:  # not polling: nothing else holds the old socket
+            close = getattr(old, "close", None)
+            if close is not None:
+                close()
+        else:
+            self._wake()
+
     def send_ike(self, data: bytes, remote: Address) -> None:
         """Send an IKE message (with its non-ESP marker) from the NAT-T socket."""
         if self._udp is None:
@@ -401,13 +416,21 @@ class DataPlane:
                 continue
             if self._commands:  # SAs first: a packet of this poll may need one just installed
                 self._apply_commands()
+            if self._udp is not udp and self._udp is not None:  # replace_socket: poll the new one
+                poller.unregister(udp_fd)
+                old, udp = udp, self._udp
+                udp_fd = udp.fileno()
+                poller.register(udp_fd, select.POLLIN)
+                close = getattr(old, "close", None)
+                if close is not None:
+                    close()
             for fd, _ in ready:
                 try:
                     if fd == tun_fd:
                         self._from_tun()
                     elif fd == udp_fd:
                         self._from_udp()
-                    else:
+                    elif fd == self._wake_r:
                         self._drain_wake()
                 except Exception:  # never let one bad batch stop the data path
                     self.counters["loop exception"] += 1

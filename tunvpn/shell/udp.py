@@ -80,6 +80,8 @@ class NattOwner(Protocol):
 
     def send_ike(self, data: bytes, remote: Address) -> None: ...
 
+    def replace_socket(self, sock: socket.socket) -> None: ...
+
 
 IKE_QUEUE_SIZE = 1024
 """IKE datagrams the data thread may hand to the loop before it drops (issue 14)."""
@@ -490,6 +492,31 @@ class UdpDriver:
             )
         self._arm_timer()
         self._summary = loop.call_later(self.summary_interval, self._summarize_drops)
+
+    def rebind(self, local_ip: str) -> None:
+        """Move both sockets to ``local_ip`` (the client roamed: its old address is gone or no
+        longer the way to the gateway). Both new sockets are bound before anything changes (a
+        :class:`BindError` leaves the old ones); the data path gets its new NAT-T socket."""
+        if self._loop is None or self._closed:
+            raise RuntimeError("the driver is not running")
+        socks: dict[int, socket.socket] = {}
+        try:
+            for port in (self.ike_port, self.natt_port):
+                socks[port] = bind_udp(local_ip, port)
+        except BindError:
+            for sock in socks.values():
+                sock.close()
+            raise
+        for port, sock in socks.items():
+            if port == self.natt_port and self.natt_owner is not None:
+                self.natt_owner.replace_socket(sock)
+                continue
+            old = self._endpoints.pop(port, None)
+            if old is not None:
+                old.close()
+            self._endpoints[port] = _Endpoint(self, port, sock, self._loop)
+        log.info("moved the IKE and NAT-T sockets from %s to %s", self.local_ip, local_ip)
+        self.local_ip = local_ip
 
     def close(self) -> None:
         """Close the sockets and the timer (the engine's SAs are left as they are)."""
