@@ -44,6 +44,10 @@ class HoldingTunnel(Tunnel):
             return
         super()._unroute(routes)
 
+    def routed(self) -> list[str]:
+        """The networks routed into the TUN device now, held ones included."""
+        return sorted({*super().routed(), *self.held})
+
     def release_held(self) -> list[str]:
         """The new connection is up: remove the held routes it does not use; returns them."""
         stale = sorted(r for r in self.held if self._routes.get(r, 0) == 0)

@@ -51,6 +51,8 @@ __all__ = [
     "HostConfig",
     "Route",
     "cleanup_stale",
+    "host_route_outside",
+    "routes_cover",
     "choose_dns_backend",
     "default_run_dir",
     "default_resolv_conf",
@@ -657,6 +659,74 @@ class Route:
         log.info("route removed: %s", self)
 
 
+def _ip_json(argv: Sequence[str]) -> list[dict[str, Any]]:
+    """``ip -j <argv>`` parsed (a list of objects); HostConfigError if it makes no sense."""
+    out = _run(["ip", "-j", *argv]).stdout
+    try:
+        doc = json.loads(out or "[]")
+    except ValueError as exc:
+        raise HostConfigError(f"`ip -j {' '.join(argv)}`: unreadable output: {exc}") from exc
+    if not isinstance(doc, list):
+        raise HostConfigError(f"`ip -j {' '.join(argv)}`: not a list")
+    return [entry for entry in doc if isinstance(entry, dict)]
+
+
+def routes_cover(networks: Iterable[str], address: str) -> bool:
+    """Whether one of ``networks`` (routes of the tunnel) contains ``address``."""
+    try:
+        host = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for network in networks:
+        net = ipaddress.ip_network(network, strict=False)
+        if net.version == host.version and host in net:
+            return True
+    return False
+
+
+def host_route_outside(address: str, avoid_dev: str | None = None) -> Route | None:
+    """The host route that reaches ``address`` the way it is reached now, not through
+    ``avoid_dev`` (the TUN device): ``address/32 via <next hop> dev <underlay>`` (no ``via``
+    when it is on the link). None when the address is this host's own (nothing to pin).
+
+    ``ip route get`` answers first (it knows policy routing); when it names ``avoid_dev`` (the
+    tunnel's routes already cover the address, e.g. a reconnect to another gateway), the most
+    specific route of the main table on another device is taken instead.
+    """
+    host = ipaddress.ip_address(address)
+    family = "-6" if host.version == 6 else "-4"
+    dest = f"{host}/{host.max_prefixlen}"
+    found = _ip_json([family, "route", "get", str(host)])
+    hop = found[0] if found else {}
+    if hop.get("type") == "local":
+        return None
+    if hop.get("dev") and hop.get("dev") != avoid_dev and hop.get("type") in (None, "unicast"):
+        return Route(dest, hop.get("gateway"), hop["dev"])
+    best: tuple[int, int, dict[str, Any]] | None = None
+    for entry in _ip_json([family, "route", "show", "table", "main"]):
+        if entry.get("type") not in (None, "unicast") or not entry.get("dev") or entry["dev"] == avoid_dev:
+            continue
+        dst = entry.get("dst")
+        try:
+            net = (
+                ipaddress.ip_network("::/0" if host.version == 6 else "0.0.0.0/0")
+                if dst == "default"
+                else (ipaddress.ip_network(str(dst), strict=False))
+            )
+        except ValueError:
+            continue
+        if net.version != host.version or host not in net:
+            continue
+        metric = entry.get("metric", 0) if isinstance(entry.get("metric", 0), int) else 0
+        key = (net.prefixlen, -metric)
+        if best is None or key > best[:2]:
+            best = (*key, entry)
+    if best is None:
+        raise HostConfigError(f"no route to {host} outside {avoid_dev or 'the tunnel'}")
+    entry = best[2]
+    return Route(dest, entry.get("gateway"), entry["dev"])
+
+
 # ---------------------------------------------------------------------------- processes
 
 
@@ -891,6 +961,7 @@ class HostConfig:
         self._dns: DnsBackend | None = None
         self._dns_record: dict[str, Any] | None = None
         self._routes: list[Route] = []
+        self._pin: Route | None = None
         self._claimed = False
 
     # -- state
@@ -1008,6 +1079,41 @@ class HostConfig:
         self._routes.append(route)  # recorded after the add: never delete a route we did not make
         self._save()
 
+    def remove_route(self, route: Route) -> None:
+        """Remove a route :meth:`add_route` added (and forget it)."""
+        route.delete()
+        if route in self._routes:
+            self._routes.remove(route)
+            self._save()
+
+    def pin_host(self, address: str, avoid_dev: str | None = None) -> Route | None:
+        """Keep ``address`` (the gateway) reachable as it is now, outside ``avoid_dev`` (the TUN
+        device), before the tunnel's routes cover it: a host route via the underlay's current
+        next hop (:func:`host_route_outside`), recorded for undo like every route here. One
+        pin at a time: pinning another address (the client moved to another gateway) adds
+        the new pin, then removes the old one. Returns the route added; None when nothing was
+        added (already pinned, this host's own address, or a host route that is not ours is
+        already there: it pins the address and stays alone)."""
+        host = ipaddress.ip_address(address)
+        if self._pin is not None and self._pin.dest == f"{host}/{host.max_prefixlen}":
+            return None
+        route = host_route_outside(str(host), avoid_dev)
+        old, added = self._pin, None
+        if route is not None:
+            try:
+                self.add_route(route.dest, via=route.via, dev=route.dev)
+                added = self._pin = route
+            except HostConfigError as exc:
+                if "File exists" not in str(exc):
+                    raise
+                log.info("a host route for %s is already there: left as it is", host)
+                self._pin = None
+        else:
+            self._pin = None
+        if old is not None:
+            self.remove_route(old)
+        return added
+
     # -- undo
 
     def restore(self) -> None:
@@ -1023,6 +1129,7 @@ class HostConfig:
                 self._routes.remove(route)
             except HostConfigError as exc:
                 errors.append(str(exc))
+        self._pin = None
         try:
             self._restore_dns()
         except HostConfigError as exc:

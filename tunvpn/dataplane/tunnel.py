@@ -75,10 +75,17 @@ class Tunnel:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.on_change: Callable[[], None] | None = None
         """Called after the engine was given a command (the shell flushes it)."""
+        self.before_routes: Callable[[list[str]], None] | None = None
+        """Called with networks about to be routed into the TUN device, before they are (a
+        client pins its gateway's own address outside the tunnel: issue 15)."""
 
     @property
     def name(self) -> str:
         return self.tun.name
+
+    def routed(self) -> list[str]:
+        """The networks routed into the TUN device now (by at least one SA pair)."""
+        return list(self._routes)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -105,7 +112,7 @@ class Tunnel:
 
     def child_established(self, event: ev.ChildSAEstablished) -> None:
         replaced = self._pair_rekeyed_by(event) if event.policy_name else None
-        routes = tuple(str(n) for n in _networks(event.remote_ts))
+        routes = tuple(route for n in _networks(event.remote_ts) for route in tun_routes(n))
         if replaced is not None and replaced.event.spi_in != event.spi_in:
             # make-before-break: the new pair takes the traffic, the old one retires later; a
             # responder sends on the new SA only once the initiator surely has its keys
@@ -132,6 +139,8 @@ class Tunnel:
         for route in routes:
             self._routes[route] = self._routes.get(route, 0) + 1
         if new_routes:
+            if self.before_routes is not None:
+                self.before_routes(new_routes)
             self._configure(routes=new_routes)
 
     def peer_moved(self, event: ev.PeerAddressChanged) -> None:
@@ -289,6 +298,17 @@ class Tunnel:
                     ipr.route("del", dst=route, oif=int(found[0]))
                 except Exception as exc:
                     log.debug("removing route %s: %s", route, exc)
+
+
+def tun_routes(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[str, ...]:
+    """The routes that carry ``network`` into the TUN device. A default route (a full tunnel)
+    becomes its two halves, 0.0.0.0/1 + 128.0.0.0/1 (``::/1`` + ``8000::/1``), as OpenVPN's
+    ``redirect-gateway def1`` does: more specific than the host's default route, which stays
+    as it is (nothing to restore, and nothing leaks if the process dies: the kernel removes
+    the halves with the TUN device)."""
+    if network.prefixlen == 0:
+        return tuple(str(half) for half in network.subnets(prefixlen_diff=1))
+    return (str(network),)
 
 
 def _networks(ts: object) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
