@@ -1075,7 +1075,7 @@ class Client:
         up = asyncio.Event()
         self._on_finish = done.set
         self._on_up = up.set
-        if self.options.tun is not None and self.options.dns_backend is not None:
+        if self.options.tun is not None:  # DNS and the gateway's pinned route (issue 15)
             self._cleanup_stale()
         if self.options.tun is not None and self.tunnel is None:
             from tunvpn.client.holdtunnel import HoldingTunnel
@@ -1086,6 +1086,7 @@ class Client:
                 mtu=self.options.mtu,
                 proposal_for=self.proposal_for,
             )
+            self.tunnel.before_routes = self._pin_gateway
             self.progress.report("tunnel", f"TUN device {self.tunnel.name} ready", state="ready")
         driver = UdpDriver(
             self.engine,
@@ -1294,6 +1295,8 @@ class Client:
         assert self._lost is not None and self.driver is not None
         await self._end_attempt()
         self._reset_connection(entry, address)
+        if self.tunnel is not None:  # held routes may cover this gateway: the pin follows it
+            self._pin_gateway(self.tunnel.routed())
         up.clear()
         try:
             self.start()
@@ -1462,6 +1465,26 @@ class Client:
             self.tunnel.child_deleted(event, hold=hold)
         else:
             self.tunnel.child_deleted(event)
+
+    def _pin_gateway(self, networks: list[str]) -> None:
+        """Before ``networks`` are routed into the TUN device (or at a new attempt, while they
+        are): if one covers the gateway's own address (a full tunnel), a host route keeps IKE
+        and ESP to it on the underlay, else they would loop into the tunnel (issue 15)."""
+        from tunvpn.client.hostconfig import HostConfig, HostConfigError, routes_cover
+
+        if self.tunnel is None or not routes_cover(networks, self.gateway_ip):
+            return
+        try:
+            if self.hostconfig is None:
+                self.hostconfig = HostConfig(self.tunnel.name, dns_backend=self.options.dns_backend or "none")
+            pinned = self.hostconfig.pin_host(self.gateway_ip, avoid_dev=self.tunnel.name)
+        except (HostConfigError, OSError) as exc:
+            self.progress.report(
+                "routes", f"cannot keep {self.gateway_ip} outside the tunnel: {exc}", state="failed"
+            )
+            return
+        if pinned is not None:
+            self.progress.report("routes", f"{pinned}: the gateway stays outside the tunnel", state="pinned")
 
     def _dns_into_tunnel(self) -> bool:
         """Whether the host's resolver now asks the tunnel's DNS servers for every name (a full
