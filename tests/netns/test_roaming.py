@@ -10,6 +10,11 @@ The client notices (netlink), moves its sockets to the new address and sends a D
 R-U-THERE under the ISAKMP SA (authenticated by its HASH): the gateway, which sees the client
 as behind a NAT (a tunvpn client with a data path forces UDP encapsulation), follows it there
 (issue 12's rule), and ESP with it. No new login is needed.
+
+Two more cases: a gateway that does not follow (IKE only, no NAT: the client logs in again
+from its new address after the unanswered probe), and another network handing out the same
+private address behind another NAT (only the way out changes; the gateway's own traffic to
+the client comes back at once instead of after DPD's 10 s).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.netns import NetnsPair, run_in, stop_process, wait_for
+from tests.helpers.netns import NetnsPair, Topology, run_in, stop_process, wait_for
 from tests.helpers.tunvpn_proc import (
     json_records,
     popen_tunvpn,
@@ -184,3 +189,135 @@ def test_a_client_the_gateway_does_not_follow_logs_in_again_from_its_new_address
         stop_process(cl)
         stop_process(gw)
     assert cl.returncode == 0, read_text(cl_log)[-3000:]
+
+
+@pytest.fixture
+def two_nats() -> Iterator[tuple[Topology, dict[str, str]]]:
+    """A gateway (10.77.0.1 on its lo) behind which 10.78.0.1 sits; two home routers that
+    masquerade, each with the LAN 192.168.1.0/24 (router 192.168.1.1); a client with a leg on
+    each LAN, the first one up with 192.168.1.23 (the second gets the same address later)."""
+    if shutil.which("nft") is None:
+        pytest.skip("needs nft (nftables) for the NAT routers")
+    with Topology() as topo:
+        ns = {role: topo.add_ns(role) for role in ("g", "r", "s", "c")}
+        g, r, s, c = ns["g"], ns["r"], ns["s"], ns["c"]
+        topo.link(g, "10.77.1.1/24", r, "10.77.1.11/24", names=(g + "1", r + "w"))
+        topo.link(g, "10.77.2.1/24", s, "10.77.2.12/24", names=(g + "2", s + "w"))
+        topo.link(r, "192.168.1.1/24", c, "192.168.1.23/24", names=(r + "l", c + "1"))
+        # the second LAN: a veth with no address on the client's side yet (Topology.link
+        # addresses both ends)
+        for argv in (
+            ["link", "add", s + "l", "type", "veth", "peer", "name", c + "2"],
+            ["link", "set", s + "l", "netns", s],
+            ["link", "set", c + "2", "netns", c],
+        ):
+            subprocess.run(["ip", *argv], check=True, capture_output=True)
+        run_in(s, ["ip", "addr", "add", "192.168.1.1/24", "dev", s + "l"], check=True)
+        run_in(s, ["ip", "link", "set", s + "l", "up"], check=True)
+        run_in(c, ["ip", "link", "set", c + "2", "up"], check=True)
+        topo.add_addr(g, "10.77.0.1/32")
+        topo.add_addr(g, f"{PROTECTED}/24")
+        for router, public in ((r, r + "w"), (s, s + "w")):
+            run_in(router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+            run_in(
+                router,
+                ["ip", "route", "add", "default", "via", "10.77.1.1" if router == r else "10.77.2.1"],
+                check=True,
+            )
+            run_in(router, ["nft", "add", "table", "ip", "nat"], check=True)
+            chain = "{ type nat hook postrouting priority 100 ; }"
+            run_in(router, ["nft", "add", "chain", "ip", "nat", "post", chain], check=True)
+            run_in(
+                router,
+                ["nft", "add", "rule", "ip", "nat", "post", "oifname", public, "masquerade"],
+                check=True,
+            )
+        run_in(c, ["ip", "route", "add", "default", "via", "192.168.1.1", "dev", c + "1"], check=True)
+        yield topo, ns
+
+
+def test_another_network_with_the_same_private_address_moves_the_sas_at_once(
+    two_nats: tuple[Topology, dict[str, str]], tmp_path: Path
+) -> None:
+    """Two home routers both hand out 192.168.1.23: the client's address stays, the way out
+    (interface, NAT) changes. Only the gateway sends (a ping from behind it to the client's
+    tunnel address), so nothing from the client would move the gateway until DPD (10 s of
+    silence): the client notices the new way out and sends its R-U-THERE at once."""
+    _, ns = two_nats
+    g, c = ns["g"], ns["c"]
+    gw_log, cl_log, ping_log = tmp_path / "gateway.log", tmp_path / "client.log", tmp_path / "ping.log"
+    control = tmp_path / "gw.sock"
+    psk = private_file(tmp_path / "psk", PSK + "\n")
+    users = private_file(tmp_path / "users", "alice:wonderland\n")
+    gw = popen_tunvpn(
+        g,
+        [
+            "gateway", "--listen", "10.77.0.1", "--psk-file", str(psk), "--users", str(users),
+            "--require-xauth", "--pool", POOL, "--split", PROTECTED_NET, "--tun", "tvgw%d",
+            "--control", str(control),
+        ],
+        gw_log,
+    )  # fmt: skip
+    wait_for_line(gw_log, "gateway ready", gw, 30, "the gateway")
+    private_file(tmp_path / "pw", "wonderland\n")
+    profile = private_file(
+        tmp_path / "client.toml",
+        'gateway = "10.77.0.1"\npsk_file = "psk"\nuser = "alice"\npassword_file = "pw"\n',
+    )
+    argv = ["connect", "-c", str(profile), "--tun", "tvcl%d", "--json", "--control", "none", "-v"]
+    cl = popen_tunvpn(c, argv, cl_log)
+    pinger: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 30, "the client's SAs")
+        inner = "10.79.0.10"  # the pool's first address
+        with ping_log.open("wb") as out:
+            pinger = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    g,
+                    "ping",
+                    "-D",
+                    "-n",
+                    "-i",
+                    "0.05",
+                    "-W",
+                    "1",
+                    "-I",
+                    PROTECTED,
+                    inner,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+            wait_for(lambda: len(_replies(ping_log)) >= 10, 10, "pings from behind the gateway")
+            run_in(c, ["ip", "addr", "del", "192.168.1.23/24", "dev", c + "1"], check=True)
+            run_in(c, ["ip", "link", "set", c + "1", "down"], check=True)
+            run_in(c, ["ip", "addr", "add", "192.168.1.23/24", "dev", c + "2"], check=True)
+            run_in(c, ["ip", "route", "replace", "default", "via", "192.168.1.1", "dev", c + "2"], check=True)
+            moved = time.time()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not any(t > moved + 0.1 for t in _replies(ping_log)):
+                time.sleep(0.05)
+            pinger.terminate()
+            pinger.wait(5)
+        assert cl.poll() is None, read_text(cl_log)[-3000:]
+        after = [t for t in _replies(ping_log) if t > moved + 0.1]
+        assert after, f"no ping came back after the move:\n{read_text(cl_log)[-4000:]}"
+        took = after[0] - moved
+        print(f"same address, another NAT: the gateway's pings come back after {took:.2f} s (goal 2 s)")
+        records = json_records(cl_log)
+        roams = [r for r in records if r.get("event") == "roam" and r.get("state") == "moved"]
+        assert roams, read_text(cl_log)[-3000:]
+        assert took < 5, f"{took:.1f} s: not the roam's probe but DPD moved the gateway"
+        logins = [r for r in records if r.get("event") == "phase1" and r.get("state") == "started"]
+        assert len(logins) == 1, logins
+        status = run_tunvpn(g, ["status", "--socket", str(control), "--json"])
+        peers = [t["peer"] for t in json.loads(status.stdout)["tunnels"]]
+        assert [p.split(":")[0] for p in peers] == ["10.77.2.12"], peers
+    finally:
+        if pinger is not None and pinger.poll() is None:
+            pinger.kill()
+        stop_process(cl)
+        stop_process(gw)

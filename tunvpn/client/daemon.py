@@ -26,7 +26,7 @@ from cryptography import x509
 
 from tunvpn.client import p1rekey
 from tunvpn.client.reconnect import NO_ANSWER_AFTER, GatewayResolver, backoff_delay
-from tunvpn.client.roaming import AddressWatcher, route_source
+from tunvpn.client.roaming import AddressWatcher, RoutePath, route_path
 from tunvpn.config.hosts import check_gateway, is_address
 from tunvpn.control.status import child_status, counter_registry, sa_counters, sa_drops
 from tunvpn.ike import events as ev
@@ -350,6 +350,8 @@ class Client:
         """This attempt's XAUTH answer is a secret of an earlier login, given again."""
         self._removing: set[int] = set()
         """Inbound SPIs of SA pairs we delete because the gateway's push removed their policy."""
+        self._route_path: tuple[str, RoutePath] | None = None
+        """The gateway and the way to it when roaming last looked (tunvpn.client.roaming)."""
         self._dns_applied: tuple[object, ...] | None = None
         """The DNS settings in effect (servers, domains, split): a reconnect that gets the
         same ones leaves the resolver alone."""
@@ -1109,8 +1111,9 @@ class Client:
             self.tunnel.on_change = driver.flush
             self.tunnel.start(loop)
         watcher = AddressWatcher(self._address_changed) if self.options.roaming else None
-        if watcher is not None:
-            watcher.start(loop)
+        if watcher is not None and watcher.start(loop) and self.gateway_ip:
+            path = await asyncio.to_thread(route_path, self.gateway_ip)
+            self._route_path = (self.gateway_ip, path) if path is not None else None
         control = await self._start_control()
         crls = loop.create_task(keep_crls_fresh(lambda: self.engine.config), name="CRL distribution points")
 
@@ -1409,34 +1412,43 @@ class Client:
         if self._lost is not None:
             self._lost.clear()
 
-    def _address_changed(self) -> None:
+    async def _address_changed(self) -> None:
         """Addresses or routes changed (tunvpn.client.roaming): if the way to the gateway now
-        leaves from another address of ours, move both sockets there and, with SAs up, send a
-        DPD R-U-THERE at once. The gateway sees us behind a NAT (a data path forces UDP
-        encapsulation) and follows an authenticated message to a new address (issue 12), ESP
-        with it; our next ESP packet leaves from the new address too. No answer within
-        ``ROAM_WITHIN``: the gateway counts as dead and the reconnect loop logs in again."""
-        if self.driver is None or self.result is not None or not self.gateway_ip:
+        leaves from another address of ours, move both sockets there; if it leaves through
+        another next hop or interface (another network, maybe behind another NAT, with the
+        same address), keep them. Either way, with SAs up, send a DPD R-U-THERE at once. The
+        gateway sees us behind a NAT (a data path forces UDP encapsulation) and follows an
+        authenticated message to a new address (issue 12), ESP with it; our next ESP packet
+        leaves from the new address too. No answer within ``ROAM_WITHIN``: the gateway
+        counts as dead and the reconnect loop logs in again."""
+        gateway = self.gateway_ip
+        if self.driver is None or self.result is not None or not gateway:
             return
-        new = route_source(self.gateway_ip, self.options.gateway_port)
-        old = self.local_ip
-        if new is None or new == old:
-            return
-        try:
-            self.driver.rebind(new)
-        except OSError as exc:
-            self.progress.report("roam", f"cannot move from {old} to {new}: {exc}", state="failed")
-            return
-        self.local_ip = new
+        path = await asyncio.to_thread(route_path, gateway)
+        if path is None or self.driver is None or self.result is not None or gateway != self.gateway_ip:
+            return  # no route now (the old address went first): the next change tells
+        before, self._route_path = self._route_path, (gateway, path)
+        old, new = self.local_ip, path.source
+        if new == old and (before is None or before == (gateway, path)):
+            return  # nothing that matters (our own TUN device and routes, say)
+        if new != old:
+            try:
+                self.driver.rebind(new)
+            except OSError as exc:
+                self.progress.report("roam", f"cannot move from {old} to {new}: {exc}", state="failed")
+                self._route_path = before
+                return
+            self.local_ip = new
         sa_id = self.sa_id
         probe = sa_id is not None and bool(self.established) and self._sa_alive(sa_id)
+        what = f"our address changed from {old} to {new}" if new != old else f"another way out from {new}"
         self.progress.report(
             "roam",
-            f"our address changed from {old} to {new}"
-            + (": DPD R-U-THERE from the new address moves the SAs" if probe else ""),
+            what + (": DPD R-U-THERE from there moves the SAs" if probe else ""),
             state="moved",
             old=old,
             new=new,
+            via=path.via,
         )
         if probe and sa_id is not None:
             self.engine.probe_peer(sa_id, self.clock(), ROAM_WITHIN)

@@ -15,9 +15,11 @@ DPD and the client's traffic watch find the dead path later and reconnect.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +47,51 @@ def route_source(gateway: str, port: int) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class RoutePath:
+    """How packets to the gateway leave now: from ``source``, via the next hop ``via`` (None:
+    on the link, or not known) out of interface number ``oif``."""
+
+    source: str
+    via: str | None = None
+    oif: int | None = None
+
+
+def route_path(gateway: str) -> RoutePath | None:
+    """The kernel's way to ``gateway`` now (blocking: pyroute2 runs its own loop, so call it
+    off the event loop); None without a route. Another next hop or interface with the same
+    source address is another network too (two home routers both handing out 192.168.1.23):
+    the NAT in front of us changed."""
+    source = route_source(gateway, 500)
+    if source is None:
+        return None
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            answer = ipr.route("get", dst=gateway)[0]
+            via, oif = answer.get_attr("RTA_GATEWAY"), answer.get_attr("RTA_OIF")
+    except Exception as exc:  # no pyroute2 on this platform, or NetlinkError: the source only
+        log.debug("route to %s: %s", gateway, exc)
+        return RoutePath(source)
+    return RoutePath(source, str(via) if via else None, int(oif) if oif is not None else None)
+
+
 class AddressWatcher:
     """Calls ``on_change()`` on the loop after addresses or routes changed (Linux netlink),
-    at most once per burst of messages."""
+    at most once per burst of messages. A coroutine it returns runs as a task; the next
+    burst waits for it."""
 
-    def __init__(self, on_change: Callable[[], None], *, debounce: float = DEBOUNCE) -> None:
+    def __init__(
+        self, on_change: Callable[[], Awaitable[None] | None], *, debounce: float = DEBOUNCE
+    ) -> None:
         self.on_change = on_change
         self.debounce = debounce
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: asyncio.TimerHandle | None = None
+        self._task: asyncio.Future[None] | None = None
+        self._again = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Listen; False where there is no rtnetlink (the client then relies on DPD)."""
@@ -93,19 +130,37 @@ class AddressWatcher:
 
     def _fire(self) -> None:
         self._pending = None
+        if self._task is not None:  # still looking at the last burst: look again afterwards
+            self._again = True
+            return
         try:
-            self.on_change()
+            result = self.on_change()
         except Exception:
             log.exception("handling an address change failed")
+            return
+        if inspect.isawaitable(result):
+            self._task = asyncio.ensure_future(result)
+            self._task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future[None]) -> None:
+        self._task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("handling an address change failed", exc_info=task.exception())
+        if self._again and self._sock is not None:
+            self._again = False
+            self._fire()
 
     def close(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
         if self._sock is not None and self._loop is not None:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
         self._sock = None
 
 
-__all__ = ["DEBOUNCE", "AddressWatcher", "route_source"]
+__all__ = ["DEBOUNCE", "AddressWatcher", "RoutePath", "route_path", "route_source"]
