@@ -41,6 +41,7 @@ from tests.helpers.tunvpn_proc import (
 )
 
 CLIENT, ROUTER_C = "10.90.1.2", "10.90.1.1"
+CLIENT2, ROUTER_C2 = "10.90.3.2", "10.90.3.1"  # the client's address and router after a roam
 ROUTER_G, GATEWAY = "10.90.2.1", "10.90.2.2"
 GATEWAY_I, INTERNET = "10.91.0.1", "10.91.0.2"
 PROTECTED = "10.78.0.1"
@@ -74,6 +75,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
         topo.link(r, f"{ROUTER_G}/24", g, f"{GATEWAY}/24", names=(t + "rg", t + "gr"))
         topo.link(g, f"{GATEWAY_I}/24", i, f"{INTERNET}/24", names=(t + "gi", t + "ig"))
         topo.add_addr(g, f"{PROTECTED}/32")
+        topo.add_addr(r, f"{ROUTER_C2}/24", t + "rc")  # another Wi-Fi's router, for roaming
         for ns in (r, g):
             run_in(ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         run_in(c, ["ip", "route", "add", "default", "via", ROUTER_C])
@@ -145,7 +147,7 @@ def _ike_or_esp_with_gateway(line: str) -> bool:
     unreachable)."""
     values = [v.split(",") for v in (line.split("\t") + [""] * len(FIELDS))[: len(FIELDS)]]
     src, dst, proto, frag, sport, dport = values
-    if {src[0], dst[0]} != {CLIENT, GATEWAY}:
+    if GATEWAY not in (src[0], dst[0]) or not {src[0], dst[0]} & {CLIENT, CLIENT2}:
         return False
     if proto[0] == "17":
         ports_ok = {sport[0], dport[0]} <= IKE_PORTS
@@ -263,3 +265,42 @@ def test_gateway_killed_and_restarted_client_reconnects_through_the_pin(net: Net
         stop_process(gw)
     assert cl.returncode == 0, read_text(cl_log)[-3000:]
     assert net.routes() == before
+
+
+def test_the_pin_follows_the_client_to_another_network(net: Net) -> None:
+    """Roaming with a full tunnel: the client's address and default route change (another
+    Wi-Fi); the kernel flushes the pin with the old address. Without a new pin the kernel's
+    way to the gateway would be the tunnel itself; the pin follows the new next hop and the
+    traffic resumes, still only IKE/ESP on the underlay."""
+    gw_log, cl_log = net.tmp / "gateway.log", net.tmp / "client.log"
+    gw = _gateway(net, gw_log)
+    cl = _client(net, cl_log)
+    try:
+        wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 30, "the client's SAs")
+        assert f"{GATEWAY} via {ROUTER_C} dev {net.if_c}" in net.routes()
+        wait_for(lambda: _ping(net, INTERNET) or cl.poll() is not None, 20, "a ping through the tunnel")
+        pcap = net.tmp / "underlay.pcap"
+        with capture(net.c, net.if_c, pcap, bpf="ip"):
+            # the old network is gone (its router with it), the new one comes
+            run_in(net.r, ["ip", "addr", "del", f"{ROUTER_C}/24", "dev", net.topo.tag + "rc"])
+            run_in(net.c, ["ip", "addr", "add", f"{CLIENT2}/24", "dev", net.if_c])
+            run_in(net.c, ["ip", "addr", "del", f"{CLIENT}/24", "dev", net.if_c])
+            run_in(net.c, ["ip", "route", "replace", "default", "via", ROUTER_C2])
+            wait_for(
+                lambda: _ping(net, INTERNET) or cl.poll() is not None, 30, "a ping after the client moved"
+            )
+            assert cl.poll() is None, read_text(cl_log)[-3000:]
+        routes = net.routes()
+        assert f"{GATEWAY} via {ROUTER_C2} dev {net.if_c}" in routes, routes
+        assert not any(r.startswith(f"{GATEWAY} via {ROUTER_C} ") for r in routes), routes
+        clear = [p for p in _ip_packets(pcap) if not _ike_or_esp_with_gateway(p)]
+        assert not clear, f"packets other than IKE/ESP with the gateway on the underlay: {clear[:10]}"
+    finally:
+        stop_process(cl)
+        stop_process(gw)
+    assert cl.returncode == 0, read_text(cl_log)[-3000:]
+    assert net.routes() == [
+        f"10.90.3.0/24 dev {net.if_c} proto kernel scope link src {CLIENT2}",
+        f"default via {ROUTER_C2} dev {net.if_c}",
+    ]
+    assert not list((net.tmp / "run").glob("client-*.json"))

@@ -1424,6 +1424,8 @@ class Client:
         gateway = self.gateway_ip
         if self.driver is None or self.result is not None or not gateway:
             return
+        if not self._refresh_pin():  # a full tunnel's gateway: no way to it outside the tunnel now
+            return
         path = await asyncio.to_thread(route_path, gateway)
         if path is None or self.driver is None or self.result is not None or gateway != self.gateway_ip:
             return  # no route now (the old address went first): the next change tells
@@ -1497,6 +1499,23 @@ class Client:
             return
         if pinned is not None:
             self.progress.report("routes", f"{pinned}: the gateway stays outside the tunnel", state="pinned")
+
+    def _refresh_pin(self) -> bool:
+        """Addresses or routes changed: the gateway's pin (if any) follows the new way to it,
+        before the kernel is asked which address leads there (without the pin a full tunnel's
+        routes would name the TUN device). False when there is no way to it outside the tunnel."""
+        from tunvpn.client.hostconfig import HostConfigError
+
+        if self.hostconfig is None or self.tunnel is None:
+            return True
+        try:
+            pinned = self.hostconfig.refresh_pin(avoid_dev=self.tunnel.name)
+        except (HostConfigError, OSError) as exc:
+            log.info("the gateway's pin cannot follow yet: %s", exc)  # the next change retries
+            return False
+        if pinned is not None:
+            self.progress.report("routes", f"{pinned}: the gateway's pin follows the network", state="pinned")
+        return True
 
     def _dns_into_tunnel(self) -> bool:
         """Whether the host's resolver now asks the tunnel's DNS servers for every name (a full

@@ -684,27 +684,34 @@ def routes_cover(networks: Iterable[str], address: str) -> bool:
     return False
 
 
-def host_route_outside(address: str, avoid_dev: str | None = None) -> Route | None:
+def host_route_outside(
+    address: str, avoid_dev: str | None = None, *, ours: Route | None = None
+) -> Route | None:
     """The host route that reaches ``address`` the way it is reached now, not through
     ``avoid_dev`` (the TUN device): ``address/32 via <next hop> dev <underlay>`` (no ``via``
     when it is on the link). None when the address is this host's own (nothing to pin).
 
     ``ip route get`` answers first (it knows policy routing); when it names ``avoid_dev`` (the
     tunnel's routes already cover the address, e.g. a reconnect to another gateway), the most
-    specific route of the main table on another device is taken instead.
+    specific route of the main table on another device is taken instead. ``ours``: a host
+    route for the address that we added (the pin being refreshed): not an answer, so only
+    the main table is asked, without it.
     """
     host = ipaddress.ip_address(address)
     family = "-6" if host.version == 6 else "-4"
     dest = f"{host}/{host.max_prefixlen}"
-    found = _ip_json([family, "route", "get", str(host)])
-    hop = found[0] if found else {}
-    if hop.get("type") == "local":
-        return None
-    if hop.get("dev") and hop.get("dev") != avoid_dev and hop.get("type") in (None, "unicast"):
-        return Route(dest, hop.get("gateway"), hop["dev"])
+    if ours is None:
+        found = _ip_json([family, "route", "get", str(host)])
+        hop = found[0] if found else {}
+        if hop.get("type") == "local":
+            return None
+        if hop.get("dev") and hop.get("dev") != avoid_dev and hop.get("type") in (None, "unicast"):
+            return Route(dest, hop.get("gateway"), hop["dev"])
     best: tuple[int, int, dict[str, Any]] | None = None
     for entry in _ip_json([family, "route", "show", "table", "main"]):
         if entry.get("type") not in (None, "unicast") or not entry.get("dev") or entry["dev"] == avoid_dev:
+            continue
+        if ours is not None and entry.get("dst") in (str(host), dest):
             continue
         dst = entry.get("dst")
         try:
@@ -1113,6 +1120,34 @@ class HostConfig:
         if old is not None:
             self.remove_route(old)
         return added
+
+    def refresh_pin(self, avoid_dev: str | None = None) -> Route | None:
+        """The host's addresses or routes changed (roaming): pin the pinned address again the
+        way it is reached now (the kernel may have flushed the pin with the address or link it
+        went through; the next hop may be another one). Returns the new pin; None when there
+        is none or it is still right."""
+        old = self._pin
+        if old is None:
+            return None
+        host = ipaddress.ip_interface(old.dest).ip
+        route = host_route_outside(str(host), avoid_dev, ours=old)
+        if route == old and self._pin_present(old):
+            return None
+        self.remove_route(old)  # gone already (flushed by the kernel) is fine
+        self._pin = None
+        if route is not None:
+            self.add_route(route.dest, via=route.via, dev=route.dev)
+            self._pin = route
+        return route
+
+    @staticmethod
+    def _pin_present(route: Route) -> bool:
+        host = ipaddress.ip_interface(route.dest).ip
+        family = "-6" if host.version == 6 else "-4"
+        for entry in _ip_json([family, "route", "show", "table", "main"]):
+            if entry.get("dst") in (str(host), route.dest) and entry.get("dev") == route.dev:
+                return entry.get("gateway") == route.via
+        return False
 
     # -- undo
 

@@ -43,6 +43,7 @@ class FakeIp:
 
     def __init__(self) -> None:
         self.get: dict[str, dict[str, object]] = {}
+        self.main: list[dict[str, object]] = list(MAIN)
         self.commands: list[list[str]] = []
 
     def __call__(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -51,7 +52,7 @@ class FakeIp:
         if argv[:5] == ["ip", "-j", "-4", "route", "get"]:
             out = json.dumps([self.get[argv[5]]])
         elif argv[:5] == ["ip", "-j", "-4", "route", "show"]:
-            out = json.dumps(MAIN)
+            out = json.dumps(self.main)
         return subprocess.CompletedProcess(argv, 0, out, "")
 
     def changes(self) -> list[list[str]]:
@@ -185,3 +186,26 @@ def test_a_crashed_clients_pin_is_removed_by_the_next_run(ip: FakeIp, tmp_path: 
         f"removed route 203.0.113.7/32 via 192.168.1.1 dev eth0 left by pid {proc.pid} (tun0)"
     ]
     assert not state.exists()
+
+
+def test_the_pin_follows_the_clients_network(ip: FakeIp, tmp_path: Path) -> None:
+    """Roaming: a pin still in the table and still right stays; once the host's default route
+    goes through another router (the old pin flushed with the old address, or stale), the pin
+    is made again from the main table (``ip route get`` would answer the old pin itself)."""
+    ip.get["203.0.113.7"] = {"dst": "203.0.113.7", "gateway": "192.168.1.1", "dev": "eth0"}
+    hc = HostConfig("tun0", dns_backend="none")
+    assert hc.refresh_pin("tun0") is None, "nothing pinned: nothing to refresh"
+    hc.pin_host("203.0.113.7", "tun0")
+    ip.main.append({"dst": "203.0.113.7", "gateway": "192.168.1.1", "dev": "eth0", "flags": []})
+    assert hc.refresh_pin("tun0") is None, "still right"
+    ip.main = [
+        {"dst": "default", "gateway": "10.1.0.1", "dev": "wlan0", "flags": []},
+        {"dst": "203.0.113.7", "gateway": "192.168.1.1", "dev": "eth0", "flags": []},  # stale
+        {"dst": "0.0.0.0/1", "dev": "tun0", "flags": []},
+    ]
+    assert hc.refresh_pin("tun0") == Route("203.0.113.7/32", "10.1.0.1", "wlan0")
+    assert ip.changes()[-2:] == [
+        ["ip", "route", "del", "203.0.113.7/32", "via", "192.168.1.1", "dev", "eth0"],
+        ["ip", "route", "add", "203.0.113.7/32", "via", "10.1.0.1", "dev", "wlan0"],
+    ]
+    assert recorded(tmp_path) == [{"dest": "203.0.113.7/32", "via": "10.1.0.1", "dev": "wlan0"}]
