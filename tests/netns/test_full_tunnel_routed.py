@@ -16,7 +16,8 @@ The client's default route goes via the router; the gateway pushes 0.0.0.0/0 (no
   host route for the gateway left);
 * SIGKILL: the host route stays (the TUN device and its routes go with the process); the
   next ``tunvpn connect`` removes it first (hostconfig's crash recovery), then pins anew;
-* the gateway SIGKILLed and restarted: the client reconnects through the pinned route.
+* the gateway SIGKILLed and restarted: the client reconnects through the pinned route;
+* roaming: the client's address and router change, the pin follows the new next hop.
 """
 
 from __future__ import annotations
