@@ -12,6 +12,9 @@ another name gets no password. Last, the other way round: charon as a hybrid cli
 
 from __future__ import annotations
 
+import json
+import subprocess
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -240,3 +243,73 @@ def test_strongswan_hybrid_client_against_our_gateway(tmp_path: Path) -> None:
         assert "ESTABLISHED, IKEv1" in list_sas and f"remote {PROTECTED}" in list_sas, list_sas
         gw_log = read_text(log)
         assert "hybrid_init_rsa" in gw_log, gw_log[-4000:]
+
+
+# ------------------------------------------------------------------ re-authentication
+
+# strongSwan 5.9.8 charon as a client of our gateway, re-authenticating (IKEv1 has no IKE SA
+# rekey: charon logs in anew under a new ISAKMP SA when rekey_time comes, and keeps its IPsec SAs
+# and its virtual address). Our gateway must give the new login the same address (charon asks
+# for it in its Mode Config request): before, it leased the next one, charon's virtual IP moved
+# to it while its IPsec SA still carried the first (issue 15). IKE only (`tun = false`).
+
+REKEY = 8  # seconds: charon re-authenticates every 8 s (its over_time 4 s)
+
+
+def gateway_status(netns: str, socket: Path) -> dict[str, object]:
+    out = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "python3",
+            "-m",
+            "tunvpn",
+            "status",
+            "--json",
+            "--socket",
+            str(socket),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def test_strongswan_reauthenticating_keeps_its_address(tmp_path: Path) -> None:
+    with NetnsPair(UNDERLAY_A, UNDERLAY_B) as pair, Charon(tmp_path / "client", pair.b) as charon:
+        config = our_hybrid_gateway(tmp_path, pair.addr_a)
+        log = tmp_path / "gateway.log"
+        control = tmp_path / "gateway.sock"
+        gateway = popen_tunvpn(pair.a, ["gateway", "-c", str(config), "--control", str(control), "-v"], log)
+        try:
+            wait_for_line(log, "gateway ready", gateway, 15, "our gateway to bind its sockets")
+            confdir = charon.swanctl_path.parent
+            (confdir / "x509ca").mkdir(parents=True, exist_ok=True)
+            (confdir / "x509ca" / "ca.pem").write_bytes(pki(pair.addr_a).ca.public_bytes(Encoding.PEM))
+            conf = strongswan_hybrid_client(pair.addr_a).replace(
+                "    vips = 0.0.0.0\n", f"    vips = 0.0.0.0\n    rekey_time = {REKEY}s\n    over_time = 4s\n"
+            )
+            charon.load(conf)
+            out = charon.initiate("home", "home", timeout=20)
+            assert "CHILD_SA home{1} established" in out, out
+            first = charon.list_sas()
+            time.sleep(2.5 * REKEY)  # two re-authentications
+            after = charon.list_sas()
+            status = gateway_status(pair.a, control)
+        finally:
+            stop_process(gateway)
+        gw_log = read_text(log)
+    assert "[10.79.0.10]" in first, first
+    assert gw_log.count("logged in again and keeps 10.79.0.10") >= 2, gw_log[-4000:]
+    # charon's virtual IP did not move, and its IPsec SA still carries it
+    assert "[10.79.0.10]" in after and "[10.79.0.11]" not in after, after
+    assert "local  10.79.0.10/32" in after, after
+    # the gateway leased no second address and knows charon's IPsec SA
+    tunnels = status.get("tunnels")
+    assert isinstance(tunnels, list) and tunnels, status
+    addresses = {t.get("address") for t in tunnels if isinstance(t, dict)}
+    assert addresses <= {"10.79.0.10", None}, tunnels

@@ -1111,6 +1111,32 @@ class Gateway:
         session.pending[identifier] = tuple(p.name for p in diff_policies(before, policies).removed)
         log.info("pushed %d policies to %s after its extra protocols", len(policies), session.user)
 
+    def _same_address_again(self, session: Session, event: ev.ModeConfigRequested) -> IPv4Address | None:
+        """The address a client asks for again when it logs in anew while its last session is
+        still up (a standard client's re-authentication: strongSwan's IKEv1 reauth keeps its
+        IPsec SAs, which carry that address): the lease moves to the new session. Only the
+        same user, with the same phase 1 identity, from the same address; anything else is
+        leased as usual (a user cannot take another's address, nor one device another's)."""
+        wanted = event.request.address
+        pool = self.options.pool
+        if wanted is None or pool is None or session.user is None:
+            return None
+        for other in self.sessions.values():
+            if (
+                other.sa_id != event.sa_id
+                and other.address == wanted
+                and other.user == session.user
+                and other.peer_id == event.peer_id
+                and other.peer[0] == event.peer[0]
+                and pool.leased().get(other.sa_id) == wanted
+            ):
+                pool.move(other.sa_id, event.sa_id)
+                log.info(
+                    "Mode Config: %s (%s) logged in again and keeps %s", event.peer[0], session.user, wanted
+                )
+                return wanted
+        return None
+
     def _mode_config(self, event: ev.ModeConfigRequested, now: float) -> None:
         session = self.sessions.get(event.sa_id)
         if session is None:  # pragma: no cover - phase 1 always comes first
@@ -1120,6 +1146,8 @@ class Gateway:
             session.user = event.user_name
             session.groups = self.groups_of(event.user_name)
         address: IPv4Address | None = session.plugin_address  # e.g. RADIUS Framed-IP-Address
+        if address is None and self.options.pool is not None:
+            address = self._same_address_again(session, event)
         if address is None and self.options.pool is not None:
             address = self.options.pool.lease(event.sa_id)
             if address is None:
