@@ -31,6 +31,7 @@ from tunvpn.config.credentials import (
 from tunvpn.config.errors import ConfigError
 from tunvpn.control import server as control
 from tunvpn.ike.config import PskTable
+from tunvpn.ike.constants import DHGroup
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
 from tunvpn.shell.privileges import PrivilegeError
@@ -146,6 +147,8 @@ def _megabytes(text: str) -> float:
 def _pfs(text: str) -> object:
     if text.strip().lower() in ("none", "no", "off", "nopfs"):
         return None
+    if text.strip().lower() in ("auto", "required"):
+        return text.strip().lower()
     return _dh_group(text)
 
 
@@ -473,9 +476,11 @@ def _add_connect(sub: Subparsers) -> None:
     cl.add_argument(
         "--pfs",
         type=_pfs,
-        default="ecp256",
-        metavar="GROUP|none",
-        help="Quick Mode PFS group (default ecp256; `none` for no PFS)",
+        default="auto",
+        metavar="auto|required|GROUP|none",
+        help="Quick Mode PFS with a gateway that pushes no policies: `auto` (default) offers ecp256, "
+        "then every other group strongest first, then none, moving on when the gateway refuses; "
+        "`required` the same without none; a GROUP or `none`: only that",
     )
     cl.add_argument(
         "--no-mode-config",
@@ -974,7 +979,9 @@ def cmd_connect(args: argparse.Namespace) -> int:
             password_prompt=sys.stdin.isatty(),
             legacy=args.legacy,
             ike_groups=tuple(args.ike_group) if args.ike_group else None,
-            pfs=args.pfs,
+            pfs=DHGroup.ECP_256 if args.pfs in ("auto", "required") else args.pfs,
+            pfs_auto=args.pfs in ("auto", "required"),
+            pfs_required=args.pfs == "required",
             mode_config=args.mode_config,
             exit_after_established=args.exit_after,
             timeout=args.timeout,

@@ -18,6 +18,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.netns import Topology, run_in, stop_process, wait_for
 from tests.helpers.tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
 from tunvpn.ike.constants import VendorId
@@ -189,3 +191,80 @@ def test_client_falls_back_to_unity_split_networks_and_pings_each(tmp_path: Path
     assert charon_log.count("CHILD_SA fb{") >= 2
     assert "received DELETE for IKE_SA fb[1]" in charon_log
     assert configs.VPNC_PASSWORD not in text and PSK not in text
+
+
+# ------------------------------------------------------------------ PFS the gateway chooses
+
+# Standard gateways that each allow exactly one PFS choice in Quick Mode (issue 16): no PFS at
+# all (a very common setting), MODP-3072, ECP-521, Curve25519. A Quick Mode carries one KE, so
+# our client offers its PFS choices one at a time, strongest first and then none, moving on at a
+# hash-verified NO-PROPOSAL-CHOSEN, and reaches a working tunnel with the gateway's only one.
+PFS_CASES = {"none": ("aes256gcm16", None), "modp3072": ("aes256gcm16-modp3072", 15),
+             "ecp521": ("aes256gcm16-ecp521", 21), "curve25519": ("aes256gcm16-curve25519", 31)}  # fmt: skip
+
+
+def run_fallback_client(tmp_path: Path, c: str, *extra: str) -> tuple[subprocess.Popen[str], Path]:
+    psk = private_file(tmp_path / "client.psk", PSK + "\n")
+    password = private_file(tmp_path / "password", configs.VPNC_PASSWORD + "\n")
+    log = tmp_path / "client.log"
+    args = ["connect", GATEWAY, "--psk-file", str(psk), "--user", configs.VPNC_USER]
+    args += ["--password-file", str(password), "--tun", "tvcl%d", "--dns-backend", "none"]
+    args += ["--control", "none", "--json", "--timeout", "30", "--no-reconnect", "-v", *extra]
+    return popen_tunvpn(c, args, log), log
+
+
+@pytest.mark.parametrize("case", list(PFS_CASES))
+def test_client_finds_the_gateways_only_pfs_choice(tmp_path: Path, case: str) -> None:
+    esp, group = PFS_CASES[case]
+    os.chmod(tmp_path, 0o700)
+    with Topology() as topo:
+        c, g, s = topo.add_ns("c"), topo.add_ns("g"), topo.add_ns("s")
+        topo.link(c, f"{CLIENT}/24", g, f"{GATEWAY}/24")
+        topo.link(g, "10.78.0.1/24", s, "10.78.0.10/24", names=(g + "s", s + "g"))
+        run_in(s, ["ip", "route", "add", "default", "via", "10.78.0.1"])
+        run_in(g, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        with Charon(tmp_path / "gw", g) as charon:
+            gateway = xauth_gateway().replace("esp_proposals = aes256gcm16-ecp256", f"esp_proposals = {esp}")
+            charon.load(gateway.replace(f"local_ts = {', '.join(NETS)}", f"local_ts = {NETS[0]}"))
+            client, log = run_fallback_client(tmp_path, c)
+            try:
+                try:
+                    wait_for_line(log, '"event": "established"', client, 40, "the client's Quick Mode SA")
+                except (TimeoutError, RuntimeError) as exc:
+                    raise AssertionError(f"{exc}\n--- client ---\n{read_text(log)[-3000:]}") from None
+                try:
+                    wait_for(
+                        lambda: f"{NETS[0]} dev tvcl" in run_in(c, ["ip", "route"]).stdout, 10, "the route"
+                    )
+                except TimeoutError as exc:
+                    raise AssertionError(f"{exc}\n--- client ---\n{read_text(log)[-3000:]}") from None
+                result = ping(c, HOSTS[0])
+            finally:
+                stop_process(client)
+    assert result.returncode == 0, result.stdout + result.stderr
+    up = [r for r in json_records(log) if r["event"] == "quick" and r["state"] == "established"]
+    assert [r["pfs_group"] for r in up] == [group], up
+
+
+def test_a_gateway_that_refuses_every_proposal_stops_the_client_with_a_clear_message(tmp_path: Path) -> None:
+    """The gateway allows only an ESP suite we never offer (3DES): our client stops within
+    2 s of the last NO-PROPOSAL-CHOSEN with a message naming the refused SA."""
+    os.chmod(tmp_path, 0o700)
+    with Topology() as topo:
+        c, g = topo.add_ns("c"), topo.add_ns("g")
+        topo.link(c, f"{CLIENT}/24", g, f"{GATEWAY}/24")
+        with Charon(tmp_path / "gw", g) as charon:
+            gateway = xauth_gateway().replace(
+                "esp_proposals = aes256gcm16-ecp256", "esp_proposals = 3des-md5"
+            )
+            charon.load(gateway)
+            client, log = run_fallback_client(tmp_path, c)
+            try:
+                code = client.wait(timeout=40)
+            finally:
+                stop_process(client)
+    records = json_records(log)
+    failed = [r for r in records if r.get("state") == "failed"]
+    assert code != 0 and failed, read_text(log)[-3000:]
+    message = failed[-1]["message"]
+    assert "NO_PROPOSAL_CHOSEN" in message and "10.78.0.0/24" in message, message

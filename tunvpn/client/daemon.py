@@ -39,7 +39,7 @@ from tunvpn.ike.errors import LocalProtocolError, RemoteProtocolError
 from tunvpn.ike.identity import Identity
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy, PolicyPush, decode_policies, diff_policies
-from tunvpn.ike.proposals import DEFAULT_ESP, LEGACY_ESP, ChildProposal, Phase1Policy
+from tunvpn.ike.proposals import DEFAULT_ESP, DEFAULT_GROUPS, LEGACY_ESP, ChildProposal, Phase1Policy
 from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.plugins.host import PluginError, PluginHost, install_advice
 from tunvpn.plugins.types import ClientProtocol, ClientQuestion, ClientSession
@@ -125,6 +125,13 @@ class ClientOptions:
     legacy: bool = False
     ike_groups: tuple[DHGroup, ...] | None = None
     pfs: DHGroup | None = DHGroup.ECP_256
+    pfs_auto: bool = False
+    """A gateway that pushes no policies (the fallback path): offer ``pfs`` first, then every
+    other group strongest first, then no PFS (unless ``pfs_required``), one choice at a time
+    (a Quick Mode carries one KE), moving on at a hash-verified NO-PROPOSAL-CHOSEN; what worked
+    is kept for the next SAs and the rekeys (issue 16). The command line's default."""
+    pfs_required: bool = False
+    """With ``pfs_auto``: never fall back to no PFS."""
     mode_config: bool = True
     exit_after_established: bool = False
     timeout: float = 60.0
@@ -256,9 +263,21 @@ def build_engine_config(options: ClientOptions) -> EngineConfig:
     )
 
 
-def child_proposal(options: ClientOptions) -> ChildProposal:
+def child_proposal(options: ClientOptions, pfs: DHGroup | str | None = "options") -> ChildProposal:
+    """Our Quick Mode proposal for a gateway that pushes none: every ESP suite, PFS ``pfs``
+    (by default the options' first choice)."""
     esp = DEFAULT_ESP + LEGACY_ESP if options.legacy else DEFAULT_ESP
-    return ChildProposal(esp=esp, pfs_group=options.pfs, lifetime_seconds=options.sa_lifetime)
+    group = options.pfs if isinstance(pfs, str) else pfs
+    return ChildProposal(esp=esp, pfs_group=group, lifetime_seconds=options.sa_lifetime)
+
+
+def pfs_choices(options: ClientOptions) -> tuple[DHGroup | None, ...]:
+    """The PFS choices of the fallback path, in the order they are offered (issue 16)."""
+    if not options.pfs_auto:
+        return (options.pfs,)
+    first = () if options.pfs is None else (options.pfs,)
+    rest = tuple(g for g in DEFAULT_GROUPS if g != options.pfs)
+    return first + rest + (() if options.pfs_required else (None,))
 
 
 def protected_networks(config: ModeConfig | None) -> list[IPv4Network]:
@@ -313,6 +332,12 @@ class Client:
         self.pending: dict[str, TrafficSelector] = {}
         """Quick Mode name -> remote selector, while it runs."""
         self.established: dict[str, ev.ChildSAEstablished] = {}
+        self._fallback_selectors: dict[str, tuple[TrafficSelector, TrafficSelector]] = {}
+        """Fallback Quick Modes (a gateway that pushes no policies): name -> selectors."""
+        self._pfs_tried: dict[str, int] = {}
+        """Fallback Quick Mode name -> how many PFS choices the gateway refused."""
+        self._pfs_worked: tuple[DHGroup | None] | None = None
+        """The PFS choice a standard gateway took, offered alone from then on (issue 16)."""
         self.policies: tuple[Phase2Policy, ...] | None = None
         """The phase 2 policies the gateway pushed (None: a standard gateway, which pushes none)."""
         self.generation = 0
@@ -988,11 +1013,60 @@ class Client:
         return True
 
     def proposal_for(self, name: str) -> ChildProposal:
-        """The Quick Mode proposal of a policy (to rekey it)."""
+        """The Quick Mode proposal of a policy (to rekey it); on the fallback path the PFS
+        choice the gateway took."""
         for policy in (*(self.policies or ()), *self._protocol_policies()):
             if policy.name == name:
                 return policy.initiator_proposal()
-        return child_proposal(self.options)
+        return child_proposal(self.options, self._fallback_pfs(name))
+
+    def _fallback_pfs(self, name: str) -> DHGroup | None:
+        """The PFS choice to offer for fallback Quick Mode ``name``: the one that worked for an
+        earlier SA, else the next untried one (issue 16)."""
+        if self._pfs_worked is not None:
+            return self._pfs_worked[0]
+        choices = pfs_choices(self.options)
+        return choices[min(self._pfs_tried.get(name, 0), len(choices) - 1)]
+
+    def _start_fallback(self, name: str, local: TrafficSelector, remote: TrafficSelector) -> bool:
+        assert self.sa_id is not None
+        proposal = child_proposal(self.options, self._fallback_pfs(name))
+        self.pending[name] = remote
+        try:
+            self.engine.start_child(self.sa_id, self.clock(), local, remote, proposal, name=name)
+        except LocalProtocolError as exc:
+            self.fail("quick", f"cannot start Quick Mode {local} === {remote}: {exc}")
+            return False
+        pfs = proposal.pfs_group.name.lower() if proposal.pfs_group is not None else "none"
+        self.progress.report(
+            "quick", f"{local} === {remote} (pfs {pfs})", state="started", local_ts=local, remote_ts=remote
+        )
+        return True
+
+    def _retry_fallback(self, event: ev.ChildSAFailed) -> bool:
+        """A fallback Quick Mode refused with a verified NO-PROPOSAL-CHOSEN: offer the next PFS
+        choice (True), unless none is left or one already worked for another SA."""
+        name = event.policy_name
+        if (
+            event.notify != NotifyType.NO_PROPOSAL_CHOSEN
+            or name not in self._fallback_selectors
+            or self._pfs_worked is not None
+        ):
+            return False
+        tried = self._pfs_tried.get(name, 0) + 1
+        choices = pfs_choices(self.options)
+        if tried >= len(choices):
+            return False
+        self._pfs_tried[name] = tried
+        refused, offered = choices[tried - 1], choices[tried]
+        log.info(
+            "Quick Mode %s: the gateway refused PFS %s; offering %s",
+            name,
+            refused.name.lower() if refused is not None else "none",
+            offered.name.lower() if offered is not None else "none",
+        )
+        local, remote = self._fallback_selectors[name]
+        return self._start_fallback(name, local, remote)
 
     def _start_quick_modes(self, config: ModeConfig | None) -> None:
         assert self.sa_id is not None
@@ -1008,23 +1082,18 @@ class Client:
                 if not self._start_policy(policy, local):
                     return
             return
-        proposal = child_proposal(self.options)
         for net in protected_networks(config):
             remote = TrafficSelector.from_network(net)
             name = f"{local}==={remote}"
-            self.pending[name] = remote
-            try:
-                self.engine.start_child(self.sa_id, self.clock(), local, remote, proposal, name=name)
-            except LocalProtocolError as exc:
-                self.fail("quick", f"cannot start Quick Mode {local} === {remote}: {exc}")
+            self._fallback_selectors[name] = (local, remote)
+            if not self._start_fallback(name, local, remote):
                 return
-            self.progress.report(
-                "quick", f"{local} === {remote}", state="started", local_ts=local, remote_ts=remote
-            )
 
     def _child_established(self, event: ev.ChildSAEstablished) -> None:
         name = event.policy_name or f"{event.local_ts}==={event.remote_ts}"
         self.pending.pop(name, None)
+        if name in self._fallback_selectors and self._pfs_worked is None:
+            self._pfs_worked = (DHGroup(event.pfs_group) if event.pfs_group else None,)
         self.established[name] = event
         suite = esp_suite_name(event.transform, event.key_length, event.integrity)
         self.progress.report(
@@ -1060,7 +1129,17 @@ class Client:
     def _child_failed(self, event: ev.ChildSAFailed) -> None:
         name = event.policy_name
         self.pending.pop(name, None)
+        if self._retry_fallback(event):
+            return
         notify = f" (notify {event.notify})" if event.notify is not None else ""
+        if name in self._fallback_selectors and event.notify == NotifyType.NO_PROPOSAL_CHOSEN:
+            tried = ", ".join(g.name.lower() if g is not None else "none" for g in pfs_choices(self.options))
+            self.fail(
+                "quick",
+                f"the gateway refused Quick Mode {name} (NO_PROPOSAL_CHOSEN): none of our ESP suites "
+                f"with any of the PFS choices we offer (tried {tried}) is allowed there",
+            )
+            return
         self.fail("quick", f"Quick Mode {name or ''} failed: {event.reason}{notify}".replace("  ", " "))
 
     # ------------------------------------------------------------------ running
@@ -1397,6 +1476,8 @@ class Client:
         self.generation = 0
         self.pending.clear()
         self.established.clear()
+        self._fallback_selectors.clear()
+        self._pfs_tried.clear()
         self.child_started.clear()
         self._quick_modes_started = False
         self._xauth_rounds = self._stage_rounds = 0

@@ -117,21 +117,30 @@ def on_dpd(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
 
 
 def on_error_notify(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
-    if n.protocol == ProtocolId.ESP and len(n.spi) == 4:
+    """A hash-verified error Notify. One about a Quick Mode of ours stops it at once
+    (ChildSAFailed, no more retransmissions): named by the SPI we proposed, or, when the peer
+    names none (strongSwan sends NO-PROPOSAL-CHOSEN for ESP with SPI 0), the oldest of our
+    Quick Modes still waiting for an answer (issue 16)."""
+    if n.protocol in (ProtocolId.ESP, ProtocolId.AH) and len(n.spi) in (0, 4):
         # an error about one of our Quick Modes, named by the SPI we proposed
-        spi = int.from_bytes(n.spi, "big")
-        for ex in list(sa.exchanges.values()):
-            if ex.kind is ExchangeKind.QUICK and ex.state is ExState.SENT_1 and ex.quick.spi_in == spi:
-                name = ex.quick.name
-                exchange_done(engine, sa, ex)
-                try:
-                    notify_name = NotifyType(n.notify_type).name
-                except ValueError:
-                    notify_name = str(n.notify_type)
-                reason = f"refused by the peer ({notify_name})"
-                engine._events.append(ev.ChildSAFailed(sa.sa_id, reason, n.notify_type, name))
-                engine._spis.discard(spi)
-                return
+        spi = int.from_bytes(n.spi, "big") if n.spi else 0
+        waiting = [
+            ex for ex in sa.exchanges.values() if ex.kind is ExchangeKind.QUICK and ex.state is ExState.SENT_1
+        ]
+        named = [ex for ex in waiting if ex.quick.spi_in == spi]
+        if not named and spi == 0 and waiting:
+            named = waiting[:1]  # exchanges keep their start order: the oldest waiting
+        for ex in named:
+            name = ex.quick.name
+            exchange_done(engine, sa, ex)
+            try:
+                notify_name = NotifyType(n.notify_type).name
+            except ValueError:
+                notify_name = str(n.notify_type)
+            reason = f"refused by the peer ({notify_name})"
+            engine._events.append(ev.ChildSAFailed(sa.sa_id, reason, n.notify_type, name))
+            engine._spis.discard(ex.quick.spi_in)
+            return
     engine._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
 
 
