@@ -448,6 +448,13 @@ def _add_connect(sub: Subparsers) -> None:
     cl.add_argument("--mode", choices=("main", "aggressive", "base"), default="main", help="phase 1 mode")
     cl.add_argument("--user", help="XAUTH user name (offers XAUTH authentication)")
     cl.add_argument(
+        "--run-as",
+        metavar="NAME",
+        help="started as root: become NAME, keeping only CAP_NET_ADMIN and CAP_NET_BIND_SERVICE, once "
+        "the TUN device is open and the ports are bound; DNS, the gateway's route and the crash-recovery "
+        "state then go through a small privileged helper (default: stay root; docs/security.md)",
+    )
+    cl.add_argument(
         "--ca",
         metavar="FILE",
         action="append",
@@ -1007,6 +1014,10 @@ def cmd_connect(args: argparse.Namespace) -> int:
     if args.check:
         return check_client(options, args.profile)
     client = Client(options, local_ip)
+    if args.run_as is not None:
+        from tunvpn.shell.privileges import choose_user
+
+        client.run_as = choose_user(args.run_as)  # None: not root, or `root`
     code = asyncio.run(client.run())
     if code != 0:
         print(f"tunvpn: {for_terminal(client.message)}", file=sys.stderr)

@@ -45,14 +45,17 @@ from tunvpn.plugins.host import PluginError, PluginHost, install_advice
 from tunvpn.plugins.types import ClientProtocol, ClientQuestion, ClientSession
 from tunvpn.shell import sdnotify
 from tunvpn.shell.crls import keep_crls_fresh
+from tunvpn.shell.privileges import ServiceUser, drop_privileges
 from tunvpn.shell.udp import UdpDriver, describe_mode_config, esp_suite_name
 from tunvpn.untrusted import for_terminal, quoted
 
 if TYPE_CHECKING:
     from tunvpn.client.holdtunnel import HoldingTunnel
     from tunvpn.client.hostconfig import HostConfig
+    from tunvpn.client.privhelper import PrivHelper
     from tunvpn.control.server import ControlServer
     from tunvpn.dataplane.tunnel import Tunnel
+    from tunvpn.keylog import KeyLog
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +347,13 @@ class Client:
         self.phase1: ev.Phase1Established | None = None
         self.started = clock()
         self.child_started: dict[int, float] = {}
-        self.hostconfig: HostConfig | None = None
+        self.hostconfig: HostConfig | PrivHelper | None = None
+        """DNS and the gateway's pin: in this process, or through the privileged helper
+        (tunvpn.client.privhelper) once root is dropped."""
+        self.run_as: ServiceUser | None = None
+        """Started as root: the user to become once the TUN device is open and the ports are
+        bound (``--run-as``); root-only host configuration then goes through a helper."""
+        self._privhelper: PrivHelper | None = None
         self.driver: UdpDriver | None = None
         self.counters = counter_registry(self)
         """Everything counted (tunvpn/dataplane/counters.py), read by ``status``."""
@@ -783,6 +792,40 @@ class Client:
             "tunnels": [tunnel],
         }
 
+    def _drop_root(self, keylog: KeyLog | None) -> None:
+        """Become ``run_as`` keeping CAP_NET_ADMIN (routes on the TUN device) and
+        CAP_NET_BIND_SERVICE (IKE's port 500 bound again); with a TUN device, a helper started
+        first stays root for DNS, the gateway's pin and the crash-recovery state
+        (tunvpn.client.privhelper). No thread may run yet (drop_privileges checks)."""
+        from tunvpn.client.hostconfig import default_resolv_conf, default_run_dir
+        from tunvpn.client.privhelper import start_helper
+
+        assert self.run_as is not None
+        if keylog is not None:  # made by root above, appended to after the drop
+            for path in (keylog.ike_path, keylog.esp_path):
+                os.chown(path, self.run_as.uid, self.run_as.gid)
+        if self.tunnel is not None:
+            backend = self.options.dns_backend or "none"
+            helper = start_helper(self.tunnel.name, backend, default_run_dir(), default_resolv_conf())
+            self._privhelper = helper
+            self.hostconfig = helper
+        try:
+            drop_privileges(self.run_as)
+        except BaseException:
+            if self._privhelper is not None:
+                self._privhelper.close()
+                self._privhelper = self.hostconfig = None
+            raise
+        if self._privhelper is not None:
+            self.progress.report(
+                "privileges",
+                f"running as {self.run_as.name}; DNS and the gateway's pin through the privileged "
+                f"helper (pid {self._privhelper.pid})",
+                state="dropped",
+                user=self.run_as.name,
+                helper=self._privhelper.pid,
+            )
+
     def _cleanup_stale(self) -> None:
         """Undo what an earlier run that crashed left behind (DNS, routes)."""
         from tunvpn.client.hostconfig import HostConfigError, cleanup_stale
@@ -1186,6 +1229,17 @@ class Client:
             if self.tunnel is not None:
                 self.tunnel.close()
             raise
+        control = await self._start_control()  # still root: the socket goes in root's /run/tunvpn
+        if self.run_as is not None:  # before the data thread, asyncio's executor and the plugins
+            try:
+                self._drop_root(keylog)
+            except BaseException:
+                driver.close()
+                if control is not None:
+                    control.close()
+                if self.tunnel is not None:
+                    self.tunnel.close()
+                raise
         if self.tunnel is not None:
             self.tunnel.on_change = driver.flush
             self.tunnel.start(loop)
@@ -1193,7 +1247,6 @@ class Client:
         if watcher is not None and watcher.start(loop) and self.gateway_ip:
             path = await asyncio.to_thread(route_path, self.gateway_ip)
             self._route_path = (self.gateway_ip, path) if path is not None else None
-        control = await self._start_control()
         crls = loop.create_task(keep_crls_fresh(lambda: self.engine.config), name="CRL distribution points")
 
         async def stop(signame: str) -> None:
@@ -1252,13 +1305,19 @@ class Client:
                 loop.remove_signal_handler(sig)
             driver.close()
             if control is not None:
-                control.close()
+                try:
+                    control.close()
+                except PermissionError:  # dropped root: the socket file stays in root's /run/tunvpn
+                    pass
             if self.hostconfig is not None:
                 try:
                     self.hostconfig.restore()
                 except Exception as exc:  # the tunnel must still go away
                     log.warning("restoring DNS failed: %s", exc)
                 self.hostconfig = None
+            if self._privhelper is not None:
+                self._privhelper.close()  # it undoes anything left, then exits
+                self._privhelper = None
             if self.tunnel is not None:
                 self.tunnel.close()
         return self._result_after_run()
