@@ -195,12 +195,30 @@ def test_client_falls_back_to_unity_split_networks_and_pings_each(tmp_path: Path
 
 # ------------------------------------------------------------------ PFS the gateway chooses
 
-# Standard gateways that each allow exactly one PFS choice in Quick Mode (issue 16): no PFS at
-# all (a very common setting), MODP-3072, ECP-521, Curve25519. A Quick Mode carries one KE, so
-# our client offers its PFS choices one at a time, strongest first and then none, moving on at a
-# hash-verified NO-PROPOSAL-CHOSEN, and reaches a working tunnel with the gateway's only one.
-PFS_CASES = {"none": ("aes256gcm16", None), "modp3072": ("aes256gcm16-modp3072", 15),
-             "ecp521": ("aes256gcm16-ecp521", 21), "curve25519": ("aes256gcm16-curve25519", 31)}  # fmt: skip
+# Standard gateways with narrow settings (issue 16's matrix): each allows exactly one phase 1
+# suite and one ESP suite with one PFS choice (no PFS at all is a very common setting), some
+# with shorter lifetimes than ours. A Quick Mode carries one KE, so our client offers its PFS
+# choices one at a time, strongest first and then none, moving on at a hash-verified
+# NO-PROPOSAL-CHOSEN, and reaches a working tunnel with the gateway's only choices.
+# case: (phase 1 proposal, ESP proposal, extra config, expected PFS group, expected ESP suite)
+MATRIX = {
+    "nopfs": ("aes256-sha256-modp2048", "aes256gcm16", "", None, "aes256gcm16"),
+    "modp3072": ("aes256-sha256-modp2048", "aes256gcm16-modp3072", "", 15, "aes256gcm16"),
+    "ecp521": ("aes256-sha256-modp2048", "aes256gcm16-ecp521", "", 21, "aes256gcm16"),
+    "curve25519": ("aes256-sha256-modp2048", "aes256gcm16-curve25519", "", 31, "aes256gcm16"),
+    "ike-aes128-sha384-ecp384": ("aes128-sha384-ecp384", "aes128gcm16-modp3072", "", 15, "aes128gcm16"),
+    "ike-aes192-sha512-modp4096": ("aes192-sha512-modp4096", "aes256gcm16", "", None, "aes256gcm16"),
+    "ike-aes256-sha1-ecp256": ("aes256-sha1-ecp256", "aes128gcm16-ecp384", "", 20, "aes128gcm16"),
+    "ike-curve25519": ("aes256-sha256-curve25519", "aes256gcm16-curve25519", "", 31, "aes256gcm16"),
+    "aes-cbc-only": ("aes256-sha256-modp2048", "aes128-sha256-ecp256", "", 19, "aes128-sha256"),
+    "short-lifetimes": (
+        "aes256-sha256-modp2048",
+        "aes256gcm16-ecp256",
+        "      life_time = 600s\n      rekey_time = 500s\n",
+        19,
+        "aes256gcm16",
+    ),
+}
 
 
 def run_fallback_client(tmp_path: Path, c: str, *extra: str) -> tuple[subprocess.Popen[str], Path]:
@@ -213,9 +231,9 @@ def run_fallback_client(tmp_path: Path, c: str, *extra: str) -> tuple[subprocess
     return popen_tunvpn(c, args, log), log
 
 
-@pytest.mark.parametrize("case", list(PFS_CASES))
-def test_client_finds_the_gateways_only_pfs_choice(tmp_path: Path, case: str) -> None:
-    esp, group = PFS_CASES[case]
+@pytest.mark.parametrize("case", list(MATRIX))
+def test_client_finds_the_narrow_gateways_only_choices(tmp_path: Path, case: str) -> None:
+    ike, esp, extra, group, suite = MATRIX[case]
     os.chmod(tmp_path, 0o700)
     with Topology() as topo:
         c, g, s = topo.add_ns("c"), topo.add_ns("g"), topo.add_ns("s")
@@ -225,6 +243,8 @@ def test_client_finds_the_gateways_only_pfs_choice(tmp_path: Path, case: str) ->
         run_in(g, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         with Charon(tmp_path / "gw", g) as charon:
             gateway = xauth_gateway().replace("esp_proposals = aes256gcm16-ecp256", f"esp_proposals = {esp}")
+            gateway = gateway.replace("proposals = aes256-sha256-modp2048", f"proposals = {ike}")
+            gateway = gateway.replace("        mode = tunnel\n", "        mode = tunnel\n" + extra)
             charon.load(gateway.replace(f"local_ts = {', '.join(NETS)}", f"local_ts = {NETS[0]}"))
             client, log = run_fallback_client(tmp_path, c)
             try:
@@ -243,7 +263,7 @@ def test_client_finds_the_gateways_only_pfs_choice(tmp_path: Path, case: str) ->
                 stop_process(client)
     assert result.returncode == 0, result.stdout + result.stderr
     up = [r for r in json_records(log) if r["event"] == "quick" and r["state"] == "established"]
-    assert [r["pfs_group"] for r in up] == [group], up
+    assert [(r["pfs_group"], r["esp"]) for r in up] == [(group, suite)], up
 
 
 def test_a_gateway_that_refuses_every_proposal_stops_the_client_with_a_clear_message(tmp_path: Path) -> None:
