@@ -75,14 +75,16 @@ def _gateway(net: Net, log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _client(net: Net, log: Path) -> subprocess.Popen[bytes]:
+def _client(net: Net, log: Path, *, in_profile: bool = False) -> subprocess.Popen[bytes]:
+    """``tunvpn connect --run-as nobody``, or with ``run_as = "nobody"`` in the profile."""
     private_file(net.tmp / "pw", "wonderland\n")
     profile = private_file(
         net.tmp / "client.toml",
-        f'gateway = "{net.pair.addr_a}"\npsk_file = "psk"\nuser = "alice"\npassword_file = "pw"\n',
+        f'gateway = "{net.pair.addr_a}"\npsk_file = "psk"\nuser = "alice"\npassword_file = "pw"\n'
+        + ('run_as = "nobody"\n' if in_profile else ""),
     )
     argv = ["connect", "-c", str(profile), "--tun", "tvcl%d", "--json", "--control", "none", "-v"]
-    argv += ["--dns-backend", "file", "--run-as", "nobody"]
+    argv += ["--dns-backend", "file"] + ([] if in_profile else ["--run-as", "nobody"])
     env = {**tunvpn_env(), "TUNVPN_RUN_DIR": str(net.run_dir), "TUNVPN_RESOLV_CONF": str(net.resolv)}
     return popen_in(net.pair.b, tunvpn_argv(*argv), log, env=env)
 
@@ -167,12 +169,14 @@ def test_a_client_started_as_root_runs_as_nobody_and_its_helper_restores_on_exit
 
 
 def test_the_helper_cleans_up_after_a_killed_client(net: Net) -> None:
+    """Also: ``run_as`` in the profile (what ``tunvpn up`` starts) drops as ``--run-as`` does."""
     before = net.routes()
     gw_log, cl_log = net.tmp / "gateway.log", net.tmp / "client.log"
     gw = _gateway(net, gw_log)
-    cl = _client(net, cl_log)
+    cl = _client(net, cl_log, in_profile=True)
     try:
         wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 30, "the client's SAs")
+        assert _status(Path(f"/proc/{cl.pid}/status"))["Uid"].split() == ["65534"] * 4
         wait_for(lambda: net.resolv.read_text() != ORIGINAL or cl.poll() is not None, 10, "DNS applied")
         assert any(r.startswith(_pin(net)) for r in net.routes()), net.routes()
         helpers = _helpers(cl.pid)

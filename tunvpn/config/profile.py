@@ -45,7 +45,7 @@ MODES = ("main", "aggressive", "base")
 _PROFILE_KEYS = (
     "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "revocation", "crl_files", "user",
     "password_file", "mode", "id",
-    "remote_id", "plugins", "plugin", "reconnect",
+    "remote_id", "plugins", "plugin", "reconnect", "run_as",
 )  # fmt: skip
 REMOTE_ID_ANY = "any"
 """``remote_id = "any"``: a pre-shared-key gateway may send any phase 1 identity (warned)."""
@@ -91,6 +91,9 @@ class ClientProfile:
     """Client plugins to load (``tunvpn_client_answer``: a soft token, say)."""
     plugin_settings: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     """``[plugin.NAME]`` tables: each plugin's own settings."""
+    run_as: str | None = None
+    """Started as root: the account to become once the TUN device is open (``tunvpn connect
+    --run-as``; docs/service.md); ``None``: stay root."""
 
 
 def load_profile(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> ClientProfile:
@@ -187,6 +190,7 @@ def parse_profile(
         peer_certificates=peer_certificates,
         plugins=tuple(plugins),
         plugin_settings=plugin_settings,
+        run_as=table.text("run_as"),
     )
 
 
