@@ -940,6 +940,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
         args.user = args.user or profile.user
         args.password_file = args.password_file or profile.password_file
         args.run_as = args.run_as or profile.run_as
+        if args.pfs == "auto" and profile.pfs is not None:  # the command line's --pfs comes first
+            args.pfs = _pfs(profile.pfs)
         if args.mode == "main" and profile.mode != "main":
             args.mode = profile.mode
         args.local_id = args.local_id or profile.local_id

@@ -35,6 +35,7 @@ from tunvpn.config.gateway import (
     resolve_plugin_paths,
 )
 from tunvpn.config.hosts import check_gateway
+from tunvpn.config.names import parse_dh_group
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential, load_certificates
 from tunvpn.ike.config import PskTable
@@ -45,7 +46,7 @@ MODES = ("main", "aggressive", "base")
 _PROFILE_KEYS = (
     "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "revocation", "crl_files", "user",
     "password_file", "mode", "id",
-    "remote_id", "plugins", "plugin", "reconnect", "run_as",
+    "remote_id", "plugins", "plugin", "reconnect", "run_as", "pfs",
 )  # fmt: skip
 REMOTE_ID_ANY = "any"
 """``remote_id = "any"``: a pre-shared-key gateway may send any phase 1 identity (warned)."""
@@ -94,6 +95,9 @@ class ClientProfile:
     run_as: str | None = None
     """Started as root: the account to become once the TUN device is open (``tunvpn connect
     --run-as``; docs/service.md); ``None``: stay root."""
+    pfs: str | None = None
+    """Quick Mode PFS with a gateway that pushes no policies, as ``tunvpn connect --pfs``:
+    ``auto``, ``required``, a group name or ``none`` (docs/proposals.md); ``None``: ``auto``."""
 
 
 def load_profile(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> ClientProfile:
@@ -191,7 +195,20 @@ def parse_profile(
         plugins=tuple(plugins),
         plugin_settings=plugin_settings,
         run_as=table.text("run_as"),
+        pfs=_read_pfs(table),
     )
+
+
+def _read_pfs(table: TableReader) -> str | None:
+    """``pfs``: ``auto``, ``required``, ``none`` or a DH group (checked here, used by the CLI)."""
+    text = table.text("pfs")
+    if text is None or text.strip().lower() in ("auto", "required", "none"):
+        return None if text is None else text.strip().lower()
+    try:
+        parse_dh_group(text)
+    except ValueError as exc:
+        raise table.error("pfs", f"pfs: {exc}; or auto, required, none") from None
+    return text.strip()
 
 
 def _read_gateways(table: TableReader) -> tuple[str, ...]:

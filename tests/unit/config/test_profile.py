@@ -161,3 +161,18 @@ def test_gateway_names_and_lists(secrets_dir: Path) -> None:
     assert many.gateway == "vpn1.example.com"
     assert many.gateways == ("vpn1.example.com", "192.0.2.7")
     assert many.reconnect is False
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("auto", "auto"), ("required", "required"), ("none", "none"), ("ecp384", "ecp384")],
+)
+def test_pfs_key(secrets_dir: Path, value: str, expected: str) -> None:
+    """Issue 16: the PFS choice for gateways that push no policies, as `tunvpn connect --pfs`."""
+    assert _load(secrets_dir, THREE_LINES + f'pfs = "{value}"\n').pfs == expected
+    assert _load(secrets_dir, THREE_LINES).pfs is None
+
+
+def test_a_bad_pfs_names_its_key(secrets_dir: Path) -> None:
+    error = _error(secrets_dir, THREE_LINES + 'pfs = "ecp999"\n')
+    assert "pfs" in str(error) and "required" in str(error)
