@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.netns import Topology, run_in, stop_process, wait_for
+from tests.helpers.transfer import SINK, SOURCE
 from tests.helpers.tunvpn_proc import (
     json_records,
     popen_tunvpn,
@@ -66,42 +67,6 @@ esp = "{esp}"
 pfs = "{pfs}"
 lifetime = "1h"
 {extra}
-"""
-
-SINK = r"""
-import hashlib, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], 5001)); s.listen(1); print("listening", flush=True)
-c, _ = s.accept(); h = hashlib.sha256(); n = 0
-while True:
-    b = c.recv(1 << 16)
-    if not b:
-        break
-    h.update(b); n += len(b)
-c.sendall(f"{n} {h.hexdigest()}".encode()); c.close()
-"""
-
-SOURCE = r"""
-import hashlib, os, socket, sys, time
-size, seconds = int(sys.argv[2]), float(sys.argv[3])
-data = os.urandom(size)
-s = socket.create_connection((sys.argv[1], 5001), timeout=60)
-chunk = 1 << 16
-start = time.monotonic()
-for i in range(0, size, chunk):
-    s.sendall(data[i : i + chunk])
-    # paced so that the transfer spans the reload
-    ahead = (i / size) * seconds - (time.monotonic() - start)
-    if ahead > 0:
-        time.sleep(ahead)
-s.shutdown(socket.SHUT_WR)
-reply = b""
-while True:
-    b = s.recv(4096)
-    if not b:
-        break
-    reply += b
-print(len(data), hashlib.sha256(data).hexdigest(), reply.decode())
 """
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.netns import Topology, run_in, stop_process, wait_for
+from tests.helpers.transfer import SINK, SOURCE
 from tests.helpers.tunvpn_proc import (
     json_records,
     popen_tunvpn,
@@ -68,18 +69,6 @@ auth = "{auth}"
 hello = 2
 """
 
-SINK = r"""
-import hashlib, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], 5001)); s.listen(1); print("listening", flush=True)
-c, _ = s.accept(); h = hashlib.sha256(); n = 0
-while True:
-    b = c.recv(1 << 16)
-    if not b:
-        break
-    h.update(b); n += len(b)
-c.sendall(f"{n} {h.hexdigest()}".encode()); c.close()
-"""
 
 GARBAGE = r"""
 import os, random, socket, struct, sys
@@ -98,20 +87,6 @@ for i in range(300):
         data = bytes([0xC8, 0x02, 0x00])
     s.sendto(data, (sys.argv[1], 1701))
 print("sent")
-"""
-
-SOURCE = r"""
-import hashlib, os, socket, sys
-data = os.urandom(int(sys.argv[2]))
-s = socket.create_connection((sys.argv[1], 5001), timeout=60)
-s.sendall(data); s.shutdown(socket.SHUT_WR)
-reply = b""
-while True:
-    b = s.recv(4096)
-    if not b:
-        break
-    reply += b
-print(len(data), hashlib.sha256(data).hexdigest(), reply.decode())
 """
 
 
