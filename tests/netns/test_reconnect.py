@@ -34,6 +34,7 @@ POOL = "10.79.0.10-10.79.0.20"
 PSK = "reconnect-test-psk-0123456789"
 SECOND = "10.77.0.3"
 DEAD = "10.77.0.9"  # on the link, nobody answers
+OUTAGE = 9.0  # seconds the gateway stays dead after the client noticed
 
 
 def _gateway(
@@ -90,6 +91,15 @@ def _ping_once(pair: NetnsPair) -> bool:
     return out.returncode == 0
 
 
+def _first_reply_after(pings: Path, since: float) -> float | None:
+    """The wall-clock time of ping -D's first reply at or after ``since``, if any."""
+    for line in read_text(pings).splitlines():
+        match = re.match(r"\[(\d+\.\d+)\] \d+ bytes from", line)
+        if match and float(match.group(1)) >= since:
+            return float(match.group(1))
+    return None
+
+
 def _pcap_frames(path: Path) -> int:
     """Frames in a classic pcap file (dumpcap -P)."""
     data = path.read_bytes() if path.exists() else b""
@@ -128,10 +138,13 @@ def test_gateway_killed_and_restarted_client_comes_back_without_leaking(
         leak = tmp_path / "leak.pcap"
         # anything for the tunnel's network on the underlay in clear (ESP rides in UDP 4500 to
         # the gateway's underlay address, so it never matches)
-        with capture(pair.b, pair.if_b, leak, bpf=f"dst net {PROTECTED_NET}"):
+        pings = tmp_path / "pings.txt"
+        with capture(pair.b, pair.if_b, leak, bpf=f"dst net {PROTECTED_NET}"), pings.open("wb") as out:
+            # -D: each reply line starts with its wall-clock time, so the first reply after the
+            # restart is timed by ping itself, not by this test's polling
             pinger = subprocess.Popen(
-                ["ip", "netns", "exec", pair.b, "ping", "-i", "0.2", "-W", "1", PROTECTED],
-                stdout=subprocess.DEVNULL,
+                ["ip", "netns", "exec", pair.b, "ping", "-D", "-i", "0.2", "-W", "1", PROTECTED],
+                stdout=out,
                 stderr=subprocess.DEVNULL,
             )
             killed = time.monotonic()
@@ -148,19 +161,29 @@ def test_gateway_killed_and_restarted_client_comes_back_without_leaking(
             noticed = time.monotonic() - killed
             routes = run_in(pair.b, ["ip", "route"], check=True).stdout
             assert re.search(r"10\.78\.0\.0/24 dev tvcl\d", routes), f"route left the TUN device:\n{routes}"
-            time.sleep(3)  # a few unanswered attempts while the gateway is down
+            # long enough for several rounds of unanswered attempts: a doubling back-off would
+            # be at 4 s between rounds by now, and the client must still find the gateway at once
+            time.sleep(OUTAGE)
             gw = _gateway(pair, tmp_path, pair.addr_a, gw_log)
-            back = time.monotonic()
-            wait_for(lambda: _ping_once(pair) or cl.poll() is not None, 60, "a ping after the restart")
+            back = time.time()
+            wait_for(
+                lambda: _first_reply_after(pings, back) is not None or cl.poll() is not None,
+                60,
+                "a ping reply after the restart",
+            )
             assert cl.poll() is None, read_text(cl_log)[-3000:]
-            took = time.monotonic() - back
+            first = _first_reply_after(pings, back)
+            assert first is not None
+            took = first - back
             pinger.terminate()
             pinger.wait(5)
         print(
-            f"gateway SIGKILLed: client noticed after {noticed:.1f} s (DPD), pinging again "
-            f"{took:.1f} s after the restarted gateway was ready (goal 5 s)"
+            f"gateway SIGKILLed: client noticed after {noticed:.1f} s (traffic watch + DPD), "
+            f"gateway down {OUTAGE:.0f} s more, first ping reply {took:.1f} s after the restarted "
+            "gateway was ready (goal 5 s)"
         )
-        assert took < 30, read_text(cl_log)[-3000:]
+        # the issue's goal; the widest gap between two first messages is 2 s (reconnect.py)
+        assert took < 5.0, read_text(cl_log)[-3000:]
         assert _pcap_frames(leak) == 0, "packets for the tunnel's network left the underlay in clear"
         states = [r.get("state") for r in json_records(cl_log) if r.get("event") == "reconnect"]
         assert "lost" in states, states
@@ -307,12 +330,14 @@ def test_remote_id_is_checked_per_gateway_by_the_name_written(pair: NetnsPair, t
             stop_process(gw2)
 
 
-def test_gateway_restarted_at_once_is_found_by_the_traffic_it_no_longer_answers(
+def test_gateway_restarted_at_once_is_found_by_its_invalid_spi_answer(
     pair: NetnsPair, tmp_path: Path
 ) -> None:
     """The usual restart: SIGKILL and started again at once, while the user's traffic flows.
-    The restarted gateway answers nothing for our old SAs; the client worries (ESP out,
-    nothing in for 2 s), probes, and reconnects without waiting for the idle DPD timeout."""
+    The restarted gateway answers our ESP for SAs it lost with an unprotected INVALID-SPI
+    Notify; the client cannot verify it, so it probes (R-U-THERE, 2 s) and, unanswered,
+    reconnects without waiting for the idle DPD timeout. (Without that Notify the traffic
+    watch would find it: ESP out, nothing in for 2 s, a 3 s probe.)"""
     gw_log, cl_log = tmp_path / "gateway.log", tmp_path / "client.log"
     gw = _gateway(pair, tmp_path, pair.addr_a, gw_log)
     cl = _client(pair, _profile(tmp_path, f'"{pair.addr_a}"'), cl_log)
@@ -320,29 +345,37 @@ def test_gateway_restarted_at_once_is_found_by_the_traffic_it_no_longer_answers(
     try:
         wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 30, "the client's SAs")
         leak = tmp_path / "leak.pcap"
-        with capture(pair.b, pair.if_b, leak, bpf=f"dst net {PROTECTED_NET}"):
+        pings = tmp_path / "pings.txt"
+        with capture(pair.b, pair.if_b, leak, bpf=f"dst net {PROTECTED_NET}"), pings.open("wb") as out:
             pinger = subprocess.Popen(
-                ["ip", "netns", "exec", pair.b, "ping", "-i", "0.2", "-W", "1", PROTECTED],
-                stdout=subprocess.DEVNULL,
+                ["ip", "netns", "exec", pair.b, "ping", "-D", "-i", "0.2", "-W", "1", PROTECTED],
+                stdout=out,
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1)
             gw.kill()
             gw.wait(5)
             gw = _gateway(pair, tmp_path, pair.addr_a, gw_log)
-            back = time.monotonic()
-            wait_for(lambda: _ping_once(pair) or cl.poll() is not None, 60, "a ping after the restart")
+            back = time.time()
+            wait_for(
+                lambda: _first_reply_after(pings, back) is not None or cl.poll() is not None,
+                60,
+                "a ping reply after the restart",
+            )
             assert cl.poll() is None, read_text(cl_log)[-3000:]
-            took = time.monotonic() - back
+            first = _first_reply_after(pings, back)
+            assert first is not None
+            took = first - back
             pinger.terminate()
             pinger.wait(5)
         print(
-            f"gateway SIGKILLed and restarted at once: pinging again {took:.1f} s after it was ready "
-            "(goal 5 s)"
+            f"gateway SIGKILLed and restarted at once: first ping reply {took:.1f} s after it was "
+            "ready (goal 5 s)"
         )
-        assert took < 30, read_text(cl_log)[-3000:]
+        assert took < 5.0, read_text(cl_log)[-3000:]
         assert _pcap_frames(leak) == 0, "packets for the tunnel's network left the underlay in clear"
-        assert "gets no answer: DPD probe now" in read_text(cl_log), read_text(cl_log)[-3000:]
+        # the restarted gateway answered our old ESP with INVALID-SPI: a 2 s probe, not DPD's 25 s
+        assert "has no SA for our ESP SPI" in read_text(cl_log), read_text(cl_log)[-3000:]
     finally:
         if pinger is not None and pinger.poll() is None:
             pinger.kill()

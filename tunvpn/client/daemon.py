@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TextIO
 from cryptography import x509
 
 from tunvpn.client import p1rekey
-from tunvpn.client.reconnect import NO_ANSWER_AFTER, GatewayResolver, backoff_delay
+from tunvpn.client.reconnect import NO_ANSWER_AFTER, GatewayResolver, round_delay
 from tunvpn.client.roaming import AddressWatcher, RoutePath, route_path
 from tunvpn.config.hosts import check_gateway, is_address
 from tunvpn.control.status import child_status, counter_registry, sa_counters, sa_drops
@@ -376,6 +376,8 @@ class Client:
         self._lost_reason: str | None = None
         self._refused = False
         """This attempt's phase 1 failed with one of ``REFUSALS``."""
+        self._silent = False
+        """This attempt got no answer at all (tunvpn.client.reconnect.SILENT_ROUND_DELAY)."""
         self._ever_up = False
         """Some attempt of this run came up (then no failure ends the reconnecting)."""
         self._typed_password: str | None = None
@@ -1374,7 +1376,7 @@ class Client:
         while self.result is None:
             errors: list[str] = []
             connected = False
-            refusals = attempts = 0
+            refusals = attempts = silent = 0
             for entry in self.options.gateways:
                 try:
                     addresses = await self.resolver.addresses(
@@ -1388,6 +1390,7 @@ class Client:
                     reason = await self._attempt(entry, address, up, done)
                     attempts += 1
                     refusals += self._refused
+                    silent += self._silent
                     if self.result is not None:
                         return
                     if reason is None:
@@ -1419,7 +1422,7 @@ class Client:
                 self._finish(EXIT_FAILED, "; ".join(errors))
                 return
             failures += 1
-            delay = backoff_delay(failures)
+            delay = round_delay(failures, silent=silent == attempts)
             self.stage = f"reconnecting: no gateway reachable, next round in {delay:.0f} s"
             self.progress.report(
                 "reconnect",
@@ -1465,6 +1468,7 @@ class Client:
             elapsed = loop.time() - started
             unanswered = self.sa_id is None or self.sa_id[8:] == bytes(8)
             if unanswered and elapsed >= NO_ANSWER_AFTER:
+                self._silent = True
                 self._give_up_attempt(f"no answer within {NO_ANSWER_AFTER:.0f} s")
             elif self.options.timeout and elapsed >= self.options.timeout:
                 self._give_up_attempt(f"no tunnel after {self.options.timeout:.0f} s (stuck in {self.stage})")
@@ -1549,6 +1553,7 @@ class Client:
         self._replayed = False
         self._lost_reason = None
         self._refused = False
+        self._silent = False
         if self._lost is not None:
             self._lost.clear()
 

@@ -1,7 +1,7 @@
 """Staying connected (issue 15): the gateways a client may use, how their names are resolved,
 and how long it waits between rounds of attempts.
 
-The pure piece (:func:`backoff_delay`) are tested alone
+The pure pieces (:func:`backoff_delay`, :func:`round_delay`) are tested alone
 (tests/unit/client/test_reconnect.py); :class:`GatewayResolver` runs ``getaddrinfo`` in the
 event loop's executor and keeps what it found for the times the tunnel's own DNS is all the
 host has (a full tunnel whose gateway is gone).
@@ -26,9 +26,18 @@ RECONNECT_MAX_DELAY = 30.0
 RECONNECT_JITTER = 0.2
 """Each delay is shortened by up to this fraction at random, so that the clients of a
 restarted gateway do not all come back in the same second."""
-NO_ANSWER_AFTER = 5.0
+NO_ANSWER_AFTER = 4.0
 """An attempt whose first message got no answer at all for this long is given up (the next
-address or gateway is tried): phase 1 retransmits at 1 and 3 s before that."""
+address or gateway is tried): phase 1 retransmits at 1 and 3 s before that. A live gateway
+answers a first message at once (it costs it no Diffie-Hellman), even under a storm."""
+SILENT_ROUND_DELAY = 1.0
+"""After a round in which no gateway answered at all, the next round starts within this many
+seconds however long the outage lasts: such a round costs one small datagram a second or
+two (phase 1's first message and its retransmits), and a gateway that is back must be found
+at once (issue 15: reconnect within 5 s of it being back; the widest gap between two first
+messages is then 2 s: retransmits at 1 and 3 s, give-up at NO_ANSWER_AFTER, this). A round in which a gateway
+answered and still failed (refused, wrong key, a plugin's error) backs off with
+:func:`backoff_delay`: each of those costs a gateway a Diffie-Hellman."""
 RESOLVE_TIMEOUT = 5.0
 """Seconds a name lookup may take before the cached addresses (if any) are used."""
 
@@ -48,6 +57,15 @@ def backoff_delay(
         raise ValueError("backoff_delay is for one failed round or more")
     base = min(cap, first * 2 ** min(failures - 1, 32))
     return base * (1.0 - jitter * rand())
+
+
+def round_delay(failures: int, *, silent: bool, rand: Callable[[], float] = random.random) -> float:
+    """Seconds before the next round after ``failures`` failed rounds in a row; ``silent``:
+    no gateway of the last round answered at all (see :data:`SILENT_ROUND_DELAY`)."""
+    delay = backoff_delay(failures, rand=rand)
+    if silent:
+        return min(delay, SILENT_ROUND_DELAY * (1.0 - RECONNECT_JITTER * rand()))
+    return delay
 
 
 class GatewayResolver:
@@ -94,8 +112,10 @@ __all__ = [
     "RECONNECT_FIRST_DELAY",
     "RECONNECT_JITTER",
     "RECONNECT_MAX_DELAY",
+    "SILENT_ROUND_DELAY",
     "GatewayResolver",
     "backoff_delay",
+    "round_delay",
     "check_gateway",
     "is_address",
 ]

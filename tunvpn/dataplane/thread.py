@@ -49,6 +49,9 @@ Address = tuple[str, int]
 BATCH = 128
 ACTIVITY_EVERY = 1.0
 """Seconds between "peer alive" notes to the control plane (DPD, RFC 3706 section 5.3)."""
+UNKNOWN_SPI_NOTES = 32
+"""At most this many :class:`UnknownSpi` notes a second to the control plane (a flood of
+ESP with made-up SPIs costs the loop no more; the IKE side budgets its answers too)."""
 SNAPSHOT_WAIT = 0.5
 """Seconds the loop waits for the data thread to copy its counters before it falls back to
 the last copy (the data thread may be stuck waiting for room in a full socket buffer)."""
@@ -85,7 +88,18 @@ class PeerActivity:
     check on each SPI: a NAT that rebinds shows here first (RFC 3948 section 4)."""
 
 
-DataEvent = SaLifetimeEvent | PeerActivity
+@dataclass(frozen=True)
+class UnknownSpi:
+    """ESP arrived for an inbound SPI the data path does not have (unauthenticated: anyone
+    can send it). At most ``UNKNOWN_SPI_NOTES`` a second, one per source address."""
+
+    spi: int
+    source: Address
+    size: int
+    """The UDP payload's length (an answer must not be larger)."""
+
+
+DataEvent = SaLifetimeEvent | PeerActivity | UnknownSpi
 """What the data thread tells the control plane (through ``on_event``)."""
 
 
@@ -208,6 +222,8 @@ class DataPlane:
         self._active: set[int] = set()
         self._sources: dict[int, Address] = {}  # inbound SPI -> source of its last authenticated ESP
         self._next_activity = 0.0
+        self._unknown_noted: set[str] = set()  # sources told about in this second
+        self._unknown_second = 0.0
         self._pairs: dict[int, int] = {}  # inbound SPI -> outbound SPI
         self._pending_out: dict[int, tuple[int, OutboundSA]] = {}  # new inbound SPI -> (old, outbound)
         self._last_snapshot = CounterSnapshot()
@@ -533,6 +549,19 @@ class DataPlane:
                     spi = int.from_bytes(packet[:4], "big")
                     self._active.add(spi)
                     self._sources[spi] = addr
+                elif len(packet) >= 8 and not self.sad.has_inbound(packet[:4]):
+                    self._note_unknown_spi(packet, addr, now)
+
+    def _note_unknown_spi(self, packet: bytes, addr: Address, now: float) -> None:
+        """Tell the control plane (which may answer INVALID-SPI: a peer that still uses SAs
+        we lost in a restart then logs in again at once), within ``UNKNOWN_SPI_NOTES``."""
+        if now - self._unknown_second >= 1.0 or now < self._unknown_second:
+            self._unknown_second = now
+            self._unknown_noted.clear()
+        if addr[0] in self._unknown_noted or len(self._unknown_noted) >= UNKNOWN_SPI_NOTES:
+            return
+        self._unknown_noted.add(addr[0])
+        self._emit(UnknownSpi(int.from_bytes(packet[:4], "big"), addr, len(packet)))
 
     def _timers(self) -> None:
         now = self.clock()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunvpn.dataplane import PacketDevice, off_loop
-from tunvpn.dataplane.thread import DataEvent, DataPlane, PeerActivity
+from tunvpn.dataplane.thread import DataEvent, DataPlane, PeerActivity, UnknownSpi
 from tunvpn.esp.events import SaHardExpired, SaLifetimeEvent, SaSoftExpired
 from tunvpn.ike import events as ev
 from tunvpn.ike.engine import IkeEngine
@@ -213,6 +213,11 @@ class Tunnel:
                     moved = self.engine.esp_peer_seen(pair.event.sa_id, source, _now()) or moved
             if moved:
                 self._changed()  # the shell drains the engine's PeerAddressChanged
+            return
+        if isinstance(event, UnknownSpi):
+            if event.spi not in self.pairs:  # else being installed: the data thread lags
+                self.engine.unknown_spi(event.spi, event.source, event.size, _now())
+                self._changed()
             return
         if not isinstance(event, SaLifetimeEvent):
             return

@@ -352,6 +352,10 @@ class SadTable:
         """Every installed outbound SA."""
         return list(self._outbound)
 
+    def has_inbound(self, spi: Packet) -> bool:
+        """Whether an inbound SA with this 4-byte SPI is installed."""
+        return bytes(spi) in self._inbound
+
     def inbound_sas(self) -> list[InboundSA]:
         """Every installed inbound SA."""
         return list(self._inbound.values())

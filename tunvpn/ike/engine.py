@@ -340,6 +340,13 @@ class IkeEngine:
         except LocalProtocolError:
             return
 
+    def unknown_spi(self, spi: int, remote: Address, size: int, now: float) -> None:
+        """The data path dropped a ``size``-byte ESP datagram from ``remote`` for an inbound
+        SPI it does not have (and no SA being installed has): answer INVALID-SPI within the
+        Notify budget (:func:`tunvpn.ike.exchanges.answer_unknown_spi`), so a peer that still
+        uses SAs we lost (we restarted) finds out at once."""
+        exchanges.answer_unknown_spi(self, spi, remote, size, now)
+
     def note_peer_activity(self, sa_id: bytes, now: float) -> None:
         """The data path saw authenticated ESP from this peer: no DPD needed (RFC 3706 5.3)."""
         try:
@@ -503,8 +510,10 @@ class IkeEngine:
         if header.rcookie != bytes(8) or header.message_id != 0 or header.exchange not in PHASE1_EXCHANGES:
             if header.exchange == ExchangeType.INFORMATIONAL and not header.flags & HeaderFlag.ENCRYPTION:
                 # an unprotected notify for an SA we do not know (e.g. an answer to our
-                # INITIAL-CONTACT after a restart): nothing to do, RFC 2408 section 5.1
-                self._bad_input("unprotected Informational for an unknown ISAKMP SA")
+                # INITIAL-CONTACT after a restart): nothing to do, RFC 2408 section 5.1;
+                # but a peer that lost our SAs says so with INVALID-SPI: probe it (issue 15)
+                if not exchanges.invalid_spi_hint(self, data, remote, now):
+                    self._bad_input("unprotected Informational for an unknown ISAKMP SA")
                 return
             if header.rcookie != bytes(8) and not phase1.is_our_cookie(
                 self, header.icookie, header.rcookie, remote[0], now

@@ -17,6 +17,7 @@ import logging
 import struct
 from typing import TYPE_CHECKING
 
+from ..ipsec.udpencap import NON_ESP_MARKER
 from . import crypto
 from . import events as ev
 from .constants import (
@@ -27,11 +28,14 @@ from .constants import (
 from .errors import LocalProtocolError, RemoteProtocolError
 from .messages import (
     DeletePayload,
+    Message,
     NotifyPayload,
     Payload,
+    decode_message,
+    encode_message,
     encode_payloads,
 )
-from .sa import Exchange, ExchangeKind, ExState, IkeSA, P1State, QuickModeData
+from .sa import Address, Exchange, ExchangeKind, ExState, IkeSA, P1State, QuickModeData
 
 if TYPE_CHECKING:
     from .engine import IkeEngine
@@ -39,6 +43,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DPD_RETRY = 5.0
+"""Seconds between R-U-THEREs of one idle-time probe; a shorter probe (a hint that the peer
+lost our SA) sends more often: at least three R-U-THEREs before it declares the peer dead, so
+one lost datagram never does (see :func:`dpd_due`)."""
+DPD_RETRY_MIN = 0.5
+HINT_PROBE_WITHIN = 2.0
+"""Seconds a peer has to answer the probe that its INVALID-SPI Notify started (it says it
+lost our SAs: a restart): long enough for three R-U-THEREs and their answers on a slow path."""
+INVALID_SPI_NOTIFY_SIZE = 4 + 28 + 12 + 4
+"""Bytes of our unprotected INVALID-SPI Notify on the NAT-T port: the non-ESP marker, the
+header, the Notify header and the ESP SPI."""
 COMPLETED_CACHED = 16
 """Finished exchanges whose last message is kept to answer a retransmission byte for byte;
 the message IDs of all the others are only remembered (``IkeSA.completed``)."""
@@ -226,8 +240,14 @@ def drop_sa(engine: IkeEngine, sa: IkeSA, reason: str, *, by_peer: bool) -> None
 
 
 def dpd_due(engine: IkeEngine, sa: IkeSA) -> float:
+    """When :func:`dpd_tick` must look at ``sa`` next. While a probe is outstanding the next
+    R-U-THERE goes after half the time left before the peer is declared dead (at most
+    ``DPD_RETRY``, at least ``DPD_RETRY_MIN``): an idle-time probe (interval 10 s, timeout
+    25 s) sends at 10, 15 and 20 s; a 2 s probe at 0, 1 and 1.5 s."""
     if sa.dpd_sent_at is not None:
-        return min(sa.dpd_sent_at + DPD_RETRY, sa.last_heard + engine.config.dpd_timeout)
+        dead_at = sa.last_heard + engine.config.dpd_timeout
+        retry = min(DPD_RETRY, max(DPD_RETRY_MIN, (dead_at - sa.dpd_sent_at) / 2))
+        return min(sa.dpd_sent_at + retry, dead_at)
     return sa.last_heard + engine.config.dpd_interval
 
 
@@ -235,18 +255,77 @@ def dpd_probe(engine: IkeEngine, sa: IkeSA, now: float, within: float | None = N
     """Ask R-U-THERE now rather than after the idle interval (an unverifiable hint that the
     peer lost our SA, or traffic sent and nothing heard); the peer is declared dead only if
     this and the next probes go unanswered for ``within`` seconds (default
-    ``dpd_timeout - dpd_interval``). Nothing while a probe is outstanding."""
-    if sa.established and sa.dpd_sent_at is None and engine.config.dpd_interval > 0:
-        wait = engine.config.dpd_timeout - engine.config.dpd_interval if within is None else within
-        sa.last_heard = min(sa.last_heard, now - engine.config.dpd_timeout + wait)
+    ``dpd_timeout - dpd_interval``). A probe already outstanding keeps going, its deadline
+    brought forward to ``within`` from now if that is sooner."""
+    if not sa.established or engine.config.dpd_interval <= 0:
+        return
+    wait = engine.config.dpd_timeout - engine.config.dpd_interval if within is None else within
+    sa.last_heard = min(sa.last_heard, now - engine.config.dpd_timeout + wait)
+    engine._touch(sa.local_cookie)
+    if sa.dpd_sent_at is None:
         dpd_tick(engine, sa, now)
+
+
+def answer_unknown_spi(engine: IkeEngine, spi: int, remote: Address, size: int, now: float) -> None:
+    """ESP of ``size`` bytes came from ``remote`` for an inbound SPI we do not have: tell the
+    sender with an unprotected INVALID-SPI Notify (RFC 2408 section 3.14.1; new cookies, as we
+    know no ISAKMP SA of it), so that a peer still using SAs we lost in a restart probes us at
+    once and logs in again, instead of after its DPD timeout (issue 15). Anyone can send ESP
+    from any address, so the answer goes only within ``notify_budget`` and never larger than
+    the datagram it answers (no reflection gain: issue 14)."""
+    if size < INVALID_SPI_NOTIFY_SIZE:
+        engine.withheld["notify larger than the message it answers"] += 1
+        return
+    if not engine.spend("notify_budget", remote[0], now):
+        engine.withheld["notify over budget"] += 1
+        return
+    msg = Message(
+        engine._new_cookie(),
+        bytes(8),
+        ExchangeType.INFORMATIONAL,
+        0,
+        0,
+        (NotifyPayload(NotifyType.INVALID_SPI, ProtocolId.ESP, spi.to_bytes(4, "big")),),
+    )
+    engine._out.append((NON_ESP_MARKER + encode_message(msg), remote, engine.config.natt_port))
+
+
+def invalid_spi_hint(engine: IkeEngine, data: bytes, remote: Address, now: float) -> bool:
+    """An unprotected Informational for no ISAKMP SA we know: if it is an INVALID-SPI Notify
+    (:func:`answer_unknown_spi`) naming the SPI of ESP we send to ``remote``, probe that peer
+    now with a short deadline (``HINT_PROBE_WITHIN``). Unverifiable, so it never ends an SA by
+    itself; only a probe left unanswered does. Returns whether it was such a Notify (handled or
+    counted); False: something else, for the caller to count."""
+    try:
+        message = decode_message(data)
+    except RemoteProtocolError:
+        return False
+    if len(message.payloads) != 1 or not isinstance(message.payloads[0], NotifyPayload):
+        return False
+    notify = message.payloads[0]
+    if (notify.notify_type, notify.protocol, len(notify.spi)) != (NotifyType.INVALID_SPI, ProtocolId.ESP, 4):
+        return False
+    if not engine.spend("notify_budget", remote[0], now):
+        engine._bad_input("INVALID-SPI Notify over budget")
+        return True
+    spi = int.from_bytes(notify.spi, "big")
+    for sa in engine.ike_sas():
+        if not sa.established or sa.remote[0] != remote[0]:
+            continue
+        if any(child.spi_out == spi for child in sa.children.values()):
+            if sa.dpd_sent_at is None:
+                log.info("%s has no SA for our ESP SPI 0x%08x (restarted?): DPD probe now", remote[0], spi)
+            dpd_probe(engine, sa, now, HINT_PROBE_WITHIN)
+            return True
+    engine._bad_input("INVALID-SPI Notify for an SPI we do not send to that address")
+    return True
 
 
 def dpd_tick(engine: IkeEngine, sa: IkeSA, now: float) -> None:
     if engine.config.dpd_interval <= 0 or "dpd" not in sa.peer_vendor_ids:
         return
     if now - sa.last_heard >= engine.config.dpd_timeout:
-        log.info("peer %s is dead (no answer to DPD for %.0f s)", sa.remote[0], now - sa.last_heard)
+        log.info("peer %s is dead (no answer to DPD R-U-THERE)", sa.remote[0])
         drop_sa(engine, sa, "dead peer", by_peer=False)
         return
     if now < dpd_due(engine, sa):

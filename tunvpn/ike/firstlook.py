@@ -75,6 +75,10 @@ ENCRYPTED_FIRST = Look(Verdict.DROP, "encrypted first message")
 FIRST_TOO_LARGE = Look(Verdict.DROP, "first message too large")
 UNKNOWN_SA = Look(Verdict.DROP, "message for an unknown ISAKMP SA")
 UNKNOWN_SA_NOTIFY = Look(Verdict.DROP, "unprotected Informational for an unknown ISAKMP SA")
+SPI_HINT = NEW_EXCHANGE
+"""A lone unprotected Notify under new cookies, no larger than an INVALID-SPI: a peer that
+lost our ESP SAs may say so that way (tunvpn.ike.exchanges.answer_unknown_spi). Budgeted as
+a new exchange, as anyone can send it."""
 
 ALL_DROPS: tuple[Look, ...] = (
     TOO_SHORT,
@@ -88,6 +92,10 @@ ALL_DROPS: tuple[Look, ...] = (
     UNKNOWN_SA_NOTIFY,
 )
 """Every drop the first look makes (the counters ``tunvpn status`` may show)."""
+
+MAX_SPI_HINT = HEADER_SIZE + 12 + 4
+"""The size of an unprotected INVALID-SPI Notify about one ESP SPI (header, Notify header,
+SPI): the only unprotected Informational for no known SA that is looked at further."""
 
 MAX_FIRST_MESSAGE = 16384
 """The largest first message (Main, Aggressive or Base Mode message 1) looked at further.
@@ -171,5 +179,12 @@ def first_look(data: bytes, known: Callable[[bytes], bool], *, offset: int = 0) 
     elif known(rcookie) or known(icookie):
         return FOR_KNOWN_SA
     if exchange == ExchangeType.INFORMATIONAL and not flags & HeaderFlag.ENCRYPTION:
+        if (
+            rcookie == _ZERO
+            and message_id == 0
+            and first_payload == PayloadType.NOTIFICATION
+            and size == MAX_SPI_HINT
+        ):
+            return SPI_HINT
         return UNKNOWN_SA_NOTIFY  # nothing to do (RFC 2408 section 5.1), never answered
     return UNKNOWN_SA

@@ -10,7 +10,13 @@ import pytest
 
 from tunvpn import cli
 from tunvpn.client.daemon import DPD_INTERVAL, DPD_TIMEOUT, ClientOptions, build_engine_config
-from tunvpn.client.reconnect import RECONNECT_MAX_DELAY, GatewayResolver, backoff_delay
+from tunvpn.client.reconnect import (
+    RECONNECT_MAX_DELAY,
+    SILENT_ROUND_DELAY,
+    GatewayResolver,
+    backoff_delay,
+    round_delay,
+)
 from tunvpn.config.hosts import check_gateway
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.identity import Identity
@@ -130,3 +136,13 @@ def test_a_full_tunnels_dns_is_not_asked_for_the_gateway_while_it_is_down() -> N
         return await client.resolver.addresses("vpn.invalid", 500, cached_only=client._dns_into_tunnel())
 
     assert asyncio.run(scenario()) == ["192.0.2.44"]
+
+
+def test_a_silent_round_is_followed_by_a_short_wait_however_long_the_outage() -> None:
+    # nobody answered: one small datagram a second or two, so a gateway that is back is found
+    # at once (issue 15: within 5 s of it being back)
+    for n in (1, 5, 50):
+        assert 0.8 * SILENT_ROUND_DELAY <= round_delay(n, silent=True) <= SILENT_ROUND_DELAY
+    # a gateway answered and the login still failed: each attempt cost it a DH, back off
+    assert round_delay(6, silent=False, rand=lambda: 0.0) == RECONNECT_MAX_DELAY
+    assert round_delay(1, silent=False, rand=lambda: 0.0) == 1.0

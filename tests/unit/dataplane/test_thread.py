@@ -26,6 +26,7 @@ from tunvpn.dataplane.thread import (
     PeerActivity,
     RemoveSA,
     SetPeer,
+    UnknownSpi,
 )
 from tunvpn.esp import sa_pair_from_child
 from tunvpn.ipsec.selectors import TrafficSelector
@@ -233,3 +234,20 @@ def test_dropped_esp_makes_a_few_log_lines_then_one_per_interval(caplog: pytest.
     lines = [r for r in caplog.records if "ESP drop" in r.getMessage()]
     assert len(lines) <= 3 + 60 / ESP_DROP_LOG_INTERVAL + 1, len(lines)
     assert "not logged" in lines[-1].getMessage()
+
+
+def test_esp_for_an_unknown_spi_is_noted_once_per_source_a_second(pair: tuple[Side, Side]) -> None:
+    """Issue 15: a restarted gateway tells a client still sending on lost SAs (the control
+    plane answers INVALID-SPI); forged or replayed ESP of a known SA is not noted, and a
+    flood from one address makes one note a second, not one per datagram."""
+    client, gateway = pair
+    good = carry(client, gateway, ipv4(src=CLIENT_VIP, dst=SERVER, payload=b"x" * 32), CLIENT)
+    wait_for(lambda: gateway.tun.written)
+    gateway.udp.inject(good, CLIENT)  # a replay of a known SA: not "unknown"
+    for n in range(50):
+        gateway.udp.inject((0x7777 + n).to_bytes(4, "big") + good[4:], CLIENT)
+    other = ("192.0.2.77", 4500)
+    gateway.udp.inject((0x9999).to_bytes(4, "big") + good[4:], other)
+    wait_for(lambda: gateway.dataplane.counter_snapshot().group("esp drops").get("unknown_spi") == 51)
+    notes = [e for e in gateway.events if isinstance(e, UnknownSpi)]
+    assert notes == [UnknownSpi(0x7777, CLIENT, len(good)), UnknownSpi(0x9999, other, len(good))]

@@ -9,10 +9,22 @@ import struct
 
 import pytest
 
-from tests.helpers.ike_pair import GATEWAY_IP, Pair, client_config, connect, gateway_config
+from tests.helpers.ike_pair import (
+    CLIENT_IP,
+    GATEWAY_IP,
+    Pair,
+    client_config,
+    connect,
+    full_tunnel,
+    gateway_config,
+)
 from tunvpn.ike import events as ev
 from tunvpn.ike.constants import ExchangeType, NotifyType, ProtocolId
+from tunvpn.ike.engine import IkeEngine
+from tunvpn.ike.exchanges import HINT_PROBE_WITHIN, INVALID_SPI_NOTIFY_SIZE
+from tunvpn.ike.firstlook import Verdict, first_look
 from tunvpn.ike.messages import Message, NotifyPayload, encode_message
+from tunvpn.ipsec.udpencap import NON_ESP_MARKER
 
 
 def _unprotected(sa_id: bytes, notify: NotifyType, spi: bytes) -> bytes:
@@ -108,3 +120,93 @@ def test_a_shell_that_sent_traffic_without_answer_probes_now_and_waits_only_with
         alive.advance(1)
         alive.run()
     assert not alive.client.of(ev.IkeSADeleted)
+
+
+# ------------------------------------------------- a restarted gateway says INVALID-SPI
+
+
+def _with_child() -> tuple[Pair, bytes, int]:
+    pair = Pair(
+        client_config(dpd_interval=10, dpd_timeout=25), gateway_config(dpd_interval=0, require_xauth=True)
+    )
+    full_tunnel(pair)
+    sa_id = pair.client.of(ev.Phase1Established)[0].sa_id
+    [child] = pair.client.of(ev.ChildSAEstablished)
+    pair.client.engine.datagrams_to_send()
+    return pair, sa_id, child.spi_out
+
+
+def _restarted_gateway_answers(spi: int, size: int = 120, now: float = 0.0) -> list[bytes]:
+    restarted = IkeEngine(gateway_config())
+    restarted.unknown_spi(spi, (CLIENT_IP, 4500), size, now)
+    return [data for data, remote, port in restarted.datagrams_to_send() if remote == (CLIENT_IP, 4500)]
+
+
+def test_a_restarted_gateway_answers_esp_of_a_lost_sa_and_the_client_probes_for_two_seconds() -> None:
+    pair, _, spi_out = _with_child()
+    pair.advance(1)
+    [answer] = _restarted_gateway_answers(spi_out, now=pair.now)
+    assert answer[:4] == NON_ESP_MARKER and len(answer) == INVALID_SPI_NOTIFY_SIZE  # no larger than ESP
+    assert first_look(answer, lambda cookie: False, offset=4).verdict is Verdict.NEW_EXCHANGE  # budgeted
+    hinted = pair.now
+    pair.client.engine.receive_datagram(answer, (GATEWAY_IP, 4500), (CLIENT_IP, 4500), pair.now)
+    probes = len(pair.client.engine.datagrams_to_send())
+    assert probes == 1, "no R-U-THERE at once"
+    while not pair.client.of(ev.IkeSADeleted) and pair.now < hinted + 30:
+        pair.advance(0.25)  # the restarted gateway knows nothing of the SA: no answer
+        probes += len(pair.client.engine.datagrams_to_send())
+    [deleted] = pair.client.of(ev.IkeSADeleted)
+    assert deleted.reason == "dead peer"
+    assert pair.now - hinted == pytest.approx(HINT_PROBE_WITHIN, abs=0.25)  # not DPD's 25 s
+    # at least three R-U-THEREs before giving up (and the Deletes that follow)
+    assert probes >= 3
+
+
+def test_a_live_gateway_answers_the_probe_an_invalid_spi_started() -> None:
+    """Anyone may send INVALID-SPI (it is unprotected): it never ends the SA by itself."""
+    pair, _, spi_out = _with_child()
+    pair.advance(1)
+    [answer] = _restarted_gateway_answers(spi_out, now=pair.now)
+    pair.client.engine.receive_datagram(answer, (GATEWAY_IP, 4500), (CLIENT_IP, 4500), pair.now)
+    pair.client.drain()
+    pair.run()  # the real gateway answers R-U-THERE-ACK
+    for _ in range(12):
+        pair.advance(0.5)
+        pair.run()
+    assert not pair.client.of(ev.IkeSADeleted)
+
+
+def test_an_invalid_spi_for_an_spi_we_do_not_send_there_is_counted_not_acted_on() -> None:
+    pair, _, spi_out = _with_child()
+    [answer] = _restarted_gateway_answers(spi_out ^ 1, now=pair.now)
+    pair.client.engine.receive_datagram(answer, (GATEWAY_IP, 4500), (CLIENT_IP, 4500), pair.now)
+    [from_elsewhere] = _restarted_gateway_answers(spi_out, now=pair.now)
+    pair.client.engine.receive_datagram(from_elsewhere, ("203.0.113.9", 4500), (CLIENT_IP, 4500), pair.now)
+    assert not pair.client.engine.datagrams_to_send()
+    assert pair.client.engine.drops["INVALID-SPI Notify for an SPI we do not send to that address"] == 2
+
+
+def test_unknown_spi_answers_are_never_larger_than_the_esp_and_stay_within_the_budget() -> None:
+    restarted = IkeEngine(gateway_config())
+    restarted.unknown_spi(0x1234, (CLIENT_IP, 4500), INVALID_SPI_NOTIFY_SIZE - 1, 0.0)
+    assert not restarted.datagrams_to_send()
+    assert restarted.withheld["notify larger than the message it answers"] == 1
+    for _ in range(100):  # a flood from one address in one instant
+        restarted.unknown_spi(0x1234, (CLIENT_IP, 4500), 1400, 0.0)
+    sent = len(restarted.datagrams_to_send())
+    assert 0 < sent <= restarted.config.notify_budget[1]  # the per-source burst
+    assert restarted.withheld["notify over budget"] == 100 - sent
+
+
+def test_a_probe_outstanding_is_brought_forward_by_a_shorter_one() -> None:
+    """DPD's idle probe is out (25 s to answer); an INVALID-SPI then makes it 2 s."""
+    pair, _, spi_out = _with_child()
+    pair.advance(10.5)  # the idle-time R-U-THERE went out
+    assert pair.client.engine.datagrams_to_send()
+    [answer] = _restarted_gateway_answers(spi_out, now=pair.now)
+    pair.client.engine.receive_datagram(answer, (GATEWAY_IP, 4500), (CLIENT_IP, 4500), pair.now)
+    hinted = pair.now
+    while not pair.client.of(ev.IkeSADeleted) and pair.now < hinted + 30:
+        pair.advance(0.25)
+        pair.client.engine.datagrams_to_send()
+    assert pair.now - hinted <= HINT_PROBE_WITHIN + 0.25
