@@ -321,6 +321,8 @@ class Client:
         except PluginError as exc:
             raise ValueError(str(exc)) from None
         self._protocols_waiting: list[str] = []
+        self._login_protocols: tuple[str, ...] = ()
+        """The XAUTH-round protocols of the last login: a re-authentication runs them again."""
         """Extra protocols (XAUTH rounds after Mode Config) still to pass, in order."""
         self._handlers: list[tuple[ExtraProtocol, ClientProtocol]] = []
         """Announced protocols that a client plugin runs itself (L2TP), with their handlers."""
@@ -873,6 +875,7 @@ class Client:
         Returns True when Quick Mode may start now."""
         names = ", ".join(p.name for p in push.protocols)
         self._protocols_waiting = [p.name for p in push.protocols if p.param("exchange") == "xauth"]
+        self._login_protocols = tuple(self._protocols_waiting)
         other = [p for p in push.protocols if p.param("exchange") != "xauth"]
         self._stage_rounds = 0
         self.stage = "extra protocols"

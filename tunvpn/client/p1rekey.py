@@ -4,9 +4,10 @@ The engine starts the new phase 1 by itself before the ISAKMP SA expires
 (:class:`~tunvpn.ike.events.Phase1RekeyStarted`). Until it hands the IPsec SAs over
 (:class:`~tunvpn.ike.events.Phase1Rekeyed`) the client keeps following the old SA and looks
 at the new one's events only for what needs it: an XAUTH request (a gateway that asks the
-user again: the stored password answers, a one-time passcode is asked for again), a refused
-login, a failure (the engine tries again while the old SA lives). Then the client follows
-the new SA.
+user again: the stored password answers, a one-time passcode is asked for again), the extra
+protocols of the login that a tunvpn gateway runs again after it (XAUTH rounds answered as at
+login: a soft-token plugin, or the user), a refused login, a failure (the engine tries again
+while the old SA lives). Then the client follows the new SA.
 """
 
 from __future__ import annotations
@@ -59,10 +60,17 @@ def new_sa_event(client: Client, event: ev.Event) -> Awaitable[None] | None:
         if not event.success:
             said = f": {event.message}" if event.message else ""
             client.fail("xauth", f"the gateway rejected user {event.user_name!r} when asked again{said}")
+        elif client._protocols_waiting:
+            client._protocol_passed()  # an extra protocol of the new login (Quick Mode runs already)
         else:
             client.progress.report("xauth", f"user {event.user_name} accepted again", state="ok")
+            # a tunvpn gateway runs the login's extra protocols (XAUTH rounds) again now,
+            # without Mode Config: the rounds that follow are theirs, answered as at login
+            client._protocols_waiting = list(client._login_protocols)
+            client._stage_rounds = 0
     elif isinstance(event, (ev.Phase1Failed, ev.IkeSADeleted)):
         client._rekeying = None
+        client._protocols_waiting = []
         log.warning("phase 1 rekey failed: %s (tried again while the ISAKMP SA lasts)", event.reason)
         client.progress.report("phase1", f"rekey failed: {event.reason}", state="rekey-failed")
     elif isinstance(event, ev.Phase1Established):

@@ -1006,6 +1006,20 @@ class Gateway:
         self.engine.xauth_verdict(event.sa_id, now, verdict.accepted, verdict.message)
         if verdict.accepted and not self._run_protocols():
             self._grant(session, now)  # no extra protocol to run: the login is finished
+        elif verdict.accepted and self._continues_session(session):
+            # a tunvpn client logging in again on a phase 1 rekey (reauth_interval) asks for
+            # no Mode Config (its address and policies carry on): the extra protocols run
+            # again right after XAUTH, and the new SA takes over once they passed (issue 15)
+            session.protocols_pending = self._run_protocols()
+            self._start_protocol(session, now)
+
+    def _continues_session(self, session: Session) -> bool:
+        """Whether the session's ISAKMP SA is a phase 1 rekey bound to a logged-in session
+        (tunvpn.ike.rekey): its login continues that session."""
+        try:
+            return self.engine.get_sa(session.sa_id).rekey_of is not None
+        except LocalProtocolError:
+            return False
 
     def _session_limit(self, session: Session, user: str) -> str | None:
         """Why ``user`` may not log in on ``session`` (``max_sessions_per_user`` reached), or None.
@@ -1101,9 +1115,10 @@ class Gateway:
         the client more policies than phase 1a pushed: those follow as a CFG_SET."""
         before = session.policies
         policies = self._policies_of(session)
+        continues = self._continues_session(session)
         self._grant(session, now)
-        if policies == before or not session.tunvpn:
-            return
+        if policies == before or not session.tunvpn or continues:
+            return  # a continued session keeps what its first login pushed
         config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), policies)
         identifier = self.engine.push_mode_config(
             session.sa_id, now, config, encode_policies(self._push(session))

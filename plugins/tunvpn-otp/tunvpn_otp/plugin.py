@@ -26,7 +26,7 @@ import argparse
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tunvpn.plugins import ClientQuestion, CredentialRequest, GatewayContext, Verdict, hookimpl
@@ -41,6 +41,9 @@ NAME = "otp"
 clock: Callable[[], float] = time.time
 """Where the plugin takes the time from. Tests may replace it (``monkeypatch.setattr``);
 nothing else should."""
+
+_answered_steps: dict[str, int] = {}
+"""Client side: token file -> the last TOTP time step this process gave a code of."""
 
 NEXT_TOKENCODE = "Wait for the token to change and enter the next tokencode"
 NEW_PIN = "Choose a new PIN ({min} to {max} digits)"
@@ -144,7 +147,7 @@ def _new_pin(
 
 
 @hookimpl
-def tunvpn_client_answer(question: ClientQuestion) -> str | None:
+def tunvpn_client_answer(question: ClientQuestion) -> str | Awaitable[str] | None:
     """Client side, a soft token: when the gateway runs the announced ``otp`` protocol, answer
     with the PIN followed by the current TOTP code of the token file (the otpauth:// URI that
     ``tunvpn otp enroll`` printed, in an owner-only file). The profile says where::
@@ -158,6 +161,11 @@ def tunvpn_client_answer(question: ClientQuestion) -> str | None:
     Only the first round of the ``otp`` protocol is answered (the user types the next
     tokencode, a new PIN or anything else). HOTP tokens are left to the user: their counter
     lives in the token, not here.
+
+    A code is given once: the gateway refuses a code of a time step it accepted already (a
+    replay), so when the client logs in again within the same step (a reconnect to a
+    restarted gateway, a re-authentication) the answer waits for the token's next step (at
+    most its period, 30 s by default) instead of being refused.
     """
     settings = question.settings(NAME)
     if question.protocol != NAME or question.round > 1:
@@ -181,7 +189,24 @@ def tunvpn_client_answer(question: ClientQuestion) -> str | None:
         pin = os.environ.get(str(settings.get("pin_env", "TUNVPN_OTP_PIN")), "")
     if not pin:
         return None  # no PIN configured: the user types PIN + code
-    return pin + otp.at(clock())
+    key = str(Path(str(settings["token_file"])).expanduser())
+    now = clock()
+    last = _answered_steps.get(key)
+    if last is None or int(now // otp.interval) > last:
+        _answered_steps[key] = int(now // otp.interval)
+        return pin + otp.at(now)
+    next_step = (last + 1) * otp.interval
+    log.info("OTP soft token: this step's code was given already; the next in %.0f s", next_step - now)
+
+    async def at_the_next_step() -> str:
+        import asyncio
+
+        await asyncio.sleep(max(0.0, next_step - clock()) + 0.05)
+        when = max(clock(), next_step)
+        _answered_steps[key] = int(when // otp.interval)
+        return pin + otp.at(when)
+
+    return at_the_next_step()
 
 
 @hookimpl
