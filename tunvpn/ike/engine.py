@@ -204,6 +204,8 @@ class IkeEngine:
             times.append(sa.rekey_at)
         if sa.handover_at is not None:
             times.append(sa.handover_at)
+        if sa.continued_at is not None:
+            times.append(sa.continued_at)
         if sa.established and self.config.dpd_interval > 0 and "dpd" in sa.peer_vendor_ids:
             times.append(exchanges.dpd_due(self, sa))
         if not sa.established:
@@ -291,6 +293,17 @@ class IkeEngine:
             self._half_open_timed_out(sa, now)
             return
         if sa.expires is not None and now >= sa.expires:
+            new = self._sas.get(sa.rekeying) if sa.rekeying is not None else None
+            if new is not None and new.handover_at is not None:
+                # the new SA logged in and waits for N(SESSION-CONTINUED): hand over now,
+                # or the IPsec SAs would go with this one (the Delete lets the peer adopt)
+                new.handover_at = None
+                rekey.take_over(self, new, now)
+                if sa.dead:
+                    return
+            # a peer that logged in again on a newer SA and did not delete this one yet (its
+            # Delete may be on the way): that SA keeps the IPsec SAs, as on the Delete
+            rekey.adopt(self, sa, now)
             self.delete_ike_sa(sa.sa_id, now, reason="expired")
             return
         if sa.rekeying is not None and sa.rekeying not in self._sas:
@@ -303,6 +316,8 @@ class IkeEngine:
         if sa.handover_at is not None and now >= sa.handover_at:
             sa.handover_at = None
             rekey.take_over(self, sa, now)  # no N(SESSION-CONTINUED) after our new login
+        if sa.continued_at is not None and now >= sa.continued_at:
+            rekey.resend_continued(self, sa, now)  # the peer still has the old SA
         if sa.login_deadline is not None and now >= sa.login_deadline:
             log.info("login of %s not finished within %.0f s", sa.remote[0], self.config.login_timeout)
             self.delete_ike_sa(

@@ -58,6 +58,8 @@ ANNOUNCE_LIFETIME = 60.0
 RETRY_AFTER = 30.0
 """Seconds before a failed rekey is tried again (if the old SA lives that long)."""
 PROOF_LABEL = b"tunvpn phase 1 rekey"
+CONTINUED_SENDS = 5
+"""N(SESSION-CONTINUED) is sent at most this many times (see :func:`resend_continued`)."""
 CONTINUE_WAIT = 5.0
 """Seconds a tunvpn initiator that logged in again waits for N(SESSION-CONTINUED) (the
 gateway grants once its login is finished) before it hands over anyway: a rekey the gateway
@@ -238,12 +240,28 @@ def take_over(engine: IkeEngine, new: IkeSA, now: float) -> None:
     engine._events.append(ev.Phase1Rekeyed(old.sa_id, new.sa_id, again))
     new.rekey_of = None  # done: from now on an SA like any other
     new.handover_at = None
+    new.continued_of = old.sa_id
     if new.role is Role.RESPONDER:
         if new.tunvpn_peer:
-            done = NotifyPayload(SESSION_CONTINUED, ProtocolId.ISAKMP, new.sa_id, old.sa_id)
-            exchanges.send_informational(engine, new, [done], now)
+            new.continued_sent = 0
+            resend_continued(engine, new, now)
         return
     retire(engine, old, now)
+
+
+def resend_continued(engine: IkeEngine, new: IkeSA, now: float) -> None:
+    """Responder: send N(SESSION-CONTINUED) under ``new`` (again) while the peer has not
+    deleted the old SA, which it does as soon as one arrives. Informationals are not
+    acknowledged in IKEv1: a lost one is sent again after 1, 2, 4 and 8 s."""
+    old_id = new.continued_of
+    old = engine._sas.get(old_id[8:16]) if old_id is not None else None
+    if old_id is None or old is None or old.dead or new.continued_sent >= CONTINUED_SENDS:
+        new.continued_of = new.continued_at = None
+        return
+    done = NotifyPayload(SESSION_CONTINUED, ProtocolId.ISAKMP, new.sa_id, old_id)
+    exchanges.send_informational(engine, new, [done], now)
+    new.continued_at = now + 2.0**new.continued_sent
+    new.continued_sent += 1
 
 
 def adopt(engine: IkeEngine, old: IkeSA, now: float) -> None:
@@ -282,6 +300,8 @@ def adopt(engine: IkeEngine, old: IkeSA, now: float) -> None:
 
 def on_continued(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
     """Initiator: the responder continued the old session on this SA."""
+    if sa.role is Role.INITIATOR and sa.rekey_of is None and sa.continued_of == n.data:
+        return  # sent again before our Delete of the old SA reached the peer (resend_continued)
     if sa.role is not Role.INITIATOR or sa.rekey_of is None or not hmac.compare_digest(n.data, sa.rekey_of):
         engine.drops["unexpected session continuation"] += 1
         return

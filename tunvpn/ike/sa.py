@@ -252,6 +252,12 @@ class IkeSA:
     """An old SA: our cookie of the SA its IPsec SAs were handed to."""
     reauth: bool = False
     """A bound new SA (responder): its user must log in again (``reauth_interval``)."""
+    continued_of: bytes | None = None
+    """A new SA that took over: the old SA's id. A responder (tunvpn peer) sends
+    N(SESSION-CONTINUED) again at ``continued_at`` until the peer deleted the old SA (a lost
+    one would leave the peer on the old SA until it expired); an initiator ignores those."""
+    continued_at: float | None = None
+    continued_sent: int = 0
     handover_at: float | None = None
     """A new SA (initiator, tunvpn peer) that logged in again: when to hand over even if
     N(SESSION-CONTINUED) does not come (the peer then adopts on our Delete)."""

@@ -352,6 +352,29 @@ def test_a_rekey_whose_announcement_was_lost_logs_in_again() -> None:
     _one_session_kept(pair)
 
 
+def test_a_rekey_logged_in_again_just_before_expiry_keeps_the_session() -> None:
+    """The announcement was lost and the login again finished 2 s before the old SA expires:
+    the client hands over at the expiry instead of waiting out CONTINUE_WAIT (the IPsec SAs
+    would go with the old SA, and the orphaned new SA after them), and the gateway, whose old
+    SA expires at the same moment, lets the newer login of the same user keep the IPsec SAs
+    as the client's Delete would have (rekey.adopt). This used to lose the session whenever
+    the random rekey time fell in the last 5 s."""
+    pair = _pair(client={"rekey_margin": 2.0, "rekey_fuzz": 0.0})
+    _grant_first_login(pair)
+    while not pair.client.of(ev.Phase1RekeyStarted):
+        pair.advance(1.0)
+    out = pair.client.engine.datagrams_to_send()
+    for data, remote, port in out[1:]:  # the announcement is lost: a full login follows
+        pair.gateway.engine.receive_datagram(data, (CLIENT_IP, port), (GATEWAY_IP, remote[1]), pair.now)
+    pair.gateway.drain()
+    pair.run()
+    _log_in_again(pair, pair.client.of(ev.XauthRequested)[-1])
+    for _ in range(8):  # past the old SA's expiry (and past CONTINUE_WAIT)
+        pair.advance(1.0)
+        pair.run()
+    _one_session_kept(pair)
+
+
 def _log_in_again(pair: Pair, asked: ev.XauthRequested) -> None:
     pair.client.engine.xauth_reply(asked.sa_id, pair.now, user_name="alice", password="s3cret")
     pair.run()
@@ -457,3 +480,51 @@ def test_a_rekey_whose_old_sa_is_deleted_meanwhile_is_abandoned() -> None:
     pair.run()
     assert not [sa for sa in pair.client.engine.ike_sas() if sa.icookie == new_id[:8]]
     assert not pair.client.of(ev.Phase1Rekeyed)
+
+
+def _informational(data: bytes) -> bool:
+    message = data[4:] if data[:4] == bytes(4) else data
+    return len(message) > 18 and message[18] == 5  # ISAKMP exchange type Informational
+
+
+def test_a_lost_session_continued_is_sent_again_until_the_old_sa_is_deleted() -> None:
+    """IKEv1 Informationals are not acknowledged: the gateway sends N(SESSION-CONTINUED) again
+    (1, 2, 4, 8 s) until the client's Delete of the old ISAKMP SA shows it arrived. Before,
+    a lost one left the client on the old SA until it expired, and a new login followed."""
+    pair = _pair()
+    children = _grant_first_login(pair)
+    spis = {(c.spi_in, c.spi_out) for c in children}
+    dropped = waited = 0
+    lost_at = 0.0
+    while not pair.client.of(ev.Phase1Rekeyed):
+        assert waited < LIFETIME, "no hand-over"
+        pair.advance(1.0)
+        waited += 1
+        for _ in range(50):
+            moved = pair.transfer(pair.client)
+            out = pair.gateway.engine.datagrams_to_send()
+            pair.gateway.drain()
+            for data, remote, port in out:
+                if pair.gateway.of(ev.Phase1Rekeyed) and not dropped and _informational(data):
+                    dropped, lost_at = 1, pair.now  # the first N(SESSION-CONTINUED): lost
+                    continue
+                pair.client.engine.receive_datagram(
+                    data, (GATEWAY_IP, port), (CLIENT_IP, remote[1]), pair.now
+                )
+            pair.client.drain()
+            if not moved and not out:
+                break
+    assert dropped == 1
+    assert pair.now - lost_at <= 2.0, "not handed over on the resend 1 s later"
+    (client_sa,) = _live(pair.client)
+    (gw_sa,) = _live(pair.gateway)
+    assert gw_sa.sa_id == client_sa.sa_id
+    assert {(c.spi_in, c.spi_out) for c in client_sa.children.values()} <= spis
+    assert not pair.client.of(ev.ChildSADeleted) and not pair.gateway.of(ev.ChildSADeleted)
+    # the old SA's Delete reached the gateway: nothing is sent again after it
+    pair.run()
+    for _ in range(20):
+        pair.advance(1.0)
+        pair.run()
+    assert gw_sa.continued_at is None
+    assert pair.client.engine.drops["unexpected session continuation"] == 0
