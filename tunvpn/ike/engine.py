@@ -534,7 +534,12 @@ class IkeEngine:
                 self, header.icookie, header.rcookie, remote[0], now
             ):
                 # a responder cookie we never gave this address (RFC 2408 2.5.3): forged or
-                # guessed; no INVALID-COOKIE goes back to whoever's address it carries
+                # guessed, or of an SA we lost in a restart. An encrypted message after phase
+                # 1 gets a budgeted INVALID-COOKIE no larger than itself (issue 15: the peer
+                # then probes us and logs in again); anything else gets nothing
+                if header.flags & HeaderFlag.ENCRYPTION and header.exchange not in PHASE1_EXCHANGES:
+                    phase1.answer_lost_sa(self, header, remote, local, now, len(data))
+                    return
                 self._bad_input("responder cookie that is not ours")
                 return
             raise RemoteProtocolError(

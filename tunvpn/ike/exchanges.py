@@ -251,19 +251,23 @@ def dpd_due(engine: IkeEngine, sa: IkeSA) -> float:
     return sa.last_heard + engine.config.dpd_interval
 
 
-def dpd_probe(engine: IkeEngine, sa: IkeSA, now: float, within: float | None = None) -> None:
+def dpd_probe(engine: IkeEngine, sa: IkeSA, now: float, within: float | None = None) -> bool:
     """Ask R-U-THERE now rather than after the idle interval (an unverifiable hint that the
     peer lost our SA, or traffic sent and nothing heard); the peer is declared dead only if
     this and the next probes go unanswered for ``within`` seconds (default
     ``dpd_timeout - dpd_interval``). A probe already outstanding keeps going, its deadline
-    brought forward to ``within`` from now if that is sooner."""
+    brought forward to ``within`` from now if that is sooner. Returns whether anything
+    changed (a new probe, or a sooner deadline): the caller logs only then."""
     if not sa.established or engine.config.dpd_interval <= 0:
-        return
+        return False
     wait = engine.config.dpd_timeout - engine.config.dpd_interval if within is None else within
+    sooner = now - engine.config.dpd_timeout + wait < sa.last_heard
     sa.last_heard = min(sa.last_heard, now - engine.config.dpd_timeout + wait)
     engine._touch(sa.local_cookie)
     if sa.dpd_sent_at is None:
         dpd_tick(engine, sa, now)
+        return True
+    return sooner
 
 
 def answer_unknown_spi(engine: IkeEngine, spi: int, remote: Address, size: int, now: float) -> None:
@@ -313,9 +317,8 @@ def invalid_spi_hint(engine: IkeEngine, data: bytes, remote: Address, now: float
         if not sa.established or sa.remote[0] != remote[0]:
             continue
         if any(child.spi_out == spi for child in sa.children.values()):
-            if sa.dpd_sent_at is None:
+            if dpd_probe(engine, sa, now, HINT_PROBE_WITHIN):
                 log.info("%s has no SA for our ESP SPI 0x%08x (restarted?): DPD probe now", remote[0], spi)
-            dpd_probe(engine, sa, now, HINT_PROBE_WITHIN)
             return True
     engine._bad_input("INVALID-SPI Notify for an SPI we do not send to that address")
     return True

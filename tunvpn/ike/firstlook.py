@@ -75,6 +75,10 @@ ENCRYPTED_FIRST = Look(Verdict.DROP, "encrypted first message")
 FIRST_TOO_LARGE = Look(Verdict.DROP, "first message too large")
 UNKNOWN_SA = Look(Verdict.DROP, "message for an unknown ISAKMP SA")
 UNKNOWN_SA_NOTIFY = Look(Verdict.DROP, "unprotected Informational for an unknown ISAKMP SA")
+LOST_SA = NEW_EXCHANGE
+"""An encrypted message after phase 1 (an R-U-THERE, a Quick Mode) under cookies of no SA we
+have: of an SA we lost in a restart, or made up. Budgeted as a new exchange: the engine may
+answer INVALID-COOKIE within its Notify budget (tunvpn.ike.phase1.answer_lost_sa, issue 15)."""
 SPI_HINT = NEW_EXCHANGE
 """A lone unprotected Notify under new cookies, no larger than an INVALID-SPI: a peer that
 lost our ESP SAs may say so that way (tunvpn.ike.exchanges.answer_unknown_spi). Budgeted as
@@ -187,4 +191,6 @@ def first_look(data: bytes, known: Callable[[bytes], bool], *, offset: int = 0) 
         ):
             return SPI_HINT
         return UNKNOWN_SA_NOTIFY  # nothing to do (RFC 2408 section 5.1), never answered
+    if rcookie != _ZERO and flags & HeaderFlag.ENCRYPTION and exchange not in _PHASE1:
+        return LOST_SA
     return UNKNOWN_SA

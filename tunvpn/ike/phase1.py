@@ -360,9 +360,10 @@ def unprotected_informational(engine: IkeEngine, sa: IkeSA, header: Header, data
             NotifyType.INVALID_SPI,
             NotifyType.INVALID_COOKIE,
         ):
-            # the peer may have lost our SAs (a restart), or anyone says so: a DPD probe now,
-            # never a teardown by itself (issue 15)
-            exchanges.dpd_probe(engine, sa, now)
+            # the peer may have lost our SAs (a restart), or anyone says so: a short DPD
+            # probe now, never a teardown by itself (issue 15)
+            if exchanges.dpd_probe(engine, sa, now, exchanges.HINT_PROBE_WITHIN):
+                log.info("%s says it does not know this ISAKMP SA (restarted?): DPD probe now", sa.remote[0])
             return
     log.info("ignoring unprotected Informational from %s", sa.remote[0])
 
@@ -912,6 +913,27 @@ def _send_unprotected_notify(
     if floated:
         data = b"\x00\x00\x00\x00" + data
     engine._out.append((data, remote, local[1]))
+
+
+def answer_lost_sa(
+    engine: IkeEngine, header: Header, remote: Address, local: Address, now: float, request_size: int
+) -> None:
+    """An encrypted message (an R-U-THERE, a Quick Mode) under cookies we cannot verify: we
+    lost that ISAKMP SA (a restart), or anyone made them up. Say INVALID-COOKIE in the clear
+    so that a peer still using an SA we lost probes us at once and logs in again (issue 15);
+    unverifiable, so the peer only probes on it. Only within ``notify_budget`` and never
+    larger than the message it answers (no reflection gain, issue 14)."""
+    floated = local[1] != engine.ike_port
+    if UNPROTECTED_NOTIFY_SIZE > request_size:  # both without the NAT-T port's 4-byte marker
+        engine.withheld["notify larger than the message it answers"] += 1
+        return
+    if not engine.spend("notify_budget", remote[0], now):
+        engine.withheld["notify over budget"] += 1
+        return
+    engine._bad_input("encrypted message for an unknown ISAKMP SA (answered INVALID-COOKIE)")
+    _send_unprotected_notify(
+        engine, header.icookie, header.rcookie, remote, local, NotifyType.INVALID_COOKIE, floated
+    )
 
 
 def send_error_notify(

@@ -210,3 +210,41 @@ def test_a_probe_outstanding_is_brought_forward_by_a_shorter_one() -> None:
         pair.advance(0.25)
         pair.client.engine.datagrams_to_send()
     assert pair.now - hinted <= HINT_PROBE_WITHIN + 0.25
+
+
+def test_an_idle_clients_r_u_there_to_a_restarted_gateway_gets_invalid_cookie_and_a_short_probe() -> None:
+    """An idle tunnel sends nothing but DPD: the restarted gateway cannot read the R-U-THERE
+    (it lost the keys) and answers INVALID-COOKIE in the clear, budgeted and no larger than
+    the message; the client then gives it 2 s, not the rest of DPD's 25 s."""
+    pair, _, _ = _with_child()
+    restarted = IkeEngine(gateway_config())
+    start = pair.now
+    while not (out := pair.client.engine.datagrams_to_send()):
+        pair.advance(0.5)  # idle: the R-U-THERE after dpd_interval
+    [(probe, remote, port)] = out
+    assert pair.now - start == pytest.approx(10.0, abs=0.5)
+    restarted.receive_datagram(probe, (CLIENT_IP, port), (GATEWAY_IP, remote[1]), pair.now)
+    [(answer, to, _)] = restarted.datagrams_to_send()
+    assert to == (CLIENT_IP, port) and len(answer) <= len(probe)
+    asked = pair.now
+    pair.client.engine.receive_datagram(answer, (GATEWAY_IP, remote[1]), (CLIENT_IP, port), pair.now)
+    while not pair.client.of(ev.IkeSADeleted) and pair.now < asked + 30:
+        pair.advance(0.25)
+        for data, remote, port in pair.client.engine.datagrams_to_send():
+            restarted.receive_datagram(data, (CLIENT_IP, port), (GATEWAY_IP, remote[1]), pair.now)
+    [deleted] = pair.client.of(ev.IkeSADeleted)
+    assert deleted.reason == "dead peer"
+    assert pair.now - asked == pytest.approx(HINT_PROBE_WITHIN, abs=0.25)
+
+
+def test_nothing_answers_a_message_smaller_than_the_answer_or_over_the_budget() -> None:
+    restarted = IkeEngine(gateway_config())
+    header = Message(bytes(range(8)), bytes(range(8, 16)), ExchangeType.QUICK_MODE, 1, 7, ())
+    small = encode_message(header)  # 28 bytes, encrypted flag set: smaller than INVALID-COOKIE
+    restarted.receive_datagram(small, (CLIENT_IP, 500), (GATEWAY_IP, 500), 0.0)
+    assert not restarted.datagrams_to_send()
+    big = small[:24] + (28 + 64).to_bytes(4, "big") + bytes(64)
+    for _ in range(100):
+        restarted.receive_datagram(big, (CLIENT_IP, 500), (GATEWAY_IP, 500), 0.0)
+    sent = len(restarted.datagrams_to_send())
+    assert 0 < sent <= restarted.config.notify_budget[1]

@@ -211,10 +211,6 @@ MALFORMED: dict[str, tuple[Callable[[], bytes], fl.Look]] = {
     "encrypted first message": (lambda: _header(_first(), flags=HeaderFlag.ENCRYPTION), fl.ENCRYPTED_FIRST),
     "first message over the bound": (lambda: _padded_first(MAX_FIRST_MESSAGE + 1), fl.FIRST_TOO_LARGE),
     "unknown responder cookie": (lambda: _header(_first(), rcookie=RCOOKIE), fl.UNKNOWN_SA),
-    "Quick Mode for an unknown SA": (
-        lambda: _header(_first(), rcookie=RCOOKIE, exchange=32, message_id=9, flags=1),
-        fl.UNKNOWN_SA,
-    ),
     "phase 1 message ID not 0, no responder cookie": (lambda: _header(_first(), message_id=1), fl.UNKNOWN_SA),
     "Transaction under a zero responder cookie": (lambda: _header(_first(), exchange=6), fl.UNKNOWN_SA),
     "unprotected Informational for an unknown SA": (
@@ -225,11 +221,27 @@ MALFORMED: dict[str, tuple[Callable[[], bytes], fl.Look]] = {
         lambda: _informational(bytes(range(8)), bytes(8)),
         fl.UNKNOWN_SA_NOTIFY,
     ),
-    "protected Informational for an unknown SA": (
-        lambda: _informational(bytes(range(8)), RCOOKIE, encrypted=True),
+    "unencrypted Quick Mode for an unknown SA": (
+        lambda: _header(_first(), rcookie=RCOOKIE, exchange=32, message_id=9),
         fl.UNKNOWN_SA,
     ),
 }
+
+LOST = {
+    "Quick Mode for an unknown SA": lambda: _header(
+        _first(), rcookie=RCOOKIE, exchange=32, message_id=9, flags=1
+    ),
+    "protected Informational for an unknown SA": lambda: _informational(
+        bytes(range(8)), RCOOKIE, encrypted=True
+    ),
+}
+"""Encrypted messages after phase 1 under cookies of no SA we have (an SA we lost in a restart,
+or made up): budgeted as new exchanges, for the engine's INVALID-COOKIE answer (issue 15)."""
+
+
+@pytest.mark.parametrize("name", list(LOST))
+def test_encrypted_messages_for_unknown_sas_are_budgeted_not_dropped(name: str) -> None:
+    assert fl.first_look(LOST[name](), lambda cookie: False).verdict is fl.Verdict.NEW_EXCHANGE
 
 
 @pytest.mark.parametrize("name", list(MALFORMED))
