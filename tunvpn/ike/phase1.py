@@ -923,6 +923,7 @@ def answer_lost_sa(
     so that a peer still using an SA we lost probes us at once and logs in again (issue 15);
     unverifiable, so the peer only probes on it. Only within ``notify_budget`` and never
     larger than the message it answers (no reflection gain, issue 14)."""
+    engine._bad_input("encrypted message for an unknown ISAKMP SA")
     floated = local[1] != engine.ike_port
     if UNPROTECTED_NOTIFY_SIZE > request_size:  # both without the NAT-T port's 4-byte marker
         engine.withheld["notify larger than the message it answers"] += 1
@@ -930,7 +931,6 @@ def answer_lost_sa(
     if not engine.spend("notify_budget", remote[0], now):
         engine.withheld["notify over budget"] += 1
         return
-    engine._bad_input("encrypted message for an unknown ISAKMP SA (answered INVALID-COOKIE)")
     _send_unprotected_notify(
         engine, header.icookie, header.rcookie, remote, local, NotifyType.INVALID_COOKIE, floated
     )
