@@ -72,7 +72,9 @@ def test_a_flood_and_garbage_on_both_ports_are_shed_before_the_engine_and_a_user
         b"garbage",  # shorter than an ISAKMP header
         with_header(first, version=0x20),  # not ISAKMP version 1 (IKEv2)
         with_header(first, rcookie=rng.randbytes(8)),  # message for an unknown ISAKMP SA
-        with_header(first, rcookie=rng.randbytes(8), exchange=32, message_id=7, flags=1),  # and again
+        # encrypted, after phase 1: maybe of an SA the gateway lost in a restart, so budgeted as
+        # a new exchange (an INVALID-COOKIE may answer it: issue 15); this source spent its budget
+        with_header(first, rcookie=rng.randbytes(8), exchange=32, message_id=7, flags=1),
         unknown_notify(rng),  # unprotected Informational for an unknown ISAKMP SA
     ]
     garbage_natt = [
@@ -136,11 +138,11 @@ def test_a_flood_and_garbage_on_both_ports_are_shed_before_the_engine_and_a_user
     budget = PER_SOURCE_BURST + PER_SOURCE_RATE * (elapsed + 0.5) + 1
     assert reached_engine <= budget  # the held exchange and the flood's first ones
     assert dropped[RATE_LIMITED] >= FLOOD // 2  # (the kernel may drop a few on loopback)
-    assert dropped[RATE_LIMITED] + reached_engine <= FLOOD + 1
+    assert dropped[RATE_LIMITED] + reached_engine <= FLOOD + 2  # the flood, the encrypted Quick Mode
     # the garbage, by reason, on both ports
     assert dropped["shorter than an ISAKMP header"] == 1
     assert dropped["not ISAKMP version 1"] == 2
-    assert dropped["message for an unknown ISAKMP SA"] == 2
+    assert dropped["message for an unknown ISAKMP SA"] == 1
     assert dropped["unprotected Informational for an unknown ISAKMP SA"] == 1
     assert dropped["header length is not the datagram's"] == 1
     assert dropped["unsupported exchange type"] == 1

@@ -130,3 +130,39 @@ def test_gateway_and_client_notify_ready_reloading_stopping(
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_the_gateway_pings_the_watchdog_it_was_given(tmp_path: Path, abstract_listener: Listener) -> None:
+    """WatchdogSec= (systemd passes $WATCHDOG_USEC and $WATCHDOG_PID): WATCHDOG=1 every half
+    of it while healthy; without $WATCHDOG_USEC (the other test) no ping at all."""
+    ike, natt = free_port_pair()
+    private_file(tmp_path / "gw.psk", "notify-test-psk\n")
+    private_file(tmp_path / "users", "alice:alice-pw\n")
+    config = tmp_path / "gateway.toml"
+    config.write_text(GATEWAY_TOML.format(ike=ike, natt=natt, name="net-a", net="10.98.0.0/24"))
+    gw_log = tmp_path / "gateway.log"
+    env = {
+        **os.environ,
+        **tunvpn_env(),
+        "NOTIFY_SOCKET": abstract_listener.env_value,
+        "WATCHDOG_USEC": "400000",  # WatchdogSec=0.4s: a ping every 0.2 s
+    }
+    with open(gw_log, "wb") as out:
+        gw = subprocess.Popen(
+            tunvpn_argv("gateway", "-c", str(config), "--ike-only", "--control", "none"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
+    try:
+        assert abstract_listener.next(20, gw, gw_log)["READY"] == "1"
+        pings = [abstract_listener.next(5, gw, gw_log) for _ in range(5)]
+        assert all(p == {"WATCHDOG": "1"} for p in pings), pings
+        assert "watchdog: telling the service manager we are alive every 0.2 s" in read_text(gw_log)
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(15) == 0
+    finally:
+        if gw.poll() is None:
+            gw.kill()
+            gw.wait()

@@ -1253,6 +1253,7 @@ class Client:
             path = await asyncio.to_thread(route_path, self.gateway_ip)
             self._route_path = (self.gateway_ip, path) if path is not None else None
         crls = loop.create_task(keep_crls_fresh(lambda: self.engine.config), name="CRL distribution points")
+        watchdog = sdnotify.start_watchdog(loop, self.tunnel.dataplane if self.tunnel is not None else None)
 
         async def stop(signame: str) -> None:
             await self._stop_protocols()  # first: an L2TP StopCCN still goes through the SAs
@@ -1302,6 +1303,8 @@ class Client:
                 await done.wait()
         finally:
             crls.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
             if watcher is not None:
                 watcher.close()
             await self._stop_protocols()

@@ -52,6 +52,9 @@ ACTIVITY_EVERY = 1.0
 UNKNOWN_SPI_NOTES = 32
 """At most this many :class:`UnknownSpi` notes a second to the control plane (a flood of
 ESP with made-up SPIs costs the loop no more; the IKE side budgets its answers too)."""
+STALL_AFTER = 10.0
+"""Seconds without a turn of the data thread's loop (which polls for at most 1 s) after
+which :meth:`DataPlane.health` reports it stuck."""
 SNAPSHOT_WAIT = 0.5
 """Seconds the loop waits for the data thread to copy its counters before it falls back to
 the last copy (the data thread may be stuck waiting for room in a full socket buffer)."""
@@ -227,6 +230,8 @@ class DataPlane:
         self._pairs: dict[int, int] = {}  # inbound SPI -> outbound SPI
         self._pending_out: dict[int, tuple[int, OutboundSA]] = {}  # new inbound SPI -> (old, outbound)
         self._last_snapshot = CounterSnapshot()
+        self.last_turn = time.monotonic()
+        """When the data thread last went round its loop (it polls for at most a second)."""
 
     # ------------------------------------------------------------------ wiring
 
@@ -314,6 +319,20 @@ class DataPlane:
         """Send the outbound SA paired with ``spi_in`` to ``peer`` from now on (the IKE engine
         followed the peer behind its NAT; thread-safe)."""
         self.submit(SetPeer(spi_in, peer))
+
+    def health(self, now: float | None = None) -> str | None:
+        """Why the data path is not working (for a service watchdog), or None: its thread
+        died, or has not gone round its loop for ``STALL_AFTER`` seconds (``now``:
+        ``time.monotonic()`` by default)."""
+        thread = self._thread
+        if not self._running or thread is None:
+            return None  # not started, or stopping: nothing to watch
+        if not thread.is_alive():
+            return "the ESP data path thread has died"
+        stalled = (time.monotonic() if now is None else now) - self.last_turn
+        if stalled > STALL_AFTER:
+            return f"the ESP data path thread has not turned for {stalled:.0f} s"
+        return None
 
     def counter_snapshot(self) -> CounterSnapshot:
         """The data thread's counts and every SA's bytes, packets and drops, copied by the data
@@ -425,6 +444,7 @@ class DataPlane:
         poller.register(udp_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         while self._running:
+            self.last_turn = time.monotonic()
             timeout = self._timeout_ms()
             try:
                 ready = poller.poll(timeout)

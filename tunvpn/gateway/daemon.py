@@ -1488,6 +1488,7 @@ class Gateway:
         await self._accounting_onoff("on", ONOFF_WAIT)  # before any login: "on" clears this NAS
         interim = loop.create_task(self._interim_accounting()) if self.options.accounting_interval else None
         crls = loop.create_task(keep_crls_fresh(lambda: self.config), name="CRL distribution points")
+        watchdog = sdnotify.start_watchdog(loop, self.tunnel.dataplane if self.tunnel is not None else None)
         stop_signals = self._catch_stop_signals(loop) if handle_signals else {}
         signals: tuple[signal.Signals, ...] = ()
         if handle_signals:
@@ -1511,6 +1512,8 @@ class Gateway:
             if interim is not None:
                 interim.cancel()
             crls.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
             for sig in signals:
                 loop.remove_signal_handler(sig)
             # first: the services may still tell their peers through the SAs (L2TP's StopCCN)

@@ -11,7 +11,11 @@ What tunvpn sends:
   (client), with a ``STATUS=`` line;
 * ``RELOADING=1`` with ``MONOTONIC_USEC=`` (the clock systemd 253+ asks for) when a SIGHUP
   reload begins, then ``READY=1`` when it is done (Debian 12's systemd 252 takes both);
-* ``STOPPING=1`` when a stop begins.
+* ``STOPPING=1`` when a stop begins;
+* ``WATCHDOG=1`` every half ``$WATCHDOG_USEC`` (a unit with ``WatchdogSec=``) while the daemon
+  is healthy: its event loop turns (the ping runs on it) and its ESP data path thread is alive
+  and turning. When it is not, the pings stop (the reason is logged once and shown as
+  ``STATUS=``), and systemd kills and restarts the service (``Restart=on-failure``).
 
 A failure to notify is logged at debug level and otherwise ignored: the service manager
 is the one that waits, and a daemon must not die because its supervisor went away.
@@ -19,10 +23,13 @@ is the one that waits, and a daemon must not die because its supervisor went awa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,9 @@ def notify(*lines: str, unset_environment: bool = False) -> bool:
     text = "\n".join(line.replace("\n", " ") for line in lines) + "\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # never block the event loop: a service manager that stopped reading (its queue
+            # full) costs a lost notification, not a hung daemon
+            sock.setblocking(False)
             sock.sendto(text.encode(), address)
     except OSError as exc:
         log.debug("sd_notify to %s failed: %s", os.environ.get(NOTIFY_SOCKET_ENV, address), exc)
@@ -86,4 +96,68 @@ def status(text: str) -> bool:
     return notify(f"STATUS={text}")
 
 
-__all__ = ["NOTIFY_SOCKET_ENV", "notify", "notify_address", "ready", "reloading", "status", "stopping"]
+def watchdog_interval(environ: Mapping[str, str] | None = None, pid: int | None = None) -> float | None:
+    """Seconds between ``WATCHDOG=1`` pings: half of ``$WATCHDOG_USEC`` when it is set for this
+    process (``$WATCHDOG_PID`` absent or ours), as sd_watchdog_enabled(3) says; else None."""
+    env = os.environ if environ is None else environ
+    try:
+        usec = int(env.get("WATCHDOG_USEC", "0"))
+        owner = int(env.get("WATCHDOG_PID", "0"))
+    except ValueError:
+        return None
+    if usec <= 0 or (owner and owner != (os.getpid() if pid is None else pid)):
+        return None
+    return usec / 2e6
+
+
+async def watchdog(healthy: Callable[[], str | None], interval: float) -> None:
+    """Send ``WATCHDOG=1`` every ``interval`` seconds while ``healthy()`` returns None (it runs
+    on the event loop, so a loop that stops turning stops the pings too). When it returns a
+    reason, the pings stop until it returns None again: systemd restarts a service that
+    stays unhealthy for ``WatchdogSec``. Runs until cancelled."""
+    said: str | None = None
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            reason = healthy()
+        except Exception as exc:  # a broken check is a reason too
+            reason = f"health check failed: {exc}"
+        if reason is None:
+            notify("WATCHDOG=1", *(["STATUS=healthy again"] if said is not None else []))
+            said = None
+        elif reason != said:
+            log.error("watchdog: %s: no longer telling the service manager we are alive", reason)
+            notify(f"STATUS=unhealthy: {reason}")
+            said = reason
+
+
+class Watched(Protocol):
+    """What the watchdog asks about (``tunvpn.dataplane.thread.DataPlane``)."""
+
+    def health(self) -> str | None: ...
+
+
+def start_watchdog(loop: asyncio.AbstractEventLoop, watched: Watched | None) -> asyncio.Task[None] | None:
+    """The daemons' watchdog task when the service manager wants pings (``WatchdogSec=``):
+    the event loop (by running at all) and ``watched`` (the ESP data path, if any) must be
+    well. None when no watchdog is asked for."""
+    interval = watchdog_interval()
+    if interval is None:
+        return None
+    check = watched.health if watched is not None else (lambda: None)
+    log.info("watchdog: telling the service manager we are alive every %.1f s", interval)
+    return loop.create_task(watchdog(check, interval), name="service watchdog")
+
+
+__all__ = [
+    "NOTIFY_SOCKET_ENV",
+    "notify",
+    "notify_address",
+    "ready",
+    "reloading",
+    "start_watchdog",
+    "status",
+    "stopping",
+    "watchdog",
+    "watchdog_interval",
+]

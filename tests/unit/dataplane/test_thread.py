@@ -251,3 +251,29 @@ def test_esp_for_an_unknown_spi_is_noted_once_per_source_a_second(pair: tuple[Si
     wait_for(lambda: gateway.dataplane.counter_snapshot().group("esp drops").get("unknown_spi") == 51)
     notes = [e for e in gateway.events if isinstance(e, UnknownSpi)]
     assert notes == [UnknownSpi(0x7777, CLIENT, len(good)), UnknownSpi(0x9999, other, len(good))]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected fault
+def test_health_says_when_the_data_thread_is_stuck_or_dead(pair: tuple[Side, Side]) -> None:
+    """What the service watchdog asks (tunvpn.shell.sdnotify.start_watchdog): a turning data
+    thread is healthy; one that has not gone round its loop for STALL_AFTER is stuck."""
+    import time
+
+    from tunvpn.dataplane.thread import STALL_AFTER
+
+    client, gateway = pair
+    assert client.dataplane.health() is None
+    stuck = client.dataplane.health(now=time.monotonic() + STALL_AFTER + 5)
+    assert stuck is not None and "has not turned" in stuck
+
+    def broken() -> None:  # a fault outside the per-batch guard ends the thread
+        raise RuntimeError("injected fault")
+
+    gateway.dataplane._timers = broken  # type: ignore[method-assign]
+    gateway.dataplane._wake()
+    wait_for(lambda: gateway.dataplane.health() is not None)
+    assert gateway.dataplane.health() == "the ESP data path thread has died"
+    client.dataplane.stop()
+    assert client.dataplane.health() is None  # stopped on purpose: nothing to report
+    idle = DataPlane(FakeTun())
+    assert idle.health() is None  # not started yet
