@@ -83,7 +83,8 @@ def _client(net: Net, log: Path, *, in_profile: bool = False) -> subprocess.Pope
         f'gateway = "{net.pair.addr_a}"\npsk_file = "psk"\nuser = "alice"\npassword_file = "pw"\n'
         + ('run_as = "nobody"\n' if in_profile else ""),
     )
-    argv = ["connect", "-c", str(profile), "--tun", "tvcl%d", "--json", "--control", "none", "-v"]
+    # the control socket in root's run directory (as root made it): the helper removes it
+    argv = ["connect", "-c", str(profile), "--tun", "tvcl%d", "--json", "--control", "auto", "-v"]
     argv += ["--dns-backend", "file"] + ([] if in_profile else ["--run-as", "nobody"])
     env = {**tunvpn_env(), "TUNVPN_RUN_DIR": str(net.run_dir), "TUNVPN_RESOLV_CONF": str(net.resolv)}
     return popen_in(net.pair.b, tunvpn_argv(*argv), log, env=env)
@@ -158,6 +159,7 @@ def test_a_client_started_as_root_runs_as_nobody_and_its_helper_restores_on_exit
         assert f"nameserver {DNS}\n" in text and "192.0.2.53" not in text, text  # a full tunnel
         assert any(r.startswith(_pin(net)) for r in net.routes()), net.routes()
         assert list(net.run_dir.glob("client-*.json")), "no crash-recovery state while up"
+        assert list(net.run_dir.glob("client-tvcl*.sock")), "no control socket while up"
     finally:
         stop_process(cl)
     assert cl.returncode == 0, read_text(cl_log)[-3000:]
@@ -165,6 +167,7 @@ def test_a_client_started_as_root_runs_as_nobody_and_its_helper_restores_on_exit
     assert net.resolv.read_text() == ORIGINAL
     assert net.routes() == before
     assert not list(net.run_dir.glob("client-*.json")), "crash-recovery state left after a clean exit"
+    assert not list(net.run_dir.glob("client-*.sock")), "control socket left in root's run directory"
     stop_process(gw)
 
 
@@ -188,6 +191,7 @@ def test_the_helper_cleans_up_after_a_killed_client(net: Net) -> None:
         wait_for(lambda: "tvcl" not in run_in(net.pair.b, ["ip", "link"]).stdout, 10, "the TUN device to go")
         assert net.routes() == before, "the pin outlived the client and its helper"
         assert not list(net.run_dir.glob("client-*.json"))
+        assert not list(net.run_dir.glob("client-*.sock")), "control socket left by a killed client"
         assert "undoing its host configuration" in read_text(cl_log)
     finally:
         stop_process(cl)

@@ -796,7 +796,7 @@ class Client:
             "tunnels": [tunnel],
         }
 
-    def _drop_root(self, keylog: KeyLog | None) -> None:
+    def _drop_root(self, keylog: KeyLog | None, control_socket: str | None = None) -> None:
         """Become ``run_as`` keeping CAP_NET_ADMIN (routes on the TUN device) and
         CAP_NET_BIND_SERVICE (IKE's port 500 bound again); with a TUN device, a helper started
         first stays root for DNS, the gateway's pin and the crash-recovery state
@@ -810,7 +810,13 @@ class Client:
                 os.chown(path, self.run_as.uid, self.run_as.gid)
         if self.tunnel is not None:
             backend = self.options.dns_backend or "none"
-            helper = start_helper(self.tunnel.name, backend, default_run_dir(), default_resolv_conf())
+            helper = start_helper(
+                self.tunnel.name,
+                backend,
+                default_run_dir(),
+                default_resolv_conf(),
+                control_socket=control_socket,  # root's directory: the helper removes it at the end
+            )
             self._privhelper = helper
             self.hostconfig = helper
         try:
@@ -1237,7 +1243,7 @@ class Client:
         control = await self._start_control()  # still root: the socket goes in root's /run/tunvpn
         if self.run_as is not None:  # before the data thread, asyncio's executor and the plugins
             try:
-                self._drop_root(keylog)
+                self._drop_root(keylog, str(control.path) if control is not None else None)
             except BaseException:
                 driver.close()
                 if control is not None:

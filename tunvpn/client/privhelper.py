@@ -17,6 +17,9 @@ a ``SOCK_SEQPACKET`` socketpair, every argument checked before use:
 * ``refresh_pin``: nothing (the pin the helper made follows the network);
 * ``restore``: nothing (DNS and routes undone, the state file removed).
 
+When the client is gone the helper also removes its control socket (named when root started
+it), which the client made as root in root's run directory and can no longer unlink.
+
 The interface name, the DNS backend, the resolv.conf path and the run directory are fixed when
 root starts the helper; the client cannot name a file, a device or a command. The helper never
 parses IKE and never runs a plugin. When the client's end of the socket closes (it exited, or
@@ -35,6 +38,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -101,8 +105,10 @@ def handle(hostconfig: HostConfig, request: Any) -> Any:
     return None
 
 
-def serve(sock: socket.socket, hostconfig: HostConfig) -> None:
-    """Answer requests until the client's end closes; then undo everything."""
+def serve(sock: socket.socket, hostconfig: HostConfig, control_socket: str | None = None) -> None:
+    """Answer requests until the client's end closes; then undo everything, and remove the
+    client's control socket (``control_socket``: in root's run directory, where the client,
+    no longer root, cannot unlink it)."""
     try:
         while True:
             try:
@@ -128,6 +134,19 @@ def serve(sock: socket.socket, hostconfig: HostConfig) -> None:
             hostconfig.restore()
         except HostConfigError as exc:
             log.warning("privileged helper: %s (the state file is kept for the next run)", exc)
+        if control_socket is not None:
+            remove_socket(control_socket)
+
+
+def remove_socket(path: str) -> None:
+    """Unlink ``path`` if it is a socket (never a file or a link that replaced it)."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("privileged helper: cannot remove %s: %s", path, exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dns-backend", choices=DNS_BACKENDS, required=True)
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--resolv-conf", required=True)
+    parser.add_argument("--control-socket", help="the client's control socket, removed at the end")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -147,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
     hostconfig = HostConfig(args.ifname, args.run_dir, args.dns_backend, resolv_conf=args.resolv_conf)
-    serve(sock, hostconfig)
+    serve(sock, hostconfig, args.control_socket)
     return 0
 
 
@@ -211,14 +231,22 @@ class PrivHelper:
 
 
 def start_helper(
-    ifname: str, dns_backend: str, run_dir: str | os.PathLike[str], resolv_conf: str | os.PathLike[str]
+    ifname: str,
+    dns_backend: str,
+    run_dir: str | os.PathLike[str],
+    resolv_conf: str | os.PathLike[str],
+    *,
+    control_socket: str | None = None,
 ) -> PrivHelper:
-    """Start the helper for TUN device ``ifname`` (as root, before the drop; starts no thread)."""
+    """Start the helper for TUN device ``ifname`` (as root, before the drop; starts no thread).
+    ``control_socket``: the client's, which the helper removes when the client is gone."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         argv = [sys.executable, "-m", "tunvpn.client.privhelper", "--fd", str(theirs.fileno())]
         argv += ["--ifname", ifname, "--dns-backend", dns_backend]
         argv += ["--run-dir", os.fspath(run_dir), "--resolv-conf", os.fspath(resolv_conf)]
+        if control_socket is not None:
+            argv += ["--control-socket", control_socket]
         if log.isEnabledFor(logging.INFO) or logging.getLogger().isEnabledFor(logging.INFO):
             argv.append("-v")
         proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)

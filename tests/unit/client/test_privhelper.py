@@ -53,3 +53,19 @@ def test_requests_in_the_set_are_carried_out_and_the_helper_exits_with_the_clien
     helper.restore()
     helper.close()
     assert helper.proc.returncode == 0
+
+
+def test_the_helper_removes_only_a_socket_at_the_control_socket_path(tmp_path: Path) -> None:
+    import socket as socketmod
+
+    from tunvpn.client.privhelper import remove_socket
+
+    path = tmp_path / "client-tvcl0.sock"
+    with socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+    remove_socket(str(path))
+    assert not path.exists()
+    remove_socket(str(path))  # gone already: nothing to do
+    path.write_text("not a socket")  # replaced by a file: left alone
+    remove_socket(str(path))
+    assert path.read_text() == "not a socket"
