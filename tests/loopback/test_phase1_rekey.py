@@ -59,7 +59,10 @@ async def _run(
         (session,) = first.values()
         seen["address"] = session.address
         seen["spis"] = {c.spi_in for c in gateway.children.values()}
+        seen["first_phase1"] = client.phase1_at
         await asyncio.sleep(seconds)
+        seen["status"] = client.status()["tunnels"][0]  # type: ignore[index]
+        seen["gateway_status"] = gateway.status()["tunnels"][0]  # type: ignore[index]
         assert client.result is None, out.getvalue()
         seen["sessions"] = dict(gateway.sessions)
         seen["children"] = dict(gateway.children)
@@ -85,6 +88,10 @@ def _check_session_followed(seen: dict[str, Any]) -> None:
 
 def test_rekeys_keep_the_session_without_asking_again() -> None:
     records, seen = asyncio.run(_run(3 * LIFETIME))
+    # tunvpn status shows the ISAKMP SA in use now, not the first one
+    for status in (seen["status"], seen["gateway_status"]):
+        assert status["phase1"]["established"] > seen["first_phase1"], status["phase1"]
+        assert 0 < status["phase1"]["expires_in"] <= LIFETIME, status["phase1"]
     rekeyed = [r for r in records if r["event"] == "phase1" and r["state"] == "rekeyed"]
     assert len(rekeyed) >= 2 and not any(r["reauthenticated"] for r in rekeyed)
     assert [r["state"] for r in records if r["event"] == "xauth" and r["state"] in ("sent", "reauth")] == [

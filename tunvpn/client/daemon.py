@@ -321,6 +321,9 @@ class Client:
         except PluginError as exc:
             raise ValueError(str(exc)) from None
         self._protocols_waiting: list[str] = []
+        self.phase1_at: float | None = None
+        """When the ISAKMP SA we follow was established (its rekey's, after a hand-over)."""
+        self._rekey_phase1: ev.Phase1Established | None = None
         self._login_protocols: tuple[str, ...] = ()
         """The XAUTH-round protocols of the last login: a re-authentication runs them again."""
         """Extra protocols (XAUTH rounds after Mode Config) still to pass, in order."""
@@ -540,7 +543,7 @@ class Client:
         return self.sa_id is not None and event.sa_id[:8] == self.sa_id[:8]
 
     def _phase1_established(self, event: ev.Phase1Established) -> None:
-        self.phase1 = event
+        self.phase1, self.phase1_at = event, self.clock()
         auth = event.suite.rsplit("/", 1)[-1]
         self.progress.report(
             "phase1",
@@ -779,8 +782,8 @@ class Client:
             "phase1": {
                 "exchange": p1.exchange if p1 else self.options.mode,
                 "suite": p1.suite if p1 else None,
-                "established": None,
-                "expires_in": None,
+                "established": self.phase1_at if p1 else None,
+                "expires_in": self._expires_in(now),
             },
             "sas": sas,
             "protocols": [{"name": name, **state} for name, state in self._protocol_status.items()],
@@ -795,6 +798,16 @@ class Client:
             "policies": [p.describe() for p in self.policies or ()],
             "tunnels": [tunnel],
         }
+
+    def _expires_in(self, now: float) -> float | None:
+        """Seconds until our ISAKMP SA's lifetime ends (it is rekeyed before), or None."""
+        if self.sa_id is None:
+            return None
+        try:
+            expires = self.engine.get_sa(self.sa_id).expires
+        except LocalProtocolError:
+            return None
+        return None if expires is None else round(max(0.0, expires - now), 1)
 
     def _drop_root(self, keylog: KeyLog | None, control_socket: str | None = None) -> None:
         """Become ``run_as`` keeping CAP_NET_ADMIN (routes on the TUN device) and
@@ -1545,7 +1558,7 @@ class Client:
         if self.engine.config.remote_id != expected:  # remote_id defaults to the entry as written
             self.engine.config = dataclasses.replace(self.engine.config, remote_id=expected)
         self.sa_id = None
-        self.phase1 = None
+        self.phase1 = self._rekey_phase1 = None
         self.mode_config = None
         self.policies = None
         self.generation = 0

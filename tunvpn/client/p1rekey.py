@@ -36,6 +36,9 @@ def rekey_event(client: Client, event: ev.Phase1RekeyStarted | ev.Phase1Rekeyed)
         return
     client._rekeying = None
     client.sa_id = event.new_sa_id
+    if client._rekey_phase1 is not None and client._rekey_phase1.sa_id[:8] == event.new_sa_id[:8]:
+        client.phase1, client.phase1_at = client._rekey_phase1, client.clock()  # tunvpn status
+    client._rekey_phase1 = None
     client.established = {
         name: dataclasses.replace(child, sa_id=event.new_sa_id) if child.sa_id == event.sa_id else child
         for name, child in client.established.items()
@@ -74,5 +77,6 @@ def new_sa_event(client: Client, event: ev.Event) -> Awaitable[None] | None:
         log.warning("phase 1 rekey failed: %s (tried again while the ISAKMP SA lasts)", event.reason)
         client.progress.report("phase1", f"rekey failed: {event.reason}", state="rekey-failed")
     elif isinstance(event, ev.Phase1Established):
+        client._rekey_phase1 = event
         client.progress.report("phase1", f"new ISAKMP SA established, suite {event.suite}", state="rekey")
     return None

@@ -1013,6 +1013,14 @@ class Gateway:
             session.protocols_pending = self._run_protocols()
             self._start_protocol(session, now)
 
+    def _expires_in(self, sa_id: bytes, now: float) -> float | None:
+        """Seconds until the ISAKMP SA's lifetime ends (it is rekeyed before), or None."""
+        try:
+            expires = self.engine.get_sa(sa_id).expires
+        except LocalProtocolError:
+            return None
+        return None if expires is None else round(max(0.0, expires - now), 1)
+
     def _continues_session(self, session: Session) -> bool:
         """Whether the session's ISAKMP SA is a phase 1 rekey bound to a logged-in session
         (tunvpn.ike.rekey): its login continues that session."""
@@ -1405,7 +1413,7 @@ class Gateway:
                         "exchange": session.exchange,
                         "suite": session.suite,
                         "established": session.established,
-                        "expires_in": None,
+                        "expires_in": self._expires_in(session.sa_id, now),
                     },
                     "sas": sas,
                 }
