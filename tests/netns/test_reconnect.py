@@ -34,6 +34,7 @@ POOL = "10.79.0.10-10.79.0.20"
 PSK = "reconnect-test-psk-0123456789"
 SECOND = "10.77.0.3"
 DEAD = "10.77.0.9"  # on the link, nobody answers
+QUIET = ("--json", "--control", "none", "-v")
 OUTAGE = 9.0  # seconds the gateway stays dead after the client noticed
 
 
@@ -414,4 +415,38 @@ def test_an_idle_tunnel_finds_a_restarted_gateway_by_its_invalid_cookie_answer(
         assert _ping_once(pair)
     finally:
         stop_process(cl)
+        stop_process(gw)
+
+
+def test_a_laptop_that_moved_logs_in_again_despite_the_session_limit(pair: NetnsPair, tmp_path: Path) -> None:
+    """max_sessions_per_user = 1. Alice's client dies without a word (SIGKILL: a laptop that
+    left the Wi-Fi) and she logs in again from another address: the gateway asks the old
+    session R-U-THERE before refusing; it does not answer within 2 s, so it goes and the new
+    login is let in. (Before, she was refused until DPD cleared the old session.)"""
+    moved = "10.77.0.5"
+    pair.add_addr(pair.b, f"{moved}/24", dev=pair.if_b)  # a secondary address: the first stays the source
+    gw_log, first_log, second_log = tmp_path / "gateway.log", tmp_path / "first.log", tmp_path / "second.log"
+    gw = _gateway(pair, tmp_path, pair.addr_a, gw_log, extra=("--max-sessions-per-user", "1"))
+    first = _client(pair, _profile(tmp_path, f'"{pair.addr_a}"'), first_log)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for_line(first_log, "IPsec SA pair(s) up", first, 30, "the first client's SAs")
+        first.kill()  # no Delete: the gateway still holds alice's session
+        first.wait(5)
+        second = popen_tunvpn(
+            pair.b,
+            ["connect", "-c", str(tmp_path / "client.toml"), "--local", moved, "--tun", "tvcl%d", *QUIET],
+            second_log,
+        )
+        started = time.monotonic()
+        wait_for_line(second_log, "IPsec SA pair(s) up", second, 30, "the login from the new address")
+        took = time.monotonic() - started
+        print(f"logged in again from another address at the session limit in {took:.1f} s")
+        gateway_text = read_text(gw_log)
+        assert "asking 1 older session(s) whether they are alive" in gateway_text, gateway_text[-3000:]
+        assert "already has 1 session" not in read_text(second_log)
+        assert _ping_once(pair)
+    finally:
+        if second is not None:
+            stop_process(second)
         stop_process(gw)

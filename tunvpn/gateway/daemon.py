@@ -968,9 +968,44 @@ class Gateway:
             return None
         if denied is not None:
             verdict = Verdict.reject(denied)
-        elif (refusal := self._session_limit(session, event.user_name)) is not None:
-            verdict = Verdict.reject(refusal)
+        elif self._session_limit(session, event.user_name) is not None:
+            # over the limit: the user's other sessions may be dead (a laptop that moved to
+            # another network and logged in again from there): ask them first (issue 15)
+            await self._probe_own_sessions(session, event.user_name)
+            if self.sessions.get(event.sa_id) is not session:
+                return None
+            if (refusal := self._session_limit(session, event.user_name)) is not None:
+                verdict = Verdict.reject(refusal)
         return verdict, authorization, self.clock()
+
+    async def _probe_own_sessions(self, session: Session, user: str) -> None:
+        """DPD-probe ``user``'s other logged-in sessions (those whose peer does DPD) and wait
+        up to ``LIMIT_PROBE_WITHIN`` (+ a little) for the dead ones to be removed. A live
+        session answers and stays: a stolen password still cannot push the real user off."""
+        now = self.clock()
+        probed = []
+        for other in list(self.sessions.values()):
+            if other is session or not other.authenticated or other.user != user:
+                continue
+            try:
+                sa = self.engine.get_sa(other.sa_id)
+            except LocalProtocolError:
+                continue
+            if "dpd" in sa.peer_vendor_ids:
+                self.engine.probe_peer(other.sa_id, now, LIMIT_PROBE_WITHIN)
+                probed.append(other.sa_id)
+        if not probed:
+            return
+        log.info(
+            "user %r is at the session limit: asking %d older session(s) whether they are alive",
+            user,
+            len(probed),
+        )
+        if self.driver is not None:
+            self.driver.flush()
+        deadline = time.monotonic() + LIMIT_PROBE_WITHIN + 0.5
+        while time.monotonic() < deadline and any(sa_id in self.sessions for sa_id in probed):
+            await asyncio.sleep(0.1)
 
     def _xauth_verdict(
         self,
@@ -1664,6 +1699,10 @@ class Gateway:
 
 
 PLUGIN_TIMEOUT = 30
+
+LIMIT_PROBE_WITHIN = 2.0
+"""Seconds the user's older sessions have to answer a DPD probe when a new login of theirs
+would pass ``max_sessions_per_user``; those that do not are removed and the login goes on."""
 
 STOP_GRACE = 1.0
 """Seconds each step of stopping may wait: the plugins' services, then the accounting "stop"s

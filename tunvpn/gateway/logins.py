@@ -225,8 +225,10 @@ class LoginThrottle:
 def session_limit_refusal(user: str, others: Iterable[str | None], limit: int) -> str | None:
     """Why ``user`` may not log in once more, when the other logged-in sessions (``others``:
     their users) already hold ``limit`` of theirs (0: no limit); else None. The new login is
-    refused, the running sessions are kept: a stolen password cannot kick the real user off,
-    and a user whose old sessions were lost waits for dead peer detection (about 2.5 min)."""
+    refused, the running sessions are kept: a stolen password cannot kick the real user off.
+    Before refusing, the gateway asks those sessions whether they are alive (a short DPD
+    probe, gateway/daemon.py ``LIMIT_PROBE_WITHIN``): a user whose old session was lost (a
+    laptop that moved to another network) gets in once that one failed to answer."""
     if limit <= 0:
         return None
     held = sum(1 for other in others if other == user)
