@@ -44,6 +44,7 @@ from tests.helpers.tunvpn_proc import (
 CLIENT, ROUTER_C = "10.90.1.2", "10.90.1.1"
 CLIENT2, ROUTER_C2 = "10.90.3.2", "10.90.3.1"  # the client's address and router after a roam
 ROUTER_G, GATEWAY = "10.90.2.1", "10.90.2.2"
+GATEWAY2 = "10.90.2.3"  # a second gateway process in the same namespace (failover)
 GATEWAY_I, INTERNET = "10.91.0.1", "10.91.0.2"
 PROTECTED = "10.78.0.1"
 POOL, POOL_NET = "10.79.0.10-10.79.0.20", "10.79.0.0/24"
@@ -88,22 +89,22 @@ def net(tmp_path: Path) -> Iterator[Net]:
         yield Net(topo, c, r, g, i, if_c, tmp_path)
 
 
-def _gateway(net: Net, log: Path) -> subprocess.Popen[bytes]:
+def _gateway(net: Net, log: Path, listen: str = GATEWAY) -> subprocess.Popen[bytes]:
     psk = private_file(net.tmp / "psk", PSK + "\n")
     users = private_file(net.tmp / "users", "alice:wonderland\n")
-    argv = ["gateway", "--listen", GATEWAY, "--psk-file", str(psk), "--users", str(users)]
+    argv = ["gateway", "--listen", listen, "--psk-file", str(psk), "--users", str(users)]
     argv += ["--require-xauth", "--pool", POOL, "--tun", "tvgw%d", "--control", "none"]
     proc = popen_in(net.g, tunvpn_argv(*argv), log, env=tunvpn_env())
     wait_for_line(log, "gateway ready", proc, 30, "the gateway")
     return proc
 
 
-def _client(net: Net, log: Path) -> subprocess.Popen[bytes]:
+def _client(net: Net, log: Path, gateway: str = f'"{GATEWAY}"') -> subprocess.Popen[bytes]:
     private_file(net.tmp / "psk", PSK + "\n")
     private_file(net.tmp / "pw", "wonderland\n")
     profile = private_file(
         net.tmp / "client.toml",
-        f'gateway = "{GATEWAY}"\npsk_file = "psk"\nuser = "alice"\npassword_file = "pw"\n',
+        f'gateway = {gateway}\npsk_file = "psk"\nuser = "alice"\npassword_file = "pw"\n',
     )
     argv = ["connect", "-c", str(profile), "--tun", "tvcl%d", "--json", "--control", "none", "-v"]
     # the crash-recovery state goes to a run directory of this test (not /run/tunvpn)
@@ -148,13 +149,14 @@ def _ike_or_esp_with_gateway(line: str) -> bool:
     unreachable)."""
     values = [v.split(",") for v in (line.split("\t") + [""] * len(FIELDS))[: len(FIELDS)]]
     src, dst, proto, frag, sport, dport = values
-    if GATEWAY not in (src[0], dst[0]) or not {src[0], dst[0]} & {CLIENT, CLIENT2}:
+    gateway = next((g for g in (GATEWAY, GATEWAY2) if g in (src[0], dst[0])), None)
+    if gateway is None or not {src[0], dst[0]} & {CLIENT, CLIENT2}:
         return False
     if proto[0] == "17":
         ports_ok = {sport[0], dport[0]} <= IKE_PORTS
         return ports_ok or (sport == [""] and frag[0] not in ("", "0"))
-    if proto[0] == "1" and src[0] == GATEWAY:  # the quoted packet: ours, to the gateway's IKE port
-        return proto[1:] == ["17"] and dst[1:] == [GATEWAY] and {sport[0], dport[0]} <= IKE_PORTS
+    if proto[0] == "1" and src[0] == gateway:  # the quoted packet: ours, to the gateway's IKE port
+        return proto[1:] == ["17"] and dst[1:] == [gateway] and {sport[0], dport[0]} <= IKE_PORTS
     return False
 
 
@@ -305,3 +307,69 @@ def test_the_pin_follows_the_client_to_another_network(net: Net) -> None:
         f"default via {ROUTER_C2} dev {net.if_c}",
     ]
     assert not list((net.tmp / "run").glob("client-*.json"))
+
+
+def test_a_full_tunnel_fails_over_to_the_second_gateway_through_a_new_pin(net: Net) -> None:
+    """Two gateways in the profile, both pushing 0.0.0.0/0. The first is SIGKILLed and stays
+    dead: the client fails over to the second while the tunnel's routes stay on the TUN device
+    (so the second gateway's address is routed into the dead tunnel until the client pins it
+    outside, before its first message), pings the "Internet" again, leaks nothing in clear,
+    and leaves the namespace's routes as they were."""
+    run_in(net.g, ["ip", "addr", "add", f"{GATEWAY2}/24", "dev", net.topo.tag + "gr"])
+    before = net.routes()
+    log1, log2, cl_log = net.tmp / "gateway1.log", net.tmp / "gateway2.log", net.tmp / "client.log"
+    gw1 = _gateway(net, log1)
+    gw2 = _gateway(net, log2, GATEWAY2)
+    cl = _client(net, cl_log, f'["{GATEWAY}", "{GATEWAY2}"]')
+    pinger: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for_line(cl_log, "IPsec SA pair(s) up", cl, 30, "the client's SAs through the first gateway")
+        assert _ping(net, INTERNET) or _ping(net, INTERNET), read_text(cl_log)[-3000:]
+        pcap = net.tmp / "underlay.pcap"
+        with capture(net.c, net.if_c, pcap, bpf="ip"):
+            pinger = subprocess.Popen(
+                ["ip", "netns", "exec", net.c, "ping", "-i", "0.2", "-W", "1", INTERNET],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            gw1.kill()  # and it stays dead
+            gw1.wait(5)
+            killed = time.monotonic()
+            wait_for(
+                lambda: (
+                    any(
+                        r.get("event") == "phase1"
+                        and r.get("state") == "established"
+                        and GATEWAY2 in r["message"]
+                        for r in json_records(cl_log)
+                    )
+                    or cl.poll() is not None
+                ),
+                60,
+                "the client to fail over",
+            )
+            assert cl.poll() is None, read_text(cl_log)[-3000:]
+            wait_for(lambda: _ping(net, INTERNET) or cl.poll() is not None, 20, "a ping through the second")
+            took = time.monotonic() - killed
+            assert cl.poll() is None, read_text(cl_log)[-3000:]
+            routes = net.routes()
+            assert any(r.startswith(f"{GATEWAY2} via {ROUTER_C}") for r in routes), routes
+            pinger.terminate()
+            pinger.wait(5)
+        print(f"full tunnel: first gateway SIGKILLed, pinging through the second {took:.1f} s later")
+        records = json_records(cl_log)
+        lost = next(
+            n for n, r in enumerate(records) if r.get("event") == "reconnect" and r.get("state") == "lost"
+        )
+        started = [r for r in records[lost:] if r.get("event") == "phase1" and r.get("state") == "started"]
+        assert started and GATEWAY2 in started[0]["message"], "the lost gateway was not tried last"
+        clear = [p for p in _ip_packets(pcap) if not _ike_or_esp_with_gateway(p)]
+        assert not clear, f"packets other than IKE/ESP with a gateway on the underlay: {clear[:10]}"
+    finally:
+        if pinger is not None and pinger.poll() is None:
+            pinger.kill()
+        stop_process(cl)
+        stop_process(gw2)
+        stop_process(gw1)
+    assert cl.returncode == 0, read_text(cl_log)[-3000:]
+    assert net.routes() == before

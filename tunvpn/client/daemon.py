@@ -1398,11 +1398,12 @@ class Client:
     async def _reconnect_rounds(self, up: asyncio.Event, done: asyncio.Event) -> None:
         assert self._lost is not None
         failures = 0
+        order = list(self.options.gateways)
         while self.result is None:
             errors: list[str] = []
             connected = False
             refusals = attempts = silent = 0
-            for entry in self.options.gateways:
+            for entry in list(order):
                 try:
                     addresses = await self.resolver.addresses(
                         entry, self.options.gateway_port, cached_only=self._dns_into_tunnel()
@@ -1433,6 +1434,10 @@ class Client:
                 await _first_set((self._lost, done))
                 if self.result is not None:
                     return
+                if len(order) > 1 and self.gateway_entry in order:
+                    # the gateway we lost is tried last: most often it is down (failover)
+                    order.remove(self.gateway_entry)
+                    order.append(self.gateway_entry)
                 self.progress.report(
                     "reconnect",
                     f"connection to {self.gateway_entry} lost ({self._lost_reason}); reconnecting, "
