@@ -481,6 +481,14 @@ def _add_connect(sub: Subparsers) -> None:
         help="phase 1 DH group(s) to offer, e.g. ecp256, modp2048, dh2 (repeatable)",
     )
     cl.add_argument(
+        "--fragmentation",
+        choices=("yes", "force", "no"),
+        default=None,
+        help="IKE fragmentation (the Cisco/strongSwan extension): `yes` (default) cuts large "
+        "messages for a gateway that announces it, and the first message from its first "
+        "retransmission on; `force` cuts every large message at once; `no` never",
+    )
+    cl.add_argument(
         "--pfs",
         type=_pfs,
         default="auto",
@@ -942,6 +950,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         args.run_as = args.run_as or profile.run_as
         if args.pfs == "auto" and profile.pfs is not None:  # the command line's --pfs comes first
             args.pfs = _pfs(profile.pfs)
+        args.fragmentation = args.fragmentation or profile.fragmentation
         if args.mode == "main" and profile.mode != "main":
             args.mode = profile.mode
         args.local_id = args.local_id or profile.local_id
@@ -992,6 +1001,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
             pfs=DHGroup.ECP_256 if args.pfs in ("auto", "required") else args.pfs,
             pfs_auto=args.pfs in ("auto", "required"),
             pfs_required=args.pfs == "required",
+            fragmentation=args.fragmentation or "yes",
             mode_config=args.mode_config,
             exit_after_established=args.exit_after,
             timeout=args.timeout,

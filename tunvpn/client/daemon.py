@@ -135,6 +135,8 @@ class ClientOptions:
     is kept for the next SAs and the rekeys (issue 16). The command line's default."""
     pfs_required: bool = False
     """With ``pfs_auto``: never fall back to no PFS."""
+    fragmentation: str = "yes"
+    """IKE fragmentation (``yes``, ``force``, ``no``; tunvpn.ike.config.EngineConfig)."""
     mode_config: bool = True
     exit_after_established: bool = False
     timeout: float = 60.0
@@ -263,6 +265,7 @@ def build_engine_config(options: ClientOptions) -> EngineConfig:
         hybrid=options.hybrid,
         dpd_interval=options.dpd_interval,
         dpd_timeout=options.dpd_timeout,
+        fragmentation=options.fragmentation,
     )
 
 

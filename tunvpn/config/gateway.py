@@ -541,6 +541,17 @@ def parse_duration(table: TableReader, name: str, default: int) -> int:
     return seconds
 
 
+def read_fragmentation(table: TableReader) -> str:
+    """``fragmentation``: ``yes`` (default), ``force`` or ``no`` (IKE fragmentation, issue 16)."""
+    text = (table.text("fragmentation") or "yes").strip().lower()
+    if text not in FRAGMENTATION_CHOICES:
+        raise table.error("fragmentation", f"fragmentation: {text!r}; use yes, force or no")
+    return text
+
+
+FRAGMENTATION_CHOICES = ("yes", "force", "no")
+
+
 def _reauth_interval(gw: TableReader) -> int:
     """``reauth_interval``: a duration, or 0 (the default) for never."""
     if gw.data.get("reauth_interval") in (0, "0"):
@@ -713,6 +724,8 @@ class GatewayConfig:
     accounting_interval: int = 0
     """Seconds between accounting "interim" records of each session (0: none)."""
     max_sessions_per_user: int = 4
+    fragmentation: str = "yes"
+    """IKE fragmentation: ``yes``, ``force`` or ``no`` (issue 16)."""
     """Logged-in sessions one user may hold at once (0: no limit)."""
     plugin_workers: int = 8
     """Threads blocking plugin hooks run in (RADIUS calls); a call beyond is refused as busy."""
@@ -762,7 +775,7 @@ _GATEWAY_KEYS = (
     "tun", "mtu", "keylog",
     "control_socket", "plugins",
     "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout", "hybrid",
-    "reauth_interval",
+    "reauth_interval", "fragmentation",
     "plugin_workers", "max_half_open", "max_half_open_per_source", "ike_queue_size",
     "new_exchanges_per_source", "new_exchanges_per_source_burst", "new_exchanges_total",
     "new_exchanges_total_burst",
@@ -993,6 +1006,7 @@ def parse_gateway_config(
         keylog=keylog,
         accounting_interval=gw.number("accounting_interval", 0, 0, 86400),
         max_sessions_per_user=gw.number("max_sessions_per_user", 4, 0, 1_000_000),
+        fragmentation=read_fragmentation(gw),
         login_timeout=gw.number("login_timeout", 120, 10, 3600),
         reauth_interval=_reauth_interval(gw),
         max_half_open=gw.number("max_half_open", 1000, 1, 1_000_000),

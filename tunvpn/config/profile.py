@@ -28,6 +28,7 @@ from tunvpn.config.gateway import (
     parse_toml,
     read_config_file,
     read_credential,
+    read_fragmentation,
     read_identity,
     read_peer_certificates,
     read_psks,
@@ -46,7 +47,7 @@ MODES = ("main", "aggressive", "base")
 _PROFILE_KEYS = (
     "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "revocation", "crl_files", "user",
     "password_file", "mode", "id",
-    "remote_id", "plugins", "plugin", "reconnect", "run_as", "pfs",
+    "remote_id", "plugins", "plugin", "reconnect", "run_as", "pfs", "fragmentation",
 )  # fmt: skip
 REMOTE_ID_ANY = "any"
 """``remote_id = "any"``: a pre-shared-key gateway may send any phase 1 identity (warned)."""
@@ -98,6 +99,9 @@ class ClientProfile:
     pfs: str | None = None
     """Quick Mode PFS with a gateway that pushes no policies, as ``tunvpn connect --pfs``:
     ``auto``, ``required``, a group name or ``none`` (docs/proposals.md); ``None``: ``auto``."""
+    fragmentation: str | None = None
+    """IKE fragmentation, as ``tunvpn connect --fragmentation``: ``yes``, ``force`` or ``no``;
+    ``None``: ``yes``."""
 
 
 def load_profile(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> ClientProfile:
@@ -196,6 +200,7 @@ def parse_profile(
         plugin_settings=plugin_settings,
         run_as=table.text("run_as"),
         pfs=_read_pfs(table),
+        fragmentation=read_fragmentation(table) if "fragmentation" in table else None,
     )
 
 

@@ -191,6 +191,8 @@ class GatewayOptions:
     """``[plugin.NAME]`` tables of gateway.toml."""
     accounting_interval: int = 0
     """Seconds between ``tunvpn_accounting`` "interim" records of each session (0: none)."""
+    fragmentation: str = "yes"
+    """IKE fragmentation toward clients that announce it (``yes``, ``force``, ``no``)."""
     max_sessions_per_user: int = 4
     """Logged-in sessions one user may hold at once; a login beyond is refused (0: no limit)."""
     plugin_objects: tuple[object, ...] = ()
@@ -393,6 +395,7 @@ def build_engine_config(options: GatewayOptions, *, require_xauth: bool | None =
         force_encap=options.force_encap or options.tun is not None,
         natt_port=options.natt_port,
         hybrid=options.hybrid,
+        fragmentation=options.fragmentation,
     )
 
 
@@ -1809,6 +1812,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         new_exchanges_total=cfg.new_exchanges_total,
         new_exchanges_total_burst=cfg.new_exchanges_total_burst,
         max_sessions_per_user=cfg.max_sessions_per_user,
+        fragmentation=cfg.fragmentation,
         plugin_workers=cfg.plugin_workers,
         domains=tuple(cfg.domains),
         phase1=cfg.phase1,

@@ -189,6 +189,15 @@ class EngineConfig:
     """Seconds a half-open phase 1 SA may live."""
     unity: bool = True
     """Send the Cisco Unity vendor ID (vpnc and Cisco peers expect it)."""
+    fragmentation: str = "yes"
+    """IKE fragmentation (tunvpn.ike.fragments, issue 16): ``"yes"`` announces it (a
+    responder only to a peer that did), cuts messages larger than ``fragment_size`` for a peer
+    that announced it, and an initiator's first message from its first retransmission on (the
+    peer's announcement is not known before its answer); ``"force"`` cuts every large message,
+    the first one too; ``"no"`` neither announces, sends nor accepts fragments."""
+    fragment_size: int = 1280
+    """The largest IP datagram a fragment may make (strongSwan's ``charon.fragment_size``),
+    IP and UDP headers included."""
     tunvpn_extensions: bool = True
     """Send our own vendor ID and use tunvpn extensions with peers that send it."""
     login_required: bool = False
@@ -245,6 +254,10 @@ class EngineConfig:
             raise LocalProtocolError("rekey_margin and reauth_interval >= 0, rekey_fuzz in [0, 1]")
         if self.max_exchanges < 2:
             raise LocalProtocolError("max_exchanges must be at least 2")
+        if self.fragmentation not in ("yes", "force", "no"):
+            raise LocalProtocolError(f"fragmentation must be yes, force or no, not {self.fragmentation!r}")
+        if not 576 <= self.fragment_size <= 65535:
+            raise LocalProtocolError("fragment_size must be 576 to 65535")
 
     def auth_methods(self, *, xauth: bool, responder: bool) -> list[AuthMethod]:
         """Auth methods we can do, in preference order."""

@@ -29,7 +29,7 @@ from ..ipsec.budget import Budget
 from ..ipsec.selectors import TrafficSelector
 from ..ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 from . import events as ev
-from . import exchanges, phase1, quickmode, rekey, states, transaction
+from . import exchanges, fragments, phase1, quickmode, rekey, states, transaction
 from .config import XAUTH_METHODS, ChildPolicy, EngineConfig
 from .constants import (
     HEADER_SIZE,
@@ -38,10 +38,12 @@ from .constants import (
     HeaderFlag,
     IdType,
     NotifyType,
+    PayloadType,
     ProtocolId,
     XauthType,
 )
 from .errors import LocalProtocolError, RemoteProtocolError
+from .firstlook import Verdict, first_look
 from .identity import Identity
 from .messages import DataAttribute, Header, RawPayload, SAPayload, decode_header
 from .modecfg import ModeConfig
@@ -87,6 +89,8 @@ class IkeEngine:
         self._half_open_by_source: dict[str, dict[bytes, None]] = {}
         """Source address -> our cookies of its half-open phase 1 SAs, oldest first."""
         self._out: list[Datagram] = []
+        self._fragments = fragments.Reassembler()
+        """Pieces of IKE-fragmented messages waiting for the rest (issue 16)."""
         self._events: deque[ev.Event] = deque()
         self._spis: set[int] = set()
         self.drops: Counter[str] = Counter()
@@ -154,11 +158,24 @@ class IkeEngine:
                 )
                 return
             data = data[4:]
+        self._receive_message(data, remote, local, now)
+
+    def _receive_message(
+        self, data: bytes, remote: Address, local: Address, now: float, *, joined: bool = False
+    ) -> None:
+        """One ISAKMP message (the non-ESP marker off); ``joined``: put together from IKE
+        fragments (tunvpn.ike.fragments), which may not be a fragment again."""
         try:
             header = decode_header(data)
         except RemoteProtocolError as exc:
             # no usable cookies: nothing to answer (RFC 2408 section 5.2), just record it
             self._protocol_error(b"", remote, str(exc), None, "malformed ISAKMP header")
+            return
+        if header.next_payload == PayloadType.FRAGMENT_CISCO:
+            if joined:
+                self._bad_input("a fragment inside a fragmented message")
+            else:
+                self._receive_fragment(data, remote, local, now)
             return
         sa = self._find_sa(header, remote)
         try:
@@ -171,6 +188,38 @@ class IkeEngine:
         finally:
             if sa is not None:
                 self._touch(sa.local_cookie)
+
+    def _receive_fragment(self, data: bytes, remote: Address, local: Address, now: float) -> None:
+        """A piece of an IKE-fragmented message (issue 16): kept until the message is whole,
+        then taken as if it had come in one datagram. Only under cookies of an SA we have, or
+        for a first message (no responder cookie yet); the joined message must carry the same
+        cookies and pass the first look's checks a single datagram passes."""
+        if self.config.fragmentation == "no":
+            self._bad_input("IKE fragment (fragmentation is off)")
+            return
+        try:
+            piece = fragments.decode(data)
+        except RemoteProtocolError:
+            self._bad_input("malformed IKE fragment")
+            return
+        known = self._find_sa(decode_header(data), remote) is not None
+        if not known and piece.rcookie != bytes(8):
+            self._bad_input("IKE fragment for an unknown ISAKMP SA")
+            return
+        before = sum(self._fragments.drops.values())
+        whole = self._fragments.add(piece, remote, now)
+        if sum(self._fragments.drops.values()) != before:
+            self._bad_input("IKE fragment over the reassembly limits")
+        if whole is None:
+            return
+        if whole[:16] != piece.icookie + piece.rcookie:
+            self._bad_input("fragmented message under other cookies than its fragments")
+            return
+        look = first_look(whole, lambda cookie: cookie in self._sas)
+        if look.verdict is Verdict.DROP:
+            self._bad_input(f"fragmented message: {look.reason}")
+            return
+        self._receive_message(whole, remote, local, now, joined=True)
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must run next. Each ISAKMP SA's next deadline is kept
@@ -642,7 +691,7 @@ class IkeEngine:
                 )
             if sa.sent.message and message_digest(data) == sa.last_in:
                 # RFC 2408 section 5 / RFC 2409: a retransmitted request gets our last answer
-                self._out.append((sa.wrap(sa.sent.message), sa.remote, sa.local[1]))
+                self._emit(sa, sa.sent.message, again=True)
                 return
             if sa.established:
                 # a late duplicate of a message we already answered differently, or a forgery
@@ -716,7 +765,7 @@ class IkeEngine:
             # a retransmitted request: answer again, or stay quiet while the user or the shell
             # has not answered yet (its IV has already moved on, it must not be decrypted again)
             if ex.sent.message and ex.answered:
-                self._out.append((sa.wrap(ex.sent.message), sa.remote, sa.local[1]))
+                self._emit(sa, ex.sent.message, again=True)
             return
         if mid in sa.completed:
             # RFC 2408 section 3.1: a message ID is used once per ISAKMP SA; a finished
@@ -828,7 +877,7 @@ class IkeEngine:
         """Send one message of phase 1 or of an exchange, kept in ``sent`` to be sent again
         until its answer comes (if ``expect_reply``) and to answer a retransmitted request."""
         sent.sent(data, now, self.config.retransmit_base, expect_reply=expect_reply)
-        self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
+        self._emit(sa, data)
 
     def _send_again(self, sa: IkeSA, sent: Retransmission, now: float) -> bool:
         """The one retransmission path of phase 1 and the exchanges: send the kept message
@@ -836,8 +885,40 @@ class IkeEngine:
         data = sent.again(now, self.config.retransmit_base, self.config.retransmit_tries)
         if data is None:
             return False
-        self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
+        self._emit(sa, data, again=True)
         return True
+
+    def _emit(self, sa: IkeSA, data: bytes, *, again: bool = False) -> None:
+        """Queue one message of ``sa`` (``again``: a retransmission), cut into IKE fragments
+        when it is larger than ``fragment_size`` allows and the peer takes them
+        (:meth:`_fragmenting`)."""
+        overhead = (40 if ":" in sa.remote[0] else 20) + 8 + (4 if sa.floated else 0)
+        room = self.config.fragment_size - overhead
+        if len(data) > room and self._fragmenting(sa, again):
+            try:
+                pieces = fragments.split(
+                    data, aggressive=sa.exchange == ExchangeType.AGGRESSIVE, max_datagram=room
+                )
+            except ValueError as exc:
+                log.warning("IKE message to %s not fragmented: %s", sa.remote[0], exc)
+            else:
+                self._out.extend((sa.wrap(piece), sa.remote, sa.local[1]) for piece in pieces)
+                return
+        self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
+
+    def _fragmenting(self, sa: IkeSA, again: bool) -> bool:
+        """Whether ``sa``'s large messages go as IKE fragments: always with ``fragmentation =
+        force``; with ``yes`` when the peer announced them, and for our first message (the
+        peer's answer, and its Vendor IDs, not there yet) from its first retransmission on: the
+        first try may have been lost as IP fragments."""
+        mode = self.config.fragmentation
+        if mode == "force":
+            return True
+        if mode == "no":
+            return False
+        if "fragmentation" in sa.peer_vendor_ids:
+            return True
+        return again and sa.role is Role.INITIATOR and sa.rcookie == bytes(8)
 
     def _heard(self, sa: IkeSA, now: float) -> None:
         """A verified message arrived: the peer is alive (RFC 3706 section 5.3)."""

@@ -11,6 +11,7 @@ from . import crypto
 from .constants import (
     VendorId,
 )
+from .fragments import FRAGMENTATION_VID_PHASE1, is_fragmentation_vid
 from .messages import (
     NatDPayload,
     Payload,
@@ -40,8 +41,9 @@ VID_NAMES = {
 }
 
 
-def vendor_ids(config: EngineConfig, *, xauth: bool) -> list[Payload]:
-    """Our Vendor IDs for a phase 1 message."""
+def vendor_ids(config: EngineConfig, *, xauth: bool, peer: IkeSA | None = None) -> list[Payload]:
+    """Our Vendor IDs for a phase 1 message; ``peer``: the SA a responder answers (IKE
+    fragmentation is announced to a peer that announced it, as strongSwan does)."""
     vids = []
     if xauth:
         vids.append(VendorId.XAUTH)
@@ -57,6 +59,8 @@ def vendor_ids(config: EngineConfig, *, xauth: bool) -> list[Payload]:
         ]
     if config.tunvpn_extensions:
         vids.append(VendorId.TUNVPN)
+    if config.fragmentation != "no" and (peer is None or "fragmentation" in peer.peer_vendor_ids):
+        vids.append(FRAGMENTATION_VID_PHASE1)
     return [VendorIDPayload(v) for v in vids]
 
 
@@ -70,6 +74,8 @@ def note_vendor_ids(config: EngineConfig, sa: IkeSA, payloads: list[RawPayload])
             name = "dpd"
         if name is None and data[:12] == VendorId.CISCO_UNITY[:12]:
             name = "unity"
+        if name is None and is_fragmentation_vid(data):
+            name = "fragmentation"
         if name:
             sa.peer_vendor_ids.add(name)
     if config.natt:

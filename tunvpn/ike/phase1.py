@@ -399,7 +399,7 @@ def _peer_refused(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) ->
                 notify or NotifyType.AUTHENTICATION_FAILED,
             )
             sa.sent.at = now + 2 * engine.config.retransmit_base
-            engine._out.append((sa.wrap(sa.sent.message), sa.remote, sa.local[1]))
+            engine._emit(sa, sa.sent.message, again=True)
         return
     if sa.exchange == AM and n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN and sa.aggressive_groups:
         # Aggressive Mode carries one group: try the next one (issue #2, seed FIG. 6)
@@ -459,7 +459,7 @@ def _mm_r_got_sa(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     natt.note_vendor_ids(engine.config, sa, payloads)
     _choose_suite(engine.config, sa, sa_raw, None)
     out: list[Payload] = [_chosen_sa(sa_raw, sa)]
-    out += natt.vendor_ids(engine.config, xauth=sa.xauth_expected)
+    out += natt.vendor_ids(engine.config, xauth=sa.xauth_expected, peer=sa)
     sa.state = P1State.R_SENT_SA
     _send_phase1(engine, sa, out, now, encrypt=False, expect_reply=False)
 
@@ -553,7 +553,7 @@ def _am_r_got_sa(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     sa.local_id_body = encode_payload(id_payload, 0)[4:]
     out: list[Payload] = [_chosen_sa(sa_raw, sa), KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
     out += peerauth.auth_payloads(engine.config, sa, initiator=False)
-    out += natt.vendor_ids(engine.config, xauth=sa.xauth_expected)
+    out += natt.vendor_ids(engine.config, xauth=sa.xauth_expected, peer=sa)
     out += natt.natd_payloads(engine.config, sa, engine._random)
     sa.state = P1State.R_SENT_KE
     _send_phase1(engine, sa, out, now, encrypt=False, expect_reply=False)
@@ -655,7 +655,7 @@ def _bm_r_cookie_echoed(
         out: list[Payload] = [
             cookie,
             _chosen_sa(sa_raw, probe),
-            *natt.vendor_ids(engine.config, xauth=xauth),
+            *natt.vendor_ids(engine.config, xauth=xauth, peer=probe),
         ]
         out.append(VendorIDPayload(BASE_MODE_V2_VID))
         answer = probe.build(BM, 0, out, encrypt=False)

@@ -655,3 +655,14 @@ def test_reauth_interval_is_a_duration_or_zero(gwdir: Path) -> None:
     )
     assert build_engine_config(options_from_config(config)).reauth_interval == 900
     assert "reauth_interval" in str(_error(gwdir, text.format("soon")))
+
+
+def test_fragmentation_is_yes_force_or_no(gwdir: Path) -> None:
+    """Issue 16: IKE fragmentation toward clients that announce it."""
+    from tunvpn.gateway.daemon import build_engine_config, options_from_config
+
+    assert load_config(gwdir, MINIMAL).fragmentation == "yes"
+    text = MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nfragmentation = "{}"')
+    config = load_config(gwdir, text.format("no"))
+    assert build_engine_config(options_from_config(config)).fragmentation == "no"
+    assert "fragmentation" in str(_error(gwdir, text.format("sometimes")))

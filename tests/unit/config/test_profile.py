@@ -176,3 +176,11 @@ def test_pfs_key(secrets_dir: Path, value: str, expected: str) -> None:
 def test_a_bad_pfs_names_its_key(secrets_dir: Path) -> None:
     error = _error(secrets_dir, THREE_LINES + 'pfs = "ecp999"\n')
     assert "pfs" in str(error) and "required" in str(error)
+
+
+def test_fragmentation_key(secrets_dir: Path) -> None:
+    """Issue 16: IKE fragmentation, as `tunvpn connect --fragmentation`."""
+    assert _load(secrets_dir, THREE_LINES + 'fragmentation = "force"\n').fragmentation == "force"
+    assert _load(secrets_dir, THREE_LINES).fragmentation is None
+    error = _error(secrets_dir, THREE_LINES + 'fragmentation = "always"\n')
+    assert "fragmentation" in str(error) and "force" in str(error)
