@@ -47,6 +47,7 @@ charon {{
   port_nat_t = 4500
   retransmit_tries = 3
   retransmit_timeout = 2.0
+  fragment_size = {fragment_size}
 {aggressive}  filelog {{
     log {{
       path = {log}
@@ -82,6 +83,8 @@ class Charon:
     """Accept Aggressive Mode with PSK as responder (needed for vpnc; off by default in 5.9)."""
     log_levels: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LOG_LEVELS))
     mtu: int = 1400
+    fragment_size: int = 1280
+    """charon.fragment_size: the largest IP datagram of an IKE fragment (strongSwan's default)."""
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +116,7 @@ class Charon:
                 levels=levels,
                 vici=self.vici_path,
                 mtu=self.mtu,
+                fragment_size=self.fragment_size,
             )
         )
 

@@ -32,11 +32,12 @@ POOL_FIRST = "10.79.0.10"
 USER, PASSWORD = configs.VPNC_USER, configs.VPNC_PASSWORD
 
 
-def hybrid_gateway(local: str, identity: str) -> str:
+def hybrid_gateway(local: str, identity: str, fragmentation: str = "yes") -> str:
     return f"""\
 connections {{
   hybrid {{
     version = 1
+    fragmentation = {fragmentation}
     local_addrs = {local}
     pools = hpool
     proposals = aes256-sha256-modp2048
@@ -71,7 +72,7 @@ secrets {{
 """
 
 
-def load_gateway(charon: Charon, credential, local: str, identity: str) -> None:
+def load_gateway(charon: Charon, credential, local: str, identity: str, fragmentation: str = "yes") -> None:
     """The certificate in swanctl/x509, its RSA key (PKCS#1) in swanctl/rsa, then the config."""
     confdir = charon.swanctl_path.parent
     (confdir / "x509").mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ def load_gateway(charon: Charon, credential, local: str, identity: str) -> None:
     (confdir / "x509" / "gateway.pem").write_bytes(credential.certificate.public_bytes(Encoding.PEM))
     key = credential.private_key.private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption())
     private_file(confdir / "rsa" / "gateway.key", key.decode())
-    out = charon.load(hybrid_gateway(local, identity))
+    out = charon.load(hybrid_gateway(local, identity, fragmentation))
     assert "loaded certificate" in out and "loaded RSA key" in out, out
 
 
@@ -123,6 +124,31 @@ def test_hybrid_client_against_strongswan(tmp_path: Path) -> None:
         assert "looking for HybridInitRSA peer configs" in charon_log
         assert "sending end entity cert" in charon_log  # asked for by our CR (send_cert = ifasked)
         assert f"XAuth authentication of '{USER}' successful" in charon_log
+
+
+def test_strongswans_certificate_in_ike_fragments_is_put_together(tmp_path: Path) -> None:
+    """Issue 16, the other direction: charon (fragmentation = force, 576-octet fragments) cuts
+    its Main Mode messages, the certificate one too; our client puts them together."""
+    with (
+        NetnsPair(UNDERLAY_A, UNDERLAY_B) as pair,
+        Charon(tmp_path / "gw", pair.a, fragment_size=576) as charon,
+    ):
+        p = pki(pair.addr_a)
+        load_gateway(charon, p.gateway, pair.addr_a, pair.addr_a, fragmentation="force")
+        profile = client_profile(tmp_path, pair.addr_a, p.ca)
+        log = tmp_path / "client.log"
+        argv = ["connect", "-c", str(profile), "--json", "--timeout", "30", "--ike-only", "--once", "-v"]
+        proc = popen_tunvpn(pair.b, argv, log)
+        try:
+            wait_for(lambda: proc.poll() is not None, 40, "the client to finish")
+        finally:
+            code = stop_process(proc)
+        charon_log = charon.log_text()
+        assert code == 0, read_text(log)[-3000:] + "\n--- charon ---\n" + charon_log[-4000:]
+        assert "splitting IKE message" in charon_log, charon_log[-4000:]  # it did cut its messages
+        assert "sending end entity cert" in charon_log
+        phase1 = next(r for r in json_records(log) if r["event"] == "phase1" and r["state"] == "established")
+        assert phase1["suite"] == "aes256-sha256-modp_2048/hybrid_init_rsa"
 
 
 def test_strongswan_with_a_same_ca_certificate_for_another_name_gets_no_password(tmp_path: Path) -> None:
