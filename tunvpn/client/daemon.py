@@ -529,6 +529,10 @@ class Client:
                 self._tunnel_child_deleted(event)
         elif isinstance(event, ev.ChildSAFailed):
             self._child_failed(event)
+        elif isinstance(event, ev.TransactionFailed) and event.purpose == "modecfg":
+            # a refused Mode Config request ends the login at once with what was refused,
+            # instead of retransmitting until "stuck in Mode Config" (issue 16)
+            self.fail("modecfg", f"{self.gateway_entry}: the Mode Config request was {event.reason}")
         elif isinstance(event, ev.IkeSADeleted) and self.result is None:
             self.progress.report("closed", f"ISAKMP SA deleted: {event.reason}", state="closed")
             if self._may_retry("closed"):

@@ -630,6 +630,10 @@ class Gateway:
                 moved.peer = event.new
             if self.tunnel is not None:
                 self.tunnel.peer_moved(event)  # ESP follows the client behind its NAT
+        elif isinstance(event, ev.TransactionFailed):
+            session = self.sessions.get(event.sa_id)
+            who = session.peer[0] if session is not None else event.sa_id.hex()[:16]
+            log.warning("%s: our %s transaction was %s", who, event.purpose, event.reason)
         elif isinstance(event, ev.ChildSADeleted):
             self._retire_counters(event.spi_in)
             self.children.pop(event.spi_in, None)

@@ -239,6 +239,20 @@ class ChildSAFailed(Event):
 
 
 @dataclass(frozen=True)
+class TransactionFailed(Event):
+    """A Transaction exchange we started (Mode Config request, XAUTH request or status, a
+    CFG_SET) ended without its answer: the peer refused it with a hash-verified error Notify
+    (issue 16), or never answered."""
+
+    purpose: str
+    """What it was for: ``modecfg``, ``modecfg-push``, ``xauth``, ``xauth-status``."""
+    reason: str
+    """What happened, as a sentence fragment ("refused by the peer (ATTRIBUTES-NOT-SUPPORTED)")."""
+    notify: int | None
+    """The peer's error Notify type, if it sent one."""
+
+
+@dataclass(frozen=True)
 class ChildSADeleted(Event):
     spi_in: int
     """Our inbound SPI of the pair."""

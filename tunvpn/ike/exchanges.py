@@ -107,6 +107,8 @@ def retransmit_exchange(engine: IkeEngine, sa: IkeSA, ex: Exchange, now: float) 
         exchange_done(engine, sa, ex)
         if ex.kind is ExchangeKind.QUICK:
             engine._events.append(ev.ChildSAFailed(sa.sa_id, reason, None, name))
+        elif ex.kind is ExchangeKind.TRANSACTION and ex.tx.purpose:
+            engine._events.append(ev.TransactionFailed(sa.sa_id, str(ex.tx.purpose), reason, None))
         else:
             engine._events.append(ev.ProtocolError(sa.sa_id, sa.remote, reason, None))
 
@@ -155,7 +157,31 @@ def on_error_notify(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) 
             engine._events.append(ev.ChildSAFailed(sa.sa_id, reason, n.notify_type, name))
             engine._spis.discard(ex.quick.spi_in)
             return
+    if n.protocol in (ProtocolId.ISAKMP, 0):
+        # an error while a Transaction of ours waits for its answer (our Mode Config request
+        # refused with ATTRIBUTES-NOT-SUPPORTED, say): that one ends now, its retransmissions
+        # stop, and the shell says what the peer refused (issue 16)
+        waiting = [
+            ex
+            for ex in sa.exchanges.values()
+            if ex.kind is ExchangeKind.TRANSACTION
+            and ex.state in (ExState.SENT_REQUEST, ExState.SENT_SET)
+            and ex.tx.purpose
+        ]
+        if waiting:
+            ex = waiting[0]  # exchanges keep their start order: the oldest waiting
+            exchange_done(engine, sa, ex)
+            reason = f"refused by the peer ({_notify_name(n.notify_type)})"
+            engine._events.append(ev.TransactionFailed(sa.sa_id, str(ex.tx.purpose), reason, n.notify_type))
+            return
     engine._events.append(ev.NotifyReceived(sa.sa_id, n.notify_type, n.data))
+
+
+def _notify_name(notify: int) -> str:
+    try:
+        return NotifyType(notify).name.replace("_", "-")
+    except ValueError:
+        return str(notify)
 
 
 def on_status_notify(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) -> None:
