@@ -481,6 +481,14 @@ def _add_connect(sub: Subparsers) -> None:
         help="phase 1 DH group(s) to offer, e.g. ecp256, modp2048, dh2 (repeatable)",
     )
     cl.add_argument(
+        "--pfs-min",
+        type=_dh_group,
+        default=None,
+        metavar="GROUP",
+        help="never offer a Quick Mode PFS group weaker than GROUP (by security strength), nor "
+        "no PFS, whatever the gateway answers (profile: pfs_min)",
+    )
+    cl.add_argument(
         "--fragmentation",
         choices=("yes", "force", "no"),
         default=None,
@@ -951,6 +959,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
         if args.pfs == "auto" and profile.pfs is not None:  # the command line's --pfs comes first
             args.pfs = _pfs(profile.pfs)
         args.fragmentation = args.fragmentation or profile.fragmentation
+        if args.pfs_min is None and profile.pfs_min is not None:
+            args.pfs_min = _dh_group(profile.pfs_min)
         if args.mode == "main" and profile.mode != "main":
             args.mode = profile.mode
         args.local_id = args.local_id or profile.local_id
@@ -1002,6 +1012,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
             pfs_auto=args.pfs in ("auto", "required"),
             pfs_required=args.pfs == "required",
             fragmentation=args.fragmentation or "yes",
+            pfs_min=args.pfs_min,
             mode_config=args.mode_config,
             exit_after_established=args.exit_after,
             timeout=args.timeout,

@@ -39,7 +39,14 @@ from tunvpn.ike.errors import LocalProtocolError, RemoteProtocolError
 from tunvpn.ike.identity import Identity
 from tunvpn.ike.modecfg import ModeConfig
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy, PolicyPush, decode_policies, diff_policies
-from tunvpn.ike.proposals import DEFAULT_ESP, DEFAULT_GROUPS, LEGACY_ESP, ChildProposal, Phase1Policy
+from tunvpn.ike.proposals import (
+    DEFAULT_ESP,
+    DEFAULT_GROUPS,
+    GROUP_STRENGTH,
+    LEGACY_ESP,
+    ChildProposal,
+    Phase1Policy,
+)
 from tunvpn.ipsec.selectors import TrafficSelector
 from tunvpn.plugins.host import PluginError, PluginHost, install_advice
 from tunvpn.plugins.types import ClientProtocol, ClientQuestion, ClientSession
@@ -135,6 +142,9 @@ class ClientOptions:
     is kept for the next SAs and the rekeys (issue 16). The command line's default."""
     pfs_required: bool = False
     """With ``pfs_auto``: never fall back to no PFS."""
+    pfs_min: DHGroup | None = None
+    """A floor (issue 16): never offer a PFS group weaker than this one (by its security
+    strength, ``tunvpn.ike.proposals.GROUP_STRENGTH``), nor no PFS; whatever a gateway says."""
     fragmentation: str = "yes"
     """IKE fragmentation (``yes``, ``force``, ``no``; tunvpn.ike.config.EngineConfig)."""
     mode_config: bool = True
@@ -185,6 +195,9 @@ class ClientOptions:
     def __post_init__(self) -> None:
         if self.mode not in ("main", "aggressive", "base"):
             raise ValueError(f"mode {self.mode!r}: one of main, aggressive, base")
+        if self.pfs_min is not None and not pfs_choices(self):
+            chosen = self.pfs.name.lower() if self.pfs is not None else "none"
+            raise ValueError(f"pfs {chosen} is below the floor pfs_min = {self.pfs_min.name.lower()}")
         if not self.gateways:
             self.gateways = (self.gateway,)
         self.gateways = tuple(check_gateway(g) for g in self.gateways)
@@ -278,12 +291,18 @@ def child_proposal(options: ClientOptions, pfs: DHGroup | str | None = "options"
 
 
 def pfs_choices(options: ClientOptions) -> tuple[DHGroup | None, ...]:
-    """The PFS choices of the fallback path, in the order they are offered (issue 16)."""
+    """The PFS choices of the fallback path, in the order they are offered (issue 16), none
+    below ``pfs_min``."""
     if not options.pfs_auto:
-        return (options.pfs,)
-    first = () if options.pfs is None else (options.pfs,)
-    rest = tuple(g for g in DEFAULT_GROUPS if g != options.pfs)
-    return first + rest + (() if options.pfs_required else (None,))
+        choices: tuple[DHGroup | None, ...] = (options.pfs,)
+    else:
+        first = () if options.pfs is None else (options.pfs,)
+        rest = tuple(g for g in DEFAULT_GROUPS if g != options.pfs)
+        choices = first + rest + (() if options.pfs_required else (None,))
+    if options.pfs_min is None:
+        return choices
+    floor = GROUP_STRENGTH[options.pfs_min]
+    return tuple(g for g in choices if g is not None and GROUP_STRENGTH.get(g, 0) >= floor)
 
 
 def protected_networks(config: ModeConfig | None) -> list[IPv4Network]:

@@ -47,7 +47,7 @@ MODES = ("main", "aggressive", "base")
 _PROFILE_KEYS = (
     "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "revocation", "crl_files", "user",
     "password_file", "mode", "id",
-    "remote_id", "plugins", "plugin", "reconnect", "run_as", "pfs", "fragmentation",
+    "remote_id", "plugins", "plugin", "reconnect", "run_as", "pfs", "pfs_min", "fragmentation",
 )  # fmt: skip
 REMOTE_ID_ANY = "any"
 """``remote_id = "any"``: a pre-shared-key gateway may send any phase 1 identity (warned)."""
@@ -99,6 +99,8 @@ class ClientProfile:
     pfs: str | None = None
     """Quick Mode PFS with a gateway that pushes no policies, as ``tunvpn connect --pfs``:
     ``auto``, ``required``, a group name or ``none`` (docs/proposals.md); ``None``: ``auto``."""
+    pfs_min: str | None = None
+    """A floor for Quick Mode PFS, as ``tunvpn connect --pfs-min``: a group name."""
     fragmentation: str | None = None
     """IKE fragmentation, as ``tunvpn connect --fragmentation``: ``yes``, ``force`` or ``no``;
     ``None``: ``yes``."""
@@ -201,6 +203,7 @@ def parse_profile(
         run_as=table.text("run_as"),
         pfs=_read_pfs(table),
         fragmentation=read_fragmentation(table) if "fragmentation" in table else None,
+        pfs_min=_read_pfs_min(table),
     )
 
 
@@ -213,6 +216,18 @@ def _read_pfs(table: TableReader) -> str | None:
         parse_dh_group(text)
     except ValueError as exc:
         raise table.error("pfs", f"pfs: {exc}; or auto, required, none") from None
+    return text.strip()
+
+
+def _read_pfs_min(table: TableReader) -> str | None:
+    """``pfs_min``: a DH group name (checked here, used by the CLI)."""
+    text = table.text("pfs_min")
+    if text is None:
+        return None
+    try:
+        parse_dh_group(text)
+    except ValueError as exc:
+        raise table.error("pfs_min", f"pfs_min: {exc}") from None
     return text.strip()
 
 

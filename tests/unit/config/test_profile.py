@@ -184,3 +184,8 @@ def test_fragmentation_key(secrets_dir: Path) -> None:
     assert _load(secrets_dir, THREE_LINES).fragmentation is None
     error = _error(secrets_dir, THREE_LINES + 'fragmentation = "always"\n')
     assert "fragmentation" in str(error) and "force" in str(error)
+
+
+def test_pfs_min_key(secrets_dir: Path) -> None:
+    assert _load(secrets_dir, THREE_LINES + 'pfs_min = "ecp384"\n').pfs_min == "ecp384"
+    assert "pfs_min" in str(_error(secrets_dir, THREE_LINES + 'pfs_min = "ecp999"\n'))
