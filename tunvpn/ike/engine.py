@@ -909,8 +909,9 @@ class IkeEngine:
     def _fragmenting(self, sa: IkeSA, again: bool) -> bool:
         """Whether ``sa``'s large messages go as IKE fragments: always with ``fragmentation =
         force``; with ``yes`` when the peer announced them, and for our first message (the
-        peer's answer, and its Vendor IDs, not there yet) from its first retransmission on: the
-        first try may have been lost as IP fragments."""
+        peer's answer, and its Vendor IDs, not there yet) on every other retransmission, the
+        first one first: the first try may have been lost as IP fragments on a path that drops
+        them, or the peer may not know IKE fragments (the whole message again then)."""
         mode = self.config.fragmentation
         if mode == "force":
             return True
@@ -918,7 +919,8 @@ class IkeEngine:
             return False
         if "fragmentation" in sa.peer_vendor_ids:
             return True
-        return again and sa.role is Role.INITIATOR and sa.rcookie == bytes(8)
+        first_message = sa.role is Role.INITIATOR and sa.rcookie == bytes(8)
+        return again and first_message and sa.sent.count % 2 == 1
 
     def _heard(self, sa: IkeSA, now: float) -> None:
         """A verified message arrived: the peer is alive (RFC 3706 section 5.3)."""

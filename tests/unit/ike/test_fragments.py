@@ -196,3 +196,22 @@ def test_pieces_of_a_message_under_other_cookies_or_for_an_unknown_sa_are_droppe
         gateway.receive_datagram(piece[:8] + bytes(8) + piece[16:], SOURCE, (GATEWAY_IP, 500), 0.0)
     assert gateway.drops["fragmented message under other cookies than its fragments"] == 1
     assert not gateway.datagrams_to_send()
+
+
+def test_the_first_message_alternates_whole_and_in_pieces_until_answered() -> None:
+    """yes: a peer behind a path that drops IP fragments gets the pieces (retransmissions 1, 3,
+    ...); one that does not know IKE fragments gets the whole message again (2, 4, ...)."""
+    client = IkeEngine(client_config(fragmentation="yes"))
+    client.initiate((GATEWAY_IP, 500), ("192.0.2.10", 500), 0.0, mode="main", xauth=True)
+    tries = [len(client.datagrams_to_send())]
+    now = 0.0
+    while len(tries) < 5:
+        now += 1.0
+        timer = client.get_timer()
+        if timer is not None and timer <= now:
+            client.handle_timer(now)
+            out = client.datagrams_to_send()
+            if out:
+                tries.append(len(out))
+    assert tries[0] == 1 and tries[2] == 1 and tries[4] == 1  # the whole message
+    assert tries[1] > 1 and tries[3] > 1  # in pieces
