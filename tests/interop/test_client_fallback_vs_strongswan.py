@@ -145,7 +145,7 @@ def test_client_falls_back_to_unity_split_networks_and_pings_each(tmp_path: Path
             # the client's Delete of the ISAKMP SA (best effort, RFC 2408 section 4.8; sent
             # last, after the children's) reaches charon as the client exits
             wait_for(
-                lambda: "received DELETE for IKE_SA fb[1]" in charon.log_text(),
+                lambda: re.search(r"received DELETE for IKE_SA fb\[\d+\]", charon.log_text()) is not None,
                 10,
                 "charon to see the Delete",
             )
@@ -189,7 +189,8 @@ def test_client_falls_back_to_unity_split_networks_and_pings_each(tmp_path: Path
     assert len(bytes_in) == len(bytes_out) == 2 and min(bytes_in + bytes_out) > 0, counted
     assert f"assigning virtual IP {POOL_FIRST} to peer '{configs.VPNC_USER}'" in charon_log
     assert charon_log.count("CHILD_SA fb{") >= 2
-    assert "received DELETE for IKE_SA fb[1]" in charon_log
+    # (IKE_SA fb[2] when charon refused our short first offer and took the whole one after)
+    assert re.search(r"received DELETE for IKE_SA fb\[\d+\]", charon_log)
     assert configs.VPNC_PASSWORD not in text and PSK not in text
 
 

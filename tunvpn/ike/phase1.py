@@ -56,11 +56,12 @@ from .messages import (
     SAPayload,
     VendorIDPayload,
     encode_payload,
+    encode_payloads,
     pin_sa_body,
     sa_body_known,
 )
 from .natt import BASE_MODE_V2_VID
-from .proposals import check_phase1_answer, phase1_sa_payload, select_phase1_proposal
+from .proposals import Phase1Suite, check_phase1_answer, phase1_sa_payload, select_phase1_proposal
 from .retransmit import Retransmission
 from .sa import Access, Address, IkeSA, P1State, Role, message_digest
 from .sa import find_payloads as _find
@@ -171,15 +172,47 @@ def initiate(
         sa.aggressive_groups = list(order)
         _am_send_first(engine, sa, methods)
     else:
-        sa.offered = engine.config.phase1.enumerate(methods, groups)
-        sa_payload = phase1_sa_payload(sa.offered)
-        sa.sa_body = encode_payload(sa_payload, 0)[4:]
-        payloads: list[Payload] = [sa_payload, *natt.vendor_ids(engine.config, xauth=xauth)]
+        offer = engine.config.phase1.enumerate(methods, groups)
+        extra: list[Payload] = [*natt.vendor_ids(engine.config, xauth=xauth)]
         if exchange == BM:
-            payloads.append(VendorIDPayload(BASE_MODE_V2_VID))
-        _send_phase1(engine, sa, payloads, now, encrypt=False)
+            extra.append(VendorIDPayload(BASE_MODE_V2_VID))
+        sa.offered = _fitting_offer(engine, offer, extra)
+        sa.full_offer = offer if len(sa.offered) < len(offer) else None
+        _send_first_offer(engine, sa, extra, now)
     sa.state = P1State.I_SENT_SA
     return sa.sa_id
+
+
+def _send_first_offer(engine: IkeEngine, sa: IkeSA, extra: list[Payload], now: float) -> None:
+    """Main or Base Mode message 1 with ``sa.offered`` and ``extra`` (Vendor IDs)."""
+    sa_payload = phase1_sa_payload(sa.offered)
+    sa.sa_body = encode_payload(sa_payload, 0)[4:]
+    _send_phase1(engine, sa, [sa_payload, *extra], now, encrypt=False)
+
+
+def _fitting_offer(engine: IkeEngine, offer: list[Phase1Suite], extra: list[Payload]) -> list[Phase1Suite]:
+    """The strongest suites of ``offer`` whose first message fits one datagram of
+    ``fragment_size`` (IP and UDP headers off): a large offer travels as IP fragments, which
+    many paths drop (issue 16). The whole offer with ``fragmentation = force`` (it is cut into
+    IKE fragments anyway); at least one suite."""
+    if engine.config.fragmentation == "force":
+        return offer
+    room = engine.config.fragment_size - 28
+    fixed = HEADER_SIZE + len(encode_payloads(extra)[1]) if extra else HEADER_SIZE
+
+    def fits(count: int) -> bool:
+        return fixed + len(encode_payload(phase1_sa_payload(offer[:count]), 0)) <= room
+
+    if fits(len(offer)):
+        return offer
+    low, high = 1, len(offer)  # fits(low) or low is the minimum; not fits(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return offer[:low]
 
 
 def _am_send_first(engine: IkeEngine, sa: IkeSA, methods: list[AuthMethod] | None = None) -> None:
@@ -400,6 +433,29 @@ def _peer_refused(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) ->
             )
             sa.sent.at = now + 2 * engine.config.retransmit_base
             engine._emit(sa, sa.sent.message, again=True)
+        return
+    if (
+        sa.exchange in (MM, BM)
+        and sa.state is P1State.I_SENT_SA
+        and n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN
+        and sa.full_offer is not None
+    ):
+        # our first message carried only the strongest suites that fit one datagram: send the
+        # whole offer (strongest first, as always; IKE fragments if the path needs them), so
+        # the peer still picks from everything and a forged refusal cannot narrow the choice
+        log.info(
+            "%s refused our %d strongest phase 1 suites; offering all %d",
+            sa.remote[0],
+            len(sa.offered),
+            len(sa.full_offer),
+        )
+        sa.offered, sa.full_offer = sa.full_offer, None
+        sa.rcookie = bytes(8)
+        xauth = any(suite.auth in XAUTH_METHODS for suite in sa.offered)
+        extra: list[Payload] = [*natt.vendor_ids(engine.config, xauth=xauth)]
+        if sa.exchange == BM:
+            extra.append(VendorIDPayload(BASE_MODE_V2_VID))
+        _send_first_offer(engine, sa, extra, now)
         return
     if sa.exchange == AM and n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN and sa.aggressive_groups:
         # Aggressive Mode carries one group: try the next one (issue #2, seed FIG. 6)

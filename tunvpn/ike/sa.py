@@ -190,6 +190,9 @@ class IkeSA:
     state: P1State = P1State.I_SENT_SA
     suite: Phase1Suite | None = None
     offered: list[Phase1Suite] = field(default_factory=list)
+    full_offer: list[Phase1Suite] | None = None
+    """Initiator: the whole offer, when the first message carried only its strongest suites
+    (those that fit one datagram: issue 16); sent after a NO-PROPOSAL-CHOSEN to those."""
     sa_body: bytes = b""  # SAi_b
     dh: crypto.DiffieHellman | None = None
     gxi: bytes = b""

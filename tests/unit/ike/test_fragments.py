@@ -10,10 +10,12 @@ import pytest
 from tests.helpers.ike_pair import GATEWAY_IP, Pair, client_config, full_tunnel, gateway_config
 from tunvpn.ike import events as ev
 from tunvpn.ike import fragments
-from tunvpn.ike.constants import ExchangeType
+from tunvpn.ike.constants import DHGroup, ExchangeType, HashAlgorithm, NotifyType, ProtocolId
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.errors import RemoteProtocolError
 from tunvpn.ike.fragments import Fragment, Reassembler, decode, split
+from tunvpn.ike.messages import Message, NotifyPayload, encode_message
+from tunvpn.ike.proposals import Phase1Policy
 
 MESSAGE = (
     bytes(range(8)) + bytes(8) + bytes([1, 0x10, 2, 0]) + bytes(4) + (5028).to_bytes(4, "big") + bytes(5000)
@@ -140,15 +142,23 @@ class SmallPath(Pair):
         return len(out)
 
 
+NARROW_GATEWAY = Phase1Policy(groups=(DHGroup.MODP_2048,), hashes=(HashAlgorithm.SHA2_256,))
+"""A gateway whose only suites are outside our short first offer (the strongest that fit one
+datagram): it refuses that, and our whole offer (5 KB) follows."""
+
+
 @pytest.mark.parametrize("mode", ["main", "aggressive"])
 def test_a_whole_login_through_a_path_that_drops_ip_fragments(mode: str) -> None:
-    """The client cuts its large first message on its first retransmission (``yes``: the
-    gateway's Vendor ID is not known yet) or at once (``force``); the gateway announces the
-    extension back, and every large message after that goes in pieces both ways."""
+    """Main Mode: the first message carries the strongest suites that fit one datagram; this
+    gateway refuses them, so the whole offer follows: lost as one large datagram, then (yes:
+    the first retransmission) in IKE fragments, at once with force. The gateway announces the
+    extension back. Aggressive Mode's first message (every suite of one group, 1.2 KB) is cut
+    from its first retransmission on."""
+    phase1 = NARROW_GATEWAY if mode == "main" else Phase1Policy()
     for setting in ("yes", "force"):
         pair = SmallPath(
             client_config(fragmentation=setting, fragment_size=SMALL),
-            gateway_config(require_xauth=True, fragment_size=SMALL),
+            gateway_config(require_xauth=True, fragment_size=SMALL, phase1=phase1),
         )
         sa_id = pair.client.engine.initiate(
             (GATEWAY_IP, 500), ("192.0.2.10", 500), pair.now, mode=mode, xauth=True
@@ -162,8 +172,24 @@ def test_a_whole_login_through_a_path_that_drops_ip_fragments(mode: str) -> None
         assert pair.client.of(ev.Phase1Established), (setting, pair.sizes)
         assert "fragmentation" in pair.client.engine.get_sa(sa_id).peer_vendor_ids
         if mode == "main":
-            assert pair.too_big == (1 if setting == "yes" else 0)  # the first try, lost
-        assert all(size + 28 <= SMALL for size in pair.sizes["c>g"][pair.too_big :])
+            # yes: the short offer fits, the whole offer after the refusal is lost once
+            assert pair.too_big == (1 if setting == "yes" else 0), pair.sizes
+            assert any(size + 28 > SMALL for size in pair.sizes["c>g"]) == (setting == "yes")
+            suite = pair.client.of(ev.Phase1Established)[0].suite
+            assert "modp_2048" in suite and "sha256" in suite, suite
+
+
+def test_a_first_message_that_fits_needs_no_fragments() -> None:
+    """The strongest suites that fit one datagram (issue 16): a gateway that takes one of them
+    answers at once, whatever the path does to IP fragments."""
+    pair = SmallPath(
+        client_config(fragment_size=SMALL), gateway_config(require_xauth=True, fragment_size=SMALL)
+    )
+    pair.client.engine.initiate((GATEWAY_IP, 500), ("192.0.2.10", 500), pair.now, mode="main", xauth=True)
+    pair.client.drain()
+    pair.run()
+    assert pair.client.of(ev.Phase1Established) and pair.too_big == 0
+    assert pair.sizes["c>g"][0] + 28 <= SMALL
 
 
 def test_full_tunnel_with_fragments_and_the_gateway_cuts_its_own_large_messages() -> None:
@@ -199,11 +225,27 @@ def test_pieces_of_a_message_under_other_cookies_or_for_an_unknown_sa_are_droppe
 
 
 def test_the_first_message_alternates_whole_and_in_pieces_until_answered() -> None:
-    """yes: a peer behind a path that drops IP fragments gets the pieces (retransmissions 1, 3,
-    ...); one that does not know IKE fragments gets the whole message again (2, 4, ...)."""
+    """yes: after a refusal of the short offer, the whole offer is our first message; a peer
+    behind a path that drops IP fragments gets it in pieces (retransmissions 1, 3, ...), one
+    that does not know IKE fragments gets it whole again (2, 4, ...)."""
     client = IkeEngine(client_config(fragmentation="yes"))
-    client.initiate((GATEWAY_IP, 500), ("192.0.2.10", 500), 0.0, mode="main", xauth=True)
-    tries = [len(client.datagrams_to_send())]
+    sa_id = client.initiate((GATEWAY_IP, 500), ("192.0.2.10", 500), 0.0, mode="main", xauth=True)
+    [(short, _, _)] = client.datagrams_to_send()
+    assert len(short) <= 1280 - 28
+    refusal = encode_message(
+        Message(
+            sa_id[:8],
+            bytes(8),
+            ExchangeType.INFORMATIONAL,
+            0,
+            0,
+            (NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN, ProtocolId.ISAKMP, sa_id[:8] + bytes(8)),),
+        )
+    )
+    client.receive_datagram(refusal, (GATEWAY_IP, 500), ("192.0.2.10", 500), 0.0)
+    out = client.datagrams_to_send()
+    assert len(out) == 1 and len(out[0][0]) > 4000  # the whole offer, whole
+    tries = [1]
     now = 0.0
     while len(tries) < 5:
         now += 1.0
@@ -213,5 +255,5 @@ def test_the_first_message_alternates_whole_and_in_pieces_until_answered() -> No
             out = client.datagrams_to_send()
             if out:
                 tries.append(len(out))
-    assert tries[0] == 1 and tries[2] == 1 and tries[4] == 1  # the whole message
+    assert tries[2] == 1 and tries[4] == 1  # the whole message
     assert tries[1] > 1 and tries[3] > 1  # in pieces
