@@ -7,11 +7,13 @@ drops every IP fragment before reassembly (prerouting, priority -500)::
     client (10.77.0.2) --veth-- charon (10.77.0.1 | 10.78.0.1) --veth-- server (10.78.0.10)
 
 strongSwan 5.9 charon (kernel-libipsec) is a Main Mode PSK + XAUTH + Mode Config gateway with
-``fragmentation = yes``. With the default ``fragmentation = yes`` our client's first try is
-lost, its first retransmission goes as IKE fragments (1,280-octet datagrams), charon puts them
-together, and the login and a ping go through. With ``--fragmentation no`` the same client
-gets no answer at all: the rule really drops what IP fragmentation would need. With
-``force`` (strongSwan's name too) the first try is already in pieces.
+``fragmentation = yes`` that allows only aes256-sha256-modp2048, a suite outside our short
+first offer (the strongest suites that fit one datagram): charon refuses that, and our whole
+offer (6 KB) must follow. With the default ``fragmentation = yes`` it is lost once as IP
+fragments, its first retransmission goes as IKE fragments (1,280-octet datagrams), charon puts
+them together, and the login and a ping go through. With ``--fragmentation no`` the same
+client never gets past the refusal: the rule really drops what IP fragmentation would need.
+With ``force`` (strongSwan's name too) the whole offer goes at once, in pieces.
 """
 
 from __future__ import annotations
