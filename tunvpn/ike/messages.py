@@ -67,7 +67,8 @@ def _check_u(value: int, bits: int, what: str) -> None:
 
 # XAUTH-USER-PASSWORD, -PASSCODE, -NEXT-PIN, -ANSWER (draft-beaulieu-ike-xauth-02 6.2):
 # their values never appear in a repr, so a logged payload does not leak a secret.
-_SECRET_ATTRIBUTE_TYPES = frozenset({16522, 16523, 16528, 16529})
+_SECRET_ATTRIBUTE_TYPES = frozenset({16522, 16523, 16528, 16529, 20499})
+"""XAUTH passwords and passcodes, and tunvpn's CFG_PEER_SECRET (tunvpn.ike.peers): never shown."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
