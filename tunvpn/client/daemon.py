@@ -38,6 +38,7 @@ from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.errors import LocalProtocolError, RemoteProtocolError
 from tunvpn.ike.identity import Identity
 from tunvpn.ike.modecfg import ModeConfig
+from tunvpn.ike.peers import PeerList, decode_peers
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy, PolicyPush, decode_policies, diff_policies
 from tunvpn.ike.proposals import (
     DEFAULT_ESP,
@@ -347,6 +348,8 @@ class Client:
         """When the ISAKMP SA we follow was established (its rekey's, after a hand-over)."""
         self._rekey_phase1: ev.Phase1Established | None = None
         self._login_protocols: tuple[str, ...] = ()
+        self.peers = PeerList()
+        """The peers the gateway introduced this client to (issue 17)."""
         """The XAUTH-round protocols of the last login: a re-authentication runs them again."""
         """Extra protocols (XAUTH rounds after Mode Config) still to pass, in order."""
         self._handlers: list[tuple[ExtraProtocol, ClientProtocol]] = []
@@ -713,9 +716,12 @@ class Client:
         config = event.config
         try:
             push = decode_policies(config.unknown)
+            peers = decode_peers(config.unknown)
         except RemoteProtocolError as exc:
             self.fail("modecfg", f"the gateway's phase 2 policies are malformed: {exc}")
             return
+        if peers is not None:
+            self._peers_introduced(peers)
         if event.pushed and push is not None and self.mode_config is not None:
             self._policies_pushed(push, config)
             return
@@ -813,6 +819,16 @@ class Client:
             },
             "sas": sas,
             "protocols": [{"name": name, **state} for name, state in self._protocol_status.items()],
+            "peers": [
+                {
+                    "name": p.name,
+                    "address": str(p.address),
+                    "endpoint": f"{p.endpoint[0]}:{p.endpoint[1]}",
+                    "role": p.role.name.lower(),
+                    "path": "introduced",
+                }
+                for p in self.peers.peers
+            ],
         }
         return {
             "role": "client",
@@ -824,6 +840,32 @@ class Client:
             "policies": [p.describe() for p in self.policies or ()],
             "tunnels": [tunnel],
         }
+
+    def _peers_introduced(self, peers: PeerList) -> None:
+        """The gateway's complete list of peers this client may reach directly (issue 17):
+        kept for the direct tunnels and ``tunvpn status``; peers no longer listed are gone."""
+        before = {p.address: p for p in self.peers.peers}
+        after = {p.address: p for p in peers.peers}
+        self.peers = peers
+        for address, peer in after.items():
+            if address not in before:
+                self.progress.report(
+                    "peer",
+                    f"introduced to {peer.describe()}",
+                    state="introduced",
+                    name=peer.name,
+                    address=str(peer.address),
+                    endpoint=f"{peer.endpoint[0]}:{peer.endpoint[1]}",
+                    role=peer.role.name.lower(),
+                )
+        for address, peer in before.items():
+            if address not in after:
+                self.progress.report(
+                    "peer",
+                    f"{peer.name} ({peer.address}) is no longer introduced",
+                    state="gone",
+                    name=peer.name,
+                )
 
     def _expires_in(self, now: float) -> float | None:
         """Seconds until our ISAKMP SA's lifetime ends (it is rekeyed before), or None."""

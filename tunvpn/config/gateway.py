@@ -672,6 +672,31 @@ class PolicyRule:
         return (user is not None and user in self.users) or not set(self.groups).isdisjoint(groups)
 
 
+@dataclass(frozen=True)
+class PeeringRule:
+    """``[[peering]]`` (issue 17): members of a ``from`` group and members of a ``to`` group
+    are introduced to each other (a tunnel goes both ways), with this tunnel's parameters.
+    ``"*"`` in either list: every logged-in user."""
+
+    name: str
+    from_groups: tuple[str, ...]
+    to_groups: tuple[str, ...]
+    esp: EspSuite = DEFAULT_ESP[0]
+    pfs: DHGroup | None = DHGroup.ECP_256
+    lifetime: int = 3600
+
+    def pairs(self, groups_a: Iterable[str], groups_b: Iterable[str]) -> bool:
+        """Whether a member of ``groups_a`` and one of ``groups_b`` may peer (either way)."""
+        a, b = set(groups_a), set(groups_b)
+
+        def member(side: tuple[str, ...], groups: set[str]) -> bool:
+            return "*" in side or not groups.isdisjoint(side)
+
+        return (member(self.from_groups, a) and member(self.to_groups, b)) or (
+            member(self.from_groups, b) and member(self.to_groups, a)
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
     """Everything ``gateway.toml`` says (see docs/configuration.md). No secret in its ``repr``."""
@@ -724,9 +749,11 @@ class GatewayConfig:
     accounting_interval: int = 0
     """Seconds between accounting "interim" records of each session (0: none)."""
     max_sessions_per_user: int = 4
+    """Logged-in sessions one user may hold at once (0: no limit)."""
     fragmentation: str = "yes"
     """IKE fragmentation: ``yes``, ``force`` or ``no`` (issue 16)."""
-    """Logged-in sessions one user may hold at once (0: no limit)."""
+    peering: tuple[PeeringRule, ...] = ()
+    """``[[peering]]``: who may build direct tunnels with whom (issue 17), in file order."""
     plugin_workers: int = 8
     """Threads blocking plugin hooks run in (RADIUS calls); a call beyond is refused as busy."""
     login_timeout: int = 120
@@ -768,7 +795,8 @@ class GatewayConfig:
         return tuple(rule.policy for rule in self.rules if rule.applies_to(user, groups))
 
 
-_TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "plugin")
+_TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "plugin", "peering")
+_PEERING_KEYS = ("name", "from", "to", "esp", "pfs", "lifetime")
 _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
     "require_xauth", "allow_aggressive_psk", "allow_aggressive_signatures", "allow_base_mode", "legacy",
@@ -998,6 +1026,7 @@ def parse_gateway_config(
         domains=domains,
         banner=banner,
         rules=rules,
+        peering=_peering(top, legacy, groups, pool),
         protocols=protocols,
         plugins=plugins,
         plugin_settings=MappingProxyType(plugin_settings),
@@ -1113,6 +1142,46 @@ def _rules(
                     f"policy {rule.policy.name!r} ({block.label}, line {top.source.line_of(block.key)})",
                 )
     return tuple(rules)
+
+
+def _peering(
+    top: TableReader, legacy: bool, groups: Mapping[str, frozenset[str]], pool: AddressPool | None
+) -> tuple[PeeringRule, ...]:
+    """``[[peering]]`` blocks: name, from and to (group names or ``"*"``), esp, pfs, lifetime."""
+    out: list[PeeringRule] = []
+    for block in top.tables("peering", "[[peering]]", _PEERING_KEYS):
+        name = block.required_text("name").strip()
+        if len(name.encode()) > MAX_NAME or not name.isprintable():
+            raise block.error("name", f"a peering name is 1 to {MAX_NAME} printable octets")
+        if any(rule.name == name for rule in out):
+            raise block.error("name", f"peering {name!r} is defined twice")
+        if pool is None:
+            raise block.error("name", "peers are introduced by their assigned addresses: pool in [network]")
+        sides = []
+        for key in ("from", "to"):
+            members = tuple(block.texts(key) or ())
+            if not members:
+                raise block.error(key, f'{key}: at least one group, or "*" for everyone')
+            for group in members:
+                if group != "*" and group not in groups:
+                    known = ", ".join(groups) or "none defined"
+                    raise block.error(key, f"group {group!r} is not defined in [groups] ({known})")
+            sides.append(members)
+        esp = _pick(block, "esp", ESP_SUITES, lambda s: s.is_legacy or s in LEGACY_ESP, legacy, "ESP suite")
+        pfs_text = block.text("pfs", "ecp256")
+        assert pfs_text is not None
+        pfs = None if pfs_text.strip().lower() == "none" else parse_group(block, "pfs", pfs_text, legacy)
+        out.append(
+            PeeringRule(
+                name,
+                sides[0],
+                sides[1],
+                (esp or DEFAULT_ESP)[0],
+                pfs,
+                parse_duration(block, "lifetime", 3600),
+            )
+        )
+    return tuple(out)
 
 
 def _pool_selector(pool: AddressPool) -> TrafficSelector:

@@ -647,6 +647,13 @@ def _format_tunnel(tunnel: dict[str, object]) -> list[str]:
             name, state = _text(protocol, "name") or "?", _text(protocol, "state") or "?"
             message = _text(protocol, "message")
             lines.append(f"    {name}: {state}" + (f" ({message})" if message else ""))
+    peers = tunnel.get("peers")
+    for peer in peers if isinstance(peers, list) else ():
+        if isinstance(peer, dict):  # issue 17: the peers this client was introduced to
+            name, address = _text(peer, "name") or "?", _text(peer, "address") or "?"
+            endpoint, path = _text(peer, "endpoint") or "?", _text(peer, "path") or "?"
+            role = _text(peer, "role") or "?"
+            lines.append(f"    peer {name} {address} at {endpoint}: {path} ({role})")
     return lines
 
 

@@ -36,6 +36,7 @@ from tunvpn.gateway.logins import (
     wait_turn,
     xauth_required,
 )
+from tunvpn.gateway.peering import Member, PairSecrets, introductions
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential
@@ -45,6 +46,7 @@ from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
 from tunvpn.ike.modecfg import ModeConfig
+from tunvpn.ike.peers import PeerList, encode_peers
 from tunvpn.ike.policies import (
     ExtraProtocol,
     Phase2Policy,
@@ -73,7 +75,7 @@ from tunvpn.shell.privileges import ServiceUser, drop_privileges
 from tunvpn.shell.udp import DROP_COUNTERS, IKE_QUEUE_SIZE, NewExchangeLimit, UdpDriver
 
 if TYPE_CHECKING:
-    from tunvpn.config.gateway import GatewayConfig
+    from tunvpn.config.gateway import GatewayConfig, PeeringRule
     from tunvpn.dataplane.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,8 @@ class GatewayOptions:
     groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """Group name -> members (user names)."""
     protocols: tuple[ExtraProtocol, ...] = ()
+    peering: tuple[PeeringRule, ...] = ()
+    """``[[peering]]``: who is introduced to whom for direct tunnels (issue 17)."""
     """Extra protocols the clients must run before Quick Mode (announced in phase 1a)."""
     domains: tuple[str, ...] = ()
     """DNS domains: the default domain first, then split-DNS domains."""
@@ -441,6 +445,8 @@ class Session:
     rekey moves the session to a new SA (RFC 2866: one Acct-Session-Id from Start to Stop)."""
     retired: tuple[int, int, int, int] = (0, 0, 0, 0)
     """Bytes in, bytes out, packets in, packets out of the session's IPsec SAs already deleted."""
+    introduced: PeerList | None = None
+    """The peers last introduced to this client (issue 17); None: none sent yet."""
 
 
 class Gateway:
@@ -459,6 +465,8 @@ class Gateway:
         """Inbound SPI -> the Quick Mode that made it."""
         self.child_started: dict[int, float] = {}
         self.sessions: dict[bytes, Session] = {}
+        self.pair_secrets = PairSecrets()
+        """The secret of each pair of clients introduced to each other (issue 17)."""
         """ISAKMP SA id -> the client on it."""
         self.generation = 1
         """Policy generation: raised by every reload that changes something."""
@@ -545,6 +553,52 @@ class Gateway:
             self.generation, tuple(p.wire() for p in session.policies), self.announced_protocols()
         )
 
+    # ------------------------------------------------------------------ introductions (issue 17)
+
+    def _member(self, session: Session) -> Member | None:
+        """``session`` as a peer: a tunvpn client logged in as a user, with an address, past
+        every extra protocol."""
+        if not (session.tunvpn and session.authenticated and session.user and session.address):
+            return None
+        if session.protocols_pending:
+            return None
+        return Member(session.sa_id, session.user, session.groups, session.address, session.peer)
+
+    def _peers_for(self, session: Session) -> PeerList:
+        """Every peer ``session`` is introduced to now (the whole list)."""
+        me = self._member(session)
+        if me is None or not self.options.peering:
+            return PeerList()
+        others = [m for s in self.sessions.values() if (m := self._member(s)) is not None]
+        return introductions(me, others, self.options.peering, self.pair_secrets)
+
+    def _refresh_introductions(self, now: float) -> None:
+        """Send each client that was introduced to peers its new list when it changed (a
+        peer came, went, moved or a rule changed): a CFG_SET with its policies and peers."""
+        for session in list(self.sessions.values()):
+            if session.introduced is None or session.address is None:
+                continue
+            peers = self._peers_for(session)
+            if peers == session.introduced:
+                continue
+            before = {p.name for p in session.introduced.peers}
+            session.introduced = peers
+            config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), session.policies)
+            extra = encode_policies(self._push(session)) + encode_peers(peers)
+            try:
+                self.engine.push_mode_config(session.sa_id, now, config, extra)
+            except LocalProtocolError as exc:
+                log.warning("cannot send %s its peers: %s", session.user or session.peer[0], exc)
+                continue
+            after = {p.name for p in peers.peers}
+            log.info(
+                "introduced %s to %d peer(s)%s%s",
+                session.user,
+                len(peers.peers),
+                f"; new: {', '.join(sorted(after - before))}" if after - before else "",
+                f"; gone: {', '.join(sorted(before - after))}" if before - after else "",
+            )
+
     def announced_protocols(self) -> tuple[ExtraProtocol, ...]:
         """The extra protocols of phase 1a, as announced (docs/protocol.md)."""
         return tuple(protocol for protocol, _ in self.announcements)
@@ -628,6 +682,8 @@ class Gateway:
             moved = self.sessions.get(event.sa_id)
             if moved is not None:
                 moved.peer = event.new
+                if self.options.peering:
+                    self._refresh_introductions(now)  # its peers learn where it is now
             if self.tunnel is not None:
                 self.tunnel.peer_moved(event)  # ESP follows the client behind its NAT
         elif isinstance(event, ev.TransactionFailed):
@@ -648,6 +704,9 @@ class Gateway:
                 reason = getattr(event, "reason", "") or type(event).__name__
                 self._account(gone, "stop", reason=reason, by_peer=bool(getattr(event, "by_peer", False)))
             self._release(event.sa_id)
+            if gone is not None and self.options.peering:
+                self.pair_secrets.forget(event.sa_id)
+                self._refresh_introductions(now)  # its peers are told it is gone
         return None
 
     def _phase1_rekeyed(self, event: ev.Phase1Rekeyed) -> None:
@@ -1231,6 +1290,9 @@ class Gateway:
         wants_policies = session.tunvpn and PolicyAttr.PHASE2_POLICIES in event.requested_types
         config = self.mode_config_for(address, event.requested_types, session.policies)
         extra = encode_policies(self._push(session)) if wants_policies else ()
+        if wants_policies and self.options.peering:
+            session.introduced = self._peers_for(session)
+            extra += encode_peers(session.introduced)
         if wants_policies:
             session.generation = self.generation
         log.info(
@@ -1253,6 +1315,7 @@ class Gateway:
         if session.protocols_pending:
             self._start_protocol(session, now)
         self._account(session, "start")
+        self._refresh_introductions(now)  # the others meet the newcomer
 
     def mode_config_for(
         self,
@@ -1331,6 +1394,9 @@ class Gateway:
         if changes:
             self.generation = self.generation % 0xFFFF + 1
         updated = sum(self._update_session(session, now) for session in list(self.sessions.values()))
+        if old.peering != new.peering:
+            changes.append("peering changed")
+        self._refresh_introductions(now)  # peering rules or group membership may have changed
         if self.driver is not None:
             self.driver.flush()
         if kept:
@@ -1387,10 +1453,12 @@ class Gateway:
             self._delete_children_named(session, removed, now)
             return 0
         config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), policies)
+        extra = encode_policies(self._push(session))
+        if session.introduced is not None:
+            session.introduced = self._peers_for(session)
+            extra += encode_peers(session.introduced)
         try:
-            identifier = self.engine.push_mode_config(
-                session.sa_id, now, config, encode_policies(self._push(session))
-            )
+            identifier = self.engine.push_mode_config(session.sa_id, now, config, extra)
         except LocalProtocolError as exc:
             log.warning("cannot push policies to %s: %s", session.peer[0], exc)
             return 0
@@ -1803,6 +1871,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         rules=tuple(cfg.rules),
         groups=dict(cfg.groups),
         protocols=tuple(cfg.protocols),
+        peering=tuple(cfg.peering),
         plugins=tuple(cfg.plugins),
         plugin_settings=dict(cfg.plugin_settings),
         accounting_interval=cfg.accounting_interval,

@@ -138,9 +138,9 @@ class PeerList:
     def __post_init__(self) -> None:
         if len(self.peers) > MAX_PEERS:
             raise ValueError(f"at most {MAX_PEERS} peers in one message")
-        names = [p.name for p in self.peers]
-        if len(set(names)) != len(names):
-            raise ValueError(f"peer names repeat: {names}")
+        addresses = [p.address for p in self.peers]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"peer addresses repeat: {', '.join(str(a) for a in addresses)}")
 
 
 def _bad(attr: int, message: str) -> RemoteProtocolError:

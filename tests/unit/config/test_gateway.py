@@ -666,3 +666,44 @@ def test_fragmentation_is_yes_force_or_no(gwdir: Path) -> None:
     config = load_config(gwdir, text.format("no"))
     assert build_engine_config(options_from_config(config)).fragmentation == "no"
     assert "fragmentation" in str(_error(gwdir, text.format("sometimes")))
+
+
+PEERING = """
+[groups]
+eng = ["alice", "bob"]
+ops = ["olga"]
+
+[[peering]]
+name = "engineers"
+from = "eng"
+to = ["eng", "ops"]
+esp = "aes128gcm16"
+pfs = "none"
+lifetime = "2h"
+"""
+
+
+def test_peering_rules_say_who_meets_whom(gwdir: Path) -> None:
+    """Issue 17: [[peering]] blocks, both ways."""
+    config = load_config(gwdir, MINIMAL + PEERING)
+    [rule] = config.peering
+    assert (rule.name, rule.from_groups, rule.to_groups) == ("engineers", ("eng",), ("eng", "ops"))
+    assert rule.pfs is None and rule.lifetime == 7200 and rule.esp.key_length == 128
+    assert rule.pairs({"eng"}, {"ops"}) and rule.pairs({"ops"}, {"eng"})  # a tunnel goes both ways
+    assert not rule.pairs({"ops"}, {"ops"}) and not rule.pairs(set(), {"eng"})
+    everyone = load_config(gwdir, MINIMAL + '[[peering]]\nname = "all"\nfrom = "*"\nto = "*"\n').peering[0]
+    assert everyone.pairs(set(), set())
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda t: t.replace('to = ["eng", "ops"]', 'to = ["eng", "sales"]'), "to"),
+        (lambda t: t.replace('from = "eng"\n', ""), "from"),
+        (lambda t: t.replace('pfs = "none"', 'pfs = "ecp999"'), "pfs"),
+        (lambda t: t + '\n[[peering]]\nname = "engineers"\nfrom = "eng"\nto = "eng"\n', "name"),
+        (lambda t: t.replace('lifetime = "2h"', 'colour = "blue"'), "colour"),
+    ],
+)
+def test_a_bad_peering_block_names_its_key(gwdir: Path, change, key: str) -> None:  # type: ignore[no-untyped-def]
+    assert key in str(_error(gwdir, change(MINIMAL + PEERING)))

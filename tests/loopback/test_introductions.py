@@ -1,0 +1,100 @@
+"""Introductions (issue 17, first slice): the gateway's ``[[peering]]`` rules, applied to the
+clients logged in right now, reach each client in phase 1a: in the Mode Config REPLY at login,
+and as a CFG_SET when a peer comes or goes. Real shells on loopback (no TUN device).
+
+alice and bob (group eng) are introduced to each other, with one pair secret both get and
+complementary roles; carol (not in eng) is introduced to nobody and to nobody is she
+introduced; when bob leaves, alice is told at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+
+from tests.helpers.loopback import (
+    INTRANET,
+    client_options,
+    free_port_pair,
+    gateway_options,
+    needs_loopback,
+    serve,
+    stop,
+    wait_until,
+)
+from tunvpn.client.daemon import Client, ClientOptions, Progress
+from tunvpn.config.credentials import UserTable
+from tunvpn.config.gateway import PeeringRule
+from tunvpn.gateway.daemon import SimpleRule
+from tunvpn.ike.peers import Role
+
+pytestmark = needs_loopback
+
+ENG = PeeringRule("eng", ("eng",), ("eng",))
+
+
+async def _connect(options: ClientOptions, local: str) -> tuple[Client, asyncio.Task[int]]:
+    client = Client(
+        dataclasses.replace(options, exit_after_established=False),
+        local,
+        progress=Progress(out=io.StringIO()),
+    )
+    task = asyncio.ensure_future(client.run(handle_signals=False))
+    await wait_until(lambda: client.established or task.done(), 20)
+    assert client.established, client.message
+    return client, task
+
+
+def test_peers_are_introduced_at_login_and_told_when_a_peer_comes_and_goes() -> None:
+    ike, natt = free_port_pair()
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        options = dataclasses.replace(
+            gateway_options(ike, natt, (SimpleRule(INTRANET),), peering=(ENG,)),
+            users=UserTable({"alice": b"a-pass", "bob": b"b-pass", "carol": b"c-pass"}),
+            groups={"eng": frozenset({"alice", "bob"})},
+        )
+        gateway, server = await serve(options)
+        clients = []
+        try:
+            alice, task = await _connect(client_options(ike, natt, "alice", "a-pass"), "127.0.0.2")
+            clients.append((alice, task))
+            seen["alice alone"] = alice.peers.peers
+            bob, task = await _connect(client_options(ike, natt, "bob", "b-pass"), "127.0.0.3")
+            clients.append((bob, task))
+            await wait_until(lambda: len(alice.peers.peers) == 1, 10)  # a CFG_SET told alice
+            seen["alice"], seen["bob"] = alice.peers.peers, bob.peers.peers
+            seen["alice status"] = alice.status()["tunnels"][0]["peers"]  # type: ignore[index]
+            carol, task = await _connect(client_options(ike, natt, "carol", "c-pass"), "127.0.0.4")
+            clients.append((carol, task))
+            await asyncio.sleep(0.3)
+            seen["carol"] = carol.peers.peers
+            seen["alice with carol"] = alice.peers.peers
+            bob.stop("bob leaves")
+            await wait_until(lambda: not alice.peers.peers, 10)
+            seen["alice after bob"] = alice.peers.peers
+            seen["pairs left"] = len(gateway.pair_secrets)
+        finally:
+            for client, task in clients:
+                client.stop("test over")
+                await asyncio.wait_for(task, 10)
+            await stop(gateway, server)
+
+    asyncio.run(scenario())
+    assert seen["alice alone"] == ()
+    [bob_seen_by_alice] = seen["alice"]  # type: ignore[misc]
+    [alice_seen_by_bob] = seen["bob"]  # type: ignore[misc]
+    assert (bob_seen_by_alice.name, alice_seen_by_bob.name) == ("bob", "alice")
+    assert bob_seen_by_alice.secret == alice_seen_by_bob.secret  # one secret for the pair
+    assert {bob_seen_by_alice.role, alice_seen_by_bob.role} == {Role.INITIATOR, Role.RESPONDER}
+    # the lower address starts: alice got the first address of the pool
+    assert str(alice_seen_by_bob.address) < str(bob_seen_by_alice.address)
+    assert alice_seen_by_bob.role is Role.RESPONDER and bob_seen_by_alice.role is Role.INITIATOR
+    assert bob_seen_by_alice.endpoint[0] == "127.0.0.3" and alice_seen_by_bob.endpoint[0] == "127.0.0.2"
+    assert b"tunvpn-peer:alice@" in bytes(alice_seen_by_bob.identity.value)  # type: ignore[arg-type]
+    [status] = seen["alice status"]  # type: ignore[misc]
+    assert status["name"] == "bob" and status["path"] == "introduced"
+    assert seen["carol"] == () and seen["alice with carol"] == seen["alice"]
+    assert seen["alice after bob"] == () and seen["pairs left"] == 0
