@@ -98,3 +98,32 @@ def test_peers_are_introduced_at_login_and_told_when_a_peer_comes_and_goes() -> 
     assert status["name"] == "bob" and status["path"] == "introduced"
     assert seen["carol"] == () and seen["alice with carol"] == seen["alice"]
     assert seen["alice after bob"] == () and seen["pairs left"] == 0
+
+
+def test_a_client_answers_nobody_who_starts_a_phase_1_with_it() -> None:
+    """bob holds the group key too; pointing his client at alice's gets no answer at all: her
+    client keeps no state for him and counts the drop (issue 17: only introduced peers will
+    get in, over their own pair secret)."""
+    ike, natt = free_port_pair()
+
+    async def scenario() -> tuple[int, int, int]:
+        gateway, server = await serve(gateway_options(ike, natt, (SimpleRule(INTRANET),)))
+        alice, task = await _connect(client_options(ike, natt, "alice", "a-pass"), "127.0.0.2")
+        try:
+            towards_alice = dataclasses.replace(
+                client_options(ike, natt, "bob", "b-pass"), gateway="127.0.0.2", timeout=3, reconnect=False
+            )
+            bob = Client(towards_alice, "127.0.0.3", progress=Progress(out=io.StringIO()))
+            code = await asyncio.wait_for(bob.run(handle_signals=False), 20)
+            return (
+                code,
+                alice.engine.drops["first message to a peer that answers none"],
+                len(alice.engine.ike_sas()),
+            )
+        finally:
+            alice.stop("test over")
+            await asyncio.wait_for(task, 10)
+            await stop(gateway, server)
+
+    code, dropped, sas = asyncio.run(scenario())
+    assert code != 0 and dropped >= 1 and sas == 1  # alice holds only her SA with the gateway

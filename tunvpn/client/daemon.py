@@ -280,6 +280,7 @@ def build_engine_config(options: ClientOptions) -> EngineConfig:
         dpd_interval=options.dpd_interval,
         dpd_timeout=options.dpd_timeout,
         fragmentation=options.fragmentation,
+        responder=False,  # nobody may start a phase 1 with a client (a group-key holder neither)
     )
 
 

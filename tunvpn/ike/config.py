@@ -189,6 +189,10 @@ class EngineConfig:
     """Seconds a half-open phase 1 SA may live."""
     unity: bool = True
     """Send the Cisco Unity vendor ID (vpnc and Cisco peers expect it)."""
+    responder: bool = True
+    """Answer phase 1 exchanges other peers start (a gateway). A client sets False: it only
+    starts its own, and a first message from anyone (a holder of the group key among them) is
+    dropped unread, before any state or Diffie-Hellman (counted)."""
     fragmentation: str = "yes"
     """IKE fragmentation (tunvpn.ike.fragments, issue 16): ``"yes"`` announces it (a
     responder only to a peer that did), cuts messages larger than ``fragment_size`` for a peer

@@ -594,6 +594,11 @@ class IkeEngine:
             raise RemoteProtocolError(
                 "message for an unknown ISAKMP SA", NotifyType.INVALID_COOKIE, "header.cookies", 0
             )
+        if not self.config.responder:
+            # a client starts its own phase 1 exchanges and answers nobody's (issue 17 will
+            # let in the peers its gateway introduced)
+            self._bad_input("first message to a peer that answers none")
+            return
         if not self._admit_half_open(remote):
             return
         phase1.start_responder(self, header, data, remote, local, now)

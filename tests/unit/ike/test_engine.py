@@ -705,3 +705,17 @@ def test_esn_attribute_values() -> None:
         ChildProposal(esn=())
     with pytest.raises(LocalProtocolError, match="ESN preference"):
         ChildProposal(esn=(True, True))
+
+
+def test_a_client_answers_no_phase_1_that_another_peer_starts() -> None:
+    """Anyone holding the group pre-shared key (every user of the VPN) could complete a phase
+    1 with another user's client, which answered as a responder: now a client's engine
+    (responder = False) drops such a first message unread, keeps nothing and answers nothing."""
+    pair = Pair(client_config(), client_config(responder=False))
+    for mode in ("main", "aggressive", "base"):
+        pair.client.engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), pair.now, mode=mode)
+        pair.client.drain()
+        pair.run()
+    assert not pair.gateway.of(ev.Phase1Established) and not pair.client.of(ev.Phase1Established)
+    assert not pair.gateway.engine.ike_sas()
+    assert pair.gateway.engine.drops["first message to a peer that answers none"] == 3
