@@ -180,8 +180,8 @@ def encode_peers(peers: PeerList) -> tuple[DataAttribute, ...]:
         out.append(DataAttribute(PeerAttr.PEER_SECRET, peer.secret))
         out.append(DataAttribute(PeerAttr.PEER_ROLE, int(peer.role)))
         out.append(DataAttribute(PeerAttr.PEER_ESP_TRANSFORM, int(peer.esp.transform)))
-        if peer.esp.key_length:
-            out.append(DataAttribute(PeerAttr.PEER_ESP_KEY_LENGTH, peer.esp.key_length))
+        if peer.esp.wire_key_length:
+            out.append(DataAttribute(PeerAttr.PEER_ESP_KEY_LENGTH, peer.esp.wire_key_length))
         if peer.esp.auth is not None:
             out.append(DataAttribute(PeerAttr.PEER_ESP_AUTH, int(peer.esp.auth)))
         if peer.pfs_group is not None:
@@ -252,7 +252,7 @@ def _peer_from(number: int, values: dict[int, DataAttribute]) -> Introduction:
             endpoint,
             secret,
             role,
-            EspSuite(transform, key_length, auth),
+            EspSuite.from_wire(transform, key_length, auth),
             pfs,
             seconds,
             lan,

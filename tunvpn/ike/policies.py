@@ -241,8 +241,8 @@ def encode_policies(push: PolicyPush) -> tuple[DataAttribute, ...]:
         out.append(DataAttribute(PolicyAttr.SA_BEGIN, number))
         out.append(DataAttribute(PolicyAttr.SA_NAME, policy.name.encode()))
         out.append(DataAttribute(PolicyAttr.ESP_TRANSFORM, int(suite.transform)))
-        if suite.key_length:
-            out.append(DataAttribute(PolicyAttr.ESP_KEY_LENGTH, suite.key_length))
+        if suite.wire_key_length:
+            out.append(DataAttribute(PolicyAttr.ESP_KEY_LENGTH, suite.wire_key_length))
         if suite.auth is not None:
             out.append(DataAttribute(PolicyAttr.ESP_AUTH, int(suite.auth)))
         if policy.pfs_group is not None:
@@ -303,7 +303,13 @@ def _set_from(number: int, values: dict[int, DataAttribute]) -> Phase2Policy:
         client_ts = decode_selector(PolicyAttr.CLIENT_TS, bytes(values[PolicyAttr.CLIENT_TS].value))
     try:
         return Phase2Policy(
-            name, gateway_ts, client_ts, (EspSuite(transform, key_length, auth),), pfs, seconds, kilobytes
+            name,
+            gateway_ts,
+            client_ts,
+            (EspSuite.from_wire(transform, key_length, auth),),
+            pfs,
+            seconds,
+            kilobytes,
         )
     except ValueError as exc:
         raise _bad(PolicyAttr.SA_BEGIN, f"set {number}: {exc}") from None

@@ -367,6 +367,21 @@ class EspSuite:
         return self.transform == EspTransform.CHACHA20_POLY1305_PRIVATE
 
     @property
+    def wire_key_length(self) -> int | None:
+        """The key length to send in a ``CFG_`` set: none for a fixed-length cipher
+        (ChaCha20-Poly1305 is always 256 bits; docs/protocol.md)."""
+        return None if self.transform in FIXED_KEY_LENGTH else self.key_length
+
+    @classmethod
+    def from_wire(
+        cls, transform: EspTransform, key_length: int | None, auth: AuthAlgorithm | None
+    ) -> EspSuite:
+        """The suite a ``CFG_`` set names: a fixed-length cipher's key length filled in."""
+        if key_length is None:
+            key_length = FIXED_KEY_LENGTH.get(transform)
+        return cls(transform, key_length, auth)
+
+    @property
     def is_legacy(self) -> bool:
         return self.transform in (EspTransform.DES, EspTransform.DES3) or self.auth == AuthAlgorithm.HMAC_MD5
 
@@ -382,6 +397,9 @@ class EspSuite:
             text += "-" + self.auth.name.lower().replace("hmac_", "").replace("sha2_", "sha")
         return text
 
+
+FIXED_KEY_LENGTH: dict[EspTransform, int] = {EspTransform.CHACHA20_POLY1305_PRIVATE: 256}
+"""ESP ciphers with one key length: no Key Length is sent for them in a ``CFG_`` set."""
 
 # Strongest first: AEAD with 256-bit keys, then 128-bit AEAD, then CBC+HMAC by key size.
 DEFAULT_ESP: tuple[EspSuite, ...] = (

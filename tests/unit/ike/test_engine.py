@@ -719,3 +719,29 @@ def test_a_client_answers_no_phase_1_that_another_peer_starts() -> None:
     assert not pair.gateway.of(ev.Phase1Established) and not pair.client.of(ev.Phase1Established)
     assert not pair.gateway.engine.ike_sas()
     assert pair.gateway.engine.drops["first message to a peer that answers none"] == 3
+
+
+@pytest.mark.parametrize("xauth", [False, True])
+def test_the_phase_1_offer_on_the_wire_is_strongest_first(xauth: bool) -> None:
+    """Issue 18 (seed: 'offer every suite, strongest first'): the transforms of our Main Mode
+    message 1, read back from the wire, never get stronger; the whole offer after a refusal
+    of the short one (issue 16) too."""
+    from tunvpn.ike.engine import IkeEngine
+    from tunvpn.ike.messages import SAPayload, decode_message
+    from tunvpn.ike.proposals import Phase1Suite
+
+    def strengths(message: bytes) -> list[int]:
+        [sa_payload] = [p for p in decode_message(message).payloads if isinstance(p, SAPayload)]
+        suites = [Phase1Suite.from_transform(t) for t in sa_payload.proposals[0].transforms]
+        assert all(s is not None for s in suites)
+        return [s.strength for s in suites if s is not None]
+
+    engine = IkeEngine(client_config())
+    engine.initiate((GATEWAY_IP, 500), (CLIENT_IP, 500), 0.0, mode="main", xauth=xauth)
+    [(short, _, _)] = engine.datagrams_to_send()
+    first = strengths(short)
+    assert first == sorted(first, reverse=True) and first[0] == 256
+    [sa] = engine.ike_sas()
+    assert sa.full_offer is not None
+    whole = [s.strength for s in sa.full_offer]
+    assert whole == sorted(whole, reverse=True) and whole[: len(first)] == first

@@ -21,6 +21,7 @@ from tunvpn.ike.policies import (
     diff_policies,
     encode_policies,
     encode_selector,
+    request_attribute,
 )
 from tunvpn.ike.proposals import EspSuite
 from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
@@ -217,3 +218,31 @@ def test_round_trip_property(sets: list[tuple], generation: int) -> None:
     push = PolicyPush(generation, policies)
     wire = encode_attributes(encode_policies(push))
     assert decode_policies(decode_attributes(wire)) == push
+
+
+def test_a_fixed_length_cipher_carries_no_key_length() -> None:
+    """Issue 18: ChaCha20-Poly1305 has one key length (256): CFG_ESP_KEY_LENGTH is omitted, as
+    docs/protocol.md says of fixed-length ciphers, and the decoder fills it in."""
+    chacha = EspSuite(EspTransform.CHACHA20_POLY1305_PRIVATE, 256, None)
+    policy = Phase2Policy("c", ts("10.0.0.0/8"), None, (chacha,), None, 600, 0)
+    attrs = encode_policies(PolicyPush(1, (policy,)))
+    assert PolicyAttr.ESP_KEY_LENGTH not in {a.type for a in attrs}
+    push = decode_policies(attrs)
+    assert push is not None and push.policies[0].esp == (chacha,)
+    # AES still names its key length
+    assert PolicyAttr.ESP_KEY_LENGTH in {
+        a.type for a in encode_policies(PolicyPush(1, (policy_with(GCM256),)))
+    }
+
+
+def policy_with(suite: EspSuite) -> Phase2Policy:
+    return Phase2Policy("a", ts("10.0.0.0/8"), None, (suite,), None, 600, 0)
+
+
+def test_the_request_asks_for_every_policy_with_one_empty_attribute() -> None:
+    """Issue 18: the client's CFG_REQUEST carries CFG_PHASE2_POLICIES (20480) empty, in TLV
+    form (length 0), which the decoder takes for an echo, not a generation."""
+    attr = request_attribute()
+    assert attr == DataAttribute(PolicyAttr.PHASE2_POLICIES, b"")
+    assert encode_attributes([attr]).hex() == "50000000"
+    assert decode_policies([attr]) is None
