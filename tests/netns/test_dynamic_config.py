@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.netns import Topology, run_in, stop_process, wait_for
+from tests.helpers.netns import Topology, popen_in, run_in, stop_process, wait_for
 from tests.helpers.transfer import SINK, SOURCE
 from tests.helpers.tunvpn_proc import (
     json_records,
@@ -33,6 +33,8 @@ from tests.helpers.tunvpn_proc import (
     private_file,
     read_text,
     run_tunvpn,
+    tunvpn_argv,
+    tunvpn_env,
     wait_for_line,
 )
 
@@ -344,3 +346,38 @@ def test_wrong_psk_and_unknown_user_are_refused_clearly(net: Net) -> None:
     finally:
         stop_process(gw)
     assert "whatever" not in read_text(net.tmp / "gateway.log")
+
+
+def test_a_dns_change_by_reload_reaches_the_connected_clients_resolver(net: Net) -> None:
+    """Issue 18: new DNS servers and domains in gateway.toml reach a connected client by the
+    reload's CFG_SET, and its resolver configuration (here the file backend) follows at once;
+    its SAs stay."""
+    resolv = net.tmp / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.53\n")
+    gw = start_gateway(net)
+    log = net.tmp / "alice-dns.log"
+    argv = ["connect", "-c", str(profile(net, "alice")), "--password-file", str(net.tmp / "alice.pw")]
+    argv += ["--json", "--tun", "tvcl%d", "--control", "none", "--dns-backend", "file", "-v"]
+    env = {**tunvpn_env(), "TUNVPN_RUN_DIR": str(net.tmp / "run"), "TUNVPN_RESOLV_CONF": str(resolv)}
+    cl = popen_in(net.client, tunvpn_argv(*argv), log, env=env)
+    try:
+        wait_for_line(log, "IPsec SA pair(s) up", cl, 30, "the client's SAs")
+        wait_for(lambda: "10.78.0.53" in resolv.read_text(), 10, "the first DNS server")
+        assert "corp.example" in resolv.read_text()
+        before = spis(status(net))
+        (net.tmp / "gateway.toml").write_text(
+            INITIAL.replace('dns = ["10.78.0.53"]', 'dns = ["10.78.0.54"]').replace(
+                'domains = ["corp.example"]', 'domains = ["corp2.example"]'
+            )
+        )
+        reload = run_tunvpn(net.gateway, ["reload", "--socket", str(net.tmp / "gw.sock")])
+        assert reload.returncode == 0 and "DNS/banner changed" in reload.stdout, reload.stdout
+        wait_for(lambda: "10.78.0.54" in resolv.read_text(), 10, "the new DNS server in the resolver")
+        text = resolv.read_text()
+        assert "10.78.0.53" not in text and "corp2.example" in text, text
+        assert spis(status(net)) == before  # the SAs and their traffic were left alone
+        assert [r for r in records(log, "modecfg", "updated")], read_text(log)[-3000:]
+    finally:
+        stop_process(cl)
+        stop_process(gw)
+    assert resolv.read_text() == "nameserver 192.0.2.53\n"  # restored at exit

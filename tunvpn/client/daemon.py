@@ -724,6 +724,7 @@ class Client:
         if peers is not None:
             self._peers_introduced(peers)
         if event.pushed and push is not None and self.mode_config is not None:
+            self._network_attributes_pushed(config)
             self._policies_pushed(push, config)
             return
         self.mode_config = config
@@ -841,6 +842,33 @@ class Client:
             "policies": [p.describe() for p in self.policies or ()],
             "tunnels": [tunnel],
         }
+
+    def _network_attributes_pushed(self, config: ModeConfig) -> None:
+        """A CFG_SET's DNS servers, domains and banner replace ours (issue 18: a reload that
+        changes them reaches connected clients; the handler then points the resolver at the
+        new servers). Our address stays: a SET does not move it."""
+        assert self.mode_config is not None
+        old = self.mode_config
+        new = dataclasses.replace(
+            old,
+            dns=config.dns,
+            default_domain=config.default_domain,
+            split_dns=config.split_dns,
+            banner=config.banner,
+        )
+        if new == old:
+            return
+        self.mode_config = new
+        changed = [
+            name
+            for name in ("dns", "default_domain", "split_dns", "banner")
+            if getattr(new, name) != getattr(old, name)
+        ]
+        self.progress.report(
+            "modecfg", f"gateway pushed new {', '.join(changed)}", state="updated", dns=new.dns
+        )
+        if new.banner and new.banner != old.banner:
+            self.progress.report("banner", new.banner, state="received")
 
     def _peers_introduced(self, peers: PeerList) -> None:
         """The gateway's complete list of peers this client may reach directly (issue 17):

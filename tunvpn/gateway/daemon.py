@@ -583,7 +583,7 @@ class Gateway:
                 continue
             before = {p.name for p in session.introduced.peers}
             session.introduced = peers
-            config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), session.policies)
+            config = self.mode_config_for(session.address, PUSHED_ATTRIBUTES, session.policies)
             extra = encode_policies(self._push(session)) + encode_peers(peers)
             try:
                 self.engine.push_mode_config(session.sa_id, now, config, extra)
@@ -1228,7 +1228,7 @@ class Gateway:
         self._grant(session, now)
         if policies == before or not session.tunvpn or continues:
             return  # a continued session keeps what its first login pushed
-        config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), policies)
+        config = self.mode_config_for(session.address, PUSHED_ATTRIBUTES, policies)
         identifier = self.engine.push_mode_config(
             session.sa_id, now, config, encode_policies(self._push(session))
         )
@@ -1452,7 +1452,7 @@ class Gateway:
                 removed.append(STANDARD_CLIENT_POLICY)
             self._delete_children_named(session, removed, now)
             return 0
-        config = self.mode_config_for(session.address, (CfgAttr.INTERNAL_IP4_SUBNET,), policies)
+        config = self.mode_config_for(session.address, PUSHED_ATTRIBUTES, policies)
         extra = encode_policies(self._push(session))
         if session.introduced is not None:
             session.introduced = self._peers_for(session)
@@ -1774,6 +1774,10 @@ class Gateway:
 
 
 PLUGIN_TIMEOUT = 30
+
+PUSHED_ATTRIBUTES = (CfgAttr.INTERNAL_IP4_SUBNET, CfgAttr.UNITY_SPLIT_INCLUDE, CfgAttr.UNITY_DEF_DOMAIN)
+"""What a CFG_SET to a tunvpn client carries besides its sets: what its request asked for,
+the DNS domains included, so a reload that changes them reaches it (issue 18)."""
 
 LIMIT_PROBE_WITHIN = 2.0
 """Seconds the user's older sessions have to answer a DPD probe when a new login of theirs
