@@ -40,7 +40,7 @@ from tunvpn.config.names import parse_dh_group
 from tunvpn.config.pool import AddressPool
 from tunvpn.config.secretfile import trusted_owners, user_name
 from tunvpn.ike.certpath import PeerCertificatePolicy
-from tunvpn.ike.certs import Credential, load_certificates
+from tunvpn.ike.certs import Credential, IdentityPattern, load_certificates
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.constants import AuthMethod, DHGroup, EncryptionAlgorithm, HashAlgorithm
 from tunvpn.ike.errors import LocalProtocolError
@@ -665,11 +665,19 @@ class PolicyRule:
     policy: Phase2Policy
     groups: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
+    peers: tuple[IdentityPattern, ...] = ()
+    """Phase 1 identities (certificate-verified) that get it, as ``peer_id_patterns`` write
+    them (issue 18, seed paragraph 0023): a DN, ``@*.example.com``, ``*@example.com``..."""
 
-    def applies_to(self, user: str | None, groups: Iterable[str]) -> bool:
-        if not self.groups and not self.users:
+    def applies_to(self, user: str | None, groups: Iterable[str], peer: Identity | None = None) -> bool:
+        """``peer``: the client's phase 1 identity, only when a certificate proved it."""
+        if not self.groups and not self.users and not self.peers:
             return True
-        return (user is not None and user in self.users) or not set(self.groups).isdisjoint(groups)
+        if user is not None and user in self.users:
+            return True
+        if not set(self.groups).isdisjoint(groups):
+            return True
+        return peer is not None and any(pattern.matches(peer) for pattern in self.peers)
 
 
 @dataclass(frozen=True)
@@ -811,7 +819,9 @@ _GATEWAY_KEYS = (
 _CERT_KEYS = ("cert", "key", "ca", "revocation", "crl_files", "peer_eku", "peer_id_patterns")
 _PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
 _NETWORK_KEYS = ("pool", "dns", "domains", "banner")
-_POLICY_KEYS = ("name", "local", "remote", "esp", "pfs", "lifetime", "lifetime_kb", "groups", "users")
+_POLICY_KEYS = (
+    "name", "local", "remote", "esp", "pfs", "lifetime", "lifetime_kb", "groups", "users", "peers",
+)  # fmt: skip
 _NAME = re.compile(r"[A-Za-z0-9_.@+-]+")
 _DOMAIN = re.compile(r"(?=.{1,253}\.?$)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
                      r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?")  # fmt: skip
@@ -1131,7 +1141,13 @@ def _rules(
             policy = Phase2Policy(name, local, remote, esp or default_esp, pfs, seconds, kilobytes)
         except ValueError as exc:
             raise block.error("", str(exc)) from None
-        rules.append(PolicyRule(policy, member_groups, block.texts("users") or ()))
+        peers = []
+        for text in block.texts("peers") or ():
+            try:
+                peers.append(IdentityPattern.parse(text))
+            except LocalProtocolError as exc:
+                raise block.error("peers", f"peers {text!r}: {exc}") from None
+        rules.append(PolicyRule(policy, member_groups, block.texts("users") or (), tuple(peers)))
     if pool is not None:
         for rule, block in zip(rules, blocks):
             local = rule.policy.gateway_ts

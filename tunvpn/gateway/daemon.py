@@ -39,8 +39,8 @@ from tunvpn.gateway.logins import (
 from tunvpn.gateway.peering import Member, PairSecrets, introductions
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
-from tunvpn.ike.certs import Credential
-from tunvpn.ike.config import ChildPolicy, EngineConfig, PskTable
+from tunvpn.ike.certs import Credential, IdentityPattern
+from tunvpn.ike.config import CLIENT_SIGNATURE_METHODS, ChildPolicy, EngineConfig, PskTable
 from tunvpn.ike.constants import AuthMethod, CfgAttr, DHGroup
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.errors import LocalProtocolError
@@ -93,6 +93,8 @@ class Rule(Protocol):
     def groups(self) -> tuple[str, ...]: ...
     @property
     def users(self) -> tuple[str, ...]: ...
+    @property
+    def peers(self) -> tuple[IdentityPattern, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,17 @@ class SimpleRule:
     policy: Phase2Policy
     groups: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
+    peers: tuple[IdentityPattern, ...] = ()
 
 
-def rule_applies(rule: Rule, user: str | None, groups: Iterable[str]) -> bool:
-    if not rule.groups and not rule.users:
+def rule_applies(rule: Rule, user: str | None, groups: Iterable[str], peer: Identity | None = None) -> bool:
+    """Whether ``rule`` gives its policy to ``user`` (of ``groups``) whose phase 1 identity a
+    certificate proved to be ``peer`` (None otherwise: a group key proves no identity)."""
+    if not rule.groups and not rule.users and not rule.peers:
         return True
-    return (user is not None and user in rule.users) or bool(set(rule.groups) & set(groups))
+    if (user is not None and user in rule.users) or bool(set(rule.groups) & set(groups)):
+        return True
+    return peer is not None and any(pattern.matches(peer) for pattern in rule.peers)
 
 
 @dataclass
@@ -445,6 +452,8 @@ class Session:
     rekey moves the session to a new SA (RFC 2866: one Acct-Session-Id from Start to Stop)."""
     retired: tuple[int, int, int, int] = (0, 0, 0, 0)
     """Bytes in, bytes out, packets in, packets out of the session's IPsec SAs already deleted."""
+    proven_id: Identity | None = None
+    """Its phase 1 identity when a certificate proved it (policies per peer, issue 18)."""
     introduced: PeerList | None = None
     """The peers last introduced to this client (issue 17); None: none sent yet."""
 
@@ -524,11 +533,16 @@ class Gateway:
             return frozenset()
         return frozenset(g for g, members in self.options.groups.items() if user in members)
 
-    def policies_for(self, user: str | None, groups: Iterable[str] = ()) -> tuple[Phase2Policy, ...]:
-        """The phase 2 policies of ``user`` (a member of ``groups``), in configuration order."""
+    def policies_for(
+        self, user: str | None, groups: Iterable[str] = (), peer: Identity | None = None
+    ) -> tuple[Phase2Policy, ...]:
+        """The phase 2 policies of ``user`` (a member of ``groups``; ``peer``: its phase 1
+        identity when a certificate proved it), in configuration order."""
         groups = frozenset(groups) | self.groups_of(user)
         return tuple(
-            r.policy for r in effective_rules(self.options, self.phase1) if rule_applies(r, user, groups)
+            r.policy
+            for r in effective_rules(self.options, self.phase1)
+            if rule_applies(r, user, groups, peer)
         )
 
     def _install_policies(self, session: Session, policies: tuple[Phase2Policy, ...]) -> None:
@@ -664,6 +678,7 @@ class Gateway:
                 event.peer_id,
                 now,
                 tunvpn="tunvpn" in event.peer_vendor_ids,
+                proven_id=self._proven_identity(event.sa_id),
             )
         elif isinstance(event, ev.XauthCredentials):
             return self._check_user(event, now)
@@ -1122,6 +1137,18 @@ class Gateway:
             return None
         return None if expires is None else round(max(0.0, expires - now), 1)
 
+    def _proven_identity(self, sa_id: bytes) -> Identity | None:
+        """The peer's phase 1 identity if it signed with a certificate the engine verified
+        (RSA or ECDSA, with or without XAUTH); None for a pre-shared key (a group key proves
+        no identity) and hybrid authentication (the client has no certificate)."""
+        try:
+            sa = self.engine.get_sa(sa_id)
+        except LocalProtocolError:
+            return None
+        if sa.suite is None or sa.suite.auth not in CLIENT_SIGNATURE_METHODS:
+            return None
+        return sa.peer_id
+
     def _continues_session(self, session: Session) -> bool:
         """Whether the session's ISAKMP SA is a phase 1 rekey bound to a logged-in session
         (tunvpn.ike.rekey): its login continues that session."""
@@ -1175,7 +1202,7 @@ class Gateway:
     def _policies_of(self, session: Session) -> tuple[Phase2Policy, ...]:
         """A session's policies: those of its user and groups, then its per-user ones, then one
         per (policy, route) for the networks behind the client."""
-        policies = self.policies_for(session.user, session.groups)  # the rule-based part
+        policies = self.policies_for(session.user, session.groups, session.proven_id)  # the rule-based part
         names = {p.name for p in policies}
         policies += tuple(p for p in session.user_policies if p.name not in names)
         routed = []

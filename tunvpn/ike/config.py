@@ -41,6 +41,9 @@ SIGNATURE_METHODS = frozenset(
 )
 """Methods whose SKEYID is the signature one (RFC 2409 section 5: prf(Ni_b | Nr_b, g^xy)) and
 where at least one side signs; :func:`proof_method` tells which side proves itself how."""
+CLIENT_SIGNATURE_METHODS = SIGNATURE_METHODS - HYBRID_METHODS
+"""Methods in which the initiator (client) signs with its certificate: its phase 1 identity
+is proven by it (hybrid: only the gateway signs)."""
 
 
 def base_auth_method(method: AuthMethod) -> AuthMethod:

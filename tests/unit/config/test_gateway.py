@@ -707,3 +707,20 @@ def test_peering_rules_say_who_meets_whom(gwdir: Path) -> None:
 )
 def test_a_bad_peering_block_names_its_key(gwdir: Path, change, key: str) -> None:  # type: ignore[no-untyped-def]
     assert key in str(_error(gwdir, change(MINIMAL + PEERING)))
+
+
+def test_a_policy_can_be_limited_to_peer_identities(gwdir: Path) -> None:
+    """Issue 18 (seed paragraph 0023): [[policy]] peers, the patterns of peer_id_patterns."""
+    from tunvpn.ike.identity import Identity
+
+    desk = '\n[[policy]]\nname = "desk"\nlocal = "10.78.7.0/24"\n'
+    text = MINIMAL + desk + 'peers = ["CN=alice*,O=*", "@*.branch.example"]\n'
+    config = load_config(gwdir, text)
+    rule = next(r for r in config.rules if r.policy.name == "desk")
+    assert [str(p) for p in rule.peers] == ["CN=alice*,O=*", "@*.branch.example"]
+    assert rule.applies_to(None, (), Identity.parse("CN=alice,O=Example"))
+    assert rule.applies_to(None, (), Identity.parse("@gw.branch.example"))
+    assert not rule.applies_to("bob", (), Identity.parse("CN=bob,O=Example"))
+    assert not rule.applies_to("bob", (), None)  # no proven identity: not by peers
+    bad = MINIMAL + '\n[[policy]]\nname = "desk"\nlocal = "10.78.7.0/24"\npeers = ["CN="]\n'
+    assert "peers" in str(_error(gwdir, bad))
