@@ -25,6 +25,7 @@ from tunvpn.config.gateway import (
     ConfigFileError,
     SourceText,
     TableReader,
+    parse_duration,
     parse_toml,
     read_config_file,
     read_credential,
@@ -48,6 +49,7 @@ _PROFILE_KEYS = (
     "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "revocation", "crl_files", "user",
     "password_file", "mode", "id",
     "remote_id", "plugins", "plugin", "reconnect", "run_as", "pfs", "pfs_min", "fragmentation",
+    "dpd_interval",
 )  # fmt: skip
 REMOTE_ID_ANY = "any"
 """``remote_id = "any"``: a pre-shared-key gateway may send any phase 1 identity (warned)."""
@@ -99,6 +101,9 @@ class ClientProfile:
     pfs: str | None = None
     """Quick Mode PFS with a gateway that pushes no policies, as ``tunvpn connect --pfs``:
     ``auto``, ``required``, a group name or ``none`` (docs/proposals.md); ``None``: ``auto``."""
+    dpd_interval: int | None = None
+    """Seconds of silence from the gateway before DPD asks R-U-THERE (``tunvpn connect
+    --dpd-interval``; the gateway is dead after 2.5 times as long); 0: no DPD; None: 10."""
     pfs_min: str | None = None
     """A floor for Quick Mode PFS, as ``tunvpn connect --pfs-min``: a group name."""
     fragmentation: str | None = None
@@ -204,6 +209,7 @@ def parse_profile(
         pfs=_read_pfs(table),
         fragmentation=read_fragmentation(table) if "fragmentation" in table else None,
         pfs_min=_read_pfs_min(table),
+        dpd_interval=parse_duration(table, "dpd_interval", -1) if "dpd_interval" in table else None,
     )
 
 

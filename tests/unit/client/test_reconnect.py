@@ -146,3 +146,18 @@ def test_a_silent_round_is_followed_by_a_short_wait_however_long_the_outage() ->
     # a gateway answered and the login still failed: each attempt cost it a DH, back off
     assert round_delay(6, silent=False, rand=lambda: 0.0) == RECONNECT_MAX_DELAY
     assert round_delay(1, silent=False, rand=lambda: 0.0) == 1.0
+
+
+def test_the_dpd_interval_is_a_setting(tmp_path: Path) -> None:
+    """An idle tunnel finds a restarted gateway at its next R-U-THERE: --dpd-interval (profile
+    dpd_interval) shortens that; the gateway is dead after 2.5 times the interval."""
+    assert cli.dpd_options(None) == (DPD_INTERVAL, DPD_TIMEOUT) == (10.0, 25.0)
+    assert cli.dpd_options(4) == (4, 10.0)
+    assert cli.dpd_options(0) == (0, 0.0)  # no DPD
+    from tunvpn.config.profile import load_profile
+
+    (tmp_path / "psk").write_text("x" * 32 + "\n")
+    (tmp_path / "psk").chmod(0o600)
+    path = tmp_path / "p.toml"
+    path.write_text('gateway = "192.0.2.1"\npsk_file = "psk"\ndpd_interval = "4s"\n')
+    assert load_profile(path, env={}).dpd_interval == 4
