@@ -332,6 +332,10 @@ class Identity:
             return cls(_encode_address_id(address)[0], address)
         if "=" in text:
             return cls(IdType.DER_ASN1_DN, parse_dn(text))
+        if "/" in text:
+            # no host or user name has one: a mistyped network (10.0.0.0/33) must not become
+            # a name that matches nothing (write @text for such an FQDN identity on purpose)
+            raise LocalProtocolError(f"{text!r} is not an address, network or name")
         if "@" in text:
             return cls(IdType.USER_FQDN, text)
         return cls(IdType.FQDN, text)

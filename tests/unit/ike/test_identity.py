@@ -328,3 +328,20 @@ identities = st.one_of(
 def test_identity_round_trip(ident: Identity) -> None:
     assert Identity.from_payload(ident.to_payload()) == ident
     assert Identity.parse(str(ident)) == ident
+
+
+def test_a_mistyped_network_is_refused_not_taken_for_a_name() -> None:
+    """'10.0.0.0/33' (or any bare text with a slash) used to become an FQDN identity that
+    matches nothing: in peer_id_patterns or a policy's peers it silently let nobody in."""
+    import pytest
+
+    from tunvpn.ike.certs import IdentityPattern
+    from tunvpn.ike.errors import LocalProtocolError
+
+    for text in ("10.0.0.0/33", "10.0.0/8", "vpn/example"):
+        with pytest.raises(LocalProtocolError, match="not an address, network or name"):
+            Identity.parse(text)
+        with pytest.raises(LocalProtocolError):
+            IdentityPattern.parse(text)
+    assert Identity.parse("10.0.0.0/8").id_type.name == "IPV4_ADDR_SUBNET"
+    assert Identity.parse("@odd/name").id_type.name == "FQDN"  # on purpose, with @
