@@ -48,6 +48,7 @@ charon {{
   retransmit_tries = 3
   retransmit_timeout = 2.0
   fragment_size = {fragment_size}
+  block_threshold = {block_threshold}
 {aggressive}  filelog {{
     log {{
       path = {log}
@@ -85,6 +86,9 @@ class Charon:
     mtu: int = 1400
     fragment_size: int = 1280
     """charon.fragment_size: the largest IP datagram of an IKE fragment (strongSwan's default)."""
+    block_threshold: int = 5
+    """charon.block_threshold: half-open IKE_SAs one peer address may hold (strongSwan's
+    default 5; a fragmented first message and its retries can take several)."""
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +121,7 @@ class Charon:
                 vici=self.vici_path,
                 mtu=self.mtu,
                 fragment_size=self.fragment_size,
+                block_threshold=self.block_threshold,
             )
         )
 
