@@ -49,6 +49,8 @@ charon {{
   retransmit_timeout = 2.0
   fragment_size = {fragment_size}
   block_threshold = {block_threshold}
+  receive_delay = {receive_delay}
+  receive_delay_type = {receive_delay_type}
 {aggressive}  filelog {{
     log {{
       path = {log}
@@ -88,7 +90,13 @@ class Charon:
     """charon.fragment_size: the largest IP datagram of an IKE fragment (strongSwan's default)."""
     block_threshold: int = 5
     """charon.block_threshold: half-open IKE_SAs one peer address may hold (strongSwan's
-    default 5; a fragmented first message and its retries can take several)."""
+    default 5; charon counts each queued piece of a fragmented first message as one)."""
+    receive_delay: int = 0
+    """charon.receive_delay: milliseconds charon holds each received message before its
+    workers see it (0: none). Queued pieces stay counted against ``block_threshold`` meanwhile,
+    as when its workers lag behind its receiver."""
+    receive_delay_type: int = 0
+    """charon.receive_delay_type: the exchange type delayed (0: all; 5: Main Mode)."""
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +130,8 @@ class Charon:
                 mtu=self.mtu,
                 fragment_size=self.fragment_size,
                 block_threshold=self.block_threshold,
+                receive_delay=self.receive_delay,
+                receive_delay_type=self.receive_delay_type,
             )
         )
 

@@ -897,8 +897,7 @@ class IkeEngine:
         """Queue one message of ``sa`` (``again``: a retransmission), cut into IKE fragments
         when it is larger than ``fragment_size`` allows and the peer takes them
         (:meth:`_fragmenting`)."""
-        overhead = (40 if ":" in sa.remote[0] else 20) + 8 + (4 if sa.floated else 0)
-        room = self.config.fragment_size - overhead
+        room = self._datagram_room(sa)
         if len(data) > room and self._fragmenting(sa, again):
             try:
                 pieces = fragments.split(
@@ -910,6 +909,12 @@ class IkeEngine:
                 self._out.extend((sa.wrap(piece), sa.remote, sa.local[1]) for piece in pieces)
                 return
         self._out.append((sa.wrap(data), sa.remote, sa.local[1]))
+
+    def _datagram_room(self, sa: IkeSA) -> int:
+        """The octets of one IKE message that fit a datagram of ``fragment_size`` to ``sa``'s
+        peer: IP and UDP headers off, and the non-ESP marker on the NAT-T port."""
+        overhead = (40 if ":" in sa.remote[0] else 20) + 8 + (4 if sa.floated else 0)
+        return self.config.fragment_size - overhead
 
     def _fragmenting(self, sa: IkeSA, again: bool) -> bool:
         """Whether ``sa``'s large messages go as IKE fragments: always with ``fragmentation =

@@ -44,6 +44,12 @@ LAST_FRAGMENT = 0x01
 MAX_FRAGMENTS = 32
 """Pieces of one message at most (strongSwan allows 255; 32 of the smallest useful size,
 576-octet datagrams, still carry a 16 KB message)."""
+FIRST_MESSAGE_PIECES = 4
+"""Pieces of our own first message (Main Mode message 1) at most. strongSwan counts every
+queued piece of a first message, as it counts a half-open IKE_SA, against
+``charon.block_threshold`` (5 per address by default; ``track_init`` in process_message_job.c,
+``drop_ike_sa_init`` in receiver.c) and ignores the piece over it when its workers lag behind
+its receiver: four pieces, or three and the half-open IKE_SA the first one made, stay under."""
 MAX_MESSAGE = 32768
 """Octets of a joined message at most (strongSwan's ``charon.max_packet`` is 10,000)."""
 REASSEMBLY_TIMEOUT = 10.0
@@ -245,6 +251,7 @@ class Reassembler:
 __all__ = [
     "FRAGMENTATION_VID",
     "FRAGMENTATION_VID_PHASE1",
+    "FIRST_MESSAGE_PIECES",
     "MAX_FRAGMENTS",
     "MAX_MESSAGE",
     "Fragment",

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import crypto, exchanges, natt, peerauth, rekey, transaction
+from . import crypto, exchanges, fragments, natt, peerauth, rekey, transaction
 from . import events as ev
 from .config import HYBRID_METHODS, SIGNATURE_METHODS, XAUTH_METHODS, EngineConfig, base_auth_method
 from .constants import (
@@ -176,8 +176,8 @@ def initiate(
         extra: list[Payload] = [*natt.vendor_ids(engine.config, xauth=xauth)]
         if exchange == BM:
             extra.append(VendorIDPayload(BASE_MODE_V2_VID))
-        sa.offered = _fitting_offer(engine, offer, extra)
-        sa.full_offer = offer if len(sa.offered) < len(offer) else None
+        sa.offered = _fitting_offer(engine, sa, offer, extra, _first_pieces(engine))
+        sa.later_offers = _later_offers(engine, sa, offer, extra)
         _send_first_offer(engine, sa, extra, now)
     sa.state = P1State.I_SENT_SA
     return sa.sa_id
@@ -190,14 +190,22 @@ def _send_first_offer(engine: IkeEngine, sa: IkeSA, extra: list[Payload], now: f
     _send_phase1(engine, sa, [sa_payload, *extra], now, encrypt=False)
 
 
-def _fitting_offer(engine: IkeEngine, offer: list[Phase1Suite], extra: list[Payload]) -> list[Phase1Suite]:
-    """The strongest suites of ``offer`` whose first message fits one datagram of
-    ``fragment_size`` (IP and UDP headers off): a large offer travels as IP fragments, which
-    many paths drop (issue 16). The whole offer with ``fragmentation = force`` (it is cut into
-    IKE fragments anyway); at least one suite."""
-    if engine.config.fragmentation == "force":
-        return offer
-    room = engine.config.fragment_size - 28
+def _first_pieces(engine: IkeEngine) -> int:
+    """How many datagrams our first offer may take: one (a large first message travels as IP
+    fragments, which many paths drop: issue 16), or :data:`fragments.FIRST_MESSAGE_PIECES`
+    IKE fragments with ``fragmentation = force``."""
+    return fragments.FIRST_MESSAGE_PIECES if engine.config.fragmentation == "force" else 1
+
+
+def _fitting_offer(
+    engine: IkeEngine, sa: IkeSA, offer: list[Phase1Suite], extra: list[Payload], pieces: int
+) -> list[Phase1Suite]:
+    """The strongest suites of ``offer`` whose first message (with ``extra``) takes at most
+    ``pieces`` datagrams of ``fragment_size``: one whole, or that many IKE fragments; at
+    least one suite."""
+    room = engine._datagram_room(sa)
+    if pieces > 1:
+        room = pieces * (room - HEADER_SIZE - fragments.FRAGMENT_HEADER)
     fixed = HEADER_SIZE + len(encode_payloads(extra)[1]) if extra else HEADER_SIZE
 
     def fits(count: int) -> bool:
@@ -213,6 +221,27 @@ def _fitting_offer(engine: IkeEngine, offer: list[Phase1Suite], extra: list[Payl
         else:
             high = middle
     return offer[:low]
+
+
+def _later_offers(
+    engine: IkeEngine, sa: IkeSA, offer: list[Phase1Suite], extra: list[Payload]
+) -> list[list[Phase1Suite]]:
+    """What follows a NO-PROPOSAL-CHOSEN to ``sa.offered`` when it is not all of ``offer``:
+    the whole offer again, one auth method at a time in our order of preference (a gateway
+    takes one method per connection), each method's suites strongest first in one message of
+    at most :data:`fragments.FIRST_MESSAGE_PIECES` IKE fragments, or in several such
+    messages, strongest first, when a policy with legacy suites makes it longer. An offer
+    whose suites were all in the refused one is left out."""
+    later: list[list[Phase1Suite]] = []
+    refused = set(sa.offered)
+    for method in dict.fromkeys(suite.auth for suite in offer):
+        rest = [suite for suite in offer if suite.auth == method]
+        while rest:
+            part = _fitting_offer(engine, sa, rest, extra, fragments.FIRST_MESSAGE_PIECES)
+            if not refused.issuperset(part):
+                later.append(part)
+            rest = rest[len(part) :]
+    return later
 
 
 def _am_send_first(engine: IkeEngine, sa: IkeSA, methods: list[AuthMethod] | None = None) -> None:
@@ -438,18 +467,21 @@ def _peer_refused(engine: IkeEngine, sa: IkeSA, n: NotifyPayload, now: float) ->
         sa.exchange in (MM, BM)
         and sa.state is P1State.I_SENT_SA
         and n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN
-        and sa.full_offer is not None
+        and sa.later_offers
     ):
-        # our first message carried only the strongest suites that fit one datagram: send the
-        # whole offer (strongest first, as always; IKE fragments if the path needs them), so
-        # the peer still picks from everything and a forged refusal cannot narrow the choice
+        # our first message carried only the strongest suites that fit one datagram: offer
+        # everything, one auth method at a time (strongest first, as always; IKE fragments if
+        # the path needs them). A forged refusal moves us on as a real one does, but it cannot
+        # take a suite of a method out of that method's offer (docs/proposals.md)
+        count = len(sa.offered)
+        sa.offered = sa.later_offers.pop(0)
         log.info(
-            "%s refused our %d strongest phase 1 suites; offering all %d",
+            "%s refused our %d phase 1 suites; offering the next %d (%s)",
             sa.remote[0],
+            count,
             len(sa.offered),
-            len(sa.full_offer),
+            sa.offered[0].auth.name,
         )
-        sa.offered, sa.full_offer = sa.full_offer, None
         sa.rcookie = bytes(8)
         xauth = any(suite.auth in XAUTH_METHODS for suite in sa.offered)
         extra: list[Payload] = [*natt.vendor_ids(engine.config, xauth=xauth)]

@@ -190,9 +190,11 @@ class IkeSA:
     state: P1State = P1State.I_SENT_SA
     suite: Phase1Suite | None = None
     offered: list[Phase1Suite] = field(default_factory=list)
-    full_offer: list[Phase1Suite] | None = None
-    """Initiator: the whole offer, when the first message carried only its strongest suites
-    (those that fit one datagram: issue 16); sent after a NO-PROPOSAL-CHOSEN to those."""
+    later_offers: list[list[Phase1Suite]] = field(default_factory=list)
+    """Initiator, Main and Base Mode: the offers still to send, each after a NO-PROPOSAL-CHOSEN
+    to the one before, when the first message carried only the strongest suites that fit one
+    datagram (issue 16): the whole offer one auth method at a time, each a first message of
+    at most :data:`~tunvpn.ike.fragments.FIRST_MESSAGE_PIECES` IKE fragments."""
     sa_body: bytes = b""  # SAi_b
     dh: crypto.DiffieHellman | None = None
     gxi: bytes = b""

@@ -742,6 +742,13 @@ def test_the_phase_1_offer_on_the_wire_is_strongest_first(xauth: bool) -> None:
     first = strengths(short)
     assert first == sorted(first, reverse=True) and first[0] == 256
     [sa] = engine.ike_sas()
-    assert sa.full_offer is not None
-    whole = [s.strength for s in sa.full_offer]
-    assert whole == sorted(whole, reverse=True) and whole[: len(first)] == first
+    assert sa.later_offers
+    for later in sa.later_offers:
+        strength = [s.strength for s in later]
+        assert strength == sorted(strength, reverse=True) and strength[0] == 256
+    # one auth method per later offer, XAUTH first; together they are the whole offer
+    methods = [later[0].auth for later in sa.later_offers]
+    assert all({s.auth for s in later} == {later[0].auth} for later in sa.later_offers)
+    assert methods == sorted(set(methods), key=methods.index) and len(methods) == (2 if xauth else 1)
+    whole = engine.config.phase1.enumerate(engine.config.auth_methods(xauth=xauth, responder=False))
+    assert sorted(map(repr, whole)) == sorted(repr(s) for later in sa.later_offers for s in later)
