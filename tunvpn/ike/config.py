@@ -113,6 +113,22 @@ class ChildPolicy:
     but lets the client reach only its policies' networks. Empty: ``local_ts`` itself."""
 
 
+@dataclass(frozen=True, repr=False)
+class PeerPair:
+    """A direct tunnel the gateway introduced (issue 17): the other client's phase 1 identity,
+    the identity we present to it, the pair's secret (its pre-shared key, never the group
+    key) and the phase 2 policies it may set up with us. The engine takes a phase 1 with such
+    a peer in Main Mode with that key only, and checks both identities."""
+
+    identity: Identity
+    local_id: Identity
+    secret: bytes
+    children: tuple[ChildPolicy, ...] = ()
+
+    def __repr__(self) -> str:  # the secret stays out of logs and tracebacks
+        return f"PeerPair({self.identity}, local_id={self.local_id}, secret=<redacted>)"
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything the engine needs to know; built by the shell from files and flags."""
@@ -195,7 +211,8 @@ class EngineConfig:
     responder: bool = True
     """Answer phase 1 exchanges other peers start (a gateway). A client sets False: it only
     starts its own, and a first message from anyone (a holder of the group key among them) is
-    dropped unread, before any state or Diffie-Hellman (counted)."""
+    dropped unread, before any state or Diffie-Hellman (counted), except from the endpoint of
+    a peer its gateway introduced (:meth:`IkeEngine.set_pairs`, issue 17)."""
     fragmentation: str = "yes"
     """IKE fragmentation (tunvpn.ike.fragments, issue 16): ``"yes"`` announces it (a
     responder only to a peer that did), cuts messages larger than ``fragment_size`` for a peer

@@ -23,14 +23,14 @@ import heapq
 import logging
 import os
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..ipsec.budget import Budget
 from ..ipsec.selectors import TrafficSelector
 from ..ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 from . import events as ev
 from . import exchanges, fragments, phase1, quickmode, rekey, states, transaction
-from .config import XAUTH_METHODS, ChildPolicy, EngineConfig
+from .config import XAUTH_METHODS, ChildPolicy, EngineConfig, PeerPair
 from .constants import (
     HEADER_SIZE,
     DHGroup,
@@ -89,6 +89,8 @@ class IkeEngine:
         self._half_open_by_source: dict[str, dict[bytes, None]] = {}
         """Source address -> our cookies of its half-open phase 1 SAs, oldest first."""
         self._out: list[Datagram] = []
+        self._pairs: dict[Address, PeerPair] = {}
+        """Introduced peers by announced endpoint (:meth:`set_pairs`)."""
         self._fragments = fragments.Reassembler()
         """Pieces of IKE-fragmented messages waiting for the rest (issue 16)."""
         self._events: deque[ev.Event] = deque()
@@ -451,11 +453,32 @@ class IkeEngine:
         local_id: Identity | None = None,
         xauth: bool = False,
         groups: list[DHGroup] | None = None,
+        pair: PeerPair | None = None,
     ) -> bytes:
-        """Start phase 1 towards ``remote``; returns the SA id. ``xauth`` offers XAUTH methods."""
+        """Start phase 1 towards ``remote``; returns the SA id. ``xauth`` offers XAUTH methods.
+        ``pair``: a peer the gateway introduced (issue 17): Main Mode on the NAT-T port with
+        the pair's key, our identity for it, and its identity checked."""
         return phase1.initiate(
-            self, remote, local, now, mode=mode, local_id=local_id, xauth=xauth, groups=groups
+            self, remote, local, now, mode=mode, local_id=local_id, xauth=xauth, groups=groups, pair=pair
         )
+
+    # ------------------------------------------------------------------ commands: introduced peers
+
+    def set_pairs(self, pairs: Mapping[Address, PeerPair]) -> None:
+        """The peers the gateway introduced, by the endpoint it announced for each (issue 17):
+        the whole set, replacing the last one. A client (``responder`` off) answers first
+        messages from these endpoints only; SAs with a peer no longer listed are left to the
+        shell to delete."""
+        self._pairs = dict(pairs)
+
+    def pairs(self) -> dict[Address, PeerPair]:
+        return dict(self._pairs)
+
+    def punch(self, remote: Address, local_port: int) -> None:
+        """Send a NAT-keepalive (RFC 3948 section 4) to ``remote`` from our ``local_port``: a
+        peer about to start a phase 1 with us gets through our NAT (which lets in answers to
+        what we sent) when we wrote to it first (issue 17)."""
+        self._out.append((NAT_KEEPALIVE, remote, local_port))
 
     # ------------------------------------------------------------------ commands: XAUTH, Mode Config
 
@@ -594,14 +617,20 @@ class IkeEngine:
             raise RemoteProtocolError(
                 "message for an unknown ISAKMP SA", NotifyType.INVALID_COOKIE, "header.cookies", 0
             )
+        pair = None
         if not self.config.responder:
-            # a client starts its own phase 1 exchanges and answers nobody's (issue 17 will
-            # let in the peers its gateway introduced)
-            self._bad_input("first message to a peer that answers none")
-            return
+            # a client starts its own phase 1 exchanges and answers only the peers its gateway
+            # introduced, at the endpoint the gateway announced (issue 17), in Main Mode
+            pair = self._pairs.get(remote)
+            if pair is None:
+                self._bad_input("first message to a peer that answers none")
+                return
+            if header.exchange != ExchangeType.IDENTITY_PROTECTION:
+                self._bad_input("first message of an introduced peer not in Main Mode")
+                return
         if not self._admit_half_open(remote):
             return
-        phase1.start_responder(self, header, data, remote, local, now)
+        phase1.start_responder(self, header, data, remote, local, now, pair=pair)
 
     # ------------------------------------------------------------------ half-open phase 1 SAs
 

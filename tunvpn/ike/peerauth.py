@@ -94,7 +94,9 @@ def verify_auth(
                 else "HASH_R does not verify: wrong pre-shared key",
                 field="HASH",
             )
-        if sa.role is Role.INITIATOR:
+        if sa.pair is not None:
+            check_pair_id(sa)
+        elif sa.role is Role.INITIATOR:
             check_remote_id(config, sa, None)
         return
     cert_payloads = [p.payload for p in _find(payloads, CertPayload)]
@@ -130,6 +132,18 @@ def verify_auth(
     certs.verify(leaf.public_key(), method, expected, sig.data)
     if sa.role is Role.INITIATOR:
         check_remote_id(config, sa, leaf)
+
+
+def check_pair_id(sa: IkeSA) -> None:
+    """A direct tunnel (issue 17): the peer proved the pair's key; it must also present the
+    identity the gateway introduced (the key alone names the pair, not the side)."""
+    assert sa.pair is not None
+    if sa.peer_id != sa.pair.identity:
+        raise AuthenticationError(
+            f"the introduced peer identifies as {sa.peer_id}, not {sa.pair.identity}",
+            NotifyType.INVALID_ID_INFORMATION,
+            "ID",
+        )
 
 
 def check_remote_id(config: EngineConfig, sa: IkeSA, leaf: x509.Certificate | None) -> None:

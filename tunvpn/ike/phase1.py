@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING
 
 from . import crypto, exchanges, fragments, natt, peerauth, rekey, transaction
 from . import events as ev
-from .config import HYBRID_METHODS, SIGNATURE_METHODS, XAUTH_METHODS, EngineConfig, base_auth_method
+from .config import (
+    HYBRID_METHODS,
+    SIGNATURE_METHODS,
+    XAUTH_METHODS,
+    EngineConfig,
+    PeerPair,
+    base_auth_method,
+)
 from .constants import (
     HEADER_SIZE,
     AuthMethod,
@@ -146,10 +153,12 @@ def initiate(
     icookie: bytes | None = None,
     rekey_of: bytes | None = None,
     floated: bool = False,
+    pair: PeerPair | None = None,
 ) -> bytes:
     """Start phase 1 towards ``remote``; returns the SA id. ``xauth`` offers XAUTH methods.
     A rekey (rekey.start) gives its announced ``icookie``, the old SA's id as ``rekey_of``
-    and starts on the NAT-T port (``floated``) if the old SA had moved there."""
+    and starts on the NAT-T port (``floated``) if the old SA had moved there. ``pair``: an
+    introduced peer (issue 17): Main Mode with the pair's key only, on the NAT-T port."""
     exchange = MODES.get(mode)
     if exchange is None:
         raise ValueError(f"unknown phase 1 mode {mode!r} (main, aggressive or base)")
@@ -159,6 +168,12 @@ def initiate(
     sa.floated = floated
     sa.local_id = local_id or peerauth.default_local_id(engine.config, local)
     methods = engine.config.auth_methods(xauth=xauth, responder=False)
+    if pair is not None:
+        if exchange != MM:
+            raise ValueError("a direct tunnel to an introduced peer runs in Main Mode")
+        sa.pair, sa.local_id, sa.floated = pair, pair.local_id, True
+        sa.child_policies = pair.children
+        methods = [AuthMethod.PRE_SHARED_KEY]
     if engine.config.hybrid and exchange == BM:
         raise ValueError("hybrid authentication runs in main or aggressive mode, not base")
     if not methods and engine.config.hybrid:
@@ -279,7 +294,14 @@ _AGGRESSIVE_OFF = (
 
 
 def start_responder(
-    engine: IkeEngine, header: Header, data: bytes, remote: Address, local: Address, now: float
+    engine: IkeEngine,
+    header: Header,
+    data: bytes,
+    remote: Address,
+    local: Address,
+    now: float,
+    *,
+    pair: PeerPair | None = None,
 ) -> None:
     config = engine.config
     if header.exchange == AM and not (config.allow_aggressive_psk or config.allow_aggressive_signatures):
@@ -302,6 +324,8 @@ def start_responder(
     rcookie = new_responder_cookie(engine, header.icookie, remote, now)
     sa = IkeSA(Role.RESPONDER, header.exchange, header.icookie, rcookie, local, remote, now)
     sa.last_heard = now
+    if pair is not None:
+        sa.pair, sa.local_id, sa.child_policies = pair, pair.local_id, pair.children
     if local[1] != engine.ike_port:
         sa.floated = True
     payloads = sa.open(header, data)
@@ -560,7 +584,9 @@ def _mm_r_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     sa.gxr = sa.dh.public
     sa.nr = engine._random(NONCE_SIZE)
     natt.check_natd(engine.config, sa, payloads)
-    if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
+    if sa.pair is not None:
+        sa.psk = sa.pair.secret  # chosen by the endpoint the gateway announced
+    elif base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
         # by address: the ID comes encrypted in message 5 (RFC 2409 section 5.4)
         sa.psk = _responder_psk(engine, None, sa.remote[0])
     _derive_keys(sa)
@@ -584,7 +610,9 @@ def _mm_i_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     sa.gxr = _peer_ke(sa, payloads)
     sa.nr = _peer_nonce(payloads)
     natt.check_natd(engine.config, sa, payloads)
-    if base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
+    if sa.pair is not None:
+        sa.psk = sa.pair.secret
+    elif base_auth_method(sa.suite.auth) not in SIGNATURE_METHODS:
         sa.psk = engine.config.psks.lookup(None, sa.remote[0])
         if sa.psk is None:
             raise AuthenticationError(f"no pre-shared key for {sa.remote[0]}")
@@ -602,7 +630,9 @@ def _mm_i_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
 def _mm_r_got_auth(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: float) -> None:
     _take_peer_id(sa, payloads)
     peerauth.verify_auth(engine.config, sa, payloads, initiator=True, now=now)
-    sa.local_id = peerauth.default_local_id(engine.config, sa.local)
+    sa.local_id = (
+        sa.pair.local_id if sa.pair is not None else peerauth.default_local_id(engine.config, sa.local)
+    )
     id_payload = sa.local_id.to_payload()
     sa.local_id_body = encode_payload(id_payload, 0)[4:]
     out: list[Payload] = [id_payload, *peerauth.auth_payloads(engine.config, sa, initiator=False)]
@@ -636,7 +666,9 @@ def _am_r_got_sa(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     sa.nr = engine._random(NONCE_SIZE)
     _lookup_psk(engine, sa)
     _derive_keys(sa)
-    sa.local_id = peerauth.default_local_id(engine.config, sa.local)
+    sa.local_id = (
+        sa.pair.local_id if sa.pair is not None else peerauth.default_local_id(engine.config, sa.local)
+    )
     id_payload = sa.local_id.to_payload()
     sa.local_id_body = encode_payload(id_payload, 0)[4:]
     out: list[Payload] = [_chosen_sa(sa_raw, sa), KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload]
@@ -813,7 +845,9 @@ def _bm_r_got_ke(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now: 
     sa.nr = engine._random(NONCE_SIZE)
     _lookup_psk(engine, sa)  # by identity; a decoy for an unknown one (nothing here shows it)
     _derive_keys(sa)
-    sa.local_id = peerauth.default_local_id(engine.config, sa.local)
+    sa.local_id = (
+        sa.pair.local_id if sa.pair is not None else peerauth.default_local_id(engine.config, sa.local)
+    )
     id_payload = sa.local_id.to_payload()
     sa.local_id_body = encode_payload(id_payload, 0)[4:]
     _send_responder_ke(engine, sa, [KEPayload(sa.gxr), NoncePayload(sa.nr), id_payload], now)
@@ -852,6 +886,9 @@ def _bm_i_got_auth(engine: IkeEngine, sa: IkeSA, payloads: list[RawPayload], now
 def _lookup_psk(engine: IkeEngine, sa: IkeSA) -> None:
     assert sa.suite is not None
     if base_auth_method(sa.suite.auth) in SIGNATURE_METHODS:
+        return
+    if sa.pair is not None:
+        sa.psk = sa.pair.secret
         return
     if sa.role is Role.RESPONDER:
         sa.psk = _responder_psk(engine, sa.peer_id, sa.remote[0])
@@ -1081,6 +1118,8 @@ def _choose_suite(config: EngineConfig, sa: IkeSA, sa_raw: RawPayload, ke_length
     sa.sa_body = sa_raw.body
     xauth = config.xauth_available or config.require_xauth
     methods = set(config.auth_methods(xauth=xauth, responder=True))
+    if sa.pair is not None:
+        methods = {AuthMethod.PRE_SHARED_KEY}  # the pair's key, no XAUTH between peers
     if sa.exchange == BM:
         methods -= HYBRID_METHODS  # hybrid is specified for Main and Aggressive Mode only
     if sa.exchange == AM:

@@ -113,6 +113,7 @@ def start(engine: IkeEngine, old: IkeSA, now: float) -> bytes:
         icookie=cookie,
         rekey_of=old.sa_id,
         floated=old.floated,
+        pair=old.pair,
     )
     old.rekeying = cookie
     log.info("rekeying phase 1 with %s before it expires", old.remote[0])

@@ -34,7 +34,7 @@ from .proposals import ChildProposal, Phase1Suite
 from .retransmit import Retransmission
 
 if TYPE_CHECKING:
-    from .config import ChildPolicy
+    from .config import ChildPolicy, PeerPair
 
 Address = tuple[str, int]
 
@@ -190,6 +190,8 @@ class IkeSA:
     state: P1State = P1State.I_SENT_SA
     suite: Phase1Suite | None = None
     offered: list[Phase1Suite] = field(default_factory=list)
+    pair: PeerPair | None = None
+    """A direct tunnel to a peer the gateway introduced (issue 17): its key and identities."""
     later_offers: list[list[Phase1Suite]] = field(default_factory=list)
     """Initiator, Main and Base Mode: the offers still to send, each after a NO-PROPOSAL-CHOSEN
     to the one before, when the first message carried only the strongest suites that fit one
