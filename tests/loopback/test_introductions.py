@@ -95,9 +95,69 @@ def test_peers_are_introduced_at_login_and_told_when_a_peer_comes_and_goes() -> 
     assert bob_seen_by_alice.endpoint[0] == "127.0.0.3" and alice_seen_by_bob.endpoint[0] == "127.0.0.2"
     assert b"tunvpn-peer:alice@" in bytes(alice_seen_by_bob.identity.value)  # type: ignore[arg-type]
     [status] = seen["alice status"]  # type: ignore[misc]
-    assert status["name"] == "bob" and status["path"] == "introduced"
+    assert status["name"] == "bob" and status["path"] in ("introduced", "connecting", "phase 1 up", "direct")
     assert seen["carol"] == () and seen["alice with carol"] == seen["alice"]
     assert seen["alice after bob"] == () and seen["pairs left"] == 0
+
+
+def test_introduced_clients_build_a_direct_tunnel_and_lose_it_when_one_leaves() -> None:
+    """What an introduction is for: alice (the lower inner address, so she starts) and bob build
+    a Main Mode phase 1 with the pair's secret and the pair's Quick Mode between their inner
+    addresses, endpoint to endpoint, without the gateway; when bob leaves, alice's direct SAs
+    go at once."""
+    ike, natt = free_port_pair()
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        options = dataclasses.replace(
+            gateway_options(ike, natt, (SimpleRule(INTRANET),), peering=(ENG,)),
+            users=UserTable({"alice": b"a-pass", "bob": b"b-pass"}),
+            groups={"eng": frozenset({"alice", "bob"})},
+        )
+        gateway, server = await serve(options)
+        clients = []
+        try:
+            # on the NAT-T port with the gateway, as every client with a data path is: the
+            # gateway announces that endpoint, where direct tunnels start
+            alice_options = dataclasses.replace(
+                client_options(ike, natt, "alice", "a-pass"), force_encap=True
+            )
+            alice, task = await _connect(alice_options, "127.0.0.2")
+            clients.append((alice, task))
+            bob_options = dataclasses.replace(client_options(ike, natt, "bob", "b-pass"), force_encap=True)
+            bob, task = await _connect(bob_options, "127.0.0.3")
+            clients.append((bob, task))
+
+            def direct(client: Client) -> bool:
+                return any(link.state == "direct" for link in client.links.links.values())
+
+            await wait_until(lambda: direct(alice) and direct(bob), 15)
+            [a_link] = alice.links.links.values()
+            [b_link] = bob.links.links.values()
+            seen["alice child"], seen["bob child"] = a_link.child, b_link.child
+            seen["gateway sas"] = {sa.remote[0] for sa in gateway.engine.ike_sas()}
+            seen["alice status"] = alice.status()["tunnels"][0]["peers"]  # type: ignore[index]
+            seen["alice sas"] = len(alice.engine.ike_sas())
+            bob.stop("bob leaves")
+            await wait_until(lambda: not alice.links.links, 10)
+            await asyncio.sleep(0.3)
+            seen["alice sas after"] = [sa.remote for sa in alice.engine.ike_sas() if not sa.dead]
+        finally:
+            for client, task in clients:
+                client.stop("test over")
+                await asyncio.wait_for(task, 10)
+            await stop(gateway, server)
+
+    asyncio.run(scenario())
+    mine, theirs = seen["alice child"], seen["bob child"]
+    assert mine is not None and theirs is not None
+    assert mine.spi_out == theirs.spi_in and mine.spi_in == theirs.spi_out  # type: ignore[attr-defined]
+    assert mine.remote == ("127.0.0.3", natt) and theirs.remote == ("127.0.0.2", natt)  # type: ignore[attr-defined]
+    assert str(mine.local_ts) == f"{mine.local_ts}" and str(mine.remote_ts).endswith("/32")  # type: ignore[attr-defined]
+    [status] = seen["alice status"]  # type: ignore[misc]
+    assert status["path"] == "direct" and status["remote"] == f"127.0.0.3:{natt}"
+    assert seen["alice sas"] == 2  # the gateway and bob
+    assert seen["alice sas after"] == [("127.0.0.1", natt)], seen["alice sas after"]
 
 
 def test_a_client_answers_nobody_who_starts_a_phase_1_with_it() -> None:

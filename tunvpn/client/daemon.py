@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from cryptography import x509
 
-from tunvpn.client import p1rekey
+from tunvpn.client import p1rekey, peerlinks
+from tunvpn.client.peerlinks import PeerLinks, pair_policy
 from tunvpn.client.reconnect import NO_ANSWER_AFTER, GatewayResolver, round_delay
 from tunvpn.client.roaming import AddressWatcher, RoutePath, route_path
 from tunvpn.config.hosts import check_gateway, is_address
@@ -361,6 +362,14 @@ class Client:
         self._protocol_status: dict[str, dict[str, str]] = {}
         """Protocol name -> its state and last progress line, for ``tunvpn status``."""
         self.engine = IkeEngine(build_engine_config(options), ike_port=options.ike_port)
+        self.links = PeerLinks(
+            self.engine,
+            (self.local_ip, options.natt_port),
+            self.progress.report,
+            on_child=self._peer_child_up,
+            on_child_deleted=self._peer_child_gone,
+        )
+        """Direct tunnels to the introduced peers (tunvpn.client.peerlinks, issue 17)."""
         self.sa_id: bytes | None = None
         self.mode_config: ModeConfig | None = None
         self.pending: dict[str, TrafficSelector] = {}
@@ -457,6 +466,7 @@ class Client:
 
     def close(self, reason: str = "closed") -> None:
         """Delete our SAs (the peer is told); the driver must flush afterwards."""
+        self.links.close(self.clock())
         if self.sa_id is None:
             return
         try:
@@ -501,6 +511,7 @@ class Client:
         if self._rekeying is not None and event.sa_id[:8] == self._rekeying:
             return p1rekey.new_sa_event(self, event)  # the new ISAKMP SA of a phase 1 rekey
         if not self._ours(event):
+            self.links.handle(event, self.clock())  # a direct tunnel's, or nobody's
             return None
         if isinstance(event, (ev.Phase1RekeyStarted, ev.Phase1Rekeyed)):
             p1rekey.rekey_event(self, event)  # from now on, maybe, we follow another SA
@@ -535,6 +546,8 @@ class Client:
                 self.tunnel.set_address(str(event.config.address))
             self._mode_config_received(event)
             self._apply_dns()
+            if self.mode_config is not None:
+                self.links.sync(self.peers, self.mode_config.address, self.clock())
         elif isinstance(event, ev.ChildSAEstablished):
             self.child_started[event.spi_in] = self.clock()
             if self.tunnel is not None:
@@ -827,7 +840,7 @@ class Client:
                     "address": str(p.address),
                     "endpoint": f"{p.endpoint[0]}:{p.endpoint[1]}",
                     "role": p.role.name.lower(),
-                    "path": "introduced",
+                    **self.links.status(str(p.address)),
                 }
                 for p in self.peers.peers
             ],
@@ -1182,6 +1195,9 @@ class Client:
         for policy in (*(self.policies or ()), *self._protocol_policies()):
             if policy.name == name:
                 return policy.initiator_proposal()
+        for link in self.links.links.values():
+            if link.name == name and self.links.own is not None:
+                return pair_policy(link.intro, self.links.own).proposal
         return child_proposal(self.options, self._fallback_pfs(name))
 
     def _fallback_pfs(self, name: str) -> DHGroup | None:
@@ -1369,6 +1385,7 @@ class Client:
             path = await asyncio.to_thread(route_path, self.gateway_ip)
             self._route_path = (self.gateway_ip, path) if path is not None else None
         crls = loop.create_task(keep_crls_fresh(lambda: self.engine.config), name="CRL distribution points")
+        links = loop.create_task(self._tick_links(driver), name="direct tunnels")
         watchdog = sdnotify.start_watchdog(loop, self.tunnel.dataplane if self.tunnel is not None else None)
 
         async def stop(signame: str) -> None:
@@ -1419,6 +1436,7 @@ class Client:
                 await done.wait()
         finally:
             crls.cancel()
+            links.cancel()
             if watchdog is not None:
                 watchdog.cancel()
             if watcher is not None:
@@ -1445,6 +1463,25 @@ class Client:
             if self.tunnel is not None:
                 self.tunnel.close()
         return self._result_after_run()
+
+    async def _tick_links(self, driver: UdpDriver) -> None:
+        """The direct tunnels' timer (tunvpn.client.peerlinks): keepalives toward a peer that
+        will start, our own start, retries."""
+        while True:
+            await asyncio.sleep(peerlinks.TICK)
+            self.links.tick(self.clock())
+            driver.flush()
+
+    def _peer_child_up(self, event: ev.ChildSAEstablished) -> None:
+        """An SA pair with an introduced peer: into the data path, its address into the TUN."""
+        self.child_started[event.spi_in] = self.clock()
+        if self.tunnel is not None:
+            self.tunnel.child_established(event)
+
+    def _peer_child_gone(self, event: ev.ChildSADeleted) -> None:
+        self.child_started.pop(event.spi_in, None)
+        if self.tunnel is not None:
+            self.tunnel.child_deleted(event)
 
     def _result_after_run(self) -> int:
         assert self.result is not None
@@ -1713,6 +1750,7 @@ class Client:
                 self._route_path = before
                 return
             self.local_ip = new
+            self.links.local = (new, self.options.natt_port)
         sa_id = self.sa_id
         probe = sa_id is not None and bool(self.established) and self._sa_alive(sa_id)
         what = f"our address changed from {old} to {new}" if new != old else f"another way out from {new}"

@@ -85,6 +85,7 @@ def introductions(
                 esp=rule.esp,
                 pfs_group=rule.pfs,
                 lifetime_seconds=rule.lifetime,
+                local_id=peer_identity(member),
             )
         )
     found.sort(key=lambda peer: peer.address)

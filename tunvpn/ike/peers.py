@@ -27,6 +27,8 @@ CFG_PEER_ESP_KEY_LENGTH   20502   TV, omitted for fixed-length ciphers
 CFG_PEER_ESP_AUTH         20503   TV, omitted for AEAD transforms
 CFG_PEER_PFS_GROUP        20504   TV, omitted: no PFS
 CFG_PEER_LIFE_SECONDS     20505   4 octets
+CFG_PEER_LOCAL_ID         20506   as CFG_PEER_ID: the phase 1 identity this client presents
+                                  to this peer (the one the peer was told to expect)
 ========================  ======  =====================================================
 
 Values that would be zero are omitted, as in the policy sets. Unknown attributes of our range
@@ -73,6 +75,7 @@ class PeerAttr(IntEnum):
     PEER_ESP_AUTH = 20503
     PEER_PFS_GROUP = 20504
     PEER_LIFE_SECONDS = 20505
+    PEER_LOCAL_ID = 20506
 
 
 PEER_ATTRS = frozenset(int(a) for a in PeerAttr)
@@ -103,6 +106,8 @@ class Introduction:
     pfs_group: DHGroup | None = DHGroup.ECP_256
     lifetime_seconds: int = 3600
     lan_endpoint: Endpoint | None = None
+    local_id: Identity | None = None
+    """The identity this client presents to the peer (the one the peer expects)."""
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name.encode()) > MAX_NAME:
@@ -173,6 +178,9 @@ def encode_peers(peers: PeerList) -> tuple[DataAttribute, ...]:
         out.append(DataAttribute(PeerAttr.PEER_BEGIN, number))
         out.append(DataAttribute(PeerAttr.PEER_NAME, peer.name.encode()))
         out.append(DataAttribute(PeerAttr.PEER_ID, bytes([identity.id_type]) + identity.data))
+        if peer.local_id is not None:
+            own = peer.local_id.to_payload()
+            out.append(DataAttribute(PeerAttr.PEER_LOCAL_ID, bytes([own.id_type]) + own.data))
         out.append(DataAttribute(PeerAttr.PEER_ADDRESS, peer.address.packed))
         out.append(DataAttribute(PeerAttr.PEER_ENDPOINT, _encode_endpoint(peer.endpoint)))
         if peer.lan_endpoint is not None and peer.lan_endpoint != peer.endpoint:
@@ -207,6 +215,15 @@ def _octets(a: DataAttribute) -> bytes:
     return a.value
 
 
+def _identity(attr: PeerAttr, raw: bytes) -> Identity:
+    if len(raw) < 2:
+        raise _bad(attr, "no identity")
+    try:
+        return Identity.from_payload(IDPayload(raw[0], raw[1:]))
+    except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
+        raise _bad(attr, str(exc)) from None
+
+
 def _peer_from(number: int, values: dict[int, DataAttribute]) -> Introduction:
     def need(attr: PeerAttr) -> DataAttribute:
         if attr not in values:
@@ -217,13 +234,10 @@ def _peer_from(number: int, values: dict[int, DataAttribute]) -> Introduction:
         name = _octets(need(PeerAttr.PEER_NAME)).decode()
     except UnicodeDecodeError:
         raise _bad(PeerAttr.PEER_NAME, "not UTF-8") from None
-    raw_id = _octets(need(PeerAttr.PEER_ID))
-    if len(raw_id) < 2:
-        raise _bad(PeerAttr.PEER_ID, "no identity")
-    try:
-        identity = Identity.from_payload(IDPayload(raw_id[0], raw_id[1:]))
-    except (RemoteProtocolError, LocalProtocolError, ValueError) as exc:
-        raise _bad(PeerAttr.PEER_ID, str(exc)) from None
+    identity = _identity(PeerAttr.PEER_ID, _octets(need(PeerAttr.PEER_ID)))
+    local_id = None
+    if PeerAttr.PEER_LOCAL_ID in values:
+        local_id = _identity(PeerAttr.PEER_LOCAL_ID, _octets(values[PeerAttr.PEER_LOCAL_ID]))
     raw_address = _octets(need(PeerAttr.PEER_ADDRESS))
     if len(raw_address) not in (4, 16):
         raise _bad(PeerAttr.PEER_ADDRESS, f"{len(raw_address)} octets")
@@ -256,6 +270,7 @@ def _peer_from(number: int, values: dict[int, DataAttribute]) -> Introduction:
             pfs,
             seconds,
             lan,
+            local_id,
         )
     except ValueError as exc:
         raise _bad(PeerAttr.PEER_BEGIN, f"peer {number}: {exc}") from None

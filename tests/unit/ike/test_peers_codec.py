@@ -41,6 +41,7 @@ def test_an_introduction_goes_through_the_wire_and_back() -> None:
         esp=DEFAULT_ESP[-1],
         pfs_group=None,
         lifetime_seconds=7200,
+        local_id=Identity.parse("keyid:tunvpn-peer:alice@10.79.0.10"),
     )
     peers = PeerList((bob(), carol))
     attrs = encode_peers(peers)
