@@ -366,6 +366,7 @@ class Client:
             self.engine,
             (self.local_ip, options.natt_port),
             self.progress.report,
+            punch=self._punch,
             on_child=self._peer_child_up,
             on_child_deleted=self._peer_child_gone,
         )
@@ -1471,6 +1472,10 @@ class Client:
             await asyncio.sleep(peerlinks.TICK)
             self.links.tick(self.clock())
             driver.flush()
+
+    def _punch(self, remote: tuple[str, int], ttl: int) -> None:
+        if self.driver is not None:
+            self.driver.punch(remote, ttl)
 
     def _peer_child_up(self, event: ev.ChildSAEstablished) -> None:
         """An SA pair with an introduced peer: into the data path, its address into the TUN."""

@@ -6,8 +6,11 @@ direct tunnels on the client's own IKE engine and NAT-T socket:
 
 * the engine learns the pairs (:meth:`IkeEngine.set_pairs`), so it answers a Main Mode first
   message from an announced endpoint, and only from one;
-* the side that answers sends NAT-keepalives to the other's endpoint until the phase 1 is up
-  (its NAT then lets the other side's messages in: the simultaneous sending of NAT traversal);
+* the side that answers sends NAT-keepalives to the other's endpoint until the phase 1 is up,
+  with a small IP TTL (:data:`PUNCH_TTL`): they open its own NAT toward the other side (which
+  then lets that side's messages in) and die before they reach the other side's NAT. One that
+  arrived there first would make that NAT (Linux conntrack does) map the other side's own
+  first message to another port, which our NAT would not let in;
 * the side that starts waits :data:`START_AFTER` (the other side's first keepalive is on its
   way) and starts Main Mode on the NAT-T port with the pair's key, then the pair's Quick Mode
   (its address to the peer's), and starts again after a failure, later each time;
@@ -45,6 +48,13 @@ TICK = 0.5
 START_AFTER = 0.5
 """Seconds the starting side waits after an introduction before its first message, so the
 answering side's first NAT-keepalive has opened its NAT (both got the introduction at once)."""
+PUNCH_TTL = 2
+"""IP TTL of the answering side's NAT-keepalives: through the first router (our NAT, for a
+home network) and dropped at the next. It grows by one every :data:`PUNCH_TTL_STEP`
+keepalives up to :data:`PUNCH_TTL_MAX` (a NAT two or three routers away: carrier-grade NAT),
+then the normal TTL (64) after :data:`PUNCH_SLOWLY_AFTER`."""
+PUNCH_TTL_STEP = 3
+PUNCH_TTL_MAX = 4
 PUNCH_EVERY = 1.0
 """Seconds between the answering side's NAT-keepalives while no phase 1 is up."""
 PUNCH_SLOWLY_AFTER = 30.0
@@ -78,6 +88,8 @@ class Link:
     """Initiator: when to start (again); responder: when to send the next keepalive."""
     failures: int = 0
     last_error: str = ""
+    punches: int = 0
+    """NAT-keepalives the answering side sent since the link went down (their TTL grows)."""
     children: set[int] = field(default_factory=set)
     """Inbound SPIs of the SA pairs up with the peer."""
 
@@ -121,6 +133,8 @@ class PeerLinks:
     :param local: our address and NAT-T port (direct tunnels start there: the gateway saw that
         socket's mapping through our NAT and announced it).
     :param report: the client's progress reporter (``report(step, text, **fields)``).
+    :param punch: sends a NAT-keepalive from our NAT-T socket to an endpoint with an IP TTL
+        (:meth:`tunvpn.shell.udp.UdpDriver.punch`).
     :param on_child: an SA pair with a peer is up (the client installs it in the data path).
     :param on_child_deleted: one is gone.
     """
@@ -131,12 +145,14 @@ class PeerLinks:
         local: Address,
         report: Report,
         *,
+        punch: Callable[[Address, int], None] | None = None,
         on_child: Callable[[ev.ChildSAEstablished], None] | None = None,
         on_child_deleted: Callable[[ev.ChildSADeleted], None] | None = None,
     ) -> None:
         self.engine = engine
         self.local = local
         self.report = report
+        self.punch = punch
         self.on_child = on_child
         self.on_child_deleted = on_child_deleted
         self.links: dict[str, Link] = {}
@@ -213,8 +229,11 @@ class PeerLinks:
             if link.state in (LinkState.PHASE1, LinkState.DIRECT) or now < link.next_at:
                 continue
             if link.intro.role is Role.RESPONDER:
-                self.engine.punch(link.intro.endpoint, self.local[1])
                 slow = now - link.since > PUNCH_SLOWLY_AFTER
+                if self.punch is not None:
+                    ttl = 64 if slow else min(PUNCH_TTL + link.punches // PUNCH_TTL_STEP, PUNCH_TTL_MAX)
+                    self.punch(link.intro.endpoint, ttl)
+                link.punches += 1
                 link.next_at = now + (PUNCH_SLOWLY_EVERY if slow else PUNCH_EVERY)
             elif link.sa_id is None:
                 self._start(link, now)
@@ -306,6 +325,7 @@ class PeerLinks:
         link.sa_id, link.child = None, None
         link.state, link.last_error = LinkState.CONNECTING, str(reason)
         link.failures += 1
+        link.punches, link.since = 0, now
         delay = min(RETRY_FIRST * 2 ** (link.failures - 1), RETRY_MAX)
         link.next_at = now + (delay if link.intro.role is Role.INITIATOR else 0.0)
         self.report(

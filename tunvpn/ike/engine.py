@@ -474,12 +474,6 @@ class IkeEngine:
     def pairs(self) -> dict[Address, PeerPair]:
         return dict(self._pairs)
 
-    def punch(self, remote: Address, local_port: int) -> None:
-        """Send a NAT-keepalive (RFC 3948 section 4) to ``remote`` from our ``local_port``: a
-        peer about to start a phase 1 with us gets through our NAT (which lets in answers to
-        what we sent) when we wrote to it first (issue 17)."""
-        self._out.append((NAT_KEEPALIVE, remote, local_port))
-
     # ------------------------------------------------------------------ commands: XAUTH, Mode Config
 
     def xauth_request(

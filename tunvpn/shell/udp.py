@@ -40,13 +40,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from tunvpn.dataplane.udp_linux import send_with_ttl
 from tunvpn.ike import events as ev
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.firstlook import ALL_DROPS, Verdict, first_look
 from tunvpn.ike.proposals import EspSuite
 from tunvpn.ipsec.algorithms import AuthAlgorithm, EspTransform
 from tunvpn.ipsec.budget import Budget
-from tunvpn.ipsec.udpencap import NON_ESP_MARKER, DatagramKind, classify_datagram
+from tunvpn.ipsec.udpencap import NAT_KEEPALIVE, NON_ESP_MARKER, DatagramKind, classify_datagram
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class NattOwner(Protocol):
     def attach(self, sock: socket.socket, deliver_ike: Callable[[bytes, Address], None]) -> None: ...
 
     def send_ike(self, data: bytes, remote: Address) -> None: ...
+
+    def send_with_ttl(self, data: bytes, remote: Address, ttl: int) -> bool: ...
 
     def replace_socket(self, sock: socket.socket) -> None: ...
 
@@ -517,6 +520,34 @@ class UdpDriver:
             self._endpoints[port] = _Endpoint(self, port, sock, self._loop)
         log.info("moved the IKE and NAT-T sockets from %s to %s", self.local_ip, local_ip)
         self.local_ip = local_ip
+
+    def punch(self, remote: Address, ttl: int) -> None:
+        """A NAT-keepalive (RFC 3948 section 4) from the NAT-T socket to ``remote`` with IP TTL
+        ``ttl`` (issue 17): it opens our own NAT toward a peer about to start a phase 1 with
+        us, and dies a hop or two later, before it reaches the peer's NAT (an unsolicited
+        packet there would make that NAT map the peer's own first message to another port:
+        Linux conntrack does). Where no per-packet TTL can be set, it goes with the normal one."""
+        if self._closed:
+            return
+        try:
+            if self.natt_owner is not None:
+                sent = self.natt_owner.send_with_ttl(NAT_KEEPALIVE, remote, ttl)
+            else:
+                endpoint = self._endpoints.get(self.natt_port)
+                if endpoint is None:
+                    return
+                sent = send_with_ttl(endpoint.sock, NAT_KEEPALIVE, remote, ttl)
+            if not sent:
+                if not self.counters["punch without ttl"]:
+                    log.info("no per-packet TTL here: NAT-keepalives toward peers go with the normal TTL")
+                self.counters["punch without ttl"] += 1
+                if self.natt_owner is not None:
+                    self.natt_owner.send_ike(NAT_KEEPALIVE, remote)
+                else:
+                    self._endpoints[self.natt_port].sendto(NAT_KEEPALIVE, remote)
+        except OSError as exc:
+            self.counters[f"socket error {type(exc).__name__}"] += 1
+            log.debug("NAT-keepalive to %s:%d: %s", remote[0], remote[1], exc)
 
     def close(self) -> None:
         """Close the sockets and the timer (the engine's SAs are left as they are)."""

@@ -126,9 +126,3 @@ def test_a_pair_runs_in_main_mode_only(mode: str) -> None:
 def test_the_pair_secret_never_shows() -> None:
     for_alice, _ = _pairs()
     assert SECRET.hex() not in repr(for_alice) and repr(SECRET) not in repr(for_alice)
-
-
-def test_a_punch_is_a_nat_keepalive_from_the_nat_t_port() -> None:
-    engine = IkeEngine(client_config(responder=False))
-    engine.punch((BOB_IP, 4500), 4500)
-    assert engine.datagrams_to_send() == [(b"\xff", (BOB_IP, 4500), 4500)]

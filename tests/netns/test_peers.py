@@ -1,0 +1,231 @@
+"""Issue 17 end to end: the gateway introduces two clients behind two different NATs, and they
+build a direct tunnel that carries their traffic without the gateway. Real ``tunvpn gateway``
+and ``tunvpn connect`` processes, TUN devices, nftables masquerade::
+
+    alice a 192.168.1.2 -- 192.168.1.1 NAT-A na 198.18.1.2 --+
+    carol k 192.168.3.2 --/ (192.168.3.1)                      |
+                                                    Internet i 198.18.{1,2,3}.1
+    bob   b 192.168.2.2 -- 192.168.2.1 NAT-B nb 198.18.2.2 --+
+                                                               |
+                                    gateway g 198.18.3.2 -----+   (10.78.0.1 on its lo)
+
+Both NATs masquerade (endpoint-independent mapping, address- and port-dependent filtering:
+what Linux does by default, as most home routers). ``[[peering]]`` pairs group eng (alice and
+bob); carol is outside it.
+
+Shown: alice and bob are introduced, build a direct tunnel (phase 1 with the pair's secret,
+the pair's Quick Mode), ping each other by their assigned addresses and move 16 MiB checked by
+SHA-256, while a capture on the gateway's link sees almost nothing (keepalives and DPD, not the
+16 MiB); carol gets no introduction (a client answers nobody it was not introduced to:
+tests/loopback/test_introductions.py); when bob leaves, alice's direct SAs and the route to bob
+go at once.
+
+The answering side's NAT-keepalives carry a small IP TTL (tunvpn.client.peerlinks.PUNCH_TTL):
+with the normal TTL the first of them reaches NAT-A before alice's first message leaves, and
+NAT-A then maps alice's message to another port, which NAT-B drops (seen before that change).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.netns import Topology, capture, popen_in, run_in, stop_process, wait_for
+from tests.helpers.transfer import SINK, SOURCE
+from tests.helpers.tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
+
+GATEWAY = "198.18.3.2"
+PROTECTED = "10.78.0.1"
+PSK = "peers-e2e-group-psk-5d1c0b7a"
+SIZE = 16 << 20
+
+GATEWAY_TOML = f"""\
+[gateway]
+listen = "{GATEWAY}"
+psk_file = "gw.psk"
+users_file = "users"
+tun = "tvgw%d"
+
+[network]
+pool = "10.79.0.10-10.79.0.50"
+
+[groups]
+eng = ["alice", "bob"]
+ops = ["carol"]
+
+[[policy]]
+name = "intranet"
+local = "{PROTECTED}/32"
+
+[[peering]]
+name = "eng"
+from = "eng"
+to = "eng"
+esp = "aes128gcm16"
+pfs = "ecp256"
+lifetime = "1h"
+"""
+
+NAT = """\
+table ip tvnat {
+  chain post {
+    type nat hook postrouting priority 100; policy accept;
+    oifname "%s" masquerade
+  }
+}
+"""
+
+
+@dataclass
+class Net:
+    topo: Topology
+    ns: dict[str, str]
+    gw_if: str
+    tmp: Path
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    os.chmod(tmp_path, 0o700)
+    if shutil.which("nft") is None or shutil.which("dumpcap") is None:
+        pytest.skip("needs nft (nftables) and dumpcap (wireshark-common)")
+    with Topology() as topo:
+        ns = {role: topo.add_ns(role) for role in ("a", "k", "na", "b", "nb", "i", "g")}
+        t = topo.tag
+        topo.link(ns["a"], "192.168.1.2/24", ns["na"], "192.168.1.1/24", names=(t + "a", t + "naa"))
+        topo.link(ns["k"], "192.168.3.2/24", ns["na"], "192.168.3.1/24", names=(t + "k", t + "nak"))
+        topo.link(ns["b"], "192.168.2.2/24", ns["nb"], "192.168.2.1/24", names=(t + "b", t + "nbb"))
+        topo.link(ns["na"], "198.18.1.2/24", ns["i"], "198.18.1.1/24", names=(t + "nap", t + "ia"))
+        topo.link(ns["nb"], "198.18.2.2/24", ns["i"], "198.18.2.1/24", names=(t + "nbp", t + "ib"))
+        gw_if, _ = topo.link(ns["g"], f"{GATEWAY}/24", ns["i"], "198.18.3.1/24", names=(t + "g", t + "ig"))
+        topo.add_addr(ns["g"], f"{PROTECTED}/32")
+        for host, router in (("a", "192.168.1.1"), ("k", "192.168.3.1"), ("b", "192.168.2.1")):
+            run_in(ns[host], ["ip", "route", "add", "default", "via", router])
+        run_in(ns["na"], ["ip", "route", "add", "default", "via", "198.18.1.1"])
+        run_in(ns["nb"], ["ip", "route", "add", "default", "via", "198.18.2.1"])
+        run_in(ns["g"], ["ip", "route", "add", "default", "via", "198.18.3.1"])
+        for router in ("na", "nb", "i", "g"):
+            run_in(ns[router], ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        for router, public in (("na", t + "nap"), ("nb", t + "nbp")):
+            subprocess.run(
+                ["ip", "netns", "exec", ns[router], "nft", "-f", "-"],
+                input=NAT % public,
+                text=True,
+                check=True,
+            )
+        private_file(tmp_path / "gw.psk", PSK + "\n")
+        private_file(tmp_path / "client.psk", PSK + "\n")
+        private_file(tmp_path / "users", "alice:alice-pw\nbob:bob-pw\ncarol:carol-pw\n")
+        for user in ("alice", "bob", "carol"):
+            private_file(tmp_path / f"{user}.pw", f"{user}-pw\n")
+            (tmp_path / f"{user}.toml").write_text(
+                f'gateway = "{GATEWAY}"\npsk_file = "client.psk"\nuser = "{user}"\n'
+                f'password_file = "{user}.pw"\n'
+            )
+        (tmp_path / "gateway.toml").write_text(GATEWAY_TOML)
+        yield Net(topo, ns, gw_if, tmp_path)
+
+
+def start_gateway(net: Net) -> subprocess.Popen[bytes]:
+    log = net.tmp / "gateway.log"
+    gw = popen_tunvpn(
+        net.ns["g"], ["gateway", "-c", str(net.tmp / "gateway.toml"), "--control", "none", "-v"], log
+    )
+    wait_for_line(log, "gateway ready", gw, 20, "the gateway")
+    return gw
+
+
+def start_client(net: Net, user: str, host: str) -> tuple[subprocess.Popen[bytes], Path]:
+    log = net.tmp / f"{user}.log"
+    argv = ["connect", "-c", str(net.tmp / f"{user}.toml"), "--json", "--tun", "tvcl%d"]
+    argv += ["--control", "none", "--dns-backend", "none", "-v"]
+    return popen_tunvpn(net.ns[host], argv, log), log
+
+
+def records(log: Path, event: str, state: str | None = None) -> list[dict]:
+    return [r for r in json_records(log) if r["event"] == event and (state is None or r["state"] == state)]
+
+
+def address_of(log: Path) -> str:
+    [received] = [r for r in records(log, "modecfg", "received") if r.get("address")][:1]
+    return str(received["address"])
+
+
+def _udp_bytes(pcap: Path) -> int:
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "-T", "fields", "-e", "frame.len"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(n) for n in out.split())
+
+
+def test_two_clients_behind_two_nats_talk_directly(net: Net) -> None:
+    gw = start_gateway(net)
+    procs = [gw]
+    try:
+        alice, alice_log = start_client(net, "alice", "a")
+        procs.append(alice)
+        wait_for_line(alice_log, "IPsec SA pair(s) up", alice, 30, "alice's tunnel")
+        bob, bob_log = start_client(net, "bob", "b")
+        procs.append(bob)
+        wait_for_line(bob_log, "IPsec SA pair(s) up", bob, 30, "bob's tunnel")
+        for proc, log in ((alice, alice_log), (bob, bob_log)):
+            wait_for_line(log, '"state": "direct"', proc, 30, "a direct tunnel")
+        a_addr, b_addr = address_of(alice_log), address_of(bob_log)
+        [intro] = records(alice_log, "peer", "introduced")
+        assert intro["name"] == "bob" and intro["endpoint"] == "198.18.2.2:4500", intro
+        [direct] = records(alice_log, "peer", "direct")
+        assert direct["name"] == "bob" and direct["address"] == b_addr
+
+        ping = run_in(net.ns["a"], ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", b_addr], check=False)
+        assert ping.returncode == 0 and "3 received" in ping.stdout, (
+            ping.stdout + read_text(alice_log)[-3000:]
+        )
+        back = run_in(net.ns["b"], ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", a_addr], check=False)
+        assert back.returncode == 0, back.stdout
+
+        # 16 MiB from alice to bob, checked by SHA-256, while the gateway's link is watched
+        sink = popen_in(net.ns["b"], [sys.executable, "-c", SINK, b_addr], net.tmp / "sink.log")
+        procs.append(sink)
+        wait_for(lambda: "listening" in read_text(net.tmp / "sink.log"), 10, "the sink")
+        pcap = net.tmp / "gateway.pcap"
+        with capture(net.ns["g"], net.gw_if, pcap, bpf="udp"):
+            sent = run_in(
+                net.ns["a"], [sys.executable, "-c", SOURCE, b_addr, str(SIZE)], check=False, timeout=120
+            )
+        assert sent.returncode == 0, sent.stderr
+        size, digest, got_size, got_digest = sent.stdout.split()
+        assert (size, digest) == (got_size, got_digest) == (str(SIZE), digest), sent.stdout
+        through_gateway = _udp_bytes(pcap)
+        assert through_gateway < SIZE // 100, f"{through_gateway} octets of UDP reached the gateway's link"
+
+        # carol (outside the peering rule, behind the same NAT as alice) meets nobody, and a
+        # phase 1 she starts toward alice's public endpoint gets nothing
+        carol, carol_log = start_client(net, "carol", "k")
+        procs.append(carol)
+        wait_for_line(carol_log, "IPsec SA pair(s) up", carol, 30, "carol's tunnel")
+        assert not records(carol_log, "peer")
+        assert [r["name"] for r in records(alice_log, "peer", "introduced")] == ["bob"]
+
+        # bob leaves: alice's direct SAs and her route to him go at once
+        stop_process(bob)
+        wait_for_line(alice_log, '"state": "gone"', alice, 15, "alice told that bob left")
+        wait_for_line(alice_log, '"state": "closed"', alice, 15, "alice's direct tunnel closed")
+        routes = run_in(net.ns["a"], ["ip", "-4", "route", "show", b_addr], check=True).stdout
+        assert not routes.strip(), f"a route to bob is left: {routes}"
+        assert alice.poll() is None, read_text(alice_log)[-3000:]
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
+    for log in (alice_log, bob_log, net.tmp / "gateway.log"):
+        text = read_text(log)
+        assert PSK not in text and "alice-pw" not in text and "bob-pw" not in text
