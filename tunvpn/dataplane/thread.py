@@ -268,17 +268,6 @@ class DataPlane:
             raise RuntimeError("no NAT-T socket attached")
         self._udp.send(data, remote)
 
-    def send_with_ttl(self, data: bytes, remote: Address, ttl: int) -> bool:
-        """Send one datagram from the NAT-T socket with IP TTL ``ttl`` (a NAT-keepalive that must
-        open our NAT and go no further: tunvpn.shell.udp.UdpDriver.punch); False where the
-        socket takes no per-packet TTL."""
-        sock = getattr(self._udp, "sock", None)
-        if not isinstance(sock, socket.socket):
-            return False
-        from tunvpn.dataplane.udp_linux import send_with_ttl
-
-        return bool(send_with_ttl(sock, data, remote, ttl))
-
     def start(self) -> None:
         if self._udp is None:
             raise RuntimeError("attach() the NAT-T socket before start()")

@@ -22,7 +22,6 @@ import errno
 import logging
 import socket
 import struct
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
@@ -48,23 +47,6 @@ _U16 = struct.Struct("=H")
 _I32 = struct.Struct("=i")
 
 Address = tuple[Any, ...]
-
-
-def send_with_ttl(sock: socket.socket, data: bytes, remote: Address, ttl: int) -> bool:
-    """Send one datagram with IP TTL (IPv6: hop limit) ``ttl``, per packet (ancillary data: the
-    socket's other sends keep theirs). False where the system takes no per-packet TTL."""
-    level, option = (
-        (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT)
-        if sock.family == socket.AF_INET6
-        else (socket.IPPROTO_IP, socket.IP_TTL)
-    )
-    try:
-        sock.sendmsg([data], [(level, option, ttl.to_bytes(4, sys.byteorder))], 0, remote)
-    except OSError as exc:
-        if exc.errno in (errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-            return False
-        raise
-    return True
 
 
 @dataclass

@@ -33,6 +33,7 @@ import hmac
 import inspect
 import logging
 import socket
+import sys
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -40,7 +41,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from tunvpn.dataplane.udp_linux import send_with_ttl
 from tunvpn.ike import events as ev
 from tunvpn.ike.engine import IkeEngine
 from tunvpn.ike.firstlook import ALL_DROPS, Verdict, first_look
@@ -81,8 +81,6 @@ class NattOwner(Protocol):
 
     def send_ike(self, data: bytes, remote: Address) -> None: ...
 
-    def send_with_ttl(self, data: bytes, remote: Address, ttl: int) -> bool: ...
-
     def replace_socket(self, sock: socket.socket) -> None: ...
 
 
@@ -98,6 +96,23 @@ TIMER_RETRY = 0.05
 """Seconds before handle_timer runs again when the engine did not move a past deadline."""
 DROP_SUMMARY_INTERVAL = 10.0
 """Seconds between the summary lines of what the inbox dropped (as the engine's bad input)."""
+
+
+def send_with_ttl(sock: socket.socket, data: bytes, remote: Address, ttl: int) -> bool:
+    """Send one datagram with IP TTL (IPv6: hop limit) ``ttl``, per packet (ancillary data: the
+    socket's other sends keep theirs). False where the system takes no per-packet TTL."""
+    level, option = (
+        (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT)
+        if sock.family == socket.AF_INET6
+        else (socket.IPPROTO_IP, socket.IP_TTL)
+    )
+    try:
+        sock.sendmsg([data], [(level, option, ttl.to_bytes(4, sys.byteorder))], 0, remote)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+            return False
+        raise
+    return True
 
 
 class BindError(OSError):
@@ -458,6 +473,8 @@ class UdpDriver:
         step of the wall clock cannot stop refills; a client talks to its gateway only)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._endpoints: dict[int, _Endpoint] = {}
+        self._natt_sock: socket.socket | None = None
+        """The NAT-T socket when the data path owns it (for :meth:`punch`)."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._fired_at: float | None = None  # the deadline handle_timer last ran for
@@ -483,6 +500,7 @@ class UdpDriver:
                         loop.call_soon_threadsafe(self._drain_inbox)
 
                 self.natt_owner.attach(sock, deliver)
+                self._natt_sock = sock
                 log.info("listening on %s:%d/udp (NAT-T, owned by the ESP data path)", self.local_ip, port)
                 continue
             self._endpoints[port] = _Endpoint(self, port, sock, loop)
@@ -513,6 +531,7 @@ class UdpDriver:
         for port, sock in socks.items():
             if port == self.natt_port and self.natt_owner is not None:
                 self.natt_owner.replace_socket(sock)
+                self._natt_sock = sock
                 continue
             old = self._endpoints.pop(port, None)
             if old is not None:
@@ -529,22 +548,17 @@ class UdpDriver:
         Linux conntrack does). Where no per-packet TTL can be set, it goes with the normal one."""
         if self._closed:
             return
+        endpoint = self._endpoints.get(self.natt_port)
+        sock = self._natt_sock if self.natt_owner is not None else endpoint.sock if endpoint else None
+        if sock is None:
+            return
         try:
-            if self.natt_owner is not None:
-                sent = self.natt_owner.send_with_ttl(NAT_KEEPALIVE, remote, ttl)
-            else:
-                endpoint = self._endpoints.get(self.natt_port)
-                if endpoint is None:
-                    return
-                sent = send_with_ttl(endpoint.sock, NAT_KEEPALIVE, remote, ttl)
-            if not sent:
+            # from the loop thread, as IKE goes out of the data path's socket (send_ike)
+            if not send_with_ttl(sock, NAT_KEEPALIVE, remote, ttl):
                 if not self.counters["punch without ttl"]:
                     log.info("no per-packet TTL here: NAT-keepalives toward peers go with the normal TTL")
                 self.counters["punch without ttl"] += 1
-                if self.natt_owner is not None:
-                    self.natt_owner.send_ike(NAT_KEEPALIVE, remote)
-                else:
-                    self._endpoints[self.natt_port].sendto(NAT_KEEPALIVE, remote)
+                sock.sendto(NAT_KEEPALIVE, remote)
         except OSError as exc:
             self.counters[f"socket error {type(exc).__name__}"] += 1
             log.debug("NAT-keepalive to %s:%d: %s", remote[0], remote[1], exc)
