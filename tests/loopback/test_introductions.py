@@ -187,3 +187,49 @@ def test_a_client_answers_nobody_who_starts_a_phase_1_with_it() -> None:
 
     code, dropped, sas = asyncio.run(scenario())
     assert code != 0 and dropped >= 1 and sas == 1  # alice holds only her SA with the gateway
+
+
+def test_clients_that_become_peers_in_an_extra_protocol_are_introduced_when_it_passes() -> None:
+    """A client is a peer only once its extra protocols passed (here the "code" protocol, whose
+    plugin also puts it in group eng): the gateway introduces it then, not at the next login
+    or departure of someone else."""
+    from tests.loopback.test_plugin_host import CodeProtocol, SoftToken
+    from tunvpn.ike.policies import ExtraProtocol
+
+    ike, natt = free_port_pair()
+    seen: dict[str, object] = {}
+
+    async def scenario() -> None:
+        options = dataclasses.replace(
+            gateway_options(
+                ike,
+                natt,
+                (SimpleRule(INTRANET),),
+                peering=(ENG,),
+                plugin_objects=(CodeProtocol(),),
+                protocols=(ExtraProtocol("code", (("prompt", "Enter the code"),)),),
+            ),
+            users=UserTable({"alice": b"a-pass", "bob": b"b-pass"}),
+        )
+        gateway, server = await serve(options)
+        clients = []
+        try:
+            for user, password, local in (("alice", "a-pass", "127.0.0.2"), ("bob", "b-pass", "127.0.0.3")):
+                client_opts = dataclasses.replace(
+                    client_options(ike, natt, user, password),
+                    plugin_objects=(SoftToken(),),
+                    plugin_settings={"soft-token": {"code": "314159"}},
+                )
+                clients.append(await _connect(client_opts, local))
+            alice, bob = clients[0][0], clients[1][0]
+            await wait_until(lambda: alice.peers.peers and bob.peers.peers, 10)
+            seen["alice"], seen["bob"] = alice.peers.peers, bob.peers.peers
+        finally:
+            for client, task in clients:
+                client.stop("test over")
+                await asyncio.wait_for(task, 10)
+            await stop(gateway, server)
+
+    asyncio.run(scenario())
+    assert [p.name for p in seen["alice"]] == ["bob"]  # type: ignore[attr-defined]
+    assert [p.name for p in seen["bob"]] == ["alice"]  # type: ignore[attr-defined]

@@ -1253,14 +1253,14 @@ class Gateway:
         policies = self._policies_of(session)
         continues = self._continues_session(session)
         self._grant(session, now)
-        if policies == before or not session.tunvpn or continues:
-            return  # a continued session keeps what its first login pushed
-        config = self.mode_config_for(session.address, PUSHED_ATTRIBUTES, policies)
-        identifier = self.engine.push_mode_config(
-            session.sa_id, now, config, encode_policies(self._push(session))
-        )
-        session.pending[identifier] = tuple(p.name for p in diff_policies(before, policies).removed)
-        log.info("pushed %d policies to %s after its extra protocols", len(policies), session.user)
+        if not (policies == before or not session.tunvpn or continues):  # a continued session
+            config = self.mode_config_for(session.address, PUSHED_ATTRIBUTES, policies)  # keeps its
+            identifier = self.engine.push_mode_config(  # first login's policies
+                session.sa_id, now, config, encode_policies(self._push(session))
+            )
+            session.pending[identifier] = tuple(p.name for p in diff_policies(before, policies).removed)
+            log.info("pushed %d policies to %s after its extra protocols", len(policies), session.user)
+        self._refresh_introductions(now)  # a peer only now: it and its peers meet (issue 17)
 
     def _same_address_again(self, session: Session, event: ev.ModeConfigRequested) -> IPv4Address | None:
         """The address a client asks for again when it logs in anew while its last session is
