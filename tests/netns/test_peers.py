@@ -17,8 +17,9 @@ Shown: alice and bob are introduced, build a direct tunnel (phase 1 with the pai
 the pair's Quick Mode), ping each other by their assigned addresses and move 16 MiB checked by
 SHA-256, while a capture on the gateway's link sees almost nothing (keepalives and DPD, not the
 16 MiB); carol gets no introduction (a client answers nobody it was not introduced to:
-tests/loopback/test_introductions.py); when bob leaves, alice's direct SAs and the route to bob
-go at once.
+tests/loopback/test_introductions.py); a reload without the rule takes both direct tunnels
+down at once (SAs and routes), with it back they meet again; when bob leaves, alice's direct
+SAs and the route to bob go at once.
 
 The answering side's NAT-keepalives carry a small IP TTL (tunvpn.client.peerlinks.PUNCH_TTL):
 with the normal TTL the first of them reaches NAT-A before alice's first message leaves, and
@@ -39,7 +40,14 @@ import pytest
 
 from tests.helpers.netns import Topology, capture, popen_in, run_in, stop_process, wait_for
 from tests.helpers.transfer import SINK, SOURCE
-from tests.helpers.tunvpn_proc import json_records, popen_tunvpn, private_file, read_text, wait_for_line
+from tests.helpers.tunvpn_proc import (
+    json_records,
+    popen_tunvpn,
+    private_file,
+    read_text,
+    run_tunvpn,
+    wait_for_line,
+)
 
 GATEWAY = "198.18.3.2"
 PROTECTED = "10.78.0.1"
@@ -135,9 +143,8 @@ def net(tmp_path: Path) -> Iterator[Net]:
 
 def start_gateway(net: Net) -> subprocess.Popen[bytes]:
     log = net.tmp / "gateway.log"
-    gw = popen_tunvpn(
-        net.ns["g"], ["gateway", "-c", str(net.tmp / "gateway.toml"), "--control", "none", "-v"], log
-    )
+    argv = ["gateway", "-c", str(net.tmp / "gateway.toml"), "--control", str(net.tmp / "gw.sock"), "-v"]
+    gw = popen_tunvpn(net.ns["g"], argv, log)
     wait_for_line(log, "gateway ready", gw, 20, "the gateway")
     return gw
 
@@ -216,10 +223,29 @@ def test_two_clients_behind_two_nats_talk_directly(net: Net) -> None:
         assert not records(carol_log, "peer")
         assert [r["name"] for r in records(alice_log, "peer", "introduced")] == ["bob"]
 
+        # the peering rule removed by a reload: both lose their direct SAs and routes at once;
+        # put back, they meet again with a new pair secret
+        (net.tmp / "gateway.toml").write_text(GATEWAY_TOML.split("[[peering]]")[0])
+        reload = run_tunvpn(net.ns["g"], ["reload", "--socket", str(net.tmp / "gw.sock")])
+        assert reload.returncode == 0, reload.stderr
+        for log in (alice_log, bob_log):
+            wait_for(lambda log=log: records(log, "peer", "closed"), 15, "the direct tunnel closed")
+        for host, peer in (("a", b_addr), ("b", a_addr)):
+            left = run_in(net.ns[host], ["ip", "-4", "route", "show", peer], check=True).stdout
+            assert not left.strip(), f"a route to {peer} is left in {host}: {left}"
+        lost = run_in(net.ns["a"], ["ping", "-n", "-c", "1", "-W", "1", b_addr], check=False)
+        assert lost.returncode != 0, "bob still answers without a peering rule"
+        (net.tmp / "gateway.toml").write_text(GATEWAY_TOML)
+        reload = run_tunvpn(net.ns["g"], ["reload", "--socket", str(net.tmp / "gw.sock")])
+        assert reload.returncode == 0, reload.stderr
+        wait_for(lambda: len(records(alice_log, "peer", "direct")) == 2, 20, "the direct tunnel again")
+        again = run_in(net.ns["a"], ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", b_addr], check=False)
+        assert again.returncode == 0, again.stdout
+
         # bob leaves: alice's direct SAs and her route to him go at once
         stop_process(bob)
-        wait_for_line(alice_log, '"state": "gone"', alice, 15, "alice told that bob left")
-        wait_for_line(alice_log, '"state": "closed"', alice, 15, "alice's direct tunnel closed")
+        wait_for(lambda: len(records(alice_log, "peer", "gone")) == 2, 15, "alice told that bob left")
+        wait_for(lambda: len(records(alice_log, "peer", "closed")) == 2, 15, "alice's direct tunnel closed")
         routes = run_in(net.ns["a"], ["ip", "-4", "route", "show", b_addr], check=True).stdout
         assert not routes.strip(), f"a route to bob is left: {routes}"
         assert alice.poll() is None, read_text(alice_log)[-3000:]
