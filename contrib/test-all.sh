@@ -30,7 +30,7 @@ APT_PACKAGES=(
   openvpn wireguard-go wireguard-tools
   freeradius freeradius-utils xl2tpd
   postgresql freeradius-postgresql
-  ike-scan nftables
+  ike-scan nftables conntrack
 )
 
 # ------------------------------------------------------------------ Debian packages

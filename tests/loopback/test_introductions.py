@@ -193,7 +193,7 @@ def test_clients_that_become_peers_in_an_extra_protocol_are_introduced_when_it_p
     """A client is a peer only once its extra protocols passed (here the "code" protocol, whose
     plugin also puts it in group eng): the gateway introduces it then, not at the next login
     or departure of someone else."""
-    from tests.loopback.test_plugin_host import CodeProtocol, SoftToken
+    from tests.helpers.protocol_plugins import CodeProtocol, SoftToken
     from tunvpn.ike.policies import ExtraProtocol
 
     ike, natt = free_port_pair()

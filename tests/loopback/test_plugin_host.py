@@ -27,6 +27,7 @@ from tests.helpers.loopback import (
     serve,
     wait_until,
 )
+from tests.helpers.protocol_plugins import CodeProtocol, SoftToken
 from tunvpn import cli
 from tunvpn.client.daemon import Client, Progress
 from tunvpn.config.credentials import UserTable
@@ -245,24 +246,6 @@ def test_a_later_round_never_resends_the_stored_password() -> None:
 # --------------------------------------------------------------------------- extra protocols
 
 
-class CodeProtocol:
-    """An extra protocol "code" (announced in phase 1a, run after Mode Config)."""
-
-    __name__ = "code"
-
-    def __init__(self) -> None:
-        self.requests: list[CredentialRequest] = []
-
-    @hookimpl
-    def tunvpn_verify_credentials(self, request: CredentialRequest) -> Verdict | None:
-        self.requests.append(request)
-        if request.protocol != "code":
-            return None  # the login is the users file's
-        return (
-            Verdict.accept(groups=["eng"]) if request.passcode == "314159" else Verdict.reject("wrong code")
-        )
-
-
 def connect_with_protocol(
     plugin: CodeProtocol, user: str, password: str, code: str
 ) -> tuple[int, list[dict], dict]:
@@ -378,22 +361,6 @@ def test_a_plugin_that_never_answers_is_cut_off(monkeypatch: pytest.MonkeyPatch)
     assert code == 1
     failed = [r for r in records if r["event"] == "xauth" and r["state"] == "failed"]
     assert failed and "could not check the credentials in time" in failed[-1]["message"], records
-
-
-class SoftToken:
-    """A client plugin: answers the "code" protocol from its settings, as a soft token would."""
-
-    __name__ = "soft-token"
-
-    def __init__(self) -> None:
-        self.questions: list = []
-
-    @hookimpl
-    def tunvpn_client_answer(self, question: object) -> str | None:
-        self.questions.append(question)
-        if question.protocol == "code" and question.field == "passcode":  # type: ignore[attr-defined]
-            return str(question.settings("soft-token")["code"])  # type: ignore[attr-defined]
-        return None
 
 
 @needs_loopback

@@ -89,6 +89,9 @@ table ip tvnat {
   }
 }
 """
+RANDOM_NAT = NAT.replace("masquerade", "masquerade fully-random")
+"""A NAT that maps each new flow to a random port (iptables' --random-fully): the port the
+gateway saw is not the one a peer would have to send to."""
 
 
 @dataclass
@@ -102,8 +105,8 @@ class Net:
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Net]:
     os.chmod(tmp_path, 0o700)
-    if shutil.which("nft") is None or shutil.which("dumpcap") is None:
-        pytest.skip("needs nft (nftables) and dumpcap (wireshark-common)")
+    if not all(shutil.which(tool) for tool in ("nft", "dumpcap", "conntrack")):
+        pytest.skip("needs nft (nftables), dumpcap (wireshark-common) and conntrack")
     with Topology() as topo:
         ns = {role: topo.add_ns(role) for role in ("a", "k", "na", "b", "nb", "i", "g")}
         t = topo.tag
@@ -139,6 +142,16 @@ def net(tmp_path: Path) -> Iterator[Net]:
             )
         (tmp_path / "gateway.toml").write_text(GATEWAY_TOML)
         yield Net(topo, ns, gw_if, tmp_path)
+
+
+def set_nat(net: Net, router: str, rules: str) -> None:
+    """Replace ``router``'s NAT rules and forget its mappings (conntrack)."""
+    public = net.topo.tag + router + "p"
+    run_in(net.ns[router], ["nft", "delete", "table", "ip", "tvnat"], check=False)
+    subprocess.run(
+        ["ip", "netns", "exec", net.ns[router], "nft", "-f", "-"], input=rules % public, text=True, check=True
+    )
+    run_in(net.ns[router], ["conntrack", "-F"], check=False)
 
 
 def start_gateway(net: Net) -> subprocess.Popen[bytes]:
@@ -255,3 +268,68 @@ def test_two_clients_behind_two_nats_talk_directly(net: Net) -> None:
     for log in (alice_log, bob_log, net.tmp / "gateway.log"):
         text = read_text(log)
         assert PSK not in text and "alice-pw" not in text and "bob-pw" not in text
+
+
+def _transfer(net: Net, src: str, dst_addr: str, size: int, name: str) -> tuple[str, str]:
+    sink = popen_in(
+        net.ns[{"a": "b", "b": "a"}[src]], [sys.executable, "-c", SINK, dst_addr], net.tmp / f"{name}.log"
+    )
+    try:
+        wait_for(lambda: "listening" in read_text(net.tmp / f"{name}.log"), 10, "the sink")
+        sent = run_in(
+            net.ns[src], [sys.executable, "-c", SOURCE, dst_addr, str(size)], check=False, timeout=120
+        )
+    finally:
+        stop_process(sink)
+    assert sent.returncode == 0, sent.stderr
+    size_sent, digest, got_size, got_digest = sent.stdout.split()
+    return f"{size_sent} {digest}", f"{got_size} {got_digest}"
+
+
+def test_behind_a_nat_that_maps_each_flow_anew_traffic_is_relayed_then_goes_direct(net: Net) -> None:
+    """bob's NAT maps every flow to a random port: alice's messages to the port the gateway saw
+    never get in. After RELAY_AFTER both make a relay Quick Mode with the gateway, which
+    forwards between them: pings and 4 MiB (SHA-256 checked) arrive, through the gateway. When
+    the NAT is relaxed (plain masquerade, its mappings flushed), bob's next packet to the
+    gateway shows his new endpoint, the gateway tells alice, the direct tunnel comes up and
+    the relay SAs go: the next 4 MiB do not pass the gateway."""
+    set_nat(net, "nb", RANDOM_NAT)
+    size = 4 << 20
+    gw = start_gateway(net)
+    procs = [gw]
+    try:
+        alice, alice_log = start_client(net, "alice", "a")
+        procs.append(alice)
+        wait_for_line(alice_log, "IPsec SA pair(s) up", alice, 30, "alice's tunnel")
+        bob, bob_log = start_client(net, "bob", "b")
+        procs.append(bob)
+        for proc, log in ((alice, alice_log), (bob, bob_log)):
+            wait_for_line(log, '"state": "relayed"', proc, 30, "a relay through the gateway")
+        a_addr, b_addr = address_of(alice_log), address_of(bob_log)
+        assert not records(alice_log, "peer", "direct")
+        ping = run_in(net.ns["a"], ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", b_addr], check=False)
+        assert ping.returncode == 0, ping.stdout + read_text(alice_log)[-3000:]
+        pcap = net.tmp / "relayed.pcap"
+        with capture(net.ns["g"], net.gw_if, pcap, bpf="udp"):
+            sent, got = _transfer(net, "a", b_addr, size, "relayed-sink")
+        assert sent == got, (sent, got)
+        assert _udp_bytes(pcap) > 2 * size, "the relayed transfer did not pass the gateway (in and out)"
+
+        set_nat(net, "nb", NAT)  # relaxed, its mappings forgotten
+        run_in(net.ns["b"], ["ping", "-n", "-c", "2", "-W", "2", PROTECTED], check=False)  # bob's ESP remaps
+        for proc, log in ((alice, alice_log), (bob, bob_log)):
+            wait_for_line(log, '"state": "direct"', proc, 40, "the direct tunnel after the NAT was relaxed")
+        moved = [r for r in records(alice_log, "peer", "connecting")]
+        assert moved, "alice never started toward bob's new endpoint"
+        pcap = net.tmp / "direct.pcap"
+        with capture(net.ns["g"], net.gw_if, pcap, bpf="udp"):
+            sent, got = _transfer(net, "a", b_addr, size, "direct-sink")
+        assert sent == got, (sent, got)
+        assert _udp_bytes(pcap) < size // 20, (
+            "the transfer still passed the gateway after the direct tunnel came up"
+        )
+        back = run_in(net.ns["b"], ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", a_addr], check=False)
+        assert back.returncode == 0, back.stdout
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)

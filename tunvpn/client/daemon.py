@@ -367,6 +367,7 @@ class Client:
             (self.local_ip, options.natt_port),
             self.progress.report,
             punch=self._punch,
+            gateway_sa=lambda: self.sa_id if self.phase1 is not None else None,
             on_child=self._peer_child_up,
             on_child_deleted=self._peer_child_gone,
         )
@@ -519,6 +520,9 @@ class Client:
             return None
         if event.sa_id[8:] != bytes(8):
             self.sa_id = event.sa_id  # the responder cookie is known from the second message on
+        relay_kinds = (ev.ChildSAEstablished, ev.ChildSADeleted, ev.ChildSAFailed)
+        if isinstance(event, relay_kinds) and self.links.handle_relay(event, self.clock()):
+            return None  # a relay to an introduced peer (tunvpn.client.peerlinks)
         if isinstance(event, ev.Phase1Established):
             self._phase1_established(event)
             return None
@@ -1197,7 +1201,7 @@ class Client:
             if policy.name == name:
                 return policy.initiator_proposal()
         for link in self.links.links.values():
-            if link.name == name and self.links.own is not None:
+            if name in (link.name, link.relay_name) and self.links.own is not None:
                 return pair_policy(link.intro, self.links.own).proposal
         return child_proposal(self.options, self._fallback_pfs(name))
 

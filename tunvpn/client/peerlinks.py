@@ -16,7 +16,13 @@ direct tunnels on the client's own IKE engine and NAT-T socket:
   (its address to the peer's), and starts again after a failure, later each time;
 * an SA pair up is installed in the data path and the peer's address routed into the TUN
   device; a peer no longer introduced (it left, lost its group, a reload changed the rules)
-  loses its SAs at once.
+  loses its SAs at once;
+* when no direct tunnel is up :data:`RELAY_AFTER` seconds after the introduction (a NAT that
+  maps each destination to another port, a firewall), each side makes a Quick Mode with its
+  gateway for the same selectors (``relay:NAME``, which the gateway accepts for introduced
+  peers only) and the gateway forwards between the two; the starting side keeps trying the
+  direct path, and once it is up the relay SA is deleted (the direct SA, newer, already
+  carries the traffic).
 
 It holds no socket, thread or clock: the client calls :meth:`PeerLinks.sync` with each new
 list, :meth:`PeerLinks.handle` with the engine events of SAs that are not its gateway's, and
@@ -45,21 +51,29 @@ Report = Callable[..., None]
 
 TICK = 0.5
 """Seconds between :meth:`PeerLinks.tick` calls (the client's timer)."""
-START_AFTER = 0.5
-"""Seconds the starting side waits after an introduction before its first message, so the
-answering side's first NAT-keepalive has opened its NAT (both got the introduction at once)."""
+START_AFTER = 1.5
+"""Seconds the starting side waits after an introduction (or a peer's new endpoint) before
+its first message: longer than :data:`PUNCH_EVERY`, so the answering side's NAT-keepalive has
+opened its NAT by then. A first message that came before would leave that NAT an entry for it
+which maps the answering side's own keepalive to another port (Linux conntrack does)."""
 PUNCH_TTL = 2
 """IP TTL of the answering side's NAT-keepalives: through the first router (our NAT, for a
-home network) and dropped at the next. It grows by one every :data:`PUNCH_TTL_STEP`
-keepalives up to :data:`PUNCH_TTL_MAX` (a NAT two or three routers away: carrier-grade NAT),
-then the normal TTL (64) after :data:`PUNCH_SLOWLY_AFTER`."""
-PUNCH_TTL_STEP = 3
-PUNCH_TTL_MAX = 4
+home network) and dropped at the next, long before the other side's NAT (an unsolicited
+packet arriving there first would make it map the other side's first message to another
+port, which our NAT would not let in). Behind a second NAT (carrier-grade NAT) the keepalive
+does not open that one: the direct path fails there and the relay carries the traffic."""
 PUNCH_EVERY = 1.0
 """Seconds between the answering side's NAT-keepalives while no phase 1 is up."""
 PUNCH_SLOWLY_AFTER = 30.0
-"""After this long without a phase 1, keepalives every :data:`PUNCH_SLOWLY_EVERY` only."""
+"""After this long without a phase 1, keepalives every :data:`PUNCH_SLOWLY_EVERY` only (they
+keep our NAT's entry toward the peer: an unanswered one lives 30 s in Linux conntrack)."""
 PUNCH_SLOWLY_EVERY = 10.0
+RELAY_AFTER = 4.0
+"""Seconds without a direct tunnel after which traffic to the peer goes through the gateway."""
+RELAY_RETRY = 10.0
+"""Seconds before a refused or lost relay Quick Mode is tried again."""
+RELAY_PREFIX = "relay:"
+"""The name of a relay Quick Mode (``relay:`` and the peer's name), as the gateway's."""
 RETRY_FIRST = 2.0
 """Seconds before the starting side tries again after a failed phase 1 (doubled each time)."""
 RETRY_MAX = 60.0
@@ -72,6 +86,7 @@ class LinkState:
     CONNECTING = "connecting"
     PHASE1 = "phase 1 up"
     DIRECT = "direct"
+    RELAYED = "relayed"
 
 
 @dataclass
@@ -89,13 +104,22 @@ class Link:
     failures: int = 0
     last_error: str = ""
     punches: int = 0
-    """NAT-keepalives the answering side sent since the link went down (their TTL grows)."""
+    """NAT-keepalives the answering side sent since the link went down."""
+    relay: ev.ChildSAEstablished | None = None
+    """Our relay SA pair through the gateway, while no direct one is up."""
+    relay_at: float = 0.0
+    """When to start the relay Quick Mode (if no direct tunnel is up by then)."""
+    relay_pending: bool = False
     children: set[int] = field(default_factory=set)
     """Inbound SPIs of the SA pairs up with the peer."""
 
     @property
     def name(self) -> str:
         return f"peer:{self.intro.name}"
+
+    @property
+    def relay_name(self) -> str:
+        return f"{RELAY_PREFIX}{self.intro.name}"
 
 
 def pair_policy(intro: Introduction, own: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ChildPolicy:
@@ -135,6 +159,7 @@ class PeerLinks:
     :param report: the client's progress reporter (``report(step, text, **fields)``).
     :param punch: sends a NAT-keepalive from our NAT-T socket to an endpoint with an IP TTL
         (:meth:`tunvpn.shell.udp.UdpDriver.punch`).
+    :param gateway_sa: our ISAKMP SA with the gateway now (relay Quick Modes go there).
     :param on_child: an SA pair with a peer is up (the client installs it in the data path).
     :param on_child_deleted: one is gone.
     """
@@ -146,6 +171,7 @@ class PeerLinks:
         report: Report,
         *,
         punch: Callable[[Address, int], None] | None = None,
+        gateway_sa: Callable[[], bytes | None] | None = None,
         on_child: Callable[[ev.ChildSAEstablished], None] | None = None,
         on_child_deleted: Callable[[ev.ChildSADeleted], None] | None = None,
     ) -> None:
@@ -153,6 +179,7 @@ class PeerLinks:
         self.local = local
         self.report = report
         self.punch = punch
+        self.gateway_sa = gateway_sa or (lambda: None)
         self.on_child = on_child
         self.on_child_deleted = on_child_deleted
         self.links: dict[str, Link] = {}
@@ -176,15 +203,19 @@ class PeerLinks:
             elif intro.endpoint != link.intro.endpoint:
                 log.info("peer %s moved to %s:%d", intro.name, *intro.endpoint)
                 link.intro = intro
-                if link.state in (LinkState.INTRODUCED, LinkState.CONNECTING) and link.sa_id is None:
-                    link.next_at = now
+                if link.state not in (LinkState.PHASE1, LinkState.DIRECT):
+                    # what we sent to the old endpoint will not be answered: start over there
+                    if link.sa_id is not None and intro.role is Role.INITIATOR:
+                        self._forget_attempt(link, now)
+                    starts = intro.role is Role.INITIATOR
+                    link.next_at, link.punches, link.since = now + (START_AFTER if starts else 0.0), 0, now
         for address, intro in wanted.items():
             if address in self.links:
                 continue
             if intro.local_id is None:
                 log.warning("peer %s: the gateway did not say which identity to present to it", intro.name)
                 continue
-            link = Link(intro, now)
+            link = Link(intro, now, relay_at=now + RELAY_AFTER)
             link.next_at = now + START_AFTER if intro.role is Role.INITIATOR else now
             self.links[address] = link
         self._tell_engine()
@@ -200,8 +231,18 @@ class PeerLinks:
                 )
         self.engine.set_pairs(pairs)
 
+    def _forget_attempt(self, link: Link, now: float) -> None:
+        """Give up our phase 1 in progress with ``link``'s peer (it never answered)."""
+        assert link.sa_id is not None
+        try:
+            self.engine.delete_ike_sa(link.sa_id, now, reason="the peer moved")
+        except LocalProtocolError:
+            pass
+        link.sa_id, link.state = None, LinkState.CONNECTING
+
     def _drop(self, link: Link, now: float, reason: str) -> None:
         """Delete our SAs with ``link``'s peer (it is told, if it still listens)."""
+        self._end_relay(link, now)
         if link.sa_id is not None:
             try:
                 self.engine.delete_ike_sa(link.sa_id, now, reason=f"peer {reason}")
@@ -226,13 +267,15 @@ class PeerLinks:
         if self.own is None:
             return
         for link in self.links.values():
+            relay_due = link.relay is None and not link.relay_pending and now >= link.relay_at
+            if link.state != LinkState.DIRECT and relay_due:
+                self._start_relay(link, now)
             if link.state in (LinkState.PHASE1, LinkState.DIRECT) or now < link.next_at:
                 continue
             if link.intro.role is Role.RESPONDER:
                 slow = now - link.since > PUNCH_SLOWLY_AFTER
                 if self.punch is not None:
-                    ttl = 64 if slow else min(PUNCH_TTL + link.punches // PUNCH_TTL_STEP, PUNCH_TTL_MAX)
-                    self.punch(link.intro.endpoint, ttl)
+                    self.punch(link.intro.endpoint, PUNCH_TTL)
                 link.punches += 1
                 link.next_at = now + (PUNCH_SLOWLY_EVERY if slow else PUNCH_EVERY)
             elif link.sa_id is None:
@@ -253,6 +296,83 @@ class PeerLinks:
             state="connecting",
             name=intro.name,
         )
+
+    # ------------------------------------------------------------------ the relay
+
+    def _start_relay(self, link: Link, now: float) -> None:
+        """Our own address to the peer's through the gateway (it forwards to the peer's relay)."""
+        gateway = self.gateway_sa()
+        if gateway is None or self.own is None:
+            return
+        policy = pair_policy(link.intro, self.own)
+        assert policy.remote_ts is not None
+        try:
+            self.engine.start_child(
+                gateway, now, policy.local_ts, policy.remote_ts, policy.proposal, name=link.relay_name
+            )
+        except LocalProtocolError as exc:
+            link.relay_at = now + RELAY_RETRY
+            log.info("cannot relay to %s through the gateway: %s", link.intro.name, exc)
+            return
+        link.relay_pending = True
+        self.report(
+            "peer",
+            f"no direct tunnel to {link.intro.name} yet: relaying through the gateway",
+            state="relaying",
+            name=link.intro.name,
+        )
+
+    def _end_relay(self, link: Link, now: float) -> None:
+        """The direct tunnel carries the traffic (or the peer is gone): delete the relay SA."""
+        gateway = self.gateway_sa()
+        if link.relay is not None and gateway is not None:
+            try:
+                self.engine.delete_child(gateway, link.relay.spi_in, now)
+            except LocalProtocolError:
+                pass
+
+    def handle_relay(self, event: ev.Event, now: float) -> bool:
+        """An event of a Quick Mode on the gateway's SA: True when it was one of our relays."""
+        link: Link | None = None
+        if isinstance(event, (ev.ChildSAEstablished, ev.ChildSAFailed)):
+            link = next((k for k in self.links.values() if k.relay_name == event.policy_name), None)
+        elif isinstance(event, ev.ChildSADeleted):
+            link = next(
+                (k for k in self.links.values() if k.relay is not None and k.relay.spi_in == event.spi_in),
+                None,
+            )
+        if link is None:
+            return isinstance(
+                event, (ev.ChildSAEstablished, ev.ChildSAFailed)
+            ) and event.policy_name.startswith(RELAY_PREFIX)
+        if isinstance(event, ev.ChildSAEstablished):
+            replaced = link.relay
+            link.relay, link.relay_pending = event, False
+            if self.on_child is not None:
+                self.on_child(event)
+            if replaced is not None and replaced.spi_in != event.spi_in:
+                return True  # a rekey: the data path retires the old pair
+            if link.state == LinkState.DIRECT:
+                self._end_relay(link, now)  # the direct tunnel came up meanwhile
+                return True
+            self.report(
+                "peer",
+                f"traffic to {link.intro.name} ({link.intro.address}) relayed by the gateway",
+                state="relayed",
+                name=link.intro.name,
+                spi_in=f"0x{event.spi_in:08x}",
+            )
+        elif isinstance(event, ev.ChildSADeleted):
+            if self.on_child_deleted is not None:
+                self.on_child_deleted(event)
+            if link.relay is not None and link.relay.spi_in == event.spi_in:
+                link.relay = None
+                link.relay_at = now + (0.0 if link.state != LinkState.DIRECT else RELAY_AFTER)
+        elif isinstance(event, ev.ChildSAFailed):
+            link.relay_pending = False
+            link.relay_at = now + RELAY_RETRY
+            log.info("relay to %s refused: %s", link.intro.name, event.reason)
+        return True
 
     # ------------------------------------------------------------------ engine events
 
@@ -278,6 +398,7 @@ class PeerLinks:
             link.child, link.state, link.failures = event, LinkState.DIRECT, 0
             if self.on_child is not None:
                 self.on_child(event)
+            self._end_relay(link, now)
             self.report(
                 "peer",
                 f"direct tunnel to {link.intro.name} ({link.intro.address}) up at "
@@ -326,6 +447,7 @@ class PeerLinks:
         link.state, link.last_error = LinkState.CONNECTING, str(reason)
         link.failures += 1
         link.punches, link.since = 0, now
+        link.relay_at = min(link.relay_at, now + RELAY_AFTER) if link.relay is None else link.relay_at
         delay = min(RETRY_FIRST * 2 ** (link.failures - 1), RETRY_MAX)
         link.next_at = now + (delay if link.intro.role is Role.INITIATOR else 0.0)
         self.report(
@@ -342,7 +464,12 @@ class PeerLinks:
         link = self.links.get(address)
         if link is None:
             return {"path": LinkState.INTRODUCED}
-        out: dict[str, object] = {"path": link.state}
+        state = LinkState.RELAYED if link.state != LinkState.DIRECT and link.relay is not None else link.state
+        out: dict[str, object] = {"path": state}
+        if link.relay is not None and state == LinkState.RELAYED:
+            out["spi_in"] = f"0x{link.relay.spi_in:08x}"
+            out["spi_out"] = f"0x{link.relay.spi_out:08x}"
+            out["remote"] = f"{link.relay.remote[0]}:{link.relay.remote[1]}"
         if link.child is not None:
             out["spi_in"] = f"0x{link.child.spi_in:08x}"
             out["spi_out"] = f"0x{link.child.spi_out:08x}"
@@ -354,6 +481,7 @@ class PeerLinks:
     def close(self, now: float) -> None:
         """Delete every direct tunnel (the client is going away)."""
         for link in self.links.values():
+            self._end_relay(link, now)
             if link.sa_id is not None:
                 try:
                     self.engine.delete_ike_sa(link.sa_id, now, reason="client closing")

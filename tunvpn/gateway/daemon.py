@@ -36,7 +36,7 @@ from tunvpn.gateway.logins import (
     wait_turn,
     xauth_required,
 )
-from tunvpn.gateway.peering import Member, PairSecrets, introductions
+from tunvpn.gateway.peering import RELAY_PREFIX, Member, PairSecrets, introductions, relay_policies
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential, IdentityPattern
@@ -559,7 +559,8 @@ class Gateway:
                 phase1=self.phase1,
                 legacy=self.options.legacy,
                 pfs_groups=self.options.pfs_groups,
-            ),
+            )
+            + relay_policies(session.introduced or PeerList()),
         )
 
     def _push(self, session: Session) -> PolicyPush:
@@ -597,6 +598,8 @@ class Gateway:
                 continue
             before = {p.name for p in session.introduced.peers}
             session.introduced = peers
+            self._install_policies(session, session.policies)  # its relay policies follow
+            self._end_relays(session, {p.name for p in peers.peers}, now)
             config = self.mode_config_for(session.address, PUSHED_ATTRIBUTES, session.policies)
             extra = encode_policies(self._push(session)) + encode_peers(peers)
             try:
@@ -612,6 +615,18 @@ class Gateway:
                 f"; new: {', '.join(sorted(after - before))}" if after - before else "",
                 f"; gone: {', '.join(sorted(before - after))}" if before - after else "",
             )
+
+    def _end_relays(self, session: Session, peers: set[str], now: float) -> None:
+        """Delete ``session``'s relay SAs to peers it is no longer introduced to (issue 17)."""
+        for child in list(self.children.values()):
+            name = child.policy_name
+            if child.sa_id != session.sa_id or not name.startswith(RELAY_PREFIX):
+                continue
+            if name[len(RELAY_PREFIX) :] not in peers:
+                try:
+                    self.engine.delete_child(session.sa_id, child.spi_in, now)
+                except LocalProtocolError:
+                    pass
 
     def announced_protocols(self) -> tuple[ExtraProtocol, ...]:
         """The extra protocols of phase 1a, as announced (docs/protocol.md)."""
@@ -1320,6 +1335,7 @@ class Gateway:
         if wants_policies and self.options.peering:
             session.introduced = self._peers_for(session)
             extra += encode_peers(session.introduced)
+            self._install_policies(session, session.policies)  # with its relay policies
         if wants_policies:
             session.generation = self.generation
         log.info(

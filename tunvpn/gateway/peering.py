@@ -15,8 +15,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from tunvpn.config.gateway import PeeringRule
+from tunvpn.ike.config import ChildPolicy
 from tunvpn.ike.identity import Identity
 from tunvpn.ike.peers import SECRET_SIZE, Introduction, PeerList, Role
+from tunvpn.ike.proposals import ChildProposal
+from tunvpn.ipsec.selectors import TrafficSelector
 
 Endpoint = tuple[str, int]
 
@@ -92,4 +95,24 @@ def introductions(
     return PeerList(tuple(found))
 
 
-__all__ = ["Member", "PairSecrets", "introductions", "peer_identity"]
+RELAY_PREFIX = "relay:"
+"""Names of the phase 2 policies that relay a client's traffic to an introduced peer."""
+
+
+def relay_policies(peers: PeerList) -> tuple[ChildPolicy, ...]:
+    """The Quick Modes a client may make with the gateway to reach its introduced peers through
+    it when no direct path works (issue 17): its own address (the responder's ``None``) to each
+    peer's address, with the pair's ESP parameters. The gateway forwards what arrives on one
+    client's relay SA into the other's (its TUN device routes both addresses)."""
+    return tuple(
+        ChildPolicy(
+            f"{RELAY_PREFIX}{peer.name}",
+            TrafficSelector.from_network(f"{peer.address}/{peer.address.max_prefixlen}"),
+            None,
+            ChildProposal(esp=(peer.esp,), pfs_group=peer.pfs_group, lifetime_seconds=peer.lifetime_seconds),
+        )
+        for peer in peers.peers
+    )
+
+
+__all__ = ["RELAY_PREFIX", "Member", "PairSecrets", "introductions", "peer_identity", "relay_policies"]
