@@ -28,6 +28,7 @@ NAT-A then maps alice's message to another port, which NAT-B drops (seen before 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -165,7 +166,7 @@ def start_gateway(net: Net) -> subprocess.Popen[bytes]:
 def start_client(net: Net, user: str, host: str) -> tuple[subprocess.Popen[bytes], Path]:
     log = net.tmp / f"{user}.log"
     argv = ["connect", "-c", str(net.tmp / f"{user}.toml"), "--json", "--tun", "tvcl%d"]
-    argv += ["--control", "none", "--dns-backend", "none", "-v"]
+    argv += ["--control", str(net.tmp / f"{user}.sock"), "--dns-backend", "none", "-v"]
     return popen_tunvpn(net.ns[host], argv, log), log
 
 
@@ -227,6 +228,14 @@ def test_two_clients_behind_two_nats_talk_directly(net: Net) -> None:
         assert (size, digest) == (got_size, got_digest) == (str(SIZE), digest), sent.stdout
         through_gateway = _udp_bytes(pcap)
         assert through_gateway < SIZE // 100, f"{through_gateway} octets of UDP reached the gateway's link"
+        # tunvpn status: the peer, its path and what its SA pair carried
+        shown = run_tunvpn(net.ns["a"], ["status", "--socket", str(net.tmp / "alice.sock"), "--json"])
+        assert shown.returncode == 0, shown.stderr
+        [peer] = json.loads(shown.stdout)["tunnels"][0]["peers"]
+        assert peer["path"] == "direct" and peer["remote"] == "198.18.2.2:4500", peer
+        assert peer["bytes_out"] >= SIZE and peer["packets_in"] > 0, peer
+        text = run_tunvpn(net.ns["a"], ["status", "--socket", str(net.tmp / "alice.sock")]).stdout
+        assert f"peer bob {b_addr} at 198.18.2.2:4500: direct (initiator) via 198.18.2.2:4500" in text, text
 
         # carol (outside the peering rule, behind the same NAT as alice) meets nobody, and a
         # phase 1 she starts toward alice's public endpoint gets nothing

@@ -845,7 +845,7 @@ class Client:
                     "address": str(p.address),
                     "endpoint": f"{p.endpoint[0]}:{p.endpoint[1]}",
                     "role": p.role.name.lower(),
-                    **self.links.status(str(p.address)),
+                    **self.links.status(str(p.address), counters),
                 }
                 for p in self.peers.peers
             ],

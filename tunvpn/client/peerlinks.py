@@ -459,11 +459,25 @@ class PeerLinks:
 
     # ------------------------------------------------------------------ status
 
-    def status(self, address: str) -> dict[str, object]:
-        """The ``tunvpn status`` fields of the peer at inner ``address``."""
+    def status(self, address: str, counters: dict[int, tuple[int, int]] | None = None) -> dict[str, object]:
+        """The ``tunvpn status`` fields of the peer at inner ``address``: its path, the SA pair
+        that carries its traffic now and, from ``counters`` (SPI -> bytes, packets), what it
+        carried."""
         link = self.links.get(address)
         if link is None:
             return {"path": LinkState.INTRODUCED}
+        carrying = link.child if link.state == LinkState.DIRECT else link.relay
+        if carrying is not None and counters is not None:
+            bytes_in, packets_in = counters.get(carrying.spi_in, (0, 0))
+            bytes_out, packets_out = counters.get(carrying.spi_out, (0, 0))
+            traffic: dict[str, object] = {
+                "bytes_in": bytes_in,
+                "packets_in": packets_in,
+                "bytes_out": bytes_out,
+                "packets_out": packets_out,
+            }
+        else:
+            traffic = {}
         state = LinkState.RELAYED if link.state != LinkState.DIRECT and link.relay is not None else link.state
         out: dict[str, object] = {"path": state}
         if link.relay is not None and state == LinkState.RELAYED:
@@ -476,7 +490,7 @@ class PeerLinks:
             out["remote"] = f"{link.child.remote[0]}:{link.child.remote[1]}"
         if link.last_error and link.state != LinkState.DIRECT:
             out["error"] = link.last_error
-        return out
+        return {**out, **traffic}
 
     def close(self, now: float) -> None:
         """Delete every direct tunnel (the client is going away)."""

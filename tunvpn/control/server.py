@@ -653,7 +653,15 @@ def _format_tunnel(tunnel: dict[str, object]) -> list[str]:
             name, address = _text(peer, "name") or "?", _text(peer, "address") or "?"
             endpoint, path = _text(peer, "endpoint") or "?", _text(peer, "path") or "?"
             role = _text(peer, "role") or "?"
-            lines.append(f"    peer {name} {address} at {endpoint}: {path} ({role})")
+            line = f"    peer {name} {address} at {endpoint}: {path} ({role})"
+            if remote := _text(peer, "remote"):
+                line += f" via {remote}"
+            for direction in ("in", "out"):
+                if traffic := _traffic(peer, direction):
+                    line += f"  {traffic}"
+            if error := _text(peer, "error"):
+                line += f"  last error: {error}"
+            lines.append(line)
     return lines
 
 
