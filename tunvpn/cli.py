@@ -581,6 +581,12 @@ def _add_demo(sub: Subparsers) -> None:
         metavar="MB",
         help="MiB sent through the tunnel and checked (8)",
     )
+    tour.add_argument(
+        "--peers",
+        action="store_true",
+        help="then a second client and a peering rule: the gateway introduces the two and they "
+        "build a direct tunnel (issue 17)",
+    )
 
 
 def _add_demo_ike(sub: Subparsers) -> None:

@@ -113,6 +113,25 @@ def test_a_failed_step_is_named_and_still_cleaned_up() -> None:
     assert f"checked: no namespace, link or process named {tag}* is left" in out.stdout
 
 
+def test_demo_peers_introduces_a_second_client_and_they_talk_directly() -> None:
+    """``tunvpn demo --peers`` (issue 17): after the tour a second client joins, a reload adds a
+    peering rule (so the first client, connected before any rule existed, is introduced too),
+    and the two build a direct tunnel and ping each other over it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tunvpn", "demo", "--peers"], capture_output=True, text=True, timeout=120
+    )
+    text = out.stdout
+    assert out.returncode == 0, text[-4000:] + out.stderr[-3000:]
+    assert re.findall(r"^== \d+\. (.+) ==$", text, re.M)[-2:] == ["peers", "cleanup"]
+    assert "demo: introduced to demo2 (10.79.0.11) at 10.77.1.2:4500, initiator" in text
+    assert "demo2: introduced to demo (10.79.0.10) at 10.77.0.2:4500, responder" in text
+    assert re.search(r"^  demo: direct tunnel to demo2 \(10\.79\.0\.11\) up at 10\.77\.1\.2:4500", text, re.M)
+    assert re.search(r"^  demo pings demo2 at 10\.79\.0\.11: 3/3 replies", text, re.M)
+    assert "peer demo2 10.79.0.11 at 10.77.1.2:4500: direct (initiator) via 10.77.1.2:4500" in text
+    assert "relay" not in text.split("== 12. peers ==")[1].split("== 13.")[0].replace("would relay", "")
+    assert text.rstrip().endswith("demo: every step passed")
+
+
 def test_demo_ike_runs_end_to_end_and_cleans_up() -> None:
     """The README's main command: phase 1, XAUTH, Mode Config, Quick Mode, a ping through the
     ESP tunnel, then nothing left behind."""

@@ -11,6 +11,11 @@ transfer go through the ESP tunnel, the gateway's policies change under a connec
 (``tunvpn reload``: ``net-b`` removed, ``net-c`` added) and the client follows. Everything it
 made (namespaces with their veths and TUN devices, processes, the private temp dir) is
 removed at the end, also after a failure, Ctrl-C or SIGTERM, and that is checked.
+
+With ``--peers`` a second client joins from a fourth namespace (10.77.1.2, reached through the
+gateway namespace, which routes between its two links as any router would), a ``[[peering]]``
+rule is added by ``tunvpn reload``, the gateway introduces the two clients to each other, they
+build a direct tunnel and ping each other by their inner addresses over it (issue 17).
 """
 
 from __future__ import annotations
@@ -59,6 +64,14 @@ CLIENT_ADDR = "10.77.0.2"
 OUTER_PREFIX = 24
 POOL = "10.79.0.10-10.79.0.20"
 USER = "demo"
+PEER_USER = "demo2"
+PEER_ADDR, PEER_ROUTER = "10.77.1.2", "10.77.1.1"
+PEERING = """
+[[peering]]
+name = "everyone"
+from = "*"
+to = "*"
+"""
 SINK_PORT = 5001
 ENCAP_UDP_TUNNEL = 3  # RFC 3947 section 5.2: UDP-Encapsulated-Tunnel
 LOG_TAIL = 15
@@ -261,7 +274,9 @@ class Tour:
         await self.quick_mode()
         await self.pings(sorted(self.up))
         await self.transfer()
-        await self.policy_change(config_text)
+        new_text = await self.policy_change(config_text)
+        if getattr(self.args, "peers", False):
+            await self.peers(new_text)
 
     def network(self) -> None:
         c = self.console
@@ -467,7 +482,7 @@ class Tour:
             str(sa.get("name")): sa for tunnel in status.get("tunnels", []) for sa in tunnel.get("sas", [])
         }
 
-    async def policy_change(self, text: str) -> None:
+    async def policy_change(self, text: str) -> str:
         c = self.console
         assert self.files is not None
         c.section("live policy change")
@@ -489,6 +504,7 @@ class Tour:
         await self._check_unchanged(before)
         await self.pings([ADDED])
         await self._check_removed()
+        return new_text
 
     async def _reload(self) -> None:
         c = self.console
@@ -535,6 +551,77 @@ class Tour:
         if result.received:
             raise StepFailed(f"{host} ({REMOVED}) still answers after its policy was removed")
         c.say(f"{host} ({REMOVED}): no reply, as it should be: no SA and no route any more")
+
+    async def peers(self, text: str) -> None:
+        """``--peers``: a second client, a peering rule, and the direct tunnel between them."""
+        c = self.console
+        assert self.files is not None
+        c.section("peers")
+        peer_ns = self.topo.add_ns("p")
+        self.topo.link(
+            self.gateway_ns, [f"{PEER_ROUTER}/{OUTER_PREFIX}"], peer_ns, [f"{PEER_ADDR}/{OUTER_PREFIX}"]
+        )
+        self.topo.route(peer_ns, "default", "via", PEER_ROUTER)
+        self.topo.route(self.client_ns, "default", "via", GATEWAY_ADDR)
+        c.say(
+            f"second client namespace {peer_ns}: {PEER_ADDR}/{OUTER_PREFIX}; the gateway namespace "
+            "routes between its two links, as a router on the Internet would"
+        )
+        password = secrets.token_urlsafe(12)
+        users = (self.workdir / "users").read_text()
+        private_file(self.workdir / "users", f"{users}{PEER_USER}:{password}\n")
+        private_file(self.files.gateway_toml, text.rstrip("\n") + "\n" + PEERING)
+        check_config(text + PEERING, self.workdir)
+        c.say(
+            f"gateway.toml gets a peering rule (everyone may meet everyone directly); user {PEER_USER} added:"
+        )
+        for line in PEERING.strip().splitlines():
+            c.say(line, indent=3)
+        await self._reload()
+        profile = private_file(
+            self.workdir / "peer.toml",
+            f'gateway = "{GATEWAY_ADDR}"\npsk_file = "client.psk"\nuser = "{PEER_USER}"\n',
+        )
+        secret = private_file(self.workdir / "peer.password", f"{password}\n")
+        second = await self._daemon(
+            "second client",
+            peer_ns,
+            [
+                *("connect", "-c", str(profile), "--password-file", str(secret), "--json"),
+                *("--dns-backend", "none", "--tun", "tvpeer%d"),
+                *("--control", str(self.workdir / "peer.sock"), "--timeout", str(self.timeout)),
+            ],
+            quiet_by_default=True,
+        )
+        for name, daemon in ((USER, self._client()), (PEER_USER, second)):
+            [*_, introduced] = await daemon.until(
+                event_is("peer", "introduced"), f"{name}'s introduction", self.timeout
+            )
+            c.say(f"{name}: {introduced.get('message')}")
+        records = {}
+        for name, daemon in ((USER, self._client()), (PEER_USER, second)):
+            [*_, direct] = await daemon.until(
+                event_is("peer", "direct"), f"{name}'s direct tunnel", self.timeout
+            )
+            records[name] = direct
+            c.say(
+                f"{name}: {direct.get('message')} (spi in {direct.get('spi_in')} out {direct.get('spi_out')})"
+            )
+        target = str(records[USER].get("address"))
+        result = await ping(self.client_ns, target, self.env)
+        c.say(f"{USER} pings {PEER_USER} at {target}: {result.summary()}")
+        if result.received == 0:
+            raise StepFailed(f"no reply from {target} over the direct tunnel:\n{result.output}")
+        argv = tunvpn_argv("status", "--socket", str(self.workdir / "client.sock"))
+        code, out, err = await run_in(self.client_ns, argv, self.env, self.timeout)
+        lines = [line.strip() for line in out.splitlines() if line.strip().startswith("peer ")]
+        if code != 0 or not lines or ": direct" not in lines[0]:
+            raise StepFailed(f"tunvpn status on {USER} shows no direct peer: {out or err}")
+        c.say(f"{USER}'s tunvpn status: {lines[0]}")
+        c.say(
+            f"the pair's SAs go from {CLIENT_ADDR} to {PEER_ADDR} directly: the tunvpn gateway "
+            "introduced the two (and would relay if no direct path worked)"
+        )
 
     async def stop(self) -> list[str]:
         """Stop the client (it deletes its SAs), then the gateway; a line for each."""

@@ -591,8 +591,14 @@ class Gateway:
         """Send each client that was introduced to peers its new list when it changed (a
         peer came, went, moved or a rule changed): a CFG_SET with its policies and peers."""
         for session in list(self.sessions.values()):
-            if session.introduced is None or session.address is None:
+            if session.address is None:
                 continue
+            if session.introduced is None:
+                # a tunvpn client that got its policies before any peering rule existed (a
+                # reload added the first one): it takes introductions as well
+                if not (session.tunvpn and session.generation and self.options.peering):
+                    continue
+                session.introduced = PeerList()
             peers = self._peers_for(session)
             if peers == session.introduced:
                 continue
