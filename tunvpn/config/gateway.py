@@ -705,6 +705,32 @@ class PeeringRule:
         )
 
 
+@dataclass(frozen=True, repr=False)
+class SiteRule:
+    """``[[site]]`` (issue 18): another gateway this one builds a site-to-site tunnel with: its
+    address and phase 1 identity, the pre-shared key of this pair of gateways (never the group
+    key), the networks behind it and ours it may reach, and whether we start the tunnel."""
+
+    name: str
+    address: str
+    identity: Identity
+    secret: bytes
+    networks: tuple[TrafficSelector, ...]
+    """The other site's networks (routed into our TUN device over the site's SAs)."""
+    local: tuple[TrafficSelector, ...]
+    """Our networks the other site may reach (our side of each SA)."""
+    initiate: bool = True
+    esp: EspSuite = DEFAULT_ESP[0]
+    pfs: DHGroup | None = DHGroup.ECP_256
+    lifetime: int = 3600
+
+    def __repr__(self) -> str:  # the secret stays out of logs and tracebacks
+        nets = ", ".join(str(n) for n in self.networks)
+        return (
+            f"SiteRule({self.name!r}, {self.address}, id {self.identity}, networks {nets}, secret=<redacted>)"
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
     """Everything ``gateway.toml`` says (see docs/configuration.md). No secret in its ``repr``."""
@@ -762,6 +788,8 @@ class GatewayConfig:
     """IKE fragmentation: ``yes``, ``force`` or ``no`` (issue 16)."""
     peering: tuple[PeeringRule, ...] = ()
     """``[[peering]]``: who may build direct tunnels with whom (issue 17), in file order."""
+    sites: tuple[SiteRule, ...] = ()
+    """``[[site]]``: other gateways to build site-to-site tunnels with (issue 18)."""
     plugin_workers: int = 8
     """Threads blocking plugin hooks run in (RADIUS calls); a call beyond is refused as busy."""
     login_timeout: int = 120
@@ -803,8 +831,11 @@ class GatewayConfig:
         return tuple(rule.policy for rule in self.rules if rule.applies_to(user, groups))
 
 
-_TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "plugin", "peering")
+_TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "plugin", "peering", "site")
 _PEERING_KEYS = ("name", "from", "to", "esp", "pfs", "lifetime")
+_SITE_KEYS = (
+    "name", "address", "id", "psk_file", "networks", "local", "initiate", "esp", "pfs", "lifetime",
+)  # fmt: skip
 _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
     "require_xauth", "allow_aggressive_psk", "allow_aggressive_signatures", "allow_base_mode", "legacy",
@@ -1037,6 +1068,7 @@ def parse_gateway_config(
         banner=banner,
         rules=rules,
         peering=_peering(top, legacy, groups, pool),
+        sites=_sites(top, legacy, base_dir, pool, rules),
         protocols=protocols,
         plugins=plugins,
         plugin_settings=MappingProxyType(plugin_settings),
@@ -1101,7 +1133,7 @@ def _rules(
     top: TableReader, legacy: bool, groups: Mapping[str, frozenset[str]], pool: AddressPool | None
 ) -> tuple[PolicyRule, ...]:
     blocks = top.tables("policy", "[[policy]]", _POLICY_KEYS)
-    if not blocks:
+    if not blocks and not top.tables("site", "[[site]]", _SITE_KEYS):  # a gateway of sites only
         raise top.error("policy", "no [[policy]] block: define at least one network the clients reach")
     rules: list[PolicyRule] = []
     names: dict[str, str] = {}
@@ -1192,6 +1224,78 @@ def _peering(
                 name,
                 sides[0],
                 sides[1],
+                (esp or DEFAULT_ESP)[0],
+                pfs,
+                parse_duration(block, "lifetime", 3600),
+            )
+        )
+    return tuple(out)
+
+
+def _sites(
+    top: TableReader, legacy: bool, base_dir: Path, pool: AddressPool | None, rules: Sequence[PolicyRule]
+) -> tuple[SiteRule, ...]:
+    """``[[site]]`` blocks: name, address, id, psk_file, networks, local, initiate, esp, pfs,
+    lifetime. ``local`` defaults to our pool and the networks of our policies."""
+    out: list[SiteRule] = []
+    for block in top.tables("site", "[[site]]", _SITE_KEYS):
+        name = block.required_text("name").strip()
+        if not name or len(name.encode()) > MAX_NAME or not name.isprintable() or "/" in name:
+            raise block.error("name", f"a site name is 1 to {MAX_NAME} printable octets, no '/'")
+        if any(site.name == name for site in out):
+            raise block.error("name", f"site {name!r} is defined twice")
+        address = block.required_text("address").strip()
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise block.error("address", f"{address!r} is not an IPv4 address") from None
+        if any(site.address == address for site in out):
+            raise block.error("address", f"two sites at {address}")
+        id_text = block.text("id")
+        identity = block.convert("id", id_text or address, Identity.parse, "identity")
+        path = resolve_path(base_dir, block.required_text("psk_file"))
+        try:
+            secret = read_private_file(path, "PSK file").strip().encode()
+        except SecretFileError as exc:
+            raise block.error("psk_file", str(exc)) from None
+        if len(secret) < 20:
+            raise block.error(
+                "psk_file", "a site's key needs 20 characters or more (openssl rand -base64 32)"
+            )
+        networks = tuple(
+            block.convert("networks", text, TrafficSelector.parse, "selector")
+            for text in block.texts("networks") or ()
+        )
+        if not networks:
+            raise block.error("networks", "networks: the other site's networks, at least one")
+        local_texts = block.texts("local")
+        if local_texts:
+            local = tuple(block.convert("local", t, TrafficSelector.parse, "selector") for t in local_texts)
+        else:
+            own = [_pool_selector(pool)] if pool is not None else []
+            theirs = set(networks)  # a policy that gives clients the site's networks is not ours
+            local = tuple(
+                dict.fromkeys(
+                    [*own, *(r.policy.gateway_ts for r in rules if r.policy.gateway_ts not in theirs)]
+                )
+            )
+        if not local:
+            raise block.error(
+                "local", "local: our networks the site may reach (no pool or policy to default to)"
+            )
+        esp = _pick(block, "esp", ESP_SUITES, lambda s: s.is_legacy or s in LEGACY_ESP, legacy, "ESP suite")
+        pfs_text = block.text("pfs", "ecp256")
+        assert pfs_text is not None
+        pfs = None if pfs_text.strip().lower() == "none" else parse_group(block, "pfs", pfs_text, legacy)
+        out.append(
+            SiteRule(
+                name,
+                address,
+                identity,
+                secret,
+                networks,
+                local,
+                block.flag("initiate", True),
                 (esp or DEFAULT_ESP)[0],
                 pfs,
                 parse_duration(block, "lifetime", 3600),

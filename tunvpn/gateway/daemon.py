@@ -37,6 +37,7 @@ from tunvpn.gateway.logins import (
     xauth_required,
 )
 from tunvpn.gateway.peering import RELAY_PREFIX, Member, PairSecrets, introductions, relay_policies
+from tunvpn.gateway.sites import SiteLinks
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential, IdentityPattern
@@ -75,7 +76,7 @@ from tunvpn.shell.privileges import ServiceUser, drop_privileges
 from tunvpn.shell.udp import DROP_COUNTERS, IKE_QUEUE_SIZE, NewExchangeLimit, UdpDriver
 
 if TYPE_CHECKING:
-    from tunvpn.config.gateway import GatewayConfig, PeeringRule
+    from tunvpn.config.gateway import GatewayConfig, PeeringRule, SiteRule
     from tunvpn.dataplane.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,8 @@ class GatewayOptions:
     protocols: tuple[ExtraProtocol, ...] = ()
     peering: tuple[PeeringRule, ...] = ()
     """``[[peering]]``: who is introduced to whom for direct tunnels (issue 17)."""
+    sites: tuple[SiteRule, ...] = ()
+    """``[[site]]``: other gateways to build site-to-site tunnels with (issue 18)."""
     """Extra protocols the clients must run before Quick Mode (announced in phase 1a)."""
     domains: tuple[str, ...] = ()
     """DNS domains: the default domain first, then split-DNS domains."""
@@ -470,6 +473,13 @@ class Gateway:
         self.config = build_engine_config(options, require_xauth=xauth_required(options, self.plugins))
         self.phase1 = phase1_policy(options)
         self.engine = IkeEngine(self.config, ike_port=options.ike_port)
+        self.sites = SiteLinks(
+            self.engine,
+            (options.listen, options.ike_port),
+            options.local_id or Identity.parse(options.listen),
+            options.sites,
+        )
+        """Site-to-site tunnels with other gateways (tunvpn.gateway.sites, issue 18)."""
         self.children: dict[int, ev.ChildSAEstablished] = {}
         """Inbound SPI -> the Quick Mode that made it."""
         self.child_started: dict[int, float] = {}
@@ -690,6 +700,8 @@ class Gateway:
         audit.engine_event(
             event, self.sessions.get(event.sa_id), self.children.get(getattr(event, "spi_in", -1))
         )
+        if self.sites.handle(event, now):
+            return None  # another site's gateway: no client session, no login
         if isinstance(event, ev.Phase1Established):
             self.sessions[event.sa_id] = Session(
                 event.sa_id,
@@ -1596,6 +1608,7 @@ class Gateway:
             },
             "policies": [r.policy.describe() for r in effective_rules(self.options, self.phase1)],
             "tunnels": tunnels,
+            "sites": self.sites.status(),
         }
 
     # ------------------------------------------------------------------ running
@@ -1613,8 +1626,11 @@ class Gateway:
         if self.options.tun is not None and self.tunnel is None:
             from tunvpn.dataplane.tunnel import Tunnel
 
-            # the gateway answers Quick Modes; its clients rekey them (proposal_for=None)
-            self.tunnel = Tunnel(self.engine, name=self.options.tun, mtu=self.options.mtu)
+            # the gateway answers Quick Modes and its clients rekey them; it rekeys the site
+            # tunnels it started (proposal_for: None for clients' SAs)
+            self.tunnel = Tunnel(
+                self.engine, name=self.options.tun, mtu=self.options.mtu, proposal_for=self.sites.proposal_for
+            )
             log.info("ESP data path on TUN device %s", self.tunnel.name)
         self.driver = UdpDriver(
             self.engine,
@@ -1655,6 +1671,7 @@ class Gateway:
         await self._accounting_onoff("on", ONOFF_WAIT)  # before any login: "on" clears this NAS
         interim = loop.create_task(self._interim_accounting()) if self.options.accounting_interval else None
         crls = loop.create_task(keep_crls_fresh(lambda: self.config), name="CRL distribution points")
+        sites = loop.create_task(self._tick_sites(), name="site tunnels") if self.options.sites else None
         watchdog = sdnotify.start_watchdog(loop, self.tunnel.dataplane if self.tunnel is not None else None)
         stop_signals = self._catch_stop_signals(loop) if handle_signals else {}
         signals: tuple[signal.Signals, ...] = ()
@@ -1679,6 +1696,8 @@ class Gateway:
             if interim is not None:
                 interim.cancel()
             crls.cancel()
+            if sites is not None:
+                sites.cancel()
             if watchdog is not None:
                 watchdog.cancel()
             for sig in signals:
@@ -1696,6 +1715,16 @@ class Gateway:
             if self._signalled is not None:
                 name, at = self._signalled
                 log.info("stopped %.2f s after %s", time.monotonic() - at, name)
+
+    async def _tick_sites(self) -> None:
+        """The site tunnels' timer: start the ones we start when they are down."""
+        from tunvpn.gateway.sites import TICK
+
+        while True:
+            self.sites.tick(self.clock())
+            if self.driver is not None:
+                self.driver.flush()
+            await asyncio.sleep(TICK)
 
     def _restart_services(self) -> None:
         """A reload changed what the plugins' services run on: stop them, start them anew (their
@@ -1863,6 +1892,7 @@ RESTART_SETTINGS = (
     "new_exchanges_per_source_burst",
     "new_exchanges_total",
     "new_exchanges_total_burst",
+    "sites",
 )
 """Options a reload cannot change: the new value waits for a restart (and is reported)."""
 
@@ -1925,6 +1955,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         groups=dict(cfg.groups),
         protocols=tuple(cfg.protocols),
         peering=tuple(cfg.peering),
+        sites=tuple(cfg.sites),
         plugins=tuple(cfg.plugins),
         plugin_settings=dict(cfg.plugin_settings),
         accounting_interval=cfg.accounting_interval,

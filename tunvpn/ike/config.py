@@ -115,15 +115,19 @@ class ChildPolicy:
 
 @dataclass(frozen=True, repr=False)
 class PeerPair:
-    """A direct tunnel the gateway introduced (issue 17): the other client's phase 1 identity,
-    the identity we present to it, the pair's secret (its pre-shared key, never the group
-    key) and the phase 2 policies it may set up with us. The engine takes a phase 1 with such
-    a peer in Main Mode with that key only, and checks both identities."""
+    """A direct tunnel the gateway introduced (issue 17), or another site's gateway (issue 18):
+    the peer's phase 1 identity, the identity we present to it, the pair's secret (its
+    pre-shared key, never the group key) and the phase 2 policies it may set up with us. The
+    engine takes a phase 1 with such a peer in Main Mode with that key only (no XAUTH), and
+    checks both identities."""
 
     identity: Identity
     local_id: Identity
     secret: bytes
     children: tuple[ChildPolicy, ...] = ()
+    start_on_natt: bool = True
+    """Initiator: start on the NAT-T port (two clients: the endpoint the gateway saw is that
+    socket's); False: on the IKE port, floating if NAT-T says so (a site's gateway)."""
 
     def __repr__(self) -> str:  # the secret stays out of logs and tracebacks
         return f"PeerPair({self.identity}, local_id={self.local_id}, secret=<redacted>)"
@@ -212,7 +216,8 @@ class EngineConfig:
     """Answer phase 1 exchanges other peers start (a gateway). A client sets False: it only
     starts its own, and a first message from anyone (a holder of the group key among them) is
     dropped unread, before any state or Diffie-Hellman (counted), except from the endpoint of
-    a peer its gateway introduced (:meth:`IkeEngine.set_pairs`, issue 17)."""
+    a peer its gateway introduced (:meth:`IkeEngine.set_pairs`, issue 17). Either way a first
+    message from the endpoint of a pair (a site's gateway, issue 18) takes the pair's path."""
     fragmentation: str = "yes"
     """IKE fragmentation (tunvpn.ike.fragments, issue 16): ``"yes"`` announces it (a
     responder only to a peer that did), cuts messages larger than ``fragment_size`` for a peer

@@ -465,8 +465,9 @@ class IkeEngine:
     # ------------------------------------------------------------------ commands: introduced peers
 
     def set_pairs(self, pairs: Mapping[Address, PeerPair]) -> None:
-        """The peers the gateway introduced, by the endpoint it announced for each (issue 17):
-        the whole set, replacing the last one. A client (``responder`` off) answers first
+        """The peers the gateway introduced, by the endpoint it announced for each (issue 17),
+        or other sites' gateways by address with port 0 (any port; issue 18): the whole set,
+        replacing the last one. A client (``responder`` off) answers first
         messages from these endpoints only; SAs with a peer no longer listed are left to the
         shell to delete."""
         self._pairs = dict(pairs)
@@ -611,17 +612,16 @@ class IkeEngine:
             raise RemoteProtocolError(
                 "message for an unknown ISAKMP SA", NotifyType.INVALID_COOKIE, "header.cookies", 0
             )
-        pair = None
-        if not self.config.responder:
-            # a client starts its own phase 1 exchanges and answers only the peers its gateway
-            # introduced, at the endpoint the gateway announced (issue 17), in Main Mode
-            pair = self._pairs.get(remote)
-            if pair is None:
-                self._bad_input("first message to a peer that answers none")
-                return
-            if header.exchange != ExchangeType.IDENTITY_PROTECTION:
-                self._bad_input("first message of an introduced peer not in Main Mode")
-                return
+        # a client starts its own phase 1 exchanges and answers only the peers its gateway
+        # introduced, at the endpoint the gateway announced (issue 17); a gateway answers
+        # everyone, another site's gateway with that pair's key (issue 18); pairs in Main Mode
+        pair = self._pairs.get(remote) or self._pairs.get((remote[0], 0))  # port 0: any port
+        if pair is None and not self.config.responder:
+            self._bad_input("first message to a peer that answers none")
+            return
+        if pair is not None and header.exchange != ExchangeType.IDENTITY_PROTECTION:
+            self._bad_input("first message of a pair not in Main Mode")
+            return
         if not self._admit_half_open(remote):
             return
         phase1.start_responder(self, header, data, remote, local, now, pair=pair)

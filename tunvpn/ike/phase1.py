@@ -171,7 +171,7 @@ def initiate(
     if pair is not None:
         if exchange != MM:
             raise ValueError("a direct tunnel to an introduced peer runs in Main Mode")
-        sa.pair, sa.local_id, sa.floated = pair, pair.local_id, True
+        sa.pair, sa.local_id, sa.floated = pair, pair.local_id, pair.start_on_natt
         sa.child_policies = pair.children
         methods = [AuthMethod.PRE_SHARED_KEY]
     if engine.config.hybrid and exchange == BM:

@@ -724,3 +724,56 @@ def test_a_policy_can_be_limited_to_peer_identities(gwdir: Path) -> None:
     assert not rule.applies_to("bob", (), None)  # no proven identity: not by peers
     bad = MINIMAL + '\n[[policy]]\nname = "desk"\nlocal = "10.78.7.0/24"\npeers = ["CN="]\n'
     assert "peers" in str(_error(gwdir, bad))
+
+
+SITE = """
+[[site]]
+name = "branch"
+address = "198.18.2.2"
+psk_file = "site.psk"
+networks = ["10.88.0.0/24"]
+"""
+SITE_SECRET = "a-key-for-these-two-gateways-only-1234"
+
+
+def test_a_site_block_names_the_other_gateway_its_key_and_the_networks_on_both_sides(gwdir: Path) -> None:
+    """Issue 18: [[site]] with its own key file (not the group key); ``local`` defaults to our
+    pool and our policies' networks, leaving out a policy that hands out the site's networks."""
+    private_file(gwdir / "site.psk", SITE_SECRET + "\n")
+    text = MINIMAL + '\n[[policy]]\nname = "to-branch"\nlocal = "10.88.0.0/24"\n' + SITE
+    [site] = load_config(gwdir, text).sites
+    assert (site.name, site.address, str(site.identity), site.initiate) == (
+        "branch",
+        "198.18.2.2",
+        "198.18.2.2",
+        True,
+    )
+    assert site.secret == SITE_SECRET.encode() and SITE_SECRET not in repr(site)
+    assert [str(n) for n in site.networks] == ["10.88.0.0/24"]
+    assert "10.88.0.0/24" not in [str(n) for n in site.local] and len(site.local) == 2  # pool + the policy
+    explicit = load_config(
+        gwdir, MINIMAL + SITE + 'local = ["10.78.0.0/24"]\nid = "@branch.example"\ninitiate = false\n'
+    ).sites[0]
+    assert [str(n) for n in explicit.local] == ["10.78.0.0/24"] and not explicit.initiate
+    assert str(explicit.identity) == "@branch.example"
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda t: t.replace('address = "198.18.2.2"', 'address = "branch.example"'), "address"),
+        (lambda t: t.replace('networks = ["10.88.0.0/24"]', "networks = []"), "networks"),
+        (lambda t: t.replace('psk_file = "site.psk"', 'psk_file = "missing.psk"'), "psk_file"),
+        (lambda t: t + SITE.replace('"branch"', '"other"'), "address"),
+        (lambda t: t + SITE, "name"),
+        (lambda t: t.replace('name = "branch"', 'name = "a/b"'), "name"),
+    ],
+)
+def test_a_bad_site_block_names_its_key(gwdir: Path, change, key: str) -> None:  # type: ignore[no-untyped-def]
+    private_file(gwdir / "site.psk", SITE_SECRET + "\n")
+    assert key in str(_error(gwdir, change(MINIMAL + SITE)))
+
+
+def test_a_site_key_must_be_long(gwdir: Path) -> None:
+    private_file(gwdir / "site.psk", "short\n")
+    assert "20 characters" in str(_error(gwdir, MINIMAL + SITE))

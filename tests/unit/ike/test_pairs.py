@@ -126,3 +126,43 @@ def test_a_pair_runs_in_main_mode_only(mode: str) -> None:
 def test_the_pair_secret_never_shows() -> None:
     for_alice, _ = _pairs()
     assert SECRET.hex() not in repr(for_alice) and repr(SECRET) not in repr(for_alice)
+
+
+def test_a_gateway_answers_another_sites_gateway_with_that_sites_key_only() -> None:
+    """Issue 18: on a gateway (which answers everyone, and asks its clients for XAUTH) a first
+    message from a site's address, any port, takes the site's pair: its key and identity, no
+    XAUTH; the group key from that address gets nothing."""
+    from tests.helpers.ike_pair import gateway_config
+
+    site_id, gw_id = Identity.parse("198.51.100.1"), Identity.parse("192.0.2.10")
+    site_key = b"a-key-for-these-two-gateways-only-1234"
+    nets = (
+        ChildPolicy(
+            "site:b",
+            TrafficSelector.from_network("10.78.0.0/24"),
+            TrafficSelector.from_network("10.88.0.0/24"),
+        ),
+    )
+    # the gateway is Pair's "client" engine here (192.0.2.10); the other site starts from 198.51.100.1
+    pair = Pair(gateway_config(require_xauth=True, login_required=True), client_config())
+    pair.client.engine.set_pairs({(BOB_IP, 0): PeerPair(site_id, gw_id, site_key, nets, start_on_natt=False)})
+    # a holder of the group key, at the site's address: refused (the site's key is asked)
+    stranger = pair.gateway.engine
+    stranger.initiate((ALICE_IP, 500), (BOB_IP, 500), pair.now, mode="main", xauth=True)  # a client would
+    pair.gateway.drain()
+    pair.run()
+    pair.advance(2)
+    pair.run()
+    assert not pair.client.of(ev.Phase1Established) and not pair.gateway.of(ev.Phase1Established)
+    # the other site's gateway with the site's key
+    theirs = PeerPair(gw_id, site_id, site_key, (), start_on_natt=False)
+    other = Pair(gateway_config(require_xauth=True, login_required=True), client_config())
+    other.client.engine.set_pairs(
+        {(BOB_IP, 0): PeerPair(site_id, gw_id, site_key, nets, start_on_natt=False)}
+    )
+    other.gateway.engine.initiate((ALICE_IP, 500), (BOB_IP, 500), other.now, pair=theirs)
+    other.gateway.drain()
+    other.run()
+    [up] = other.client.of(ev.Phase1Established)
+    assert up.peer_id == str(site_id) and up.suite.endswith("/pre_shared_key")
+    assert not other.client.of(ev.XauthRequested) and not other.gateway.of(ev.XauthRequested)

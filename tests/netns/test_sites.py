@@ -1,0 +1,181 @@
+"""Issue 18, first slice: two tunvpn gateways build a site-to-site tunnel from their ``[[site]]``
+blocks (per-site pre-shared key, no XAUTH, net-to-net Quick Modes) and route between the
+sites; a client of site A reaches a server of site B through both. Real ``tunvpn gateway`` and
+``tunvpn connect`` processes, TUN devices::
+
+    sA 10.78.0.10 -- gA 198.18.1.2 --- Internet i --- 198.18.2.2 gB -- 10.88.0.10 sB
+                      | (10.78.0.1, 192.168.1.1)                (10.88.0.1)
+    cA 192.168.1.2 ---+  pool 10.79.0.10-50 (in 10.79.0.0/24)
+
+gA starts the tunnel (``initiate = true``), gB waits for it (``initiate = false``). Shown: both
+gateways' site SAs (10.78.0.0/24 and 10.79.0.0/24 to 10.88.0.0/24), server-to-server pings,
+alice (a client of gA, whose policy ``site-b`` gives her 10.88.0.0/24) pings sB and moves
+16 MiB to it checked by SHA-256; gB killed and restarted: gA finds the tunnel gone and builds
+it again, and the servers ping each other again; ``tunvpn status`` lists the site.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.netns import Topology, popen_in, run_in, stop_process, wait_for
+from tests.helpers.transfer import SINK, SOURCE
+from tests.helpers.tunvpn_proc import popen_tunvpn, private_file, read_text, run_tunvpn, wait_for_line
+
+GA, GB = "198.18.1.2", "198.18.2.2"
+SA, SB = "10.78.0.10", "10.88.0.10"
+GROUP_PSK = "sites-e2e-group-psk-9e2d41"
+SITE_PSK = "sites-e2e-site-key-only-for-a-and-b-4c1f"
+SIZE = 16 << 20
+
+GATEWAY_A = f"""\
+[gateway]
+listen = "{GA}"
+psk_file = "gw.psk"
+users_file = "users"
+tun = "tvga%d"
+control_socket = "ga.sock"
+
+[network]
+pool = "10.79.0.10-10.79.0.50"
+
+[[policy]]
+name = "site-a"
+local = "10.78.0.0/24"
+
+[[policy]]
+name = "site-b"
+local = "10.88.0.0/24"
+
+[[site]]
+name = "b"
+address = "{GB}"
+psk_file = "site.psk"
+networks = ["10.88.0.0/24"]
+local = ["10.78.0.0/24", "10.79.0.0/24"]
+"""
+
+GATEWAY_B = f"""\
+[gateway]
+listen = "{GB}"
+psk_file = "gw.psk"
+tun = "tvgb%d"
+control_socket = "gb.sock"
+
+[[site]]
+name = "a"
+address = "{GA}"
+psk_file = "site.psk"
+networks = ["10.78.0.0/24", "10.79.0.0/24"]
+local = ["10.88.0.0/24"]
+initiate = false
+"""
+
+
+@dataclass
+class Net:
+    topo: Topology
+    ns: dict[str, str]
+    tmp: Path
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    os.chmod(tmp_path, 0o700)
+    with Topology() as topo:
+        ns = {role: topo.add_ns(role) for role in ("ga", "gb", "sa", "sb", "ca", "i")}
+        t = topo.tag
+        topo.link(ns["ga"], f"{GA}/24", ns["i"], "198.18.1.1/24", names=(t + "ga", t + "ia"))
+        topo.link(ns["gb"], f"{GB}/24", ns["i"], "198.18.2.1/24", names=(t + "gb", t + "ib"))
+        topo.link(ns["ga"], "10.78.0.1/24", ns["sa"], f"{SA}/24", names=(t + "gas", t + "sa"))
+        topo.link(ns["gb"], "10.88.0.1/24", ns["sb"], f"{SB}/24", names=(t + "gbs", t + "sb"))
+        topo.link(ns["ga"], "192.168.1.1/24", ns["ca"], "192.168.1.2/24", names=(t + "gac", t + "ca"))
+        for host, router in (("sa", "10.78.0.1"), ("sb", "10.88.0.1"), ("ca", "192.168.1.1")):
+            run_in(ns[host], ["ip", "route", "add", "default", "via", router])
+        run_in(ns["ga"], ["ip", "route", "add", "default", "via", "198.18.1.1"])
+        run_in(ns["gb"], ["ip", "route", "add", "default", "via", "198.18.2.1"])
+        for router in ("ga", "gb", "i"):
+            run_in(ns[router], ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        for side, text in (("a", GATEWAY_A), ("b", GATEWAY_B)):
+            d = tmp_path / side
+            d.mkdir(mode=0o700)
+            private_file(d / "gw.psk", GROUP_PSK + "\n")
+            private_file(d / "site.psk", SITE_PSK + "\n")
+            private_file(d / "users", "alice:alice-pw\n")
+            (d / "gateway.toml").write_text(text)
+        private_file(tmp_path / "alice.pw", "alice-pw\n")
+        private_file(tmp_path / "client.psk", GROUP_PSK + "\n")
+        (tmp_path / "alice.toml").write_text(
+            f'gateway = "{GA}"\npsk_file = "client.psk"\nuser = "alice"\npassword_file = "alice.pw"\n'
+        )
+        yield Net(topo, ns, tmp_path)
+
+
+def start_gateway(net: Net, side: str) -> tuple[subprocess.Popen[bytes], Path]:
+    d = net.tmp / side
+    log = d / f"gateway-{time.monotonic_ns()}.log"
+    gw = popen_tunvpn(net.ns["g" + side], ["gateway", "-c", str(d / "gateway.toml"), "-v"], log)
+    wait_for_line(log, "gateway ready", gw, 20, f"gateway {side}")
+    return gw, log
+
+
+def ping(net: Net, host: str, address: str, count: int = 2) -> bool:
+    out = run_in(net.ns[host], ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", address], check=False)
+    return out.returncode == 0
+
+
+def test_two_gateways_join_their_sites_and_a_client_of_one_reaches_the_other(net: Net) -> None:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        gb, gb_log = start_gateway(net, "b")
+        procs.append(gb)
+        ga, ga_log = start_gateway(net, "a")
+        procs.append(ga)
+        wait_for(lambda: read_text(ga_log).count("site b: 10.") >= 2, 20, "gA's two site SAs")
+        assert "site a: phase 1 up" in read_text(gb_log), read_text(gb_log)[-3000:]
+        assert "XAUTH" not in read_text(gb_log).split("site a: phase 1 up")[0].split("ready")[-1]
+        wait_for(lambda: ping(net, "sa", SB, 1), 15, "sA to sB across the sites")
+        assert ping(net, "sb", SA), "sB to sA"
+
+        # alice, a client of gA, reaches site B's server through gA and the site tunnel
+        log = net.tmp / "alice.log"
+        argv = ["connect", "-c", str(net.tmp / "alice.toml"), "--json", "--tun", "tvcl%d"]
+        argv += ["--control", "none", "--dns-backend", "none"]
+        alice = popen_tunvpn(net.ns["ca"], argv, log)
+        procs.append(alice)
+        wait_for_line(log, "IPsec SA pair(s) up", alice, 30, "alice's tunnel")
+        assert ping(net, "ca", SB, 3), read_text(log)[-2000:]
+        sink = popen_in(net.ns["sb"], [sys.executable, "-c", SINK, SB], net.tmp / "sink.log")
+        procs.append(sink)
+        wait_for(lambda: "listening" in read_text(net.tmp / "sink.log"), 10, "the sink")
+        sent = run_in(net.ns["ca"], [sys.executable, "-c", SOURCE, SB, str(SIZE)], check=False, timeout=120)
+        assert sent.returncode == 0, sent.stderr
+        size, digest, got_size, got_digest = sent.stdout.split()
+        assert (size, digest) == (got_size, got_digest) == (str(SIZE), digest), sent.stdout
+
+        shown = run_tunvpn(net.ns["ga"], ["status", "--socket", str(net.tmp / "a" / "ga.sock"), "--json"])
+        [site] = json.loads(shown.stdout)["sites"]
+        assert (site["name"], site["state"], site["sas"]) == ("b", "up", 2), site
+
+        # gB dies and comes back: gA finds its site tunnel gone and builds it again
+        gb.kill()
+        gb.wait(5)
+        gb, gb_log = start_gateway(net, "b")
+        procs.append(gb)
+        wait_for(lambda: ping(net, "sa", SB, 1), 60, "sA to sB after gB's restart")
+        assert "site a: phase 1 up" in read_text(gb_log)
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
+    for side in ("a", "b"):
+        for path in (net.tmp / side).glob("gateway-*.log"):
+            assert SITE_PSK not in read_text(path) and GROUP_PSK not in read_text(path)

@@ -1,0 +1,216 @@
+"""Site-to-site tunnels between gateways (issue 18): the ``[[site]]`` blocks of gateway.toml.
+
+For each other site the gateway knows its address and phase 1 identity, the pre-shared key of
+this pair of gateways (never the group key), the networks behind it and ours it may reach.
+:class:`SiteLinks` puts that into the gateway's own IKE engine as pairs
+(:meth:`tunvpn.ike.engine.IkeEngine.set_pairs`): a first message from a site's address takes
+the pair's path (Main Mode with the site's key, its identity checked, no XAUTH, only the site's
+selectors), and a site marked ``initiate`` (the default) is started by us: Main Mode from our IKE
+port, then one Quick Mode per pair of networks (ours, theirs), again after any loss with a
+back-off. The SAs go into the gateway's data path like its clients' (the site's networks are
+routed into the TUN device); the gateway rekeys the Quick Modes it started.
+
+No socket, thread or clock here: the gateway calls :meth:`SiteLinks.tick` every
+:data:`TICK` seconds, hands it every engine event first (:meth:`SiteLinks.handle`) and flushes
+the engine afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tunvpn.config.gateway import SiteRule
+from tunvpn.ike import events as ev
+from tunvpn.ike.config import ChildPolicy, PeerPair
+from tunvpn.ike.engine import IkeEngine
+from tunvpn.ike.errors import LocalProtocolError
+from tunvpn.ike.identity import Identity
+from tunvpn.ike.proposals import ChildProposal
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+TICK = 1.0
+"""Seconds between :meth:`SiteLinks.tick` calls."""
+RETRY_FIRST = 2.0
+"""Seconds before a lost or failed site tunnel we start is started again (doubled each time)."""
+RETRY_MAX = 30.0
+SITE_PREFIX = "site:"
+"""Names of the site's Quick Modes: ``site:NAME``."""
+
+
+def site_policies(site: SiteRule) -> tuple[ChildPolicy, ...]:
+    """One phase 2 policy per pair of networks: ours (``site.local``) to theirs."""
+    proposal = ChildProposal(esp=(site.esp,), pfs_group=site.pfs, lifetime_seconds=site.lifetime)
+    return tuple(
+        ChildPolicy(f"{SITE_PREFIX}{site.name}", local, remote, proposal)
+        for local in site.local
+        for remote in site.networks
+    )
+
+
+@dataclass
+class SiteLink:
+    """One other site and our ISAKMP SA with it."""
+
+    site: SiteRule
+    sa_id: bytes | None = None
+    up: bool = False
+    next_at: float = 0.0
+    failures: int = 0
+    last_error: str = ""
+    children: int = 0
+
+
+class SiteLinks:
+    """The gateway's site-to-site tunnels (module docstring).
+
+    :param engine: the gateway's IKE engine.
+    :param local: our address and IKE port (site tunnels start there).
+    :param local_id: the phase 1 identity we present to the other sites.
+    """
+
+    def __init__(
+        self, engine: IkeEngine, local: Address, local_id: Identity, sites: Sequence[SiteRule]
+    ) -> None:
+        self.engine = engine
+        self.local = local
+        self.local_id = local_id
+        self.links: dict[str, SiteLink] = {site.name: SiteLink(site) for site in sites}
+        self._tell_engine()
+
+    def _pair(self, site: SiteRule) -> PeerPair:
+        return PeerPair(site.identity, self.local_id, site.secret, site_policies(site), start_on_natt=False)
+
+    def _tell_engine(self) -> None:
+        """The sites as the engine's pairs: a first message from a site's address (any port: it
+        may be behind a NAT) takes the pair's path."""
+        self.engine.set_pairs({(link.site.address, 0): self._pair(link.site) for link in self.links.values()})
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, now: float) -> None:
+        """Start the site tunnels we start that are down and due."""
+        for link in self.links.values():
+            if link.site.initiate and link.sa_id is None and now >= link.next_at:
+                self._start(link, now)
+
+    def _start(self, link: SiteLink, now: float) -> None:
+        site = link.site
+        try:
+            link.sa_id = self.engine.initiate(
+                (site.address, self.local[1]), self.local, now, mode="main", pair=self._pair(site)
+            )
+        except (LocalProtocolError, ValueError) as exc:
+            self._failed(link, str(exc), now)
+            return
+        log.info("site %s: starting the tunnel to %s", site.name, site.address)
+
+    # ------------------------------------------------------------------ engine events
+
+    def _link_of(self, event: ev.Event) -> SiteLink | None:
+        for link in self.links.values():
+            if link.sa_id is not None and link.sa_id[:8] == event.sa_id[:8]:
+                return link
+        if isinstance(event, ev.Phase1Established) and event.role == "responder":
+            for link in self.links.values():
+                if link.site.address == event.peer[0]:
+                    return link
+        return None
+
+    def handle(self, event: ev.Event, now: float) -> bool:
+        """An engine event: True when it belongs to a site's ISAKMP SA and is the phase 1 coming
+        up (the gateway then keeps no client session for it). Quick Mode events of a site are
+        left to the gateway's usual path too (data path, counters): False."""
+        link = self._link_of(event)
+        if link is None:
+            return False
+        if isinstance(event, ev.Phase1Established):
+            if link.sa_id is not None and link.sa_id[:8] != event.sa_id[:8]:
+                log.info(
+                    "site %s: a second ISAKMP SA (both sides started); keeping the new one", link.site.name
+                )
+            link.sa_id, link.up, link.failures, link.last_error = event.sa_id, True, 0, ""
+            try:
+                self.engine.grant(event.sa_id, now)  # no XAUTH between gateways
+            except LocalProtocolError as exc:
+                log.warning("site %s: %s", link.site.name, exc)
+            log.info("site %s: phase 1 up with %s (%s)", link.site.name, event.peer[0], event.suite)
+            if event.role == "initiator":
+                self._start_children(link, event.sa_id, now)
+            return True
+        if isinstance(event, ev.ChildSAEstablished):
+            link.children += 1
+            log.info(
+                "site %s: %s === %s up (spi in 0x%08x)",
+                link.site.name,
+                event.local_ts,
+                event.remote_ts,
+                event.spi_in,
+            )
+        elif isinstance(event, ev.ChildSADeleted):
+            link.children = max(0, link.children - 1)
+        elif isinstance(event, ev.ChildSAFailed):
+            log.warning("site %s: Quick Mode %s failed: %s", link.site.name, event.policy_name, event.reason)
+        elif isinstance(event, (ev.IkeSADeleted, ev.Phase1Failed)):
+            self._failed(link, event.reason, now)
+        return False
+
+    def _start_children(self, link: SiteLink, sa_id: bytes, now: float) -> None:
+        for policy in site_policies(link.site):
+            assert policy.remote_ts is not None
+            try:
+                self.engine.start_child(
+                    sa_id, now, policy.local_ts, policy.remote_ts, policy.proposal, name=policy.name
+                )
+            except LocalProtocolError as exc:
+                log.warning(
+                    "site %s: cannot start %s === %s: %s",
+                    link.site.name,
+                    policy.local_ts,
+                    policy.remote_ts,
+                    exc,
+                )
+
+    def _failed(self, link: SiteLink, reason: str, now: float) -> None:
+        link.sa_id, link.up, link.children, link.last_error = None, False, 0, reason
+        link.failures += 1
+        if link.site.initiate:
+            delay = min(RETRY_FIRST * 2 ** (link.failures - 1), RETRY_MAX)
+            link.next_at = now + delay
+            log.warning("site %s: tunnel down (%s); starting again in %g s", link.site.name, reason, delay)
+        else:
+            log.warning("site %s: tunnel down (%s); the other side starts it", link.site.name, reason)
+
+    # ------------------------------------------------------------------ the gateway's other duties
+
+    def proposal_for(self, name: str) -> ChildProposal | None:
+        """The proposal to rekey a site's Quick Mode with (the gateway's data path asks for
+        every SA near its end: None for its clients', which they rekey themselves)."""
+        if not name.startswith(SITE_PREFIX):
+            return None
+        link = self.links.get(name[len(SITE_PREFIX) :])
+        if link is None:
+            return None
+        return site_policies(link.site)[0].proposal
+
+    def status(self) -> list[dict[str, object]]:
+        """The ``sites`` of ``tunvpn status``."""
+        return [
+            {
+                "name": link.site.name,
+                "address": link.site.address,
+                "state": "up" if link.up else "down",
+                "initiate": link.site.initiate,
+                "networks": [str(n) for n in link.site.networks],
+                "sas": link.children,
+                **({"error": link.last_error} if link.last_error and not link.up else {}),
+            }
+            for link in self.links.values()
+        ]
+
+
+__all__ = ["SITE_PREFIX", "SiteLink", "SiteLinks", "site_policies"]
