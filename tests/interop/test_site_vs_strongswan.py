@@ -1,0 +1,150 @@
+"""Site to site with strongSwan (issue 18): our gateway's ``[[site]]`` against charon's
+net-to-net IKEv1 connection with a pre-shared key, each side starting it once::
+
+    our gateway (10.77.0.1; network 10.78.0.0/24, 10.78.0.1 on its lo)
+        --veth-- charon (10.77.0.2; network 10.88.0.0/24, 10.88.0.1 on its lo; kernel-libipsec)
+
+Main Mode with the sites' key (no XAUTH, no Mode Config), one Quick Mode 10.78.0.0/24 ===
+10.88.0.0/24, ESP in UDP on both sides (charon ``encap = yes``: our data path is UDP only). A
+ping between the two networks' addresses and a short iperf3 run go through both userspace data
+paths (ours and charon's kernel-libipsec).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.netns import NetnsPair, popen_in, run_in, stop_process, wait_for
+from tests.helpers.tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
+
+from .strongswan import Charon
+
+OURS, THEIRS = "10.77.0.1", "10.77.0.2"
+OUR_NET, OUR_HOST = "10.78.0.0/24", "10.78.0.1"
+THEIR_NET, THEIR_HOST = "10.88.0.0/24", "10.88.0.1"
+SITE_KEY = "tv-site-to-site-key-0123456789abcdef"
+
+
+def our_gateway(tmp_path: Path, initiate: bool) -> Path:
+    private_file(tmp_path / "gw.psk", "a-group-key-nobody-uses-here-0123\n")
+    private_file(tmp_path / "site.psk", SITE_KEY + "\n")
+    return private_file(
+        tmp_path / "gateway.toml",
+        f"""\
+[gateway]
+listen = "{OURS}"
+psk_file = "gw.psk"
+tun = "tvgw%d"
+
+[[site]]
+name = "charon"
+address = "{THEIRS}"
+psk_file = "site.psk"
+networks = ["{THEIR_NET}"]
+local = ["{OUR_NET}"]
+initiate = {"true" if initiate else "false"}
+""",
+    )
+
+
+CHARON_SITE = f"""\
+connections {{
+  site {{
+    version = 1
+    local_addrs = {THEIRS}
+    remote_addrs = {OURS}
+    encap = yes
+    proposals = aes256-sha256-ecp256
+    local {{
+      auth = psk
+      id = {THEIRS}
+    }}
+    remote {{
+      auth = psk
+      id = {OURS}
+    }}
+    children {{
+      site {{
+        mode = tunnel
+        local_ts = {THEIR_NET}
+        remote_ts = {OUR_NET}
+        esp_proposals = aes256gcm16-ecp256
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-site {{
+    id-1 = {THEIRS}
+    id-2 = {OURS}
+    secret = "{SITE_KEY}"
+  }}
+}}
+"""
+
+
+def _ping(ns: str, source: str, target: str) -> bool:
+    out = run_in(ns, ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", "-I", source, target], check=False)
+    return out.returncode == 0
+
+
+@pytest.mark.parametrize("starter", ["ours", "charon"])
+def test_site_to_site_with_strongswan(tmp_path: Path, starter: str) -> None:
+    with NetnsPair(f"{OURS}/24", f"{THEIRS}/24") as pair, Charon(tmp_path / "charon", pair.b) as charon:
+        pair.add_addr(pair.a, f"{OUR_HOST}/32")
+        pair.add_addr(pair.b, f"{THEIR_HOST}/32")
+        run_in(pair.a, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        charon.load(CHARON_SITE)
+        log = tmp_path / "gateway.log"
+        config = our_gateway(tmp_path, initiate=starter == "ours")
+        gateway = popen_tunvpn(pair.a, ["gateway", "-c", str(config), "--control", "none", "-v"], log)
+        procs = [gateway]
+        try:
+            wait_for_line(log, "gateway ready", gateway, 15, "our gateway")
+            if starter == "charon":
+                try:
+                    out = charon.initiate("site", "site", timeout=25)
+                except RuntimeError as exc:
+                    raise AssertionError(f"{exc}\n--- gateway log ---\n{read_text(log)[-4000:]}") from None
+                assert "CHILD_SA site{1} established" in out, out
+            try:
+                wait_for(lambda: bool(charon.established_children()), 25, "charon's CHILD_SA")
+            except TimeoutError:
+                raise AssertionError(
+                    f"{read_text(log)[-4000:]}\n--- charon ---\n{charon.log_text()[-4000:]}"
+                ) from None
+            wait_for(lambda: _ping(pair.b, THEIR_HOST, OUR_HOST), 15, "a ping from charon's network to ours")
+            assert _ping(pair.a, OUR_HOST, THEIR_HOST), "a ping from our network to charon's"
+            iperf = None
+            if shutil.which("iperf3") is not None:
+                server = popen_in(
+                    pair.a, ["iperf3", "-s", "-1", "--forceflush", "-B", OUR_HOST], tmp_path / "iperf3-server.log"
+                )
+                procs.append(server)
+                wait_for(
+                    lambda: "listening" in read_text(tmp_path / "iperf3-server.log").lower(), 10, "iperf3 -s"
+                )
+                run = run_in(
+                    pair.b,
+                    ["iperf3", "-c", OUR_HOST, "-B", THEIR_HOST, "-t", "2", "-J"],
+                    check=False,
+                    timeout=30,
+                )
+                assert run.returncode == 0, run.stdout[-2000:] + run.stderr
+                iperf = json.loads(run.stdout)["end"]["sum_received"]["bytes"]
+            list_sas = charon.list_sas()
+        finally:
+            for proc in reversed(procs):
+                stop_process(proc)
+        gw_log = read_text(log)
+        charon_log = charon.log_text()
+    assert "site charon: phase 1 up" in gw_log, gw_log[-3000:]
+    # no XAUTH between gateways (charon announces it can, by its vendor ID, but nobody asks)
+    assert "XAuth authentication" not in charon_log and "XAUTH:" not in gw_log
+    assert f"local  {THEIR_NET}" in list_sas and f"remote {OUR_NET}" in list_sas, list_sas
+    assert iperf is None or iperf > 1 << 20, iperf
+    assert SITE_KEY not in gw_log
