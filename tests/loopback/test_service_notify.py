@@ -118,6 +118,10 @@ def test_gateway_and_client_notify_ready_reloading_stopping(
         assert int(reloading["MONOTONIC_USEC"]) > 0
         again = abstract_listener.next(10, gw, gw_log)
         assert again["READY"] == "1" and "generation 2" in again["STATUS"], again
+        # the client follows the change (net-b's SA up) and says so before it is stopped: read
+        # that first, or it may arrive where STOPPING is expected (seen once in CI)
+        followed = path_listener.next(10, cl, cl_log)
+        assert followed["READY"] == "1" and "tunnel up" in followed["STATUS"], followed
 
         cl.send_signal(signal.SIGTERM)
         assert path_listener.next(10, cl, cl_log)["STOPPING"] == "1"
