@@ -261,7 +261,7 @@ class Charon:
 
 
 _RAW_TOKEN = re.compile(
-    r"\s*(?:(?P<open>[\w.-]+) \{|(?P<close>\})|(?P<list>[\w.-]+)=\[|(?P<end>\])"
+    r"\s*(?:(?P<open>[\w.()-]+) \{|(?P<close>\})|(?P<list>[\w.-]+)=\[|(?P<end>\])"
     r"|(?P<key>[\w.-]+)=(?P<value>[^\s\[\]{}]*)|(?P<item>[^\s\[\]{}]+))"
 )
 
@@ -270,7 +270,8 @@ def parse_vici_raw(line: str) -> dict[str, object]:
     """Parse one ``swanctl --raw`` line into nested dicts.
 
     The format is ``list-sa event {NAME {key=value list=[a b] section {...}}}``; values are
-    printed unquoted, and values with spaces do not occur in the list-sas output we read.
+    printed unquoted, and values with spaces do not occur in the list-sas output we read. An
+    IKE_SA that has no config yet (a responder's, before its peer's identity) is ``(unnamed)``.
     """
     body = line[line.index("{") + 1 : line.rindex("}")]
     stack: list[dict[str, object]] = [{}]

@@ -1,5 +1,6 @@
 """Site to site with strongSwan (issue 18): our gateway's ``[[site]]`` against charon's
-net-to-net IKEv1 connection with a pre-shared key, each side starting it once::
+net-to-net IKEv1 connection, with a pre-shared key and with certificates of one CA, each side
+starting it once::
 
     our gateway (10.77.0.1; network 10.78.0.0/24, 10.78.0.1 on its lo)
         --veth-- charon (10.77.0.2; network 10.88.0.0/24, 10.88.0.1 on its lo; kernel-libipsec)
@@ -17,7 +18,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from tests.helpers.gateway_pki import pki
 from tests.helpers.netns import NetnsPair, popen_in, run_in, stop_process, wait_for
 from tests.helpers.tunvpn_proc import popen_tunvpn, private_file, read_text, wait_for_line
 
@@ -29,21 +32,34 @@ THEIR_NET, THEIR_HOST = "10.88.0.0/24", "10.88.0.1"
 SITE_KEY = "tv-site-to-site-key-0123456789abcdef"
 
 
-def our_gateway(tmp_path: Path, initiate: bool) -> Path:
+def our_gateway(tmp_path: Path, initiate: bool, certificates: bool = False) -> Path:
+    """Our side: the sites' key, or (``certificates``) our certificate and the CA that issued
+    charon's, which must name charon's identity alice.example."""
     private_file(tmp_path / "gw.psk", "a-group-key-nobody-uses-here-0123\n")
     private_file(tmp_path / "site.psk", SITE_KEY + "\n")
+    auth = 'psk_file = "site.psk"'
+    extra = ""
+    if certificates:
+        p = pki(OURS)
+        (tmp_path / "gw.pem").write_bytes(p.gateway.certificate.public_bytes(Encoding.PEM))
+        key = p.gateway.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        private_file(tmp_path / "gw.key", key.decode())
+        (tmp_path / "ca.pem").write_bytes(p.ca.public_bytes(Encoding.PEM))
+        auth = 'id = "alice.example"'
+        extra = '\n[gateway.certificate]\ncert = "gw.pem"\nkey = "gw.key"\nca = "ca.pem"\n'
     return private_file(
         tmp_path / "gateway.toml",
         f"""\
 [gateway]
 listen = "{OURS}"
+id = "{OURS}"
 psk_file = "gw.psk"
 tun = "tvgw%d"
-
+{extra}
 [[site]]
 name = "charon"
 address = "{THEIRS}"
-psk_file = "site.psk"
+{auth}
 networks = ["{THEIR_NET}"]
 local = ["{OUR_NET}"]
 initiate = {"true" if initiate else "false"}
@@ -87,20 +103,48 @@ secrets {{
 """
 
 
+CHARON_CERT_SITE = (
+    CHARON_SITE.replace(
+        "auth = psk\n      id = " + THEIRS, "auth = pubkey\n      certs = site.pem\n      id = alice.example"
+    )
+    .replace("auth = psk\n      id = " + OURS, "auth = pubkey\n      id = " + OURS)
+    .split("secrets {")[0]
+)
+"""charon signing with a certificate of our CA for alice.example, expecting ours for 10.77.0.1."""
+
+
+def _charon_certificates(charon: Charon) -> None:
+    p = pki(OURS)
+    confdir = charon.swanctl_path.parent
+    for sub in ("x509", "x509ca", "rsa"):
+        (confdir / sub).mkdir(parents=True, exist_ok=True)
+    (confdir / "x509ca" / "ca.pem").write_bytes(p.ca.public_bytes(Encoding.PEM))
+    (confdir / "x509" / "site.pem").write_bytes(p.client.certificate.public_bytes(Encoding.PEM))
+    key = p.client.private_key.private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption())
+    private_file(confdir / "rsa" / "site.key", key.decode())
+
+
 def _ping(ns: str, source: str, target: str) -> bool:
     out = run_in(ns, ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", "-I", source, target], check=False)
     return out.returncode == 0
 
 
-@pytest.mark.parametrize("starter", ["ours", "charon"])
-def test_site_to_site_with_strongswan(tmp_path: Path, starter: str) -> None:
+@pytest.mark.parametrize(
+    ("starter", "auth"),
+    [("ours", "psk"), ("charon", "psk"), ("ours", "certificates"), ("charon", "certificates")],
+)
+def test_site_to_site_with_strongswan(tmp_path: Path, starter: str, auth: str) -> None:
     with NetnsPair(f"{OURS}/24", f"{THEIRS}/24") as pair, Charon(tmp_path / "charon", pair.b) as charon:
         pair.add_addr(pair.a, f"{OUR_HOST}/32")
         pair.add_addr(pair.b, f"{THEIR_HOST}/32")
         run_in(pair.a, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        charon.load(CHARON_SITE)
+        if auth == "certificates":
+            _charon_certificates(charon)
+        loaded = charon.load(CHARON_SITE if auth == "psk" else CHARON_CERT_SITE)
+        if auth == "certificates":
+            assert "loaded certificate" in loaded and "loaded RSA key" in loaded, loaded
         log = tmp_path / "gateway.log"
-        config = our_gateway(tmp_path, initiate=starter == "ours")
+        config = our_gateway(tmp_path, initiate=starter == "ours", certificates=auth == "certificates")
         gateway = popen_tunvpn(pair.a, ["gateway", "-c", str(config), "--control", "none", "-v"], log)
         procs = [gateway]
         try:
@@ -122,7 +166,9 @@ def test_site_to_site_with_strongswan(tmp_path: Path, starter: str) -> None:
             iperf = None
             if shutil.which("iperf3") is not None:
                 server = popen_in(
-                    pair.a, ["iperf3", "-s", "-1", "--forceflush", "-B", OUR_HOST], tmp_path / "iperf3-server.log"
+                    pair.a,
+                    ["iperf3", "-s", "-1", "--forceflush", "-B", OUR_HOST],
+                    tmp_path / "iperf3-server.log",
                 )
                 procs.append(server)
                 wait_for(
@@ -148,3 +194,8 @@ def test_site_to_site_with_strongswan(tmp_path: Path, starter: str) -> None:
     assert f"local  {THEIR_NET}" in list_sas and f"remote {OUR_NET}" in list_sas, list_sas
     assert iperf is None or iperf > 1 << 20, iperf
     assert SITE_KEY not in gw_log
+    if auth == "certificates":  # each checked the other's signature against the CA
+        assert f"authentication of '{OURS}' with RSA_EMSA_PKCS1_NULL successful" in charon_log, charon_log[
+            -3000:
+        ]
+        assert "/rsa_signatures" in gw_log, gw_log[-3000:]

@@ -714,7 +714,8 @@ class SiteRule:
     name: str
     address: str
     identity: Identity
-    secret: bytes
+    secret: bytes | None
+    """The key of this pair of gateways; None: both sign with their certificates."""
     networks: tuple[TrafficSelector, ...]
     """The other site's networks (routed into our TUN device over the site's SAs)."""
     local: tuple[TrafficSelector, ...]
@@ -1068,7 +1069,7 @@ def parse_gateway_config(
         banner=banner,
         rules=rules,
         peering=_peering(top, legacy, groups, pool),
-        sites=_sites(top, legacy, base_dir, pool, rules),
+        sites=_sites(top, legacy, base_dir, pool, rules, credential is not None and bool(cas)),
         protocols=protocols,
         plugins=plugins,
         plugin_settings=MappingProxyType(plugin_settings),
@@ -1233,10 +1234,17 @@ def _peering(
 
 
 def _sites(
-    top: TableReader, legacy: bool, base_dir: Path, pool: AddressPool | None, rules: Sequence[PolicyRule]
+    top: TableReader,
+    legacy: bool,
+    base_dir: Path,
+    pool: AddressPool | None,
+    rules: Sequence[PolicyRule],
+    certificates: bool,
 ) -> tuple[SiteRule, ...]:
     """``[[site]]`` blocks: name, address, id, psk_file, networks, local, initiate, esp, pfs,
-    lifetime. ``local`` defaults to our pool and the networks of our policies."""
+    lifetime. ``local`` defaults to our pool and the networks of our policies. Without
+    ``psk_file`` the gateways sign with their certificates (``certificates``: ours and a CA
+    are configured); the site's ``id`` must then be in its certificate."""
     out: list[SiteRule] = []
     for block in top.tables("site", "[[site]]", _SITE_KEYS):
         name = block.required_text("name").strip()
@@ -1253,14 +1261,22 @@ def _sites(
             raise block.error("address", f"two sites at {address}")
         id_text = block.text("id")
         identity = block.convert("id", id_text or address, Identity.parse, "identity")
-        path = resolve_path(base_dir, block.required_text("psk_file"))
-        try:
-            secret = read_private_file(path, "PSK file").strip().encode()
-        except SecretFileError as exc:
-            raise block.error("psk_file", str(exc)) from None
-        if len(secret) < 20:
+        secret: bytes | None = None
+        if block.text("psk_file") is not None:
+            path = resolve_path(base_dir, block.required_text("psk_file"))
+            try:
+                secret = read_private_file(path, "PSK file").strip().encode()
+            except SecretFileError as exc:
+                raise block.error("psk_file", str(exc)) from None
+            if len(secret) < 20:
+                raise block.error(
+                    "psk_file", "a site's key needs 20 characters or more (openssl rand -base64 32)"
+                )
+        elif not certificates:
             raise block.error(
-                "psk_file", "a site's key needs 20 characters or more (openssl rand -base64 32)"
+                "psk_file",
+                "psk_file: the key of this pair of gateways, or [gateway.certificate] with a ca to "
+                "authenticate with certificates",
             )
         networks = tuple(
             block.convert("networks", text, TrafficSelector.parse, "selector")

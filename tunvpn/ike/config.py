@@ -123,14 +123,17 @@ class PeerPair:
 
     identity: Identity
     local_id: Identity
-    secret: bytes
+    secret: bytes | None
+    """The pair's pre-shared key; None: both sign with their certificates (sites, issue 18),
+    and the peer's certificate must name ``identity``."""
     children: tuple[ChildPolicy, ...] = ()
     start_on_natt: bool = True
     """Initiator: start on the NAT-T port (two clients: the endpoint the gateway saw is that
     socket's); False: on the IKE port, floating if NAT-T says so (a site's gateway)."""
 
     def __repr__(self) -> str:  # the secret stays out of logs and tracebacks
-        return f"PeerPair({self.identity}, local_id={self.local_id}, secret=<redacted>)"
+        auth = "secret=<redacted>" if self.secret is not None else "certificates"
+        return f"PeerPair({self.identity}, local_id={self.local_id}, {auth})"
 
 
 @dataclass(frozen=True)

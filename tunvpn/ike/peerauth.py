@@ -130,7 +130,9 @@ def verify_auth(
     sig = _one(payloads, SignaturePayload, "SIG").payload
     assert isinstance(sig, SignaturePayload)
     certs.verify(leaf.public_key(), method, expected, sig.data)
-    if sa.role is Role.INITIATOR:
+    if sa.pair is not None:
+        check_pair_id(sa)  # its certificate names the identity it presented (checked above)
+    elif sa.role is Role.INITIATOR:
         check_remote_id(config, sa, leaf)
 
 

@@ -173,7 +173,7 @@ def initiate(
             raise ValueError("a direct tunnel to an introduced peer runs in Main Mode")
         sa.pair, sa.local_id, sa.floated = pair, pair.local_id, pair.start_on_natt
         sa.child_policies = pair.children
-        methods = [AuthMethod.PRE_SHARED_KEY]
+        methods = [_pair_method(engine, pair)]
     if engine.config.hybrid and exchange == BM:
         raise ValueError("hybrid authentication runs in main or aggressive mode, not base")
     if not methods and engine.config.hybrid:
@@ -203,6 +203,19 @@ def _send_first_offer(engine: IkeEngine, sa: IkeSA, extra: list[Payload], now: f
     sa_payload = phase1_sa_payload(sa.offered)
     sa.sa_body = encode_payload(sa_payload, 0)[4:]
     _send_phase1(engine, sa, [sa_payload, *extra], now, encrypt=False)
+
+
+def _pair_method_of(config: EngineConfig, pair: PeerPair) -> AuthMethod:
+    """How a pair authenticates: its pre-shared key, or our certificate's signature method."""
+    if pair.secret is not None:
+        return AuthMethod.PRE_SHARED_KEY
+    if config.credential is None or not config.trusted_cas:
+        raise ValueError("a pair without a key needs our certificate and a CA")
+    return config.credential.auth_method
+
+
+def _pair_method(engine: IkeEngine, pair: PeerPair) -> AuthMethod:
+    return _pair_method_of(engine.config, pair)
 
 
 def _first_pieces(engine: IkeEngine) -> int:
@@ -1119,7 +1132,7 @@ def _choose_suite(config: EngineConfig, sa: IkeSA, sa_raw: RawPayload, ke_length
     xauth = config.xauth_available or config.require_xauth
     methods = set(config.auth_methods(xauth=xauth, responder=True))
     if sa.pair is not None:
-        methods = {AuthMethod.PRE_SHARED_KEY}  # the pair's key, no XAUTH between peers
+        methods = {_pair_method_of(config, sa.pair)}  # the pair's key or certificates, no XAUTH
     if sa.exchange == BM:
         methods -= HYBRID_METHODS  # hybrid is specified for Main and Aggressive Mode only
     if sa.exchange == AM:

@@ -777,3 +777,10 @@ def test_a_bad_site_block_names_its_key(gwdir: Path, change, key: str) -> None: 
 def test_a_site_key_must_be_long(gwdir: Path) -> None:
     private_file(gwdir / "site.psk", "short\n")
     assert "20 characters" in str(_error(gwdir, MINIMAL + SITE))
+
+
+def test_a_site_without_a_key_needs_our_certificate(gwdir: Path) -> None:
+    """Without psk_file the two gateways sign: a gateway without [gateway.certificate] and a
+    CA cannot, and says what to give."""
+    error = str(_error(gwdir, MINIMAL + SITE.replace('psk_file = "site.psk"\n', "")))
+    assert "psk_file" in error and "[gateway.certificate]" in error
