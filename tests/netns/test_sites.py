@@ -11,7 +11,8 @@ gA starts the tunnel (``initiate = true``), gB waits for it (``initiate = false`
 gateways' site SAs (10.78.0.0/24 and 10.79.0.0/24 to 10.88.0.0/24), server-to-server pings,
 alice (a client of gA, whose policy ``site-b`` gives her 10.88.0.0/24) pings sB and moves
 16 MiB to it checked by SHA-256; gB killed and restarted: gA finds the tunnel gone and builds
-it again, and the servers ping each other again; ``tunvpn status`` lists the site.
+it again, and the servers ping each other again; ``tunvpn status`` lists the site; a reload
+without the site takes the tunnel down at once, one with it back builds it again.
 """
 
 from __future__ import annotations
@@ -173,6 +174,17 @@ def test_two_gateways_join_their_sites_and_a_client_of_one_reaches_the_other(net
         procs.append(gb)
         wait_for(lambda: ping(net, "sa", SB, 1), 60, "sA to sB after gB's restart")
         assert "site a: phase 1 up" in read_text(gb_log)
+
+        # a reload without the site takes its tunnel down at once; with it back, it comes up
+        toml = net.tmp / "a" / "gateway.toml"
+        toml.write_text(GATEWAY_A.split("[[site]]")[0])
+        reload = run_tunvpn(net.ns["ga"], ["reload", "--socket", str(net.tmp / "a" / "ga.sock")])
+        assert reload.returncode == 0 and "site b removed" in reload.stdout, reload.stdout + reload.stderr
+        assert not ping(net, "sa", SB, 1), "sB still answers without the site"
+        toml.write_text(GATEWAY_A)
+        reload = run_tunvpn(net.ns["ga"], ["reload", "--socket", str(net.tmp / "a" / "ga.sock")])
+        assert "site b added" in reload.stdout, reload.stdout
+        wait_for(lambda: ping(net, "sa", SB, 1), 20, "sA to sB after the site came back")
     finally:
         for proc in reversed(procs):
             stop_process(proc)

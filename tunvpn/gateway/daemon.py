@@ -1457,6 +1457,7 @@ class Gateway:
         updated = sum(self._update_session(session, now) for session in list(self.sessions.values()))
         if old.peering != new.peering:
             changes.append("peering changed")
+        changes += self.sites.reconfigure(new.sites, now)
         self._refresh_introductions(now)  # peering rules or group membership may have changed
         if self.driver is not None:
             self.driver.flush()
@@ -1671,7 +1672,7 @@ class Gateway:
         await self._accounting_onoff("on", ONOFF_WAIT)  # before any login: "on" clears this NAS
         interim = loop.create_task(self._interim_accounting()) if self.options.accounting_interval else None
         crls = loop.create_task(keep_crls_fresh(lambda: self.config), name="CRL distribution points")
-        sites = loop.create_task(self._tick_sites(), name="site tunnels") if self.options.sites else None
+        sites = loop.create_task(self._tick_sites(), name="site tunnels")  # a reload may add one
         watchdog = sdnotify.start_watchdog(loop, self.tunnel.dataplane if self.tunnel is not None else None)
         stop_signals = self._catch_stop_signals(loop) if handle_signals else {}
         signals: tuple[signal.Signals, ...] = ()
@@ -1696,8 +1697,7 @@ class Gateway:
             if interim is not None:
                 interim.cancel()
             crls.cancel()
-            if sites is not None:
-                sites.cancel()
+            sites.cancel()
             if watchdog is not None:
                 watchdog.cancel()
             for sig in signals:
@@ -1892,7 +1892,6 @@ RESTART_SETTINGS = (
     "new_exchanges_per_source_burst",
     "new_exchanges_total",
     "new_exchanges_total_burst",
-    "sites",
 )
 """Options a reload cannot change: the new value waits for a restart (and is reported)."""
 

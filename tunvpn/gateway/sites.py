@@ -82,6 +82,30 @@ class SiteLinks:
         self.links: dict[str, SiteLink] = {site.name: SiteLink(site) for site in sites}
         self._tell_engine()
 
+    def reconfigure(self, sites: Sequence[SiteRule], now: float) -> list[str]:
+        """A reload: sites removed or changed lose their tunnel at once (a Delete to them),
+        changed and new ones are started (or awaited) anew; unchanged ones keep their SAs.
+        Returns what changed, for ``tunvpn reload``."""
+        wanted = {site.name: site for site in sites}
+        changes = []
+        for name, link in list(self.links.items()):
+            if wanted.get(name) == link.site:
+                continue
+            if link.sa_id is not None:
+                try:
+                    self.engine.delete_ike_sa(link.sa_id, now, reason="site changed by a reload")
+                except LocalProtocolError:
+                    pass
+            del self.links[name]
+            changes.append(f"site {name} {'removed' if name not in wanted else 'changed'}")
+        for name, site in wanted.items():
+            if name not in self.links:
+                self.links[name] = SiteLink(site)
+                if not any(c == f"site {name} changed" for c in changes):
+                    changes.append(f"site {name} added")
+        self._tell_engine()
+        return changes
+
     def _pair(self, site: SiteRule) -> PeerPair:
         return PeerPair(site.identity, self.local_id, site.secret, site_policies(site), start_on_natt=False)
 
