@@ -47,6 +47,8 @@ from tests.helpers.tunvpn_proc import (
     private_file,
     read_text,
     run_tunvpn,
+    tunvpn_argv,
+    tunvpn_env,
     wait_for_line,
 )
 
@@ -167,7 +169,10 @@ def start_client(net: Net, user: str, host: str) -> tuple[subprocess.Popen[bytes
     log = net.tmp / f"{user}.log"
     argv = ["connect", "-c", str(net.tmp / f"{user}.toml"), "--json", "--tun", "tvcl%d"]
     argv += ["--control", str(net.tmp / f"{user}.sock"), "--dns-backend", "none", "-v"]
-    return popen_tunvpn(net.ns[host], argv, log), log
+    # each client its own run directory: both use TUN name tvcl0 (in their own namespaces), and
+    # the crash-recovery state of a full tunnel is kept per TUN name
+    env = {**tunvpn_env(), "TUNVPN_RUN_DIR": str(net.tmp / f"{user}-run")}
+    return popen_in(net.ns[host], tunvpn_argv(*argv), log, env=env), log
 
 
 def records(log: Path, event: str, state: str | None = None) -> list[dict]:
@@ -339,6 +344,47 @@ def test_behind_a_nat_that_maps_each_flow_anew_traffic_is_relayed_then_goes_dire
         )
         back = run_in(net.ns["b"], ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", a_addr], check=False)
         assert back.returncode == 0, back.stdout
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
+
+
+def test_full_tunnel_clients_keep_their_peers_outside_the_tunnel_and_talk_directly(net: Net) -> None:
+    """A gateway that pushes 0.0.0.0/0: each client pins the gateway (issue 15) and its
+    introduced peer's endpoint outside the TUN device, so the direct tunnel still goes on the
+    underlay (else it would loop into the tunnel to the gateway and only the relay would work);
+    the pins go when the peer does."""
+    (net.tmp / "gateway.toml").write_text(
+        GATEWAY_TOML.replace(f'local = "{PROTECTED}/32"', 'local = "0.0.0.0/0"')
+    )
+    gw = start_gateway(net)
+    procs = [gw]
+    try:
+        alice, alice_log = start_client(net, "alice", "a")
+        procs.append(alice)
+        wait_for_line(alice_log, "IPsec SA pair(s) up", alice, 30, "alice's tunnel")
+        bob, bob_log = start_client(net, "bob", "b")
+        procs.append(bob)
+        for proc, log in ((alice, alice_log), (bob, bob_log)):
+            wait_for_line(log, '"state": "direct"', proc, 30, "a direct tunnel under a full tunnel")
+        b_addr = address_of(bob_log)
+        pin = run_in(net.ns["a"], ["ip", "-4", "route", "show", "198.18.2.2"], check=True).stdout
+        assert "via 192.168.1.1" in pin, pin
+        assert any(r["state"] == "pinned" and "peer" in r["message"] for r in records(alice_log, "routes"))
+        ping = run_in(net.ns["a"], ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", b_addr], check=False)
+        assert ping.returncode == 0, ping.stdout
+        assert not records(alice_log, "peer", "relayed")
+        stop_process(bob)
+        wait_for(lambda: records(alice_log, "peer", "gone"), 15, "alice told that bob left")
+        wait_for(
+            lambda: (
+                not run_in(
+                    net.ns["a"], ["ip", "-4", "route", "show", "198.18.2.2"], check=True
+                ).stdout.strip()
+            ),
+            10,
+            "bob's pin removed",
+        )
     finally:
         for proc in reversed(procs):
             stop_process(proc)

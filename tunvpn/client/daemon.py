@@ -430,6 +430,8 @@ class Client:
         """Inbound SPIs of SA pairs we delete because the gateway's push removed their policy."""
         self._route_path: tuple[str, RoutePath] | None = None
         """The gateway and the way to it when roaming last looked (tunvpn.client.roaming)."""
+        self._peer_pins: set[str] = set()
+        """Introduced peers' endpoint addresses pinned outside a full tunnel (issue 17)."""
         self._dns_applied: tuple[object, ...] | None = None
         """The DNS settings in effect (servers, domains, split): a reconnect that gets the
         same ones leaves the resolver alone."""
@@ -553,6 +555,7 @@ class Client:
             self._apply_dns()
             if self.mode_config is not None:
                 self.links.sync(self.peers, self.mode_config.address, self.clock())
+                self._pin_peers()
         elif isinstance(event, ev.ChildSAEstablished):
             self.child_started[event.spi_in] = self.clock()
             if self.tunnel is not None:
@@ -1799,12 +1802,45 @@ class Client:
         else:
             self.tunnel.child_deleted(event)
 
+    def _pin_peers(self, networks: list[str] | None = None) -> None:
+        """Keep the introduced peers' endpoints outside the tunnel where its routes (or
+        ``networks``, about to be routed) cover them: a full tunnel would send our direct
+        IKE and ESP to them into the TUN device (issue 17). Gone peers' pins are removed."""
+        from tunvpn.client.hostconfig import HostConfig, HostConfigError, routes_cover
+
+        if self.tunnel is None:
+            return
+        routed = [*self.tunnel.routed(), *(networks or [])]
+        wanted = {link.intro.endpoint[0] for link in self.links.links.values()}
+        try:
+            for address in sorted(self._peer_pins - wanted):
+                if self.hostconfig is not None:
+                    self.hostconfig.unpin_peer(address)
+                self._peer_pins.discard(address)
+            for address in sorted(wanted - self._peer_pins):
+                if address == self.gateway_ip or not routes_cover(routed, address):
+                    continue
+                if self.hostconfig is None:
+                    self.hostconfig = HostConfig(
+                        self.tunnel.name, dns_backend=self.options.dns_backend or "none"
+                    )
+                pinned = self.hostconfig.pin_peer(address, avoid_dev=self.tunnel.name)
+                self._peer_pins.add(address)
+                if pinned is not None:
+                    self.progress.report(
+                        "routes", f"{pinned}: a peer stays outside the tunnel", state="pinned"
+                    )
+        except (HostConfigError, OSError) as exc:
+            self.progress.report("routes", f"cannot keep peers outside the tunnel: {exc}", state="failed")
+
     def _pin_gateway(self, networks: list[str]) -> None:
         """Before ``networks`` are routed into the TUN device (or at a new attempt, while they
         are): if one covers the gateway's own address (a full tunnel), a host route keeps IKE
-        and ESP to it on the underlay, else they would loop into the tunnel (issue 15)."""
+        and ESP to it on the underlay, else they would loop into the tunnel (issue 15). The
+        introduced peers' endpoints likewise (issue 17)."""
         from tunvpn.client.hostconfig import HostConfig, HostConfigError, routes_cover
 
+        self._pin_peers(networks)
         if self.tunnel is None or not routes_cover(networks, self.gateway_ip):
             return
         try:

@@ -969,6 +969,8 @@ class HostConfig:
         self._dns_record: dict[str, Any] | None = None
         self._routes: list[Route] = []
         self._pin: Route | None = None
+        self._peer_pins: dict[str, Route] = {}
+        """Host routes that keep introduced peers' endpoints outside a full tunnel (issue 17)."""
         self._claimed = False
 
     # -- state
@@ -1121,6 +1123,36 @@ class HostConfig:
             self.remove_route(old)
         return added
 
+    def pin_peer(self, address: str, avoid_dev: str | None = None) -> Route | None:
+        """Keep an introduced peer's endpoint ``address`` outside ``avoid_dev`` (the TUN device)
+        when the tunnel's routes cover it (a full tunnel): our direct tunnel to it goes on the
+        underlay, as IKE and ESP to the gateway do (:meth:`pin_host`). Any number of these,
+        recorded for undo; None when nothing was added (already pinned, no way out, a host
+        route that is not ours)."""
+        host = ipaddress.ip_address(address)
+        if str(host) in self._peer_pins or (
+            self._pin is not None and self._pin.dest.split("/")[0] == str(host)
+        ):
+            return None
+        route = host_route_outside(str(host), avoid_dev)
+        if route is None:
+            return None
+        try:
+            self.add_route(route.dest, via=route.via, dev=route.dev)
+        except HostConfigError as exc:
+            if "File exists" not in str(exc):
+                raise
+            log.info("a host route for %s is already there: left as it is", host)
+            return None
+        self._peer_pins[str(host)] = route
+        return route
+
+    def unpin_peer(self, address: str) -> None:
+        """The peer at ``address`` is gone: its host route goes (if we made one)."""
+        route = self._peer_pins.pop(str(ipaddress.ip_address(address)), None)
+        if route is not None:
+            self.remove_route(route)
+
     def refresh_pin(self, avoid_dev: str | None = None) -> Route | None:
         """The host's addresses or routes changed (roaming): pin the pinned address again the
         way it is reached now (the kernel may have flushed the pin with the address or link it
@@ -1165,6 +1197,7 @@ class HostConfig:
             except HostConfigError as exc:
                 errors.append(str(exc))
         self._pin = None
+        self._peer_pins.clear()
         try:
             self._restore_dns()
         except HostConfigError as exc:

@@ -14,6 +14,8 @@ a ``SOCK_SEQPACKET`` socketpair, every argument checked before use:
 
 * ``apply_dns``: ``servers`` IP addresses, ``domains`` plain domain names, ``split`` a boolean;
 * ``pin_host``: ``address`` an IP address (the gateway); the device avoided is the helper's TUN;
+* ``pin_peer`` / ``unpin_peer``: ``address`` an introduced peer's endpoint (issue 17), kept
+  outside the helper's TUN under a full tunnel, or its host route removed;
 * ``refresh_pin``: nothing (the pin the helper made follows the network);
 * ``restore``: nothing (DNS and routes undone, the state file removed).
 
@@ -49,7 +51,7 @@ from tunvpn.client.hostconfig import DNS_BACKENDS, HostConfig, HostConfigError, 
 
 log = logging.getLogger(__name__)
 
-OPERATIONS = ("apply_dns", "pin_host", "refresh_pin", "restore")
+OPERATIONS = ("apply_dns", "pin_host", "pin_peer", "unpin_peer", "refresh_pin", "restore")
 """Everything the unprivileged client may ask the helper."""
 
 MAX_MESSAGE = 1 << 16
@@ -99,6 +101,16 @@ def handle(hostconfig: HostConfig, request: Any) -> Any:
         except ValueError:
             raise PrivHelperError(f"{address!r} is not an IP address") from None
         return _route_doc(hostconfig.pin_host(str(host), avoid_dev=hostconfig.ifname))
+    if op in ("pin_peer", "unpin_peer"):
+        address = request.get("address")
+        try:
+            peer = ipaddress.ip_address(address if isinstance(address, str) else "")
+        except ValueError:
+            raise PrivHelperError(f"{address!r} is not an IP address") from None
+        if op == "unpin_peer":
+            hostconfig.unpin_peer(str(peer))
+            return None
+        return _route_doc(hostconfig.pin_peer(str(peer), avoid_dev=hostconfig.ifname))
     if op == "refresh_pin":
         return _route_doc(hostconfig.refresh_pin(avoid_dev=hostconfig.ifname))
     hostconfig.restore()
@@ -213,6 +225,12 @@ class PrivHelper:
 
     def pin_host(self, address: str, avoid_dev: str | None = None) -> Route | None:
         return self._route(self._ask("pin_host", address=address))
+
+    def pin_peer(self, address: str, avoid_dev: str | None = None) -> Route | None:
+        return self._route(self._ask("pin_peer", address=address))
+
+    def unpin_peer(self, address: str) -> None:
+        self._ask("unpin_peer", address=address)
 
     def refresh_pin(self, avoid_dev: str | None = None) -> Route | None:
         return self._route(self._ask("refresh_pin"))
