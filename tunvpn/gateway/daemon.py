@@ -1633,6 +1633,12 @@ class Gateway:
                 self.engine, name=self.options.tun, mtu=self.options.mtu, proposal_for=self.sites.proposal_for
             )
             log.info("ESP data path on TUN device %s", self.tunnel.name)
+            if forwarding_off():
+                log.warning(
+                    "IPv4 forwarding is off in this network namespace (net.ipv4.ip_forward = 0): "
+                    "clients reach only this host's own addresses, and neither the relay between "
+                    "peers nor site-to-site tunnels carry traffic; sysctl -w net.ipv4.ip_forward=1"
+                )
         self.driver = UdpDriver(
             self.engine,
             self.options.listen,
@@ -1894,6 +1900,18 @@ RESTART_SETTINGS = (
     "new_exchanges_total_burst",
 )
 """Options a reload cannot change: the new value waits for a restart (and is reported)."""
+
+
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+
+
+def forwarding_off(path: str = IP_FORWARD) -> bool:
+    """Whether the kernel says IPv4 forwarding is off (False when it cannot be read: macOS)."""
+    try:
+        with open(path) as f:
+            return f.read().strip() == "0"
+    except OSError:
+        return False
 
 
 def _keep_restart_settings(old: GatewayOptions, new: GatewayOptions) -> list[str]:

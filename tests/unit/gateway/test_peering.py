@@ -47,3 +47,15 @@ def test_the_first_matching_rule_gives_the_tunnels_parameters() -> None:
     fast = PeeringRule("fast", ("eng",), ("eng",), pfs=None, lifetime=600)
     [peer] = introductions(ALICE, [ALICE, BOB], [fast, ENG], PairSecrets()).peers
     assert peer.pfs_group is None and peer.lifetime_seconds == 600
+
+
+def test_the_gateway_can_tell_that_forwarding_is_off(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """It warns at start (relays between peers and sites need the kernel to forward)."""
+    from tunvpn.gateway.daemon import forwarding_off
+
+    flag = tmp_path / "ip_forward"
+    flag.write_text("0\n")
+    assert forwarding_off(str(flag))
+    flag.write_text("1\n")
+    assert not forwarding_off(str(flag))
+    assert not forwarding_off(str(tmp_path / "missing"))  # not Linux: no warning
