@@ -7,7 +7,8 @@ sites; a client of site A reaches a server of site B through both. Real ``tunvpn
                       | (10.78.0.1, 192.168.1.1)                (10.88.0.1)
     cA 192.168.1.2 ---+  pool 10.79.0.10-50 (in 10.79.0.0/24)
 
-gA starts the tunnel (``initiate = true``), gB waits for it (``initiate = false``). Shown: both
+gA starts the tunnel (``initiate = true``) and learns gB's networks from gB over Mode Config
+(its ``[[site]]`` lists none); gB waits for it (``initiate = false``). Shown: both
 gateways' site SAs (10.78.0.0/24 and 10.79.0.0/24 to 10.88.0.0/24), server-to-server pings,
 alice (a client of gA, whose policy ``site-b`` gives her 10.88.0.0/24) pings sB and moves
 16 MiB to it checked by SHA-256; gB killed and restarted: gA finds the tunnel gone and builds
@@ -61,9 +62,10 @@ local = "10.88.0.0/24"
 name = "b"
 address = "{GB}"
 psk_file = "site.psk"
-networks = ["10.88.0.0/24"]
 local = ["10.78.0.0/24", "10.79.0.0/24"]
 """
+"""Site A starts the tunnel and lists no networks of B: it learns them from gB over Mode Config,
+as a client learns its policies."""
 
 GATEWAY_B = f"""\
 [gateway]
@@ -143,6 +145,8 @@ def test_two_gateways_join_their_sites_and_a_client_of_one_reaches_the_other(net
         procs.append(ga)
         wait_for(lambda: read_text(ga_log).count("site b: 10.") >= 2, 20, "gA's two site SAs")
         assert "site a: phase 1 up" in read_text(gb_log), read_text(gb_log)[-3000:]
+        assert "site a: pushed 2 sets" in read_text(gb_log), read_text(gb_log)[-3000:]
+        assert "site b: learned its networks 10.88.0.0/24" in read_text(ga_log), read_text(ga_log)[-3000:]
         assert "XAUTH" not in read_text(gb_log).split("site a: phase 1 up")[0].split("ready")[-1]
         wait_for(lambda: ping(net, "sa", SB, 1), 15, "sA to sB across the sites")
         assert ping(net, "sb", SA), "sB to sA"

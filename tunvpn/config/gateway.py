@@ -1282,8 +1282,10 @@ def _sites(
             block.convert("networks", text, TrafficSelector.parse, "selector")
             for text in block.texts("networks") or ()
         )
-        if not networks:
-            raise block.error("networks", "networks: the other site's networks, at least one")
+        if not networks and not block.flag("initiate", True):
+            raise block.error(
+                "networks", "networks: the other site's networks (only a site we start may learn them)"
+            )
         local_texts = block.texts("local")
         if local_texts:
             local = tuple(block.convert("local", t, TrafficSelector.parse, "selector") for t in local_texts)

@@ -10,6 +10,11 @@ port, then one Quick Mode per pair of networks (ours, theirs), again after any l
 back-off. The SAs go into the gateway's data path like its clients' (the site's networks are
 routed into the TUN device); the gateway rekeys the Quick Modes it started.
 
+A site that lists no ``networks`` learns them from the other gateway the way a client learns
+its policies: after phase 1 it sends a CFG_REQUEST with ``CFG_PHASE2_POLICIES``, and the other
+gateway (a tunvpn one) answers with one ``CFG_`` set per pair of networks (its side, ours), from
+which the Quick Modes are made.
+
 No socket, thread or clock here: the gateway calls :meth:`SiteLinks.tick` every
 :data:`TICK` seconds, hands it every engine event first (:meth:`SiteLinks.handle`) and flushes
 the engine afterwards.
@@ -25,8 +30,10 @@ from tunvpn.config.gateway import SiteRule
 from tunvpn.ike import events as ev
 from tunvpn.ike.config import ChildPolicy, PeerPair
 from tunvpn.ike.engine import IkeEngine
-from tunvpn.ike.errors import LocalProtocolError
+from tunvpn.ike.errors import LocalProtocolError, RemoteProtocolError
 from tunvpn.ike.identity import Identity
+from tunvpn.ike.modecfg import ModeConfig
+from tunvpn.ike.policies import Phase2Policy, PolicyAttr, PolicyPush, decode_policies, encode_policies
 from tunvpn.ike.proposals import ChildProposal
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,16 @@ RETRY_FIRST = 2.0
 RETRY_MAX = 30.0
 SITE_PREFIX = "site:"
 """Names of the site's Quick Modes: ``site:NAME``."""
+
+
+def pushed_policies(site: SiteRule, generation: int = 1) -> PolicyPush:
+    """What we push to ``site``'s gateway when it asks (it lists no networks): one set per pair
+    of our networks (the sets' gateway side) and its networks (their client side)."""
+    sets = [
+        Phase2Policy(f"{SITE_PREFIX}{site.name}/{i}", local, remote, (site.esp,), site.pfs, site.lifetime)
+        for i, (local, remote) in enumerate(((lo, re) for lo in site.local for re in site.networks), 1)
+    ]
+    return PolicyPush(generation, tuple(sets))
 
 
 def site_policies(site: SiteRule) -> tuple[ChildPolicy, ...]:
@@ -63,6 +80,8 @@ class SiteLink:
     failures: int = 0
     last_error: str = ""
     children: int = 0
+    learned: tuple[Phase2Policy, ...] = ()
+    """The sets the other gateway pushed (a site that lists no networks of its own)."""
 
 
 class SiteLinks:
@@ -163,8 +182,17 @@ class SiteLinks:
             except LocalProtocolError as exc:
                 log.warning("site %s: %s", link.site.name, exc)
             log.info("site %s: phase 1 up with %s (%s)", link.site.name, event.peer[0], event.suite)
-            if event.role == "initiator":
+            if event.role == "initiator" and not link.site.networks:
+                # our side lists none of theirs: ask for them, as a client asks for its policies
+                self.engine.request_mode_config(event.sa_id, now, extra_types=(PolicyAttr.PHASE2_POLICIES,))
+            elif event.role == "initiator":
                 self._start_children(link, event.sa_id, now)
+            return True
+        if isinstance(event, ev.ModeConfigRequested):
+            self._answer(link, event, now)
+            return True
+        if isinstance(event, ev.ModeConfigReceived):
+            self._learned(link, event, now)
             return True
         if isinstance(event, ev.ChildSAEstablished):
             link.children += 1
@@ -182,6 +210,49 @@ class SiteLinks:
         elif isinstance(event, (ev.IkeSADeleted, ev.Phase1Failed)):
             self._failed(link, event.reason, now)
         return False
+
+    def _answer(self, link: SiteLink, event: ev.ModeConfigRequested, now: float) -> None:
+        """The other gateway asks for our networks: its sets, no address."""
+        if PolicyAttr.PHASE2_POLICIES not in event.requested_types:
+            log.info(
+                "site %s: a Mode Config request without CFG_PHASE2_POLICIES: answered empty", link.site.name
+            )
+        push = pushed_policies(link.site)
+        self.engine.mode_config_reply(event.sa_id, now, event.identifier, ModeConfig(), encode_policies(push))
+        log.info("site %s: pushed %d sets (our networks to theirs)", link.site.name, len(push.policies))
+
+    def _learned(self, link: SiteLink, event: ev.ModeConfigReceived, now: float) -> None:
+        """The other gateway's sets: one Quick Mode each (their side, ours)."""
+        try:
+            push = decode_policies(event.config.unknown)
+        except RemoteProtocolError as exc:
+            log.warning("site %s: the other gateway's sets are malformed: %s", link.site.name, exc)
+            return
+        if push is None or not push.policies:
+            log.warning(
+                "site %s: the other gateway pushed no networks (is it tunvpn, with [[site]]?)", link.site.name
+            )
+            return
+        link.learned = push.policies
+        for policy in push.policies:
+            if policy.client_ts is None:
+                continue  # a set for a client's assigned address: not for a site
+            try:
+                self.engine.start_child(
+                    event.sa_id,
+                    now,
+                    policy.client_ts,
+                    policy.gateway_ts,
+                    policy.initiator_proposal(),
+                    name=policy.name,
+                )
+            except LocalProtocolError as exc:
+                log.warning("site %s: cannot start %s: %s", link.site.name, policy.name, exc)
+        log.info(
+            "site %s: learned its networks %s",
+            link.site.name,
+            ", ".join(sorted({str(p.gateway_ts) for p in push.policies})),
+        )
 
     def _start_children(self, link: SiteLink, sa_id: bytes, now: float) -> None:
         for policy in site_policies(link.site):
@@ -216,10 +287,14 @@ class SiteLinks:
         every SA near its end: None for its clients', which they rekey themselves)."""
         if not name.startswith(SITE_PREFIX):
             return None
-        link = self.links.get(name[len(SITE_PREFIX) :])
+        link = self.links.get(name[len(SITE_PREFIX) :].split("/")[0])
         if link is None:
             return None
-        return site_policies(link.site)[0].proposal
+        for policy in link.learned:
+            if policy.name == name:
+                return policy.initiator_proposal()
+        policies = site_policies(link.site)
+        return policies[0].proposal if policies else None
 
     def status(self) -> list[dict[str, object]]:
         """The ``sites`` of ``tunvpn status``."""
@@ -229,7 +304,8 @@ class SiteLinks:
                 "address": link.site.address,
                 "state": "up" if link.up else "down",
                 "initiate": link.site.initiate,
-                "networks": [str(n) for n in link.site.networks],
+                "networks": [str(n) for n in link.site.networks]
+                or sorted({str(p.gateway_ts) for p in link.learned}),
                 "sas": link.children,
                 **({"error": link.last_error} if link.last_error and not link.up else {}),
             }
@@ -237,4 +313,4 @@ class SiteLinks:
         ]
 
 
-__all__ = ["SITE_PREFIX", "SiteLink", "SiteLinks", "site_policies"]
+__all__ = ["SITE_PREFIX", "SiteLink", "SiteLinks", "pushed_policies", "site_policies"]

@@ -762,7 +762,7 @@ def test_a_site_block_names_the_other_gateway_its_key_and_the_networks_on_both_s
     ("change", "key"),
     [
         (lambda t: t.replace('address = "198.18.2.2"', 'address = "branch.example"'), "address"),
-        (lambda t: t.replace('networks = ["10.88.0.0/24"]', "networks = []"), "networks"),
+        (lambda t: t.replace('networks = ["10.88.0.0/24"]', "networks = []\ninitiate = false"), "networks"),
         (lambda t: t.replace('psk_file = "site.psk"', 'psk_file = "missing.psk"'), "psk_file"),
         (lambda t: t + SITE.replace('"branch"', '"other"'), "address"),
         (lambda t: t + SITE, "name"),
@@ -772,6 +772,13 @@ def test_a_site_block_names_the_other_gateway_its_key_and_the_networks_on_both_s
 def test_a_bad_site_block_names_its_key(gwdir: Path, change, key: str) -> None:  # type: ignore[no-untyped-def]
     private_file(gwdir / "site.psk", SITE_SECRET + "\n")
     assert key in str(_error(gwdir, change(MINIMAL + SITE)))
+
+
+def test_a_site_we_start_may_learn_the_other_sites_networks(gwdir: Path) -> None:
+    """No networks: the other gateway pushes them (only when we start the tunnel)."""
+    private_file(gwdir / "site.psk", SITE_SECRET + "\n")
+    [site] = load_config(gwdir, MINIMAL + SITE.replace('networks = ["10.88.0.0/24"]\n', "")).sites
+    assert site.networks == () and site.initiate
 
 
 def test_a_site_key_must_be_long(gwdir: Path) -> None:

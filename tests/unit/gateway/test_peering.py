@@ -59,3 +59,29 @@ def test_the_gateway_can_tell_that_forwarding_is_off(tmp_path) -> None:  # type:
     flag.write_text("1\n")
     assert not forwarding_off(str(flag))
     assert not forwarding_off(str(tmp_path / "missing"))  # not Linux: no warning
+
+
+def test_a_gateway_pushes_one_set_per_pair_of_networks_to_a_site_that_asks() -> None:
+    """Issue 18: the sets another gateway learns our networks from (its side is their client
+    side), named apart, with the site's ESP parameters."""
+    from tunvpn.config.gateway import SiteRule
+    from tunvpn.gateway.sites import pushed_policies
+    from tunvpn.ike.identity import Identity
+    from tunvpn.ike.policies import decode_policies, encode_policies
+    from tunvpn.ipsec.selectors import TrafficSelector
+
+    site = SiteRule(
+        "a",
+        "198.18.1.2",
+        Identity.parse("198.18.1.2"),
+        b"x" * 32,
+        (TrafficSelector.from_network("10.78.0.0/24"), TrafficSelector.from_network("10.79.0.0/24")),
+        (TrafficSelector.from_network("10.88.0.0/24"),),
+    )
+    push = decode_policies(encode_policies(pushed_policies(site)))
+    assert push is not None
+    assert [(p.name, str(p.gateway_ts), str(p.client_ts)) for p in push.policies] == [
+        ("site:a/1", "10.88.0.0/24", "10.78.0.0/24"),
+        ("site:a/2", "10.88.0.0/24", "10.79.0.0/24"),
+    ]
+    assert all(p.suite == site.esp and p.pfs_group == site.pfs for p in push.policies)
