@@ -170,6 +170,9 @@ def test_two_gateways_join_their_sites_and_a_client_of_one_reaches_the_other(net
         shown = run_tunvpn(net.ns["ga"], ["status", "--socket", str(net.tmp / "a" / "ga.sock"), "--json"])
         [site] = json.loads(shown.stdout)["sites"]
         assert (site["name"], site["state"], site["sas"]) == ("b", "up", 2), site
+        assert site["networks"] == ["10.88.0.0/24"], site  # learned from gB
+        text = run_tunvpn(net.ns["ga"], ["status", "--socket", str(net.tmp / "a" / "ga.sock")]).stdout
+        assert "site b 198.18.2.2: up, networks 10.88.0.0/24, 2 SA pair(s)" in text, text
 
         # gB dies and comes back: gA finds its site tunnel gone and builds it again
         gb.kill()

@@ -713,6 +713,20 @@ def format_status(result: dict[str, object], now: float | None = None) -> str:
         lines.append("no tunnels")
     for tunnel in tunnel_list:
         lines += _format_tunnel(tunnel)
+    sites = result.get("sites")
+    for site in sites if isinstance(sites, list) else ():
+        if isinstance(site, dict):  # issue 18: the other sites' gateways
+            name, address = _text(site, "name") or "?", _text(site, "address") or "?"
+            state = _text(site, "state") or "?"
+            nets = site.get("networks")
+            networks = ", ".join(_clean(str(n)) for n in nets) if isinstance(nets, list) and nets else "-"
+            count = _number(site.get("sas"))
+            line = f"site {name} {address}: {state}, networks {networks}"
+            if count is not None:
+                line += f", {int(count)} SA pair(s)"
+            if error := _text(site, "error"):
+                line += f"  last error: {error}"
+            lines.append(line)
     return "\n".join(lines)
 
 

@@ -628,3 +628,25 @@ def test_format_status_ike_line() -> None:
         control.format_status(withheld).splitlines()[1]
         == "ike  half-open 0  not answered notify over budget 990, notify larger 1"
     )
+
+
+def test_format_status_shows_the_sites() -> None:
+    """Issue 18: one line per other site's gateway, its state, networks, SAs, last error."""
+    status = {
+        "role": "gateway",
+        "tunnels": [],
+        "sites": [
+            {"name": "b", "address": "198.18.2.2", "state": "up", "networks": ["10.88.0.0/24"], "sas": 2},
+            {
+                "name": "c",
+                "address": "198.18.4.2",
+                "state": "down",
+                "networks": [],
+                "sas": 0,
+                "error": "dead peer",
+            },
+        ],
+    }
+    lines = control.format_status(status, now=NOW).splitlines()
+    assert "site b 198.18.2.2: up, networks 10.88.0.0/24, 2 SA pair(s)" in lines
+    assert "site c 198.18.4.2: down, networks -, 0 SA pair(s)  last error: dead peer" in lines
