@@ -22,6 +22,7 @@ the engine afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -233,8 +234,12 @@ class SiteLinks:
                 "site %s: the other gateway pushed no networks (is it tunvpn, with [[site]]?)", link.site.name
             )
             return
-        link.learned = push.policies
-        for policy in push.policies:
+        # named as we name this site (the other gateway's names are its own: rekeys look ours up)
+        link.learned = tuple(
+            dataclasses.replace(policy, name=f"{SITE_PREFIX}{link.site.name}/{i}")
+            for i, policy in enumerate(push.policies, 1)
+        )
+        for policy in link.learned:
             if policy.client_ts is None:
                 continue  # a set for a client's assigned address: not for a site
             try:
