@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -60,12 +61,14 @@ local = "10.88.0.0/24"
 
 [[site]]
 name = "b"
-address = "{GB}"
+address = "gb.sites.test"
+id = "{GB}"
 psk_file = "site.psk"
 local = ["10.78.0.0/24", "10.79.0.0/24"]
 """
-"""Site A starts the tunnel and lists no networks of B: it learns them from gB over Mode Config,
-as a client learns its policies."""
+"""Site A starts the tunnel to gB by name (gA's namespace resolves it from /etc/netns/NS/hosts,
+which ``ip netns exec`` puts over /etc/hosts) and lists no networks of B: it learns them from
+gB over Mode Config, as a client learns its policies."""
 
 GATEWAY_B = f"""\
 [gateway]
@@ -108,6 +111,9 @@ def net(tmp_path: Path) -> Iterator[Net]:
         run_in(ns["gb"], ["ip", "route", "add", "default", "via", "198.18.2.1"])
         for router in ("ga", "gb", "i"):
             run_in(ns[router], ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        hosts = Path("/etc/netns") / ns["ga"]
+        hosts.mkdir(parents=True, exist_ok=True)
+        (hosts / "hosts").write_text(f"127.0.0.1 localhost\n{GB} gb.sites.test\n")
         for side, text in (("a", GATEWAY_A), ("b", GATEWAY_B)):
             d = tmp_path / side
             d.mkdir(mode=0o700)
@@ -120,7 +126,10 @@ def net(tmp_path: Path) -> Iterator[Net]:
         (tmp_path / "alice.toml").write_text(
             f'gateway = "{GA}"\npsk_file = "client.psk"\nuser = "alice"\npassword_file = "alice.pw"\n'
         )
-        yield Net(topo, ns, tmp_path)
+        try:
+            yield Net(topo, ns, tmp_path)
+        finally:
+            shutil.rmtree(hosts, ignore_errors=True)
 
 
 def start_gateway(net: Net, side: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -144,6 +153,7 @@ def test_two_gateways_join_their_sites_and_a_client_of_one_reaches_the_other(net
         ga, ga_log = start_gateway(net, "a")
         procs.append(ga)
         wait_for(lambda: read_text(ga_log).count("site b: 10.") >= 2, 20, "gA's two site SAs")
+        assert f"site address gb.sites.test is {GB}" in read_text(ga_log)
         assert "site a: phase 1 up" in read_text(gb_log), read_text(gb_log)[-3000:]
         assert "site a: pushed 2 sets" in read_text(gb_log), read_text(gb_log)[-3000:]
         assert "site b: learned its networks 10.88.0.0/24" in read_text(ga_log), read_text(ga_log)[-3000:]
@@ -172,7 +182,7 @@ def test_two_gateways_join_their_sites_and_a_client_of_one_reaches_the_other(net
         assert (site["name"], site["state"], site["sas"]) == ("b", "up", 2), site
         assert site["networks"] == ["10.88.0.0/24"], site  # learned from gB
         text = run_tunvpn(net.ns["ga"], ["status", "--socket", str(net.tmp / "a" / "ga.sock")]).stdout
-        assert "site b 198.18.2.2: up, networks 10.88.0.0/24, 2 SA pair(s)" in text, text
+        assert "site b gb.sites.test (198.18.2.2): up, networks 10.88.0.0/24, 2 SA pair(s)" in text, text
 
         # gB dies and comes back: gA finds its site tunnel gone and builds it again
         gb.kill()

@@ -713,6 +713,7 @@ class SiteRule:
 
     name: str
     address: str
+    """Its IPv4 address, or a host name resolved when the gateway starts and every minute."""
     identity: Identity
     secret: bytes | None
     """The key of this pair of gateways; None: both sign with their certificates."""
@@ -1233,6 +1234,11 @@ def _peering(
     return tuple(out)
 
 
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+"""A DNS host name (RFC 1123 labels)."""
+
+
 def _sites(
     top: TableReader,
     legacy: bool,
@@ -1253,13 +1259,22 @@ def _sites(
         if any(site.name == name for site in out):
             raise block.error("name", f"site {name!r} is defined twice")
         address = block.required_text("address").strip()
+        by_name = False
         try:
             ipaddress.IPv4Address(address)
         except ValueError:
-            raise block.error("address", f"{address!r} is not an IPv4 address") from None
+            if not _HOST_NAME.fullmatch(address) or address.replace(".", "").isdigit():
+                raise block.error(
+                    "address", f"{address!r} is neither an IPv4 address nor a host name"
+                ) from None
+            by_name = True
         if any(site.address == address for site in out):
             raise block.error("address", f"two sites at {address}")
         id_text = block.text("id")
+        if by_name and id_text is None:
+            raise block.error(
+                "id", f"a site given by name ({address}) needs its phase 1 identity: the other gateway's id"
+            )
         identity = block.convert("id", id_text or address, Identity.parse, "identity")
         secret: bytes | None = None
         if block.text("psk_file") is not None:

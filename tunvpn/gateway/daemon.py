@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1723,14 +1724,38 @@ class Gateway:
                 log.info("stopped %.2f s after %s", time.monotonic() - at, name)
 
     async def _tick_sites(self) -> None:
-        """The site tunnels' timer: start the ones we start when they are down."""
+        """The site tunnels' timer: start the ones we start when they are down; look up the
+        sites given by name every :data:`SITE_RESOLVE_EVERY` seconds."""
         from tunvpn.gateway.sites import TICK
 
+        resolved_at: float | None = None
         while True:
+            if self.sites.names() and (
+                resolved_at is None or time.monotonic() - resolved_at > SITE_RESOLVE_EVERY
+            ):
+                resolved_at = time.monotonic()
+                await self._resolve_sites()
             self.sites.tick(self.clock())
             if self.driver is not None:
                 self.driver.flush()
             await asyncio.sleep(TICK)
+
+    async def _resolve_sites(self) -> None:
+        """Each site name's IPv4 address now (the first the resolver gives)."""
+        loop = asyncio.get_running_loop()
+        for name in self.sites.names():
+            try:
+                infos = await asyncio.wait_for(
+                    loop.getaddrinfo(
+                        name, self.options.ike_port, family=socket.AF_INET, type=socket.SOCK_DGRAM
+                    ),
+                    SITE_RESOLVE_TIMEOUT,
+                )
+            except OSError as exc:  # TimeoutError is one
+                log.warning("site address %s does not resolve: %s", name, exc or "lookup timed out")
+                continue
+            if infos:
+                self.sites.set_address(name, str(infos[0][4][0]))
 
     def _restart_services(self) -> None:
         """A reload changed what the plugins' services run on: stop them, start them anew (their
@@ -1902,6 +1927,9 @@ RESTART_SETTINGS = (
 """Options a reload cannot change: the new value waits for a restart (and is reported)."""
 
 
+SITE_RESOLVE_EVERY = 60.0
+"""Seconds between lookups of the sites given by name."""
+SITE_RESOLVE_TIMEOUT = 5.0
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 
 

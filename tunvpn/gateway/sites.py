@@ -100,6 +100,32 @@ class SiteLinks:
         self.local = local
         self.local_id = local_id
         self.links: dict[str, SiteLink] = {site.name: SiteLink(site) for site in sites}
+        self.resolved: dict[str, str] = {}
+        """Host name -> the IPv4 address it resolved to last (:meth:`set_address`)."""
+        self._tell_engine()
+
+    def address_of(self, site: SiteRule) -> str | None:
+        """``site``'s IPv4 address: as configured, or what its name resolved to (None: not yet)."""
+        if site.address.replace(".", "").isdigit():
+            return site.address
+        return self.resolved.get(site.address)
+
+    def names(self) -> list[str]:
+        """The host names of the sites given by name (the gateway resolves them)."""
+        return sorted(
+            {
+                link.site.address
+                for link in self.links.values()
+                if self.address_of(link.site) != link.site.address
+            }
+        )
+
+    def set_address(self, name: str, address: str) -> None:
+        """``name`` resolved to ``address`` (the gateway looks the names up, every minute)."""
+        if self.resolved.get(name) == address:
+            return
+        log.info("site address %s is %s", name, address)
+        self.resolved[name] = address
         self._tell_engine()
 
     def reconfigure(self, sites: Sequence[SiteRule], now: float) -> list[str]:
@@ -132,26 +158,34 @@ class SiteLinks:
     def _tell_engine(self) -> None:
         """The sites as the engine's pairs: a first message from a site's address (any port: it
         may be behind a NAT) takes the pair's path."""
-        self.engine.set_pairs({(link.site.address, 0): self._pair(link.site) for link in self.links.values()})
+        pairs = {}
+        for link in self.links.values():
+            address = self.address_of(link.site)
+            if address is not None:
+                pairs[(address, 0)] = self._pair(link.site)
+        self.engine.set_pairs(pairs)
 
     # ------------------------------------------------------------------ time
 
     def tick(self, now: float) -> None:
         """Start the site tunnels we start that are down and due."""
         for link in self.links.values():
-            if link.site.initiate and link.sa_id is None and now >= link.next_at:
+            due = link.site.initiate and link.sa_id is None and now >= link.next_at
+            if due and self.address_of(link.site) is not None:
                 self._start(link, now)
 
     def _start(self, link: SiteLink, now: float) -> None:
         site = link.site
+        address = self.address_of(site)
+        assert address is not None
         try:
             link.sa_id = self.engine.initiate(
-                (site.address, self.local[1]), self.local, now, mode="main", pair=self._pair(site)
+                (address, self.local[1]), self.local, now, mode="main", pair=self._pair(site)
             )
         except (LocalProtocolError, ValueError) as exc:
             self._failed(link, str(exc), now)
             return
-        log.info("site %s: starting the tunnel to %s", site.name, site.address)
+        log.info("site %s: starting the tunnel to %s", site.name, address)
 
     # ------------------------------------------------------------------ engine events
 
@@ -161,7 +195,7 @@ class SiteLinks:
                 return link
         if isinstance(event, ev.Phase1Established) and event.role == "responder":
             for link in self.links.values():
-                if link.site.address == event.peer[0]:
+                if self.address_of(link.site) == event.peer[0]:
                     return link
         return None
 
@@ -306,7 +340,12 @@ class SiteLinks:
         return [
             {
                 "name": link.site.name,
-                "address": link.site.address,
+                "address": link.site.address
+                + (
+                    ""
+                    if self.address_of(link.site) in (link.site.address, None)
+                    else f" ({self.address_of(link.site)})"
+                ),
                 "state": "up" if link.up else "down",
                 "initiate": link.site.initiate,
                 "networks": [str(n) for n in link.site.networks]

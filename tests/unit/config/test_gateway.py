@@ -761,7 +761,8 @@ def test_a_site_block_names_the_other_gateway_its_key_and_the_networks_on_both_s
 @pytest.mark.parametrize(
     ("change", "key"),
     [
-        (lambda t: t.replace('address = "198.18.2.2"', 'address = "branch.example"'), "address"),
+        (lambda t: t.replace('address = "198.18.2.2"', 'address = "branch..example"'), "address"),
+        (lambda t: t.replace('address = "198.18.2.2"', 'address = "branch.example"'), "id"),
         (lambda t: t.replace('networks = ["10.88.0.0/24"]', "networks = []\ninitiate = false"), "networks"),
         (lambda t: t.replace('psk_file = "site.psk"', 'psk_file = "missing.psk"'), "psk_file"),
         (lambda t: t + SITE.replace('"branch"', '"other"'), "address"),
@@ -779,6 +780,15 @@ def test_a_site_we_start_may_learn_the_other_sites_networks(gwdir: Path) -> None
     private_file(gwdir / "site.psk", SITE_SECRET + "\n")
     [site] = load_config(gwdir, MINIMAL + SITE.replace('networks = ["10.88.0.0/24"]\n', "")).sites
     assert site.networks == () and site.initiate
+
+
+def test_a_site_may_be_given_by_name_with_its_identity(gwdir: Path) -> None:
+    private_file(gwdir / "site.psk", SITE_SECRET + "\n")
+    text = MINIMAL + SITE.replace(
+        'address = "198.18.2.2"', 'address = "gw.branch.example"\nid = "@gw.branch.example"'
+    )
+    [site] = load_config(gwdir, text).sites
+    assert site.address == "gw.branch.example" and str(site.identity) == "@gw.branch.example"
 
 
 def test_a_site_key_must_be_long(gwdir: Path) -> None:
