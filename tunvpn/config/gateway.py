@@ -1194,6 +1194,16 @@ def _rules(
     return tuple(rules)
 
 
+def _tunnel_parameters(block: TableReader, legacy: bool) -> tuple[EspSuite, DHGroup | None, int]:
+    """``esp`` (the first suite given), ``pfs`` (a group or ``"none"``) and ``lifetime`` of a
+    ``[[peering]]`` or ``[[site]]`` block: the parameters of the tunnels it makes."""
+    esp = _pick(block, "esp", ESP_SUITES, lambda s: s.is_legacy or s in LEGACY_ESP, legacy, "ESP suite")
+    pfs_text = block.text("pfs", "ecp256")
+    assert pfs_text is not None
+    pfs = None if pfs_text.strip().lower() == "none" else parse_group(block, "pfs", pfs_text, legacy)
+    return (esp or DEFAULT_ESP)[0], pfs, parse_duration(block, "lifetime", 3600)
+
+
 def _peering(
     top: TableReader, legacy: bool, groups: Mapping[str, frozenset[str]], pool: AddressPool | None
 ) -> tuple[PeeringRule, ...]:
@@ -1217,18 +1227,15 @@ def _peering(
                     known = ", ".join(groups) or "none defined"
                     raise block.error(key, f"group {group!r} is not defined in [groups] ({known})")
             sides.append(members)
-        esp = _pick(block, "esp", ESP_SUITES, lambda s: s.is_legacy or s in LEGACY_ESP, legacy, "ESP suite")
-        pfs_text = block.text("pfs", "ecp256")
-        assert pfs_text is not None
-        pfs = None if pfs_text.strip().lower() == "none" else parse_group(block, "pfs", pfs_text, legacy)
+        esp, pfs, lifetime = _tunnel_parameters(block, legacy)
         out.append(
             PeeringRule(
                 name,
                 sides[0],
                 sides[1],
-                (esp or DEFAULT_ESP)[0],
+                esp,
                 pfs,
-                parse_duration(block, "lifetime", 3600),
+                lifetime,
             )
         )
     return tuple(out)
@@ -1316,10 +1323,7 @@ def _sites(
             raise block.error(
                 "local", "local: our networks the site may reach (no pool or policy to default to)"
             )
-        esp = _pick(block, "esp", ESP_SUITES, lambda s: s.is_legacy or s in LEGACY_ESP, legacy, "ESP suite")
-        pfs_text = block.text("pfs", "ecp256")
-        assert pfs_text is not None
-        pfs = None if pfs_text.strip().lower() == "none" else parse_group(block, "pfs", pfs_text, legacy)
+        esp, pfs, lifetime = _tunnel_parameters(block, legacy)
         out.append(
             SiteRule(
                 name,
@@ -1329,9 +1333,9 @@ def _sites(
                 networks,
                 local,
                 block.flag("initiate", True),
-                (esp or DEFAULT_ESP)[0],
+                esp,
                 pfs,
-                parse_duration(block, "lifetime", 3600),
+                lifetime,
             )
         )
     return tuple(out)
