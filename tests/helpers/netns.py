@@ -270,6 +270,26 @@ class NetnsPair(Topology):
         return self
 
 
+def frame_bytes(pcap: Path, display_filter: str = "") -> int:
+    """The octets of the frames in ``pcap`` (those ``display_filter`` keeps), read by tshark."""
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-T",
+            "fields",
+            "-e",
+            "frame.len",
+            *(["-Y", display_filter] * bool(display_filter)),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(n) for n in out.split())
+
+
 @contextlib.contextmanager
 def capture(ns: str, ifname: str, pcap: Path, bpf: str = "udp port 500 or udp port 4500") -> Iterator[Path]:
     """Run dumpcap in ``ns`` on ``ifname`` (classic pcap format) for the duration of the block."""

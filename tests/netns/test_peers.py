@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.netns import Topology, capture, popen_in, run_in, stop_process, wait_for
+from tests.helpers.netns import Topology, capture, frame_bytes, popen_in, run_in, stop_process, wait_for
 from tests.helpers.transfer import SINK, SOURCE
 from tests.helpers.tunvpn_proc import (
     json_records,
@@ -184,16 +184,6 @@ def address_of(log: Path) -> str:
     return str(received["address"])
 
 
-def _udp_bytes(pcap: Path) -> int:
-    out = subprocess.run(
-        ["tshark", "-r", str(pcap), "-T", "fields", "-e", "frame.len"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return sum(int(n) for n in out.split())
-
-
 def test_two_clients_behind_two_nats_talk_directly(net: Net) -> None:
     gw = start_gateway(net)
     procs = [gw]
@@ -224,7 +214,7 @@ def test_two_clients_behind_two_nats_talk_directly(net: Net) -> None:
         with capture(net.ns["g"], net.gw_if, pcap, bpf="udp"):
             sent, got = _transfer(net, "a", b_addr, SIZE, "sink")
         assert sent == got and sent.startswith(f"{SIZE} "), (sent, got)
-        through_gateway = _udp_bytes(pcap)
+        through_gateway = frame_bytes(pcap)
         assert through_gateway < SIZE // 100, f"{through_gateway} octets of UDP reached the gateway's link"
         # tunvpn status: the peer, its path and what its SA pair carried
         shown = run_tunvpn(net.ns["a"], ["status", "--socket", str(net.tmp / "alice.sock"), "--json"])
@@ -320,7 +310,7 @@ def test_behind_a_nat_that_maps_each_flow_anew_traffic_is_relayed_then_goes_dire
         with capture(net.ns["g"], net.gw_if, pcap, bpf="udp"):
             sent, got = _transfer(net, "a", b_addr, size, "relayed-sink")
         assert sent == got, (sent, got)
-        assert _udp_bytes(pcap) > 2 * size, "the relayed transfer did not pass the gateway (in and out)"
+        assert frame_bytes(pcap) > 2 * size, "the relayed transfer did not pass the gateway (in and out)"
 
         set_nat(net, "nb", NAT)  # relaxed, its mappings forgotten
         run_in(net.ns["b"], ["ping", "-n", "-c", "2", "-W", "2", PROTECTED], check=False)  # bob's ESP remaps
@@ -332,7 +322,7 @@ def test_behind_a_nat_that_maps_each_flow_anew_traffic_is_relayed_then_goes_dire
         with capture(net.ns["g"], net.gw_if, pcap, bpf="udp"):
             sent, got = _transfer(net, "a", b_addr, size, "direct-sink")
         assert sent == got, (sent, got)
-        assert _udp_bytes(pcap) < size // 20, (
+        assert frame_bytes(pcap) < size // 20, (
             "the transfer still passed the gateway after the direct tunnel came up"
         )
         back = run_in(net.ns["b"], ["ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", a_addr], check=False)

@@ -4,8 +4,9 @@ sites; a client of site A reaches a server of site B through both. Real ``tunvpn
 ``tunvpn connect`` processes, TUN devices::
 
     sA 10.78.0.10 -- gA 198.18.1.2 --- Internet i --- 198.18.2.2 gB -- 10.88.0.10 sB
-                      | (10.78.0.1, 192.168.1.1)                (10.88.0.1)
-    cA 192.168.1.2 ---+  pool 10.79.0.10-50 (in 10.79.0.0/24)
+                      | (10.78.0.1, 192.168.1.1)   |            (10.88.0.1)
+    cA 192.168.1.2 ---+  pool 10.79.0.10-50        |
+                         (in 10.79.0.0/24)         198.18.3.2 r (NAT) 192.168.5.1 -- 192.168.5.2 cR
 
 gA starts the tunnel (``initiate = true``) and learns gB's networks from gB over Mode Config
 (its ``[[site]]`` lists none); gB waits for it (``initiate = false``). Shown: both
@@ -14,6 +15,12 @@ alice (a client of gA, whose policy ``site-b`` gives her 10.88.0.0/24) pings sB 
 16 MiB to it checked by SHA-256; gB killed and restarted: gA finds the tunnel gone and builds
 it again, and the servers ping each other again; ``tunvpn status`` lists the site; a reload
 without the site takes the tunnel down at once, one with it back builds it again.
+
+Then the seed's introduction between gateways (paragraph 0043): gA's ``[[site]]`` gets
+``introduce``, and alice connects from cR, behind a home router of her own (r, masquerading):
+gA introduces her to gB (its address, gB's networks, a pair secret) and tells gB about her over
+the site tunnel; she builds a tunnel to gB directly, and 16 MiB to sB pass while a capture on
+gA's Internet link sees almost nothing.
 """
 
 from __future__ import annotations
@@ -30,9 +37,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.netns import Topology, popen_in, run_in, stop_process, wait_for
+from tests.helpers.netns import Topology, capture, frame_bytes, popen_in, run_in, stop_process, wait_for
 from tests.helpers.transfer import SINK, SOURCE
-from tests.helpers.tunvpn_proc import popen_tunvpn, private_file, read_text, run_tunvpn, wait_for_line
+from tests.helpers.tunvpn_proc import (
+    json_records,
+    popen_tunvpn,
+    private_file,
+    read_text,
+    run_tunvpn,
+    wait_for_line,
+)
 
 GA, GB = "198.18.1.2", "198.18.2.2"
 SA, SB = "10.78.0.10", "10.88.0.10"
@@ -87,6 +101,17 @@ initiate = false
 """
 
 
+HOME_NAT = """\
+table ip tvnat {
+  chain post {
+    type nat hook postrouting priority 100; policy accept;
+    oifname "%s" masquerade
+  }
+}
+"""
+"""Alice's home router (r): a masquerading NAT, as most are."""
+
+
 @dataclass
 class Net:
     topo: Topology
@@ -98,18 +123,26 @@ class Net:
 def net(tmp_path: Path) -> Iterator[Net]:
     os.chmod(tmp_path, 0o700)
     with Topology() as topo:
-        ns = {role: topo.add_ns(role) for role in ("ga", "gb", "sa", "sb", "ca", "i")}
+        ns = {role: topo.add_ns(role) for role in ("ga", "gb", "sa", "sb", "ca", "i", "r", "cr")}
         t = topo.tag
         topo.link(ns["ga"], f"{GA}/24", ns["i"], "198.18.1.1/24", names=(t + "ga", t + "ia"))
         topo.link(ns["gb"], f"{GB}/24", ns["i"], "198.18.2.1/24", names=(t + "gb", t + "ib"))
         topo.link(ns["ga"], "10.78.0.1/24", ns["sa"], f"{SA}/24", names=(t + "gas", t + "sa"))
         topo.link(ns["gb"], "10.88.0.1/24", ns["sb"], f"{SB}/24", names=(t + "gbs", t + "sb"))
         topo.link(ns["ga"], "192.168.1.1/24", ns["ca"], "192.168.1.2/24", names=(t + "gac", t + "ca"))
-        for host, router in (("sa", "10.78.0.1"), ("sb", "10.88.0.1"), ("ca", "192.168.1.1")):
+        topo.link(ns["r"], "198.18.3.2/24", ns["i"], "198.18.3.1/24", names=(t + "r", t + "ir"))
+        topo.link(ns["r"], "192.168.5.1/24", ns["cr"], "192.168.5.2/24", names=(t + "rc", t + "cr"))
+        hops = (("sa", "10.78.0.1"), ("sb", "10.88.0.1"), ("ca", "192.168.1.1"), ("cr", "192.168.5.1"))
+        for host, router in (*hops, ("ga", "198.18.1.1"), ("gb", "198.18.2.1"), ("r", "198.18.3.1")):
             run_in(ns[host], ["ip", "route", "add", "default", "via", router])
-        run_in(ns["ga"], ["ip", "route", "add", "default", "via", "198.18.1.1"])
-        run_in(ns["gb"], ["ip", "route", "add", "default", "via", "198.18.2.1"])
-        for router in ("ga", "gb", "i"):
+        if shutil.which("nft"):
+            subprocess.run(
+                ["ip", "netns", "exec", ns["r"], "nft", "-f", "-"],
+                input=HOME_NAT % (t + "r"),
+                text=True,
+                check=True,
+            )
+        for router in ("ga", "gb", "i", "r"):
             run_in(ns[router], ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         hosts = Path("/etc/netns") / ns["ga"]
         hosts.mkdir(parents=True, exist_ok=True)
@@ -202,6 +235,73 @@ def test_two_gateways_join_their_sites_and_a_client_of_one_reaches_the_other(net
         reload = run_tunvpn(net.ns["ga"], ["reload", "--socket", str(net.tmp / "a" / "ga.sock")])
         assert "site b added" in reload.stdout, reload.stdout
         wait_for(lambda: ping(net, "sa", SB, 1), 20, "sA to sB after the site came back")
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
+    for side in ("a", "b"):
+        for path in (net.tmp / side).glob("gateway-*.log"):
+            assert SITE_PSK not in read_text(path) and GROUP_PSK not in read_text(path)
+
+
+def test_a_client_introduced_to_site_b_reaches_it_directly_not_through_its_own_gateway(net: Net) -> None:
+    if not all(shutil.which(tool) for tool in ("nft", "dumpcap", "tshark")):
+        pytest.skip("needs nft (nftables), dumpcap and tshark (wireshark-common, tshark)")
+    (net.tmp / "a" / "gateway.toml").write_text(GATEWAY_A + 'introduce = ["*"]\n')
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        gb, gb_log = start_gateway(net, "b")
+        procs.append(gb)
+        ga, ga_log = start_gateway(net, "a")
+        procs.append(ga)
+        wait_for(lambda: read_text(ga_log).count("site b: 10.") >= 2, 20, "gA's two site SAs")
+
+        log = net.tmp / "alice-home.log"
+        argv = ["connect", "-c", str(net.tmp / "alice.toml"), "--json", "--tun", "tvcl%d"]
+        argv += ["--control", str(net.tmp / "alice.sock"), "--dns-backend", "none"]
+        alice = popen_tunvpn(net.ns["cr"], argv, log)
+        procs.append(alice)
+        wait_for_line(log, "IPsec SA pair(s) up", alice, 30, "alice's tunnel with gA")
+        wait_for_line(log, '"state": "direct"', alice, 30, "alice's direct tunnel with gB")
+        [intro] = [r for r in json_records(log) if r["event"] == "peer" and r["state"] == "introduced"]
+        assert intro["name"] == "b" and intro["endpoint"] == f"{GB}:4500", intro
+        assert "site a: its gateway introduced 1 client(s) to us (alice)" in read_text(gb_log)
+        assert "of site a: 10.88.0.0/24 === 10.79.0." in read_text(gb_log), read_text(gb_log)[-3000:]
+        assert ping(net, "cr", SB, 3), read_text(log)[-3000:]
+
+        # 16 MiB from alice to sB, checked by SHA-256, while gA's Internet link is watched
+        sink = popen_in(net.ns["sb"], [sys.executable, "-c", SINK, SB], net.tmp / "sink-home.log")
+        procs.append(sink)
+        wait_for(lambda: "listening" in read_text(net.tmp / "sink-home.log"), 10, "the sink")
+        pcap = net.tmp / "ga.pcap"
+        with capture(net.ns["ga"], net.topo.tag + "ga", pcap, bpf="udp"):
+            sent = run_in(
+                net.ns["cr"], [sys.executable, "-c", SOURCE, SB, str(SIZE)], check=False, timeout=120
+            )
+        assert sent.returncode == 0, sent.stderr
+        size, digest, got_size, got_digest = sent.stdout.split()
+        assert (size, digest) == (got_size, got_digest) == (str(SIZE), digest), sent.stdout
+        through_a = frame_bytes(pcap)
+        assert through_a < SIZE // 100, f"{through_a} octets of UDP crossed gA's Internet link"
+
+        shown = run_tunvpn(net.ns["cr"], ["status", "--socket", str(net.tmp / "alice.sock"), "--json"])
+        [peer] = json.loads(shown.stdout)["tunnels"][0]["peers"]
+        assert peer["path"] == "direct" and peer["remote"] == f"{GB}:4500", peer
+        assert peer["bytes_out"] >= SIZE, peer
+        shown = run_tunvpn(net.ns["gb"], ["status", "--socket", str(net.tmp / "b" / "gb.sock"), "--json"])
+        [site] = json.loads(shown.stdout)["sites"]
+        [client] = site["clients"]
+        assert (client["name"], client["state"], client["endpoint"]) == ("alice", "up", "198.18.3.2:4500"), (
+            site
+        )
+
+        # alice leaves gA: gB is told at once and forgets her
+        stop_process(alice)
+
+        def forgotten() -> bool:
+            shown = run_tunvpn(net.ns["gb"], ["status", "--socket", str(net.tmp / "b" / "gb.sock"), "--json"])
+            return "clients" not in json.loads(shown.stdout)["sites"][0]
+
+        wait_for(forgotten, 15, "gB forgetting alice")
     finally:
         for proc in reversed(procs):
             stop_process(proc)

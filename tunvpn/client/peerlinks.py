@@ -122,23 +122,41 @@ class Link:
         return f"{RELAY_PREFIX}{self.intro.name}"
 
 
-def pair_policy(intro: Introduction, own: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ChildPolicy:
-    """The pair's phase 2 policy from this side: our address to the peer's, with the ESP suite,
-    PFS group and lifetime the gateway set for the pair."""
+def pair_policies(
+    intro: Introduction, own: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> tuple[ChildPolicy, ...]:
+    """The pair's phase 2 policies from this side: our address to the peer's (another client)
+    or to each network behind it (a site's gateway, issue 18), with the ESP suite, PFS group
+    and lifetime the gateway set for the pair."""
     proposal = ChildProposal(
         esp=(intro.esp,), pfs_group=intro.pfs_group, lifetime_seconds=intro.lifetime_seconds
     )
-    return ChildPolicy(
-        f"peer:{intro.name}",
-        TrafficSelector.from_network(f"{own}/{own.max_prefixlen}"),
-        TrafficSelector.from_network(f"{intro.address}/{intro.address.max_prefixlen}"),
-        proposal,
+    ours = TrafficSelector.from_network(f"{own}/{own.max_prefixlen}")
+    theirs = intro.networks or (ipaddress.ip_network(intro.address),)
+    return tuple(
+        ChildPolicy(f"peer:{intro.name}", ours, TrafficSelector.from_network(str(net)), proposal)
+        for net in theirs
     )
+
+
+def pair_policy(intro: Introduction, own: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ChildPolicy:
+    """The pair's first phase 2 policy (its proposal is every one's)."""
+    return pair_policies(intro, own)[0]
 
 
 def _same_pair(a: Introduction, b: Introduction) -> bool:
     """Whether ``b`` introduces the same pair as ``a`` (it may have moved: another endpoint)."""
-    return (a.name, a.identity, a.secret, a.role, a.local_id, a.esp, a.pfs_group, a.lifetime_seconds) == (
+    return (
+        a.name,
+        a.identity,
+        a.secret,
+        a.role,
+        a.local_id,
+        a.esp,
+        a.pfs_group,
+        a.lifetime_seconds,
+        a.networks,
+    ) == (
         b.name,
         b.identity,
         b.secret,
@@ -147,6 +165,7 @@ def _same_pair(a: Introduction, b: Introduction) -> bool:
         b.esp,
         b.pfs_group,
         b.lifetime_seconds,
+        b.networks,
     )
 
 
@@ -227,7 +246,7 @@ class PeerLinks:
                 intro = link.intro
                 assert intro.local_id is not None
                 pairs[intro.endpoint] = PeerPair(
-                    intro.identity, intro.local_id, intro.secret, (pair_policy(intro, self.own),)
+                    intro.identity, intro.local_id, intro.secret, pair_policies(intro, self.own)
                 )
         self.engine.set_pairs(pairs)
 
@@ -268,7 +287,8 @@ class PeerLinks:
             return
         for link in self.links.values():
             relay_due = link.relay is None and not link.relay_pending and now >= link.relay_at
-            if link.state != LinkState.DIRECT and relay_due:
+            if link.state != LinkState.DIRECT and relay_due and not link.intro.networks:
+                # (a site's gateway needs no relay: our gateway's own SAs reach its networks)
                 self._start_relay(link, now)
             if link.state in (LinkState.PHASE1, LinkState.DIRECT) or now < link.next_at:
                 continue
@@ -399,10 +419,10 @@ class PeerLinks:
             if self.on_child is not None:
                 self.on_child(event)
             self._end_relay(link, now)
+            reached = event.remote_ts if link.intro.networks else link.intro.address
             self.report(
                 "peer",
-                f"direct tunnel to {link.intro.name} ({link.intro.address}) up at "
-                f"{event.remote[0]}:{event.remote[1]}",
+                f"direct tunnel to {link.intro.name} ({reached}) up at {event.remote[0]}:{event.remote[1]}",
                 state="direct",
                 name=link.intro.name,
                 address=str(link.intro.address),
@@ -423,14 +443,15 @@ class PeerLinks:
         link.sa_id, link.state = event.sa_id, LinkState.PHASE1
         if link.intro.role is not Role.INITIATOR or self.own is None:
             return  # the peer starts the Quick Mode
-        policy = pair_policy(link.intro, self.own)
-        assert policy.remote_ts is not None
-        try:
-            self.engine.start_child(
-                event.sa_id, now, policy.local_ts, policy.remote_ts, policy.proposal, name=policy.name
-            )
-        except LocalProtocolError as exc:
-            self._down(link, ev.ChildSAFailed(event.sa_id, str(exc), None, policy.name), now)
+        for policy in pair_policies(link.intro, self.own):
+            assert policy.remote_ts is not None
+            try:
+                self.engine.start_child(
+                    event.sa_id, now, policy.local_ts, policy.remote_ts, policy.proposal, name=policy.name
+                )
+            except LocalProtocolError as exc:
+                self._down(link, ev.ChildSAFailed(event.sa_id, str(exc), None, policy.name), now)
+                return
 
     def _down(self, link: Link, event: ev.Event, now: float) -> None:
         reason = getattr(event, "reason", "failed")
@@ -505,4 +526,4 @@ class PeerLinks:
         self.engine.set_pairs({})
 
 
-__all__ = ["Link", "LinkState", "PeerLinks", "pair_policy"]
+__all__ = ["Link", "LinkState", "PeerLinks", "pair_policies", "pair_policy"]

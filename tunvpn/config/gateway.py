@@ -725,6 +725,13 @@ class SiteRule:
     esp: EspSuite = DEFAULT_ESP[0]
     pfs: DHGroup | None = DHGroup.ECP_256
     lifetime: int = 3600
+    introduce: tuple[str, ...] = ()
+    """Groups (``"*"``: everyone) whose clients we introduce to the site's gateway, so they
+    reach its networks directly (issue 18); its gateway must be tunvpn."""
+
+    def introduces(self, groups: Iterable[str]) -> bool:
+        """Whether a client of ``groups`` is introduced to this site's gateway."""
+        return "*" in self.introduce or not set(groups).isdisjoint(self.introduce)
 
     def __repr__(self) -> str:  # the secret stays out of logs and tracebacks
         nets = ", ".join(str(n) for n in self.networks)
@@ -837,6 +844,7 @@ _TOP_KEYS = ("gateway", "phase1", "network", "groups", "policy", "protocol", "pl
 _PEERING_KEYS = ("name", "from", "to", "esp", "pfs", "lifetime")
 _SITE_KEYS = (
     "name", "address", "id", "psk_file", "networks", "local", "initiate", "esp", "pfs", "lifetime",
+    "introduce",
 )  # fmt: skip
 _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
@@ -1070,7 +1078,7 @@ def parse_gateway_config(
         banner=banner,
         rules=rules,
         peering=_peering(top, legacy, groups, pool),
-        sites=_sites(top, legacy, base_dir, pool, rules, credential is not None and bool(cas)),
+        sites=_sites(top, legacy, base_dir, pool, rules, credential is not None and bool(cas), groups),
         protocols=protocols,
         plugins=plugins,
         plugin_settings=MappingProxyType(plugin_settings),
@@ -1253,11 +1261,13 @@ def _sites(
     pool: AddressPool | None,
     rules: Sequence[PolicyRule],
     certificates: bool,
+    groups: Mapping[str, frozenset[str]],
 ) -> tuple[SiteRule, ...]:
     """``[[site]]`` blocks: name, address, id, psk_file, networks, local, initiate, esp, pfs,
-    lifetime. ``local`` defaults to our pool and the networks of our policies. Without
-    ``psk_file`` the gateways sign with their certificates (``certificates``: ours and a CA
-    are configured); the site's ``id`` must then be in its certificate."""
+    lifetime, introduce (group names or ``"*"``). ``local`` defaults to our pool and the
+    networks of our policies. Without ``psk_file`` the gateways sign with their certificates
+    (``certificates``: ours and a CA are configured); the site's ``id`` must then be in its
+    certificate."""
     out: list[SiteRule] = []
     for block in top.tables("site", "[[site]]", _SITE_KEYS):
         name = block.required_text("name").strip()
@@ -1323,6 +1333,15 @@ def _sites(
             raise block.error(
                 "local", "local: our networks the site may reach (no pool or policy to default to)"
             )
+        introduce = tuple(block.texts("introduce") or ())
+        for group in introduce:
+            if group != "*" and group not in groups:
+                known = ", ".join(groups) or "none defined"
+                raise block.error("introduce", f"group {group!r} is not defined in [groups] ({known})")
+        if introduce and pool is None:
+            raise block.error(
+                "introduce", "clients are introduced by their assigned addresses: pool in [network]"
+            )
         esp, pfs, lifetime = _tunnel_parameters(block, legacy)
         out.append(
             SiteRule(
@@ -1336,6 +1355,7 @@ def _sites(
                 esp,
                 pfs,
                 lifetime,
+                introduce,
             )
         )
     return tuple(out)

@@ -479,15 +479,17 @@ class Gateway:
             (options.listen, options.ike_port),
             options.local_id or Identity.parse(options.listen),
             options.sites,
+            on_change=self._refresh_introductions,
         )
         """Site-to-site tunnels with other gateways (tunvpn.gateway.sites, issue 18)."""
         self.children: dict[int, ev.ChildSAEstablished] = {}
         """Inbound SPI -> the Quick Mode that made it."""
         self.child_started: dict[int, float] = {}
         self.sessions: dict[bytes, Session] = {}
-        self.pair_secrets = PairSecrets()
-        """The secret of each pair of clients introduced to each other (issue 17)."""
         """ISAKMP SA id -> the client on it."""
+        self.pair_secrets = PairSecrets()
+        """The secret of each pair introduced to each other: two clients (issue 17), a client
+        and another site's gateway (issue 18)."""
         self.generation = 1
         """Policy generation: raised by every reload that changes something."""
         self.tunnel: Tunnel | None = None
@@ -590,13 +592,26 @@ class Gateway:
             return None
         return Member(session.sa_id, session.user, session.groups, session.address, session.peer)
 
+    def _introduces(self) -> bool:
+        """Whether clients are introduced to peers: ``[[peering]]`` rules, or ``[[site]]``
+        blocks with ``introduce``."""
+        return bool(self.options.peering) or any(site.introduce for site in self.options.sites)
+
     def _peers_for(self, session: Session) -> PeerList:
-        """Every peer ``session`` is introduced to now (the whole list)."""
+        """Every peer ``session`` is introduced to now (the whole list): other clients, then
+        other sites' gateways."""
         me = self._member(session)
-        if me is None or not self.options.peering:
+        if me is None or not self._introduces():
             return PeerList()
         others = [m for s in self.sessions.values() if (m := self._member(s)) is not None]
-        return introductions(me, others, self.options.peering, self.pair_secrets)
+        clients = introductions(me, others, self.options.peering, self.pair_secrets).peers
+        taken = {peer.address for peer in clients}
+        sites = tuple(
+            peer
+            for peer in self.sites.client_introductions(me, self.pair_secrets)
+            if peer.address not in taken
+        )
+        return PeerList(clients + sites)
 
     def _refresh_introductions(self, now: float) -> None:
         """Send each client that was introduced to peers its new list when it changed (a
@@ -607,7 +622,7 @@ class Gateway:
             if session.introduced is None:
                 # a tunvpn client that got its policies before any peering rule existed (a
                 # reload added the first one): it takes introductions as well
-                if not (session.tunvpn and session.generation and self.options.peering):
+                if not (session.tunvpn and session.generation and self._introduces()):
                     continue
                 session.introduced = PeerList()
             peers = self._peers_for(session)
@@ -632,6 +647,9 @@ class Gateway:
                 f"; new: {', '.join(sorted(after - before))}" if after - before else "",
                 f"; gone: {', '.join(sorted(before - after))}" if before - after else "",
             )
+        if any(site.introduce for site in self.options.sites):
+            members = [m for s in self.sessions.values() if (m := self._member(s)) is not None]
+            self.sites.tell(members, self.pair_secrets, now)  # the sites' gateways learn them
 
     def _end_relays(self, session: Session, peers: set[str], now: float) -> None:
         """Delete ``session``'s relay SAs to peers it is no longer introduced to (issue 17)."""
@@ -731,7 +749,7 @@ class Gateway:
             moved = self.sessions.get(event.sa_id)
             if moved is not None:
                 moved.peer = event.new
-                if self.options.peering:
+                if self._introduces():
                     self._refresh_introductions(now)  # its peers learn where it is now
             if self.tunnel is not None:
                 self.tunnel.peer_moved(event)  # ESP follows the client behind its NAT
@@ -753,7 +771,7 @@ class Gateway:
                 reason = getattr(event, "reason", "") or type(event).__name__
                 self._account(gone, "stop", reason=reason, by_peer=bool(getattr(event, "by_peer", False)))
             self._release(event.sa_id)
-            if gone is not None and self.options.peering:
+            if gone is not None and self._introduces():
                 self.pair_secrets.forget(event.sa_id)
                 self._refresh_introductions(now)  # its peers are told it is gone
         return None
@@ -1351,7 +1369,7 @@ class Gateway:
         wants_policies = session.tunvpn and PolicyAttr.PHASE2_POLICIES in event.requested_types
         config = self.mode_config_for(address, event.requested_types, session.policies)
         extra = encode_policies(self._push(session)) if wants_policies else ()
-        if wants_policies and self.options.peering:
+        if wants_policies and self._introduces():
             session.introduced = self._peers_for(session)
             extra += encode_peers(session.introduced)
             self._install_policies(session, session.policies)  # with its relay policies

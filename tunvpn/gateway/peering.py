@@ -112,6 +112,7 @@ def relay_policies(peers: PeerList) -> tuple[ChildPolicy, ...]:
             ChildProposal(esp=(peer.esp,), pfs_group=peer.pfs_group, lifetime_seconds=peer.lifetime_seconds),
         )
         for peer in peers.peers
+        if not peer.networks  # a site's gateway: our own SAs reach its networks
     )
 
 

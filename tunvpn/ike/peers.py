@@ -29,6 +29,12 @@ CFG_PEER_PFS_GROUP        20504   TV, omitted: no PFS
 CFG_PEER_LIFE_SECONDS     20505   4 octets
 CFG_PEER_LOCAL_ID         20506   as CFG_PEER_ID: the phase 1 identity this client presents
                                   to this peer (the one the peer was told to expect)
+CFG_PEER_NETWORKS         20507   the networks behind the peer, when it is another site's
+                                  gateway (issue 18): per network its IP version (1 octet,
+                                  4 or 6), prefix length (1 octet) and address (4 or 16
+                                  octets), at most 32; the pair's phase 2 policies are then
+                                  this client's address to each network (else to the peer's
+                                  address), and the client always starts
 ========================  ======  =====================================================
 
 Values that would be zero are omitted, as in the policy sets. Unknown attributes of our range
@@ -76,6 +82,7 @@ class PeerAttr(IntEnum):
     PEER_PFS_GROUP = 20504
     PEER_LIFE_SECONDS = 20505
     PEER_LOCAL_ID = 20506
+    PEER_NETWORKS = 20507
 
 
 PEER_ATTRS = frozenset(int(a) for a in PeerAttr)
@@ -83,6 +90,8 @@ _GROUP_ATTRS = PEER_ATTRS - {PeerAttr.PEERS, PeerAttr.PEER_BEGIN}
 SECRET_SIZE = 32
 MAX_PEERS = 255
 MAX_NAME = 64
+MAX_NETWORKS = 32
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Role(IntEnum):
@@ -108,10 +117,17 @@ class Introduction:
     lan_endpoint: Endpoint | None = None
     local_id: Identity | None = None
     """The identity this client presents to the peer (the one the peer expects)."""
+    networks: tuple[Network, ...] = ()
+    """A site's gateway (issue 18): the networks behind it this client reaches through it
+    (empty: the peer is another client, reached at :attr:`address`)."""
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name.encode()) > MAX_NAME:
             raise ValueError(f"peer name {self.name!r}: 1 to {MAX_NAME} octets")
+        if len(self.networks) > MAX_NETWORKS:
+            raise ValueError(f"at most {MAX_NETWORKS} networks behind a peer")
+        if self.networks and self.role is not Role.INITIATOR:
+            raise ValueError("a client always starts the tunnel to a site's gateway")
         if len(self.secret) != SECRET_SIZE:
             raise ValueError(f"a pair secret has {SECRET_SIZE} octets")
         if not 0 < self.lifetime_seconds < 1 << 32:
@@ -131,6 +147,9 @@ class Introduction:
     def describe(self) -> str:
         """One line for logs and ``tunvpn status``: who, where, and who starts."""
         host, port = self.endpoint
+        if self.networks:
+            nets = ", ".join(str(n) for n in self.networks)
+            return f"{self.name} (gateway of {nets}) at {host}:{port}"
         return f"{self.name} ({self.address}) at {host}:{port}, {self.role.name.lower()}"
 
 
@@ -167,6 +186,33 @@ def _decode_endpoint(attr: int, data: bytes) -> Endpoint:
     return (str(address), port)
 
 
+def _encode_networks(networks: Sequence[Network]) -> bytes:
+    return b"".join(bytes([net.version, net.prefixlen]) + net.network_address.packed for net in networks)
+
+
+def _decode_networks(data: bytes) -> tuple[Network, ...]:
+    attr = PeerAttr.PEER_NETWORKS
+    out: list[Network] = []
+    at = 0
+    while at < len(data):
+        if len(out) == MAX_NETWORKS:
+            raise _bad(attr, f"more than {MAX_NETWORKS} networks")
+        if len(data) - at < 2 or data[at] not in (4, 6):
+            raise _bad(attr, f"octet {at}: not an IP version (4 or 6)")
+        size = 4 if data[at] == 4 else 16
+        prefix, raw = data[at + 1], data[at + 2 : at + 2 + size]
+        if len(raw) != size:
+            raise _bad(attr, f"octet {at}: the address is cut short")
+        try:
+            out.append(ipaddress.ip_network((ipaddress.ip_address(raw), prefix)))
+        except ValueError as exc:
+            raise _bad(attr, f"octet {at}: {exc}") from None
+        at += 2 + size
+    if not out:
+        raise _bad(attr, "empty")
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------- encode
 
 
@@ -195,6 +241,8 @@ def encode_peers(peers: PeerList) -> tuple[DataAttribute, ...]:
         if peer.pfs_group is not None:
             out.append(DataAttribute(PeerAttr.PEER_PFS_GROUP, int(peer.pfs_group)))
         out.append(DataAttribute.tlv_int(PeerAttr.PEER_LIFE_SECONDS, peer.lifetime_seconds))
+        if peer.networks:
+            out.append(DataAttribute(PeerAttr.PEER_NETWORKS, _encode_networks(peer.networks)))
     return tuple(out)
 
 
@@ -258,6 +306,9 @@ def _peer_from(number: int, values: dict[int, DataAttribute]) -> Introduction:
         raise _bad(PeerAttr.PEER_BEGIN, f"peer {number}: {exc}") from None
     key_length = _tv(values[PeerAttr.PEER_ESP_KEY_LENGTH]) if PeerAttr.PEER_ESP_KEY_LENGTH in values else None
     seconds = _tv(need(PeerAttr.PEER_LIFE_SECONDS))
+    networks: tuple[Network, ...] = ()
+    if PeerAttr.PEER_NETWORKS in values:
+        networks = _decode_networks(_octets(values[PeerAttr.PEER_NETWORKS]))
     try:
         return Introduction(
             name,
@@ -271,6 +322,7 @@ def _peer_from(number: int, values: dict[int, DataAttribute]) -> Introduction:
             seconds,
             lan,
             local_id,
+            networks,
         )
     except ValueError as exc:
         raise _bad(PeerAttr.PEER_BEGIN, f"peer {number}: {exc}") from None
@@ -319,10 +371,12 @@ def is_peer_attribute(attr_type: int) -> bool:
 
 
 __all__ = [
+    "MAX_PEERS",
     "PEER_ATTRS",
     "SECRET_SIZE",
     "Introduction",
     "PeerAttr",
+    "Network",
     "PeerList",
     "Role",
     "decode_peers",

@@ -791,6 +791,21 @@ def test_a_site_may_be_given_by_name_with_its_identity(gwdir: Path) -> None:
     assert site.address == "gw.branch.example" and str(site.identity) == "@gw.branch.example"
 
 
+def test_a_site_may_introduce_clients_of_named_groups_to_its_gateway(gwdir: Path) -> None:
+    """``introduce``: the groups (or "*") whose clients meet the site's gateway (issue 18);
+    each must be defined, and clients need addresses from our pool."""
+    private_file(gwdir / "site.psk", SITE_SECRET + "\n")
+    text = MINIMAL + '\n[groups]\neng = ["alice"]\n' + SITE + 'introduce = ["eng"]\n'
+    [site] = load_config(gwdir, text).sites
+    assert site.introduce == ("eng",)
+    assert site.introduces({"eng", "ops"}) and not site.introduces({"ops"})
+    [everyone] = load_config(gwdir, MINIMAL + SITE + 'introduce = ["*"]\n').sites
+    assert everyone.introduces(())
+    [nobody] = load_config(gwdir, MINIMAL + SITE).sites
+    assert not nobody.introduce and not nobody.introduces({"eng"})
+    assert "'ops' is not defined" in str(_error(gwdir, MINIMAL + SITE + 'introduce = ["ops"]\n'))
+
+
 def test_a_site_key_must_be_long(gwdir: Path) -> None:
     private_file(gwdir / "site.psk", "short\n")
     assert "20 characters" in str(_error(gwdir, MINIMAL + SITE))

@@ -121,3 +121,52 @@ def test_pfs_and_roles_are_kept() -> None:
         encode_peers(PeerList((bob(pfs_group=DHGroup.ECP_384, role=Role.INITIATOR),)))
     ).peers  # type: ignore[union-attr]
     assert peer.pfs_group == DHGroup.ECP_384 and peer.role is Role.INITIATOR
+
+
+def site_gateway(**kw: object) -> Introduction:
+    """A site's gateway introduced to a client (issue 18): the networks behind it."""
+    base: dict[str, object] = dict(
+        name="branch",
+        address=ipaddress.ip_address("198.18.2.2"),
+        endpoint=("198.18.2.2", 4500),
+        role=Role.INITIATOR,
+        networks=(ipaddress.ip_network("10.88.0.0/24"), ipaddress.ip_network("2001:db8:88::/48")),
+    )
+    base.update(kw)
+    return bob(**base)
+
+
+def test_a_site_gateway_carries_the_networks_behind_it() -> None:
+    peers = PeerList((bob(), site_gateway()))
+    attrs = encode_peers(peers)
+    [nets] = [a for a in attrs if a.type == PeerAttr.PEER_NETWORKS]
+    assert nets.value == bytes([4, 24, 10, 88, 0, 0]) + bytes([6, 48]) + bytes.fromhex(
+        "20010db80088"
+    ) + bytes(10)
+    assert decode_peers(decode_attributes(encode_attributes(attrs))) == peers
+    assert "gateway of 10.88.0.0/24, 2001:db8:88::/48" in site_gateway().describe()
+
+
+def test_a_client_always_starts_the_tunnel_to_a_site_gateway() -> None:
+    with pytest.raises(ValueError, match="always starts"):
+        site_gateway(role=Role.RESPONDER)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b"", "empty"),
+        (bytes([5, 24, 10, 88, 0, 0]), "IP version"),
+        (bytes([4, 24, 10, 88, 0]), "cut short"),
+        (bytes([4, 33, 10, 88, 0, 0]), "octet 0"),
+        (bytes([4, 16, 10, 88, 0, 1]), "host bits"),
+        (bytes([4, 24, 10, 88, 0, 0]) * 33, "more than 32"),
+    ],
+)
+def test_malformed_networks_are_refused(value: bytes, message: str) -> None:
+    attrs = [
+        DataAttribute(PeerAttr.PEER_NETWORKS, value) if a.type == PeerAttr.PEER_NETWORKS else a
+        for a in encode_peers(PeerList((site_gateway(),)))
+    ]
+    with pytest.raises(RemoteProtocolError, match=message):
+        decode_peers(attrs)
