@@ -293,6 +293,10 @@ def test_a_client_introduced_to_site_b_reaches_it_directly_not_through_its_own_g
         assert (client["name"], client["state"], client["endpoint"]) == ("alice", "up", "198.18.3.2:4500"), (
             site
         )
+        text = run_tunvpn(net.ns["gb"], ["status", "--socket", str(net.tmp / "b" / "gb.sock")]).stdout
+        assert "  client alice 10.79.0." in text and "at 198.18.3.2:4500: up, 1 SA pair(s)" in text, text
+        text = run_tunvpn(net.ns["ga"], ["status", "--socket", str(net.tmp / "a" / "ga.sock")]).stdout
+        assert "1 of our clients introduced" in text, text
 
         # alice leaves gA: gB is told at once and forgets her
         stop_process(alice)

@@ -724,9 +724,24 @@ def format_status(result: dict[str, object], now: float | None = None) -> str:
             line = f"site {name} {address}: {state}, networks {networks}"
             if count is not None:
                 line += f", {int(count)} SA pair(s)"
+            introduced = _number(site.get("introduced"))
+            if introduced is not None:
+                line += f", {int(introduced)} of our clients introduced"
+            if refused := _number(site.get("refused")):
+                line += f", {int(refused)} introduction(s) refused"
             if error := _text(site, "error"):
                 line += f"  last error: {error}"
             lines.append(line)
+            clients = site.get("clients")
+            for client in clients if isinstance(clients, list) else ():
+                if isinstance(client, dict):  # its clients it introduced to us
+                    who = _text(client, "name") or "?"
+                    inner, endpoint = _text(client, "address") or "?", _text(client, "endpoint") or "?"
+                    pairs = _number(client.get("sas"))
+                    lines.append(
+                        f"  client {who} {inner} at {endpoint}: {_text(client, 'state') or '?'}"
+                        + (f", {int(pairs)} SA pair(s)" if pairs is not None else "")
+                    )
     return "\n".join(lines)
 
 

@@ -650,3 +650,35 @@ def test_format_status_shows_the_sites() -> None:
     lines = control.format_status(status, now=NOW).splitlines()
     assert "site b 198.18.2.2: up, networks 10.88.0.0/24, 2 SA pair(s)" in lines
     assert "site c 198.18.4.2: down, networks -, 0 SA pair(s)  last error: dead peer" in lines
+
+
+def test_format_status_shows_the_clients_sites_introduced() -> None:
+    """Issue 18: on A, how many of its clients the site knows; on B, each client A introduced."""
+    status = {
+        "role": "gateway",
+        "tunnels": [],
+        "sites": [
+            {"name": "b", "address": "198.18.2.2", "state": "up", "networks": [], "sas": 2, "introduced": 3},
+            {
+                "name": "a",
+                "address": "198.18.1.2",
+                "state": "up",
+                "networks": ["10.79.0.0/24"],
+                "sas": 2,
+                "refused": 1,
+                "clients": [
+                    {
+                        "name": "alice",
+                        "address": "10.79.0.10",
+                        "endpoint": "198.18.3.2:4500",
+                        "state": "up",
+                        "sas": 1,
+                    }
+                ],
+            },
+        ],
+    }
+    lines = control.format_status(status, now=NOW).splitlines()
+    assert "site b 198.18.2.2: up, networks -, 2 SA pair(s), 3 of our clients introduced" in lines
+    assert "site a 198.18.1.2: up, networks 10.79.0.0/24, 2 SA pair(s), 1 introduction(s) refused" in lines
+    assert "  client alice 10.79.0.10 at 198.18.3.2:4500: up, 1 SA pair(s)" in lines
