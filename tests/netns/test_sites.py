@@ -178,14 +178,33 @@ def ping(net: Net, host: str, address: str, count: int = 2) -> bool:
     return out.returncode == 0
 
 
+def start_sites(net: Net, procs: list[subprocess.Popen[bytes]]) -> tuple[Path, Path]:
+    """gB, then gA, which starts the site tunnel: returns their logs once gA's two site SAs are up."""
+    gb, gb_log = start_gateway(net, "b")
+    procs.append(gb)
+    ga, ga_log = start_gateway(net, "a")
+    procs.append(ga)
+    wait_for(lambda: read_text(ga_log).count("site b: 10.") >= 2, 20, "gA's two site SAs")
+    return ga_log, gb_log
+
+
+def send_to_sb(net: Net, host: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    """16 MiB from ``host`` to sB's sink, checked by SHA-256 on both ends."""
+    sink_log = net.tmp / f"sink-{time.monotonic_ns()}.log"
+    sink = popen_in(net.ns["sb"], [sys.executable, "-c", SINK, SB], sink_log)
+    procs.append(sink)
+    wait_for(lambda: "listening" in read_text(sink_log), 10, "the sink")
+    sent = run_in(net.ns[host], [sys.executable, "-c", SOURCE, SB, str(SIZE)], check=False, timeout=120)
+    assert sent.returncode == 0, sent.stderr
+    size, digest, got_size, got_digest = sent.stdout.split()
+    assert (size, digest) == (got_size, got_digest) == (str(SIZE), digest), sent.stdout
+
+
 def test_two_gateways_join_their_sites_and_a_client_of_one_reaches_the_other(net: Net) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        gb, gb_log = start_gateway(net, "b")
-        procs.append(gb)
-        ga, ga_log = start_gateway(net, "a")
-        procs.append(ga)
-        wait_for(lambda: read_text(ga_log).count("site b: 10.") >= 2, 20, "gA's two site SAs")
+        ga_log, gb_log = start_sites(net, procs)
+        gb = procs[0]
         assert f"site address gb.sites.test is {GB}" in read_text(ga_log)
         assert "site a: phase 1 up" in read_text(gb_log), read_text(gb_log)[-3000:]
         assert "site a: pushed 2 sets" in read_text(gb_log), read_text(gb_log)[-3000:]
@@ -202,13 +221,7 @@ def test_two_gateways_join_their_sites_and_a_client_of_one_reaches_the_other(net
         procs.append(alice)
         wait_for_line(log, "IPsec SA pair(s) up", alice, 30, "alice's tunnel")
         assert ping(net, "ca", SB, 3), read_text(log)[-2000:]
-        sink = popen_in(net.ns["sb"], [sys.executable, "-c", SINK, SB], net.tmp / "sink.log")
-        procs.append(sink)
-        wait_for(lambda: "listening" in read_text(net.tmp / "sink.log"), 10, "the sink")
-        sent = run_in(net.ns["ca"], [sys.executable, "-c", SOURCE, SB, str(SIZE)], check=False, timeout=120)
-        assert sent.returncode == 0, sent.stderr
-        size, digest, got_size, got_digest = sent.stdout.split()
-        assert (size, digest) == (got_size, got_digest) == (str(SIZE), digest), sent.stdout
+        send_to_sb(net, "ca", procs)
 
         shown = run_tunvpn(net.ns["ga"], ["status", "--socket", str(net.tmp / "a" / "ga.sock"), "--json"])
         [site] = json.loads(shown.stdout)["sites"]
@@ -249,12 +262,7 @@ def test_a_client_introduced_to_site_b_reaches_it_directly_not_through_its_own_g
     (net.tmp / "a" / "gateway.toml").write_text(GATEWAY_A + 'introduce = ["*"]\n')
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        gb, gb_log = start_gateway(net, "b")
-        procs.append(gb)
-        ga, ga_log = start_gateway(net, "a")
-        procs.append(ga)
-        wait_for(lambda: read_text(ga_log).count("site b: 10.") >= 2, 20, "gA's two site SAs")
-
+        ga_log, gb_log = start_sites(net, procs)
         log = net.tmp / "alice-home.log"
         argv = ["connect", "-c", str(net.tmp / "alice.toml"), "--json", "--tun", "tvcl%d"]
         argv += ["--control", str(net.tmp / "alice.sock"), "--dns-backend", "none"]
@@ -265,21 +273,14 @@ def test_a_client_introduced_to_site_b_reaches_it_directly_not_through_its_own_g
         [intro] = [r for r in json_records(log) if r["event"] == "peer" and r["state"] == "introduced"]
         assert intro["name"] == "b" and intro["endpoint"] == f"{GB}:4500", intro
         assert "site a: its gateway introduced 1 client(s) to us (alice)" in read_text(gb_log)
+        assert "site b: its gateway knows 1 of our clients" in read_text(ga_log), read_text(ga_log)[-3000:]
         assert "of site a: 10.88.0.0/24 === 10.79.0." in read_text(gb_log), read_text(gb_log)[-3000:]
         assert ping(net, "cr", SB, 3), read_text(log)[-3000:]
 
         # 16 MiB from alice to sB, checked by SHA-256, while gA's Internet link is watched
-        sink = popen_in(net.ns["sb"], [sys.executable, "-c", SINK, SB], net.tmp / "sink-home.log")
-        procs.append(sink)
-        wait_for(lambda: "listening" in read_text(net.tmp / "sink-home.log"), 10, "the sink")
         pcap = net.tmp / "ga.pcap"
         with capture(net.ns["ga"], net.topo.tag + "ga", pcap, bpf="udp"):
-            sent = run_in(
-                net.ns["cr"], [sys.executable, "-c", SOURCE, SB, str(SIZE)], check=False, timeout=120
-            )
-        assert sent.returncode == 0, sent.stderr
-        size, digest, got_size, got_digest = sent.stdout.split()
-        assert (size, digest) == (got_size, got_digest) == (str(SIZE), digest), sent.stdout
+            send_to_sb(net, "cr", procs)
         through_a = frame_bytes(pcap)
         assert through_a < SIZE // 100, f"{through_a} octets of UDP crossed gA's Internet link"
 
