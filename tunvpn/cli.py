@@ -548,6 +548,14 @@ def _add_connect(sub: Subparsers) -> None:
         "(default: reconnect, failing over between the profile's gateways; profile: reconnect = false)",
     )
     cl.add_argument(
+        "--no-block-ipv6",
+        dest="block_ipv6",
+        action="store_false",
+        default=None,
+        help="leave the host's IPv6 alone in a full tunnel whose gateway offers no IPv6 (default: make "
+        "it unreachable while connected, so it cannot go around the tunnel; profile: block_ipv6 = false)",
+    )
+    cl.add_argument(
         "--timeout",
         type=_seconds,
         default=60.0,
@@ -979,6 +987,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
         args.gateway = gateways[0]
         if args.reconnect is None:
             args.reconnect = profile.reconnect
+        if args.block_ipv6 is None:
+            args.block_ipv6 = profile.block_ipv6
         psks = profile.psks
         args.user = args.user or profile.user
         args.password_file = args.password_file or profile.password_file
@@ -1024,6 +1034,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
             gateway=args.gateway,
             gateways=gateways,
             reconnect=args.reconnect is not False and not args.exit_after,
+            block_ipv6=args.block_ipv6 is not False,
             psks=psks,
             local_ip=local_ip,
             gateway_port=args.gateway_port,

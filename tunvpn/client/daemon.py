@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import getpass
+import ipaddress
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, TextIO
@@ -117,6 +118,9 @@ class ClientOptions:
     reconnect: bool = False
     """Stay connected: a lost or failed connection is retried with back-off, failing over
     between ``gateways`` (the command line turns this on unless ``--once``)."""
+    block_ipv6: bool = True
+    """While the tunnel's routes cover all of IPv4 and none carries IPv6, the host's IPv6
+    beyond its links is made unreachable (issue 19: no IPv6 around a full tunnel)."""
     dpd_interval: float = DPD_INTERVAL
     """Seconds of silence from the gateway before a DPD R-U-THERE (0: no DPD)."""
     dpd_timeout: float = DPD_TIMEOUT
@@ -431,6 +435,8 @@ class Client:
         self._route_path: tuple[str, RoutePath] | None = None
         """The gateway and the way to it when roaming last looked (tunvpn.client.roaming)."""
         self._peer_pins: set[str] = set()
+        self._ipv6_blocked = False
+        """The host's IPv6 beyond its links is unreachable now (:meth:`_guard_ipv6`, issue 19)."""
         """Introduced peers' endpoint addresses pinned outside a full tunnel (issue 17)."""
         self._dns_applied: tuple[object, ...] | None = None
         """The DNS settings in effect (servers, domains, split): a reconnect that gets the
@@ -1632,6 +1638,7 @@ class Client:
             if up.is_set():
                 if isinstance(self.tunnel, _holding_tunnel_type()):
                     stale = self.tunnel.release_held()
+                    self._guard_ipv6()
                     if stale:
                         self.progress.report(
                             "reconnect",
@@ -1801,6 +1808,7 @@ class Client:
             self.tunnel.child_deleted(event, hold=hold)
         else:
             self.tunnel.child_deleted(event)
+        self._guard_ipv6()  # a full tunnel's routes gone: IPv6 is the host's again
 
     def _pin_peers(self, networks: list[str] | None = None) -> None:
         """Keep the introduced peers' endpoints outside the tunnel where its routes (or
@@ -1833,13 +1841,50 @@ class Client:
         except (HostConfigError, OSError) as exc:
             self.progress.report("routes", f"cannot keep peers outside the tunnel: {exc}", state="failed")
 
+    def _guard_ipv6(self, networks: Sequence[str] = ()) -> None:
+        """No IPv6 around a full tunnel (issue 19): while the tunnel's routes (and ``networks``,
+        about to be routed) cover all of IPv4 and none carries IPv6, the host's IPv6 beyond
+        its own links is made unreachable (:meth:`HostConfig.block_ipv6`); lifted when that
+        stops (a policy change, the exit; a crash: by the next run)."""
+        from tunvpn.client.hostconfig import HostConfig, HostConfigError
+
+        if self.tunnel is None or not self.options.block_ipv6:
+            return
+        routed = [ipaddress.ip_network(n, strict=False) for n in (*self.tunnel.routed(), *networks)]
+        v4 = [n for n in routed if n.version == 4]
+        full = sum(n.num_addresses for n in ipaddress.collapse_addresses(v4)) == 1 << 32
+        want = full and not any(n.version == 6 for n in routed)
+        if want == self._ipv6_blocked:
+            return
+        try:
+            if self.hostconfig is None:
+                self.hostconfig = HostConfig(self.tunnel.name, dns_backend=self.options.dns_backend or "none")
+            blocked = self.hostconfig.block_ipv6(want)
+        except (HostConfigError, OSError) as exc:
+            self.progress.report(
+                "routes", f"cannot keep IPv6 from going around the tunnel: {exc}", state="failed"
+            )
+            return
+        self._ipv6_blocked = want
+        if blocked:
+            self.progress.report(
+                "routes",
+                "IPv6 blocked while connected: the tunnel carries all of IPv4 and the gateway offers no "
+                "IPv6 (link-local and on-link IPv6 stay; --no-block-ipv6 to allow)",
+                state="ipv6-blocked",
+            )
+        elif not want:
+            self.progress.report("routes", "IPv6 no longer blocked", state="ipv6-allowed")
+
     def _pin_gateway(self, networks: list[str]) -> None:
         """Before ``networks`` are routed into the TUN device (or at a new attempt, while they
         are): if one covers the gateway's own address (a full tunnel), a host route keeps IKE
         and ESP to it on the underlay, else they would loop into the tunnel (issue 15). The
-        introduced peers' endpoints likewise (issue 17)."""
+        introduced peers' endpoints likewise (issue 17); and IPv6 blocked around a full
+        tunnel (issue 19)."""
         from tunvpn.client.hostconfig import HostConfig, HostConfigError, routes_cover
 
+        self._guard_ipv6(networks)
         self._pin_peers(networks)
         if self.tunnel is None or not routes_cover(networks, self.gateway_ip):
             return

@@ -153,6 +153,11 @@ def _isdir(path: str) -> bool:
     return os.path.isdir(path)
 
 
+def _has_ipv6() -> bool:
+    """Whether this host's kernel has IPv6 at all."""
+    return Path("/proc/sys/net/ipv6").is_dir()
+
+
 def _link_exists(ifname: str) -> bool:
     """Whether the network interface exists (only asked on Linux)."""
     return os.path.exists(f"/sys/class/net/{ifname}")
@@ -611,13 +616,24 @@ def _backend_from_record(record: Any, run_dir: Path, ifname: str) -> DnsBackend:
 # ---------------------------------------------------------------------------- routes
 
 
+ROUTE_TYPES = ("unreachable",)
+"""Route types besides unicast that a :class:`Route` may be (``ip route add unreachable ...``)."""
+IPV6_BLOCK = ("::/1", "8000::/1")
+"""The halves of the IPv6 space made unreachable while a full IPv4 tunnel is up and the gateway
+offers no IPv6 (issue 19): more specific than any default route, less than the host's on-link
+and link-local prefixes, as the tunnel's own 0.0.0.0/1 and 128.0.0.0/1 are for IPv4."""
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A route not on the TUN device (e.g. the gateway's address via the original gateway)."""
+    """A route not on the TUN device (e.g. the gateway's address via the original gateway), or
+    an ``unreachable`` one (``kind``) that makes a prefix fail at once."""
 
     dest: str
     via: str | None = None
     dev: str | None = None
+    kind: str | None = None
+    """None: unicast; else one of :data:`ROUTE_TYPES` (no ``via``, no ``dev``)."""
 
     def __post_init__(self) -> None:
         try:
@@ -628,11 +644,14 @@ class Route:
             raise HostConfigError(f"bad route {self.dest} via {self.via}: {exc}") from exc
         if self.dev is not None:
             _check_ifname(self.dev)
-        if self.via is None and self.dev is None:
+        if self.kind is not None:
+            if self.kind not in ROUTE_TYPES or self.via is not None or self.dev is not None:
+                raise HostConfigError(f"route {self.kind} {self.dest}: not a route tunvpn makes")
+        elif self.via is None and self.dev is None:
             raise HostConfigError(f"route {self.dest}: needs a gateway (via) or a device")
 
     def ip_args(self) -> list[str]:
-        args = [self.dest]
+        args = [self.dest] if self.kind is None else [self.kind, self.dest]
         if self.via is not None:
             args += ["via", self.via]
         if self.dev is not None:
@@ -788,7 +807,10 @@ class _State:
             "start_time": self.start_time,
             "ifname": self.ifname,
             "dns": self.dns,
-            "routes": [{"dest": r.dest, "via": r.via, "dev": r.dev} for r in self.routes],
+            "routes": [
+                {"dest": r.dest, "via": r.via, "dev": r.dev, **({"type": r.kind} if r.kind else {})}
+                for r in self.routes
+            ],
         }
         return (json.dumps(doc, indent=2) + "\n").encode()
 
@@ -808,10 +830,10 @@ class _State:
             raise ValueError("routes is not a list of objects")
         for r in routes_doc:
             if not isinstance(r.get("dest"), str) or not all(
-                v is None or isinstance(v, str) for v in (r.get("via"), r.get("dev"))
+                v is None or isinstance(v, str) for v in (r.get("via"), r.get("dev"), r.get("type"))
             ):
                 raise ValueError("route fields are not strings")
-        routes = tuple(Route(r["dest"], r.get("via"), r.get("dev")) for r in routes_doc)
+        routes = tuple(Route(r["dest"], r.get("via"), r.get("dev"), r.get("type")) for r in routes_doc)
         dns = doc.get("dns")
         if dns is not None and not isinstance(dns, dict):
             raise ValueError("dns is not an object")
@@ -971,6 +993,8 @@ class HostConfig:
         self._pin: Route | None = None
         self._peer_pins: dict[str, Route] = {}
         """Host routes that keep introduced peers' endpoints outside a full tunnel (issue 17)."""
+        self._ipv6_block: list[Route] = []
+        """The unreachable routes of :meth:`block_ipv6` (issue 19)."""
         self._claimed = False
 
     # -- state
@@ -1080,9 +1104,11 @@ class HostConfig:
 
     # -- routes
 
-    def add_route(self, dest: str, *, via: str | None = None, dev: str | None = None) -> None:
+    def add_route(
+        self, dest: str, *, via: str | None = None, dev: str | None = None, kind: str | None = None
+    ) -> None:
         """Add a route outside the TUN device (Linux, ``ip route add``), recorded for undo."""
-        route = Route(dest, via, dev)
+        route = Route(dest, via, dev, kind)
         self._claim()
         route.add()
         self._routes.append(route)  # recorded after the add: never delete a route we did not make
@@ -1172,6 +1198,38 @@ class HostConfig:
             self._pin = route
         return route
 
+    def block_ipv6(self, on: bool) -> bool:
+        """Make the host's IPv6 beyond its own links unreachable (``on``), or reachable again:
+        while a full IPv4 tunnel is up and the gateway offers no IPv6, IPv6 would otherwise go
+        around the tunnel, in clear (issue 19). Link-local and on-link prefixes, and host
+        routes such as the gateway's pin, are more specific and stay. Recorded for undo like
+        every route here (an exit or the next run after a crash lifts it). Returns whether
+        IPv6 is blocked now: False also where the host has no IPv6 (nothing can leak)."""
+        if not on:
+            for route in reversed(self._ipv6_block):
+                self.remove_route(route)
+            self._ipv6_block.clear()
+            return False
+        if self._ipv6_block:
+            return True
+        if _system() != "Linux":
+            raise HostConfigError("blocking IPv6 outside the tunnel is only supported on Linux")
+        if not _has_ipv6():
+            log.info("IPv6: this host has none; nothing to block")
+            return False
+        for dest in IPV6_BLOCK:
+            route = Route(dest, kind="unreachable")
+            try:
+                self.add_route(route.dest, kind=route.kind)
+            except HostConfigError as exc:
+                if "File exists" not in str(exc):
+                    self.block_ipv6(False)
+                    raise
+                log.warning("IPv6: a route for %s is already there (another VPN?): left as it is", dest)
+                continue
+            self._ipv6_block.append(route)
+        return True
+
     @staticmethod
     def _pin_present(route: Route) -> bool:
         host = ipaddress.ip_interface(route.dest).ip
@@ -1198,6 +1256,7 @@ class HostConfig:
                 errors.append(str(exc))
         self._pin = None
         self._peer_pins.clear()
+        self._ipv6_block.clear()
         try:
             self._restore_dns()
         except HostConfigError as exc:

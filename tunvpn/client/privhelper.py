@@ -51,7 +51,7 @@ from tunvpn.client.hostconfig import DNS_BACKENDS, HostConfig, HostConfigError, 
 
 log = logging.getLogger(__name__)
 
-OPERATIONS = ("apply_dns", "pin_host", "pin_peer", "unpin_peer", "refresh_pin", "restore")
+OPERATIONS = ("apply_dns", "pin_host", "pin_peer", "unpin_peer", "refresh_pin", "block_ipv6", "restore")
 """Everything the unprivileged client may ask the helper."""
 
 MAX_MESSAGE = 1 << 16
@@ -113,6 +113,11 @@ def handle(hostconfig: HostConfig, request: Any) -> Any:
         return _route_doc(hostconfig.pin_peer(str(peer), avoid_dev=hostconfig.ifname))
     if op == "refresh_pin":
         return _route_doc(hostconfig.refresh_pin(avoid_dev=hostconfig.ifname))
+    if op == "block_ipv6":
+        on = request.get("on")
+        if not isinstance(on, bool):
+            raise PrivHelperError("on is not a boolean")
+        return hostconfig.block_ipv6(on)
     hostconfig.restore()
     return None
 
@@ -231,6 +236,9 @@ class PrivHelper:
 
     def unpin_peer(self, address: str) -> None:
         self._ask("unpin_peer", address=address)
+
+    def block_ipv6(self, on: bool) -> bool:
+        return bool(self._ask("block_ipv6", on=on))
 
     def refresh_pin(self, avoid_dev: str | None = None) -> Route | None:
         return self._route(self._ask("refresh_pin"))

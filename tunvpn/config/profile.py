@@ -49,7 +49,7 @@ _PROFILE_KEYS = (
     "gateway", "psk_file", "psk_env", "psk", "cert", "key", "ca", "revocation", "crl_files", "user",
     "password_file", "mode", "id",
     "remote_id", "plugins", "plugin", "reconnect", "run_as", "pfs", "pfs_min", "fragmentation",
-    "dpd_interval",
+    "dpd_interval", "block_ipv6",
 )  # fmt: skip
 REMOTE_ID_ANY = "any"
 """``remote_id = "any"``: a pre-shared-key gateway may send any phase 1 identity (warned)."""
@@ -66,6 +66,9 @@ class ClientProfile:
     gateways: tuple[str, ...] = ()
     """Every gateway, in the order they are tried (``gateway = ["vpn1...", "vpn2..."]``);
     default: ``(gateway,)``."""
+    block_ipv6: bool = True
+    """While a full IPv4 tunnel is up and the gateway offers no IPv6, make the host's other
+    IPv6 unreachable instead of letting it go around the tunnel (issue 19)."""
     reconnect: bool = True
     """Stay connected (reconnect with back-off, fail over); ``false``: exit when the
     connection ends, as ``tunvpn connect --once`` does after it came up."""
@@ -193,6 +196,7 @@ def parse_profile(
         gateway=gateways[0],
         gateways=gateways,
         reconnect=table.flag("reconnect", True),
+        block_ipv6=table.flag("block_ipv6", True),
         psks=psks,
         user=user.strip() if user is not None else None,
         password_file=password_file,

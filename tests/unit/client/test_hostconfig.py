@@ -539,6 +539,47 @@ def test_routes_recorded_and_undone(
         hc.add_route("not-a-net", via="192.168.1.1")
 
 
+def test_ipv6_is_blocked_with_two_unreachable_routes_recorded_and_lifted(
+    env: tuple[Path, Path], commands: list[tuple[list[str], str | None]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: while a full IPv4 tunnel is up and the gateway offers no IPv6, the two halves
+    of the IPv6 space are unreachable; the state file records them (a crash is undone by the
+    next run) and turning the block off, or restore(), removes exactly those."""
+    run_dir, _ = env
+    monkeypatch.setattr(hostconfig, "_system", lambda: "Linux")
+    monkeypatch.setattr(hostconfig, "_has_ipv6", lambda: True)
+    hc = HostConfig("tunvpn0", dns_backend="none")
+    assert hc.block_ipv6(True) is True
+    assert hc.block_ipv6(True) is True  # already: nothing more is run
+    assert state_of(run_dir)["routes"] == [
+        {"dest": "::/1", "via": None, "dev": None, "type": "unreachable"},
+        {"dest": "8000::/1", "via": None, "dev": None, "type": "unreachable"},
+    ]
+    assert hc.block_ipv6(False) is False
+    assert state_of(run_dir)["routes"] == []
+    hc.block_ipv6(True)
+    state = state_of(run_dir)
+    state["pid"] = pid = dead_pid()
+    (run_dir / "client-tunvpn0.json").write_text(json.dumps(state))
+    assert cleanup_stale() == [
+        f"removed route unreachable 8000::/1 left by pid {pid} (tunvpn0)",
+        f"removed route unreachable ::/1 left by pid {pid} (tunvpn0)",
+    ]
+    argvs = [argv for argv, _ in commands]
+    assert argvs[:4] == [
+        ["ip", "route", "add", "unreachable", "::/1"],
+        ["ip", "route", "add", "unreachable", "8000::/1"],
+        ["ip", "route", "del", "unreachable", "8000::/1"],
+        ["ip", "route", "del", "unreachable", "::/1"],
+    ]
+    with pytest.raises(HostConfigError, match="not a route tunvpn makes"):
+        hostconfig.Route("::/1", kind="blackhole")
+    with pytest.raises(HostConfigError, match="not a route tunvpn makes"):
+        hostconfig.Route("::/1", via="fe80::1", kind="unreachable")
+    monkeypatch.setattr(hostconfig, "_has_ipv6", lambda: False)
+    assert HostConfig("tunvpn1", dns_backend="none").block_ipv6(True) is False  # nothing to leak
+
+
 def test_rename_ebusy_falls_back_to_writing_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What happens on a bind-mounted /etc/resolv.conf the mount table did not reveal."""
     import errno

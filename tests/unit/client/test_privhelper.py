@@ -30,6 +30,8 @@ def helper(tmp_path: Path) -> Iterator[PrivHelper]:
         {"op": "apply_dns", "servers": "10.0.0.1", "domains": [], "split": False},
         {"op": "pin_host", "address": "10.0.0.1 dev eth0"},
         {"op": "pin_host", "address": 167772161},
+        {"op": "block_ipv6", "on": "yes"},
+        {"op": "block_ipv6"},
         ["restore"],
     ],
 )

@@ -163,6 +163,13 @@ def test_gateway_names_and_lists(secrets_dir: Path) -> None:
     assert many.reconnect is False
 
 
+def test_ipv6_is_blocked_around_a_full_tunnel_unless_the_profile_says_not(secrets_dir: Path) -> None:
+    """Issue 19: ``block_ipv6`` defaults to true; a non-boolean is refused with its key."""
+    assert _load(secrets_dir, THREE_LINES).block_ipv6 is True
+    assert _load(secrets_dir, THREE_LINES + "block_ipv6 = false\n").block_ipv6 is False
+    assert _error(secrets_dir, THREE_LINES + 'block_ipv6 = "no"\n').key == "block_ipv6"
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("auto", "auto"), ("required", "required"), ("none", "none"), ("ecp384", "ecp384")],
