@@ -948,8 +948,11 @@ def _client_source(gateways: Sequence[str], port: int) -> str:
             if is_address(gateway):
                 addresses = [gateway]
             else:
-                infos = socket.getaddrinfo(gateway, port, socket.AF_INET, socket.SOCK_DGRAM)
-                addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+                # IPv4 first (a gateway on both is reached as before), then IPv6: a name with
+                # only AAAA records, or a host without an IPv4 route, connects over IPv6
+                infos = socket.getaddrinfo(gateway, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
+                found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+                addresses = sorted(found, key=lambda a: ":" in a)
             for address in addresses:
                 try:
                     return route_source(address, port)

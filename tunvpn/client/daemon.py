@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -416,7 +417,9 @@ class Client:
         """The gateway tried now, as the user wrote it (an address or a name)."""
         self.gateway_ip = options.gateway if is_address(options.gateway) else ""
         """Its address tried now (a name resolves at each attempt)."""
-        self.resolver = GatewayResolver()
+        self.resolver = GatewayResolver(
+            family=socket.AF_INET6 if ":" in (options.local_ip or "") else socket.AF_INET
+        )
         self._lost: asyncio.Event | None = None
         """Set (reconnect mode) when the connection is over and another attempt should follow."""
         self._lost_reason: str | None = None
@@ -1841,19 +1844,26 @@ class Client:
         except (HostConfigError, OSError) as exc:
             self.progress.report("routes", f"cannot keep peers outside the tunnel: {exc}", state="failed")
 
-    def _guard_ipv6(self, networks: Sequence[str] = ()) -> None:
-        """No IPv6 around a full tunnel (issue 19): while the tunnel's routes (and ``networks``,
-        about to be routed) cover all of IPv4 and none carries IPv6, the host's IPv6 beyond
-        its own links is made unreachable (:meth:`HostConfig.block_ipv6`); lifted when that
-        stops (a policy change, the exit; a crash: by the next run)."""
-        from tunvpn.client.hostconfig import HostConfig, HostConfigError
-
+    def _ipv6_block_wanted(self, networks: Sequence[str] = ()) -> bool:
+        """Whether the tunnel's routes (and ``networks``, about to be routed) cover all of IPv4
+        and none carries IPv6: then the host's IPv6 would go around the tunnel (issue 19)."""
         if self.tunnel is None or not self.options.block_ipv6:
-            return
+            return False
         routed = [ipaddress.ip_network(n, strict=False) for n in (*self.tunnel.routed(), *networks)]
         v4 = [n for n in routed if n.version == 4]
         full = sum(n.num_addresses for n in ipaddress.collapse_addresses(v4)) == 1 << 32
-        want = full and not any(n.version == 6 for n in routed)
+        return full and not any(n.version == 6 for n in routed)
+
+    def _guard_ipv6(self, networks: Sequence[str] = ()) -> None:
+        """No IPv6 around a full tunnel (issue 19): while :meth:`_ipv6_block_wanted`, the host's
+        IPv6 beyond its own links is made unreachable (:meth:`HostConfig.block_ipv6`; a
+        gateway reached over IPv6 is pinned outside it first, by :meth:`_pin_gateway`); lifted
+        when that stops (a policy change, the exit; a crash: by the next run)."""
+        from tunvpn.client.hostconfig import HostConfig, HostConfigError
+
+        if self.tunnel is None:
+            return
+        want = self._ipv6_block_wanted(networks)
         if want == self._ipv6_blocked:
             return
         try:
@@ -1870,7 +1880,7 @@ class Client:
             self.progress.report(
                 "routes",
                 "IPv6 blocked while connected: the tunnel carries all of IPv4 and the gateway offers no "
-                "IPv6 (link-local and on-link IPv6 stay; --no-block-ipv6 to allow)",
+                "IPv6 (link-local, on-link and the gateway stay; --no-block-ipv6 to allow)",
                 state="ipv6-blocked",
             )
         elif not want:
@@ -1884,9 +1894,11 @@ class Client:
         tunnel (issue 19)."""
         from tunvpn.client.hostconfig import HostConfig, HostConfigError, routes_cover
 
-        self._guard_ipv6(networks)
         self._pin_peers(networks)
-        if self.tunnel is None or not routes_cover(networks, self.gateway_ip):
+        # a gateway reached over IPv6 is pinned before IPv6 is blocked around a full tunnel
+        blocked6 = ":" in self.gateway_ip and self._ipv6_block_wanted(networks)
+        if self.tunnel is None or not (routes_cover(networks, self.gateway_ip) or blocked6):
+            self._guard_ipv6(networks)
             return
         try:
             if self.hostconfig is None:
@@ -1899,6 +1911,7 @@ class Client:
             return
         if pinned is not None:
             self.progress.report("routes", f"{pinned}: the gateway stays outside the tunnel", state="pinned")
+        self._guard_ipv6(networks)
 
     def _refresh_pin(self) -> bool:
         """Addresses or routes changed: the gateway's pin (if any) follows the new way to it,

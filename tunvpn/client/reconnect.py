@@ -69,11 +69,13 @@ def round_delay(failures: int, *, silent: bool, rand: Callable[[], float] = rand
 
 
 class GatewayResolver:
-    """Resolves gateway names at each attempt (every IPv4 address returned, in order) and
-    remembers the last answer per name."""
+    """Resolves gateway names at each attempt (every address of ``family`` returned, in
+    order: AAAA records for a client on IPv6, A records on IPv4) and remembers the last answer
+    per name."""
 
-    def __init__(self, *, timeout: float = RESOLVE_TIMEOUT) -> None:
+    def __init__(self, *, timeout: float = RESOLVE_TIMEOUT, family: int = socket.AF_INET) -> None:
         self.timeout = timeout
+        self.family = family
         self.cache: dict[str, list[str]] = {}
 
     async def addresses(self, name: str, port: int, *, cached_only: bool = False) -> list[str]:
@@ -90,7 +92,7 @@ class GatewayResolver:
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(
-                loop.getaddrinfo(name, port, family=socket.AF_INET, type=socket.SOCK_DGRAM),
+                loop.getaddrinfo(name, port, family=self.family, type=socket.SOCK_DGRAM),
                 self.timeout,
             )
         except OSError as exc:  # TimeoutError is one
@@ -102,7 +104,9 @@ class GatewayResolver:
             raise OSError(f"cannot resolve {name}: {why}") from None
         found = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if not found:
-            raise OSError(f"cannot resolve {name}: no IPv4 address")
+            raise OSError(
+                f"cannot resolve {name}: no IPv{6 if self.family == socket.AF_INET6 else 4} address"
+            )
         self.cache[name] = found
         return list(found)
 
