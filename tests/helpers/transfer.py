@@ -8,7 +8,8 @@ from __future__ import annotations
 
 SINK = r"""
 import hashlib, socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], 5001)); s.listen(1); print("listening", flush=True)
 c, _ = s.accept(); h = hashlib.sha256(); n = 0
 while True:

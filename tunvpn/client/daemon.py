@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING, TextIO
 
 from cryptography import x509
@@ -560,6 +560,8 @@ class Client:
         elif isinstance(event, ev.ModeConfigReceived):
             if self.tunnel is not None and isinstance(event.config.address, IPv4Address):
                 self.tunnel.set_address(str(event.config.address))
+            if self.tunnel is not None and event.config.ip6_address is not None:
+                self.tunnel.set_address(str(event.config.ip6_address.ip), 128)  # issue 19
             self._mode_config_received(event)
             self._apply_dns()
             if self.mode_config is not None:
@@ -766,6 +768,11 @@ class Client:
             split_include=config.split_include,
             subnets=config.subnets,
             dns=config.dns,
+            **(
+                {"address6": config.ip6_address.ip, "dns6": config.ip6_dns, "subnets6": config.ip6_subnets}
+                if config.ip6_address is not None
+                else {}
+            ),
             pushed=event.pushed,
         )
         if config.banner:
@@ -798,25 +805,26 @@ class Client:
         full = any(p.gateway_ts == TrafficSelector.any() for p in self.policies or ()) or (
             self.policies is None and ANY_IPV4 in protected_networks(config)
         )
-        if not config.dns:
+        servers: tuple[IPv4Address | IPv6Address, ...] = (*config.dns, *config.ip6_dns)  # and IPv6 (issue 19)
+        if not servers:
             return
-        wanted = (tuple(config.dns), domains, not full)
+        wanted = (tuple(servers), domains, not full)
         if wanted == self._dns_applied and self.hostconfig is not None:
             return  # a reconnect that got the same settings: the resolver stays as it is
         try:
             if self.hostconfig is None:
                 self.hostconfig = HostConfig(self.tunnel.name, dns_backend=self.options.dns_backend)
-            backend = self.hostconfig.apply_dns(config.dns, domains, split=not full)
+            backend = self.hostconfig.apply_dns(servers, domains, split=not full)
             self._dns_applied = wanted
         except (HostConfigError, OSError) as exc:
             self.progress.report("dns", f"DNS not configured: {exc}", state="failed")
             return
-        shown = ", ".join(map(str, config.dns)) + (f"; domains {', '.join(domains)}" if domains else "")
+        shown = ", ".join(map(str, servers)) + (f"; domains {', '.join(domains)}" if domains else "")
         self.progress.report(
             "dns",
             f"DNS {shown} via {backend}",
             state="configured",
-            servers=config.dns,
+            servers=servers,
             domains=domains,
             backend=backend,
         )
@@ -1183,8 +1191,21 @@ class Client:
 
     def _start_policy(self, policy: Phase2Policy, assigned: TrafficSelector) -> bool:
         assert self.sa_id is not None
-        local = policy.client_ts or assigned
         remote = policy.gateway_ts
+        if policy.client_ts is None and remote.version != assigned.version:
+            # an IPv6 policy (issue 19): our end is the IPv6 address Mode Config gave us
+            own6 = self.mode_config.ip6_address if self.mode_config is not None else None
+            if own6 is None or remote.version != 6:
+                self.progress.report(
+                    "quick",
+                    f"{policy.name}: {remote} is IPv{remote.version} and the gateway gave us no address "
+                    "of that family: skipped",
+                    state="skipped",
+                    name=policy.name,
+                )
+                return True
+            assigned = TrafficSelector.from_address(str(own6.ip))
+        local = policy.client_ts or assigned
         if policy.client_ts is None and remote.protocol:
             # a protocol-narrowed SA (L2TP's UDP 1701): our side names the same protocol
             local = TrafficSelector(assigned.start, assigned.end, remote.protocol, 0)

@@ -26,7 +26,7 @@ import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -774,8 +774,10 @@ class GatewayConfig:
     legacy: bool = False
     phase1: Phase1Policy = field(default_factory=Phase1Policy)
     """The phase 1 algorithms the gateway accepts."""
-    pool: AddressPool | None = None
-    dns: tuple[IPv4Address, ...] = ()
+    pool: AddressPool[IPv4Address] | None = None
+    pool6: AddressPool[IPv6Address] | None = None
+    """Clients' IPv6 addresses (issue 19): one each, beside the IPv4 one, for the IPv6 policies."""
+    dns: tuple[IPv4Address | IPv6Address, ...] = ()
     domains: tuple[str, ...] = ()
     """The default domain first, then split-DNS domains."""
     banner: str | None = None
@@ -859,7 +861,7 @@ _GATEWAY_KEYS = (
 )  # fmt: skip
 _CERT_KEYS = ("cert", "key", "ca", "revocation", "crl_files", "peer_eku", "peer_id_patterns")
 _PHASE1_KEYS = ("encryption", "hash", "groups", "lifetime")
-_NETWORK_KEYS = ("pool", "dns", "domains", "banner")
+_NETWORK_KEYS = ("pool", "pool6", "dns", "domains", "banner")
 _POLICY_KEYS = (
     "name", "local", "remote", "esp", "pfs", "lifetime", "lifetime_kb", "groups", "users", "peers",
 )  # fmt: skip
@@ -1046,9 +1048,9 @@ def parse_gateway_config(
         )
 
     phase1 = _phase1(top.table("phase1", "[phase1]", _PHASE1_KEYS), legacy)
-    pool, dns, domains, banner = _network(top.table("network", "[network]", _NETWORK_KEYS))
+    pool, pool6, dns, domains, banner = _network(top.table("network", "[network]", _NETWORK_KEYS))
     groups = _groups(top.table("groups", "[groups]", None))
-    rules = _rules(top, legacy, groups, pool)
+    rules = _rules(top, legacy, groups, pool, pool6)
     protocols = _protocols(top)
     plugin_settings = _plugin_settings(top, plugins, base_dir)
 
@@ -1073,6 +1075,7 @@ def parse_gateway_config(
         legacy=legacy,
         phase1=phase1,
         pool=pool,
+        pool6=pool6,
         dns=dns,
         domains=domains,
         banner=banner,
@@ -1106,17 +1109,34 @@ def parse_gateway_config(
 
 def _network(
     table: TableReader | None,
-) -> tuple[AddressPool | None, tuple[IPv4Address, ...], tuple[str, ...], str | None]:
+) -> tuple[
+    AddressPool[IPv4Address] | None,
+    AddressPool[IPv6Address] | None,
+    tuple[IPv4Address | IPv6Address, ...],
+    tuple[str, ...],
+    str | None,
+]:
     if table is None:
-        return None, (), (), None
-    pool = None
+        return None, None, (), (), None
+    pool = pool6 = None
     text = table.text("pool")
     if text is not None:
         try:
             pool = AddressPool.parse(text)
         except ConfigError as exc:
             raise table.error("pool", str(exc)) from None
-    dns = tuple(table.convert("dns", a, IPv4Address, "DNS server") for a in table.texts("dns") or ())
+    text6 = table.text("pool6")
+    if text6 is not None:
+        try:
+            pool6 = AddressPool.parse6(text6)
+        except ConfigError as exc:
+            raise table.error("pool6", str(exc)) from None
+        if pool is None:
+            raise table.error("pool6", "pool6 goes with pool: every client gets an IPv4 address too")
+    dns = tuple(
+        table.convert("dns", a, ipaddress.ip_address, "DNS server (IPv4 or IPv6 address)")
+        for a in table.texts("dns") or ()
+    )
     domains = table.texts("domains") or ()
     for domain in domains:
         if not _DOMAIN.fullmatch(domain):
@@ -1124,7 +1144,7 @@ def _network(
     banner = table.text("banner")
     if banner is not None and len(banner.encode()) > 0xFFFF:
         raise table.error("banner", "longer than 65535 octets")
-    return pool, dns, domains, banner
+    return pool, pool6, dns, domains, banner
 
 
 def _groups(table: TableReader | None) -> dict[str, frozenset[str]]:
@@ -1140,7 +1160,11 @@ def _groups(table: TableReader | None) -> dict[str, frozenset[str]]:
 
 
 def _rules(
-    top: TableReader, legacy: bool, groups: Mapping[str, frozenset[str]], pool: AddressPool | None
+    top: TableReader,
+    legacy: bool,
+    groups: Mapping[str, frozenset[str]],
+    pool: AddressPool[IPv4Address] | None,
+    pool6: AddressPool[IPv6Address] | None = None,
 ) -> tuple[PolicyRule, ...]:
     blocks = top.tables("policy", "[[policy]]", _POLICY_KEYS)
     if not blocks and not top.tables("site", "[[site]]", _SITE_KEYS):  # a gateway of sites only
@@ -1162,8 +1186,10 @@ def _rules(
         if remote_text.strip().lower() == "assigned":
             if pool is None:
                 raise block.error("remote", "the client's assigned address needs pool in [network]")
-            if local.version != 4:
-                raise block.error("local", f"{local} is IPv6 but assigned addresses (the pool) are IPv4")
+            if local.version != 4 and pool6 is None:
+                raise block.error(
+                    "local", f"{local} is IPv6: the clients' IPv6 addresses need pool6 in [network]"
+                )
         else:
             remote = block.convert("remote", remote_text, TrafficSelector.parse, "selector")
             if remote.version != local.version:
@@ -1190,14 +1216,18 @@ def _rules(
             except LocalProtocolError as exc:
                 raise block.error("peers", f"peers {text!r}: {exc}") from None
         rules.append(PolicyRule(policy, member_groups, block.texts("users") or (), tuple(peers)))
-    if pool is not None:
+    for family_pool in (pool, pool6):
+        if family_pool is None:
+            continue
         for rule, block in zip(rules, blocks):
             local = rule.policy.gateway_ts
-            if local.version == 4 and not local.is_any and local.intersect(_pool_selector(pool)) is not None:
+            same = local.version == family_pool.first.version
+            if same and not local.is_any and local.intersect(_pool_selector(family_pool)) is not None:
+                where = f"{block.label}, line {top.source.line_of(block.key)}"
                 raise top.source.error(
-                    "network.pool",
-                    f"the pool {pool.first}-{pool.last} overlaps {local}, the protected network of "
-                    f"policy {rule.policy.name!r} ({block.label}, line {top.source.line_of(block.key)})",
+                    "network.pool" if family_pool is pool else "network.pool6",
+                    f"the pool {family_pool.first}-{family_pool.last} overlaps {local}, the protected "
+                    f"network of policy {rule.policy.name!r} ({where})",
                 )
     return tuple(rules)
 
@@ -1213,7 +1243,10 @@ def _tunnel_parameters(block: TableReader, legacy: bool) -> tuple[EspSuite, DHGr
 
 
 def _peering(
-    top: TableReader, legacy: bool, groups: Mapping[str, frozenset[str]], pool: AddressPool | None
+    top: TableReader,
+    legacy: bool,
+    groups: Mapping[str, frozenset[str]],
+    pool: AddressPool[IPv4Address] | None,
 ) -> tuple[PeeringRule, ...]:
     """``[[peering]]`` blocks: name, from and to (group names or ``"*"``), esp, pfs, lifetime."""
     out: list[PeeringRule] = []
@@ -1258,7 +1291,7 @@ def _sites(
     top: TableReader,
     legacy: bool,
     base_dir: Path,
-    pool: AddressPool | None,
+    pool: AddressPool[IPv4Address] | None,
     rules: Sequence[PolicyRule],
     certificates: bool,
     groups: Mapping[str, frozenset[str]],
@@ -1361,7 +1394,7 @@ def _sites(
     return tuple(out)
 
 
-def _pool_selector(pool: AddressPool) -> TrafficSelector:
+def _pool_selector(pool: AddressPool[IPv4Address] | AddressPool[IPv6Address]) -> TrafficSelector:
     return TrafficSelector.from_range(pool.first, pool.last)
 
 

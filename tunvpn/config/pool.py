@@ -1,23 +1,30 @@
-"""The gateway's pool of client addresses (``pool`` in ``gateway.toml``, ``--pool``)."""
+"""The gateway's pools of client addresses (``pool`` and ``pool6`` in ``gateway.toml``,
+``--pool`` and ``--pool6``)."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Generic, TypeVar
 
 from tunvpn.config.errors import ConfigError
 
+A = TypeVar("A", IPv4Address, IPv6Address)
 
-class AddressPool:
-    """Client addresses ``first``-``last`` (inclusive), lowest free address first."""
 
-    def __init__(self, first: IPv4Address, last: IPv4Address) -> None:
+class AddressPool(Generic[A]):
+    """Client addresses ``first``-``last`` (inclusive) of one family, lowest free address first."""
+
+    def __init__(self, first: A, last: A) -> None:
+        if type(first) is not type(last):
+            raise ConfigError(f"address pool {first}-{last}: two address families")
         if last < first:
             raise ConfigError(f"address pool {first}-{last}: the end is before the start")
         if int(last) - int(first) >= 1 << 16:
             raise ConfigError(f"address pool {first}-{last}: more than 65536 addresses")
-        self.first = first
-        self.last = last
-        self._leases: dict[bytes, IPv4Address] = {}
+        self.first: A = first
+        self.last: A = last
+        self._make: type[A] = type(first)
+        self._leases: dict[bytes, A] = {}
         self._used: set[int] = set()
         """The leased addresses as integers (kept with ``_leases``)."""
         self._low = int(first)
@@ -26,8 +33,8 @@ class AddressPool:
     def __repr__(self) -> str:
         return f"AddressPool({self.first}-{self.last}, {len(self._leases)} leased)"
 
-    @classmethod
-    def parse(cls, text: str) -> AddressPool:
+    @staticmethod
+    def parse(text: str) -> AddressPool[IPv4Address]:
         """``10.79.0.10-10.79.0.20`` or a CIDR block (its host addresses)."""
         try:
             if "-" in text:
@@ -38,16 +45,33 @@ class AddressPool:
                 first, last = (net[1], net[-2]) if net.num_addresses > 2 else (net[0], net[-1])
         except ValueError as exc:
             raise ConfigError(f"address pool {text!r}: {exc} (expected FIRST-LAST or a CIDR block)") from None
-        return cls(first, last)
+        return AddressPool(first, last)
+
+    @staticmethod
+    def parse6(text: str) -> AddressPool[IPv6Address]:
+        """``fd79::10-fd79::ff`` or a CIDR block of at most 65536 addresses (``fd79::/112``:
+        its addresses but the first, the subnet-router anycast address)."""
+        try:
+            if "-" in text:
+                start, _, end = text.partition("-")
+                first, last = IPv6Address(start.strip()), IPv6Address(end.strip())
+            else:
+                net = IPv6Network(text.strip(), strict=False)
+                first, last = (net[1], net[-1]) if net.num_addresses > 1 else (net[0], net[0])
+        except ValueError as exc:
+            raise ConfigError(
+                f"IPv6 address pool {text!r}: {exc} (expected FIRST-LAST or a CIDR block such as fd79::/112)"
+            ) from None
+        return AddressPool(first, last)
 
     def __contains__(self, address: object) -> bool:
-        return isinstance(address, IPv4Address) and self.first <= address <= self.last
+        return isinstance(address, self._make) and self.first <= address <= self.last
 
     @property
     def size(self) -> int:
         return int(self.last) - int(self.first) + 1
 
-    def lease(self, owner: bytes) -> IPv4Address | None:
+    def lease(self, owner: bytes) -> A | None:
         """The address of ``owner`` (an ISAKMP SA id): the same one again if it asks twice."""
         if owner in self._leases:
             return self._leases[owner]
@@ -62,13 +86,13 @@ class AddressPool:
         if n > last:
             self._low = n
             return None
-        address = IPv4Address(n)
+        address = self._make(n)
         self._leases[owner] = address
         self._used.add(n)
         self._low = n + 1
         return address
 
-    def release(self, owner: bytes) -> IPv4Address | None:
+    def release(self, owner: bytes) -> A | None:
         address = self._leases.pop(owner, None)
         if address is not None:
             self._used.discard(int(address))
@@ -81,5 +105,12 @@ class AddressPool:
         if address is not None:
             self._leases[new_owner] = address
 
-    def leased(self) -> dict[bytes, IPv4Address]:
+    def adopt(self, old: AddressPool[A]) -> None:
+        """Take over ``old``'s leases that fall inside this pool (a reload changed the pool:
+        connected clients keep their addresses where they can)."""
+        for owner, address in old.leased().items():
+            if address in self:
+                self._leases[owner] = address
+
+    def leased(self) -> dict[bytes, A]:
         return dict(self._leases)

@@ -71,7 +71,8 @@ class Tunnel:
         self.dataplane = DataPlane(tun, on_event=self._from_data_thread)
         self.pairs: dict[int, _Pair] = {}  # by inbound SPI
         self._routes: dict[str, int] = {}  # route -> number of SA pairs using it
-        self._address: str | None = None  # "address/prefixlen" given to the TUN device
+        self._addresses: dict[int, str] = {}
+        """IP version -> the "address/prefixlen" given to the TUN device (one per family)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self.on_change: Callable[[], None] | None = None
         """Called after the engine was given a command (the shell flushes it)."""
@@ -97,13 +98,16 @@ class Tunnel:
         self.dataplane.stop()
         self.tun.close()  # the kernel removes the device, its addresses and its routes
 
-    def set_address(self, address: str, prefixlen: int = 32) -> None:
-        """Give the TUN device its (Mode Config) address; a pushed configuration that repeats
-        it changes nothing, one with a new address replaces the old one."""
-        wanted = f"{address}/{prefixlen}"
-        if wanted == self._address:
+    def set_address(self, address: str, prefixlen: int | None = None) -> None:
+        """Give the TUN device its (Mode Config) address of one family (/32 or /128 unless
+        ``prefixlen``); a pushed configuration that repeats it changes nothing, one with a new
+        address of that family replaces the old one."""
+        iface = ipaddress.ip_interface(address if prefixlen is None else f"{address}/{prefixlen}")
+        wanted = str(iface)
+        old = self._addresses.get(iface.version)
+        if wanted == old:
             return
-        old, self._address = self._address, wanted
+        self._addresses[iface.version] = wanted
         self._configure(addresses=[wanted])
         if old is not None:
             off_loop(self._unaddress_now, old)

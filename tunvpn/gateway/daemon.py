@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography import x509
@@ -127,8 +127,11 @@ class GatewayOptions:
     ike_port: int = 500
     natt_port: int = 4500
     users: UserTable | None = None
-    pool: AddressPool | None = None
-    dns: tuple[IPv4Address, ...] = ()
+    pool: AddressPool[IPv4Address] | None = None
+    pool6: AddressPool[IPv6Address] | None = None
+    """Clients' IPv6 addresses (issue 19): a tunvpn or standard client that asks for one
+    (INTERNAL_IP6_ADDRESS) gets one beside its IPv4 address, for the IPv6 policies."""
+    dns: tuple[IPv4Address | IPv6Address, ...] = ()
     split: tuple[IPv4Network, ...] = ()
     allow_aggressive_psk: bool = False
     allow_aggressive_signatures: bool = False
@@ -430,6 +433,8 @@ class Session:
     user: str | None = None
     groups: frozenset[str] = frozenset()
     address: IPv4Address | None = None
+    address6: IPv6Address | None = None
+    """Its IPv6 address from ``pool6`` (issue 19), when it asked for one."""
     policies: tuple[Phase2Policy, ...] = ()
     generation: int = 0
     pending: dict[int, tuple[str, ...]] = field(default_factory=dict)
@@ -632,7 +637,9 @@ class Gateway:
             session.introduced = peers
             self._install_policies(session, session.policies)  # its relay policies follow
             self._end_relays(session, {p.name for p in peers.peers}, now)
-            config = self.mode_config_for(session.address, PUSHED_ATTRIBUTES, session.policies)
+            config = self.mode_config_for(
+                session.address, PUSHED_ATTRIBUTES, session.policies, session.address6
+            )
             extra = encode_policies(self._push(session)) + encode_peers(peers)
             try:
                 self.engine.push_mode_config(session.sa_id, now, config, extra)
@@ -793,6 +800,8 @@ class Gateway:
         self.sessions[event.new_sa_id] = moved
         if self.options.pool is not None:
             self.options.pool.move(event.sa_id, event.new_sa_id)
+        if self.options.pool6 is not None:
+            self.options.pool6.move(event.sa_id, event.new_sa_id)
         for spi, child in list(self.children.items()):
             if child.sa_id == event.sa_id:
                 self.children[spi] = dataclasses.replace(child, sa_id=event.new_sa_id)
@@ -1306,7 +1315,9 @@ class Gateway:
         continues = self._continues_session(session)
         self._grant(session, now)
         if not (policies == before or not session.tunvpn or continues):  # a continued session
-            config = self.mode_config_for(session.address, PUSHED_ATTRIBUTES, policies)  # keeps its
+            config = self.mode_config_for(
+                session.address, PUSHED_ATTRIBUTES, policies, session.address6
+            )  # keeps its
             identifier = self.engine.push_mode_config(  # first login's policies
                 session.sa_id, now, config, encode_policies(self._push(session))
             )
@@ -1363,11 +1374,22 @@ class Gateway:
                 self.engine.delete_ike_sa(event.sa_id, now, reason="address pool exhausted")
                 return
         session.address = address
+        pool6 = self.options.pool6
+        wants6 = CfgAttr.INTERNAL_IP6_ADDRESS in event.requested_types
+        if pool6 is not None and address is not None and session.address6 is None and wants6:
+            session.address6 = pool6.lease(event.sa_id)
+            if session.address6 is None:
+                log.warning(
+                    "Mode Config: IPv6 pool %s-%s exhausted: %s gets IPv4 only",
+                    pool6.first,
+                    pool6.last,
+                    event.peer[0],
+                )
         if not session.protocols_passed and not session.protocols_pending:
             session.protocols_pending = self._run_protocols()
         self._install_policies(session, self._policies_of(session))
         wants_policies = session.tunvpn and PolicyAttr.PHASE2_POLICIES in event.requested_types
-        config = self.mode_config_for(address, event.requested_types, session.policies)
+        config = self.mode_config_for(address, event.requested_types, session.policies, session.address6)
         extra = encode_policies(self._push(session)) if wants_policies else ()
         if wants_policies and self._introduces():
             session.introduced = self._peers_for(session)
@@ -1380,7 +1402,8 @@ class Gateway:
             event.peer[0],
             event.peer_id,
             f", user {session.user!r}" if session.user else "",
-            address if address is not None else "no address (no pool)",
+            (str(address) if address is not None else "no address (no pool)")
+            + (f" and {session.address6}" if session.address6 is not None else ""),
             len(session.policies),
             "y" if len(session.policies) == 1 else "ies",
             " (pushed as CFG_ sets)" if wants_policies else " (standard client: split networks)",
@@ -1402,23 +1425,31 @@ class Gateway:
         address: IPv4Address | None,
         requested: Sequence[int] = (),
         policies: Sequence[Phase2Policy] | None = None,
+        address6: IPv6Address | None = None,
     ) -> ModeConfig:
-        """What a client gets: its address (/32), DNS, and the protected networks as Cisco Unity
-        SPLIT_INCLUDE and/or INTERNAL_IP4_SUBNET, whichever it asked for (both if it named neither)."""
+        """What a client gets: its address (/32) and IPv6 address (/128, issue 19), DNS, and the
+        protected networks as Cisco Unity SPLIT_INCLUDE and/or INTERNAL_IP4_SUBNET, whichever
+        it asked for (both if it named neither), and INTERNAL_IP6_SUBNET with an IPv6 address."""
         wants_unity = CfgAttr.UNITY_SPLIT_INCLUDE in requested
         wants_subnets = CfgAttr.INTERNAL_IP4_SUBNET in requested or not wants_unity
         if policies is None:
             policies = self.policies_for(None)
         nets: list[IPv4Network] = []
+        nets6: list[IPv6Network] = []
         for policy in policies:
             for net in policy.gateway_ts.networks():
                 if isinstance(net, IPv4Network) and net != ANY_IPV4 and net not in nets:
                     nets.append(net)
+                elif isinstance(net, IPv6Network) and net.prefixlen and net not in nets6:
+                    nets6.append(net)
         domains = self.options.domains
         return ModeConfig(
             address=address,
             netmask=IPv4Address("255.255.255.255") if address is not None else None,
-            dns=tuple(self.options.dns),
+            dns=tuple(a for a in self.options.dns if isinstance(a, IPv4Address)),
+            ip6_address=IPv6Interface(f"{address6}/128") if address6 is not None else None,
+            ip6_dns=tuple(a for a in self.options.dns if isinstance(a, IPv6Address)),
+            ip6_subnets=tuple(nets6) if address6 is not None and wants_subnets else (),
             subnets=tuple(nets) if wants_subnets else (),
             split_include=tuple(nets) if wants_unity else (),
             default_domain=domains[0] if domains and wants_unity else None,
@@ -1447,10 +1478,11 @@ class Gateway:
                 log.info("deleted SA %r of %s: the policy was removed", child.policy_name, session.peer[0])
 
     def _release(self, sa_id: bytes) -> None:
-        if self.options.pool is not None:
-            address = self.options.pool.release(sa_id)
-            if address is not None:
-                log.info("address %s returned to the pool", address)
+        for pool in (self.options.pool, self.options.pool6):
+            if pool is not None:
+                address = pool.release(sa_id)
+                if address is not None:
+                    log.info("address %s returned to the pool", address)
 
     # ------------------------------------------------------------------ reload
 
@@ -1533,7 +1565,7 @@ class Gateway:
                 removed.append(STANDARD_CLIENT_POLICY)
             self._delete_children_named(session, removed, now)
             return 0
-        config = self.mode_config_for(session.address, PUSHED_ATTRIBUTES, policies)
+        config = self.mode_config_for(session.address, PUSHED_ATTRIBUTES, policies, session.address6)
         extra = encode_policies(self._push(session))
         if session.introduced is not None:
             session.introduced = self._peers_for(session)
@@ -1597,6 +1629,7 @@ class Gateway:
                     "user": session.user,
                     "groups": sorted(session.groups),
                     "address": str(session.address) if session.address is not None else None,
+                    **({"address6": str(session.address6)} if session.address6 is not None else {}),
                     "routes": [str(r) for r in session.routes],
                     "tunvpn": session.tunvpn,
                     "generation": session.generation,
@@ -1657,6 +1690,12 @@ class Gateway:
                     "IPv4 forwarding is off in this network namespace (net.ipv4.ip_forward = 0): "
                     "clients reach only this host's own addresses, and neither the relay between "
                     "peers nor site-to-site tunnels carry traffic; sysctl -w net.ipv4.ip_forward=1"
+                )
+            if self.options.pool6 is not None and forwarding_off(IP6_FORWARD):
+                log.warning(
+                    "IPv6 forwarding is off in this network namespace (net.ipv6.conf.all.forwarding = 0): "
+                    "clients reach only this host's own IPv6 addresses; "
+                    "sysctl -w net.ipv6.conf.all.forwarding=1"
                 )
         self.driver = UdpDriver(
             self.engine,
@@ -1949,10 +1988,12 @@ SITE_RESOLVE_EVERY = 60.0
 """Seconds between lookups of the sites given by name."""
 SITE_RESOLVE_TIMEOUT = 5.0
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+IP6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding"
 
 
 def forwarding_off(path: str = IP_FORWARD) -> bool:
-    """Whether the kernel says IPv4 forwarding is off (False when it cannot be read: macOS)."""
+    """Whether the kernel says forwarding is off (IPv4, or ``path`` for IPv6; False when it
+    cannot be read: macOS)."""
     try:
         with open(path) as f:
             return f.read().strip() == "0"
@@ -1970,15 +2011,17 @@ def _keep_restart_settings(old: GatewayOptions, new: GatewayOptions) -> list[str
 
 def _carry_leases(old: GatewayOptions, new: GatewayOptions) -> None:
     """Connected clients keep their addresses over a reload: the same pool is kept as it is;
-    a changed one takes over the leases that still fall inside it."""
-    if new.pool is None or old.pool is None:
-        return
-    if (new.pool.first, new.pool.last) == (old.pool.first, old.pool.last):
-        new.pool = old.pool  # keep the leases
-        return
-    for owner, address in old.pool.leased().items():
-        if address in new.pool:
-            new.pool._leases[owner] = address
+    a changed one takes over the leases that still fall inside it (IPv4 and IPv6 pools)."""
+    if new.pool is not None and old.pool is not None:
+        if (new.pool.first, new.pool.last) == (old.pool.first, old.pool.last):
+            new.pool = old.pool  # keep the leases
+        else:
+            new.pool.adopt(old.pool)
+    if new.pool6 is not None and old.pool6 is not None:
+        if (new.pool6.first, new.pool6.last) == (old.pool6.first, old.pool6.last):
+            new.pool6 = old.pool6
+        else:
+            new.pool6.adopt(old.pool6)
 
 
 MAX_AUTH_ROUNDS = 8
@@ -2002,6 +2045,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         natt_port=cfg.natt_port,
         users=cfg.users,
         pool=cfg.pool,
+        pool6=cfg.pool6,
         dns=tuple(cfg.dns),
         allow_aggressive_psk=cfg.allow_aggressive_psk,
         allow_aggressive_signatures=cfg.allow_aggressive_signatures,

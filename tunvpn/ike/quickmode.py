@@ -117,10 +117,13 @@ def _match_policy(
     for policy in child_policies(engine, sa):
         remote = policy.remote_ts
         if remote is None:
-            if sa.assigned_address is None:
-                remote = TrafficSelector.from_address(sa.remote[0])
-            else:
-                remote = TrafficSelector.from_address(sa.assigned_address)
+            # the peer's own address: the one Mode Config assigned, of the policy's family
+            assigned = sa.assigned_address6 if policy.local_ts.version == 6 else sa.assigned_address
+            if assigned is None and sa.assigned_address is None and sa.assigned_address6 is None:
+                assigned = sa.remote[0]  # no Mode Config: its outer address
+            if assigned is None:
+                continue
+            remote = TrafficSelector.from_address(assigned)
         if policy.inbound_local and ts_r != policy.local_ts:
             continue  # a narrowed policy answers exactly its own selector (0.0.0.0/0)
         if policy.local_ts.contains(ts_r) and remote.contains(ts_i):

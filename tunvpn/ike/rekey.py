@@ -232,6 +232,7 @@ def take_over(engine: IkeEngine, new: IkeSA, now: float) -> None:
     old.moved_to = new.local_cookie
     old.rekeying = None
     new.assigned_address = new.assigned_address or old.assigned_address
+    new.assigned_address6 = new.assigned_address6 or old.assigned_address6
     if new.child_policies is None:
         new.child_policies = old.child_policies
     if not new.login_at:

@@ -239,6 +239,9 @@ class IkeSA:
     auth_method: AuthMethod | None = None
     children: dict[int, ChildSA] = field(default_factory=dict)
     assigned_address: str | None = None
+    assigned_address6: str | None = None
+    """The IPv6 address Mode Config assigned (issue 19): the remote end of IPv6 policies whose
+    remote selector is the client's own address."""
     child_policies: tuple[ChildPolicy, ...] | None = None  # per-client override of the gateway's policies
     # the login gate (responder): what the peer may do, and until when it may log in
     access: Access = Access.LOGIN_PENDING

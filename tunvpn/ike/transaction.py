@@ -241,6 +241,8 @@ def request_mode_config(
             ]
         if sa.tunvpn_peer:
             types.append(PolicyAttr.PHASE2_POLICIES)  # tunvpn: "send every phase 2 policy"
+            # and an IPv6 address and DNS where the gateway has them (issue 19)
+            types += [CfgAttr.INTERNAL_IP6_ADDRESS, CfgAttr.INTERNAL_IP6_DNS]
         attrs = [DataAttribute(t, b"") for t in (*types, *extra_types)]
     else:
         attrs = [*request.to_attributes(), *(DataAttribute(t, b"") for t in extra_types)]
@@ -280,6 +282,8 @@ def mode_config_reply(
     exchanges.exchange_done(engine, sa, ex)
     if config.address is not None:
         sa.assigned_address = str(config.address)
+    if config.ip6_address is not None:
+        sa.assigned_address6 = str(config.ip6_address.ip)
     attrs = (*config.to_attributes(), *extra)
     exchanges.send_protected(
         engine,
@@ -301,6 +305,8 @@ def push_mode_config(
     sa = engine.get_sa(sa_id)
     if config.address is not None:
         sa.assigned_address = str(config.address)
+    if config.ip6_address is not None:
+        sa.assigned_address6 = str(config.ip6_address.ip)
     ex = exchanges.new_exchange(engine, sa, ExchangeKind.TRANSACTION)
     ex.state = ExState.SENT_SET
     identifier = int.from_bytes(engine._random(2), "big")
@@ -468,6 +474,8 @@ def on_cfg_reply(engine: IkeEngine, sa: IkeSA, ex: Exchange, payloads: list[RawP
         sa.modecfg_done = True
         if config.address is not None:
             sa.assigned_address = str(config.address)
+        if config.ip6_address is not None:
+            sa.assigned_address6 = str(config.ip6_address.ip)
         engine._events.append(ev.ModeConfigReceived(sa.sa_id, config, False))
 
 

@@ -189,7 +189,7 @@ def describe_event(event: ev.Event) -> str | None:
 def describe_mode_config(config: object) -> str:
     """The non-empty fields of a ModeConfig, for humans (no secrets are in Mode Config)."""
     parts = []
-    for name in ("address", "netmask", "dns", "split_include", "banner"):
+    for name in ("address", "netmask", "dns", "ip6_address", "ip6_dns", "split_include", "banner"):
         value = getattr(config, name, None)
         if value in (None, (), [], ""):
             continue

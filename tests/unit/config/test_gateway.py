@@ -432,7 +432,29 @@ def test_remote_of_another_family(gwdir: Path) -> None:
     assert "different address families" in err.reason
     text = MINIMAL + '\n[[policy]]\nname = "x"\nlocal = "2001:db8::/64"\n'
     err = _error(gwdir, text)
-    assert err.key == "policy[1].local" and "IPv4" in err.reason
+    assert err.key == "policy[1].local" and "pool6" in err.reason
+
+
+def test_an_ipv6_pool_gives_ipv6_policies_their_clients(gwdir: Path) -> None:
+    """Issue 19: pool6 beside pool; an IPv6 policy's remote is then the client's IPv6 address;
+    DNS servers of either family; a pool6 overlapping an IPv6 policy, or without pool, is refused."""
+    six = '\n[[policy]]\nname = "lan6"\nlocal = "fd78::/64"\n'
+    text = MINIMAL.replace(
+        "[network]\n", '[network]\npool6 = "fd79::/112"\ndns = ["10.0.0.53", "fd78::53"]\n'
+    )
+    assert "pool6" in text, "MINIMAL has a [network] table"
+    config = load_config(gwdir, text + six)
+    assert config.pool6 is not None and (str(config.pool6.first), str(config.pool6.last)) == (
+        "fd79::1",
+        "fd79::ffff",
+    )
+    assert [str(a) for a in config.dns] == ["10.0.0.53", "fd78::53"]
+    [lan6] = [r.policy for r in config.rules if r.policy.name == "lan6"]
+    assert lan6.client_ts is None and str(lan6.gateway_ts) == "fd78::/64"
+    err = _error(gwdir, text + '\n[[policy]]\nname = "x"\nlocal = "fd79::/64"\n')
+    assert err.key == "network.pool6" and "overlaps" in err.reason
+    err = _error(gwdir, text.replace('pool6 = "fd79::/112"', 'pool6 = "fd79::/64"') + six)
+    assert err.key == "network.pool6" and "65536" in err.reason
 
 
 def test_pool_overlapping_a_protected_network(gwdir: Path) -> None:

@@ -4,12 +4,14 @@ clients connected, `tunvpn bench logins --hold 1000 --hold-during`)."""
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from ipaddress import IPv4Address
 
 import pytest
 
 from tunvpn.config import pool as pool_module
+from tunvpn.config.errors import ConfigError
 from tunvpn.config.pool import AddressPool
 
 
@@ -78,3 +80,18 @@ def test_many_clients_lease_in_linear_time(monkeypatch: pytest.MonkeyPatch) -> N
     for i in range(1000):
         assert pool.lease(owner(i)) is not None
     assert built <= 2 * 1000
+
+
+def test_an_ipv6_pool_leases_like_the_ipv4_one() -> None:
+    """Issue 19: ``pool6`` as a range or a CIDR block of at most 65536 addresses."""
+    pool = AddressPool.parse6("fd79::10-fd79::11")
+    assert [str(pool.lease(owner)) for owner in (b"a", b"b", b"c")] == ["fd79::10", "fd79::11", "None"]
+    assert ipaddress.IPv6Address("fd79::10") in pool and ipaddress.IPv4Address("10.0.0.1") not in pool
+    pool.release(b"a")
+    assert str(pool.lease(b"c")) == "fd79::10"
+    block = AddressPool.parse6("fd79::/112")
+    assert (str(block.first), str(block.last), block.size) == ("fd79::1", "fd79::ffff", 65535)
+    with pytest.raises(ConfigError, match="65536"):
+        AddressPool.parse6("fd79::/64")
+    with pytest.raises(ConfigError, match="IPv6 address pool"):
+        AddressPool.parse6("10.0.0.1-10.0.0.2")
