@@ -63,7 +63,7 @@ local = "10.78.0.0/24"
 
 [[policy]]
 name = "lan6"
-local = "fd78::/64"
+local = "{lan6}"
 """
 
 
@@ -102,12 +102,16 @@ def net(tmp_path: Path) -> Iterator[Net]:
         yield Net(topo, c, g, s, if_c, tmp_path)
 
 
-@pytest.mark.parametrize("outer", [GATEWAY, GATEWAY6], ids=["ipv4-outer", "ipv6-outer"])
-def test_a_dual_stack_tunnel_carries_ipv6_and_ipv4(net: Net, outer: str) -> None:
+@pytest.mark.parametrize(
+    ("outer", "lan6"),
+    [(GATEWAY, "fd78::/64"), (GATEWAY6, "fd78::/64"), (GATEWAY6, "::/0")],
+    ids=["ipv4-outer", "ipv6-outer", "ipv6-outer-full-ipv6-tunnel"],
+)
+def test_a_dual_stack_tunnel_carries_ipv6_and_ipv4(net: Net, outer: str, lan6: str) -> None:
     private_file(net.tmp / "psk", PSK + "\n")
     private_file(net.tmp / "users", "alice:wonderland\n")
     private_file(net.tmp / "pw", "wonderland\n")
-    (net.tmp / "gateway.toml").write_text(GATEWAY_TOML.format(listen=outer))
+    (net.tmp / "gateway.toml").write_text(GATEWAY_TOML.format(listen=outer, lan6=lan6))
     gw_log = net.tmp / "gateway.log"
     gateway = popen_in(
         net.g, tunvpn_argv("gateway", "-c", str(net.tmp / "gateway.toml"), "-v"), gw_log, env=tunvpn_env()
@@ -132,10 +136,15 @@ def test_a_dual_stack_tunnel_carries_ipv6_and_ipv4(net: Net, outer: str) -> None
         spis = [r for r in json_records(log) if r["event"] == "quick" and r["state"] == "established"]
         assert sorted((r["local_ts"], r["remote_ts"]) for r in spis) == [
             ("10.79.0.10/32", "10.78.0.0/24"),
-            ("fd79::10/128", "fd78::/64"),
+            ("fd79::10/128", lan6),
         ], spis
         addresses = run_in(net.c, ["ip", "-6", "addr", "show", "scope", "global"]).stdout
         assert "inet6 fd79::10/128" in addresses, addresses
+        routes = run_in(net.c, ["ip", "-6", "route", "show"]).stdout
+        assert "unreachable" not in routes, routes  # IPv6 goes into the tunnel: nothing to block
+        if lan6 == "::/0":  # all of IPv6 into the tunnel, the gateway's own address pinned outside
+            assert "::/1 dev tvcl" in routes and "8000::/1 dev tvcl" in routes, routes
+            assert f"{GATEWAY6} dev" in routes, routes
         for address in (SERVER6, SERVER):
             ping = run_in(net.c, ["ping", "-c", "2", "-i", "0.2", "-W", "2", address], check=False)
             assert ping.returncode == 0, ping.stdout + read_text(log)[-3000:]
