@@ -270,6 +270,14 @@ class NetnsPair(Topology):
         return self
 
 
+def enable_ipv6(ns: str, *ifnames: str) -> None:
+    """Turn IPv6 back on in ``ns`` (:meth:`Topology.add_ns` turns it off), without duplicate
+    address detection (addresses usable at once), for new interfaces and for ``ifnames``."""
+    confs = ("all", "default", *ifnames)
+    knobs = [f"net.ipv6.conf.{c}.{k}=0" for c in confs for k in ("disable_ipv6", "accept_dad")]
+    run_in(ns, ["sysctl", "-qw", *knobs])
+
+
 def frame_bytes(pcap: Path, display_filter: str = "") -> int:
     """The octets of the frames in ``pcap`` (those ``display_filter`` keeps), read by tshark."""
     out = subprocess.run(

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.netns import Topology, capture, popen_in, run_in, stop_process, wait_for
+from tests.helpers.netns import Topology, capture, enable_ipv6, popen_in, run_in, stop_process, wait_for
 from tests.helpers.transfer import SINK, SOURCE
 from tests.helpers.tunvpn_proc import (
     json_records,
@@ -83,9 +83,8 @@ def net(tmp_path: Path) -> Iterator[Net]:
         pytest.skip("needs dumpcap and tshark (wireshark-common, tshark)")
     with Topology() as topo:
         c, g, s = topo.add_ns("c"), topo.add_ns("g"), topo.add_ns("s")
-        knobs = [f"net.ipv6.conf.{x}.{k}" for x in ("all", "default") for k in ("disable_ipv6", "accept_dad")]
         for ns in (c, g, s):
-            run_in(ns, ["sysctl", "-qw", *(f"{knob}=0" for knob in knobs)])
+            enable_ipv6(ns)
         t = topo.tag
         if_c, if_gc = topo.link(c, f"{CLIENT}/24", g, f"{GATEWAY}/24", names=(t + "cg", t + "gc"))
         if_gs, if_s = topo.link(g, "10.78.0.1/24", s, f"{SERVER}/24", names=(t + "gs", t + "sg"))

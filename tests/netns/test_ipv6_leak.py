@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.netns import Topology, capture, popen_in, run_in, stop_process, wait_for
+from tests.helpers.netns import Topology, capture, enable_ipv6, popen_in, run_in, stop_process, wait_for
 from tests.helpers.tunvpn_proc import json_records, private_file, tunvpn_argv, tunvpn_env, wait_for_line
 
 CLIENT, ROUTER_C = "10.92.1.2", "10.92.1.1"
@@ -63,13 +63,6 @@ class Net:
     tmp: Path
 
 
-def _enable_ipv6(ns: str) -> None:
-    """IPv6 on (the topology turns it off), without duplicate address detection (addresses
-    usable at once)."""
-    knobs = [f"net.ipv6.conf.{c}.{k}" for c in ("all", "default") for k in ("disable_ipv6", "accept_dad")]
-    run_in(ns, ["sysctl", "-qw", *(f"{knob}=0" for knob in knobs)])
-
-
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Net]:
     if not (shutil.which("dumpcap") and shutil.which("tshark")):
@@ -77,7 +70,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
     with Topology() as topo:
         c, r, g, i = (topo.add_ns(role) for role in "crgi")
         for ns in (c, r, i):  # a dual-stack home network; the gateway's side is IPv4 only
-            _enable_ipv6(ns)
+            enable_ipv6(ns)
         t = topo.tag
         if_c, if_rc = topo.link(c, f"{CLIENT}/24", r, f"{ROUTER_C}/24", names=(t + "cr", t + "rc"))
         topo.link(r, f"{ROUTER_G}/24", g, f"{GATEWAY}/24", names=(t + "rg", t + "gr"))

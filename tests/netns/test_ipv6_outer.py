@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.netns import Topology, capture, popen_in, run_in, stop_process, wait_for
+from tests.helpers.netns import Topology, capture, enable_ipv6, popen_in, run_in, stop_process, wait_for
 from tests.helpers.transfer import SINK, SOURCE
 from tests.helpers.tunvpn_proc import (
     private_file,
@@ -59,9 +59,8 @@ def net(tmp_path: Path) -> Iterator[Net]:
         pytest.skip("needs dumpcap and tshark (wireshark-common, tshark)")
     with Topology() as topo:
         c, r, g = topo.add_ns("c"), topo.add_ns("r"), topo.add_ns("g")
-        knobs = [f"net.ipv6.conf.{x}.{k}" for x in ("all", "default") for k in ("disable_ipv6", "accept_dad")]
         for ns in (c, r, g):
-            run_in(ns, ["sysctl", "-qw", *(f"{knob}=0" for knob in knobs)])
+            enable_ipv6(ns)
         t = topo.tag
         # IPv4 addresses on the links only because Topology.link wants them: no IPv4 route
         # leads from the client to the gateway

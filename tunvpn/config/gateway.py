@@ -713,7 +713,8 @@ class SiteRule:
 
     name: str
     address: str
-    """Its IPv4 address, or a host name resolved when the gateway starts and every minute."""
+    """Its IPv4 or IPv6 address, or a host name resolved when the gateway starts and every minute
+    (in the family of our ``listen`` address)."""
     identity: Identity
     secret: bytes | None
     """The key of this pair of gateways; None: both sign with their certificates."""
@@ -1081,7 +1082,7 @@ def parse_gateway_config(
         banner=banner,
         rules=rules,
         peering=_peering(top, legacy, groups, pool),
-        sites=_sites(top, legacy, base_dir, pool, rules, credential is not None and bool(cas), groups),
+        sites=_sites(top, legacy, base_dir, pool, rules, credential is not None and bool(cas), groups, pool6),
         protocols=protocols,
         plugins=plugins,
         plugin_settings=MappingProxyType(plugin_settings),
@@ -1295,6 +1296,7 @@ def _sites(
     rules: Sequence[PolicyRule],
     certificates: bool,
     groups: Mapping[str, frozenset[str]],
+    pool6: AddressPool[IPv6Address] | None = None,
 ) -> tuple[SiteRule, ...]:
     """``[[site]]`` blocks: name, address, id, psk_file, networks, local, initiate, esp, pfs,
     lifetime, introduce (group names or ``"*"``). ``local`` defaults to our pool and the
@@ -1311,11 +1313,11 @@ def _sites(
         address = block.required_text("address").strip()
         by_name = False
         try:
-            ipaddress.IPv4Address(address)
+            address = str(ipaddress.ip_address(address))  # IPv4 or IPv6 (issue 19)
         except ValueError:
             if not _HOST_NAME.fullmatch(address) or address.replace(".", "").isdigit():
                 raise block.error(
-                    "address", f"{address!r} is neither an IPv4 address nor a host name"
+                    "address", f"{address!r} is neither an IP address nor a host name"
                 ) from None
             by_name = True
         if any(site.address == address for site in out):
@@ -1355,7 +1357,7 @@ def _sites(
         if local_texts:
             local = tuple(block.convert("local", t, TrafficSelector.parse, "selector") for t in local_texts)
         else:
-            own = [_pool_selector(pool)] if pool is not None else []
+            own = [_pool_selector(p) for p in (pool, pool6) if p is not None]
             theirs = set(networks)  # a policy that gives clients the site's networks is not ours
             local = tuple(
                 dict.fromkeys(

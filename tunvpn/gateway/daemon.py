@@ -1804,7 +1804,10 @@ class Gateway:
             try:
                 infos = await asyncio.wait_for(
                     loop.getaddrinfo(
-                        name, self.options.ike_port, family=socket.AF_INET, type=socket.SOCK_DGRAM
+                        name,
+                        self.options.ike_port,
+                        family=socket.AF_INET6 if ":" in self.options.listen else socket.AF_INET,
+                        type=socket.SOCK_DGRAM,
                     ),
                     SITE_RESOLVE_TIMEOUT,
                 )

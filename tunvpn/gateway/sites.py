@@ -74,20 +74,22 @@ MAX_SITE_NETWORKS = 32
 def pushed_policies(site: SiteRule, generation: int = 1) -> PolicyPush:
     """What we push to ``site``'s gateway when it asks (it lists no networks): one set per pair
     of our networks (the sets' gateway side) and its networks (their client side)."""
+    pairs = ((lo, re) for lo in site.local for re in site.networks if lo.version == re.version)
     sets = [
         Phase2Policy(f"{SITE_PREFIX}{site.name}/{i}", local, remote, (site.esp,), site.pfs, site.lifetime)
-        for i, (local, remote) in enumerate(((lo, re) for lo in site.local for re in site.networks), 1)
+        for i, (local, remote) in enumerate(pairs, 1)
     ]
     return PolicyPush(generation, tuple(sets))
 
 
 def site_policies(site: SiteRule) -> tuple[ChildPolicy, ...]:
-    """One phase 2 policy per pair of networks: ours (``site.local``) to theirs."""
+    """One phase 2 policy per pair of networks of one family: ours (``site.local``) to theirs."""
     proposal = ChildProposal(esp=(site.esp,), pfs_group=site.pfs, lifetime_seconds=site.lifetime)
     return tuple(
         ChildPolicy(f"{SITE_PREFIX}{site.name}", local, remote, proposal)
         for local in site.local
         for remote in site.networks
+        if local.version == remote.version
     )
 
 
@@ -169,9 +171,12 @@ class SiteLinks:
         self._tell_engine()
 
     def address_of(self, site: SiteRule) -> str | None:
-        """``site``'s IPv4 address: as configured, or what its name resolved to (None: not yet)."""
-        if site.address.replace(".", "").isdigit():
-            return site.address
+        """``site``'s address: as configured (IPv4 or IPv6), or what its name resolved to (None:
+        not yet)."""
+        try:
+            return str(ipaddress.ip_address(site.address))
+        except ValueError:
+            pass
         return self.resolved.get(site.address)
 
     def names(self) -> list[str]:
