@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -81,11 +81,13 @@ def _ipv4_list(text: str) -> list[IPv4Address]:
         ) from None
 
 
-def _network(text: str) -> IPv4Network:
+def _network(text: str) -> IPv4Network | IPv6Network:
     try:
-        return IPv4Network(text.strip(), strict=False)
+        return ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 network like 10.78.0.0/24") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a network like 10.78.0.0/24 or fd78::/64"
+        ) from None
 
 
 def _identity(text: str) -> Identity:
@@ -389,6 +391,12 @@ def _add_gateway(sub: Subparsers) -> None:
     )
     gw.add_argument("--pool", metavar="FIRST-LAST", help="client addresses, e.g. 10.79.0.10-10.79.0.20")
     gw.add_argument(
+        "--pool6",
+        metavar="FIRST-LAST",
+        help="clients' IPv6 addresses beside --pool, e.g. fd79::10-fd79::ff or fd79::/112 "
+        "(for IPv6 --split networks)",
+    )
+    gw.add_argument(
         "--dns",
         type=_ipv4_list,
         action="append",
@@ -402,7 +410,8 @@ def _add_gateway(sub: Subparsers) -> None:
         action="append",
         default=[],
         metavar="NETWORK",
-        help="a network behind the gateway (repeatable); default: everything (0.0.0.0/0)",
+        help="a network behind the gateway, IPv4 or IPv6 (with --pool6; repeatable); "
+        "default: everything (0.0.0.0/0)",
     )
     gw.add_argument(
         "--allow-aggressive-psk",
@@ -690,6 +699,11 @@ def _gateway_options(args: argparse.Namespace) -> GatewayOptions:
     psks = load_psks(args.psk_file)
     users = UserTable.load(args.users) if args.users else None
     pool = AddressPool.parse(args.pool) if args.pool else None
+    pool6 = AddressPool.parse6(args.pool6) if args.pool6 else None
+    if pool6 is not None and pool is None:
+        raise CliError("--pool6 goes with --pool: every client gets an IPv4 address too")
+    if any(net.version == 6 for net in args.split) and pool6 is None:
+        raise CliError("an IPv6 --split network needs --pool6 (the clients' IPv6 addresses)")
     dns = tuple(a for group in args.dns for a in group)
     return GatewayOptions(
         listen=args.listen,
@@ -698,6 +712,7 @@ def _gateway_options(args: argparse.Namespace) -> GatewayOptions:
         natt_port=args.natt_port,
         users=users,
         pool=pool,
+        pool6=pool6,
         dns=dns,
         split=tuple(dict.fromkeys(args.split)),
         allow_aggressive_psk=args.allow_aggressive_psk,

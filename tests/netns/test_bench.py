@@ -88,3 +88,33 @@ def test_bench_veth_and_wireguard(tmp_path: Path) -> None:
     assert not list(Path("/run/wireguard").glob("tvb*.sock"))  # (an empty list if the dir is gone)
     assert list(tmp_path.iterdir()) == []
     assert not Path(f"/run/tunvpn-bench/{os.getpid()}.json").exists()
+
+
+@pytest.mark.interop
+def test_the_ipv6_variant_runs_tunvpn_and_wireguard_over_ipv6(tmp_path: Path) -> None:
+    """Issue 19: ``tunvpn bench --ipv6``: the underlay and the inner traffic are IPv6 on every
+    path; the same table and ratios (a short smoke run: the figures are in docs/ipv6.md)."""
+    lacking = [tool for tool in ("iperf3", "wireguard-go", "wg") if shutil.which(tool) is None]
+    if lacking:
+        pytest.skip(f"missing {', '.join(lacking)} (bash contrib/test-all.sh installs them)")
+    options = BenchOptions(
+        paths=["wireguard", "tunvpn"],
+        duration=2,
+        pings=5,
+        setup_timeout=30,
+        workdir_parent=tmp_path,
+        ipv6=True,
+    )
+    report = run_bench(options)
+    wireguard, tunvpn = report.path("wireguard"), report.path("tunvpn")
+    assert wireguard is not None and tunvpn is not None
+    for path in (wireguard, tunvpn):
+        assert path.status == STATUS_OK, path
+        [one] = path.runs
+        assert one.ok and one.via_tunnel is True, one
+        assert one.tcp_receiver_mbps is not None and one.tcp_receiver_mbps > 0
+        assert one.ping_avg_ms is not None and one.ping_loss_pct == 0
+    assert wireguard.tunnel == ("fd80::1", "fd80::2")
+    assert tunvpn.tunnel[0] == "fd82::1" and tunvpn.tunnel[1].startswith("fd83::"), tunvpn.tunnel
+    text = report.to_markdown()
+    assert "IPv6 variant" in text and "tunvpn / wireguard = " in text, text

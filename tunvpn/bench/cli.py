@@ -89,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure every path N times, round-robin, and report medians (the box is noisy)",
     )
     parser.add_argument("--reverse", action="store_true", help="iperf3 -R: namespace B sends to namespace A")
+    parser.add_argument(
+        "--ipv6",
+        action="store_true",
+        help="the IPv6 variant: every path over an IPv6 underlay, carrying IPv6 inside (tunvpn: IKE, "
+        "ESP and the inner traffic over IPv6)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the full report as JSON")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the markdown table")
     parser.add_argument(
@@ -146,6 +152,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         ping_timeout=args.ping_timeout,
         reverse=args.reverse,
         wait_idle=max(0.0, args.wait_idle),
+        ipv6=args.ipv6,
     )
 
 

@@ -57,6 +57,8 @@ class BenchContext:
     tag: str
     """Unique per topology ("tvb" + 6 hex), for device names (15 characters at most)."""
     setup_timeout: float = 30.0
+    ipv6: bool = False
+    """The IPv6 variant: the underlay addresses are IPv6; the tunnel carries IPv6 inside too."""
 
 
 class TunnelProvider(abc.ABC):
@@ -135,6 +137,10 @@ class TunnelProvider(abc.ABC):
             )
             raise NotAvailable(f"{label} {state}: {_tail(self.log_of(label))}")
 
+    @property
+    def ipv6(self) -> bool:
+        return self.ctx is not None and self.ctx.ipv6
+
     def ip(self, *args: str) -> None:
         self.tracker.run(["ip", *args], check=True)
 
@@ -207,6 +213,8 @@ class OpenVPNProvider(TunnelProvider):
     requirements = (Requirement("openvpn", "openvpn"),)
     tunnel_a = "10.81.0.1"
     tunnel_b = "10.81.0.2"
+    tunnel6_a = "fd81::1"
+    tunnel6_b = "fd81::2"
     port = 1194
 
     def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
@@ -224,7 +232,7 @@ class OpenVPNProvider(TunnelProvider):
             certs[side] = (key, cert, fingerprint)
         common = [
             "--dev-type", "tun",
-            "--proto", "udp",
+            "--proto", "udp6" if self.ipv6 else "udp",
             "--port", str(self.port),
             "--data-ciphers", "AES-256-GCM",
             "--allow-compression", "no",
@@ -247,8 +255,10 @@ class OpenVPNProvider(TunnelProvider):
             ),
             ("openvpn-b", ns_b, ip_b, ip_a, self.tunnel_b, self.tunnel_a, "b", "a", ["--tls-client"]),
         )
+        six = {self.tunnel_a: self.tunnel6_a, self.tunnel_b: self.tunnel6_b}
         for label, ns, local, remote, mine, theirs, me, peer, role in ends:
             key, cert, _ = certs[me]
+            inner6 = ["--ifconfig-ipv6", f"{six[mine]}/64", six[theirs]] if self.ipv6 else []
             self.spawn(
                 label,
                 ns,
@@ -258,6 +268,7 @@ class OpenVPNProvider(TunnelProvider):
                     "--local", local,
                     "--remote", remote,
                     "--ifconfig", mine, theirs,
+                    *inner6,
                     *role,
                     "--cert", str(cert),
                     "--key", str(key),
@@ -275,6 +286,8 @@ class OpenVPNProvider(TunnelProvider):
             )
         ]
         self.cipher = f"{found[-1] if found else '?'} (TLS p2p{', ' + control[-1] if control else ''})"
+        if self.ipv6:
+            return self.tunnel6_a, self.tunnel6_b
         return self.tunnel_a, self.tunnel_b
 
 
@@ -311,6 +324,8 @@ class WireGuardProvider(TunnelProvider):
     requirements = (Requirement("wireguard-go", "wireguard-go"), Requirement("wg", "wireguard-tools"))
     tunnel_a = "10.80.0.1"
     tunnel_b = "10.80.0.2"
+    tunnel6_a = "fd80::1"
+    tunnel6_b = "fd80::2"
     port = 51820
 
     def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
@@ -336,27 +351,26 @@ class WireGuardProvider(TunnelProvider):
                 raise NotAvailable(
                     f"wireguard-go made no {sock}: {_tail(self.log_of(f'wireguard-go-{side}'))}"
                 )
-        ends = (
-            ("a", ns_a, "b", ip_b, self.tunnel_a, self.tunnel_b),
-            ("b", ns_b, "a", ip_a, self.tunnel_b, self.tunnel_a),
-        )
+        a, b = (self.tunnel6_a, self.tunnel6_b) if self.ipv6 else (self.tunnel_a, self.tunnel_b)
+        ends = (("a", ns_a, "b", ip_b, a, b), ("b", ns_b, "a", ip_a, b, a))
         for side, ns, peer, peer_ip, mine, theirs in ends:
             key_file = write_private(self.workdir / f"{side}.key", keys[side][0] + "\n")
+            host = f"[{peer_ip}]" if ":" in peer_ip else peer_ip
             self.tracker.run(
                 [
                     "wg", "set", devs[side],
                     "private-key", str(key_file),
                     "listen-port", str(self.port),
                     "peer", keys[peer][1],
-                    "endpoint", f"{peer_ip}:{self.port}",
-                    "allowed-ips", f"{theirs}/32",
+                    "endpoint", f"{host}:{self.port}",
+                    "allowed-ips", f"{theirs}/{128 if self.ipv6 else 32}",
                 ],
                 ns=ns,
                 check=True,
             )  # fmt: skip
-            self.ip("-n", ns, "addr", "add", f"{mine}/24", "dev", devs[side])
+            self.ip("-n", ns, "addr", "add", f"{mine}/{64 if self.ipv6 else 24}", "dev", devs[side])
             self.ip("-n", ns, "link", "set", devs[side], "up")
-        return self.tunnel_a, self.tunnel_b
+        return a, b
 
 
 # --------------------------------------------------------------------------- strongSwan
@@ -423,8 +437,8 @@ connections {{
     children {{
       bench {{
         mode = tunnel
-        local_ts = {local_ts}/32
-        remote_ts = {remote_ts}/32
+        local_ts = {local_ts}/{host}
+        remote_ts = {remote_ts}/{host}
         esp_proposals = {esp}
       }}
     }}
@@ -466,6 +480,8 @@ class StrongSwanProvider(TunnelProvider):
     )
     inner_a = "10.78.0.1"
     inner_b = "10.78.0.2"
+    inner6_a = "fd78::1"
+    inner6_b = "fd78::2"
     mtu = 1400
 
     def __init__(self, esp_proposals: str = "aes128gcm16", name: str | None = None) -> None:
@@ -504,9 +520,10 @@ class StrongSwanProvider(TunnelProvider):
             f"strongSwan charon {version.split('-')[0]} (deb strongswan-charon {version}, "
             f"libcharon-extra-plugins {dpkg_version('libcharon-extra-plugins')}), kernel-libipsec"
         )
+        inner_a, inner_b = (self.inner6_a, self.inner6_b) if self.ipv6 else (self.inner_a, self.inner_b)
         ends = (
-            ("a", ns_a, ip_a, ip_b, self.inner_a, self.inner_b),
-            ("b", ns_b, ip_b, ip_a, self.inner_b, self.inner_a),
+            ("a", ns_a, ip_a, ip_b, inner_a, inner_b),
+            ("b", ns_b, ip_b, ip_a, inner_b, inner_a),
         )
         for side, ns, local, remote, local_ts, remote_ts in ends:
             d = self.workdir / side
@@ -526,11 +543,12 @@ class StrongSwanProvider(TunnelProvider):
                     remote=remote,
                     local_ts=local_ts,
                     remote_ts=remote_ts,
+                    host=128 if self.ipv6 else 32,
                     esp=self.esp_proposals,
                     psk=self.psk,
                 ),
             )
-            self.ip("-n", ns, "addr", "add", f"{local_ts}/32", "dev", "lo")
+            self.ip("-n", ns, "addr", "add", f"{local_ts}/{128 if self.ipv6 else 32}", "dev", "lo")
             label = f"charon-{side}"
             proc = self.spawn(
                 label,
@@ -556,7 +574,7 @@ class StrongSwanProvider(TunnelProvider):
         mode = "TUNNEL-in-UDP" if "TUNNEL-in-UDP" in sas else ("TUNNEL" if "TUNNEL" in sas else "?")
         ike = re.search(r"^\s+([A-Z0-9_]+(?:-\d+)?/\S+)", sas, re.MULTILINE)
         self.cipher = f"ESP {esp.group(1) if esp else '?'} {mode}; IKEv1 {ike.group(1) if ike else '?'}"
-        return self.inner_a, self.inner_b
+        return inner_a, inner_b
 
 
 # --------------------------------------------------------------------------- tunvpn
@@ -593,7 +611,9 @@ class TunvpnProvider(TunnelProvider):
 
     name = "tunvpn"
     inner_a = "10.82.0.1"
+    inner6_a = "fd82::1"
     pool = "10.83.0.10-10.83.0.20"
+    pool6 = "fd83::10-fd83::20"
 
     def __init__(
         self,
@@ -628,6 +648,10 @@ class TunvpnProvider(TunnelProvider):
         gw_psk = write_private(self.workdir / "gateway.psk", f"* {psk}\n")
         cl_psk = write_private(self.workdir / "client.psk", f"{psk}\n")
         self.ip("-n", ns_a, "addr", "add", f"{self.inner_a}/32", "dev", "lo")
+        inner = [f"{self.inner_a}/32"]
+        if self.ipv6:  # IPv6 inside as well: its pool, the protected address on lo
+            self.ip("-n", ns_a, "addr", "add", f"{self.inner6_a}/128", "dev", "lo", "nodad")
+            inner = [f"{self.inner6_a}/128"]
         timeout = self.ctx.setup_timeout if self.ctx else 30.0
         env = self._env()
         self.spawn(
@@ -638,7 +662,8 @@ class TunvpnProvider(TunnelProvider):
                 "--listen", ip_a,
                 "--psk-file", str(gw_psk),
                 "--pool", self.pool,
-                "--split", f"{self.inner_a}/32",
+                *(("--pool6", self.pool6) if self.ipv6 else ()),
+                *(a for net in inner for a in ("--split", net)),
                 "--force-encap",
                 *self.gateway_args,
             ],
@@ -668,9 +693,8 @@ class TunvpnProvider(TunnelProvider):
                     self.records.append(json.loads(line))
                 except ValueError:
                     continue
-        address = next(
-            (r.get("address") for r in self.records if r.get("event") == "modecfg" and r.get("address")), None
-        )
+        key = "address6" if self.ipv6 else "address"
+        address = next((r.get(key) for r in self.records if r.get("event") == "modecfg" and r.get(key)), None)
         quick = next(
             (r for r in self.records if r.get("event") == "quick" and r.get("state") == "established"), {}
         )
@@ -679,8 +703,8 @@ class TunvpnProvider(TunnelProvider):
             f" {ENCAPSULATION.get(encap, encap)}" if encap else ""
         )
         if not address:
-            raise NotAvailable("the client got no Mode Config address")
-        return self.inner_a, str(address)
+            raise NotAvailable(f"the client got no Mode Config {key}")
+        return (self.inner6_a if self.ipv6 else self.inner_a), str(address)
 
 
 # --------------------------------------------------------------------------- registry

@@ -329,7 +329,9 @@ def format_markdown(report: BenchReport) -> str:
         lines.append(
             f"Host: {host.get('kernel', '?')}, {host.get('cores', '?')} cores; iperf3 TCP 1 stream "
             f"{opts.get('duration', '?')} s{f', -P {parallel}' if parallel else ''}"
-            f"{', reverse (-R)' if opts.get('reverse') else ''}; {opts.get('pings', '?')} pings at "
+            f"{', reverse (-R)' if opts.get('reverse') else ''}"
+            f"{'; IPv6 variant: IPv6 underlay and IPv6 inside every tunnel' if opts.get('ipv6') else ''}; "
+            f"{opts.get('pings', '?')} pings at "
             f"{opts.get('ping_interval', '?')} s; "
             + (f"median of {repeat} runs per path" if repeat > 1 else "1 run per path")
             + "."

@@ -95,6 +95,8 @@ class BenchOptions:
     """Before each measurement wait up to this many seconds for other load on the box to stop."""
     workdir_parent: Path | None = None
     """Where the temp work dir goes (default: the system temp dir)."""
+    ipv6: bool = False
+    """The IPv6 variant (issue 19): every path over an IPv6 underlay, carrying IPv6 inside."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -289,7 +291,7 @@ def _run_path(
     round_no: int,
 ) -> RunResult:
     """One set-up, measurement and teardown of path ``name``; _SetupFailed if it does not come up."""
-    topo = Topology(tracker)
+    topo = Topology(tracker, ipv6=options.ipv6)
     provider = _create(factories, name)
     pathdir = workdir / (f"{name}-{round_no}" if options.repeat > 1 else name)
     pathdir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +300,7 @@ def _run_path(
             topo.create()
         except CommandError as exc:
             raise BenchError(f"cannot build the namespaces: {exc}") from exc
-        provider.bind(BenchContext(tracker, pathdir, topo.tag, options.setup_timeout))
+        provider.bind(BenchContext(tracker, pathdir, topo.tag, options.setup_timeout, options.ipv6))
         try:
             ta, tb = provider.setup(topo.ns_a, topo.ns_b, topo.ip_a, topo.ip_b)
             result.program = provider.program or result.program

@@ -376,8 +376,13 @@ class Topology:
     prefix: int = 24
     mtu: int = 1500
     tag: str = field(default_factory=lambda: NS_PREFIX + secrets.token_hex(3))
+    ipv6: bool = False
+    """The IPv6 variant (issue 19): IPv6 on, the veth pair addressed ``fd00:77::1``/``::2`` (/64)
+    instead, so every path runs over IPv6 (and carries IPv6 inside)."""
 
     def __post_init__(self) -> None:
+        if self.ipv6:
+            self.ip_a, self.ip_b, self.prefix = "fd00:77::1", "fd00:77::2", 64
         self.ns_a = self.tag + "a"
         self.ns_b = self.tag + "b"
         self.veth_a = self.ns_a + "v"
@@ -388,22 +393,19 @@ class Topology:
         t = self.tracker
         for ns in (self.ns_a, self.ns_b):
             t.add_namespace(ns)
-            # No IPv6: router solicitations on the TUN devices are only noise (interop pitfall 14).
-            t.run(
-                [
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                ],
-                ns=ns,
-                check=True,
-            )
+            # No IPv6 (router solicitations on the TUN devices are only noise, interop pitfall
+            # 14), except in the IPv6 variant: there without duplicate address detection
+            off = "0" if self.ipv6 else "1"
+            knobs = [f"net.ipv6.conf.{c}.disable_ipv6={off}" for c in ("all", "default")]
+            if self.ipv6:
+                knobs += ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]
+            t.run(["sysctl", "-qw", *knobs], ns=ns, check=True)
             t.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         t.run(["ip", "link", "add", self.veth_a, "type", "veth", "peer", "name", self.veth_b], check=True)
         for ns, dev, addr in ((self.ns_a, self.veth_a, self.ip_a), (self.ns_b, self.veth_b, self.ip_b)):
             t.run(["ip", "link", "set", dev, "netns", ns], check=True)
-            t.run(["ip", "-n", ns, "addr", "add", f"{addr}/{self.prefix}", "dev", dev], check=True)
+            nodad = ["nodad"] if self.ipv6 else []
+            t.run(["ip", "-n", ns, "addr", "add", f"{addr}/{self.prefix}", "dev", dev, *nodad], check=True)
             t.run(["ip", "-n", ns, "link", "set", dev, "mtu", str(self.mtu), "up"], check=True)
 
     def destroy(self) -> None:

@@ -132,7 +132,7 @@ class GatewayOptions:
     """Clients' IPv6 addresses (issue 19): a tunvpn or standard client that asks for one
     (INTERNAL_IP6_ADDRESS) gets one beside its IPv4 address, for the IPv6 policies."""
     dns: tuple[IPv4Address | IPv6Address, ...] = ()
-    split: tuple[IPv4Network, ...] = ()
+    split: tuple[IPv4Network | IPv6Network, ...] = ()
     allow_aggressive_psk: bool = False
     allow_aggressive_signatures: bool = False
     """Accept Aggressive Mode with signatures (RSA, hybrid); off: each spoofed first message
