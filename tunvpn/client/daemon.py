@@ -848,6 +848,11 @@ class Client:
             "user": self.options.user,
             "groups": [],
             "address": str(config.address) if config is not None and config.address is not None else None,
+            **(
+                {"address6": str(config.ip6_address.ip)}
+                if config is not None and config.ip6_address is not None
+                else {}
+            ),
             "tunvpn": p1 is not None and "tunvpn" in p1.peer_vendor_ids,
             "generation": self.generation,
             "stage": self.stage,

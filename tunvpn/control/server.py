@@ -626,6 +626,8 @@ def _format_tunnel(tunnel: dict[str, object]) -> list[str]:
         parts.append("groups " + ",".join(_clean(g) for g in groups))
     if address := _text(tunnel, "address"):
         parts.append(f"address {address}")
+    if address6 := _text(tunnel, "address6"):
+        parts.append(f"address {address6}")
     phase1 = tunnel.get("phase1")
     if isinstance(phase1, dict):
         p1 = " ".join(t for t in (_text(phase1, "exchange"), _text(phase1, "suite")) if t)

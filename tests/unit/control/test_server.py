@@ -682,3 +682,15 @@ def test_format_status_shows_the_clients_sites_introduced() -> None:
     assert "site b 198.18.2.2: up, networks -, 2 SA pair(s), 3 of our clients introduced" in lines
     assert "site a 198.18.1.2: up, networks 10.79.0.0/24, 2 SA pair(s), 1 introduction(s) refused" in lines
     assert "  client alice 10.79.0.10 at 198.18.3.2:4500: up, 1 SA pair(s)" in lines
+
+
+def test_format_status_shows_an_ipv6_address_beside_the_ipv4_one() -> None:
+    """Issue 19: a dual-stack tunnel's two addresses."""
+    status = {
+        "role": "gateway",
+        "tunnels": [
+            {"peer": "198.51.100.7:4500", "user": "alice", "address": "10.79.0.10", "address6": "fd79::10"}
+        ],
+    }
+    text = control.format_status(status, now=NOW)
+    assert "address 10.79.0.10" in text and "address fd79::10" in text, text
