@@ -749,7 +749,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if args.config:
         from tunvpn.config.gateway import load_gateway_config
 
+        _refuse_config_flags(args)
         options = options_from_config(load_gateway_config(args.config))
+        if args.tun != build_parser().parse_args(["gateway"]).tun:
+            options.overrides["tun"] = args.tun  # a device name for this run
         if args.ike_only:
             options.overrides["tun"] = None
         if args.keylog:
@@ -769,6 +772,29 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     gateway.run_as = run_as
     asyncio.run(gateway.run())
     return 0
+
+
+GATEWAY_RUNTIME_FLAGS = frozenset(
+    {"command", "verbose", "quiet", "keylog", "ike_only", "config", "control", "user", "check", "tun"}
+)
+"""``tunvpn gateway`` settings that go with ``-c`` (how to run it, not what it is; ``--tun``
+overrides the file's ``tun``): every other flag is a setting gateway.toml holds, and is refused
+beside ``-c`` instead of ignored."""
+
+
+def _refuse_config_flags(args: argparse.Namespace) -> None:
+    """With ``-c``, a flag that gateway.toml replaces is a mistake: say so (issue 20)."""
+    defaults = vars(build_parser().parse_args(["gateway"]))
+    given = sorted(
+        {"local_id": "--id"}.get(name, "--" + name.replace("_", "-"))
+        for name, value in vars(args).items()
+        if name in defaults and name not in GATEWAY_RUNTIME_FLAGS and value != defaults[name]
+    )
+    if given:
+        raise CliError(
+            f"{', '.join(given)}: {args.config} holds the gateway's settings when -c is given "
+            "(docs/configuration.md); put them there, or drop -c"
+        )
 
 
 def _service_user(name: str | None) -> ServiceUser | None:

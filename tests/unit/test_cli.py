@@ -64,7 +64,7 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
         (["connect", "10.0.0.1", "--ike-port", "70000"], "port 70000 is outside 1-65535"),
         (["connect", "10.0.0.1", "--timeout", "-1"], "a timeout cannot be negative"),
         (["connect", "10.0.0.1", "--id", "CN="], "is not an identity"),
-        (["gateway", "--listen", "10.0.0.1", "--split", "10.0.0.0/33"], "is not an IPv4 network"),
+        (["gateway", "--listen", "10.0.0.1", "--split", "10.0.0.0/33"], "is not a network like"),
         (["gateway", "--listen", "10.0.0.1", "--dns", "10.0.0.1,nope"], "is not an IPv4 address"),
     ],
 )
@@ -317,3 +317,20 @@ def test_gateway_config_error_names_file_line_and_key(tmp_path, capsys: pytest.C
     assert cli.main(["gateway", "-c", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert f"{cfg} line 3, key gateway.psk_env" in err
+
+
+def test_gateway_flags_that_the_config_file_holds_are_refused_beside_it(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20: with -c, --pool/--split/... were silently ignored; now they are an error that
+    names them. Flags about how to run it (-v, --control, --keylog, --tun, --check) still go."""
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('[gateway]\nlisten = "10.0.0.1"\npsk_env = "TUNVPN_TEST_UNSET"\n')
+    assert cli.main(["gateway", "-c", str(cfg), "--pool", "10.1.1.1-10.1.1.5", "--split", "10.2.0.0/16"]) == 2
+    err = capsys.readouterr().err
+    assert "--pool, --split:" in err and "holds the gateway's settings when -c is given" in err
+    assert cli.main(["gateway", "-c", str(cfg), "--id", "@gw.example"]) == 2
+    assert "--id:" in capsys.readouterr().err
+    # runtime flags pass the check: the file's own error is what stops this one
+    assert cli.main(["gateway", "-c", str(cfg), "-v", "--control", "none", "--tun", "tv%d"]) == 2
+    assert "key gateway.psk_env" in capsys.readouterr().err
