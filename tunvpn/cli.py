@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     control.add_status_parser(sub)
     control.add_reload_parser(sub)
+    control.add_events_parser(sub)
     add_plugin_commands(sub)
     return parser
 
@@ -1145,6 +1146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "connect": cmd_connect,
         "status": control.run_status,
         "reload": control.run_reload,
+        "events": control.run_events,
         "plugins": cmd_plugins,
         "passwd": cmd_passwd,
         "up": cmd_up,

@@ -5,7 +5,11 @@ Protocol (one request per connection, UTF-8 JSON lines)::
     client -> server   {"command": "status", "args": {}}\\n
     server -> client   {"ok": true, "result": ...}\\n     or   {"ok": false, "error": "message"}\\n
 
-then the server closes the connection. A request is at most :data:`MAX_REQUEST` bytes and must
+then the server closes the connection. ``events`` (a server given an :class:`EventHub`) keeps
+it open instead: after ``{"ok": true, "result": {"stream": "events"}}`` one JSON object per
+line for each event (:mod:`tunvpn.control.events`), until the client closes it; a client that
+stops reading is dropped (its queue full, or no progress writing for :data:`STREAM_STALL`
+seconds), never slowing the server. A request is at most :data:`MAX_REQUEST` bytes and must
 arrive within :data:`READ_TIMEOUT` seconds, so a stuck or hostile local client cannot block the
 control loop.
 
@@ -37,8 +41,10 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path, PurePath
+
+from tunvpn.control.events import EventHub
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,8 @@ MAX_REQUEST = 64 * 1024  # bytes, the request line included
 READ_TIMEOUT = 5.0  # seconds for the whole request to arrive
 MAX_RESPONSE = 16 * 1024 * 1024  # what the blocking client accepts
 PERMISSION_DENIED = "permission denied"
+STREAM_STALL = 5.0
+"""Seconds an ``events`` subscriber may leave its socket full before it is dropped."""
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -201,9 +209,14 @@ class ControlServer:
         *,
         max_request: int = MAX_REQUEST,
         read_timeout: float = READ_TIMEOUT,
+        events: EventHub | None = None,
     ) -> None:
         self.path = Path(path)
         self._handler = handler
+        self._events = events
+        self._streams: set[asyncio.Event] = set()
+        """The wake-up events of the open ``events`` streams (set by :meth:`close` to end them)."""
+        self._closing = False
         self._max_request = max_request
         self._read_timeout = read_timeout
         self._uid = os.geteuid()
@@ -274,7 +287,11 @@ class ControlServer:
         raise ControlError(f"another tunvpn process is already serving {self.path}")
 
     def close(self) -> None:
-        """Stop accepting connections and remove the socket file if it is still ours."""
+        """Stop accepting connections, end the event streams and remove the socket file if it
+        is still ours."""
+        self._closing = True
+        for wake in list(self._streams):
+            wake.set()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -307,6 +324,9 @@ class ControlServer:
         # awaits it, and Python 3.11's stream callback logs a cancelled one as an error.
         try:
             response, linger = await self._respond(reader, writer)
+            if response is _STREAM:
+                await self._stream(reader, writer)
+                return
             writer.write(response)
             await asyncio.wait_for(writer.drain(), self._read_timeout)
             if linger:  # let the peer read the answer before a close with unread data resets it
@@ -353,6 +373,8 @@ class ControlServer:
             command, args = _parse_request(line)
         except ControlError as exc:
             return _error(str(exc)), False
+        if command == "events" and self._events is not None:
+            return _STREAM, False
         try:
             result = self._handler(command, args)
             if inspect.isawaitable(result):
@@ -367,6 +389,41 @@ class ControlServer:
         except (TypeError, ValueError) as exc:
             log.error("control command %r returned a result that is not JSON: %s", command, exc)
             return _error(f"internal error: result is not JSON: {exc}"), False
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """``events``: the subscriber's events as they come, until it closes or stalls."""
+        assert self._events is not None
+        subscriber = self._events.subscribe()
+        if subscriber is None:
+            writer.write(_error(f"too many event subscribers (at most {self._events.max_subscribers})"))
+            await asyncio.wait_for(writer.drain(), self._read_timeout)
+            return
+        wake = asyncio.Event()
+        subscriber.wake = wake.set
+        self._streams.add(wake)
+        closed = asyncio.ensure_future(reader.read(1))  # the client closing (or sending anything)
+        try:
+            writer.write(_encode({"ok": True, "result": {"stream": "events"}}))
+            while True:
+                await asyncio.wait_for(writer.drain(), STREAM_STALL)
+                waiter = asyncio.ensure_future(wake.wait())
+                done, _ = await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if closed in done or subscriber.dropped or self._closing:
+                    if subscriber.dropped:
+                        log.warning(
+                            "control socket %s: an events subscriber stopped reading; dropped", self.path
+                        )
+                    return
+                wake.clear()
+                for event in subscriber.take():
+                    writer.write(_encode(event.record()))
+        except TimeoutError:
+            log.warning("control socket %s: an events subscriber stopped reading; dropped", self.path)
+        finally:
+            closed.cancel()
+            self._streams.discard(wake)
+            self._events.unsubscribe(subscriber)
 
     def _check_peer(self, writer: asyncio.StreamWriter) -> bool:
         """True if the peer must be refused (neither root nor our uid, or its uid is unknowable)."""
@@ -388,6 +445,10 @@ class ControlServer:
             f" (pid {pid})" if pid else "",
         )
         return True
+
+
+_STREAM = b""
+"""What :meth:`ControlServer._respond` answers for a streaming command (``events``)."""
 
 
 def _error(message: str) -> bytes:
@@ -472,6 +533,40 @@ def request(
         except OSError as exc:
             raise ControlError(f"connection to {p} failed: {exc.strerror or exc}") from None
     return _parse_response(data, p)
+
+
+def stream(path: str | os.PathLike[str], command: str = "events", timeout: float = 10.0) -> Iterator[object]:
+    """Send a streaming command (``events``) and yield each object the server sends, until it
+    closes the connection. Connection errors as :func:`request` raises them."""
+    p = Path(path)
+    payload = json.dumps({"command": command, "args": {}}).encode() + b"\n"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(p))
+            sock.sendall(payload)
+        except FileNotFoundError:
+            raise ControlError(f"no such socket: is the {_who(p)} running? ({p})") from None
+        except ConnectionRefusedError:
+            raise ControlError(
+                f"nobody is listening on {p}: is the {_who(p)} running? (stale socket)"
+            ) from None
+        except PermissionError:
+            raise ControlPermissionError(
+                f"permission denied: {p} (run as root or as the user running the {_who(p)})"
+            ) from None
+        except OSError as exc:
+            raise ControlError(f"cannot connect to {p}: {exc.strerror or exc}") from None
+        with sock.makefile("rb") as lines:
+            try:
+                first = lines.readline(MAX_RESPONSE)
+            except TimeoutError:
+                raise ControlError(f"timed out after {timeout:g} s waiting for the {_who(p)} ({p})") from None
+            _parse_response(first.rstrip(b"\n"), p)  # raises the server's refusal
+            sock.settimeout(None)  # events come when they come
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
 
 
 def _read_line(sock: socket.socket, deadline: float) -> bytes:
@@ -816,6 +911,56 @@ def add_reload_parser(
     return p
 
 
+def add_events_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "events",
+        help="follow what a running gateway does (logins, SAs, rekeys, reloads), like swanctl --monitor",
+        description="Stream a running gateway's events over its control socket until interrupted: "
+        "logins and refused logins, IPsec SAs up and down, rekeys, reloads, logouts.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line (docs/service.md)")
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        help=f"the gateway's control socket (default: {GATEWAY_SOCKET} in the run dir)",
+    )
+    return p
+
+
+def format_event(record: object) -> str:
+    """One event for humans: time, kind, then its fields (``key=value``)."""
+    if not isinstance(record, dict):
+        return _clean(json.dumps(record))
+    when = record.get("time")
+    stamp = (
+        time.strftime("%H:%M:%S", time.localtime(float(when)))
+        if isinstance(when, int | float)
+        else "--:--:--"
+    )
+    kind = _clean(record.get("event", "?"))
+    rest = " ".join(f"{_clean(k)}={_clean(v)}" for k, v in record.items() if k not in ("event", "time"))
+    return f"{stamp} {kind} {rest}".rstrip()
+
+
+def run_events(args: argparse.Namespace) -> int:
+    """``tunvpn events``: print events until interrupted (0) or the gateway goes (1)."""
+    path = Path(args.socket) if args.socket else default_socket_path("gateway")
+    try:
+        for record in stream(path, "events"):
+            print(json.dumps(record) if args.json else format_event(record), flush=True)
+    except ControlError as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except (OSError, ValueError) as exc:
+        print(f"tunvpn: error: the event stream broke: {_clean(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    print("tunvpn: the gateway closed the event stream", file=sys.stderr)
+    return EXIT_FAILURE
+
+
 def _exists(path: Path) -> bool:
     try:
         path.lstat()
@@ -890,14 +1035,18 @@ __all__ = [
     "MAX_REQUEST",
     "READ_TIMEOUT",
     "RUN_DIR_ENV",
+    "add_events_parser",
     "add_reload_parser",
     "add_status_parser",
     "default_socket_path",
     "find_socket",
     "format_bytes",
     "format_duration",
+    "format_event",
     "format_reload",
     "format_status",
+    "run_events",
+    "stream",
     "peer_credentials",
     "request",
     "run_dir",

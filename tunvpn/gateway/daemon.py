@@ -26,6 +26,7 @@ from cryptography import x509
 from tunvpn.config.credentials import SecretFileError, UserTable
 from tunvpn.config.errors import ConfigError
 from tunvpn.config.pool import AddressPool
+from tunvpn.control.events import EventHub, EventKind
 from tunvpn.control.status import child_status, counter_registry, sa_counters, sa_drops
 from tunvpn.gateway import audit
 from tunvpn.gateway.logins import (
@@ -492,6 +493,8 @@ class Gateway:
         self.child_started: dict[int, float] = {}
         self.sessions: dict[bytes, Session] = {}
         """ISAKMP SA id -> the client on it."""
+        self.events = EventHub(time.time)
+        """What happens, for ``tunvpn events`` (tunvpn.control.events, issue 20)."""
         self.pair_secrets = PairSecrets()
         """The secret of each pair introduced to each other: two clients (issue 17), a client
         and another site's gateway (issue 18)."""
@@ -746,10 +749,14 @@ class Gateway:
         elif isinstance(event, ev.ModeConfigAcknowledged):
             self._acknowledged(event, now)
         elif isinstance(event, ev.ChildSAEstablished):
+            again = any(
+                c.sa_id == event.sa_id and c.policy_name == event.policy_name for c in self.children.values()
+            )
             self.children[event.spi_in] = event
             self.child_started[event.spi_in] = now
             if self.tunnel is not None:
                 self.tunnel.child_established(event)
+            self._sa_event(EventKind.SA_UP, event, rekey=again)
         elif isinstance(event, ev.Phase1Rekeyed):
             self._phase1_rekeyed(event)
         elif isinstance(event, ev.PeerAddressChanged):
@@ -766,7 +773,9 @@ class Gateway:
             log.warning("%s: our %s transaction was %s", who, event.purpose, event.reason)
         elif isinstance(event, ev.ChildSADeleted):
             self._retire_counters(event.spi_in)
-            self.children.pop(event.spi_in, None)
+            gone_child = self.children.pop(event.spi_in, None)
+            if gone_child is not None:
+                self._sa_event(EventKind.SA_DOWN, gone_child, by_peer=event.by_peer)
             self.child_started.pop(event.spi_in, None)
             if self.tunnel is not None:
                 self.tunnel.child_deleted(event)
@@ -782,6 +791,20 @@ class Gateway:
                 self.pair_secrets.forget(event.sa_id)
                 self._refresh_introductions(now)  # its peers are told it is gone
         return None
+
+    def _sa_event(self, kind: EventKind, child: ev.ChildSAEstablished, **fields: object) -> None:
+        session = self.sessions.get(child.sa_id)
+        self.events.publish(
+            kind,
+            user=session.user if session is not None else None,
+            peer=f"{child.remote[0]}:{child.remote[1]}",
+            policy=child.policy_name or None,
+            local_ts=str(child.local_ts),
+            remote_ts=str(child.remote_ts),
+            spi_in=f"0x{child.spi_in:08x}",
+            spi_out=f"0x{child.spi_out:08x}",
+            **fields,
+        )
 
     def _phase1_rekeyed(self, event: ev.Phase1Rekeyed) -> None:
         """The client rekeyed phase 1 (issue 15): its session (user, address, policies,
@@ -807,6 +830,12 @@ class Gateway:
                 self.children[spi] = dataclasses.replace(child, sa_id=event.new_sa_id)
         if self.tunnel is not None:
             self.tunnel.sa_rekeyed(event)
+        self.events.publish(
+            EventKind.REKEY,
+            user=moved.user,
+            peer=f"{moved.peer[0]}:{moved.peer[1]}",
+            reauthenticated=event.reauthenticated,
+        )
         log.info(
             "%s (%s) rekeyed phase 1%s",
             moved.peer[0],
@@ -840,19 +869,48 @@ class Gateway:
                 b_in, b_out, p_in, p_out = b_in + bi, b_out + bo, p_in + pi, p_out + po
         return b_in, b_out, p_in, p_out
 
+    def _login_outcome(self, session: Session, user: str, result: str, **fields: str | None) -> None:
+        """A login step's outcome: the audit log, and a refusal on the event stream."""
+        audit.login(session, user, result, **fields)
+        if result in ("fail", "refused"):
+            self.events.publish(
+                EventKind.LOGIN_FAILED,
+                user=user,
+                peer=f"{session.peer[0]}:{session.peer[1]}",
+                result=result,
+                reason=fields.get("reason"),
+                protocol=fields.get("protocol"),
+            )
+
     def _account(self, session: Session, kind: str, *, reason: str = "", by_peer: bool = False) -> None:
         """Tell the ``tunvpn_accounting`` plugins, without waiting for them. A session gets one
-        "stop", and only after a "start"."""
+        "stop", and only after a "start" (the login and logout of the event stream)."""
         if kind == "start":
             if session.accounting_started is not None:
                 return
             session.accounting_started = self.clock()
             session.accounting_id = session.accounting_id or session.sa_id.hex()
+            self.events.publish(
+                EventKind.LOGIN,
+                user=session.user,
+                peer=f"{session.peer[0]}:{session.peer[1]}",
+                address=str(session.address) if session.address is not None else None,
+                address6=str(session.address6) if session.address6 is not None else None,
+                groups=sorted(session.groups) or None,
+            )
         elif session.accounting_started is None:
             return
         started = session.accounting_started
         if kind == "stop":
             session.accounting_started = None
+            self.events.publish(
+                EventKind.LOGOUT,
+                user=session.user,
+                peer=f"{session.peer[0]}:{session.peer[1]}",
+                reason=reason or None,
+                by_peer=by_peer,
+                seconds=round(max(0.0, self.clock() - started), 1),
+            )
         if not self.plugins.implements("tunvpn_accounting"):
             return
         b_in, b_out, p_in, p_out = self.session_counters(session)
@@ -1031,7 +1089,7 @@ class Gateway:
                 event.user_name,
                 event.peer[0],
             )
-            audit.login(
+            self._login_outcome(
                 session, event.user_name, "refused", reason="too many failed logins", protocol=protocol
             )
             self.engine.xauth_verdict(event.sa_id, self.clock(), False, refusal_message(admission))
@@ -1079,7 +1137,7 @@ class Gateway:
             event.peer[0],
             session.auth_round,
         )
-        audit.login(session, event.user_name, "challenge", protocol=protocol)
+        self._login_outcome(session, event.user_name, "challenge", protocol=protocol)
         self.engine.xauth_request(
             event.sa_id, now, fields=("user_name", *verdict.fields), message=verdict.message
         )
@@ -1089,7 +1147,7 @@ class Gateway:
     ) -> None:
         """An extra protocol's round accepted: start the next one, or open Quick Mode."""
         log.info("extra protocol %s: user %r from %s passed", protocol, event.user_name, event.peer[0])
-        audit.login(session, event.user_name, "ok", protocol=protocol)
+        self._login_outcome(session, event.user_name, "ok", protocol=protocol)
         session.groups |= frozenset(verdict.groups)
         session.protocols_pending.pop(0)
         session.auth_state.clear()
@@ -1164,7 +1222,7 @@ class Gateway:
         XAUTH-STATUS goes out, and without extra protocols the login is granted."""
         if verdict.accepted:
             log.info("XAUTH: user %r from %s accepted", event.user_name, event.peer[0])
-            audit.login(session, event.user_name, "ok", protocol=protocol)
+            self._login_outcome(session, event.user_name, "ok", protocol=protocol)
             session.user = event.user_name
             session.authenticated = True
             session.groups = groups | frozenset(authorization.groups if authorization else ())
@@ -1178,7 +1236,7 @@ class Gateway:
                 "XAUTH: user %r from %s rejected: %s", event.user_name, event.peer[0], verdict.message
             )
             result = "fail" if outcome == "rejected" else "refused"
-            audit.login(session, event.user_name, result, reason=verdict.message, protocol=protocol)
+            self._login_outcome(session, event.user_name, result, reason=verdict.message, protocol=protocol)
         session.auth_state.clear()
         self.engine.xauth_verdict(event.sa_id, now, verdict.accepted, verdict.message)
         if verdict.accepted and not self._run_protocols():
@@ -1517,6 +1575,9 @@ class Gateway:
         log.info("configuration reloaded: %s", "; ".join(changes) or "no change")
         if changes:
             audit.policy_change("reload", generation=self.generation, changes="; ".join(changes))
+        self.events.publish(
+            EventKind.RELOAD, generation=self.generation, changes=changes, clients_updated=updated
+        )
         return {"generation": self.generation, "changes": changes, "clients_updated": updated}
 
     def _reload_changes(
@@ -1899,7 +1960,7 @@ class Gateway:
             return
         from tunvpn.control.server import ControlError, ControlServer
 
-        self.control = ControlServer(self.options.control_socket, self._control)
+        self.control = ControlServer(self.options.control_socket, self._control, events=self.events)
         try:
             await self.control.start()
         except (ControlError, OSError) as exc:
