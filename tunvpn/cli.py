@@ -30,6 +30,7 @@ from tunvpn.config.credentials import (
 )
 from tunvpn.config.errors import ConfigError
 from tunvpn.control import server as control
+from tunvpn.control.metrics import MetricsError
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.constants import DHGroup
 from tunvpn.ike.errors import LocalProtocolError
@@ -1168,7 +1169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in handlers:
             return handlers[args.command](args)
         return int(args.handler(args))  # a plugin's command (tunvpn_add_commands)
-    except (CliError, SecretFileError, BindError, ConfigError, PrivilegeError) as exc:
+    except (CliError, SecretFileError, BindError, ConfigError, PrivilegeError, MetricsError) as exc:
         text = exc.args[-1] if isinstance(exc, BindError) else str(exc)
         print(f"tunvpn: error: {text}", file=sys.stderr)
         return EXIT_USAGE

@@ -824,6 +824,10 @@ class GatewayConfig:
     """New phase 1 exchanges all sources together may start at once."""
     keylog: str | None = None
     control_socket: str | None = None
+    metrics: tuple[str, int] | None = None
+    """``metrics = "127.0.0.1:9477"``: the Prometheus endpoint's address and port (issue 20)."""
+    metrics_per_user: bool = False
+    """A ``user`` label on the traffic metrics (a time series per user)."""
 
     @property
     def policies(self) -> tuple[Phase2Policy, ...]:
@@ -853,7 +857,7 @@ _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
     "require_xauth", "allow_aggressive_psk", "allow_aggressive_signatures", "allow_base_mode", "legacy",
     "tun", "mtu", "keylog",
-    "control_socket", "plugins",
+    "control_socket", "plugins", "metrics", "metrics_per_user",
     "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout", "hybrid",
     "reauth_interval", "fragmentation",
     "plugin_workers", "max_half_open", "max_half_open_per_source", "ike_queue_size",
@@ -1025,6 +1029,15 @@ def parse_gateway_config(
     control_socket = gw.text("control_socket")
     if control_socket is not None:
         control_socket = str(resolve_path(base_dir, control_socket))
+    metrics = None
+    metrics_text = gw.text("metrics")
+    if metrics_text is not None:
+        metrics = gw.convert("metrics", metrics_text, parse_endpoint, "metrics address (ADDRESS:PORT)")
+        if not ipaddress.ip_address(metrics[0]).is_loopback:
+            warn(
+                f"metrics = {metrics_text}: the metrics endpoint is reachable beyond this host "
+                "(it has no authentication)"
+            )
     if legacy:
         warn(
             "legacy = true: weak algorithms (3DES, DES, MD5, MODP-1024/1536, ESP HMAC-SHA1) are "
@@ -1103,9 +1116,20 @@ def parse_gateway_config(
         new_exchanges_total_burst=gw.number("new_exchanges_total_burst", 6000, 1, 1_000_000),
         plugin_workers=gw.number("plugin_workers", 8, 1, 256),
         control_socket=control_socket,
+        metrics=metrics,
+        metrics_per_user=gw.flag("metrics_per_user", False),
     )
     warn.emit()
     return config
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``ADDRESS:PORT`` (``[ADDRESS]:PORT`` for IPv6) as (address, port); ValueError otherwise."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r}: expected ADDRESS:PORT, e.g. 127.0.0.1:9477")
+    host = host.removeprefix("[").removesuffix("]")
+    return str(ipaddress.ip_address(host)), int(port_text)
 
 
 def _network(

@@ -92,6 +92,8 @@ class EventHub:
         self.queue_size = queue_size
         self.max_subscribers = max_subscribers
         self.subscribers: list[Subscriber] = []
+        self.listeners: list[Callable[[Event], None]] = []
+        """Called with each event as it is published (the metrics' counters)."""
         self.published = 0
         self.dropped = 0
         """Subscribers dropped because they stopped reading."""
@@ -112,6 +114,8 @@ class EventHub:
         """Queue one event for every subscriber; one whose queue is full is dropped instead."""
         event = Event(kind, self.clock(), {k: v for k, v in fields.items() if v is not None})
         self.published += 1
+        for listener in self.listeners:
+            listener(event)
         for subscriber in list(self.subscribers):
             if len(subscriber.queue) >= subscriber.size:
                 subscriber.dropped = True

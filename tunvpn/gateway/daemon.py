@@ -27,6 +27,7 @@ from tunvpn.config.credentials import SecretFileError, UserTable
 from tunvpn.config.errors import ConfigError
 from tunvpn.config.pool import AddressPool
 from tunvpn.control.events import EventHub, EventKind
+from tunvpn.control.metrics import GatewayMetrics, MetricsError, MetricsSample
 from tunvpn.control.status import child_status, counter_registry, sa_counters, sa_drops
 from tunvpn.gateway import audit
 from tunvpn.gateway.logins import (
@@ -202,6 +203,9 @@ class GatewayOptions:
     config_path: str | None = None
     """The TOML file the options came from (``tunvpn reload`` reads it again)."""
     control_socket: str | None = None
+    metrics: tuple[str, int] | None = None
+    """The Prometheus endpoint's address and port (tunvpn.control.metrics); None: none."""
+    metrics_per_user: bool = False
     """Path of the control socket (``tunvpn status``/``reload``); None: no control socket."""
     plugins: tuple[str, ...] = ()
     """Plugins to load by entry point name (docs/plugins.md); ``users-file`` is added by
@@ -495,6 +499,10 @@ class Gateway:
         """ISAKMP SA id -> the client on it."""
         self.events = EventHub(time.time)
         """What happens, for ``tunvpn events`` (tunvpn.control.events, issue 20)."""
+        self.metrics: GatewayMetrics | None = None
+        """The Prometheus endpoint, when configured (tunvpn.control.metrics)."""
+        self._traffic_retired: dict[str, tuple[int, int, int, int]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.pair_secrets = PairSecrets()
         """The secret of each pair introduced to each other: two clients (issue 17), a client
         and another site's gateway (issue 18)."""
@@ -846,16 +854,69 @@ class Gateway:
     # ------------------------------------------------------------------ accounting
 
     def _retire_counters(self, spi_in: int) -> None:
-        """Keep the byte counts of an IPsec SA that goes, for its session's accounting."""
+        """Keep the byte counts of an IPsec SA that goes, for its session's accounting and the
+        metrics' totals (which only grow)."""
         child = self.children.get(spi_in)
         session = self.sessions.get(child.sa_id) if child is not None else None
-        if child is None or session is None or self.tunnel is None:
+        if child is None or self.tunnel is None or (session is None and self.metrics is None):
             return
         counters = sa_counters(self.counters.snapshot())
         b_in, p_in = counters.get(child.spi_in, (0, 0))
         b_out, p_out = counters.get(child.spi_out, (0, 0))
-        r = session.retired
-        session.retired = (r[0] + b_in, r[1] + b_out, r[2] + p_in, r[3] + p_out)
+        if session is not None:
+            r = session.retired
+            session.retired = (r[0] + b_in, r[1] + b_out, r[2] + p_in, r[3] + p_out)
+        if self.metrics is not None:
+            key = self._traffic_key(session)
+            t = self._traffic_retired.get(key, (0, 0, 0, 0))
+            self._traffic_retired[key] = (t[0] + b_in, t[1] + b_out, t[2] + p_in, t[3] + p_out)
+
+    def _traffic_key(self, session: Session | None) -> str:
+        """The ``user`` label of a session's traffic ("" unless ``metrics_per_user``)."""
+        if not self.options.metrics_per_user or session is None:
+            return ""
+        return session.user or ""
+
+    async def _metrics_sample(self) -> MetricsSample:
+        """The gateway's state for one scrape (on the gateway's loop: tunvpn.control.metrics)."""
+        snapshot = self.counters.snapshot()
+        counters = sa_counters(snapshot)
+        traffic = dict(self._traffic_retired)
+        for child in self.children.values():
+            key = self._traffic_key(self.sessions.get(child.sa_id))
+            b_in, p_in = counters.get(child.spi_in, (0, 0))
+            b_out, p_out = counters.get(child.spi_out, (0, 0))
+            t = traffic.get(key, (0, 0, 0, 0))
+            traffic[key] = (t[0] + b_in, t[1] + b_out, t[2] + p_in, t[3] + p_out)
+        logged_in = [s for s in self.sessions.values() if s.accounting_started is not None]
+        return MetricsSample(
+            sessions=len(logged_in),
+            users=len({s.user for s in logged_in if s.user}),
+            ike_sas=len(self.engine.ike_sas()),
+            ipsec_sas=len(self.children),
+            half_open=self.engine.half_open_count(),
+            traffic=traffic or {"": (0, 0, 0, 0)},
+            esp_drops=dict(snapshot.group("esp drops")),
+            ike_drops=dict(snapshot.group("ike")),
+        )
+
+    def _metrics_sample_from_thread(self) -> MetricsSample:
+        """:meth:`_metrics_sample`, asked from the metrics endpoint's thread."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(self._metrics_sample(), self._loop).result(METRICS_WAIT)
+
+    def _start_metrics(self) -> None:
+        """The Prometheus endpoint (``[gateway] metrics``), counting the event stream."""
+        if self.options.metrics is None:
+            return
+        address, port = self.options.metrics
+        metrics = GatewayMetrics(self._metrics_sample_from_thread)  # MetricsError: a startup error
+        metrics.serve(address, port)
+        self.metrics = metrics
+        self.events.listeners.append(metrics.on_event)
+        log.info(
+            "metrics on http://%s/metrics", f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        )
 
     def session_counters(self, session: Session) -> tuple[int, int, int, int]:
         """Bytes in, bytes out, packets in, packets out of a session: its live IPsec SAs plus
@@ -1785,6 +1846,12 @@ class Gateway:
                 self.tunnel = None
             raise
         await self._start_control()  # still root: the socket goes in root's /run/tunvpn
+        self._loop = loop
+        try:
+            self._start_metrics()
+        except MetricsError:
+            self.shutdown()
+            raise
         if self.run_as is not None:  # before the data path thread and the plugin workers
             if keylog is not None:  # made by root above, appended to after the drop
                 for path in (keylog.ike_path, keylog.esp_path):
@@ -1997,6 +2064,9 @@ class Gateway:
         if self.control is not None:
             self.control.close()
             self.control = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.tunnel is not None:
             log.info("data path: %s", self.tunnel.dataplane.stats())
             self.tunnel.close()
@@ -2012,6 +2082,9 @@ the DNS domains included, so a reload that changes them reaches it (issue 18).""
 LIMIT_PROBE_WITHIN = 2.0
 """Seconds the user's older sessions have to answer a DPD probe when a new login of theirs
 would pass ``max_sessions_per_user``; those that do not are removed and the login goes on."""
+
+METRICS_WAIT = 5.0
+"""Seconds a scrape waits for the gateway's loop to take its sample."""
 
 STOP_GRACE = 1.0
 """Seconds each step of stopping may wait: the plugins' services, then the accounting "stop"s
@@ -2150,6 +2223,8 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         peer_certificates=cfg.peer_certificates,
         config_path=None if cfg.source.startswith("<") else cfg.source,
         control_socket=cfg.control_socket,
+        metrics=cfg.metrics,
+        metrics_per_user=cfg.metrics_per_user,
     )
 
 

@@ -838,3 +838,17 @@ def test_a_site_without_a_key_needs_our_certificate(gwdir: Path) -> None:
     CA cannot, and says what to give."""
     error = str(_error(gwdir, MINIMAL + SITE.replace('psk_file = "site.psk"\n', "")))
     assert "psk_file" in error and "[gateway.certificate]" in error
+
+
+def test_the_metrics_endpoint_is_an_address_and_port(gwdir: Path) -> None:
+    """Issue 20: ``metrics = "127.0.0.1:9477"`` (IPv6 in brackets); beyond loopback is warned."""
+    text = MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nmetrics = "127.0.0.1:9477"')
+    config = load_config(gwdir, text)
+    assert config.metrics == ("127.0.0.1", 9477) and not config.metrics_per_user
+    six = load_config(
+        gwdir, MINIMAL.replace('psk_file = "gw.psk"', 'psk_file = "gw.psk"\nmetrics = "[::1]:9477"')
+    )
+    assert six.metrics == ("::1", 9477)
+    for bad in ("9477", "localhost:9477", "127.0.0.1:0", "127.0.0.1:http"):
+        err = _error(gwdir, MINIMAL.replace('psk_file = "gw.psk"', f'psk_file = "gw.psk"\nmetrics = "{bad}"'))
+        assert err.key == "gateway.metrics", (bad, err)
