@@ -37,7 +37,7 @@ from tunvpn.ike.errors import LocalProtocolError
 from tunvpn.ike.identity import Identity
 from tunvpn.shell.privileges import PrivilegeError
 from tunvpn.shell.udp import BindError
-from tunvpn.untrusted import SafeFormatter, for_terminal
+from tunvpn.untrusted import for_terminal
 
 if TYPE_CHECKING:
     from tunvpn.client.daemon import ClientOptions
@@ -226,6 +226,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     """The options ``gateway`` and ``connect`` share: logging, ports, secrets, data path."""
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text (default; with <N> level prefixes under systemd) or one JSON object each",
+    )
+    p.add_argument(
+        "--syslog", action="store_true", help="log to the local syslog (/dev/log, facility daemon)"
+    )
     p.add_argument("--ike-port", type=_port, default=500, help="local IKE port (default 500)")
     p.add_argument("--natt-port", type=_port, default=4500, help="local NAT-T port (default 4500)")
     p.add_argument(
@@ -680,12 +689,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
-def _setup_logging(verbose: int, quiet: bool, default: int) -> None:
+def _setup_logging(verbose: int, quiet: bool, default: int, fmt: str = "text", syslog: bool = False) -> None:
+    from tunvpn.shell.logs import make_handler
+
     level = logging.WARNING if quiet else max(logging.DEBUG, default - 10 * verbose)
-    # SafeFormatter: a peer's text in a log argument (an XAUTH user name, a gateway's message)
-    # is escaped, so it cannot forge log lines or send escape sequences to the terminal
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # a peer's text in a log argument (an XAUTH user name, a gateway's message) is escaped in
+    # every format, so it cannot forge log lines or send escape sequences to the terminal
+    try:
+        handler = make_handler(fmt, syslog=syslog)
+    except OSError as exc:
+        raise CliError(f"--syslog: no syslog socket ({exc.strerror or exc}); log to stderr instead") from None
     logging.basicConfig(level=level, handlers=[handler])
     for noisy in ("pyroute2", "asyncio"):  # their debug output drowns ours
         logging.getLogger(noisy).setLevel(max(level, logging.INFO))
@@ -746,7 +759,7 @@ def _control_path(value: str | None, role: str) -> str | None:
 def cmd_gateway(args: argparse.Namespace) -> int:
     from tunvpn.gateway.daemon import Gateway, options_from_config
 
-    _setup_logging(args.verbose, args.quiet, logging.INFO)
+    _setup_logging(args.verbose, args.quiet, logging.INFO, args.log_format, args.syslog)
     run_as = _service_user(args.user)
     if args.config:
         from tunvpn.config.gateway import load_gateway_config
@@ -777,7 +790,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 GATEWAY_RUNTIME_FLAGS = frozenset(
-    {"command", "verbose", "quiet", "keylog", "ike_only", "config", "control", "user", "check", "tun"}
+    {
+        *("command", "verbose", "quiet", "log_format", "syslog", "keylog", "ike_only"),
+        *("config", "control", "user", "check", "tun"),
+    }
 )
 """``tunvpn gateway`` settings that go with ``-c`` (how to run it, not what it is; ``--tun``
 overrides the file's ``tun``): every other flag is a setting gateway.toml holds, and is refused
@@ -1019,7 +1035,7 @@ def _gateway(text: str) -> str:
 def cmd_connect(args: argparse.Namespace) -> int:
     from tunvpn.client.daemon import Client, ClientOptions
 
-    _setup_logging(args.verbose, args.quiet, logging.WARNING)
+    _setup_logging(args.verbose, args.quiet, logging.WARNING, args.log_format, args.syslog)
     credential = None
     trusted_cas: tuple[x509.Certificate, ...] = ()
     peer_certificates = None

@@ -28,7 +28,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "tunvpn.ike": frozenset({"tunvpn.ipsec"}),
     "tunvpn.esp": frozenset({"tunvpn.ipsec"}),
     "tunvpn.untrusted": frozenset(),
-    "tunvpn.shell": frozenset({"tunvpn.ike", "tunvpn.ipsec"}),
+    "tunvpn.shell": frozenset({"tunvpn.ike", "tunvpn.ipsec", "tunvpn.untrusted"}),  # logs.py escapes
     "tunvpn.dataplane": frozenset({"tunvpn.esp", "tunvpn.ike", "tunvpn.ipsec"}),
     "tunvpn.config": frozenset({"tunvpn.ike", "tunvpn.ipsec", "tunvpn.shell"}),
     "tunvpn.keylog": frozenset({"tunvpn.config", "tunvpn.ike", "tunvpn.ipsec"}),

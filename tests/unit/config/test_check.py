@@ -5,6 +5,8 @@ never bind a socket or create a TUN device."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import logging
 import os
 import socket
 from pathlib import Path
@@ -176,3 +178,29 @@ def test_gateway_check_warns_when_a_login_source_is_not_required(
     assert cli.main(["gateway", "--check", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert "xauth:           NOT required (require_xauth = false although users-file can check" in out
+
+
+def test_log_lines_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20: ``--log-format json`` turns the daemon's log lines (here the warnings of a
+    check) into one JSON object each."""
+    _write(tmp_path / "gw.psk", SECRET + "\n")
+    config = _write(
+        tmp_path / "gw.toml",
+        '[gateway]\nlisten = "127.0.0.1"\npsk_file = "gw.psk"\n[network]\npool = "10.8.0.0/24"\n'
+        '[[policy]]\nname = "lan"\nlocal = "10.9.0.0/16"\n',
+    )
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = []  # as in a fresh process (the CLI's logging.basicConfig then applies)
+    try:
+        assert cli.main(["gateway", "--check", "-c", str(config), "--log-format", "json"]) == 0
+        logging.getLogger("tunvpn.test").warning("a line from %s", "the test")
+    finally:
+        root.handlers[:] = saved
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines and all(json.loads(line)["level"] for line in lines), lines
+    assert {
+        "level": "warning",
+        "logger": "tunvpn.test",
+        "message": "a line from the test",
+    }.items() <= json.loads(lines[-1]).items()
