@@ -876,6 +876,7 @@ class Client:
             ],
         }
         return {
+            "schema": 2,  # as the gateway's (tunvpn.gateway.daemon.STATUS_SCHEMA; docs/service.md)
             "role": "client",
             "pid": os.getpid(),
             "started": self.started,

@@ -298,6 +298,29 @@ def default_policies(options: GatewayOptions, phase1: Phase1Policy) -> tuple[Pha
     )
 
 
+STATUS_SCHEMA = 2
+"""The version of ``tunvpn status --json`` (docs/service.md "Status"): 2 has the policies as
+objects (1 had them as preformatted strings)."""
+
+
+def policy_status(rule: Rule) -> dict[str, object]:
+    """One phase 2 policy in ``tunvpn status --json``: its selectors, ESP suites, PFS group,
+    lifetimes and who gets it."""
+    p = rule.policy
+    return {
+        "name": p.name,
+        "local": str(p.gateway_ts),
+        "remote": str(p.client_ts) if p.client_ts is not None else "assigned",
+        "esp": [str(suite) for suite in p.esp],
+        "pfs": p.pfs_group.name.lower() if p.pfs_group is not None else None,
+        "lifetime": p.lifetime_seconds,
+        "lifetime_kb": p.lifetime_kilobytes or None,
+        "groups": list(rule.groups),
+        "users": list(rule.users),
+        "peers": [str(pattern) for pattern in rule.peers],
+    }
+
+
 def effective_rules(options: GatewayOptions, phase1: Phase1Policy) -> tuple[Rule, ...]:
     if options.rules:
         return options.rules
@@ -1766,6 +1789,7 @@ class Gateway:
             )
         driver_counts = snapshot.group("ike driver")
         return {
+            "schema": STATUS_SCHEMA,
             "role": "gateway",
             "pid": os.getpid(),
             "started": self.started,
@@ -1781,7 +1805,7 @@ class Gateway:
                 },
                 "withheld": snapshot.group("ike withheld"),
             },
-            "policies": [r.policy.describe() for r in effective_rules(self.options, self.phase1)],
+            "policies": [policy_status(r) for r in effective_rules(self.options, self.phase1)],
             "tunnels": tunnels,
             "sites": self.sites.status(),
         }
