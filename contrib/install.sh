@@ -10,6 +10,7 @@
 #   bash contrib/install.sh --with-plugins  # also plugins/* (radius, otp, l2tp)
 #   bash contrib/install.sh --uninstall     # remove exactly what an install made
 # Options: --prefix DIR (venv, default /opt/tunvpn), --bindir DIR (default /usr/local/bin),
+#          --sharedir DIR (man page and completions, default /usr/local/share),
 #          --python PYTHON (default: the distribution's /usr/bin/python3, else python3 on PATH).
 #
 # What it changes on the machine:
@@ -17,6 +18,9 @@
 #     pyroute2) and a manifest DIR/.tunvpn-install;
 #   * the symbolic link BINDIR/tunvpn -> DIR/bin/tunvpn (an existing file that is not such a link
 #     is left alone and the script stops);
+#   * SHAREDIR/man/man1/tunvpn.1 (`man tunvpn`), SHAREDIR/bash-completion/completions/tunvpn and
+#     SHAREDIR/zsh/site-functions/_tunvpn, made from the installed command (tunvpn manpage,
+#     tunvpn completion), listed in the manifest and removed by --uninstall;
 #   * on Debian/Ubuntu, only if the venv module is missing: `apt-get install python3-venv`
 #     (the package stays installed after --uninstall; remove it with apt-get if you wish).
 set -euo pipefail
@@ -24,6 +28,7 @@ set -euo pipefail
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PREFIX=/opt/tunvpn
 BINDIR=/usr/local/bin
+SHAREDIR=/usr/local/share
 PYTHON=""
 PLUGINS=0
 UNINSTALL=0
@@ -35,6 +40,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) PREFIX="${2:?--prefix needs a directory}"; shift 2 ;;
     --bindir) BINDIR="${2:?--bindir needs a directory}"; shift 2 ;;
+    --sharedir) SHAREDIR="${2:?--sharedir needs a directory}"; shift 2 ;;
     --python) PYTHON="${2:?--python needs an interpreter}"; shift 2 ;;
     --with-plugins) PLUGINS=1; shift ;;
     --uninstall) UNINSTALL=1; shift ;;
@@ -44,6 +50,7 @@ while [ $# -gt 0 ]; do
 done
 case "$PREFIX" in /*) ;; *) PREFIX="$(pwd)/$PREFIX" ;; esac
 case "$BINDIR" in /*) ;; *) BINDIR="$(pwd)/$BINDIR" ;; esac
+case "$SHAREDIR" in /*) ;; *) SHAREDIR="$(pwd)/$SHAREDIR" ;; esac
 MANIFEST="$PREFIX/.tunvpn-install"
 LINK="$BINDIR/tunvpn"
 
@@ -52,6 +59,9 @@ if [ "$UNINSTALL" = 1 ]; then
   if [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$PREFIX/bin/tunvpn" ]; then
     rm -f "$LINK"; log "removed $LINK"
   fi
+  while IFS= read -r line; do  # the man page and completions this script made
+    case "$line" in file\ /*) f="${line#file }"; [ -f "$f" ] && rm -f "$f" && log "removed $f" ;; esac
+  done <"$MANIFEST"
   rm -rf "$PREFIX"; log "removed $PREFIX"
   exit 0
 fi
@@ -85,7 +95,7 @@ fi
 printf 'made by tunvpn contrib/install.sh from %s\nlink %s\n' "$SRC" "$LINK" >"$MANIFEST"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-targets=("$SRC")
+targets=("$SRC[manpages]")  # the extra: argparse-manpage and shtab, for the man page and completions
 if [ "$PLUGINS" = 1 ]; then
   for p in "$SRC"/plugins/*/pyproject.toml; do [ -e "$p" ] && targets+=("$(dirname "$p")"); done
 fi
@@ -94,6 +104,20 @@ log "pip install ${targets[*]} into $PREFIX"
 
 mkdir -p "$BINDIR"
 ln -sfn "$PREFIX/bin/tunvpn" "$LINK"
+
+# the manual page and the completions, from the installed command's own definitions
+install_generated() {  # FILE COMMAND...
+  local file="$1"; shift
+  mkdir -p "$(dirname "$file")"
+  if "$PREFIX/bin/tunvpn" "$@" >"$file.tmp"; then
+    mv "$file.tmp" "$file"; printf 'file %s\n' "$file" >>"$MANIFEST"; log "installed $file"
+  else
+    rm -f "$file.tmp"; log "warning: could not make $file"
+  fi
+}
+install_generated "$SHAREDIR/man/man1/tunvpn.1" manpage
+install_generated "$SHAREDIR/bash-completion/completions/tunvpn" completion bash
+install_generated "$SHAREDIR/zsh/site-functions/_tunvpn" completion zsh
 log "installed: $LINK -> $PREFIX/bin/tunvpn ($("$LINK" --help >/dev/null 2>&1 && echo ok || echo 'but it does not start'))"
 case ":$PATH:" in *":$BINDIR:"*) ;; *) log "note: $BINDIR is not on your PATH" ;; esac
 log "remove with: bash $SRC/contrib/install.sh --prefix $PREFIX --bindir $BINDIR --uninstall"

@@ -218,8 +218,46 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_status_parser(sub)
     control.add_reload_parser(sub)
     control.add_events_parser(sub)
+    _add_docs(sub)
     add_plugin_commands(sub)
     return parser
+
+
+def _add_docs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    man = sub.add_parser(
+        "manpage",
+        help="print the tunvpn(1) manual page, made from these command-line definitions",
+        description="Print tunvpn(1) in troff, from the argparse definitions of every command "
+        "(needs argparse-manpage: pip install 'tunvpn[manpages]'; contrib/install.sh installs it).",
+    )
+    man.set_defaults(docs="manpage")
+    comp = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print the completion script of SHELL for tunvpn, from the argparse definitions "
+        "(needs shtab: pip install 'tunvpn[manpages]'). bash: save it as "
+        "/usr/local/share/bash-completion/completions/tunvpn; zsh: as _tunvpn in a $fpath directory.",
+    )
+    comp.add_argument("shell", choices=("bash", "zsh"), help="the shell")
+    comp.set_defaults(docs="completion")
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    """``tunvpn manpage`` / ``tunvpn completion SHELL``: generated from :func:`build_parser`."""
+    parser = build_parser()
+    try:
+        if args.docs == "manpage":
+            from argparse_manpage.manpage import Manpage
+
+            text = str(Manpage(parser))
+        else:
+            import shtab
+
+            text = shtab.complete(parser, shell=args.shell)
+    except ImportError as exc:
+        raise CliError(f"{exc.name} is not installed: pip install 'tunvpn[manpages]'") from None
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -1164,6 +1202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": control.run_status,
         "reload": control.run_reload,
         "events": control.run_events,
+        "manpage": cmd_docs,
+        "completion": cmd_docs,
         "plugins": cmd_plugins,
         "passwd": cmd_passwd,
         "up": cmd_up,

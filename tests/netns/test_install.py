@@ -55,7 +55,7 @@ def test_readme_first_command_with_the_distribution_python(tmp_path: Path) -> No
     assert refused.returncode != 0
     assert "externally-managed-environment" in refused.stderr + refused.stdout
 
-    prefix, bindir = tmp_path / "opt-tunvpn", tmp_path / "bin"
+    prefix, bindir, share = tmp_path / "opt-tunvpn", tmp_path / "bin", tmp_path / "share"
     done = subprocess.run(
         [
             "bash",
@@ -66,6 +66,8 @@ def test_readme_first_command_with_the_distribution_python(tmp_path: Path) -> No
             str(prefix),
             "--bindir",
             str(bindir),
+            "--sharedir",
+            str(share),
         ],
         capture_output=True,
         text=True,
@@ -76,6 +78,14 @@ def test_readme_first_command_with_the_distribution_python(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr[-3000:]
     link = bindir / "tunvpn"
     assert link.is_symlink() and Path(os.readlink(link)) == prefix / "bin" / "tunvpn"
+    # the manual page and the completions, made from the installed command (issue 20)
+    made = [
+        share / "man/man1/tunvpn.1",
+        share / "bash-completion/completions/tunvpn",
+        share / "zsh/site-functions/_tunvpn",
+    ]
+    assert made[0].read_text().startswith(".TH TUNVPN") and "gateway" in made[0].read_text()
+    assert "complete" in made[1].read_text() and "#compdef" in made[2].read_text()
     # the venv runs the distribution's interpreter, not the one running this test
     base = subprocess.run(
         [str(prefix / "bin" / "python"), "-c", "import sys; print(sys.base_prefix)"],
@@ -93,10 +103,21 @@ def test_readme_first_command_with_the_distribution_python(tmp_path: Path) -> No
     assert "demo: every step passed" in demo.stdout
 
     gone = subprocess.run(
-        ["bash", str(INSTALL), "--prefix", str(prefix), "--bindir", str(bindir), "--uninstall"],
+        [
+            "bash",
+            str(INSTALL),
+            "--prefix",
+            str(prefix),
+            "--bindir",
+            str(bindir),
+            "--sharedir",
+            str(share),
+            "--uninstall",
+        ],
         capture_output=True,
         text=True,
         env=env,
     )
     assert gone.returncode == 0, gone.stderr
     assert not prefix.exists() and not link.exists() and not link.is_symlink()
+    assert not any(path.exists() for path in made), made
