@@ -91,15 +91,17 @@ def make_handler(
     if syslog:
         if not os.path.exists(syslog_address):  # the handler would only fail at the first line
             raise FileNotFoundError(2, "No such file or directory", syslog_address)
-        handler: logging.Handler = logging.handlers.SysLogHandler(
+        syslog_handler = logging.handlers.SysLogHandler(
             address=syslog_address,
             facility=logging.handlers.SysLogHandler.LOG_DAEMON,
             socktype=socket.SOCK_DGRAM,
         )
-        handler.ident = f"tunvpn[{os.getpid()}]: "  # type: ignore[attr-defined]
-        handler.setFormatter(JsonFormatter() if fmt == "json" else SafeFormatter("%(name)s: %(message)s"))
-        return handler
-    handler = logging.StreamHandler(sys.stderr)
+        syslog_handler.ident = f"tunvpn[{os.getpid()}]: "
+        syslog_handler.setFormatter(
+            JsonFormatter() if fmt == "json" else SafeFormatter("%(name)s: %(message)s")
+        )
+        return syslog_handler
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     elif environ.get("JOURNAL_STREAM"):
