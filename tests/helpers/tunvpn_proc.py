@@ -26,10 +26,12 @@ def private_file(path: Path, text: str) -> Path:
 
 
 def tunvpn_env() -> dict[str, str]:
-    """Environment additions so that ``python -m tunvpn`` finds this checkout."""
+    """Environment additions so that ``python -m tunvpn`` finds this checkout, with every
+    warning an error (issue 20: a normal run of the daemons warns of nothing)."""
     return {
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
         "PYTHONUNBUFFERED": "1",
+        "PYTHONWARNINGS": "error",
     }
 
 

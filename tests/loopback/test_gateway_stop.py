@@ -180,3 +180,7 @@ def test_sigterm_stops_a_busy_gateway_and_deletes_the_client_sa(
             if proc is not None and proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+        reader.join(5)  # EOF once the gateway is gone
+        for stream in (flood.stdout if flood else None, gateway.stderr):
+            if stream is not None:
+                stream.close()
