@@ -8,8 +8,9 @@
 #    plugin's tests start their own instance on loopback) ...; /usr/sbin/policy-rc.d
 #    answers 101 meanwhile so no package starts a service.
 # 2. /dev/net/tun exists (modprobe tun, else mknod c 10 200).
-# 3. pip install -e '.[test]'  (tunvpn + pytest, hypothesis, ruff, mypy), then each plugins/*/
-# 4. ruff check ., then mypy (type check of tunvpn/ and plugins/*/, configured in pyproject.toml)
+# 3. pip install -e '.[test,docs]'  (tunvpn + pytest, hypothesis, ruff, mypy; mkdocs), then each plugins/*/
+# 4. ruff check ., then mypy (type check of tunvpn/ and plugins/*/, configured in pyproject.toml),
+#    then mkdocs build --strict (the documentation site: a broken link fails)
 # 5. pytest: ALL tests, including the netns and interop ones. TUNVPN_REQUIRE_ALL=1 turns their
 #    "missing root/binary" skips into failures, since this script has just installed everything.
 # This is the command CI runs (.ci/run).
@@ -95,8 +96,8 @@ if python3 -c 'import sys, sysconfig, pathlib; sys.exit(not (pathlib.Path(syscon
   export PATH="$(pwd)/.venv/bin:$PATH"
   log "externally managed python3: using the virtual environment .venv"
 fi
-log "pip install -e .[test]"
-"$PY" -m pip install --quiet -e '.[test]' || die "pip install"
+log "pip install -e .[test,docs]"
+"$PY" -m pip install --quiet -e '.[test,docs]' || die "pip install"
 # the plugin distributions under plugins/ (each its own package with a tunvpn entry point)
 # docs/plugins.md's example plugin, which tests/unit/plugins/test_docs_example_plugin.py loads by its entry point
 log "pip install -e tests/example-plugin"
@@ -112,6 +113,11 @@ log "ruff check ."
 # the files and per-module strictness are [tool.mypy] in pyproject.toml (tunvpn/ and the plugins' packages)
 log "mypy"
 "$PY" -m mypy || die "mypy"
+# the documentation site: a broken link (or a page left out of mkdocs.yml's nav) fails
+log "mkdocs build --strict"
+site="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 "$PY" -m mkdocs build --strict --quiet --site-dir "$site" || die "mkdocs build --strict"
+rm -rf "$site"
 
 # ------------------------------------------------------------------ tests
 log "pytest (all tests, netns + interop included)"
