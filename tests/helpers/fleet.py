@@ -330,6 +330,7 @@ class FleetRadius:
 
     process: subprocess.Popen[str]
     lines: list[str]
+    reader: threading.Thread | None = None
 
     def log(self) -> str:
         return "".join(self.lines)
@@ -356,7 +357,8 @@ def start_fleet_freeradius(directory: Path, netns: str | None = None) -> FleetRa
             if "Ready to process requests" in line:
                 ready.set()
 
-    threading.Thread(target=read, name="fleet-freeradius-log", daemon=True).start()
+    server.reader = threading.Thread(target=read, name="fleet-freeradius-log", daemon=True)
+    server.reader.start()
     deadline = time.monotonic() + 20
     while not ready.is_set():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -367,11 +369,14 @@ def start_fleet_freeradius(directory: Path, netns: str | None = None) -> FleetRa
 
 
 def stop_fleet_freeradius(server: FleetRadius) -> None:
-    if server.process.poll() is not None:
-        return
-    server.process.terminate()
-    try:
-        server.process.wait(5)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(5)
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(5)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(5)
+    if server.reader is not None:
+        server.reader.join(5)  # it reads to the end of the output, then the pipe can close
+    if server.process.stdout is not None and (server.reader is None or not server.reader.is_alive()):
+        server.process.stdout.close()

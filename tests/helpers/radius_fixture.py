@@ -64,6 +64,7 @@ class FreeRadius:
     secret: str = field(default=SECRET, repr=False)
     process: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def detail(self) -> Path:
@@ -149,7 +150,8 @@ def start_freeradius(directory: Path, netns: str | None = None) -> FreeRadius:
             if "Ready to process requests" in line:
                 ready.set()
 
-    threading.Thread(target=read, name="freeradius-log", daemon=True).start()
+    server.reader = threading.Thread(target=read, name="freeradius-log", daemon=True)
+    server.reader.start()
     deadline = time.monotonic() + 15
     while not ready.is_set():
         if server.process.poll() is not None or time.monotonic() > deadline:
@@ -166,14 +168,19 @@ def start_freeradius(directory: Path, netns: str | None = None) -> FreeRadius:
 
 def stop_freeradius(server: FreeRadius) -> None:
     process = server.process
-    if process is None or process.poll() is not None:
+    if process is None:
         return
-    process.terminate()
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    if server.reader is not None:
+        server.reader.join(5)  # it reads to the end of the output, then the pipe can close
+    if process.stdout is not None and (server.reader is None or not server.reader.is_alive()):
+        process.stdout.close()
 
 
 def require_freeradius() -> None:

@@ -554,6 +554,7 @@ def connect_user(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
     ok = established is not None and code == 0
     seconds = established - started if ok and started is not None and established is not None else None
     return Connect(ok, seconds, code, "".join(lines))

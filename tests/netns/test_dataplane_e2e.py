@@ -149,6 +149,8 @@ def test_ping_and_bulk_tcp_arrive_intact(tunnel: Running) -> None:
     finally:
         server.kill()
         server.wait()
+        assert server.stdout is not None
+        server.stdout.close()
 
 
 def test_bad_esp_is_dropped_and_counted_while_traffic_continues(tunnel: Running, tmp_path: Path) -> None:

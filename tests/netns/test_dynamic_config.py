@@ -259,6 +259,8 @@ def test_three_line_profile_gets_every_sa_and_follows_a_live_change(net: Net) ->
         ping_out, _ = pinger.communicate(timeout=60)
         assert " 0% packet loss" in ping_out, ping_out
         sink.wait(timeout=10)
+        assert sink.stdout is not None
+        sink.stdout.close()
 
         [update] = records(log, "update")
         assert update["added"] == ["net-c"] and update["removed"] == ["net-b"]

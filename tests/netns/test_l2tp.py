@@ -225,6 +225,8 @@ def test_l2tp_session_carries_ip_through_ppp(net: Net, auth: str) -> None:
             assert int(sent) == int(received) == 2 << 20 and digest == echoed
         finally:
             sink.wait(timeout=10)
+            assert sink.stdout is not None
+            sink.stdout.close()
 
         # tunvpn status on the client shows the protocol's state
         st = run_tunvpn(net.client, ["status", "--socket", str(net.tmp / "client.sock"), "--json"])

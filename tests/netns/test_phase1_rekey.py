@@ -147,6 +147,8 @@ def test_phase1_rekeys_under_ping_and_tcp_lose_nothing_and_ask_once(tunnel: Runn
     finally:
         sink.kill()
         sink.wait()
+        assert sink.stdout is not None
+        sink.stdout.close()
     sent, digest, received, echoed = transfer.stdout.split()
     assert int(sent) == int(received) == SIZE
     assert digest == echoed, "the data changed on its way through the tunnel"
