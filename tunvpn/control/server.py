@@ -489,6 +489,24 @@ def _who(path: Path) -> str:
     return "tunvpn client" if path.name.startswith("client") else "gateway"
 
 
+def _connect(sock: socket.socket, p: Path, timeout: float) -> None:
+    """Connect ``sock`` to the control socket ``p``; each way it can fail as a ControlError."""
+    try:
+        sock.connect(str(p))
+    except FileNotFoundError:
+        raise ControlError(f"no such socket: is the {_who(p)} running? ({p})") from None
+    except ConnectionRefusedError:
+        raise ControlError(f"nobody is listening on {p}: is the {_who(p)} running? (stale socket)") from None
+    except PermissionError:
+        raise ControlPermissionError(
+            f"permission denied: {p} (run as root or as the user running the {_who(p)})"
+        ) from None
+    except TimeoutError:
+        raise ControlError(f"timed out after {timeout:g} s connecting to {p}") from None
+    except OSError as exc:
+        raise ControlError(f"cannot connect to {p}: {exc.strerror or exc}") from None
+
+
 def request(
     path: str | os.PathLike[str],
     command: str,
@@ -507,22 +525,7 @@ def request(
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        try:
-            sock.connect(str(p))
-        except FileNotFoundError:
-            raise ControlError(f"no such socket: is the {_who(p)} running? ({p})") from None
-        except ConnectionRefusedError:
-            raise ControlError(
-                f"nobody is listening on {p}: is the {_who(p)} running? (stale socket)"
-            ) from None
-        except PermissionError:
-            raise ControlPermissionError(
-                f"permission denied: {p} (run as root or as the user running the {_who(p)})"
-            ) from None
-        except TimeoutError:
-            raise ControlError(f"timed out after {timeout:g} s connecting to {p}") from None
-        except OSError as exc:
-            raise ControlError(f"cannot connect to {p}: {exc.strerror or exc}") from None
+        _connect(sock, p, timeout)
         try:
             sock.sendall(payload)
             with contextlib.suppress(OSError):
@@ -542,21 +545,11 @@ def stream(path: str | os.PathLike[str], command: str = "events", timeout: float
     payload = json.dumps({"command": command, "args": {}}).encode() + b"\n"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
+        _connect(sock, p, timeout)
         try:
-            sock.connect(str(p))
             sock.sendall(payload)
-        except FileNotFoundError:
-            raise ControlError(f"no such socket: is the {_who(p)} running? ({p})") from None
-        except ConnectionRefusedError:
-            raise ControlError(
-                f"nobody is listening on {p}: is the {_who(p)} running? (stale socket)"
-            ) from None
-        except PermissionError:
-            raise ControlPermissionError(
-                f"permission denied: {p} (run as root or as the user running the {_who(p)})"
-            ) from None
         except OSError as exc:
-            raise ControlError(f"cannot connect to {p}: {exc.strerror or exc}") from None
+            raise ControlError(f"connection to {p} failed: {exc.strerror or exc}") from None
         with sock.makefile("rb") as lines:
             try:
                 first = lines.readline(MAX_RESPONSE)
