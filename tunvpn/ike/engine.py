@@ -42,6 +42,7 @@ from .constants import (
     ProtocolId,
     XauthType,
 )
+from .deleted import RecentlyDeleted
 from .errors import LocalProtocolError, RemoteProtocolError
 from .firstlook import Verdict, first_look
 from .identity import Identity
@@ -68,6 +69,10 @@ FULL_PASS_INTERVAL = 1.0
 """Seconds between two timer passes over every ISAKMP SA (between them only the due ones)."""
 BAD_INPUT_SUMMARY_INTERVAL = 10.0
 """Seconds over which bad unauthenticated input is summed up in one log line (issue 14)."""
+RECENTLY_DELETED = "message for a recently deleted ISAKMP SA"
+"""The :attr:`IkeEngine.drops` reason of a late message under the cookies of an ISAKMP SA we
+deleted and whose peer knows it (:mod:`tunvpn.ike.deleted`, issue 22): no answer, no
+ProtocolError event, no summary line."""
 
 
 class IkeEngine:
@@ -114,6 +119,9 @@ class IkeEngine:
         self._dirty: set[bytes] = set()
         self._next_full_pass: float | None = None
         """What unverified senders may cost (:meth:`spend`), made on first use."""
+        self.recently_deleted = RecentlyDeleted()
+        """ISAKMP SAs we deleted lately, their peers told: late messages for them are dropped
+        quietly (:meth:`_deleted`, issue 22)."""
 
     # ------------------------------------------------------------------ public surface
 
@@ -144,6 +152,7 @@ class IkeEngine:
             self._report_bad_input(now)
 
     def _receive(self, data: bytes, remote: Address, local: Address, now: float) -> None:
+        self.recently_deleted.expire(now)
         if local[1] != self.ike_port or data[:4] == NON_ESP_MARKER:
             # RFC 3948 section 2: on the NAT-T port IKE carries a 4-byte zero marker
             kind = classify_datagram(data)
@@ -206,6 +215,8 @@ class IkeEngine:
             return
         known = self._find_sa(decode_header(data), remote) is not None
         if not known and piece.rcookie != bytes(8):
+            if self._late_for_deleted(piece.icookie, piece.rcookie, remote, now):
+                return
             self._bad_input("IKE fragment for an unknown ISAKMP SA")
             return
         before = sum(self._fragments.drops.values())
@@ -304,6 +315,7 @@ class IkeEngine:
         )
 
     def _handle_timer(self, now: float) -> None:
+        self.recently_deleted.expire(now)
         timeout = self.config.half_open_timeout
         for cookie in list(self._half_open_keys):  # oldest first: stop at the first not due
             sa = self._sas.get(cookie)
@@ -589,6 +601,8 @@ class IkeEngine:
         return None
 
     def _receive_new(self, header: Header, data: bytes, remote: Address, local: Address, now: float) -> None:
+        if header.rcookie != bytes(8) and self._late_for_deleted(header.icookie, header.rcookie, remote, now):
+            return
         if header.rcookie != bytes(8) or header.message_id != 0 or header.exchange not in PHASE1_EXCHANGES:
             if header.exchange == ExchangeType.INFORMATIONAL and not header.flags & HeaderFlag.ENCRYPTION:
                 # an unprotected notify for an SA we do not know (e.g. an answer to our
@@ -639,9 +653,10 @@ class IkeEngine:
         return spent.allow(source, now)
 
     def knows_cookie(self, cookie: bytes) -> bool:
-        """Whether ``cookie`` is our cookie of an ISAKMP SA (a dict lookup, safe to call from
-        the data thread to put messages of known SAs first: shell.udp.IkeInbox)."""
-        return cookie in self._sas
+        """Whether ``cookie`` is our cookie of an ISAKMP SA, or of one we deleted lately (its
+        peer's late messages are dropped here, quietly: issue 22) (dict lookups, safe to call
+        from the data thread to put messages of known SAs first: shell.udp.IkeInbox)."""
+        return cookie in self._sas or self.recently_deleted.knows(cookie)
 
     def holds_half_open(self, icookie: bytes, remote: Address) -> bool:
         """Whether a phase 1 that ``remote`` started under ``icookie`` is held half-open (a
@@ -1126,6 +1141,27 @@ class IkeEngine:
             mid = int.from_bytes(self._random(4), "big")
             if mid and mid not in sa.exchanges and mid not in sa.completed:
                 return mid
+
+    def _deleted(self, sa: IkeSA, now: float) -> None:
+        """``sa`` is being deleted and its peer knows it (we sent a Delete, the peer sent one,
+        or it acknowledged a failed XAUTH): remember its cookies for a while, so the peer's
+        late messages are not taken for a fault (issue 22). Only an established SA (its peer
+        authenticated): what an unauthenticated sender does never adds an entry, and
+        :class:`~tunvpn.ike.deleted.RecentlyDeleted` holds a bounded number anyway."""
+        if sa.established:
+            self.recently_deleted.add(sa.local_cookie, sa.sa_id, now)
+
+    def _late_for_deleted(self, icookie: bytes, rcookie: bytes, remote: Address, now: float) -> bool:
+        """Whether a message under these cookies is for an ISAKMP SA we deleted lately
+        (:meth:`_deleted`): then it is dropped and counted (:data:`RECENTLY_DELETED`), with no
+        answer (the peer was told), no ProtocolError event and no summary line."""
+        if not self.recently_deleted.holds(icookie, rcookie, now):
+            return False
+        self.drops[RECENTLY_DELETED] += 1
+        log.debug(
+            "dropped a late message from %s:%d for deleted ISAKMP SA %s", *remote, (icookie + rcookie).hex()
+        )
+        return True
 
     def _remove_sa(self, sa: IkeSA) -> None:
         sa.state = P1State.DEAD

@@ -211,6 +211,7 @@ def on_delete(engine: IkeEngine, sa: IkeSA, d: DeletePayload, now: float) -> Non
     if d.protocol == ProtocolId.ISAKMP:
         if any(spi == sa.sa_id for spi in d.spis):
             adopt(engine, sa, now)  # a peer that logged in again keeps its IPsec SAs
+            engine._deleted(sa, now)  # its own late messages are dropped quietly
             drop_sa(engine, sa, "deleted by peer", by_peer=True)
         return
     if d.protocol != ProtocolId.ESP:
@@ -249,6 +250,7 @@ def delete_ike_sa(engine: IkeEngine, sa_id: bytes, now: float, reason: str = "cl
         for spi_in in list(sa.children):
             engine.delete_child(sa_id, spi_in, now)
         send_informational(engine, sa, [DeletePayload(ProtocolId.ISAKMP, (sa.sa_id,))], now)
+        engine._deleted(sa, now)  # the peer is told: its late messages are dropped quietly
     drop_sa(engine, sa, reason, by_peer=False)
 
 

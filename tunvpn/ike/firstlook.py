@@ -150,7 +150,10 @@ def first_look(data: bytes, known: Callable[[bytes], bool], *, offset: int = 0) 
 
     ``known(cookie)`` says whether ``cookie`` is our cookie of an ISAKMP SA: the responder
     cookie on a gateway, the initiator cookie on a client (both are asked, as the engine's
-    SA lookup does). Reads the header only; never raises on any input.
+    SA lookup does). The engine's also says yes for an SA it deleted lately, whose peer's
+    late messages it drops quietly (tunvpn.ike.deleted, issue 22): they are not counted
+    here as messages for an unknown ISAKMP SA. Reads the header only; never raises on any
+    input.
     """
     size = len(data) - offset
     if size < HEADER_SIZE:

@@ -333,6 +333,7 @@ def retire(engine: IkeEngine, old: IkeSA, now: float) -> None:
     if any(ex.kind is ExchangeKind.QUICK and ex.state is not ExState.DONE for ex in old.exchanges.values()):
         return
     exchanges.send_informational(engine, old, [DeletePayload(ProtocolId.ISAKMP, (old.sa_id,))], now)
+    engine._deleted(old, now)  # the peer is told: its late messages are dropped quietly
     exchanges.drop_sa(engine, old, "rekeyed", by_peer=False)
 
 

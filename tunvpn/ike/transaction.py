@@ -401,6 +401,8 @@ def on_xauth_status(
     )
     engine._events.append(ev.XauthCompleted(sa.sa_id, ok, sa.xauth_user, message))
     if not ok:
+        # the gateway deletes it on our acknowledgement: its Delete is dropped quietly
+        engine._deleted(sa, now)
         exchanges.drop_sa(engine, sa, "XAUTH failed", by_peer=True)
     else:
         rekey.initiator_logged_in(engine, sa, now, xauth_passed=True)
