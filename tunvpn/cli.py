@@ -676,7 +676,9 @@ def _add_plugins(sub: Subparsers) -> None:
         help="list the installed plugins (and those a gateway.toml enables)",
         description="List the plugins installed in this Python environment (entry points of the "
         "`tunvpn` group) with their distributions and versions; with -c, mark those the gateway "
-        "configuration enables and name any it needs that are missing.",
+        "configuration enables, name any it needs that are missing (exit 1), check their "
+        "settings and group names (exit 2 on an error) and print the order each hook asks them "
+        "in.",
     )
     plugins.add_argument("-c", "--config", metavar="FILE", help="gateway.toml to check")
 
@@ -706,14 +708,18 @@ def add_plugin_commands(sub: Subparsers) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    """``tunvpn plugins [-c gateway.toml]``: exit 0, 1 when a plugin the file needs is not
+    installed, 2 when the file or a plugin's settings are wrong (as ``tunvpn gateway``)."""
     from tunvpn.plugins.host import OWN_PLUGINS, installed_plugins
 
     enabled: tuple[str, ...] = ()
+    options = None
     if args.config:
         from tunvpn.config.gateway import load_gateway_config
         from tunvpn.gateway.daemon import options_from_config
 
-        enabled = options_from_config(load_gateway_config(args.config)).plugin_names()
+        options = options_from_config(load_gateway_config(args.config))
+        enabled = options.plugin_names()
     installed = installed_plugins()
     for plugin in installed:
         mark = "enabled" if plugin.name in enabled else ("-" if args.config else "")
@@ -724,7 +730,35 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for name in missing:
         hint = f"pip install {OWN_PLUGINS[name]}" if name in OWN_PLUGINS else "not one of tunvpn's own"
         print(f"{for_terminal(name):<16} NOT INSTALLED ({hint}), needed by {args.config}")
-    return 1 if missing else 0
+    if missing:
+        return 1
+    if options is not None:
+        _print_plugin_setup(options)
+    return 0
+
+
+def _print_plugin_setup(options: GatewayOptions) -> None:
+    """What ``plugins -c`` adds once everything is installed: the plugins' settings checked (a
+    refusal raises: exit 2), the groups they declare, and the order each hook asks them in."""
+    from tunvpn.gateway.daemon import Gateway
+    from tunvpn.plugins import hookspecs
+
+    gateway = Gateway(options)  # loads the plugins and runs tunvpn.gateway.plugin_setup
+    try:
+        checked = gateway.plugins.call_order("tunvpn_check_settings")
+        print(
+            f"settings: OK ({'checked by ' + ', '.join(checked) if checked else 'no plugin checks its own'})"
+        )
+        if gateway.plugin_groups:
+            groups = ", ".join(f"{g} ({p})" for g, p in gateway.plugin_groups.items())
+            print(f"groups declared by plugins: {for_terminal(groups)}")
+        print("order in which the plugins are asked:")
+        for hook in hookspecs.hook_names():
+            order = gateway.plugins.call_order(hook)
+            if order and hook != "tunvpn_add_commands":
+                print(f"  {hook}: {', '.join(order)}")
+    finally:
+        gateway.plugins.close()
 
 
 def _setup_logging(verbose: int, quiet: bool, default: int, fmt: str = "text", syslog: bool = False) -> None:
@@ -958,6 +992,15 @@ def check_gateway(options: GatewayOptions, source: str | None) -> int:
         lines.append(f"xauth:           {xauth}")
         lines.append(f"login sources:   {', '.join(sources) or 'none'}")
         lines.append(f"plugins:         {', '.join(gateway.plugins.names) or 'none'}")
+        login_order = gateway.plugins.call_order("tunvpn_verify_credentials")
+        if len(login_order) > 1:
+            lines.append(f"login asks:      {', '.join(login_order)} (in this order; first answer decides)")
+        authorizers = gateway.plugins.call_order("tunvpn_authorize")
+        if authorizers:
+            lines.append(f"authorization:   {', '.join(authorizers)} (all asked; any refusal wins)")
+        if gateway.plugin_groups:
+            groups = ", ".join(f"{g} ({p})" for g, p in gateway.plugin_groups.items())
+            lines.append(f"plugin groups:   {for_terminal(groups)}")
         pool = f"{options.pool.first}-{options.pool.last}" if options.pool else "none"
         lines.append(f"pool:            {pool}")
         lines.append(f"dns:             {', '.join(map(str, options.dns)) or 'none'}")
@@ -1016,7 +1059,15 @@ def check_client(options: ClientOptions, source: str | None) -> int:
         cas = ", ".join(for_terminal(c.subject.rfc4514_string()) for c in options.trusted_cas)
         lines.append(f"trusted CAs:     {cas}")
     if options.plugins:
-        lines.append(f"plugins:         {', '.join(options.plugins)}")
+        from tunvpn.plugins.host import PluginError, PluginHost
+
+        try:  # loaded and their settings checked, as `tunvpn connect` does
+            host = PluginHost(options.plugins)
+            host.check_settings(options.plugin_settings, "client")
+        except PluginError as exc:
+            raise ConfigError(f"{source or 'command line'}: {exc}") from None
+        host.close()
+        lines.append(f"plugins:         {', '.join(options.plugins)} (settings checked)")
     print("\n".join(lines))
     return 0
 

@@ -4,10 +4,14 @@ outcome. A pytest plugin (entry point ``pytest11``) gives the fixture ``tunvpn_s
 
     def test_my_plugin(tunvpn_session):
         result = tunvpn_session(plugins=[my_plugin], user="carol", password="c-pass", answers=["314159"])
-        assert result.connected and "eng" in result.sas
+        assert result.connected and "eng" in result.groups and "intranet" in result.sas
 
-Everything here is the real engine, gateway and client; nothing is mocked. See
-``docs/plugins.md``.
+:func:`run_session` is the same for any test runner, :func:`session` its coroutine (for
+``async`` tests). Everything here is the real engine, gateway and client; nothing is mocked.
+The gateway's options are checked as gateway.toml's are (groups a policy names must be in
+``groups`` or declared by a plugin; the pool must not overlap a policy's network; every
+plugin's ``tunvpn_check_settings``): a mistake raises :class:`ConfigError` (importable from
+here) with the same message. See ``docs/plugins.md``, "Testing a plugin".
 """
 
 from __future__ import annotations
@@ -19,20 +23,48 @@ import json
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from tunvpn.client.daemon import Client, ClientOptions, Progress
 from tunvpn.config.credentials import UserTable
+from tunvpn.config.errors import ConfigError
 from tunvpn.config.pool import AddressPool
 from tunvpn.gateway.daemon import Gateway, GatewayOptions, SimpleRule
 from tunvpn.ike.config import PskTable
 from tunvpn.ike.policies import ExtraProtocol, Phase2Policy
 from tunvpn.ipsec.selectors import TrafficSelector
 
+__all__ = [
+    "CLIENT",
+    "DEFAULT_POLICIES",
+    "DEFAULT_POOL",
+    "GATEWAY",
+    "PSK",
+    "ConfigError",
+    "SessionResult",
+    "connect",
+    "free_port_pair",
+    "loopback_available",
+    "plugin_clock",
+    "run_client",
+    "run_session",
+    "serve",
+    "session",
+    "stop",
+    "tunvpn_session",
+]
+
 GATEWAY = "127.0.0.1"
+"""The gateway's address."""
 CLIENT = "127.0.0.2"
+"""The client's address (Linux: all of 127/8 is local; macOS needs ``ifconfig lo0 alias 127.0.0.2``)."""
 PSK = b"tunvpn-testing-psk"
+"""The group pre-shared key both sides use."""
 DEFAULT_POLICIES = (Phase2Policy("intranet", TrafficSelector.parse("10.78.0.0/24")),)
+"""One policy for everyone: ``intranet``, 10.78.0.0/24 behind the gateway."""
+DEFAULT_POOL = "10.79.0.10-10.79.0.50"
+"""The clients' addresses (``pool=``): a policy's network must not overlap it."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +78,33 @@ class SessionResult:
     prompts: list[str]
     """What the client asked the user, in order."""
     gateway: Gateway = field(repr=False)
+    """The gateway (stopped): ``gateway.options``, ``gateway.plugins``, ``gateway.status()``."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """The gateway's events (``tunvpn events --json``: ``login``, ``login-failed``, ``sa-up``, ...)."""
+
+    @property
+    def groups(self) -> frozenset[str]:
+        """The groups the gateway put the user in (``[groups]``, the login's verdict, every
+        plugin's ``tunvpn_authorize``); empty when the login did not complete."""
+        login = self._login()
+        return frozenset(login.get("groups", ())) if login else frozenset()
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        """Names of the phase 2 policies the gateway gave the user, in order (the group ones,
+        then the per-user ones of ``tunvpn_authorize``)."""
+        login = self._login()
+        return tuple(login.get("policies", ())) if login else ()
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the gateway refused the login after phase 1 (its ``login-failed`` reason), if it did."""
+        failed = [e for e in self.events if e["event"] == "login-failed"]
+        return failed[-1].get("reason") if failed else None
+
+    def _login(self) -> dict[str, Any] | None:
+        logins = [e for e in self.events if e["event"] == "login"]
+        return logins[-1] if logins else None
 
     @property
     def connected(self) -> bool:
@@ -58,7 +117,7 @@ class SessionResult:
 
     @property
     def address(self) -> str | None:
-        """The address the client got in Mode Config."""
+        """The address the client got in Mode Config (from the pool, or a plugin's)."""
         for r in self.records:
             if r["event"] == "modecfg" and r["state"] == "received":
                 return r.get("address")
@@ -161,7 +220,7 @@ def run_session(
     user: str,
     password: str | None = None,
     answers: Iterable[str] = (),
-    plugins: Sequence[object] = (),
+    plugins: Sequence[object] | Mapping[str, object] = (),
     plugin_names: Sequence[str] = (),
     plugin_settings: Mapping[str, Mapping[str, Any]] | None = None,
     users: Mapping[str, str] | None = None,
@@ -169,18 +228,97 @@ def run_session(
     policies: Sequence[Phase2Policy | tuple[Phase2Policy, Sequence[str]]] = DEFAULT_POLICIES,
     protocols: Sequence[ExtraProtocol] = (),
     client_plugins: Sequence[object] = (),
+    client_plugin_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    pool: str = DEFAULT_POOL,
+    now: datetime | Callable[[], datetime] | None = None,
     timeout: float = 30.0,
 ) -> SessionResult:
-    """Start a gateway with ``plugins`` (objects) and ``plugin_names`` (entry points), connect
-    a client as ``user`` (``password`` answers the first XAUTH round; each later prompt takes
-    the next of ``answers``), wait until its SAs are up or it failed, and stop both.
+    """Start a gateway with your plugins, connect one client as ``user``, wait until its SAs
+    are up (then it disconnects) or it failed, stop the gateway, and return what happened.
+    Not for a running event loop: an ``async`` test awaits :func:`session` (same keywords).
 
-    ``users``: a users file (``user: password``), enabling the built-in users-file plugin;
-    ``policies``: phase 2 policies, plain (for everyone) or ``(policy, groups)``;
-    ``protocols``: extra protocols announced in phase 1a (a plugin of the same name runs them);
-    ``client_plugins``: plugin objects the client loads (``tunvpn_client_answer``,
-    ``tunvpn_client_protocol``).
+    :param user: the client's XAUTH user name.
+    :param password: answers the first XAUTH round (``None``: the client asks, and ``answers``
+        gives it).
+    :param answers: each later prompt of the client (a challenge, an extra protocol's round)
+        takes the next of these; a prompt with none left fails the client.
+    :param plugins: plugin objects (modules, instances) the gateway loads, asked first; a
+        mapping ``{name: plugin}`` names them (for ``plugin_settings``, messages and order),
+        else a module is named by its ``__name__`` (``my_package.plugin``).
+    :param plugin_names: plugins the gateway loads by entry point name (as ``plugins = [...]``
+        of gateway.toml: the distribution must be installed), asked after ``plugins`` in
+        reverse order (the last named first).
+    :param plugin_settings: the ``[plugin.NAME]`` tables, by plugin name (for objects, the
+        name is the module's ``__name__``, or the class name of an instance).
+    :param users: a users file (``{user: password}``): enables the built-in ``users-file``
+        plugin, asked last, and ``GatewayContext.users``.
+    :param groups: ``[groups]``: group name -> its users. A group only a plugin fills is
+        declared by the plugin (``tunvpn_declare_groups``) or given here with no users.
+    :param policies: the phase 2 policies: a :class:`Phase2Policy` for everyone, or
+        ``(policy, groups)`` for members of those groups (as ``[[policy]] groups``). Default:
+        :data:`DEFAULT_POLICIES`.
+    :param protocols: extra protocols announced in phase 1a (``[[protocol]]``); the plugin of
+        the same name runs each.
+    :param client_plugins: plugin objects the client loads (``tunvpn_client_answer``,
+        ``tunvpn_client_protocol``).
+    :param client_plugin_settings: the client profile's ``[plugin.NAME]`` tables.
+    :param pool: the clients' addresses (default :data:`DEFAULT_POOL`).
+    :param now: the time plugins see (``GatewayContext.now()``/``clock``): a fixed
+        :class:`datetime` (naive: local time) or a function returning one. The engine keeps
+        the real clock.
+    :param timeout: seconds the client may take.
+    :raises tunvpn.config.errors.ConfigError: the gateway's options are wrong (as gateway.toml
+        would be: an undefined group, the pool overlapping a policy, a plugin's settings).
     """
+    return asyncio.run(
+        session(
+            user=user,
+            password=password,
+            answers=answers,
+            plugins=plugins,
+            plugin_names=plugin_names,
+            plugin_settings=plugin_settings,
+            users=users,
+            groups=groups,
+            policies=policies,
+            protocols=protocols,
+            client_plugins=client_plugins,
+            client_plugin_settings=client_plugin_settings,
+            pool=pool,
+            now=now,
+            timeout=timeout,
+        )
+    )
+
+
+def plugin_clock(now: datetime | Callable[[], datetime]) -> Callable[[], float]:
+    """A ``GatewayContext.clock`` from ``now=`` (a fixed datetime, or a function giving one)."""
+    if isinstance(now, datetime):
+        moment = now.timestamp()
+        return lambda: moment
+    return lambda: now().timestamp()
+
+
+async def session(
+    *,
+    user: str,
+    password: str | None = None,
+    answers: Iterable[str] = (),
+    plugins: Sequence[object] | Mapping[str, object] = (),
+    plugin_names: Sequence[str] = (),
+    plugin_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    users: Mapping[str, str] | None = None,
+    groups: Mapping[str, Iterable[str]] | None = None,
+    policies: Sequence[Phase2Policy | tuple[Phase2Policy, Sequence[str]]] = DEFAULT_POLICIES,
+    protocols: Sequence[ExtraProtocol] = (),
+    client_plugins: Sequence[object] = (),
+    client_plugin_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    pool: str = DEFAULT_POOL,
+    now: datetime | Callable[[], datetime] | None = None,
+    timeout: float = 30.0,
+) -> SessionResult:
+    """:func:`run_session` as a coroutine, for a test that already runs an event loop
+    (``pytest-asyncio``, ``anyio``): ``result = await session(user=..., ...)``."""
     pending = list(answers)
     prompts: list[str] = []
 
@@ -194,45 +332,51 @@ def run_session(
         SimpleRule(p) if isinstance(p, Phase2Policy) else SimpleRule(p[0], groups=tuple(p[1]))
         for p in policies
     )
+    ike, natt = free_port_pair()
+    gateway_options = GatewayOptions(
+        listen=GATEWAY,
+        psks=PskTable({"*": PSK}),
+        ike_port=ike,
+        natt_port=natt,
+        users=UserTable({u: p.encode() for u, p in users.items()}) if users else None,
+        require_xauth=True,
+        pool=AddressPool.parse(pool),
+        rules=rules,
+        groups={g: frozenset(m) for g, m in (groups or {}).items()},
+        protocols=tuple(protocols),
+        plugins=tuple(plugin_names),
+        plugin_settings=dict(plugin_settings or {}),
+        plugin_objects=tuple(plugins.items()) if isinstance(plugins, Mapping) else tuple(plugins),
+        plugin_clock=plugin_clock(now) if now is not None else None,
+    )
+    options = ClientOptions(
+        gateway=GATEWAY,
+        psks=PskTable({"*": PSK}),
+        gateway_port=ike,
+        gateway_natt_port=natt,
+        ike_port=ike,
+        natt_port=natt,
+        user=user,
+        password=password,
+        timeout=timeout,
+        exit_after_established=True,
+    )
+    options = dataclasses.replace(
+        options,
+        password_prompt=True,
+        plugin_objects=tuple(client_plugins),
+        plugin_settings=dict(client_plugin_settings or {}),
+    )
+    events: list[dict[str, Any]] = []
 
-    async def scenario() -> tuple[int, list[dict[str, Any]], Gateway]:
-        ike, natt = free_port_pair()
-        gateway_options = GatewayOptions(
-            listen=GATEWAY,
-            psks=PskTable({"*": PSK}),
-            ike_port=ike,
-            natt_port=natt,
-            users=UserTable({u: p.encode() for u, p in users.items()}) if users else None,
-            require_xauth=True,
-            pool=AddressPool.parse("10.79.0.10-10.79.0.50"),
-            rules=rules,
-            groups={g: frozenset(m) for g, m in (groups or {}).items()},
-            protocols=tuple(protocols),
-            plugins=tuple(plugin_names),
-            plugin_settings=dict(plugin_settings or {}),
-            plugin_objects=tuple(plugins),
-        )
-        options = ClientOptions(
-            gateway=GATEWAY,
-            psks=PskTable({"*": PSK}),
-            gateway_port=ike,
-            gateway_natt_port=natt,
-            ike_port=ike,
-            natt_port=natt,
-            user=user,
-            password=password,
-            timeout=timeout,
-            exit_after_established=True,
-        )
-        options = dataclasses.replace(options, password_prompt=True, plugin_objects=tuple(client_plugins))
-        client, gateway, records = await connect(
-            gateway_options, options, ask_password=ask, client_timeout=timeout + 5
-        )
-        assert client.result is not None
-        return client.result, records, gateway
+    def watch(gateway: Gateway) -> None:
+        gateway.events.listeners.append(lambda event: events.append(event.record()))
 
-    code, records, gateway = asyncio.run(scenario())
-    return SessionResult(code, records, prompts, gateway)
+    client, gateway, records = await connect(
+        gateway_options, options, on_ready=watch, ask_password=ask, client_timeout=timeout + 5
+    )
+    assert client.result is not None
+    return SessionResult(client.result, records, prompts, gateway, events)
 
 
 # --------------------------------------------------------------------------- pytest plugin

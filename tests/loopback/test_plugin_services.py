@@ -109,6 +109,10 @@ class Directory:
         self.asked: list[tuple[str, frozenset[str]]] = []
 
     @hookimpl
+    def tunvpn_declare_groups(self) -> tuple[str, ...]:
+        return ("finance",)  # so a [[policy]] may name it
+
+    @hookimpl
     def tunvpn_authorize(self, user: str, groups: frozenset[str]) -> Authorization | None:
         self.asked.append((user, groups))
         if user == "bob":
@@ -139,6 +143,9 @@ def test_authorize_adds_groups_a_per_user_policy_and_an_address() -> None:
     assert up["alice-desk"]["remote_ts"] == "10.78.200.0/24"
     [modecfg] = [r for r in result.records if r["event"] == "modecfg" and r["state"] == "received"]
     assert modecfg["address"] == "10.79.0.42"
+    assert result.address == "10.79.0.42"
+    assert result.groups == {"finance"}
+    assert result.policies == (DEFAULT_POLICIES[0].name, "ledger", "alice-desk")
 
 
 def test_authorize_can_refuse_an_authenticated_user() -> None:

@@ -348,6 +348,7 @@ class Client:
         """XAUTH requests of the login, or of the extra protocol now running."""
         try:
             self.plugins = PluginHost(options.plugins, options.plugin_objects)
+            self.plugins.check_settings(options.plugin_settings, "client")
         except PluginError as exc:
             raise ValueError(str(exc)) from None
         self._protocols_waiting: list[str] = []

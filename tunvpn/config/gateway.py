@@ -789,6 +789,9 @@ class GatewayConfig:
     plugins: tuple[str, ...] = ()
     plugin_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     """``[plugin.NAME]`` tables: each plugin's own settings (``GatewayContext.settings``)."""
+    source_text: SourceText | None = field(default=None, repr=False, compare=False)
+    """Where each key is written in the file: for the errors found once the plugins are
+    loaded (their settings, the groups they declare), located like the file's own."""
     tun: str | None = "tunvpn%d"
     """TUN device name (template); ``None``: negotiate IKE only."""
     mtu: int = 1400
@@ -1064,7 +1067,10 @@ def parse_gateway_config(
     phase1 = _phase1(top.table("phase1", "[phase1]", _PHASE1_KEYS), legacy)
     pool, pool6, dns, domains, banner = _network(top.table("network", "[network]", _NETWORK_KEYS))
     groups = _groups(top.table("groups", "[groups]", None))
-    rules = _rules(top, legacy, groups, pool, pool6)
+    # with plugins named, a group may be one a plugin declares (tunvpn_declare_groups): the
+    # gateway checks the names once it loaded them (tunvpn.gateway.plugin_setup)
+    known_groups = None if plugins else groups
+    rules = _rules(top, legacy, known_groups, pool, pool6)
     protocols = _protocols(top)
     plugin_settings = _plugin_settings(top, plugins, base_dir)
 
@@ -1094,11 +1100,14 @@ def parse_gateway_config(
         domains=domains,
         banner=banner,
         rules=rules,
-        peering=_peering(top, legacy, groups, pool),
-        sites=_sites(top, legacy, base_dir, pool, rules, credential is not None and bool(cas), groups, pool6),
+        peering=_peering(top, legacy, known_groups, pool),
+        sites=_sites(
+            top, legacy, base_dir, pool, rules, credential is not None and bool(cas), known_groups, pool6
+        ),
         protocols=protocols,
         plugins=plugins,
         plugin_settings=MappingProxyType(plugin_settings),
+        source_text=src,
         tun=tun,
         mtu=gw.number("mtu", 1400, 576, 65535),
         keylog=keylog,
@@ -1172,6 +1181,23 @@ def _network(
     return pool, pool6, dns, domains, banner
 
 
+def undefined_group(
+    group: str, groups: Mapping[str, frozenset[str]] | None, declared: Mapping[str, str] | None = None
+) -> str | None:
+    """Why a ``[[policy]]``, ``[[peering]]`` or ``[[site]]`` may not name ``group`` (it is
+    neither in ``[groups]`` nor declared by a plugin: group -> plugin), or ``None`` when it
+    may. ``groups`` is ``None`` while the plugins are not loaded yet: every name may."""
+    if groups is None or group in groups or (declared is not None and group in declared):
+        return None
+    known = ", ".join(groups) or "none defined"
+    by_plugins = ", ".join(f"{g} ({p})" for g, p in (declared or {}).items())
+    return (
+        f"group {group!r} is not defined in [groups] ({known})"
+        + (f" nor declared by a plugin ({by_plugins})" if by_plugins else "")
+        + f"; for a group only a plugin fills, declare it empty: [groups] {group} = []"
+    )
+
+
 def _groups(table: TableReader | None) -> dict[str, frozenset[str]]:
     groups: dict[str, frozenset[str]] = {}
     if table is None:
@@ -1187,7 +1213,7 @@ def _groups(table: TableReader | None) -> dict[str, frozenset[str]]:
 def _rules(
     top: TableReader,
     legacy: bool,
-    groups: Mapping[str, frozenset[str]],
+    groups: Mapping[str, frozenset[str]] | None,
     pool: AddressPool[IPv4Address] | None,
     pool6: AddressPool[IPv6Address] | None = None,
 ) -> tuple[PolicyRule, ...]:
@@ -1225,9 +1251,8 @@ def _rules(
         pfs = None if pfs_text.strip().lower() == "none" else parse_group(block, "pfs", pfs_text, legacy)
         member_groups = block.texts("groups") or ()
         for group in member_groups:
-            if group not in groups:
-                known = ", ".join(groups) or "none defined"
-                raise block.error("groups", f"group {group!r} is not defined in [groups] ({known})")
+            if (reason := undefined_group(group, groups)) is not None:
+                raise block.error("groups", reason)
         seconds = parse_duration(block, "lifetime", 3600)
         kilobytes = block.number("lifetime_kb", 0, 0, (1 << 32) - 1)
         try:
@@ -1270,7 +1295,7 @@ def _tunnel_parameters(block: TableReader, legacy: bool) -> tuple[EspSuite, DHGr
 def _peering(
     top: TableReader,
     legacy: bool,
-    groups: Mapping[str, frozenset[str]],
+    groups: Mapping[str, frozenset[str]] | None,
     pool: AddressPool[IPv4Address] | None,
 ) -> tuple[PeeringRule, ...]:
     """``[[peering]]`` blocks: name, from and to (group names or ``"*"``), esp, pfs, lifetime."""
@@ -1289,9 +1314,8 @@ def _peering(
             if not members:
                 raise block.error(key, f'{key}: at least one group, or "*" for everyone')
             for group in members:
-                if group != "*" and group not in groups:
-                    known = ", ".join(groups) or "none defined"
-                    raise block.error(key, f"group {group!r} is not defined in [groups] ({known})")
+                if group != "*" and (reason := undefined_group(group, groups)) is not None:
+                    raise block.error(key, reason)
             sides.append(members)
         esp, pfs, lifetime = _tunnel_parameters(block, legacy)
         out.append(
@@ -1319,7 +1343,7 @@ def _sites(
     pool: AddressPool[IPv4Address] | None,
     rules: Sequence[PolicyRule],
     certificates: bool,
-    groups: Mapping[str, frozenset[str]],
+    groups: Mapping[str, frozenset[str]] | None,
     pool6: AddressPool[IPv6Address] | None = None,
 ) -> tuple[SiteRule, ...]:
     """``[[site]]`` blocks: name, address, id, psk_file, networks, local, initiate, esp, pfs,
@@ -1394,9 +1418,8 @@ def _sites(
             )
         introduce = tuple(block.texts("introduce") or ())
         for group in introduce:
-            if group != "*" and group not in groups:
-                known = ", ".join(groups) or "none defined"
-                raise block.error("introduce", f"group {group!r} is not defined in [groups] ({known})")
+            if group != "*" and (reason := undefined_group(group, groups)) is not None:
+                raise block.error("introduce", reason)
         if introduce and pool is None:
             raise block.error(
                 "introduce", "clients are introduced by their assigned addresses: pool in [network]"

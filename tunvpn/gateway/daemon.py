@@ -40,6 +40,7 @@ from tunvpn.gateway.logins import (
     xauth_required,
 )
 from tunvpn.gateway.peering import RELAY_PREFIX, Member, PairSecrets, introductions, relay_policies
+from tunvpn.gateway.plugin_setup import check_plugin_setup
 from tunvpn.gateway.sites import SiteLinks
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
@@ -79,7 +80,7 @@ from tunvpn.shell.privileges import ServiceUser, drop_privileges
 from tunvpn.shell.udp import DROP_COUNTERS, IKE_QUEUE_SIZE, NewExchangeLimit, UdpDriver
 
 if TYPE_CHECKING:
-    from tunvpn.config.gateway import GatewayConfig, PeeringRule, SiteRule
+    from tunvpn.config.gateway import GatewayConfig, PeeringRule, SiteRule, SourceText
     from tunvpn.dataplane.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
@@ -202,11 +203,15 @@ class GatewayOptions:
     """Clients' certificates: EKU, subject/SAN patterns, revocation mode and CRLs."""
     config_path: str | None = None
     """The TOML file the options came from (``tunvpn reload`` reads it again)."""
+    config_source: SourceText | None = field(default=None, repr=False, compare=False)
+    """Where each key of that file is written: errors found once the plugins are loaded
+    (tunvpn.gateway.plugin_setup) name its line, as the file's own do."""
     control_socket: str | None = None
+    """Path of the control socket (``tunvpn status``/``reload``); None: no control socket."""
     metrics: tuple[str, int] | None = None
     """The Prometheus endpoint's address and port (tunvpn.control.metrics); None: none."""
     metrics_per_user: bool = False
-    """Path of the control socket (``tunvpn status``/``reload``); None: no control socket."""
+    """A ``user`` label on the per-session metrics (off: no user names in metrics)."""
     plugins: tuple[str, ...] = ()
     """Plugins to load by entry point name (docs/plugins.md); ``users-file`` is added by
     itself when ``users`` is set."""
@@ -220,6 +225,9 @@ class GatewayOptions:
     """Logged-in sessions one user may hold at once; a login beyond is refused (0: no limit)."""
     plugin_objects: tuple[object, ...] = ()
     """Plugins given as objects (tests, ``tunvpn.testing``), asked before the named ones."""
+    plugin_clock: Callable[[], float] | None = field(default=None, repr=False, compare=False)
+    """The clock plugins read (``GatewayContext.clock``/``now()``); None: the gateway's own.
+    ``tunvpn.testing``'s ``now=`` sets it, so a plugin's time rules are tested at any hour."""
     plugin_workers: int = DEFAULT_WORKERS
     """Threads blocking plugin hooks run in (tunvpn/plugins/host.py ``WorkerPool``); a call
     that finds them all busy is refused at once (the login: "busy")."""
@@ -504,6 +512,12 @@ class Gateway:
         self.clock = clock
         self.started = clock()
         self.plugins = load_plugins(options)
+        try:
+            self.plugin_groups = check_plugin_setup(options, self.plugins, self._context_for(options))
+            """Groups the plugins declared (group -> plugin): ``tunvpn_declare_groups``."""
+        except ConfigError:
+            self.plugins.close()
+            raise
         self.config = build_engine_config(options, require_xauth=xauth_required(options, self.plugins))
         self.phase1 = phase1_policy(options)
         self.engine = IkeEngine(self.config, ike_port=options.ike_port)
@@ -981,6 +995,7 @@ class Gateway:
                 address=str(session.address) if session.address is not None else None,
                 address6=str(session.address6) if session.address6 is not None else None,
                 groups=sorted(session.groups) or None,
+                policies=[p.name for p in session.policies] or None,
             )
         elif session.accounting_started is None:
             return
@@ -1060,6 +1075,7 @@ class Gateway:
             plugin_settings={name: dict(table) for name, table in options.plugin_settings.items()},
             protocols=tuple(options.protocols),
             verify=self.verify_login,
+            clock=options.plugin_clock or self.clock,
         )
 
     async def verify_login(self, request: CredentialRequest) -> Verdict:
@@ -1636,9 +1652,12 @@ class Gateway:
         now = self.clock()
         old = self.options
         kept = _keep_restart_settings(old, new)
-        announcements = self._announce(new)  # a plugin refusing the new config changes nothing
+        # a plugin refusing the new settings (or groups it no longer declares) changes nothing
+        plugin_groups = check_plugin_setup(new, self.plugins, self._context_for(new))
+        announcements = self._announce(new)
         _carry_leases(old, new)
         self.options = new
+        self.plugin_groups = plugin_groups
         old_announcements, self.announcements = self.announcements, announcements
         self.phase1 = phase1_policy(new)
         self.config = build_engine_config(new, require_xauth=xauth_required(new, self.plugins))
@@ -2246,6 +2265,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         hybrid=cfg.hybrid,
         peer_certificates=cfg.peer_certificates,
         config_path=None if cfg.source.startswith("<") else cfg.source,
+        config_source=cfg.source_text,
         control_socket=cfg.control_socket,
         metrics=cfg.metrics,
         metrics_per_user=cfg.metrics_per_user,

@@ -8,7 +8,9 @@ the built-in ``users-file`` plugin (:mod:`.users_file`, a plugin like any other)
 * Hooks: :data:`hookimpl` marks an implementation; the types hooks receive and return:
   :class:`CredentialRequest`, :class:`Verdict`, :class:`GatewayContext`,
   :class:`Authorization`, :class:`AccountingRecord`, :class:`ClientQuestion`,
-  :class:`ProtocolAnnouncement`, :class:`ClientProtocol`, :class:`ClientSession`.
+  :class:`ProtocolAnnouncement`, :class:`ClientProtocol`, :class:`ClientSession`;
+  :class:`SettingError` (raised by ``tunvpn_check_settings``) and
+  :func:`combine_authorizations` (how ``tunvpn_authorize`` answers merge).
 * Policies and identities a protocol plugin builds: :class:`Phase2Policy`,
   :class:`ExtraProtocol`, :class:`TrafficSelector`, :class:`DHGroup`.
 * Secret files: :func:`read_private_file` (private to us, no symbolic link),
@@ -33,6 +35,7 @@ from tunvpn.plugins.host import (
     InstalledPlugin,
     PluginError,
     PluginHost,
+    PluginSettingsError,
     hook_reference,
     hookimpl,
     install_advice,
@@ -48,7 +51,9 @@ from tunvpn.plugins.types import (
     CredentialRequest,
     GatewayContext,
     ProtocolAnnouncement,
+    SettingError,
     Verdict,
+    combine_authorizations,
 )
 
 __all__ = [
@@ -63,6 +68,8 @@ __all__ = [
     "ProtocolAnnouncement",
     "ClientProtocol",
     "ClientSession",
+    "SettingError",
+    "combine_authorizations",
     "XAUTH_FIELDS",
     # policies and identities
     "Phase2Policy",
@@ -84,6 +91,7 @@ __all__ = [
     "InstalledPlugin",
     "PluginError",
     "PluginHost",
+    "PluginSettingsError",
     "hook_reference",
     "install_advice",
     "installed_plugins",

@@ -16,8 +16,23 @@ needs. A hook may be a plain function (it then runs in a worker thread, so a blo
 a RADIUS server or a database does not stall the gateway) or an ``async def`` coroutine (it
 then runs on the gateway's event loop and must not block).
 
-Decision hooks are *first result*: plugins are asked in turn (the last registered first) until
-one returns something other than ``None``; return ``None`` to let the next plugin decide.
+How a hook combines the plugins' answers is said under its name (:data:`HOW_CALLED`):
+
+* *first result*: plugins are asked in turn until one returns something other than ``None``;
+  return ``None`` to let the next plugin decide (``tunvpn_verify_credentials``: the plugin
+  that knows the user decides; a refusal belongs in ``tunvpn_authorize``);
+* *all results, combined*: every plugin is asked and the answers are merged
+  (``tunvpn_authorize``: groups and policies add up, any refusal wins whatever the order;
+  ``tunvpn_declare_groups``: the union);
+* *every plugin is called*: notifications and services; results are ignored.
+
+**Order.** Plugins are asked in this order: those whose implementation is marked
+``@hookimpl(tryfirst=True)``; then the others, the last loaded first, that is, the last named
+in ``plugins = [...]`` first, plugins passed as objects (tests) before all named ones, and the
+built-in ``users-file`` last of all; then those marked ``@hookimpl(trylast=True)``. So an
+admin orders login sources by their place in ``plugins``, and a plugin author who must come
+first or last whatever the configuration says marks the hook. ``tunvpn plugins -c
+gateway.toml`` and ``tunvpn gateway --check`` print the order for every hook.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Iterable
 
     from tunvpn.ike.policies import ExtraProtocol
     from tunvpn.plugins.accounting import AccountingRecord
@@ -78,26 +93,78 @@ def tunvpn_verify_credentials(
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def tunvpn_authorize(
     user: str, groups: frozenset[str], peer: tuple[str, int], context: GatewayContext
 ) -> Authorization | Awaitable[Authorization | None] | None:
-    """Gateway: what an authenticated user gets (first result wins).
+    """Gateway: what an authenticated user gets (all results, combined; any refusal wins).
 
     Called once per ISAKMP SA after the XAUTH login (and its challenge rounds) accepted the
     user, before Mode Config: a directory (LDAP, a database) adds groups, gives per-user
-    phase 2 policies or a fixed address, or refuses a disabled account. Authentication stays
-    in ``tunvpn_verify_credentials``; this hook only decides what an authenticated user may
-    have. A plugin that raises, or takes longer than 30 s, refuses the user.
+    phase 2 policies or a fixed address, or refuses a disabled account, a user outside office
+    hours. Authentication stays in ``tunvpn_verify_credentials``; this hook decides what an
+    authenticated user may have, and is where a plugin vetoes a login another plugin accepted.
+    Every plugin is asked, in the documented order, and the answers are merged: the groups of
+    all answers are added (a union: nothing removes a group), all per-user policies are kept
+    (a name an earlier answer or a group policy already has is dropped and logged), the first
+    answer with an ``address`` gives it, and **any** ``deny`` refuses the user whatever the
+    order (the plugins after it are not asked). A plugin that raises, or all of them taking
+    longer than 30 s, refuses the user.
 
     :param user: the authenticated user name.
     :param groups: the groups the user is in so far (``[groups]`` of gateway.toml and the
-        login verdict's).
+        login verdict's; not the other plugins' answers to this hook).
     :param peer: the client's address and port.
-    :param context: the :class:`tunvpn.plugins.GatewayContext`.
+    :param context: the :class:`tunvpn.plugins.GatewayContext` (``context.now()`` for the
+        time: tests set it).
     :return: a :class:`tunvpn.plugins.Authorization` (``groups`` to add, per-user
         ``policies``, an ``address``, or ``deny`` with a message for the user), or ``None``
-        to leave the user as the login left it.
+        to add nothing.
+    """
+
+
+@hookspec
+def tunvpn_check_settings(settings: dict[str, Any], side: str, context: GatewayContext | None) -> None:
+    """Gateway and client: check the plugin's own settings before they are used (every plugin
+    is called, each with its own table).
+
+    Called when the gateway starts, on every reload (with the new tables, before anything
+    changes), by ``tunvpn gateway --check`` and ``tunvpn plugins -c gateway.toml``; on the
+    client when it loads its profile (``tunvpn connect``, ``--check``). Raise
+    :class:`tunvpn.plugins.SettingError` (``key``, ``message``, optionally ``value``) for a
+    bad value: the gateway does not start (exit 2) and a reload keeps the running
+    configuration, with a message naming the file, the line, the plugin, the key and the value,
+    as for tunvpn's own settings (``gateway.toml line 21, key plugin.timewindow.window: [plugin.timewindow]
+    window = '8-18': expected HH:MM-HH:MM (plugin 'timewindow')``). Any other exception is
+    reported the same way, without a key. Must not block for long and must not be a
+    coroutine: it runs at configuration time. A check that needs a server (reachability) does
+    not belong here: the server may come up later.
+
+    :param settings: the plugin's ``[plugin.NAME]`` table (a copy; empty when there is none),
+        ``*_file`` paths already made absolute.
+    :param side: ``"gateway"`` (gateway.toml) or ``"client"`` (the profile).
+    :param context: on the gateway, the :class:`tunvpn.plugins.GatewayContext` of the
+        configuration being checked (its ``groups``, ``users``); ``None`` on the client.
+    :return: nothing; raise to refuse.
+    """
+
+
+@hookspec
+def tunvpn_declare_groups(settings: dict[str, Any], context: GatewayContext) -> Iterable[str] | None:
+    """Gateway: the groups this plugin may put users into (all results, combined: the union).
+
+    A ``[[policy]]``, ``[[peering]]`` or ``[[site]]`` of gateway.toml may name a group only if
+    ``[groups]`` defines it or a loaded plugin declares it here, so a typo in a group name is a
+    startup error, not a policy nobody ever gets. Declare the groups your
+    ``tunvpn_verify_credentials`` or ``tunvpn_authorize`` gives (``Verdict.accept(groups=...)``,
+    ``Authorization(groups=...)``), e.g. from your settings. A group filled by a plugin that
+    cannot know its names in advance (RADIUS ``Class``) is declared by the admin instead, as an
+    empty group: ``[groups] daytime = []``. Called at start, on reload and by the checks, after
+    ``tunvpn_check_settings``.
+
+    :param settings: the plugin's ``[plugin.NAME]`` table (a copy; empty when there is none).
+    :param context: the :class:`tunvpn.plugins.GatewayContext` of the configuration.
+    :return: group names (any iterable of ``str``), or ``None`` for none.
     """
 
 
@@ -256,6 +323,22 @@ def tunvpn_client_protocol(
         address, the gateway, the user's credentials, ``report`` and ``prompt``); or ``None``
         when this plugin does not handle it.
     """
+
+
+HOW_CALLED: dict[str, str] = {
+    "tunvpn_verify_credentials": "first result",
+    "tunvpn_authorize": "all results, combined; any refusal wins",
+    "tunvpn_check_settings": "every plugin is called, with its own settings",
+    "tunvpn_declare_groups": "all results, combined",
+    "tunvpn_add_commands": "every plugin is called",
+    "tunvpn_accounting": "every plugin is called",
+    "tunvpn_accounting_onoff": "every plugin is called",
+    "tunvpn_client_answer": "first result",
+    "tunvpn_announce_protocol": "first result; only the plugin named like the protocol",
+    "tunvpn_serve": "every plugin is called",
+    "tunvpn_client_protocol": "first result",
+}
+"""How each hook combines the plugins (the reference prints it under the hook's name)."""
 
 
 def hook_names() -> list[str]:

@@ -16,7 +16,7 @@ import queue
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,9 @@ from tunvpn.plugins.types import (
     CredentialRequest,
     GatewayContext,
     ProtocolAnnouncement,
+    SettingError,
     Verdict,
+    combine_authorizations,
 )
 
 if TYPE_CHECKING:
@@ -43,6 +45,19 @@ hookimpl = pluggy.HookimplMarker(hookspecs.PROJECT)
 
 class PluginError(Exception):
     """A plugin cannot be loaded (not installed, broken entry point, unknown hook)."""
+
+
+class PluginSettingsError(PluginError):
+    """A plugin refused its settings (``tunvpn_check_settings`` raised)."""
+
+    def __init__(self, plugin: str, error: SettingError) -> None:
+        self.plugin = plugin
+        self.error = error
+        where = f"[plugin.{plugin}]" + (f" {error.key}" if error.key else "")
+        shown = "" if error.value is ... else f"{error.value!r}: "
+        self.reason = f"{shown}{error.message} (plugin {plugin!r})"
+        """The message without the table and key (an error that names the key's line adds them)."""
+        super().__init__(f"{where}{' = ' + shown[:-2] if shown else ''}: {error.message} (plugin {plugin!r})")
 
 
 class PluginBusy(PluginError):
@@ -235,7 +250,9 @@ class PluginHost:
     """The plugins of one gateway or client: a small typed facade over pluggy.
 
     :param names: entry point names to load, in order (later ones are asked first).
-    :param objects: already imported plugins (modules or objects), e.g. in tests.
+    :param objects: already imported plugins (modules or objects), e.g. in tests, named by
+        their ``__name__`` (a module's dotted name; a class name for an instance), or
+        ``(name, plugin)`` pairs to give the name (its ``[plugin.NAME]`` settings).
     :param workers: the size of each plugin's pool its blocking hooks run in
         (:class:`WorkerPool`).
     """
@@ -257,7 +274,10 @@ class PluginHost:
                 raise PluginError(f"plugin {name!r} ({ep.value}) failed to import: {exc}") from exc
             self._register(plugin, name)
         for obj in objects:
-            self._register(obj, getattr(obj, "__name__", type(obj).__name__))
+            if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str):
+                self._register(obj[1], obj[0])  # (name, plugin): named as in a configuration
+            else:
+                self._register(obj, getattr(obj, "__name__", type(obj).__name__))
 
     def _register(self, plugin: object, name: str) -> None:
         if name in self.names:
@@ -308,7 +328,7 @@ class PluginHost:
         busy: PluginBusy | None = None
         asked = [
             impl
-            for impl in reversed(self._pm.hook.tunvpn_verify_credentials.get_hookimpls())
+            for impl in self._ordered("tunvpn_verify_credentials")
             if impl.plugin_name == request.protocol
             or (request.protocol is None and impl.plugin_name not in skipped)
         ]
@@ -339,7 +359,7 @@ class PluginHost:
 
     async def client_answer(self, question: ClientQuestion) -> str | None:
         """Ask the plugins in turn for an answer; ``None``: none had one (prompt the user)."""
-        for impl in reversed(self._pm.hook.tunvpn_client_answer.get_hookimpls()):
+        for impl in self._ordered("tunvpn_client_answer"):
             result = await _call(impl, self.pool(impl.plugin_name), question=question)
             if result is None:
                 continue
@@ -354,7 +374,7 @@ class PluginHost:
     def announce(self, protocol: ExtraProtocol, context: GatewayContext) -> ProtocolAnnouncement | None:
         """``tunvpn_announce_protocol`` for one configured protocol, asking only the plugin of
         that name (configuration time: a coroutine is not allowed here)."""
-        for impl in reversed(self._pm.hook.tunvpn_announce_protocol.get_hookimpls()):
+        for impl in self._ordered("tunvpn_announce_protocol"):
             if impl.plugin_name != protocol.name:
                 continue
             wanted = {"protocol": protocol, "context": context}
@@ -373,7 +393,7 @@ class PluginHost:
         """Start every ``tunvpn_serve`` coroutine as a task (on the running loop). A task that
         ends by raising is logged once; the gateway goes on without it."""
         tasks = []
-        for impl in reversed(self._pm.hook.tunvpn_serve.get_hookimpls()):
+        for impl in self._ordered("tunvpn_serve"):
             if not inspect.iscoroutinefunction(impl.function):
                 raise PluginError(f"plugin {impl.plugin_name!r}: tunvpn_serve must be an async def")
             coro = impl.function(**{k: v for k, v in {"context": context}.items() if k in impl.argnames})
@@ -385,8 +405,11 @@ class PluginHost:
     async def authorize(
         self, user: str, groups: frozenset[str], peer: tuple[str, int], context: GatewayContext
     ) -> Authorization | None:
-        """The first plugin's ``tunvpn_authorize`` answer, or ``None``."""
-        for impl in reversed(self._pm.hook.tunvpn_authorize.get_hookimpls()):
+        """Every plugin's ``tunvpn_authorize`` answer, merged (:func:`combine_authorizations`:
+        union of groups and policies, the first address, any refusal wins: the plugins after a
+        refusal are not asked); ``None`` when no plugin answered."""
+        answers: list[tuple[str, Authorization]] = []
+        for impl in self._ordered("tunvpn_authorize"):
             result = await _call(
                 impl, self.pool(impl.plugin_name), user=user, groups=groups, peer=peer, context=context
             )
@@ -397,14 +420,85 @@ class PluginHost:
                     f"plugin {impl.plugin_name!r} returned {type(result).__name__} from "
                     "tunvpn_authorize (expected an Authorization or None)"
                 )
-            return result
-        return None
+            answers.append((impl.plugin_name, result))
+            if result.deny is not None:
+                break
+        if not answers:
+            return None
+        merged, dropped = combine_authorizations(answers)
+        for line in dropped:
+            logging.getLogger("tunvpn.plugins").warning("authorizing user %r: %s", user, line)
+        return merged
+
+    def check_settings(
+        self, settings: Mapping[str, Mapping[str, Any]], side: str, context: GatewayContext | None = None
+    ) -> None:
+        """``tunvpn_check_settings`` of every loaded plugin, each with its own table (empty if
+        the configuration has none). Raises :class:`PluginSettingsError` for the first plugin
+        that refuses (configuration time: a coroutine is not allowed here)."""
+        for impl in self._ordered("tunvpn_check_settings"):
+            own = dict(settings.get(impl.plugin_name, {}))
+            wanted = {"settings": own, "side": side, "context": context}
+            try:
+                result = impl.function(**{k: v for k, v in wanted.items() if k in impl.argnames})
+            except SettingError as exc:
+                raise PluginSettingsError(impl.plugin_name, exc) from exc
+            except Exception as exc:  # a plugin's own ValueError, KeyError, ...
+                raise PluginSettingsError(
+                    impl.plugin_name, SettingError("", f"{type(exc).__name__}: {exc}")
+                ) from exc
+            if inspect.isawaitable(result):
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: tunvpn_check_settings must not be an async def"
+                )
+
+    def declared_groups(
+        self, settings: Mapping[str, Mapping[str, Any]], context: GatewayContext
+    ) -> dict[str, str]:
+        """``tunvpn_declare_groups`` of every plugin: group name -> the plugin that declared it
+        first (by the order plugins are asked)."""
+        out: dict[str, str] = {}
+        for impl in self._ordered("tunvpn_declare_groups"):
+            own = dict(settings.get(impl.plugin_name, {}))
+            wanted = {"settings": own, "context": context}
+            try:
+                result = impl.function(**{k: v for k, v in wanted.items() if k in impl.argnames})
+            except SettingError as exc:
+                raise PluginSettingsError(impl.plugin_name, exc) from exc
+            if result is None:
+                continue
+            if isinstance(result, str) or not isinstance(result, Iterable):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} returned {type(result).__name__} from "
+                    "tunvpn_declare_groups (expected names of groups, or None)"
+                )
+            for group in result:
+                if not isinstance(group, str) or not group:
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r}: tunvpn_declare_groups gave {group!r}, not a group name"
+                    )
+                out.setdefault(group, impl.plugin_name)
+        return out
+
+    def call_order(self, hook: str) -> list[str]:
+        """The plugins implementing ``hook``, in the order they are asked (``tunvpn plugins -c``
+        and ``tunvpn gateway --check`` show it)."""
+        return [impl.plugin_name for impl in self._ordered(hook)]
+
+    def _ordered(self, hook: str) -> list[pluggy.HookImpl]:
+        """``hook``'s implementations in calling order: those marked ``tryfirst``, then the
+        others, the last loaded first (so the last named in ``plugins``, and the built-in
+        ``users-file`` last of all), then those marked ``trylast`` (pluggy's order)."""
+        return list(reversed(getattr(self._pm.hook, hook).get_hookimpls()))
 
     async def client_protocol(
         self, protocol: ExtraProtocol, settings: dict[str, dict[str, Any]]
     ) -> ClientProtocol | None:
         """The plugin that handles an announced protocol on the client, or ``None``."""
-        for impl in reversed(self._pm.hook.tunvpn_client_protocol.get_hookimpls()):
+        for impl in self._ordered("tunvpn_client_protocol"):
             result = await _call(impl, self.pool(impl.plugin_name), protocol=protocol, settings=settings)
             if result is None:
                 continue
@@ -421,7 +515,7 @@ class PluginHost:
         event loop): each runs as :func:`_call` does (a plain function in a thread), one after
         the other in a task, what one raises is logged and the next still runs. The task (or
         None when no plugin implements the hook), for whoever wants to wait for it."""
-        impls = list(reversed(getattr(self._pm.hook, hook).get_hookimpls()))
+        impls = self._ordered(hook)
         if not impls:
             return None
 
@@ -475,8 +569,7 @@ def hook_reference() -> str:
     ]
     for name in hookspecs.hook_names():
         spec = getattr(hookspecs, name)
-        opts = getattr(spec, f"{hookspecs.PROJECT}_spec", {})
-        kind = "first result" if opts.get("firstresult") else "every plugin is called"
+        kind = hookspecs.HOW_CALLED[name]
         args = ", ".join(inspect.signature(spec).parameters)
         parts += [
             f"### `{name}({args})`",

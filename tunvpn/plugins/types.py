@@ -4,8 +4,10 @@ dataclasses, documented field by field (plugins import them from :mod:`tunvpn.pl
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +105,11 @@ class GatewayContext:
     """What the gateway offers every hook call (datasette-style: take it if you need it)."""
 
     users: Any = None
-    """The ``users_file`` table (:class:`tunvpn.config.credentials.UserTable`), or None."""
+    """The ``users_file`` table of gateway.toml, or ``None`` without one. ``user in
+    context.users`` (is the user listed), ``context.users.check(user, password)`` (the password
+    is right: constant-time, scrypt lines too) and ``context.users.check_chap(user, identifier,
+    challenge, response)`` (an RFC 1994 CHAP-MD5 answer; false for scrypt lines, which keep no
+    clear password). ``len(context.users)`` counts the users; nothing else is public."""
     groups: dict[str, frozenset[str]] = field(default_factory=dict)
     """``[groups]`` of gateway.toml: group name -> its users."""
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
@@ -117,10 +123,38 @@ class GatewayContext:
     """Run a :class:`CredentialRequest` through the gateway's login plugins (as the XAUTH login
     is; with the same time limit), e.g. for the PAP or CHAP of a PPP session. ``None`` outside a
     running gateway."""
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)
+    """Seconds since the epoch, as :func:`time.time`: read the time through :meth:`now` (or
+    this) rather than the ``time`` module, so a test sets it (``tunvpn.testing``'s ``now=``)."""
 
     def settings(self, name: str) -> dict[str, Any]:
         """The ``[plugin.NAME]`` table of gateway.toml (empty if there is none)."""
         return dict(self.plugin_settings.get(name, {}))
+
+    def now(self, tz: tzinfo | None = None) -> datetime:
+        """The current time from :attr:`clock`: aware, in ``tz`` (default: the gateway's local
+        time zone), e.g. ``context.now().hour`` for a plugin that allows logins by the hour."""
+        moment = datetime.fromtimestamp(self.clock(), tz)
+        return moment if tz is not None else moment.astimezone()
+
+
+class SettingError(ValueError):
+    """Raise it from ``tunvpn_check_settings`` for a bad value in the plugin's own table: the
+    gateway (or client) then refuses to start, and a reload keeps the running configuration,
+    with a message naming the file, line, plugin and key, like its own settings' errors.
+
+    :param key: the key in ``[plugin.NAME]`` (dotted for a nested one: ``servers.0.port``), or
+        ``""`` for the table as a whole.
+    :param message: what is wrong and what is expected ("expected HH:MM-HH:MM").
+    :param value: the value to show in the message; leave it out for a secret.
+    """
+
+    def __init__(self, key: str, message: str, *, value: object = ...) -> None:
+        self.key = key
+        self.message = message
+        self.value = value
+        """The value to show, or ``...`` (Ellipsis) when it is not to be shown."""
+        super().__init__(f"{key}: {message}" if key else message)
 
 
 @dataclass(frozen=True)
@@ -128,19 +162,52 @@ class Authorization:
     """A plugin's answer to ``tunvpn_authorize``: what an authenticated user gets."""
 
     groups: tuple[str, ...] = ()
-    """Groups the user is put into, besides those of ``[groups]`` and the login's verdict."""
+    """Groups *added*: the user keeps those of ``[groups]`` and of the login's verdict, and gets
+    these and every other plugin's (a union; nothing removes a group)."""
     policies: tuple[Phase2Policy, ...] = ()
-    """Per-user phase 2 policies, pushed after the group ones (names must not clash with them)."""
+    """Per-user phase 2 policies, pushed after the group ones. Every plugin's are kept; a name
+    that a group policy or an earlier plugin's policy already has is dropped (logged)."""
     address: IPv4Address | None = None
-    """The client's address instead of one from the pool (overrides the login's)."""
+    """The client's address instead of one from the pool (overrides the login's); when several
+    plugins give one, the first plugin asked wins."""
     deny: str | None = None
-    """Refuse the user after all, with this message (e.g. "account disabled")."""
+    """Refuse the user after all, with this message (e.g. "account disabled"). Any plugin's
+    refusal wins, whatever the order: the plugins after it are not asked."""
 
     def __post_init__(self) -> None:
         if self.address is not None and not isinstance(self.address, IPv4Address):
             object.__setattr__(self, "address", IPv4Address(self.address))  # "10.0.0.5" is fine
         object.__setattr__(self, "groups", tuple(self.groups))
         object.__setattr__(self, "policies", tuple(self.policies))
+
+
+def combine_authorizations(
+    answers: Sequence[tuple[str, Authorization]],
+) -> tuple[Authorization, tuple[str, ...]]:
+    """The ``tunvpn_authorize`` answers of every plugin that gave one, as ``(plugin name,
+    answer)`` in the order they were asked, merged into one: any ``deny`` wins (the first one's
+    message); ``groups`` are the union; ``policies`` all of them, a name already taken by an
+    earlier answer dropped; ``address`` the first given. Returns the answer and a line per
+    dropped policy (for the log)."""
+    for _, answer in answers:
+        if answer.deny is not None:
+            return Authorization(deny=answer.deny), ()
+    groups: dict[str, None] = {}
+    policies: dict[str, Phase2Policy] = {}
+    dropped: list[str] = []
+    address: IPv4Address | None = None
+    for name, answer in answers:
+        groups.update(dict.fromkeys(answer.groups))
+        for policy in answer.policies:
+            if policy.name in policies:
+                dropped.append(
+                    f"plugin {name!r}: policy {policy.name!r} is already given by an earlier plugin"
+                )
+            else:
+                policies[policy.name] = policy
+        if address is None:
+            address = answer.address
+    return Authorization(tuple(groups), tuple(policies.values()), address), tuple(dropped)
 
 
 @dataclass(frozen=True)

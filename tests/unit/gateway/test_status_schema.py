@@ -20,6 +20,7 @@ def test_policies_are_objects_with_who_gets_them() -> None:
                 SimpleRule(MAIL, users=("alice",)),
                 SimpleRule(ENG, groups=("eng",)),
             ),
+            groups={"eng": frozenset()},
             tun=None,
         )
     )
