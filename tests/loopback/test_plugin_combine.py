@@ -151,3 +151,19 @@ def test_the_async_form_runs_inside_a_test_s_own_event_loop() -> None:
         assert result.connected and result.groups == {"eng"}
 
     asyncio.run(my_async_test())
+
+
+def test_a_refused_login_leaves_no_protocol_error_in_the_gateway_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 22 point 7: the client's last message after a refusal (its XAUTH acknowledgement)
+    used to be answered with INVALID-COOKIE and logged as a protocol error."""
+    caplog.set_level("DEBUG")
+    for plugins, password in (({"disabled": Disabled()}, "pw"), ({}, "wrong")):
+        result = run_session(user="alice", password=password, users={"alice": "pw"}, plugins=plugins)
+        assert not result.connected
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= 30 and "ISAKMP SA" in r.getMessage()]
+    assert noisy == []
+    assert not [
+        r for r in caplog.records if "INVALID_COOKIE" in r.getMessage() or "INVALID-COOKIE" in r.getMessage()
+    ]

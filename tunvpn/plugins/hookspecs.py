@@ -66,7 +66,9 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 def tunvpn_verify_credentials(
     request: CredentialRequest, context: GatewayContext
 ) -> Verdict | Awaitable[Verdict | None] | None:
-    """Gateway: decide on the credentials a client sent in XAUTH (first result wins).
+    """Gateway: decide on the credentials a client sent in XAUTH (first result wins: the
+    plugin that knows the user decides; a plugin that must refuse users another plugin
+    accepted does it in ``tunvpn_authorize``, where every plugin is asked).
 
     Called once for every XAUTH answer of a client: the user name and password (or passcode)
     of the first round, and the answer of every later round that a plugin asked for with

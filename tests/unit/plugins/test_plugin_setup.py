@@ -4,6 +4,7 @@ gateway runs once its plugins are loaded (their settings, the groups they declar
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -301,6 +302,9 @@ def test_plugins_c_and_gateway_check_exit_2_on_a_bad_setting(
     assert "settings: OK (checked by my-otp)" in out
     assert "groups declared by plugins: eng (my-otp)" in out
     assert "tunvpn_verify_credentials: my-otp" in out
+    assert cli.main(["gateway", "-c", str(good), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "authorization:" not in out and "plugin groups:   eng (my-otp)" in out
     bad = write(tmp_path, code="314159")
     assert cli.main(["plugins", "-c", str(bad)]) == 2
     assert (
@@ -329,3 +333,25 @@ def test_the_groups_check_still_runs_when_the_file_names_no_plugin(tmp_path: Pat
     path.chmod(0o600)
     with pytest.raises(ConfigFileError, match="group 'sales' is not defined in"):
         load_gateway_config(path)
+
+
+class ClientSide:
+    __name__ = "soft-token"
+
+    @hookimpl
+    def tunvpn_check_settings(self, settings: dict[str, Any], side: str, context: object) -> None:
+        assert side == "client" and context is None
+        if "seed_file" not in settings:
+            raise SettingError("seed_file", "required: the file holding the token's seed")
+
+
+def test_the_client_checks_its_profile_s_plugin_tables_when_it_starts() -> None:
+    from tunvpn.client.daemon import Client, ClientOptions
+
+    base = ClientOptions(gateway="127.0.0.1", psks=PskTable({"*": b"a-long-enough-group-secret-0123"}))
+    with pytest.raises(ValueError, match=r"\[plugin.soft-token\] seed_file: required"):
+        Client(dataclasses.replace(base, plugin_objects=(ClientSide(),)), "127.0.0.2")
+    good = dataclasses.replace(
+        base, plugin_objects=(ClientSide(),), plugin_settings={"soft-token": {"seed_file": "/x"}}
+    )
+    Client(good, "127.0.0.2").plugins.close()
