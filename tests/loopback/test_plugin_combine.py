@@ -156,12 +156,16 @@ def test_the_async_form_runs_inside_a_test_s_own_event_loop() -> None:
 def test_a_refused_login_leaves_no_protocol_error_in_the_gateway_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Issue 22 point 7: the client's last message after a refusal (its XAUTH acknowledgement)
-    used to be answered with INVALID-COOKIE and logged as a protocol error."""
+    """Issue 22 point 7, end to end: after a refusal (by a plugin, or a wrong password) the
+    gateway logs no protocol error and counts no message for an unknown ISAKMP SA. Over
+    loopback our client's acknowledgement usually arrives before the gateway deletes the SA,
+    so this does not reproduce the late-message race itself: the engine tests of
+    tests/unit/ike/test_deleted_sa_stragglers.py do, message by message."""
     caplog.set_level("DEBUG")
     for plugins, password in (({"disabled": Disabled()}, "pw"), ({}, "wrong")):
         result = run_session(user="alice", password=password, users={"alice": "pw"}, plugins=plugins)
-        assert not result.connected
+        assert not result.connected and result.refusal
+        assert not [reason for reason in result.gateway.engine.drops if "unknown ISAKMP SA" in reason]
     noisy = [r.getMessage() for r in caplog.records if r.levelno >= 30 and "ISAKMP SA" in r.getMessage()]
     assert noisy == []
     assert not [
