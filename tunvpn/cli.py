@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_demo,
         _add_demo_ike,
         _add_plugins,
+        _add_plugin_new,
     ):
         add(sub)
     control.add_status_parser(sub)
@@ -681,6 +682,47 @@ def _add_plugins(sub: Subparsers) -> None:
         "in.",
     )
     plugins.add_argument("-c", "--config", metavar="FILE", help="gateway.toml to check")
+
+
+def _add_plugin_new(sub: Subparsers) -> None:
+    """``tunvpn plugin new NAME [--dir PATH]``: a plugin distribution from the template."""
+    plugin = sub.add_parser(
+        "plugin",
+        help="start a plugin of your own: plugin new NAME writes tunvpn-NAME/ from a template",
+        description="Tools for plugin authors (docs/plugin-template.md).",
+    )
+    actions = plugin.add_subparsers(dest="plugin_action", metavar="ACTION")
+    actions.required = True
+    new = actions.add_parser(
+        "new",
+        help="write tunvpn-NAME/: a plugin distribution that passes its own tests as written",
+        description="Write the folder tunvpn-NAME/ (never over an existing one): a distribution "
+        "with an entry point NAME, a small documented example plugin (an allow list that gives "
+        "its users a group: tunvpn_check_settings, tunvpn_declare_groups, tunvpn_authorize), its "
+        "end-to-end tests over loopback (tunvpn.testing) and a README. Then: cd tunvpn-NAME, "
+        "pip install -e '.[test]', pytest.",
+    )
+    new.add_argument(
+        "name", metavar="NAME", help="the plugin's name: lowercase letters, digits and '-' (e.g. allow-list)"
+    )
+    new.add_argument(
+        "--dir", metavar="PATH", default=".", help="the folder to write tunvpn-NAME/ in (default: here)"
+    )
+
+
+def cmd_plugin_new(args: argparse.Namespace) -> int:
+    """``tunvpn plugin new NAME [--dir PATH]``: exit 0, or 2 for a bad name or an existing folder."""
+    from tunvpn.plugins.template import TemplateError, write
+
+    try:
+        target, written = write(args.name, Path(args.dir))
+    except TemplateError as exc:
+        raise CliError(str(exc)) from None
+    print(f"wrote the plugin distribution {target}/:")
+    for path in written:
+        print(f"  {path}")
+    print(f"next: cd {target} && pip install -e '.[test]' && pytest  (README.md says more)")
+    return 0
 
 
 def add_plugin_commands(sub: Subparsers) -> None:
@@ -1256,6 +1298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "manpage": cmd_docs,
         "completion": cmd_docs,
         "plugins": cmd_plugins,
+        "plugin": cmd_plugin_new,
         "passwd": cmd_passwd,
         "up": cmd_up,
         "down": cmd_down,
