@@ -3,6 +3,7 @@ one policy both sides derive from it (the SA for UDP 1701)."""
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -36,29 +37,30 @@ def test_good_settings_and_defaults() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("change", "key", "message"),
     [
-        ({"server": None}, "server: an IPv4 address is required"),
-        ({"server": "gateway"}, "server = 'gateway': not an IPv4 address"),
-        ({"pool": "10.80.0.10"}, "pool: a range FIRST-LAST"),
-        ({"pool": "10.80.0.20-10.80.0.10"}, "the first address is after the last"),
-        ({"local": "10.80.0.15"}, "local = 10.80.0.15: inside the pool"),
-        ({"networks": []}, "networks: a list of networks is required"),
-        ({"networks": ["10.1.0.0/33"]}, "networks:"),
-        ({"auth": "mschapv2"}, "auth = 'mschapv2': chap or pap"),
-        ({"mtu": 9000}, "mtu = 9000: a whole number 576..1460"),
-        ({"port": 0}, "port = 0"),
-        ({"hello": -1}, "hello = -1"),
-        ({"tun": "a-name-longer-than-15"}, "tun = "),
-        ({"dns": ["1.1.1.1", "8.8.8.8", "9.9.9.9"]}, "dns: a list of at most two"),
-        ({"colour": "blue"}, "unknown key 'colour'"),
+        ({"server": None}, "server", "[plugin.l2tp] server: an IPv4 address is required"),
+        ({"server": "gateway"}, "server", "[plugin.l2tp] server = 'gateway': not an IPv4 address"),
+        ({"pool": "10.80.0.10"}, "pool", "[plugin.l2tp] pool = '10.80.0.10': a range FIRST-LAST"),
+        ({"pool": "10.80.0.20-10.80.0.10"}, "pool", "the first address is after the last"),
+        ({"local": "10.80.0.15"}, "local", "local = '10.80.0.15': inside the pool"),
+        ({"networks": []}, "networks", "networks = []: a list of networks is required"),
+        ({"networks": ["10.1.0.0/33"]}, "networks", "networks = ['10.1.0.0/33']:"),
+        ({"auth": "mschapv2"}, "auth", "auth = 'mschapv2': chap or pap"),
+        ({"mtu": 9000}, "mtu", "[plugin.l2tp] mtu = 9000: a whole number 576..1460"),
+        ({"port": 0}, "port", "port = 0"),
+        ({"hello": -1}, "hello", "hello = -1"),
+        ({"tun": "a-name-longer-than-15"}, "tun", "tun = "),
+        ({"dns": ["1.1.1.1", "8.8.8.8", "9.9.9.9"]}, "dns", "a list of at most two"),
+        ({"colour": "blue"}, "colour", "[plugin.l2tp] colour: unknown key (known: server, port"),
     ],
 )
-def test_bad_settings_name_the_key(change: dict, message: str) -> None:
+def test_bad_settings_name_the_key(change: dict, key: str, message: str) -> None:
     table = {**GOOD, **change}
     table = {k: v for k, v in table.items() if v is not None}
-    with pytest.raises(L2tpConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(L2tpConfigError, match=re.escape(message)) as info:
         lns_settings(table)
+    assert info.value.key == key
 
 
 def test_the_announcement_and_the_accepted_policy() -> None:
@@ -127,20 +129,22 @@ def test_a_malformed_announcement_is_a_clear_error(params: tuple) -> None:
 
 
 @pytest.mark.parametrize(
-    ("table", "message"),
+    ("table", "key", "message"),
     [
-        ({"tunn": "x"}, "unknown key 'tunn'"),
-        ({"reconnect": "yes"}, "reconnect must be true or false"),
-        ({"reconnect_attempts": 0}, "reconnect_attempts must be a whole number"),
-        ({"reconnect_attempts": True}, "reconnect_attempts must be a whole number"),
-        ({"password_file": ""}, "password_file must be a non-empty string"),
+        ({"tunn": "x"}, "tunn", "[plugin.l2tp] tunn: unknown key in the profile"),
+        ({"reconnect": "yes"}, "reconnect", "reconnect = 'yes': must be true or false"),
+        ({"reconnect_attempts": 0}, "reconnect_attempts", "reconnect_attempts = 0: must be a whole number"),
+        ({"reconnect_attempts": True}, "reconnect_attempts", "= True: must be a whole number"),
+        ({"password_file": ""}, "password_file", "password_file = '': must be a non-empty string"),
+        ({"tun": "a-name-longer-than-15"}, "tun", "an interface name (at most 15 characters)"),
     ],
 )
-def test_bad_client_settings_name_the_key(table: dict, message: str) -> None:
-    with pytest.raises(L2tpConfigError, match=message):
+def test_bad_client_settings_name_the_key(table: dict, key: str, message: str) -> None:
+    with pytest.raises(L2tpConfigError, match=re.escape(message)) as info:
         plugin.client_settings(table)
+    assert info.value.key == key
     protocol = ExtraProtocol("l2tp", (("exchange", "l2tp"), ("server", "10.78.9.1")))
-    with pytest.raises(L2tpConfigError, match=message):  # before Quick Mode, not after it
+    with pytest.raises(L2tpConfigError, match=re.escape(message)):  # before Quick Mode, not after it
         plugin.tunvpn_client_protocol(protocol, {"l2tp": table})
 
 

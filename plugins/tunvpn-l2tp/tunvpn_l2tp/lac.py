@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunvpn.plugins import ClientSession, read_private_file
+from tunvpn.plugins import ClientSession
 from tunvpn_l2tp import ppp as pppmod
 from tunvpn_l2tp.control import (
     Output,
@@ -34,6 +34,7 @@ from tunvpn_l2tp.message import (
     decode_data,
     is_control,
 )
+from tunvpn_l2tp.plugin import read_ppp_password, read_tunnel_secret
 
 if TYPE_CHECKING:
     from tunvpn_l2tp.plugin import Announced
@@ -295,14 +296,14 @@ async def run_lac(session: ClientSession, announced: Announced, settings: dict[s
         raise L2tpFailed("PPP needs a user name: set user in the profile (or in [plugin.l2tp])")
     password = session.password
     if settings.get("password_file"):
-        password = read_private_file(str(settings["password_file"]), "PPP password file").strip()
+        password = read_ppp_password(str(settings["password_file"]))
     if password is None:
         if session.prompt is None:
             raise L2tpFailed("PPP needs a password and there is no terminal to ask for it")
         password = await session.prompt(f"PPP password for {user}: ", True)
     secret = None
     if settings.get("secret_file"):
-        secret = read_private_file(str(settings["secret_file"]), "L2TP tunnel secret").strip().encode()
+        secret = read_tunnel_secret(str(settings["secret_file"]))
     tun_name = str(settings.get("tun", "tvl2tp%d"))
     while True:
         lac = Lac(session, announced, user, password, secret, tun_name)

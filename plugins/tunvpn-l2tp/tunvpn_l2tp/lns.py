@@ -26,8 +26,8 @@ from tunvpn.plugins import (
     GatewayContext,
     PacketDevice,
     off_loop,
-    read_private_file,
 )
+from tunvpn.plugins import read_private_file as read_private_file  # tests/helpers/secret_files.py uses lns's
 from tunvpn_l2tp import ppp as pppmod
 from tunvpn_l2tp.control import (
     SessionClosed,
@@ -43,6 +43,7 @@ from tunvpn_l2tp.message import (
     decode_data,
     is_control,
 )
+from tunvpn_l2tp.plugin import read_tunnel_secret
 
 if TYPE_CHECKING:
     from tunvpn_l2tp.plugin import LnsSettings
@@ -89,7 +90,7 @@ class LnsServer(asyncio.DatagramProtocol):
         self.tun = tun
         secret = None
         if settings.secret_file is not None:
-            secret = read_private_file(settings.secret_file, "L2TP tunnel secret").strip().encode()
+            secret = read_tunnel_secret(settings.secret_file)
         self.lns = Lns(
             host_name="tunvpn-lns",
             secret=secret,

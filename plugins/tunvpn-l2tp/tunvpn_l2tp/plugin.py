@@ -14,11 +14,13 @@ Gateway (``plugins = ["l2tp"]`` and a ``[[protocol]] name = "l2tp"`` in gateway.
     hello = 60                    # L2TP HELLO interval (seconds, 0 = off)
     secret_file = "l2tp.secret"   # optional tunnel authentication (RFC 2661 5.1.1), mode 600
 
-``tunvpn_announce_protocol`` announces it as ``exchange=l2tp`` with ``server``, ``port``,
-``networks`` and ``mtu``, and has the gateway accept the SA for UDP 1701 from the client's
-address to ``server``; ``tunvpn_serve`` runs the LNS (:mod:`tunvpn_l2tp.lns`). PPP PAP/CHAP
-answers go through the gateway's login plugins (``users_file``, RADIUS, ...), as
-``CredentialRequest(via="ppp")``.
+``tunvpn_check_settings`` checks the table (and reads ``secret_file``) when the gateway starts or
+reloads, with the parser the other hooks use (:func:`lns_settings`), and the profile's table on
+the client (:func:`client_settings`). ``tunvpn_announce_protocol`` announces it as
+``exchange=l2tp`` with ``server``, ``port``, ``networks`` and ``mtu``, and has the gateway
+accept the SA for UDP 1701 from the client's address to ``server``; ``tunvpn_serve`` runs the
+LNS (:mod:`tunvpn_l2tp.lns`). PPP PAP/CHAP answers go through the gateway's login plugins
+(``users_file``, RADIUS, ...), as ``CredentialRequest(via="ppp")``.
 
 Client (``plugins = ["l2tp"]`` in the profile; optional ``[plugin.l2tp]`` with ``tun``,
 ``secret_file``, ``user``/``password_file`` when PPP needs other credentials than XAUTH,
@@ -30,6 +32,7 @@ device carrying IP between the kernel and the session.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -42,8 +45,11 @@ from tunvpn.plugins import (
     GatewayContext,
     Phase2Policy,
     ProtocolAnnouncement,
+    SecretFileError,
+    SettingError,
     TrafficSelector,
     hookimpl,
+    read_private_file,
 )
 
 NAME = "l2tp"
@@ -52,8 +58,20 @@ UDP = 17
 POLICY_NAME = "l2tp (UDP 1701)"
 
 
-class L2tpConfigError(ValueError):
-    """A bad ``[plugin.l2tp]`` table or announcement; the message names the key."""
+class L2tpConfigError(SettingError):
+    """A bad ``[plugin.l2tp]`` table or announcement. A :class:`SettingError`: ``key`` names the
+    key (``""`` for an announcement), ``message`` says what is wrong, ``value`` is shown unless it
+    is ``...``; ``str()`` is the whole sentence ("[plugin.l2tp] mtu = 9000: a whole number
+    576..1460"), as the client prints it."""
+
+    def __init__(self, key: str, message: str, *, value: object = ..., where: str = "[plugin.l2tp]") -> None:
+        super().__init__(key, message, value=value)
+        shown = "" if value is ... else f" = {value!r}"
+        named = f"{where} {key}{shown}" if key else where
+        self.text = f"{named}: {message}" if named else message
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def l2tp_policy(server: IPv4Address, port: int = L2TP_PORT) -> Phase2Policy:
@@ -105,64 +123,71 @@ _LNS_KEYS = (
 def _address(table: dict[str, Any], key: str) -> IPv4Address:
     value = table.get(key)
     if not isinstance(value, str):
-        raise L2tpConfigError(f"[plugin.l2tp] {key}: an IPv4 address is required (a string)")
+        raise L2tpConfigError(key, "an IPv4 address is required (a string)", value=table.get(key, ...))
     try:
         return IPv4Address(value)
     except ValueError:
-        raise L2tpConfigError(f"[plugin.l2tp] {key} = {value!r}: not an IPv4 address") from None
+        raise L2tpConfigError(key, "not an IPv4 address", value=value) from None
 
 
 def _int(table: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise L2tpConfigError(f"[plugin.l2tp] {key} = {value!r}: a whole number {low}..{high}")
+        raise L2tpConfigError(key, f"a whole number {low}..{high}", value=value)
     return value
 
 
 def lns_settings(table: dict[str, Any]) -> LnsSettings:
-    """Parse ``[plugin.l2tp]``; a bad or missing key is an :class:`L2tpConfigError` naming it."""
+    """Parse ``[plugin.l2tp]``; a bad or missing key is an :class:`L2tpConfigError` naming it.
+    Reads no file (:func:`check_lns` also reads the secret)."""
     unknown = sorted(set(table) - set(_LNS_KEYS))
     if unknown:
-        raise L2tpConfigError(f"[plugin.l2tp]: unknown key {unknown[0]!r} (known: {', '.join(_LNS_KEYS)})")
+        raise L2tpConfigError(unknown[0], f"unknown key (known: {', '.join(_LNS_KEYS)})")
     server = _address(table, "server")
     pool = table.get("pool")
     if not isinstance(pool, str) or "-" not in pool:
-        raise L2tpConfigError("[plugin.l2tp] pool: a range FIRST-LAST of IPv4 addresses is required")
+        raise L2tpConfigError(
+            "pool", "a range FIRST-LAST of IPv4 addresses is required", value=table.get("pool", ...)
+        )
     try:
         first, last = (IPv4Address(part.strip()) for part in pool.split("-", 1))
     except ValueError:
-        raise L2tpConfigError(f"[plugin.l2tp] pool = {pool!r}: not a range of IPv4 addresses") from None
+        raise L2tpConfigError("pool", "not a range of IPv4 addresses", value=pool) from None
     if first > last:
-        raise L2tpConfigError(f"[plugin.l2tp] pool = {pool!r}: the first address is after the last")
+        raise L2tpConfigError("pool", "the first address is after the last", value=pool)
     local = _address(table, "local")
     if first <= local <= last:
-        raise L2tpConfigError(f"[plugin.l2tp] local = {local}: inside the pool {pool}")
+        raise L2tpConfigError("local", f"inside the pool {pool}", value=table["local"])
     raw_nets = table.get("networks")
     if not isinstance(raw_nets, list) or not raw_nets or not all(isinstance(n, str) for n in raw_nets):
-        raise L2tpConfigError('[plugin.l2tp] networks: a list of networks is required, e.g. ["10.1.0.0/16"]')
+        raise L2tpConfigError(
+            "networks",
+            'a list of networks is required, e.g. ["10.1.0.0/16"]',
+            value=table.get("networks", ...),
+        )
     try:
         networks = tuple(IPv4Network(n, strict=False) for n in raw_nets)
     except ValueError as exc:
-        raise L2tpConfigError(f"[plugin.l2tp] networks: {exc}") from None
+        raise L2tpConfigError("networks", str(exc), value=raw_nets) from None
     raw_dns = table.get("dns", [])
     if not isinstance(raw_dns, list) or len(raw_dns) > 2:
-        raise L2tpConfigError("[plugin.l2tp] dns: a list of at most two IPv4 addresses")
+        raise L2tpConfigError("dns", "a list of at most two IPv4 addresses", value=raw_dns)
     try:
         dns = tuple(IPv4Address(d) for d in raw_dns)
     except ValueError as exc:
-        raise L2tpConfigError(f"[plugin.l2tp] dns: {exc}") from None
+        raise L2tpConfigError("dns", str(exc), value=raw_dns) from None
     auth = table.get("auth", "chap")
     if auth not in ("chap", "pap"):
-        raise L2tpConfigError(f"[plugin.l2tp] auth = {auth!r}: chap or pap")
+        raise L2tpConfigError("auth", "chap or pap", value=auth)
     tun = table.get("tun", "tvlns%d")
     if not isinstance(tun, str) or not 0 < len(tun.encode()) < 16:
-        raise L2tpConfigError(f"[plugin.l2tp] tun = {tun!r}: an interface name (at most 15 characters)")
+        raise L2tpConfigError("tun", "an interface name (at most 15 characters)", value=tun)
     hello = table.get("hello", 60)
     if isinstance(hello, bool) or not isinstance(hello, int | float) or hello < 0:
-        raise L2tpConfigError(f"[plugin.l2tp] hello = {hello!r}: seconds (0 = no HELLO keepalives)")
+        raise L2tpConfigError("hello", "seconds (0 = no HELLO keepalives)", value=hello)
     secret_file = table.get("secret_file")
-    if secret_file is not None and not isinstance(secret_file, str):
-        raise L2tpConfigError("[plugin.l2tp] secret_file: a path")
+    if secret_file is not None and not (isinstance(secret_file, str) and secret_file):
+        raise L2tpConfigError("secret_file", "a path", value=secret_file)
     return LnsSettings(
         server=server,
         pool_first=first,
@@ -180,6 +205,38 @@ def lns_settings(table: dict[str, Any]) -> LnsSettings:
     )
 
 
+def read_tunnel_secret(path: str) -> bytes:
+    """The tunnel authentication secret (RFC 2661 5.1.1) of an owner-only file, on both sides.
+    Raises :class:`SecretFileError` (missing, too open, a link, not ours) or :class:`ValueError`
+    (empty); neither shows the secret."""
+    secret = read_private_file(path, "L2TP tunnel secret").strip().encode()
+    if not secret:
+        raise ValueError(
+            f"L2TP tunnel secret {path}: empty (leave secret_file out for no tunnel authentication)"
+        )
+    return secret
+
+
+def read_ppp_password(path: str) -> str:
+    """The client's PPP password of an owner-only file (``password_file``)."""
+    return read_private_file(path, "PPP password file").strip()
+
+
+def _readable(key: str, path: str, read: Callable[[str], object]) -> None:
+    try:
+        read(path)
+    except (SecretFileError, ValueError) as exc:  # the message names the file, never its content
+        raise L2tpConfigError(key, str(exc)) from None
+
+
+def check_lns(table: dict[str, Any]) -> LnsSettings:
+    """:func:`lns_settings`, and the secret file read as the LNS reads it when it starts."""
+    settings = lns_settings(table)
+    if settings.secret_file is not None:
+        _readable("secret_file", settings.secret_file, read_tunnel_secret)
+    return settings
+
+
 @dataclass(frozen=True)
 class Announced:
     """What a client reads from an ``l2tp`` announcement."""
@@ -195,7 +252,7 @@ def parse_announcement(protocol: ExtraProtocol) -> Announced:
     """The announcement's parameters, checked (a gateway we do not understand is an error)."""
     server = protocol.param("server")
     if server is None:
-        raise L2tpConfigError("the gateway's l2tp announcement names no server")
+        raise L2tpConfigError("", "the gateway's l2tp announcement names no server", where="")
     try:
         address = IPv4Address(server)
         port = int(protocol.param("port") or L2TP_PORT)
@@ -206,9 +263,11 @@ def parse_announcement(protocol: ExtraProtocol) -> Announced:
         )
         mtu = int(protocol.param("mtu") or 1300)
     except ValueError as exc:
-        raise L2tpConfigError(f"the gateway's l2tp announcement is malformed: {exc}") from None
+        raise L2tpConfigError("", f"the gateway's l2tp announcement is malformed: {exc}", where="") from None
     if not 0 < port < 65536 or not 576 <= mtu <= 1460:
-        raise L2tpConfigError(f"the gateway's l2tp announcement has port {port}, mtu {mtu}: out of range")
+        raise L2tpConfigError(
+            "", f"the gateway's l2tp announcement has port {port}, mtu {mtu}: out of range", where=""
+        )
     return Announced(address, port, networks, mtu, dict(protocol.params))
 
 
@@ -216,26 +275,53 @@ CLIENT_KEYS = ("tun", "secret_file", "user", "password_file", "reconnect", "reco
 
 
 def client_settings(table: dict[str, Any]) -> dict[str, Any]:
-    """``[plugin.l2tp]`` of the profile, checked key by key (all keys optional)."""
+    """``[plugin.l2tp]`` of the profile, checked key by key (all keys optional). Reads no file
+    (:func:`check_client` also reads them)."""
     unknown = sorted(set(table) - set(CLIENT_KEYS))
     if unknown:
         raise L2tpConfigError(
-            f"[plugin.l2tp] of the profile: unknown key {unknown[0]!r} (known: {', '.join(CLIENT_KEYS)})"
+            unknown[0],
+            f"unknown key in the profile (known: {', '.join(CLIENT_KEYS)})",
         )
     for key in ("tun", "secret_file", "user", "password_file"):
         if key in table and not (isinstance(table[key], str) and table[key]):
-            raise L2tpConfigError(f"[plugin.l2tp] {key} must be a non-empty string, not {table[key]!r}")
+            raise L2tpConfigError(key, "must be a non-empty string", value=table[key])
+    if "tun" in table and len(table["tun"].encode()) > 15:
+        raise L2tpConfigError("tun", "an interface name (at most 15 characters)", value=table["tun"])
     if not isinstance(table.get("reconnect", True), bool):
-        raise L2tpConfigError(f"[plugin.l2tp] reconnect must be true or false, not {table['reconnect']!r}")
+        raise L2tpConfigError("reconnect", "must be true or false", value=table["reconnect"])
     attempts = table.get("reconnect_attempts", 5)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 1000:
-        raise L2tpConfigError(
-            f"[plugin.l2tp] reconnect_attempts must be a whole number 1-1000, not {attempts!r}"
-        )
+        raise L2tpConfigError("reconnect_attempts", "must be a whole number 1-1000", value=attempts)
     return dict(table)
 
 
+def check_client(table: dict[str, Any]) -> dict[str, Any]:
+    """:func:`client_settings`, and the files read as the LAC reads them once L2TP runs."""
+    settings = client_settings(table)
+    if "secret_file" in settings:
+        _readable("secret_file", settings["secret_file"], read_tunnel_secret)
+    if "password_file" in settings:
+        _readable("password_file", settings["password_file"], read_ppp_password)
+    return settings
+
+
 # --------------------------------------------------------------------------- gateway hooks
+
+
+@hookimpl
+def tunvpn_check_settings(settings: dict[str, Any], side: str, context: GatewayContext | None) -> None:
+    """``[plugin.l2tp]`` checked before it is used, by the parsers the hooks use. Gateway
+    (:func:`check_lns`): when L2TP is announced (a ``[[protocol]] name = "l2tp"``) or the table
+    is given; every key, its type and range, the pool, ``local`` outside it, and the
+    ``secret_file`` (owner-only, not empty). Client (:func:`check_client`): the profile's keys,
+    and its ``secret_file`` and ``password_file`` (owner-only)."""
+    if side == "client":
+        check_client(settings)
+        return
+    announced = context is not None and any(p.name == NAME for p in context.protocols)
+    if announced or settings:
+        check_lns(settings)
 
 
 @hookimpl
@@ -286,11 +372,16 @@ __all__ = [
     "Announced",
     "L2tpConfigError",
     "LnsSettings",
+    "check_client",
+    "check_lns",
     "client_settings",
     "l2tp_policy",
     "lns_settings",
     "parse_announcement",
+    "read_ppp_password",
+    "read_tunnel_secret",
     "tunvpn_announce_protocol",
+    "tunvpn_check_settings",
     "tunvpn_client_protocol",
     "tunvpn_serve",
 ]

@@ -78,6 +78,16 @@ class Reason(enum.Enum):
 DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 
 
+class PolicyError(ValueError):
+    """A :class:`Policy` knob out of its range; ``key`` names it (the ``[plugin.otp]`` setting
+    of the same name), ``reason`` says what it must be."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key} {reason}")
+
+
 @dataclass(frozen=True)
 class Policy:
     """The verifier's knobs (``[plugin.otp]`` settings)."""
@@ -100,16 +110,28 @@ class Policy:
     """Per-address failure records kept per user (the least recent go first)."""
 
     def __post_init__(self) -> None:
-        if self.lockout_after < 1 or self.lockout_seconds < 0:
-            raise ValueError("lockout_after must be at least 1 and lockout_seconds not negative")
-        if self.spread_after < 1 or self.spread_max_wait < 0:
-            raise ValueError("spread_after must be at least 1 and spread_max_wait not negative")
-        if self.familiar_max < 0 or self.max_sources < 1:
-            raise ValueError("familiar_max must not be negative and max_sources at least 1")
-        if not (0 <= self.totp_window <= self.totp_drift and 1 <= self.hotp_window <= self.hotp_drift):
-            raise ValueError("the drift windows must contain the exact windows")
-        if not 1 <= self.pin_min <= self.pin_max:
-            raise ValueError("pin_min must be at least 1 and at most pin_max")
+        at_least = {
+            "lockout_after": 1,
+            "lockout_seconds": 0,
+            "totp_window": 0,
+            "totp_drift": self.totp_window,
+            "hotp_window": 1,
+            "hotp_drift": self.hotp_window,
+            "pin_min": 1,
+            "pin_max": self.pin_min,
+            "spread_after": 1,
+            "spread_max_wait": 0,
+            "familiar_max": 0,
+            "max_sources": 1,
+        }
+        why = {  # the knobs bounded by another one
+            "totp_drift": f"totp_window ({self.totp_window}): the drift window contains the exact one",
+            "hotp_drift": f"hotp_window ({self.hotp_window}): the drift window contains the exact one",
+            "pin_max": f"pin_min ({self.pin_min})",
+        }
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise PolicyError(name, f"must be at least {why.get(name, low)}")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ A user without a record in the store is not ours: the hook returns ``None`` and 
 plugin (the users file, RADIUS) decides. The rounds: the password (or passcode) is the PIN
 followed by the tokencode; a drifted token is asked for the next tokencode; a user without
 a PIN is asked for a new one, twice. The state between rounds lives in ``request.state``.
+The settings are checked at start (``tunvpn_check_settings``) by the parsers of
+:mod:`tunvpn_otp.settings`, the ones every login uses.
 """
 
 from __future__ import annotations
@@ -29,8 +31,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pyotp
+
 from tunvpn.plugins import ClientQuestion, CredentialRequest, GatewayContext, Verdict, hookimpl
 from tunvpn_otp import core
+from tunvpn_otp.settings import (
+    check_client,
+    check_gateway,
+    client_settings,
+    gateway_settings,
+    read_pin,
+    read_token,
+)
 from tunvpn_otp.store import Store
 
 log = logging.getLogger(__name__)
@@ -39,8 +51,9 @@ NAME = "otp"
 """The entry point name, so also the ``[plugin.otp]`` table."""
 
 clock: Callable[[], float] = time.time
-"""Where the plugin takes the time from. Tests may replace it (``monkeypatch.setattr``);
-nothing else should."""
+"""Where the client's soft token takes the time from; tests may replace it
+(``monkeypatch.setattr``), nothing else should. The gateway side reads ``context.clock``
+(``tunvpn.testing``'s ``now=`` sets it), unless a test replaced this."""
 
 _answered_steps: dict[str, int] = {}
 """Client side: token file -> the last TOTP time step this process gave a code of."""
@@ -59,38 +72,41 @@ MESSAGES = {
 }
 
 
-def policy_from(settings: dict[str, Any]) -> core.Policy:
-    names = {
-        "lockout_after",
-        "lockout_seconds",
-        "totp_window",
-        "totp_drift",
-        "hotp_window",
-        "hotp_drift",
-        "spread_after",
-        "spread_max_wait",
-    }
-    return core.Policy(**{k: v for k, v in settings.items() if k in names})
+def gateway_now(context: GatewayContext) -> float:
+    """The time the gateway side decides by: ``context.clock()`` (``time.time`` in a gateway,
+    what ``tunvpn.testing``'s ``now=`` says in a test), or :data:`clock` when a test replaced it
+    (the older injection point)."""
+    return clock() if clock is not time.time else context.clock()
+
+
+@hookimpl
+def tunvpn_check_settings(settings: dict[str, Any], side: str) -> None:
+    """``[plugin.otp]`` checked before it is used, by the parsers the hooks use
+    (:mod:`tunvpn_otp.settings`). Gateway: ``store`` is given, exists, is owner-only and holds
+    OTP records; ``users`` is a list of names; the lockout knobs are numbers in their ranges.
+    Client: ``token_file`` is owner-only and holds an otpauth:// URI, ``pin_file`` is owner-only,
+    ``pin_env`` is a variable's name."""
+    if side == "client":
+        check_client(settings)
+    elif settings:
+        check_gateway(settings)
+    else:  # loaded without a table: refused at each login it is asked about, as before
+        log.warning('OTP: no [plugin.otp] store = "/path/otp.json": the otp plugin refuses every login')
 
 
 @hookimpl
 def tunvpn_verify_credentials(request: CredentialRequest, context: GatewayContext) -> Verdict | None:
-    settings = context.settings(NAME)
-    if "store" not in settings:
-        raise ValueError('[plugin.otp] needs store = "/path/otp.json"')
-    users = settings.get("users")
-    if users is not None and not (isinstance(users, list) and all(isinstance(u, str) for u in users)):
-        raise ValueError('[plugin.otp] users must be a list of user names, e.g. users = ["carol"]')
-    if users is not None and request.user not in users:
+    settings = gateway_settings(context.settings(NAME))
+    if settings.users is not None and request.user not in settings.users:
         return None
     if request.chap is not None and request.password is None and request.passcode is None:
         return None  # a CHAP answer (XAUTH RADIUS-CHAP, PPP) hides the passcode: not ours to check
     state: dict[str, Any] | None = request.state.get(NAME)
     if request.round > 1 and state is None:
         return None  # another plugin's challenge
-    policy = policy_from(settings)
-    now = clock()
-    with Store(settings["store"]).edit() as records:
+    policy = settings.policy
+    now = gateway_now(context)
+    with Store(settings.store).edit() as records:
         record = records.get(request.user)
         if record is None:
             return None
@@ -167,29 +183,18 @@ def tunvpn_client_answer(question: ClientQuestion) -> str | Awaitable[str] | Non
     restarted gateway, a re-authentication) the answer waits for the token's next step (at
     most its period, 30 s by default) instead of being refused.
     """
-    settings = question.settings(NAME)
     if question.protocol != NAME or question.round > 1:
         return None
-    if question.field not in ("passcode", "password") or "token_file" not in settings:
+    settings = client_settings(question.settings(NAME))
+    if question.field not in ("passcode", "password") or settings.token_file is None:
         return None
-    import os
-    from pathlib import Path
-
-    import pyotp
-
-    from tunvpn.plugins import read_private_file
-
-    uri = read_private_file(Path(str(settings["token_file"])).expanduser(), "OTP token file").strip()
-    otp = pyotp.parse_uri(uri)
+    otp = read_token(settings.token_file)
     if not isinstance(otp, pyotp.TOTP):
         return None
-    if "pin_file" in settings:
-        pin = read_private_file(Path(str(settings["pin_file"])).expanduser(), "OTP PIN file").strip()
-    else:
-        pin = os.environ.get(str(settings.get("pin_env", "TUNVPN_OTP_PIN")), "")
+    pin = read_pin(settings)
     if not pin:
         return None  # no PIN configured: the user types PIN + code
-    key = str(Path(str(settings["token_file"])).expanduser())
+    key = str(settings.token_file)
     now = clock()
     last = _answered_steps.get(key)
     if last is None or int(now // otp.interval) > last:

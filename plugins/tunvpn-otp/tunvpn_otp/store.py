@@ -47,6 +47,8 @@ class Store:
             os.close(fd)  # releases the lock
 
     def _check(self, st: os.stat_result) -> None:
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{self.path}: not a regular file")
         if st.st_uid != os.geteuid():
             raise StoreError(
                 f"{self.path}: owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}): "
@@ -60,15 +62,20 @@ class Store:
 
     def _read(self, *, missing_ok: bool) -> dict[str, Record]:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: a FIFO in the store's place must not hang the gateway (it is refused)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             if missing_ok:
                 return {}
             raise StoreError(f"{self.path}: no such OTP store (create it with `tunvpn otp enroll`)") from None
         except OSError as exc:
             raise StoreError(f"{self.path}: {exc.strerror}") from None
+        try:
+            self._check(os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
         with os.fdopen(fd, "rb") as f:
-            self._check(os.fstat(f.fileno()))
             text = f.read()
         try:
             data = json.loads(text)
@@ -92,6 +99,12 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def check(self) -> int:
+        """Read the store as a login does, without its lock (a check at start, or of a reload:
+        the file is only ever replaced whole, so a reader sees one version); the number of users.
+        Raises :class:`StoreError`: missing, not owner-only, not an OTP store."""
+        return len(self._read(missing_ok=False))
 
     def load(self) -> dict[str, Record]:
         """Every record (read under the lock)."""

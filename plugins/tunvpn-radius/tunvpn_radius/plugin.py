@@ -8,6 +8,10 @@ Settings (``[plugin.radius]`` of gateway.toml, see this distribution's README.md
     auth = "pap"         # or "chap"
     nas_identifier = "tunvpn"
     nas_ip_address = "192.0.2.1"   # default: this host's address towards the first server
+    account_all = false  # true: accounting for every session, not only those RADIUS accepted
+
+Checked at start and on reload (``tunvpn_check_settings``) by :func:`parse_settings`, the
+parser every login uses: a bad key stops the gateway, named with its line.
 
 - Access-Accept: accepted; Class attributes become the user's groups, Framed-IP-Address the
   client's address, Framed-Route lines the networks behind the client (the gateway adds an SA
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from tunvpn.plugins import CredentialRequest, GatewayContext, Verdict, hookimpl
+from tunvpn.plugins import CredentialRequest, GatewayContext, SettingError, Verdict, hookimpl
 from tunvpn_radius.client import (
     ACCESS_ACCEPT,
     ACCESS_CHALLENGE,
@@ -80,57 +84,148 @@ stopped waiting for keeps its worker thread until it returns, so the client's ow
 (``timeout`` x ``(1 + retries)`` per server) should end a login sooner."""
 
 
-def client_from_settings(settings: dict[str, Any]) -> tuple[RadiusClient, str]:
-    """The RadiusClient and the auth method (pap/chap) that ``[plugin.radius]`` describes.
-    Raises ValueError on a bad setting (a secret_file readable by others, say)."""
+@dataclass(frozen=True)
+class RadiusSettings:
+    """``[plugin.radius]`` of gateway.toml, checked (the secrets read from their files)."""
+
+    servers: tuple[Server, ...]
+    auth: str = "pap"
+    timeout: float = 3.0
+    retries: int = 2
+    nas_identifier: str = "tunvpn"
+    nas_ip_address: str | None = None
+    account_all: bool = False
+
+
+def _number(settings: dict[str, Any], key: str, default: float, *, whole: bool) -> float:
+    """``key``: a whole number, 0 or more (``whole``), else a number of seconds more than 0."""
+    value = settings.get(key, default)
+    if whole:
+        good = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    else:
+        good = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    if not good:
+        what = "a whole number, 0 or more" if whole else "a number of seconds, more than 0"
+        raise SettingError(key, f"must be {what}", value=value)
+    return float(value)
+
+
+def _flag(settings: dict[str, Any], key: str, default: bool) -> bool:
+    value = settings.get(key, default)
+    if not isinstance(value, bool):
+        raise SettingError(key, "must be true or false", value=value)
+    return value
+
+
+def _port(entry: dict[str, Any], key: str, index: int) -> int | None:
+    value = entry.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536):
+        raise SettingError(f"servers.{index}.{key}", "must be a UDP port, 1 to 65535", value=value)
+    return value
+
+
+def parse_settings(settings: dict[str, Any]) -> RadiusSettings:
+    """``[plugin.radius]`` checked key by key, the shared secrets read (each file private and not
+    empty): the one parser, for every login and accounting request and for
+    ``tunvpn_check_settings`` at start. A bad value raises :class:`SettingError` (a
+    ``ValueError``) naming the key (``servers.1.secret_file`` for one of a server); a secret is
+    never in the message."""
     servers_cfg = settings.get("servers")
     if not servers_cfg or not isinstance(servers_cfg, list):
-        raise ValueError("[plugin.radius] servers: a list of {host, port, secret_file}")
-    auth = str(settings.get("auth", "pap")).lower()
-    if auth not in ("pap", "chap"):
-        raise ValueError(f"[plugin.radius] auth = {auth!r}: pap or chap")
-    key_parts: list[Any] = [
-        auth,
-        settings.get("timeout"),
-        settings.get("retries"),
-        settings.get("nas_identifier"),
-        settings.get("nas_ip_address"),
-    ]
+        shown = servers_cfg if "servers" in settings else ...
+        raise SettingError("servers", "a list of {host, port, secret_file} is required", value=shown)
+    auth = settings.get("auth", "pap")
+    if not isinstance(auth, str) or auth.lower() not in ("pap", "chap"):
+        raise SettingError("auth", "pap or chap", value=auth)
     servers = []
-    for entry in servers_cfg:
-        if not isinstance(entry, dict) or "host" not in entry or "secret_file" not in entry:
-            raise ValueError("[plugin.radius] each server needs host and secret_file")
-        secret = load_secret(entry["secret_file"])
-        port = int(entry.get("port", 1812))
-        acct = entry.get("acct_port")
-        servers.append(Server(str(entry["host"]), port, secret, int(acct) if acct is not None else None))
-        key_parts += [entry["host"], port, acct, secret]
-    key = tuple(key_parts)
+    for index, entry in enumerate(servers_cfg):
+        if not isinstance(entry, dict):
+            raise SettingError(f"servers.{index}", "a table {host, port, secret_file}", value=entry)
+        for key in ("host", "secret_file"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise SettingError(
+                    f"servers.{index}.{key}",
+                    "each server needs a host and a secret_file (strings)",
+                    value=entry.get(key, ...),
+                )
+        port = _port(entry, "port", index)
+        acct = _port(entry, "acct_port", index)
+        try:
+            secret = load_secret(entry["secret_file"])
+        except ValueError as exc:  # the message names the file, never the secret
+            raise SettingError(f"servers.{index}.secret_file", str(exc)) from None
+        servers.append(Server(entry["host"], 1812 if port is None else port, secret, acct))
+    nas_identifier = settings.get("nas_identifier", "tunvpn")
+    if not isinstance(nas_identifier, str) or not nas_identifier:
+        raise SettingError("nas_identifier", "must be a name (a string)", value=nas_identifier)
+    nas_ip_address = settings.get("nas_ip_address") or None  # "" as if not given
+    if nas_ip_address is not None:
+        try:
+            if not isinstance(nas_ip_address, str):
+                raise ValueError(nas_ip_address)
+            nas_ip_address = str(IPv4Address(nas_ip_address))
+        except ValueError:
+            raise SettingError("nas_ip_address", "must be an IPv4 address", value=nas_ip_address) from None
+    return RadiusSettings(
+        servers=tuple(servers),
+        auth=auth.lower(),
+        timeout=_number(settings, "timeout", 3.0, whole=False),
+        retries=int(_number(settings, "retries", 2, whole=True)),
+        nas_identifier=nas_identifier,
+        nas_ip_address=nas_ip_address,
+        account_all=_flag(settings, "account_all", False),
+    )
+
+
+def client_from_settings(settings: dict[str, Any]) -> tuple[RadiusClient, str]:
+    """The RadiusClient and the auth method (pap/chap) that ``[plugin.radius]`` describes
+    (:func:`parse_settings`; one client as long as the settings stay the same). Raises
+    ValueError (a :class:`SettingError`) on a bad setting (a secret_file readable by others, say)."""
+    parsed = parse_settings(settings)
+    key = (
+        parsed.auth,
+        parsed.timeout,
+        parsed.retries,
+        parsed.nas_identifier,
+        parsed.nas_ip_address,
+        *((s.host, s.port, s.acct_port, s.secret) for s in parsed.servers),
+    )
     with _lock:
         client = _clients.get(key)
         if client is None:
             client = RadiusClient(
-                servers,
-                timeout=float(settings.get("timeout", 3.0)),
-                retries=int(settings.get("retries", 2)),
-                nas_identifier=str(settings.get("nas_identifier", "tunvpn")),
-                nas_ip_address=(str(settings["nas_ip_address"]) if settings.get("nas_ip_address") else None),
+                parsed.servers,
+                timeout=parsed.timeout,
+                retries=parsed.retries,
+                nas_identifier=parsed.nas_identifier,
+                nas_ip_address=parsed.nas_ip_address,
             )
             _clients.clear()  # settings changed (reload): forget the old client
             _clients[key] = client
-            worst = len(servers) * (1 + client.retries) * client.timeout
+            worst = len(parsed.servers) * (1 + client.retries) * client.timeout
             if worst >= GATEWAY_WAIT:
                 log.warning(
                     "RADIUS: %d server(s) x %d tries x %g s = %g s, longer than the gateway waits "
                     "(%g s): a dead server holds a plugin worker after the login was refused; "
                     "lower timeout or retries",
-                    len(servers),
+                    len(parsed.servers),
                     1 + client.retries,
                     client.timeout,
                     worst,
                     GATEWAY_WAIT,
                 )
-    return client, auth
+    return client, parsed.auth
+
+
+@hookimpl
+def tunvpn_check_settings(settings: dict[str, Any], side: str) -> None:
+    """``[plugin.radius]`` checked at start and on reload by :func:`parse_settings`, the parser
+    every login uses: ``servers`` (each with a ``host``, ports 1 to 65535, a ``secret_file``
+    that is private and not empty), ``auth``, ``timeout``, ``retries``, ``nas_identifier``,
+    ``nas_ip_address``, ``account_all``. Whether a server answers is not checked (it may come
+    up later). The plugin has no client side."""
+    if side == "gateway":
+        parse_settings(settings)
 
 
 def _groups(classes: tuple[bytes, ...]) -> list[str]:
@@ -232,9 +327,9 @@ def tunvpn_accounting(record: Any, context: GatewayContext) -> None:
         session = SESSIONS.get(record.session_id)
         if record.kind == "stop":
             SESSIONS.pop(record.session_id, None)
-    if session is None and not settings.get("account_all", False):
-        return  # not authenticated through RADIUS
     try:
+        if session is None and not _flag(settings, "account_all", False):
+            return  # not authenticated through RADIUS
         client, _ = client_from_settings(settings)
     except ValueError as exc:
         log.error("RADIUS accounting: %s", exc)
