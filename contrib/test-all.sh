@@ -13,6 +13,8 @@
 #    then mkdocs build --strict (the documentation site: a broken link fails)
 # 5. pytest: ALL tests, including the netns and interop ones. TUNVPN_REQUIRE_ALL=1 turns their
 #    "missing root/binary" skips into failures, since this script has just installed everything.
+# 6. contrib/test-compiled.sh: a mypyc build of the data path (TUNVPN_MYPYC=1 wheel) and the unit
+#    tests run on it (issue 21); skipped when pytest arguments were given.
 # This is the command CI runs (.ci/run).
 set -euo pipefail
 
@@ -130,3 +132,11 @@ case $rc in
   124|137) die "pytest exceeded 70 minutes and was stopped" ;;
   *) die "pytest exit code $rc" ;;
 esac
+
+# ------------------------------------------------------------------ the compiled data path
+# issue 21: the unit tests again, on a mypyc build of the data path (a wheel built with
+# TUNVPN_MYPYC=1 in a virtual environment of its own; the checkout is not touched)
+if [ "$#" -eq 0 ]; then
+  log "contrib/test-compiled.sh (mypyc build, unit tests on it)"
+  timeout --kill-after=60 1200 bash contrib/test-compiled.sh "$PY" || die "the unit tests on the compiled data path"
+fi

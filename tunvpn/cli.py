@@ -186,6 +186,19 @@ def version() -> str:
         return str(getattr(tunvpn, "__version__", "unknown"))
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: ``tunvpn 0.1.0 (interpreted)``, the build looked at only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from tunvpn.build import build_kind
+
+        print(f"tunvpn {version()} ({build_kind()})")
+        parser.exit()
+
+
 def _add_check(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--check",
@@ -201,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tunvpn",
         description="Userspace IKEv1/IPsec VPN: the gateway pushes the client's configuration.",
     )
-    parser.add_argument("--version", action="version", version=f"tunvpn {version()}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the version and whether the data path runs compiled (mypyc) or interpreted",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (

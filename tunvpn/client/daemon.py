@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from cryptography import x509
 
+from tunvpn.build import build_kind
 from tunvpn.client import p1rekey, peerlinks
 from tunvpn.client.peerlinks import PeerLinks, pair_policy
 from tunvpn.client.reconnect import NO_ANSWER_AFTER, GatewayResolver, round_delay
@@ -879,6 +880,7 @@ class Client:
         return {
             "schema": 2,  # as the gateway's (tunvpn.gateway.daemon.STATUS_SCHEMA; docs/service.md)
             "role": "client",
+            "build": build_kind(),
             "pid": os.getpid(),
             "started": self.started,
             "config": None,

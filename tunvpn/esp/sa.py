@@ -822,10 +822,12 @@ class NegotiatedChild(Protocol):
 
 def suite_from_child(transform: int, key_length: int | None, integrity: int | None) -> EspSuite:
     """The :class:`EspSuite` of a Quick Mode result (``ChildSAEstablished`` fields)."""
-    transform = EspTransform(transform)
+    # a new name, not ``transform`` again: compiled (mypyc), a variable declared int keeps an
+    # int, and ``is`` would compare it with the enum member by identity
+    suite_transform = EspTransform(transform)
     if key_length is None:
-        key_length = 256 if transform is EspTransform.CHACHA20_POLY1305_PRIVATE else 128
-    return EspSuite(transform, key_length, AuthAlgorithm(integrity) if integrity is not None else None)
+        key_length = 256 if suite_transform is EspTransform.CHACHA20_POLY1305_PRIVATE else 128
+    return EspSuite(suite_transform, key_length, AuthAlgorithm(integrity) if integrity is not None else None)
 
 
 def sa_pair_from_child(

@@ -29,6 +29,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, final
 
+from mypy_extensions import mypyc_attr
+
 from ..ipsec.selectors import TrafficSelector
 from .constants import DROP_REASON_COUNT, DropReason
 from .events import SaLifetimeEvent
@@ -42,6 +44,7 @@ _ROUTE_CACHE_SIZE = 16384
 
 
 @final
+@mypyc_attr(native_class=False)  # mypyc compiles no subclass of tuple: this one stays a Python class
 class _Choices(tuple[tuple[PacketTest | None, OutboundSA], ...]):
     """Routes of one block when the destination alone does not decide: ``(test, sa)``
     pairs, newest first, ending at the first SA without a test. ``uses_ports``: some test

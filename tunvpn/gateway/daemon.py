@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography import x509
 
+from tunvpn.build import build_kind
 from tunvpn.config.credentials import SecretFileError, UserTable
 from tunvpn.config.errors import ConfigError
 from tunvpn.config.pool import AddressPool
@@ -1810,6 +1811,7 @@ class Gateway:
         return {
             "schema": STATUS_SCHEMA,
             "role": "gateway",
+            "build": build_kind(),
             "pid": os.getpid(),
             "started": self.started,
             "config": self.options.config_path,

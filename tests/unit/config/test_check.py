@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tunvpn import cli
+from tunvpn.build import build_kind
 
 CONTRIB = Path(__file__).resolve().parents[3] / "contrib"
 SECRET = "group-secret-not-for-output-42"
@@ -47,7 +48,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["--version"])
     assert exc.value.code == 0
-    assert capsys.readouterr().out == f"tunvpn {importlib.metadata.version('tunvpn')}\n"
+    assert capsys.readouterr().out == f"tunvpn {importlib.metadata.version('tunvpn')} ({build_kind()})\n"
 
 
 def test_gateway_check_prints_the_effective_settings_and_binds_nothing(
