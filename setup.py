@@ -8,6 +8,7 @@ the rest is pyproject.toml.
 
 import ast
 import os
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -24,7 +25,11 @@ def compiled_modules() -> list[str]:
 
 
 ext_modules = []
-if os.environ.get("TUNVPN_MYPYC") == "1":
+editable = "editable_wheel" in sys.argv or "develop" in sys.argv
+if os.environ.get("TUNVPN_MYPYC") == "1" and editable:
+    # compiled modules beside the sources would shadow every later edit of them
+    print("TUNVPN_MYPYC=1 is ignored for an editable install: build a wheel to compile", file=sys.stderr)
+elif os.environ.get("TUNVPN_MYPYC") == "1":
     from mypyc.build import mypycify
 
     files = [name.replace(".", "/") + ".py" for name in compiled_modules()]
