@@ -33,7 +33,7 @@ APT_PACKAGES=(
   openvpn wireguard-go wireguard-tools
   freeradius freeradius-utils xl2tpd
   postgresql freeradius-postgresql
-  ike-scan nftables conntrack
+  ike-scan nftables conntrack ethtool
 )
 
 # ------------------------------------------------------------------ Debian packages

@@ -1,5 +1,5 @@
-"""``tunvpn bench`` for real: a short run over veth and WireGuard in namespaces (the report
-maths and formatting are tested without root in tests/unit/bench/test_bench.py)."""
+"""``tunvpn bench`` for real: short runs over veth, WireGuard and tunvpn in namespaces (the report
+maths and formatting are tested without root in tests/unit/bench/)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tunvpn.bench.providers import NotAvailable, TunnelProvider
-from tunvpn.bench.report import STATUS_FAILED, STATUS_NOT_AVAILABLE, STATUS_OK
+from tunvpn.bench.report import STATUS_FAILED, STATUS_NOT_AVAILABLE, STATUS_OK, readme_table
 from tunvpn.bench.runner import BenchOptions, run_bench
 
 
@@ -118,3 +118,55 @@ def test_the_ipv6_variant_runs_tunvpn_and_wireguard_over_ipv6(tmp_path: Path) ->
     assert tunvpn.tunnel[0] == "fd82::1" and tunvpn.tunnel[1].startswith("fd83::"), tunvpn.tunnel
     text = report.to_markdown()
     assert "IPv6 variant" in text and "tunvpn / wireguard = " in text, text
+
+
+@pytest.mark.interop
+def test_latency_under_load_veth_and_tunvpn_without_wire_offloads(tmp_path: Path) -> None:
+    """Issue 21, a short smoke run: pings during one TCP flow each way, per path, with
+    ``--wire-gso off``; the fields are there and positive (no figure is judged here: the
+    figures are in docs/bench/bench-2026-12-06-load*.json)."""
+    lacking = [tool for tool in ("iperf3", "ethtool") if shutil.which(tool) is None]
+    if lacking:
+        reason = f"missing {', '.join(lacking)} (bash contrib/test-all.sh installs them)"
+        if os.environ.get("TUNVPN_REQUIRE_ALL") == "1":
+            pytest.fail(f"TUNVPN_REQUIRE_ALL=1 but this test cannot run: {reason}", pytrace=False)
+        pytest.skip(reason)
+    before = _namespaces()
+    options = BenchOptions(
+        paths=["veth", "tunvpn"],
+        duration=2,
+        pings=5,
+        setup_timeout=30,
+        workdir_parent=tmp_path,
+        wire_gso="off",
+    )
+    report = run_bench(options)
+
+    assert report.wire["setting"] == "off"
+    for side in ("a", "b"):
+        assert report.wire[side]["tx-udp-segmentation"] == "off", report.wire
+        assert report.wire[side]["generic-receive-offload"] == "off", report.wire
+    for name in ("veth", "tunvpn"):
+        path = report.path(name)
+        assert path is not None and path.status == STATUS_OK, path
+        [one] = path.runs
+        assert one.ok and not one.errors and one.via_tunnel is True, one
+        assert path.mtu is not None and path.mtu > 0 and path.mtu_b is not None and path.mtu_b > 0
+        assert one.ping_p50_ms is not None and one.ping_p95_ms is not None and one.ping_p95_ms > 0
+        for way in ("ab", "ba"):
+            assert (getattr(one, f"load_{way}_mbps") or 0) > 0, (name, way, one)
+            assert (getattr(one, f"load_{way}_pings") or 0) > 0, (name, way, one)
+            for what in ("avg", "min", "max", "p50", "p95"):
+                value = getattr(one, f"load_{way}_ping_{what}_ms")
+                assert value is not None and value > 0, (name, way, what, one)
+            assert getattr(one, f"load_{way}_ping_loss_pct") is not None
+        assert one.udp_drops is not None and one.udp_drops >= 0
+    tunvpn = report.path("tunvpn")
+    assert tunvpn is not None
+    sockets = [s for side in ("a", "b") for s in tunvpn.udp_buffers.get(side, [])]
+    assert sockets and all(s["rcvbuf"] > 0 and s["sndbuf"] > 0 for s in sockets), tunvpn.udp_buffers
+    text = report.to_markdown()
+    assert "ping under load A->B avg ms (p95, max)" in text and "--wire-gso off" in text
+    assert "| tunvpn |" in readme_table(report)
+    assert _namespaces() <= before
+    assert list(tmp_path.iterdir()) == []

@@ -18,13 +18,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from tunvpn.bench.providers import DEFAULT_PATHS, PROVIDERS, ProviderFactory
-from tunvpn.bench.report import BenchReport
+from tunvpn.bench.report import WIRE_SETTINGS, BenchReport
 from tunvpn.bench.runner import BenchError, BenchInterrupted, BenchOptions, resolve_paths, run_bench
 
 DESCRIPTION = (
     "As root: build two network namespaces joined by a veth pair and measure, in one run, "
-    "iperf3 TCP throughput and ping RTT through each path (plain veth, OpenVPN 2.6, wireguard-go, "
-    "strongSwan kernel-libipsec, tunvpn); print a markdown table and tunvpn's ratios to the others."
+    "iperf3 TCP throughput and ping RTT, idle and under load (one TCP flow each way), through each path "
+    "(plain veth, OpenVPN 2.6, wireguard-go, strongSwan kernel-libipsec, tunvpn); print a markdown "
+    "table and tunvpn's ratios to the others."
 )
 
 EXIT_OK = 0
@@ -40,6 +41,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
     return value
 
 
@@ -89,6 +100,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure every path N times, round-robin, and report medians (the box is noisy)",
     )
     parser.add_argument("--reverse", action="store_true", help="iperf3 -R: namespace B sends to namespace A")
+    parser.add_argument(
+        "--load-ping-interval",
+        type=_non_negative_float,
+        default=0.05,
+        metavar="SECONDS",
+        help="latency under load: ping every SECONDS while the TCP test runs, and during a second "
+        "TCP test the other way (default 0.05; 0: no pings under load and no second test)",
+    )
+    parser.add_argument(
+        "--wire-gso",
+        choices=sorted(WIRE_SETTINGS),
+        default="on",
+        help="the veth pair's offloads: on (the kernel's defaults: a UDP GSO batch crosses it as one "
+        "buffer), off (UDP segmentation offload and GRO off: every datagram on its own, as a NIC "
+        "without USO or GRO), gro (USO off, GRO on); off and gro need ethtool (default on)",
+    )
     parser.add_argument(
         "--ipv6",
         action="store_true",
@@ -153,6 +180,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         reverse=args.reverse,
         wait_idle=max(0.0, args.wait_idle),
         ipv6=args.ipv6,
+        wire_gso=args.wire_gso,
+        load_ping_interval=args.load_ping_interval,
     )
 
 

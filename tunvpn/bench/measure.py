@@ -5,12 +5,16 @@ The parsers (``parse_ping``, ``parse_iperf``) are pure, so they are tested witho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import re
+import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,22 +41,127 @@ class PingStats:
     min_ms: float | None
     max_ms: float | None
     loss_pct: float | None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    replies: int | None = None
+    """Replies the figures come from (None: only the summary line was there)."""
 
 
 _RTT = re.compile(r"=\s*([\d.]+)/([\d.]+)/([\d.]+)/[\d.]+\s*ms")
 _LOSS = re.compile(r"([\d.]+)% packet loss")
+_SENT = re.compile(r"(\d+) packets transmitted")
+_REPLY = re.compile(r"icmp_seq=(\d+)\b.*?\btime[=<]\s*([\d.]+)\s*ms")
+
+
+def parse_ping_replies(output: str) -> dict[int, float]:
+    """Per-reply RTTs of iputils ``ping`` (without -q): ``{icmp_seq: ms}``, duplicates ignored."""
+    replies: dict[int, float] = {}
+    for line in output.splitlines():
+        if "DUP!" in line:
+            continue
+        match = _REPLY.search(line)
+        if match:
+            replies.setdefault(int(match.group(1)), float(match.group(2)))
+    return replies
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of a non-empty sample."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _stats(times: Sequence[float], loss_pct: float | None) -> PingStats:
+    if not times:
+        return PingStats(None, None, None, loss_pct, replies=0)
+    return PingStats(
+        avg_ms=round(statistics.fmean(times), 3),
+        min_ms=min(times),
+        max_ms=max(times),
+        loss_pct=loss_pct,
+        p50_ms=percentile(times, 50),
+        p95_ms=percentile(times, 95),
+        replies=len(times),
+    )
 
 
 def parse_ping(output: str) -> PingStats:
-    """iputils ``ping -q`` summary: ``rtt min/avg/max/mdev = a/b/c/d ms`` and the loss line."""
+    """iputils ``ping``: min/avg/max and loss from its summary (``rtt min/avg/max/mdev = a/b/c/d
+    ms``, ``N% packet loss``); p50/p95 from the per-reply lines if it printed them (not -q)."""
     rtt = _RTT.search(output)
     loss = _LOSS.search(output)
+    replies = parse_ping_replies(output)
+    times = list(replies.values())
     return PingStats(
         avg_ms=float(rtt.group(2)) if rtt else None,
         min_ms=float(rtt.group(1)) if rtt else None,
         max_ms=float(rtt.group(3)) if rtt else None,
         loss_pct=float(loss.group(1)) if loss else None,
+        p50_ms=percentile(times, 50) if times else None,
+        p95_ms=percentile(times, 95) if times else None,
+        replies=len(times) if times else None,
     )
+
+
+def parse_ping_window(output: str, first: int, last: int) -> PingStats:
+    """The replies to pings ``first``..``last`` (icmp_seq, 1-based) only: every figure from the
+    per-reply lines; loss over the pings of that window that were sent (the summary's
+    "N packets transmitted", else the highest sequence number seen)."""
+    replies = parse_ping_replies(output)
+    sent_match = _SENT.search(output)
+    sent = int(sent_match.group(1)) if sent_match else max(replies, default=0)
+    top = min(last, sent)
+    times = [ms for seq, ms in sorted(replies.items()) if first <= seq <= top]
+    expected = top - first + 1
+    loss = round(100.0 * (expected - len(times)) / expected, 1) if expected > 0 else None
+    return _stats(times, loss)
+
+
+def load_ping_plan(duration: float, interval: float) -> tuple[int, int]:
+    """(count, skip) of the pings sent during a TCP flow of ``duration`` seconds: they stop half
+    a second before the flow ends; the first ``skip`` (its first second or quarter, slow start
+    and iperf3's own start) are not counted."""
+    count = max(1, int((duration - 0.5) / interval))
+    skip = min(count - 1, math.ceil(min(1.0, duration / 4) / interval))
+    return count, skip
+
+
+@dataclass
+class UdpSocket:
+    local: str
+    rcvbuf: int
+    sndbuf: int
+    drops: int
+    """Datagrams the socket dropped (receive buffer full, ...): ``skmem`` field ``d``."""
+    program: str = ""
+
+
+_SKMEM = re.compile(r"skmem:\(([^)]*)\)")
+_USER = re.compile(r'users:\(\("([^"]+)"')
+
+
+def parse_ss_udp(output: str) -> list[UdpSocket]:
+    """``ss -H -u -a -n -m -p``: each UDP socket's local address, rb/tb (buffer sizes), d (drops)
+    and the program holding it."""
+    out: list[UdpSocket] = []
+    local, program = "", ""
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            fields = line.split()
+            local = fields[3] if len(fields) >= 5 else ""
+            user = _USER.search(line)
+            program = user.group(1) if user else ""
+        match = _SKMEM.search(line)
+        if match and local:
+            values = {m.group(1): int(m.group(2)) for m in re.finditer(r"([a-z]+)(\d+)", match.group(1))}
+            out.append(
+                UdpSocket(local, values.get("rb", 0), values.get("tb", 0), values.get("d", 0), program)
+            )
+            local = ""
+    return out
 
 
 @dataclass
@@ -150,6 +259,9 @@ class MeasureSpec:
     reverse: bool = False
     wait_idle: float = 0.0
     """Up to this many seconds, wait for the box to be idle (< IDLE_BUSY_PCT busy) before measuring."""
+    load_ping_interval: float = 0.05
+    """Latency under load: ping every this many seconds during the 1-stream TCP test, and during
+    a second one the other way; 0: neither (no second test)."""
 
 
 IDLE_BUSY_PCT = 15.0
@@ -198,7 +310,7 @@ def measure_path(
         ping_timeout = count * spec.ping_interval + 10
         try:
             out = tracker.run(
-                ["ping", "-q", "-n", "-c", str(count), "-i", str(spec.ping_interval), "-W", "2", server_ip],
+                ["ping", "-n", "-c", str(count), "-i", f"{spec.ping_interval:g}", "-W", "2", server_ip],
                 ns=client_ns,
                 timeout=ping_timeout,
             )
@@ -209,16 +321,20 @@ def measure_path(
                 stats.max_ms,
             )
             result.ping_loss_pct = stats.loss_pct
+            result.ping_p50_ms, result.ping_p95_ms = stats.p50_ms, stats.p95_ms
             if stats.avg_ms is None:
                 result.errors.append(f"ping: no reply ({(out.stdout + out.stderr).strip()[-200:]})")
         except CommandError as exc:
             result.errors.append(str(exc))
 
-        base = ["iperf3", "-J", "-c", server_ip, "-p", str(IPERF_PORT), "--connect-timeout", "5000"]
-        if spec.reverse:
-            base.append("-R")
-        base += ["-t", f"{spec.duration:g}"]
+        def iperf_argv(reverse: bool) -> list[str]:
+            argv = ["iperf3", "-J", "-c", server_ip, "-p", str(IPERF_PORT), "--connect-timeout", "5000"]
+            return [*argv, *(["-R"] if reverse else []), "-t", f"{spec.duration:g}"]
+
+        base = iperf_argv(spec.reverse)
         iperf_timeout = spec.duration + 30
+        main_way, other_way = ("ba", "ab") if spec.reverse else ("ab", "ba")
+        pinger = _LoadPinger(tracker, spec, client_ns, server_ip, workdir, label)
 
         for attempt in (1, 2):
             problem = server.ensure()
@@ -229,7 +345,9 @@ def measure_path(
             dev0 = device_bytes(tracker, client_ns, device) if device else (0, 0)
             cpu0 = cpu_sample()
             wall0 = time.monotonic()
+            pinger.start(main_way)
             one = _iperf(tracker, client_ns, base, iperf_timeout, workdir / f"{label}.tcp1.json")
+            loaded = pinger.finish()
             wall = time.monotonic() - wall0
             cpu1 = cpu_sample()
             dev1 = device_bytes(tracker, client_ns, device) if device else (0, 0)
@@ -243,6 +361,7 @@ def measure_path(
             result.tcp_sender_mbps = one.sender_mbps
             result.tcp_receiver_mbps = one.receiver_mbps
             result.retransmits = one.retransmits
+            _store_load(result, main_way, one.receiver_mbps, loaded)
             result.cpu_busy_pct, result.cpu_steal_pct = cpu_busy(cpu0, cpu1)
             hz = os.sysconf("SC_CLK_TCK")
             for name in daemons:
@@ -258,6 +377,34 @@ def measure_path(
                         f"device {device} moved {moved} bytes while iperf3 sent {one.sent_bytes}"
                     )
             break
+
+        if result.ok and spec.load_ping_interval > 0:
+            # latency under load the other way: one more 1-stream test, pinged the same way
+            for attempt in (1, 2):
+                problem = server.ensure()
+                if problem:
+                    result.errors.append(f"TCP {_ARROW[other_way]}: {problem}")
+                    break
+                pinger.start(other_way)
+                back = _iperf(
+                    tracker,
+                    client_ns,
+                    iperf_argv(not spec.reverse),
+                    iperf_timeout,
+                    workdir / f"{label}.tcp1-{other_way}.json",
+                )
+                loaded = pinger.finish()
+                if isinstance(back, str):
+                    if attempt == 1 and server.lost(back):
+                        result.notes.append(f"TCP {_ARROW[other_way]} retried: {back} ({server.why()})")
+                        continue
+                    result.errors.append(f"TCP {_ARROW[other_way]}: {back}")
+                else:
+                    _store_load(result, other_way, back.receiver_mbps, loaded)
+                break
+        for way in ("ab", "ba"):
+            if getattr(result, f"load_{way}_mbps") is not None and getattr(result, f"load_{way}_pings") == 0:
+                result.errors.append(f"ping under load {_ARROW[way]}: no reply")
 
         if spec.parallel > 1:
             for attempt in (1, 2):
@@ -283,6 +430,66 @@ def measure_path(
     finally:
         server.stop()
     return result
+
+
+_ARROW = {"ab": "A->B", "ba": "B->A"}
+
+
+def _store_load(result: RunResult, way: str, mbps: float, stats: PingStats | None) -> None:
+    setattr(result, f"load_{way}_mbps", mbps)
+    if stats is None:
+        return
+    for what in ("avg", "min", "max", "p50", "p95"):
+        setattr(result, f"load_{way}_ping_{what}_ms", getattr(stats, f"{what}_ms"))
+    setattr(result, f"load_{way}_ping_loss_pct", stats.loss_pct)
+    setattr(result, f"load_{way}_pings", stats.replies)
+
+
+class _LoadPinger:
+    """``ping -i <load_ping_interval>`` from the client namespace, started with a TCP test; its
+    per-reply lines go to a file in the work dir and are read when the test is over."""
+
+    def __init__(
+        self, tracker: Tracker, spec: MeasureSpec, ns: str, dst: str, workdir: Path, label: str
+    ) -> None:
+        self.tracker, self.spec, self.ns, self.dst = tracker, spec, ns, dst
+        self.workdir, self.label = workdir, label
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"{label}.ping-load.txt"
+        self.count, self.skip = load_ping_plan(spec.duration, spec.load_ping_interval or 1.0)
+
+    def start(self, way: str) -> None:
+        if self.spec.load_ping_interval <= 0:
+            return
+        self.log_path = self.workdir / f"{self.label}.ping-load-{way}.txt"
+        self.log_path.unlink(missing_ok=True)  # a retried test starts a fresh series
+        argv = [
+            "ping", "-n",
+            "-c", str(self.count),
+            "-i", f"{self.spec.load_ping_interval:g}",
+            "-W", "1",
+            self.dst,
+        ]  # fmt: skip
+        self.proc = self.tracker.spawn(f"ping-load-{way}", argv, self.log_path, ns=self.ns)
+
+    def finish(self) -> PingStats | None:
+        """Wait (briefly) for ping to end, stop it, and parse the replies of the counted window."""
+        if self.proc is None:
+            return None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        self.tracker.stop(self.proc)
+        self.proc = None
+        return parse_ping_window(read_text(self.log_path), self.skip + 1, self.count)
+
+
+def udp_sockets(tracker: Tracker, ns: str) -> list[UdpSocket]:
+    """The UDP sockets in ``ns`` with their buffer sizes and drops; empty if ``ss`` fails."""
+    try:
+        out = tracker.run(["ss", "-H", "-u", "-a", "-n", "-m", "-p"], ns=ns, timeout=10)
+    except CommandError:
+        return []
+    return parse_ss_udp(out.stdout)
 
 
 class _IperfServer:

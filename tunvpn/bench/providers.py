@@ -217,12 +217,21 @@ class OpenVPNProvider(TunnelProvider):
     tunnel6_b = "fd81::2"
     port = 1194
 
+    def __init__(self, extra_args: Sequence[str] = (), name: str | None = None) -> None:
+        super().__init__()
+        self.extra_args = list(extra_args)
+        """Appended to both daemons' command lines (``openvpn-bigbuf``: the socket buffers)."""
+        if name is not None:
+            self.name = name
+
     def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
         assert self.ctx is not None
         tag = self.ctx.tag
         version = first_line(["openvpn", "--version"]).split()
         number = version[1] if len(version) > 1 else "?"
         self.program = f"OpenVPN {number} (deb {dpkg_version('openvpn')}), --disable-dco"
+        if self.extra_args:
+            self.program += " " + " ".join(self.extra_args)
         certs = {}
         for side in ("a", "b"):
             key_pem, cert_pem, fingerprint = self_signed_ec_cert(f"tunvpn-bench-{side}")
@@ -274,6 +283,7 @@ class OpenVPNProvider(TunnelProvider):
                     "--key", str(key),
                     "--peer-fingerprint", certs[peer][2],
                     *common,
+                    *self.extra_args,
                 ],
             )  # fmt: skip
         for label in ("openvpn-a", "openvpn-b"):
@@ -286,6 +296,9 @@ class OpenVPNProvider(TunnelProvider):
             )
         ]
         self.cipher = f"{found[-1] if found else '?'} (TLS p2p{', ' + control[-1] if control else ''})"
+        buffers = re.findall(r"Socket Buffers: (R=\[[^\]]*\] S=\[[^\]]*\])", self.log_of("openvpn-a"))
+        if buffers:  # what OpenVPN asked for and got (net.core.[rw]mem_max caps it; no *FORCE)
+            self.program += f"; socket buffers {buffers[-1]}"
         if self.ipv6:
             return self.tunnel6_a, self.tunnel6_b
         return self.tunnel_a, self.tunnel_b
@@ -600,6 +613,19 @@ def _tunvpn_version() -> str:
         return "?"
 
 
+def _data_path_build() -> str:
+    """``"interpreted"`` or ``"compiled (mypyc)"``: how the data path's ESP core runs here (a
+    ``TUNVPN_MYPYC=1`` wheel loads it from an extension module; see tunvpn/build.py)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("tunvpn.esp.sa")
+    except (ImportError, ValueError):
+        return "?"
+    origin = spec.origin if spec is not None else None
+    return "compiled (mypyc)" if origin and origin.endswith((".so", ".pyd")) else "interpreted"
+
+
 class TunvpnProvider(TunnelProvider):
     """Our own: ``python -m tunvpn gateway`` in A and ``python -m tunvpn connect`` in B.
 
@@ -643,7 +669,7 @@ class TunvpnProvider(TunnelProvider):
         }
 
     def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
-        self.program = f"tunvpn {_tunvpn_version()} (python {sys.version.split()[0]})"
+        self.program = f"tunvpn {_tunvpn_version()} (python {sys.version.split()[0]}, {_data_path_build()})"
         psk = base64.b32encode(os.urandom(20)).decode().lower()
         gw_psk = write_private(self.workdir / "gateway.psk", f"* {psk}\n")
         cl_psk = write_private(self.workdir / "client.psk", f"{psk}\n")
@@ -712,9 +738,16 @@ class TunvpnProvider(TunnelProvider):
 
 ProviderFactory = Callable[[], TunnelProvider]
 
+OPENVPN_BIG_BUFFER = 8 << 20
+"""``openvpn-bigbuf``: the UDP socket buffers tunvpn asks for (tunvpn/dataplane/thread.py
+SOCKET_BUFFER), so that OpenVPN is measured with the same request (issue 21)."""
+
 PROVIDERS: dict[str, ProviderFactory] = {
     "veth": VethProvider,
     "openvpn": OpenVPNProvider,
+    "openvpn-bigbuf": lambda: OpenVPNProvider(
+        ["--sndbuf", str(OPENVPN_BIG_BUFFER), "--rcvbuf", str(OPENVPN_BIG_BUFFER)], "openvpn-bigbuf"
+    ),
     "wireguard": WireGuardProvider,
     "strongswan": lambda: StrongSwanProvider("aes128gcm16", "strongswan"),
     "strongswan-cbc": lambda: StrongSwanProvider("aes128-sha256", "strongswan-cbc"),

@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -24,7 +25,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tunvpn.bench.measure import MeasureSpec, link_info, measure_path, route_device, wait_ping
+from tunvpn.bench.measure import (
+    MeasureSpec,
+    link_info,
+    measure_path,
+    route_device,
+    udp_sockets,
+    wait_ping,
+)
 from tunvpn.bench.providers import (
     ALIASES,
     DEFAULT_PATHS,
@@ -45,6 +53,8 @@ from tunvpn.bench.report import (
 )
 from tunvpn.bench.system import (
     COMMON_REQUIREMENTS,
+    ETHTOOL,
+    WIRE_ETHTOOL,
     CommandError,
     Topology,
     Tracker,
@@ -52,6 +62,7 @@ from tunvpn.bench.system import (
     clean_stale_runs,
     first_line,
     missing,
+    set_wire_offloads,
 )
 
 log = logging.getLogger("tunvpn.bench")
@@ -97,6 +108,12 @@ class BenchOptions:
     """Where the temp work dir goes (default: the system temp dir)."""
     ipv6: bool = False
     """The IPv6 variant (issue 19): every path over an IPv6 underlay, carrying IPv6 inside."""
+    wire_gso: str = "on"
+    """The veth pair's offloads: "on" (the kernel's defaults), "off" (UDP segmentation offload and
+    GRO off: per-packet, as a NIC without USO/GRO), "gro" (USO off, GRO on); needs ethtool."""
+    load_ping_interval: float = 0.05
+    """Latency under load (issue 21): ping every this many seconds during the TCP test, and during
+    one more the other way; 0: neither."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -135,7 +152,39 @@ def _host_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "iperf3": first_line(["iperf3", "--version"]),
         "loadavg_start": " ".join(load) if load else "",
+        "tunvpn_source": tunvpn_source(),
     }
+
+
+def tunvpn_source() -> str:
+    """The commit tunvpn runs from, and the files under tunvpn/ (bench/ aside) that differ from
+    it: what exactly the "tunvpn" path measured. ``""`` outside a git checkout."""
+    import tunvpn
+
+    root = Path(tunvpn.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return ""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "tunvpn", ":!tunvpn/bench"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    changed = sorted(line[3:].strip() for line in status.splitlines() if line[3:].strip())
+    if not head:
+        return ""
+    return f"git {head}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else " (clean)")
 
 
 def _now() -> str:
@@ -194,6 +243,10 @@ def run_bench(
         raise BenchError("tunvpn bench must run as root (network namespaces, veth, TUN)")
     if options.repeat < 1 or options.duration <= 0 or options.pings < 1:
         raise BenchError("repeat and pings must be >= 1 and duration > 0")
+    if options.wire_gso not in WIRE_ETHTOOL:
+        raise BenchError(f"--wire-gso must be one of {', '.join(WIRE_ETHTOOL)}, not {options.wire_gso!r}")
+    if options.load_ping_interval < 0:
+        raise BenchError("the load ping interval must be >= 0")
 
     report = BenchReport(options=options.to_dict(), started=_now())
     results = {name: PathResult(name=name) for name in names}
@@ -202,7 +255,7 @@ def run_bench(
 
     # ------------------------------------------------------------------ tools
     if options.install:
-        wanted = {r.package for r in missing(COMMON_REQUIREMENTS)}
+        wanted = {r.package for r in missing([*COMMON_REQUIREMENTS, ETHTOOL])}
         for provider in probes.values():
             wanted.update(provider.packages())
         if wanted:
@@ -218,7 +271,10 @@ def run_bench(
         if lacking:
             results[name].status = STATUS_NOT_AVAILABLE
             results[name].reason = "missing " + ", ".join(lacking)
+    if options.wire_gso != "on" and not ETHTOOL.present():
+        raise BenchError(f"--wire-gso {options.wire_gso} needs {ETHTOOL.describe()} (or use --install)")
     report.host = _host_info()
+    report.wire = {"setting": options.wire_gso}
 
     # ------------------------------------------------------------------ measuring
     for stale in clean_stale_runs():
@@ -234,6 +290,7 @@ def run_bench(
         ping_interval=options.ping_interval,
         reverse=options.reverse,
         wait_idle=options.wait_idle,
+        load_ping_interval=options.load_ping_interval,
     )
     ever_up: set[str] = set()
     try:
@@ -246,7 +303,9 @@ def run_bench(
                     tag = f"{name} run {round_no}/{options.repeat}" if options.repeat > 1 else name
                     say(f"=== {tag}")
                     try:
-                        run = _run_path(tracker, factories, name, result, spec, options, workdir, round_no)
+                        run = _run_path(
+                            tracker, factories, name, result, spec, options, workdir, round_no, report.wire
+                        )
                     except _SetupFailed as exc:
                         if name in ever_up:  # it worked before: count a failed run, keep going
                             result.runs.append(RunResult(errors=[f"set-up failed: {exc}"]))
@@ -289,8 +348,10 @@ def _run_path(
     options: BenchOptions,
     workdir: Path,
     round_no: int,
+    wire: dict[str, Any],
 ) -> RunResult:
-    """One set-up, measurement and teardown of path ``name``; _SetupFailed if it does not come up."""
+    """One set-up, measurement and teardown of path ``name``; _SetupFailed if it does not come up.
+    ``wire`` (the report's) gets the veth offloads as read back, the first time."""
     topo = Topology(tracker, ipv6=options.ipv6)
     provider = _create(factories, name)
     pathdir = workdir / (f"{name}-{round_no}" if options.repeat > 1 else name)
@@ -300,6 +361,7 @@ def _run_path(
             topo.create()
         except CommandError as exc:
             raise BenchError(f"cannot build the namespaces: {exc}") from exc
+        _wire_offloads(tracker, topo, options.wire_gso, wire)
         provider.bind(BenchContext(tracker, pathdir, topo.tag, options.setup_timeout, options.ipv6))
         try:
             ta, tb = provider.setup(topo.ns_a, topo.ns_b, topo.ip_a, topo.ip_b)
@@ -319,6 +381,9 @@ def _run_path(
         result.device = device
         mtu = link_info(tracker, client_ns, device).get("mtu") if device else None
         result.mtu = int(mtu) if mtu is not None else None
+        result.device_b = route_device(tracker, server_ns, ta)
+        mtu_b = link_info(tracker, server_ns, result.device_b).get("mtu") if result.device_b else None
+        result.mtu_b = int(mtu_b) if mtu_b is not None else None
         run = measure_path(
             tracker,
             spec,
@@ -330,6 +395,9 @@ def _run_path(
             workdir=pathdir,
             label=name,
         )
+        sockets = {side: udp_sockets(tracker, ns) for side, ns in (("a", client_ns), ("b", server_ns))}
+        result.udp_buffers = {side: [asdict(sock) for sock in socks] for side, socks in sockets.items()}
+        run.udp_drops = sum(sock.drops for socks in sockets.values() for sock in socks)
         return run
     finally:
         try:
@@ -337,6 +405,27 @@ def _run_path(
         except Exception as exc:
             log.warning("%s teardown: %s", name, exc)
         topo.destroy()
+
+
+def _wire_offloads(tracker: Tracker, topo: Topology, setting: str, wire: dict[str, Any]) -> None:
+    """Apply ``--wire-gso`` to both ends of the veth pair; record the features the first time.
+    Without ethtool, "on" (the kernel's defaults) goes on unrecorded; anything else is a BenchError."""
+    if not ETHTOOL.present():
+        wire.setdefault("error", f"no {ETHTOOL.describe()}")
+        return
+    try:
+        features = {
+            side: set_wire_offloads(tracker, ns, dev, setting)
+            for side, ns, dev in (("a", topo.ns_a, topo.veth_a), ("b", topo.ns_b, topo.veth_b))
+        }
+    except CommandError as exc:
+        if setting != "on":
+            raise BenchError(f"--wire-gso {setting}: {exc}") from exc
+        wire.setdefault("error", str(exc))
+        return
+    if "a" not in wire:
+        wire.update(features)
+        wire.pop("error", None)
 
 
 def _daemons(provider: TunnelProvider) -> dict[str, int]:
@@ -355,6 +444,15 @@ def _summary(name: str, run: RunResult) -> str:
         text += f", -P: {run.parallel_receiver_mbps:.1f}"
     if run.ping_avg_ms is not None:
         text += f", ping {run.ping_avg_ms:.3f} ms"
+    loaded = [
+        f"{arrow} {avg:.2f} ms"
+        for arrow, avg in (("A->B", run.load_ab_ping_avg_ms), ("B->A", run.load_ba_ping_avg_ms))
+        if avg is not None
+    ]
+    if loaded:
+        text += f", under load {', '.join(loaded)}"
+    if run.load_ab_mbps is not None and run.load_ba_mbps is not None:
+        text += f" (TCP A->B {run.load_ab_mbps:.1f}, B->A {run.load_ba_mbps:.1f} Mbit/s)"
     if run.cpu_busy_pct is not None:
         text += f", box busy {run.cpu_busy_pct:.0f}%"
     if run.errors:

@@ -414,6 +414,52 @@ class Topology:
                 self.tracker.delete_namespace(ns)
 
 
+# --------------------------------------------------------------------------- the wire's offloads
+
+
+WIRE_ETHTOOL: dict[str, tuple[tuple[str, str], ...]] = {
+    "on": (),
+    "off": (
+        ("tx-udp-segmentation", "off"),
+        ("generic-receive-offload", "off"),
+        ("rx-gro-list", "off"),
+        ("rx-udp-gro-forwarding", "off"),
+    ),
+    "gro": (("tx-udp-segmentation", "off"), ("generic-receive-offload", "on")),
+}
+"""``--wire-gso`` setting -> the veth features it sets (``on``: the kernel's defaults, untouched).
+The meaning of each is in tunvpn.bench.report.WIRE_SETTINGS."""
+
+
+def parse_ethtool_features(output: str) -> dict[str, str]:
+    """``ethtool -k DEV``: ``{"tx-udp-segmentation": "on", ...}`` (``[fixed]`` and the like dropped)."""
+    features: dict[str, str] = {}
+    for line in output.splitlines():
+        name, sep, rest = line.strip().partition(":")
+        words = rest.split()
+        if sep and words and words[0] in ("on", "off") and " " not in name:
+            features[name] = words[0]
+    return features
+
+
+def set_wire_offloads(tracker: Tracker, ns: str, dev: str, setting: str) -> dict[str, str]:
+    """Apply ``--wire-gso setting`` to ``dev`` in ``ns`` (one feature at a time: veth refuses
+    some on some kernels) and return every feature as read back. CommandError if ethtool cannot
+    read them, or if a setting that turns USO off left it on."""
+    for feature, state in WIRE_ETHTOOL[setting]:
+        result = tracker.run(["ethtool", "-K", dev, feature, state], ns=ns, timeout=10)
+        if result.returncode != 0:
+            log.debug(
+                "ethtool -K %s %s %s: %s", dev, feature, state, (result.stderr or result.stdout).strip()
+            )
+    shown = tracker.run(["ethtool", "-k", dev], ns=ns, timeout=10, check=True)
+    features = parse_ethtool_features(shown.stdout)
+    for feature, state in WIRE_ETHTOOL[setting]:
+        if feature == "tx-udp-segmentation" and features.get(feature) not in (None, state):
+            raise CommandError(f"ethtool could not turn {feature} {state} on {dev} in {ns}")
+    return features
+
+
 # --------------------------------------------------------------------------- tools and packages
 
 
@@ -440,6 +486,10 @@ COMMON_REQUIREMENTS = (
     Requirement("ping", "iputils-ping"),
     Requirement("iperf3", "iperf3"),
 )
+
+
+ETHTOOL = Requirement("ethtool", "ethtool")
+"""For ``--wire-gso off|gro`` (and to record the veth's offloads with any setting)."""
 
 
 def missing(requirements: Sequence[Requirement]) -> list[Requirement]:
