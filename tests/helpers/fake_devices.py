@@ -24,7 +24,8 @@ CLIENT_VIP = "10.99.0.7"
 
 
 class _Readable:
-    """A pipe the data thread polls: one byte in it while there is something to read."""
+    """A pipe the data thread polls: a byte in it while there is something to read (level
+    triggered, as a socket or a TUN device is: a read that leaves packets behind signals again)."""
 
     def __init__(self) -> None:
         self._r, self._w = os.pipe()
@@ -71,6 +72,8 @@ class FakeTun(_Readable):
         out = []
         while self._in and len(out) < max_packets:
             out.append(self._in.popleft())
+        if self._in:
+            self._signal()
         return out
 
     def write_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> int:
@@ -98,6 +101,8 @@ class FakeUdp(_Readable):
         out = []
         while self._in and len(out) < max_datagrams:
             out.append(self._in.popleft())
+        if self._in:
+            self._signal()
         return out
 
     def send_batch(self, datagrams: Sequence[bytes | bytearray | memoryview], addr: Address) -> int:

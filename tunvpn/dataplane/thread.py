@@ -36,6 +36,7 @@ from typing import ClassVar, Protocol, cast
 
 from tunvpn.dataplane import PacketDevice
 from tunvpn.dataplane.counters import CounterSnapshot, SaCounts
+from tunvpn.dataplane.stagetrace import StageTrace
 from tunvpn.esp import InboundSA, OutboundSA, SadTable, sa_pair_from_child
 from tunvpn.esp.events import SaLifetimeEvent
 from tunvpn.esp.ratelimit import DropLog
@@ -47,6 +48,12 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 BATCH = 128
+LONE_AFTER_NS = 1_000_000
+"""A side (TUN or UDP) that had no batch for this long reads one packet (or one GRO buffer)
+when it wakes, and handles it before it looks for more: a lone packet (a ping, the first of a
+burst) then costs one read instead of two (the second would only find nothing: EAGAIN), on a
+CPU that is cold after the idle time (issue 21, docs/datapath.md "Latency"). A busy side reads
+whole batches: its batches come back to back, well within this."""
 ACTIVITY_EVERY = 1.0
 """Seconds between "peer alive" notes to the control plane (DPD, RFC 3706 section 5.3)."""
 UNKNOWN_SPI_NOTES = 32
@@ -230,6 +237,12 @@ class DataPlane:
         self._pairs: dict[int, int] = {}  # inbound SPI -> outbound SPI
         self._pending_out: dict[int, tuple[int, OutboundSA]] = {}  # new inbound SPI -> (old, outbound)
         self._last_snapshot = CounterSnapshot()
+        self._trace = StageTrace.from_environment()
+        """Per-batch timestamps for the latency breakdown (TUNVPN_STAGE_TRACE), else None."""
+        self._woke = 0
+        self._woke_wall = 0
+        self._tun_last_ns = 0
+        self._udp_last_ns = 0
         self.last_turn = time.monotonic()
         """When the data thread last went round its loop (it polls for at most a second)."""
 
@@ -443,6 +456,22 @@ class DataPlane:
         poller.register(tun_fd, select.POLLIN)
         poller.register(udp_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        trace = self._trace
+        if trace is not None:
+            enable = getattr(udp, "enable_timestamps", None)
+            if enable is not None:
+                enable()
+        try:
+            self._loop(poller, udp, tun_fd, udp_fd, trace)
+        finally:
+            if trace is not None:
+                written = trace.write()
+                if written is not None:
+                    log.info("data path: stage trace written to %s", written)
+
+    def _loop(
+        self, poller: select.poll, udp: DatagramDevice, tun_fd: int, udp_fd: int, trace: StageTrace | None
+    ) -> None:
         while self._running:
             self.last_turn = time.monotonic()
             timeout = self._timeout_ms()
@@ -450,6 +479,9 @@ class DataPlane:
                 ready = poller.poll(timeout)
             except InterruptedError:
                 continue
+            if trace is not None:
+                self._woke = time.perf_counter_ns()
+                self._woke_wall = time.time_ns()
             if self._commands:  # SAs first: a packet of this poll may need one just installed
                 self._apply_commands()
             if self._udp is not udp and self._udp is not None:  # replace_socket: poll the new one
@@ -489,17 +521,28 @@ class DataPlane:
         self._apply_commands()
 
     def _from_tun(self) -> None:
-        packets = self.tun.read_batch(BATCH)
+        start = time.monotonic_ns()
+        lone = start - self._tun_last_ns > LONE_AFTER_NS
+        self._tun_last_ns = start
+        packets = self.tun.read_batch(1 if lone else BATCH)
         if not packets:
             return
+        read = time.perf_counter_ns() if self._trace is not None else 0
         self.counters["tun packets in"] += len(packets)
         self.counters["tun batches"] += 1
-        for sa, datagrams in self.sad.encrypt_batch(cast("list[Packet]", packets)):
+        groups = self.sad.encrypt_batch(cast("list[Packet]", packets))
+        core = time.perf_counter_ns() if self._trace is not None else 0
+        for sa, datagrams in groups:
             if sa.peer is None:  # an SA from a Quick Mode always has one
                 self.counters["esp dropped: no peer"] += len(datagrams)
                 continue
             self._send_all(datagrams, sa.peer)
             self.counters["esp out"] += len(datagrams)
+        if self._trace is not None:
+            done, woke = time.perf_counter_ns(), self._woke
+            self._trace.add(
+                "out", self._woke_wall, read - woke, core - woke, done - woke, len(packets), packets[0]
+            )
 
     def _send_all(self, datagrams: list[bytes], peer: Address) -> None:
         """Send every datagram; when the socket buffer is full, wait briefly for room."""
@@ -518,9 +561,13 @@ class DataPlane:
         udp = self._udp
         if udp is None:
             return
-        received = udp.recv_buffers(BATCH)
+        start = time.monotonic_ns()
+        lone = start - self._udp_last_ns > LONE_AFTER_NS
+        self._udp_last_ns = start
+        received = udp.recv_buffers(1 if lone else BATCH)
         if not received:
             return
+        read = time.perf_counter_ns() if self._trace is not None else 0
         now = self.clock()
         inner: list[bytes] = []
         decrypt_buffer = self.sad.decrypt_buffer
@@ -538,9 +585,16 @@ class DataPlane:
                 self._sort_out(rest, addr, inner, now)
         self.counters["udp datagrams in"] += datagrams
         self.counters["udp batches"] += 1
+        core = time.perf_counter_ns() if self._trace is not None else 0
         if inner:
             self.tun.write_batch(inner)
             self.counters["tun packets out"] += len(inner)
+        if self._trace is not None and inner:
+            done, woke = time.perf_counter_ns(), self._woke
+            stamp = getattr(udp, "first_stamp_ns", 0) or None
+            self._trace.add(
+                "in", self._woke_wall, read - woke, core - woke, done - woke, datagrams, inner[0], stamp
+            )
 
     def _sort_out(self, received: list[bytes], addr: Address, inner: list[bytes], now: float) -> None:
         """Datagrams the fast path left: IKE (non-ESP marker), NAT-T keepalives, ESP of

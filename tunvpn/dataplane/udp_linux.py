@@ -43,6 +43,9 @@ MAX_GSO_BYTES_V4 = 65535 - 20 - 8
 MAX_GSO_BYTES_V6 = 65535 - 8
 RECV_BUFFER = 65536 + 64
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; SCM_TIMESTAMPNS is the same number
+_STAMP_CMSG_SPACE = socket.CMSG_SPACE(16)  # struct timespec
+_TIMESPEC = struct.Struct("=qq")
 _U16 = struct.Struct("=H")
 _I32 = struct.Struct("=i")
 
@@ -125,6 +128,21 @@ class UdpSocket:
                 log.info("UDP_GRO not available (%s): one datagram per recvmsg", exc)
         self._buffer = bytearray(RECV_BUFFER if self.gro else 65536)
         self._view = memoryview(self._buffer)
+        self.timestamps = False
+        """The kernel's receive time is asked for (:meth:`enable_timestamps`)."""
+        self.first_stamp_ns = 0
+        """The receive time (wall clock, ns) of the first datagram of the last
+        :meth:`recv_buffers`, with :attr:`timestamps`; else 0."""
+
+    def enable_timestamps(self) -> bool:
+        """Ask the kernel for each datagram's receive time (``SO_TIMESTAMPNS``), for the
+        latency breakdown (tunvpn.dataplane.stagetrace); whether it was granted."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            return False
+        self.timestamps = True
+        return True
 
     def _set_buffer(self, force: int, option: int, size: int) -> None:
         """Ask for ``size`` octets; beyond net.core.[rw]mem_max only with CAP_NET_ADMIN (*FORCE)."""
@@ -288,9 +306,10 @@ class UdpSocket:
         out: list[tuple[bytes, int, Address]] = []
         recvmsg = self.sock.recvmsg
         stats = self.stats
-        ancsize = _GRO_CMSG_SPACE if self.gro else 0
+        ancsize = (_GRO_CMSG_SPACE if self.gro else 0) + (_STAMP_CMSG_SPACE if self.timestamps else 0)
         size = len(self._buffer)
         count = 0
+        self.first_stamp_ns = 0
         while count < max_datagrams:
             try:
                 data, ancdata, flags, addr = recvmsg(size, ancsize)
@@ -311,6 +330,9 @@ class UdpSocket:
                 for level, kind, cdata in ancdata:
                     if level == SOL_UDP and kind == UDP_GRO:
                         segment = _I32.unpack(cdata)[0] if len(cdata) >= 4 else _U16.unpack(cdata[:2])[0]
+                    elif kind == SO_TIMESTAMPNS and level == socket.SOL_SOCKET and not self.first_stamp_ns:
+                        seconds, nanos = _TIMESPEC.unpack(cdata[:16])
+                        self.first_stamp_ns = seconds * 1_000_000_000 + nanos
                 if 0 < segment < nbytes:
                     stats.gro_receives += 1
                     count += (nbytes + segment - 1) // segment

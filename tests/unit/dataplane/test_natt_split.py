@@ -47,7 +47,8 @@ def test_the_data_thread_splits_port_4500_as_the_classifier_says() -> None:
     dataplane.attach_device(udp, lambda data, addr: handed.append(data))
     for data in SAMPLES.values():
         udp.inject(data, CLIENT)
-    dataplane._from_udp()  # one poll's worth, on this thread (the thread is not started)
+    for _ in SAMPLES:  # on this thread (the thread is not started): after an idle time the
+        dataplane._from_udp()  # first call takes one datagram (LONE_AFTER_NS), the next the rest
     snap = dataplane.counter_snapshot()
     assert handed == [IKE]  # with its marker: the engine strips it
     assert snap.get("dataplane", "nat-t keepalive") == 1
