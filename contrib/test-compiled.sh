@@ -4,6 +4,9 @@
 #
 # Usage: bash contrib/test-compiled.sh [PYTHON] [pytest args...]   (default python3; CI passes
 # the Python contrib/test-all.sh installed everything with)
+#        bash contrib/test-compiled.sh --tree DIR [PYTHON]   builds the same copy into DIR and
+# stops there: a source tree whose data path runs compiled with PYTHON (PYTHONPATH=DIR), for
+# `TUNVPN_COMPILED_TREE=DIR tunvpn bench --paths tunvpn,tunvpn-compiled` (side by side).
 #
 # 1. a virtual environment of its own in a temporary folder, with setuptools, wheel and mypy;
 # 2. TUNVPN_MYPYC=1 pip wheel --no-build-isolation: the wheel a packager would build, whose
@@ -15,6 +18,12 @@
 # The checkout itself is never built in place, so no compiled module shadows edited sources.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+TREE=""
+if [ "${1:-}" = "--tree" ]; then
+  TREE="$(realpath -m "${2:?--tree DIR}")"
+  shift 2
+  [ -e "$TREE" ] && { echo "test-compiled: $TREE exists" >&2; exit 2; }
+fi
 PY="${1:-python3}"
 [ $# -gt 0 ] && shift
 
@@ -35,7 +44,7 @@ V="$work/venv/bin/python"
 "$V" -m pip install --quiet -r "$work/requirements.txt" || die "pip install the dependencies"
 
 log "copy of the checkout (tracked files and the working tree's changes)"
-mkdir "$work/src"
+if [ -n "$TREE" ]; then mkdir -p "$TREE" && ln -s "$TREE" "$work/src"; else mkdir "$work/src"; fi
 git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work/src" 2>/dev/null ||
   tar --exclude=.git --exclude=.venv -cf - . | tar -xf - -C "$work/src"
 
@@ -44,6 +53,13 @@ log "TUNVPN_MYPYC=1 pip wheel (mypyc compiles the data path)"
   die "the mypyc build"
 wheel="$(ls "$work"/dist/tunvpn-*.whl)"
 log "built $(basename "$wheel") ($(du -h "$wheel" | cut -f1))"
+if [ -n "$TREE" ]; then
+  (cd "$work/src" && "$V" -m zipfile -e "$wheel" "$work/wheel" && cd "$work/wheel" &&
+    find . -name '*.so' -exec cp --parents -t "$TREE" {} +) || die "unpack the wheel"
+  (cd "$TREE" && "$PY" -c 'from tunvpn.build import build_kind; print(build_kind())' >&2)
+  log "a tree with the compiled data path: $TREE (PYTHONPATH=$TREE $PY -m tunvpn ...)"
+  exit 0
+fi
 "$V" -m pip install --quiet "$wheel[test]" || die "pip install the wheel"
 "$V" -m pip install --quiet "$work/src/tests/example-plugin" "$work/src"/plugins/*/ || die "pip install the plugins"
 version="$(cd "$work" && "$V" -m tunvpn --version)"

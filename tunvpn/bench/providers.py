@@ -733,6 +733,39 @@ class TunvpnProvider(TunnelProvider):
         return (self.inner6_a if self.ipv6 else self.inner_a), str(address)
 
 
+COMPILED_TREE_ENV = "TUNVPN_COMPILED_TREE"
+"""A source tree whose data path is compiled (``bash contrib/test-compiled.sh --tree DIR``)."""
+
+
+class TunvpnCompiledProvider(TunvpnProvider):
+    """tunvpn with its data path compiled by mypyc (issue 21), beside the interpreted one in the
+    same run: the daemons run from the tree that ``TUNVPN_COMPILED_TREE`` names."""
+
+    name = "tunvpn-compiled"
+
+    def _tree(self) -> Path | None:
+        tree = os.environ.get(COMPILED_TREE_ENV)
+        if not tree or not any(Path(tree, "tunvpn", "esp").glob("sa.*.so")):
+            return None
+        return Path(tree)
+
+    def missing(self) -> list[str]:
+        out = super().missing()
+        if self._tree() is None:
+            out.append(f"{COMPILED_TREE_ENV}=DIR, a compiled tree (bash contrib/test-compiled.sh --tree DIR)")
+        return out
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        env["PYTHONPATH"] = str(self._tree())
+        return env
+
+    def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
+        tunnel = super().setup(ns_a, ns_b, ip_a, ip_b)
+        self.program = f"tunvpn {_tunvpn_version()} (python {sys.version.split()[0]}, compiled (mypyc))"
+        return tunnel
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -753,6 +786,7 @@ PROVIDERS: dict[str, ProviderFactory] = {
     "strongswan-cbc": lambda: StrongSwanProvider("aes128-sha256", "strongswan-cbc"),
     "strongswan-gcm256": lambda: StrongSwanProvider("aes256gcm16", "strongswan-gcm256"),
     "tunvpn": TunvpnProvider,
+    "tunvpn-compiled": TunvpnCompiledProvider,
 }
 ALIASES = {"wireguard-go": "wireguard", "strongswan-gcm": "strongswan", "wg": "wireguard", "ovpn": "openvpn"}
 DEFAULT_PATHS = ("veth", "openvpn", "wireguard", "strongswan-gcm256", "tunvpn")
