@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[3]
 REPORTS = (
     "docs/bench/bench-2026-12-06-load.json",
     "docs/bench/bench-2026-12-06-load-nogso.json",
+    "docs/bench/bench-2026-12-06-compiled.json",  # tunvpn interpreted and compiled side by side
 )
 
 
