@@ -4,6 +4,7 @@ preformatted strings, and the schema's version in every answer."""
 from __future__ import annotations
 
 from tests.helpers.loopback import ENG, INTRANET, MAIL
+from tunvpn.build import build_kind
 from tunvpn.config.pool import AddressPool
 from tunvpn.gateway.daemon import STATUS_SCHEMA, Gateway, GatewayOptions, SimpleRule
 from tunvpn.ike.config import PskTable
@@ -26,6 +27,7 @@ def test_policies_are_objects_with_who_gets_them() -> None:
     )
     status = gateway.status()
     assert status["schema"] == STATUS_SCHEMA == 2
+    assert status["build"] == build_kind()  # interpreted, or compiled (mypyc): issue 21
     intranet, mail, eng = status["policies"]  # type: ignore[misc]
     assert intranet == {
         "name": "intranet",
