@@ -1266,20 +1266,43 @@ def _rules(
             except LocalProtocolError as exc:
                 raise block.error("peers", f"peers {text!r}: {exc}") from None
         rules.append(PolicyRule(policy, member_groups, block.texts("users") or (), tuple(peers)))
-    for family_pool in (pool, pool6):
+    overlap = pool_overlap(pool, pool6, [rule.policy for rule in rules])
+    if overlap is not None:
+        key, index, reason = overlap
+        block = blocks[index]
+        raise top.source.error(key, f"{reason} ({block.label}, line {top.source.line_of(block.key)})")
+    return tuple(rules)
+
+
+def pool_overlap(
+    pool: AddressPool[IPv4Address] | None,
+    pool6: AddressPool[IPv6Address] | None,
+    policies: Sequence[Phase2Policy],
+) -> tuple[str, int, str] | None:
+    """The first policy whose protected network overlaps the address pool of its family (a
+    client's address would fall inside a network it reaches through the tunnel): ``(key,
+    index of the policy, reason)``, or None. gateway.toml's check and the gateway's own
+    (tunvpn.gateway.plugin_setup, for options built in code) are this one."""
+    for key, family_pool in (("network.pool", pool), ("network.pool6", pool6)):
         if family_pool is None:
             continue
-        for rule, block in zip(rules, blocks):
-            local = rule.policy.gateway_ts
-            same = local.version == family_pool.first.version
-            if same and not local.is_any and local.intersect(_pool_selector(family_pool)) is not None:
-                where = f"{block.label}, line {top.source.line_of(block.key)}"
-                raise top.source.error(
-                    "network.pool" if family_pool is pool else "network.pool6",
-                    f"the pool {family_pool.first}-{family_pool.last} overlaps {local}, the protected "
-                    f"network of policy {rule.policy.name!r} ({where})",
+        selector = _pool_selector(family_pool)
+        for index, policy in enumerate(policies):
+            local = policy.gateway_ts
+            if (
+                local.version == family_pool.first.version
+                and not local.is_any
+                and local.intersect(selector) is not None
+            ):
+                return (
+                    key,
+                    index,
+                    (
+                        f"the pool {family_pool.first}-{family_pool.last} overlaps {local}, the protected "
+                        f"network of policy {policy.name!r}"
+                    ),
                 )
-    return tuple(rules)
+    return None
 
 
 def _tunnel_parameters(block: TableReader, legacy: bool) -> tuple[EspSuite, DHGroup | None, int]:

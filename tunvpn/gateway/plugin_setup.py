@@ -16,8 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from tunvpn.config.errors import ConfigError
-from tunvpn.config.gateway import ConfigFileError, undefined_group
-from tunvpn.ipsec.selectors import TrafficSelector
+from tunvpn.config.gateway import ConfigFileError, pool_overlap, undefined_group
 from tunvpn.plugins.host import PluginSettingsError
 
 if TYPE_CHECKING:
@@ -69,20 +68,9 @@ def check_group_names(options: GatewayOptions, declared: Mapping[str, str]) -> N
 
 
 def check_pools(options: GatewayOptions) -> None:
-    """No protected network of a rule overlaps an address pool of its family (a client's
-    address would fall inside a network it reaches through the tunnel)."""
-    for name, pool in (("network.pool", options.pool), ("network.pool6", options.pool6)):
-        if pool is None:
-            continue
-        selector = TrafficSelector.from_range(pool.first, pool.last)
-        for rule in options.rules:
-            local = rule.policy.gateway_ts
-            if local.version != pool.first.version or local.is_any:
-                continue
-            if local.intersect(selector) is not None:
-                raise located(
-                    options,
-                    name,
-                    f"the pool {pool.first}-{pool.last} overlaps {local}, the protected network of "
-                    f"policy {rule.policy.name!r}",
-                )
+    """No protected network of a rule overlaps an address pool of its family (gateway.toml's
+    own check, :func:`tunvpn.config.gateway.pool_overlap`)."""
+    overlap = pool_overlap(options.pool, options.pool6, [rule.policy for rule in options.rules])
+    if overlap is not None:
+        key, _, reason = overlap
+        raise located(options, key, reason)

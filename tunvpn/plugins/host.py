@@ -377,8 +377,7 @@ class PluginHost:
         for impl in self._ordered("tunvpn_announce_protocol"):
             if impl.plugin_name != protocol.name:
                 continue
-            wanted = {"protocol": protocol, "context": context}
-            result = impl.function(**{k: v for k, v in wanted.items() if k in impl.argnames})
+            result = _call_now(impl, protocol=protocol, context=context)
             if result is None:
                 continue
             if not isinstance(result, ProtocolAnnouncement):
@@ -396,7 +395,7 @@ class PluginHost:
         for impl in self._ordered("tunvpn_serve"):
             if not inspect.iscoroutinefunction(impl.function):
                 raise PluginError(f"plugin {impl.plugin_name!r}: tunvpn_serve must be an async def")
-            coro = impl.function(**{k: v for k, v in {"context": context}.items() if k in impl.argnames})
+            coro = _call_now(impl, context=context)
             task = asyncio.get_running_loop().create_task(coro, name=f"{impl.plugin_name} service")
             task.add_done_callback(_service_done(impl.plugin_name))
             tasks.append(task)
@@ -438,9 +437,8 @@ class PluginHost:
         that refuses (configuration time: a coroutine is not allowed here)."""
         for impl in self._ordered("tunvpn_check_settings"):
             own = dict(settings.get(impl.plugin_name, {}))
-            wanted = {"settings": own, "side": side, "context": context}
             try:
-                result = impl.function(**{k: v for k, v in wanted.items() if k in impl.argnames})
+                result = _call_now(impl, settings=own, side=side, context=context)
             except SettingError as exc:
                 raise PluginSettingsError(impl.plugin_name, exc) from exc
             except Exception as exc:  # a plugin's own ValueError, KeyError, ...
@@ -463,9 +461,8 @@ class PluginHost:
         out: dict[str, str] = {}
         for impl in self._ordered("tunvpn_declare_groups"):
             own = dict(settings.get(impl.plugin_name, {}))
-            wanted = {"settings": own, "context": context}
             try:
-                result = impl.function(**{k: v for k, v in wanted.items() if k in impl.argnames})
+                result = _call_now(impl, settings=own, context=context)
             except SettingError as exc:
                 raise PluginSettingsError(impl.plugin_name, exc) from exc
             if result is None:
@@ -540,6 +537,12 @@ def _service_done(name: str) -> Callable[[asyncio.Task[None]], None]:
             logging.getLogger("tunvpn.plugins").error("plugin %r: its service stopped: %s", name, exc)
 
     return done
+
+
+def _call_now(impl: pluggy.HookImpl, /, **kwargs: object) -> Any:
+    """One hook implementation called here and now (configuration-time hooks), with the
+    arguments it names."""
+    return impl.function(**{name: kwargs[name] for name in impl.argnames if name in kwargs})
 
 
 async def _call(impl: pluggy.HookImpl, pool: WorkerPool, wait: bool = True, /, **kwargs: object) -> object:
