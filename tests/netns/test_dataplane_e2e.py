@@ -267,3 +267,28 @@ def test_rekey_is_make_before_break(tmp_path: Path) -> None:
     assert client_text.count("rekeyed ") >= 2, client_text[-3000:]
     assert "Quick Mode SA deleted" in client_text
     assert " 0% packet loss" in ping.stdout, ping.stdout[-500:] + client_text[-3000:]
+
+
+def test_the_side_that_asks_busy_polls_for_the_answer(tunnel: Running) -> None:
+    """Issue 21: a lone packet out of the gateway (a ping to the client, from the protected
+    network's address) is answered while its data thread busy-polls, so the answer is handled
+    without the thread going to sleep; the client's own lone packets (the echo replies) see no
+    answer and back off. The gateway logs what busy polling did at exit."""
+    pair = tunnel.pair
+    vip = re.search(r"address (10\.79\.0\.\d+)", read_text(tunnel.cl_log))
+    assert vip, read_text(tunnel.cl_log)[-2000:]
+    ping = run_in(
+        pair.a,
+        ["ping", "-c", "10", "-i", "0.2", "-W", "2", "-I", PROTECTED, vip.group(1)],
+        check=False,
+        timeout=30,
+    )
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    stop_process(tunnel.gw)
+    stats = _data_path_stats(tunnel.gw_log)
+    busy = re.search(r"'busy poll': \{([^}]*)\}", stats)
+    assert busy, stats
+    counts = dict(re.findall(r"'([a-z ]+)': (\d+)", busy.group(1)))
+    # at least one answer (on a loaded machine some may come after the window and back off)
+    assert int(counts["polls"]) >= 1 and int(counts["answered"]) >= 1, counts
+    assert 0 < int(counts["answer us"]) < 1000, counts

@@ -165,6 +165,9 @@ class ClientOptions:
     tun: str | None = None
     """TUN device name (template) for the ESP data path; None: negotiate IKE only."""
     mtu: int = 1400
+    busy_poll_us: int | None = None
+    """The data thread's longest busy poll after a lone packet, in microseconds (0: never);
+    None: the default for this machine (:func:`tunvpn.dataplane.busypoll.default_limit_us`)."""
     """Inner MTU of the TUN device."""
     sa_lifetime: int = 3600
     """IPsec SA lifetime in seconds we offer (the gateway may lower it); rekeyed at 90 %."""
@@ -1387,12 +1390,14 @@ class Client:
             self._cleanup_stale()
         if self.options.tun is not None and self.tunnel is None:
             from tunvpn.client.holdtunnel import HoldingTunnel
+            from tunvpn.dataplane.busypoll import busy_poll_limit_us
 
             self.tunnel = HoldingTunnel(
                 self.engine,
                 name=self.options.tun,
                 mtu=self.options.mtu,
                 proposal_for=self.proposal_for,
+                busy_poll_us=busy_poll_limit_us(self.options.busy_poll_us),
             )
             self.tunnel.before_routes = self._pin_gateway
             self.progress.report("tunnel", f"TUN device {self.tunnel.name} ready", state="ready")

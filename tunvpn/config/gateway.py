@@ -795,6 +795,9 @@ class GatewayConfig:
     tun: str | None = "tunvpn%d"
     """TUN device name (template); ``None``: negotiate IKE only."""
     mtu: int = 1400
+    busy_poll_us: int | None = None
+    """The data thread's longest busy poll after a lone packet, in microseconds (0: never);
+    None: the default (:func:`tunvpn.dataplane.busypoll.default_limit_us`)."""
     accounting_interval: int = 0
     """Seconds between accounting "interim" records of each session (0: none)."""
     max_sessions_per_user: int = 4
@@ -859,7 +862,7 @@ _SITE_KEYS = (
 _GATEWAY_KEYS = (
     "listen", "ike_port", "natt_port", "id", "psk_file", "psk_env", "psk", "certificate", "users_file",
     "require_xauth", "allow_aggressive_psk", "allow_aggressive_signatures", "allow_base_mode", "legacy",
-    "tun", "mtu", "keylog",
+    "tun", "mtu", "busy_poll", "keylog",
     "control_socket", "plugins", "metrics", "metrics_per_user",
     "accounting_interval", "xauth_chap", "max_sessions_per_user", "login_timeout", "hybrid",
     "reauth_interval", "fragmentation",
@@ -1110,6 +1113,7 @@ def parse_gateway_config(
         source_text=src,
         tun=tun,
         mtu=gw.number("mtu", 1400, 576, 65535),
+        busy_poll_us=gw.number("busy_poll", -1, 0, 100_000) if "busy_poll" in gw.data else None,
         keylog=keylog,
         accounting_interval=gw.number("accounting_interval", 0, 0, 86400),
         max_sessions_per_user=gw.number("max_sessions_per_user", 4, 0, 1_000_000),

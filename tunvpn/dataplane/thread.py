@@ -31,10 +31,11 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Protocol, cast
 
 from tunvpn.dataplane import PacketDevice
+from tunvpn.dataplane.busypoll import BusyPoll
 from tunvpn.dataplane.counters import CounterSnapshot, SaCounts
 from tunvpn.dataplane.stagetrace import StageTrace
 from tunvpn.esp import InboundSA, OutboundSA, SadTable, sa_pair_from_child
@@ -200,6 +201,8 @@ class DataPlane:
     :param tun: the TUN device (:class:`~tunvpn.dataplane.PacketDevice`).
     :param on_event: called from the data thread with :class:`SaLifetimeEvent` and
         :class:`PeerActivity` objects; it must hand them to the control plane thread-safely.
+    :param busy_poll: poll without sleeping for a while after sending a lone packet, as this
+        policy says (:mod:`tunvpn.dataplane.busypoll`); None: never.
     """
 
     def __init__(
@@ -209,6 +212,7 @@ class DataPlane:
         on_event: Callable[[DataEvent], None] | None = None,
         replay_window: int = 4096,
         clock: Callable[[], float] = time.time,
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         self.tun = tun
         self.on_event = on_event
@@ -239,6 +243,10 @@ class DataPlane:
         self._last_snapshot = CounterSnapshot()
         self._trace = StageTrace.from_environment()
         """Per-batch timestamps for the latency breakdown (TUNVPN_STAGE_TRACE), else None."""
+        self.busy_poll = busy_poll if busy_poll is not None and busy_poll.enabled else None
+        """The busy-poll policy (touched by the data thread only, once it runs), or None."""
+        self._poll_until = 0
+        """When set, the loop busy-polls until this ``time.monotonic_ns()`` before it sleeps."""
         self._woke = 0
         self._woke_wall = 0
         self._tun_last_ns = 0
@@ -358,11 +366,14 @@ class DataPlane:
         return self._last_snapshot
 
     def stats(self) -> dict[str, object]:
-        """The data thread's counts, its ESP drops by reason and the number of SAs (logged at exit)."""
+        """The data thread's counts, its ESP drops by reason, the number of SAs and what busy
+        polling did (logged at exit)."""
         snap = self.counter_snapshot()
         out: dict[str, object] = dict(snap.group("dataplane"))
         out["drops"] = dict(snap.group("esp drops"))
         out["sas"] = snap.get("dataplane sad", "sas")
+        if snap.group("busy poll"):
+            out["busy poll"] = dict(snap.group("busy poll"))
         return out
 
     def submit(self, command: Command) -> None:
@@ -432,14 +443,17 @@ class DataPlane:
         for out in self.sad.outbound_sas():
             sas[out.spi] = SaCounts(out.bytes, out.seq)
         drops = {reason.name.lower(): n for reason, n in self.sad.drop_counts().items() if n}
-        return CounterSnapshot(
-            groups={
-                "dataplane": dict(self.counters),
-                "esp drops": drops,
-                "dataplane sad": {"sas": len(self.sad)},
-            },
-            sas=sas,
-        )
+        groups: dict[str, dict[str, int]] = {
+            "dataplane": dict(self.counters),
+            "esp drops": drops,
+            "dataplane sad": {"sas": len(self.sad)},
+        }
+        if self.busy_poll is not None:
+            groups["busy poll"] = {
+                **{key.replace("_", " "): n for key, n in asdict(self.busy_poll.stats).items()},
+                "answer us": self.busy_poll.answer_ns // 1000,
+            }
+        return CounterSnapshot(groups=groups, sas=sas)
 
     def sad_has_outbound(self, spi: int) -> bool:
         return any(sa.spi == spi for sa in self.sad.outbound_sas())
@@ -476,7 +490,9 @@ class DataPlane:
             self.last_turn = time.monotonic()
             timeout = self._timeout_ms()
             try:
-                ready = poller.poll(timeout)
+                ready = self._busy_poll(poller, udp_fd) if self._poll_until else []
+                if not ready:
+                    ready = poller.poll(timeout)
             except InterruptedError:
                 continue
             if trace is not None:
@@ -505,6 +521,33 @@ class DataPlane:
                     if self.counters["loop exception"] <= 5:
                         log.exception("data path: error while handling a batch")
             self._timers()
+
+    def _busy_poll(self, poller: select.poll, udp_fd: int) -> list[tuple[int, int]]:
+        """Poll without sleeping until something is ready or ``_poll_until`` passes (a lone
+        packet went out: its answer is handled at once, on a CPU that is still warm). Yields
+        the CPU between polls, so another task that wants it (the one to answer, say) runs.
+        Commands are applied as they come, without ending the poll."""
+        deadline, self._poll_until = self._poll_until, 0
+        busy = self.busy_poll
+        if busy is None:
+            return []
+        clock = time.monotonic_ns
+        poll = poller.poll
+        wake_fd = self._wake_r
+        while True:
+            ready = poll(0)
+            now = clock()
+            if ready and self._running and all(fd == wake_fd for fd, _ in ready):
+                self._drain_wake()  # a snapshot, an SA: no reason to stop waiting for the answer
+                ready = []
+            if ready:
+                answered = any(fd == udp_fd for fd, _ in ready)
+                busy.stop(now, answered=answered, expired=False)
+                return ready
+            if now >= deadline:
+                busy.stop(now, answered=False, expired=True)
+                return ready
+            os.sched_yield()
 
     def _timeout_ms(self) -> int:
         deadline = self.sad.get_timer()
@@ -538,6 +581,8 @@ class DataPlane:
                 continue
             self._send_all(datagrams, sa.peer)
             self.counters["esp out"] += len(datagrams)
+        if lone and self.busy_poll is not None and len(packets) == 1:
+            self._poll_until = self.busy_poll.start(time.monotonic_ns())
         if self._trace is not None:
             done, woke = time.perf_counter_ns(), self._woke
             self._trace.add(

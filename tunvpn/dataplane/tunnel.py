@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunvpn.dataplane import PacketDevice, off_loop
+from tunvpn.dataplane.busypoll import BusyPoll
 from tunvpn.dataplane.thread import DataEvent, DataPlane, PeerActivity, UnknownSpi
 from tunvpn.esp.events import SaHardExpired, SaLifetimeEvent, SaSoftExpired
 from tunvpn.ike import events as ev
@@ -49,6 +50,8 @@ class Tunnel:
     :param engine: the IKE engine (for rekeying Quick Modes and DPD liveness notes).
     :param proposal_for: the Quick Mode proposal to rekey a child with (by policy name);
         ``None`` means this side does not rekey (a gateway leaves it to its clients).
+    :param busy_poll_us: the longest busy poll of the data thread after a lone packet, in
+        microseconds (:mod:`tunvpn.dataplane.busypoll`); 0: never.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class Tunnel:
         offload: bool = True,
         proposal_for: Callable[[str], ChildProposal | None] | None = None,
         tun: PacketDevice | None = None,
+        busy_poll_us: int = 0,
     ) -> None:
         if tun is None:
             from tunvpn.dataplane import open_tun
@@ -68,7 +72,8 @@ class Tunnel:
         self.tun: PacketDevice = tun
         self.engine = engine
         self.proposal_for = proposal_for
-        self.dataplane = DataPlane(tun, on_event=self._from_data_thread)
+        busy = BusyPoll(limit_ns=busy_poll_us * 1000) if busy_poll_us > 0 else None
+        self.dataplane = DataPlane(tun, on_event=self._from_data_thread, busy_poll=busy)
         self.pairs: dict[int, _Pair] = {}  # by inbound SPI
         self._routes: dict[str, int] = {}  # route -> number of SA pairs using it
         self._addresses: dict[int, str] = {}

@@ -180,6 +180,9 @@ class GatewayOptions:
     sa_lifetime: int = 3600
     """Longest IPsec SA lifetime in seconds the gateway grants (lower offers are kept)."""
     mtu: int = 1400
+    busy_poll_us: int | None = None
+    """The data thread's longest busy poll after a lone packet, in microseconds (0: never);
+    None: the default for this machine (:func:`tunvpn.dataplane.busypoll.default_limit_us`)."""
     rules: tuple[Rule, ...] = ()
     """Phase 2 policies and who gets them; empty: one policy per ``split`` network (or all)."""
     groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -1844,12 +1847,17 @@ class Gateway:
                 "writing IKE and ESP keys to %s.* (for Wireshark; keep it private)", self.options.keylog
             )
         if self.options.tun is not None and self.tunnel is None:
+            from tunvpn.dataplane.busypoll import busy_poll_limit_us
             from tunvpn.dataplane.tunnel import Tunnel
 
             # the gateway answers Quick Modes and its clients rekey them; it rekeys the site
             # tunnels it started (proposal_for: None for clients' SAs)
             self.tunnel = Tunnel(
-                self.engine, name=self.options.tun, mtu=self.options.mtu, proposal_for=self.sites.proposal_for
+                self.engine,
+                name=self.options.tun,
+                mtu=self.options.mtu,
+                proposal_for=self.sites.proposal_for,
+                busy_poll_us=busy_poll_limit_us(self.options.busy_poll_us),
             )
             log.info("ESP data path on TUN device %s", self.tunnel.name)
             if forwarding_off():
@@ -2151,6 +2159,7 @@ RESTART_SETTINGS = (
     "natt_port",
     "tun",
     "mtu",
+    "busy_poll_us",
     "keylog",
     "control_socket",
     "plugins",
@@ -2240,6 +2249,7 @@ def options_from_config(cfg: GatewayConfig) -> GatewayOptions:
         keylog=cfg.keylog,
         tun=cfg.tun,
         mtu=cfg.mtu,
+        busy_poll_us=cfg.busy_poll_us,
         rules=tuple(cfg.rules),
         groups=dict(cfg.groups),
         protocols=tuple(cfg.protocols),

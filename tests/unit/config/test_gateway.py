@@ -91,9 +91,16 @@ def test_contrib_example_loads(gwdir: Path) -> None:
     assert config.protocols == () and config.plugins == ()
 
 
+@pytest.mark.parametrize("value", [0, 250, 100_000])
+def test_busy_poll_is_read_in_microseconds(gwdir: Path, value: int) -> None:
+    text = MINIMAL.replace('psk_file = "gw.psk"', f'psk_file = "gw.psk"\nbusy_poll = {value}')
+    assert load_config(gwdir, text).busy_poll_us == value
+
+
 def test_minimal_file_gets_the_documented_defaults(gwdir: Path) -> None:
     config = load_config(gwdir, MINIMAL)
     assert (config.ike_port, config.natt_port, config.tun, config.mtu) == (500, 4500, "tunvpn%d", 1400)
+    assert config.busy_poll_us is None  # the default for the machine (tunvpn.dataplane.busypoll)
     assert config.local_id is None and config.users is None and not config.require_xauth
     assert config.phase1 == Phase1Policy()
     (policy,) = config.policies
@@ -515,6 +522,11 @@ def test_bad_lifetime(gwdir: Path, value: str, reason: str) -> None:
         (("psk_file = \"gw.psk\"", 'psk_file = "gw.psk"\nxauth_chap = "yes"'), "gateway.xauth_chap",
          "true or false"),
         (("psk_file = \"gw.psk\"", 'psk_file = "gw.psk"\nmtu = 100'), "gateway.mtu", "outside"),
+        (("psk_file = \"gw.psk\"", 'psk_file = "gw.psk"\nbusy_poll = -1'), "gateway.busy_poll", "outside"),
+        (("psk_file = \"gw.psk\"", 'psk_file = "gw.psk"\nbusy_poll = 200000'), "gateway.busy_poll",
+         "outside"),
+        (("psk_file = \"gw.psk\"", 'psk_file = "gw.psk"\nbusy_poll = "1ms"'), "gateway.busy_poll",
+         "integer"),
         (("psk_file = \"gw.psk\"", 'psk_file = "gw.psk"\nid = "dn:nonsense"'), "gateway.id", "identity"),
         (("pool = \"10.79.0.10-10.79.0.20\"", 'pool = "10.79.0.20-10.79.0.10"'), "network.pool", "before"),
         (("local = \"10.78.0.0/24\"", 'local = "10.78.0.0/33"'), "policy[0].local", "selector"),
