@@ -670,6 +670,10 @@ class TunvpnProvider(TunnelProvider):
 
     def setup(self, ns_a: str, ns_b: str, ip_a: str, ip_b: str) -> tuple[str, str]:
         self.program = f"tunvpn {_tunvpn_version()} (python {sys.version.split()[0]}, {_data_path_build()})"
+        if self.gateway_args or self.client_args:
+            self.program += (
+                f"; gateway {' '.join(self.gateway_args) or '-'}, client {' '.join(self.client_args) or '-'}"
+            )
         psk = base64.b32encode(os.urandom(20)).decode().lower()
         gw_psk = write_private(self.workdir / "gateway.psk", f"* {psk}\n")
         cl_psk = write_private(self.workdir / "client.psk", f"{psk}\n")
@@ -775,6 +779,10 @@ OPENVPN_BIG_BUFFER = 8 << 20
 """``openvpn-bigbuf``: the UDP socket buffers tunvpn asks for (tunvpn/dataplane/thread.py
 SOCKET_BUFFER), so that OpenVPN is measured with the same request (issue 21)."""
 
+NO_BUSY_POLL = ("--busy-poll", "0")
+"""``tunvpn-no-busy-poll``: tunvpn with busy polling off on both sides (docs/datapath.md
+"Busy polling"), measured beside the default in one run (issue 21)."""
+
 PROVIDERS: dict[str, ProviderFactory] = {
     "veth": VethProvider,
     "openvpn": OpenVPNProvider,
@@ -787,6 +795,7 @@ PROVIDERS: dict[str, ProviderFactory] = {
     "strongswan-gcm256": lambda: StrongSwanProvider("aes256gcm16", "strongswan-gcm256"),
     "tunvpn": TunvpnProvider,
     "tunvpn-compiled": TunvpnCompiledProvider,
+    "tunvpn-no-busy-poll": lambda: TunvpnProvider(NO_BUSY_POLL, NO_BUSY_POLL),
 }
 ALIASES = {"wireguard-go": "wireguard", "strongswan-gcm": "strongswan", "wg": "wireguard", "ovpn": "openvpn"}
 DEFAULT_PATHS = ("veth", "openvpn", "wireguard", "strongswan-gcm256", "tunvpn")

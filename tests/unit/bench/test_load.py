@@ -17,7 +17,7 @@ from tunvpn.bench.measure import (
     parse_ss_udp,
     percentile,
 )
-from tunvpn.bench.providers import OPENVPN_BIG_BUFFER, PROVIDERS, OpenVPNProvider
+from tunvpn.bench.providers import OPENVPN_BIG_BUFFER, PROVIDERS, OpenVPNProvider, TunvpnProvider
 from tunvpn.bench.report import (
     STATUS_NOT_AVAILABLE,
     WIRE_SETTINGS,
@@ -181,6 +181,9 @@ def test_bad_wire_setting_is_refused_before_anything_runs() -> None:
 
 def test_openvpn_bigbuf_path() -> None:
     assert resolve_paths(["openvpn", "openvpn-bigbuf"]) == ["openvpn", "openvpn-bigbuf"]
+    no_busy = PROVIDERS["tunvpn-no-busy-poll"]()
+    assert isinstance(no_busy, TunvpnProvider)
+    assert no_busy.gateway_args == no_busy.client_args == ["--busy-poll", "0"]
     provider = PROVIDERS["openvpn-bigbuf"]()
     assert isinstance(provider, OpenVPNProvider) and provider.name == "openvpn-bigbuf"
     assert OPENVPN_BIG_BUFFER == 8388608
