@@ -20,6 +20,7 @@ REPORTS = (
     "docs/bench/bench-2026-12-06-load-nogso.json",
     "docs/bench/bench-2026-12-06-compiled.json",  # tunvpn interpreted and compiled side by side
     "docs/bench/bench-2026-12-06-load-gro.json",  # the veth's USO off, GRO on
+    "docs/bench/bench-2026-12-06-busypoll.json",  # busy polling on (tunvpn) and off, side by side
 )
 
 
