@@ -66,6 +66,17 @@ def _port(text: str) -> int:
     return value
 
 
+def _busy_poll_us(text: str) -> int:
+    """``--busy-poll US``: 0-100000 microseconds."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected microseconds (an integer), not {text!r}") from None
+    if not 0 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0-100000 microseconds")
+    return value
+
+
 def _ip(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
@@ -884,17 +895,6 @@ def _gateway_options(args: argparse.Namespace) -> GatewayOptions:
         busy_poll_us=args.busy_poll,
         sa_lifetime=args.sa_lifetime,
     )
-
-
-def _busy_poll_us(text: str) -> int:
-    """``--busy-poll US``: 0-100000 microseconds."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected microseconds (an integer), not {text!r}") from None
-    if not 0 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0-100000 microseconds")
-    return value
 
 
 def _control_path(value: str | None, role: str) -> str | None:

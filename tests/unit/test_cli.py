@@ -63,6 +63,8 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
         (["connect", "10.0.0.1", "--mode", "quick"], "invalid choice: 'quick'"),
         (["connect", "10.0.0.1", "--ike-port", "70000"], "port 70000 is outside 1-65535"),
         (["connect", "10.0.0.1", "--timeout", "-1"], "a timeout cannot be negative"),
+        (["connect", "10.0.0.1", "--busy-poll", "-5"], "-5 is outside 0-100000 microseconds"),
+        (["gateway", "--listen", "10.0.0.1", "--busy-poll", "1ms"], "expected microseconds (an integer)"),
         (["connect", "10.0.0.1", "--id", "CN="], "is not an identity"),
         (["gateway", "--listen", "10.0.0.1", "--split", "10.0.0.0/33"], "is not a network like"),
         (["gateway", "--listen", "10.0.0.1", "--dns", "10.0.0.1,nope"], "is not an IPv4 address"),
