@@ -32,7 +32,7 @@ from tunvpn.client.peerlinks import PeerLinks, pair_policy
 from tunvpn.client.reconnect import NO_ANSWER_AFTER, GatewayResolver, round_delay
 from tunvpn.client.roaming import AddressWatcher, RoutePath, route_path
 from tunvpn.config.hosts import check_gateway, is_address
-from tunvpn.control.status import child_status, counter_registry, sa_counters, sa_drops
+from tunvpn.control.status import busy_poll_status, child_status, counter_registry, sa_counters, sa_drops
 from tunvpn.ike import events as ev
 from tunvpn.ike.certpath import PeerCertificatePolicy
 from tunvpn.ike.certs import Credential
@@ -889,6 +889,7 @@ class Client:
             "config": None,
             "generation": self.generation,
             "listen": self.local_ip,
+            "busy_poll": busy_poll_status(snapshot),
             "policies": [p.describe() for p in self.policies or ()],
             "tunnels": [tunnel],
         }

@@ -51,6 +51,16 @@ def counter_registry(daemon: Daemon) -> CounterRegistry:
     return registry
 
 
+def busy_poll_status(snapshot: CounterSnapshot) -> dict[str, int] | None:
+    """What the data thread's busy polling did (docs/datapath.md "Busy polling"): ``limit_us``,
+    ``polls``, ``answered``, ``missed``, ``interrupted``, ``skipped``, ``over_budget``,
+    ``polled_ns``, ``answer_us``; None when it is off (or there is no data path)."""
+    group = snapshot.group("busy poll")
+    if not group:
+        return None
+    return {name.replace(" ", "_"): value for name, value in group.items()}
+
+
 def sa_counters(snapshot: CounterSnapshot) -> dict[int, tuple[int, int]]:
     """SPI -> (bytes, packets) of every installed SA, from a counter snapshot (the data thread
     copied them: :meth:`tunvpn.dataplane.thread.DataPlane.counter_snapshot`)."""

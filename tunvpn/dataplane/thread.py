@@ -450,6 +450,7 @@ class DataPlane:
         }
         if self.busy_poll is not None:
             groups["busy poll"] = {
+                "limit us": self.busy_poll.limit_ns // 1000,
                 **{key.replace("_", " "): n for key, n in asdict(self.busy_poll.stats).items()},
                 "answer us": self.busy_poll.answer_ns // 1000,
             }

@@ -29,7 +29,7 @@ from tunvpn.config.errors import ConfigError
 from tunvpn.config.pool import AddressPool
 from tunvpn.control.events import EventHub, EventKind
 from tunvpn.control.metrics import GatewayMetrics, MetricsError, MetricsSample
-from tunvpn.control.status import child_status, counter_registry, sa_counters, sa_drops
+from tunvpn.control.status import busy_poll_status, child_status, counter_registry, sa_counters, sa_drops
 from tunvpn.gateway import audit
 from tunvpn.gateway.logins import (
     LoginThrottle,
@@ -1829,6 +1829,7 @@ class Gateway:
                 },
                 "withheld": snapshot.group("ike withheld"),
             },
+            "busy_poll": busy_poll_status(snapshot),
             "policies": [policy_status(r) for r in effective_rules(self.options, self.phase1)],
             "tunnels": tunnels,
             "sites": self.sites.status(),

@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers.esp_helpers import ipv4
 from tests.helpers.fake_devices import CLIENT, CLIENT_VIP, GATEWAY, FakeTun, FakeUdp, children
+from tunvpn.control.status import busy_poll_status
 from tunvpn.dataplane.busypoll import (
     BURST_NS,
     DEFAULT_LIMIT_US,
@@ -197,9 +198,13 @@ def test_the_thread_polls_after_a_lone_packet_until_its_answer_is_in(
     client.udp.inject(answer, GATEWAY)
     wait_for(lambda: client.tun.written)
     stats = client.busy()
-    assert stats["answered"] == 1 and stats["missed"] == 0
+    assert stats["answered"] == 1 and stats["missed"] == 0 and stats["limit us"] == 60_000_000
     assert stats["answer us"] > 0
     assert gateway.dataplane.counter_snapshot().group("busy poll") == {}  # None: not offered
+    # what `tunvpn status` shows of it
+    shown = busy_poll_status(client.dataplane.counter_snapshot())
+    assert shown is not None and shown["answered"] == 1 and shown["over_budget"] == 0
+    assert busy_poll_status(gateway.dataplane.counter_snapshot()) is None
 
 
 def test_a_poll_with_no_answer_ends_at_its_deadline_and_backs_off(
