@@ -309,10 +309,15 @@ def measure_path(
         count = max(1, spec.pings)
         ping_timeout = count * spec.ping_interval + 10
         try:
+            idle_ticks0 = {name: proc_cpu_ticks(pid) for name, pid in daemons.items()}
+            idle_wall0 = time.monotonic()
             out = tracker.run(
                 ["ping", "-n", "-c", str(count), "-i", f"{spec.ping_interval:g}", "-W", "2", server_ip],
                 ns=client_ns,
                 timeout=ping_timeout,
+            )
+            result.daemon_idle_cpu_pct = _cpu_pct(
+                idle_ticks0, {name: proc_cpu_ticks(pid) for name, pid in daemons.items()}, idle_wall0
             )
             stats = parse_ping(out.stdout + out.stderr)
             result.ping_avg_ms, result.ping_min_ms, result.ping_max_ms = (
@@ -433,6 +438,18 @@ def measure_path(
 
 
 _ARROW = {"ab": "A->B", "ba": "B->A"}
+
+
+def _cpu_pct(before: dict[str, int | None], after: dict[str, int | None], since: float) -> dict[str, float]:
+    """% of one core each daemon used between two readings of its CPU ticks."""
+    wall = time.monotonic() - since
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, a in before.items():
+        b = after.get(name)
+        if a is not None and b is not None and wall > 0:
+            out[name] = round(100.0 * (b - a) / hz / wall, 2)
+    return out
 
 
 def _store_load(result: RunResult, way: str, mbps: float, stats: PingStats | None) -> None:

@@ -69,6 +69,9 @@ class RunResult:
     """Box busy % over one second before the tests, tunnel idle: other load on the machine."""
     daemon_cpu_pct: dict[str, float] = field(default_factory=dict)
     """Per VPN daemon, % of one core during the 1-stream TCP test."""
+    daemon_idle_cpu_pct: dict[str, float] = field(default_factory=dict)
+    """Per VPN daemon, % of one core during the idle pings: what its latency costs at rest
+    (tunvpn's busy polling, issue 21)."""
     udp_drops: int | None = None
     """Datagrams dropped by the UDP sockets in both namespaces over this run (``ss -m`` ``d``,
     read after the tests): receive buffers that overflowed."""
@@ -136,10 +139,14 @@ def median_run(runs: Sequence[RunResult]) -> RunResult | None:
         if name in ("retransmits", "load_ab_pings", "load_ba_pings", "udp_drops") and value is not None:
             value = round(value)
         setattr(out, name, value)
-    daemons = sorted({d for r in good for d in r.daemon_cpu_pct})
-    out.daemon_cpu_pct = {
-        d: v for d in daemons if (v := _median(r.daemon_cpu_pct.get(d) for r in good)) is not None
-    }
+    for name in ("daemon_cpu_pct", "daemon_idle_cpu_pct"):
+        per_run: list[dict[str, float]] = [getattr(r, name) for r in good]
+        daemons = sorted({d for counts in per_run for d in counts})
+        setattr(
+            out,
+            name,
+            {d: v for d in daemons if (v := _median(counts.get(d) for counts in per_run)) is not None},
+        )
     vias = [r.via_tunnel for r in good if r.via_tunnel is not None]
     out.via_tunnel = all(vias) if vias else None
     return out
@@ -717,6 +724,9 @@ def format_markdown(report: BenchReport) -> str:
             daemons = ", ".join(f"{d} {v:.0f}%" for d, v in med.daemon_cpu_pct.items())
             steal = f"; CPU steal {med.cpu_steal_pct:.0f}%" if med.cpu_steal_pct is not None else ""
             notes.append(f"- {p.name}: daemons (% of one core) {daemons}{steal}")
+        if med is not None and med.daemon_idle_cpu_pct:
+            idle = ", ".join(f"{d} {v:.1f}%" for d, v in med.daemon_idle_cpu_pct.items())
+            notes.append(f"- {p.name}: daemons during the idle pings (% of one core) {idle}")
         if any(p.udp_buffers.values()):
             notes.append(f"- {p.name}: {describe_buffers(p.udp_buffers)}")
         for i, run in enumerate(p.runs, 1):

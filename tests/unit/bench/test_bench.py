@@ -233,3 +233,21 @@ def test_generated_credentials() -> None:
     assert re.fullmatch(r"(?:[0-9A-F]{2}:){31}[0-9A-F]{2}", fingerprint)
     private, public = wg_keypair()
     assert len(base64.b64decode(private)) == 32 and len(base64.b64decode(public)) == 32
+
+
+def test_the_daemons_cpu_during_idle_pings_is_a_median_and_a_note() -> None:
+    """Issue 21: what a path's latency costs at rest (tunvpn's busy polling) is in the report."""
+    runs = [
+        run(900, 0.3, daemon_idle_cpu_pct={"tunvpn-gateway": 0.4, "tunvpn-client": 0.2}),
+        run(950, 0.3, daemon_idle_cpu_pct={"tunvpn-gateway": 0.2, "tunvpn-client": 0.1}),
+        run(990, 0.3, daemon_idle_cpu_pct={"tunvpn-gateway": 0.3}),
+    ]
+    med = median_run(runs)
+    assert med is not None
+    assert med.daemon_idle_cpu_pct == pytest.approx({"tunvpn-client": 0.15, "tunvpn-gateway": 0.3})
+    report = sample_report()
+    report.paths[-1].runs = runs
+    text = report.to_markdown()
+    assert "- tunvpn: daemons during the idle pings (% of one core) tunvpn-client 0.2%, tunvpn-gateway 0.3%" in text
+    # a report written before the field existed renders as before: no such line
+    assert "idle pings (%" not in BenchReport.from_dict(sample_report().to_dict()).to_markdown()
