@@ -21,6 +21,7 @@ REPORTS = (
     "docs/bench/bench-2026-12-06-compiled.json",  # tunvpn interpreted and compiled side by side
     "docs/bench/bench-2026-12-06-load-gro.json",  # the veth's USO off, GRO on
     "docs/bench/bench-2026-12-06-busypoll.json",  # busy polling on (tunvpn) and off, side by side
+    "docs/bench/bench-2026-12-06-busypoll-cpu.json",  # the same, with the daemons' CPU at rest
 )
 
 
