@@ -1564,6 +1564,7 @@ class Client:
         R-U-THERE now and give the gateway ``WORRY_WITHIN`` seconds to answer (anything heard
         counts: IKE or authenticated ESP). An idle tunnel keeps the slower DPD defaults."""
         last: tuple[int, int] | None = None
+        seen = -1
         silent = 0
         while True:
             await asyncio.sleep(1.0)
@@ -1571,6 +1572,11 @@ class Client:
             if tunnel is None or sa_id is None or not self.established or self.pending:
                 last, silent = None, 0
                 continue
+            activity = tunnel.dataplane.activity
+            if last is not None and activity == seen:
+                silent = 0  # nothing moved either way: idle, not unanswered (no snapshot needed)
+                continue
+            seen = activity
             counters = sa_counters(await asyncio.to_thread(tunnel.dataplane.counter_snapshot))
             sent = sum(counters.get(c.spi_out, (0, 0))[1] for c in self.established.values())
             received = sum(counters.get(c.spi_in, (0, 0))[1] for c in self.established.values())

@@ -8,9 +8,11 @@ Three kinds of owner count things, each on its own thread:
 * the IKE driver (:mod:`tunvpn.shell.udp`): datagrams it dropped or could not send;
 * the IKE engine (:mod:`tunvpn.ike.engine`, ``IkeEngine.drops``): messages it refused.
 
-Nobody reads another thread's live counters. An owner offers a *source*: a function that
-returns a :class:`CounterSnapshot`, an immutable copy taken by the owner's own thread (the
-data thread copies its counts when asked, see ``DataPlane.counter_snapshot``). A daemon
+Nobody reads another thread's live counters (one exception: ``DataPlane.activity``, a single
+int the data thread replaces, that tells whether anything moved at all). An owner offers a
+*source*: a function that returns a :class:`CounterSnapshot`, an immutable copy taken by the
+owner's own thread (the data thread copies its counts when asked, see
+``DataPlane.counter_snapshot``). A daemon
 registers its sources with one :class:`CounterRegistry`; ``tunvpn status`` reads
 :meth:`CounterRegistry.snapshot` on the event loop (and a metrics exporter would do the same).
 

@@ -253,6 +253,11 @@ class DataPlane:
         self._udp_last_ns = 0
         self.last_turn = time.monotonic()
         """When the data thread last went round its loop (it polls for at most a second)."""
+        self.activity = 0
+        """Batches of packets handled so far, either way: one int that the data thread replaces
+        and any thread may read, to learn whether anything moved since it last looked without
+        asking for a snapshot (which wakes the data thread: a client's once-a-second traffic
+        watch on an idle tunnel would wake it for nothing)."""
 
     # ------------------------------------------------------------------ wiring
 
@@ -572,6 +577,7 @@ class DataPlane:
         if not packets:
             return
         read = time.perf_counter_ns() if self._trace is not None else 0
+        self.activity += 1
         self.counters["tun packets in"] += len(packets)
         self.counters["tun batches"] += 1
         groups = self.sad.encrypt_batch(cast("list[Packet]", packets))
@@ -614,6 +620,7 @@ class DataPlane:
         if not received:
             return
         read = time.perf_counter_ns() if self._trace is not None else 0
+        self.activity += 1
         now = self.clock()
         inner: list[bytes] = []
         decrypt_buffer = self.sad.decrypt_buffer

@@ -277,3 +277,15 @@ def test_health_says_when_the_data_thread_is_stuck_or_dead(pair: tuple[Side, Sid
     assert client.dataplane.health() is None  # stopped on purpose: nothing to report
     idle = DataPlane(FakeTun())
     assert idle.health() is None  # not started yet
+
+
+def test_activity_tells_whether_anything_moved_without_a_snapshot(pair: tuple[Side, Side]) -> None:
+    """``DataPlane.activity`` (read by the client's traffic watch from its own thread): it
+    moves with every batch either way, and not while the tunnel is idle."""
+    client, gateway = pair
+    assert client.dataplane.activity == gateway.dataplane.activity == 0
+    carry(client, gateway, ipv4(src=CLIENT_VIP, dst=SERVER, payload=b"ping"), CLIENT)
+    wait_for(lambda: gateway.tun.written)
+    assert client.dataplane.activity == 1 and gateway.dataplane.activity == 1
+    client.dataplane.counter_snapshot()  # asking for counters is not traffic
+    assert client.dataplane.activity == 1
