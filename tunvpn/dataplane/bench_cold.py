@@ -16,7 +16,9 @@ Steps:
 - ``lone packet out``: what the data thread runs for one packet from the TUN device to the
   NAT-T socket (``TunDevice.read_batch``, ``SadTable.encrypt_batch``, ``UdpSocket.send_batch``);
 - ``lone packet out, minimal``: the least Python can do for it (``os.read``, one seal,
-  ``sendto``), for comparison.
+  ``sendto``), for comparison;
+- ``lone packet in``: the other way (``UdpSocket.recv_buffers``, ``SadTable.decrypt_buffer``,
+  ``TunDevice.write_batch``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..esp.sa import OutboundSA
+from ..esp.sa import InboundSA, OutboundSA
 from ..esp.table import SadTable
 from ..esp.transforms import EspSuite
 from ..ipsec.algorithms import EspTransform
@@ -48,37 +50,41 @@ def _noop() -> None:
     return None
 
 
+def _tun_stand_in() -> tuple[TunDevice, socket.socket, socket.socket]:
+    """A TunDevice over one end of a socketpair (virtio-framed packets); the other end is the
+    kernel's side."""
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tun = TunDevice.__new__(TunDevice)
+    tun._fd = ours.fileno()
+    tun.offload = True
+    tun.read_offload = False
+    tun.uso = True
+    tun.name = "bench"
+    tun.stats = TunStats()
+    tun._closed = True
+    return tun, ours, kernel
+
+
 class LonePacketPath:
-    """A TUN stand-in (a socketpair carrying virtio-framed packets), an SA and a UDP socket."""
+    """Two ends of one SA, each with its TUN stand-in and its UDP socket on loopback."""
 
     def __init__(self) -> None:
-        self.tun_end, self.kernel_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.tun = TunDevice.__new__(TunDevice)
-        self.tun._fd = self.tun_end.fileno()
-        self.tun.offload = True
-        self.tun.read_offload = False
-        self.tun.uso = True
-        self.tun.name = "bench"
-        self.tun.stats = TunStats()
-        self.tun._closed = True
-        self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sink.bind(("127.0.0.1", 0))
-        self.sink.setblocking(False)
+        self.tun, self.tun_end, self.kernel_end = _tun_stand_in()
+        self.far_tun, self.far_tun_end, self.far_kernel_end = _tun_stand_in()
+        self.far_kernel_end.setblocking(False)
         self.udp = UdpSocket(bind=("127.0.0.1", 0))
+        self.far = UdpSocket(bind=("127.0.0.1", 0))
+        self.sink = self.far.sock
+        self.sink.setblocking(False)
         peer = self.sink.getsockname()
         suite = EspSuite(EspTransform.AES_GCM_16, 256)
         self.key = bytes(range(suite.enc_key_len))
+        client = TrafficSelector.from_network(f"{CLIENT}/32")
+        protected = TrafficSelector.from_network("10.78.0.0/24")
         self.table = SadTable()
-        self.table.install(
-            OutboundSA(
-                SPI,
-                suite,
-                self.key,
-                remote_ts=TrafficSelector.from_network("10.78.0.0/24"),
-                local_ts=TrafficSelector.from_network(f"{CLIENT}/32"),
-                peer=peer,
-            )
-        )
+        self.table.install(OutboundSA(SPI, suite, self.key, remote_ts=protected, local_ts=client, peer=peer))
+        self.receiver = SadTable()
+        self.receiver.install(InboundSA(SPI, suite, self.key, remote_ts=client, local_ts=protected))
         self.aead = AESGCM(self.key[:32])
         self.peer = peer
 
@@ -86,17 +92,30 @@ class LonePacketPath:
         """The kernel routes a ping into the TUN device."""
         self.kernel_end.send(bytes(VIRTIO_NET_HDR_LEN) + PING)
 
+    def offer_esp(self) -> None:
+        """A ping sealed on the near end arrives on the far end's UDP socket."""
+        for sa, datagrams in self.table.encrypt_batch([PING]):
+            assert sa.peer is not None
+            self.udp.send_batch(datagrams, sa.peer)
+
     def drain(self) -> None:
-        while True:
-            try:
-                self.sink.recv(65536)
-            except BlockingIOError:
-                return
+        for sock in (self.sink, self.far_kernel_end):
+            while True:
+                try:
+                    sock.recv(65536)
+                except BlockingIOError:
+                    break
 
     def data_path(self) -> None:
         for sa, datagrams in self.table.encrypt_batch(self.tun.read_batch(1)):
             assert sa.peer is not None
             self.udp.send_batch(datagrams, sa.peer)
+
+    def data_path_in(self) -> None:
+        inner: list[bytes] = []
+        for data, segment, _ in self.far.recv_buffers(1):
+            self.receiver.decrypt_buffer(data, segment, inner, 0.0)
+        self.far_tun.write_batch(inner)
 
     def minimal(self) -> None:
         data = os.read(self.tun_end.fileno(), 65536)
@@ -105,9 +124,10 @@ class LonePacketPath:
         self.udp.sock.sendto(header + sealed, self.peer)
 
     def close(self) -> None:
-        for sock in (self.tun_end, self.kernel_end, self.sink):
+        for sock in (self.tun_end, self.kernel_end, self.far_tun_end, self.far_kernel_end):
             sock.close()
         self.udp.close()
+        self.far.close()
 
 
 def measure(gap: float, rounds: int, warm_rounds: int) -> dict[str, tuple[float, float]]:
@@ -131,6 +151,7 @@ def measure(gap: float, rounds: int, warm_rounds: int) -> dict[str, tuple[float,
         "udp send+recv": (udp_pair, None),
         "lone packet out": (path.data_path, path.offer),
         "lone packet out, minimal": (path.minimal, path.offer),
+        "lone packet in": (path.data_path_in, path.offer_esp),
     }
     results: dict[str, tuple[float, float]] = {}
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunvpn.dataplane.bench_cold import LonePacketPath, main, measure
+from tunvpn.dataplane.bench_cold import PING, LonePacketPath, main, measure
 from tunvpn.dataplane.bench_pipeline import SPI
 
 
@@ -32,7 +32,22 @@ def test_every_step_is_measured(capsys: pytest.CaptureFixture[str]) -> None:
         "udp send+recv",
         "lone packet out",
         "lone packet out, minimal",
+        "lone packet in",
     }
     assert all(warm > 0 and cold > 0 for warm, cold in results.values())
     main(["--gap", "0.001", "--rounds", "1", "--warm-rounds", "1"])
     assert "lone packet out, minimal" in capsys.readouterr().out
+
+
+def test_the_lone_packet_in_step_writes_the_ping_to_the_tun_device() -> None:
+    path = LonePacketPath()
+    try:
+        path.offer_esp()
+        path.far.sock.setblocking(True)
+        path.far.sock.settimeout(5)
+        path.data_path_in()
+        path.far_kernel_end.setblocking(True)
+        path.far_kernel_end.settimeout(5)
+        assert path.far_kernel_end.recv(65536)[10:] == PING  # after the virtio header
+    finally:
+        path.close()
