@@ -32,7 +32,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Protocol, cast
+from typing import ClassVar, Protocol
 
 from tunvpn.dataplane import PacketDevice
 from tunvpn.dataplane.busypoll import BusyPoll
@@ -41,7 +41,6 @@ from tunvpn.dataplane.stagetrace import StageTrace
 from tunvpn.esp import InboundSA, OutboundSA, SadTable, sa_pair_from_child
 from tunvpn.esp.events import SaLifetimeEvent
 from tunvpn.esp.ratelimit import DropLog
-from tunvpn.esp.transforms import Packet
 from tunvpn.ike.events import ChildSAEstablished
 from tunvpn.ipsec.udpencap import DatagramKind, classify_datagram
 
@@ -580,7 +579,7 @@ class DataPlane:
         self.activity += 1
         self.counters["tun packets in"] += len(packets)
         self.counters["tun batches"] += 1
-        groups = self.sad.encrypt_batch(cast("list[Packet]", packets))
+        groups = self.sad.encrypt_batch(packets)
         core = time.perf_counter_ns() if self._trace is not None else 0
         for sa, datagrams in groups:
             if sa.peer is None:  # an SA from a Quick Mode always has one

@@ -30,6 +30,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SOL_UDP = 17
+MSG_TRUNC = int(socket.MSG_TRUNC)
+"""A plain int: ``flags & socket.MSG_TRUNC`` runs three Python functions of enum.IntFlag on
+every ``recvmsg`` (issue 21: a lone packet on a cold CPU pays for each)."""
 UDP_SEGMENT = 103
 """include/uapi/linux/udp.h: send-side segment size (u16 cmsg or int sockopt)."""
 UDP_GRO = 104
@@ -281,7 +284,7 @@ class UdpSocket:
                 stats.recv_empty += 1
                 break
             stats.recvmsg_calls += 1
-            if flags & socket.MSG_TRUNC:
+            if flags & MSG_TRUNC:
                 stats.truncated += 1
                 continue
             segment = 0
@@ -321,7 +324,7 @@ class UdpSocket:
                 stats.recv_empty += 1
                 break
             stats.recvmsg_calls += 1
-            if flags & socket.MSG_TRUNC:
+            if flags & MSG_TRUNC:
                 stats.truncated += 1
                 continue
             nbytes = len(data)

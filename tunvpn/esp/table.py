@@ -472,7 +472,10 @@ class SadTable:
             last_sa, last_group = sa, group
         if no_route:
             self._drops[DropReason.NO_ROUTE] += no_route
-        return [(sa, sa.encrypt_batch(group)) for sa, group in groups.items()]
+        out = []  # a loop, not a list comprehension: one frame less for a lone packet (issue 21)
+        for sa, group in groups.items():
+            out.append((sa, sa.encrypt_batch(group)))
+        return out
 
     def _route(self, packet: Packet, cache: dict[bytes, OutboundSA]) -> OutboundSA | None:
         """:meth:`select`, remembering the answer in ``cache`` when the source and destination
