@@ -309,7 +309,7 @@ def measure_path(
         count = max(1, spec.pings)
         ping_timeout = count * spec.ping_interval + 10
         try:
-            idle_ticks0 = {name: proc_cpu_ticks(pid) for name, pid in daemons.items()}
+            idle_ticks0 = _daemon_ticks(daemons)
             idle_wall0 = time.monotonic()
             out = tracker.run(
                 ["ping", "-n", "-c", str(count), "-i", f"{spec.ping_interval:g}", "-W", "2", server_ip],
@@ -317,7 +317,7 @@ def measure_path(
                 timeout=ping_timeout,
             )
             result.daemon_idle_cpu_pct = _cpu_pct(
-                idle_ticks0, {name: proc_cpu_ticks(pid) for name, pid in daemons.items()}, idle_wall0
+                idle_ticks0, _daemon_ticks(daemons), time.monotonic() - idle_wall0, digits=2
             )
             stats = parse_ping(out.stdout + out.stderr)
             result.ping_avg_ms, result.ping_min_ms, result.ping_max_ms = (
@@ -346,7 +346,7 @@ def measure_path(
             if problem:
                 result.errors.append(f"TCP 1 stream: {problem}")
                 break
-            ticks0 = {name: proc_cpu_ticks(pid) for name, pid in daemons.items()}
+            ticks0 = _daemon_ticks(daemons)
             dev0 = device_bytes(tracker, client_ns, device) if device else (0, 0)
             cpu0 = cpu_sample()
             wall0 = time.monotonic()
@@ -356,7 +356,7 @@ def measure_path(
             wall = time.monotonic() - wall0
             cpu1 = cpu_sample()
             dev1 = device_bytes(tracker, client_ns, device) if device else (0, 0)
-            ticks1 = {name: proc_cpu_ticks(pid) for name, pid in daemons.items()}
+            ticks1 = _daemon_ticks(daemons)
             if isinstance(one, str):
                 if attempt == 1 and server.lost(one):
                     result.notes.append(f"TCP 1 stream retried: {one} ({server.why()})")
@@ -368,11 +368,7 @@ def measure_path(
             result.retransmits = one.retransmits
             _store_load(result, main_way, one.receiver_mbps, loaded)
             result.cpu_busy_pct, result.cpu_steal_pct = cpu_busy(cpu0, cpu1)
-            hz = os.sysconf("SC_CLK_TCK")
-            for name in daemons:
-                a, b = ticks0.get(name), ticks1.get(name)
-                if a is not None and b is not None and wall > 0:
-                    result.daemon_cpu_pct[name] = round(100.0 * (b - a) / hz / wall, 1)
+            result.daemon_cpu_pct.update(_cpu_pct(ticks0, ticks1, wall, digits=1))
             if device:
                 # client -> server: our device transmits; -R: it receives
                 moved = (dev1[1] - dev0[1]) if spec.reverse else (dev1[0] - dev0[0])
@@ -440,15 +436,21 @@ def measure_path(
 _ARROW = {"ab": "A->B", "ba": "B->A"}
 
 
-def _cpu_pct(before: dict[str, int | None], after: dict[str, int | None], since: float) -> dict[str, float]:
-    """% of one core each daemon used between two readings of its CPU ticks."""
-    wall = time.monotonic() - since
+def _daemon_ticks(daemons: dict[str, int]) -> dict[str, int | None]:
+    """Each daemon's CPU ticks so far (None: it is gone)."""
+    return {name: proc_cpu_ticks(pid) for name, pid in daemons.items()}
+
+
+def _cpu_pct(
+    before: dict[str, int | None], after: dict[str, int | None], wall: float, *, digits: int
+) -> dict[str, float]:
+    """% of one core each daemon used over ``wall`` seconds between two readings of its ticks."""
     hz = os.sysconf("SC_CLK_TCK")
     out = {}
     for name, a in before.items():
         b = after.get(name)
         if a is not None and b is not None and wall > 0:
-            out[name] = round(100.0 * (b - a) / hz / wall, 2)
+            out[name] = round(100.0 * (b - a) / hz / wall, digits)
     return out
 
 

@@ -37,8 +37,8 @@ from ..esp.table import SadTable
 from ..esp.transforms import EspSuite
 from ..ipsec.algorithms import EspTransform
 from ..ipsec.selectors import TrafficSelector
-from .bench_pipeline import CLIENT, SPI
-from .tun_linux import TunDevice, TunStats
+from .bench_pipeline import CLIENT, SPI, tun_on_fd
+from .tun_linux import TunDevice
 from .udp_linux import UdpSocket
 from .virtio import VIRTIO_NET_HDR_LEN
 
@@ -54,14 +54,7 @@ def _tun_stand_in() -> tuple[TunDevice, socket.socket, socket.socket]:
     """A TunDevice over one end of a socketpair (virtio-framed packets); the other end is the
     kernel's side."""
     ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    tun = TunDevice.__new__(TunDevice)
-    tun._fd = ours.fileno()
-    tun.offload = True
-    tun.read_offload = False
-    tun.uso = True
-    tun.name = "bench"
-    tun.stats = TunStats()
-    tun._closed = True
+    tun = tun_on_fd(ours.fileno())
     return tun, ours, kernel
 
 
