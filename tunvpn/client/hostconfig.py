@@ -667,15 +667,25 @@ class Route:
         _run(["ip", "route", "add", *self.ip_args()])
         log.info("route added: %s", self)
 
-    def delete(self) -> None:
+    def delete(self) -> bool:
+        """Remove the route; False if it was not there (already gone, or never added)."""
         try:
             _run(["ip", "route", "del", *self.ip_args()])
         except HostConfigError as exc:
             if "No such process" in str(exc) or "Cannot find device" in str(exc):
                 log.debug("route %s was already gone", self)
-                return
+                return False
             raise
         log.info("route removed: %s", self)
+        return True
+
+    def present(self) -> bool:
+        """Whether the main table has a route for exactly this prefix (any type, metric or
+        next hop): one that is there before we add ours is not ours."""
+        if _system() != "Linux":
+            raise HostConfigError("routes outside the TUN device are only supported on Linux")
+        family = "-6" if ipaddress.ip_network(self.dest, strict=False).version == 6 else "-4"
+        return bool(_ip_json([family, "route", "show", "exact", self.dest, "table", "main"]))
 
 
 def _ip_json(argv: Sequence[str]) -> list[dict[str, Any]]:
@@ -890,8 +900,8 @@ def _undo(state: _State, run_dir: Path) -> list[str]:
     owner = f"pid {state.pid} ({state.ifname})"
     for route in reversed(state.routes):
         try:
-            route.delete()
-            done.append(f"removed route {route} left by {owner}")
+            if route.delete():
+                done.append(f"removed route {route} left by {owner}")
         except HostConfigError as exc:
             errors.append(str(exc))
     if state.dns is not None:
@@ -1110,9 +1120,23 @@ class HostConfig:
         """Add a route outside the TUN device (Linux, ``ip route add``), recorded for undo."""
         route = Route(dest, via, dev, kind)
         self._claim()
-        route.add()
-        self._routes.append(route)  # recorded after the add: never delete a route we did not make
+        if route.present():
+            # someone's route for this prefix is there (the add fails, or adds another metric):
+            # recorded only after our add succeeded, so a crash never deletes a route not ours
+            route.add()
+            self._routes.append(route)
+            self._save()
+            return
+        # recorded before the add: a crash (SIGKILL) right after it still leaves a record, and
+        # the next run removes it (a record of a route never added is skipped then)
+        self._routes.append(route)
         self._save()
+        try:
+            route.add()
+        except BaseException:
+            self._routes.remove(route)
+            self._save()
+            raise
 
     def remove_route(self, route: Route) -> None:
         """Remove a route :meth:`add_route` added (and forget it)."""

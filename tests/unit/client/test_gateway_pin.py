@@ -51,6 +51,8 @@ class FakeIp:
         out = ""
         if argv[:5] == ["ip", "-j", "-4", "route", "get"]:
             out = json.dumps([self.get[argv[5]]])
+        elif argv[:6] == ["ip", "-j", "-4", "route", "show", "exact"]:
+            out = json.dumps([r for r in self.main if r.get("dst") in (argv[6], argv[6].removesuffix("/32"))])
         elif argv[:5] == ["ip", "-j", "-4", "route", "show"]:
             out = json.dumps(self.main)
         return subprocess.CompletedProcess(argv, 0, out, "")

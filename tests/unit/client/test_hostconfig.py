@@ -532,11 +532,84 @@ def test_routes_recorded_and_undone(
         f"removed route 203.0.113.7/32 via 192.168.1.1 dev eth0 left by pid {pid} (tunvpn0)"
     ]
     assert [argv for argv, _ in commands] == [
+        ["ip", "-j", "-4", "route", "show", "exact", "203.0.113.7/32", "table", "main"],
         ["ip", "route", "add", "203.0.113.7/32", "via", "192.168.1.1", "dev", "eth0"],
         ["ip", "route", "del", "203.0.113.7/32", "via", "192.168.1.1", "dev", "eth0"],
     ]
     with pytest.raises(HostConfigError, match="bad route"):
         hc.add_route("not-a-net", via="192.168.1.1")
+
+
+class RouteTable:
+    """A fake ``ip`` with a main table: ``show exact``, ``add`` (File exists), ``del`` (No such
+    process); each add also notes whether the state file listed the route while it ran."""
+
+    def __init__(self, run_dir: Path, routes: tuple[str, ...] = (), fail_add: bool = False) -> None:
+        self.run_dir, self.routes, self.fail_add = run_dir, set(routes), fail_add
+        self.recorded_during_add: list[bool] = []
+
+    def __call__(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        if argv[1] == "-j":
+            dest = argv[argv.index("exact") + 1]
+            found = [{"dst": dest}] if dest in self.routes else []
+            return subprocess.CompletedProcess(argv, 0, json.dumps(found), "")
+        dest = argv[-1] if argv[3] == "unreachable" else argv[3]
+        if argv[2] == "add":
+            path = self.run_dir / "client-tunvpn0.json"
+            listed = path.exists() and any(r["dest"] == dest for r in json.loads(path.read_text())["routes"])
+            self.recorded_during_add.append(listed)
+            if dest in self.routes or self.fail_add:
+                raise HostConfigError(f"`{' '.join(argv)}` failed (exit 2): RTNETLINK answers: File exists")
+            self.routes.add(dest)
+        elif dest not in self.routes:
+            raise HostConfigError(f"`{' '.join(argv)}` failed (exit 2): RTNETLINK answers: No such process")
+        else:
+            self.routes.remove(dest)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def test_a_new_route_is_recorded_before_it_is_added_so_a_kill_during_the_add_leaves_no_orphan(
+    env: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client killed between ``ip route add`` and writing its state file used to leave a
+    route nobody removed (the next run's add then found it there, called it foreign, and kept
+    it after exit). A route for a new prefix is now recorded first; a record whose route was
+    never added is skipped by the next run's undo, silently."""
+    run_dir, _ = env
+    monkeypatch.setattr(hostconfig, "_system", lambda: "Linux")
+    table = RouteTable(run_dir)
+    monkeypatch.setattr(hostconfig, "_run", table)
+    HostConfig("tunvpn0", dns_backend="none").add_route("8000::/1", kind="unreachable")
+    assert table.recorded_during_add == [True]
+    # killed there: the next run removes it, and a record of an add that never ran is skipped
+    state = state_of(run_dir)
+    state["pid"] = pid = dead_pid()
+    state["routes"].append({"dest": "::/1", "via": None, "dev": None, "type": "unreachable"})
+    (run_dir / "client-tunvpn0.json").write_text(json.dumps(state))
+    assert cleanup_stale() == [f"removed route unreachable 8000::/1 left by pid {pid} (tunvpn0)"]
+    assert table.routes == set()
+
+
+def test_a_route_already_there_is_recorded_only_after_our_add_and_a_failed_add_is_forgotten(
+    env: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never delete a route we did not make: where the prefix has a route before ours, the
+    record follows the add (a crash in between leaves ours, never removes theirs); an add that
+    fails leaves no record."""
+    run_dir, _ = env
+    monkeypatch.setattr(hostconfig, "_system", lambda: "Linux")
+    table = RouteTable(run_dir, routes=("::/1",))
+    monkeypatch.setattr(hostconfig, "_run", table)
+    hc = HostConfig("tunvpn0", dns_backend="none")
+    with pytest.raises(HostConfigError, match="File exists"):
+        hc.add_route("::/1", kind="unreachable")
+    assert table.recorded_during_add == [False]
+    assert not (run_dir / "client-tunvpn0.json").exists()  # nothing of ours to undo
+    monkeypatch.setattr(hostconfig, "_run", RouteTable(run_dir, fail_add=True))
+    with pytest.raises(HostConfigError, match="File exists"):  # appeared between look and add
+        hc.add_route("8000::/1", kind="unreachable")
+    assert state_of(run_dir)["routes"] == []
+    assert table.routes == {"::/1"}
 
 
 def test_ipv6_is_blocked_with_two_unreachable_routes_recorded_and_lifted(
@@ -565,7 +638,7 @@ def test_ipv6_is_blocked_with_two_unreachable_routes_recorded_and_lifted(
         f"removed route unreachable 8000::/1 left by pid {pid} (tunvpn0)",
         f"removed route unreachable ::/1 left by pid {pid} (tunvpn0)",
     ]
-    argvs = [argv for argv, _ in commands]
+    argvs = [argv for argv, _ in commands if argv[1] != "-j"]
     assert argvs[:4] == [
         ["ip", "route", "add", "unreachable", "::/1"],
         ["ip", "route", "add", "unreachable", "8000::/1"],
