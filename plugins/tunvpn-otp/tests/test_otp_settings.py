@@ -82,7 +82,8 @@ def test_a_good_gateway_table_passes_and_gives_the_policy(store: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "key", "message"),
     [
-        ({"store": None}, "store", "needs store"),
+        ({"store": None}, "store_file", "needs store_file"),
+        ({"store": "otp.json"}, "store", "relative path depends on the gateway's working directory"),
         ({"store": 42}, "store", "the path of the OTP store"),
         ({"store": ""}, "store", "the path of the OTP store"),
         ({"users": "carol"}, "users", "a list of user names"),
@@ -153,6 +154,39 @@ def test_a_store_that_a_login_could_not_read_is_refused_at_start(
     assert error.key == "store" and message in error.message and str(path) in error.message
     assert error.value is ...  # the message names the file
     assert SECRET not in str(error)
+
+
+def test_store_file_is_found_beside_gateway_toml_whatever_the_working_directory(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``store_file`` is made absolute against gateway.toml's folder, as every ``*_file`` key
+    of a plugin's table is; the older ``store`` key was taken as given, so a relative one
+    depended on the gateway's working directory (``/`` under systemd): now refused at start."""
+    from tunvpn.config.gateway import load_gateway_config
+
+    gwdir = store.parent
+    private(gwdir / "gw.psk", "correct-horse-battery-staple-group\n")
+    private(gwdir / "users", "alice:alice-password-xyzzy\n")
+    private(
+        gwdir / "gateway.toml",
+        '[gateway]\nlisten = "127.0.0.1"\npsk_file = "gw.psk"\nusers_file = "users"\nplugins = ["otp"]\n'
+        '[network]\npool = "10.79.0.10-10.79.0.50"\n'
+        f'[plugin.otp]\nstore_file = "{store.name}"\n'
+        '[[policy]]\nname = "intranet"\nlocal = "10.78.0.0/24"\n',
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    table = dict(load_gateway_config(gwdir / "gateway.toml", env={}).plugin_settings["otp"])
+    assert table == {"store_file": str(store)}
+    assert check_gateway(table).store == store
+    error = refused({"store": store.name})
+    assert error.key == "store" and "store_file" in error.message and error.value == store.name
+    assert (
+        refused({"store": str(store), "store_file": str(store)}).message
+        == "give store_file or store, not both"
+    )
+    assert refused({"store_file": str(_missing(store))}).key == "store_file"
 
 
 def test_a_check_reads_the_store_without_taking_its_lock(store: Path) -> None:

@@ -6,7 +6,8 @@
 plugins = ["otp"]
 
 [plugin.otp]
-store = "/etc/tunvpn/otp.json"   # mode 600; `tunvpn otp enroll USER --store FILE` fills it
+store_file = "otp.json"          # beside gateway.toml (or absolute), mode 600; filled by
+                                  # `tunvpn otp enroll USER --store FILE`
 lockout_after = 5                 # failures from one address lock that address out ...
 lockout_seconds = 300             # ... this long; with the right PIN they lock the token
 spread_after = 20                 # failures from unfamiliar addresses before those wait ...
@@ -82,16 +83,16 @@ def gateway_now(context: GatewayContext) -> float:
 @hookimpl
 def tunvpn_check_settings(settings: dict[str, Any], side: str) -> None:
     """``[plugin.otp]`` checked before it is used, by the parsers the hooks use
-    (:mod:`tunvpn_otp.settings`). Gateway: ``store`` is given, exists, is owner-only and holds
-    OTP records; ``users`` is a list of names; the lockout knobs are numbers in their ranges.
-    Client: ``token_file`` is owner-only and holds an otpauth:// URI, ``pin_file`` is owner-only,
-    ``pin_env`` is a variable's name."""
+    (:mod:`tunvpn_otp.settings`). Gateway: ``store_file`` (or ``store``, absolute) is given,
+    exists, is owner-only and holds OTP records; ``users`` is a list of names; the lockout
+    knobs are numbers in their ranges. Client: ``token_file`` is owner-only and holds an
+    otpauth:// URI, ``pin_file`` is owner-only, ``pin_env`` is a variable's name."""
     if side == "client":
         check_client(settings)
     elif settings:
         check_gateway(settings)
     else:  # loaded without a table: refused at each login it is asked about, as before
-        log.warning('OTP: no [plugin.otp] store = "/path/otp.json": the otp plugin refuses every login')
+        log.warning('OTP: no [plugin.otp] store_file = "otp.json": the otp plugin refuses every login')
 
 
 @hookimpl

@@ -1,11 +1,12 @@
 """``[plugin.otp]``: the one place its settings are read and checked.
 
-On the gateway: the store, the users, the lockout knobs (:func:`gateway_settings`); on the
-client: the soft token's files (:func:`client_settings`, :func:`read_token`, :func:`read_pin`).
-The hooks parse with these at every use, and ``tunvpn_check_settings`` runs the same functions
-at start (:func:`check_gateway`, :func:`check_client`), so a bad value is refused before the
-first login, as a :class:`~tunvpn.plugins.SettingError` naming its key. No secret is ever in
-a message: the token's URI and the PIN are not shown, only the files' paths.
+On the gateway: the store (``store_file``, or its older name ``store``), the users, the
+lockout knobs (:func:`gateway_settings`); on the client: the soft token's files
+(:func:`client_settings`, :func:`read_token`, :func:`read_pin`). The hooks parse with these at
+every use, and ``tunvpn_check_settings`` runs the same functions at start
+(:func:`check_gateway`, :func:`check_client`), so a bad value is refused before the first
+login, as a :class:`~tunvpn.plugins.SettingError` naming its key. No secret is ever in a
+message: the token's URI and the PIN are not shown, only the files' paths.
 """
 
 from __future__ import annotations
@@ -78,12 +79,24 @@ def policy_from(table: dict[str, Any]) -> core.Policy:
 def gateway_settings(table: dict[str, Any]) -> GatewaySettings:
     """``[plugin.otp]`` of gateway.toml; :class:`~tunvpn.plugins.SettingError` names a bad key.
     Reads no file (every login parses the table again)."""
-    store = table.get("store")
+    if "store" in table and "store_file" in table:
+        raise SettingError("store", "give store_file or store, not both")
+    key = "store_file" if "store_file" in table else "store"
+    store = table.get(key)
     if store is None:
-        needed = 'the plugin needs store = "/path/otp.json" (`tunvpn otp enroll USER --store FILE` fills it)'
-        raise SettingError("store", needed)
+        needed = (
+            'the plugin needs store_file = "otp.json" (beside gateway.toml, or an absolute path; '
+            "`tunvpn otp enroll USER --store FILE` fills it)"
+        )
+        raise SettingError("store_file", needed)
     if not isinstance(store, str) or not store:
-        raise SettingError("store", "must be the path of the OTP store", value=store)
+        raise SettingError(key, "must be the path of the OTP store", value=store)
+    if not Path(store).is_absolute():
+        # store_file is made absolute against gateway.toml's folder by the gateway (every
+        # *_file key is); a relative store would depend on the gateway's working directory
+        fix = 'an absolute path, or store_file = "..." (relative to gateway.toml\'s folder)'
+        reason = f"a relative path depends on the gateway's working directory: give {fix}"
+        raise SettingError(key, reason, value=store)
     users = table.get("users")
     if users is not None and not (isinstance(users, list) and all(isinstance(u, str) for u in users)):
         raise SettingError("users", 'must be a list of user names, e.g. users = ["carol"]', value=users)
@@ -96,8 +109,8 @@ def check_gateway(table: dict[str, Any]) -> GatewaySettings:
     settings = gateway_settings(table)
     try:
         Store(settings.store).check()
-    except StoreError as exc:
-        raise SettingError("store", str(exc)) from None  # the message names the file
+    except StoreError as exc:  # the message names the file
+        raise SettingError("store_file" if "store_file" in table else "store", str(exc)) from None
     return settings
 
 
