@@ -23,6 +23,7 @@ from tests.helpers.loopback import (
     stop,
     wait_until,
 )
+from tunvpn.client import peerlinks
 from tunvpn.client.daemon import Client, ClientOptions, Progress
 from tunvpn.config.credentials import UserTable
 from tunvpn.config.gateway import PeeringRule
@@ -124,6 +125,11 @@ def test_introduced_clients_build_a_direct_tunnel_and_lose_it_when_one_leaves() 
             )
             alice, task = await _connect(alice_options, "127.0.0.2")
             clients.append((alice, task))
+            ticks: list[float] = []
+            tick = alice.links.tick
+            alice.links.tick = lambda now: (ticks.append(now), tick(now))[1]  # type: ignore[method-assign]
+            await asyncio.sleep(3 * peerlinks.TICK)
+            seen["ticks alone"] = len(ticks)  # nobody introduced: the timer sleeps
             bob_options = dataclasses.replace(client_options(ike, natt, "bob", "b-pass"), force_encap=True)
             bob, task = await _connect(bob_options, "127.0.0.3")
             clients.append((bob, task))
@@ -138,6 +144,7 @@ def test_introduced_clients_build_a_direct_tunnel_and_lose_it_when_one_leaves() 
             seen["gateway sas"] = {sa.remote[0] for sa in gateway.engine.ike_sas()}
             seen["alice status"] = alice.status()["tunnels"][0]["peers"]  # type: ignore[index]
             seen["alice sas"] = len(alice.engine.ike_sas())
+            seen["ticks"] = len(ticks)
             bob.stop("bob leaves")
             await wait_until(lambda: not alice.links.links, 10)
             await asyncio.sleep(0.3)
@@ -157,6 +164,8 @@ def test_introduced_clients_build_a_direct_tunnel_and_lose_it_when_one_leaves() 
     [status] = seen["alice status"]  # type: ignore[misc]
     assert status["path"] == "direct" and status["remote"] == f"127.0.0.3:{natt}"
     assert seen["alice sas"] == 2  # the gateway and bob
+    # alone, alice's direct-tunnel timer slept; bob's introduction woke it (she starts, by it)
+    assert seen["ticks alone"] == 0 and seen["ticks"] > 0, (seen["ticks alone"], seen["ticks"])
     assert seen["alice sas after"] == [("127.0.0.1", natt)], seen["alice sas after"]
 
 

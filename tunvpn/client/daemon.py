@@ -362,6 +362,9 @@ class Client:
         self._login_protocols: tuple[str, ...] = ()
         self.peers = PeerList()
         """The peers the gateway introduced this client to (issue 17)."""
+        self._links_wanted = asyncio.Event()
+        """Set when the gateway introduced a peer: the direct tunnels' timer has work (without
+        one it sleeps, so an idle client does not wake twice a second for nothing)."""
         """The XAUTH-round protocols of the last login: a re-authentication runs them again."""
         """Extra protocols (XAUTH rounds after Mode Config) still to pass, in order."""
         self._handlers: list[tuple[ExtraProtocol, ClientProtocol]] = []
@@ -571,6 +574,8 @@ class Client:
             self._apply_dns()
             if self.mode_config is not None:
                 self.links.sync(self.peers, self.mode_config.address, self.clock())
+                if self.links.links:
+                    self._links_wanted.set()
                 self._pin_peers()
         elif isinstance(event, ev.ChildSAEstablished):
             self.child_started[event.spi_in] = self.clock()
@@ -1519,8 +1524,11 @@ class Client:
 
     async def _tick_links(self, driver: UdpDriver) -> None:
         """The direct tunnels' timer (tunvpn.client.peerlinks): keepalives toward a peer that
-        will start, our own start, retries."""
+        will start, our own start, retries. Asleep while no peer is introduced."""
         while True:
+            if not self.links.links:
+                self._links_wanted.clear()
+                await self._links_wanted.wait()
             await asyncio.sleep(peerlinks.TICK)
             self.links.tick(self.clock())
             driver.flush()
