@@ -356,17 +356,17 @@ class Client:
         except PluginError as exc:
             raise ValueError(str(exc)) from None
         self._protocols_waiting: list[str] = []
+        """Extra protocols (XAUTH rounds after Mode Config) still to pass, in order."""
         self.phase1_at: float | None = None
         """When the ISAKMP SA we follow was established (its rekey's, after a hand-over)."""
         self._rekey_phase1: ev.Phase1Established | None = None
         self._login_protocols: tuple[str, ...] = ()
+        """The XAUTH-round protocols of the last login: a re-authentication runs them again."""
         self.peers = PeerList()
         """The peers the gateway introduced this client to (issue 17)."""
         self._links_wanted = asyncio.Event()
         """Set when the gateway introduced a peer: the direct tunnels' timer has work (without
         one it sleeps, so an idle client does not wake twice a second for nothing)."""
-        """The XAUTH-round protocols of the last login: a re-authentication runs them again."""
-        """Extra protocols (XAUTH rounds after Mode Config) still to pass, in order."""
         self._handlers: list[tuple[ExtraProtocol, ClientProtocol]] = []
         """Announced protocols that a client plugin runs itself (L2TP), with their handlers."""
         self._resolving = False

@@ -76,12 +76,18 @@ def policy_from(table: dict[str, Any]) -> core.Policy:
         raise SettingError(exc.key, exc.reason, value=values.get(exc.key, ...)) from None
 
 
+def _store_key(table: dict[str, Any]) -> str:
+    """The key naming the store: ``store_file`` (relative to gateway.toml's folder), else the
+    older ``store``."""
+    return "store_file" if "store_file" in table else "store"
+
+
 def gateway_settings(table: dict[str, Any]) -> GatewaySettings:
     """``[plugin.otp]`` of gateway.toml; :class:`~tunvpn.plugins.SettingError` names a bad key.
     Reads no file (every login parses the table again)."""
     if "store" in table and "store_file" in table:
         raise SettingError("store", "give store_file or store, not both")
-    key = "store_file" if "store_file" in table else "store"
+    key = _store_key(table)
     store = table.get(key)
     if store is None:
         needed = (
@@ -110,7 +116,7 @@ def check_gateway(table: dict[str, Any]) -> GatewaySettings:
     try:
         Store(settings.store).check()
     except StoreError as exc:  # the message names the file
-        raise SettingError("store_file" if "store_file" in table else "store", str(exc)) from None
+        raise SettingError(_store_key(table), str(exc)) from None
     return settings
 
 
